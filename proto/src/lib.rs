@@ -1,0 +1,16 @@
+//! Lifeline's wire protocol (see `proto/lifeline.proto`).
+
+/// Generated protobuf messages and gRPC client/server for `lifeline.v1`.
+pub mod v1 {
+    tonic::include_proto!("lifeline.v1");
+}
+
+/// Metadata header naming the machine an agent speaks for.
+pub const MACHINE_HEADER: &str = "x-lifeline-machine";
+
+/// Largest data chunk the agent puts in one `Chunk`; keeps messages well under
+/// gRPC's default 4 MiB limit.
+pub const MAX_CHUNK: usize = 1 << 20;
+
+/// Message size limit both ends configure, with room for a batch of chunks.
+pub const MAX_MESSAGE: usize = 64 << 20;

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian machine lacks to build, run and test Lifeline.
+# Safe to run any number of times: every step checks before it acts.
+set -euo pipefail
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+
+# Debian packages: build tools, the peers the benchmark compares against, and the
+# tools the tests use to build and check real filesystems.
+APT_PACKAGES=(
+  build-essential pkg-config clang llvm libelf-dev zlib1g-dev
+  protobuf-compiler iproute2 procps psmisc util-linux e2fsprogs dosfstools
+  rsync lsyncd bpftool
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Rust: the stable toolchain builds user space; a nightly with rust-src builds the
+# eBPF programs (-Z build-std=core for bpfel-unknown-none).
+if ! command -v rustup >/dev/null; then
+  echo "rustup is required (https://rustup.rs); install it and re-run" >&2
+  exit 1
+fi
+rustup toolchain list | grep -q '^nightly' || {
+  log "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal -c rust-src
+}
+rustup component list --toolchain nightly --installed | grep -q '^rust-src' || {
+  log "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+}
+
+# bpf-linker must be built against the same LLVM major version as nightly's rustc.
+# rustup ships libLLVM.so.<ver>-rust-... but no plain libLLVM.so, so link through a
+# symlink and record the toolchain's lib directory as rpath (see shared ENVIRONMENT).
+TC=$(rustc +nightly --print sysroot)
+LLVM_MAJOR=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+want="llvm-$LLVM_MAJOR"
+have=""
+[ -f "$HOME/.cargo/.bpf-linker-llvm" ] && have=$(cat "$HOME/.cargo/.bpf-linker-llvm")
+if ! command -v bpf-linker >/dev/null || [ "$have" != "$want" ]; then
+  log "building bpf-linker for $want (about a minute)"
+  LIBDIR="$HOME/.cache/lifeline-llvmlib"
+  mkdir -p "$LIBDIR"
+  ln -sf "$(ls "$TC"/lib/libLLVM.so.* | head -n1)" "$LIBDIR/libLLVM.so"
+  RUSTFLAGS="-L $LIBDIR -C link-arg=-Wl,-rpath,$TC/lib" \
+    cargo +nightly install --locked --force bpf-linker --no-default-features --features "$want"
+  echo "$want" > "$HOME/.cargo/.bpf-linker-llvm"
+fi
+
+# tracefs: aya attaches tracepoints by name through it.
+if [ ! -d /sys/kernel/tracing/events ]; then
+  mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || log "warning: could not mount tracefs"
+fi
+log "setup complete"
