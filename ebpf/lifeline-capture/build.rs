@@ -1,0 +1,42 @@
+//! Builds the kernel programs (`ebpf/lifeline-ebpf`) for `bpfel-unknown-none`
+//! with the nightly toolchain and bpf-linker (both installed by
+//! `scripts/setup.sh`), and leaves the object in OUT_DIR for `include_bytes!`.
+//!
+//! The eBPF crate is its own workspace with its own target directory, so this
+//! nested cargo never waits on the outer build's lock.
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() -> anyhow::Result<()> {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest.join("../lifeline-ebpf").canonicalize()?;
+    let common_dir = manifest.join("../lifeline-ebpf-common").canonicalize()?;
+    for p in [ebpf_dir.join("src"), ebpf_dir.join("Cargo.toml"), common_dir.join("src")] {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    let out = PathBuf::from(env::var("OUT_DIR")?).join("lifeline-ebpf.o");
+
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "build", "--release"])
+        .current_dir(&ebpf_dir);
+    // The outer cargo's settings must not leak into the nested BPF build.
+    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"]
+    {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().map_err(|e| {
+        anyhow::anyhow!("cannot run rustup to build the eBPF programs ({e}); run scripts/setup.sh first")
+    })?;
+    if !status.success() {
+        anyhow::bail!(
+            "building the eBPF programs in {} failed; scripts/setup.sh installs the nightly \
+             toolchain with rust-src and bpf-linker they need",
+            ebpf_dir.display()
+        );
+    }
+    let built = ebpf_dir.join("target/bpfel-unknown-none/release/lifeline-ebpf");
+    std::fs::copy(&built, &out)?;
+    Ok(())
+}

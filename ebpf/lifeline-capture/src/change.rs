@@ -1,0 +1,169 @@
+//! File modification messages: kernel records resolved to absolute paths and
+//! filtered to the watched trees.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use lifeline_core::wirepath::normalize;
+use lifeline_ebpf_common::{flags, op};
+
+use crate::mounts::{fs_path, kernel_dev_to_user, MountTable};
+use crate::record::{RawEvent, RawPath};
+
+/// What happened to the file at `FileChange::path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// Bytes `[offset, offset + len)` changed (write family, fallocate).
+    Write { offset: u64, len: u64 },
+    /// The length was set to `len`.
+    Truncate { len: u64 },
+    /// Opened with O_CREAT or O_TRUNC.
+    Open { created: bool, truncated: bool },
+    Mkdir,
+    Unlink,
+    Rmdir,
+    /// Renamed to `to` (`exchange`: the two were swapped).
+    Rename { to: PathBuf, exchange: bool },
+    /// `to` became a hard link to this file.
+    Link { to: PathBuf },
+    /// Became a symlink to `target`.
+    Symlink { target: Vec<u8> },
+    /// Mode, owner, times or xattrs changed.
+    Attr,
+    /// Mapped shared and writable: later writes bypass syscalls.
+    MmapShared,
+}
+
+/// A file modification message: one change to one path, in kernel order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileChange {
+    /// The kernel's sequence number.
+    pub seq: u64,
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    pub path: PathBuf,
+    pub kind: ChangeKind,
+    /// `st_dev` and inode number of the object, when the kernel knew them
+    /// (fd-based calls and opens), else 0.
+    pub dev: u64,
+    pub ino: u64,
+}
+
+const RENAME_EXCHANGE: u64 = 2;
+
+/// Turns records into [`FileChange`]s for the watched roots.
+pub struct Resolver {
+    mounts: MountTable,
+    roots: Vec<PathBuf>,
+}
+
+/// Why a record produced no change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    /// Outside every watched tree: not ours.
+    Outside,
+    /// The kernel could not give a complete path (too deep, too long, or a
+    /// filesystem this process cannot see). The tree needs a rescan.
+    Incomplete,
+}
+
+impl Resolver {
+    /// `roots` must be canonical absolute paths.
+    pub fn new(roots: Vec<PathBuf>) -> std::io::Result<Resolver> {
+        Ok(Resolver { mounts: MountTable::read()?, roots })
+    }
+
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    pub fn is_watched(&self, p: &Path) -> bool {
+        self.roots.iter().any(|r| p.starts_with(r))
+    }
+
+    fn base(&mut self, raw: &RawPath) -> Option<PathBuf> {
+        if !raw.rooted {
+            return None;
+        }
+        if !self.mounts.knows(raw.dev) {
+            // A filesystem mounted since we last looked.
+            self.mounts = MountTable::read().ok()?;
+        }
+        let candidates = self.mounts.absolute_paths(raw.dev, &fs_path(&raw.walk));
+        // Several mounts can show the same file; prefer the one we watch.
+        let watched = candidates.iter().find(|c| self.is_watched(c) || self.roots.iter().any(|r| r.starts_with(c)));
+        watched.or(candidates.first()).cloned()
+    }
+
+    /// The absolute path of one path of a record. Paths the caller named are
+    /// joined to their base lexically, then the parent directory is resolved
+    /// through the filesystem when it still exists, so a symlinked directory in
+    /// the caller's path is not mistaken for the link itself.
+    fn path(&mut self, raw: &RawPath, follow_final: bool) -> Option<PathBuf> {
+        let lexical = match (&raw.tail, raw.absolute) {
+            (Some(t), true) => normalize(Path::new(OsStr::from_bytes(t))),
+            (Some(t), false) => normalize(&self.base(raw)?.join(OsStr::from_bytes(t))),
+            (None, _) => return self.base(raw),
+        };
+        if follow_final {
+            if let Ok(p) = std::fs::canonicalize(&lexical) {
+                return Some(p);
+            }
+        }
+        match (lexical.parent(), lexical.file_name()) {
+            (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
+                Ok(p) => Some(p.join(name)),
+                Err(_) => Some(lexical),
+            },
+            _ => Some(lexical),
+        }
+    }
+
+    pub fn resolve(&mut self, ev: &RawEvent) -> Result<FileChange, Unresolved> {
+        let h = &ev.header;
+        if h.flags & flags::PATH_INCOMPLETE != 0 {
+            return Err(Unresolved::Incomplete);
+        }
+        let first = ev.paths.first().ok_or(Unresolved::Incomplete)?;
+        let follow = h.op == op::ATTR && first.tail.is_some();
+        let path = self.path(first, follow).ok_or(Unresolved::Incomplete)?;
+        let second = match ev.paths.get(1) {
+            Some(p) => Some(self.path(p, false).ok_or(Unresolved::Incomplete)?),
+            None => None,
+        };
+        let kind = match h.op {
+            op::WRITE => ChangeKind::Write { offset: h.offset, len: h.len },
+            op::TRUNCATE => ChangeKind::Truncate { len: h.offset },
+            op::OPEN => ChangeKind::Open {
+                created: h.flags & flags::CREATED != 0,
+                truncated: h.flags & flags::TRUNCATED != 0,
+            },
+            op::MKDIR => ChangeKind::Mkdir,
+            op::UNLINK => ChangeKind::Unlink,
+            op::RMDIR => ChangeKind::Rmdir,
+            op::RENAME => ChangeKind::Rename {
+                to: second.clone().ok_or(Unresolved::Incomplete)?,
+                exchange: h.aux & RENAME_EXCHANGE != 0,
+            },
+            op::LINK => ChangeKind::Link { to: second.clone().ok_or(Unresolved::Incomplete)? },
+            op::SYMLINK => ChangeKind::Symlink { target: ev.aux_str.clone().unwrap_or_default() },
+            op::ATTR => ChangeKind::Attr,
+            op::MMAP_SHARED => ChangeKind::MmapShared,
+            _ => return Err(Unresolved::Incomplete),
+        };
+        let inside = self.is_watched(&path) || second.as_deref().is_some_and(|s| self.is_watched(s));
+        if !inside {
+            return Err(Unresolved::Outside);
+        }
+        Ok(FileChange {
+            seq: h.seq,
+            ktime_ns: h.ktime_ns,
+            tgid: h.tgid,
+            path,
+            kind,
+            dev: if h.ino != 0 { kernel_dev_to_user(h.dev) } else { 0 },
+            ino: h.ino,
+        })
+    }
+}

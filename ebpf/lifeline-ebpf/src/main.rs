@@ -1,0 +1,676 @@
+//! Lifeline's kernel programs.
+//!
+//! Two tracepoint programs, attached by the agent to the `sys_enter_*` and
+//! `sys_exit_*` tracepoints of every syscall that changes a file or the tree
+//! (`lifeline_ebpf_common::HOOKED_SYSCALLS`), dispatch on the syscall number:
+//!
+//! - `sys_enter` filters cheaply (the agent's own calls; for fd-based calls,
+//!   anything that is not a regular file on a watched filesystem) and saves
+//!   the arguments per thread;
+//! - `sys_exit` looks at the result: only calls that succeeded are reported,
+//!   with the exact range written taken from the return value and the file
+//!   position (so O_APPEND and short writes are right), the file's identity,
+//!   and its path as a walk of dentry names up to the filesystem's root, plus
+//!   the user-supplied path string for calls that name a path.
+//!
+//! Records go to user space through one ring buffer; a full ring buffer is
+//! counted (`STATS[LOST]`) so the agent knows to reconcile, never silent.
+//! Kernel structure offsets come from the agent (read from BTF) through the
+//! `CONFIG` global, so the programs run on any kernel with BTF.
+#![no_std]
+#![no_main]
+#![feature(asm_experimental_arch)]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::generated as h,
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use aya_log_ebpf::warn;
+use lifeline_ebpf_common::{
+    flags, nr, op, part, stat, Config, EventHeader, PathPart, HEADER_SIZE, MAX_DEPTH, MAX_RECORD,
+};
+
+/// Set by the agent at load time (offsets from BTF, its own pid).
+#[no_mangle]
+static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Devices (kernel dev_t) of the watched filesystems.
+#[map]
+static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+
+/// Arguments saved at syscall entry, by pid_tgid. LRU so a lost exit can never
+/// fill it up.
+#[map]
+static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 0);
+
+/// Record assembly buffers, `SLOTS_PER_CPU` per CPU. Syscall tracepoints are
+/// faultable on recent kernels: a program may be preempted on its CPU by
+/// another task's, so a buffer is claimed (atomically) before use.
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SLOTS_PER_CPU, 0);
+
+/// Per-CPU bitmask of claimed SCRATCH slots.
+#[map]
+static SLOTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static SEQ: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Inflight {
+    nr: u32,
+    _pad: u32,
+    args: [u64; 6],
+    /// `struct file *` of fd-based calls, resolved at entry.
+    file: u64,
+}
+
+/// Where a record is assembled before it is copied to the ring buffer. Twice
+/// the record size, so a read at any masked offset below `MAX_RECORD` stays
+/// inside it whatever its length.
+#[repr(C)]
+struct Scratch {
+    buf: [u8; 2 * MAX_RECORD + 4096],
+}
+
+const SLOTS_PER_CPU: u32 = 4;
+const MASK: u32 = (MAX_RECORD - 1) as u32;
+const NAME_MAX: u32 = 256;
+const PATH_MAX: u32 = 4096;
+const AT_FDCWD: i64 = -100;
+const AT_REMOVEDIR: u64 = 0x200;
+const O_CREAT: u64 = 0o100;
+const O_TRUNC: u64 = 0o1000;
+const O_APPEND: u32 = 0o2000;
+const RWF_APPEND: u64 = 0x10;
+const FMODE_CREATED: u32 = 1 << 20;
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+
+#[inline(always)]
+fn cfg() -> Config {
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(p) = STATS.get_ptr_mut(index) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reads a kernel value at `base + off`; 0-valued on failure (callers treat a
+/// null pointer as "give up").
+#[inline(always)]
+fn kread<T: Copy + Default>(base: u64, off: u32) -> T {
+    let mut v = T::default();
+    unsafe {
+        h::bpf_probe_read_kernel(
+            &mut v as *mut T as *mut c_void,
+            core::mem::size_of::<T>() as u32,
+            (base + off as u64) as *const c_void,
+        );
+    }
+    v
+}
+
+/// A directory fd argument: an `int`, whose upper register half is not
+/// guaranteed (AT_FDCWD arrives as 0xffffff9c).
+#[inline(always)]
+fn dfd(v: u64) -> i64 {
+    v as i32 as i64
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, i: usize) -> u64 {
+    unsafe { ctx.read_at::<u64>(16 + 8 * i).unwrap_or(0) }
+}
+
+/// `struct file *` of descriptor `fd` in the current task, or 0.
+#[inline(always)]
+fn fd_file(c: &Config, fd: u64) -> u64 {
+    // An `unsigned int` argument: only the low half of the register counts.
+    let fd = fd & 0xffff_ffff;
+    let task = unsafe { h::bpf_get_current_task() };
+    let files: u64 = kread(task, c.offsets.task_files);
+    if files == 0 {
+        return 0;
+    }
+    let fdt: u64 = kread(files, c.offsets.files_fdt);
+    if fdt == 0 {
+        return 0;
+    }
+    let max: u32 = kread(fdt, c.offsets.fdt_max_fds);
+    if fd >= max as u64 {
+        return 0;
+    }
+    let arr: u64 = kread(fdt, c.offsets.fdt_fd);
+    if arr == 0 {
+        return 0;
+    }
+    kread(arr, (fd * 8) as u32)
+}
+
+/// (dev, ino, mode) of a file's inode.
+#[inline(always)]
+fn file_identity(c: &Config, file: u64) -> (u32, u64, u16) {
+    let inode: u64 = kread(file, c.offsets.file_inode);
+    if inode == 0 {
+        return (0, 0, 0);
+    }
+    let mode: u16 = kread(inode, c.offsets.inode_mode);
+    let ino: u64 = kread(inode, c.offsets.inode_ino);
+    let sb: u64 = kread(inode, c.offsets.inode_sb);
+    let dev: u32 = if sb == 0 { 0 } else { kread(sb, c.offsets.sb_dev) };
+    (dev, ino, mode)
+}
+
+#[inline(always)]
+fn is_watched(dev: u32) -> bool {
+    unsafe { WATCHED.get(&dev).is_some() }
+}
+
+/// A regular file on a watched filesystem: the only files whose data we report.
+#[inline(always)]
+fn watched_regular(c: &Config, file: u64) -> bool {
+    if file == 0 {
+        return false;
+    }
+    let (dev, _, mode) = file_identity(c, file);
+    mode & S_IFMT == S_IFREG && is_watched(dev)
+}
+
+#[tracepoint]
+pub fn sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx);
+    0
+}
+
+fn try_enter(ctx: &TracePointContext) -> Option<()> {
+    let c = cfg();
+    let pid_tgid = h_pid_tgid();
+    if (pid_tgid >> 32) as u32 == c.agent_tgid {
+        return None;
+    }
+    let nr: i32 = unsafe { ctx.read_at(8).ok()? };
+    let nr = nr as u32;
+    let args = [arg(ctx, 0), arg(ctx, 1), arg(ctx, 2), arg(ctx, 3), arg(ctx, 4), arg(ctx, 5)];
+    // Which descriptor an fd-based call changes, if it is one.
+    let fd = match nr {
+        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::FTRUNCATE
+        | nr::FALLOCATE | nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR
+        | nr::SENDFILE => Some(args[0]),
+        nr::COPY_FILE_RANGE | nr::SPLICE => Some(args[2]),
+        nr::UTIMENSAT if args[1] == 0 => Some(args[0]),
+        nr::MMAP => {
+            // Only shared, writable mappings write to the file.
+            let (prot, mflags) = (args[2], args[3]);
+            if prot & 2 == 0 || mflags & 1 == 0 {
+                return None;
+            }
+            Some(args[4])
+        }
+        _ => None,
+    };
+    let mut file = 0u64;
+    if let Some(fd) = fd {
+        file = fd_file(&c, fd);
+        if !watched_regular(&c, file) {
+            return None;
+        }
+    } else {
+        // Path-based calls: opens only matter when they create or truncate.
+        let oflags = match nr {
+            nr::OPEN => args[1],
+            nr::OPENAT => args[2],
+            nr::CREAT => O_CREAT,
+            nr::OPENAT2 => {
+                let mut f = 0u64;
+                unsafe {
+                    h::bpf_probe_read_user(&mut f as *mut u64 as *mut c_void, 8, args[2] as *const c_void)
+                };
+                f
+            }
+            _ => O_CREAT,
+        };
+        if oflags & (O_CREAT | O_TRUNC) == 0 {
+            return None;
+        }
+    }
+    let inflight = Inflight { nr, _pad: 0, args, file };
+    if INFLIGHT.insert(&pid_tgid, &inflight, 0).is_err() {
+        bump(stat::MISSED_ENTRY);
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn h_pid_tgid() -> u64 {
+    unsafe { h::bpf_get_current_pid_tgid() }
+}
+
+#[tracepoint]
+pub fn sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+/// What the exit side reports for one call.
+struct Report {
+    op: u8,
+    flags: u8,
+    /// fd-based: the file; the path is the file's own dentry walk.
+    file: u64,
+    offset: u64,
+    len: u64,
+    aux: u64,
+    /// Path-based: (dirfd, user path pointer) of up to two paths.
+    paths: [(i64, u64); 2],
+    npaths: u8,
+    /// User pointer to an auxiliary string (symlink target), or 0.
+    aux_str: u64,
+}
+
+impl Report {
+    fn fd(op: u8, file: u64, offset: u64, len: u64) -> Report {
+        Report { op, flags: 0, file, offset, len, aux: 0, paths: [(0, 0); 2], npaths: 0, aux_str: 0 }
+    }
+    fn path(op: u8, dirfd: i64, path: u64) -> Report {
+        Report {
+            op,
+            flags: 0,
+            file: 0,
+            offset: 0,
+            len: 0,
+            aux: 0,
+            paths: [(dirfd, path), (0, 0)],
+            npaths: 1,
+            aux_str: 0,
+        }
+    }
+    fn two(op: u8, d0: i64, p0: u64, d1: i64, p1: u64) -> Report {
+        let mut r = Report::path(op, d0, p0);
+        r.paths[1] = (d1, p1);
+        r.npaths = 2;
+        r
+    }
+}
+
+fn try_exit(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = h_pid_tgid();
+    let e = unsafe { *INFLIGHT.get(&pid_tgid)? };
+    let _ = INFLIGHT.remove(&pid_tgid);
+    let ret: i64 = unsafe { ctx.read_at(16).ok()? };
+    if ret < 0 {
+        return None;
+    }
+    let c = cfg();
+    let a = e.args;
+    let file = e.file;
+    let off = &c.offsets;
+    let pos = || kread::<i64>(file, off.file_pos) as u64;
+    let size = || {
+        let inode: u64 = kread(file, off.file_inode);
+        kread::<i64>(inode, off.inode_size) as u64
+    };
+    let append = || kread::<u32>(file, off.file_flags) & O_APPEND != 0;
+    let n = ret as u64;
+    let r = match e.nr {
+        nr::WRITE | nr::WRITEV | nr::SENDFILE => {
+            if n == 0 {
+                return None;
+            }
+            Report::fd(op::WRITE, file, pos().wrapping_sub(n), n)
+        }
+        nr::PWRITE64 | nr::PWRITEV | nr::PWRITEV2 => {
+            if n == 0 {
+                return None;
+            }
+            // pwrite on an O_APPEND file appends (Linux); pwritev2 with offset
+            // -1 uses and advances the file position.
+            let start = if append() || (e.nr == nr::PWRITEV2 && a[5] & RWF_APPEND != 0) {
+                size().wrapping_sub(n)
+            } else if e.nr == nr::PWRITEV2 && a[3] as i64 == -1 {
+                pos().wrapping_sub(n)
+            } else {
+                a[3]
+            };
+            Report::fd(op::WRITE, file, start, n)
+        }
+        nr::COPY_FILE_RANGE | nr::SPLICE => {
+            if n == 0 {
+                return None;
+            }
+            // off_out: NULL means the file position; otherwise the kernel
+            // advanced *off_out by the bytes copied.
+            let end = if a[3] == 0 {
+                pos()
+            } else {
+                let mut v = 0u64;
+                unsafe {
+                    h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a[3] as *const c_void)
+                };
+                v
+            };
+            Report::fd(op::WRITE, file, end.wrapping_sub(n), n)
+        }
+        nr::FTRUNCATE => Report::fd(op::TRUNCATE, file, a[1], 0),
+        nr::FALLOCATE => {
+            let mut r = Report::fd(op::WRITE, file, a[2], a[3]);
+            r.flags = flags::FALLOCATE;
+            r.aux = a[1];
+            r
+        }
+        nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR => Report::fd(op::ATTR, file, 0, 0),
+        nr::UTIMENSAT if a[1] == 0 => Report::fd(op::ATTR, file, 0, 0),
+        nr::MMAP => Report::fd(op::MMAP_SHARED, file, 0, 0),
+        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
+            let f = fd_file(&c, n);
+            if !watched_regular(&c, f) {
+                return None;
+            }
+            let oflags = match e.nr {
+                nr::OPEN => a[1],
+                nr::OPENAT => a[2],
+                nr::CREAT => O_CREAT | O_TRUNC,
+                _ => {
+                    let mut v = 0u64;
+                    unsafe {
+                        h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a[2] as *const c_void)
+                    };
+                    v
+                }
+            };
+            let mut r = Report::fd(op::OPEN, f, 0, 0);
+            if kread::<u32>(f, off.file_mode) & FMODE_CREATED != 0 {
+                r.flags |= flags::CREATED;
+            }
+            if oflags & O_TRUNC != 0 {
+                r.flags |= flags::TRUNCATED;
+            }
+            r.aux = oflags;
+            r
+        }
+        nr::TRUNCATE => {
+            let mut r = Report::path(op::TRUNCATE, AT_FDCWD, a[0]);
+            r.offset = a[1];
+            r
+        }
+        nr::MKDIR => Report::path(op::MKDIR, AT_FDCWD, a[0]),
+        nr::MKDIRAT => Report::path(op::MKDIR, dfd(a[0]), a[1]),
+        nr::RMDIR => Report::path(op::RMDIR, AT_FDCWD, a[0]),
+        nr::UNLINK => Report::path(op::UNLINK, AT_FDCWD, a[0]),
+        nr::UNLINKAT => {
+            let o = if a[2] & AT_REMOVEDIR != 0 { op::RMDIR } else { op::UNLINK };
+            Report::path(o, dfd(a[0]), a[1])
+        }
+        nr::RENAME => Report::two(op::RENAME, AT_FDCWD, a[0], AT_FDCWD, a[1]),
+        nr::RENAMEAT => Report::two(op::RENAME, dfd(a[0]), a[1], dfd(a[2]), a[3]),
+        nr::RENAMEAT2 => {
+            let mut r = Report::two(op::RENAME, dfd(a[0]), a[1], dfd(a[2]), a[3]);
+            r.aux = a[4];
+            r
+        }
+        nr::LINK => Report::two(op::LINK, AT_FDCWD, a[0], AT_FDCWD, a[1]),
+        nr::LINKAT => Report::two(op::LINK, dfd(a[0]), a[1], dfd(a[2]), a[3]),
+        nr::SYMLINK => {
+            let mut r = Report::path(op::SYMLINK, AT_FDCWD, a[1]);
+            r.aux_str = a[0];
+            r
+        }
+        nr::SYMLINKAT => {
+            let mut r = Report::path(op::SYMLINK, dfd(a[1]), a[2]);
+            r.aux_str = a[0];
+            r
+        }
+        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::SETXATTR | nr::LSETXATTR | nr::REMOVEXATTR
+        | nr::LREMOVEXATTR | nr::UTIMES | nr::UTIME => Report::path(op::ATTR, AT_FDCWD, a[0]),
+        nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
+            Report::path(op::ATTR, dfd(a[0]), a[1])
+        }
+        _ => return None,
+    };
+    emit(ctx, &c, &r)
+}
+
+/// Appends the dentry names from `dentry` up to its filesystem's root (leaf
+/// first, each NUL-terminated) at `*cur`. Returns (bytes, rooted).
+#[inline(always)]
+fn walk(c: &Config, s: &mut Scratch, cur: &mut u32, dentry: u64) -> (u32, bool) {
+    let start = *cur;
+    let mut d = dentry;
+    let mut rooted = false;
+    for _ in 0..MAX_DEPTH {
+        if d == 0 {
+            break;
+        }
+        let parent: u64 = kread(d, c.offsets.dentry_parent);
+        if parent == d || parent == 0 {
+            rooted = true;
+            break;
+        }
+        let name: u64 = kread(d, c.offsets.dentry_name_ptr);
+        let at = *cur & MASK;
+        let r = unsafe {
+            h::bpf_probe_read_kernel_str(
+                s.buf.as_mut_ptr().add(at as usize) as *mut c_void,
+                NAME_MAX,
+                name as *const c_void,
+            )
+        };
+        if r <= 0 {
+            break;
+        }
+        *cur = at + r as u32;
+        d = parent;
+    }
+    (*cur - start, rooted)
+}
+
+/// Appends a NUL-terminated user string at `*cur`; returns its length.
+#[inline(always)]
+fn user_str(s: &mut Scratch, cur: &mut u32, ptr: u64) -> u32 {
+    let at = *cur & MASK;
+    let r = unsafe {
+        h::bpf_probe_read_user_str(
+            s.buf.as_mut_ptr().add(at as usize) as *mut c_void,
+            PATH_MAX,
+            ptr as *const c_void,
+        )
+    };
+    if r <= 0 {
+        return 0;
+    }
+    *cur = at + r as u32;
+    r as u32
+}
+
+/// The dentry a path-based call's relative path starts from: the directory
+/// `dirfd` names, or the current working directory.
+#[inline(always)]
+fn base_dentry(c: &Config, dirfd: i64) -> u64 {
+    if dirfd == AT_FDCWD {
+        let task = unsafe { h::bpf_get_current_task() };
+        let fs: u64 = kread(task, c.offsets.task_fs);
+        if fs == 0 {
+            return 0;
+        }
+        kread(fs, c.offsets.fs_pwd_dentry)
+    } else {
+        let f = fd_file(c, dirfd as u64);
+        if f == 0 {
+            return 0;
+        }
+        kread(f, c.offsets.file_dentry)
+    }
+}
+
+#[inline(always)]
+fn dentry_dev(c: &Config, dentry: u64) -> u32 {
+    let sb: u64 = kread(dentry, c.offsets.dentry_sb);
+    if sb == 0 {
+        return 0;
+    }
+    kread(sb, c.offsets.sb_dev)
+}
+
+fn emit(ctx: &TracePointContext, c: &Config, r: &Report) -> Option<()> {
+    let slots = SLOTS.get_ptr_mut(0)?;
+    let Some(slot) = claim_slot(slots) else {
+        // Every buffer of this CPU is in use by preempted programs.
+        bump(stat::LOST);
+        return None;
+    };
+    let ret = match SCRATCH.get_ptr_mut(slot) {
+        Some(s) => emit_in(ctx, c, r, unsafe { &mut *s }),
+        None => None,
+    };
+    release_slot(slots, slot);
+    ret
+}
+
+#[inline(always)]
+fn claim_slot(mask: *mut u64) -> Option<u32> {
+    for i in 0..SLOTS_PER_CPU {
+        let bit = 1u64 << i;
+        if atomic_fetch_or(mask, bit) & bit == 0 {
+            return Some(i);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn release_slot(mask: *mut u64, slot: u32) {
+    atomic_fetch_and(mask, !(1u64 << slot));
+}
+
+// BPF_ATOMIC with BPF_FETCH (kernel >= 5.12). core's atomics are not available
+// for the bpf target, so these say it in BPF assembly.
+#[inline(always)]
+fn atomic_fetch_add(p: *mut u64, mut v: u64) -> u64 {
+    unsafe { core::arch::asm!("{v} = atomic_fetch_add((u64 *)({p} + 0), {v})", p = in(reg) p, v = inout(reg) v) };
+    v
+}
+
+#[inline(always)]
+fn atomic_fetch_or(p: *mut u64, mut v: u64) -> u64 {
+    unsafe { core::arch::asm!("{v} = atomic_fetch_or((u64 *)({p} + 0), {v})", p = in(reg) p, v = inout(reg) v) };
+    v
+}
+
+#[inline(always)]
+fn atomic_fetch_and(p: *mut u64, mut v: u64) -> u64 {
+    unsafe { core::arch::asm!("{v} = atomic_fetch_and((u64 *)({p} + 0), {v})", p = in(reg) p, v = inout(reg) v) };
+    v
+}
+
+#[inline(always)]
+fn emit_in(ctx: &TracePointContext, c: &Config, r: &Report, s: &mut Scratch) -> Option<()> {
+    let mut hdr = EventHeader {
+        op: r.op,
+        flags: r.flags,
+        offset: r.offset,
+        len: r.len,
+        aux: r.aux,
+        tgid: (h_pid_tgid() >> 32) as u32,
+        ktime_ns: unsafe { h::bpf_ktime_get_ns() },
+        ..Default::default()
+    };
+    let mut cur = HEADER_SIZE as u32;
+    if r.file != 0 {
+        let (dev, ino, mode) = file_identity(c, r.file);
+        hdr.dev = dev;
+        hdr.ino = ino;
+        hdr.mode = mode as u32;
+        let dentry: u64 = kread(r.file, c.offsets.file_dentry);
+        let (len, rooted) = walk(c, s, &mut cur, dentry);
+        hdr.parts[0] = PathPart {
+            dev,
+            walk_len: len as u16,
+            tail_len: 0,
+            flags: part::PRESENT | if rooted { part::ROOTED } else { 0 },
+            _pad: [0; 3],
+        };
+    } else {
+        for i in 0..2 {
+            if i >= r.npaths as usize {
+                break;
+            }
+            let (dirfd, ptr) = r.paths[i];
+            // An absolute path needs no base: peek at its first byte.
+            let mut first = 0u8;
+            unsafe {
+                h::bpf_probe_read_user(&mut first as *mut u8 as *mut c_void, 1, ptr as *const c_void)
+            };
+            let mut p = PathPart { flags: part::PRESENT, ..Default::default() };
+            if first == b'/' {
+                p.flags |= part::ABSOLUTE | part::ROOTED;
+            } else {
+                let base = base_dentry(c, dirfd);
+                p.dev = dentry_dev(c, base);
+                let (len, rooted) = walk(c, s, &mut cur, base);
+                p.walk_len = len as u16;
+                if rooted {
+                    p.flags |= part::ROOTED;
+                }
+            }
+            p.tail_len = user_str(s, &mut cur, ptr) as u16;
+            hdr.parts[i] = p;
+        }
+        if r.aux_str != 0 {
+            hdr.aux_len = user_str(s, &mut cur, r.aux_str) as u16;
+        }
+    }
+    let mut size = cur;
+    if size > MAX_RECORD as u32 {
+        size = MAX_RECORD as u32;
+        hdr.flags |= flags::PATH_INCOMPLETE;
+        warn!(ctx, "lifeline: path too long for one record (op {})", r.op);
+    }
+    hdr.seq = next_seq();
+    unsafe { core::ptr::write_unaligned(s.buf.as_mut_ptr() as *mut EventHeader, hdr) };
+    let ret = unsafe {
+        h::bpf_ringbuf_output(
+            &EVENTS as *const RingBuf as *mut c_void,
+            s.buf.as_mut_ptr() as *mut c_void,
+            size as u64,
+            0,
+        )
+    };
+    if ret < 0 {
+        bump(stat::LOST);
+    } else {
+        bump(stat::EMITTED);
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn next_seq() -> u64 {
+    match SEQ.get_ptr_mut(0) {
+        Some(p) => atomic_fetch_add(p, 1),
+        None => 0,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
