@@ -1,5 +1,6 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=lifeline.proto");
-    tonic_prost_build::configure().compile_protos(&["lifeline.proto"], &["."])?;
+    println!("cargo:rerun-if-changed=control.proto");
+    tonic_prost_build::configure().compile_protos(&["lifeline.proto", "control.proto"], &["."])?;
     Ok(())
 }

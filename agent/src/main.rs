@@ -1,1 +1,164 @@
-fn main() {}
+//! `lifeline-agent`: the always-on replication daemon and its control CLI.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lifeline_agent::config::AgentConfig;
+use lifeline_agent::control;
+use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, StatusRequest, SyncRequest};
+
+#[derive(Parser)]
+#[command(name = "lifeline-agent", version, about = "Lifeline's real-time replication agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Default)]
+struct ControlArgs {
+    /// The agent's control socket.
+    #[arg(long, env = "LIFELINE_CONTROL", default_value = "/var/lib/lifeline-agent/control.sock")]
+    control: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: capture changes under the watched directories and
+    /// replicate them to the receiver.
+    Run {
+        /// TOML config file (flags override it).
+        #[arg(long, env = "LIFELINE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Receiver address, e.g. http://127.0.0.1:7700.
+        #[arg(long)]
+        receiver: Option<String>,
+        /// This machine's name at the receiver (default: host name).
+        #[arg(long)]
+        machine: Option<String>,
+        /// A directory to replicate (repeat for several).
+        #[arg(long = "watch")]
+        watch: Vec<PathBuf>,
+        /// State directory (default /var/lib/lifeline-agent).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Coalescing interval in milliseconds (default 5).
+        #[arg(long)]
+        interval_ms: Option<u64>,
+        /// Control socket (default <state-dir>/control.sock).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Kernel ring buffer size in MiB (default 16).
+        #[arg(long)]
+        ring_buffer_mib: Option<u32>,
+    },
+    /// Show the agent's state: connection, lag, queue depth, bytes sent, last error.
+    Status {
+        #[command(flatten)]
+        ctl: ControlArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch automatic backup on: attach the eBPF programs and catch up.
+    On {
+        #[command(flatten)]
+        ctl: ControlArgs,
+    },
+    /// Switch automatic backup off: detach the eBPF programs.
+    Off {
+        #[command(flatten)]
+        ctl: ControlArgs,
+    },
+    /// Reconcile the watched directories with the receiver now.
+    Sync {
+        #[command(flatten)]
+        ctl: ControlArgs,
+    },
+}
+
+fn print_status(s: &AgentStatus, json: bool) {
+    if json {
+        let v = serde_json::json!({
+            "connected": s.connected,
+            "capture": s.capture,
+            "queue_depth": s.queue_depth,
+            "lag_ms": s.lag_ms,
+            "bytes_sent": s.bytes_sent,
+            "ops_sent": s.ops_sent,
+            "acked_seq": s.acked_seq,
+            "last_error": if s.last_error.is_empty() { None } else { Some(&s.last_error) },
+            "initial_sync_done": s.initial_sync_done,
+            "receiver": s.receiver,
+            "machine": s.machine,
+            "watched": s.watched,
+            "kernel_events": s.kernel_events,
+            "kernel_lost": s.kernel_lost,
+            "reconciliations": s.reconciliations,
+        });
+        println!("{v}");
+        return;
+    }
+    println!("machine:      {}", s.machine);
+    println!("receiver:     {} ({})", s.receiver, if s.connected { "connected" } else { "NOT connected" });
+    println!("capture:      {}", s.capture);
+    println!("watched:      {}", s.watched.join(", "));
+    println!("initial sync: {}", if s.initial_sync_done { "done" } else { "in progress" });
+    println!("queue depth:  {}", s.queue_depth);
+    println!("lag:          {} ms", s.lag_ms);
+    println!("sent:         {} ops, {} bytes", s.ops_sent, s.bytes_sent);
+    println!("kernel:       {} events, {} lost", s.kernel_events, s.kernel_lost);
+    println!("last error:   {}", if s.last_error.is_empty() { "none" } else { &s.last_error });
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, receiver, machine, watch, state_dir, interval_ms, control, ring_buffer_mib } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let flags = AgentConfig { receiver, machine, watch, state_dir, interval_ms, control, ring_buffer_mib };
+            let cfg = match config {
+                Some(path) => AgentConfig::load(&path).map(|c| c.merge(flags)),
+                None => Ok(flags),
+            };
+            match cfg {
+                Ok(cfg) => lifeline_agent::daemon::run(cfg).await,
+                Err(e) => Err(e),
+            }
+        }
+        Command::Status { ctl, json } => async {
+            let s = control::client(&ctl.control).await?.status(StatusRequest {}).await?.into_inner();
+            print_status(&s, json);
+            Ok(())
+        }
+        .await,
+        Command::On { ctl } => set(&ctl, true).await,
+        Command::Off { ctl } => set(&ctl, false).await,
+        Command::Sync { ctl } => async {
+            let s = control::client(&ctl.control).await?.sync(SyncRequest {}).await?.into_inner();
+            print_status(&s, false);
+            Ok(())
+        }
+        .await,
+    };
+    if let Err(e) = result {
+        eprintln!("lifeline-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn set(ctl: &ControlArgs, enabled: bool) -> anyhow::Result<()> {
+    let s = control::client(&ctl.control)
+        .await?
+        .set_capture(SetCaptureRequest { enabled })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .into_inner();
+    println!("automatic backup is {}", if s.capture == "off" { "off" } else { "on" });
+    Ok(())
+}

@@ -5,6 +5,13 @@ pub mod v1 {
     tonic::include_proto!("lifeline.v1");
 }
 
+/// The agent's local control service (`proto/control.proto`).
+pub mod control {
+    pub mod v1 {
+        tonic::include_proto!("lifeline.control.v1");
+    }
+}
+
 /// Metadata header naming the machine an agent speaks for.
 pub const MACHINE_HEADER: &str = "x-lifeline-machine";
 

@@ -1,0 +1,70 @@
+//! The agent's configuration: a TOML file, overridden by command-line flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything `lifeline-agent run` needs. Every field can come from the config
+/// file (same names) or a flag.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Receiver address, e.g. `http://backup-host:7700`.
+    pub receiver: Option<String>,
+    /// This machine's name at the receiver (default: the host name).
+    pub machine: Option<String>,
+    /// Directories to replicate.
+    #[serde(default)]
+    pub watch: Vec<PathBuf>,
+    /// Where the agent keeps its state (control socket, later its queue).
+    pub state_dir: Option<PathBuf>,
+    /// Coalescing interval in milliseconds.
+    pub interval_ms: Option<u64>,
+    /// Control socket path (default: `<state_dir>/control.sock`).
+    pub control: Option<PathBuf>,
+    /// Kernel ring buffer size in MiB.
+    pub ring_buffer_mib: Option<u32>,
+}
+
+impl AgentConfig {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<AgentConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+
+    /// Values from `other` win where set.
+    pub fn merge(mut self, other: AgentConfig) -> AgentConfig {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib);
+        if !other.watch.is_empty() {
+            self.watch = other.watch;
+        }
+        self
+    }
+
+    pub fn receiver(&self) -> String {
+        self.receiver.clone().unwrap_or_else(|| "http://127.0.0.1:7700".into())
+    }
+
+    pub fn machine(&self) -> String {
+        self.machine.clone().unwrap_or_else(|| {
+            rustix::system::uname().nodename().to_string_lossy().into_owned()
+        })
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/lifeline-agent"))
+    }
+
+    pub fn control(&self) -> PathBuf {
+        self.control.clone().unwrap_or_else(|| self.state_dir().join("control.sock"))
+    }
+
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.unwrap_or(5))
+    }
+}

@@ -1,0 +1,97 @@
+//! The agent's control socket: gRPC over a Unix socket (`status`, `on`, `off`,
+//! `sync`). Who may switch backup off is decided by the socket's permissions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use lifeline_capture::Capture;
+use lifeline_proto::control::v1::agent_control_client::AgentControlClient;
+use lifeline_proto::control::v1::agent_control_server::{AgentControl, AgentControlServer};
+use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, StatusRequest, SyncRequest};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Channel, Endpoint, Server, Uri};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::status::{CaptureMode, Shared};
+
+pub struct ControlService {
+    pub shared: Arc<Shared>,
+    /// The loaded eBPF programs (None when running on the fallback watcher).
+    pub capture: Arc<Mutex<Option<Capture>>>,
+    pub reconcile: Arc<Notify>,
+}
+
+#[tonic::async_trait]
+impl AgentControl for ControlService {
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<AgentStatus>, Status> {
+        Ok(Response::new(self.shared.snapshot()))
+    }
+
+    async fn set_capture(&self, req: Request<SetCaptureRequest>) -> Result<Response<AgentStatus>, Status> {
+        let enabled = req.into_inner().enabled;
+        {
+            let mut cap = self.capture.lock().unwrap();
+            let Some(cap) = cap.as_mut() else {
+                return Err(Status::failed_precondition(
+                    "eBPF capture is not available on this machine (the agent runs on its fallback watcher)",
+                ));
+            };
+            let result = if enabled { cap.attach() } else { cap.detach() };
+            result.map_err(|e| Status::internal(format!("{e:#}")))?;
+            *self.shared.capture.lock().unwrap() = if enabled { CaptureMode::Ebpf } else { CaptureMode::Off };
+        }
+        if enabled {
+            // Catch up with what changed while capture was off.
+            self.reconcile.notify_one();
+        }
+        info!("automatic backup switched {}", if enabled { "on" } else { "off" });
+        Ok(Response::new(self.shared.snapshot()))
+    }
+
+    async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<AgentStatus>, Status> {
+        self.reconcile.notify_one();
+        Ok(Response::new(self.shared.snapshot()))
+    }
+}
+
+/// Serves the control socket at `path` until the process ends.
+pub async fn serve(path: PathBuf, service: ControlService) -> anyhow::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| anyhow::anyhow!("cannot create the control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+    info!("control socket at {}", path.display());
+    if let Err(e) = Server::builder()
+        .add_service(AgentControlServer::new(service))
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await
+    {
+        warn!("control socket stopped: {e}");
+    }
+    Ok(())
+}
+
+/// A client of the control socket at `path`.
+pub async fn client(path: &Path) -> anyhow::Result<AgentControlClient<Channel>> {
+    let path = path.to_path_buf();
+    let shown = path.display().to_string();
+    let channel = Endpoint::from_static("http://agent.control")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the agent's control socket {shown}: {e} (is lifeline-agent running? \
+                 pass --control if it uses another socket)"
+            )
+        })?;
+    Ok(AgentControlClient::new(channel))
+}

@@ -1,0 +1,116 @@
+//! `lifeline-agent run`: wires capture → scheduler → network backup unit,
+//! reconciliation and the control socket together.
+//!
+//! ```text
+//!  capture reader thread ──(queue unit: channel)──► scheduler thread
+//!        │ gaps                                         │ batches
+//!        ▼                                              ▼
+//!  reconciliation task ──(paths to check)──► queue   sender task ──gRPC──► receiver
+//!  control socket (status / on / off / sync)
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context;
+use lifeline_capture::{Capture, CaptureMsg, CaptureOptions, Resolver};
+use tokio::sync::Notify;
+use tracing::{error, info};
+
+use crate::config::AgentConfig;
+use crate::control::{self, ControlService};
+use crate::scheduler::{self, SchedMsg, SchedulerOptions};
+use crate::status::{CaptureMode, Shared};
+use crate::{reconcile, sender};
+
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    if cfg.watch.is_empty() {
+        anyhow::bail!("nothing to watch: give at least one --watch DIR (or `watch = [...]` in the config file)");
+    }
+    let mut roots = Vec::new();
+    for w in &cfg.watch {
+        let root = std::fs::canonicalize(w)
+            .with_context(|| format!("watched directory {} does not exist; create it or fix --watch", w.display()))?;
+        if !root.is_dir() {
+            anyhow::bail!("watched path {} is not a directory", root.display());
+        }
+        roots.push(root);
+    }
+    let state_dir = cfg.state_dir();
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    let endpoint = cfg.receiver();
+    let machine = cfg.machine();
+    let shared = Arc::new(Shared::new(
+        endpoint.clone(),
+        machine.clone(),
+        roots.iter().map(|r| r.display().to_string()).collect(),
+        CaptureMode::Off,
+    ));
+    let reconcile_now = Arc::new(Notify::new());
+    let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<SchedMsg>();
+
+    // Capture first, so nothing written from now on is missed; the initial
+    // sync (a reconciliation) then covers everything before.
+    let started = Instant::now();
+    let mut capture = Capture::load(&CaptureOptions {
+        ring_buffer_bytes: cfg.ring_buffer_mib.unwrap_or(16) << 20,
+    })
+    .context("eBPF capture is unavailable")?;
+    capture.set_watched(&roots)?;
+    capture.attach()?;
+    *shared.capture.lock().unwrap() = CaptureMode::Ebpf;
+    info!("capturing changes under {:?} (ready in {:?})", roots, started.elapsed());
+    let reader = capture.take_reader().expect("fresh capture has its reader");
+    let capture = Arc::new(Mutex::new(Some(capture)));
+
+    {
+        let resolver = Resolver::new(roots.clone())?;
+        let tx = queue_tx.clone();
+        let shared = shared.clone();
+        let reconcile_now = reconcile_now.clone();
+        std::thread::Builder::new().name("capture".into()).spawn(move || {
+            reader.run(resolver, |msg| match msg {
+                CaptureMsg::Change(ch) => {
+                    shared.kernel_events.fetch_add(1, Relaxed);
+                    tx.send(SchedMsg::Change(ch, Instant::now())).is_ok()
+                }
+                CaptureMsg::Gap { lost, .. } => {
+                    shared.kernel_lost.fetch_add(lost, Relaxed);
+                    reconcile_now.notify_one();
+                    true
+                }
+            })
+        })?;
+    }
+
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(8);
+    {
+        let shared = shared.clone();
+        let roots = roots.clone();
+        let opts = SchedulerOptions { interval: cfg.interval(), ..Default::default() };
+        std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || scheduler::run(queue_rx, batch_tx, shared, roots, opts))?;
+    }
+
+    tokio::spawn(sender::run(endpoint.clone(), machine.clone(), batch_rx, shared.clone(), reconcile_now.clone()));
+    tokio::spawn(reconcile::run(endpoint, machine, roots, queue_tx, shared.clone(), reconcile_now.clone()));
+    let control_path: PathBuf = cfg.control();
+    let service = ControlService { shared, capture: capture.clone(), reconcile: reconcile_now };
+    let control = tokio::spawn(control::serve(control_path.clone(), service));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("interrupted; stopping"),
+        _ = term.recv() => info!("terminated; stopping"),
+        r = control => if let Ok(Err(e)) = r { error!("{e:#}") },
+    }
+    if let Some(cap) = capture.lock().unwrap().as_mut() {
+        let _ = cap.detach();
+    }
+    let _ = std::fs::remove_file(&control_path);
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The schedule processing unit's output side: turns pending items into
+//! sequence-numbered wire operations, reading each file's current bytes for
+//! the changed ranges at send time.
+
+use std::fs::{self, File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Instant;
+
+use lifeline_core::wirepath;
+use lifeline_proto::v1::{self as pb, op::Kind};
+use tracing::{debug, warn};
+
+use super::coalesce::{Content, Item, What};
+
+/// A batch ready for the network, with what the sender needs to account for it.
+pub struct OutBatch {
+    pub batch: pb::OpBatch,
+    pub last_seq: u64,
+    /// Capture time of the oldest change in the batch.
+    pub oldest: Instant,
+    pub bytes: u64,
+}
+
+/// Flush a batch once it holds this many data bytes or ops.
+const BATCH_BYTES: usize = 4 << 20;
+const BATCH_OPS: usize = 4096;
+
+pub fn attr_of(md: &Metadata) -> pb::Attr {
+    pb::Attr {
+        mode: md.mode() & 0o7777,
+        mtime_sec: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+        uid: Some(md.uid()),
+        gid: Some(md.gid()),
+    }
+}
+
+/// Accumulates ops into batches and hands full ones to `out`.
+pub struct BatchBuilder<'a> {
+    seq: &'a mut u64,
+    ops: Vec<pb::Op>,
+    bytes: usize,
+    oldest: Option<Instant>,
+    out: &'a mut dyn FnMut(OutBatch),
+}
+
+impl<'a> BatchBuilder<'a> {
+    pub fn new(seq: &'a mut u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
+        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, out }
+    }
+
+    fn push(&mut self, path: &Path, kind: Kind, since: Instant) {
+        let Ok(wire) = wirepath::from_local(path) else {
+            warn!("cannot name {} on the wire; skipped", path.display());
+            return;
+        };
+        *self.seq += 1;
+        self.bytes += match &kind {
+            Kind::Data(d) => d.chunks.iter().map(|c| c.data.len()).sum::<usize>(),
+            _ => 0,
+        } + wire.len();
+        self.oldest = Some(self.oldest.map_or(since, |o| o.min(since)));
+        self.ops.push(pb::Op { seq: *self.seq, path: wire, kind: Some(kind) });
+        if self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS {
+            self.flush();
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let ops = std::mem::take(&mut self.ops);
+        (self.out)(OutBatch {
+            last_seq: *self.seq,
+            oldest: self.oldest.take().unwrap_or_else(Instant::now),
+            bytes: std::mem::take(&mut self.bytes) as u64,
+            batch: pb::OpBatch { ops },
+        });
+    }
+
+    fn wire(p: &Path) -> Vec<u8> {
+        wirepath::from_local(p).unwrap_or_default()
+    }
+
+    /// Sends one item; returns the content entry back when its local object
+    /// has vanished (renamed or replaced since), to be tried again.
+    pub fn item(&mut self, item: Item) -> Option<Content> {
+        match item {
+            Item::Content(c) => match self.content(&c) {
+                Ok(()) => None,
+                Err(e) if is_vanished(&e) => Some(c),
+                Err(e) => {
+                    warn!("cannot read {}: {e}; it will be retried at the next reconciliation", c.local.display());
+                    None
+                }
+            },
+            Item::Remove { path, since } => {
+                self.push(&path, Kind::Remove(pb::Remove {}), since);
+                None
+            }
+            Item::Rename { from, to, exchange, since } => {
+                self.push(&from, Kind::Rename(pb::Rename { to: Self::wire(&to), exchange }), since);
+                None
+            }
+            Item::Link { from, to, since } => {
+                self.push(&from, Kind::Link(pb::Link { to: Self::wire(&to) }), since);
+                None
+            }
+        }
+    }
+
+    fn content(&mut self, c: &Content) -> io::Result<()> {
+        match &c.what {
+            What::File { ranges, truncate_to, full } => {
+                let all;
+                let ranges: Vec<(u64, u64)> = if *full {
+                    all = true;
+                    Vec::new()
+                } else {
+                    all = false;
+                    ranges.iter().collect()
+                };
+                self.file(c, &ranges, all, *truncate_to)
+            }
+            What::Dir => {
+                let md = fs::symlink_metadata(&c.local)?;
+                if !md.is_dir() {
+                    return Err(vanished());
+                }
+                self.push(&c.remote, Kind::Mkdir(pb::Mkdir { attr: Some(attr_of(&md)) }), c.since);
+                Ok(())
+            }
+            What::Symlink => self.symlink(c),
+            What::Attr => {
+                let md = fs::symlink_metadata(&c.local)?;
+                if md.file_type().is_symlink() {
+                    return Ok(());
+                }
+                if c.ino != 0 && md.ino() != c.ino {
+                    return Err(vanished());
+                }
+                self.push(&c.remote, Kind::Setattr(pb::SetAttr { attr: Some(attr_of(&md)) }), c.since);
+                Ok(())
+            }
+            What::Check => self.check(&c.local, &c.remote, c.since),
+            What::Tree => {
+                for e in walkdir::WalkDir::new(&c.local).sort_by_file_name() {
+                    let e = match e {
+                        Ok(e) => e,
+                        Err(err) => {
+                            debug!("walking {}: {err}", c.local.display());
+                            continue;
+                        }
+                    };
+                    let rel = e.path().strip_prefix(&c.local).expect("below the root");
+                    let remote = if rel.as_os_str().is_empty() { c.remote.clone() } else { c.remote.join(rel) };
+                    self.check(e.path(), &remote, c.since)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Whatever is at `local` now, sent whole; nothing there: remove it.
+    fn check(&mut self, local: &Path, remote: &Path, since: Instant) -> io::Result<()> {
+        let md = match fs::symlink_metadata(local) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.push(remote, Kind::Remove(pb::Remove {}), since);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let c = Content {
+            remote: remote.to_path_buf(),
+            local: local.to_path_buf(),
+            what: What::Check,
+            ino: md.ino(),
+            since,
+            deferrals: 0,
+        };
+        let ft = md.file_type();
+        if ft.is_file() {
+            self.file(&c, &[], true, None)
+        } else if ft.is_dir() {
+            self.push(remote, Kind::Mkdir(pb::Mkdir { attr: Some(attr_of(&md)) }), since);
+            Ok(())
+        } else if ft.is_symlink() {
+            self.symlink(&c)
+        } else {
+            // FIFOs, sockets, devices are not replicated.
+            self.push(remote, Kind::Remove(pb::Remove {}), since);
+            Ok(())
+        }
+    }
+
+    fn symlink(&mut self, c: &Content) -> io::Result<()> {
+        let target = fs::read_link(&c.local).map_err(|e| if e.kind() == io::ErrorKind::InvalidInput { vanished() } else { e })?;
+        use std::os::unix::ffi::OsStrExt;
+        self.push(&c.remote, Kind::Symlink(pb::Symlink { target: target.as_os_str().as_bytes().to_vec() }), c.since);
+        Ok(())
+    }
+
+    /// The changed ranges (or all of it) of a regular file, in ops of at
+    /// most `MAX_CHUNK` bytes.
+    fn file(&mut self, c: &Content, ranges: &[(u64, u64)], all: bool, truncate_to: Option<u64>) -> io::Result<()> {
+        let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&c.local)?;
+        let md = f.metadata()?;
+        if !md.is_file() || (c.ino != 0 && md.ino() != c.ino) {
+            return Err(vanished());
+        }
+        let size = md.len();
+        let attr = attr_of(&md);
+        let whole = [(0, size)];
+        let ranges = if all { &whole[..] } else { ranges };
+        let mut chunks = Vec::new();
+        let mut held = 0usize;
+        let mut truncate_to = truncate_to;
+        let emit = |this: &mut Self, chunks: Vec<pb::Chunk>, truncate_to: Option<u64>| {
+            let data = pb::FileData { truncate_to, chunks, size, attr: Some(attr) };
+            this.push(&c.remote, Kind::Data(data), c.since);
+        };
+        for &(start, end) in ranges {
+            let end = end.min(size);
+            let mut off = start;
+            while off < end {
+                let want = ((end - off) as usize).min(lifeline_proto::MAX_CHUNK - held);
+                let data = read_at(&f, off, want)?;
+                if data.is_empty() {
+                    break; // shrank meanwhile; its truncation is on its way
+                }
+                let n = data.len();
+                chunks.push(pb::Chunk { offset: off, data });
+                held += n;
+                off += n as u64;
+                if held >= lifeline_proto::MAX_CHUNK {
+                    emit(self, std::mem::take(&mut chunks), truncate_to.take());
+                    held = 0;
+                }
+            }
+        }
+        if !chunks.is_empty() || held == 0 {
+            emit(self, chunks, truncate_to);
+        }
+        Ok(())
+    }
+}
+
+fn read_at(f: &File, off: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        match f.read_at(&mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+fn vanished() -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, "the object changed kind or identity")
+}
+
+fn is_vanished(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || e.raw_os_error() == Some(libc::ELOOP)
+        || e.raw_os_error() == Some(libc::ENOTDIR)
+        || e.raw_os_error() == Some(libc::ENXIO)
+}

@@ -1,0 +1,111 @@
+//! State shared by the agent's threads and reported by `status`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use lifeline_proto::control::v1::AgentStatus;
+
+/// How changes are being captured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureMode {
+    Ebpf,
+    Off,
+    Notify,
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Ebpf => "ebpf",
+            CaptureMode::Off => "off",
+            CaptureMode::Notify => "notify",
+        }
+    }
+}
+
+pub struct Shared {
+    pub started: Instant,
+    pub receiver: String,
+    pub machine: String,
+    pub watched: Vec<String>,
+    pub connected: AtomicBool,
+    pub capture: Mutex<CaptureMode>,
+    /// Items waiting in the scheduler.
+    pub pending: AtomicU64,
+    /// Capture time of the oldest item in the scheduler, as ms since `started`
+    /// (u64::MAX when none).
+    pub oldest_pending_ms: AtomicU64,
+    /// Ops sent but not acknowledged.
+    pub unacked_ops: AtomicU64,
+    /// Capture time of the oldest change in an unacknowledged batch (as above).
+    pub oldest_unacked_ms: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub ops_sent: AtomicU64,
+    pub acked_seq: AtomicU64,
+    pub kernel_events: AtomicU64,
+    pub kernel_lost: AtomicU64,
+    pub reconciliations: AtomicU64,
+    pub initial_sync_done: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub fn new(receiver: String, machine: String, watched: Vec<String>, capture: CaptureMode) -> Shared {
+        Shared {
+            started: Instant::now(),
+            receiver,
+            machine,
+            watched,
+            connected: AtomicBool::new(false),
+            capture: Mutex::new(capture),
+            pending: AtomicU64::new(0),
+            oldest_pending_ms: AtomicU64::new(u64::MAX),
+            unacked_ops: AtomicU64::new(0),
+            oldest_unacked_ms: AtomicU64::new(u64::MAX),
+            bytes_sent: AtomicU64::new(0),
+            ops_sent: AtomicU64::new(0),
+            acked_seq: AtomicU64::new(0),
+            kernel_events: AtomicU64::new(0),
+            kernel_lost: AtomicU64::new(0),
+            reconciliations: AtomicU64::new(0),
+            initial_sync_done: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// Milliseconds since the agent started, for the `*_ms` fields.
+    pub fn ms(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    pub fn set_error(&self, e: impl Into<String>) {
+        *self.last_error.lock().unwrap() = Some(e.into());
+    }
+
+    pub fn capture_mode(&self) -> CaptureMode {
+        *self.capture.lock().unwrap()
+    }
+
+    pub fn snapshot(&self) -> AgentStatus {
+        let now = self.ms(Instant::now());
+        let oldest = self.oldest_pending_ms.load(Relaxed).min(self.oldest_unacked_ms.load(Relaxed));
+        AgentStatus {
+            connected: self.connected.load(Relaxed),
+            capture: self.capture_mode().as_str().to_string(),
+            queue_depth: self.pending.load(Relaxed) + self.unacked_ops.load(Relaxed),
+            lag_ms: if oldest == u64::MAX { 0 } else { now.saturating_sub(oldest) },
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            ops_sent: self.ops_sent.load(Relaxed),
+            acked_seq: self.acked_seq.load(Relaxed),
+            last_error: self.last_error.lock().unwrap().clone().unwrap_or_default(),
+            initial_sync_done: self.initial_sync_done.load(Relaxed),
+            receiver: self.receiver.clone(),
+            machine: self.machine.clone(),
+            watched: self.watched.clone(),
+            kernel_events: self.kernel_events.load(Relaxed),
+            kernel_lost: self.kernel_lost.load(Relaxed),
+            reconciliations: self.reconciliations.load(Relaxed),
+        }
+    }
+}
