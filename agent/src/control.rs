@@ -58,6 +58,19 @@ impl AgentControl for ControlService {
     }
 }
 
+/// Inode of the socket this process created, so shutdown never removes a
+/// successor's socket at the same path.
+static SOCKET_INO: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Removes the control socket if it is still the one this process made.
+pub fn remove_socket(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ours = SOCKET_INO.load(std::sync::atomic::Ordering::Relaxed);
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ours) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// Serves the control socket at `path` until the process ends.
 pub async fn serve(path: PathBuf, service: ControlService) -> anyhow::Result<()> {
     if path.exists() {
@@ -66,6 +79,10 @@ pub async fn serve(path: PathBuf, service: ControlService) -> anyhow::Result<()>
     let listener = UnixListener::bind(&path)
         .map_err(|e| anyhow::anyhow!("cannot create the control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+    {
+        use std::os::unix::fs::MetadataExt;
+        SOCKET_INO.store(std::fs::symlink_metadata(&path)?.ino(), std::sync::atomic::Ordering::Relaxed);
+    }
     info!("control socket at {}", path.display());
     if let Err(e) = Server::builder()
         .add_service(AgentControlServer::new(service))

@@ -108,9 +108,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         _ = term.recv() => info!("terminated; stopping"),
         r = control => if let Ok(Err(e)) = r { error!("{e:#}") },
     }
-    if let Some(cap) = capture.lock().unwrap().as_mut() {
-        let _ = cap.detach();
-    }
-    let _ = std::fs::remove_file(&control_path);
-    Ok(())
+    // The kernel detaches the programs when the process ends.
+    control::remove_socket(&control_path);
+    // Threads and in-flight tasks hold nothing that needs an orderly end; a
+    // lingering agent would fight its successor for the receiver stream.
+    std::process::exit(0);
 }

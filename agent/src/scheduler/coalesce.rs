@@ -176,7 +176,9 @@ impl Coalescer {
         let mut moved = Vec::with_capacity(keys.len());
         for (k, i) in keys {
             self.index.remove(&k);
-            let new = to.join(k.strip_prefix(from).expect("under from"));
+            let rest = k.strip_prefix(from).expect("under from");
+            // (joining an empty path would append a '/')
+            let new = if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) };
             if let Some(Item::Content(c)) = &mut self.items[i] {
                 c.local = new.clone();
             }
@@ -359,7 +361,7 @@ mod tests {
         assert_eq!(items.len(), 2, "{items:?}");
         let Item::Content(e) = &items[0] else { panic!() };
         assert_eq!(e.remote, Path::new("/w/a.tmp"));
-        assert_eq!(e.local, Path::new("/w/a"));
+        assert_eq!(e.local.as_os_str(), "/w/a");
         let What::File { ranges, .. } = &e.what else { panic!() };
         assert_eq!(ranges.bytes(), 15);
         assert!(matches!(&items[1], Item::Rename { to, .. } if to == Path::new("/w/a")));
@@ -378,7 +380,8 @@ mod tests {
             .iter()
             .filter_map(|i| if let Item::Content(c) = i { Some(c.local.clone()) } else { None })
             .collect();
-        assert_eq!(locals, vec![PathBuf::from("/w/e"), "/w/e/f".into(), "/w/d0".into()]);
+        let locals: Vec<_> = locals.iter().map(|p| p.as_os_str().to_owned()).collect();
+        assert_eq!(locals, vec!["/w/e", "/w/e/f", "/w/d0"]);
     }
 
     #[test]

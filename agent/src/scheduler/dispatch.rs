@@ -57,6 +57,7 @@ impl<'a> BatchBuilder<'a> {
             return;
         };
         *self.seq += 1;
+        debug!(seq = *self.seq, path = %path.display(), op = kind_name(&kind), "op");
         self.bytes += match &kind {
             Kind::Data(d) => d.chunks.iter().map(|c| c.data.len()).sum::<usize>(),
             _ => 0,
@@ -246,6 +247,18 @@ impl<'a> BatchBuilder<'a> {
             emit(self, chunks, truncate_to);
         }
         Ok(())
+    }
+}
+
+fn kind_name(k: &Kind) -> &'static str {
+    match k {
+        Kind::Data(_) => "data",
+        Kind::Mkdir(_) => "mkdir",
+        Kind::Remove(_) => "remove",
+        Kind::Rename(_) => "rename",
+        Kind::Symlink(_) => "symlink",
+        Kind::Link(_) => "link",
+        Kind::Setattr(_) => "setattr",
     }
 }
 

@@ -114,20 +114,26 @@ pub fn run(
             return;
         }
         for c in back {
+            debug!(local = %c.local.display(), "vanished at send time; deferred");
             if c.since.elapsed() < opts.vanished_timeout {
                 co.requeue(c);
             } else {
                 debug!("{} vanished and never came back; left to reconciliation", c.local.display());
             }
         }
-        deadline = if co.is_empty() { None } else { Some(Instant::now() + opts.interval) };
+        // Objects that vanished usually reappear with the next event (a rename
+        // in flight); retry them less eagerly than fresh changes.
+        deadline = if co.is_empty() { None } else { Some(Instant::now() + opts.interval.max(Duration::from_millis(2)) * 4) };
         publish(&shared, &co);
     }
 }
 
 fn apply(co: &mut Coalescer, msg: SchedMsg) {
     match msg {
-        SchedMsg::Change(ch, at) => co.add(&ch, at),
+        SchedMsg::Change(ch, at) => {
+            debug!(path = %ch.path.display(), kind = ?ch.kind, ino = ch.ino, "change");
+            co.add(&ch, at)
+        }
         SchedMsg::Check(paths) => {
             let now = Instant::now();
             for p in paths {

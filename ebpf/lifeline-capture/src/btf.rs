@@ -221,6 +221,15 @@ impl Btf {
             dentry_inode: o("dentry", "d_inode")?,
             dentry_sb: o("dentry", "d_sb")?,
             fs_pwd_dentry: o("fs_struct", "pwd.dentry")?,
+            regs_orig_ax: o("pt_regs", "orig_ax")?,
+            regs_args: [
+                o("pt_regs", "di")?,
+                o("pt_regs", "si")?,
+                o("pt_regs", "dx")?,
+                o("pt_regs", "r10")?,
+                o("pt_regs", "r8")?,
+                o("pt_regs", "r9")?,
+            ],
             _pad: 0,
         })
     }

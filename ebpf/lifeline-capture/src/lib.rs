@@ -14,15 +14,15 @@ pub mod mounts;
 pub mod record;
 
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::trace_point::TracePointLinkId;
-use aya::programs::TracePoint;
+use aya::programs::raw_trace_point::RawTracePointLinkId;
+use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
-use lifeline_ebpf_common::{stat, Config, HOOKED_SYSCALLS};
+use lifeline_ebpf_common::{stat, Config};
 use tracing::{debug, info, warn};
 
 pub use change::{ChangeKind, FileChange, Resolver, Unresolved};
@@ -30,7 +30,6 @@ pub use change::{ChangeKind, FileChange, Resolver, Unresolved};
 /// The compiled kernel programs (built by build.rs).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lifeline-ebpf.o"));
 
-const TRACEFS: &str = "/sys/kernel/tracing";
 
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -56,25 +55,8 @@ pub struct KernelStats {
 /// The loaded programs and their attachments.
 pub struct Capture {
     ebpf: Ebpf,
-    links: Vec<(&'static str, TracePointLinkId)>,
+    links: Vec<(&'static str, RawTracePointLinkId)>,
     reader: Option<Reader>,
-}
-
-fn ensure_tracefs() {
-    if !Path::new(TRACEFS).join("events").exists() {
-        let r = unsafe {
-            libc::mount(
-                c"nodev".as_ptr(),
-                c"/sys/kernel/tracing".as_ptr(),
-                c"tracefs".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            warn!("tracefs is not mounted and mounting it failed: {}", std::io::Error::last_os_error());
-        }
-    }
 }
 
 impl Capture {
@@ -84,7 +66,6 @@ impl Capture {
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
         let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
-        ensure_tracefs();
 
         let offsets = btf::Btf::from_sys_fs()?.offsets()?;
         let config = Config { offsets, agent_tgid: std::process::id(), _pad: 0 };
@@ -101,7 +82,7 @@ impl Capture {
             }
         };
         for name in ["sys_enter", "sys_exit"] {
-            let prog: &mut TracePoint = ebpf
+            let prog: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
@@ -138,35 +119,30 @@ impl Capture {
         !self.links.is_empty()
     }
 
-    /// Attaches the programs to every hooked syscall this kernel has.
+    /// Attaches the programs to the `sys_enter` / `sys_exit` raw tracepoints.
     pub fn attach(&mut self) -> anyhow::Result<()> {
         if self.attached() {
             return Ok(());
         }
         let started = Instant::now();
-        for (prog_name, prefix) in [("sys_enter", "sys_enter_"), ("sys_exit", "sys_exit_")] {
-            let prog: &mut TracePoint = self.ebpf.program_mut(prog_name).expect("loaded").try_into()?;
-            for call in HOOKED_SYSCALLS {
-                let tp = format!("{prefix}{call}");
-                if !Path::new(TRACEFS).join("events/syscalls").join(&tp).exists() {
-                    debug!("this kernel has no tracepoint {tp}; skipped");
-                    continue;
-                }
-                let id = prog.attach("syscalls", &tp).with_context(|| format!("attaching to {tp}"))?;
-                self.links.push((prog_name, id));
-            }
+        for name in ["sys_enter", "sys_exit"] {
+            let prog: &mut RawTracePoint = self.ebpf.program_mut(name).expect("loaded").try_into()?;
+            let id = prog.attach(name).with_context(|| format!("attaching to the {name} raw tracepoint"))?;
+            self.links.push((name, id));
         }
-        info!("eBPF programs attached to {} tracepoints in {:?}", self.links.len(), started.elapsed());
+        info!("eBPF programs attached in {:?}", started.elapsed());
         Ok(())
     }
 
     /// Detaches every program: the kernel stops reporting.
+    ///
     pub fn detach(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
         for (prog_name, id) in self.links.drain(..) {
-            let prog: &mut TracePoint = self.ebpf.program_mut(prog_name).expect("loaded").try_into()?;
+            let prog: &mut RawTracePoint = self.ebpf.program_mut(prog_name).expect("loaded").try_into()?;
             prog.detach(id)?;
         }
-        info!("eBPF programs detached");
+        info!("eBPF programs detached in {:?}", started.elapsed());
         Ok(())
     }
 }

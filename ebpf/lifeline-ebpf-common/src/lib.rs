@@ -126,6 +126,10 @@ pub struct Offsets {
     pub dentry_inode: u32,
     pub dentry_sb: u32,
     pub fs_pwd_dentry: u32,
+    /// `struct pt_regs` fields holding the syscall number and arguments
+    /// (x86_64 syscall ABI: di, si, dx, r10, r8, r9).
+    pub regs_orig_ax: u32,
+    pub regs_args: [u32; 6],
     pub _pad: u32,
 }
 
@@ -152,9 +156,9 @@ pub mod stat {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}
 
-/// x86_64 syscall numbers of the calls hooked. The same programs are attached
-/// to each call's `syscalls:sys_enter_*` / `sys_exit_*` tracepoints and
-/// dispatch on the number the tracepoint reports.
+/// x86_64 syscall numbers of the calls hooked. The programs sit on the
+/// `sys_enter` / `sys_exit` raw tracepoints and return at once for any other
+/// number.
 pub mod nr {
     pub const WRITE: u32 = 1;
     pub const OPEN: u32 = 2;
@@ -204,8 +208,7 @@ pub mod nr {
     pub const FCHMODAT2: u32 = 452;
 }
 
-/// The tracepoint names (`syscalls:sys_enter_<name>` / `sys_exit_<name>`) the
-/// agent attaches the programs to.
+/// The calls hooked, by name (for documentation and diagnostics).
 pub const HOOKED_SYSCALLS: &[&str] = &[
     "write", "pwrite64", "writev", "pwritev", "pwritev2", "ftruncate", "truncate", "fallocate",
     "copy_file_range", "sendfile64", "splice", "open", "openat", "openat2", "creat", "mkdir",

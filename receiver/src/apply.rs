@@ -1,0 +1,566 @@
+//! Applying replicated operations to a machine's mirror.
+//!
+//! Every path from the network is checked by [`wirepath::validate`], its
+//! parent directory is resolved inside the mirror by [`Resolver`] (openat2,
+//! never following a symlink), and the operation itself uses the `*at()`
+//! syscalls on the final name relative to that directory's fd. Nothing the
+//! agent sends can reach outside the machine's mirror.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use lifeline_core::wirepath;
+use lifeline_proto::v1::{op, Ack, Attr, FileData, Op, OpBatch, OpError};
+use rustix::fs::{
+    chmodat, chownat, fchmod, fchown, fstat, futimens, linkat, mkdirat, renameat_with, symlinkat,
+    utimensat, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid,
+    UTIME_OMIT,
+};
+use rustix::io::Errno;
+use tracing::{debug, warn};
+
+use crate::safepath::{kind_at, open_beneath, remove_at, split, Mirror, Resolver, NEW_DIR_MODE};
+
+/// Why an op failed, in words for the agent's log.
+type OpResult = Result<(), String>;
+
+/// Adds what was being done to an error.
+trait Context<T> {
+    fn ctx(self, what: &str) -> Result<T, String>;
+}
+
+impl<T> Context<T> for Result<T, Errno> {
+    fn ctx(self, what: &str) -> Result<T, String> {
+        self.map_err(|e| format!("{what}: {}", io::Error::from(e)))
+    }
+}
+
+impl<T> Context<T> for io::Result<T> {
+    fn ctx(self, what: &str) -> Result<T, String> {
+        self.map_err(|e| format!("{what}: {e}"))
+    }
+}
+
+fn lossy(p: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(p)
+}
+
+fn op_name(kind: Option<&op::Kind>) -> &'static str {
+    match kind {
+        Some(op::Kind::Data(_)) => "write",
+        Some(op::Kind::Mkdir(_)) => "mkdir",
+        Some(op::Kind::Remove(_)) => "remove",
+        Some(op::Kind::Rename(r)) if r.exchange => "exchange",
+        Some(op::Kind::Rename(_)) => "rename",
+        Some(op::Kind::Symlink(_)) => "symlink",
+        Some(op::Kind::Link(_)) => "link",
+        Some(op::Kind::Setattr(_)) => "setattr",
+        None => "op",
+    }
+}
+
+/// Whether `a` is `b` or one of its ancestors (wire paths).
+fn is_ancestor_or_same(a: &[u8], b: &[u8]) -> bool {
+    b.starts_with(a) && (a.len() == b.len() || b[a.len()] == b'/')
+}
+
+/// Applies the ops of one replication stream, in order, to one mirror.
+#[derive(Debug)]
+pub struct Applier {
+    resolver: Resolver,
+    /// The last accepted op seq of the stream.
+    last_seq: Option<u64>,
+    label: String,
+}
+
+impl Applier {
+    /// `label` names the machine in logs.
+    pub fn new(mirror: Mirror, label: impl Into<String>) -> Applier {
+        Applier {
+            resolver: Resolver::new(mirror),
+            last_seq: None,
+            label: label.into(),
+        }
+    }
+
+    pub fn mirror(&self) -> &Mirror {
+        self.resolver.mirror()
+    }
+
+    /// The highest op seq applied so far.
+    pub fn applied_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    /// Applies a batch and returns its acknowledgement. Stops early, returning
+    /// `None`, when `cancelled()` turns true between two ops (the stream is
+    /// going away and its ack would not be sent).
+    pub fn apply_batch(&mut self, batch: &OpBatch, cancelled: &dyn Fn() -> bool) -> Option<Ack> {
+        let mut errors = Vec::new();
+        for op in &batch.ops {
+            if cancelled() {
+                return None;
+            }
+            if let Err(e) = self.apply(op) {
+                // Escaped: paths from the network must not forge log lines.
+                warn!(machine = %self.label, seq = op.seq, "{}", e.message.escape_debug());
+                errors.push(e);
+            }
+        }
+        if let Err(e) = self.sync() {
+            warn!(machine = %self.label, "sync failed: {e}");
+            errors.push(OpError {
+                seq: self.last_seq.unwrap_or(0),
+                path: Vec::new(),
+                message: format!("sync: {e}"),
+            });
+        }
+        Some(Ack {
+            applied_seq: self.last_seq.unwrap_or(0),
+            errors,
+        })
+    }
+
+    /// Makes what the batch applied durable. Nothing yet: durability is a
+    /// later step, and this is the one place it goes.
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Applies one op; the error says what failed on which path.
+    pub fn apply(&mut self, op: &Op) -> Result<(), OpError> {
+        let fail = |message: String| OpError {
+            seq: op.seq,
+            path: op.path.clone(),
+            message,
+        };
+        if let Some(prev) = self.last_seq {
+            if op.seq <= prev {
+                return Err(fail(format!(
+                    "{} {}: op seq {} is not above the previous seq {prev}, skipped",
+                    op_name(op.kind.as_ref()),
+                    lossy(&op.path),
+                    op.seq
+                )));
+            }
+        }
+        self.last_seq = Some(op.seq);
+        self.apply_kind(op).map_err(|e| {
+            fail(format!(
+                "{} {}: {e}",
+                op_name(op.kind.as_ref()),
+                lossy(&op.path)
+            ))
+        })
+    }
+
+    fn apply_kind(&mut self, op: &Op) -> OpResult {
+        let Some(kind) = &op.kind else {
+            return Err("the op has no kind (newer agent?)".into());
+        };
+        wirepath::validate(&op.path).map_err(|e| format!("refused: {e}"))?;
+        let path = &op.path[..];
+        match kind {
+            op::Kind::Data(d) => self.file_data(path, d),
+            op::Kind::Mkdir(m) => self.mkdir(path, m.attr.as_ref()),
+            op::Kind::Remove(_) => self.remove(path),
+            op::Kind::Rename(r) => {
+                wirepath::validate(&r.to).map_err(|e| format!("refused target: {e}"))?;
+                if r.exchange {
+                    self.exchange(path, &r.to)
+                } else {
+                    self.rename(path, &r.to)
+                }
+            }
+            op::Kind::Symlink(s) => self.symlink(path, &s.target),
+            op::Kind::Link(l) => {
+                wirepath::validate(&l.to).map_err(|e| format!("refused target: {e}"))?;
+                self.link(path, &l.to)
+            }
+            op::Kind::Setattr(s) => match &s.attr {
+                Some(attr) => self.setattr(path, attr),
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// The parent directory of `path`, created if missing.
+    fn parent_create(&mut self, path: &[u8]) -> Result<Arc<OwnedFd>, String> {
+        let (dir, _) = split(path);
+        let fd = self
+            .resolver
+            .dir(dir, true)
+            .ctx("create parent directories")?;
+        Ok(fd.expect("created when missing"))
+    }
+
+    /// The parent directory of `path` if it exists (as a real directory).
+    fn parent(&mut self, path: &[u8]) -> Result<Option<Arc<OwnedFd>>, String> {
+        let (dir, _) = split(path);
+        self.resolver.dir(dir, false).ctx("open parent directory")
+    }
+
+    /// Removes whatever is at `name` in `dir`; forgets cached directories if it
+    /// was one.
+    fn remove_existing(&mut self, dir: BorrowedFd<'_>, name: &OsStr, kind: FileType) -> OpResult {
+        if kind == FileType::Directory {
+            self.resolver.forget_dirs();
+        }
+        remove_at(dir, name, kind).ctx("remove what is there")
+    }
+
+    fn file_data(&mut self, path: &[u8], d: &FileData) -> OpResult {
+        let dir = self.parent_create(path)?;
+        let (_, name) = split(path);
+        match kind_at(dir.as_fd(), name).ctx("stat")? {
+            None | Some(FileType::RegularFile) => {}
+            Some(other) => self.remove_existing(dir.as_fd(), name, other)?,
+        }
+        let fd = open_beneath(
+            dir.as_fd(),
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::from_raw_mode(0o600),
+        )
+        .ctx("open")?;
+        if FileType::from_raw_mode(fstat(&fd).ctx("stat")?.st_mode) != FileType::RegularFile {
+            return Err("open: not a regular file".into());
+        }
+        let file = File::from(fd);
+        if let Some(len) = d.truncate_to {
+            file.set_len(len).ctx("truncate")?;
+        }
+        for c in &d.chunks {
+            file.write_all_at(&c.data, c.offset).ctx(&format!(
+                "write {} bytes at {}",
+                c.data.len(),
+                c.offset
+            ))?;
+        }
+        file.set_len(d.size).ctx("set length")?;
+        if let Some(attr) = &d.attr {
+            set_attr_fd(file.as_fd(), attr, true)?;
+        }
+        Ok(())
+    }
+
+    fn mkdir(&mut self, path: &[u8], attr: Option<&Attr>) -> OpResult {
+        let dir = self.parent_create(path)?;
+        let (_, name) = split(path);
+        match kind_at(dir.as_fd(), name).ctx("stat")? {
+            Some(FileType::Directory) => {}
+            existing => {
+                if let Some(kind) = existing {
+                    self.remove_existing(dir.as_fd(), name, kind)?;
+                }
+                match mkdirat(&dir, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e).ctx("mkdir"),
+                }
+            }
+        }
+        match attr {
+            Some(attr) => set_attr_existing(dir.as_fd(), name, FileType::Directory, attr, false),
+            None => Ok(()),
+        }
+    }
+
+    fn remove(&mut self, path: &[u8]) -> OpResult {
+        let Some(dir) = self.parent(path)? else {
+            return Ok(());
+        };
+        let (_, name) = split(path);
+        match kind_at(dir.as_fd(), name).ctx("stat")? {
+            None => Ok(()),
+            Some(kind) => self.remove_existing(dir.as_fd(), name, kind),
+        }
+    }
+
+    /// Moves `from` (which exists, of kind `kind`, in `from_dir`) to `to`,
+    /// replacing what is there.
+    fn move_to(
+        &mut self,
+        from_dir: &Arc<OwnedFd>,
+        from: &[u8],
+        kind: FileType,
+        to: &[u8],
+    ) -> OpResult {
+        if is_ancestor_or_same(to, from) || is_ancestor_or_same(from, to) {
+            if from == to {
+                return Ok(());
+            }
+            return Err(format!(
+                "cannot move to {}: one contains the other",
+                lossy(to)
+            ));
+        }
+        let to_dir = self
+            .parent_create(to)
+            .map_err(|e| format!("{} {e}", lossy(to)))?;
+        let (_, from_name) = split(from);
+        let (_, to_name) = split(to);
+        if kind == FileType::Directory {
+            self.resolver.forget_dirs();
+        }
+        let mut replaced = false;
+        loop {
+            match renameat_with(from_dir, from_name, &to_dir, to_name, RenameFlags::empty()) {
+                Ok(()) => return Ok(()),
+                // What is at `to` cannot be replaced by the source as it is
+                // (directory vs non-directory, or a non-empty directory): the
+                // source is the truth, so it goes.
+                Err(Errno::ISDIR | Errno::NOTDIR | Errno::NOTEMPTY | Errno::EXIST) if !replaced => {
+                    replaced = true;
+                    if let Some(k) = kind_at(to_dir.as_fd(), to_name).ctx("stat target")? {
+                        self.remove_existing(to_dir.as_fd(), to_name, k)
+                            .map_err(|e| format!("{}: {e}", lossy(to)))?;
+                    }
+                }
+                Err(e) => return Err(e).ctx(&format!("rename to {}", lossy(to))),
+            }
+        }
+    }
+
+    /// The kind of what is at `path`, with its parent directory; `None` when
+    /// it does not exist in the mirror.
+    fn lookup(&mut self, path: &[u8]) -> Result<Option<(Arc<OwnedFd>, FileType)>, String> {
+        let Some(dir) = self.parent(path)? else {
+            return Ok(None);
+        };
+        let (_, name) = split(path);
+        Ok(kind_at(dir.as_fd(), name).ctx("stat")?.map(|k| (dir, k)))
+    }
+
+    fn rename(&mut self, from: &[u8], to: &[u8]) -> OpResult {
+        match self.lookup(from)? {
+            Some((dir, kind)) => self.move_to(&dir, from, kind, to),
+            None => {
+                debug!(machine = %self.label, "rename {}: source missing, nothing to do", lossy(from));
+                Ok(())
+            }
+        }
+    }
+
+    fn exchange(&mut self, a: &[u8], b: &[u8]) -> OpResult {
+        let la = self.lookup(a)?;
+        let lb = self.lookup(b).map_err(|e| format!("{}: {e}", lossy(b)))?;
+        match (la, lb) {
+            (Some((da, ka)), Some((db, kb))) => {
+                if a == b {
+                    return Ok(());
+                }
+                if is_ancestor_or_same(a, b) || is_ancestor_or_same(b, a) {
+                    return Err(format!(
+                        "cannot exchange with {}: one contains the other",
+                        lossy(b)
+                    ));
+                }
+                if ka == FileType::Directory || kb == FileType::Directory {
+                    self.resolver.forget_dirs();
+                }
+                let (_, na) = split(a);
+                let (_, nb) = split(b);
+                renameat_with(&da, na, &db, nb, RenameFlags::EXCHANGE)
+                    .ctx(&format!("exchange with {}", lossy(b)))
+            }
+            (Some((da, ka)), None) => self.move_to(&da, a, ka, b),
+            (None, Some((db, kb))) => self.move_to(&db, b, kb, a),
+            (None, None) => {
+                debug!(machine = %self.label, "exchange {}: both sides missing", lossy(a));
+                Ok(())
+            }
+        }
+    }
+
+    fn symlink(&mut self, path: &[u8], target: &[u8]) -> OpResult {
+        if target.is_empty() || target.contains(&0) {
+            return Err("symlink target is empty or contains a NUL byte".into());
+        }
+        let dir = self.parent_create(path)?;
+        let (_, name) = split(path);
+        let mut replaced = false;
+        loop {
+            match symlinkat(target, &dir, name) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EXIST) if !replaced => {
+                    replaced = true;
+                    if let Some(k) = kind_at(dir.as_fd(), name).ctx("stat")? {
+                        self.remove_existing(dir.as_fd(), name, k)?;
+                    }
+                }
+                Err(e) => return Err(e).ctx("symlink"),
+            }
+        }
+    }
+
+    fn link(&mut self, path: &[u8], to: &[u8]) -> OpResult {
+        let Some((dir, kind)) = self.lookup(path)? else {
+            return Err("link source is missing".into());
+        };
+        if kind == FileType::Directory {
+            return Err("link source is a directory".into());
+        }
+        if is_ancestor_or_same(to, path) {
+            if to == path {
+                return Ok(());
+            }
+            return Err(format!(
+                "cannot link to {}: it contains the source",
+                lossy(to)
+            ));
+        }
+        let to_dir = self
+            .parent_create(to)
+            .map_err(|e| format!("{} {e}", lossy(to)))?;
+        let (_, name) = split(path);
+        let (_, to_name) = split(to);
+        let mut replaced = false;
+        loop {
+            match linkat(&dir, name, &to_dir, to_name, AtFlags::empty()) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EXIST) if !replaced => {
+                    replaced = true;
+                    let src =
+                        rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).ctx("stat")?;
+                    match rustix::fs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => {
+                            return Ok(())
+                        }
+                        Ok(dst) => {
+                            let k = FileType::from_raw_mode(dst.st_mode);
+                            self.remove_existing(to_dir.as_fd(), to_name, k)
+                                .map_err(|e| format!("{}: {e}", lossy(to)))?;
+                        }
+                        Err(Errno::NOENT) => {}
+                        Err(e) => return Err(e).ctx(&format!("stat {}", lossy(to))),
+                    }
+                }
+                Err(e) => return Err(e).ctx(&format!("link to {}", lossy(to))),
+            }
+        }
+    }
+
+    fn setattr(&mut self, path: &[u8], attr: &Attr) -> OpResult {
+        let Some((dir, kind)) = self.lookup(path)? else {
+            return Err("no such file or directory".into());
+        };
+        let (_, name) = split(path);
+        set_attr_existing(dir.as_fd(), name, kind, attr, true)
+    }
+}
+
+/// Sets the attributes of `name` in `dir`, which was just seen to be of type
+/// `kind`, never following a symlink.
+fn set_attr_existing(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    kind: FileType,
+    attr: &Attr,
+    with_mtime: bool,
+) -> OpResult {
+    match kind {
+        FileType::Symlink => set_attr_at(dir, name, attr, false, with_mtime),
+        FileType::RegularFile | FileType::Directory => {
+            let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+            if kind == FileType::Directory {
+                flags |= OFlags::DIRECTORY;
+            }
+            match open_beneath(dir, name, flags, Mode::empty()) {
+                Ok(fd) => {
+                    let now = FileType::from_raw_mode(fstat(&fd).ctx("stat")?.st_mode);
+                    if now != kind {
+                        return Err("changed type while being opened".into());
+                    }
+                    set_attr_fd(fd.as_fd(), attr, with_mtime)
+                }
+                // Not allowed to open it (only when not running as root): by
+                // name then, `name` having just been seen not to be a symlink.
+                Err(Errno::ACCESS) => set_attr_at(dir, name, attr, true, with_mtime),
+                Err(e) => Err(e).ctx("open"),
+            }
+        }
+        other => Err(format!("not a file, directory or symlink ({other:?})")),
+    }
+}
+
+fn owner(attr: &Attr) -> (Option<Uid>, Option<Gid>) {
+    // u32::MAX (-1) means "leave as is" to chown(2).
+    let uid = attr.uid.filter(|u| *u != u32::MAX).map(Uid::from_raw);
+    let gid = attr.gid.filter(|g| *g != u32::MAX).map(Gid::from_raw);
+    (uid, gid)
+}
+
+fn mtime(attr: &Attr) -> Result<Timestamps, String> {
+    if attr.mtime_nsec >= 1_000_000_000 {
+        return Err(format!("invalid mtime nanoseconds {}", attr.mtime_nsec));
+    }
+    Ok(Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: attr.mtime_sec,
+            tv_nsec: attr.mtime_nsec.into(),
+        },
+    })
+}
+
+/// Ignores EPERM from chown: an unprivileged receiver keeps its own ownership.
+fn ignore_eperm(r: Result<(), Errno>) -> Result<(), Errno> {
+    match r {
+        Err(Errno::PERM) => Ok(()),
+        r => r,
+    }
+}
+
+/// Sets ownership, mode and (with `with_mtime`) mtime on an open file or
+/// directory. Ownership first: chown clears setuid/setgid bits.
+fn set_attr_fd(fd: BorrowedFd<'_>, attr: &Attr, with_mtime: bool) -> OpResult {
+    let (uid, gid) = owner(attr);
+    if uid.is_some() || gid.is_some() {
+        ignore_eperm(fchown(fd, uid, gid)).ctx("chown")?;
+    }
+    fchmod(fd, Mode::from_raw_mode(attr.mode & 0o7777)).ctx("chmod")?;
+    if with_mtime {
+        futimens(fd, &mtime(attr)?).ctx("set mtime")?;
+    }
+    Ok(())
+}
+
+/// Sets attributes by name, never following a symlink: for a symlink
+/// ownership and mtime only; `chmod` (for which Linux before 6.6 has no
+/// no-follow variant) only when the caller has checked `name` is no symlink.
+fn set_attr_at(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    attr: &Attr,
+    chmod: bool,
+    with_mtime: bool,
+) -> OpResult {
+    let (uid, gid) = owner(attr);
+    if uid.is_some() || gid.is_some() {
+        ignore_eperm(chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)).ctx("chown")?;
+    }
+    if chmod {
+        chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(attr.mode & 0o7777),
+            AtFlags::empty(),
+        )
+        .ctx("chmod")?;
+    }
+    if with_mtime {
+        utimensat(dir, name, &mtime(attr)?, AtFlags::SYMLINK_NOFOLLOW).ctx("set mtime")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;

@@ -1,0 +1,481 @@
+use super::*;
+use crate::auth::MachineName;
+use lifeline_core::tree::{compare, CompareOptions};
+use lifeline_proto::v1::{Chunk, Link, Mkdir, Remove, Rename, SetAttr, Symlink};
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub(crate) struct Fixture {
+    pub _store: tempfile::TempDir,
+    pub outside: tempfile::TempDir,
+    pub applier: Applier,
+    pub seq: u64,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let store = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("x"), b"outside x").unwrap();
+        fs::write(outside.path().join("y"), b"outside y").unwrap();
+        fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let mirror = Mirror::open(store.path(), &MachineName::new("m").unwrap()).unwrap();
+        Fixture {
+            _store: store,
+            outside,
+            applier: Applier::new(mirror, "m"),
+            seq: 0,
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.applier.mirror().path().to_path_buf()
+    }
+
+    pub fn op(&mut self, path: &[u8], kind: op::Kind) -> Result<(), OpError> {
+        self.seq += 1;
+        self.applier.apply(&Op {
+            seq: self.seq,
+            path: path.to_vec(),
+            kind: Some(kind),
+        })
+    }
+
+    /// The outside directory is exactly as created.
+    pub fn assert_outside_untouched(&self) {
+        let o = self.outside.path();
+        let names: Vec<_> = fs::read_dir(o)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "outside dir changed: {names:?}");
+        assert_eq!(fs::read(o.join("x")).unwrap(), b"outside x");
+        assert_eq!(fs::read(o.join("y")).unwrap(), b"outside y");
+        assert_eq!(
+            fs::metadata(o).unwrap().permissions().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(fs::metadata(o.join("x")).unwrap().nlink(), 1);
+    }
+}
+
+pub(crate) fn attr(mode: u32, mtime_sec: i64) -> Attr {
+    Attr {
+        mode,
+        mtime_sec,
+        mtime_nsec: 123_456_789,
+        uid: None,
+        gid: None,
+    }
+}
+
+pub(crate) fn data(content: &[u8], mode: u32) -> op::Kind {
+    op::Kind::Data(FileData {
+        truncate_to: Some(0),
+        chunks: vec![Chunk {
+            offset: 0,
+            data: content.to_vec(),
+        }],
+        size: content.len() as u64,
+        attr: Some(attr(mode, 1_600_000_000)),
+    })
+}
+
+pub(crate) fn mkdir(mode: u32) -> op::Kind {
+    op::Kind::Mkdir(Mkdir {
+        attr: Some(attr(mode, 0)),
+    })
+}
+
+pub(crate) fn rename(to: &[u8], exchange: bool) -> op::Kind {
+    op::Kind::Rename(Rename {
+        to: to.to_vec(),
+        exchange,
+    })
+}
+
+pub(crate) fn symlink_op(target: &[u8]) -> op::Kind {
+    op::Kind::Symlink(Symlink {
+        target: target.to_vec(),
+    })
+}
+
+pub(crate) fn link(to: &[u8]) -> op::Kind {
+    op::Kind::Link(Link { to: to.to_vec() })
+}
+
+fn opts() -> CompareOptions {
+    CompareOptions {
+        mode: true,
+        mtime: true,
+    }
+}
+
+fn set_mtime(p: &Path) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
+        .unwrap();
+}
+
+#[test]
+fn every_op_kind_produces_the_expected_tree() {
+    let mut f = Fixture::new();
+    f.op(b"srv", mkdir(0o755)).unwrap();
+    f.op(b"srv/data", mkdir(0o750)).unwrap();
+    f.op(b"srv/data/a.txt", data(b"hello world", 0o644))
+        .unwrap();
+    // Partial write into an existing file, then grow with a hole.
+    f.op(
+        b"srv/data/a.txt",
+        op::Kind::Data(FileData {
+            truncate_to: None,
+            chunks: vec![Chunk {
+                offset: 6,
+                data: b"WORLD".to_vec(),
+            }],
+            size: 11,
+            attr: Some(attr(0o640, 1_600_000_000)),
+        }),
+    )
+    .unwrap();
+    f.op(
+        b"srv/data/sparse",
+        op::Kind::Data(FileData {
+            truncate_to: None,
+            chunks: vec![Chunk {
+                offset: 10,
+                data: b"end".to_vec(),
+            }],
+            size: 20,
+            attr: Some(attr(0o600, 1_600_000_000)),
+        }),
+    )
+    .unwrap();
+    // Parents created on demand.
+    f.op(b"srv/deep/er/file", data(b"deep", 0o644)).unwrap();
+    f.op(b"srv/deep", mkdir(0o755)).unwrap();
+    f.op(b"srv/deep/er", mkdir(0o755)).unwrap();
+    f.op(b"srv/data/tmp", data(b"tmp", 0o644)).unwrap();
+    f.op(b"srv/data/tmp", rename(b"srv/data/renamed", false))
+        .unwrap();
+    f.op(b"srv/data/gone", rename(b"srv/data/never", false))
+        .unwrap(); // missing source: no-op
+    f.op(b"srv/data/l", symlink_op(b"a.txt")).unwrap();
+    f.op(b"srv/data/abs", symlink_op(b"/etc/passwd")).unwrap();
+    f.op(b"srv/data/a.txt", link(b"srv/data/hard")).unwrap();
+    f.op(b"srv/data/x", data(b"x", 0o644)).unwrap();
+    f.op(b"srv/data/y", data(b"y", 0o644)).unwrap();
+    f.op(b"srv/data/x", rename(b"srv/data/y", true)).unwrap();
+    f.op(b"srv/data/x", rename(b"srv/data/z", true)).unwrap(); // z missing: plain rename
+    f.op(b"srv/old", mkdir(0o755)).unwrap();
+    f.op(b"srv/old/f", data(b"f", 0o644)).unwrap();
+    f.op(b"srv/old", op::Kind::Remove(Remove {})).unwrap();
+    f.op(b"srv/nothing", op::Kind::Remove(Remove {})).unwrap(); // missing is fine
+    f.op(
+        b"srv/deep/er/file",
+        op::Kind::Setattr(SetAttr {
+            attr: Some(attr(0o600, 1_600_000_000)),
+        }),
+    )
+    .unwrap();
+    f.op(
+        b"srv/data/l",
+        op::Kind::Setattr(SetAttr {
+            attr: Some(attr(0o777, 1_600_000_000)),
+        }),
+    )
+    .unwrap();
+    // A directory replaced by a file, a file by a directory, a file by a symlink.
+    f.op(b"srv/d2", mkdir(0o755)).unwrap();
+    f.op(b"srv/d2/inner", data(b"inner", 0o644)).unwrap();
+    f.op(b"srv/d2", data(b"now a file", 0o644)).unwrap();
+    f.op(b"srv/f2", data(b"file", 0o644)).unwrap();
+    f.op(b"srv/f2", mkdir(0o700)).unwrap();
+    f.op(b"srv/f3", data(b"file", 0o644)).unwrap();
+    f.op(b"srv/f3", symlink_op(b"target")).unwrap();
+    // Rename a directory onto a non-empty directory: the source wins.
+    f.op(b"srv/src", mkdir(0o755)).unwrap();
+    f.op(b"srv/src/s", data(b"s", 0o644)).unwrap();
+    f.op(b"srv/dst", mkdir(0o755)).unwrap();
+    f.op(b"srv/dst/d", data(b"d", 0o644)).unwrap();
+    f.op(b"srv/src", rename(b"srv/dst", false)).unwrap();
+    // A file renamed onto a directory.
+    f.op(b"srv/file", data(b"file", 0o644)).unwrap();
+    f.op(b"srv/dir", mkdir(0o755)).unwrap();
+    f.op(b"srv/dir/x", data(b"x", 0o644)).unwrap();
+    f.op(b"srv/file", rename(b"srv/dir", false)).unwrap();
+    // The cache must follow a renamed directory.
+    f.op(b"srv/mv", mkdir(0o755)).unwrap();
+    f.op(b"srv/mv/one", data(b"1", 0o644)).unwrap();
+    f.op(b"srv/mv", rename(b"srv/moved", false)).unwrap();
+    f.op(b"srv/mv/two", data(b"2", 0o644)).unwrap();
+    f.op(b"srv/mv", mkdir(0o755)).unwrap();
+
+    let exp = tempfile::tempdir().unwrap();
+    let e = exp.path();
+    let w = |p: &str, c: &[u8], mode: u32| {
+        let p = e.join(p);
+        fs::write(&p, c).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        set_mtime(&p);
+    };
+    let d = |p: &str, mode: u32| {
+        fs::create_dir_all(e.join(p)).unwrap();
+        fs::set_permissions(e.join(p), fs::Permissions::from_mode(mode)).unwrap();
+    };
+    d("srv", 0o755);
+    d("srv/data", 0o750);
+    d("srv/deep", 0o755);
+    d("srv/deep/er", 0o755);
+    d("srv/f2", 0o700);
+    d("srv/dst", 0o755);
+    d("srv/moved", 0o755);
+    d("srv/mv", 0o755);
+    w("srv/data/a.txt", b"hello WORLD", 0o640);
+    let mut sparse = vec![0u8; 20];
+    sparse[10..13].copy_from_slice(b"end");
+    w("srv/data/sparse", &sparse, 0o600);
+    w("srv/deep/er/file", b"deep", 0o600);
+    w("srv/data/renamed", b"tmp", 0o644);
+    symlink("a.txt", e.join("srv/data/l")).unwrap();
+    symlink("/etc/passwd", e.join("srv/data/abs")).unwrap();
+    w("srv/data/hard", b"hello WORLD", 0o640);
+    w("srv/data/y", b"x", 0o644);
+    w("srv/data/z", b"y", 0o644);
+    w("srv/d2", b"now a file", 0o644);
+    symlink("target", e.join("srv/f3")).unwrap();
+    w("srv/dst/s", b"s", 0o644);
+    w("srv/dir", b"file", 0o644);
+    w("srv/moved/one", b"1", 0o644);
+    w("srv/mv/two", b"2", 0o644);
+    fs::set_permissions(e.join("srv/mv"), fs::Permissions::from_mode(0o755)).unwrap();
+
+    let diffs = compare(e, &f.root(), opts()).unwrap();
+    assert!(diffs.is_empty(), "{diffs:#?}");
+    let root = f.root();
+    assert_eq!(
+        fs::metadata(root.join("srv/data/a.txt")).unwrap().ino(),
+        fs::metadata(root.join("srv/data/hard")).unwrap().ino()
+    );
+    assert_eq!(f.applier.applied_seq(), Some(f.seq));
+}
+
+#[test]
+fn hostile_paths_are_refused() {
+    let mut f = Fixture::new();
+    let escape = format!("{}/x", f.outside.path().display());
+    for bad in [
+        &b"../x"[..],
+        b"/etc/x",
+        b"a/../../x",
+        escape.as_bytes(),
+        b"a//b",
+        b"./x",
+        b"",
+        b"a\0b",
+    ] {
+        let e = f.op(bad, data(b"evil", 0o644)).unwrap_err();
+        assert!(e.message.contains("refused"), "{}", e.message);
+        assert_eq!(e.path, bad);
+        let e = f.op(b"ok", rename(bad, false)).unwrap_err();
+        assert!(e.message.contains("refused"), "{}", e.message);
+        let e = f.op(b"ok", link(bad)).unwrap_err();
+        assert!(e.message.contains("refused"), "{}", e.message);
+        f.op(bad, op::Kind::Remove(Remove {})).unwrap_err();
+        f.op(bad, mkdir(0o777)).unwrap_err();
+        f.op(bad, symlink_op(b"/")).unwrap_err();
+    }
+    f.assert_outside_untouched();
+    assert_eq!(fs::read_dir(f.root()).unwrap().count(), 0);
+}
+
+#[test]
+fn symlinks_in_the_mirror_are_never_followed() {
+    let mut f = Fixture::new();
+    let out = f.outside.path().to_path_buf();
+    let out_b = out.as_os_str().as_encoded_bytes().to_vec();
+    let root = f.root();
+    let evil = root.join("evil");
+
+    // Writing below the symlink replaces it by a directory.
+    f.op(b"evil", symlink_op(&out_b)).unwrap();
+    f.op(b"evil/file", data(b"evil", 0o644)).unwrap();
+    f.assert_outside_untouched();
+    assert!(evil.is_dir() && !evil.is_symlink());
+    assert_eq!(fs::read(evil.join("file")).unwrap(), b"evil");
+
+    // Writing to the symlink itself replaces it by a regular file.
+    f.op(b"evil", symlink_op(&out_b)).unwrap();
+    f.op(b"evil", data(b"replaced", 0o666)).unwrap();
+    f.assert_outside_untouched();
+    assert!(fs::symlink_metadata(&evil).unwrap().is_file());
+    assert_eq!(fs::read(&evil).unwrap(), b"replaced");
+
+    // The same through a symlink to the outside file itself.
+    f.op(
+        b"evil",
+        symlink_op(out.join("x").as_os_str().as_encoded_bytes()),
+    )
+    .unwrap();
+    f.op(b"evil", data(b"replaced", 0o666)).unwrap();
+    f.assert_outside_untouched();
+
+    // Removing or renaming below the symlink touches nothing: nothing is there.
+    f.op(b"evil", symlink_op(&out_b)).unwrap();
+    f.op(b"evil/x", op::Kind::Remove(Remove {})).unwrap();
+    f.op(b"evil/x", rename(b"stolen", false)).unwrap();
+    f.op(b"evil/x", rename(b"stolen", true)).unwrap();
+    f.assert_outside_untouched();
+    assert!(!root.join("stolen").exists());
+    f.op(b"evil/x", link(b"stolen")).unwrap_err();
+    f.op(
+        b"evil/x",
+        op::Kind::Setattr(SetAttr {
+            attr: Some(attr(0o777, 0)),
+        }),
+    )
+    .unwrap_err();
+    f.assert_outside_untouched();
+
+    // Setattr on the symlink does not chmod its target.
+    f.op(
+        b"evil",
+        op::Kind::Setattr(SetAttr {
+            attr: Some(attr(0o777, 5)),
+        }),
+    )
+    .unwrap();
+    f.assert_outside_untouched();
+
+    // Rename into the symlink: it becomes a directory holding the file.
+    f.op(b"a", data(b"a", 0o644)).unwrap();
+    f.op(b"a", rename(b"evil/x", false)).unwrap();
+    f.assert_outside_untouched();
+    assert!(!evil.is_symlink());
+    assert_eq!(fs::read(evil.join("x")).unwrap(), b"a");
+
+    // Hard link into the symlink.
+    f.op(b"evil", symlink_op(&out_b)).unwrap();
+    f.op(b"b", data(b"b", 0o644)).unwrap();
+    f.op(b"b", link(b"evil/y")).unwrap();
+    f.assert_outside_untouched();
+    assert_eq!(fs::read(evil.join("y")).unwrap(), b"b");
+
+    // A hard link onto the symlink replaces the symlink.
+    f.op(
+        b"evil",
+        symlink_op(out.join("y").as_os_str().as_encoded_bytes()),
+    )
+    .unwrap();
+    f.op(b"b", link(b"evil")).unwrap();
+    f.assert_outside_untouched();
+    assert_eq!(fs::read(&evil).unwrap(), b"b");
+
+    // Exchange with a symlink swaps the links, never what they point to.
+    f.op(b"evil", symlink_op(&out_b)).unwrap();
+    f.op(b"b", rename(b"evil", true)).unwrap();
+    f.assert_outside_untouched();
+    assert!(fs::symlink_metadata(root.join("b")).unwrap().is_symlink());
+
+    // Mkdir on the symlink replaces it; Remove removes the link only.
+    f.op(b"evil", symlink_op(&out_b)).unwrap();
+    f.op(b"evil", mkdir(0o700)).unwrap();
+    assert!(evil.is_dir() && !evil.is_symlink());
+    f.op(b"evil", symlink_op(&out_b)).unwrap();
+    f.op(b"evil", op::Kind::Remove(Remove {})).unwrap();
+    assert!(fs::symlink_metadata(&evil).is_err());
+    // Removing a directory holding a symlink to the outside.
+    f.op(b"dir/link", symlink_op(&out_b)).unwrap();
+    f.op(b"dir", op::Kind::Remove(Remove {})).unwrap();
+    f.assert_outside_untouched();
+}
+
+#[test]
+fn seqs_must_increase() {
+    let mut f = Fixture::new();
+    let op = |seq, path: &[u8]| Op {
+        seq,
+        path: path.to_vec(),
+        kind: Some(data(b"x", 0o644)),
+    };
+    let batch = OpBatch {
+        ops: vec![op(5, b"a"), op(5, b"b"), op(4, b"c"), op(6, b"d")],
+    };
+    let ack = f.applier.apply_batch(&batch, &|| false).unwrap();
+    assert_eq!(ack.applied_seq, 6);
+    assert_eq!(ack.errors.len(), 2, "{:?}", ack.errors);
+    assert_eq!((ack.errors[0].seq, &ack.errors[0].path[..]), (5, &b"b"[..]));
+    assert!(ack.errors[0].message.contains("seq"));
+    assert_eq!(ack.errors[1].seq, 4);
+    let names: Vec<_> = fs::read_dir(f.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(f.applier.apply_batch(&batch, &|| true).is_none());
+}
+
+#[test]
+fn errors_name_the_op_and_path() {
+    let mut f = Fixture::new();
+    let e = f.op(b"srv/missing", link(b"srv/l")).unwrap_err();
+    assert_eq!(e.message, "link srv/missing: link source is missing");
+    let e = f
+        .op(
+            b"srv/missing",
+            op::Kind::Setattr(SetAttr {
+                attr: Some(attr(0, 0)),
+            }),
+        )
+        .unwrap_err();
+    assert!(
+        e.message.starts_with("setattr srv/missing: "),
+        "{}",
+        e.message
+    );
+    f.op(b"d", mkdir(0o755)).unwrap();
+    let e = f.op(b"d", rename(b"d/sub", false)).unwrap_err();
+    assert!(e.message.starts_with("rename d: "), "{}", e.message);
+    let e = f.op(b"d", link(b"e")).unwrap_err();
+    assert!(e.message.contains("directory"), "{}", e.message);
+    let e = f
+        .applier
+        .apply(&Op {
+            seq: 100,
+            path: b"x".to_vec(),
+            kind: None,
+        })
+        .unwrap_err();
+    assert!(e.message.contains("no kind"), "{}", e.message);
+}
+
+#[test]
+fn ownership_is_applied() {
+    let mut f = Fixture::new();
+    let mut a = attr(0o4755, 1_600_000_000);
+    a.uid = Some(1234);
+    a.gid = Some(5678);
+    f.op(
+        b"f",
+        op::Kind::Data(FileData {
+            truncate_to: None,
+            chunks: vec![],
+            size: 3,
+            attr: Some(a),
+        }),
+    )
+    .unwrap();
+    let md = fs::metadata(f.root().join("f")).unwrap();
+    assert_eq!(md.len(), 3);
+    if rustix::process::geteuid().is_root() {
+        assert_eq!((md.uid(), md.gid()), (1234, 5678));
+        // chown came before chmod, so setuid survived.
+        assert_eq!(md.permissions().mode() & 0o7777, 0o4755);
+        f.op(b"l", symlink_op(b"f")).unwrap();
+        f.op(b"l", op::Kind::Setattr(SetAttr { attr: Some(a) }))
+            .unwrap();
+        let md = fs::symlink_metadata(f.root().join("l")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    }
+}
