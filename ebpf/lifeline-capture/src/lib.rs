@@ -4,7 +4,7 @@
 //! file modification messages ([`FileChange`]).
 //!
 //! ```text
-//!  kernel: sys_enter/sys_exit programs ──ring buffer──► Reader (thread)
+//!  kernel: sys_exit program ──ring buffer──► Reader (thread)
 //!          decode → resolve paths (mountinfo, watched roots) → Sink
 //! ```
 
@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use std::collections::HashMap;
 use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
-use lifeline_ebpf_common::{stat, Config};
+use lifeline_ebpf_common::{flags, stat, Config, Run, RUN_WINDOW_NS};
 use tracing::{debug, info, warn};
 
 pub use change::{ChangeKind, FileChange, Resolver, Unresolved};
@@ -43,13 +44,15 @@ impl Default for CaptureOptions {
     }
 }
 
+/// The programs, each attached to the raw tracepoint of its name.
+const PROGRAMS_ATTACHED: [&str; 1] = ["sys_exit"];
+
 /// Counters kept by the kernel programs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelStats {
     pub emitted: u64,
     /// Records dropped because the ring buffer was full.
     pub lost: u64,
-    pub missed_entry: u64,
 }
 
 /// The loaded programs and their attachments.
@@ -81,7 +84,7 @@ impl Capture {
                 None
             }
         };
-        for name in ["sys_enter", "sys_exit"] {
+        for name in PROGRAMS_ATTACHED {
             let prog: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -90,7 +93,9 @@ impl Capture {
         }
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map("STATS").ok_or_else(|| anyhow!("no STATS map"))?)?;
-        Ok(Capture { ebpf, links: Vec::new(), reader: Some(Reader { events, stats, logger }) })
+        let runs = BpfHashMap::try_from(ebpf.take_map("RUNS").ok_or_else(|| anyhow!("no RUNS map"))?)?;
+        let reader = Reader { events, stats, runs, logger, open_runs: HashMap::new() };
+        Ok(Capture { ebpf, links: Vec::new(), reader: Some(reader) })
     }
 
     /// The ring-buffer reader, to run on its own thread. Taken once.
@@ -119,13 +124,13 @@ impl Capture {
         !self.links.is_empty()
     }
 
-    /// Attaches the programs to the `sys_enter` / `sys_exit` raw tracepoints.
+    /// Attaches the program to the `sys_exit` raw tracepoint.
     pub fn attach(&mut self) -> anyhow::Result<()> {
         if self.attached() {
             return Ok(());
         }
         let started = Instant::now();
-        for name in ["sys_enter", "sys_exit"] {
+        for name in PROGRAMS_ATTACHED {
             let prog: &mut RawTracePoint = self.ebpf.program_mut(name).expect("loaded").try_into()?;
             let id = prog.attach(name).with_context(|| format!("attaching to the {name} raw tracepoint"))?;
             self.links.push((name, id));
@@ -156,17 +161,39 @@ pub enum CaptureMsg {
     Gap { lost: u64, incomplete: u64 },
 }
 
+/// How long the reader lets records accumulate after a pass that found some.
+const BATCH_WINDOW: Duration = Duration::from_millis(1);
+
 /// Drains the ring buffer on its own thread.
 pub struct Reader {
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
+    runs: BpfHashMap<MapData, u64, Run>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Runs opened by the kernel whose end is not known yet, by (pid_tgid, t0).
+    open_runs: HashMap<(u64, u64), OpenRun>,
 }
+
+/// A run of contiguous writes the kernel is absorbing (see
+/// `lifeline_ebpf_common::Run`): its first write was reported; the rest is
+/// learnt from its RUN_END record or by reading the `RUNS` map once the
+/// window is over.
+struct OpenRun {
+    change: FileChange,
+    first_end: u64,
+    /// When to look at the map.
+    check_at: Instant,
+    /// Give up (and reconcile) if the end is still unknown by then.
+    give_up_at: Instant,
+}
+
+/// How long after the window the agent looks (slack for clock differences).
+const RUN_CHECK_SLACK: Duration = Duration::from_millis(1);
 
 impl Reader {
     pub fn kernel_stats(&self) -> KernelStats {
         let sum = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        KernelStats { emitted: sum(stat::EMITTED), lost: sum(stat::LOST), missed_entry: sum(stat::MISSED_ENTRY) }
+        KernelStats { emitted: sum(stat::EMITTED), lost: sum(stat::LOST) }
     }
 
     /// Reads records until `sink` returns false. Blocks in poll(2) when idle.
@@ -179,33 +206,41 @@ impl Reader {
             if let Some(l) = &self.logger {
                 fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+            let timeout = self
+                .open_runs
+                .values()
+                .map(|r| r.check_at.saturating_duration_since(Instant::now()))
+                .min()
+                .map_or(100, |d| d.as_millis().clamp(1, 100) as i32);
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if let Some(l) = &mut self.logger {
                 l.flush();
             }
+            let mut raws = Vec::new();
             while let Some(item) = self.events.next() {
-                let msg = match record::decode(&item) {
-                    Ok(raw) => match resolver.resolve(&raw) {
-                        Ok(change) => Some(CaptureMsg::Change(change)),
-                        Err(Unresolved::Outside) => None,
-                        Err(Unresolved::Incomplete) => {
-                            debug!("unresolvable path in record {:?}", raw.header);
-                            incomplete += 1;
-                            None
-                        }
-                    },
+                match record::decode(&item) {
+                    Ok(raw) => raws.push(raw),
                     Err(e) => {
                         warn!("{e}");
                         incomplete += 1;
-                        None
-                    }
-                };
-                drop(item);
-                if let Some(m) = msg {
-                    if !sink(m) {
-                        return;
                     }
                 }
+            }
+            let mut out = Vec::with_capacity(raws.len());
+            for raw in raws {
+                self.record(raw, &mut resolver, &mut incomplete, &mut out);
+            }
+            self.check_runs(&mut incomplete, &mut out);
+            let drained = !out.is_empty();
+            for m in out {
+                if !sink(m) {
+                    return;
+                }
+            }
+            if drained {
+                // The kernel does not wake us while records are waiting, so
+                // under load this is one pass per millisecond, in batches.
+                std::thread::sleep(BATCH_WINDOW);
             }
             if last_check.elapsed() >= Duration::from_millis(100) {
                 last_check = Instant::now();
@@ -225,4 +260,84 @@ impl Reader {
             }
         }
     }
+
+    fn record(&mut self, raw: record::RawEvent, resolver: &mut Resolver, incomplete: &mut u64, out: &mut Vec<CaptureMsg>) {
+        let h = raw.header;
+        if h.flags & flags::RUN_END != 0 {
+            if let Some(run) = self.open_runs.remove(&(h.aux, h.ktime_ns)) {
+                finish_run(run, h.offset + h.len, out);
+            }
+            return;
+        }
+        match resolver.resolve(&raw) {
+            Ok(change) => {
+                if h.flags & flags::RUN_OPEN != 0 {
+                    let window = Duration::from_nanos(RUN_WINDOW_NS);
+                    let now = Instant::now();
+                    self.open_runs.insert(
+                        (h.aux, h.ktime_ns),
+                        OpenRun {
+                            change: change.clone(),
+                            first_end: h.offset + h.len,
+                            check_at: now + window + RUN_CHECK_SLACK,
+                            give_up_at: now + Duration::from_secs(1),
+                        },
+                    );
+                }
+                out.push(CaptureMsg::Change(change));
+            }
+            Err(Unresolved::Outside) => {}
+            Err(Unresolved::Incomplete) => {
+                debug!("unresolvable path in record {:?}", raw.header);
+                *incomplete += 1;
+            }
+        }
+    }
+
+    /// Runs whose window is over: their end is final in the map, unless the
+    /// kernel ended them itself (then their RUN_END record is on its way).
+    fn check_runs(&mut self, incomplete: &mut u64, out: &mut Vec<CaptureMsg>) {
+        let now = Instant::now();
+        let due: Vec<(u64, u64)> =
+            self.open_runs.iter().filter(|(_, r)| r.check_at <= now).map(|(k, _)| *k).collect();
+        for key @ (pid_tgid, t0) in due {
+            match self.runs.get(&pid_tgid, 0) {
+                Ok(run) if run.t0 == t0 && run.ended == 0 => {
+                    let r = self.open_runs.remove(&key).expect("due run");
+                    finish_run(r, run.end, out);
+                }
+                _ => {
+                    let r = self.open_runs.get_mut(&key).expect("due run");
+                    if now >= r.give_up_at {
+                        warn!("the end of a write run on {} never arrived; reconciling", r.change.path.display());
+                        self.open_runs.remove(&key);
+                        *incomplete += 1;
+                    } else {
+                        r.check_at = now + Duration::from_millis(5);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reports what a run's absorbed writes covered, `[first_end, end)`, on the
+/// path of its first write if that still names the same file.
+fn finish_run(run: OpenRun, end: u64, out: &mut Vec<CaptureMsg>) {
+    use std::os::unix::fs::MetadataExt;
+    if end <= run.first_end {
+        return;
+    }
+    let mut change = run.change;
+    match std::fs::symlink_metadata(&change.path) {
+        Ok(md) if md.ino() == change.ino => {}
+        _ => {
+            // Deleted (nothing to send) or renamed while still being written
+            // within the window; reconciliation covers the rename.
+            debug!("{} changed identity before its write run ended", change.path.display());
+            return;
+        }
+    }
+    change.kind = ChangeKind::Write { offset: run.first_end, len: end - run.first_end };
+    out.push(CaptureMsg::Change(change));
 }

@@ -46,7 +46,39 @@ pub mod flags {
     pub const PATH_INCOMPLETE: u8 = 4;
     /// WRITE: the range came from fallocate (may be a hole punched).
     pub const FALLOCATE: u8 = 8;
+    /// WRITE: this write opened a run (see [`Run`]): later contiguous writes
+    /// by the same task to the same file within [`RUN_WINDOW_NS`] only extend
+    /// the run. `aux` is the task's pid_tgid and `ktime_ns` the run's `t0`.
+    pub const RUN_OPEN: u8 = 16;
+    /// WRITE without a path: the run (`aux`, `ktime_ns` as for RUN_OPEN) ended;
+    /// `[offset, offset + len)` is what its suppressed writes covered.
+    pub const RUN_END: u8 = 32;
 }
+
+/// A task's current run of contiguous writes to one file (map `RUNS`, by
+/// pid_tgid). Only its task changes it; the agent reads it once the window
+/// is over, when `end` can no longer grow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Run {
+    /// `struct file *` the run writes through.
+    pub file: u64,
+    pub ino: u64,
+    pub dev: u32,
+    /// Set once the run's RUN_END record was emitted.
+    pub ended: u32,
+    pub start: u64,
+    /// End of the run's first write (reported with RUN_OPEN).
+    pub first_end: u64,
+    pub end: u64,
+    /// When the run opened (bpf_ktime_get_ns).
+    pub t0: u64,
+}
+
+/// How long a run may absorb writes. A write that extends a run but finds,
+/// after extending it, that the window has closed reports itself as well, so
+/// a reader that looks after the window never misses a byte.
+pub const RUN_WINDOW_NS: u64 = 2_000_000;
 
 /// Bits of `PathPart::flags`.
 pub mod part {
@@ -148,20 +180,20 @@ pub mod stat {
     pub const EMITTED: u32 = 0;
     /// Records dropped because the ring buffer was full.
     pub const LOST: u32 = 1;
-    /// Events whose entry state was missing at exit (map full).
-    pub const MISSED_ENTRY: u32 = 2;
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 2;
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Run {}
 
-/// x86_64 syscall numbers of the calls hooked. The programs sit on the
-/// `sys_enter` / `sys_exit` raw tracepoints and return at once for any other
-/// number.
+/// x86_64 syscall numbers of the calls hooked. The program sits on the
+/// `sys_exit` raw tracepoint and returns at once for any other number.
 pub mod nr {
     pub const WRITE: u32 = 1;
     pub const OPEN: u32 = 2;
+    pub const CLOSE: u32 = 3;
     pub const MMAP: u32 = 9;
     pub const PWRITE64: u32 = 18;
     pub const WRITEV: u32 = 20;
@@ -216,4 +248,6 @@ pub const HOOKED_SYSCALLS: &[&str] = &[
     "symlink", "symlinkat", "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown",
     "lchown", "fchownat", "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr",
     "fremovexattr", "utimensat", "utimes", "utime", "futimesat", "mmap",
+    // Ends the task's write run.
+    "close",
 ];

@@ -1,20 +1,21 @@
 //! Lifeline's kernel programs.
 //!
-//! Two raw tracepoint programs on `sys_enter` and `sys_exit` dispatch on the
-//! syscall number and return at once unless it is one of the calls that
-//! change a file or the tree (`lifeline_ebpf_common::HOOKED_SYSCALLS`). Raw
-//! tracepoints cost less per call than the per-syscall trace events, and two
-//! links detach in one grace period each (ninety per-syscall links take
-//! seconds), which keeps the on/off switch instant:
+//! One raw tracepoint program on `sys_exit` dispatches on the syscall number
+//! and returns at once unless it is one of the calls that change a file or
+//! the tree (`lifeline_ebpf_common::HOOKED_SYSCALLS`). A raw tracepoint costs
+//! less per call than the per-syscall trace events, and one link detaches in
+//! one grace period (ninety per-syscall links take seconds), which keeps the
+//! on/off switch instant.
 //!
-//! - `sys_enter` filters cheaply (the agent's own calls; for fd-based calls,
-//!   anything that is not a regular file on a watched filesystem) and saves
-//!   the arguments per thread;
-//! - `sys_exit` looks at the result: only calls that succeeded are reported,
-//!   with the exact range written taken from the return value and the file
-//!   position (so O_APPEND and short writes are right), the file's identity,
-//!   and its path as a walk of dentry names up to the filesystem's root, plus
-//!   the user-supplied path string for calls that name a path.
+//! Everything is decided at exit, where the result is known: only calls that
+//! succeeded are reported, with the exact range written taken from the return
+//! value and the file position (so O_APPEND and short writes are right). The
+//! arguments are read from the caller's saved registers, which the x86-64
+//! syscall ABI preserves across the call, so no state is kept between entry
+//! and exit. Then the cheap filter (the agent's own calls; for fd-based calls
+//! anything that is not a regular file on a watched filesystem), the file's
+//! identity, its path as a walk of dentry names up to the filesystem's root,
+//! and the user-supplied path string for calls that name a path.
 //!
 //! Records go to user space through one ring buffer; a full ring buffer is
 //! counted (`STATS[LOST]`) so the agent knows to reconcile, never silent.
@@ -34,7 +35,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lifeline_ebpf_common::{
-    flags, nr, op, part, stat, Config, EventHeader, PathPart, HEADER_SIZE, MAX_DEPTH, MAX_RECORD,
+    flags, nr, op, part, stat, Config, EventHeader, PathPart, Run, HEADER_SIZE, MAX_DEPTH, MAX_RECORD,
+    RUN_WINDOW_NS,
 };
 
 /// Set by the agent at load time (offsets from BTF, its own pid).
@@ -48,10 +50,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
 static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
 
-/// Arguments saved at syscall entry, by pid_tgid. LRU so a lost exit can never
-/// fill it up.
+/// Each task's current run of contiguous writes (see `lifeline_ebpf_common::Run`).
 #[map]
-static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(16384, 0);
+static RUNS: LruHashMap<u64, Run> = LruHashMap::with_max_entries(16384, 0);
 
 /// Record assembly buffers, `SLOTS_PER_CPU` per CPU. Syscall tracepoints are
 /// faultable on recent kernels: a program may be preempted on its CPU by
@@ -69,16 +70,6 @@ static SEQ: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Inflight {
-    nr: u32,
-    _pad: u32,
-    args: [u64; 6],
-    /// `struct file *` of fd-based calls, resolved at entry.
-    file: u64,
-}
-
 /// Where a record is assembled before it is copied to the ring buffer. Twice
 /// the record size, so a read at any masked offset below `MAX_RECORD` stays
 /// inside it whatever its length.
@@ -88,12 +79,17 @@ struct Scratch {
 }
 
 const SLOTS_PER_CPU: u32 = 4;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 const MASK: u32 = (MAX_RECORD - 1) as u32;
 const NAME_MAX: u32 = 256;
 const PATH_MAX: u32 = 4096;
 const AT_FDCWD: i64 = -100;
 const AT_REMOVEDIR: u64 = 0x200;
 const O_CREAT: u64 = 0o100;
+const PROT_WRITE: u64 = 2;
+const MAP_SHARED: u64 = 1;
 const O_TRUNC: u64 = 0o1000;
 const O_APPEND: u32 = 0o2000;
 const RWF_APPEND: u64 = 0x10;
@@ -101,9 +97,13 @@ const FMODE_CREATED: u32 = 1 << 20;
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 
+/// The load-time configuration. Read through a pointer the compiler cannot
+/// see through: it would otherwise fold the all-zero initial value, and a copy
+/// of the whole struct would not fit the 512-byte stack.
 #[inline(always)]
-fn cfg() -> Config {
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+fn cfg() -> &'static Config {
+    let p: *const Config = &CONFIG;
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 #[inline(always)]
@@ -147,7 +147,7 @@ fn arg(c: &Config, regs: u64, i: usize) -> u64 {
 fn hooked(nr: u32) -> bool {
     matches!(
         nr,
-        nr::WRITE | nr::OPEN | nr::MMAP | nr::PWRITE64 | nr::WRITEV | nr::SENDFILE | nr::TRUNCATE
+        nr::WRITE | nr::OPEN | nr::CLOSE | nr::MMAP | nr::PWRITE64 | nr::WRITEV | nr::SENDFILE | nr::TRUNCATE
             | nr::FTRUNCATE | nr::RENAME | nr::MKDIR | nr::RMDIR | nr::CREAT | nr::LINK | nr::UNLINK
             | nr::SYMLINK | nr::CHMOD | nr::FCHMOD | nr::CHOWN | nr::FCHOWN | nr::LCHOWN | nr::UTIME
             | nr::SETXATTR | nr::LSETXATTR | nr::FSETXATTR | nr::REMOVEXATTR | nr::LREMOVEXATTR
@@ -202,81 +202,19 @@ fn is_watched(dev: u32) -> bool {
     unsafe { WATCHED.get(&dev).is_some() }
 }
 
-/// A regular file on a watched filesystem: the only files whose data we report.
+/// (dev, ino) of `file` if it is a regular file on a watched filesystem: the
+/// only files whose data we report.
 #[inline(always)]
-fn watched_regular(c: &Config, file: u64) -> bool {
+fn watched_regular(c: &Config, file: u64) -> Option<(u32, u64)> {
     if file == 0 {
-        return false;
-    }
-    let (dev, _, mode) = file_identity(c, file);
-    mode & S_IFMT == S_IFREG && is_watched(dev)
-}
-
-/// `sys_enter(struct pt_regs *regs, long id)`
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let nr = unsafe { ctx.arg::<u64>(1) } as u32;
-    if hooked(nr) {
-        let _ = try_enter(&ctx, nr);
-    }
-    0
-}
-
-fn try_enter(ctx: &RawTracePointContext, nr: u32) -> Option<()> {
-    let c = cfg();
-    let pid_tgid = h_pid_tgid();
-    if (pid_tgid >> 32) as u32 == c.agent_tgid {
         return None;
     }
-    let regs = unsafe { ctx.arg::<u64>(0) };
-    let args = [arg(&c, regs, 0), arg(&c, regs, 1), arg(&c, regs, 2), arg(&c, regs, 3), arg(&c, regs, 4), arg(&c, regs, 5)];
-    // Which descriptor an fd-based call changes, if it is one.
-    let fd = match nr {
-        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::FTRUNCATE
-        | nr::FALLOCATE | nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR
-        | nr::SENDFILE => Some(args[0]),
-        nr::COPY_FILE_RANGE | nr::SPLICE => Some(args[2]),
-        nr::UTIMENSAT if args[1] == 0 => Some(args[0]),
-        nr::MMAP => {
-            // Only shared, writable mappings write to the file.
-            let (prot, mflags) = (args[2], args[3]);
-            if prot & 2 == 0 || mflags & 1 == 0 {
-                return None;
-            }
-            Some(args[4])
-        }
-        _ => None,
-    };
-    let mut file = 0u64;
-    if let Some(fd) = fd {
-        file = fd_file(&c, fd);
-        if !watched_regular(&c, file) {
-            return None;
-        }
+    let (dev, ino, mode) = file_identity(c, file);
+    if mode & S_IFMT == S_IFREG && is_watched(dev) {
+        Some((dev, ino))
     } else {
-        // Path-based calls: opens only matter when they create or truncate.
-        let oflags = match nr {
-            nr::OPEN => args[1],
-            nr::OPENAT => args[2],
-            nr::CREAT => O_CREAT,
-            nr::OPENAT2 => {
-                let mut f = 0u64;
-                unsafe {
-                    h::bpf_probe_read_user(&mut f as *mut u64 as *mut c_void, 8, args[2] as *const c_void)
-                };
-                f
-            }
-            _ => O_CREAT,
-        };
-        if oflags & (O_CREAT | O_TRUNC) == 0 {
-            return None;
-        }
+        None
     }
-    let inflight = Inflight { nr, _pad: 0, args, file };
-    if INFLIGHT.insert(&pid_tgid, &inflight, 0).is_err() {
-        bump(stat::MISSED_ENTRY);
-    }
-    Some(())
 }
 
 #[inline(always)]
@@ -288,10 +226,10 @@ fn h_pid_tgid() -> u64 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let c = cfg();
-    let regs = unsafe { ctx.arg::<u64>(0) };
+    let regs = ctx.arg::<u64>(0);
     let nr: u64 = kread(regs, c.offsets.regs_orig_ax);
     if hooked(nr as u32) {
-        let _ = try_exit(&ctx, &c);
+        let _ = try_exit(&ctx, c, regs, nr as u32);
     }
     0
 }
@@ -310,11 +248,29 @@ struct Report {
     npaths: u8,
     /// User pointer to an auxiliary string (symlink target), or 0.
     aux_str: u64,
+    /// Timestamp to report instead of now (a run's t0), or 0.
+    ktime: u64,
+    /// Identity to report for a record without a file (RUN_END).
+    dev: u32,
+    ino: u64,
 }
 
 impl Report {
     fn fd(op: u8, file: u64, offset: u64, len: u64) -> Report {
-        Report { op, flags: 0, file, offset, len, aux: 0, paths: [(0, 0); 2], npaths: 0, aux_str: 0 }
+        Report {
+            op,
+            flags: 0,
+            file,
+            offset,
+            len,
+            aux: 0,
+            paths: [(0, 0); 2],
+            npaths: 0,
+            aux_str: 0,
+            ktime: 0,
+            dev: 0,
+            ino: 0,
+        }
     }
     fn path(op: u8, dirfd: i64, path: u64) -> Report {
         Report {
@@ -327,6 +283,9 @@ impl Report {
             paths: [(dirfd, path), (0, 0)],
             npaths: 1,
             aux_str: 0,
+            ktime: 0,
+            dev: 0,
+            ino: 0,
         }
     }
     fn two(op: u8, d0: i64, p0: u64, d1: i64, p1: u64) -> Report {
@@ -337,17 +296,46 @@ impl Report {
     }
 }
 
-fn try_exit(ctx: &RawTracePointContext, c: &Config) -> Option<()> {
-    let pid_tgid = h_pid_tgid();
-    let e = unsafe { *INFLIGHT.get(&pid_tgid)? };
-    let _ = INFLIGHT.remove(&pid_tgid);
-    let ret = unsafe { ctx.arg::<i64>(1) };
-    if ret < 0 {
+fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Option<()> {
+    let ret = ctx.arg::<i64>(1);
+    if ret < 0 || (h_pid_tgid() >> 32) as u32 == c.agent_tgid {
         return None;
     }
-    let c = *c;
-    let a = e.args;
-    let file = e.file;
+    if nr == nr::CLOSE {
+        if let Some(p) = RUNS.get_ptr_mut(&h_pid_tgid()) {
+            let run = unsafe { &mut *p };
+            if run.ended == 0 {
+                end_run(ctx, c, h_pid_tgid(), run);
+            }
+        }
+        return None;
+    }
+    // Arguments are read when needed: each read costs.
+    let a = |i: usize| arg(c, regs, i);
+    // Which descriptor an fd-based call changed, if it is one; anything that
+    // is not a regular file on a watched filesystem stops here.
+    let fd = match nr {
+        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::FTRUNCATE
+        | nr::FALLOCATE | nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR
+        | nr::SENDFILE => Some(a(0)),
+        nr::COPY_FILE_RANGE | nr::SPLICE => Some(a(2)),
+        nr::UTIMENSAT if a(1) == 0 => Some(a(0)),
+        nr::MMAP => {
+            // Only shared, writable mappings write to the file.
+            if a(2) & PROT_WRITE == 0 || a(3) & MAP_SHARED == 0 {
+                return None;
+            }
+            Some(a(4))
+        }
+        _ => None,
+    };
+    let (file, ident) = match fd {
+        Some(fd) => {
+            let f = fd_file(c, fd);
+            (f, watched_regular(c, f)?)
+        }
+        None => (0, (0, 0)),
+    };
     let off = &c.offsets;
     let pos = || kread::<i64>(file, off.file_pos) as u64;
     let size = || {
@@ -356,12 +344,12 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config) -> Option<()> {
     };
     let append = || kread::<u32>(file, off.file_flags) & O_APPEND != 0;
     let n = ret as u64;
-    let r = match e.nr {
+    let r = match nr {
         nr::WRITE | nr::WRITEV | nr::SENDFILE => {
             if n == 0 {
                 return None;
             }
-            Report::fd(op::WRITE, file, pos().wrapping_sub(n), n)
+            return write(ctx, &Written { file, dev: ident.0, ino: ident.1, start: pos().wrapping_sub(n), n });
         }
         nr::PWRITE64 | nr::PWRITEV | nr::PWRITEV2 => {
             if n == 0 {
@@ -369,14 +357,14 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config) -> Option<()> {
             }
             // pwrite on an O_APPEND file appends (Linux); pwritev2 with offset
             // -1 uses and advances the file position.
-            let start = if append() || (e.nr == nr::PWRITEV2 && a[5] & RWF_APPEND != 0) {
+            let start = if append() || (nr == nr::PWRITEV2 && a(5) & RWF_APPEND != 0) {
                 size().wrapping_sub(n)
-            } else if e.nr == nr::PWRITEV2 && a[3] as i64 == -1 {
+            } else if nr == nr::PWRITEV2 && a(3) as i64 == -1 {
                 pos().wrapping_sub(n)
             } else {
-                a[3]
+                a(3)
             };
-            Report::fd(op::WRITE, file, start, n)
+            return write(ctx, &Written { file, dev: ident.0, ino: ident.1, start, n });
         }
         nr::COPY_FILE_RANGE | nr::SPLICE => {
             if n == 0 {
@@ -384,44 +372,45 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config) -> Option<()> {
             }
             // off_out: NULL means the file position; otherwise the kernel
             // advanced *off_out by the bytes copied.
-            let end = if a[3] == 0 {
+            let end = if a(3) == 0 {
                 pos()
             } else {
                 let mut v = 0u64;
                 unsafe {
-                    h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a[3] as *const c_void)
+                    h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a(3) as *const c_void)
                 };
                 v
             };
-            Report::fd(op::WRITE, file, end.wrapping_sub(n), n)
+            return write(ctx, &Written { file, dev: ident.0, ino: ident.1, start: end.wrapping_sub(n), n });
         }
-        nr::FTRUNCATE => Report::fd(op::TRUNCATE, file, a[1], 0),
+        nr::FTRUNCATE => Report::fd(op::TRUNCATE, file, a(1), 0),
         nr::FALLOCATE => {
-            let mut r = Report::fd(op::WRITE, file, a[2], a[3]);
+            let mut r = Report::fd(op::WRITE, file, a(2), a(3));
             r.flags = flags::FALLOCATE;
-            r.aux = a[1];
+            r.aux = a(1);
             r
         }
         nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR => Report::fd(op::ATTR, file, 0, 0),
-        nr::UTIMENSAT if a[1] == 0 => Report::fd(op::ATTR, file, 0, 0),
+        nr::UTIMENSAT if a(1) == 0 => Report::fd(op::ATTR, file, 0, 0),
         nr::MMAP => Report::fd(op::MMAP_SHARED, file, 0, 0),
         nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
-            let f = fd_file(&c, n);
-            if !watched_regular(&c, f) {
-                return None;
-            }
-            let oflags = match e.nr {
-                nr::OPEN => a[1],
-                nr::OPENAT => a[2],
+            let f = fd_file(c, n);
+            watched_regular(c, f)?;
+            let oflags = match nr {
+                nr::OPEN => a(1),
+                nr::OPENAT => a(2),
                 nr::CREAT => O_CREAT | O_TRUNC,
                 _ => {
                     let mut v = 0u64;
                     unsafe {
-                        h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a[2] as *const c_void)
+                        h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a(2) as *const c_void)
                     };
                     v
                 }
             };
+            if oflags & (O_CREAT | O_TRUNC) == 0 {
+                return None; // opening changes nothing
+            }
             let mut r = Report::fd(op::OPEN, f, 0, 0);
             if kread::<u32>(f, off.file_mode) & FMODE_CREATED != 0 {
                 r.flags |= flags::CREATED;
@@ -433,45 +422,115 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config) -> Option<()> {
             r
         }
         nr::TRUNCATE => {
-            let mut r = Report::path(op::TRUNCATE, AT_FDCWD, a[0]);
-            r.offset = a[1];
+            let mut r = Report::path(op::TRUNCATE, AT_FDCWD, a(0));
+            r.offset = a(1);
             r
         }
-        nr::MKDIR => Report::path(op::MKDIR, AT_FDCWD, a[0]),
-        nr::MKDIRAT => Report::path(op::MKDIR, dfd(a[0]), a[1]),
-        nr::RMDIR => Report::path(op::RMDIR, AT_FDCWD, a[0]),
-        nr::UNLINK => Report::path(op::UNLINK, AT_FDCWD, a[0]),
+        nr::MKDIR => Report::path(op::MKDIR, AT_FDCWD, a(0)),
+        nr::MKDIRAT => Report::path(op::MKDIR, dfd(a(0)), a(1)),
+        nr::RMDIR => Report::path(op::RMDIR, AT_FDCWD, a(0)),
+        nr::UNLINK => Report::path(op::UNLINK, AT_FDCWD, a(0)),
         nr::UNLINKAT => {
-            let o = if a[2] & AT_REMOVEDIR != 0 { op::RMDIR } else { op::UNLINK };
-            Report::path(o, dfd(a[0]), a[1])
+            let o = if a(2) & AT_REMOVEDIR != 0 { op::RMDIR } else { op::UNLINK };
+            Report::path(o, dfd(a(0)), a(1))
         }
-        nr::RENAME => Report::two(op::RENAME, AT_FDCWD, a[0], AT_FDCWD, a[1]),
-        nr::RENAMEAT => Report::two(op::RENAME, dfd(a[0]), a[1], dfd(a[2]), a[3]),
+        nr::RENAME => Report::two(op::RENAME, AT_FDCWD, a(0), AT_FDCWD, a(1)),
+        nr::RENAMEAT => Report::two(op::RENAME, dfd(a(0)), a(1), dfd(a(2)), a(3)),
         nr::RENAMEAT2 => {
-            let mut r = Report::two(op::RENAME, dfd(a[0]), a[1], dfd(a[2]), a[3]);
-            r.aux = a[4];
+            let mut r = Report::two(op::RENAME, dfd(a(0)), a(1), dfd(a(2)), a(3));
+            r.aux = a(4);
             r
         }
-        nr::LINK => Report::two(op::LINK, AT_FDCWD, a[0], AT_FDCWD, a[1]),
-        nr::LINKAT => Report::two(op::LINK, dfd(a[0]), a[1], dfd(a[2]), a[3]),
+        nr::LINK => Report::two(op::LINK, AT_FDCWD, a(0), AT_FDCWD, a(1)),
+        nr::LINKAT => Report::two(op::LINK, dfd(a(0)), a(1), dfd(a(2)), a(3)),
         nr::SYMLINK => {
-            let mut r = Report::path(op::SYMLINK, AT_FDCWD, a[1]);
-            r.aux_str = a[0];
+            let mut r = Report::path(op::SYMLINK, AT_FDCWD, a(1));
+            r.aux_str = a(0);
             r
         }
         nr::SYMLINKAT => {
-            let mut r = Report::path(op::SYMLINK, dfd(a[1]), a[2]);
-            r.aux_str = a[0];
+            let mut r = Report::path(op::SYMLINK, dfd(a(1)), a(2));
+            r.aux_str = a(0);
             r
         }
         nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::SETXATTR | nr::LSETXATTR | nr::REMOVEXATTR
-        | nr::LREMOVEXATTR | nr::UTIMES | nr::UTIME => Report::path(op::ATTR, AT_FDCWD, a[0]),
+        | nr::LREMOVEXATTR | nr::UTIMES | nr::UTIME => Report::path(op::ATTR, AT_FDCWD, a(0)),
         nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
-            Report::path(op::ATTR, dfd(a[0]), a[1])
+            Report::path(op::ATTR, dfd(a(0)), a(1))
         }
         _ => return None,
     };
-    emit(ctx, &c, &r)
+    emit(ctx, c, &r)
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    unsafe { h::bpf_ktime_get_ns() }
+}
+
+/// A write: `[start, start + n)` of the file `file` (identity `dev`, `ino`).
+#[derive(Clone, Copy)]
+struct Written {
+    file: u64,
+    dev: u32,
+    ino: u64,
+    start: u64,
+    n: u64,
+}
+
+/// A write of `[start, start + n)` through `file`: extends the task's run
+/// when it continues it, else reports it and opens a new run.
+// Separate BPF functions (not inlined) keep each frame's stack small: the
+// verifier allows 512 bytes for a whole call chain.
+#[inline(never)]
+fn write(ctx: &RawTracePointContext, w: &Written) -> Option<()> {
+    let c = cfg();
+    let Written { file, dev, ino, start, n } = *w;
+    let key = h_pid_tgid();
+    let t = now();
+    if let Some(p) = RUNS.get_ptr_mut(&key) {
+        let run = unsafe { &mut *p };
+        if run.ended == 0
+            && run.file == file
+            && run.ino == ino
+            && run.dev == dev
+            && run.end == start
+            && t.wrapping_sub(run.t0) < RUN_WINDOW_NS
+        {
+            unsafe { core::ptr::write_volatile(&mut run.end, start + n) };
+            if now().wrapping_sub(run.t0) < RUN_WINDOW_NS {
+                return Some(());
+            }
+            // Extended after the window closed: the agent may have read the
+            // run already, so this write reports itself too.
+            return emit(ctx, c, &Report::fd(op::WRITE, file, start, n));
+        }
+        if run.ended == 0 {
+            end_run(ctx, c, key, run);
+        }
+    }
+    let run = Run { file, ino, dev, ended: 0, start, first_end: start + n, end: start + n, t0: t };
+    let mut r = Report::fd(op::WRITE, file, start, n);
+    // Insert before reporting, so the agent finds the run when it looks.
+    if RUNS.insert(&key, &run, 0).is_ok() {
+        r.flags = flags::RUN_OPEN;
+        r.aux = key;
+        r.ktime = t;
+    }
+    emit(ctx, c, &r)
+}
+
+/// Reports the end of a run: the range its suppressed writes covered.
+#[inline(never)]
+fn end_run(ctx: &RawTracePointContext, c: &Config, key: u64, run: &mut Run) {
+    let mut r = Report::fd(op::WRITE, 0, run.first_end, run.end - run.first_end);
+    r.flags = flags::RUN_END;
+    r.aux = key;
+    r.ktime = run.t0;
+    r.dev = run.dev;
+    r.ino = run.ino;
+    run.ended = 1;
+    let _ = emit(ctx, c, &r);
 }
 
 /// Appends the dentry names from `dentry` up to its filesystem's root (leaf
@@ -555,6 +614,7 @@ fn dentry_dev(c: &Config, dentry: u64) -> u32 {
     kread(sb, c.offsets.sb_dev)
 }
 
+#[inline(never)]
 fn emit(ctx: &RawTracePointContext, c: &Config, r: &Report) -> Option<()> {
     let slots = SLOTS.get_ptr_mut(0)?;
     let Some(slot) = claim_slot(slots) else {
@@ -615,7 +675,9 @@ fn emit_in(ctx: &RawTracePointContext, c: &Config, r: &Report, s: &mut Scratch) 
         len: r.len,
         aux: r.aux,
         tgid: (h_pid_tgid() >> 32) as u32,
-        ktime_ns: unsafe { h::bpf_ktime_get_ns() },
+        ktime_ns: if r.ktime != 0 { r.ktime } else { now() },
+        dev: r.dev,
+        ino: r.ino,
         ..Default::default()
     };
     let mut cur = HEADER_SIZE as u32;
@@ -671,14 +733,13 @@ fn emit_in(ctx: &RawTracePointContext, c: &Config, r: &Report, s: &mut Scratch) 
     }
     hdr.seq = next_seq();
     unsafe { core::ptr::write_unaligned(s.buf.as_mut_ptr() as *mut EventHeader, hdr) };
-    let ret = unsafe {
-        h::bpf_ringbuf_output(
-            &EVENTS as *const RingBuf as *mut c_void,
-            s.buf.as_mut_ptr() as *mut c_void,
-            size as u64,
-            0,
-        )
-    };
+    // Wake the reader only when it has caught up (the ring was empty); while
+    // it is behind, it drains everything at its next pass anyway. One wakeup
+    // per write would cost more than the write itself.
+    let ring = &EVENTS as *const RingBuf as *mut c_void;
+    let pending = unsafe { h::bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
+    let wake = if pending == 0 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    let ret = unsafe { h::bpf_ringbuf_output(ring, s.buf.as_mut_ptr() as *mut c_void, size as u64, wake) };
     if ret < 0 {
         bump(stat::LOST);
     } else {

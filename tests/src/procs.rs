@@ -1,0 +1,432 @@
+//! Running `lifeline-receiver` and `lifeline-agent` as child processes.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::{bin_path, tail};
+
+/// How many log lines the failure messages show.
+const LOG_LINES: usize = 60;
+
+fn log_file(path: &Path) -> (Stdio, Stdio) {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    }
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open log {}: {e}", path.display()));
+    let g = f.try_clone().expect("dup log fd");
+    (Stdio::from(f), Stdio::from(g))
+}
+
+fn kill_child(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill(); // SIGKILL
+    }
+    let _ = child.wait();
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// A running `lifeline-receiver --listen 127.0.0.1:PORT --store DIR`; killed
+/// on drop.
+pub struct Receiver {
+    child: Child,
+    port: u16,
+    store: PathBuf,
+    log: PathBuf,
+}
+
+impl Receiver {
+    /// Starts a receiver on a free port with its log at
+    /// `<store>.receiver.log` (beside the store).
+    pub fn start(store: &Path) -> Receiver {
+        let mut log = store.as_os_str().to_owned();
+        log.push(".receiver.log");
+        Receiver::start_with_log(store, Path::new(&log))
+    }
+
+    /// Starts a receiver on a free port and waits until the port accepts
+    /// connections. A receiver that exits while starting (another process
+    /// took the port in between) is retried on another port.
+    pub fn start_with_log(store: &Path, log: &Path) -> Receiver {
+        let exe = bin_path("lifeline-receiver");
+        fs::create_dir_all(store).unwrap_or_else(|e| panic!("mkdir {}: {e}", store.display()));
+        let mut last_failure = String::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let (out, err) = log_file(log);
+            let child = Command::new(&exe)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--store")
+                .arg(store)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+            let mut r = Receiver {
+                child,
+                port,
+                store: store.to_path_buf(),
+                log: log.to_path_buf(),
+            };
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = r.child.try_wait() {
+                    last_failure =
+                        format!("receiver exited while starting on port {port}: {status}");
+                    break;
+                }
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    return r;
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "receiver did not accept connections on {addr} within 30 s\n{}",
+                        r.log_tail(LOG_LINES)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!(
+            "{last_failure}\n--- {} ---\n{}",
+            log.display(),
+            tail(log, LOG_LINES)
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`, what `lifeline-agent run --receiver` takes.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
+    /// `<store>/mirror/<machine>`.
+    pub fn machine_root(&self, machine: &str) -> PathBuf {
+        self.store.join("mirror").join(machine)
+    }
+
+    /// Where the receiver keeps machine `machine`'s copy of the absolute
+    /// path `src`: `<store>/mirror/<machine>/<src without its leading />`.
+    pub fn mirror_of(&self, machine: &str, src: &Path) -> PathBuf {
+        let rel = src
+            .strip_prefix("/")
+            .unwrap_or_else(|_| panic!("{} is not absolute", src.display()));
+        self.machine_root(machine).join(rel)
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `n` lines of the log, headed by its path.
+    pub fn log_tail(&self, n: usize) -> String {
+        format!(
+            "--- receiver log {} ---\n{}",
+            self.log.display(),
+            tail(&self.log, n)
+        )
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// How to start `lifeline-agent run`.
+#[derive(Clone, Debug)]
+pub struct AgentOpts {
+    /// `--receiver`, e.g. [`Receiver::url`].
+    pub receiver: String,
+    pub machine: String,
+    pub watch: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    /// `--interval-ms`, if set.
+    pub interval_ms: Option<u64>,
+    /// `--control`; `None` leaves the agent's default `<state_dir>/control.sock`.
+    pub control: Option<PathBuf>,
+    /// Where stdout and stderr go; default `<state_dir>/agent.log`.
+    pub log: Option<PathBuf>,
+    /// Extra arguments after the ones above.
+    pub extra_args: Vec<String>,
+    /// How long `start` waits for `status --json` to answer.
+    pub start_timeout: Duration,
+}
+
+impl AgentOpts {
+    /// Options with `--interval-ms 5`, the default control socket and log.
+    pub fn new(receiver: &Receiver, machine: &str, watch: &[&Path], state_dir: &Path) -> AgentOpts {
+        AgentOpts {
+            receiver: receiver.url(),
+            machine: machine.to_string(),
+            watch: watch.iter().map(|p| p.to_path_buf()).collect(),
+            state_dir: state_dir.to_path_buf(),
+            interval_ms: Some(5),
+            control: None,
+            log: None,
+            extra_args: Vec::new(),
+            start_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What `lifeline-agent status --json` prints.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub connected: bool,
+    /// `"ebpf"`, `"off"` or `"notify"`.
+    pub capture: String,
+    pub queue_depth: u64,
+    pub lag_ms: u64,
+    pub bytes_sent: u64,
+    pub ops_sent: u64,
+    pub acked_seq: u64,
+    pub last_error: Option<String>,
+    pub initial_sync_done: bool,
+}
+
+/// A running `lifeline-agent run`; SIGKILLed on drop.
+pub struct Agent {
+    child: Child,
+    opts: AgentOpts,
+    control: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Spawns the agent and waits until `status --json` answers with a
+    /// status object; panics (with the log) if the agent exits or does not
+    /// answer within `opts.start_timeout`.
+    pub fn start(opts: AgentOpts) -> Agent {
+        let exe = bin_path("lifeline-agent");
+        fs::create_dir_all(&opts.state_dir)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", opts.state_dir.display()));
+        let control = opts
+            .control
+            .clone()
+            .unwrap_or_else(|| opts.state_dir.join("control.sock"));
+        let log = opts
+            .log
+            .clone()
+            .unwrap_or_else(|| opts.state_dir.join("agent.log"));
+        let (out, err) = log_file(&log);
+        let mut cmd = Command::new(&exe);
+        cmd.arg("run")
+            .arg("--receiver")
+            .arg(&opts.receiver)
+            .arg("--machine")
+            .arg(&opts.machine);
+        for w in &opts.watch {
+            cmd.arg("--watch").arg(w);
+        }
+        cmd.arg("--state-dir").arg(&opts.state_dir);
+        if let Some(ms) = opts.interval_ms {
+            cmd.arg("--interval-ms").arg(ms.to_string());
+        }
+        if let Some(c) = &opts.control {
+            cmd.arg("--control").arg(c);
+        }
+        cmd.args(&opts.extra_args);
+        let child = cmd
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+        let mut agent = Agent {
+            child,
+            opts,
+            control,
+            log,
+        };
+        let deadline = Instant::now() + agent.opts.start_timeout;
+        loop {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                panic!(
+                    "agent exited while starting: {status}\n{}",
+                    agent.log_tail(LOG_LINES)
+                );
+            }
+            let last = match agent.try_status() {
+                Ok(_) => return agent,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                panic!(
+                    "agent did not answer `status --json` within {:?}: {last}\n{}",
+                    agent.opts.start_timeout,
+                    agent.log_tail(LOG_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn opts(&self) -> &AgentOpts {
+        &self.opts
+    }
+
+    pub fn control_path(&self) -> &Path {
+        &self.control
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `n` lines of the log, headed by its path.
+    pub fn log_tail(&self, n: usize) -> String {
+        format!(
+            "--- agent log {} ---\n{}",
+            self.log.display(),
+            tail(&self.log, n)
+        )
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        let exe = bin_path("lifeline-agent");
+        Command::new(&exe)
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", exe.display()))
+    }
+
+    /// `lifeline-agent status --json` parsed as JSON, or why not.
+    pub fn try_status_json(&self) -> Result<serde_json::Value, String> {
+        let out = self.cli(&["status", "--json"]);
+        if !out.status.success() {
+            return Err(format!(
+                "`status --json` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "`status --json` printed no JSON object ({e}): {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `lifeline-agent status --json` as [`AgentStatus`], or why not.
+    pub fn try_status(&self) -> Result<AgentStatus, String> {
+        let v = self.try_status_json()?;
+        serde_json::from_value(v.clone())
+            .map_err(|e| format!("`status --json` does not match the documented fields ({e}): {v}"))
+    }
+
+    /// The raw status object; panics if the agent does not answer.
+    pub fn status_json(&self) -> serde_json::Value {
+        self.try_status_json()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(LOG_LINES)))
+    }
+
+    /// The status; panics if the agent does not answer.
+    pub fn status(&self) -> AgentStatus {
+        self.try_status()
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(LOG_LINES)))
+    }
+
+    /// Polls the status until `pred` holds; returns the last status, or
+    /// panics with it after `timeout`.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&AgentStatus) -> bool,
+    ) -> AgentStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.try_status();
+            if let Ok(s) = &last {
+                if pred(s) {
+                    return s.clone();
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "agent: {what}: not reached within {timeout:?}; last status: {last:?}\n{}",
+                    self.log_tail(LOG_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs `lifeline-agent <cmd> --control SOCK` (`on`, `off`, `sync`) and
+    /// panics unless it succeeds; returns its stdout.
+    pub fn ctl(&self, cmd: &str) -> String {
+        let out = self.cli(&[cmd]);
+        assert!(
+            out.status.success(),
+            "`lifeline-agent {cmd}` failed ({}): {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            self.log_tail(LOG_LINES)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}

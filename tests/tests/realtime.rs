@@ -1,0 +1,408 @@
+//! End to end: a receiver, an agent watching a tree on a scratch filesystem,
+//! and the mirror compared with the source.
+//!
+//! Needs root, bpftool, losetup, mkfs.ext4, and the workspace's binaries
+//! (`cargo build --workspace --bins`). Each test has its own filesystem,
+//! receiver (port, store), agent (state directory, control socket) and
+//! machine name, so they may run in parallel.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lifeline_tests::workload::{run_workload, run_workload_with, Pacing, WorkloadOptions};
+use lifeline_tests::{
+    attached_tracepoint_programs, bin_path, differences, require_root, require_tool, summarize,
+    tracepoint_attachments, wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs,
+    TestDir,
+};
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+const LOG_LINES: usize = 80;
+
+/// One test's world. Fields drop in order: agent, receiver, filesystem,
+/// scratch directory.
+struct Rig {
+    agent: Option<Agent>,
+    receiver: Receiver,
+    fs: ScratchFs,
+    dir: TestDir,
+    machine: String,
+    /// The watched tree, on `fs`.
+    src: PathBuf,
+    /// Where the receiver keeps `src`.
+    mirror: PathBuf,
+}
+
+impl Rig {
+    /// Filesystem, receiver and source directory; no agent yet.
+    fn new(name: &str, fs: ScratchFs) -> Rig {
+        let dir = TestDir::new(name);
+        let src = fs.subdir("src");
+        let store = dir.path().join("store");
+        let receiver = Receiver::start_with_log(&store, &dir.path().join("receiver.log"));
+        let machine = format!("{name}-{}", std::process::id());
+        let mirror = receiver.mirror_of(&machine, &src);
+        Rig {
+            agent: None,
+            receiver,
+            fs,
+            dir,
+            machine,
+            src,
+            mirror,
+        }
+    }
+
+    fn start_agent(&mut self) -> &Agent {
+        let mut opts = AgentOpts::new(
+            &self.receiver,
+            &self.machine,
+            &[&self.src],
+            &self.dir.path().join("state"),
+        );
+        opts.log = Some(self.dir.path().join("agent.log"));
+        self.agent = Some(Agent::start(opts));
+        self.agent()
+    }
+
+    fn agent(&self) -> &Agent {
+        self.agent.as_ref().expect("agent started")
+    }
+
+    /// Waits until the agent reports its initial sync done and eBPF capture.
+    fn wait_ready(&self) {
+        let s = self
+            .agent()
+            .wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
+        if s.capture != "ebpf" {
+            self.fail(&format!(
+                "agent captures with {:?}, not \"ebpf\"",
+                s.capture
+            ));
+        }
+    }
+
+    /// Panics with `msg`, the agent's status and the tails of both logs.
+    fn fail(&self, msg: &str) -> ! {
+        let mut out = format!("[{} on {}] {msg}\n", self.machine, self.fs.kind());
+        if let Some(a) = &self.agent {
+            out.push_str(&format!("agent status: {:?}\n", a.try_status_json()));
+            out.push_str(&a.log_tail(LOG_LINES));
+            out.push('\n');
+        }
+        out.push_str(&self.receiver.log_tail(LOG_LINES));
+        panic!("{out}");
+    }
+
+    fn assert_identical(&self, within: Duration, what: &str) {
+        if let Err(d) = wait_identical(&self.src, &self.mirror, within) {
+            self.fail(&format!(
+                "{what}: mirror {} not identical to {} after {within:?}; {} differences:\n{}",
+                self.mirror.display(),
+                self.src.display(),
+                d.len(),
+                summarize(&d, 40)
+            ));
+        }
+    }
+
+    fn attached(&self) -> usize {
+        attached_tracepoint_programs(self.agent().pid())
+    }
+}
+
+fn preflight() {
+    require_root();
+    require_tool("bpftool");
+    bin_path("lifeline-receiver");
+    bin_path("lifeline-agent");
+}
+
+fn randomized(name: &str, fs: ScratchFs, opts: WorkloadOptions) {
+    preflight();
+    let mut rig = Rig::new(name, fs);
+    rig.start_agent();
+    rig.wait_ready();
+    let stats = run_workload_with(&rig.src, &opts);
+    assert!(
+        stats.missing_kinds().is_empty(),
+        "workload lacked {:?}",
+        stats.missing_kinds()
+    );
+    rig.assert_identical(
+        SYNC_TIMEOUT,
+        &format!("after {} workload operations", stats.total()),
+    );
+}
+
+/// (a) A randomized workload on ext4, as fast as it goes.
+#[test]
+fn randomized_workload_on_ext4_reaches_identical_mirror() {
+    randomized(
+        "rand-ext4",
+        ScratchFs::ext4(1024),
+        WorkloadOptions::new(0x5EED_0001, 3000),
+    );
+}
+
+/// (b) Another seed on tmpfs, in bursts.
+#[test]
+fn randomized_workload_on_tmpfs_reaches_identical_mirror() {
+    let mut opts = WorkloadOptions::new(0x5EED_0002, 3000);
+    opts.pacing = Pacing::Bursts {
+        ops: 250,
+        pause: Duration::from_millis(100),
+    };
+    randomized("rand-tmpfs", ScratchFs::tmpfs(1024), opts);
+}
+
+/// (c) `off` detaches every tracepoint program and stops replication; `on`
+/// attaches them again and catches up with what changed meanwhile.
+#[test]
+fn off_detaches_and_stops_replication_on_resumes() {
+    preflight();
+    let mut rig = Rig::new("onoff", ScratchFs::tmpfs(256));
+    let src = rig.src.clone();
+    fs::create_dir(src.join("dir")).unwrap();
+    fs::write(src.join("modify.txt"), b"before").unwrap();
+    fs::write(src.join("delete.txt"), b"doomed").unwrap();
+    fs::write(src.join("dir/keep.txt"), b"kept").unwrap();
+    rig.start_agent();
+    rig.wait_ready();
+    rig.assert_identical(SYNC_TIMEOUT, "before off");
+    if !wait_until(Duration::from_secs(5), || rig.attached() > 0) {
+        let atts = tracepoint_attachments(rig.agent().pid());
+        rig.fail(&format!(
+            "capture on but no tracepoint program attached: {atts:?}"
+        ));
+    }
+
+    rig.agent().ctl("off");
+    if !wait_until(Duration::from_secs(2), || rig.attached() == 0) {
+        let atts = tracepoint_attachments(rig.agent().pid());
+        rig.fail(&format!(
+            "after `off` tracepoint programs are still attached: {atts:?}"
+        ));
+    }
+    let s = rig.agent().status();
+    if s.capture != "off" {
+        rig.fail(&format!(
+            "after `off` the status says capture {:?}",
+            s.capture
+        ));
+    }
+
+    // Changes while off: create, modify, delete, mkdir.
+    fs::write(src.join("new.txt"), b"created while off").unwrap();
+    fs::write(src.join("modify.txt"), b"after, and longer").unwrap();
+    fs::remove_file(src.join("delete.txt")).unwrap();
+    fs::create_dir(src.join("newdir")).unwrap();
+    fs::write(src.join("newdir/inner.txt"), b"inner").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let m = &rig.mirror;
+    let mut leaked = Vec::new();
+    if m.join("new.txt").exists() {
+        leaked.push("new.txt was created in the mirror");
+    }
+    if fs::read(m.join("modify.txt")).ok().as_deref() != Some(b"before".as_slice()) {
+        leaked.push("modify.txt changed in the mirror");
+    }
+    if !m.join("delete.txt").exists() {
+        leaked.push("delete.txt was deleted from the mirror");
+    }
+    if m.join("newdir").exists() {
+        leaked.push("newdir was created in the mirror");
+    }
+    if !leaked.is_empty() || differences(&src, m).is_empty() {
+        rig.fail(&format!(
+            "changes made while off reached the mirror: {leaked:?}"
+        ));
+    }
+
+    rig.agent().ctl("on");
+    if !wait_until(Duration::from_secs(5), || rig.attached() > 0) {
+        rig.fail("after `on` no tracepoint program is attached");
+    }
+    rig.agent()
+        .wait_status("capture back on", Duration::from_secs(5), |s| {
+            s.capture == "ebpf"
+        });
+    rig.assert_identical(SYNC_TIMEOUT, "after `on`");
+
+    // And capture works again, not only the catch-up.
+    fs::write(src.join("after-on.txt"), b"live again").unwrap();
+    fs::write(src.join("dir/keep.txt"), b"kept, changed").unwrap();
+    rig.assert_identical(Duration::from_secs(10), "a change after `on`");
+}
+
+/// (d) A tree made before the agent starts reaches the mirror by the initial
+/// sync, which also deletes what only the mirror has and fixes what differs.
+#[test]
+fn initial_sync_copies_existing_tree_and_removes_extraneous_mirror_files() {
+    preflight();
+    let mut rig = Rig::new("startup", ScratchFs::ext4(512));
+    let src = rig.src.clone();
+    run_workload(&src, 0x5EED_0003, 800);
+    fs::create_dir_all(src.join("pre/nested")).unwrap();
+    fs::write(src.join("pre/nested/a.txt"), b"made before the agent").unwrap();
+    fs::write(src.join("pre/exec.sh"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("pre/exec.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+    symlink("nested/a.txt", src.join("pre/link")).unwrap();
+    fs::write(src.join("stale.txt"), b"the source's content").unwrap();
+
+    // Planted in the mirror by hand before the agent starts.
+    let m = rig.mirror.clone();
+    fs::create_dir_all(m.join("planted-dir/sub")).unwrap();
+    fs::write(m.join("planted.txt"), b"only in the mirror").unwrap();
+    fs::write(m.join("planted-dir/sub/x"), b"only in the mirror").unwrap();
+    fs::write(m.join("stale.txt"), b"the mirror's old content, longer").unwrap();
+
+    rig.start_agent();
+    rig.assert_identical(SYNC_TIMEOUT, "initial sync");
+    rig.agent()
+        .wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
+    assert!(!m.join("planted.txt").exists() && !m.join("planted-dir").exists());
+}
+
+/// Sleeps until just after the next wall-clock second begins, so a short
+/// burst fits within one second of mtime.
+fn align_to_second() {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let into = Duration::from_nanos(u64::from(now.subsec_nanos()));
+    std::thread::sleep(Duration::from_secs(1) - into + Duration::from_millis(5));
+}
+
+/// (e) Many same-size rewrites of one file within one second: the mirror
+/// ends with the last one.
+#[test]
+fn same_size_overwrites_within_one_second_reach_mirror() {
+    preflight();
+    let mut rig = Rig::new("overwrite", ScratchFs::tmpfs(256));
+    let hot = rig.src.join("hot.bin");
+    fs::write(&hot, [0u8; 4096]).unwrap();
+    rig.start_agent();
+    rig.wait_ready();
+    rig.assert_identical(SYNC_TIMEOUT, "before the burst");
+
+    align_to_second();
+    let start = Instant::now();
+    let fd = OpenOptions::new().write(true).open(&hot).unwrap();
+    for i in 0u32..200 {
+        let block: Vec<u8> = (0..4096u32)
+            .map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8)
+            .collect();
+        if i % 2 == 0 {
+            fd.write_all_at(&block, 0).unwrap();
+        } else {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&hot)
+                .unwrap();
+            f.write_all(&block).unwrap();
+        }
+    }
+    drop(fd);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "the burst took {took:?}, not within one second"
+    );
+    assert_eq!(fs::metadata(&hot).unwrap().len(), 4096);
+    rig.assert_identical(Duration::from_secs(10), "after 200 same-size rewrites");
+}
+
+/// (f) A file kept open and written every 10 ms: while still open, the
+/// mirror shows the newest content within a second.
+#[test]
+fn file_kept_open_is_replicated_within_one_second() {
+    preflight();
+    let mut rig = Rig::new("held-open", ScratchFs::ext4(256));
+    rig.start_agent();
+    rig.wait_ready();
+
+    let path = rig.src.join("live.log");
+    let published = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (path, published, stop) = (path.clone(), published.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .unwrap();
+            f.write_all_at(&header(0), 0).unwrap();
+            let mut end = header(0).len() as u64;
+            let mut seq = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                seq += 1;
+                let line = line(seq);
+                f.write_all_at(&line, end).unwrap();
+                end += line.len() as u64;
+                f.write_all_at(&header(seq), 0).unwrap(); // in place
+                published.store(seq, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // The file stays open until here.
+        })
+    };
+
+    std::thread::sleep(Duration::from_millis(500));
+    let mirror = rig.receiver.mirror_of(&rig.machine, &path);
+    for checkpoint in 0..4 {
+        std::thread::sleep(Duration::from_millis(700));
+        let seq = published.load(Ordering::SeqCst);
+        let mut seen = None;
+        let ok = wait_until(Duration::from_secs(1), || {
+            let Ok(data) = fs::read(&mirror) else {
+                return false;
+            };
+            let got = parse_header(&data);
+            seen = got;
+            got.is_some_and(|n| n >= seq) && contains(&data, &line(seq))
+        });
+        if !ok {
+            stop.store(true, Ordering::SeqCst);
+            rig.fail(&format!(
+                "checkpoint {checkpoint}: 1 s after seq {seq} was written the mirror's header says {seen:?} \
+                 (or line {seq} is missing)"
+            ));
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    rig.assert_identical(Duration::from_secs(10), "after the writer closed the file");
+}
+
+fn header(seq: u64) -> Vec<u8> {
+    format!("last={seq:010}\n").into_bytes()
+}
+
+fn line(seq: u64) -> Vec<u8> {
+    format!("seq {seq:010}\n").into_bytes()
+}
+
+fn parse_header(data: &[u8]) -> Option<u64> {
+    let h = data.get(..16)?;
+    std::str::from_utf8(h.strip_prefix(b"last=")?.strip_suffix(b"\n")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn header_round_trips() {
+    assert_eq!(parse_header(&header(123)), Some(123));
+    assert_eq!(header(1).len(), 16);
+    assert!(contains(b"xx seq 0000000005\nyy", &line(5)));
+}
