@@ -20,11 +20,16 @@ fn main() -> anyhow::Result<()> {
     let mut cmd = Command::new("rustup");
     cmd.args(["run", "nightly", "cargo", "build", "--release"])
         .current_dir(&ebpf_dir);
-    // The outer cargo's settings must not leak into the nested BPF build.
-    for var in ["RUSTC", "RUSTC_WRAPPER", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO", "CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS"]
-    {
-        cmd.env_remove(var);
+    // The outer cargo's settings (toolchain, wrappers like clippy-driver,
+    // flags, target dir) must not leak into the nested BPF build.
+    for (var, _) in env::vars_os() {
+        let v = var.to_string_lossy();
+        let keep = v == "CARGO_HOME";
+        if !keep && (v.starts_with("CARGO") || v.starts_with("RUSTC") || v.starts_with("RUSTUP_TOOLCHAIN")
+            || v.starts_with("RUSTFLAGS") || v.starts_with("RUSTDOCFLAGS") || v.ends_with("MAKEFLAGS") || v == "MFLAGS")
+        {
+            cmd.env_remove(&var);
+        }
     }
     let status = cmd.status().map_err(|e| {
         anyhow::anyhow!("cannot run rustup to build the eBPF programs ({e}); run scripts/setup.sh first")

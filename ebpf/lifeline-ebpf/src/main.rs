@@ -199,7 +199,7 @@ fn file_identity(c: &Config, file: u64) -> (u32, u64, u16) {
 
 #[inline(always)]
 fn is_watched(dev: u32) -> bool {
-    unsafe { WATCHED.get(&dev).is_some() }
+    unsafe { WATCHED.get(dev).is_some() }
 }
 
 /// (dev, ino) of `file` if it is a regular file on a watched filesystem: the
@@ -302,7 +302,7 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
         return None;
     }
     if nr == nr::CLOSE {
-        if let Some(p) = RUNS.get_ptr_mut(&h_pid_tgid()) {
+        if let Some(p) = RUNS.get_ptr_mut(h_pid_tgid()) {
             let run = unsafe { &mut *p };
             if run.ended == 0 {
                 end_run(ctx, c, h_pid_tgid(), run);
@@ -488,7 +488,7 @@ fn write(ctx: &RawTracePointContext, w: &Written) -> Option<()> {
     let Written { file, dev, ino, start, n } = *w;
     let key = h_pid_tgid();
     let t = now();
-    if let Some(p) = RUNS.get_ptr_mut(&key) {
+    if let Some(p) = RUNS.get_ptr_mut(key) {
         let run = unsafe { &mut *p };
         if run.ended == 0
             && run.file == file
@@ -512,7 +512,7 @@ fn write(ctx: &RawTracePointContext, w: &Written) -> Option<()> {
     let run = Run { file, ino, dev, ended: 0, start, first_end: start + n, end: start + n, t0: t };
     let mut r = Report::fd(op::WRITE, file, start, n);
     // Insert before reporting, so the agent finds the run when it looks.
-    if RUNS.insert(&key, &run, 0).is_ok() {
+    if RUNS.insert(key, run, 0).is_ok() {
         r.flags = flags::RUN_OPEN;
         r.aux = key;
         r.ktime = t;
