@@ -11,4 +11,11 @@ fi
 bash scripts/setup.sh
 # The integration tests start the real binaries, so build them first.
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads=2 "$@"
+log=$(mktemp)
+status=0
+cargo test --workspace -- --test-threads=2 "$@" 2>&1 | tee "$log" || status=$?
+# One closing line with the totals over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+rm -f "$log"
+exit $status

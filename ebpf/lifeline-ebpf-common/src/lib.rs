@@ -73,6 +73,10 @@ pub struct Run {
     pub end: u64,
     /// When the run opened (bpf_ktime_get_ns).
     pub t0: u64,
+    /// The descriptor written through: the fast path checks that it still
+    /// refers to `file`.
+    pub fd: u32,
+    pub _pad: u32,
 }
 
 /// How long a run may absorb writes. A write that extends a run but finds,

@@ -312,6 +312,9 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
     }
     // Arguments are read when needed: each read costs.
     let a = |i: usize| arg(c, regs, i);
+    if matches!(nr, nr::WRITE | nr::WRITEV | nr::PWRITE64 | nr::PWRITEV) && extend_run(c, nr, ret as u64, a(0), || a(3)) {
+        return Some(());
+    }
     // Which descriptor an fd-based call changed, if it is one; anything that
     // is not a regular file on a watched filesystem stops here.
     let fd = match nr {
@@ -349,7 +352,7 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             if n == 0 {
                 return None;
             }
-            return write(ctx, &Written { file, dev: ident.0, ino: ident.1, start: pos().wrapping_sub(n), n });
+            return write(ctx, &Written { fd: fd.unwrap_or(0) as u32, file, dev: ident.0, ino: ident.1, start: pos().wrapping_sub(n), n });
         }
         nr::PWRITE64 | nr::PWRITEV | nr::PWRITEV2 => {
             if n == 0 {
@@ -364,7 +367,7 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             } else {
                 a(3)
             };
-            return write(ctx, &Written { file, dev: ident.0, ino: ident.1, start, n });
+            return write(ctx, &Written { fd: fd.unwrap_or(0) as u32, file, dev: ident.0, ino: ident.1, start, n });
         }
         nr::COPY_FILE_RANGE | nr::SPLICE => {
             if n == 0 {
@@ -381,7 +384,7 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
                 };
                 v
             };
-            return write(ctx, &Written { file, dev: ident.0, ino: ident.1, start: end.wrapping_sub(n), n });
+            return write(ctx, &Written { fd: fd.unwrap_or(0) as u32, file, dev: ident.0, ino: ident.1, start: end.wrapping_sub(n), n });
         }
         nr::FTRUNCATE => Report::fd(op::TRUNCATE, file, a(1), 0),
         nr::FALLOCATE => {
@@ -468,9 +471,51 @@ fn now() -> u64 {
     unsafe { h::bpf_ktime_get_ns() }
 }
 
+/// The hot path: a plain write continuing the task's open run through the
+/// same descriptor, which still refers to the same open file. Extends the
+/// run and returns true; anything else returns false for the full path.
+#[inline(always)]
+fn extend_run(c: &Config, nr: u32, n: u64, fd: u64, pos_arg: impl Fn() -> u64) -> bool {
+    let Some(p) = RUNS.get_ptr_mut(h_pid_tgid()) else { return false };
+    let run = unsafe { &mut *p };
+    let fd = fd & 0xffff_ffff;
+    if run.ended != 0 || run.fd as u64 != fd || n == 0 {
+        return false;
+    }
+    // task -> files -> fdt -> fd[] -> file: proves the descriptor still names
+    // the run's open file (so its inode is the run's too). fd tables only
+    // grow, so the bound was checked when the run opened.
+    let task = unsafe { h::bpf_get_current_task() };
+    let files: u64 = kread(task, c.offsets.task_files);
+    let fdt: u64 = kread(files, c.offsets.files_fdt);
+    let arr: u64 = kread(fdt, c.offsets.fdt_fd);
+    let file: u64 = kread(arr, (fd * 8) as u32);
+    if file != run.file {
+        return false;
+    }
+    let start = match nr {
+        nr::WRITE | nr::WRITEV => (kread::<i64>(file, c.offsets.file_pos) as u64).wrapping_sub(n),
+        _ => {
+            if kread::<u32>(file, c.offsets.file_flags) & O_APPEND != 0 {
+                return false; // pwrite appending: let the full path work it out
+            }
+            pos_arg()
+        }
+    };
+    let t = now();
+    if run.end != start || t.wrapping_sub(run.t0) >= RUN_WINDOW_NS {
+        return false;
+    }
+    unsafe { core::ptr::write_volatile(&mut run.end, start + n) };
+    // Extended after the window closed: the agent may have read the run
+    // already, so let the full path report this write too.
+    now().wrapping_sub(run.t0) < RUN_WINDOW_NS
+}
+
 /// A write: `[start, start + n)` of the file `file` (identity `dev`, `ino`).
 #[derive(Clone, Copy)]
 struct Written {
+    fd: u32,
     file: u64,
     dev: u32,
     ino: u64,
@@ -485,7 +530,7 @@ struct Written {
 #[inline(never)]
 fn write(ctx: &RawTracePointContext, w: &Written) -> Option<()> {
     let c = cfg();
-    let Written { file, dev, ino, start, n } = *w;
+    let Written { fd, file, dev, ino, start, n } = *w;
     let key = h_pid_tgid();
     let t = now();
     if let Some(p) = RUNS.get_ptr_mut(key) {
@@ -509,7 +554,7 @@ fn write(ctx: &RawTracePointContext, w: &Written) -> Option<()> {
             end_run(ctx, c, key, run);
         }
     }
-    let run = Run { file, ino, dev, ended: 0, start, first_end: start + n, end: start + n, t0: t };
+    let run = Run { file, ino, dev, ended: 0, start, first_end: start + n, end: start + n, t0: t, fd, _pad: 0 };
     let mut r = Report::fd(op::WRITE, file, start, n);
     // Insert before reporting, so the agent finds the run when it looks.
     if RUNS.insert(key, run, 0).is_ok() {
