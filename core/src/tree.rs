@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -62,6 +63,96 @@ impl Entry {
             symlink_target: target,
         }
     }
+}
+
+impl Entry {
+    /// The same from a `fstatat` result (see [`scan_fd`]).
+    pub fn from_stat(rel: PathBuf, st: &rustix::fs::Stat, target: Option<OsString>) -> Entry {
+        let kind = match st.st_mode & libc_s_ifmt::MASK {
+            libc_s_ifmt::REG => Kind::File,
+            libc_s_ifmt::DIR => Kind::Dir,
+            libc_s_ifmt::LNK => Kind::Symlink,
+            _ => Kind::Other,
+        };
+        Entry {
+            rel,
+            kind,
+            size: if kind == Kind::File { st.st_size as u64 } else { 0 },
+            mode: st.st_mode & 0o7777,
+            mtime_sec: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
+            symlink_target: target,
+        }
+    }
+}
+
+/// File type bits of `st_mode`.
+mod libc_s_ifmt {
+    pub const MASK: u32 = 0o170000;
+    pub const REG: u32 = 0o100000;
+    pub const DIR: u32 = 0o040000;
+    pub const LNK: u32 = 0o120000;
+}
+
+/// Lists the directory open as `root` recursively, descending only through
+/// `openat(O_NOFOLLOW)` on directory descriptors. Unlike [`scan`], nothing is
+/// resolved by path name, so a directory swapped for a symlink while the
+/// scan runs is never followed: safe on a tree others write to (the
+/// receiver's mirrors). Entries that vanish meanwhile are skipped.
+pub fn scan_fd(root: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    scan_fd_into(root, Path::new(""), &mut out)?;
+    Ok(out)
+}
+
+fn scan_fd_into(dir: std::os::fd::BorrowedFd<'_>, rel: &Path, out: &mut Vec<Entry>) -> io::Result<()> {
+    use rustix::fs::{AtFlags, Mode, OFlags};
+    use rustix::io::Errno;
+    let mut names = Vec::new();
+    // Dir reads from its own duplicate of the descriptor.
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from(std::ffi::OsStr::from_bytes(name)));
+        }
+    }
+    names.sort();
+    for name in names {
+        let st = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let child_rel = rel.join(&name);
+        let is_link = st.st_mode & libc_s_ifmt::MASK == libc_s_ifmt::LNK;
+        let target = if is_link {
+            match rustix::fs::readlinkat(dir, &name, Vec::new()) {
+                Ok(t) => Some(OsString::from_vec(t.into_bytes())),
+                Err(Errno::NOENT | Errno::INVAL) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        let entry = Entry::from_stat(child_rel.clone(), &st, target);
+        let is_dir = entry.kind == Kind::Dir;
+        out.push(entry);
+        if is_dir {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            match rustix::fs::openat(dir, &name, flags, Mode::empty()) {
+                Ok(fd) => scan_fd_into(std::os::fd::AsFd::as_fd(&fd), &child_rel, out)?,
+                // Replaced or removed since the stat: skip it.
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lists `root` recursively (not following symlinks), sorted by path. The root
@@ -218,5 +309,20 @@ mod tests {
         let d = compare(a.path(), b.path(), opts).unwrap();
         assert_eq!(d.len(), 2, "{d:?}");
         assert!(d[0].contains("content differs at byte 4"));
+    }
+
+    #[test]
+    fn fd_scan_matches_path_scan() {
+        let a = tempfile::tempdir().unwrap();
+        fs::create_dir_all(a.path().join("d/e")).unwrap();
+        fs::write(a.path().join("d/e/f"), b"x").unwrap();
+        fs::write(a.path().join("g"), b"yy").unwrap();
+        symlink("/etc", a.path().join("d/link")).unwrap();
+        let dir = fs::File::open(a.path()).unwrap();
+        let by_fd = scan_fd(std::os::fd::AsFd::as_fd(&dir)).unwrap();
+        let by_path = scan(a.path()).unwrap();
+        assert_eq!(by_fd, by_path);
+        // The symlink is listed, never followed.
+        assert!(by_fd.iter().all(|e| e.rel == Path::new("d/link") || !e.rel.starts_with("d/link")));
     }
 }

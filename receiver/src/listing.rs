@@ -1,6 +1,5 @@
 //! What a machine's mirror holds under a root, for `ListTree`.
 
-use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
@@ -15,23 +14,22 @@ use crate::safepath::{open_beneath, Mirror};
 /// `root/rel`. A root that is missing, not a directory or a symlink (or below
 /// one) yields nothing.
 ///
-/// The caller must keep the machine's mirror from changing meanwhile (the
-/// machine's read lock): [`tree::scan`] walks by path names, which is only
-/// safe while nobody can swap a directory for a symlink under it.
+/// Replication goes on meanwhile: [`tree::scan_fd`] descends only through
+/// directory descriptors with O_NOFOLLOW, so a directory swapped for a symlink
+/// mid-scan is never followed out of the mirror.
 pub fn list(mirror: &Mirror, root: &[u8]) -> io::Result<Vec<TreeEntry>> {
-    match open_beneath(
+    let dir = match open_beneath(
         mirror.root(),
         root,
-        OFlags::PATH | OFlags::DIRECTORY,
+        OFlags::RDONLY | OFlags::DIRECTORY,
         Mode::empty(),
     ) {
-        Ok(_) => {}
+        Ok(fd) => fd,
         Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
-    }
-    let dir = mirror.path().join(OsStr::from_bytes(root));
+    };
     let mut out = Vec::new();
-    for e in tree::scan(&dir)? {
+    for e in tree::scan_fd(std::os::fd::AsFd::as_fd(&dir))? {
         let kind = match e.kind {
             Kind::File => tree_entry::Kind::File,
             Kind::Dir => tree_entry::Kind::Dir,

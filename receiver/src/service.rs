@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use lifeline_core::wirepath;
 use lifeline_proto::v1::replication_server::{Replication, ReplicationServer};
@@ -55,9 +55,6 @@ impl Cancel {
 /// What the receiver keeps per machine.
 #[derive(Default)]
 struct MachineState {
-    /// Held for writing while a batch is applied and for reading while a
-    /// `ListTree` scans, so that a scan never sees the mirror change under it.
-    mirror_lock: RwLock<()>,
     /// Held by the Replicate stream that applies ops; the next one waits for it.
     stream_lock: Arc<tokio::sync::Mutex<()>>,
     /// Cancels the newest Replicate stream.
@@ -229,15 +226,13 @@ impl Replication for Receiver {
             })?;
         }
         let mirror = Arc::new(self.open_mirror(&machine).await?);
-        let state = self.machine(&machine);
         debug!(%machine, roots = roots.len(), "listing");
         let (tx, rx) = mpsc::channel::<Result<TreeEntries, Status>>(4);
         let shutdown = self.inner.shutdown.clone();
         tokio::spawn(async move {
             for root in roots {
-                let (m, s, r) = (mirror.clone(), state.clone(), root.clone());
+                let (m, r) = (mirror.clone(), root.clone());
                 let listed = tokio::task::spawn_blocking(move || {
-                    let _scan = s.mirror_lock.read().unwrap_or_else(|e| e.into_inner());
                     listing::list(&m, &r)
                 })
                 .await;
@@ -351,16 +346,11 @@ impl Stream {
             let mut a = applier
                 .take()
                 .expect("the applier is back after each batch");
-            let (state, cancel, shutdown) = (
-                self.state.clone(),
-                self.cancel.clone(),
-                self.shutdown.clone(),
-            );
+            let (cancel, shutdown) = (self.cancel.clone(), self.shutdown.clone());
             let n = batch.ops.len() as u64;
             // The batch is applied even if the agent goes away meanwhile; a
             // replacement or shutdown stops it between two ops.
             let applied = tokio::task::spawn_blocking(move || {
-                let _write = state.mirror_lock.write().unwrap_or_else(|e| e.into_inner());
                 let ack =
                     a.apply_batch(&batch, &|| cancel.is_cancelled() || shutdown.is_cancelled());
                 (a, ack)
