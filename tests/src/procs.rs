@@ -26,11 +26,30 @@ fn log_file(path: &Path) -> (Stdio, Stdio) {
     (Stdio::from(f), Stdio::from(g))
 }
 
-fn kill_child(child: &mut Child) {
-    if let Ok(None) = child.try_wait() {
-        let _ = child.kill(); // SIGKILL
+/// A child process that is SIGKILLed and reaped on drop.
+struct Killed(Child);
+
+impl Killed {
+    fn id(&self) -> u32 {
+        self.0.id()
     }
-    let _ = child.wait();
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    fn kill(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill(); // SIGKILL
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 fn free_port() -> u16 {
@@ -41,7 +60,7 @@ fn free_port() -> u16 {
 /// A running `lifeline-receiver --listen 127.0.0.1:PORT --store DIR`; killed
 /// on drop.
 pub struct Receiver {
-    child: Child,
+    child: Killed,
     port: u16,
     store: PathBuf,
     log: PathBuf,
@@ -78,7 +97,7 @@ impl Receiver {
                 .spawn()
                 .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
             let mut r = Receiver {
-                child,
+                child: Killed(child),
                 port,
                 store: store.to_path_buf(),
                 log: log.to_path_buf(),
@@ -86,7 +105,7 @@ impl Receiver {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if let Ok(Some(status)) = r.child.try_wait() {
+                if let Ok(Some(status)) = r.child.0.try_wait() {
                     last_failure =
                         format!("receiver exited while starting on port {port}: {status}");
                     break;
@@ -156,18 +175,12 @@ impl Receiver {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        kill_child(&mut self.child);
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        kill_child(&mut self.child);
+        self.child.kill();
     }
 }
 
@@ -225,7 +238,7 @@ pub struct AgentStatus {
 
 /// A running `lifeline-agent run`; SIGKILLed on drop.
 pub struct Agent {
-    child: Child,
+    child: Killed,
     opts: AgentOpts,
     control: PathBuf,
     log: PathBuf,
@@ -273,14 +286,14 @@ impl Agent {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
         let mut agent = Agent {
-            child,
+            child: Killed(child),
             opts,
             control,
             log,
         };
         let deadline = Instant::now() + agent.opts.start_timeout;
         loop {
-            if let Ok(Some(status)) = agent.child.try_wait() {
+            if let Ok(Some(status)) = agent.child.0.try_wait() {
                 panic!(
                     "agent exited while starting: {status}\n{}",
                     agent.log_tail(LOG_LINES)
@@ -416,17 +429,11 @@ impl Agent {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.child.is_running()
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        kill_child(&mut self.child);
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        kill_child(&mut self.child);
+        self.child.kill();
     }
 }
