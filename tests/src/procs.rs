@@ -234,6 +234,10 @@ pub struct AgentStatus {
     pub acked_seq: u64,
     pub last_error: Option<String>,
     pub initial_sync_done: bool,
+    /// Records the kernel delivered for the watched trees.
+    pub kernel_events: u64,
+    /// Records lost (ring buffer full).
+    pub kernel_lost: u64,
 }
 
 /// A running `lifeline-agent run`; SIGKILLed on drop.

@@ -406,3 +406,31 @@ fn header_round_trips() {
     assert_eq!(header(1).len(), 16);
     assert!(contains(b"xx seq 0000000005\nyy", &line(5)));
 }
+
+/// Contiguous writes the kernel coalesces into one run, then a rename while
+/// the file is still open and the run still absorbing writes: every byte
+/// reaches the mirror under the new name, though the file is never closed.
+#[test]
+fn write_run_renamed_while_open_reaches_mirror() {
+    preflight();
+    let mut rig = Rig::new("runrename", ScratchFs::tmpfs(256));
+    rig.start_agent();
+    rig.wait_ready();
+    let first = rig.src.join("growing.log");
+    let second = rig.src.join("renamed.log");
+    let mut f = OpenOptions::new().create(true).append(true).open(&first).unwrap();
+    for i in 0..2000u32 {
+        // 2000 contiguous appends: one run in the kernel, not 2000 records.
+        f.write_all(format!("line {i:05} {}\n", "x".repeat(40)).as_bytes()).unwrap();
+    }
+    fs::rename(&first, &second).unwrap();
+    f.write_all(b"after the rename\n").unwrap();
+    rig.assert_identical(Duration::from_secs(5), "with the file still open");
+    drop(f);
+    let status = rig.agent().status();
+    assert!(
+        status.kernel_events < 1000,
+        "2001 contiguous writes produced {} kernel records: runs are not coalesced",
+        status.kernel_events
+    );
+}

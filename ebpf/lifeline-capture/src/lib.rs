@@ -271,6 +271,15 @@ impl Reader {
         }
         match resolver.resolve(&raw) {
             Ok(change) => {
+                if let ChangeKind::Rename { to, exchange: false } = &change.kind {
+                    // A file renamed while a run still writes to it: its end
+                    // belongs to the new name.
+                    for run in self.open_runs.values_mut() {
+                        if let Ok(rest) = run.change.path.strip_prefix(&change.path) {
+                            run.change.path = if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
+                        }
+                    }
+                }
                 if h.flags & flags::RUN_OPEN != 0 {
                     let window = Duration::from_nanos(RUN_WINDOW_NS);
                     let now = Instant::now();
@@ -332,8 +341,8 @@ fn finish_run(run: OpenRun, end: u64, out: &mut Vec<CaptureMsg>) {
     match std::fs::symlink_metadata(&change.path) {
         Ok(md) if md.ino() == change.ino => {}
         _ => {
-            // Deleted (nothing to send) or renamed while still being written
-            // within the window; reconciliation covers the rename.
+            // Deleted while still being written (nothing to send), or moved
+            // out of sight (exchanged, or renamed from outside).
             debug!("{} changed identity before its write run ended", change.path.display());
             return;
         }
