@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use aya::programs::raw_trace_point::RawTracePointLinkId;
 use aya::programs::RawTracePoint;
 use aya::{Ebpf, EbpfLoader};
-use lifeline_ebpf_common::{flags, stat, Config, Run, RUN_WINDOW_NS};
+use lifeline_ebpf_common::{flags, stat, Config, Run, RUN_ENDED, RUN_WINDOW_NS};
 use tracing::{debug, info, warn};
 
 pub use change::{ChangeKind, FileChange, Resolver, Unresolved};
@@ -281,6 +281,10 @@ impl Reader {
                     }
                 }
                 if h.flags & flags::RUN_OPEN != 0 {
+                    // One task's records arrive in the order it emitted them:
+                    // a RUN_END of its earlier runs would have come before
+                    // this. Those still open ended having absorbed nothing.
+                    self.open_runs.retain(|(task, _), _| *task != h.aux);
                     let window = Duration::from_nanos(RUN_WINDOW_NS);
                     let now = Instant::now();
                     self.open_runs.insert(
@@ -311,7 +315,9 @@ impl Reader {
             self.open_runs.iter().filter(|(_, r)| r.check_at <= now).map(|(k, _)| *k).collect();
         for key @ (pid_tgid, t0) in due {
             match self.runs.get(&pid_tgid, 0) {
-                Ok(run) if run.t0 == t0 && run.ended == 0 => {
+                // Open (its end is final now the window is over) or closed
+                // having absorbed nothing: either way the map has the end.
+                Ok(run) if run.t0 == t0 && run.ended != RUN_ENDED => {
                     let r = self.open_runs.remove(&key).expect("due run");
                     finish_run(r, run.end, out);
                 }

@@ -65,7 +65,9 @@ pub struct Run {
     pub file: u64,
     pub ino: u64,
     pub dev: u32,
-    /// Set once the run's RUN_END record was emitted.
+    /// 0 while open; [`RUN_ENDED`] once its RUN_END record was emitted;
+    /// [`RUN_CLOSED_EMPTY`] when it ended having absorbed nothing (no record:
+    /// the agent finds it so in the map).
     pub ended: u32,
     pub start: u64,
     /// End of the run's first write (reported with RUN_OPEN).
@@ -78,6 +80,9 @@ pub struct Run {
     pub fd: u32,
     pub _pad: u32,
 }
+
+pub const RUN_ENDED: u32 = 1;
+pub const RUN_CLOSED_EMPTY: u32 = 2;
 
 /// How long a run may absorb writes. A write that extends a run but finds,
 /// after extending it, that the window has closed reports itself as well, so

@@ -36,7 +36,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use lifeline_ebpf_common::{
     flags, nr, op, part, stat, Config, EventHeader, PathPart, Run, HEADER_SIZE, MAX_DEPTH, MAX_RECORD,
-    RUN_WINDOW_NS,
+    RUN_CLOSED_EMPTY, RUN_ENDED, RUN_WINDOW_NS,
 };
 
 /// Set by the agent at load time (offsets from BTF, its own pid).
@@ -305,7 +305,12 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
         if let Some(p) = RUNS.get_ptr_mut(h_pid_tgid()) {
             let run = unsafe { &mut *p };
             if run.ended == 0 {
-                end_run(ctx, c, h_pid_tgid(), run);
+                if run.end == run.first_end {
+                    // Absorbed nothing: no record needed (most small files).
+                    run.ended = RUN_CLOSED_EMPTY;
+                } else {
+                    end_run(ctx, c, h_pid_tgid(), run);
+                }
             }
         }
         return None;
@@ -574,7 +579,7 @@ fn end_run(ctx: &RawTracePointContext, c: &Config, key: u64, run: &mut Run) {
     r.ktime = run.t0;
     r.dev = run.dev;
     r.ino = run.ino;
-    run.ended = 1;
+    run.ended = RUN_ENDED;
     let _ = emit(ctx, c, &r);
 }
 
