@@ -213,26 +213,38 @@ impl Applier {
         remove_at(dir, name, kind).ctx("remove what is there")
     }
 
+    /// Every syscall here costs (file creation on a journaled filesystem is
+    /// what limits a burst of small files), so what `fstat` shows already
+    /// right is not done again: no truncation that changes nothing, no
+    /// chown/chmod to what the file has.
     fn file_data(&mut self, path: &[u8], d: &FileData) -> OpResult {
         let dir = self.parent_create(path)?;
         let (_, name) = split(path);
-        match kind_at(dir.as_fd(), name).ctx("stat")? {
-            None | Some(FileType::RegularFile) => {}
-            Some(other) => self.remove_existing(dir.as_fd(), name, other)?,
+        // Created with its final permissions (as far as the umask allows);
+        // the mirror's root is private, so nobody sees it half-written.
+        let create_mode = Mode::from_raw_mode(d.attr.as_ref().map_or(0o600, |a| a.mode & 0o777));
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let mut opened = open_beneath(dir.as_fd(), name, flags, create_mode);
+        if let Err(Errno::LOOP | Errno::ISDIR | Errno::NXIO | Errno::NOTDIR) = opened {
+            // Not a regular file there (a symlink, a directory, a FIFO...):
+            // the source says it is one now.
+            if let Some(kind) = kind_at(dir.as_fd(), name).ctx("stat")? {
+                self.remove_existing(dir.as_fd(), name, kind)?;
+            }
+            opened = open_beneath(dir.as_fd(), name, flags, create_mode);
         }
-        let fd = open_beneath(
-            dir.as_fd(),
-            name,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY,
-            Mode::from_raw_mode(0o600),
-        )
-        .ctx("open")?;
-        if FileType::from_raw_mode(fstat(&fd).ctx("stat")?.st_mode) != FileType::RegularFile {
+        let fd = opened.ctx("open")?;
+        let st = fstat(&fd).ctx("stat")?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err("open: not a regular file".into());
         }
         let file = File::from(fd);
-        if let Some(len) = d.truncate_to {
-            file.set_len(len).ctx("truncate")?;
+        let mut len = st.st_size as u64;
+        if let Some(t) = d.truncate_to {
+            if t < len {
+                file.set_len(t).ctx("truncate")?;
+                len = t;
+            }
         }
         for c in &d.chunks {
             file.write_all_at(&c.data, c.offset).ctx(&format!(
@@ -240,10 +252,13 @@ impl Applier {
                 c.data.len(),
                 c.offset
             ))?;
+            len = len.max(c.offset + c.data.len() as u64);
         }
-        file.set_len(d.size).ctx("set length")?;
+        if len != d.size {
+            file.set_len(d.size).ctx("set length")?;
+        }
         if let Some(attr) = &d.attr {
-            set_attr_fd(file.as_fd(), attr, true)?;
+            set_attr_known(file.as_fd(), attr, &st)?;
         }
         Ok(())
     }
@@ -529,6 +544,24 @@ fn set_attr_fd(fd: BorrowedFd<'_>, attr: &Attr, with_mtime: bool) -> OpResult {
     if with_mtime {
         futimens(fd, &mtime(attr)?).ctx("set mtime")?;
     }
+    Ok(())
+}
+
+/// Like [`set_attr_fd`] (with mtime) for a file whose `fstat` is `st`:
+/// ownership and mode only where they differ.
+fn set_attr_known(fd: BorrowedFd<'_>, attr: &Attr, st: &rustix::fs::Stat) -> OpResult {
+    let (uid, gid) = owner(attr);
+    let uid = uid.filter(|u| u.as_raw() != st.st_uid);
+    let gid = gid.filter(|g| g.as_raw() != st.st_gid);
+    let chowned = uid.is_some() || gid.is_some();
+    if chowned {
+        ignore_eperm(fchown(fd, uid, gid)).ctx("chown")?;
+    }
+    // chown clears setuid/setgid, so the mode goes after it.
+    if chowned || st.st_mode & 0o7777 != attr.mode & 0o7777 {
+        fchmod(fd, Mode::from_raw_mode(attr.mode & 0o7777)).ctx("chmod")?;
+    }
+    futimens(fd, &mtime(attr)?).ctx("set mtime")?;
     Ok(())
 }
 
