@@ -9,6 +9,8 @@
 //! again by then is not removed.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,11 +19,11 @@ use std::sync::Arc;
 use crossbeam_channel::Sender;
 use lifeline_core::tree::{self, Kind};
 use lifeline_core::wirepath;
-use lifeline_proto::v1::{tree_entry, ListTreeRequest, TreeEntry};
+use lifeline_proto::v1::{tree_entry, ListTreeRequest, TreeEntries, TreeEntry};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::scheduler::SchedMsg;
+use crate::scheduler::{Reconcile, SchedMsg};
 use crate::sender::{connect, identify};
 use crate::status::Shared;
 
@@ -63,57 +65,114 @@ async fn reconcile(endpoint: &str, machine: &str, roots: &[PathBuf], queue: &Sen
     let mut req = tonic::Request::new(ListTreeRequest { roots: wire_roots });
     identify(&mut req, machine)?;
     let mut stream = client.list_tree(req).await?.into_inner();
-    let mut remote: HashMap<PathBuf, TreeEntry> = HashMap::new();
-    while let Some(batch) = stream.message().await? {
-        for e in batch.entries {
-            remote.insert(wirepath::to_local(&e.path), e);
+    // Directories are compared as their listings complete, while the rest
+    // still streams in: a change near the top is found in milliseconds,
+    // whatever the size of the tree.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<TreeEntries>(16);
+    let mut comparer = Comparer::new(roots.to_vec(), queue.clone());
+    let worker = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+        for msg in rx {
+            comparer.take(msg)?;
+        }
+        comparer.finish()
+    });
+    while let Some(msg) = stream.message().await? {
+        if tx.send(msg).is_err() {
+            break; // the worker failed; its error follows
         }
     }
-    let roots = roots.to_vec();
-    let queue = queue.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
-        let mut n = 0;
-        for root in &roots {
-            let paths = differences(root, &remote)?;
-            n += paths.len();
-            for chunk in paths.chunks(1000) {
-                queue.send(SchedMsg::Check(chunk.to_vec()))?;
-            }
-        }
-        Ok(n)
-    })
-    .await?
+    drop(tx);
+    worker.await?
 }
 
-/// Paths under `root` (and `root` itself) that differ from the mirror's
-/// listing, parents before children; for a directory only the mirror has,
-/// only the directory.
-pub fn differences(root: &Path, remote: &HashMap<PathBuf, TreeEntry>) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = vec![root.to_path_buf()];
-    let mut local_paths = HashSet::new();
-    for e in tree::scan(root)? {
-        let path = root.join(&e.rel);
-        if e.kind == Kind::Other {
-            continue;
-        }
-        let same = remote.get(&path).is_some_and(|r| same_entry(&e, r));
-        if !same {
-            out.push(path.clone());
-        }
-        local_paths.insert(path);
+/// Compares the local trees with the mirror's listing, directory by
+/// directory, and queues what differs.
+pub struct Comparer {
+    roots: Vec<PathBuf>,
+    queue: Sender<SchedMsg>,
+    /// Mirror entries by parent directory, until the directory completes.
+    remote: HashMap<PathBuf, HashMap<OsString, TreeEntry>>,
+    completed_roots: HashSet<PathBuf>,
+    out: Vec<Reconcile>,
+    queued: usize,
+}
+
+impl Comparer {
+    pub fn new(roots: Vec<PathBuf>, queue: Sender<SchedMsg>) -> Comparer {
+        // A root's own mode is not in the listing: always send it (one op).
+        let out = roots.iter().map(|r| Reconcile::Path(r.clone())).collect();
+        Comparer { roots, queue, remote: HashMap::new(), completed_roots: HashSet::new(), out, queued: 0 }
     }
-    let mut extra: Vec<&PathBuf> =
-        remote.keys().filter(|p| p.starts_with(root) && p.as_path() != root && !local_paths.contains(*p)).collect();
-    extra.sort();
-    let mut last: Option<&PathBuf> = None;
-    for p in extra {
-        if last.is_some_and(|l| p.starts_with(l)) {
-            continue; // removed with its directory
+
+    pub fn take(&mut self, msg: TreeEntries) -> anyhow::Result<()> {
+        for e in msg.entries {
+            let path = wirepath::to_local(&e.path);
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };
+            self.remote.entry(parent.to_path_buf()).or_default().insert(name.to_os_string(), e);
         }
-        out.push(p.clone());
-        last = Some(p);
+        for dir in msg.complete_dirs {
+            let dir = wirepath::to_local(&dir);
+            let children = self.remote.remove(&dir).unwrap_or_default();
+            if self.roots.contains(&dir) {
+                self.completed_roots.insert(dir.clone());
+            }
+            self.compare_dir(&dir, children)?;
+        }
+        self.flush()
     }
-    Ok(out)
+
+    /// Queues what is left; returns how many paths were queued in all.
+    pub fn finish(mut self) -> anyhow::Result<usize> {
+        for root in self.roots.clone() {
+            if !self.completed_roots.contains(&root) {
+                anyhow::bail!("the receiver's listing ended before {} was complete", root.display());
+            }
+        }
+        self.flush()?;
+        Ok(self.queued)
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.out.is_empty() {
+            self.queued += self.out.len();
+            self.queue.send(SchedMsg::Reconcile(std::mem::take(&mut self.out)))?;
+        }
+        Ok(())
+    }
+
+    /// One directory: local entries against the mirror's.
+    fn compare_dir(&mut self, dir: &Path, mut remote: HashMap<OsString, TreeEntry>) -> anyhow::Result<()> {
+        let local = match std::fs::File::open(dir) {
+            Ok(f) => tree::list_dir_fd(f.as_fd())?,
+            // Gone (or no longer a directory) locally: its parent's
+            // comparison already queued it.
+            Err(_) => return Ok(()),
+        };
+        for e in local {
+            if e.kind == Kind::Other {
+                continue;
+            }
+            let path = dir.join(&e.rel);
+            match remote.remove(e.rel.as_os_str()) {
+                Some(r) if same_entry(&e, &r) => {}
+                // A directory the mirror lacks (or holds as something else):
+                // everything below it, without waiting for a listing.
+                Some(r) if e.kind == Kind::Dir && r.kind != tree_entry::Kind::Dir as i32 => {
+                    self.out.push(Reconcile::Tree(path))
+                }
+                None if e.kind == Kind::Dir => self.out.push(Reconcile::Tree(path)),
+                _ => self.out.push(Reconcile::Path(path)),
+            }
+        }
+        // Only in the mirror: removed when sent (it is checked again then).
+        let mut extra: Vec<PathBuf> = remote.into_keys().map(|n| dir.join(n)).collect();
+        extra.sort();
+        self.out.extend(extra.into_iter().map(Reconcile::Path));
+        if self.out.len() >= 1000 {
+            self.flush()?;
+        }
+        Ok(())
+    }
 }
 
 fn same_entry(l: &tree::Entry, r: &TreeEntry) -> bool {
@@ -136,17 +195,10 @@ mod tests {
     use lifeline_proto::v1::Attr;
     use std::os::unix::fs::MetadataExt;
 
-    #[test]
-    fn finds_changed_missing_and_extra_paths() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path();
-        std::fs::write(root.join("same"), b"x").unwrap();
-        std::fs::write(root.join("changed"), b"xy").unwrap();
-        std::fs::write(root.join("new"), b"").unwrap();
-        let md = std::fs::metadata(root.join("same")).unwrap();
-        let file = |size, md: &std::fs::Metadata| TreeEntry {
-            path: Vec::new(),
-            kind: tree_entry::Kind::File as i32,
+    fn entry(path: &Path, md: &std::fs::Metadata, kind: tree_entry::Kind, size: u64) -> TreeEntry {
+        TreeEntry {
+            path: wirepath::from_local(path).unwrap(),
+            kind: kind as i32,
             size,
             attr: Some(Attr {
                 mode: md.mode() & 0o7777,
@@ -156,16 +208,51 @@ mod tests {
                 gid: None,
             }),
             symlink_target: Vec::new(),
-        };
-        let mut remote = HashMap::new();
-        remote.insert(root.join("same"), file(1, &md));
-        remote.insert(root.join("changed"), file(1, &md));
-        remote.insert(root.join("gone"), file(1, &md));
-        remote.insert(root.join("gone/below"), file(1, &md));
-        let mut got = differences(root, &remote).unwrap();
-        got.sort();
-        let mut want = vec![root.to_path_buf(), root.join("changed"), root.join("gone"), root.join("new")];
-        want.sort();
-        assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn finds_changed_missing_and_extra_paths_directory_by_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::write(root.join("same"), b"x").unwrap();
+        std::fs::write(root.join("changed"), b"xy").unwrap();
+        std::fs::create_dir(root.join("newdir")).unwrap();
+        std::fs::write(root.join("newdir/inner"), b"").unwrap();
+        std::fs::create_dir(root.join("both")).unwrap();
+        std::fs::write(root.join("both/new"), b"").unwrap();
+        let md = std::fs::metadata(root.join("same")).unwrap();
+        let dmd = std::fs::metadata(root.join("both")).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut c = Comparer::new(vec![root.clone()], tx);
+        let wire = |p: &Path| wirepath::from_local(p).unwrap();
+        c.take(TreeEntries {
+            entries: vec![
+                entry(&root.join("same"), &md, tree_entry::Kind::File, 1),
+                entry(&root.join("changed"), &md, tree_entry::Kind::File, 1),
+                entry(&root.join("gone"), &md, tree_entry::Kind::Dir, 0),
+                entry(&root.join("both"), &dmd, tree_entry::Kind::Dir, 0),
+            ],
+            complete_dirs: vec![wire(&root)],
+        })
+        .unwrap();
+        // Nothing below "both" is judged before its listing completes.
+        c.take(TreeEntries { entries: vec![], complete_dirs: vec![wire(&root.join("both"))] }).unwrap();
+        assert_eq!(c.finish().unwrap(), 5);
+        let mut got = Vec::new();
+        for m in rx.try_iter() {
+            let SchedMsg::Reconcile(items) = m else { panic!() };
+            got.extend(items);
+        }
+        assert_eq!(
+            got,
+            vec![
+                Reconcile::Path(root.clone()),
+                Reconcile::Path(root.join("changed")),
+                Reconcile::Tree(root.join("newdir")),
+                Reconcile::Path(root.join("gone")),
+                Reconcile::Path(root.join("both/new")),
+            ]
+        );
     }
 }

@@ -110,36 +110,12 @@ pub fn scan_fd(root: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
 }
 
 fn scan_fd_into(dir: std::os::fd::BorrowedFd<'_>, rel: &Path, out: &mut Vec<Entry>) -> io::Result<()> {
-    use rustix::fs::{AtFlags, Mode, OFlags};
+    use rustix::fs::{Mode, OFlags};
     use rustix::io::Errno;
-    let mut names = Vec::new();
-    // Dir reads from its own duplicate of the descriptor.
-    for e in rustix::fs::Dir::read_from(dir)? {
-        let e = e?;
-        let name = e.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(OsString::from(std::ffi::OsStr::from_bytes(name)));
-        }
-    }
-    names.sort();
-    for name in names {
-        let st = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::NOENT) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let child_rel = rel.join(&name);
-        let is_link = st.st_mode & libc_s_ifmt::MASK == libc_s_ifmt::LNK;
-        let target = if is_link {
-            match rustix::fs::readlinkat(dir, &name, Vec::new()) {
-                Ok(t) => Some(OsString::from_vec(t.into_bytes())),
-                Err(Errno::NOENT | Errno::INVAL) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            None
-        };
-        let entry = Entry::from_stat(child_rel.clone(), &st, target);
+    for mut entry in list_dir_fd(dir)? {
+        let name = entry.rel.clone();
+        entry.rel = rel.join(&name);
+        let child_rel = entry.rel.clone();
         let is_dir = entry.kind == Kind::Dir;
         out.push(entry);
         if is_dir {
@@ -153,6 +129,43 @@ fn scan_fd_into(dir: std::os::fd::BorrowedFd<'_>, rel: &Path, out: &mut Vec<Entr
         }
     }
     Ok(())
+}
+
+/// The entries of the directory open as `dir` (one level, sorted by name;
+/// `rel` is the bare name), stat'ed without following symlinks. Entries that
+/// vanish meanwhile are skipped.
+pub fn list_dir_fd(dir: std::os::fd::BorrowedFd<'_>) -> io::Result<Vec<Entry>> {
+    use rustix::fs::AtFlags;
+    use rustix::io::Errno;
+    let mut names = Vec::new();
+    // Dir reads from its own duplicate of the descriptor.
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from(std::ffi::OsStr::from_bytes(name)));
+        }
+    }
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let st = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let target = if st.st_mode & libc_s_ifmt::MASK == libc_s_ifmt::LNK {
+            match rustix::fs::readlinkat(dir, &name, Vec::new()) {
+                Ok(t) => Some(OsString::from_vec(t.into_bytes())),
+                Err(Errno::NOENT | Errno::INVAL) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        out.push(Entry::from_stat(PathBuf::from(name), &st, target));
+    }
+    Ok(out)
 }
 
 /// Lists `root` recursively (not following symlinks), sorted by path. The root

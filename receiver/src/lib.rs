@@ -26,7 +26,8 @@ use tokio_stream::StreamExt;
 use tracing::info;
 
 pub use auth::{Authenticator, HeaderAuthenticator, MachineName};
-pub use service::{Receiver, LIST_CHUNK};
+pub use listing::LIST_CHUNK;
+pub use service::Receiver;
 
 /// Serves the receiver over `store` on `listener` until `shutdown` resolves.
 pub async fn serve(

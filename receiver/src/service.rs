@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use lifeline_core::wirepath;
 use lifeline_proto::v1::replication_server::{Replication, ReplicationServer};
-use lifeline_proto::v1::{Ack, ListTreeRequest, OpBatch, TreeEntries, TreeEntry};
+use lifeline_proto::v1::{Ack, ListTreeRequest, OpBatch, TreeEntries};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -18,9 +18,6 @@ use crate::apply::Applier;
 use crate::auth::{Authenticator, HeaderAuthenticator, MachineName};
 use crate::listing;
 use crate::safepath::{self, Mirror};
-
-/// Entries per `TreeEntries` message.
-pub const LIST_CHUNK: usize = 1000;
 
 /// A one-way "stop" signal, readable from async code and from the applier's
 /// blocking thread.
@@ -229,38 +226,16 @@ impl Replication for Receiver {
         debug!(%machine, roots = roots.len(), "listing");
         let (tx, rx) = mpsc::channel::<Result<TreeEntries, Status>>(4);
         let shutdown = self.inner.shutdown.clone();
-        tokio::spawn(async move {
+        tokio::task::spawn_blocking(move || {
             for root in roots {
-                let (m, r) = (mirror.clone(), root.clone());
-                let listed = tokio::task::spawn_blocking(move || {
-                    listing::list(&m, &r)
-                })
-                .await;
-                let entries = match listed {
-                    Ok(Ok(entries)) => entries,
-                    Ok(Err(e)) => {
-                        let root = String::from_utf8_lossy(&root);
-                        error!(%machine, "listing {root}: {e}");
-                        let _ = tx
-                            .send(Err(Status::internal(format!("listing {root}: {e}"))))
-                            .await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("listing failed: {e}"))))
-                            .await;
-                        return;
-                    }
-                };
-                let mut entries = entries.into_iter().peekable();
-                while entries.peek().is_some() {
-                    let chunk: Vec<TreeEntry> = entries.by_ref().take(LIST_CHUNK).collect();
-                    if shutdown.is_cancelled()
-                        || tx.send(Ok(TreeEntries { entries: chunk })).await.is_err()
-                    {
-                        return;
-                    }
+                let sent = listing::stream(&mirror, &root, |msg| {
+                    !shutdown.is_cancelled() && tx.blocking_send(Ok(msg)).is_ok()
+                });
+                if let Err(e) = sent {
+                    let root = String::from_utf8_lossy(&root);
+                    error!(%machine, "listing {root}: {e}");
+                    let _ = tx.blocking_send(Err(Status::internal(format!("listing {root}: {e}"))));
+                    return;
                 }
             }
         });

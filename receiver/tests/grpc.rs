@@ -80,7 +80,10 @@ impl Env {
             .await
             .unwrap()?
         {
-            out.push(msg.entries);
+            // Messages that only complete directories list nothing.
+            if !msg.entries.is_empty() {
+                out.push(msg.entries);
+            }
         }
         Ok(out)
     }
@@ -582,4 +585,43 @@ async fn throughput() {
         names.len() as f64 / t.as_secs_f64()
     );
     env.running.stop().await.unwrap();
+}
+
+/// ListTree answers breadth-first and completes each directory only once all
+/// its entries were sent; a missing root is completed with nothing in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_tree_completes_directories_breadth_first() {
+    let env = Env::new().await;
+    let mut a = Agent::open(&env, Some("m1")).await.unwrap();
+    let ack = a
+        .batch(vec![
+            (&b"r/a/b/f"[..], data(b"x", 0o644)),
+            (&b"r/c/g"[..], data(b"y", 0o644)),
+            (&b"r/h"[..], data(b"z", 0o644)),
+        ])
+        .await
+        .unwrap();
+    assert!(ack.errors.is_empty(), "{:?}", ack.errors);
+    let mut req = Request::new(ListTreeRequest { roots: vec![b"r".to_vec(), b"missing".to_vec()] });
+    req.metadata_mut().insert(MACHINE_HEADER, "m1".parse().unwrap());
+    let mut stream = env.client().await.list_tree(req).await.unwrap().into_inner();
+    let (mut seen, mut completed) = (Vec::new(), Vec::new());
+    while let Some(msg) = stream.message().await.unwrap() {
+        seen.extend(msg.entries.iter().map(|e| e.path.clone()));
+        for dir in msg.complete_dirs {
+            // Every entry of a completed directory has been sent by now.
+            let children = seen.iter().filter(|p| p.starts_with(&dir) && p.len() > dir.len() && p[dir.len()] == b'/');
+            let direct = children.filter(|p| !p[dir.len() + 1..].contains(&b'/')).count();
+            let expected = match &dir[..] {
+                b"r" => 3,
+                b"r/a" | b"r/a/b" | b"r/c" => 1,
+                b"missing" => 0,
+                other => panic!("unexpected completed dir {:?}", String::from_utf8_lossy(other)),
+            };
+            assert_eq!(direct, expected, "{:?} completed early", String::from_utf8_lossy(&dir));
+            completed.push(dir);
+        }
+    }
+    let completed: Vec<&[u8]> = completed.iter().map(|d| d.as_slice()).collect();
+    assert_eq!(completed, [&b"r"[..], b"r/a", b"r/c", b"r/a/b", b"missing"]);
 }

@@ -250,8 +250,7 @@ impl Coalescer {
             // Moved in from outside: a whole new tree to send.
             (false, true) => {
                 self.cancel_under(to);
-                let c = self.entry(to, 0, now, What::Tree);
-                c.what = What::Tree;
+                self.tree(to, now);
             }
             (false, false) => {}
             (true, true) if exchange => {
@@ -277,6 +276,12 @@ impl Coalescer {
         } else if !matches!(c.what, What::Tree) {
             c.what = What::Check;
         }
+    }
+
+    /// Send everything below `p` (a tree the mirror lacks).
+    pub fn tree(&mut self, p: &Path, now: Instant) {
+        let c = self.entry(p, 0, now, What::Tree);
+        c.what = What::Tree;
     }
 
     /// Puts back an entry whose local object had vanished at send time; it

@@ -25,8 +25,17 @@ use dispatch::{BatchBuilder, OutBatch};
 pub enum SchedMsg {
     /// A captured change and when the agent received it.
     Change(FileChange, Instant),
-    /// Paths reconciliation found different from the receiver's mirror.
-    Check(Vec<PathBuf>),
+    /// What reconciliation found different from the receiver's mirror.
+    Reconcile(Vec<Reconcile>),
+}
+
+/// A reconciliation finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconcile {
+    /// Send whatever is at the path now (or remove it from the mirror).
+    Path(PathBuf),
+    /// Send the whole tree below the path (the mirror lacks it).
+    Tree(PathBuf),
 }
 
 #[derive(Clone, Debug)]
@@ -134,10 +143,13 @@ fn apply(co: &mut Coalescer, msg: SchedMsg) {
             debug!(path = %ch.path.display(), kind = ?ch.kind, ino = ch.ino, "change");
             co.add(&ch, at)
         }
-        SchedMsg::Check(paths) => {
+        SchedMsg::Reconcile(items) => {
             let now = Instant::now();
-            for p in paths {
-                co.check(&p, now);
+            for item in items {
+                match item {
+                    Reconcile::Path(p) => co.check(&p, now),
+                    Reconcile::Tree(p) => co.tree(&p, now),
+                }
             }
         }
     }
