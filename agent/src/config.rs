@@ -25,6 +25,10 @@ pub struct AgentConfig {
     pub control: Option<PathBuf>,
     /// Kernel ring buffer size in MiB.
     pub ring_buffer_mib: Option<u32>,
+    /// CPU priority of the agent's threads (nice value, default 10): the
+    /// agent yields the CPU to the applications whose files it protects, and
+    /// catches up when they leave it idle.
+    pub nice: Option<i32>,
 }
 
 impl AgentConfig {
@@ -39,7 +43,7 @@ impl AgentConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib);
+        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib, nice);
         if !other.watch.is_empty() {
             self.watch = other.watch;
         }
@@ -62,6 +66,10 @@ impl AgentConfig {
 
     pub fn control(&self) -> PathBuf {
         self.control.clone().unwrap_or_else(|| self.state_dir().join("control.sock"))
+    }
+
+    pub fn nice(&self) -> i32 {
+        self.nice.unwrap_or(10)
     }
 
     pub fn interval(&self) -> Duration {

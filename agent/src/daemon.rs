@@ -25,6 +25,14 @@ use crate::scheduler::{self, SchedMsg, SchedulerOptions};
 use crate::status::{CaptureMode, Shared};
 use crate::{reconcile, sender};
 
+/// Lowers (or raises) the process's CPU priority; call before spawning
+/// threads, which inherit it.
+pub fn set_priority(nice: i32) {
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::warn!("cannot set the agent's nice value to {nice}: {}", std::io::Error::last_os_error());
+    }
+}
+
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if cfg.watch.is_empty() {
         anyhow::bail!("nothing to watch: give at least one --watch DIR (or `watch = [...]` in the config file)");

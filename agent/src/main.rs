@@ -50,6 +50,9 @@ enum Command {
         /// Kernel ring buffer size in MiB (default 16).
         #[arg(long)]
         ring_buffer_mib: Option<u32>,
+        /// CPU priority (nice value) of the agent (default 10: yield to applications).
+        #[arg(long, allow_hyphen_values = true)]
+        nice: Option<i32>,
     },
     /// Show the agent's state: connection, lag, queue depth, bytes sent, last error.
     Status {
@@ -110,26 +113,52 @@ fn print_status(s: &AgentStatus, json: bool) {
     println!("last error:   {}", if s.last_error.is_empty() { "none" } else { &s.last_error });
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let cli = Cli::parse();
+    // Before any thread exists: threads inherit the priority it sets.
+    let cfg = match &cli.command {
+        Command::Run { config, receiver, machine, watch, state_dir, interval_ms, control, ring_buffer_mib, nice } => {
+            let flags = AgentConfig {
+                receiver: receiver.clone(),
+                machine: machine.clone(),
+                watch: watch.clone(),
+                state_dir: state_dir.clone(),
+                interval_ms: *interval_ms,
+                control: control.clone(),
+                ring_buffer_mib: *ring_buffer_mib,
+                nice: *nice,
+            };
+            let cfg = match config {
+                Some(path) => AgentConfig::load(path).map(|c| c.merge(flags)),
+                None => Ok(flags),
+            };
+            match cfg {
+                Ok(c) => {
+                    lifeline_agent::daemon::set_priority(c.nice());
+                    Some(c)
+                }
+                Err(e) => {
+                    eprintln!("lifeline-agent: {e:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        _ => None,
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    rt.block_on(async_main(cli, cfg));
+}
+
+async fn async_main(cli: Cli, cfg: Option<AgentConfig>) {
     let result = match cli.command {
-        Command::Run { config, receiver, machine, watch, state_dir, interval_ms, control, ring_buffer_mib } => {
+        Command::Run { .. } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .init();
-            let flags = AgentConfig { receiver, machine, watch, state_dir, interval_ms, control, ring_buffer_mib };
-            let cfg = match config {
-                Some(path) => AgentConfig::load(&path).map(|c| c.merge(flags)),
-                None => Ok(flags),
-            };
-            match cfg {
-                Ok(cfg) => lifeline_agent::daemon::run(cfg).await,
-                Err(e) => Err(e),
-            }
+            lifeline_agent::daemon::run(cfg.expect("parsed above")).await
         }
         Command::Status { ctl, json } => async {
             let s = control::client(&ctl.control).await?.status(StatusRequest {}).await?.into_inner();
