@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use lifeline_capture::{ChangeKind, FileChange};
 
+use super::links::Links;
 use super::ranges::RangeSet;
 
 /// What to send for a path, read from the local file system at send time.
@@ -42,6 +43,8 @@ pub struct Content {
     /// Expected inode number (0: any). Guards against reading a different
     /// file that took the name since.
     pub ino: u64,
+    /// `st_dev` of that inode (0: unknown).
+    pub dev: u64,
     /// When the first change merged into this entry was captured.
     pub since: Instant,
     /// Times it was put back because the local object had vanished.
@@ -74,6 +77,7 @@ pub struct Coalescer {
     live: usize,
     oldest: Option<Instant>,
     roots: Vec<PathBuf>,
+    links: Links,
 }
 
 /// Keys of `index` equal to `p` or below it.
@@ -115,7 +119,7 @@ impl Coalescer {
     }
 
     /// The content entry for `local`, created with `what` if there is none.
-    fn entry(&mut self, local: &Path, ino: u64, since: Instant, what: What) -> &mut Content {
+    fn entry(&mut self, local: &Path, (dev, ino): (u64, u64), since: Instant, what: What) -> &mut Content {
         let i = match self.index.get(local) {
             Some(&i) => i,
             None => {
@@ -124,6 +128,7 @@ impl Coalescer {
                     local: local.to_path_buf(),
                     what,
                     ino,
+                    dev,
                     since,
                     deferrals: 0,
                 }));
@@ -134,6 +139,7 @@ impl Coalescer {
             Some(Item::Content(c)) => {
                 if c.ino == 0 {
                     c.ino = ino;
+                    c.dev = dev;
                 }
                 c
             }
@@ -142,8 +148,8 @@ impl Coalescer {
     }
 
     /// Makes the entry for `local` a file entry and returns its parts.
-    fn file(&mut self, local: &Path, ino: u64, since: Instant) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
-        let c = self.entry(local, ino, since, What::File { ranges: RangeSet::new(), truncate_to: None, full: false });
+    fn file(&mut self, local: &Path, id: (u64, u64), since: Instant) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
+        let c = self.entry(local, id, since, What::File { ranges: RangeSet::new(), truncate_to: None, full: false });
         if !matches!(c.what, What::File { .. } | What::Check | What::Tree) {
             c.what = What::File { ranges: RangeSet::new(), truncate_to: None, full: false };
         }
@@ -192,38 +198,40 @@ impl Coalescer {
         let p = ch.path.as_path();
         match &ch.kind {
             ChangeKind::Write { offset, len } => {
-                let (ranges, _, _) = self.file(p, ch.ino, now);
+                let (ranges, _, _) = self.file(p, (ch.dev, ch.ino), now);
                 let before = ranges.bytes();
                 ranges.insert(*offset, *len);
                 let after = ranges.bytes();
                 self.pending_bytes += after - before;
             }
             ChangeKind::Truncate { len } => {
-                let (_, t, _) = self.file(p, ch.ino, now);
+                let (_, t, _) = self.file(p, (ch.dev, ch.ino), now);
                 *t = Some(t.map_or(*len, |old| old.min(*len)));
             }
             ChangeKind::Open { created, truncated } => {
-                let (_, t, _) = self.file(p, ch.ino, now);
+                let (_, t, _) = self.file(p, (ch.dev, ch.ino), now);
                 if *created || *truncated {
                     *t = Some(0);
                 }
             }
             ChangeKind::MmapShared => {
-                let (_, _, full) = self.file(p, ch.ino, now);
+                let (_, _, full) = self.file(p, (ch.dev, ch.ino), now);
                 *full = true;
             }
             ChangeKind::Attr => {
-                self.entry(p, 0, now, What::Attr);
+                self.entry(p, (0, 0), now, What::Attr);
             }
             ChangeKind::Mkdir => {
                 self.cancel_under(p);
-                self.entry(p, 0, now, What::Dir);
+                self.entry(p, (0, 0), now, What::Dir);
             }
             ChangeKind::Symlink { .. } => {
                 self.cancel_under(p);
-                self.entry(p, 0, now, What::Symlink);
+                self.entry(p, (0, 0), now, What::Symlink);
             }
             ChangeKind::Unlink | ChangeKind::Rmdir => {
+                self.keep_data_of_linked_file(p, now);
+                self.links.remove_under(p);
                 self.cancel_under(p);
                 self.push(Item::Remove { path: p.to_path_buf(), since: now });
             }
@@ -235,6 +243,15 @@ impl Coalescer {
                 } else if self.watched(to) {
                     self.cancel_under(to);
                     self.push(Item::Link { from: p.to_path_buf(), to: to.clone(), since: now });
+                    // Both names now denote one file (learnt from the new
+                    // name, which exists unless it is already gone again).
+                    if let Ok(md) = std::fs::symlink_metadata(to) {
+                        use std::os::unix::fs::MetadataExt;
+                        if md.is_file() {
+                            self.links.add((md.dev(), md.ino()), p);
+                            self.links.add((md.dev(), md.ino()), to);
+                        }
+                    }
                 }
             }
         }
@@ -244,6 +261,8 @@ impl Coalescer {
         match (self.watched(from), self.watched(to)) {
             // Moved out of the watched trees: gone, as far as the mirror goes.
             (true, false) => {
+                self.keep_data_of_linked_file(from, now);
+                self.links.remove_under(from);
                 self.cancel_under(from);
                 self.push(Item::Remove { path: from.to_path_buf(), since: now });
             }
@@ -258,19 +277,81 @@ impl Coalescer {
                 self.move_under(from, &tmp);
                 self.move_under(to, from);
                 self.move_under(&tmp, to);
+                self.links.rename(from, &tmp);
+                self.links.rename(to, from);
+                self.links.rename(&tmp, to);
                 self.push(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now });
             }
             (true, true) => {
+                self.keep_data_of_linked_file(to, now);
                 self.cancel_under(to);
                 self.move_under(from, to);
+                self.links.rename(from, to);
                 self.push(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now });
             }
         }
     }
 
+    /// `p` is about to lose its name. If it is a file with other names and
+    /// data written through `p` is pending, that data still belongs to the
+    /// file: it moves to the end of the order under a surviving name (after
+    /// the link that made that name, and after anything else so far).
+    fn keep_data_of_linked_file(&mut self, p: &Path, now: Instant) {
+        if self.links.is_empty() {
+            return;
+        }
+        let Some(&i) = self.index.get(p) else { return };
+        let Some(Item::Content(c)) = &self.items[i] else { return };
+        if c.ino == 0 || !matches!(c.what, What::File { .. }) {
+            return;
+        }
+        let Some(other) = self.links.other_name((c.dev, c.ino), p).map(Path::to_path_buf) else { return };
+        let Some(Item::Content(mut c)) = self.items[i].take() else { unreachable!() };
+        self.index.remove(p);
+        self.live -= 1;
+        if let What::File { ranges, .. } = &c.what {
+            self.pending_bytes = self.pending_bytes.saturating_sub(ranges.bytes());
+        }
+        c.local = other.clone();
+        c.remote = other;
+        c.since = c.since.min(now);
+        self.requeue_at_end(c);
+    }
+
+    /// Adds `c` at the end, or merges its data into the entry its local path
+    /// already has (when that entry is for the same file).
+    fn requeue_at_end(&mut self, c: Content) {
+        if let Some(&j) = self.index.get(&c.local) {
+            if let Some(Item::Content(existing)) = &mut self.items[j] {
+                if existing.ino == c.ino || existing.ino == 0 {
+                    if let (
+                        What::File { ranges, truncate_to, full },
+                        What::File { ranges: r2, truncate_to: t2, full: f2 },
+                    ) = (&mut existing.what, &c.what)
+                    {
+                        let before = ranges.bytes();
+                        ranges.union(r2);
+                        self.pending_bytes += ranges.bytes() - before;
+                        *truncate_to = match (*truncate_to, *t2) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        *full |= *f2;
+                    }
+                    existing.since = existing.since.min(c.since);
+                }
+            }
+            return;
+        }
+        if let What::File { ranges, .. } = &c.what {
+            self.pending_bytes += ranges.bytes();
+        }
+        self.push(Item::Content(c));
+    }
+
     /// Reconciliation: send whatever is at `p` now (or remove it).
     pub fn check(&mut self, p: &Path, now: Instant) {
-        let c = self.entry(p, 0, now, What::Check);
+        let c = self.entry(p, (0, 0), now, What::Check);
         if let What::File { full, .. } = &mut c.what {
             *full = true;
         } else if !matches!(c.what, What::Tree) {
@@ -280,7 +361,7 @@ impl Coalescer {
 
     /// Send everything below `p` (a tree the mirror lacks).
     pub fn tree(&mut self, p: &Path, now: Instant) {
-        let c = self.entry(p, 0, now, What::Tree);
+        let c = self.entry(p, (0, 0), now, What::Tree);
         c.what = What::Tree;
     }
 
@@ -435,6 +516,36 @@ mod tests {
         c.add(&ch("/w/a", ChangeKind::Truncate { len: 50 }), now);
         let Item::Content(e) = &c.take()[0] else { panic!() };
         assert!(matches!(e.what, What::File { truncate_to: Some(10), .. }));
+    }
+
+    #[test]
+    fn unlinking_one_name_of_a_linked_file_keeps_its_data() {
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().canonicalize().unwrap();
+        let (a, b) = (w.join("a"), w.join("b"));
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::hard_link(&a, &b).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(&a).unwrap();
+        let mut c = Coalescer::new(vec![w.clone()]);
+        let now = Instant::now();
+        c.add(&ch(a.to_str().unwrap(), ChangeKind::Link { to: b.clone() }), now);
+        let mut write = ch(b.to_str().unwrap(), ChangeKind::Write { offset: 0, len: 1 });
+        (write.dev, write.ino) = (md.dev(), md.ino());
+        c.add(&write, now);
+        c.add(&ch(b.to_str().unwrap(), ChangeKind::Unlink), now);
+        let items = c.take();
+        // The data written through b is sent under a, after the link.
+        let kinds: Vec<String> = items
+            .iter()
+            .map(|i| match i {
+                Item::Content(e) => format!("data {}", e.local.file_name().unwrap().to_string_lossy()),
+                Item::Link { .. } => "link".into(),
+                Item::Remove { path, .. } => format!("remove {}", path.file_name().unwrap().to_string_lossy()),
+                Item::Rename { .. } => "rename".into(),
+            })
+            .collect();
+        assert_eq!(kinds, ["link", "data a", "remove b"]);
     }
 
     #[test]

@@ -180,6 +180,7 @@ impl<'a> BatchBuilder<'a> {
             local: local.to_path_buf(),
             what: What::Check,
             ino: md.ino(),
+            dev: md.dev(),
             since,
             deferrals: 0,
         };

@@ -4,6 +4,7 @@
 //! pending, and hands sequence-numbered batches to the network backup unit.
 
 pub mod coalesce;
+pub mod links;
 pub mod dispatch;
 pub mod ranges;
 

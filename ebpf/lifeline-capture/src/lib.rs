@@ -336,23 +336,16 @@ impl Reader {
     }
 }
 
-/// Reports what a run's absorbed writes covered, `[first_end, end)`, on the
-/// path of its first write if that still names the same file.
+/// Reports what a run's absorbed writes covered, `[first_end, end)`, under
+/// the name the file has at this point of the event stream (renames seen so
+/// far were applied to it). The file system itself may be ahead of the
+/// stream: a rename or unlink still on its way carries or cancels the change
+/// in the scheduler, and the send-time inode check guards the rest.
 fn finish_run(run: OpenRun, end: u64, out: &mut Vec<CaptureMsg>) {
-    use std::os::unix::fs::MetadataExt;
     if end <= run.first_end {
         return;
     }
     let mut change = run.change;
-    match std::fs::symlink_metadata(&change.path) {
-        Ok(md) if md.ino() == change.ino => {}
-        _ => {
-            // Deleted while still being written (nothing to send), or moved
-            // out of sight (exchanged, or renamed from outside).
-            debug!("{} changed identity before its write run ended", change.path.display());
-            return;
-        }
-    }
     change.kind = ChangeKind::Write { offset: run.first_end, len: end - run.first_end };
     out.push(CaptureMsg::Change(change));
 }
