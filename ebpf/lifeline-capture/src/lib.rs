@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use std::collections::HashMap;
-use aya::programs::raw_trace_point::RawTracePointLinkId;
-use aya::programs::RawTracePoint;
+use aya::programs::tp_btf::BtfTracePointLinkId;
+use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use lifeline_ebpf_common::{flags, stat, Config, Run, RUN_ENDED, RUN_WINDOW_NS};
 use tracing::{debug, info, warn};
@@ -44,7 +44,7 @@ impl Default for CaptureOptions {
     }
 }
 
-/// The programs, each attached to the raw tracepoint of its name.
+/// The programs, each attached to the (BTF-enabled) tracepoint of its name.
 const PROGRAMS_ATTACHED: [&str; 1] = ["sys_exit"];
 
 /// Counters kept by the kernel programs.
@@ -58,7 +58,7 @@ pub struct KernelStats {
 /// The loaded programs and their attachments.
 pub struct Capture {
     ebpf: Ebpf,
-    links: Vec<(&'static str, RawTracePointLinkId)>,
+    links: Vec<(&'static str, BtfTracePointLinkId)>,
     reader: Option<Reader>,
 }
 
@@ -84,12 +84,13 @@ impl Capture {
                 None
             }
         };
+        let kernel_btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for name in PROGRAMS_ATTACHED {
-            let prog: &mut RawTracePoint = ebpf
+            let prog: &mut BtfTracePoint = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("the kernel's verifier refused {name}"))?;
+            prog.load(name, &kernel_btf).with_context(|| format!("the kernel's verifier refused {name}"))?;
         }
         let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map("STATS").ok_or_else(|| anyhow!("no STATS map"))?)?;
@@ -124,15 +125,15 @@ impl Capture {
         !self.links.is_empty()
     }
 
-    /// Attaches the program to the `sys_exit` raw tracepoint.
+    /// Attaches the program to the `sys_exit` tracepoint (BTF-enabled).
     pub fn attach(&mut self) -> anyhow::Result<()> {
         if self.attached() {
             return Ok(());
         }
         let started = Instant::now();
         for name in PROGRAMS_ATTACHED {
-            let prog: &mut RawTracePoint = self.ebpf.program_mut(name).expect("loaded").try_into()?;
-            let id = prog.attach(name).with_context(|| format!("attaching to the {name} raw tracepoint"))?;
+            let prog: &mut BtfTracePoint = self.ebpf.program_mut(name).expect("loaded").try_into()?;
+            let id = prog.attach().with_context(|| format!("attaching to the {name} tracepoint"))?;
             self.links.push((name, id));
         }
         info!("eBPF programs attached in {:?}", started.elapsed());
@@ -144,7 +145,7 @@ impl Capture {
     pub fn detach(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         for (prog_name, id) in self.links.drain(..) {
-            let prog: &mut RawTracePoint = self.ebpf.program_mut(prog_name).expect("loaded").try_into()?;
+            let prog: &mut BtfTracePoint = self.ebpf.program_mut(prog_name).expect("loaded").try_into()?;
             prog.detach(id)?;
         }
         info!("eBPF programs detached in {:?}", started.elapsed());

@@ -198,7 +198,7 @@ unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for Run {}
 
 /// x86_64 syscall numbers of the calls hooked. The program sits on the
-/// `sys_exit` raw tracepoint and returns at once for any other number.
+/// `sys_exit` tracepoint (tp_btf) and returns at once for any other number.
 pub mod nr {
     pub const WRITE: u32 = 1;
     pub const OPEN: u32 = 2;

@@ -1,11 +1,14 @@
 //! Lifeline's kernel programs.
 //!
-//! One raw tracepoint program on `sys_exit` dispatches on the syscall number
-//! and returns at once unless it is one of the calls that change a file or
-//! the tree (`lifeline_ebpf_common::HOOKED_SYSCALLS`). A raw tracepoint costs
-//! less per call than the per-syscall trace events, and one link detaches in
-//! one grace period (ninety per-syscall links take seconds), which keeps the
-//! on/off switch instant.
+//! One program on the BTF-enabled `sys_exit` tracepoint (tp_btf) dispatches
+//! on the syscall number and returns at once unless it is one of the calls
+//! that change a file or the tree (`lifeline_ebpf_common::HOOKED_SYSCALLS`).
+//! A single attachment to the raw syscall-exit tracepoint costs less per call
+//! than the per-syscall trace events and detaches in one grace period
+//! (ninety per-syscall links take seconds), which keeps the on/off switch
+//! instant. Being BTF-enabled, it reads the fields of the structures the
+//! verifier knows the type of (`regs`, the current task, pointers loaded from
+//! them) with plain loads instead of probe reads (`btf_load`).
 //!
 //! Everything is decided at exit, where the result is known: only calls that
 //! succeeded are reported, with the exact range written taken from the return
@@ -29,9 +32,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::generated as h,
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::RawTracePointContext,
+    programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
 use lifeline_ebpf_common::{
@@ -135,6 +138,17 @@ fn dfd(v: u64) -> i64 {
     v as i32 as i64
 }
 
+/// Reads a field of a kernel structure the verifier knows the type of (a
+/// BTF pointer: the tracepoint's `regs`, the current task, and pointers
+/// loaded from their fields) with a plain load, which costs a fraction of a
+/// probe read. `off` must be a field offset from the read-only config (the
+/// verifier checks it against the type). Pointers obtained otherwise (from a
+/// probe read, or by indexing an array) need [`kread`].
+#[inline(always)]
+fn btf_load(base: u64, off: u32) -> u64 {
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const u64) }
+}
+
 /// Syscall argument `i` from the caller's saved registers.
 #[inline(always)]
 fn arg(c: &Config, regs: u64, i: usize) -> u64 {
@@ -223,11 +237,12 @@ fn h_pid_tgid() -> u64 {
 }
 
 /// `sys_exit(struct pt_regs *regs, long ret)`
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let c = cfg();
     let regs = ctx.arg::<u64>(0);
-    let nr: u64 = kread(regs, c.offsets.regs_orig_ax);
+    // Runs for every syscall: a plain load, not a probe read.
+    let nr: u64 = btf_load(regs, c.offsets.regs_orig_ax);
     if hooked(nr as u32) {
         let _ = try_exit(&ctx, c, regs, nr as u32);
     }
@@ -296,7 +311,7 @@ impl Report {
     }
 }
 
-fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Option<()> {
+fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Option<()> {
     let ret = ctx.arg::<i64>(1);
     if ret < 0 || (h_pid_tgid() >> 32) as u32 == c.agent_tgid {
         return None;
@@ -317,7 +332,8 @@ fn try_exit(ctx: &RawTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
     }
     // Arguments are read when needed: each read costs.
     let a = |i: usize| arg(c, regs, i);
-    if matches!(nr, nr::WRITE | nr::WRITEV | nr::PWRITE64 | nr::PWRITEV) && extend_run(c, nr, ret as u64, a(0), || a(3)) {
+    let a0 = btf_load(regs, c.offsets.regs_args[0]);
+    if matches!(nr, nr::WRITE | nr::WRITEV | nr::PWRITE64 | nr::PWRITEV) && extend_run(c, nr, ret as u64, a0, || a(3)) {
         return Some(());
     }
     // Which descriptor an fd-based call changed, if it is one; anything that
@@ -490,10 +506,10 @@ fn extend_run(c: &Config, nr: u32, n: u64, fd: u64, pos_arg: impl Fn() -> u64) -
     // task -> files -> fdt -> fd[] -> file: proves the descriptor still names
     // the run's open file (so its inode is the run's too). fd tables only
     // grow, so the bound was checked when the run opened.
-    let task = unsafe { h::bpf_get_current_task() };
-    let files: u64 = kread(task, c.offsets.task_files);
-    let fdt: u64 = kread(files, c.offsets.files_fdt);
-    let arr: u64 = kread(fdt, c.offsets.fdt_fd);
+    let task = unsafe { h::bpf_get_current_task_btf() } as u64;
+    let files = btf_load(task, c.offsets.task_files);
+    let fdt = btf_load(files, c.offsets.files_fdt);
+    let arr = btf_load(fdt, c.offsets.fdt_fd);
     let file: u64 = kread(arr, (fd * 8) as u32);
     if file != run.file {
         return false;
@@ -533,7 +549,7 @@ struct Written {
 // Separate BPF functions (not inlined) keep each frame's stack small: the
 // verifier allows 512 bytes for a whole call chain.
 #[inline(never)]
-fn write(ctx: &RawTracePointContext, w: &Written) -> Option<()> {
+fn write(ctx: &BtfTracePointContext, w: &Written) -> Option<()> {
     let c = cfg();
     let Written { fd, file, dev, ino, start, n } = *w;
     let key = h_pid_tgid();
@@ -572,7 +588,7 @@ fn write(ctx: &RawTracePointContext, w: &Written) -> Option<()> {
 
 /// Reports the end of a run: the range its suppressed writes covered.
 #[inline(never)]
-fn end_run(ctx: &RawTracePointContext, c: &Config, key: u64, run: &mut Run) {
+fn end_run(ctx: &BtfTracePointContext, c: &Config, key: u64, run: &mut Run) {
     let mut r = Report::fd(op::WRITE, 0, run.first_end, run.end - run.first_end);
     r.flags = flags::RUN_END;
     r.aux = key;
@@ -665,7 +681,7 @@ fn dentry_dev(c: &Config, dentry: u64) -> u32 {
 }
 
 #[inline(never)]
-fn emit(ctx: &RawTracePointContext, c: &Config, r: &Report) -> Option<()> {
+fn emit(ctx: &BtfTracePointContext, c: &Config, r: &Report) -> Option<()> {
     let slots = SLOTS.get_ptr_mut(0)?;
     let Some(slot) = claim_slot(slots) else {
         // Every buffer of this CPU is in use by preempted programs.
@@ -717,7 +733,7 @@ fn atomic_fetch_and(p: *mut u64, mut v: u64) -> u64 {
 }
 
 #[inline(always)]
-fn emit_in(ctx: &RawTracePointContext, c: &Config, r: &Report, s: &mut Scratch) -> Option<()> {
+fn emit_in(ctx: &BtfTracePointContext, c: &Config, r: &Report, s: &mut Scratch) -> Option<()> {
     let mut hdr = EventHeader {
         op: r.op,
         flags: r.flags,
