@@ -13,17 +13,26 @@ use crate::{bin_path, tail};
 /// How many log lines the failure messages show.
 const LOG_LINES: usize = 60;
 
-fn log_file(path: &Path) -> (Stdio, Stdio) {
-    if let Some(dir) = path.parent() {
+/// Starts `cmd` with its output appended to `log`, without colours, as a
+/// child that is killed on drop.
+fn spawn_logged(cmd: &mut Command, log: &Path) -> Killed {
+    if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     }
     let f = fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open log {}: {e}", path.display()));
+        .open(log)
+        .unwrap_or_else(|e| panic!("open log {}: {e}", log.display()));
     let g = f.try_clone().expect("dup log fd");
-    (Stdio::from(f), Stdio::from(g))
+    let child = cmd
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(f))
+        .stderr(Stdio::from(g))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    Killed(child)
 }
 
 /// A child process that is SIGKILLed and reaped on drop.
@@ -84,20 +93,12 @@ impl Receiver {
         let mut last_failure = String::new();
         for _attempt in 0..5 {
             let port = free_port();
-            let (out, err) = log_file(log);
-            let child = Command::new(&exe)
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
-                .arg("--store")
-                .arg(store)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+            let child = spawn_logged(
+                Command::new(&exe).arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--store").arg(store),
+                log,
+            );
             let mut r = Receiver {
-                child: Killed(child),
+                child,
                 port,
                 store: store.to_path_buf(),
                 log: log.to_path_buf(),
@@ -264,7 +265,6 @@ impl Agent {
             .log
             .clone()
             .unwrap_or_else(|| opts.state_dir.join("agent.log"));
-        let (out, err) = log_file(&log);
         let mut cmd = Command::new(&exe);
         cmd.arg("run")
             .arg("--receiver")
@@ -282,15 +282,9 @@ impl Agent {
             cmd.arg("--control").arg(c);
         }
         cmd.args(&opts.extra_args);
-        let child = cmd
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+        let child = spawn_logged(&mut cmd, &log);
         let mut agent = Agent {
-            child: Killed(child),
+            child,
             opts,
             control,
             log,

@@ -149,6 +149,12 @@ fn btf_load(base: u64, off: u32) -> u64 {
     unsafe { core::ptr::read_volatile((base + off as u64) as *const u64) }
 }
 
+/// [`btf_load`] of a 32-bit field.
+#[inline(always)]
+fn btf_load_u32(base: u64, off: u32) -> u32 {
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const u32) }
+}
+
 /// Syscall argument `i` from the caller's saved registers.
 #[inline(always)]
 fn arg(c: &Config, regs: u64, i: usize) -> u64 {
@@ -177,20 +183,22 @@ fn hooked(nr: u32) -> bool {
 fn fd_file(c: &Config, fd: u64) -> u64 {
     // An `unsigned int` argument: only the low half of the register counts.
     let fd = fd & 0xffff_ffff;
-    let task = unsafe { h::bpf_get_current_task() };
-    let files: u64 = kread(task, c.offsets.task_files);
+    // task -> files -> fdt are typed pointers: plain loads. The array slot
+    // is indexed by a variable, so it takes a probe read.
+    let task = unsafe { h::bpf_get_current_task_btf() } as u64;
+    let files = btf_load(task, c.offsets.task_files);
     if files == 0 {
         return 0;
     }
-    let fdt: u64 = kread(files, c.offsets.files_fdt);
+    let fdt = btf_load(files, c.offsets.files_fdt);
     if fdt == 0 {
         return 0;
     }
-    let max: u32 = kread(fdt, c.offsets.fdt_max_fds);
+    let max = btf_load_u32(fdt, c.offsets.fdt_max_fds);
     if fd >= max as u64 {
         return 0;
     }
-    let arr: u64 = kread(fdt, c.offsets.fdt_fd);
+    let arr = btf_load(fdt, c.offsets.fdt_fd);
     if arr == 0 {
         return 0;
     }
@@ -217,18 +225,31 @@ fn is_watched(dev: u32) -> bool {
 }
 
 /// (dev, ino) of `file` if it is a regular file on a watched filesystem: the
-/// only files whose data we report.
+/// only files whose data we report. Every write in the system that does not
+/// continue a run comes here, most of them to files nobody watches: the
+/// filesystem is checked first, with as few reads as possible.
 #[inline(always)]
 fn watched_regular(c: &Config, file: u64) -> Option<(u32, u64)> {
     if file == 0 {
         return None;
     }
-    let (dev, ino, mode) = file_identity(c, file);
-    if mode & S_IFMT == S_IFREG && is_watched(dev) {
-        Some((dev, ino))
-    } else {
-        None
+    let inode: u64 = kread(file, c.offsets.file_inode);
+    if inode == 0 {
+        return None;
     }
+    let sb: u64 = kread(inode, c.offsets.inode_sb);
+    if sb == 0 {
+        return None;
+    }
+    let dev: u32 = kread(sb, c.offsets.sb_dev);
+    if !is_watched(dev) {
+        return None;
+    }
+    let mode: u16 = kread(inode, c.offsets.inode_mode);
+    if mode & S_IFMT != S_IFREG {
+        return None;
+    }
+    Some((dev, kread(inode, c.offsets.inode_ino)))
 }
 
 #[inline(always)]
