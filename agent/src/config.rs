@@ -25,6 +25,10 @@ pub struct AgentConfig {
     pub control: Option<PathBuf>,
     /// Kernel ring buffer size in MiB.
     pub ring_buffer_mib: Option<u32>,
+    /// Reconcile with the receiver every this many seconds (0: never), to
+    /// catch what no event reports (writes through shared mmap, changes made
+    /// while the agent was not running are caught at start anyway).
+    pub reconcile_every_s: Option<u64>,
     /// CPU priority of the agent's threads (nice value, default 10): the
     /// agent yields the CPU to the applications whose files it protects, and
     /// catches up when they leave it idle.
@@ -43,7 +47,7 @@ impl AgentConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib, nice);
+        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib, reconcile_every_s, nice);
         if !other.watch.is_empty() {
             self.watch = other.watch;
         }
@@ -66,6 +70,14 @@ impl AgentConfig {
 
     pub fn control(&self) -> PathBuf {
         self.control.clone().unwrap_or_else(|| self.state_dir().join("control.sock"))
+    }
+
+    /// Default: every 10 minutes.
+    pub fn reconcile_every(&self) -> Option<Duration> {
+        match self.reconcile_every_s.unwrap_or(600) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        }
     }
 
     pub fn nice(&self) -> i32 {

@@ -106,6 +106,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     tokio::spawn(sender::run(endpoint.clone(), machine.clone(), batch_rx, shared.clone(), reconcile_now.clone()));
     tokio::spawn(reconcile::run(endpoint, machine, roots, queue_tx, shared.clone(), reconcile_now.clone()));
+    if let Some(every) = cfg.reconcile_every() {
+        let trigger = reconcile_now.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                trigger.notify_one();
+            }
+        });
+    }
     let control_path: PathBuf = cfg.control();
     let service = ControlService { shared, capture: capture.clone(), reconcile: reconcile_now };
     let control = tokio::spawn(control::serve(control_path.clone(), service));

@@ -50,6 +50,10 @@ enum Command {
         /// Kernel ring buffer size in MiB (default 16).
         #[arg(long)]
         ring_buffer_mib: Option<u32>,
+        /// Reconcile with the receiver every N seconds (default 600; 0: only at
+        /// start, after reconnects and kernel gaps, and on `sync`).
+        #[arg(long)]
+        reconcile_every_s: Option<u64>,
         /// CPU priority (nice value) of the agent (default 10: yield to applications).
         #[arg(long, allow_hyphen_values = true)]
         nice: Option<i32>,
@@ -117,7 +121,18 @@ fn main() {
     let cli = Cli::parse();
     // Before any thread exists: threads inherit the priority it sets.
     let cfg = match &cli.command {
-        Command::Run { config, receiver, machine, watch, state_dir, interval_ms, control, ring_buffer_mib, nice } => {
+        Command::Run {
+            config,
+            receiver,
+            machine,
+            watch,
+            state_dir,
+            interval_ms,
+            control,
+            ring_buffer_mib,
+            reconcile_every_s,
+            nice,
+        } => {
             let flags = AgentConfig {
                 receiver: receiver.clone(),
                 machine: machine.clone(),
@@ -126,6 +141,7 @@ fn main() {
                 interval_ms: *interval_ms,
                 control: control.clone(),
                 ring_buffer_mib: *ring_buffer_mib,
+                reconcile_every_s: *reconcile_every_s,
                 nice: *nice,
             };
             let cfg = match config {

@@ -59,6 +59,10 @@ impl Rig {
     }
 
     fn start_agent(&mut self) -> &Agent {
+        self.start_agent_with(&[])
+    }
+
+    fn start_agent_with(&mut self, extra_args: &[&str]) -> &Agent {
         let mut opts = AgentOpts::new(
             &self.receiver,
             &self.machine,
@@ -66,6 +70,7 @@ impl Rig {
             &self.dir.path().join("state"),
         );
         opts.log = Some(self.dir.path().join("agent.log"));
+        opts.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         self.agent = Some(Agent::start(opts));
         self.agent()
     }
@@ -433,4 +438,40 @@ fn write_run_renamed_while_open_reaches_mirror() {
         "2001 contiguous writes produced {} kernel records: runs are not coalesced",
         status.kernel_events
     );
+}
+
+/// Writes through a shared mapping bypass the write syscalls: only the
+/// periodic reconciliation finds them (by their mtime), and does.
+#[test]
+fn periodic_reconciliation_catches_writes_through_shared_mmap() {
+    preflight();
+    let mut rig = Rig::new("mmap", ScratchFs::tmpfs(256));
+    let path = rig.src.join("mapped.bin");
+    fs::write(&path, vec![b'a'; 64 * 1024]).unwrap();
+    rig.start_agent_with(&["--reconcile-every-s", "1"]);
+    rig.wait_ready();
+    rig.assert_identical(SYNC_TIMEOUT, "before mapping");
+    let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let len = 64 * 1024;
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        // Let the agent see the mapping (and send the file as it is) first.
+        std::thread::sleep(Duration::from_millis(200));
+        let bytes = std::slice::from_raw_parts_mut(p as *mut u8, len);
+        bytes[1000..1010].copy_from_slice(b"0123456789");
+        bytes[60_000] = b'z';
+        assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+        libc::munmap(p, len);
+    }
+    drop(f);
+    rig.assert_identical(Duration::from_secs(10), "after writes through the mapping");
 }
