@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureChoice {
+    Auto,
+    Ebpf,
+    Notify,
+}
+
 /// Everything `lifeline-agent run` needs. Every field can come from the config
 /// file (same names) or a flag.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -25,6 +33,9 @@ pub struct AgentConfig {
     pub control: Option<PathBuf>,
     /// Kernel ring buffer size in MiB.
     pub ring_buffer_mib: Option<u32>,
+    /// How to capture changes: `auto` (eBPF, else the inotify watcher),
+    /// `ebpf` (fail without it), `notify` (the watcher).
+    pub capture: Option<CaptureChoice>,
     /// Reconcile with the receiver every this many seconds (0: never), to
     /// catch what no event reports (writes through shared mmap, changes made
     /// while the agent was not running are caught at start anyway).
@@ -47,7 +58,7 @@ impl AgentConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib, reconcile_every_s, nice);
+        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib, capture, reconcile_every_s, nice);
         if !other.watch.is_empty() {
             self.watch = other.watch;
         }
@@ -70,6 +81,10 @@ impl AgentConfig {
 
     pub fn control(&self) -> PathBuf {
         self.control.clone().unwrap_or_else(|| self.state_dir().join("control.sock"))
+    }
+
+    pub fn capture(&self) -> CaptureChoice {
+        self.capture.unwrap_or(CaptureChoice::Auto)
     }
 
     /// Default: every 10 minutes.

@@ -19,11 +19,36 @@ use lifeline_capture::{Capture, CaptureMsg, CaptureOptions, Resolver};
 use tokio::sync::Notify;
 use tracing::{error, info};
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, CaptureChoice};
 use crate::control::{self, ControlService};
 use crate::scheduler::{self, SchedMsg, SchedulerOptions};
 use crate::status::{CaptureMode, Shared};
-use crate::{reconcile, sender};
+use crate::{fallback, reconcile, sender};
+
+/// Drains the kernel's records on a thread of its own into the queue.
+fn spawn_reader(
+    reader: lifeline_capture::Reader,
+    roots: &[PathBuf],
+    tx: crossbeam_channel::Sender<SchedMsg>,
+    shared: Arc<Shared>,
+    reconcile_now: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let resolver = Resolver::new(roots.to_vec())?;
+    std::thread::Builder::new().name("capture".into()).spawn(move || {
+        reader.run(resolver, |msg| match msg {
+            CaptureMsg::Change(ch) => {
+                shared.kernel_events.fetch_add(1, Relaxed);
+                tx.send(SchedMsg::Change(ch, Instant::now())).is_ok()
+            }
+            CaptureMsg::Gap { lost, .. } => {
+                shared.kernel_lost.fetch_add(lost, Relaxed);
+                reconcile_now.notify_one();
+                true
+            }
+        })
+    })?;
+    Ok(())
+}
 
 /// Lowers (or raises) the process's CPU priority; call before spawning
 /// threads, which inherit it.
@@ -63,36 +88,46 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Capture first, so nothing written from now on is missed; the initial
     // sync (a reconciliation) then covers everything before.
     let started = Instant::now();
-    let mut capture = Capture::load(&CaptureOptions {
-        ring_buffer_bytes: cfg.ring_buffer_mib.unwrap_or(16) << 20,
-    })
-    .context("eBPF capture is unavailable")?;
-    capture.set_watched(&roots)?;
-    capture.attach()?;
-    *shared.capture.lock().unwrap() = CaptureMode::Ebpf;
-    info!("capturing changes under {:?} (ready in {:?})", roots, started.elapsed());
-    let reader = capture.take_reader().expect("fresh capture has its reader");
-    let capture = Arc::new(Mutex::new(Some(capture)));
-
-    {
-        let resolver = Resolver::new(roots.clone())?;
-        let tx = queue_tx.clone();
-        let shared = shared.clone();
-        let reconcile_now = reconcile_now.clone();
-        std::thread::Builder::new().name("capture".into()).spawn(move || {
-            reader.run(resolver, |msg| match msg {
-                CaptureMsg::Change(ch) => {
-                    shared.kernel_events.fetch_add(1, Relaxed);
-                    tx.send(SchedMsg::Change(ch, Instant::now())).is_ok()
-                }
-                CaptureMsg::Gap { lost, .. } => {
-                    shared.kernel_lost.fetch_add(lost, Relaxed);
-                    reconcile_now.notify_one();
-                    true
-                }
-            })
-        })?;
-    }
+    let ebpf = match cfg.capture() {
+        CaptureChoice::Notify => None,
+        choice => match Capture::load(&CaptureOptions { ring_buffer_bytes: cfg.ring_buffer_mib.unwrap_or(16) << 20 }) {
+            Ok(c) => Some(c),
+            Err(e) if choice == CaptureChoice::Auto => {
+                error!(
+                    "eBPF capture is unavailable: {e:#}. FALLING BACK to the inotify watcher: no byte ranges \
+                     (whole files are sent), a watch per directory, writes through shared mappings only seen \
+                     by the periodic reconciliation. Run the agent as root on a kernel with BTF for eBPF \
+                     capture, or pass --capture notify to choose the watcher knowingly."
+                );
+                None
+            }
+            Err(e) => return Err(e.context("eBPF capture is unavailable (--capture ebpf)")),
+        },
+    };
+    // Kept alive for the whole run when used.
+    let mut _watcher = None;
+    let capture = match ebpf {
+        Some(mut capture) => {
+            capture.set_watched(&roots)?;
+            capture.attach()?;
+            *shared.capture.lock().unwrap() = CaptureMode::Ebpf;
+            let reader = capture.take_reader().expect("fresh capture has its reader");
+            spawn_reader(reader, &roots, queue_tx.clone(), shared.clone(), reconcile_now.clone())?;
+            Some(capture)
+        }
+        None => {
+            _watcher = Some(fallback::watch(&roots, queue_tx.clone(), reconcile_now.clone())?);
+            *shared.capture.lock().unwrap() = CaptureMode::Notify;
+            None
+        }
+    };
+    info!(
+        "capturing changes under {:?} with {} (ready in {:?})",
+        roots,
+        shared.capture_mode().as_str(),
+        started.elapsed()
+    );
+    let capture = Arc::new(Mutex::new(capture));
 
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(8);
     {
@@ -106,7 +141,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     tokio::spawn(sender::run(endpoint.clone(), machine.clone(), batch_rx, shared.clone(), reconcile_now.clone()));
     tokio::spawn(reconcile::run(endpoint, machine, roots, queue_tx, shared.clone(), reconcile_now.clone()));
-    if let Some(every) = cfg.reconcile_every() {
+    let every = match shared.capture_mode() {
+        // The watcher misses more: reconcile often unless told otherwise.
+        CaptureMode::Notify if cfg.reconcile_every_s.is_none() => Some(std::time::Duration::from_secs(10)),
+        _ => cfg.reconcile_every(),
+    };
+    if let Some(every) = every {
         let trigger = reconcile_now.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

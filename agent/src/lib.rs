@@ -4,6 +4,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fallback;
 pub mod reconcile;
 pub mod scheduler;
 pub mod sender;

@@ -50,6 +50,10 @@ enum Command {
         /// Kernel ring buffer size in MiB (default 16).
         #[arg(long)]
         ring_buffer_mib: Option<u32>,
+        /// auto: eBPF, else the inotify watcher (loudly); ebpf: fail without
+        /// it; notify: the watcher.
+        #[arg(long, value_enum)]
+        capture: Option<lifeline_agent::config::CaptureChoice>,
         /// Reconcile with the receiver every N seconds (default 600; 0: only at
         /// start, after reconnects and kernel gaps, and on `sync`).
         #[arg(long)]
@@ -130,6 +134,7 @@ fn main() {
             interval_ms,
             control,
             ring_buffer_mib,
+            capture,
             reconcile_every_s,
             nice,
         } => {
@@ -141,6 +146,7 @@ fn main() {
                 interval_ms: *interval_ms,
                 control: control.clone(),
                 ring_buffer_mib: *ring_buffer_mib,
+                capture: *capture,
                 reconcile_every_s: *reconcile_every_s,
                 nice: *nice,
             };

@@ -81,12 +81,18 @@ impl Rig {
 
     /// Waits until the agent reports its initial sync done and eBPF capture.
     fn wait_ready(&self) {
+        self.wait_ready_capturing_with("ebpf");
+    }
+
+    /// Waits until the agent reports its initial sync done, capturing with
+    /// `capture` ("ebpf" or "notify").
+    fn wait_ready_capturing_with(&self, capture: &str) {
         let s = self
             .agent()
             .wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
-        if s.capture != "ebpf" {
+        if s.capture != capture {
             self.fail(&format!(
-                "agent captures with {:?}, not \"ebpf\"",
+                "agent captures with {:?}, not {capture:?}",
                 s.capture
             ));
         }
@@ -129,10 +135,14 @@ fn preflight() {
 }
 
 fn randomized(name: &str, fs: ScratchFs, opts: WorkloadOptions) {
+    randomized_capturing_with("ebpf", name, fs, opts)
+}
+
+fn randomized_capturing_with(capture: &str, name: &str, fs: ScratchFs, opts: WorkloadOptions) {
     preflight();
     let mut rig = Rig::new(name, fs);
-    rig.start_agent();
-    rig.wait_ready();
+    rig.start_agent_with(&["--capture", capture]);
+    rig.wait_ready_capturing_with(capture);
     let stats = run_workload_with(&rig.src, &opts);
     assert!(
         stats.missing_kinds().is_empty(),
@@ -164,6 +174,18 @@ fn randomized_workload_on_tmpfs_reaches_identical_mirror() {
         pause: Duration::from_millis(100),
     };
     randomized("rand-tmpfs", ScratchFs::tmpfs(1024), opts);
+}
+
+/// Where eBPF cannot load, the inotify watcher takes over: the same
+/// randomized workload still ends identical (whole files are sent).
+#[test]
+fn randomized_workload_with_the_notify_fallback_reaches_identical_mirror() {
+    let mut opts = WorkloadOptions::new(0x5EED_0003, 2000);
+    opts.pacing = Pacing::Bursts {
+        ops: 250,
+        pause: Duration::from_millis(100),
+    };
+    randomized_capturing_with("notify", "rand-notify", ScratchFs::tmpfs(1024), opts);
 }
 
 /// (c) `off` detaches every tracepoint program and stops replication; `on`

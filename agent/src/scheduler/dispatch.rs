@@ -148,7 +148,7 @@ impl<'a> BatchBuilder<'a> {
             }
             What::Check => self.check(&c.local, &c.remote, c.since),
             What::Tree => {
-                for e in walkdir::WalkDir::new(&c.local).sort_by_file_name() {
+                for e in walkdir::WalkDir::new(&c.local).follow_root_links(false).sort_by_file_name() {
                     let e = match e {
                         Ok(e) => e,
                         Err(err) => {
