@@ -129,7 +129,9 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     );
     let capture = Arc::new(Mutex::new(capture));
 
-    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(8);
+    // Small queues: a batch holds up to 4 MiB of file data, and a big file
+    // must not be read into memory faster than the network takes it.
+    let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(2);
     {
         let shared = shared.clone();
         let roots = roots.clone();

@@ -122,6 +122,14 @@ fn print_status(s: &AgentStatus, json: bool) {
 }
 
 fn main() {
+    // File data moves through 1-4 MiB buffers. glibc would raise its mmap
+    // threshold after the first one is freed and keep later ones in per-thread
+    // arenas, so the agent's memory would stay at its peak; a fixed threshold
+    // returns them to the system at once.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let cli = Cli::parse();
     // Before any thread exists: threads inherit the priority it sets.
     let cfg = match &cli.command {

@@ -82,7 +82,7 @@ async fn stream(
     reconcile: &Notify,
 ) -> anyhow::Result<()> {
     let mut client = connect(endpoint).await?;
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(2);
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     identify(&mut req, machine)?;
     let mut acks = client.replicate(req).await?.into_inner();

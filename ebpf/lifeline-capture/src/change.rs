@@ -56,6 +56,10 @@ const RENAME_EXCHANGE: u64 = 2;
 pub struct Resolver {
     mounts: MountTable,
     roots: Vec<PathBuf>,
+    /// Kernel dev_t of the filesystems the roots are on.
+    watched_devs: Vec<u32>,
+    /// When mountinfo was last re-read for a filesystem it lacked.
+    reread_at: Option<std::time::Instant>,
 }
 
 /// Why a record produced no change.
@@ -71,7 +75,12 @@ pub enum Unresolved {
 impl Resolver {
     /// `roots` must be canonical absolute paths.
     pub fn new(roots: Vec<PathBuf>) -> std::io::Result<Resolver> {
-        Ok(Resolver { mounts: MountTable::read()?, roots })
+        use std::os::unix::fs::MetadataExt;
+        let mut watched_devs = Vec::new();
+        for r in &roots {
+            watched_devs.push(crate::mounts::user_dev_to_kernel(std::fs::metadata(r)?.dev()));
+        }
+        Ok(Resolver { mounts: MountTable::read()?, roots, watched_devs, reread_at: None })
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -87,8 +96,16 @@ impl Resolver {
             return None;
         }
         if !self.mounts.knows(raw.dev) {
-            // A filesystem mounted since we last looked.
-            self.mounts = MountTable::read().ok()?;
+            // A filesystem mounted since we last looked, or one only another
+            // mount namespace sees (a container's). Look again, but not for
+            // every event of a busy container.
+            let stale = self.reread_at.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1));
+            if stale {
+                self.reread_at = Some(std::time::Instant::now());
+                if let Ok(m) = MountTable::read() {
+                    self.mounts = m;
+                }
+            }
         }
         let candidates = self.mounts.absolute_paths(raw.dev, &fs_path(&raw.walk));
         // Several mounts can show the same file; prefer the one we watch.
@@ -120,6 +137,17 @@ impl Resolver {
         }
     }
 
+    /// Why a path could not be resolved: a filesystem we do not watch (and
+    /// may not even see, in another mount namespace) is simply outside; only
+    /// a path on a watched filesystem we failed to name is a gap.
+    fn why(&self, raw: &RawPath) -> Unresolved {
+        if raw.absolute || self.watched_devs.contains(&raw.dev) {
+            Unresolved::Incomplete
+        } else {
+            Unresolved::Outside
+        }
+    }
+
     pub fn resolve(&mut self, ev: &RawEvent) -> Result<FileChange, Unresolved> {
         let h = &ev.header;
         if h.flags & flags::PATH_INCOMPLETE != 0 {
@@ -127,9 +155,9 @@ impl Resolver {
         }
         let first = ev.paths.first().ok_or(Unresolved::Incomplete)?;
         let follow = h.op == op::ATTR && first.tail.is_some();
-        let path = self.path(first, follow).ok_or(Unresolved::Incomplete)?;
+        let path = self.path(first, follow).ok_or_else(|| self.why(first))?;
         let second = match ev.paths.get(1) {
-            Some(p) => Some(self.path(p, false).ok_or(Unresolved::Incomplete)?),
+            Some(p) => Some(self.path(p, false).ok_or_else(|| self.why(p))?),
             None => None,
         };
         let kind = match h.op {
