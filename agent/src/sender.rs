@@ -21,6 +21,8 @@ use crate::status::Shared;
 pub async fn connect(endpoint: &str) -> anyhow::Result<ReplicationClient<Channel>> {
     let channel = Endpoint::from_shared(endpoint.to_string())?
         .connect_timeout(Duration::from_secs(3))
+        .initial_stream_window_size(Some(lifeline_proto::STREAM_WINDOW))
+        .initial_connection_window_size(Some(lifeline_proto::CONNECTION_WINDOW))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10))

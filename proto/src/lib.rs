@@ -21,3 +21,8 @@ pub const MAX_CHUNK: usize = 1 << 20;
 
 /// Message size limit both ends configure, with room for a batch of chunks.
 pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// HTTP/2 flow-control windows both ends configure for replication streams
+/// (the protocol's 64 KiB default stalls bulk copies).
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;

@@ -59,6 +59,10 @@ pub async fn serve_with(
         conn
     });
     tonic::transport::Server::builder()
+        // Agents stream file data: HTTP/2's default 64 KiB windows would
+        // stall a bulk copy on window updates.
+        .initial_stream_window_size(Some(lifeline_proto::STREAM_WINDOW))
+        .initial_connection_window_size(Some(lifeline_proto::CONNECTION_WINDOW))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(receiver.into_service())
