@@ -162,17 +162,22 @@ impl Coalescer {
         }
     }
 
+    /// Takes the content entry indexed under `local` out of the order.
+    fn take_content(&mut self, local: &Path) -> Option<Content> {
+        let i = self.index.remove(local)?;
+        let Some(Item::Content(c)) = self.items[i].take() else { return None };
+        if let What::File { ranges, .. } = &c.what {
+            self.pending_bytes = self.pending_bytes.saturating_sub(ranges.bytes());
+        }
+        self.live -= 1;
+        Some(c)
+    }
+
     /// Drops every content entry at or below `p`.
     fn cancel_under(&mut self, p: &Path) {
-        let keys: Vec<(PathBuf, usize)> = under(&self.index, p).map(|(k, i)| (k.clone(), *i)).collect();
-        for (k, i) in keys {
-            self.index.remove(&k);
-            if let Some(Item::Content(c)) = self.items[i].take() {
-                if let What::File { ranges, .. } = &c.what {
-                    self.pending_bytes = self.pending_bytes.saturating_sub(ranges.bytes());
-                }
-                self.live -= 1;
-            }
+        let keys: Vec<PathBuf> = under(&self.index, p).map(|(k, _)| k.clone()).collect();
+        for k in keys {
+            self.take_content(&k);
         }
     }
 
@@ -306,12 +311,7 @@ impl Coalescer {
             return;
         }
         let Some(other) = self.links.other_name((c.dev, c.ino), p).map(Path::to_path_buf) else { return };
-        let Some(Item::Content(mut c)) = self.items[i].take() else { unreachable!() };
-        self.index.remove(p);
-        self.live -= 1;
-        if let What::File { ranges, .. } = &c.what {
-            self.pending_bytes = self.pending_bytes.saturating_sub(ranges.bytes());
-        }
+        let mut c = self.take_content(p).expect("indexed content entry");
         c.local = other.clone();
         c.remote = other;
         c.since = c.since.min(now);
@@ -365,24 +365,15 @@ impl Coalescer {
         c.what = What::Tree;
     }
 
-    /// Puts back an entry whose local object had vanished at send time; it
-    /// goes first, before anything that arrived since.
+    /// Puts back an entry whose local object had vanished at send time. It is
+    /// called right after [`Coalescer::take`], before any new change, so it
+    /// goes first (or merges into another put-back entry for the same file).
     pub fn requeue(&mut self, mut c: Content) {
         c.deferrals += 1;
         // Its remote name is wherever the receiver's copy is after the batch
         // that was just sent: the local name as of then.
         c.remote = c.local.clone();
-        if let Some(&i) = self.index.get(&c.local) {
-            // Something new arrived for that path meanwhile; it covers it.
-            if let Some(Item::Content(existing)) = &mut self.items[i] {
-                existing.since = existing.since.min(c.since);
-                return;
-            }
-        }
-        if let What::File { ranges, .. } = &c.what {
-            self.pending_bytes += ranges.bytes();
-        }
-        self.push(Item::Content(c));
+        self.requeue_at_end(c);
     }
 
     /// Hands out everything pending, in order, and starts afresh.

@@ -116,15 +116,8 @@ impl<'a> BatchBuilder<'a> {
     fn content(&mut self, c: &Content) -> io::Result<()> {
         match &c.what {
             What::File { ranges, truncate_to, full } => {
-                let all;
-                let ranges: Vec<(u64, u64)> = if *full {
-                    all = true;
-                    Vec::new()
-                } else {
-                    all = false;
-                    ranges.iter().collect()
-                };
-                self.file(c, &ranges, all, *truncate_to)
+                let ranges: Vec<(u64, u64)> = ranges.iter().collect();
+                self.file(c, &ranges, *full, *truncate_to)
             }
             What::Dir => {
                 let md = fs::symlink_metadata(&c.local)?;
