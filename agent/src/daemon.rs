@@ -82,6 +82,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         roots.iter().map(|r| r.display().to_string()).collect(),
         CaptureMode::Off,
     ));
+    let queue_dir = state_dir.join("queue");
+    let wal = scheduler::wal::Wal::open(&queue_dir)
+        .with_context(|| format!("cannot open the queue log in {}", queue_dir.display()))?;
+    let queue_id = wal.queue_id();
     let reconcile_now = Arc::new(Notify::new());
     let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<SchedMsg>();
 
@@ -138,10 +142,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         let opts = SchedulerOptions { interval: cfg.interval(), ..Default::default() };
         std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || scheduler::run(queue_rx, batch_tx, shared, roots, opts))?;
+            .spawn(move || scheduler::run(queue_rx, batch_tx, shared, roots, opts, wal))?;
     }
 
-    tokio::spawn(sender::run(endpoint.clone(), machine.clone(), batch_rx, shared.clone(), reconcile_now.clone()));
+    let queue = sender::Queue { batches: batch_rx, scheduler: queue_tx.clone(), id: queue_id };
+    tokio::spawn(sender::run(endpoint.clone(), machine.clone(), queue, shared.clone(), reconcile_now.clone()));
     tokio::spawn(reconcile::run(endpoint, machine, roots, queue_tx, shared.clone(), reconcile_now.clone()));
     let every = match shared.capture_mode() {
         // The watcher misses more: reconcile often unless told otherwise.

@@ -105,6 +105,9 @@ fn print_status(s: &AgentStatus, json: bool) {
             "kernel_events": s.kernel_events,
             "kernel_lost": s.kernel_lost,
             "reconciliations": s.reconciliations,
+            "queue_log_bytes": s.queue_log_bytes,
+            "unacked_changes": s.unacked_changes,
+            "replays": s.replays,
         });
         println!("{v}");
         return;
@@ -115,6 +118,7 @@ fn print_status(s: &AgentStatus, json: bool) {
     println!("watched:      {}", s.watched.join(", "));
     println!("initial sync: {}", if s.initial_sync_done { "done" } else { "in progress" });
     println!("queue depth:  {}", s.queue_depth);
+    println!("queue log:    {} changes unacknowledged, {} bytes on disk, replayed {} times", s.unacked_changes, s.queue_log_bytes, s.replays);
     println!("lag:          {} ms", s.lag_ms);
     println!("sent:         {} ops, {} bytes", s.ops_sent, s.bytes_sent);
     println!("kernel:       {} events, {} lost", s.kernel_events, s.kernel_lost);

@@ -1,7 +1,11 @@
 //! The network backup unit: streams the scheduler's batches to the receiver
-//! over gRPC and accounts for the acknowledgements. On any connection loss it
-//! reconnects with backoff and asks for a reconciliation, which re-sends
-//! whatever the receiver did not get.
+//! over gRPC and accounts for the acknowledgements (which the receiver sends
+//! once a batch is durable; the scheduler then drops its changes from the
+//! queue log). On any connection loss it reconnects with backoff; each new
+//! stream starts with the receiver saying how far it applied the queue, and
+//! the scheduler replays the log from its checkpoint (batches built for the
+//! old stream are dropped here). A reconciliation follows every connection,
+//! for what the log cannot know (changes while the agent was not running).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,13 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lifeline_proto::v1::replication_client::ReplicationClient;
-use lifeline_proto::{MACHINE_HEADER, MAX_MESSAGE};
+use lifeline_proto::{MACHINE_HEADER, MAX_MESSAGE, QUEUE_HEADER};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
 use crate::scheduler::dispatch::OutBatch;
+use crate::scheduler::SchedMsg;
 use crate::status::Shared;
 
 pub async fn connect(endpoint: &str) -> anyhow::Result<ReplicationClient<Channel>> {
@@ -45,17 +50,20 @@ struct InFlight {
     ops: u64,
 }
 
+/// Where the sender gets its batches and tells the scheduler to replay.
+pub struct Queue {
+    pub batches: mpsc::Receiver<OutBatch>,
+    pub scheduler: crossbeam_channel::Sender<SchedMsg>,
+    /// The queue log's id (see `scheduler::wal`).
+    pub id: u64,
+}
+
 /// Runs forever: connect, stream, and on failure start over.
-pub async fn run(
-    endpoint: String,
-    machine: String,
-    mut batches: mpsc::Receiver<OutBatch>,
-    shared: Arc<Shared>,
-    reconcile: Arc<Notify>,
-) {
+pub async fn run(endpoint: String, machine: String, mut queue: Queue, shared: Arc<Shared>, reconcile: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
+    let mut epoch = 0u64;
     loop {
-        match stream(&endpoint, &machine, &mut batches, &shared, &reconcile).await {
+        match stream(&endpoint, &machine, &mut queue, &mut epoch, &shared, &reconcile).await {
             Ok(()) => return, // the scheduler is gone: shutting down
             Err(e) => {
                 let was = shared.connected.swap(false, Relaxed);
@@ -79,7 +87,8 @@ pub async fn run(
 async fn stream(
     endpoint: &str,
     machine: &str,
-    batches: &mut mpsc::Receiver<OutBatch>,
+    queue: &mut Queue,
+    epoch: &mut u64,
     shared: &Shared,
     reconcile: &Notify,
 ) -> anyhow::Result<()> {
@@ -87,21 +96,36 @@ async fn stream(
     let (tx, rx) = mpsc::channel(2);
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     identify(&mut req, machine)?;
+    req.metadata_mut().insert(QUEUE_HEADER, format!("{:016x}", queue.id).parse()?);
     let mut acks = client.replicate(req).await?.into_inner();
-    info!("connected to receiver {endpoint} as machine {machine}");
+    // The receiver speaks first, once this stream has its turn.
+    let hello = acks.message().await?.ok_or_else(|| anyhow::anyhow!("receiver closed the stream at once"))?;
+    let Some(applied) = hello.resume_origin else {
+        anyhow::bail!("the receiver did not say where to resume (is it older than this agent? upgrade it)");
+    };
+    *epoch += 1;
+    info!("connected to receiver {endpoint} as machine {machine}; it applied the queue up to {applied}");
+    queue
+        .scheduler
+        .send(SchedMsg::Resume { epoch: *epoch, applied })
+        .map_err(|_| anyhow::anyhow!("the scheduler is gone"))?;
     shared.connected.store(true, Relaxed);
-    // Whatever was in flight on a previous connection may be lost: reconcile.
+    // What the log cannot know (changes while the agent was not running,
+    // lost kernel events): reconcile.
     reconcile.notify_one();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut batches_open = true;
     loop {
         tokio::select! {
-            b = batches.recv(), if batches_open => {
+            b = queue.batches.recv(), if batches_open => {
                 let Some(b) = b else {
                     batches_open = false;
                     if inflight.is_empty() { return Ok(()); }
                     continue;
                 };
+                if b.epoch != *epoch {
+                    continue; // built for an older stream; replayed
+                }
                 let ops = b.batch.ops.len() as u64;
                 shared.ops_sent.fetch_add(ops, Relaxed);
                 shared.bytes_sent.fetch_add(b.bytes, Relaxed);
@@ -124,7 +148,7 @@ async fn stream(
                     warn!("{msg}");
                     shared.set_error(msg);
                 }
-                shared.acked_seq.store(ack.applied_seq, Relaxed);
+                shared.acked_seq.fetch_max(ack.applied_seq, Relaxed);
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {
                     let f = inflight.pop_front().expect("checked");
                     shared.unacked_ops.fetch_sub(f.ops.min(shared.unacked_ops.load(Relaxed)), Relaxed);

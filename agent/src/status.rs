@@ -47,6 +47,12 @@ pub struct Shared {
     pub kernel_lost: AtomicU64,
     pub reconciliations: AtomicU64,
     pub initial_sync_done: AtomicBool,
+    /// Bytes the queue log takes on disk.
+    pub queue_log_bytes: AtomicU64,
+    /// Changes logged and not yet acknowledged.
+    pub unacked_changes: AtomicU64,
+    /// Times the queue was replayed (each connection).
+    pub replays: AtomicU64,
     pub last_error: Mutex<Option<String>>,
 }
 
@@ -70,6 +76,9 @@ impl Shared {
             kernel_lost: AtomicU64::new(0),
             reconciliations: AtomicU64::new(0),
             initial_sync_done: AtomicBool::new(false),
+            queue_log_bytes: AtomicU64::new(0),
+            unacked_changes: AtomicU64::new(0),
+            replays: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
     }
@@ -106,6 +115,9 @@ impl Shared {
             kernel_events: self.kernel_events.load(Relaxed),
             kernel_lost: self.kernel_lost.load(Relaxed),
             reconciliations: self.reconciliations.load(Relaxed),
+            queue_log_bytes: self.queue_log_bytes.load(Relaxed),
+            unacked_changes: self.unacked_changes.load(Relaxed),
+            replays: self.replays.load(Relaxed),
         }
     }
 }

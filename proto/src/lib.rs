@@ -15,6 +15,10 @@ pub mod control {
 /// Metadata header naming the machine an agent speaks for.
 pub const MACHINE_HEADER: &str = "x-lifeline-machine";
 
+/// Metadata header of a Replicate stream with the agent's queue id (16 hex
+/// digits): the receiver remembers how far it applied each queue.
+pub const QUEUE_HEADER: &str = "x-lifeline-queue";
+
 /// Largest data chunk the agent puts in one `Chunk`; keeps messages well under
 /// gRPC's default 4 MiB limit.
 pub const MAX_CHUNK: usize = 1 << 20;

@@ -23,6 +23,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tracing::{debug, warn};
 
+use crate::progress::Progress;
 use crate::safepath::{kind_at, open_beneath, remove_at, split, Mirror, Resolver, NEW_DIR_MODE};
 
 /// Why an op failed, in words for the agent's log.
@@ -75,6 +76,12 @@ pub struct Applier {
     /// The last accepted op seq of the stream.
     last_seq: Option<u64>,
     label: String,
+    /// How far the agent's queue was applied (tree ops' origins).
+    progress: Option<Progress>,
+    /// A readable fd of the mirror's root, for syncfs.
+    sync_fd: Option<OwnedFd>,
+    /// Ops skipped because an earlier stream applied them.
+    pub skipped: u64,
 }
 
 impl Applier {
@@ -84,7 +91,21 @@ impl Applier {
             resolver: Resolver::new(mirror),
             last_seq: None,
             label: label.into(),
+            progress: None,
+            sync_fd: None,
+            skipped: 0,
         }
+    }
+
+    /// Remembers (and skips) the tree ops of the agent's queue in `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Applier {
+        self.progress = Some(progress);
+        self
+    }
+
+    /// The highest queue origin applied (0: none or not tracked).
+    pub fn resume_origin(&self) -> u64 {
+        self.progress.as_ref().map_or(0, Progress::applied)
     }
 
     pub fn mirror(&self) -> &Mirror {
@@ -96,9 +117,10 @@ impl Applier {
         self.last_seq
     }
 
-    /// Applies a batch and returns its acknowledgement. Stops early, returning
-    /// `None`, when `cancelled()` turns true between two ops (the stream is
-    /// going away and its ack would not be sent).
+    /// Applies a batch and returns its acknowledgement, which must not be sent
+    /// before [`Applier::sync`]. Stops early, returning `None`, when
+    /// `cancelled()` turns true between two ops (the stream is going away and
+    /// its ack would not be sent).
     pub fn apply_batch(&mut self, batch: &OpBatch, cancelled: &dyn Fn() -> bool) -> Option<Ack> {
         let mut errors = Vec::new();
         for op in &batch.ops {
@@ -111,23 +133,31 @@ impl Applier {
                 errors.push(e);
             }
         }
-        if let Err(e) = self.sync() {
-            warn!(machine = %self.label, "sync failed: {e}");
-            errors.push(OpError {
-                seq: self.last_seq.unwrap_or(0),
-                path: Vec::new(),
-                message: format!("sync: {e}"),
-            });
-        }
         Some(Ack {
             applied_seq: self.last_seq.unwrap_or(0),
             errors,
+            resume_origin: None,
         })
     }
 
-    /// Makes what the batch applied durable. Nothing yet: durability is a
-    /// later step, and this is the one place it goes.
-    fn sync(&mut self) -> io::Result<()> {
+    /// Makes everything applied so far durable: file data, directory entries
+    /// and the queue progress. One `syncfs` of the mirror's filesystem costs
+    /// less than an fsync per file and directory once a batch holds more
+    /// than a few files.
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.sync_fd.is_none() {
+            let fd = rustix::fs::openat(
+                self.resolver.mirror().root(),
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            self.sync_fd = Some(fd);
+        }
+        rustix::fs::syncfs(self.sync_fd.as_ref().expect("opened"))?;
+        if let Some(p) = &mut self.progress {
+            p.sync()?;
+        }
         Ok(())
     }
 
@@ -149,13 +179,31 @@ impl Applier {
             }
         }
         self.last_seq = Some(op.seq);
-        self.apply_kind(op).map_err(|e| {
+        if op.origin != 0 {
+            if let Some(p) = &self.progress {
+                if op.origin <= p.applied() {
+                    // Applied by an earlier stream; its ack was lost.
+                    debug!(machine = %self.label, origin = op.origin, "already applied; skipped");
+                    self.skipped += 1;
+                    return Ok(());
+                }
+            }
+        }
+        let result = self.apply_kind(op).map_err(|e| {
             fail(format!(
                 "{} {}: {e}",
                 op_name(op.kind.as_ref()),
                 lossy(&op.path)
             ))
-        })
+        });
+        if op.origin != 0 {
+            if let Some(p) = &mut self.progress {
+                if let Err(e) = p.record(op.origin) {
+                    warn!(machine = %self.label, "cannot record the queue progress: {e}");
+                }
+            }
+        }
+        result
     }
 
     fn apply_kind(&mut self, op: &Op) -> OpResult {

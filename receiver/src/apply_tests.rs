@@ -39,6 +39,7 @@ impl Fixture {
             seq: self.seq,
             path: path.to_vec(),
             kind: Some(kind),
+            origin: 0,
         })
     }
 
@@ -398,6 +399,7 @@ fn seqs_must_increase() {
         seq,
         path: path.to_vec(),
         kind: Some(data(b"x", 0o644)),
+        origin: 0,
     };
     let batch = OpBatch {
         ops: vec![op(5, b"a"), op(5, b"b"), op(4, b"c"), op(6, b"d")],
@@ -445,6 +447,7 @@ fn errors_name_the_op_and_path() {
             seq: 100,
             path: b"x".to_vec(),
             kind: None,
+            origin: 0,
         })
         .unwrap_err();
     assert!(e.message.contains("no kind"), "{}", e.message);
@@ -478,4 +481,34 @@ fn ownership_is_applied() {
         let md = fs::symlink_metadata(f.root().join("l")).unwrap();
         assert_eq!((md.uid(), md.gid()), (1234, 5678));
     }
+}
+
+#[test]
+fn tree_ops_of_a_queue_are_applied_once() {
+    let mut f = Fixture::new();
+    let progress = crate::progress::Progress::open(f._store.path(), &MachineName::new("m").unwrap(), 9).unwrap();
+    f.applier = Applier::new(f.applier.mirror().clone(), "m").with_progress(progress);
+    let op = |seq, path: &[u8], kind, origin| Op { seq, path: path.to_vec(), kind: Some(kind), origin };
+    let first = OpBatch {
+        ops: vec![
+            op(1, b"a.tmp", data(b"old", 0o644), 0),
+            op(2, b"a.tmp", rename(b"a", false), 7),
+            op(3, b"a.tmp", data(b"new", 0o644), 0),
+        ],
+    };
+    let ack = f.applier.apply_batch(&first, &|| false).unwrap();
+    assert!(ack.errors.is_empty(), "{:?}", ack.errors);
+    f.applier.sync().unwrap();
+    assert_eq!(f.applier.resume_origin(), 7);
+    // The ack was lost: a new stream replays the same ops.
+    let progress = crate::progress::Progress::open(f._store.path(), &MachineName::new("m").unwrap(), 9).unwrap();
+    f.applier = Applier::new(f.applier.mirror().clone(), "m").with_progress(progress);
+    assert_eq!(f.applier.resume_origin(), 7);
+    let replay = OpBatch { ops: vec![op(1, b"a.tmp", rename(b"a", false), 7)] };
+    let ack = f.applier.apply_batch(&replay, &|| false).unwrap();
+    assert!(ack.errors.is_empty(), "{:?}", ack.errors);
+    assert_eq!(f.applier.skipped, 1);
+    // Not moved over `a` a second time.
+    assert_eq!(fs::read(f.root().join("a")).unwrap(), b"old");
+    assert_eq!(fs::read(f.root().join("a.tmp")).unwrap(), b"new");
 }

@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod auth;
 pub mod listing;
+pub mod progress;
 pub mod safepath;
 mod service;
 

@@ -168,7 +168,7 @@ pub fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<(
 }
 
 /// A machine's mirror directory, `<store>/mirror/<machine>/`, held open.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Mirror {
     root: Arc<OwnedFd>,
     path: PathBuf,

@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 use crate::apply::Applier;
 use crate::auth::{Authenticator, HeaderAuthenticator, MachineName};
 use crate::listing;
+use crate::progress::Progress;
 use crate::safepath::{self, Mirror};
 
 /// A one-way "stop" signal, readable from async code and from the applier's
@@ -184,6 +185,7 @@ impl Replication for Receiver {
         req: Request<Streaming<OpBatch>>,
     ) -> Result<Response<AckStream>, Status> {
         let machine = self.authenticate(&req)?;
+        let queue_id = queue_id(req.metadata())?;
         let mirror = self.open_mirror(&machine).await?;
         let state = self.machine(&machine);
         let cancel = Arc::new(Cancel::default());
@@ -199,6 +201,8 @@ impl Replication for Receiver {
         let (tx, rx) = mpsc::channel(16);
         let stream = Stream {
             machine,
+            queue_id,
+            store: self.inner.store.clone(),
             state,
             cancel,
             shutdown: self.inner.shutdown.clone(),
@@ -243,9 +247,32 @@ impl Replication for Receiver {
     }
 }
 
+/// The agent's queue id from the Replicate stream's metadata (0: none given,
+/// tree ops are then not tracked).
+fn queue_id(md: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
+    let Some(v) = md.get(lifeline_proto::QUEUE_HEADER) else { return Ok(0) };
+    v.to_str()
+        .ok()
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "{} must be 16 hex digits",
+                lifeline_proto::QUEUE_HEADER
+            ))
+        })
+}
+
+/// Group commit: after a batch, the next one is applied before syncing if it
+/// has already arrived, up to these limits, so a burst costs one sync per
+/// group instead of one per batch.
+const GROUP_BYTES: usize = 32 << 20;
+const GROUP_TIME: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One Replicate stream.
 struct Stream {
     machine: MachineName,
+    queue_id: u64,
+    store: PathBuf,
     state: Arc<MachineState>,
     cancel: Arc<Cancel>,
     shutdown: Arc<Cancel>,
@@ -305,61 +332,127 @@ impl Stream {
             Ok(guard) => guard,
             Err(stop) => return stop,
         };
-        info!(%machine, mirror = %mirror.path().display(), "replication stream started");
-        let mut applier = Some(Applier::new(mirror, machine.as_str()));
-        let (mut batches, mut ops) = (0u64, 0u64);
-        let stop = loop {
-            let batch = match self.or_stop(inbound.message()).await {
-                Ok(Ok(Some(batch))) => batch,
-                Ok(Ok(None)) => break Stop::Agent,
-                Ok(Err(status)) => {
-                    info!(%machine, "replication stream broken: {status}");
-                    break Stop::Agent;
-                }
-                Err(stop) => break stop,
+        let opened = {
+            let (store, m, q) = (self.store.clone(), machine.clone(), self.queue_id);
+            tokio::task::spawn_blocking(move || (q != 0).then(|| Progress::open(&store, &m, q)).transpose()).await
+        };
+        let mut a = Applier::new(mirror, machine.as_str());
+        match opened {
+            Ok(Ok(Some(p))) => a = a.with_progress(p),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                error!(%machine, "cannot open the queue progress record: {e}");
+                let _ = self.tx.send(Err(Status::internal(format!("cannot open the queue progress record: {e}")))).await;
+                return Stop::Agent;
+            }
+            Err(e) => {
+                let _ = self.tx.send(Err(Status::internal(format!("opening the progress record: {e}")))).await;
+                return Stop::Agent;
+            }
+        }
+        let resume = a.resume_origin();
+        info!(%machine, mirror = %a.mirror().path().display(), queue = %format!("{:016x}", self.queue_id), resume, "replication stream started");
+        let hello = Ack { applied_seq: 0, errors: Vec::new(), resume_origin: Some(resume) };
+        match self.or_stop(self.tx.send(Ok(hello))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Stop::Agent,
+            Err(stop) => return stop,
+        }
+        let mut applier = Some(a);
+        let (mut batches, mut ops, mut syncs) = (0u64, 0u64, 0u64);
+        let mut next: Option<OpBatch> = None;
+        let stop = 'stream: loop {
+            let batch = match next.take() {
+                Some(b) => b,
+                None => match self.or_stop(inbound.message()).await {
+                    Ok(Ok(Some(batch))) => batch,
+                    Ok(Ok(None)) => break Stop::Agent,
+                    Ok(Err(status)) => {
+                        info!(%machine, "replication stream broken: {status}");
+                        break Stop::Agent;
+                    }
+                    Err(stop) => break stop,
+                },
             };
-            let mut a = applier
-                .take()
-                .expect("the applier is back after each batch");
-            let (cancel, shutdown) = (self.cancel.clone(), self.shutdown.clone());
-            let n = batch.ops.len() as u64;
-            // The batch is applied even if the agent goes away meanwhile; a
-            // replacement or shutdown stops it between two ops.
-            let applied = tokio::task::spawn_blocking(move || {
-                let ack =
-                    a.apply_batch(&batch, &|| cancel.is_cancelled() || shutdown.is_cancelled());
-                (a, ack)
+            // Apply this batch and any that already wait, then sync once.
+            let group_start = std::time::Instant::now();
+            let mut group_bytes = 0usize;
+            let mut pending: Option<Ack> = None;
+            let mut end_after: Option<Stop> = None;
+            let mut batch = batch;
+            loop {
+                group_bytes += batch.ops.iter().map(|o| o.path.len() + data_len(o)).sum::<usize>();
+                let n = batch.ops.len() as u64;
+                let (ack, back) = self.apply_blocking(applier.take().expect("the applier is back after each batch"), batch).await;
+                let Some(back) = back else { break 'stream Stop::Agent };
+                applier = Some(back);
+                let Some(ack) = ack else {
+                    // Interrupted by a replacement or shutdown: nothing more is acknowledged.
+                    continue 'stream;
+                };
+                batches += 1;
+                ops += n;
+                pending = Some(match pending {
+                    None => ack,
+                    Some(mut p) => {
+                        p.applied_seq = ack.applied_seq;
+                        p.errors.extend(ack.errors);
+                        p
+                    }
+                });
+                if group_bytes >= GROUP_BYTES || group_start.elapsed() >= GROUP_TIME {
+                    break;
+                }
+                // Ready already? (polled once: `message()` is cancel-safe)
+                match tokio::time::timeout(std::time::Duration::ZERO, inbound.message()).await {
+                    Ok(Ok(Some(b))) => batch = b,
+                    Ok(Ok(None)) => {
+                        end_after = Some(Stop::Agent);
+                        break;
+                    }
+                    Ok(Err(status)) => {
+                        info!(%machine, "replication stream broken: {status}");
+                        end_after = Some(Stop::Agent);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut a = applier.take().expect("the applier is back");
+            let synced = tokio::task::spawn_blocking(move || {
+                let r = a.sync();
+                (a, r)
             })
             .await;
-            let ack = match applied {
-                Ok((a, ack)) => {
-                    applier = Some(a);
-                    ack
-                }
-                Err(e) => {
-                    error!(%machine, "the applier failed: {e}");
-                    let _ = self
-                        .tx
-                        .send(Err(Status::internal("the receiver's applier failed")))
-                        .await;
+            match synced {
+                Ok((a, Ok(()))) => applier = Some(a),
+                Ok((_, Err(e))) => {
+                    // Not durable: not acknowledged. The agent replays it.
+                    error!(%machine, "cannot make the mirror durable: {e}");
+                    let _ = self.tx.send(Err(Status::internal(format!(
+                        "the receiver cannot make the mirror durable ({e}); check its disk"
+                    )))).await;
                     break Stop::Agent;
                 }
-            };
-            let Some(ack) = ack else {
-                // Interrupted: the next turn of the loop sees why.
-                continue;
-            };
-            batches += 1;
-            ops += n;
+                Err(e) => {
+                    error!(%machine, "sync task failed: {e}");
+                    break Stop::Agent;
+                }
+            }
+            syncs += 1;
+            let ack = pending.expect("at least one batch applied");
             if !ack.errors.is_empty() {
                 warn!(%machine, applied_seq = ack.applied_seq, errors = ack.errors.len(), "batch applied with errors");
             } else {
-                debug!(%machine, applied_seq = ack.applied_seq, ops = n, "batch applied");
+                debug!(%machine, applied_seq = ack.applied_seq, "acknowledged");
             }
             match self.or_stop(self.tx.send(Ok(ack))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break Stop::Agent,
                 Err(stop) => break stop,
+            }
+            if let Some(stop) = end_after {
+                break stop;
             }
         };
         let how = match stop {
@@ -367,7 +460,37 @@ impl Stream {
             Stop::Shutdown => "shutdown",
             Stop::Agent => "ended by the agent",
         };
-        info!(%machine, batches, ops, "replication stream stopped: {how}");
+        let skipped = applier.as_ref().map_or(0, |a| a.skipped);
+        info!(%machine, batches, ops, syncs, skipped, "replication stream stopped: {how}");
         stop
+    }
+
+    /// Applies `batch` on a blocking thread. Gives the applier back (None if
+    /// that thread failed, which ends the stream) and the ack (None if a
+    /// replacement or shutdown interrupted it).
+    async fn apply_blocking(&self, mut a: Applier, batch: OpBatch) -> (Option<Ack>, Option<Applier>) {
+        let (cancel, shutdown) = (self.cancel.clone(), self.shutdown.clone());
+        // The batch is applied even if the agent goes away meanwhile; a
+        // replacement or shutdown stops it between two ops.
+        let applied = tokio::task::spawn_blocking(move || {
+            let ack = a.apply_batch(&batch, &|| cancel.is_cancelled() || shutdown.is_cancelled());
+            (a, ack)
+        })
+        .await;
+        match applied {
+            Ok((a, ack)) => (ack, Some(a)),
+            Err(e) => {
+                error!(machine = %self.machine, "the applier failed: {e}");
+                let _ = self.tx.send(Err(Status::internal("the receiver's applier failed"))).await;
+                (None, None)
+            }
+        }
+    }
+}
+
+fn data_len(op: &lifeline_proto::v1::Op) -> usize {
+    match &op.kind {
+        Some(lifeline_proto::v1::op::Kind::Data(d)) => d.chunks.iter().map(|c| c.data.len()).sum(),
+        _ => 0,
     }
 }

@@ -104,7 +104,13 @@ impl Agent {
             req.metadata_mut()
                 .insert(MACHINE_HEADER, m.parse().unwrap());
         }
-        let acks = env.client().await.replicate(req).await?.into_inner();
+        let mut acks = env.client().await.replicate(req).await?.into_inner();
+        // The receiver speaks first: where the agent's queue resumes.
+        let hello = match tokio::time::timeout(TIMEOUT, acks.message()).await.expect("hello in time")? {
+            Some(h) => h,
+            None => return Err(Status::unknown("ack stream ended")),
+        };
+        assert_eq!(hello.resume_origin, Some(0), "no queue header: nothing tracked");
         Ok(Agent { tx, acks, seq: 0 })
     }
 
@@ -114,6 +120,7 @@ impl Agent {
             seq: self.seq,
             path: path.to_vec(),
             kind: Some(kind),
+            origin: 0,
         }
     }
 

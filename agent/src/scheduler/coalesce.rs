@@ -8,6 +8,14 @@
 //! a truncation is remembered, a rename re-points the entry's *local* path
 //! (where to read) while its *remote* path stays the name the receiver knows
 //! at that point of the order, and an unlink cancels it.
+//!
+//! Every change comes with its *origin*, its position in the queue's log
+//! ([`super::wal`]). Items remember the oldest origin they carry, so the
+//! scheduler knows which part of the log is still needed; remove, rename and
+//! link ops carry their origin to the receiver, which remembers the highest
+//! it applied. When the log is replayed after a crash or reconnect, those
+//! the receiver already applied are not sent again: they only move the
+//! pending entries to the names the receiver now uses ([`Coalescer::resume`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -49,14 +57,19 @@ pub struct Content {
     pub since: Instant,
     /// Times it was put back because the local object had vanished.
     pub deferrals: u32,
+    /// Oldest queue origin merged into this entry ([`NO_ORIGIN`]: none).
+    pub origin: u64,
 }
+
+/// Origin of work that did not come from the queue (reconciliation).
+pub const NO_ORIGIN: u64 = u64::MAX;
 
 #[derive(Clone, Debug)]
 pub enum Item {
     Content(Content),
-    Remove { path: PathBuf, since: Instant },
-    Rename { from: PathBuf, to: PathBuf, exchange: bool, since: Instant },
-    Link { from: PathBuf, to: PathBuf, since: Instant },
+    Remove { path: PathBuf, since: Instant, origin: u64 },
+    Rename { from: PathBuf, to: PathBuf, exchange: bool, since: Instant, origin: u64 },
+    Link { from: PathBuf, to: PathBuf, since: Instant, origin: u64 },
 }
 
 impl Item {
@@ -64,6 +77,14 @@ impl Item {
         match self {
             Item::Content(c) => c.since,
             Item::Remove { since, .. } | Item::Rename { since, .. } | Item::Link { since, .. } => *since,
+        }
+    }
+
+    /// The oldest queue origin this item carries.
+    pub fn origin(&self) -> u64 {
+        match self {
+            Item::Content(c) => c.origin,
+            Item::Remove { origin, .. } | Item::Rename { origin, .. } | Item::Link { origin, .. } => *origin,
         }
     }
 }
@@ -78,6 +99,8 @@ pub struct Coalescer {
     oldest: Option<Instant>,
     roots: Vec<PathBuf>,
     links: Links,
+    /// Tree changes up to this origin are applied at the receiver already.
+    remote_done: u64,
 }
 
 /// Keys of `index` equal to `p` or below it.
@@ -119,7 +142,7 @@ impl Coalescer {
     }
 
     /// The content entry for `local`, created with `what` if there is none.
-    fn entry(&mut self, local: &Path, (dev, ino): (u64, u64), since: Instant, what: What) -> &mut Content {
+    fn entry(&mut self, local: &Path, (dev, ino): (u64, u64), since: Instant, origin: u64, what: What) -> &mut Content {
         let i = match self.index.get(local) {
             Some(&i) => i,
             None => {
@@ -131,12 +154,14 @@ impl Coalescer {
                     dev,
                     since,
                     deferrals: 0,
+                    origin,
                 }));
                 self.items.len() - 1
             }
         };
         match &mut self.items[i] {
             Some(Item::Content(c)) => {
+                c.origin = c.origin.min(origin);
                 if c.ino == 0 {
                     c.ino = ino;
                     c.dev = dev;
@@ -148,8 +173,8 @@ impl Coalescer {
     }
 
     /// Makes the entry for `local` a file entry and returns its parts.
-    fn file(&mut self, local: &Path, id: (u64, u64), since: Instant) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
-        let c = self.entry(local, id, since, What::File { ranges: RangeSet::new(), truncate_to: None, full: false });
+    fn file(&mut self, local: &Path, id: (u64, u64), since: Instant, origin: u64) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
+        let c = self.entry(local, id, since, origin, What::File { ranges: RangeSet::new(), truncate_to: None, full: false });
         if !matches!(c.what, What::File { .. } | What::Check | What::Tree) {
             c.what = What::File { ranges: RangeSet::new(), truncate_to: None, full: false };
         }
@@ -198,56 +223,86 @@ impl Coalescer {
         self.index.extend(moved);
     }
 
-    /// Adds one file modification message.
-    pub fn add(&mut self, ch: &FileChange, now: Instant) {
+    /// The receiver applied a tree change already: the entries at or below
+    /// `p` are known there by their local names now.
+    fn settle_under(&mut self, p: &Path) {
+        for (_, &i) in under(&self.index, p) {
+            if let Some(Item::Content(c)) = &mut self.items[i] {
+                c.remote = c.local.clone();
+            }
+        }
+    }
+
+    /// Pushes a tree op unless the receiver has applied it already.
+    fn push_tree_op(&mut self, item: Item) {
+        if item.origin() > self.remote_done {
+            self.push(item);
+        }
+    }
+
+    /// Starts a replay of the queue: tree changes up to `applied` (the
+    /// receiver's word) are applied there already.
+    pub fn resume(&mut self, applied: u64) {
+        self.take();
+        self.links = Links::default();
+        self.remote_done = applied;
+    }
+
+    /// The oldest queue origin still pending ([`NO_ORIGIN`]: none).
+    pub fn min_origin(&self) -> u64 {
+        self.items.iter().flatten().map(Item::origin).min().unwrap_or(NO_ORIGIN)
+    }
+
+    /// Adds one file modification message, logged at `origin`.
+    pub fn add(&mut self, ch: &FileChange, origin: u64, now: Instant) {
         let p = ch.path.as_path();
         match &ch.kind {
             ChangeKind::Write { offset, len } => {
-                let (ranges, _, _) = self.file(p, (ch.dev, ch.ino), now);
+                let (ranges, _, _) = self.file(p, (ch.dev, ch.ino), now, origin);
                 let before = ranges.bytes();
                 ranges.insert(*offset, *len);
                 let after = ranges.bytes();
                 self.pending_bytes += after - before;
             }
             ChangeKind::Truncate { len } => {
-                let (_, t, _) = self.file(p, (ch.dev, ch.ino), now);
+                let (_, t, _) = self.file(p, (ch.dev, ch.ino), now, origin);
                 *t = Some(t.map_or(*len, |old| old.min(*len)));
             }
             ChangeKind::Open { created, truncated } => {
-                let (_, t, _) = self.file(p, (ch.dev, ch.ino), now);
+                let (_, t, _) = self.file(p, (ch.dev, ch.ino), now, origin);
                 if *created || *truncated {
                     *t = Some(0);
                 }
             }
             ChangeKind::MmapShared => {
-                let (_, _, full) = self.file(p, (ch.dev, ch.ino), now);
+                let (_, _, full) = self.file(p, (ch.dev, ch.ino), now, origin);
                 *full = true;
             }
             ChangeKind::Attr => {
-                self.entry(p, (0, 0), now, What::Attr);
+                self.entry(p, (0, 0), now, origin, What::Attr);
             }
             ChangeKind::Mkdir => {
                 self.cancel_under(p);
-                self.entry(p, (0, 0), now, What::Dir);
+                self.entry(p, (0, 0), now, origin, What::Dir);
             }
             ChangeKind::Symlink { .. } => {
                 self.cancel_under(p);
-                self.entry(p, (0, 0), now, What::Symlink);
+                self.entry(p, (0, 0), now, origin, What::Symlink);
             }
             ChangeKind::Unlink | ChangeKind::Rmdir => {
-                self.keep_data_of_linked_file(p, now);
+                self.keep_data_of_linked_file(p, now, origin);
                 self.links.remove_under(p);
                 self.cancel_under(p);
-                self.push(Item::Remove { path: p.to_path_buf(), since: now });
+                self.push_tree_op(Item::Remove { path: p.to_path_buf(), since: now, origin });
             }
-            ChangeKind::Rename { to, exchange } => self.rename(p, to, *exchange, now),
+            ChangeKind::Rename { to, exchange } => self.rename(p, to, *exchange, now, origin),
             ChangeKind::Link { to } => {
                 if !self.watched(p) {
                     // Linked in from outside the watched trees: new content here.
-                    self.check(to, now);
+                    self.check_at(to, now, origin);
                 } else if self.watched(to) {
                     self.cancel_under(to);
-                    self.push(Item::Link { from: p.to_path_buf(), to: to.clone(), since: now });
+                    self.push_tree_op(Item::Link { from: p.to_path_buf(), to: to.clone(), since: now, origin });
                     // Both names now denote one file (learnt from the new
                     // name, which exists unless it is already gone again).
                     if let Ok(md) = std::fs::symlink_metadata(to) {
@@ -262,19 +317,20 @@ impl Coalescer {
         }
     }
 
-    fn rename(&mut self, from: &Path, to: &Path, exchange: bool, now: Instant) {
+    fn rename(&mut self, from: &Path, to: &Path, exchange: bool, now: Instant, origin: u64) {
+        let done = origin <= self.remote_done;
         match (self.watched(from), self.watched(to)) {
             // Moved out of the watched trees: gone, as far as the mirror goes.
             (true, false) => {
-                self.keep_data_of_linked_file(from, now);
+                self.keep_data_of_linked_file(from, now, origin);
                 self.links.remove_under(from);
                 self.cancel_under(from);
-                self.push(Item::Remove { path: from.to_path_buf(), since: now });
+                self.push_tree_op(Item::Remove { path: from.to_path_buf(), since: now, origin });
             }
             // Moved in from outside: a whole new tree to send.
             (false, true) => {
                 self.cancel_under(to);
-                self.tree(to, now);
+                self.tree_at(to, now, origin);
             }
             (false, false) => {}
             (true, true) if exchange => {
@@ -285,37 +341,51 @@ impl Coalescer {
                 self.links.rename(from, &tmp);
                 self.links.rename(to, from);
                 self.links.rename(&tmp, to);
-                self.push(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now });
+                if done {
+                    self.settle_under(from);
+                    self.settle_under(to);
+                }
+                self.push_tree_op(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now, origin });
             }
             (true, true) => {
-                self.keep_data_of_linked_file(to, now);
+                self.keep_data_of_linked_file(to, now, origin);
                 self.cancel_under(to);
                 self.move_under(from, to);
                 self.links.rename(from, to);
-                self.push(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now });
+                if done {
+                    self.settle_under(to);
+                }
+                self.push_tree_op(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now, origin });
             }
         }
     }
 
     /// `p` is about to lose its name. If it is a file with other names and
     /// data written through `p` is pending, that data still belongs to the
-    /// file: it moves to the end of the order under a surviving name (after
-    /// the link that made that name, and after anything else so far).
-    fn keep_data_of_linked_file(&mut self, p: &Path, now: Instant) {
+    /// file, so the entry is read through a surviving name from now on. It
+    /// stays where it is — it may be what creates the file at the receiver,
+    /// before the renames and links that follow refer to it — and a copy
+    /// under the surviving name goes to the end of the order (after the link
+    /// that made that name), in case the mirror's names of the file are
+    /// separate copies (hard links made before the agent started are).
+    fn keep_data_of_linked_file(&mut self, p: &Path, now: Instant, origin: u64) {
         if self.links.is_empty() {
             return;
         }
         let Some(&i) = self.index.get(p) else { return };
-        let Some(Item::Content(c)) = &self.items[i] else { return };
+        let Some(Item::Content(c)) = &mut self.items[i] else { return };
         if c.ino == 0 || !matches!(c.what, What::File { .. }) {
             return;
         }
         let Some(other) = self.links.other_name((c.dev, c.ino), p).map(Path::to_path_buf) else { return };
-        let mut c = self.take_content(p).expect("indexed content entry");
+        // No longer found by name: later changes go to the copy.
         c.local = other.clone();
-        c.remote = other;
-        c.since = c.since.min(now);
-        self.requeue_at_end(c);
+        let mut copy = c.clone();
+        self.index.remove(p);
+        copy.remote = other;
+        copy.since = copy.since.min(now);
+        copy.origin = copy.origin.min(origin);
+        self.requeue_at_end(copy);
     }
 
     /// Adds `c` at the end, or merges its data into the entry its local path
@@ -339,6 +409,7 @@ impl Coalescer {
                         *full |= *f2;
                     }
                     existing.since = existing.since.min(c.since);
+                    existing.origin = existing.origin.min(c.origin);
                 }
             }
             return;
@@ -351,7 +422,11 @@ impl Coalescer {
 
     /// Reconciliation: send whatever is at `p` now (or remove it).
     pub fn check(&mut self, p: &Path, now: Instant) {
-        let c = self.entry(p, (0, 0), now, What::Check);
+        self.check_at(p, now, NO_ORIGIN)
+    }
+
+    fn check_at(&mut self, p: &Path, now: Instant, origin: u64) {
+        let c = self.entry(p, (0, 0), now, origin, What::Check);
         if let What::File { full, .. } = &mut c.what {
             *full = true;
         } else if !matches!(c.what, What::Tree) {
@@ -361,7 +436,11 @@ impl Coalescer {
 
     /// Send everything below `p` (a tree the mirror lacks).
     pub fn tree(&mut self, p: &Path, now: Instant) {
-        let c = self.entry(p, (0, 0), now, What::Tree);
+        self.tree_at(p, now, NO_ORIGIN)
+    }
+
+    fn tree_at(&mut self, p: &Path, now: Instant, origin: u64) {
+        let c = self.entry(p, (0, 0), now, origin, What::Tree);
         c.what = What::Tree;
     }
 
@@ -374,6 +453,18 @@ impl Coalescer {
         // that was just sent: the local name as of then.
         c.remote = c.local.clone();
         self.requeue_at_end(c);
+    }
+
+    /// Puts back, unchanged and in order, items [`Coalescer::take`] handed out
+    /// but that were not sent (they waited behind an object that had
+    /// vanished). Called right after `take`, before any new change.
+    pub fn restore(&mut self, items: Vec<Item>) {
+        for item in items {
+            if let Item::Content(Content { what: What::File { ranges, .. }, .. }) = &item {
+                self.pending_bytes += ranges.bytes();
+            }
+            self.push(item);
+        }
     }
 
     /// Hands out everything pending, in order, and starts afresh.
@@ -408,6 +499,72 @@ mod tests {
         Coalescer::new(vec!["/w".into()])
     }
 
+    /// Adds changes at origins 1, 2, ... as the scheduler does.
+    fn add_all(c: &mut Coalescer, changes: &[FileChange]) {
+        let now = Instant::now();
+        for (i, ch) in changes.iter().enumerate() {
+            c.add(ch, i as u64 + 1, now);
+        }
+    }
+
+    fn rename(from: &str, to: &str) -> FileChange {
+        ch(from, ChangeKind::Rename { to: to.into(), exchange: false })
+    }
+
+    /// What the dispatcher would send, in words.
+    fn ops(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Content(c) => format!("data {} (from {})", c.remote.display(), c.local.display()),
+                Item::Remove { path, .. } => format!("remove {}", path.display()),
+                Item::Rename { from, to, .. } => format!("rename {} {}", from.display(), to.display()),
+                Item::Link { from, to, .. } => format!("link {} {}", from.display(), to.display()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn items_remember_their_oldest_origin() {
+        let mut c = co();
+        add_all(&mut c, &[write("/w/a", 0, 1), write("/w/b", 0, 1), write("/w/a", 1, 1), rename("/w/b", "/w/c")]);
+        assert_eq!(c.min_origin(), 1);
+        let items = c.take();
+        assert_eq!(items.iter().map(Item::origin).collect::<Vec<_>>(), [1, 2, 4]);
+        assert_eq!(c.min_origin(), NO_ORIGIN);
+        c.check(Path::new("/w/x"), Instant::now());
+        assert_eq!(c.min_origin(), NO_ORIGIN, "reconciliation work is not in the log");
+    }
+
+    #[test]
+    fn a_replay_skips_tree_ops_the_receiver_applied_and_uses_their_names() {
+        // Written as a.tmp, renamed to a, then a new a.tmp: the receiver had
+        // applied up to the rename (origin 2) when the agent crashed.
+        let log = [write("/w/a.tmp", 0, 10), rename("/w/a.tmp", "/w/a"), write("/w/a.tmp", 0, 5), ch("/w/old", ChangeKind::Unlink)];
+        let mut fresh = co();
+        add_all(&mut fresh, &log);
+        assert_eq!(ops(&fresh.take()), ["data /w/a.tmp (from /w/a)", "rename /w/a.tmp /w/a", "data /w/a.tmp (from /w/a.tmp)", "remove /w/old"]);
+        let mut c = co();
+        c.resume(2);
+        add_all(&mut c, &log);
+        // The rename is not applied twice (it would move the new a.tmp over a).
+        assert_eq!(ops(&c.take()), ["data /w/a (from /w/a)", "data /w/a.tmp (from /w/a.tmp)", "remove /w/old"]);
+        // Nothing applied: everything again.
+        let mut c = co();
+        c.resume(0);
+        add_all(&mut c, &log);
+        assert_eq!(c.take().len(), 4);
+    }
+
+    #[test]
+    fn a_replayed_directory_rename_settles_the_entries_below() {
+        let log = [ch("/w/d", ChangeKind::Mkdir), write("/w/d/f", 0, 1), rename("/w/d", "/w/e"), rename("/w/e/f", "/w/e/g")];
+        let mut c = co();
+        c.resume(3);
+        add_all(&mut c, &log);
+        assert_eq!(ops(&c.take()), ["data /w/e (from /w/e)", "data /w/e/f (from /w/e/g)", "rename /w/e/f /w/e/g"]);
+    }
+
     fn write(path: &str, offset: u64, len: u64) -> FileChange {
         ch(path, ChangeKind::Write { offset, len })
     }
@@ -416,9 +573,9 @@ mod tests {
     fn overlapping_writes_merge_into_one_entry() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&write("/w/a", 0, 10), now);
-        c.add(&write("/w/a", 5, 10), now);
-        c.add(&write("/w/a", 100, 1), now);
+        c.add(&write("/w/a", 0, 10), 1, now);
+        c.add(&write("/w/a", 5, 10), 1, now);
+        c.add(&write("/w/a", 100, 1), 1, now);
         let items = c.take();
         assert_eq!(items.len(), 1);
         let Item::Content(e) = &items[0] else { panic!() };
@@ -431,9 +588,9 @@ mod tests {
     fn rename_carries_pending_data_to_the_new_name() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&write("/w/a.tmp", 0, 10), now);
-        c.add(&ch("/w/a.tmp", ChangeKind::Rename { to: "/w/a".into(), exchange: false }), now);
-        c.add(&write("/w/a", 10, 5), now); // merges with the carried entry
+        c.add(&write("/w/a.tmp", 0, 10), 1, now);
+        c.add(&ch("/w/a.tmp", ChangeKind::Rename { to: "/w/a".into(), exchange: false }), 1, now);
+        c.add(&write("/w/a", 10, 5), 1, now); // merges with the carried entry
         let items = c.take();
         assert_eq!(items.len(), 2, "{items:?}");
         let Item::Content(e) = &items[0] else { panic!() };
@@ -448,10 +605,10 @@ mod tests {
     fn directory_rename_carries_entries_below_it() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&ch("/w/d", ChangeKind::Mkdir), now);
-        c.add(&write("/w/d/f", 0, 1), now);
-        c.add(&write("/w/d0", 0, 1), now); // not below /w/d
-        c.add(&ch("/w/d", ChangeKind::Rename { to: "/w/e".into(), exchange: false }), now);
+        c.add(&ch("/w/d", ChangeKind::Mkdir), 1, now);
+        c.add(&write("/w/d/f", 0, 1), 1, now);
+        c.add(&write("/w/d0", 0, 1), 1, now); // not below /w/d
+        c.add(&ch("/w/d", ChangeKind::Rename { to: "/w/e".into(), exchange: false }), 1, now);
         let items = c.take();
         let locals: Vec<_> = items
             .iter()
@@ -465,8 +622,8 @@ mod tests {
     fn unlink_cancels_pending_data() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&write("/w/a", 0, 10), now);
-        c.add(&ch("/w/a", ChangeKind::Unlink), now);
+        c.add(&write("/w/a", 0, 10), 1, now);
+        c.add(&ch("/w/a", ChangeKind::Unlink), 1, now);
         assert_eq!(c.pending_bytes(), 0);
         let items = c.take();
         assert_eq!(items.len(), 1);
@@ -477,9 +634,9 @@ mod tests {
     fn rename_over_an_existing_name_drops_the_replaced_files_data() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&write("/w/x", 0, 10), now);
-        c.add(&write("/w/x.tmp", 0, 3), now);
-        c.add(&ch("/w/x.tmp", ChangeKind::Rename { to: "/w/x".into(), exchange: false }), now);
+        c.add(&write("/w/x", 0, 10), 1, now);
+        c.add(&write("/w/x.tmp", 0, 3), 1, now);
+        c.add(&ch("/w/x.tmp", ChangeKind::Rename { to: "/w/x".into(), exchange: false }), 1, now);
         let items = c.take();
         assert_eq!(items.len(), 2);
         let Item::Content(e) = &items[0] else { panic!() };
@@ -491,8 +648,8 @@ mod tests {
     fn moves_across_the_watched_boundary() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&ch("/outside/t", ChangeKind::Rename { to: "/w/t".into(), exchange: false }), now);
-        c.add(&ch("/w/u", ChangeKind::Rename { to: "/outside/u".into(), exchange: false }), now);
+        c.add(&ch("/outside/t", ChangeKind::Rename { to: "/w/t".into(), exchange: false }), 1, now);
+        c.add(&ch("/w/u", ChangeKind::Rename { to: "/outside/u".into(), exchange: false }), 1, now);
         let items = c.take();
         assert!(matches!(&items[0], Item::Content(Content { what: What::Tree, .. })));
         assert!(matches!(&items[1], Item::Remove { path, .. } if path == Path::new("/w/u")));
@@ -502,9 +659,9 @@ mod tests {
     fn truncations_keep_the_lowest_length() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&ch("/w/a", ChangeKind::Truncate { len: 100 }), now);
-        c.add(&ch("/w/a", ChangeKind::Truncate { len: 10 }), now);
-        c.add(&ch("/w/a", ChangeKind::Truncate { len: 50 }), now);
+        c.add(&ch("/w/a", ChangeKind::Truncate { len: 100 }), 1, now);
+        c.add(&ch("/w/a", ChangeKind::Truncate { len: 10 }), 1, now);
+        c.add(&ch("/w/a", ChangeKind::Truncate { len: 50 }), 1, now);
         let Item::Content(e) = &c.take()[0] else { panic!() };
         assert!(matches!(e.what, What::File { truncate_to: Some(10), .. }));
     }
@@ -520,32 +677,65 @@ mod tests {
         let md = std::fs::metadata(&a).unwrap();
         let mut c = Coalescer::new(vec![w.clone()]);
         let now = Instant::now();
-        c.add(&ch(a.to_str().unwrap(), ChangeKind::Link { to: b.clone() }), now);
+        c.add(&ch(a.to_str().unwrap(), ChangeKind::Link { to: b.clone() }), 1, now);
         let mut write = ch(b.to_str().unwrap(), ChangeKind::Write { offset: 0, len: 1 });
         (write.dev, write.ino) = (md.dev(), md.ino());
-        c.add(&write, now);
-        c.add(&ch(b.to_str().unwrap(), ChangeKind::Unlink), now);
+        c.add(&write, 1, now);
+        c.add(&ch(b.to_str().unwrap(), ChangeKind::Unlink), 1, now);
         let items = c.take();
         // The data written through b is sent under a, after the link.
         let kinds: Vec<String> = items
             .iter()
             .map(|i| match i {
-                Item::Content(e) => format!("data {}", e.local.file_name().unwrap().to_string_lossy()),
+                Item::Content(e) => format!("data {}", e.remote.file_name().unwrap().to_string_lossy()),
                 Item::Link { .. } => "link".into(),
                 Item::Remove { path, .. } => format!("remove {}", path.file_name().unwrap().to_string_lossy()),
                 Item::Rename { .. } => "rename".into(),
             })
             .collect();
-        assert_eq!(kinds, ["link", "data a", "remove b"]);
+        // Written to b before it goes (read through a), and to a too, in
+        // case the mirror's a and b are separate copies.
+        assert_eq!(kinds, ["link", "data b", "data a", "remove b"]);
+    }
+
+    #[test]
+    fn a_linked_file_created_then_renamed_over_is_created_before_its_rename() {
+        // f created, renamed to r, linked as h, then r81 renamed over r: the
+        // data that creates f must come before the rename and the link.
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().canonicalize().unwrap();
+        let (f, r, h, r81) = (w.join("f"), w.join("r"), w.join("h"), w.join("r81"));
+        std::fs::write(&r, b"x").unwrap();
+        std::fs::hard_link(&r, &h).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(&r).unwrap();
+        let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+        let mut c = Coalescer::new(vec![w.clone()]);
+        let mut created = ch(&s(&f), ChangeKind::Open { created: true, truncated: false });
+        (created.dev, created.ino) = (md.dev(), md.ino());
+        add_all(&mut c, &[
+            created,
+            ch(&s(&f), ChangeKind::Rename { to: r.clone(), exchange: false }),
+            ch(&s(&r), ChangeKind::Link { to: h.clone() }),
+            ch(&s(&r81), ChangeKind::Rename { to: r.clone(), exchange: false }),
+        ]);
+        let got: Vec<String> = ops(&c.take()).into_iter().map(|o| o.replace(&s(&w), "")).collect();
+        assert_eq!(got, [
+            "data /f (from /h)",
+            "rename /f /r",
+            "link /r /h",
+            "data /h (from /h)",
+            "rename /r81 /r",
+        ]);
     }
 
     #[test]
     fn exchange_swaps_entries() {
         let mut c = co();
         let now = Instant::now();
-        c.add(&write("/w/a", 0, 1), now);
-        c.add(&write("/w/b", 0, 2), now);
-        c.add(&ch("/w/a", ChangeKind::Rename { to: "/w/b".into(), exchange: true }), now);
+        c.add(&write("/w/a", 0, 1), 1, now);
+        c.add(&write("/w/b", 0, 2), 1, now);
+        c.add(&ch("/w/a", ChangeKind::Rename { to: "/w/b".into(), exchange: true }), 1, now);
         let items = c.take();
         let Item::Content(a) = &items[0] else { panic!() };
         let Item::Content(b) = &items[1] else { panic!() };

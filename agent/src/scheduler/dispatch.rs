@@ -12,7 +12,7 @@ use lifeline_core::wirepath;
 use lifeline_proto::v1::{self as pb, op::Kind};
 use tracing::{debug, warn};
 
-use super::coalesce::{Content, Item, What};
+use super::coalesce::{Content, Item, What, NO_ORIGIN};
 
 /// A batch ready for the network, with what the sender needs to account for it.
 pub struct OutBatch {
@@ -21,6 +21,12 @@ pub struct OutBatch {
     /// Capture time of the oldest change in the batch.
     pub oldest: Instant,
     pub bytes: u64,
+    /// The oldest queue origin the batch carries: the log must keep it until
+    /// the batch is acknowledged.
+    pub min_origin: u64,
+    /// The scheduler's replay epoch it was built in; the sender drops batches
+    /// of an older one (their changes are replayed).
+    pub epoch: u64,
 }
 
 /// Flush a batch once it holds this many data bytes or ops.
@@ -43,15 +49,26 @@ pub struct BatchBuilder<'a> {
     ops: Vec<pb::Op>,
     bytes: usize,
     oldest: Option<Instant>,
+    min_origin: u64,
+    /// Origin of the item being sent.
+    item_origin: u64,
+    epoch: u64,
     out: &'a mut dyn FnMut(OutBatch),
 }
 
 impl<'a> BatchBuilder<'a> {
-    pub fn new(seq: &'a mut u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
-        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, out }
+    pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
+        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, min_origin: NO_ORIGIN, item_origin: NO_ORIGIN, epoch, out }
     }
 
     fn push(&mut self, path: &Path, kind: Kind, since: Instant) {
+        self.push_op(path, kind, since, 0)
+    }
+
+    /// `origin`: the queue origin of a tree op (remove, rename, link), which
+    /// the receiver remembers so a replay does not apply it twice; 0 for
+    /// everything that is idempotent anyway.
+    fn push_op(&mut self, path: &Path, kind: Kind, since: Instant, origin: u64) {
         let Ok(wire) = wirepath::from_local(path) else {
             warn!("cannot name {} on the wire; skipped", path.display());
             return;
@@ -63,7 +80,8 @@ impl<'a> BatchBuilder<'a> {
             _ => 0,
         } + wire.len();
         self.oldest = Some(self.oldest.map_or(since, |o| o.min(since)));
-        self.ops.push(pb::Op { seq: *self.seq, path: wire, kind: Some(kind) });
+        self.min_origin = self.min_origin.min(self.item_origin);
+        self.ops.push(pb::Op { seq: *self.seq, path: wire, kind: Some(kind), origin });
         if self.bytes >= BATCH_BYTES || self.ops.len() >= BATCH_OPS {
             self.flush();
         }
@@ -79,6 +97,8 @@ impl<'a> BatchBuilder<'a> {
             oldest: self.oldest.take().unwrap_or_else(Instant::now),
             bytes: std::mem::take(&mut self.bytes) as u64,
             batch: pb::OpBatch { ops },
+            min_origin: std::mem::replace(&mut self.min_origin, NO_ORIGIN),
+            epoch: self.epoch,
         });
     }
 
@@ -89,6 +109,7 @@ impl<'a> BatchBuilder<'a> {
     /// Sends one item; returns the content entry back when its local object
     /// has vanished (renamed or replaced since), to be tried again.
     pub fn item(&mut self, item: Item) -> Option<Content> {
+        self.item_origin = item.origin();
         match item {
             Item::Content(c) => match self.content(&c) {
                 Ok(()) => None,
@@ -98,16 +119,16 @@ impl<'a> BatchBuilder<'a> {
                     None
                 }
             },
-            Item::Remove { path, since } => {
-                self.push(&path, Kind::Remove(pb::Remove {}), since);
+            Item::Remove { path, since, origin } => {
+                self.push_op(&path, Kind::Remove(pb::Remove {}), since, origin);
                 None
             }
-            Item::Rename { from, to, exchange, since } => {
-                self.push(&from, Kind::Rename(pb::Rename { to: Self::wire(&to), exchange }), since);
+            Item::Rename { from, to, exchange, since, origin } => {
+                self.push_op(&from, Kind::Rename(pb::Rename { to: Self::wire(&to), exchange }), since, origin);
                 None
             }
-            Item::Link { from, to, since } => {
-                self.push(&from, Kind::Link(pb::Link { to: Self::wire(&to) }), since);
+            Item::Link { from, to, since, origin } => {
+                self.push_op(&from, Kind::Link(pb::Link { to: Self::wire(&to) }), since, origin);
                 None
             }
         }
@@ -176,6 +197,7 @@ impl<'a> BatchBuilder<'a> {
             dev: md.dev(),
             since,
             deferrals: 0,
+            origin: NO_ORIGIN,
         };
         let ft = md.file_type();
         if ft.is_file() {
