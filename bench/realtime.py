@@ -534,9 +534,15 @@ class Lifeline(Tool):
     def start_sender(self) -> None:
         self.starts += 1
         self.state = self.wdir / "state"
+        creds = self.wdir / "credentials"
+        token = creds / f"{MACHINE}.token"
+        if not token.exists():
+            subprocess.run([str(self.bin / "lifeline-receiver"), "machine", "add", MACHINE, "--store",
+                            str(self.wdir / "store"), "--out", str(creds)], check=True, capture_output=True)
         cmd = self.netns.prefix() + [
-            str(self.bin / "lifeline-agent"), "run", "--receiver", f"http://127.0.0.1:{self.port}",
-            "--machine", MACHINE, "--watch", str(self.src), "--state-dir", str(self.state), "--interval-ms", "5"]
+            str(self.bin / "lifeline-agent"), "run", "--receiver", f"https://127.0.0.1:{self.port}",
+            "--token-file", str(token), "--ca", str(creds / "ca.crt"),
+            "--watch", str(self.src), "--state-dir", str(self.state), "--interval-ms", "5"]
         self.sender = Proc("lifeline-agent", cmd, self.wdir / "agent.log", self.procs)
 
     def status(self) -> dict | None:

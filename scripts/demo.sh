@@ -21,10 +21,15 @@ PORT=${LIFELINE_DEMO_PORT:-7700}
 mkdir -p "$DEMO/source" "$DEMO/store" "$DEMO/agent-state"
 [ -e "$DEMO/source/README.txt" ] || echo "Files here are replicated by Lifeline." > "$DEMO/source/README.txt"
 
+# The machine "demo" is registered once; its credential and the receiver's CA
+# (made on first use) go to demo/credentials.
+CREDS=$DEMO/credentials
+[ -e "$CREDS/demo.token" ] ||
+  "$BIN/lifeline-receiver" machine add demo --store "$DEMO/store" --out "$CREDS" --notes "scripts/demo.sh"
 "$BIN/lifeline-receiver" --listen "127.0.0.1:$PORT" --store "$DEMO/store" &
 RECEIVER=$!
-"$BIN/lifeline-agent" run --receiver "http://127.0.0.1:$PORT" --machine demo \
-  --watch "$DEMO/source" --state-dir "$DEMO/agent-state" &
+"$BIN/lifeline-agent" run --receiver "https://127.0.0.1:$PORT" --token-file "$CREDS/demo.token" \
+  --ca "$CREDS/ca.crt" --watch "$DEMO/source" --state-dir "$DEMO/agent-state" &
 AGENT=$!
 trap 'kill $AGENT $RECEIVER 2>/dev/null; wait 2>/dev/null' EXIT
 CTL="--control $DEMO/agent-state/control.sock"

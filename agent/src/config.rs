@@ -14,35 +14,58 @@ pub enum CaptureChoice {
 }
 
 /// Everything `lifeline-agent run` needs. Every field can come from the config
-/// file (same names) or a flag.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// file (same names, with `_`) or a flag (with `-`); flags win.
+#[derive(Clone, Debug, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Receiver address, e.g. `http://backup-host:7700`.
+    /// Receiver address, e.g. `https://backup-host:7700`.
+    #[arg(long)]
     pub receiver: Option<String>,
-    /// This machine's name at the receiver (default: the host name).
+    /// File holding this machine's credential (`lifeline-receiver machine add
+    /// NAME` writes it). It names the machine.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The receiver's CA certificate (`ca.crt`, written beside the credential).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Name the receiver's certificate must carry (default `lifeline-receiver`,
+    /// which the receiver's own certificates always do).
+    #[arg(long)]
+    pub tls_name: Option<String>,
+    /// This machine's name (default: the one in the credential; if given, it
+    /// must be the same).
+    #[arg(long)]
     pub machine: Option<String>,
-    /// Directories to replicate.
+    /// A directory to replicate (repeat for several).
     #[serde(default)]
+    #[arg(long = "watch")]
     pub watch: Vec<PathBuf>,
-    /// Where the agent keeps its state (control socket, later its queue).
+    /// Where the agent keeps its state: the queue log, the control socket
+    /// (default /var/lib/lifeline-agent).
+    #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Coalescing interval in milliseconds.
+    /// Coalescing interval in milliseconds (default 5).
+    #[arg(long)]
     pub interval_ms: Option<u64>,
     /// Control socket path (default: `<state_dir>/control.sock`).
+    #[arg(long)]
     pub control: Option<PathBuf>,
-    /// Kernel ring buffer size in MiB.
+    /// Kernel ring buffer size in MiB (default 16).
+    #[arg(long)]
     pub ring_buffer_mib: Option<u32>,
-    /// How to capture changes: `auto` (eBPF, else the inotify watcher),
+    /// How to capture changes: `auto` (eBPF, else the inotify watcher, loudly),
     /// `ebpf` (fail without it), `notify` (the watcher).
+    #[arg(long, value_enum)]
     pub capture: Option<CaptureChoice>,
     /// Reconcile with the receiver every this many seconds (0: never), to
     /// catch what no event reports (writes through shared mmap, changes made
     /// while the agent was not running are caught at start anyway).
+    #[arg(long)]
     pub reconcile_every_s: Option<u64>,
     /// CPU priority of the agent's threads (nice value, default 10): the
     /// agent yields the CPU to the applications whose files it protects, and
     /// catches up when they leave it idle.
+    #[arg(long, allow_hyphen_values = true)]
     pub nice: Option<i32>,
 }
 
@@ -58,7 +81,7 @@ impl AgentConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(receiver, machine, state_dir, interval_ms, control, ring_buffer_mib, capture, reconcile_every_s, nice);
+        take!(receiver, token_file, ca, tls_name, machine, state_dir, interval_ms, control, ring_buffer_mib, capture, reconcile_every_s, nice);
         if !other.watch.is_empty() {
             self.watch = other.watch;
         }
@@ -66,13 +89,7 @@ impl AgentConfig {
     }
 
     pub fn receiver(&self) -> String {
-        self.receiver.clone().unwrap_or_else(|| "http://127.0.0.1:7700".into())
-    }
-
-    pub fn machine(&self) -> String {
-        self.machine.clone().unwrap_or_else(|| {
-            rustix::system::uname().nodename().to_string_lossy().into_owned()
-        })
+        self.receiver.clone().unwrap_or_else(|| "https://127.0.0.1:7700".into())
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -23,6 +23,7 @@ use crate::config::{AgentConfig, CaptureChoice};
 use crate::control::{self, ControlService};
 use crate::scheduler::{self, SchedMsg, SchedulerOptions};
 use crate::status::{CaptureMode, Shared};
+use crate::remote::Remote;
 use crate::{fallback, reconcile, sender};
 
 /// Drains the kernel's records on a thread of its own into the queue.
@@ -74,11 +75,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let state_dir = cfg.state_dir();
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
-    let endpoint = cfg.receiver();
-    let machine = cfg.machine();
+    let remote = Remote::from_config(&cfg)?;
     let shared = Arc::new(Shared::new(
-        endpoint.clone(),
-        machine.clone(),
+        remote.endpoint().to_owned(),
+        remote.machine().to_owned(),
         roots.iter().map(|r| r.display().to_string()).collect(),
         CaptureMode::Off,
     ));
@@ -146,8 +146,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     let queue = sender::Queue { batches: batch_rx, scheduler: queue_tx.clone(), id: queue_id };
-    tokio::spawn(sender::run(endpoint.clone(), machine.clone(), queue, shared.clone(), reconcile_now.clone()));
-    tokio::spawn(reconcile::run(endpoint, machine, roots, queue_tx, shared.clone(), reconcile_now.clone()));
+    tokio::spawn(sender::run(remote.clone(), queue, shared.clone(), reconcile_now.clone()));
+    tokio::spawn(reconcile::run(remote, roots, queue_tx, shared.clone(), reconcile_now.clone()));
     let every = match shared.capture_mode() {
         // The watcher misses more: reconcile often unless told otherwise.
         CaptureMode::Notify if cfg.reconcile_every_s.is_none() => Some(std::time::Duration::from_secs(10)),

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod fallback;
 pub mod reconcile;
+pub mod remote;
 pub mod scheduler;
 pub mod sender;
 pub mod status;

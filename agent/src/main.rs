@@ -29,38 +29,8 @@ enum Command {
         /// TOML config file (flags override it).
         #[arg(long, env = "LIFELINE_CONFIG")]
         config: Option<PathBuf>,
-        /// Receiver address, e.g. http://127.0.0.1:7700.
-        #[arg(long)]
-        receiver: Option<String>,
-        /// This machine's name at the receiver (default: host name).
-        #[arg(long)]
-        machine: Option<String>,
-        /// A directory to replicate (repeat for several).
-        #[arg(long = "watch")]
-        watch: Vec<PathBuf>,
-        /// State directory (default /var/lib/lifeline-agent).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-        /// Coalescing interval in milliseconds (default 5).
-        #[arg(long)]
-        interval_ms: Option<u64>,
-        /// Control socket (default <state-dir>/control.sock).
-        #[arg(long)]
-        control: Option<PathBuf>,
-        /// Kernel ring buffer size in MiB (default 16).
-        #[arg(long)]
-        ring_buffer_mib: Option<u32>,
-        /// auto: eBPF, else the inotify watcher (loudly); ebpf: fail without
-        /// it; notify: the watcher.
-        #[arg(long, value_enum)]
-        capture: Option<lifeline_agent::config::CaptureChoice>,
-        /// Reconcile with the receiver every N seconds (default 600; 0: only at
-        /// start, after reconnects and kernel gaps, and on `sync`).
-        #[arg(long)]
-        reconcile_every_s: Option<u64>,
-        /// CPU priority (nice value) of the agent (default 10: yield to applications).
-        #[arg(long, allow_hyphen_values = true)]
-        nice: Option<i32>,
+        #[command(flatten)]
+        flags: AgentConfig,
     },
     /// Show the agent's state: connection, lag, queue depth, bytes sent, last error.
     Status {
@@ -137,31 +107,8 @@ fn main() {
     let cli = Cli::parse();
     // Before any thread exists: threads inherit the priority it sets.
     let cfg = match &cli.command {
-        Command::Run {
-            config,
-            receiver,
-            machine,
-            watch,
-            state_dir,
-            interval_ms,
-            control,
-            ring_buffer_mib,
-            capture,
-            reconcile_every_s,
-            nice,
-        } => {
-            let flags = AgentConfig {
-                receiver: receiver.clone(),
-                machine: machine.clone(),
-                watch: watch.clone(),
-                state_dir: state_dir.clone(),
-                interval_ms: *interval_ms,
-                control: control.clone(),
-                ring_buffer_mib: *ring_buffer_mib,
-                capture: *capture,
-                reconcile_every_s: *reconcile_every_s,
-                nice: *nice,
-            };
+        Command::Run { config, flags } => {
+            let flags = flags.clone();
             let cfg = match config {
                 Some(path) => AgentConfig::load(path).map(|c| c.merge(flags)),
                 None => Ok(flags),

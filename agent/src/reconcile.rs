@@ -24,14 +24,13 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::scheduler::{Reconcile, SchedMsg};
-use crate::sender::{connect, identify};
+use crate::remote::Remote;
 use crate::status::Shared;
 
 /// Waits for requests and reconciles, one at a time (requests made while one
 /// runs coalesce into one more run).
 pub async fn run(
-    endpoint: String,
-    machine: String,
+    remote: Remote,
     roots: Vec<PathBuf>,
     queue: Sender<SchedMsg>,
     shared: Arc<Shared>,
@@ -42,7 +41,7 @@ pub async fn run(
         if !shared.connected.load(Relaxed) {
             continue; // the next connection triggers it again
         }
-        match reconcile(&endpoint, &machine, &roots, &queue).await {
+        match reconcile(&remote, &roots, &queue).await {
             Ok(n) => {
                 shared.reconciliations.fetch_add(1, Relaxed);
                 shared.initial_sync_done.store(true, Relaxed);
@@ -59,11 +58,11 @@ pub async fn run(
     }
 }
 
-async fn reconcile(endpoint: &str, machine: &str, roots: &[PathBuf], queue: &Sender<SchedMsg>) -> anyhow::Result<usize> {
-    let mut client = connect(endpoint).await?;
+async fn reconcile(remote: &Remote, roots: &[PathBuf], queue: &Sender<SchedMsg>) -> anyhow::Result<usize> {
+    let mut client = remote.connect().await?;
     let wire_roots: Vec<Vec<u8>> = roots.iter().map(|r| wirepath::from_local(r)).collect::<Result<_, _>>()?;
     let mut req = tonic::Request::new(ListTreeRequest { roots: wire_roots });
-    identify(&mut req, machine)?;
+    remote.identify(&mut req);
     let mut stream = client.list_tree(req).await?.into_inner();
     // Directories are compared as their listings complete, while the rest
     // still streams in: a change near the top is found in milliseconds,

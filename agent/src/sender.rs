@@ -12,37 +12,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lifeline_proto::v1::replication_client::ReplicationClient;
-use lifeline_proto::{MACHINE_HEADER, MAX_MESSAGE, QUEUE_HEADER};
+use lifeline_proto::QUEUE_HEADER;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
 use tracing::{info, warn};
 
+use crate::remote::Remote;
 use crate::scheduler::dispatch::OutBatch;
 use crate::scheduler::SchedMsg;
 use crate::status::Shared;
-
-pub async fn connect(endpoint: &str) -> anyhow::Result<ReplicationClient<Channel>> {
-    let channel = Endpoint::from_shared(endpoint.to_string())?
-        .connect_timeout(Duration::from_secs(3))
-        .initial_stream_window_size(Some(lifeline_proto::STREAM_WINDOW))
-        .initial_connection_window_size(Some(lifeline_proto::CONNECTION_WINDOW))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect()
-        .await?;
-    Ok(ReplicationClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
-}
-
-/// Attaches the machine's identity to a request.
-pub fn identify<T>(req: &mut tonic::Request<T>, machine: &str) -> anyhow::Result<()> {
-    req.metadata_mut().insert(MACHINE_HEADER, machine.parse()?);
-    Ok(())
-}
 
 struct InFlight {
     last_seq: u64,
@@ -59,20 +37,25 @@ pub struct Queue {
 }
 
 /// Runs forever: connect, stream, and on failure start over.
-pub async fn run(endpoint: String, machine: String, mut queue: Queue, shared: Arc<Shared>, reconcile: Arc<Notify>) {
+pub async fn run(remote: Remote, mut queue: Queue, shared: Arc<Shared>, reconcile: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     let mut epoch = 0u64;
     loop {
-        match stream(&endpoint, &machine, &mut queue, &mut epoch, &shared, &reconcile).await {
+        match stream(&remote, &mut queue, &mut epoch, &shared, &reconcile).await {
             Ok(()) => return, // the scheduler is gone: shutting down
             Err(e) => {
                 let was = shared.connected.swap(false, Relaxed);
                 shared.unacked_ops.store(0, Relaxed);
                 shared.oldest_unacked_ms.store(u64::MAX, Relaxed);
-                let msg = format!(
-                    "receiver {endpoint} unreachable or the stream broke: {e:#}; retrying (check that \
-                     lifeline-receiver runs and the address is right)"
-                );
+                let msg = if is_refusal(&e) {
+                    format!("the receiver {} refused this agent: {e:#}; retrying", remote.endpoint())
+                } else {
+                    format!(
+                        "receiver {} unreachable or the stream broke: {e:#}; retrying (check that \
+                         lifeline-receiver runs, the address is right and --ca is its CA)",
+                        remote.endpoint()
+                    )
+                };
                 if was {
                     warn!("{msg}");
                 }
@@ -84,18 +67,24 @@ pub async fn run(endpoint: String, machine: String, mut queue: Queue, shared: Ar
     }
 }
 
+/// A credential the receiver does not accept: retrying will not help until an
+/// operator acts, so it is worth saying differently.
+fn is_refusal(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tonic::Status>()
+        .is_some_and(|s| matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied))
+}
+
 async fn stream(
-    endpoint: &str,
-    machine: &str,
+    remote: &Remote,
     queue: &mut Queue,
     epoch: &mut u64,
     shared: &Shared,
     reconcile: &Notify,
 ) -> anyhow::Result<()> {
-    let mut client = connect(endpoint).await?;
+    let mut client = remote.connect().await?;
     let (tx, rx) = mpsc::channel(2);
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
-    identify(&mut req, machine)?;
+    remote.identify(&mut req);
     req.metadata_mut().insert(QUEUE_HEADER, format!("{:016x}", queue.id).parse()?);
     let mut acks = client.replicate(req).await?.into_inner();
     // The receiver speaks first, once this stream has its turn.
@@ -104,7 +93,11 @@ async fn stream(
         anyhow::bail!("the receiver did not say where to resume (is it older than this agent? upgrade it)");
     };
     *epoch += 1;
-    info!("connected to receiver {endpoint} as machine {machine}; it applied the queue up to {applied}");
+    info!(
+        "connected to receiver {} as machine {}; it applied the queue up to {applied}",
+        remote.endpoint(),
+        remote.machine()
+    );
     queue
         .scheduler
         .send(SchedMsg::Resume { epoch: *epoch, applied })

@@ -1,14 +1,21 @@
 //! Who is on the other end of a request.
 //!
-//! For now a machine names itself in the `x-lifeline-machine` metadata header
-//! ([`HeaderAuthenticator`]). Real credentials come later: they implement
-//! [`Authenticator`] (the request's extensions carry the TLS peer certificates)
-//! and are handed to [`crate::Receiver::with_authenticator`].
+//! Every request carries its machine's credential (see
+//! [`lifeline_core::credential`]), over TLS; [`TokenAuthenticator`] checks it
+//! against the machines registered in the receiver's database and says which
+//! machine the request speaks for. Everything a request may touch is derived
+//! from that name alone (its mirror, its queue progress), so one machine can
+//! never read or write another's data.
 
 use std::fmt;
+use std::sync::Mutex;
+
+use lifeline_core::credential::{Credential, BEARER};
 
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Status};
+
+use crate::db::Db;
 
 /// Longest machine name accepted.
 pub const MAX_MACHINE_NAME: usize = 64;
@@ -60,25 +67,62 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> Result<MachineName, Status>;
 }
 
-/// Takes the machine's word for its name (the `x-lifeline-machine` header).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HeaderAuthenticator;
+/// Checks the `authorization: Bearer NAME:SECRET` credential against the
+/// machines registered in the receiver's database. A request that also names
+/// a machine in `x-lifeline-machine` must name the same one.
+pub struct TokenAuthenticator {
+    db: Mutex<Db>,
+}
 
-impl Authenticator for HeaderAuthenticator {
-    fn authenticate(
-        &self,
-        metadata: &MetadataMap,
-        _extensions: &Extensions,
-    ) -> Result<MachineName, Status> {
-        let header = lifeline_proto::MACHINE_HEADER;
-        let value = metadata.get(header).ok_or_else(|| {
-            Status::unauthenticated(format!("missing {header} header naming the machine"))
+impl TokenAuthenticator {
+    pub fn new(db: Db) -> TokenAuthenticator {
+        TokenAuthenticator { db: Mutex::new(db) }
+    }
+}
+
+fn refuse(msg: String) -> Status {
+    tracing::warn!("authentication refused: {}", msg.escape_debug());
+    Status::unauthenticated(msg)
+}
+
+impl Authenticator for TokenAuthenticator {
+    fn authenticate(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<MachineName, Status> {
+        let value = metadata.get("authorization").ok_or_else(|| {
+            refuse("no credential: start the agent with --token-file (the file `lifeline-receiver machine add NAME` writes)".into())
         })?;
-        let name = value.to_str().map_err(|_| {
-            Status::unauthenticated(format!("{header} header is not printable ASCII"))
-        })?;
-        MachineName::new(name)
-            .map_err(|e| Status::unauthenticated(format!("invalid {header} header: {e}")))
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix(BEARER))
+            .ok_or_else(|| refuse("the authorization header must be `Bearer NAME:SECRET`".into()))?;
+        let cred = Credential::parse(token).map_err(|e| refuse(format!("malformed credential: {e}")))?;
+        let name = MachineName::new(cred.machine()).map_err(|e| refuse(format!("malformed credential: {e}")))?;
+        let stored = {
+            let db = self.db.lock().unwrap_or_else(|e| e.into_inner());
+            db.token_hash(name.as_str()).map_err(|e| {
+                tracing::error!("cannot read the machine database: {e:#}");
+                Status::unavailable("the receiver cannot read its machine database; try again later")
+            })?
+        };
+        let Some(stored) = stored else {
+            return Err(refuse(format!(
+                "machine {name} is not registered at this receiver (`lifeline-receiver machine add {name}` registers it)"
+            )));
+        };
+        if !cred.matches(&stored) {
+            return Err(refuse(format!(
+                "wrong credential for machine {name} (was it reissued? use the token file `machine add`/`machine reissue` wrote)"
+            )));
+        }
+        if let Some(claimed) = metadata.get(lifeline_proto::MACHINE_HEADER) {
+            if claimed.as_bytes() != name.as_str().as_bytes() {
+                return Err(refuse(format!(
+                    "the credential is machine {name}'s, but the request speaks for {:?}",
+                    String::from_utf8_lossy(claimed.as_bytes())
+                )));
+            }
+        }
+        Ok(name)
     }
 }
 
@@ -114,17 +158,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn header_authenticator() {
-        let auth = HeaderAuthenticator;
-        let ext = Extensions::new();
+    fn request(token: Option<&str>, header: Option<&str>) -> MetadataMap {
         let mut md = MetadataMap::new();
-        let e = auth.authenticate(&md, &ext).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        md.insert(lifeline_proto::MACHINE_HEADER, "../m2".parse().unwrap());
-        let e = auth.authenticate(&md, &ext).unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unauthenticated);
-        md.insert(lifeline_proto::MACHINE_HEADER, "m1".parse().unwrap());
-        assert_eq!(auth.authenticate(&md, &ext).unwrap().as_str(), "m1");
+        if let Some(t) = token {
+            md.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        if let Some(h) = header {
+            md.insert(lifeline_proto::MACHINE_HEADER, h.parse().unwrap());
+        }
+        md
+    }
+
+    #[test]
+    fn token_authenticator() {
+        let d = tempfile::tempdir().unwrap();
+        let mut db = Db::open(d.path()).unwrap();
+        let (m1, m2) = (Credential::generate("m1"), Credential::generate("m2"));
+        db.add_machine(&MachineName::new("m1").unwrap(), &m1.secret_hash(), "").unwrap();
+        db.add_machine(&MachineName::new("m2").unwrap(), &m2.secret_hash(), "").unwrap();
+        let auth = TokenAuthenticator::new(db);
+        let ext = Extensions::new();
+        let ok = |md: MetadataMap| auth.authenticate(&md, &ext).map(|m| m.as_str().to_string());
+        let refused = |md: MetadataMap| {
+            let e = auth.authenticate(&md, &ext).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+            e.message().to_string()
+        };
+        assert_eq!(ok(request(Some(&m1.token()), None)).unwrap(), "m1");
+        assert_eq!(ok(request(Some(&m2.token()), Some("m2"))).unwrap(), "m2");
+        assert!(refused(request(None, Some("m1"))).contains("no credential"));
+        assert!(refused(request(Some("m1"), None)).contains("malformed"));
+        // m2's secret presented as m1's.
+        let forged = format!("m1:{}", m2.token().split_once(':').unwrap().1);
+        assert!(refused(request(Some(&forged), None)).contains("wrong credential for machine m1"));
+        // m1's credential claiming to be m2.
+        assert!(refused(request(Some(&m1.token()), Some("m2"))).contains("speaks for"));
+        let stranger = Credential::generate("m3");
+        assert!(refused(request(Some(&stranger.token()), None)).contains("not registered"));
+        let evil = Credential::generate("../m1");
+        assert!(refused(request(Some(&evil.token()), None)).contains("malformed"));
     }
 }

@@ -11,10 +11,12 @@
 
 pub mod apply;
 pub mod auth;
+pub mod db;
 pub mod listing;
 pub mod progress;
 pub mod safepath;
 mod service;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,24 +28,18 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tracing::info;
 
-pub use auth::{Authenticator, HeaderAuthenticator, MachineName};
+pub use auth::{Authenticator, MachineName, TokenAuthenticator};
 pub use listing::LIST_CHUNK;
 pub use service::Receiver;
 
-/// Serves the receiver over `store` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    store: PathBuf,
-    shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
-    serve_with(listener, Receiver::new(store)?, shutdown).await
-}
-
 /// Serves `receiver` on `listener` until `shutdown` resolves; then ends the
-/// open streams and returns once the connections are closed.
+/// open streams and returns once the connections are closed. `tls`: the
+/// identity to present (the `lifeline-receiver` binary always has one;
+/// in-process tests may go without).
 pub async fn serve_with(
     listener: TcpListener,
     receiver: Receiver,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let stopper = receiver.clone();
@@ -59,7 +55,11 @@ pub async fn serve_with(
         }
         conn
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         // Agents stream file data: HTTP/2's default 64 KiB windows would
         // stall a bulk copy on window updates.
         .initial_stream_window_size(Some(lifeline_proto::STREAM_WINDOW))
@@ -100,13 +100,14 @@ impl Running {
 }
 
 /// Starts a receiver over `store` on `addr` (e.g. `127.0.0.1:0`) in the
-/// background of the current tokio runtime.
+/// background of the current tokio runtime, without TLS (credentials are
+/// still checked).
 pub async fn spawn(addr: &str, store: impl Into<PathBuf>) -> anyhow::Result<Running> {
     let receiver = Receiver::new(store.into())?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve_with(listener, receiver, async move {
+    let task = tokio::spawn(serve_with(listener, receiver, None, async move {
         let _ = rx.await;
     }));
     Ok(Running {

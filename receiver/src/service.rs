@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
 use crate::apply::Applier;
-use crate::auth::{Authenticator, HeaderAuthenticator, MachineName};
+use crate::auth::{Authenticator, MachineName, TokenAuthenticator};
 use crate::listing;
 use crate::progress::Progress;
 use crate::safepath::{self, Mirror};
@@ -79,11 +79,15 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver keeping the mirrors under `<store>/mirror/`, taking each
-    /// request's `x-lifeline-machine` header's word for who it is. Creates
-    /// the store if missing and checks the kernel can resolve paths safely.
+    /// A receiver keeping the mirrors under `<store>/mirror/`, checking each
+    /// request's credential against the machines in `<store>/receiver.db`.
+    /// Creates the store if missing and checks the kernel can resolve paths
+    /// safely.
     pub fn new(store: impl AsRef<Path>) -> anyhow::Result<Receiver> {
-        Receiver::with_authenticator(store, Arc::new(HeaderAuthenticator))
+        let store = store.as_ref();
+        safepath::create_private_dir_all(store)?;
+        let db = crate::db::Db::open(store)?;
+        Receiver::with_authenticator(store, Arc::new(TokenAuthenticator::new(db)))
     }
 
     /// Like [`Receiver::new`], with `auth` deciding which machine a request

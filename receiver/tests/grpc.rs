@@ -11,7 +11,8 @@ use lifeline_proto::v1::{
     op, Ack, Attr, Chunk, FileData, Link, ListTreeRequest, Mkdir, Op, OpBatch, Remove, Rename,
     SetAttr, Symlink, TreeEntry,
 };
-use lifeline_proto::MACHINE_HEADER;
+use lifeline_core::credential::Credential;
+use lifeline_receiver::MachineName;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -23,6 +24,8 @@ struct Env {
     store: tempfile::TempDir,
     outside: tempfile::TempDir,
     running: lifeline_receiver::Running,
+    /// Credentials of the machines registered so far.
+    tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Env {
@@ -37,7 +40,25 @@ impl Env {
             store,
             outside,
             running,
+            tokens: Default::default(),
         }
+    }
+
+    /// Adds machine `m`'s credential to `req`, registering `m` the first
+    /// time. A name that cannot be registered gets a credential the receiver
+    /// never issued; `None`: no credential at all.
+    fn authorize<T>(&self, req: &mut Request<T>, m: Option<&str>) {
+        let Some(m) = m else { return };
+        let mut tokens = self.tokens.lock().unwrap();
+        let token = tokens.entry(m.to_string()).or_insert_with(|| {
+            let cred = Credential::generate(m);
+            if let Ok(name) = MachineName::new(m) {
+                let mut db = lifeline_receiver::db::Db::open(self.store.path()).unwrap();
+                db.add_machine(&name, &cred.secret_hash(), "").unwrap();
+            }
+            cred.token()
+        });
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
     }
 
     fn mirror(&self, machine: &str) -> PathBuf {
@@ -70,10 +91,7 @@ impl Env {
         let mut req = Request::new(ListTreeRequest {
             roots: roots.iter().map(|r| r.to_vec()).collect(),
         });
-        if let Some(m) = machine {
-            req.metadata_mut()
-                .insert(MACHINE_HEADER, m.parse().unwrap());
-        }
+        self.authorize(&mut req, machine);
         let mut stream = self.client().await.list_tree(req).await?.into_inner();
         let mut out = Vec::new();
         while let Some(msg) = tokio::time::timeout(TIMEOUT, stream.message())
@@ -100,10 +118,7 @@ impl Agent {
     async fn open(env: &Env, machine: Option<&str>) -> Result<Agent, Status> {
         let (tx, rx) = mpsc::channel(16);
         let mut req = Request::new(ReceiverStream::new(rx));
-        if let Some(m) = machine {
-            req.metadata_mut()
-                .insert(MACHINE_HEADER, m.parse().unwrap());
-        }
+        env.authorize(&mut req, machine);
         let mut acks = env.client().await.replicate(req).await?.into_inner();
         // The receiver speaks first: where the agent's queue resumes.
         let hello = match tokio::time::timeout(TIMEOUT, acks.message()).await.expect("hello in time")? {
@@ -467,11 +482,28 @@ async fn machine_identity_is_required_and_checked() {
         let err = env.list(machine, &[b"srv"]).await.unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{machine:?}: {err}");
     }
+    // Another machine's secret under m1's name, and m1's credential claiming
+    // to be m2 in the machine header.
+    for m in ["m1", "m2"] {
+        assert!(env.list(Some(m), &[b"srv"]).await.unwrap().is_empty());
+    }
+    let m2_secret = env.tokens.lock().unwrap()["m2"].split_once(':').unwrap().1.to_string();
+    let mut req = Request::new(ListTreeRequest { roots: vec![b"srv".to_vec()] });
+    req.metadata_mut().insert("authorization", format!("Bearer m1:{m2_secret}").parse().unwrap());
+    let err = env.client().await.list_tree(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("wrong credential for machine m1"), "{err}");
+    let mut req = Request::new(ListTreeRequest { roots: vec![b"srv".to_vec()] });
+    env.authorize(&mut req, Some("m1"));
+    req.metadata_mut().insert(lifeline_proto::MACHINE_HEADER, "m2".parse().unwrap());
+    let err = env.client().await.list_tree(req).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+    // Nobody refused got a mirror (the registered ones' listings made theirs).
     let mirrors: Vec<_> = fs::read_dir(env.store.path().join("mirror"))
         .unwrap()
+        .map(|e| e.unwrap().file_name())
         .collect();
-    assert!(mirrors.is_empty(), "{mirrors:?}");
-    assert_eq!(fs::read_dir(env.store.path()).unwrap().count(), 1);
+    assert!(mirrors.iter().all(|m| m == "m1" || m == "m2"), "{mirrors:?}");
     let err = env.list(Some("m1"), &[b"../m2"]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     env.running.stop().await.unwrap();
@@ -610,7 +642,7 @@ async fn list_tree_completes_directories_breadth_first() {
         .unwrap();
     assert!(ack.errors.is_empty(), "{:?}", ack.errors);
     let mut req = Request::new(ListTreeRequest { roots: vec![b"r".to_vec(), b"missing".to_vec()] });
-    req.metadata_mut().insert(MACHINE_HEADER, "m1".parse().unwrap());
+    env.authorize(&mut req, Some("m1"));
     let mut stream = env.client().await.list_tree(req).await.unwrap().into_inner();
     let (mut seen, mut completed) = (Vec::new(), Vec::new());
     while let Some(msg) = stream.message().await.unwrap() {

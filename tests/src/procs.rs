@@ -134,9 +134,40 @@ impl Receiver {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`, what `lifeline-agent run --receiver` takes.
+    /// `https://127.0.0.1:PORT`, what `lifeline-agent run --receiver` takes.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// Where the credentials this receiver issued are written.
+    pub fn credentials_dir(&self) -> PathBuf {
+        let mut d = self.store.as_os_str().to_owned();
+        d.push(".credentials");
+        PathBuf::from(d)
+    }
+
+    /// The credential file of `machine` and the receiver's CA certificate,
+    /// registering the machine (`lifeline-receiver machine add`) the first
+    /// time.
+    pub fn credentials(&self, machine: &str) -> (PathBuf, PathBuf) {
+        let dir = self.credentials_dir();
+        let token = dir.join(format!("{machine}.token"));
+        if !token.exists() {
+            let out = Command::new(bin_path("lifeline-receiver"))
+                .args(["machine", "add", machine, "--store"])
+                .arg(&self.store)
+                .arg("--out")
+                .arg(&dir)
+                .output()
+                .expect("run lifeline-receiver machine add");
+            assert!(
+                out.status.success(),
+                "lifeline-receiver machine add {machine} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        (token, dir.join("ca.crt"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -191,6 +222,9 @@ pub struct AgentOpts {
     /// `--receiver`, e.g. [`Receiver::url`].
     pub receiver: String,
     pub machine: String,
+    /// `--token-file` and `--ca` (issued by the receiver in `new`).
+    pub token_file: PathBuf,
+    pub ca: PathBuf,
     pub watch: Vec<PathBuf>,
     pub state_dir: PathBuf,
     /// `--interval-ms`, if set.
@@ -206,11 +240,15 @@ pub struct AgentOpts {
 }
 
 impl AgentOpts {
-    /// Options with `--interval-ms 5`, the default control socket and log.
+    /// Options with `--interval-ms 5`, the default control socket and log,
+    /// and a credential for `machine` from `receiver` (registered if new).
     pub fn new(receiver: &Receiver, machine: &str, watch: &[&Path], state_dir: &Path) -> AgentOpts {
+        let (token_file, ca) = receiver.credentials(machine);
         AgentOpts {
             receiver: receiver.url(),
             machine: machine.to_string(),
+            token_file,
+            ca,
             watch: watch.iter().map(|p| p.to_path_buf()).collect(),
             state_dir: state_dir.to_path_buf(),
             interval_ms: Some(5),
@@ -270,7 +308,11 @@ impl Agent {
             .arg("--receiver")
             .arg(&opts.receiver)
             .arg("--machine")
-            .arg(&opts.machine);
+            .arg(&opts.machine)
+            .arg("--token-file")
+            .arg(&opts.token_file)
+            .arg("--ca")
+            .arg(&opts.ca);
         for w in &opts.watch {
             cmd.arg("--watch").arg(w);
         }

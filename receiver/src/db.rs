@@ -1,0 +1,184 @@
+//! The receiver's management database (SQLite, `<store>/receiver.db`):
+//! machines and their credentials, and an audit trail. The schema lives in
+//! `receiver/migrations/NNNN_*.sql`, applied in order; `PRAGMA user_version`
+//! records how many have run.
+//!
+//! Several processes use the file at once (the daemon authenticating agents,
+//! `lifeline-receiver machine add` registering one), so it runs in WAL mode
+//! with a busy timeout.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::auth::MachineName;
+
+/// The migrations, in order. Append only: a released one never changes.
+const MIGRATIONS: &[(&str, &str)] = &[("0001_machines", include_str!("../migrations/0001_machines.sql"))];
+
+/// A registered machine, as `machine list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub name: String,
+    pub created_at: String,
+    pub notes: String,
+}
+
+/// One row of the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: String,
+    pub machine: Option<String>,
+    pub event: String,
+    pub detail: String,
+}
+
+pub struct Db {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Db {
+    /// The database of the store at `store`, created and migrated as needed.
+    pub fn open(store: &Path) -> anyhow::Result<Db> {
+        let path = store.join("receiver.db");
+        let conn = Connection::open(&path).with_context(|| format!("cannot open the database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut db = Db { conn, path };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> anyhow::Result<()> {
+        let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            anyhow::bail!(
+                "the database {} has schema version {version}, newer than this receiver knows ({}); run a newer lifeline-receiver",
+                self.path.display(),
+                MIGRATIONS.len()
+            );
+        }
+        for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql).with_context(|| format!("migration {name}"))?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+            tracing::info!("database {}: applied migration {name}", self.path.display());
+        }
+        Ok(())
+    }
+
+    /// Registers `name` with the credential secret whose hash is given.
+    pub fn add_machine(&mut self, name: &MachineName, token_hash: &[u8; 32], notes: &str) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let exists: Option<i64> =
+            tx.query_row("SELECT id FROM machines WHERE name = ?1", [name.as_str()], |r| r.get(0)).optional()?;
+        if exists.is_some() {
+            anyhow::bail!(
+                "machine {name} is already registered; `lifeline-receiver machine reissue {name}` gives it a new credential"
+            );
+        }
+        tx.execute(
+            "INSERT INTO machines (name, token_hash, notes) VALUES (?1, ?2, ?3)",
+            params![name.as_str(), &token_hash[..], notes],
+        )?;
+        audit(&tx, Some(name.as_str()), "machine added", notes)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces the credential of `name`; the old one stops working.
+    pub fn reissue(&mut self, name: &MachineName, token_hash: &[u8; 32]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("UPDATE machines SET token_hash = ?2 WHERE name = ?1", params![name.as_str(), &token_hash[..]])?;
+        if n == 0 {
+            anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
+        }
+        audit(&tx, Some(name.as_str()), "credential reissued", "")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Unregisters `name`: its credential stops working. Its mirror stays.
+    pub fn remove_machine(&mut self, name: &MachineName) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("DELETE FROM machines WHERE name = ?1", [name.as_str()])?;
+        if n == 0 {
+            anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
+        }
+        audit(&tx, Some(name.as_str()), "machine removed", "")?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn machines(&self) -> anyhow::Result<Vec<Machine>> {
+        let mut st = self.conn.prepare("SELECT name, created_at, notes FROM machines ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok(Machine { name: r.get(0)?, created_at: r.get(1)?, notes: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The credential hash of `name`, if it is registered.
+    pub fn token_hash(&self, name: &str) -> anyhow::Result<Option<[u8; 32]>> {
+        let h: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT token_hash FROM machines WHERE name = ?1", [name], |r| r.get(0))
+            .optional()?;
+        Ok(h.and_then(|v| v.try_into().ok()))
+    }
+
+    pub fn audit(&self, machine: Option<&str>, event: &str, detail: &str) -> anyhow::Result<()> {
+        audit(&self.conn, machine, event, detail)
+    }
+
+    /// The last `n` audit entries, oldest first.
+    pub fn audit_trail(&self, n: usize) -> anyhow::Result<Vec<AuditEntry>> {
+        let mut st = self.conn.prepare(
+            "SELECT at, machine, event, detail FROM (SELECT * FROM audit ORDER BY id DESC LIMIT ?1) ORDER BY id",
+        )?;
+        let rows = st.query_map([n as i64], |r| {
+            Ok(AuditEntry { at: r.get(0)?, machine: r.get(1)?, event: r.get(2)?, detail: r.get(3)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn audit(conn: &Connection, machine: Option<&str>, event: &str, detail: &str) -> anyhow::Result<()> {
+    conn.execute("INSERT INTO audit (machine, event, detail) VALUES (?1, ?2, ?3)", params![machine, event, detail])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machines_are_registered_once_and_audited() {
+        let d = tempfile::tempdir().unwrap();
+        let mut db = Db::open(d.path()).unwrap();
+        let m = MachineName::new("web1").unwrap();
+        db.add_machine(&m, &[1; 32], "rack 3").unwrap();
+        let e = db.add_machine(&m, &[2; 32], "").unwrap_err();
+        assert!(e.to_string().contains("already registered"), "{e}");
+        assert_eq!(db.token_hash("web1").unwrap(), Some([1; 32]));
+        db.reissue(&m, &[3; 32]).unwrap();
+        assert_eq!(db.token_hash("web1").unwrap(), Some([3; 32]));
+        drop(db);
+        // Reopened (migrations not run twice), seen by another connection.
+        let mut db = Db::open(d.path()).unwrap();
+        assert_eq!(db.machines().unwrap().len(), 1);
+        assert_eq!(db.machines().unwrap()[0].notes, "rack 3");
+        db.remove_machine(&m).unwrap();
+        assert_eq!(db.token_hash("web1").unwrap(), None);
+        assert!(db.remove_machine(&m).is_err());
+        let events: Vec<_> = db.audit_trail(10).unwrap().into_iter().map(|a| a.event).collect();
+        assert_eq!(events, ["machine added", "credential reissued", "machine removed"]);
+    }
+}
