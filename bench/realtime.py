@@ -337,6 +337,11 @@ class Netns:
         cleanup.push(f"delete netns {name}", lambda: sh("ip", "netns", "del", name))
         sh("ip", "-n", name, "link", "set", "lo", "up")
 
+    def link(self, up: bool) -> None:
+        """Cuts (or restores) the namespace's only network: its loopback,
+        which carries the tool's sender-receiver traffic."""
+        sh("ip", "-n", self.name, "link", "set", "lo", "up" if up else "down")
+
     def prefix(self) -> list[str]:
         # Enter only the network namespace (not `ip netns exec`, which also
         # makes a new mount namespace, changing mount ids the agent resolves).
@@ -1033,6 +1038,50 @@ def wl_f(tool: Tool, cfg: argparse.Namespace) -> dict:
     return {"overwrites": 50, "span_s": span, "final_content": "ok" if ok else "lost"}
 
 
+def wl_g(tool: Tool, cfg: argparse.Namespace) -> dict:
+    """(g) 100 writes/s (new 1 KiB files and appends to 20 logs) while the
+    network is cut for 30 s (the loopback of the tool's namespace set down);
+    the writes stop when it returns. Time from the link's return until the
+    target is identical."""
+    d = tool.src / "g"
+    d.mkdir()
+    logs = [d / f"log{i:02d}" for i in range(20)]
+    for p in logs:
+        p.write_bytes(b"")
+    tool.start_sender()
+    tool.wait_ready()
+    rng = random.Random(0x6)
+    stop = threading.Event()
+    count = [0]
+
+    def writer() -> None:
+        start, i = now(), 0
+        while not stop.is_set():
+            time.sleep(max(0.0, start + i / 100 - now()))
+            if i % 2:
+                with open(rng.choice(logs), "ab") as f:
+                    f.write(f"line {i}\n".encode() + rng.randbytes(100))
+            else:
+                write_file(d / f"f{i:06d}", rng.randbytes(1024))
+            i += 1
+        count[0] = i
+
+    th = threading.Thread(target=writer)
+    th.start()
+    time.sleep(3)
+    tool.netns.link(False)
+    try:
+        time.sleep(cfg.g_cut)
+    finally:
+        stop.set()
+        th.join()
+        tool.netns.link(True)
+    t_up = now()
+    wait_identical(tool.src, tool.target_root(), 120, interval=0.02)
+    complete = now() - t_up
+    return {"writes": count[0], "cut_s": cfg.g_cut, "complete_after_link_up_s": complete}
+
+
 WORKLOADS: dict[str, tuple[str, Callable[[Tool, argparse.Namespace], dict]]] = {
     "a": ("small files, 20/s", wl_a),
     "b": ("1 GiB file, 4 KiB overwrites", wl_b),
@@ -1040,6 +1089,7 @@ WORKLOADS: dict[str, tuple[str, Callable[[Tool, argparse.Namespace], dict]]] = {
     "d": ("start-up on a big tree", wl_d),
     "e": ("writer slowdown", wl_e),
     "f": ("same-size overwrites within 1 s", wl_f),
+    "g": ("network cut under 100 writes/s", wl_g),
 }
 
 
@@ -1098,6 +1148,8 @@ ROWS = [  # workload, metric key, label, unit
     ("e", "other_fs_slowdown_pct", "slowdown of the same dd on an unwatched filesystem", "%"),
     ("e", "median_replicated_after_dd_s", "dd end → file at target (median)", "s"),
     ("f", "final_content", "final content after 5 s", ""),
+    ("g", "complete_after_link_up_s", "link back → target complete", "s"),
+    ("g", "writes", "writes during the run", ""),
 ]
 
 
@@ -1106,7 +1158,8 @@ def table(results: dict, tools: list[Tool], cfg: argparse.Namespace) -> tuple[st
     titles = {"a": f"(a) small files 20/s for {a_}", "b": "(b) 1 GiB file, 100 × 4 KiB overwrites",
               "c": f"(c) burst of {cfg.c_files:,} files", "d": f"(d) start-up, {cfg.d_dirs:,} dirs",
               "e": f"(e) {cfg.e_writes:,} × 4 KiB dd, {cfg.e_rounds} rounds A/B",
-              "f": "(f) 50 same-size overwrites in 1 s"}
+              "f": "(f) 50 same-size overwrites in 1 s",
+              "g": f"(g) {cfg.g_cut} s network cut, 100 writes/s"}
     ll, ls = tools[0].key, tools[1].key
     lines = ["| workload | metric | Lifeline | lsyncd+rsync | lsyncd ÷ Lifeline |", "|---|---|---|---|---|"]
     rows = []
@@ -1162,6 +1215,7 @@ def parse_args() -> argparse.Namespace:
     cfg.c_files = 20_000
     cfg.d_dirs = 10_000 if cfg.quick else 100_000
     cfg.e_writes, cfg.e_rounds = 200_000, (3 if cfg.quick else 5)
+    cfg.g_cut = 10 if cfg.quick else 30
     return cfg
 
 

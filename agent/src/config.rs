@@ -67,6 +67,12 @@ pub struct AgentConfig {
     /// catches up when they leave it idle.
     #[arg(long, allow_hyphen_values = true)]
     pub nice: Option<i32>,
+    /// Largest size of the queue log in MiB (default 1024). While the
+    /// receiver is unreachable the log grows with every change; past this it
+    /// is dropped, and the reconciliation that follows the next connection
+    /// finds what it held (as whole files or deltas, not ranges).
+    #[arg(long)]
+    pub queue_max_mib: Option<u64>,
 }
 
 impl AgentConfig {
@@ -81,7 +87,7 @@ impl AgentConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(receiver, token_file, ca, tls_name, machine, state_dir, interval_ms, control, ring_buffer_mib, capture, reconcile_every_s, nice);
+        take!(receiver, token_file, ca, tls_name, machine, state_dir, interval_ms, control, ring_buffer_mib, capture, reconcile_every_s, nice, queue_max_mib);
         if !other.watch.is_empty() {
             self.watch = other.watch;
         }
@@ -114,6 +120,20 @@ impl AgentConfig {
 
     pub fn nice(&self) -> i32 {
         self.nice.unwrap_or(10)
+    }
+
+    /// The kernel ring buffer's size: a power of two from 1 to 1024 MiB
+    /// (the kernel wants a power-of-two number of pages).
+    pub fn ring_buffer_bytes(&self) -> anyhow::Result<u32> {
+        let mib = self.ring_buffer_mib.unwrap_or(16);
+        if !(1..=1024).contains(&mib) || !mib.is_power_of_two() {
+            anyhow::bail!("--ring-buffer-mib {mib}: give a power of two from 1 to 1024 (default 16)");
+        }
+        Ok(mib << 20)
+    }
+
+    pub fn queue_max_bytes(&self) -> u64 {
+        self.queue_max_mib.unwrap_or(1024) << 20
     }
 
     pub fn interval(&self) -> Duration {

@@ -40,9 +40,14 @@ impl AgentControl for ControlService {
                     "eBPF capture is not available on this machine (the agent runs on its fallback watcher)",
                 ));
             };
+            let was = *self.shared.capture.lock().unwrap();
             let result = if enabled { cap.attach() } else { cap.detach() };
             result.map_err(|e| Status::internal(format!("{e:#}")))?;
             *self.shared.capture.lock().unwrap() = if enabled { CaptureMode::Ebpf } else { CaptureMode::Off };
+            if !enabled && was == CaptureMode::Ebpf {
+                // What is written from now on is only found by comparing.
+                self.shared.suspect(std::time::SystemTime::now());
+            }
         }
         if enabled {
             // Catch up with what changed while capture was off.

@@ -24,7 +24,7 @@ use crate::control::{self, ControlService};
 use crate::scheduler::{self, SchedMsg, SchedulerOptions};
 use crate::status::{CaptureMode, Shared};
 use crate::remote::Remote;
-use crate::{fallback, reconcile, sender};
+use crate::{fallback, mapped, reconcile, sender};
 
 /// Drains the kernel's records on a thread of its own into the queue.
 fn spawn_reader(
@@ -35,14 +35,24 @@ fn spawn_reader(
     reconcile_now: Arc<Notify>,
 ) -> anyhow::Result<()> {
     let resolver = Resolver::new(roots.to_vec())?;
+    // Shared writable mappings are watched on a thread of their own.
+    let (map_tx, map_rx) = crossbeam_channel::unbounded();
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new().name("mapped".into()).spawn(move || mapped::run(map_rx, tx))?;
+    }
     std::thread::Builder::new().name("capture".into()).spawn(move || {
         reader.run(resolver, |msg| match msg {
             CaptureMsg::Change(ch) => {
                 shared.kernel_events.fetch_add(1, Relaxed);
+                if matches!(ch.kind, lifeline_capture::ChangeKind::MmapShared) {
+                    let _ = map_tx.send(mapped::Mapping { tgid: ch.tgid, path: ch.path.clone() });
+                }
                 tx.send(SchedMsg::Change(ch, Instant::now())).is_ok()
             }
-            CaptureMsg::Gap { lost, .. } => {
+            CaptureMsg::Gap { lost, since, .. } => {
                 shared.kernel_lost.fetch_add(lost, Relaxed);
+                shared.suspect(since);
                 reconcile_now.notify_one();
                 true
             }
@@ -86,6 +96,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let wal = scheduler::wal::Wal::open(&queue_dir)
         .with_context(|| format!("cannot open the queue log in {}", queue_dir.display()))?;
     let queue_id = wal.queue_id();
+    if let Some(t) = wal.previous_write() {
+        // The previous run's last changes may not have reached the log.
+        shared.suspect(t);
+    }
     let reconcile_now = Arc::new(Notify::new());
     let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<SchedMsg>();
 
@@ -94,7 +108,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let ebpf = match cfg.capture() {
         CaptureChoice::Notify => None,
-        choice => match Capture::load(&CaptureOptions { ring_buffer_bytes: cfg.ring_buffer_mib.unwrap_or(16) << 20 }) {
+        choice => match Capture::load(&CaptureOptions { ring_buffer_bytes: cfg.ring_buffer_bytes()? }) {
             Ok(c) => Some(c),
             Err(e) if choice == CaptureChoice::Auto => {
                 error!(
@@ -139,7 +153,24 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     {
         let shared = shared.clone();
         let roots = roots.clone();
-        let opts = SchedulerOptions { interval: cfg.interval(), ..Default::default() };
+        // Reconciliation's deltas fetch signatures from the scheduler's thread.
+        let delta = scheduler::delta::DeltaOptions {
+            remote: remote.clone(),
+            handle: tokio::runtime::Handle::current(),
+            // (The environment variable is for measuring the threshold:
+            // bench/reconcile.py's workload (c).)
+            min_size: std::env::var("LIFELINE_DELTA_MIN_SIZE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(scheduler::delta::DELTA_MIN_SIZE),
+        };
+        let opts = SchedulerOptions {
+            interval: cfg.interval(),
+            delta: Some(delta),
+            queue_max_bytes: cfg.queue_max_bytes(),
+            reconcile: Some(reconcile_now.clone()),
+            ..Default::default()
+        };
         std::thread::Builder::new()
             .name("scheduler".into())
             .spawn(move || scheduler::run(queue_rx, batch_tx, shared, roots, opts, wal))?;

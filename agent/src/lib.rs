@@ -5,6 +5,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fallback;
+pub mod mapped;
 pub mod reconcile;
 pub mod remote;
 pub mod scheduler;

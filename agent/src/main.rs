@@ -78,6 +78,9 @@ fn print_status(s: &AgentStatus, json: bool) {
             "queue_log_bytes": s.queue_log_bytes,
             "unacked_changes": s.unacked_changes,
             "replays": s.replays,
+            "deltas": s.deltas,
+            "signature_bytes": s.signature_bytes,
+            "delta_fallbacks": s.delta_fallbacks,
         });
         println!("{v}");
         return;
@@ -91,6 +94,10 @@ fn print_status(s: &AgentStatus, json: bool) {
     println!("queue log:    {} changes unacknowledged, {} bytes on disk, replayed {} times", s.unacked_changes, s.queue_log_bytes, s.replays);
     println!("lag:          {} ms", s.lag_ms);
     println!("sent:         {} ops, {} bytes", s.ops_sent, s.bytes_sent);
+    println!(
+        "deltas:       {} files, {} signature bytes received, {} fell back to whole files",
+        s.deltas, s.signature_bytes, s.delta_fallbacks
+    );
     println!("kernel:       {} events, {} lost", s.kernel_events, s.kernel_lost);
     println!("last error:   {}", if s.last_error.is_empty() { "none" } else { &s.last_error });
 }

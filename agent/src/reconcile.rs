@@ -7,6 +7,13 @@
 //! It only names paths: the scheduler reads them when it sends, so a change
 //! racing with the scan is sent in its newest state, and a path that exists
 //! again by then is not removed.
+//!
+//! A regular file the mirror holds an older regular file of is named as a
+//! [`Reconcile::Delta`] with the mirror's size: the dispatcher then sends a
+//! big one as an rsync-style delta against the mirror's copy (see
+//! `scheduler::delta`). That is also where content hashes come in: a file
+//! whose size is the same and only the mtime differs costs a signature and
+//! one copy op when its content is unchanged.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
@@ -41,13 +48,15 @@ pub async fn run(
         if !shared.connected.load(Relaxed) {
             continue; // the next connection triggers it again
         }
-        match reconcile(&remote, &roots, &queue).await {
+        let suspect = shared.take_suspect();
+        match reconcile(&remote, &roots, &queue, suspect).await {
             Ok(n) => {
                 shared.reconciliations.fetch_add(1, Relaxed);
                 shared.initial_sync_done.store(true, Relaxed);
                 info!("reconciliation queued {n} paths that differ from the mirror");
             }
             Err(e) => {
+                shared.suspect_ns(suspect);
                 let msg = format!("reconciliation failed: {e:#}; it will be retried");
                 warn!("{msg}");
                 shared.set_error(msg);
@@ -58,7 +67,7 @@ pub async fn run(
     }
 }
 
-async fn reconcile(remote: &Remote, roots: &[PathBuf], queue: &Sender<SchedMsg>) -> anyhow::Result<usize> {
+async fn reconcile(remote: &Remote, roots: &[PathBuf], queue: &Sender<SchedMsg>, suspect_since_ns: i128) -> anyhow::Result<usize> {
     let mut client = remote.connect().await?;
     let wire_roots: Vec<Vec<u8>> = roots.iter().map(|r| wirepath::from_local(r)).collect::<Result<_, _>>()?;
     let mut req = tonic::Request::new(ListTreeRequest { roots: wire_roots });
@@ -68,7 +77,7 @@ async fn reconcile(remote: &Remote, roots: &[PathBuf], queue: &Sender<SchedMsg>)
     // still streams in: a change near the top is found in milliseconds,
     // whatever the size of the tree.
     let (tx, rx) = std::sync::mpsc::sync_channel::<TreeEntries>(16);
-    let mut comparer = Comparer::new(roots.to_vec(), queue.clone());
+    let mut comparer = Comparer::new(roots.to_vec(), queue.clone()).suspect_since(suspect_since_ns);
     let worker = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
         for msg in rx {
             comparer.take(msg)?;
@@ -94,13 +103,31 @@ pub struct Comparer {
     completed_roots: HashSet<PathBuf>,
     out: Vec<Reconcile>,
     queued: usize,
+    /// Files modified at or after this time (ns since the epoch) are
+    /// compared by content even when size and mtime match: changes to them
+    /// may have been lost (see `Shared::suspect`).
+    suspect_since_ns: i128,
 }
 
 impl Comparer {
     pub fn new(roots: Vec<PathBuf>, queue: Sender<SchedMsg>) -> Comparer {
         // A root's own mode is not in the listing: always send it (one op).
         let out = roots.iter().map(|r| Reconcile::Path(r.clone())).collect();
-        Comparer { roots, queue, remote: HashMap::new(), completed_roots: HashSet::new(), out, queued: 0 }
+        Comparer {
+            roots,
+            queue,
+            remote: HashMap::new(),
+            completed_roots: HashSet::new(),
+            out,
+            queued: 0,
+            suspect_since_ns: i128::MAX,
+        }
+    }
+
+    /// Compares files modified since `since_ns` by content.
+    pub fn suspect_since(mut self, since_ns: i128) -> Comparer {
+        self.suspect_since_ns = since_ns;
+        self
     }
 
     pub fn take(&mut self, msg: TreeEntries) -> anyhow::Result<()> {
@@ -153,13 +180,17 @@ impl Comparer {
             }
             let path = dir.join(&e.rel);
             match remote.remove(e.rel.as_os_str()) {
-                Some(r) if same_entry(&e, &r) => {}
+                Some(r) if same_entry(&e, &r) && !self.suspect(&e) => {}
                 // A directory the mirror lacks (or holds as something else):
                 // everything below it, without waiting for a listing.
                 Some(r) if e.kind == Kind::Dir && r.kind != tree_entry::Kind::Dir as i32 => {
                     self.out.push(Reconcile::Tree(path))
                 }
                 None if e.kind == Kind::Dir => self.out.push(Reconcile::Tree(path)),
+                // An older copy of a regular file: a delta may be sent.
+                Some(r) if e.kind == Kind::File && r.kind == tree_entry::Kind::File as i32 => {
+                    self.out.push(Reconcile::Delta { path, mirror_size: r.size })
+                }
                 _ => self.out.push(Reconcile::Path(path)),
             }
         }
@@ -171,6 +202,21 @@ impl Comparer {
             self.flush()?;
         }
         Ok(())
+    }
+}
+
+impl Comparer {
+    /// Equal size and mtime prove nothing for a file modified while changes
+    /// could be lost: a write in the same timestamp tick as the copy the
+    /// mirror got leaves both unchanged.
+    ///
+    /// A file with several names is compared by content too: the mirror's
+    /// copies of its names may not be linked (links made before the agent
+    /// started, or a link op that failed), and a write through one name then
+    /// leaves the others behind with the same size and mtime.
+    fn suspect(&self, e: &tree::Entry) -> bool {
+        e.kind == Kind::File
+            && (e.nlink > 1 || (e.mtime_sec as i128) * 1_000_000_000 + e.mtime_nsec as i128 >= self.suspect_since_ns)
     }
 }
 
@@ -247,7 +293,7 @@ mod tests {
             got,
             vec![
                 Reconcile::Path(root.clone()),
-                Reconcile::Path(root.join("changed")),
+                Reconcile::Delta { path: root.join("changed"), mirror_size: 1 },
                 Reconcile::Tree(root.join("newdir")),
                 Reconcile::Path(root.join("gone")),
                 Reconcile::Path(root.join("both/new")),

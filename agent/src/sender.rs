@@ -6,6 +6,14 @@
 //! the scheduler replays the log from its checkpoint (batches built for the
 //! old stream are dropped here). A reconciliation follows every connection,
 //! for what the log cannot know (changes while the agent was not running).
+//!
+//! An ack may report a reconciliation delta the receiver could not apply
+//! (`OpError.delta_failed`: its copy changed since it signed it, or the
+//! patched file's hash did not match). The mirror's copy is then as it was,
+//! and the path goes straight back to the scheduler as a plain
+//! reconciliation finding, which is always sent whole: no waiting for the
+//! next reconciliation, and no delta loop. Should the connection break first,
+//! the reconciliation that follows every connection finds the file again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -58,10 +66,14 @@ pub async fn run(remote: Remote, mut queue: Queue, shared: Arc<Shared>, reconcil
                 };
                 if was {
                     warn!("{msg}");
+                    // A connection that worked: the next try comes quickly.
+                    backoff = Duration::from_millis(100);
                 }
                 shared.set_error(msg);
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                // At most half a second apart: a receiver back after a long
+                // cut is found at once (attempts are cheap).
+                backoff = (backoff * 2).min(Duration::from_millis(500));
             }
         }
     }
@@ -132,6 +144,22 @@ async fn stream(
             ack = acks.message() => {
                 let Some(ack) = ack? else { anyhow::bail!("receiver closed the stream") };
                 for e in &ack.errors {
+                    if e.delta_failed {
+                        // The mirror's copy is as it was: send the file whole
+                        // (a `Path` finding is never sent as a delta).
+                        let path = lifeline_core::wirepath::to_local(&e.path);
+                        info!(
+                            "the receiver refused the delta of {} ({}); sending it whole",
+                            path.display(),
+                            e.message
+                        );
+                        shared.delta_fallbacks.fetch_add(1, Relaxed);
+                        let whole = SchedMsg::Reconcile(vec![crate::scheduler::Reconcile::Path(path)]);
+                        if queue.scheduler.send(whole).is_err() {
+                            anyhow::bail!("the scheduler is gone");
+                        }
+                        continue;
+                    }
                     let msg = format!(
                         "receiver could not apply op {} on {}: {}",
                         e.seq,

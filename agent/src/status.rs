@@ -53,7 +53,18 @@ pub struct Shared {
     pub unacked_changes: AtomicU64,
     /// Times the queue was replayed (each connection).
     pub replays: AtomicU64,
+    /// Files sent as deltas against the mirror's copy, bytes of the
+    /// signatures received for them, and deltas that fell back to sending
+    /// the whole file (signature unavailable, or the receiver refused the
+    /// delta).
+    pub deltas: AtomicU64,
+    pub signature_bytes: AtomicU64,
+    pub delta_fallbacks: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Changes made at or after this time (ns since the epoch; i128::MAX:
+    /// none) may have been lost; the next reconciliation compares such files
+    /// by content. See [`Shared::suspect`].
+    suspect_since_ns: Mutex<i128>,
 }
 
 impl Shared {
@@ -79,13 +90,36 @@ impl Shared {
             queue_log_bytes: AtomicU64::new(0),
             unacked_changes: AtomicU64::new(0),
             replays: AtomicU64::new(0),
+            deltas: AtomicU64::new(0),
+            signature_bytes: AtomicU64::new(0),
+            delta_fallbacks: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            suspect_since_ns: Mutex::new(i128::MAX),
         }
     }
 
     /// Milliseconds since the agent started, for the `*_ms` fields.
     pub fn ms(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.started).as_millis() as u64
+    }
+
+    /// Changes made since `since` may have been lost (a full ring buffer,
+    /// the agent not running, capture off). A second of margin covers
+    /// filesystems' coarse timestamps.
+    pub fn suspect(&self, since: std::time::SystemTime) {
+        let since = since - std::time::Duration::from_secs(1);
+        let ns = since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        self.suspect_ns(ns);
+    }
+
+    pub fn suspect_ns(&self, ns: i128) {
+        let mut s = self.suspect_since_ns.lock().unwrap();
+        *s = (*s).min(ns);
+    }
+
+    /// The suspect window for a reconciliation starting now.
+    pub fn take_suspect(&self) -> i128 {
+        std::mem::replace(&mut *self.suspect_since_ns.lock().unwrap(), i128::MAX)
     }
 
     pub fn set_error(&self, e: impl Into<String>) {
@@ -118,6 +152,9 @@ impl Shared {
             queue_log_bytes: self.queue_log_bytes.load(Relaxed),
             unacked_changes: self.unacked_changes.load(Relaxed),
             replays: self.replays.load(Relaxed),
+            deltas: self.deltas.load(Relaxed),
+            signature_bytes: self.signature_bytes.load(Relaxed),
+            delta_fallbacks: self.delta_fallbacks.load(Relaxed),
         }
     }
 }

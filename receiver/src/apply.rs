@@ -23,6 +23,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 use tracing::{debug, warn};
 
+use crate::delta::{Deltas, PartialRecord};
 use crate::progress::Progress;
 use crate::safepath::{kind_at, open_beneath, remove_at, split, Mirror, Resolver, NEW_DIR_MODE};
 
@@ -60,6 +61,7 @@ fn op_name(kind: Option<&op::Kind>) -> &'static str {
         Some(op::Kind::Symlink(_)) => "symlink",
         Some(op::Kind::Link(_)) => "link",
         Some(op::Kind::Setattr(_)) => "setattr",
+        Some(op::Kind::Delta(_)) => "delta",
         None => "op",
     }
 }
@@ -82,6 +84,8 @@ pub struct Applier {
     sync_fd: Option<OwnedFd>,
     /// Ops skipped because an earlier stream applied them.
     pub skipped: u64,
+    /// The delta being applied, if any (see [`crate::delta`]).
+    deltas: Deltas,
 }
 
 impl Applier {
@@ -94,7 +98,22 @@ impl Applier {
             progress: None,
             sync_fd: None,
             skipped: 0,
+            deltas: Deltas::default(),
         }
+    }
+
+    /// Keeps `record` naming the temporary file of the delta being built, and
+    /// first removes the one a receiver killed mid-delta left behind.
+    pub fn with_partial(mut self, mut record: PartialRecord) -> Applier {
+        match record.clean(self.resolver.mirror()) {
+            Ok(Some(p)) => {
+                warn!(machine = %self.label, "removed {}, left behind by a delta that never finished", lossy(&p).escape_debug())
+            }
+            Ok(None) => {}
+            Err(e) => warn!(machine = %self.label, "cannot remove what an unfinished delta left behind: {e}"),
+        }
+        self.deltas.set_record(record);
+        self
     }
 
     /// Remembers (and skips) the tree ops of the agent's queue in `progress`.
@@ -167,6 +186,7 @@ impl Applier {
             seq: op.seq,
             path: op.path.clone(),
             message,
+            delta_failed: false,
         };
         if let Some(prev) = self.last_seq {
             if op.seq <= prev {
@@ -189,8 +209,10 @@ impl Applier {
                 }
             }
         }
-        let result = self.apply_kind(op).map_err(|e| {
-            fail(format!(
+        let is_delta = matches!(op.kind, Some(op::Kind::Delta(_)));
+        let result = self.apply_kind(op).map_err(|e| OpError {
+            delta_failed: is_delta,
+            ..fail(format!(
                 "{} {}: {e}",
                 op_name(op.kind.as_ref()),
                 lossy(&op.path)
@@ -210,9 +232,17 @@ impl Applier {
         let Some(kind) = &op.kind else {
             return Err("the op has no kind (newer agent?)".into());
         };
+        if !matches!(kind, op::Kind::Delta(_)) {
+            self.deltas.interrupt(&self.label);
+        }
         wirepath::validate(&op.path).map_err(|e| format!("refused: {e}"))?;
         let path = &op.path[..];
         match kind {
+            op::Kind::Delta(d) => {
+                let (dir, _) = split(path);
+                let resolver = &mut self.resolver;
+                self.deltas.apply(path, d, || resolver.dir(dir, false).ctx("open parent directory"))
+            }
             op::Kind::Data(d) => self.file_data(path, d),
             op::Kind::Mkdir(m) => self.mkdir(path, m.attr.as_ref()),
             op::Kind::Remove(_) => self.remove(path),
@@ -597,7 +627,7 @@ fn set_attr_fd(fd: BorrowedFd<'_>, attr: &Attr, with_mtime: bool) -> OpResult {
 
 /// Like [`set_attr_fd`] (with mtime) for a file whose `fstat` is `st`:
 /// ownership and mode only where they differ.
-fn set_attr_known(fd: BorrowedFd<'_>, attr: &Attr, st: &rustix::fs::Stat) -> OpResult {
+pub(crate) fn set_attr_known(fd: BorrowedFd<'_>, attr: &Attr, st: &rustix::fs::Stat) -> OpResult {
     let (uid, gid) = owner(attr);
     let uid = uid.filter(|u| u.as_raw() != st.st_uid);
     let gid = gid.filter(|g| g.as_raw() != st.st_gid);

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod delta;
 pub mod db;
 pub mod listing;
 pub mod progress;

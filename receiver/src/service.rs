@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lifeline_core::wirepath;
 use lifeline_proto::v1::replication_server::{Replication, ReplicationServer};
-use lifeline_proto::v1::{Ack, ListTreeRequest, OpBatch, TreeEntries};
+use lifeline_proto::v1::{Ack, ListTreeRequest, OpBatch, SignatureChunk, SignatureRequest, TreeEntries};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::apply::Applier;
 use crate::auth::{Authenticator, MachineName, TokenAuthenticator};
+use crate::delta::{self, PartialRecord};
 use crate::listing;
 use crate::progress::Progress;
 use crate::safepath::{self, Mirror};
@@ -64,6 +65,39 @@ struct Inner {
     auth: Arc<dyn Authenticator>,
     machines: Mutex<HashMap<MachineName, Arc<MachineState>>>,
     shutdown: Arc<Cancel>,
+    fault: Arc<FaultHook>,
+}
+
+/// Test hook for the fault-injection tests (`tests/tests/faults.rs`):
+/// with `LIFELINE_FAULT_ABORT_BEFORE_ACK=N` in the environment (read once,
+/// when the receiver starts), the process aborts right after applying its
+/// N-th group of batches, before that group is synced or acknowledged: the
+/// crash window that replay idempotency must cover. Unset: no effect.
+#[derive(Debug, Default)]
+struct FaultHook {
+    abort_before_ack: Option<u64>,
+    groups: AtomicU64,
+}
+
+impl FaultHook {
+    fn from_env() -> FaultHook {
+        let abort_before_ack = std::env::var("LIFELINE_FAULT_ABORT_BEFORE_ACK").ok().and_then(|v| v.parse().ok());
+        if let Some(n) = abort_before_ack {
+            warn!("fault injection armed: the receiver will abort after applying group {n} of batches, before syncing and acknowledging it");
+        }
+        FaultHook { abort_before_ack, groups: AtomicU64::new(0) }
+    }
+
+    /// Called after a group is applied, before it is synced; `origins`: the
+    /// queue progress before and after the group.
+    fn group_applied(&self, machine: &MachineName, applied_seq: u64, origins: (u64, u64)) {
+        let Some(n) = self.abort_before_ack else { return };
+        if self.groups.fetch_add(1, Ordering::SeqCst) + 1 == n {
+            let (origin_before, applied_origin) = origins;
+            error!(%machine, applied_seq, origin_before, applied_origin, "fault injection: aborting after group {n}, before sync and acknowledgement");
+            std::process::abort();
+        }
+    }
 }
 
 /// The `Replication` service over a store directory.
@@ -106,6 +140,7 @@ impl Receiver {
                 auth,
                 machines: Mutex::new(HashMap::new()),
                 shutdown: Arc::new(Cancel::default()),
+                fault: Arc::new(FaultHook::from_env()),
             }),
         })
     }
@@ -178,11 +213,13 @@ fn probe_openat2(dir: &Path) -> anyhow::Result<()> {
 
 type AckStream = ReceiverStream<Result<Ack, Status>>;
 type TreeStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<TreeEntries, Status>> + Send>>;
+type SignatureStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SignatureChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Replication for Receiver {
     type ReplicateStream = AckStream;
     type ListTreeStream = TreeStream;
+    type GetSignatureStream = SignatureStream;
 
     async fn replicate(
         &self,
@@ -210,10 +247,49 @@ impl Replication for Receiver {
             state,
             cancel,
             shutdown: self.inner.shutdown.clone(),
+            fault: self.inner.fault.clone(),
             tx,
         };
         tokio::spawn(stream.run(req.into_inner(), mirror));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    /// Authenticated and confined like `ListTree`; see [`delta`].
+    async fn get_signature(
+        &self,
+        req: Request<SignatureRequest>,
+    ) -> Result<Response<SignatureStream>, Status> {
+        let machine = self.authenticate(&req)?;
+        let SignatureRequest { path, block_len, strong_len } = req.into_inner();
+        wirepath::validate(&path).map_err(|e| {
+            Status::invalid_argument(format!("invalid path {:?}: {e}", String::from_utf8_lossy(&path)))
+        })?;
+        let mirror = self.open_mirror(&machine).await?;
+        let p = path.clone();
+        let (file, st) = tokio::task::spawn_blocking(move || delta::open_base(&mirror, &p))
+            .await
+            .map_err(|e| Status::internal(format!("opening the base: {e}")))??;
+        debug!(%machine, path = %String::from_utf8_lossy(&path).escape_debug(), size = st.st_size, "signature");
+        let (tx, rx) = mpsc::channel::<Result<SignatureChunk, Status>>(4);
+        let shutdown = self.inner.shutdown.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let sent = delta::send_signature(&file, &st, block_len, strong_len, |msg| {
+                !shutdown.is_cancelled() && tx.blocking_send(Ok(msg)).is_ok()
+            });
+            debug!(%machine, "signature of {} bytes computed in {:?}", st.st_size, started.elapsed());
+            if let Err(e) = sent {
+                let shown = String::from_utf8_lossy(&path);
+                let status = if e.kind() == std::io::ErrorKind::InvalidInput {
+                    Status::invalid_argument(e.to_string())
+                } else {
+                    error!(%machine, "signature of {}: {e}", shown.escape_debug());
+                    Status::internal(format!("signature of {shown}: {e}"))
+                };
+                let _ = tx.blocking_send(Err(status));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list_tree(
@@ -280,6 +356,7 @@ struct Stream {
     state: Arc<MachineState>,
     cancel: Arc<Cancel>,
     shutdown: Arc<Cancel>,
+    fault: Arc<FaultHook>,
     tx: mpsc::Sender<Result<Ack, Status>>,
 }
 
@@ -340,7 +417,25 @@ impl Stream {
             let (store, m, q) = (self.store.clone(), machine.clone(), self.queue_id);
             tokio::task::spawn_blocking(move || (q != 0).then(|| Progress::open(&store, &m, q)).transpose()).await
         };
-        let mut a = Applier::new(mirror, machine.as_str());
+        let partial = {
+            let (store, m, mirror) = (self.store.clone(), machine.clone(), mirror.clone());
+            tokio::task::spawn_blocking(move || {
+                let a = Applier::new(mirror, m.as_str());
+                match PartialRecord::open(&store, &m) {
+                    // Removes what a delta of a killed receiver left behind.
+                    Ok(r) => a.with_partial(r),
+                    Err(e) => {
+                        warn!(machine = %m, "cannot open the delta record: {e}; a receiver killed mid-delta may leave a temporary file");
+                        a
+                    }
+                }
+            })
+            .await
+        };
+        let mut a = match partial {
+            Ok(a) => a,
+            Err(_) => Applier::new(mirror, machine.as_str()),
+        };
         match opened {
             Ok(Ok(Some(p))) => a = a.with_progress(p),
             Ok(Ok(None)) => {}
@@ -380,6 +475,7 @@ impl Stream {
             };
             // Apply this batch and any that already wait, then sync once.
             let group_start = std::time::Instant::now();
+            let origin_before = applier.as_ref().map_or(0, Applier::resume_origin);
             let mut group_bytes = 0usize;
             let mut pending: Option<Ack> = None;
             let mut end_after: Option<Stop> = None;
@@ -423,6 +519,7 @@ impl Stream {
                 }
             }
             let mut a = applier.take().expect("the applier is back");
+            self.fault.group_applied(machine, pending.as_ref().map_or(0, |p| p.applied_seq), (origin_before, a.resume_origin()));
             let synced = tokio::task::spawn_blocking(move || {
                 let r = a.sync();
                 (a, r)
@@ -495,6 +592,16 @@ impl Stream {
 fn data_len(op: &lifeline_proto::v1::Op) -> usize {
     match &op.kind {
         Some(lifeline_proto::v1::op::Kind::Data(d)) => d.chunks.iter().map(|c| c.data.len()).sum(),
+        // Its literals (its copies fill a temporary file that no ack waits
+        // for until the delta's last piece).
+        Some(lifeline_proto::v1::op::Kind::Delta(d)) => d
+            .instrs
+            .iter()
+            .map(|i| match &i.kind {
+                Some(lifeline_proto::v1::delta_instr::Kind::Literal(b)) => b.len(),
+                _ => 0,
+            })
+            .sum(),
         _ => 0,
     }
 }

@@ -10,11 +10,14 @@
 //! - [`attached_tracepoint_programs`] counts, from outside, the eBPF programs a
 //!   process holds attached to tracepoints.
 //! - [`workload`] is a deterministic randomized file-system workload.
+//! - [`NetNs`] is a network namespace joined by a veth pair whose link a test
+//!   can cut; [`log_lines`] and [`log_field`] read the daemons' logs.
 //!
 //! Everything here needs root (mounts, loop devices, eBPF). Nothing skips:
 //! a missing privilege, tool or binary is a loud panic.
 
 mod bpf;
+mod netns;
 mod procs;
 mod scratch;
 pub mod workload;
@@ -28,7 +31,8 @@ use std::time::{Duration, Instant};
 use lifeline_core::tree::{self, CompareOptions};
 
 pub use bpf::{attached_tracepoint_programs, tracepoint_attachments, TracepointAttachment};
-pub use procs::{Agent, AgentOpts, AgentStatus, Receiver};
+pub use netns::NetNs;
+pub use procs::{Agent, AgentOpts, AgentStatus, Receiver, ReceiverOpts};
 pub use scratch::ScratchFs;
 
 /// Panics unless the process runs as root.
@@ -233,6 +237,33 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The lines of a log file that contain `needle` (none if it cannot be
+/// read).
+pub fn log_lines(path: &Path, needle: &str) -> Vec<String> {
+    fs::read(path)
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The number in ` key=NUMBER` in a log line (tracing's `key=value`
+/// fields).
+pub fn log_field(line: &str, key: &str) -> Option<u64> {
+    let pat = format!("{key}=");
+    line.match_indices(&pat)
+        .filter(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')
+        .find_map(|(i, _)| {
+            let rest = &line[i + pat.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+}
+
 /// At most `n` lines of `diffs`, with a count of the rest.
 pub fn summarize(diffs: &[String], n: usize) -> String {
     let mut s = diffs.iter().take(n).cloned().collect::<Vec<_>>().join("\n");
@@ -255,6 +286,15 @@ mod tests {
             "{}",
             d.display()
         );
+    }
+
+    #[test]
+    fn log_fields_are_found_by_key() {
+        let l = "INFO x: replication stream stopped machine=m batches=3 ops=10 skipped=2";
+        assert_eq!(log_field(l, "skipped"), Some(2));
+        assert_eq!(log_field(l, "ops"), Some(10));
+        assert_eq!(log_field(l, "machine"), None);
+        assert_eq!(log_field("xops=4 ops=5", "ops"), Some(5));
     }
 
     #[test]

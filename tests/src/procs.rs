@@ -1,9 +1,9 @@
 //! Running `lifeline-receiver` and `lifeline-agent` as child processes.
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -47,6 +47,11 @@ impl Killed {
         matches!(self.0.try_wait(), Ok(None))
     }
 
+    /// How the process ended, if it has (reaping it).
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+
     fn kill(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = self.0.kill(); // SIGKILL
@@ -66,82 +71,183 @@ fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-/// A running `lifeline-receiver --listen 127.0.0.1:PORT --store DIR`; killed
-/// on drop.
+/// How to start `lifeline-receiver`.
+#[derive(Clone, Debug)]
+pub struct ReceiverOpts {
+    pub store: PathBuf,
+    /// Where stdout and stderr go (appended, also across restarts).
+    pub log: PathBuf,
+    /// The address to listen on (default 127.0.0.1); the harness connects to
+    /// it to see the receiver ready.
+    pub host: IpAddr,
+    /// The port; `None` picks a free one (another one if it is taken before
+    /// the receiver binds it).
+    pub port: Option<u16>,
+    /// Run the receiver inside this network namespace (`ip netns exec NS`,
+    /// which execs it: the child's pid is the receiver's).
+    pub netns: Option<String>,
+    /// Extra environment variables (e.g. fault-injection hooks).
+    pub env: Vec<(String, String)>,
+}
+
+impl ReceiverOpts {
+    /// 127.0.0.1 on a free port, log at `<store>.receiver.log` (beside the
+    /// store).
+    pub fn new(store: &Path) -> ReceiverOpts {
+        let mut log = store.as_os_str().to_owned();
+        log.push(".receiver.log");
+        ReceiverOpts {
+            store: store.to_path_buf(),
+            log: PathBuf::from(log),
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: None,
+            netns: None,
+            env: Vec::new(),
+        }
+    }
+}
+
+/// A running `lifeline-receiver --listen HOST:PORT --store DIR`; killed on
+/// drop.
 pub struct Receiver {
     child: Killed,
     port: u16,
-    store: PathBuf,
-    log: PathBuf,
+    opts: ReceiverOpts,
 }
 
 impl Receiver {
     /// Starts a receiver on a free port with its log at
     /// `<store>.receiver.log` (beside the store).
     pub fn start(store: &Path) -> Receiver {
-        let mut log = store.as_os_str().to_owned();
-        log.push(".receiver.log");
-        Receiver::start_with_log(store, Path::new(&log))
+        Receiver::start_opts(ReceiverOpts::new(store))
     }
 
     /// Starts a receiver on a free port and waits until the port accepts
     /// connections. A receiver that exits while starting (another process
     /// took the port in between) is retried on another port.
     pub fn start_with_log(store: &Path, log: &Path) -> Receiver {
-        let exe = bin_path("lifeline-receiver");
-        fs::create_dir_all(store).unwrap_or_else(|e| panic!("mkdir {}: {e}", store.display()));
+        let mut opts = ReceiverOpts::new(store);
+        opts.log = log.to_path_buf();
+        Receiver::start_opts(opts)
+    }
+
+    /// Starts a receiver as `opts` say and waits until its port accepts
+    /// connections. Without a fixed port, a receiver that exits while
+    /// starting (another process took the port in between) is retried on
+    /// another port; with one, it is retried on the same port for a few
+    /// seconds.
+    pub fn start_opts(opts: ReceiverOpts) -> Receiver {
+        fs::create_dir_all(&opts.store)
+            .unwrap_or_else(|e| panic!("mkdir {}: {e}", opts.store.display()));
         let mut last_failure = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let child = spawn_logged(
-                Command::new(&exe).arg("--listen").arg(format!("127.0.0.1:{port}")).arg("--store").arg(store),
-                log,
-            );
+        for attempt in 0..10 {
+            if opts.port.is_none() && attempt >= 5 {
+                break;
+            }
+            if opts.port.is_some() && attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let port = opts.port.unwrap_or_else(free_port);
+            let child = Receiver::spawn(&opts, port);
             let mut r = Receiver {
                 child,
                 port,
-                store: store.to_path_buf(),
-                log: log.to_path_buf(),
+                opts: opts.clone(),
             };
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if let Ok(Some(status)) = r.child.0.try_wait() {
-                    last_failure =
-                        format!("receiver exited while starting on port {port}: {status}");
-                    break;
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return r;
-                }
-                if Instant::now() >= deadline {
-                    panic!(
-                        "receiver did not accept connections on {addr} within 30 s\n{}",
-                        r.log_tail(LOG_LINES)
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            match r.wait_accepting() {
+                Ok(()) => return r,
+                Err(e) => last_failure = e,
             }
         }
         panic!(
             "{last_failure}\n--- {} ---\n{}",
-            log.display(),
-            tail(log, LOG_LINES)
+            opts.log.display(),
+            tail(&opts.log, LOG_LINES)
         );
+    }
+
+    fn spawn(opts: &ReceiverOpts, port: u16) -> Killed {
+        let exe = bin_path("lifeline-receiver");
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new(crate::require_tool("ip"));
+                c.args(["netns", "exec", ns]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        cmd.arg("--listen")
+            .arg(SocketAddr::new(opts.host, port).to_string())
+            .arg("--store")
+            .arg(&opts.store);
+        if !opts.host.is_loopback() {
+            // The generated server certificate must name the address agents
+            // connect to.
+            cmd.arg("--tls-name").arg(opts.host.to_string());
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        spawn_logged(&mut cmd, &opts.log)
+    }
+
+    /// Waits until the port accepts connections; Err if the receiver exits
+    /// first. Panics (with the log) after 30 s.
+    fn wait_accepting(&mut self) -> Result<(), String> {
+        let addr = SocketAddr::new(self.opts.host, self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.exit_status() {
+                return Err(format!(
+                    "receiver exited while starting on {addr}: {status}"
+                ));
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "receiver did not accept connections on {addr} within 30 s\n{}",
+                    self.log_tail(LOG_LINES)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILLs the receiver if it still runs, and starts it again with the
+    /// same options on the same port (same store, same log), with `env`
+    /// instead of the environment it had.
+    pub fn restart_with_env(&mut self, env: Vec<(String, String)>) {
+        self.child.kill();
+        let mut opts = self.opts.clone();
+        opts.port = Some(self.port);
+        opts.env = env;
+        *self = Receiver::start_opts(opts);
+    }
+
+    /// SIGKILLs the receiver if it still runs, and starts it again on the
+    /// same port, store and log.
+    pub fn restart(&mut self) {
+        self.restart_with_env(self.opts.env.clone());
+    }
+
+    pub fn opts(&self) -> &ReceiverOpts {
+        &self.opts
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `https://127.0.0.1:PORT`, what `lifeline-agent run --receiver` takes.
+    /// `https://HOST:PORT`, what `lifeline-agent run --receiver` takes.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}", SocketAddr::new(self.opts.host, self.port))
     }
 
     /// Where the credentials this receiver issued are written.
     pub fn credentials_dir(&self) -> PathBuf {
-        let mut d = self.store.as_os_str().to_owned();
+        let mut d = self.opts.store.as_os_str().to_owned();
         d.push(".credentials");
         PathBuf::from(d)
     }
@@ -155,7 +261,7 @@ impl Receiver {
         if !token.exists() {
             let out = Command::new(bin_path("lifeline-receiver"))
                 .args(["machine", "add", machine, "--store"])
-                .arg(&self.store)
+                .arg(&self.opts.store)
                 .arg("--out")
                 .arg(&dir)
                 .output()
@@ -175,12 +281,12 @@ impl Receiver {
     }
 
     pub fn store(&self) -> &Path {
-        &self.store
+        &self.opts.store
     }
 
     /// `<store>/mirror/<machine>`.
     pub fn machine_root(&self, machine: &str) -> PathBuf {
-        self.store.join("mirror").join(machine)
+        self.opts.store.join("mirror").join(machine)
     }
 
     /// Where the receiver keeps machine `machine`'s copy of the absolute
@@ -193,21 +299,26 @@ impl Receiver {
     }
 
     pub fn log_path(&self) -> &Path {
-        &self.log
+        &self.opts.log
     }
 
     /// The last `n` lines of the log, headed by its path.
     pub fn log_tail(&self, n: usize) -> String {
         format!(
             "--- receiver log {} ---\n{}",
-            self.log.display(),
-            tail(&self.log, n)
+            self.opts.log.display(),
+            tail(&self.opts.log, n)
         )
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.is_running()
+    }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.exit_status()
     }
 
     /// SIGKILL and reap.
@@ -235,6 +346,8 @@ pub struct AgentOpts {
     pub log: Option<PathBuf>,
     /// Extra arguments after the ones above.
     pub extra_args: Vec<String>,
+    /// Run as this (uid, gid) instead of root.
+    pub run_as: Option<(u32, u32)>,
     /// How long `start` waits for `status --json` to answer.
     pub start_timeout: Duration,
 }
@@ -255,6 +368,7 @@ impl AgentOpts {
             control: None,
             log: None,
             extra_args: Vec::new(),
+            run_as: None,
             start_timeout: Duration::from_secs(30),
         }
     }
@@ -277,6 +391,18 @@ pub struct AgentStatus {
     pub kernel_events: u64,
     /// Records lost (ring buffer full).
     pub kernel_lost: u64,
+    /// Reconciliations run.
+    #[serde(default)]
+    pub reconciliations: u64,
+    /// Times the queue log was replayed (once per connection).
+    #[serde(default)]
+    pub replays: u64,
+    /// Changes in the queue log not yet acknowledged.
+    #[serde(default)]
+    pub unacked_changes: u64,
+    /// Bytes the queue log takes on disk.
+    #[serde(default)]
+    pub queue_log_bytes: u64,
 }
 
 /// A running `lifeline-agent run`; SIGKILLed on drop.
@@ -324,6 +450,10 @@ impl Agent {
             cmd.arg("--control").arg(c);
         }
         cmd.args(&opts.extra_args);
+        if let Some((uid, gid)) = opts.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         let child = spawn_logged(&mut cmd, &log);
         let mut agent = Agent {
             child,
@@ -472,8 +602,21 @@ impl Agent {
         self.child.is_running()
     }
 
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.exit_status()
+    }
+
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
         self.child.kill();
+    }
+
+    /// SIGKILLs the agent if it still runs and starts it again with the same
+    /// options (same state directory: it replays its queue log); waits as
+    /// [`Agent::start`] does.
+    pub fn restart(&mut self) {
+        self.child.kill();
+        *self = Agent::start(self.opts.clone());
     }
 }

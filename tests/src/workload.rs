@@ -23,6 +23,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -209,6 +212,10 @@ pub struct WorkloadOptions {
     /// Put before every name the run creates, so that several runs can share
     /// one directory.
     pub prefix: String,
+    /// Incremented after every operation (to watch a run from outside).
+    pub progress: Option<Arc<AtomicUsize>>,
+    /// Checked before every operation: the run ends early once it is set.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl WorkloadOptions {
@@ -218,6 +225,8 @@ impl WorkloadOptions {
             ops,
             pacing: Pacing::None,
             prefix: String::new(),
+            progress: None,
+            stop: None,
         }
     }
 }
@@ -233,6 +242,9 @@ pub fn run_workload_with(root: &Path, opts: &WorkloadOptions) -> WorkloadStats {
     let mut w = Workload::new(root, opts);
     let start = Instant::now();
     for i in 0..opts.ops {
+        if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            break;
+        }
         match opts.pacing {
             Pacing::None => {}
             Pacing::OpsPerSec(n) => {
@@ -249,8 +261,119 @@ pub fn run_workload_with(root: &Path, opts: &WorkloadOptions) -> WorkloadStats {
         }
         let kind = w.step();
         *w.stats.counts.entry(kind).or_default() += 1;
+        if let Some(p) = &opts.progress {
+            p.fetch_add(1, Ordering::SeqCst);
+        }
     }
     w.finish()
+}
+
+/// A workload running on a thread of its own, in rounds, until stopped:
+/// round `r` is [`run_workload_with`] with seed `seed + r` and name prefix
+/// `<prefix>r<r>-`, so that a test can inject faults for as long as it needs
+/// while files keep changing.
+pub struct Background {
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicUsize>,
+    handle: Option<JoinHandle<(usize, WorkloadStats)>>,
+    started: Instant,
+}
+
+/// What a [`Background`] workload did.
+#[derive(Clone, Debug, Default)]
+pub struct BackgroundStats {
+    pub rounds: usize,
+    pub ops: usize,
+    pub bytes_written: u64,
+    pub took: Duration,
+}
+
+impl Background {
+    /// Starts rounds of `round` (its `ops`, pacing and prefix) against `root`.
+    pub fn start(root: &Path, round: WorkloadOptions) -> Background {
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicUsize::new(0));
+        let (root, s, p) = (root.to_path_buf(), stop.clone(), progress.clone());
+        let handle = std::thread::Builder::new()
+            .name("workload".into())
+            .spawn(move || {
+                let mut total = WorkloadStats::default();
+                let mut r = 0;
+                while !s.load(Ordering::SeqCst) {
+                    let mut o = round.clone();
+                    o.seed = round.seed.wrapping_add(r as u64);
+                    o.prefix = format!("{}r{r}-", round.prefix);
+                    o.progress = Some(p.clone());
+                    o.stop = Some(s.clone());
+                    let st = run_workload_with(&root, &o);
+                    for (k, n) in st.counts {
+                        *total.counts.entry(k).or_default() += n;
+                    }
+                    total.bytes_written += st.bytes_written;
+                    r += 1;
+                }
+                (r, total)
+            })
+            .expect("spawn the workload thread");
+        Background {
+            stop,
+            progress,
+            handle: Some(handle),
+            started: Instant::now(),
+        }
+    }
+
+    /// Operations done so far.
+    pub fn ops(&self) -> usize {
+        self.progress.load(Ordering::SeqCst)
+    }
+
+    /// Whether the thread still runs (false after a panic in it).
+    pub fn is_running(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Waits (up to `timeout`) until the workload is in the middle of a
+    /// burst: an operation completed within the last millisecond or two.
+    /// Returns whether it was.
+    pub fn wait_mid_burst(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut last = self.ops();
+        while Instant::now() < deadline && self.is_running() {
+            std::thread::sleep(Duration::from_millis(1));
+            let now = self.ops();
+            if now != last {
+                return true;
+            }
+            last = now;
+        }
+        false
+    }
+
+    /// Stops after the current operation and returns what was done; panics
+    /// if the workload thread panicked.
+    pub fn stop(mut self) -> BackgroundStats {
+        self.stop.store(true, Ordering::SeqCst);
+        let (rounds, stats) = match self.handle.take().expect("not stopped yet").join() {
+            Ok(v) => v,
+            Err(e) => std::panic::resume_unwind(e),
+        };
+        BackgroundStats {
+            rounds,
+            ops: stats.total(),
+            bytes_written: stats.bytes_written,
+            took: self.started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// A regular file of the model: its path and which inode it is (hard links

@@ -462,19 +462,21 @@ fn write_run_renamed_while_open_reaches_mirror() {
     );
 }
 
-/// Writes through a shared mapping bypass the write syscalls: only the
-/// periodic reconciliation finds them (by their mtime), and does.
+/// Writes through a shared mapping bypass the write syscalls: the agent
+/// watches a file mapped shared and writable, re-checks it when its mtime
+/// moves (msync, writeback) and once more when the mapping goes away.
 #[test]
-fn periodic_reconciliation_catches_writes_through_shared_mmap() {
+fn writes_through_shared_mmap_reach_the_mirror_while_mapped_and_at_unmap() {
     preflight();
-    let mut rig = Rig::new("mmap", ScratchFs::tmpfs(256));
+    let mut rig = Rig::new("mmap", ScratchFs::ext4(256));
     let path = rig.src.join("mapped.bin");
-    fs::write(&path, vec![b'a'; 64 * 1024]).unwrap();
-    rig.start_agent_with(&["--reconcile-every-s", "1"]);
+    let len = 64 * 1024;
+    fs::write(&path, vec![b'a'; len]).unwrap();
+    // No periodic reconciliation: only the mapping watcher can see these.
+    rig.start_agent_with(&["--reconcile-every-s", "0"]);
     rig.wait_ready();
     rig.assert_identical(SYNC_TIMEOUT, "before mapping");
     let f = OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let len = 64 * 1024;
     unsafe {
         use std::os::fd::AsRawFd;
         let p = libc::mmap(
@@ -486,14 +488,61 @@ fn periodic_reconciliation_catches_writes_through_shared_mmap() {
             0,
         );
         assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-        // Let the agent see the mapping (and send the file as it is) first.
-        std::thread::sleep(Duration::from_millis(200));
         let bytes = std::slice::from_raw_parts_mut(p as *mut u8, len);
+        // Written and synced while the file stays mapped (and open).
+        std::thread::sleep(Duration::from_millis(300));
         bytes[1000..1010].copy_from_slice(b"0123456789");
-        bytes[60_000] = b'z';
         assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0);
+        rig.assert_identical(Duration::from_secs(5), "after msync, still mapped");
+        // Written and unmapped without msync.
+        bytes[60_000] = b'z';
         libc::munmap(p, len);
     }
     drop(f);
-    rig.assert_identical(Duration::from_secs(10), "after writes through the mapping");
+    rig.assert_identical(Duration::from_secs(5), "after munmap");
+}
+
+/// Where eBPF cannot load (here: no privileges), the agent says so loudly
+/// and replicates with the inotify watcher and periodic reconciliation.
+#[test]
+fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
+    preflight();
+    let mut rig = Rig::new("noroot", ScratchFs::tmpfs(64));
+    let nobody = (65534u32, 65534u32);
+    let own = |p: &std::path::Path| std::os::unix::fs::chown(p, Some(nobody.0), Some(nobody.1)).unwrap();
+    // The unprivileged agent must reach its files: open up our scratch
+    // directories above the watched tree (never /tmp itself).
+    for d in rig.src.ancestors().skip(1).take_while(|d| d.starts_with("/tmp/") && *d != std::path::Path::new("/tmp/")) {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::create_dir(rig.src.join("d")).unwrap();
+    fs::write(rig.src.join("d/before.txt"), b"before the agent").unwrap();
+    for p in [rig.src.clone(), rig.src.join("d"), rig.src.join("d/before.txt")] {
+        own(&p);
+    }
+    let home = rig.fs.subdir("agent-home");
+    let state = home.join("state");
+    fs::create_dir(&state).unwrap();
+    own(&home);
+    own(&state);
+    let (token, ca) = rig.receiver.credentials(&rig.machine);
+    let (my_token, my_ca) = (home.join("agent.token"), home.join("ca.crt"));
+    fs::copy(&token, &my_token).unwrap();
+    fs::copy(&ca, &my_ca).unwrap();
+    own(&my_token);
+    let mut opts = AgentOpts::new(&rig.receiver, &rig.machine, &[&rig.src], &state);
+    opts.token_file = my_token;
+    opts.ca = my_ca;
+    opts.run_as = Some(nobody);
+    opts.log = Some(rig.dir.path().join("agent.log"));
+    rig.agent = Some(Agent::start(opts));
+    rig.wait_ready_capturing_with("notify");
+    let log = fs::read_to_string(rig.dir.path().join("agent.log")).unwrap();
+    assert!(log.contains("FALLING BACK to the inotify watcher"), "no loud fallback message:\n{log}");
+    rig.assert_identical(SYNC_TIMEOUT, "initial sync without privileges");
+    fs::write(rig.src.join("d/after.txt"), b"written while watched").unwrap();
+    fs::rename(rig.src.join("d/before.txt"), rig.src.join("d/renamed.txt")).unwrap();
+    fs::create_dir(rig.src.join("new")).unwrap();
+    fs::write(rig.src.join("new/f"), vec![7u8; 100_000]).unwrap();
+    rig.assert_identical(SYNC_TIMEOUT, "changes seen by the watcher");
 }

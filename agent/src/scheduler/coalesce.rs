@@ -37,6 +37,10 @@ pub enum What {
     Attr,
     /// Reconciliation: whatever is at the path now, or remove it if nothing is.
     Check,
+    /// Reconciliation of a path the mirror holds an older regular file of
+    /// (`base_len` bytes when listed): like `Check`, but a regular file big
+    /// enough is sent as a delta against the mirror's copy.
+    Delta { base_len: u64 },
     /// Everything under the path (a tree that appeared from outside).
     Tree,
 }
@@ -175,10 +179,13 @@ impl Coalescer {
     /// Makes the entry for `local` a file entry and returns its parts.
     fn file(&mut self, local: &Path, id: (u64, u64), since: Instant, origin: u64) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
         let c = self.entry(local, id, since, origin, What::File { ranges: RangeSet::new(), truncate_to: None, full: false });
-        if !matches!(c.what, What::File { .. } | What::Check | What::Tree) {
+        if !matches!(c.what, What::File { .. } | What::Check | What::Delta { .. } | What::Tree) {
             c.what = What::File { ranges: RangeSet::new(), truncate_to: None, full: false };
         }
-        if matches!(c.what, What::Check | What::Tree) {
+        // A captured change on top of a reconciliation's finding: the
+        // ranges alone are not enough, and a delta is not made against a
+        // base that ops in flight may be changing.
+        if matches!(c.what, What::Check | What::Delta { .. } | What::Tree) {
             c.what = What::File { ranges: RangeSet::new(), truncate_to: None, full: true };
         }
         match &mut c.what {
@@ -248,6 +255,17 @@ impl Coalescer {
         self.remote_done = applied;
     }
 
+    /// Every pending file is to be read whole: the ranges known for it are
+    /// not all that changed (the log was written by an agent that stopped,
+    /// and the files may have changed while none ran).
+    pub fn read_files_whole(&mut self) {
+        for item in self.items.iter_mut().flatten() {
+            if let Item::Content(Content { what: What::File { full, .. }, .. }) = item {
+                *full = true;
+            }
+        }
+    }
+
     /// The oldest queue origin still pending ([`NO_ORIGIN`]: none).
     pub fn min_origin(&self) -> u64 {
         self.items.iter().flatten().map(Item::origin).min().unwrap_or(NO_ORIGIN)
@@ -303,17 +321,31 @@ impl Coalescer {
                 } else if self.watched(to) {
                     self.cancel_under(to);
                     self.push_tree_op(Item::Link { from: p.to_path_buf(), to: to.clone(), since: now, origin });
-                    // Both names now denote one file (learnt from the new
-                    // name, which exists unless it is already gone again).
-                    if let Ok(md) = std::fs::symlink_metadata(to) {
+                    // Both names now denote one file. Which file: the one
+                    // whose pending data is queued under `p` (its inode came
+                    // with the captured writes), else what the new name is
+                    // now — asked only then, because when the queue runs
+                    // behind (a backlog, a replay) that name may already
+                    // have been renamed or removed.
+                    let id = self.file_id(p).or_else(|| {
                         use std::os::unix::fs::MetadataExt;
-                        if md.is_file() {
-                            self.links.add((md.dev(), md.ino()), p);
-                            self.links.add((md.dev(), md.ino()), to);
-                        }
+                        std::fs::symlink_metadata(to).ok().filter(|md| md.is_file()).map(|md| (md.dev(), md.ino()))
+                    });
+                    if let Some(id) = id {
+                        self.links.add(id, p);
+                        self.links.add(id, to);
                     }
                 }
             }
+        }
+    }
+
+    /// The `(st_dev, inode)` of the file whose data is pending under `p`, if
+    /// the captured changes told it.
+    fn file_id(&self, p: &Path) -> Option<(u64, u64)> {
+        match self.items[*self.index.get(p)?].as_ref()? {
+            Item::Content(c) if c.ino != 0 && matches!(c.what, What::File { .. }) => Some((c.dev, c.ino)),
+            _ => None,
         }
     }
 
@@ -381,6 +413,13 @@ impl Coalescer {
         // No longer found by name: later changes go to the copy.
         c.local = other.clone();
         let mut copy = c.clone();
+        // Writes through the other names after this entry's truncation are
+        // not in its ranges (they are in the copy's place): sent as it is,
+        // its truncation would cut them off the file both names share at
+        // the receiver. It is read whole instead.
+        if let What::File { full, .. } = &mut c.what {
+            *full = true;
+        }
         self.index.remove(p);
         copy.remote = other;
         copy.since = copy.since.min(now);
@@ -427,10 +466,29 @@ impl Coalescer {
 
     fn check_at(&mut self, p: &Path, now: Instant, origin: u64) {
         let c = self.entry(p, (0, 0), now, origin, What::Check);
+        // Whatever is at the path when sent: a pending entry's inode guard
+        // no longer applies (that inode may be long gone, after a restart).
+        (c.dev, c.ino) = (0, 0);
         if let What::File { full, .. } = &mut c.what {
             *full = true;
         } else if !matches!(c.what, What::Tree) {
             c.what = What::Check;
+        }
+    }
+
+    /// Reconciliation: the mirror holds an older regular file at `p`, of
+    /// `base_len` bytes: send a delta against it if `p` is still a regular
+    /// file big enough when sent. A path already pending for something
+    /// else keeps what it has (sent whole: a captured change, or a failed
+    /// delta's retry, which must not become a delta again).
+    pub fn check_delta(&mut self, p: &Path, base_len: u64, now: Instant) {
+        let c = self.entry(p, (0, 0), now, NO_ORIGIN, What::Delta { base_len });
+        (c.dev, c.ino) = (0, 0);
+        match &mut c.what {
+            What::File { full, .. } => *full = true,
+            What::Delta { base_len: b } => *b = base_len,
+            What::Check | What::Tree => {}
+            _ => c.what = What::Check,
         }
     }
 
@@ -442,6 +500,24 @@ impl Coalescer {
     fn tree_at(&mut self, p: &Path, now: Instant, origin: u64) {
         let c = self.entry(p, (0, 0), now, origin, What::Tree);
         c.what = What::Tree;
+    }
+
+    /// A file entry whose local name no longer holds its file (`c.ino`) is
+    /// re-pointed to a name the file has now, if one is known: the entry
+    /// left in place by [`Coalescer::keep_data_of_linked_file`] is not in
+    /// the index, so later renames of that name did not move it. Returns
+    /// whether it was re-pointed.
+    pub fn relocate(&self, c: &mut Content) -> bool {
+        if c.ino == 0 || !matches!(c.what, What::File { .. }) {
+            return false;
+        }
+        match self.links.name_of((c.dev, c.ino)) {
+            Some(name) if name != c.local => {
+                c.local = name.to_path_buf();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Puts back an entry whose local object had vanished at send time. It is
@@ -699,6 +775,66 @@ mod tests {
     }
 
     #[test]
+    fn a_link_seen_late_still_keeps_the_data_of_its_file() {
+        // Created as a, linked as b, b renamed to c, a unlinked: when the
+        // queue runs behind, b is already gone when the link is taken in.
+        // The data that creates the file must still be sent (under a, before
+        // the link and rename that need it), not cancelled with a's name.
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().canonicalize().unwrap();
+        let (a, b, c) = (w.join("a"), w.join("b"), w.join("c"));
+        std::fs::write(&c, b"data").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(&c).unwrap();
+        let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+        let mut co = Coalescer::new(vec![w.clone()]);
+        let mut created = ch(&s(&a), ChangeKind::Open { created: true, truncated: false });
+        let mut write = ch(&s(&a), ChangeKind::Write { offset: 0, len: 4 });
+        (created.dev, created.ino) = (md.dev(), md.ino());
+        (write.dev, write.ino) = (md.dev(), md.ino());
+        add_all(&mut co, &[
+            created,
+            write,
+            ch(&s(&a), ChangeKind::Link { to: b.clone() }),
+            ch(&s(&b), ChangeKind::Rename { to: c.clone(), exchange: false }),
+            ch(&s(&a), ChangeKind::Unlink),
+        ]);
+        let got: Vec<String> = ops(&co.take()).into_iter().map(|o| o.replace(&s(&w), "")).collect();
+        assert_eq!(got, ["data /a (from /c)", "link /a /b", "rename /b /c", "data /c (from /c)", "remove /a"]);
+    }
+
+    #[test]
+    fn data_left_under_a_surviving_name_follows_it_when_renamed() {
+        // a written, linked as b, a unlinked (its data now read through b),
+        // then b renamed to c: the entry that creates the file must be read
+        // through c.
+        let d = tempfile::tempdir().unwrap();
+        let w = d.path().canonicalize().unwrap();
+        let (a, b, c) = (w.join("a"), w.join("b"), w.join("c"));
+        std::fs::write(&c, b"data").unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(&c).unwrap();
+        let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+        let mut co = Coalescer::new(vec![w.clone()]);
+        let mut write = ch(&s(&a), ChangeKind::Write { offset: 0, len: 4 });
+        (write.dev, write.ino) = (md.dev(), md.ino());
+        add_all(&mut co, &[
+            write,
+            ch(&s(&a), ChangeKind::Link { to: b.clone() }),
+            ch(&s(&a), ChangeKind::Unlink),
+            ch(&s(&b), ChangeKind::Rename { to: c.clone(), exchange: false }),
+        ]);
+        let items = co.take();
+        let Item::Content(mut first) = items[0].clone() else { panic!("{items:?}") };
+        assert_eq!((first.remote.as_path(), first.local.as_path()), (a.as_path(), b.as_path()));
+        // Read whole: writes through b since are not in its ranges.
+        assert!(matches!(first.what, What::File { full: true, .. }), "{:?}", first.what);
+        assert!(co.relocate(&mut first));
+        assert_eq!(first.local, c);
+        assert!(!co.relocate(&mut first), "already there");
+    }
+
+    #[test]
     fn a_linked_file_created_then_renamed_over_is_created_before_its_rename() {
         // f created, renamed to r, linked as h, then r81 renamed over r: the
         // data that creates f must come before the rename and the link.
@@ -727,6 +863,32 @@ mod tests {
             "data /h (from /h)",
             "rename /r81 /r",
         ]);
+    }
+
+    #[test]
+    fn a_delta_finding_yields_to_whole_file_sends() {
+        let now = Instant::now();
+        let what = |c: &mut Coalescer| {
+            let items = c.take();
+            let Item::Content(e) = &items[0] else { panic!() };
+            e.what.clone()
+        };
+        let mut c = co();
+        c.check_delta(Path::new("/w/a"), 10, now);
+        c.check_delta(Path::new("/w/a"), 20, now);
+        assert_eq!(what(&mut c), What::Delta { base_len: 20 });
+        // A failed delta comes back as a plain check: never a delta again.
+        c.check_delta(Path::new("/w/a"), 10, now);
+        c.check(Path::new("/w/a"), now);
+        c.check_delta(Path::new("/w/a"), 10, now);
+        assert_eq!(what(&mut c), What::Check);
+        // A captured write on top: the whole file.
+        c.check_delta(Path::new("/w/a"), 10, now);
+        c.add(&write("/w/a", 0, 1), 1, now);
+        assert!(matches!(what(&mut c), What::File { full: true, .. }));
+        c.add(&write("/w/a", 0, 1), 1, now);
+        c.check_delta(Path::new("/w/a"), 10, now);
+        assert!(matches!(what(&mut c), What::File { full: true, .. }));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use lifeline_proto::v1::{self as pb, op::Kind};
 use tracing::{debug, warn};
 
 use super::coalesce::{Content, Item, What, NO_ORIGIN};
+use super::delta::DeltaSource;
 
 /// A batch ready for the network, with what the sender needs to account for it.
 pub struct OutBatch {
@@ -54,11 +55,20 @@ pub struct BatchBuilder<'a> {
     item_origin: u64,
     epoch: u64,
     out: &'a mut dyn FnMut(OutBatch),
+    /// Signatures for deltas (none: files are always sent whole).
+    delta: Option<&'a mut DeltaSource>,
 }
 
 impl<'a> BatchBuilder<'a> {
     pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
-        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, min_origin: NO_ORIGIN, item_origin: NO_ORIGIN, epoch, out }
+        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, min_origin: NO_ORIGIN, item_origin: NO_ORIGIN, epoch, out, delta: None }
+    }
+
+    /// Sends reconciliation's files as deltas where worthwhile, with
+    /// signatures from `source`.
+    pub fn with_delta(mut self, source: Option<&'a mut DeltaSource>) -> BatchBuilder<'a> {
+        self.delta = source;
+        self
     }
 
     fn push(&mut self, path: &Path, kind: Kind, since: Instant) {
@@ -77,6 +87,8 @@ impl<'a> BatchBuilder<'a> {
         debug!(seq = *self.seq, path = %path.display(), op = kind_name(&kind), "op");
         self.bytes += match &kind {
             Kind::Data(d) => d.chunks.iter().map(|c| c.data.len()).sum::<usize>(),
+            // Literals, copy instructions, hash, attributes: all of it.
+            Kind::Delta(d) => prost::Message::encoded_len(d),
             _ => 0,
         } + wire.len();
         self.oldest = Some(self.oldest.map_or(since, |o| o.min(since)));
@@ -161,6 +173,7 @@ impl<'a> BatchBuilder<'a> {
                 Ok(())
             }
             What::Check => self.check(&c.local, &c.remote, c.since),
+            What::Delta { base_len } => self.delta_or_check(c, *base_len),
             What::Tree => {
                 for e in walkdir::WalkDir::new(&c.local).follow_root_links(false).sort_by_file_name() {
                     let e = match e {
@@ -266,6 +279,138 @@ impl<'a> BatchBuilder<'a> {
     }
 }
 
+impl BatchBuilder<'_> {
+    /// Reconciliation found the mirror's copy of a regular file different:
+    /// a delta against that copy if the file is still a regular file, big
+    /// enough, and the receiver signs its copy; else what [`Self::check`]
+    /// sends. A file whose size is the same and mtime differs costs a
+    /// signature and one copy op when its content is unchanged: this is the
+    /// "content hash where needed" of reconciliation.
+    fn delta_or_check(&mut self, c: &Content, base_len: u64) -> io::Result<()> {
+        let Some(min) = self.delta.as_ref().map(|d| d.min_size()) else {
+            return self.check(&c.local, &c.remote, c.since);
+        };
+        let md = match fs::symlink_metadata(&c.local) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.check(&c.local, &c.remote, c.since),
+            Err(e) => return Err(e),
+        };
+        // Mostly new content (the mirror's copy is small next to it): whole.
+        if !md.is_file() || md.len() < min || base_len < min / 4 {
+            return self.check(&c.local, &c.remote, c.since);
+        }
+        let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&c.local)?;
+        let md = f.metadata()?;
+        if !md.is_file() {
+            return self.check(&c.local, &c.remote, c.since);
+        }
+        // Read once, start to end: a bigger readahead.
+        // SAFETY: a valid fd; the call only gives the kernel a hint.
+        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+        let whole = Content { ino: md.ino(), dev: md.dev(), ..c.clone() };
+        let Ok(wire) = wirepath::from_local(&c.remote) else {
+            return self.file(&whole, &[], true, None);
+        };
+        // What came before goes out while the receiver hashes its copy.
+        self.flush();
+        let source = self.delta.as_mut().expect("checked above");
+        let started = Instant::now();
+        let base = match source.fetch(&wire) {
+            Ok(b) => b,
+            Err(e) => {
+                source.shared().delta_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!("no signature of {} from the receiver ({e:#}); sending it whole", c.remote.display());
+                return self.file(&whole, &[], true, None);
+            }
+        };
+        let signed = started.elapsed();
+        let size = md.len();
+        let attr = attr_of(&md);
+        let mut piece = pb::FileDelta {
+            first: true,
+            base_len: base.sig.base_len,
+            base_token: base.token,
+            max_len: size,
+            ..Default::default()
+        };
+        let mut literal = 0usize;
+        let mut covered = 0u64;
+        let mut pushed = false;
+        let since = c.since;
+        let diffed = {
+            let this = &mut *self;
+            let piece = &mut piece;
+            let pushed = &mut pushed;
+            lifeline_delta::diff(&base.sig, io::Read::take(&f, size), lifeline_proto::MAX_CHUNK, |op| {
+                piece.instrs.push(pb::DeltaInstr {
+                    kind: Some(match op {
+                        lifeline_delta::DeltaOp::Copy { offset, len } => {
+                            covered += len;
+                            pb::delta_instr::Kind::Copy(pb::CopyRange { offset, len })
+                        }
+                        lifeline_delta::DeltaOp::Literal(data) => {
+                            literal += data.len();
+                            covered += data.len() as u64;
+                            pb::delta_instr::Kind::Literal(data)
+                        }
+                    }),
+                });
+                // Pieces of about one chunk of literals, many copies, or a
+                // good part of the file, each sent at once: the receiver
+                // patches while the rest of the file is read and diffed.
+                if literal >= lifeline_proto::MAX_CHUNK
+                    || piece.instrs.len() >= DELTA_PIECE_INSTRS
+                    || covered >= DELTA_PIECE_SPAN
+                {
+                    let next = pb::FileDelta::default();
+                    this.push(&c.remote, Kind::Delta(std::mem::replace(piece, next)), since);
+                    this.flush();
+                    *pushed = true;
+                    literal = 0;
+                    covered = 0;
+                }
+                Ok(())
+            })
+        };
+        match diffed {
+            Ok(stats) => {
+                piece.last = true;
+                piece.new_len = stats.new_len;
+                piece.new_hash = stats.new_hash.to_vec();
+                piece.attr = Some(attr);
+                self.push(&c.remote, Kind::Delta(piece), since);
+                if let Some(d) = self.delta.as_ref() {
+                    d.shared().deltas.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                debug!(
+                    "delta of {}: {} bytes copied, {} literal; signature of {} bytes in {:?}, diff in {:?}",
+                    c.remote.display(),
+                    stats.copied,
+                    stats.literal,
+                    base.sig.wire_size(),
+                    signed,
+                    started.elapsed() - signed,
+                );
+                Ok(())
+            }
+            Err(e) => {
+                if pushed {
+                    // The receiver drops what it built; the target stays.
+                    let abort = pb::FileDelta { last: true, abort: true, ..Default::default() };
+                    self.push(&c.remote, Kind::Delta(abort), since);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A delta piece holds at most this many instructions (besides about
+/// `MAX_CHUNK` of literals) ...
+const DELTA_PIECE_INSTRS: usize = 16 << 10;
+/// ... and describes about this much of the new file at most.
+const DELTA_PIECE_SPAN: u64 = 64 << 20;
+
 fn kind_name(k: &Kind) -> &'static str {
     match k {
         Kind::Data(_) => "data",
@@ -275,6 +420,7 @@ fn kind_name(k: &Kind) -> &'static str {
         Kind::Symlink(_) => "symlink",
         Kind::Link(_) => "link",
         Kind::Setattr(_) => "setattr",
+        Kind::Delta(_) => "delta",
     }
 }
 

@@ -47,6 +47,11 @@ impl Links {
         self.names.get(&id)?.iter().find(|p| p.as_path() != not).map(PathBuf::as_path)
     }
 
+    /// A name of `id`, if one is known.
+    pub fn name_of(&self, id: FileId) -> Option<&Path> {
+        self.names.get(&id)?.first().map(PathBuf::as_path)
+    }
+
     /// The name `path` (or, for a directory, every name below it) is gone.
     pub fn remove_under(&mut self, path: &Path) {
         let gone: Vec<(PathBuf, FileId)> = self.under(path).collect();

@@ -5,6 +5,7 @@
 
 pub mod coalesce;
 pub mod links;
+pub mod delta;
 pub mod dispatch;
 pub mod ranges;
 pub mod wal;
@@ -17,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use lifeline_capture::FileChange;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::status::Shared;
 use coalesce::{Coalescer, Item};
+use delta::{DeltaOptions, DeltaSource};
 use dispatch::{BatchBuilder, OutBatch};
 use wal::Wal;
 
@@ -40,8 +42,13 @@ pub enum SchedMsg {
 /// A reconciliation finding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconcile {
-    /// Send whatever is at the path now (or remove it from the mirror).
+    /// Send whatever is at the path now (or remove it from the mirror),
+    /// whole.
     Path(PathBuf),
+    /// The mirror holds an older regular file at the path, `mirror_size`
+    /// bytes long: like `Path`, but a big regular file is sent as a delta
+    /// against the mirror's copy.
+    Delta { path: PathBuf, mirror_size: u64 },
     /// Send the whole tree below the path (the mirror lacks it).
     Tree(PathBuf),
 }
@@ -57,6 +64,14 @@ pub struct SchedulerOptions {
     /// Give up on an object that vanished and never reappeared after this long
     /// (reconciliation covers it).
     pub vanished_timeout: Duration,
+    /// Where reconciliation's deltas get their signatures (none: files are
+    /// always sent whole).
+    pub delta: Option<DeltaOptions>,
+    /// The queue log is dropped past this size (see `AgentConfig::queue_max_mib`).
+    pub queue_max_bytes: u64,
+    /// Where to ask for a reconciliation (for what the scheduler gives up
+    /// on); `None` in tests.
+    pub reconcile: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for SchedulerOptions {
@@ -66,6 +81,9 @@ impl Default for SchedulerOptions {
             eager_bytes: 16 << 20,
             eager_items: 20_000,
             vanished_timeout: Duration::from_secs(10),
+            delta: None,
+            queue_max_bytes: 1 << 30,
+            reconcile: None,
         }
     }
 }
@@ -83,11 +101,16 @@ struct Scheduler {
     /// Batches sent and not yet acknowledged: (last op seq, oldest origin).
     inflight: VecDeque<(u64, u64)>,
     last_commit: Instant,
+    delta: Option<DeltaSource>,
+    /// The log was dropped for its size: the coalescer holds more than it.
+    log_dropped: bool,
 }
 
 /// Dispatch rounds the queue waits behind an object that vanished at send
 /// time before sending past it (about 4 intervals each).
 const HOLD_ROUNDS: u32 = 5;
+/// ... and only for a change captured this recently.
+const HOLD_FRESH: Duration = Duration::from_millis(200);
 
 /// How often the log is made durable while nothing is dispatched, and how
 /// often acknowledgements move its checkpoint.
@@ -111,7 +134,10 @@ pub fn run(
         epoch: 0,
         inflight: VecDeque::new(),
         last_commit: Instant::now(),
+        delta: None,
+        log_dropped: false,
     };
+    s.delta = s.opts.delta.clone().map(|o| DeltaSource::new(o, s.shared.clone()));
     let mut deadline: Option<Instant> = None;
     loop {
         let mut wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
@@ -186,26 +212,54 @@ impl Scheduler {
                 for item in items {
                     match item {
                         Reconcile::Path(p) => self.co.check(&p, now),
+                        Reconcile::Delta { path, mirror_size } => self.co.check_delta(&path, mirror_size, now),
                         Reconcile::Tree(p) => self.co.tree(&p, now),
                     }
                 }
             }
+            SchedMsg::Resume { epoch, applied } if self.log_dropped => {
+                // The log lacks what it dropped; the coalescer still holds it
+                // all but the batches that were in flight, which the
+                // reconciliation after this connection finds.
+                self.epoch = epoch;
+                self.inflight.clear();
+                self.log_dropped = false;
+                info!(epoch, receiver_applied = applied, "resuming without a replay (the queue log was dropped)");
+                *deadline = Some(Instant::now());
+            }
             SchedMsg::Resume { epoch, applied } => {
+                // The first replay of this process: the log was written before
+                // it started.
+                let first = self.epoch == 0;
                 self.epoch = epoch;
                 self.inflight.clear();
                 self.co.resume(applied);
                 let now = Instant::now();
-                let mut n = 0u64;
+                let replayed_at = now.checked_sub(HOLD_FRESH * 2).unwrap_or(now);
+                let (mut n, mut already) = (0u64, 0u64);
                 let co = &mut self.co;
                 let replayed = self.wal.replay(|l| {
                     n += 1;
-                    co.add(&l.change, l.origin, now)
+                    if l.origin <= applied && is_tree_change(&l.change.kind) {
+                        // Applied by the receiver though not (yet) acknowledged:
+                        // not sent again (`Coalescer::resume`).
+                        already += 1;
+                    }
+                    // Old changes: not held for when they vanished (below).
+                    co.add(&l.change, l.origin, replayed_at)
                 });
                 if let Err(e) = replayed {
                     error!("cannot read the queue log back: {e}; a reconciliation covers what it held");
                 }
+                if first {
+                    // What changed while no agent ran is not in the log: the
+                    // logged ranges are only part of it. Sending a file's
+                    // current size and mtime with only those ranges would make
+                    // stale bytes look current to reconciliation.
+                    self.co.read_files_whole();
+                }
                 self.shared.replays.fetch_add(1, Relaxed);
-                info!(epoch, receiver_applied = applied, changes = n, "replaying the unacknowledged queue");
+                info!(epoch, receiver_applied = applied, changes = n, tree_ops_already_applied = already, "replaying the unacknowledged queue");
                 *deadline = Some(now);
             }
         }
@@ -232,6 +286,21 @@ impl Scheduler {
         if let Err(e) = self.wal.set_checkpoint(low_water) {
             error!("cannot update the queue log in {}: {e}", self.wal.dir().display());
         }
+        let bytes = self.wal.disk_bytes();
+        if bytes > self.opts.queue_max_bytes {
+            let msg = format!(
+                "the queue log reached {} MiB while the receiver was unreachable (limit {} MiB, \
+                 --queue-max-mib); dropped: the reconciliation after the next connection finds what it held",
+                bytes >> 20,
+                self.opts.queue_max_bytes >> 20
+            );
+            warn!("{msg}");
+            self.shared.set_error(msg);
+            if let Err(e) = self.wal.discard() {
+                error!("cannot drop the queue log in {}: {e}", self.wal.dir().display());
+            }
+            self.log_dropped = true;
+        }
         self.shared.queue_log_bytes.store(self.wal.disk_bytes(), Relaxed);
         self.shared.unacked_changes.store(self.wal.next_origin() - self.wal.checkpoint(), Relaxed);
     }
@@ -255,16 +324,26 @@ impl Scheduler {
                 closed = true;
             }
         };
-        let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send);
+        let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.delta.as_mut());
         let mut held = Vec::new();
         let mut back = Vec::new();
         while let Some(item) = items.next() {
             let Some(mut c) = builder.item(item) else { continue };
+            // A linked file whose entry lost track of its name: read it
+            // through the name it has now.
+            if self.co.relocate(&mut c) {
+                match builder.item(Item::Content(c)) {
+                    None => continue,
+                    Some(back) => c = back,
+                }
+            }
             // The object vanished since its change: renamed or replaced, and
             // that event is usually on its way. Later ops may refer to it by
             // the name it had (a link, a rename), so everything after it
             // waits, in order, for a few rounds.
-            if c.deferrals < HOLD_ROUNDS {
+            // Only fresh changes, whose next event is on its way; a backlog
+            // (a replay, a long cut) would be held object after object.
+            if c.deferrals < HOLD_ROUNDS && c.since.elapsed() < HOLD_FRESH {
                 debug!(local = %c.local.display(), "vanished at send time; holding the rest of the queue");
                 c.deferrals += 1;
                 held.push(Item::Content(c));
@@ -280,19 +359,87 @@ impl Scheduler {
         }
         self.co.restore(held);
         // Still gone after that: sent past, and retried by its current name.
+        let mut given_up = 0;
         for c in back {
             debug!(local = %c.local.display(), "vanished at send time; deferred");
             if c.since.elapsed() < self.opts.vanished_timeout {
                 self.co.requeue(c);
             } else {
-                debug!("{} vanished and never came back; left to reconciliation", c.local.display());
+                debug!("{} vanished and never came back", c.local.display());
+                given_up += 1;
+            }
+        }
+        if given_up > 0 {
+            // Their data may live on under names the queue does not know (or
+            // a reconciliation's finding merged into them went with them).
+            info!(entries = given_up, "gave up on objects that vanished; reconciling");
+            if let Some(r) = &self.opts.reconcile {
+                r.notify_one();
             }
         }
         true
     }
 }
 
+/// Changes that become remove, rename or link ops: applied once only.
+fn is_tree_change(kind: &lifeline_capture::ChangeKind) -> bool {
+    use lifeline_capture::ChangeKind::*;
+    matches!(kind, Unlink | Rmdir | Rename { .. } | Link { .. })
+}
+
 fn publish(shared: &Shared, co: &Coalescer) {
     shared.pending.store(co.len() as u64, Relaxed);
     shared.oldest_pending_ms.store(co.oldest().map_or(u64::MAX, |t| shared.ms(t)), Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeline_capture::ChangeKind;
+    use std::path::Path;
+
+    fn change(path: &Path) -> SchedMsg {
+        let ch = FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind: ChangeKind::Attr, dev: 0, ino: 0 };
+        SchedMsg::Change(ch, Instant::now())
+    }
+
+    #[test]
+    fn a_log_over_its_limit_is_dropped_and_the_coalescer_keeps_the_work() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let files: Vec<PathBuf> = (0..200).map(|i| root.join(format!("f{i}"))).collect();
+        for f in &files {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let wal = Wal::open(&root.join("queue")).unwrap();
+        let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
+        let opts = SchedulerOptions { queue_max_bytes: 4096, ..Default::default() };
+        let (s2, r2) = (shared.clone(), vec![root.clone()]);
+        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, opts, wal));
+        // The receiver is away: the log grows past 4 KiB and is dropped.
+        for f in &files {
+            tx.send(change(f)).unwrap();
+        }
+        let dropped = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            shared.last_error.lock().unwrap().as_deref().is_some_and(|e| e.contains("dropped"))
+        });
+        assert!(dropped, "no drop reported: {:?}", shared.last_error.lock().unwrap());
+        assert!(shared.queue_log_bytes.load(Relaxed) < 4096);
+        // Back: everything still goes out, without a replay.
+        shared.connected.store(true, Relaxed);
+        tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
+        let mut sent = std::collections::HashSet::new();
+        while sent.len() < files.len() {
+            let b = out_rx.blocking_recv().expect("batches");
+            assert_eq!(b.epoch, 1);
+            sent.extend(b.batch.ops.iter().map(|o| o.path.clone()));
+        }
+        assert_eq!(shared.replays.load(Relaxed), 0);
+        drop(tx);
+        drop(out_rx);
+        t.join().unwrap();
+    }
 }

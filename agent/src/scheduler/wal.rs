@@ -60,6 +60,9 @@ pub struct Wal {
     dirty: bool,
     /// Part of the log could not be read back: changes may be missing.
     pub damaged: bool,
+    /// When the previous run of the agent last wrote the log (None: a new
+    /// log). Changes after that, until capture started again, were lost.
+    previous_write: Option<std::time::SystemTime>,
     buf: Vec<u8>,
 }
 
@@ -103,6 +106,7 @@ impl Wal {
                 checkpoint: 1,
                 dirty: false,
                 damaged: false,
+                previous_write: None,
                 buf: Vec::new(),
             });
         }
@@ -141,6 +145,7 @@ impl Wal {
             last_len = scan.good_len;
         }
         let last = &segments[n - 1].1;
+        let previous_write = fs::metadata(last).and_then(|m| m.modified()).ok();
         let out = OpenOptions::new().append(true).open(last)?;
         let queue_id = queue_id.expect("at least one segment");
         info!(
@@ -159,6 +164,7 @@ impl Wal {
             checkpoint,
             dirty: false,
             damaged,
+            previous_write,
             buf: Vec::new(),
         })
     }
@@ -167,6 +173,10 @@ impl Wal {
     /// and a queue started afresh must not inherit that.
     pub fn queue_id(&self) -> u64 {
         self.queue_id
+    }
+
+    pub fn previous_write(&self) -> Option<std::time::SystemTime> {
+        self.previous_write
     }
 
     pub fn dir(&self) -> &Path {
@@ -291,6 +301,35 @@ impl Wal {
             })?;
         }
         Ok(())
+    }
+
+    /// Drops everything logged so far (the log outgrew its limit while the
+    /// receiver was away): a new segment starts, with the checkpoint at the
+    /// next origin. What was dropped is left to reconciliation.
+    pub fn discard(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.dirty = false;
+        let first = self.next_origin;
+        // The current segment stays if no change was appended since it began.
+        if !self.segments.last().is_some_and(|(f, _)| *f == first) {
+            let path = self.dir.join(segment_name(first));
+            let file = create_segment(&path, self.queue_id)?;
+            self.syncer = Syncer::start(&file)?;
+            self.out = BufWriter::with_capacity(256 << 10, file);
+            self.out_len = HEADER_LEN;
+            self.segments.push((first, path));
+        }
+        let keep = self.segments.pop().expect("the current segment");
+        for (_, old) in std::mem::replace(&mut self.segments, vec![keep]) {
+            fs::remove_file(&old)?;
+        }
+        self.checkpoint = first;
+        self.buf.clear();
+        self.buf.push(TAG_CHECKPOINT);
+        self.buf.extend_from_slice(&first.to_le_bytes());
+        self.write_frame()?;
+        self.commit_durably()?;
+        sync_dir(&self.dir)
     }
 
     /// Bytes the log takes on disk.
@@ -618,6 +657,26 @@ mod tests {
         fs::write(&seg, bytes).unwrap();
         let mut w = Wal::open(d.path()).unwrap();
         assert!(replayed(&mut w).is_empty(), "a corrupt frame must not be replayed");
+    }
+
+    #[test]
+    fn discarding_keeps_numbering_and_drops_the_rest() {
+        let d = tempfile::tempdir().unwrap();
+        let mut w = Wal::open(d.path()).unwrap();
+        for _ in 0..10 {
+            w.append(&change("/w/a", ChangeKind::Attr)).unwrap();
+        }
+        w.discard().unwrap();
+        assert!(replayed(&mut w).is_empty());
+        let o = w.append(&change("/w/b", ChangeKind::Attr)).unwrap();
+        assert_eq!(o, 11);
+        w.commit().unwrap();
+        drop(w);
+        let mut w = Wal::open(d.path()).unwrap();
+        let got = replayed(&mut w);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].origin, 11);
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -159,7 +159,13 @@ pub enum CaptureMsg {
     Change(FileChange),
     /// Changes were lost (ring buffer full) or could not be resolved to a
     /// complete path: the watched trees must be reconciled.
-    Gap { lost: u64, incomplete: u64 },
+    Gap {
+        lost: u64,
+        incomplete: u64,
+        /// The lost changes happened after this (the previous check of the
+        /// loss counter found none).
+        since: std::time::SystemTime,
+    },
 }
 
 /// How long the reader lets records accumulate after a pass that found some.
@@ -202,6 +208,7 @@ impl Reader {
         let mut last_lost = self.kernel_stats().lost;
         let mut incomplete = 0u64;
         let mut last_check = Instant::now();
+        let mut last_check_wall = std::time::SystemTime::now();
         loop {
             let mut fds = vec![libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
             if let Some(l) = &self.logger {
@@ -245,6 +252,7 @@ impl Reader {
             }
             if last_check.elapsed() >= Duration::from_millis(100) {
                 last_check = Instant::now();
+                let since = std::mem::replace(&mut last_check_wall, std::time::SystemTime::now());
                 let lost = self.kernel_stats().lost;
                 if lost > last_lost || incomplete > 0 {
                     warn!(
@@ -252,7 +260,7 @@ impl Reader {
                         lost - last_lost,
                         incomplete
                     );
-                    if !sink(CaptureMsg::Gap { lost: lost - last_lost, incomplete }) {
+                    if !sink(CaptureMsg::Gap { lost: lost - last_lost, incomplete, since }) {
                         return;
                     }
                     last_lost = lost;
