@@ -360,6 +360,7 @@ impl Scheduler {
         self.co.restore(held);
         // Still gone after that: sent past, and retried by its current name.
         let mut given_up = 0;
+        let mut oldest_given_up = std::time::SystemTime::now();
         for c in back {
             debug!(local = %c.local.display(), "vanished at send time; deferred");
             if c.since.elapsed() < self.opts.vanished_timeout {
@@ -367,12 +368,16 @@ impl Scheduler {
             } else {
                 debug!("{} vanished and never came back", c.local.display());
                 given_up += 1;
+                oldest_given_up = oldest_given_up.min(std::time::SystemTime::now() - c.since.elapsed());
             }
         }
         if given_up > 0 {
             // Their data may live on under names the queue does not know (or
             // a reconciliation's finding merged into them went with them).
             info!(entries = given_up, "gave up on objects that vanished; reconciling");
+            // What they carried may have reached the mirror in part, with
+            // the file's current size and mtime: compare by content.
+            self.shared.suspect(oldest_given_up);
             if let Some(r) = &self.opts.reconcile {
                 r.notify_one();
             }
