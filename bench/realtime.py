@@ -238,7 +238,12 @@ def compare_trees(src: Path, dst: Path, limit: int = 10) -> list[str]:
     """Differences between a source tree and its mirror (names, kinds, sizes,
     symlink targets, file contents); [] when identical. Modes, owners and
     times are not compared (lsyncd's default rsync options don't keep modes)."""
-    s, d = scan_tree(src), scan_tree(dst)
+    try:
+        s, d = scan_tree(src), scan_tree(dst)
+    except FileNotFoundError as e:
+        # A file vanished while listed (a tool's temporary file): not yet
+        # settled, which is a difference for now.
+        return [f"changing while compared: {e.filename}"]
     if s is None:
         return [f"source {src} missing"]
     if d is None:
