@@ -48,15 +48,24 @@ pub async fn run(
         if !shared.connected.load(Relaxed) {
             continue; // the next connection triggers it again
         }
-        let suspect = shared.take_suspect();
+        let suspect = shared.suspect_window();
+        let started = std::time::Instant::now();
         match reconcile(&remote, &roots, &queue, suspect).await {
             Ok(n) => {
+                if !shared.settle_suspect(suspect, started) {
+                    // Changes may still be getting lost (a burst that
+                    // overflows the ring): compare again once it is over.
+                    let again = trigger.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        again.notify_one();
+                    });
+                }
                 shared.reconciliations.fetch_add(1, Relaxed);
                 shared.initial_sync_done.store(true, Relaxed);
                 info!("reconciliation queued {n} paths that differ from the mirror");
             }
             Err(e) => {
-                shared.suspect_ns(suspect);
                 let msg = format!("reconciliation failed: {e:#}; it will be retried");
                 warn!("{msg}");
                 shared.set_error(msg);

@@ -65,6 +65,8 @@ pub struct Shared {
     /// none) may have been lost; the next reconciliation compares such files
     /// by content. See [`Shared::suspect`].
     suspect_since_ns: Mutex<i128>,
+    /// When changes were last possibly lost.
+    last_loss: Mutex<Option<Instant>>,
 }
 
 impl Shared {
@@ -95,6 +97,7 @@ impl Shared {
             delta_fallbacks: AtomicU64::new(0),
             last_error: Mutex::new(None),
             suspect_since_ns: Mutex::new(i128::MAX),
+            last_loss: Mutex::new(None),
         }
     }
 
@@ -115,11 +118,31 @@ impl Shared {
     pub fn suspect_ns(&self, ns: i128) {
         let mut s = self.suspect_since_ns.lock().unwrap();
         *s = (*s).min(ns);
+        *self.last_loss.lock().unwrap() = Some(Instant::now());
     }
 
-    /// The suspect window for a reconciliation starting now.
-    pub fn take_suspect(&self) -> i128 {
-        std::mem::replace(&mut *self.suspect_since_ns.lock().unwrap(), i128::MAX)
+    /// The suspect window for a reconciliation starting now (kept until
+    /// [`Shared::settle_suspect`]).
+    pub fn suspect_window(&self) -> i128 {
+        *self.suspect_since_ns.lock().unwrap()
+    }
+
+    /// A reconciliation that started at `started` with window `window`
+    /// completed. The window closes only if nothing was lost since a second
+    /// before that start: what it sent may have been read while writes went
+    /// on, and a loss after the read hides them again. Returns whether it
+    /// closed (otherwise another reconciliation is due).
+    pub fn settle_suspect(&self, window: i128, started: Instant) -> bool {
+        if window == i128::MAX {
+            return true;
+        }
+        let quiet = self.last_loss.lock().unwrap().is_none_or(|t| t + std::time::Duration::from_secs(1) <= started);
+        let mut s = self.suspect_since_ns.lock().unwrap();
+        if quiet && *s == window {
+            *s = i128::MAX;
+            return true;
+        }
+        false
     }
 
     pub fn set_error(&self, e: impl Into<String>) {

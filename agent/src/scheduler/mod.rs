@@ -110,7 +110,7 @@ struct Scheduler {
 /// time before sending past it (about 4 intervals each).
 const HOLD_ROUNDS: u32 = 5;
 /// ... and only for a change captured this recently.
-const HOLD_FRESH: Duration = Duration::from_millis(200);
+const HOLD_FRESH: Duration = Duration::from_secs(2);
 
 /// How often the log is made durable while nothing is dispatched, and how
 /// often acknowledgements move its checkpoint.
@@ -235,7 +235,7 @@ impl Scheduler {
                 self.inflight.clear();
                 self.co.resume(applied);
                 let now = Instant::now();
-                let replayed_at = now.checked_sub(HOLD_FRESH * 2).unwrap_or(now);
+                let replayed_at = now.checked_sub(HOLD_FRESH * 5).unwrap_or(now);
                 let (mut n, mut already) = (0u64, 0u64);
                 let co = &mut self.co;
                 let replayed = self.wal.replay(|l| {
