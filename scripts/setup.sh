@@ -10,7 +10,7 @@ log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev
   protobuf-compiler iproute2 procps psmisc util-linux e2fsprogs dosfstools
-  rsync lsyncd bpftool
+  mtools fdisk gdisk rsync lsyncd bpftool rdiff
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

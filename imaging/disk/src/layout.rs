@@ -21,7 +21,9 @@
 //! skipped because it is where "unallocated space" usually is and it can be
 //! large; nothing standard lives there.
 //!
-//! A disk without any table is reported as [`TableKind::None`] with one
+//! A disk without any table (or with an MBR listing no partition, which is what
+//! a FAT filesystem on the whole disk looks like) is reported as
+//! [`TableKind::None`] with one
 //! pseudo-partition covering the whole disk (a "superfloppy": a filesystem
 //! written straight onto the device), so callers can treat all three cases the
 //! same way: probe each partition, image `keep` raw.
@@ -181,7 +183,17 @@ pub fn read_layout(
     }
     let mut mbr = vec![0u8; ss as usize];
     disk.read_exact_at(&mut mbr, 0)?;
-    let mbr_ok = mbr[510] == 0x55 && mbr[511] == 0xAA;
+    // 0x55AA alone does not make an MBR: a FAT or NTFS boot sector written
+    // straight onto the disk (a "superfloppy" USB stick) carries it too. As
+    // fdisk and libblkid do, also require every entry's status byte to be 0x00
+    // or 0x80 and used entries to start after sector 0; boot code and
+    // message text in a filesystem boot sector fail that.
+    let mbr_ok = mbr[510] == 0x55
+        && mbr[511] == 0xAA
+        && (0..4).all(|i| {
+            let e = MbrEntry::parse(&mbr[446 + 16 * i..446 + 16 * (i + 1)]);
+            matches!(e.status, 0x00 | 0x80) && (e.ptype == 0 || e.lba != 0)
+        });
     let entries: Vec<MbrEntry> = if mbr_ok {
         (0..4)
             .map(|i| MbrEntry::parse(&mbr[446 + 16 * i..446 + 16 * (i + 1)]))
@@ -261,6 +273,15 @@ pub fn read_layout(
             });
         }
     }
+    if layout.partitions.is_empty() && ext_end == 0 {
+        // An MBR without a single partition is what a filesystem written on the
+        // whole disk looks like (mkfs.vfat leaves the entries zero), and
+        // otherwise an empty disk. Treating it as one whole-disk partition is
+        // the safe reading: the filesystem reader, or the every-block fallback,
+        // decides what is stored, and nothing can be lost.
+        whole_disk(&mut layout);
+        return Ok(layout);
+    }
     sort_and_check(&mut layout)?;
     let last = layout
         .partitions
@@ -268,9 +289,7 @@ pub fn read_layout(
         .map(|p| p.start + p.len)
         .max()
         .unwrap_or(0);
-    // The tail starts after the last partition or extended container; with no
-    // partitions at all only the MBR sector is kept (the first sector, plus the
-    // boot-loader gap is not knowable without a partition to bound it).
+    // The tail starts after the last partition or extended container.
     let tail_start = last.max(ext_end).max(ss);
     compute_keep(&mut layout, tail_start, size);
     Ok(layout)

@@ -248,3 +248,97 @@ fn geometry_of_an_image_file() {
     let f = File::open(&img).unwrap();
     assert_eq!(lifeline_disk::disk_geometry(&f).unwrap(), (8 * MIB, 512));
 }
+
+/// Detaches the loop device when the test ends, even on panic.
+struct Loop(String);
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// On a loop device with 4 KiB logical sectors (skipped where loop devices
+/// are unavailable, e.g. unprivileged): geometry from the kernel, and a GPT
+/// written by sfdisk with 4 KiB sectors parses like sfdisk reads it.
+#[test]
+fn gpt_on_a_4k_sector_loop_device() {
+    let t = tempfile::tempdir().unwrap();
+    let img = tmp_path(&t, "loop.img");
+    File::create(&img).unwrap().set_len(64 * MIB).unwrap();
+    let out = Command::new("losetup")
+        .args([
+            "-f",
+            "--show",
+            "--sector-size",
+            "4096",
+            img.to_str().unwrap(),
+        ])
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_string(),
+        other => {
+            eprintln!("skipped: no loop device ({other:?})");
+            return;
+        }
+    };
+    let _guard = Loop(dev.clone());
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&dev)
+        .unwrap();
+    assert_eq!(lifeline_disk::disk_geometry(&f).unwrap(), (64 * MIB, 4096));
+    sfdisk(
+        Path::new(&dev),
+        "label: gpt\nsize=8M, type=L\nsize=16M, type=S\n",
+    );
+    let l = read_layout(&f, 64 * MIB, 4096).unwrap();
+    assert_eq!(l.table, TableKind::Gpt);
+    assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+    let want = sfdisk_json_ss(Path::new(&dev), 4096);
+    assert_eq!(l.partitions.len(), 2);
+    for (p, w) in l.partitions.iter().zip(&want) {
+        assert_eq!((p.start, p.len), (w.0, w.1));
+    }
+    // 128 entries of 128 bytes = 4 sectors of 4 KiB, plus the header sector.
+    assert_eq!(
+        *l.keep.last().unwrap(),
+        Range::new(64 * MIB - 5 * 4096, 64 * MIB)
+    );
+    // Read as 512-byte sectors there is no valid GPT: the protective MBR makes
+    // that an error rather than a silent "no table".
+    assert!(read_layout(&f, 64 * MIB, 512).is_err());
+}
+
+fn sfdisk_json_ss(dev: &Path, ss: u64) -> Vec<(u64, u64)> {
+    let out = run("sfdisk", &["--json", dev.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["partitiontable"]["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap() * ss,
+                p["size"].as_u64().unwrap() * ss,
+            )
+        })
+        .collect()
+}
+
+/// A FAT filesystem written on the whole disk has a 0x55AA boot sector but no
+/// partition table: it must come out as one whole-disk partition, and its
+/// boot code must not be read as partition entries.
+#[test]
+fn superfloppy_fat_is_not_an_mbr() {
+    let t = tempfile::tempdir().unwrap();
+    let img = tmp_path(&t, "fat.img");
+    File::create(&img).unwrap().set_len(40 * MIB).unwrap();
+    run("mkfs.vfat", &["-F", "32", "-s", "1", img.to_str().unwrap()]);
+    let l = layout_of(&img).unwrap();
+    assert_eq!(l.table, TableKind::None);
+    assert_eq!((l.partitions[0].start, l.partitions[0].len), (0, 40 * MIB));
+    let f = File::open(&img).unwrap();
+    let det = lifeline_disk::fs::probe(&f, 40 * MIB).unwrap().unwrap();
+    assert_eq!(det.variant, "fat32");
+}
