@@ -311,10 +311,18 @@ impl Applier {
             }
             opened = open_beneath(dir.as_fd(), name, flags, create_mode);
         }
-        let fd = opened.ctx("open")?;
-        let st = fstat(&fd).ctx("stat")?;
+        let mut fd = opened.ctx("open")?;
+        let mut st = fstat(&fd).ctx("stat")?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err("open: not a regular file".into());
+        }
+        if d.replace && st.st_nlink > 1 {
+            // Other names share this file here; the source's file at this
+            // name is sent whole and may not be theirs any more.
+            drop(fd);
+            rustix::fs::unlinkat(&dir, name, AtFlags::empty()).ctx("unlink the shared file")?;
+            fd = open_beneath(dir.as_fd(), name, flags | OFlags::EXCL, create_mode).ctx("open")?;
+            st = fstat(&fd).ctx("stat")?;
         }
         let file = File::from(fd);
         let mut len = st.st_size as u64;

@@ -73,6 +73,7 @@ pub(crate) fn attr(mode: u32, mtime_sec: i64) -> Attr {
 
 pub(crate) fn data(content: &[u8], mode: u32) -> op::Kind {
     op::Kind::Data(FileData {
+        replace: false,
         truncate_to: Some(0),
         chunks: vec![Chunk {
             offset: 0,
@@ -130,6 +131,7 @@ fn every_op_kind_produces_the_expected_tree() {
     f.op(
         b"srv/data/a.txt",
         op::Kind::Data(FileData {
+            replace: false,
             truncate_to: None,
             chunks: vec![Chunk {
                 offset: 6,
@@ -143,6 +145,7 @@ fn every_op_kind_produces_the_expected_tree() {
     f.op(
         b"srv/data/sparse",
         op::Kind::Data(FileData {
+            replace: false,
             truncate_to: None,
             chunks: vec![Chunk {
                 offset: 10,
@@ -462,6 +465,7 @@ fn ownership_is_applied() {
     f.op(
         b"f",
         op::Kind::Data(FileData {
+            replace: false,
             truncate_to: None,
             chunks: vec![],
             size: 3,
@@ -511,4 +515,28 @@ fn tree_ops_of_a_queue_are_applied_once() {
     // Not moved over `a` a second time.
     assert_eq!(fs::read(f.root().join("a")).unwrap(), b"old");
     assert_eq!(fs::read(f.root().join("a.tmp")).unwrap(), b"new");
+}
+
+#[test]
+fn a_file_sent_whole_replaces_a_mirror_file_shared_by_other_names() {
+    let mut f = Fixture::new();
+    f.op(b"a", data(b"shared", 0o644)).unwrap();
+    f.op(b"a", link(b"b")).unwrap();
+    // Written through: both names change (the source's names are linked).
+    let mut through = data(b"through", 0o644);
+    if let op::Kind::Data(d) = &mut through {
+        d.truncate_to = None;
+    }
+    f.op(b"a", through).unwrap();
+    assert_eq!(fs::read(f.root().join("b")).unwrap(), b"through");
+    // Sent whole: the source's `a` is another file now; `b` keeps its bytes.
+    let mut whole = data(b"new a", 0o644);
+    if let op::Kind::Data(d) = &mut whole {
+        d.replace = true;
+    }
+    f.op(b"a", whole).unwrap();
+    assert_eq!(fs::read(f.root().join("a")).unwrap(), b"new a");
+    assert_eq!(fs::read(f.root().join("b")).unwrap(), b"through");
+    assert_eq!(fs::metadata(f.root().join("b")).unwrap().nlink(), 1);
+    f.assert_outside_untouched();
 }

@@ -174,6 +174,7 @@ fn attr(mode: u32) -> Attr {
 
 fn data(content: &[u8], mode: u32) -> op::Kind {
     op::Kind::Data(FileData {
+        replace: false,
         truncate_to: Some(0),
         chunks: content
             .chunks(7)
@@ -271,6 +272,7 @@ async fn every_op_kind_end_to_end() {
             (
                 b"srv/data/a.txt",
                 op::Kind::Data(FileData {
+                    replace: false,
                     truncate_to: None,
                     chunks: vec![Chunk {
                         offset: 7,

@@ -275,13 +275,7 @@ struct Injected {
 /// 1. The agent SIGKILLed and restarted (same state directory) at three
 ///    random points of a randomized workload: the restarted agent replays
 ///    its queue log and reconciles; nothing is lost.
-///
-/// Not in CI yet: about one run in four still ends with one file stale 40 s
-/// after the workload (seen: a size mismatch left after the restarts' last
-/// reconciliation; issue 3's note has the traces). Run it with
-/// `cargo test -p lifeline-tests --test faults -- --ignored`.
 #[test]
-#[ignore = "flaky: ~1 run in 4 leaves one file stale after SIGKILLed agents restart (issue 3)"]
 fn agent_sigkilled_three_times_during_workload_loses_nothing() {
     preflight();
     let seed = seed("agent-kill");

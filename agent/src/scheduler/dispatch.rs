@@ -249,8 +249,14 @@ impl<'a> BatchBuilder<'a> {
         let mut chunks = Vec::new();
         let mut held = 0usize;
         let mut truncate_to = truncate_to;
-        let emit = |this: &mut Self, chunks: Vec<pb::Chunk>, truncate_to: Option<u64>| {
-            let data = pb::FileData { truncate_to, chunks, size, attr: Some(attr) };
+        // The first op of a file sent whole (reconciliation: the source's
+        // file at this name may not be the one the mirror's names share)
+        // replaces the mirror's file if other names share it (see
+        // FileData.replace). Live truncations keep writing through: the
+        // source's names still share the file.
+        let mut replace = all;
+        let mut emit = |this: &mut Self, chunks: Vec<pb::Chunk>, truncate_to: Option<u64>| {
+            let data = pb::FileData { truncate_to, chunks, size, attr: Some(attr), replace: std::mem::take(&mut replace) };
             this.push(&c.remote, Kind::Data(data), c.since);
         };
         for &(start, end) in ranges {
