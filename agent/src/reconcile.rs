@@ -212,9 +212,7 @@ impl Comparer {
         }
         Ok(())
     }
-}
 
-impl Comparer {
     /// Equal size and mtime prove nothing for a file modified while changes
     /// could be lost: a write in the same timestamp tick as the copy the
     /// mirror got leaves both unchanged.

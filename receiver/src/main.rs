@@ -143,18 +143,9 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
 /// Writes the credential (readable by root only) and the CA, and says how to
 /// start the agent with them.
 fn hand_out(store: &Path, cred: &Credential, out: &Path, what: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let token_path = out.join(format!("{}.token", cred.machine()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&token_path)
-        .with_context(|| format!("cannot write {}", token_path.display()))?;
-    writeln!(f, "{}", cred.token())?;
+    tls::write_private(&token_path, &format!("{}\n", cred.token()))?;
     let identity = tls::load_or_create(store, &[])?;
     let ca_out = out.join("ca.crt");
     if let Some(ca) = identity.ca_path {

@@ -114,7 +114,9 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     Ok(p)
 }
 
-fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
+/// Writes a secret (a key, a machine's credential) readable by its owner
+/// only, whole or not at all.
+pub fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
     write_file(path, data, 0o600)
 }
 
