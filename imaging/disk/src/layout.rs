@@ -632,3 +632,69 @@ fn compute_keep(layout: &mut DiskLayout, tail_start: u64, tail_end: u64) {
     }
     layout.keep = out;
 }
+
+/// The sectors to write so that a GPT copied from a disk of `old_size` bytes
+/// fits a larger disk of `new_size` bytes: the backup entry array and header
+/// move to the new end, the primary header points at them and its last usable
+/// sector grows, and a protective MBR covers the whole new disk. Partitions
+/// are not touched; the new space is left unallocated.
+///
+/// `disk` must hold the copied primary GPT (sector 1 and its entry array),
+/// which is read and checked here; the caller writes the returned
+/// `(byte offset, bytes)` pairs. The old backup header sector is overwritten
+/// with zeros so no stale GPT copy remains in the middle of the new disk.
+pub fn gpt_resized(
+    disk: &dyn ReadAt,
+    old_size: u64,
+    new_size: u64,
+    sector_size: u32,
+) -> Result<Vec<(u64, Vec<u8>)>, LayoutError> {
+    let ss = sector_size as u64;
+    if new_size < old_size || new_size % ss != 0 {
+        return Err(LayoutError::Invalid(format!(
+            "cannot move a GPT from a disk of {old_size} bytes to one of {new_size}"
+        )));
+    }
+    let (hdr, arr) = read_gpt_copy(disk, old_size, ss, 1).map_err(|e| {
+        LayoutError::Invalid(format!("primary GPT of the restored image unusable: {e}"))
+    })?;
+    let mut sector = vec![0u8; ss as usize];
+    disk.read_exact_at(&mut sector, ss)?;
+    let hsize = le32(&sector, 12) as usize;
+    let new_last = new_size / ss - 1;
+    let array_sectors = (arr.len() as u64).div_ceil(ss);
+    let backup_entries = new_last - array_sectors;
+    let seal = |h: &mut Vec<u8>| {
+        h[16..20].fill(0);
+        let crc = crc32fast::hash(&h[..hsize]);
+        h[16..20].copy_from_slice(&crc.to_le_bytes());
+    };
+    let mut primary = sector.clone();
+    primary[32..40].copy_from_slice(&new_last.to_le_bytes());
+    primary[48..56].copy_from_slice(&(backup_entries - 1).to_le_bytes());
+    seal(&mut primary);
+    let mut backup = primary.clone();
+    backup[24..32].copy_from_slice(&new_last.to_le_bytes());
+    backup[32..40].copy_from_slice(&1u64.to_le_bytes());
+    backup[72..80].copy_from_slice(&backup_entries.to_le_bytes());
+    seal(&mut backup);
+    let mut writes = Vec::new();
+    let mut mbr = vec![0u8; ss as usize];
+    disk.read_exact_at(&mut mbr, 0)?;
+    if mbr[510..512] == [0x55, 0xAA] && mbr[446 + 4] == 0xEE {
+        // Protective MBR: one 0xEE entry from sector 1 to the end (capped).
+        let count = (new_size / ss - 1).min(u32::MAX as u64) as u32;
+        mbr[446 + 12..446 + 16].copy_from_slice(&count.to_le_bytes());
+        writes.push((0, mbr));
+    }
+    let old_backup = hdr.alternate_lba.min(old_size / ss - 1);
+    if old_backup > 1 && old_backup != new_last {
+        writes.push((old_backup * ss, vec![0u8; ss as usize]));
+    }
+    writes.push((ss, primary));
+    let mut entries = arr;
+    entries.resize((array_sectors * ss) as usize, 0);
+    writes.push((backup_entries * ss, entries));
+    writes.push((new_last * ss, backup));
+    Ok(writes)
+}

@@ -266,6 +266,35 @@ fn fat32() {
     fat_case("32", 64 * MIB, &["-s", "1"], "fat32");
 }
 
+/// `mkfs.vfat -F 32` on a small partition (an ESP) makes FAT32 with fewer
+/// clusters than the specification's FAT32 minimum; it is still FAT32 (32-bit
+/// FAT entries, root directory in a cluster chain).
+/// (mtools reads such a volume as FAT16, so no files are copied in: the test
+/// checks the root directory's cluster is in the map and fsck passes.)
+#[test]
+fn fat32_with_few_clusters() {
+    let t = tempfile::tempdir().unwrap();
+    let img = tmp_path(&t, "fs.img");
+    garbage_image(&img, 32 * MIB);
+    run("mkfs.vfat", &["-F", "32", "-s", "8", img.to_str().unwrap()]);
+    let det = probe_file(&img).unwrap().expect("fat recognised");
+    assert_eq!(det.variant, "fat32");
+    let b = std::fs::read(&img).unwrap();
+    let (reserved, fat_size, root_cluster) = (
+        u16::from_le_bytes([b[14], b[15]]) as u64,
+        u32::from_le_bytes(b[36..40].try_into().unwrap()) as u64,
+        u32::from_le_bytes(b[44..48].try_into().unwrap()) as u64,
+    );
+    let root_sector = reserved + 2 * fat_size + (root_cluster - 2) * 8;
+    assert!(
+        det.map.is_used(root_sector),
+        "root directory cluster missing from the map"
+    );
+    let copy = tmp_path(&t, "copy.img");
+    copy_used(&img, &copy, 0, &det.map);
+    run("fsck.vfat", &["-n", copy.to_str().unwrap()]);
+}
+
 #[test]
 fn swap_header_only() {
     let t = tempfile::tempdir().unwrap();

@@ -276,7 +276,9 @@ fn gpt_on_a_4k_sector_loop_device() {
         .output();
     let dev = match out {
         Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_string(),
-        other => panic!("cannot attach a 4 KiB-sector loop device (run as root with loop devices): {other:?}"),
+        other => panic!(
+            "cannot attach a 4 KiB-sector loop device (run as root with loop devices): {other:?}"
+        ),
     };
     let _guard = Loop(dev.clone());
     let f = OpenOptions::new()

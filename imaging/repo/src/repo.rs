@@ -132,10 +132,27 @@ struct Inner {
     dir: PathBuf,
     id: [u8; 16],
     keys: Keys,
-    /// Chunks being written right now, so two workers given the same new data
-    /// (e.g. the first all-zero chunk) write it once and count it once.
+    /// Chunks being written right now or waiting in `pending`, so two
+    /// workers given the same new data (e.g. the first all-zero chunk) write it
+    /// once and count it once.
     in_flight: Mutex<HashSet<ChunkId>>,
+    /// Chunk files written under temporary names, not yet durable: see
+    /// [`Repo::flush`].
+    pending: Mutex<Pending>,
 }
+
+/// Written but not yet renamed into place.
+#[derive(Default)]
+struct Pending {
+    files: Vec<(ChunkId, PathBuf)>,
+    bytes: u64,
+}
+
+/// Pending bytes after which a writer makes the batch durable. Large enough
+/// that one `syncfs` covers hundreds of chunk files (a per-file fsync costs a
+/// journal commit each: thousands of them for a disk image), small enough that
+/// a crash loses little work.
+const FLUSH_BYTES: u64 = 128 << 20;
 
 /// What `put_chunk` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,6 +330,7 @@ impl Repo {
                     id_key,
                 },
                 in_flight: Mutex::new(HashSet::new()),
+                pending: Mutex::new(Pending::default()),
             }),
         }
     }
@@ -336,16 +354,20 @@ impl Repo {
         self.inner.dir.join(CHUNKS).join(&h[..2]).join(h)
     }
 
+    /// Whether the chunk is stored (or being stored by this process).
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.chunk_path(id).exists()
+        self.inner.in_flight.lock().unwrap().contains(id) || self.chunk_path(id).exists()
     }
 
-    /// Store one chunk unless it is already there. For many chunks use a
-    /// [`crate::ChunkWriter`], which does this on several threads.
+    /// Store one chunk unless it is already there; durable when this returns.
+    /// For many chunks use a [`crate::ChunkWriter`], which does this on several
+    /// threads and makes chunks durable in batches.
     pub fn put_chunk(&self, data: &[u8]) -> Result<PutOutcome> {
         let mut z = new_compressor()?;
         let id = self.chunk_id(data);
-        self.store_chunk(id, data, &mut z)
+        let out = self.store_chunk(id, data, &mut z)?;
+        self.flush()?;
+        Ok(out)
     }
 
     /// Store `data` under `id` (already computed by the caller) unless present.
@@ -386,14 +408,57 @@ impl Repo {
                 data,
                 zstd,
             )?;
-            write_atomic(path.parent().unwrap(), &id.to_hex(), &blob)?;
+            let tmp = write_temp(path.parent().unwrap(), &blob)?;
+            let flush = {
+                let mut p = self.inner.pending.lock().unwrap();
+                p.files.push((id, tmp));
+                p.bytes += blob.len() as u64;
+                p.bytes >= FLUSH_BYTES
+            };
+            if flush {
+                self.flush()?;
+            }
             Ok(PutOutcome {
                 id,
                 new: true,
                 stored: blob.len() as u64,
             })
         })();
-        self.inner.in_flight.lock().unwrap().remove(&id);
+        if r.is_err() {
+            self.inner.in_flight.lock().unwrap().remove(&id);
+        }
+        r
+    }
+
+    /// Make every chunk written so far durable and visible under its name.
+    ///
+    /// Chunk files are written under temporary names without an fsync each;
+    /// a batch is made durable with one `syncfs` of the repository's
+    /// filesystem and only then renamed into place. So a file under a chunk
+    /// name is always complete, even after a power cut (a later backup trusts
+    /// an existing name and would otherwise reference a torn chunk), while a
+    /// disk image costs one journal commit per batch instead of one per chunk.
+    /// [`crate::ChunkWriter::finish`] and [`Repo::put_manifest`] call this.
+    pub fn flush(&self) -> Result<()> {
+        let batch = std::mem::take(&mut *self.inner.pending.lock().unwrap());
+        if batch.files.is_empty() {
+            return Ok(());
+        }
+        let r = (|| {
+            syncfs(&self.inner.dir)?;
+            for (id, tmp) in &batch.files {
+                let dst = self.chunk_path(id);
+                fs::rename(tmp, &dst).map_err(RepoError::io("cannot rename into", &dst))?;
+            }
+            Ok(())
+        })();
+        let mut busy = self.inner.in_flight.lock().unwrap();
+        for (id, tmp) in &batch.files {
+            busy.remove(id);
+            if r.is_err() {
+                let _ = fs::remove_file(tmp);
+            }
+        }
         r
     }
 
@@ -450,10 +515,10 @@ impl Repo {
                 max: MAX_MANIFEST_SIZE,
             });
         }
-        let chunks = self.inner.dir.join(CHUNKS);
-        for i in 0..256 {
-            sync_dir(&chunks.join(format!("{i:02x}")))?;
-        }
+        // Chunks durable and renamed, then the renames themselves durable,
+        // before the manifest that refers to them exists.
+        self.flush()?;
+        syncfs(&self.inner.dir)?;
         let mut z = new_compressor()?;
         let blob = format::seal(
             &self.inner.keys.cipher,
@@ -694,6 +759,34 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// Write `data` to a new temporary file in `dir` (no fsync: see [`Repo::flush`]).
+fn write_temp(dir: &Path, data: &[u8]) -> Result<PathBuf> {
+    let rnd: [u8; 8] = random_bytes()?;
+    let tmp = dir.join(format!("{TMP_PREFIX}{}", hex(&rnd)));
+    let r = File::create(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(RepoError::io("cannot write", &tmp));
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r.map(|()| tmp)
+}
+
+/// Flush everything written on the filesystem holding `dir` (`syncfs(2)`).
+fn syncfs(dir: &Path) -> Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let f = File::open(dir).map_err(RepoError::io("cannot open", dir))?;
+    // SAFETY: plain syscall on a file descriptor we own.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(RepoError::Io {
+            what: "cannot sync the filesystem of",
+            path: dir.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

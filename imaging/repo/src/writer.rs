@@ -83,6 +83,7 @@ type Done = (usize, Result<(ChunkRef, bool, u64)>);
 /// from one thread, then call [`ChunkWriter::finish`] for the ids in input
 /// order and the statistics.
 pub struct ChunkWriter {
+    repo: Repo,
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
@@ -128,6 +129,7 @@ impl ChunkWriter {
             workers.push(h);
         }
         Ok(ChunkWriter {
+            repo: repo.clone(),
             jobs: Some(jobs),
             done,
             workers,
@@ -201,6 +203,7 @@ impl ChunkWriter {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
+        self.repo.flush()?;
         let refs = std::mem::take(&mut self.refs)
             .into_iter()
             .collect::<Option<Vec<_>>>()

@@ -5,7 +5,9 @@
 //! cluster is used when its FAT entry is non-zero, except entries marking a bad
 //! cluster (their content is worthless and reading them may fail). The FAT type
 //! is decided by the cluster count, as the Microsoft specification says (not by
-//! the label string, which is informational).
+//! the label string, which is informational), except that a BPB in the FAT32
+//! layout (16-bit FAT size zero) is FAT32 whatever its cluster count, as Linux
+//! and dosfstools read it.
 //!
 //! Recognition requires a boot sector signature, a sane BPB and either a
 //! "FAT" type string or a jump instruction, which rules out NTFS and exFAT (their
@@ -93,7 +95,13 @@ impl FsReader for Fat {
             ));
         }
         let clusters = (total - data_start) / spc;
-        let (bits, variant) = if clusters < 4085 {
+        // A zero 16-bit FAT size means the FAT32 layout, whatever the cluster
+        // count: `mkfs.vfat -F 32` makes small FAT32 volumes (ESPs) with fewer
+        // than 65525 clusters, and Linux and dosfstools read them as FAT32.
+        // Reading their 32-bit FAT as 16-bit entries would give a wrong map.
+        let (bits, variant) = if le16(&b, 22) == 0 && root_entries == 0 {
+            (32, "fat32")
+        } else if clusters < 4085 {
             (12, "fat12")
         } else if clusters < 65525 {
             (16, "fat16")

@@ -1,0 +1,388 @@
+//! Whole disks made by the real tools (sfdisk, mkfs, mtools) on garbage-filled
+//! image files, backed up, restored and checked: same partition table,
+//! `e2fsck -fn` / `fsck.vfat -n` clean, identical files, unknown partitions
+//! byte-identical. Refusals must leave the target untouched.
+
+use std::path::Path;
+use std::process::Command;
+
+use lifeline_image::manifest::Content as Stored;
+use lifeline_image::{backup, restore, BackupOptions, Rest, RestoreOptions};
+use lifeline_repo::{KdfParams, Repo};
+use lifeline_testdisk::{garbage_image, run, Content, DiskSpec, PartSpec, MIB};
+
+fn repo(dir: &Path) -> Repo {
+    Repo::init_with_kdf(dir.join("repo"), b"pw", KdfParams::insecure_for_tests()).unwrap()
+}
+
+fn opts(name: &str) -> BackupOptions {
+    BackupOptions {
+        name: Some(name.into()),
+        machine: Some("test-pc".into()),
+        threads: Some(2),
+        ..Default::default()
+    }
+}
+
+fn hash(p: &Path) -> blake3::Hash {
+    blake3::hash(&std::fs::read(p).unwrap())
+}
+
+#[test]
+fn gpt_disk_restores_onto_garbage_and_onto_a_new_file() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let r = repo(t.path());
+    let m = backup(&r, &disk.path, &opts("pc")).unwrap();
+    let h = &m.header;
+    assert_eq!(h.table, "gpt");
+    let kinds: Vec<String> = h
+        .partitions
+        .iter()
+        .map(|p| match &p.content {
+            Stored::UsedBlocks { variant, .. } => variant.clone(),
+            Stored::EveryBlock { .. } => "every-block".into(),
+        })
+        .collect();
+    assert_eq!(kinds, ["fat32", "ext4", "swap", "every-block"]);
+    assert!(
+        h.warnings.iter().any(|w| w.contains("partition 4")),
+        "{:?}",
+        h.warnings
+    );
+    // Used blocks only: far less than the disk, though all of it is non-zero.
+    assert!(h.stats.image_bytes < 40 * MIB, "{}", h.stats.image_bytes);
+
+    // Onto an existing disk full of garbage: free space keeps the garbage,
+    // everything the filesystems use must be exact.
+    let target = t.path().join("target.img");
+    garbage_image(&target, 96 * MIB);
+    let rep = restore(
+        &r,
+        "pc",
+        &target,
+        &RestoreOptions {
+            read_back: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(rep.read_back_seconds.is_some());
+    disk.check_copy(&target);
+
+    // Onto a path that does not exist yet: a new (sparse) image file.
+    let fresh = t.path().join("fresh.img");
+    restore(&r, "pc", &fresh, &RestoreOptions::default()).unwrap();
+    assert_eq!(std::fs::metadata(&fresh).unwrap().len(), 96 * MIB);
+    disk.check_copy(&fresh);
+}
+
+#[test]
+fn mbr_disk_with_ext2_ext3_ext4_variants_and_fat16() {
+    let t = tempfile::tempdir().unwrap();
+    let part = |size_mib, sfdisk_type, content| PartSpec {
+        size_mib,
+        sfdisk_type,
+        content,
+    };
+    let spec = DiskSpec {
+        size_mib: 160,
+        label: "dos",
+        parts: vec![
+            part(
+                24,
+                "L",
+                Content::Ext {
+                    mkfs: "mkfs.ext2",
+                    opts: vec![],
+                },
+            ),
+            part(
+                32,
+                "L",
+                Content::Ext {
+                    mkfs: "mkfs.ext3",
+                    opts: vec!["-b", "1024"],
+                },
+            ),
+            part(
+                40,
+                "L",
+                Content::Ext {
+                    mkfs: "mkfs.ext4",
+                    opts: vec!["-O", "bigalloc", "-C", "16384"],
+                },
+            ),
+            part(
+                32,
+                "6",
+                Content::Fat {
+                    bits: 16,
+                    opts: vec![],
+                },
+            ),
+        ],
+    };
+    let disk = spec.build(t.path(), "disk.img");
+    let r = repo(t.path());
+    let m = backup(&r, &disk.path, &opts("mbr")).unwrap();
+    assert_eq!(m.header.table, "mbr");
+    let variants: Vec<String> = m
+        .header
+        .partitions
+        .iter()
+        .map(|p| match &p.content {
+            Stored::UsedBlocks { variant, .. } => variant.clone(),
+            Stored::EveryBlock { reason } => panic!("partition {} read whole: {reason}", p.index),
+        })
+        .collect();
+    assert_eq!(variants, ["ext2", "ext3", "ext4", "fat16"]);
+    let target = t.path().join("target.img");
+    garbage_image(&target, 160 * MIB);
+    restore(&r, "mbr", &target, &RestoreOptions::default()).unwrap();
+    disk.check_copy(&target);
+}
+
+#[test]
+fn larger_target_gets_the_gpt_backup_at_its_end() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let r = repo(t.path());
+    backup(&r, &disk.path, &opts("pc")).unwrap();
+    let target = t.path().join("bigger.img");
+    garbage_image(&target, 160 * MIB);
+    let rep = restore(
+        &r,
+        "pc",
+        &target,
+        &RestoreOptions {
+            rest: Rest::Zero,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(rep.gpt_moved);
+    // check_copy runs `sgdisk -v`, which fails on a GPT whose backup is not at
+    // the end of the disk.
+    disk.check_copy(&target);
+    // --rest zero: the unallocated tail is zeros now.
+    let data = std::fs::read(&target).unwrap();
+    let tail = &data[(100 * MIB) as usize..(150 * MIB) as usize];
+    assert!(tail.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn second_backup_stores_only_what_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let mut disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let r = repo(t.path());
+    let first = backup(&r, &disk.path, &opts("day1")).unwrap();
+    let changed = disk.change_some_files(7);
+    let second = backup(&r, &disk.path, &opts("day2")).unwrap();
+    let (a, b) = (&first.header.stats, &second.header.stats);
+    eprintln!(
+        "first: {} new bytes ({} stored); second: {} new bytes ({} stored) for {changed} bytes of changed files",
+        a.bytes_new, a.bytes_stored, b.bytes_new, b.bytes_stored
+    );
+    assert!(b.new_chunks > 0);
+    // The changed files plus the metadata around them (inode table, bitmaps,
+    // directory, journal), at 64 KiB per touched cell.
+    assert!(
+        b.bytes_new <= 4 * changed + 2 * MIB,
+        "second backup added {} bytes",
+        b.bytes_new
+    );
+    assert!(
+        b.bytes_new * 5 < a.bytes_new,
+        "second {} vs first {}",
+        b.bytes_new,
+        a.bytes_new
+    );
+    // Both images restore to their own state.
+    let target = t.path().join("day2.img");
+    restore(&r, "day2", &target, &RestoreOptions::default()).unwrap();
+    disk.check_copy(&target);
+}
+
+#[test]
+fn luks_partition_is_read_whole_with_the_reason() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    // Partition 4 (unknown) gets a LUKS header signature.
+    let start = disk.parts[3].0;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk.path)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"LUKS\xba\xbe\x00\x02", start).unwrap();
+    let r = repo(t.path());
+    let m = backup(&r, &disk.path, &opts("luks")).unwrap();
+    match &m.header.partitions[3].content {
+        Stored::EveryBlock { reason } => assert!(reason.contains("LUKS"), "{reason}"),
+        c => panic!("{c:?}"),
+    }
+    let target = t.path().join("t.img");
+    restore(&r, "luks", &target, &RestoreOptions::default()).unwrap();
+    disk.check_copy(&target);
+}
+
+#[test]
+fn damaged_chunk_is_caught_before_anything_is_written() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let r = repo(t.path());
+    let m = backup(&r, &disk.path, &opts("pc")).unwrap();
+    assert!(lifeline_image::restore::verify(&r, &m, 2).ok());
+    // Flip one byte in the middle of one chunk file.
+    let id = m.chunks[m.chunks.len() / 2].1.to_hex();
+    let chunk = t.path().join("repo/chunks").join(&id[..2]).join(&id);
+    let mut bytes = std::fs::read(&chunk).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&chunk, bytes).unwrap();
+    let rep = lifeline_image::restore::verify(&r, &m, 2);
+    assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
+    assert!(rep.errors[0].to_string().contains(&id));
+
+    let target = t.path().join("target.img");
+    garbage_image(&target, 96 * MIB);
+    let before = hash(&target);
+    let e = restore(&r, "pc", &target, &RestoreOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("damaged"), "{e:#}");
+    assert!(format!("{e:#}").contains("Nothing was written"), "{e:#}");
+    assert_eq!(
+        hash(&target),
+        before,
+        "target modified by a refused restore"
+    );
+    // A refused restore to a new path leaves no file behind.
+    let fresh = t.path().join("fresh.img");
+    assert!(restore(&r, "pc", &fresh, &RestoreOptions::default()).is_err());
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn too_small_target_is_refused_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let r = repo(t.path());
+    backup(&r, &disk.path, &opts("pc")).unwrap();
+    let target = t.path().join("small.img");
+    garbage_image(&target, 95 * MIB);
+    let before = hash(&target);
+    let e = restore(&r, "pc", &target, &RestoreOptions::default()).unwrap_err();
+    assert!(format!("{e:#}").contains("too small"), "{e:#}");
+    assert_eq!(hash(&target), before);
+}
+
+/// A mounted target is refused (needs root for the loop device and mount).
+#[test]
+fn mounted_target_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let r = repo(t.path());
+    backup(&r, &disk.path, &opts("pc")).unwrap();
+    let target = t.path().join("mounted.img");
+    garbage_image(&target, 96 * MIB);
+    run("mkfs.ext4", &["-q", "-F", target.to_str().unwrap()]);
+    let dev = run("losetup", &["--find", "--show", target.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args([dev.as_str(), mnt.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success();
+    let result = restore(&r, "pc", Path::new(&dev), &RestoreOptions::default());
+    if mounted {
+        let _ = Command::new("umount").arg(&mnt).status();
+    }
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(mounted, "could not mount the test filesystem");
+    let e = result.unwrap_err();
+    assert!(
+        format!("{e:#}").contains("in use") || format!("{e:#}").contains("mounted"),
+        "{e:#}"
+    );
+    // Still the ext4 made above.
+    run("e2fsck", &["-fn", target.to_str().unwrap()]);
+}
+
+/// The CLI end to end: init, backup, list, info, verify, restore; a wrong
+/// password is refused and changes nothing.
+#[test]
+fn cli_end_to_end_and_wrong_password() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let repo = t.path().join("repo");
+    let cli = |pw: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lifeline-image"))
+            .args(args)
+            .env("LIFELINE_REPO", &repo)
+            .env("LIFELINE_PASSWORD", pw)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    assert!(cli("right", &["init"]).0);
+    let (ok, out) = cli(
+        "right",
+        &[
+            "--json",
+            "backup",
+            "--name",
+            "pc1",
+            disk.path.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .expect("JSON result");
+    let j: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(j["stats"]["bytes_stored"].as_u64().unwrap() > 0);
+    let (ok, out) = cli("right", &["list"]);
+    assert!(ok && out.contains("pc1"), "{out}");
+    let (ok, out) = cli("right", &["info", "--name", "pc1"]);
+    assert!(
+        ok && out.contains("ext4") && out.contains("fat32") && out.contains("every block"),
+        "{out}"
+    );
+    let (ok, out) = cli("right", &["verify"]);
+    assert!(ok && out.contains("pc1: ok"), "{out}");
+
+    let target = t.path().join("target.img");
+    garbage_image(&target, 96 * MIB);
+    let before = hash(&target);
+    let (ok, out) = cli(
+        "wrong",
+        &["restore", "--name", "pc1", target.to_str().unwrap()],
+    );
+    assert!(!ok && out.contains("password"), "{out}");
+    assert_eq!(hash(&target), before, "wrong password modified the target");
+    let (ok, out) = cli(
+        "right",
+        &[
+            "restore",
+            "--name",
+            "pc1",
+            "--read-back",
+            target.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    disk.check_copy(&target);
+    // An existing name is not overwritten.
+    let (ok, out) = cli(
+        "right",
+        &["backup", "--name", "pc1", disk.path.to_str().unwrap()],
+    );
+    assert!(!ok && out.contains("already exists"), "{out}");
+}
