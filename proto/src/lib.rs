@@ -1,5 +1,7 @@
 //! Lifeline's wire protocol (see `proto/lifeline.proto`).
 
+pub mod client;
+
 /// Generated protobuf messages and gRPC client/server for `lifeline.v1`.
 pub mod v1 {
     tonic::include_proto!("lifeline.v1");

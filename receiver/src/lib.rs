@@ -11,8 +11,9 @@
 
 pub mod apply;
 pub mod auth;
-pub mod delta;
 pub mod db;
+pub mod delta;
+pub mod images;
 pub mod listing;
 pub mod progress;
 pub mod safepath;
@@ -43,6 +44,7 @@ pub async fn serve_with(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    let images = receiver.images()?;
     let stopper = receiver.clone();
     let signal = async move {
         shutdown.await;
@@ -68,6 +70,7 @@ pub async fn serve_with(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(receiver.into_service())
+        .add_service(images.into_service())
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())

@@ -145,6 +145,11 @@ impl Receiver {
         })
     }
 
+    /// The `ImageStore` service over the same store and credentials.
+    pub fn images(&self) -> anyhow::Result<crate::images::Images> {
+        crate::images::Images::new(&self.inner.store, self.inner.auth.clone())
+    }
+
     /// The (canonical) store directory.
     pub fn store(&self) -> &Path {
         &self.inner.store

@@ -22,6 +22,9 @@
 //!   backup copy to the end of a larger disk and optionally zeroes or discards
 //!   the rest.
 //!
+//! Repositories live in a local directory ([`lifeline_repo::DirStore`]) or
+//! on Lifeline's receiver ([`remote::RemoteStore`], over gRPC).
+//!
 //! The CLI (`lifeline-image`, `src/main.rs`) is a thin layer over these.
 
 pub mod backup;
@@ -29,6 +32,7 @@ pub mod device;
 pub mod extents;
 pub mod manifest;
 pub mod progress;
+pub mod remote;
 pub mod restore;
 pub mod scan;
 pub mod util;

@@ -10,11 +10,14 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lifeline_image::manifest::{Content, Manifest};
+use lifeline_image::remote::RemoteStore;
 use lifeline_image::scan::ptype_name;
 use lifeline_image::util::{human_bytes, human_secs};
 use lifeline_image::{restore, BackupOptions, Rest, RestoreOptions};
-use lifeline_repo::Repo;
+use lifeline_proto::client::Connection;
+use lifeline_repo::{DirStore, KdfParams, Repo, Store};
 use serde_json::json;
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -35,9 +38,19 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct RepoArgs {
-    /// Repository directory (local disk or a mounted network share).
+    /// Repository: a directory (local disk or a mounted network share), or a
+    /// receiver's address `https://HOST:PORT` (then --token-file and --ca).
     #[arg(long, env = "LIFELINE_REPO")]
-    repo: PathBuf,
+    repo: String,
+    /// The machine's credential, for a receiver (`lifeline-receiver machine add` writes it).
+    #[arg(long, env = "LIFELINE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The receiver's CA certificate (ca.crt, next to the credential).
+    #[arg(long, env = "LIFELINE_CA")]
+    ca: Option<PathBuf>,
+    /// Name in the receiver's certificate, if not lifeline-receiver.
+    #[arg(long)]
+    tls_name: Option<String>,
     /// Read the password from this file (first line). Otherwise the
     /// LIFELINE_PASSWORD environment variable, otherwise a prompt.
     #[arg(long)]
@@ -145,10 +158,11 @@ fn run(cli: &Cli) -> Result<()> {
     let progress = !cli.quiet;
     match &cli.cmd {
         Cmd::Init { repo } => {
+            let store = store(repo)?;
             let pw = password(repo, true)?;
-            let r = Repo::init(&repo.repo, &pw)?;
-            out(cli, json!({"repo": repo.repo, "id": r.id()}), || {
-                format!("created repository {} (id {})", repo.repo.display(), r.id())
+            let r = Repo::init_in(store, &pw, KdfParams::default())?;
+            out(cli, json!({"repo": r.location(), "id": r.id()}), || {
+                format!("created repository {} (id {})", r.location(), r.id())
             });
         }
         Cmd::Backup {
@@ -468,8 +482,22 @@ fn print_parts(
 }
 
 fn open(a: &RepoArgs) -> Result<Repo> {
+    let store = store(a)?;
     let pw = password(a, false)?;
-    Ok(Repo::open(&a.repo, &pw)?)
+    Ok(Repo::open_in(store, &pw)?)
+}
+
+/// A directory, or the receiver for an `https://` address.
+fn store(a: &RepoArgs) -> Result<Arc<dyn Store>> {
+    if !a.repo.starts_with("https://") {
+        return Ok(Arc::new(DirStore::new(&a.repo)));
+    }
+    let (Some(token), Some(ca)) = (&a.token_file, &a.ca) else {
+        bail!("a receiver repository needs --token-file (the machine's credential) and --ca (the receiver's CA certificate)");
+    };
+    let conn = Connection::from_files(&a.repo, token, ca, a.tls_name.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(RemoteStore::connect(conn)?))
 }
 
 /// The repository password: `--password-file`, `LIFELINE_PASSWORD`, or a

@@ -8,14 +8,14 @@ use crate::ChunkId;
 pub enum RepoError {
     /// The password does not decrypt the repository's keys. Nothing was read
     /// besides `config`, nothing was written.
-    #[error("wrong password for repository {}", dir.display())]
-    WrongPassword { dir: PathBuf },
-    #[error("{} is not a Lifeline repository (no config file)", dir.display())]
-    NotARepo { dir: PathBuf },
-    #[error("{} already holds a Lifeline repository", dir.display())]
-    AlreadyExists { dir: PathBuf },
-    #[error("{} is not empty; refusing to create a repository there", dir.display())]
-    NotEmpty { dir: PathBuf },
+    #[error("wrong password for repository {repo}")]
+    WrongPassword { repo: String },
+    #[error("{repo} is not a Lifeline repository (no config); create one with `init`")]
+    NotARepo { repo: String },
+    #[error("{repo} already holds a Lifeline repository")]
+    AlreadyExists { repo: String },
+    #[error("{repo} is not empty; refusing to create a repository there")]
+    NotEmpty { repo: String },
     #[error("repository config {}: {why}", path.display())]
     BadConfig { path: PathBuf, why: String },
     #[error("chunk {id} is missing from the repository")]
@@ -30,8 +30,8 @@ pub enum RepoError {
     NoSuchImage { name: String },
     #[error("invalid image name {name:?}: {why}")]
     BadName { name: String, why: &'static str },
-    #[error("unexpected file in the chunk store: {}", path.display())]
-    StrayFile { path: PathBuf },
+    #[error("unexpected file in the chunk store: {path}")]
+    StrayFile { path: String },
     #[error("{what} of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge {
         what: &'static str,
@@ -49,6 +49,9 @@ pub enum RepoError {
     Random(String),
     #[error("write pipeline failed: {0}")]
     Pipeline(String),
+    /// A remote store (the receiver) failed or refused.
+    #[error("{0}")]
+    Remote(String),
 }
 
 impl RepoError {

@@ -75,11 +75,18 @@
 mod error;
 mod format;
 mod repo;
+mod store;
 mod writer;
 
 pub use error::RepoError;
 pub use format::{ChunkId, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
+
+/// Largest chunk blob (a chunk of [`MAX_CHUNK_SIZE`] plus header, nonce, tag).
+pub const MAX_BLOB_SIZE: usize = MAX_CHUNK_SIZE + format::OVERHEAD;
+/// Largest manifest blob.
+pub const MAX_MANIFEST_BLOB_SIZE: usize = MAX_MANIFEST_SIZE + format::OVERHEAD;
 pub use repo::{validate_image_name, KdfParams, PutOutcome, Repo, VerifyReport};
+pub use store::{ChunkListing, DirStore, Store};
 pub use writer::{ChunkRef, ChunkWriter, WriteStats, WriterOptions};
 
 /// Result type of this crate.

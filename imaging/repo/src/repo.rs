@@ -1,8 +1,6 @@
 //! The repository: config and keys, chunk store, manifests, verification.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
-use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,14 +10,11 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{self, hex, random_bytes, unhex, ChunkId, CHUNK_MAGIC, MANIFEST_MAGIC};
+use crate::store::{DirStore, Store};
 use crate::{RepoError, Result, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
 
-const CONFIG: &str = "config";
-const CHUNKS: &str = "chunks";
-const IMAGES: &str = "images";
 const CONFIG_FORMAT: u32 = 1;
 const WRAP_AAD: &[u8] = b"lifeline-repo keys v1";
-const TMP_PREFIX: &str = ".tmp-";
 
 /// Argon2id cost parameters for turning the password into the key that
 /// unwraps the repository keys. Stored in `config`, so a repository opens with
@@ -129,30 +124,18 @@ pub struct Repo {
 }
 
 struct Inner {
-    dir: PathBuf,
+    store: Arc<dyn Store>,
     id: [u8; 16],
     keys: Keys,
-    /// Chunks being written right now or waiting in `pending`, so two
-    /// workers given the same new data (e.g. the first all-zero chunk) write it
-    /// once and count it once.
+    /// Chunks written by this process since the last [`Repo::flush`] (or
+    /// being written right now), so two workers given the same new data (e.g.
+    /// the first all-zero chunk) write it once and count it once, even while
+    /// the store has not made it visible yet.
     in_flight: Mutex<HashSet<ChunkId>>,
-    /// Chunk files written under temporary names, not yet durable: see
-    /// [`Repo::flush`].
-    pending: Mutex<Pending>,
+    /// Those of `in_flight` handed to the store; [`Repo::flush`] forgets
+    /// them once the store has made them visible.
+    unflushed: Mutex<Vec<ChunkId>>,
 }
-
-/// Written but not yet renamed into place.
-#[derive(Default)]
-struct Pending {
-    files: Vec<(ChunkId, PathBuf)>,
-    bytes: u64,
-}
-
-/// Pending bytes after which a writer makes the batch durable. Large enough
-/// that one `syncfs` covers hundreds of chunk files (a per-file fsync costs a
-/// journal commit each: thousands of them for a disk image), small enough that
-/// a crash loses little work.
-const FLUSH_BYTES: u64 = 128 << 20;
 
 /// What `put_chunk` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,24 +176,16 @@ impl Repo {
     /// Create a repository with explicit Argon2id parameters (tests use
     /// [`KdfParams::insecure_for_tests`]).
     pub fn init_with_kdf(dir: impl AsRef<Path>, password: &[u8], kdf: KdfParams) -> Result<Repo> {
-        let dir = dir.as_ref().to_path_buf();
-        let config_path = dir.join(CONFIG);
+        Self::init_in(Arc::new(DirStore::new(dir.as_ref())), password, kdf)
+    }
+
+    /// Create a repository in any [`Store`] (a directory, the receiver).
+    pub fn init_in(store: Arc<dyn Store>, password: &[u8], kdf: KdfParams) -> Result<Repo> {
+        let config_name = || PathBuf::from(format!("{}/config", store.location()));
         kdf.check().map_err(|why| RepoError::BadConfig {
-            path: config_path.clone(),
+            path: config_name(),
             why,
         })?;
-        fs::create_dir_all(&dir).map_err(RepoError::io("cannot create", &dir))?;
-        if config_path.exists() {
-            return Err(RepoError::AlreadyExists { dir });
-        }
-        // Allow re-running an init that crashed before writing `config`.
-        for e in fs::read_dir(&dir).map_err(RepoError::io("cannot list", &dir))? {
-            let e = e.map_err(RepoError::io("cannot list", &dir))?;
-            let n = e.file_name();
-            if n != CHUNKS && n != IMAGES && !n.to_string_lossy().starts_with(TMP_PREFIX) {
-                return Err(RepoError::NotEmpty { dir });
-            }
-        }
         let id: [u8; 16] = random_bytes()?;
         let salt: [u8; 16] = random_bytes()?;
         let data_key: [u8; 32] = random_bytes()?;
@@ -218,7 +193,7 @@ impl Repo {
         let wrap_key = kdf
             .derive(password, &salt)
             .map_err(|why| RepoError::BadConfig {
-                path: config_path.clone(),
+                path: config_name(),
                 why,
             })?;
         let nonce: [u8; 24] = random_bytes()?;
@@ -249,39 +224,25 @@ impl Repo {
                 sealed: hex(&sealed),
             },
         };
-        // Directories first, config last: a repository exists once its config does.
-        let chunks = dir.join(CHUNKS);
-        for i in 0..256 {
-            let d = chunks.join(format!("{i:02x}"));
-            fs::create_dir_all(&d).map_err(RepoError::io("cannot create", &d))?;
-        }
-        let images = dir.join(IMAGES);
-        fs::create_dir_all(&images).map_err(RepoError::io("cannot create", &images))?;
-        sync_dir(&chunks)?;
         let mut json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
         json.push(b'\n');
-        write_atomic(&dir, CONFIG, &json)?;
-        sync_dir(&dir)?;
-        Ok(Repo::from_keys(dir, id, &data_key, id_key))
+        store.create_config(&json)?;
+        Ok(Repo::from_keys(store, id, &data_key, id_key))
     }
 
     /// Open an existing repository. Only `config` is read; a wrong password is
     /// refused with [`RepoError::WrongPassword`] before anything else happens.
     pub fn open(dir: impl AsRef<Path>, password: &[u8]) -> Result<Repo> {
-        let dir = dir.as_ref().to_path_buf();
-        let path = dir.join(CONFIG);
-        let text = match fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::NotARepo { dir })
-            }
-            Err(e) => {
-                return Err(RepoError::Io {
-                    what: "cannot read",
-                    path,
-                    source: e,
-                })
-            }
+        Self::open_in(Arc::new(DirStore::new(dir.as_ref())), password)
+    }
+
+    /// Open a repository in any [`Store`].
+    pub fn open_in(store: Arc<dyn Store>, password: &[u8]) -> Result<Repo> {
+        let path = PathBuf::from(format!("{}/config", store.location()));
+        let Some(text) = store.load_config()? else {
+            return Err(RepoError::NotARepo {
+                repo: store.location(),
+            });
         };
         let bad = |why: String| RepoError::BadConfig {
             path: path.clone(),
@@ -314,29 +275,37 @@ impl Repo {
                     aad: &aad,
                 },
             )
-            .map_err(|_| RepoError::WrongPassword { dir: dir.clone() })?;
+            .map_err(|_| RepoError::WrongPassword {
+                repo: store.location(),
+            })?;
         let data_key: [u8; 32] = master[..32].try_into().unwrap();
         let id_key: [u8; 32] = master[32..].try_into().unwrap();
-        Ok(Repo::from_keys(dir, id, &data_key, id_key))
+        Ok(Repo::from_keys(store, id, &data_key, id_key))
     }
 
-    fn from_keys(dir: PathBuf, id: [u8; 16], data_key: &[u8; 32], id_key: [u8; 32]) -> Repo {
+    fn from_keys(
+        store: Arc<dyn Store>,
+        id: [u8; 16],
+        data_key: &[u8; 32],
+        id_key: [u8; 32],
+    ) -> Repo {
         Repo {
             inner: Arc::new(Inner {
-                dir,
+                store,
                 id,
                 keys: Keys {
                     cipher: format::cipher(data_key),
                     id_key,
                 },
                 in_flight: Mutex::new(HashSet::new()),
-                pending: Mutex::new(Pending::default()),
+                unflushed: Mutex::new(Vec::new()),
             }),
         }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
+    /// Where the repository is (a path or a URL), for messages.
+    pub fn location(&self) -> String {
+        self.inner.store.location()
     }
 
     /// The repository's random id, hex.
@@ -349,14 +318,10 @@ impl Repo {
         ChunkId(*blake3::keyed_hash(&self.inner.keys.id_key, data).as_bytes())
     }
 
-    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let h = id.to_hex();
-        self.inner.dir.join(CHUNKS).join(&h[..2]).join(h)
-    }
-
     /// Whether the chunk is stored (or being stored by this process).
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
-        self.inner.in_flight.lock().unwrap().contains(id) || self.chunk_path(id).exists()
+        self.inner.in_flight.lock().unwrap().contains(id)
+            || self.inner.store.has_chunk(id).unwrap_or(false)
     }
 
     /// Store one chunk unless it is already there; durable when this returns.
@@ -384,23 +349,21 @@ impl Repo {
                 max: MAX_CHUNK_SIZE,
             });
         }
-        let path = self.chunk_path(&id);
         let dup = PutOutcome {
             id,
             new: false,
             stored: 0,
         };
-        {
-            let mut busy = self.inner.in_flight.lock().unwrap();
-            // Checking existence under the lock makes "new" exact within this
-            // process; across processes/machines two writers of the same chunk
-            // both write valid, identical content and the rename is atomic.
-            if busy.contains(&id) || path.exists() {
+        if !self.inner.in_flight.lock().unwrap().insert(id) {
+            return Ok(dup);
+        }
+        // Across processes or machines sharing a store, two writers of the
+        // same chunk both write valid, identical content; the store's rename
+        // (or the receiver's create) is atomic.
+        let r = (|| {
+            if self.inner.store.has_chunk(&id)? {
                 return Ok(dup);
             }
-            busy.insert(id);
-        }
-        let r = (|| {
             let blob = format::seal(
                 &self.inner.keys.cipher,
                 CHUNK_MAGIC,
@@ -408,82 +371,43 @@ impl Repo {
                 data,
                 zstd,
             )?;
-            let tmp = write_temp(path.parent().unwrap(), &blob)?;
-            let flush = {
-                let mut p = self.inner.pending.lock().unwrap();
-                p.files.push((id, tmp));
-                p.bytes += blob.len() as u64;
-                p.bytes >= FLUSH_BYTES
-            };
-            if flush {
-                self.flush()?;
-            }
+            let stored = blob.len() as u64;
+            self.inner.store.put_chunk(&id, blob)?;
+            self.inner.unflushed.lock().unwrap().push(id);
             Ok(PutOutcome {
                 id,
                 new: true,
-                stored: blob.len() as u64,
+                stored,
             })
         })();
-        if r.is_err() {
+        if !matches!(r, Ok(PutOutcome { new: true, .. })) {
             self.inner.in_flight.lock().unwrap().remove(&id);
         }
         r
     }
 
-    /// Make every chunk written so far durable and visible under its name.
-    ///
-    /// Chunk files are written under temporary names without an fsync each;
-    /// a batch is made durable with one `syncfs` of the repository's
-    /// filesystem and only then renamed into place. So a file under a chunk
-    /// name is always complete, even after a power cut (a later backup trusts
-    /// an existing name and would otherwise reference a torn chunk), while a
-    /// disk image costs one journal commit per batch instead of one per chunk.
-    /// [`crate::ChunkWriter::finish`] and [`Repo::put_manifest`] call this.
+    /// Make every chunk written so far durable and visible (the store batches
+    /// writes; see [`DirStore`]). [`crate::ChunkWriter::finish`] and
+    /// [`Repo::put_manifest`] call this.
     pub fn flush(&self) -> Result<()> {
-        let batch = std::mem::take(&mut *self.inner.pending.lock().unwrap());
-        if batch.files.is_empty() {
-            return Ok(());
-        }
-        let r = (|| {
-            syncfs(&self.inner.dir)?;
-            for (id, tmp) in &batch.files {
-                let dst = self.chunk_path(id);
-                fs::rename(tmp, &dst).map_err(RepoError::io("cannot rename into", &dst))?;
-            }
-            Ok(())
-        })();
+        // Only chunks already handed to the store are visible after its
+        // flush; one another thread is writing right now stays in flight.
+        let done = std::mem::take(&mut *self.inner.unflushed.lock().unwrap());
+        self.inner.store.flush()?;
         let mut busy = self.inner.in_flight.lock().unwrap();
-        for (id, tmp) in &batch.files {
+        for id in &done {
             busy.remove(id);
-            if r.is_err() {
-                let _ = fs::remove_file(tmp);
-            }
         }
-        r
+        Ok(())
     }
 
     /// Read, decrypt, decompress and check a chunk.
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let path = self.chunk_path(id);
-        let blob = match read_limited(&path, (MAX_CHUNK_SIZE + format::OVERHEAD) as u64) {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                return Err(RepoError::Corrupt {
-                    id: *id,
-                    why: "file larger than any valid chunk".into(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::MissingChunk { id: *id })
-            }
-            Err(e) => {
-                return Err(RepoError::Io {
-                    what: "cannot read chunk",
-                    path,
-                    source: e,
-                })
-            }
-        };
+        let blob = self
+            .inner
+            .store
+            .get_chunk(id, MAX_CHUNK_SIZE + format::OVERHEAD)?
+            .ok_or(RepoError::MissingChunk { id: *id })?;
         let plain = format::open(
             &self.inner.keys.cipher,
             CHUNK_MAGIC,
@@ -492,7 +416,7 @@ impl Repo {
             MAX_CHUNK_SIZE,
         )
         .map_err(|why| RepoError::Corrupt { id: *id, why })?;
-        // Authentication already binds the file to `id`; the hash check also
+        // Authentication already binds the blob to `id`; the hash check also
         // catches a chunk written under a wrong id by a buggy writer.
         if self.chunk_id(&plain) != *id {
             return Err(RepoError::Corrupt {
@@ -504,8 +428,8 @@ impl Repo {
     }
 
     /// Store an image's manifest (opaque bytes) under `name`, replacing any
-    /// previous one. The chunk directories are fsync'd first, so after a crash
-    /// a manifest never refers to chunks that did not reach the disk.
+    /// previous one. Chunks are made durable first, so after a crash a
+    /// manifest never refers to chunks that did not reach the disk.
     pub fn put_manifest(&self, name: &str, data: &[u8]) -> Result<()> {
         validate_image_name(name)?;
         if data.len() > MAX_MANIFEST_SIZE {
@@ -515,10 +439,7 @@ impl Repo {
                 max: MAX_MANIFEST_SIZE,
             });
         }
-        // Chunks durable and renamed, then the renames themselves durable,
-        // before the manifest that refers to them exists.
         self.flush()?;
-        syncfs(&self.inner.dir)?;
         let mut z = new_compressor()?;
         let blob = format::seal(
             &self.inner.keys.cipher,
@@ -527,33 +448,16 @@ impl Repo {
             data,
             &mut z,
         )?;
-        let images = self.inner.dir.join(IMAGES);
-        write_atomic(&images, name, &blob)?;
-        sync_dir(&images)
+        self.inner.store.put_manifest(name, &blob)
     }
 
     pub fn get_manifest(&self, name: &str) -> Result<Vec<u8>> {
         validate_image_name(name)?;
-        let path = self.inner.dir.join(IMAGES).join(name);
-        let blob = match read_limited(&path, (MAX_MANIFEST_SIZE + format::OVERHEAD) as u64) {
-            Ok(Some(b)) => b,
-            Ok(None) => {
-                return Err(RepoError::CorruptManifest {
-                    name: name.into(),
-                    why: "file too large".into(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RepoError::NoSuchImage { name: name.into() })
-            }
-            Err(e) => {
-                return Err(RepoError::Io {
-                    what: "cannot read image",
-                    path,
-                    source: e,
-                })
-            }
-        };
+        let blob = self
+            .inner
+            .store
+            .get_manifest(name, MAX_MANIFEST_SIZE + format::OVERHEAD)?
+            .ok_or_else(|| RepoError::NoSuchImage { name: name.into() })?;
         format::open(
             &self.inner.keys.cipher,
             MANIFEST_MAGIC,
@@ -569,16 +473,13 @@ impl Repo {
 
     /// Names of the stored images, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
-        let dir = self.inner.dir.join(IMAGES);
-        let mut names = Vec::new();
-        for e in fs::read_dir(&dir).map_err(RepoError::io("cannot list", &dir))? {
-            let e = e.map_err(RepoError::io("cannot list", &dir))?;
-            if let Some(n) = e.file_name().to_str() {
-                if validate_image_name(n).is_ok() {
-                    names.push(n.to_string());
-                }
-            }
-        }
+        let mut names: Vec<String> = self
+            .inner
+            .store
+            .list_manifests()?
+            .into_iter()
+            .filter(|n| validate_image_name(n).is_ok())
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -598,52 +499,28 @@ impl Repo {
         })
     }
 
-    /// Read and check every file in the chunk store: each must decrypt,
-    /// decompress and hash back to its file name. Files that are not chunks
-    /// (other than leftover temporaries) are reported as stray.
+    /// Read and check every chunk in the store: each must decrypt, decompress
+    /// and hash back to its name. Names that are not chunks (other than
+    /// leftover temporaries) are reported as stray.
     pub fn verify_all_chunk_files(&self, threads: usize) -> VerifyReport {
-        let chunks = self.inner.dir.join(CHUNKS);
-        self.verify_parallel(256, threads, |i, rep| {
-            let prefix = format!("{i:02x}");
-            let d = chunks.join(&prefix);
-            let rd = match fs::read_dir(&d) {
-                Ok(rd) => rd,
-                Err(e) => {
-                    return rep.errors.push(RepoError::Io {
-                        what: "cannot list",
-                        path: d,
-                        source: e,
-                    })
-                }
-            };
-            for e in rd {
-                let e = match e {
-                    Ok(e) => e,
-                    Err(e) => {
-                        return rep.errors.push(RepoError::Io {
-                            what: "cannot list",
-                            path: d,
-                            source: e,
-                        })
-                    }
-                };
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TMP_PREFIX) {
-                    rep.temp_files += 1;
-                    continue;
-                }
-                match ChunkId::from_hex(&name) {
-                    Some(id) if name.starts_with(&prefix) => {
-                        rep.checked += 1;
-                        match self.get_chunk(&id) {
-                            Ok(data) => rep.bytes += data.len() as u64,
-                            Err(err) => rep.errors.push(err),
-                        }
-                    }
-                    _ => rep.errors.push(RepoError::StrayFile { path: e.path() }),
+        let listing = match self.inner.store.list_chunks() {
+            Ok(l) => l,
+            Err(e) => {
+                return VerifyReport {
+                    errors: vec![e],
+                    ..Default::default()
                 }
             }
-        })
+        };
+        let mut rep = self.verify_chunks(&listing.ids, threads);
+        rep.temp_files = listing.temp_files;
+        rep.errors.extend(
+            listing
+                .stray
+                .into_iter()
+                .map(|path| RepoError::StrayFile { path }),
+        );
+        rep
     }
 
     fn verify_parallel(
@@ -723,74 +600,4 @@ fn wrap_aad(id: &[u8; 16]) -> Vec<u8> {
 pub(crate) fn new_compressor() -> Result<zstd::bulk::Compressor<'static>> {
     zstd::bulk::Compressor::new(format::ZSTD_LEVEL)
         .map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))
-}
-
-/// Read a whole file unless it is longer than `max` (then `Ok(None)`).
-fn read_limited(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
-    let f = File::open(path)?;
-    let len = f.metadata()?.len();
-    if len > max {
-        return Ok(None);
-    }
-    let mut buf = Vec::with_capacity(len as usize);
-    f.take(max + 1).read_to_end(&mut buf)?;
-    Ok(if buf.len() as u64 > max {
-        None
-    } else {
-        Some(buf)
-    })
-}
-
-/// Write `dir/name` atomically: temporary file in the same directory, fsync,
-/// rename over the final name. Readers see the old file or the new one, never
-/// a partial one, even across a crash.
-fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    let rnd: [u8; 8] = random_bytes()?;
-    let tmp = dir.join(format!("{TMP_PREFIX}{}", hex(&rnd)));
-    let res = (|| {
-        let mut f = File::create(&tmp).map_err(RepoError::io("cannot create", &tmp))?;
-        f.write_all(data)
-            .map_err(RepoError::io("cannot write", &tmp))?;
-        f.sync_all().map_err(RepoError::io("cannot fsync", &tmp))?;
-        let dst = dir.join(name);
-        fs::rename(&tmp, &dst).map_err(RepoError::io("cannot rename into", &dst))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
-}
-
-/// Write `data` to a new temporary file in `dir` (no fsync: see [`Repo::flush`]).
-fn write_temp(dir: &Path, data: &[u8]) -> Result<PathBuf> {
-    let rnd: [u8; 8] = random_bytes()?;
-    let tmp = dir.join(format!("{TMP_PREFIX}{}", hex(&rnd)));
-    let r = File::create(&tmp)
-        .and_then(|mut f| f.write_all(data))
-        .map_err(RepoError::io("cannot write", &tmp));
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.map(|()| tmp)
-}
-
-/// Flush everything written on the filesystem holding `dir` (`syncfs(2)`).
-fn syncfs(dir: &Path) -> Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let f = File::open(dir).map_err(RepoError::io("cannot open", dir))?;
-    // SAFETY: plain syscall on a file descriptor we own.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(RepoError::Io {
-            what: "cannot sync the filesystem of",
-            path: dir.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(RepoError::io("cannot fsync directory", dir))
 }
