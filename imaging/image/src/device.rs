@@ -145,6 +145,34 @@ impl Disk {
         out
     }
 
+    /// Loop devices whose backing file is this (image) file: restoring into
+    /// a file a mounted loop device reads from would corrupt that mount.
+    pub fn loop_devices_backed_by_this(&self) -> Vec<String> {
+        if self.is_block_device() {
+            return Vec::new();
+        }
+        let Ok(me) = std::fs::canonicalize(&self.path) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/sys/block")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("loop") {
+                continue;
+            }
+            if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+                if Path::new(b.trim()) == me {
+                    out.push(format!("/dev/{name}"));
+                }
+            }
+        }
+        out
+    }
+
     /// Write zeros over `[off, off + len)`: the kernel's write-zeroes for a
     /// block device (offloaded where the device can), a zero-range fallocate
     /// for a file; plain writes where neither works.

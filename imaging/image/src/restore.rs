@@ -111,6 +111,14 @@ pub fn restore(
             list.join(", ")
         ));
     }
+    let loops = disk.loop_devices_backed_by_this();
+    if !loops.is_empty() {
+        return refuse(format!(
+            "{} is attached to {} (losetup -a); detach it first (losetup -d)",
+            target.display(),
+            loops.join(", ")
+        ));
+    }
     if disk.size < src_size {
         return refuse(format!(
             "{} is too small: {} bytes ({}), the image needs {} bytes ({})",

@@ -115,6 +115,9 @@ pub fn ptype_name(t: &str) -> &'static str {
     match t {
         "gpt:C12A7328-F81F-11D2-BA4B-00A0C93EC93B" | "mbr:0xef" => "EFI system",
         "gpt:0FC63DAF-8483-4772-8E79-3D69D8477DE4" | "mbr:0x83" => "Linux filesystem",
+        "gpt:4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709" => "Linux root (x86-64)",
+        "gpt:933AC7E1-2EB4-4F13-B844-0E14E2AEF915" => "Linux /home",
+        "gpt:BC13C2FF-59E6-4262-A352-B275FD6F7172" => "Linux /boot (XBOOTLDR)",
         "gpt:0657FD6D-A4AB-43C4-84E5-0933C84B4F4F" | "mbr:0x82" => "Linux swap",
         "gpt:21686148-6449-6E6F-744E-656564454649" => "BIOS boot",
         "gpt:E6D6D379-F507-44C2-A23C-238F2A3DF928" | "mbr:0x8e" => "Linux LVM",

@@ -296,6 +296,8 @@ fn mounted_target_is_refused() {
         .unwrap()
         .success();
     let result = restore(&r, "pc", Path::new(&dev), &RestoreOptions::default());
+    // Nor the image file under the loop device.
+    let via_file = restore(&r, "pc", &target, &RestoreOptions::default());
     if mounted {
         let _ = Command::new("umount").arg(&mnt).status();
     }
@@ -304,6 +306,11 @@ fn mounted_target_is_refused() {
     let e = result.unwrap_err();
     assert!(
         format!("{e:#}").contains("in use") || format!("{e:#}").contains("mounted"),
+        "{e:#}"
+    );
+    let e = via_file.unwrap_err();
+    assert!(
+        format!("{e:#}").contains("is attached to /dev/loop"),
         "{e:#}"
     );
     // Still the ext4 made above.
