@@ -11,6 +11,7 @@ APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev
   protobuf-compiler iproute2 procps psmisc util-linux e2fsprogs dosfstools
   mtools fdisk gdisk rsync lsyncd bpftool rdiff
+  ntfs-3g exfatprogs exfat-fuse xfsprogs btrfs-progs
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
