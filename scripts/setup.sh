@@ -57,6 +57,12 @@ if ! command -v bpf-linker >/dev/null || [ "$have" != "$want" ]; then
   echo "$want" > "$HOME/.cargo/.bpf-linker-llvm"
 fi
 
+# cargo-fuzz runs the filesystem readers' fuzz targets (imaging/disk/fuzz) in CI.
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  log "installing cargo-fuzz (about a minute)"
+  cargo +nightly install --locked cargo-fuzz
+fi
+
 # tracefs: aya attaches tracepoints by name through it.
 if [ ! -d /sys/kernel/tracing/events ]; then
   mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || log "warning: could not mount tracefs"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Fuzzes the parsers of untrusted on-disk bytes (imaging/disk/fuzz): partition
+# tables, every filesystem reader, used-block maps. Each target runs SECONDS
+# (default 20) from a seed corpus of real, small filesystems made by mkfs, so
+# the fuzzer starts past the magic numbers. Prints one `test result:` line per
+# target, which scripts/test.sh counts with the tests. Crashes are kept in
+# imaging/disk/fuzz/artifacts/TARGET/ (reproduce: cargo +nightly fuzz run TARGET FILE).
+set -euo pipefail
+cd "$(dirname "$0")/../imaging/disk/fuzz"
+secs=${1:-20}
+corpus=${LIFELINE_FUZZ_CORPUS:-/var/tmp/lifeline-fuzz-corpus}
+mkdir -p "$corpus"/{layout,usedmap,reader}
+
+seed() { # seed NAME SIZE_KIB mkfs-command... (the image path is appended)
+  local name=$1 kib=$2; shift 2
+  local img="$corpus/seed-$name.img"
+  [ -f "$corpus/reader/$name-0" ] && return 0
+  head -c $((kib * 1024)) /dev/urandom > "$img"
+  if "$@" "$img" >/dev/null 2>&1; then
+    # The first byte picks the reader: one copy per reader index.
+    for i in 0 1 2 3 4 5 6 7; do
+      { printf "\\x0$i"; head -c 1048576 "$img"; } > "$corpus/reader/$name-$i"
+    done
+  else
+    echo "fuzz: could not make a $name seed (skipped)" >&2
+  fi
+  rm -f "$img"
+}
+seed ext2 1024 mkfs.ext2 -q -F -b 1024
+seed ext4 1024 mkfs.ext4 -q -F -b 1024 -O metadata_csum,64bit
+seed fat12 1024 mkfs.vfat
+seed fat16 4096 mkfs.vfat -F 16
+seed swap 1024 mkswap
+seed ntfs 2048 mkfs.ntfs -F -f -q
+seed exfat 1024 mkfs.exfat
+seed xfs 307200 mkfs.xfs -q -f
+seed btrfs 131072 mkfs.btrfs -q -f
+if [ ! -f "$corpus/layout/gpt" ]; then
+  for label in gpt dos; do
+    head -c 1048576 /dev/urandom > "$corpus/layout/$label"
+    printf 'label: %s\nsize=256K\nsize=256K\n' "$label" | sfdisk -q "$corpus/layout/$label" >/dev/null
+  done
+fi
+
+status=0
+for target in layout usedmap reader; do
+  log=$(mktemp)
+  if cargo +nightly fuzz run "$target" "$corpus/$target" -- \
+      -max_total_time="$secs" -max_len=1048577 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
+    echo "test result: ok. 1 passed; 0 failed; fuzz target $target, ${runs:-?} inputs in ${secs} s"
+  else
+    tail -n 40 "$log"
+    echo "test result: FAILED. 0 passed; 1 failed; fuzz target $target (artifacts in imaging/disk/fuzz/artifacts/$target)"
+    status=1
+  fi
+  rm -f "$log"
+done
+exit $status
