@@ -29,10 +29,10 @@ seed() { # seed NAME SIZE_KIB mkfs-command... (the image path is appended)
 seed ext2 1024 mkfs.ext2 -q -F -b 1024
 seed ext4 1024 mkfs.ext4 -q -F -b 1024 -O metadata_csum,64bit
 seed fat12 1024 mkfs.vfat
-seed fat16 4096 mkfs.vfat -F 16
+seed fat16 8192 mkfs.vfat -F 16
 seed swap 1024 mkswap
 seed ntfs 2048 mkfs.ntfs -F -f -q
-seed exfat 1024 mkfs.exfat
+seed exfat 4096 mkfs.exfat
 seed xfs 307200 mkfs.xfs -q -f
 seed btrfs 131072 mkfs.btrfs -q -f
 if [ ! -f "$corpus/layout/gpt" ]; then

@@ -145,3 +145,82 @@ fn walkdir(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The receiver is SIGKILLed in the middle of a backup: the backup fails with
+/// an error naming the receiver, no image appears, the repository stays
+/// consistent, and the next backup after the restart succeeds and restores.
+#[test]
+fn receiver_killed_mid_backup_leaves_no_image_and_the_next_backup_works() {
+    let t = tempfile::tempdir().unwrap();
+    // A large partition of unknown content is read and sent whole: seconds
+    // of upload to interrupt.
+    let spec = DiskSpec {
+        size_mib: 300,
+        label: "gpt",
+        parts: vec![
+            lifeline_testdisk::PartSpec {
+                size_mib: 32,
+                sfdisk_type: "L",
+                content: lifeline_testdisk::Content::Ext {
+                    mkfs: "mkfs.ext4",
+                    opts: vec![],
+                },
+            },
+            lifeline_testdisk::PartSpec {
+                size_mib: 260,
+                sfdisk_type: "L",
+                content: lifeline_testdisk::Content::Unknown,
+            },
+        ],
+    };
+    let disk = spec.build(t.path(), "disk.img");
+    let mut rx = Receiver::start(&t.path().join("store"));
+    let web = rx.credentials("web1");
+    assert!(image(&rx, &web, "pw", &["init"]).0);
+    let child = Command::new(bin_path("lifeline-image"))
+        .args(["backup", "--name", "cut", disk.path.to_str().unwrap()])
+        .env("LIFELINE_REPO", rx.url())
+        .env("LIFELINE_TOKEN_FILE", &web.0)
+        .env("LIFELINE_CA", &web.1)
+        .env("LIFELINE_PASSWORD", "pw")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until chunks arrive, then kill the receiver.
+    let chunks = t.path().join("store/images/web1/chunks");
+    let start = std::time::Instant::now();
+    while walkdir(&chunks).len() < 50 && start.elapsed().as_secs() < 60 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    rx.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "the backup succeeded although the receiver died: {text}"
+    );
+    assert!(text.contains("receiver"), "{text}");
+
+    rx.restart();
+    let (ok, out) = image(&rx, &web, "pw", &["list"]);
+    assert!(ok && !out.contains("cut"), "{out}");
+    let (ok, out) = image(&rx, &web, "pw", &["verify", "--all-chunks"]);
+    assert!(ok, "{out}");
+    let (ok, out) = image(
+        &rx,
+        &web,
+        "pw",
+        &["backup", "--name", "again", disk.path.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    let target = t.path().join("target.img");
+    let (ok, out) = image(
+        &rx,
+        &web,
+        "pw",
+        &["restore", "--name", "again", target.to_str().unwrap()],
+    );
+    assert!(ok, "{out}");
+    disk.check_copy(&target);
+}

@@ -15,6 +15,7 @@
 //! `File` opened on `/dev/sda`, on an image file, or on a partition-relative
 //! [`Slice`] of either.
 
+mod crc32c;
 pub mod fs;
 pub mod layout;
 

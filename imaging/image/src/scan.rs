@@ -141,12 +141,6 @@ fn recognise(part: &dyn ReadAt) -> Option<&'static str> {
     if &b[..6] == b"LUKS\xba\xbe" {
         return Some("LUKS encrypted volume");
     }
-    if &b[..4] == b"XFSB" {
-        return Some("XFS (no reader yet)");
-    }
-    if &b[3..7] == b"NTFS" {
-        return Some("NTFS (no reader yet)");
-    }
     let mut lvm = [0u8; 8];
     if part.read_exact_at(&mut lvm, 512 + 24).is_ok() && &lvm == b"LVM2 001" {
         return Some("LVM physical volume");

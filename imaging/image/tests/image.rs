@@ -393,3 +393,51 @@ fn cli_end_to_end_and_wrong_password() {
     );
     assert!(!ok && out.contains("already exists"), "{out}");
 }
+
+/// The other filesystems users restore: NTFS and exFAT (Windows machines,
+/// made by ntfs-3g's and exfatprogs' mkfs), XFS and btrfs (Linux servers),
+/// each read through its own used-block map, restored onto garbage and
+/// checked by its own checker with every file compared.
+#[test]
+fn ntfs_exfat_xfs_btrfs_disk_round_trip() {
+    use lifeline_testdisk::Mounted;
+    let t = tempfile::tempdir().unwrap();
+    let part = |size_mib, sfdisk_type, kind| PartSpec {
+        size_mib,
+        sfdisk_type,
+        content: Content::Mounted(kind),
+    };
+    let spec = DiskSpec {
+        size_mib: 580,
+        label: "gpt",
+        parts: vec![
+            part(48, "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", Mounted::Ntfs),
+            part(32, "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", Mounted::Exfat),
+            part(310, "L", Mounted::Xfs),
+            part(180, "L", Mounted::Btrfs),
+        ],
+    };
+    let disk = spec.build(t.path(), "disk.img");
+    let r = repo(t.path());
+    let m = backup(&r, &disk.path, &opts("mixed")).unwrap();
+    let got: Vec<(String, String)> = m
+        .header
+        .partitions
+        .iter()
+        .map(|p| match &p.content {
+            Stored::UsedBlocks { fs, .. } => (fs.clone(), String::new()),
+            Stored::EveryBlock { reason } => ("every-block".into(), reason.clone()),
+        })
+        .collect();
+    let fs: Vec<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(fs, ["ntfs", "exfat", "xfs", "btrfs"], "{got:?}");
+    assert!(
+        m.header.stats.image_bytes < 200 * MIB,
+        "image covers {} bytes of a 580 MiB disk",
+        m.header.stats.image_bytes
+    );
+    let target = t.path().join("target.img");
+    garbage_image(&target, 580 * MIB);
+    restore(&r, "mixed", &target, &RestoreOptions::default()).unwrap();
+    disk.check_copy(&target);
+}

@@ -88,9 +88,104 @@ pub fn put(disk: &Path, data: &Path, offset: u64) {
         .unwrap();
 }
 
+/// A loop device on an image file, detached on drop (also when a test fails).
+pub struct Loop(pub String);
+
+impl Loop {
+    pub fn new(img: &Path, read_only: bool) -> Loop {
+        let mut args = vec!["-f", "--show"];
+        if read_only {
+            args.push("-r");
+        }
+        args.push(img.to_str().unwrap());
+        Loop(run("losetup", &args).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// A mounted filesystem, unmounted on drop. `prog` is `mount` (with `-t
+/// TYPE` in `opts`) or a FUSE driver (`ntfs-3g`, `mount.exfat-fuse`).
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    pub fn new(prog: &str, opts: &[&str], dev: &str, dir: &Path) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut args: Vec<&str> = opts.to_vec();
+        args.extend([dev, dir.to_str().unwrap()]);
+        run(prog, &args);
+        Mount(dir.to_path_buf())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Filesystems the kernel or a FUSE driver mounts: made by their mkfs,
+/// filled through a mount, checked by their own checker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mounted {
+    Ntfs,
+    Exfat,
+    Xfs,
+    Btrfs,
+}
+
+impl Mounted {
+    fn mkfs(self, img: &str) {
+        match self {
+            Mounted::Ntfs => run("mkfs.ntfs", &["-F", "-f", "-q", img]),
+            Mounted::Exfat => run("mkfs.exfat", &[img]),
+            Mounted::Xfs => run("mkfs.xfs", &["-q", "-f", img]),
+            Mounted::Btrfs => run("mkfs.btrfs", &["-q", "-f", img]),
+        };
+    }
+
+    fn mount(self, dev: &str, dir: &Path, read_only: bool) -> Mount {
+        let ro = if read_only { "ro" } else { "rw" };
+        match self {
+            Mounted::Ntfs => Mount::new("ntfs-3g", &["-o", ro], dev, dir),
+            Mounted::Exfat => Mount::new("mount.exfat-fuse", &["-o", ro], dev, dir),
+            Mounted::Xfs if read_only => {
+                Mount::new("mount", &["-t", "xfs", "-o", "ro,norecovery"], dev, dir)
+            }
+            Mounted::Xfs => Mount::new("mount", &["-t", "xfs"], dev, dir),
+            Mounted::Btrfs => Mount::new("mount", &["-t", "btrfs", "-o", ro], dev, dir),
+        }
+    }
+
+    /// The filesystem's own checker, read-only; panics if it finds a problem.
+    fn check(self, img: &str) {
+        match self {
+            Mounted::Ntfs => {
+                let out = run("ntfsfix", &["-n", img]);
+                assert!(out.contains("processed successfully"), "ntfsfix: {out}");
+            }
+            Mounted::Exfat => {
+                run("fsck.exfat", &["-n", img]);
+            }
+            Mounted::Xfs => {
+                run("xfs_repair", &["-n", "-f", img]);
+            }
+            Mounted::Btrfs => {
+                run("btrfs", &["check", "--readonly", img]);
+            }
+        }
+    }
+}
+
 /// What a partition holds.
 #[derive(Debug, Clone)]
 pub enum Content {
+    /// A filesystem made by its mkfs and filled with the tree through a mount.
+    Mounted(Mounted),
     /// `mkfs` program (mkfs.ext2/3/4) and its options; filled with the tree.
     Ext {
         mkfs: &'static str,
@@ -229,6 +324,20 @@ impl DiskSpec {
                 }
                 Content::Swap => {
                     run("mkswap", &[s]);
+                }
+                Content::Mounted(kind) => {
+                    kind.mkfs(s);
+                    let lo = Loop::new(&img, false);
+                    let mnt = work.join("mnt");
+                    let _m = kind.mount(&lo.0, &mnt, false);
+                    run(
+                        "cp",
+                        &[
+                            "-r",
+                            &format!("{}/.", tree.display()),
+                            mnt.to_str().unwrap(),
+                        ],
+                    );
                 }
                 Content::Unknown => {}
             }
@@ -371,6 +480,21 @@ impl BuiltDisk {
                             i + 1
                         );
                     }
+                }
+                Content::Mounted(kind) => {
+                    kind.check(s);
+                    let lo = Loop::new(&p, true);
+                    let mnt = self.work.join("check-mnt");
+                    let m = kind.mount(&lo.0, &mnt, true);
+                    for (name, data) in &self.files {
+                        let got = std::fs::read(mnt.join(name)).unwrap();
+                        assert!(
+                            got == *data,
+                            "partition {} ({kind:?}): {name} differs",
+                            i + 1
+                        );
+                    }
+                    drop(m);
                 }
                 Content::Swap => {
                     let t = run("blkid", &["-p", "-o", "value", "-s", "TYPE", s]);

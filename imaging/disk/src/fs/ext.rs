@@ -22,6 +22,7 @@
 //! unknown ones are accepted.
 
 use super::{FsError, FsReader, UsedMap, UsedMapBuilder};
+use crate::crc32c::crc32c;
 use crate::{le16, le32, ReadAt};
 
 pub struct Ext;
@@ -68,31 +69,6 @@ const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 
 const BG_BLOCK_UNINIT: u16 = 0x2;
-
-/// CRC32C (Castagnoli) as ext4 uses it: reflected, no final inversion (the
-/// kernel's `crc32c()`; callers pass `!0` as the first seed).
-fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let t = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0x82F6_3B78
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    });
-    for &b in data {
-        crc = t[((crc ^ b as u32) & 0xFF) as usize] ^ (crc >> 8);
-    }
-    crc
-}
 
 fn damaged(msg: impl Into<String>) -> FsError {
     FsError::Damaged {

@@ -16,15 +16,23 @@
 //! Readers work on partition-relative offsets (a [`crate::Slice`]) and never
 //! read blocks they mark as free: reading is the expensive part of imaging.
 
+mod btrfs;
+mod exfat;
 mod ext;
 mod fat;
+mod ntfs;
 mod swap;
 mod usedmap;
+mod xfs;
 
+pub use btrfs::Btrfs;
+pub use exfat::Exfat;
 pub use ext::Ext;
 pub use fat::Fat;
+pub use ntfs::Ntfs;
 pub use swap::Swap;
 pub use usedmap::{UsedMap, UsedMapBuilder, UsedMapDecodeError};
+pub use xfs::Xfs;
 
 use crate::ReadAt;
 
@@ -58,9 +66,11 @@ pub trait FsReader: Sync {
 }
 
 /// The registry, tried in this order. Order matters only where signatures could
-/// both match: ext's magic (offset 1080) and swap's (end of the first page)
-/// are checked before FAT's boot sector, which is the weakest signature.
-pub static READERS: &[&dyn FsReader] = &[&Ext, &Swap, &Fat];
+/// both match: the strong magics first (ext at 1080, XFS at 0, btrfs at 64 KiB,
+/// NTFS and exFAT OEM names at 3, swap at the end of the first page), FAT's
+/// boot sector, the weakest signature, last. FAT also rejects NTFS and exFAT
+/// boot sectors itself.
+pub static READERS: &[&dyn FsReader] = &[&Ext, &Xfs, &Btrfs, &Ntfs, &Exfat, &Swap, &Fat];
 
 /// What [`probe`] found.
 #[derive(Debug)]
