@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers of untrusted on-disk bytes (imaging/disk/fuzz): partition
-# tables, every filesystem reader, used-block maps. Each target runs SECONDS
+# tables, each filesystem reader, used-block maps. Each target runs SECONDS
 # (default 20) from a seed corpus of real, small filesystems made by mkfs, so
 # the fuzzer starts past the magic numbers. Prints one `test result:` line per
 # target, which scripts/test.sh counts with the tests. Crashes are kept in
@@ -9,32 +9,33 @@ set -euo pipefail
 cd "$(dirname "$0")/../imaging/disk/fuzz"
 secs=${1:-20}
 corpus=${LIFELINE_FUZZ_CORPUS:-/var/tmp/lifeline-fuzz-corpus}
-mkdir -p "$corpus"/{layout,usedmap,reader}
+targets=(layout usedmap ext fat swap ntfs exfat xfs btrfs)
+for t in "${targets[@]}"; do mkdir -p "$corpus/$t"; done
 
-seed() { # seed NAME SIZE_KIB mkfs-command... (the image path is appended)
-  local name=$1 kib=$2; shift 2
+seed() { # seed TARGET NAME SIZE_KIB mkfs-command... (the image path is appended)
+  local target=$1 name=$2 kib=$3; shift 3
   local img="$corpus/seed-$name.img"
-  [ -f "$corpus/reader/$name-0" ] && return 0
+  [ -f "$corpus/$target/$name" ] && return 0
   head -c $((kib * 1024)) /dev/urandom > "$img"
   if "$@" "$img" >/dev/null 2>&1; then
-    # The first byte picks the reader: one copy per reader index.
-    for i in 0 1 2 3 4 5 6 7; do
-      { printf "\\x0$i"; head -c 1048576 "$img"; } > "$corpus/reader/$name-$i"
-    done
+    # The first MiB: superblocks, group descriptors, boot sectors, first
+    # tree nodes; the fuzzer mutates from there.
+    head -c 1048576 "$img" > "$corpus/$target/$name"
   else
     echo "fuzz: could not make a $name seed (skipped)" >&2
   fi
   rm -f "$img"
 }
-seed ext2 1024 mkfs.ext2 -q -F -b 1024
-seed ext4 1024 mkfs.ext4 -q -F -b 1024 -O metadata_csum,64bit
-seed fat12 1024 mkfs.vfat
-seed fat16 8192 mkfs.vfat -F 16
-seed swap 1024 mkswap
-seed ntfs 2048 mkfs.ntfs -F -f -q
-seed exfat 4096 mkfs.exfat
-seed xfs 307200 mkfs.xfs -q -f
-seed btrfs 131072 mkfs.btrfs -q -f
+seed ext ext2 1024 mkfs.ext2 -q -F -b 1024
+seed ext ext4 1024 mkfs.ext4 -q -F -b 1024 -O metadata_csum,64bit
+seed fat fat12 1024 mkfs.vfat
+seed fat fat16 8192 mkfs.vfat -F 16 -s 1
+seed fat fat32 40960 mkfs.vfat -F 32
+seed swap swap 1024 mkswap
+seed ntfs ntfs 2048 mkfs.ntfs -F -f -q
+seed exfat exfat 4096 mkfs.exfat
+seed xfs xfs 307200 mkfs.xfs -q -f -K
+seed btrfs btrfs 131072 mkfs.btrfs -q -f -K
 if [ ! -f "$corpus/layout/gpt" ]; then
   for label in gpt dos; do
     head -c 1048576 /dev/urandom > "$corpus/layout/$label"
@@ -43,7 +44,7 @@ if [ ! -f "$corpus/layout/gpt" ]; then
 fi
 
 status=0
-for target in layout usedmap reader; do
+for target in "${targets[@]}"; do
   log=$(mktemp)
   if cargo +nightly fuzz run "$target" "$corpus/$target" -- \
       -max_total_time="$secs" -max_len=1048577 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then

@@ -17,7 +17,7 @@ cargo test --workspace -- --test-threads=2 "$@" 2>&1 | tee "$log" || status=$?
 # The parsers of untrusted on-disk bytes, fuzzed for a bounded time (skipped
 # when running a filtered subset of the tests).
 if [ $# -eq 0 ]; then
-  bash scripts/fuzz.sh "${LIFELINE_FUZZ_SECONDS:-30}" 2>&1 | tee -a "$log" || status=1
+  bash scripts/fuzz.sh "${LIFELINE_FUZZ_SECONDS:-20}" 2>&1 | tee -a "$log" || status=1
 fi
 # One closing line with the totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

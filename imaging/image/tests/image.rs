@@ -441,3 +441,81 @@ fn ntfs_exfat_xfs_btrfs_disk_round_trip() {
     restore(&r, "mixed", &target, &RestoreOptions::default()).unwrap();
     disk.check_copy(&target);
 }
+
+/// A damaged superblock is never guessed around: the partition is imaged
+/// block by block, the backup says why, and the restore gives the same bytes
+/// back.
+#[test]
+fn damaged_superblocks_fall_back_to_every_block_with_a_warning() {
+    use lifeline_testdisk::Mounted;
+    let t = tempfile::tempdir().unwrap();
+    let spec = DiskSpec {
+        size_mib: 500,
+        label: "gpt",
+        parts: vec![
+            PartSpec {
+                size_mib: 310,
+                sfdisk_type: "L",
+                content: Content::Mounted(Mounted::Xfs),
+            },
+            PartSpec {
+                size_mib: 150,
+                sfdisk_type: "L",
+                content: Content::Mounted(Mounted::Btrfs),
+            },
+        ],
+    };
+    let disk = spec.build(t.path(), "disk.img");
+    // Flip a byte of each filesystem's label: covered by the superblock's
+    // checksum (XFS: sb_fname at 108; btrfs: label at 0x12b of the copy at 64 KiB).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk.path)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    for at in [disk.parts[0].0 + 108, disk.parts[1].0 + 65536 + 0x12b] {
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 0x5a], at).unwrap();
+    }
+    drop(f);
+    let r = repo(t.path());
+    let m = backup(&r, &disk.path, &opts("damaged")).unwrap();
+    for (i, fs) in [(0, "xfs"), (1, "btrfs")] {
+        match &m.header.partitions[i].content {
+            Stored::EveryBlock { reason } => {
+                assert!(
+                    reason.contains(fs) && reason.contains("checksum"),
+                    "{reason}"
+                )
+            }
+            c => panic!(
+                "partition {} mapped despite its damaged superblock: {c:?}",
+                i + 1
+            ),
+        }
+        assert!(
+            m.header
+                .warnings
+                .iter()
+                .any(|w| w.contains(&format!("partition {}", i + 1))),
+            "{:?}",
+            m.header.warnings
+        );
+    }
+    let target = t.path().join("target.img");
+    garbage_image(&target, 500 * MIB);
+    restore(&r, "damaged", &target, &RestoreOptions::default()).unwrap();
+    let (a, b) = (
+        std::fs::read(&disk.path).unwrap(),
+        std::fs::read(&target).unwrap(),
+    );
+    for &(start, len, _) in &disk.parts {
+        let range = start as usize..(start + len) as usize;
+        assert!(
+            a[range.clone()] == b[range],
+            "partition at {start} not restored byte for byte"
+        );
+    }
+}
