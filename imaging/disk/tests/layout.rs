@@ -249,14 +249,6 @@ fn geometry_of_an_image_file() {
     assert_eq!(lifeline_disk::disk_geometry(&f).unwrap(), (8 * MIB, 512));
 }
 
-/// Detaches the loop device when the test ends, even on panic.
-struct Loop(String);
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}
-
 /// On a loop device with 4 KiB logical sectors (needs root and loop devices,
 /// like the project's other real-kernel tests): geometry from the kernel, and
 /// a GPT written by sfdisk with 4 KiB sectors parses like sfdisk reads it.
@@ -280,7 +272,8 @@ fn gpt_on_a_4k_sector_loop_device() {
             "cannot attach a 4 KiB-sector loop device (run as root with loop devices): {other:?}"
         ),
     };
-    let _guard = Loop(dev.clone());
+    // Detached when the test ends, even on panic.
+    let _guard = lifeline_testdisk::Loop(dev.clone());
     let f = OpenOptions::new()
         .read(true)
         .write(true)

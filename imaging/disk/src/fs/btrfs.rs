@@ -33,6 +33,8 @@ use crate::{le16, le32, le64, ReadAt};
 
 pub struct Btrfs;
 
+reader_errors!(NAME);
+
 const NAME: &str = "btrfs";
 
 const SB_OFFSET: u64 = 0x1_0000;
@@ -94,25 +96,6 @@ const SB_FLAGS_BAD: u64 = (1 << 33) | (1 << 34) | (1 << 35) | (1 << 36);
 /// everything after the 32-byte checksum field, stored little-endian.
 fn csum_ok(b: &[u8]) -> bool {
     !crc32c(!0, &b[32..]) == le32(b, 0)
-}
-
-fn damaged(msg: impl Into<String>) -> FsError {
-    FsError::Damaged {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn unsupported(msg: impl Into<String>) -> FsError {
-    FsError::Unsupported {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn io(e: std::io::Error) -> FsError {
-    FsError::Io {
-        fs: NAME,
-        source: e,
-    }
 }
 
 #[derive(Clone, Debug)]

@@ -38,6 +38,8 @@ use crate::ReadAt;
 
 pub struct Exfat;
 
+reader_errors!(NAME);
+
 const NAME: &str = "exfat";
 
 /// VolumeFlags bits.
@@ -57,25 +59,6 @@ const MAX_DIR_BYTES: u64 = 256 << 20;
 /// Read bitmaps and directories in pieces of at most this size (clusters go
 /// up to 32 MiB; memory is bounded in the boot OS).
 const CHUNK: u64 = 1 << 20;
-
-fn damaged(msg: impl Into<String>) -> FsError {
-    FsError::Damaged {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn unsupported(msg: impl Into<String>) -> FsError {
-    FsError::Unsupported {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn io(e: std::io::Error) -> FsError {
-    FsError::Io {
-        fs: NAME,
-        source: e,
-    }
-}
 
 fn g16(b: &[u8], o: usize) -> u16 {
     b.get(o..o + 2)

@@ -27,6 +27,8 @@ use crate::{le16, le32, ReadAt};
 
 pub struct Ext;
 
+reader_errors!(NAME);
+
 const NAME: &str = "ext";
 
 const INCOMPAT_COMPRESSION: u32 = 0x1;
@@ -69,19 +71,6 @@ const RO_COMPAT_BIGALLOC: u32 = 0x200;
 const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
 
 const BG_BLOCK_UNINIT: u16 = 0x2;
-
-fn damaged(msg: impl Into<String>) -> FsError {
-    FsError::Damaged {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn io(e: std::io::Error) -> FsError {
-    FsError::Io {
-        fs: NAME,
-        source: e,
-    }
-}
 
 struct Sb {
     block_size: u64,

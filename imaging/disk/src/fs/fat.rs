@@ -18,18 +18,7 @@ use crate::{le16, le32, ReadAt};
 
 pub struct Fat;
 
-fn damaged(msg: impl Into<String>) -> FsError {
-    FsError::Damaged {
-        fs: "fat",
-        msg: msg.into(),
-    }
-}
-fn io(e: std::io::Error) -> FsError {
-    FsError::Io {
-        fs: "fat",
-        source: e,
-    }
-}
+reader_errors!("fat");
 
 impl FsReader for Fat {
     fn name(&self) -> &'static str {

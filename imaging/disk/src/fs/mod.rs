@@ -16,6 +16,30 @@
 //! Readers work on partition-relative offsets (a [`crate::Slice`]) and never
 //! read blocks they mark as free: reading is the expensive part of imaging.
 
+/// The error constructors every reader uses, `damaged(msg)`,
+/// `unsupported(msg)` and `io(err)`, naming the filesystem `$fs`.
+macro_rules! reader_errors {
+    ($fs:expr) => {
+        #[allow(dead_code)]
+        fn damaged(msg: impl Into<String>) -> FsError {
+            FsError::Damaged {
+                fs: $fs,
+                msg: msg.into(),
+            }
+        }
+        #[allow(dead_code)]
+        fn unsupported(msg: impl Into<String>) -> FsError {
+            FsError::Unsupported {
+                fs: $fs,
+                msg: msg.into(),
+            }
+        }
+        fn io(e: std::io::Error) -> FsError {
+            FsError::Io { fs: $fs, source: e }
+        }
+    };
+}
+
 mod btrfs;
 mod exfat;
 mod ext;

@@ -34,6 +34,8 @@ use crate::ReadAt;
 
 pub struct Ntfs;
 
+reader_errors!(NAME);
+
 const NAME: &str = "ntfs";
 
 /// Fixups protect each 512-byte stride of a multi-sector record, whatever the
@@ -56,25 +58,6 @@ const ATTR_SPARSE: u16 = 0x8000;
 
 /// Read the bitmap in pieces of this size.
 const CHUNK: u64 = 1 << 20;
-
-fn damaged(msg: impl Into<String>) -> FsError {
-    FsError::Damaged {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn unsupported(msg: impl Into<String>) -> FsError {
-    FsError::Unsupported {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn io(e: std::io::Error) -> FsError {
-    FsError::Io {
-        fs: NAME,
-        source: e,
-    }
-}
 
 // Bounds-checked little-endian reads: `None` past the end of the slice.
 fn g16(b: &[u8], o: usize) -> Option<u16> {

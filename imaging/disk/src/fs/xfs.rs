@@ -38,6 +38,8 @@ use crate::ReadAt;
 
 pub struct Xfs;
 
+reader_errors!(NAME);
+
 const NAME: &str = "xfs";
 
 const SB_MAGIC: u32 = 0x5846_5342; // "XFSB"
@@ -100,25 +102,6 @@ fn xfs_cksum_ok(buf: &[u8], off: usize) -> bool {
     c = crc32c(c, &buf[off + 4..]);
     let stored = u32::from_le_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]);
     !c == stored
-}
-
-fn damaged(msg: impl Into<String>) -> FsError {
-    FsError::Damaged {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn unsupported(msg: impl Into<String>) -> FsError {
-    FsError::Unsupported {
-        fs: NAME,
-        msg: msg.into(),
-    }
-}
-fn io(e: std::io::Error) -> FsError {
-    FsError::Io {
-        fs: NAME,
-        source: e,
-    }
 }
 
 struct Sb {
