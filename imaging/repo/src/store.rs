@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::format::{hex, random_bytes, ChunkId};
+use crate::format::{hex, nonce_bytes, ChunkId};
 use crate::{RepoError, Result};
 
 /// Blob storage behind a repository. Implementations must be safe to call
@@ -296,7 +296,7 @@ fn read_limited(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
 
 /// Write `data` to a new temporary file in `dir` (no fsync).
 fn write_temp(dir: &Path, data: &[u8]) -> Result<PathBuf> {
-    let rnd: [u8; 8] = random_bytes()?;
+    let rnd: [u8; 8] = nonce_bytes();
     let tmp = dir.join(format!("{TMP_PREFIX}{}", hex(&rnd)));
     let r = File::create(&tmp)
         .and_then(|mut f| f.write_all(data))
