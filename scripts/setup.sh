@@ -12,6 +12,7 @@ APT_PACKAGES=(
   protobuf-compiler iproute2 procps psmisc util-linux e2fsprogs dosfstools
   mtools fdisk gdisk rsync lsyncd bpftool rdiff
   ntfs-3g exfatprogs exfat-fuse xfsprogs btrfs-progs
+  qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

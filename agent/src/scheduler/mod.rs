@@ -112,6 +112,13 @@ const HOLD_ROUNDS: u32 = 5;
 /// ... and only for a change captured this recently.
 const HOLD_FRESH: Duration = Duration::from_secs(2);
 
+/// A reconciliation's delta waits (with everything after it) while batches
+/// are unacknowledged, for at most this long: its signature must describe the
+/// mirror after what is already on its way. Otherwise a file found different
+/// again before its first delta was applied gets a second delta against the
+/// old copy, which the receiver refuses (and the file is sent whole).
+const DELTA_WAIT: Duration = Duration::from_secs(3);
+
 /// How often the log is made durable while nothing is dispatched, and how
 /// often acknowledgements move its checkpoint.
 const LOG_SYNC_EVERY: Duration = Duration::from_millis(50);
@@ -317,6 +324,7 @@ impl Scheduler {
         self.last_commit = Instant::now();
         let mut items = self.co.take().into_iter();
         let mut closed = false;
+        let unacked = !self.inflight.is_empty();
         let inflight = &mut self.inflight;
         let mut send = |b: OutBatch| {
             inflight.push_back((b.last_seq, b.min_origin));
@@ -328,6 +336,14 @@ impl Scheduler {
         let mut held = Vec::new();
         let mut back = Vec::new();
         while let Some(item) = items.next() {
+            if let Item::Content(c) = &item {
+                if unacked && matches!(c.what, coalesce::What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
+                    debug!(local = %c.local.display(), "delta waits for the acknowledgement of batches in flight");
+                    held.push(item);
+                    held.extend(items.by_ref());
+                    break;
+                }
+            }
             let Some(mut c) = builder.item(item) else { continue };
             // A linked file whose entry lost track of its name: read it
             // through the name it has now.

@@ -26,6 +26,10 @@ use crate::progress::Progress;
 use crate::scan::{scan, table_string};
 use crate::util::{format_utc, hostname, is_zero, now_unix};
 
+/// Cells whose reads are announced to the kernel ahead of reading them
+/// (16 × 64 KiB cells: 1 MiB in flight).
+const READ_AHEAD_CELLS: usize = 16;
+
 /// Choices for one backup.
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -148,7 +152,18 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
     )?;
     let progress = Progress::start("backup", total, opts.progress);
     let mut stats = BackupStats::default();
-    for cell in extents.cells(chunk_size, disk.size) {
+    // Reads are synchronous and small (a cell's used runs); announcing the
+    // next cells' runs to the kernel (readahead) keeps the device busy while
+    // this thread waits on the current one.
+    let mut cells = extents.cells(chunk_size, disk.size);
+    let mut ahead: std::collections::VecDeque<Cell> = std::collections::VecDeque::new();
+    loop {
+        while ahead.len() < READ_AHEAD_CELLS {
+            let Some(c) = cells.next() else { break };
+            disk.will_need(&c.used);
+            ahead.push_back(c);
+        }
+        let Some(cell) = ahead.pop_front() else { break };
         let buf = read_cell(&disk, &cell)
             .with_context(|| format!("cannot read {} at byte {}", source.display(), cell.start))?;
         progress.add(cell.used_bytes());

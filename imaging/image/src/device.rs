@@ -231,6 +231,22 @@ impl Disk {
         Ok(())
     }
 
+    /// Ask the kernel to start reading these ranges now (readahead); reads
+    /// of them later find the data in the page cache. Best effort.
+    pub fn will_need(&self, ranges: &[lifeline_disk::Range]) {
+        for r in ranges {
+            // SAFETY: plain syscall on our descriptor; the result is advisory.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    r.start as i64,
+                    r.len() as i64,
+                    libc::POSIX_FADV_WILLNEED,
+                );
+            }
+        }
+    }
+
     /// Flush written data to stable storage.
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_all()
