@@ -76,6 +76,12 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
         Err(e) => return Err(e.into()),
     }
 
+    let Some(_lock) = repo.lock(false)? else {
+        bail!(
+            "a prune is running on {}; back up when it has finished",
+            repo.location()
+        );
+    };
     let disk = Disk::open_source(source)?;
     let rw: Vec<String> = disk
         .mounts()

@@ -32,6 +32,7 @@ pub mod device;
 pub mod extents;
 pub mod manifest;
 pub mod progress;
+pub mod prune;
 pub mod remote;
 pub mod restore;
 pub mod scan;

@@ -128,6 +128,18 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
+    /// Remove an image (its chunks stay until `prune`).
+    Forget {
+        #[command(flatten)]
+        repo: RepoArgs,
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete the chunks no image uses any more (reads every image: needs the password).
+    Prune {
+        #[command(flatten)]
+        repo: RepoArgs,
+    },
     /// Show what a backup of a disk would store, without a repository.
     Scan { source: PathBuf },
 }
@@ -371,6 +383,23 @@ fn run(cli: &Cli) -> Result<()> {
             } else {
                 print_info(&m);
             }
+        }
+        Cmd::Forget { repo, name } => {
+            let r = open(repo)?;
+            lifeline_image::prune::forget(&r, name)?;
+            out(cli, json!({"forgotten": name}), || {
+                format!("forgot {name}; run `prune` to free the chunks no other image uses")
+            });
+        }
+        Cmd::Prune { repo } => {
+            let r = open(repo)?;
+            let rep = lifeline_image::prune::prune(&r)?;
+            out(cli, json!(rep), || {
+                format!(
+                    "{} images: kept {} chunks, deleted {}",
+                    rep.images, rep.chunks_kept, rep.chunks_deleted
+                )
+            });
         }
         Cmd::Scan { source } => {
             let disk = lifeline_image::device::Disk::open_source(source)?;

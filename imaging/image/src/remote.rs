@@ -216,6 +216,26 @@ impl Store for RemoteStore {
             .unwrap_or_default())
     }
 
+    /// Machines do not delete what the receiver keeps for them: a machine
+    /// taken over by ransomware must not be able to destroy its own backups.
+    /// Retention is the receiver administrator's (not yet available).
+    fn delete_manifest(&self, _name: &str) -> Result<()> {
+        Err(RepoError::Remote(
+            "images on the receiver cannot be deleted by the machine; retention is managed on the receiver".into(),
+        ))
+    }
+
+    fn delete_chunk(&self, _id: &ChunkId) -> Result<()> {
+        Err(RepoError::Remote(
+            "chunks on the receiver cannot be deleted by the machine; retention is managed on the receiver".into(),
+        ))
+    }
+
+    /// The receiver never prunes behind a backup's back (see above).
+    fn lock(&self, _exclusive: bool) -> Result<Option<lifeline_repo::StoreLock>> {
+        Ok(Some(lifeline_repo::StoreLock::none()))
+    }
+
     fn list_chunks(&self) -> Result<ChunkListing> {
         let mut c = self.client.clone();
         let req = self.conn.request(ImageEmpty {});

@@ -519,3 +519,39 @@ fn damaged_superblocks_fall_back_to_every_block_with_a_warning() {
         );
     }
 }
+
+/// Forgetting an image and pruning frees exactly the chunks no other image
+/// uses; the remaining image still verifies and restores; a prune does not
+/// run beside a backup.
+#[test]
+fn forget_and_prune_free_only_unused_chunks() {
+    use lifeline_image::prune::{forget, prune};
+    let t = tempfile::tempdir().unwrap();
+    let mut disk = DiskSpec::pc(96).build(t.path(), "disk.img");
+    let r = repo(t.path());
+    backup(&r, &disk.path, &opts("day1")).unwrap();
+    disk.change_some_files(11);
+    let day2 = backup(&r, &disk.path, &opts("day2")).unwrap();
+    let before = r.chunk_ids().unwrap().len();
+    assert!(forget(&r, "nope").is_err());
+    {
+        // A backup in progress holds the repository shared.
+        let _backup = r.lock(false).unwrap().unwrap();
+        let e = prune(&r).unwrap_err();
+        assert!(format!("{e:#}").contains("a backup is writing"), "{e:#}");
+    }
+    forget(&r, "day1").unwrap();
+    assert_eq!(r.list().unwrap(), ["day2"]);
+    let rep = prune(&r).unwrap();
+    assert!(rep.chunks_deleted > 0, "{rep:?}");
+    assert_eq!(rep.chunks_kept + rep.chunks_deleted, before);
+    let mut wanted: Vec<_> = day2.chunks.iter().map(|c| c.1).collect();
+    wanted.sort();
+    wanted.dedup();
+    assert_eq!(rep.chunks_kept, wanted.len());
+    assert_eq!(prune(&r).unwrap().chunks_deleted, 0);
+    assert!(lifeline_image::restore::verify(&r, &day2, 2).ok());
+    let target = t.path().join("t.img");
+    restore(&r, "day2", &target, &RestoreOptions::default()).unwrap();
+    disk.check_copy(&target);
+}

@@ -86,7 +86,7 @@ pub const MAX_BLOB_SIZE: usize = MAX_CHUNK_SIZE + format::OVERHEAD;
 /// Largest manifest blob.
 pub const MAX_MANIFEST_BLOB_SIZE: usize = MAX_MANIFEST_SIZE + format::OVERHEAD;
 pub use repo::{validate_image_name, KdfParams, PutOutcome, Repo, VerifyReport};
-pub use store::{ChunkListing, DirStore, Store};
+pub use store::{ChunkListing, DirStore, Store, StoreLock};
 pub use writer::{ChunkRef, ChunkWriter, WriteStats, WriterOptions};
 
 /// Result type of this crate.

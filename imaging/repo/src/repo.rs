@@ -484,6 +484,31 @@ impl Repo {
         Ok(names)
     }
 
+    /// Remove an image (its manifest). Its chunks stay until
+    /// a prune finds no image using them.
+    pub fn delete_manifest(&self, name: &str) -> Result<()> {
+        validate_image_name(name)?;
+        if !self.list()?.iter().any(|n| n == name) {
+            return Err(RepoError::NoSuchImage { name: name.into() });
+        }
+        self.inner.store.delete_manifest(name)
+    }
+
+    /// Every chunk id stored (for a prune).
+    pub fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
+        Ok(self.inner.store.list_chunks()?.ids)
+    }
+
+    /// Remove a chunk no image uses any more.
+    pub fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
+        self.inner.store.delete_chunk(id)
+    }
+
+    /// See [`Store::lock`].
+    pub fn lock(&self, exclusive: bool) -> Result<Option<crate::StoreLock>> {
+        self.inner.store.lock(exclusive)
+    }
+
     /// Check the given chunks (typically one image's chunk list; duplicates are
     /// checked once) on `threads` threads.
     pub fn verify_chunks(&self, ids: &[ChunkId], threads: usize) -> VerifyReport {

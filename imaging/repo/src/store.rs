@@ -44,6 +44,26 @@ pub trait Store: Send + Sync {
     /// Every chunk id stored, plus names in the chunk area that are not
     /// chunks (reported by a full verification) and leftover temporaries.
     fn list_chunks(&self) -> Result<ChunkListing>;
+    /// Remove an image's manifest (its chunks stay until a prune).
+    fn delete_manifest(&self, name: &str) -> Result<()>;
+    /// Remove a chunk (a prune found no image using it).
+    fn delete_chunk(&self, id: &ChunkId) -> Result<()>;
+    /// Hold the repository against a prune (shared: backups) or for one
+    /// (exclusive), until the guard is dropped. `Ok(None)`: someone holds it
+    /// the other way.
+    fn lock(&self, exclusive: bool) -> Result<Option<StoreLock>>;
+}
+
+/// Held by [`Store::lock`]; released on drop.
+pub struct StoreLock {
+    _file: Option<File>,
+}
+
+impl StoreLock {
+    /// A lock that holds nothing (stores that serialise otherwise).
+    pub fn none() -> StoreLock {
+        StoreLock { _file: None }
+    }
 }
 
 /// What [`Store::list_chunks`] found.
@@ -255,6 +275,47 @@ impl Store for DirStore {
         Ok(names)
     }
 
+    fn delete_manifest(&self, name: &str) -> Result<()> {
+        let images = self.dir.join(IMAGES);
+        self.remove(&images.join(name))?;
+        sync_dir(&images)
+    }
+
+    fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
+        self.remove(&self.chunk_path(id))
+    }
+
+    /// `flock(2)` on `DIR/lock`: works across processes on one machine and,
+    /// on NFS, across machines sharing the directory.
+    fn lock(&self, exclusive: bool) -> Result<Option<StoreLock>> {
+        use std::os::unix::io::AsRawFd;
+        let path = self.dir.join("lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(RepoError::io("cannot open", &path))?;
+        let op = if exclusive {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_SH
+        };
+        // SAFETY: plain syscall on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(RepoError::Io {
+                what: "cannot lock",
+                path,
+                source: e,
+            });
+        }
+        Ok(Some(StoreLock { _file: Some(f) }))
+    }
+
     fn list_chunks(&self) -> Result<ChunkListing> {
         let chunks = self.dir.join(CHUNKS);
         let mut out = ChunkListing::default();
@@ -275,6 +336,20 @@ impl Store for DirStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl DirStore {
+    fn remove(&self, path: &Path) -> Result<()> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RepoError::Io {
+                what: "cannot remove",
+                path: path.to_path_buf(),
+                source: e,
+            }),
+        }
     }
 }
 
