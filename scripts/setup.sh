@@ -13,6 +13,7 @@ APT_PACKAGES=(
   mtools fdisk gdisk rsync lsyncd bpftool rdiff
   ntfs-3g exfatprogs exfat-fuse xfsprogs btrfs-progs
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
+  musl-tools
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -38,6 +39,12 @@ rustup toolchain list | grep -q '^nightly' || {
 rustup component list --toolchain nightly --installed | grep -q '^rust-src' || {
   log "adding rust-src to nightly"
   rustup component add rust-src --toolchain nightly
+}
+# The boot OS runs a static lifeline-image (no shared libraries there): the musl
+# target, with musl-gcc (musl-tools) for the C code of ring and zstd-sys.
+rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$' || {
+  log "adding the x86_64-unknown-linux-musl target"
+  rustup target add x86_64-unknown-linux-musl
 }
 
 # bpf-linker must be built against the same LLVM major version as nightly's rustc.

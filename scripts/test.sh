@@ -11,6 +11,11 @@ fi
 bash scripts/setup.sh
 # The integration tests start the real binaries, so build them first.
 cargo build --workspace --bins
+# The boot OS test puts a static (musl) lifeline-image into its initramfs:
+# build it now (as bootos::agent::static_binary does), not while other tests run.
+CARGO_TARGET_DIR=target/lifeline-bootos-agent CARGO_PROFILE_RELEASE_DEBUG=false \
+  CARGO_PROFILE_RELEASE_STRIP=true \
+  cargo build --release --target x86_64-unknown-linux-musl -p lifeline-image
 log=$(mktemp)
 status=0
 cargo test --workspace -- --test-threads=2 "$@" 2>&1 | tee "$log" || status=$?

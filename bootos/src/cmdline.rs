@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `lifeline.receiver=https://HOST:PORT` | the receiver's address (`http://` or `https://`) |
 //! | `lifeline.machine=NAME` | the machine's name: letters, digits, `-`, `_`, `.` |
-//! | `lifeline.token=TOKEN` | one-time token (letters, digits, `-`, `_`, `.`, `~`, `+`, `/`, `=`) |
+//! | `lifeline.token=TOKEN` | the machine's credential, `NAME:SECRET` as `lifeline-receiver machine add` writes it (letters, digits, `-`, `_`, `.`, `~`, `+`, `/`, `=`, `:`) |
 //! | `lifeline.mode=menu\|backup\|restore` | what to do after boot |
 //! | `lifeline.style=receiver\|local` | back up over the network or to attached storage |
 //! | `lifeline.image=NAME` | the image to restore (restore mode only) |
@@ -97,7 +97,7 @@ pub struct BootParams {
     pub receiver: Option<String>,
     /// The machine's name (required).
     pub machine: String,
-    /// One-time token.
+    /// The machine's credential (`NAME:SECRET`).
     pub token: Option<String>,
     /// What to do after boot.
     pub mode: Mode,
@@ -300,12 +300,12 @@ fn check_token(v: &str) -> Result<()> {
     let ok = !v.is_empty()
         && v.len() <= 256
         && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+/=".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || "-_.~+/=:".contains(c));
     if ok {
         Ok(())
     } else {
         Err(Error::Invalid(
-            "lifeline.token is malformed: use letters, digits and -_.~+/= only (no spaces or quotes), at most 256 characters".into(),
+            "lifeline.token is malformed: use letters, digits and -_.~+/=: only (no spaces or quotes), at most 256 characters".into(),
         ))
     }
 }
@@ -395,6 +395,13 @@ mod tests {
         };
         assert_eq!(BootParams::parse(&r.to_cmdline().unwrap()).unwrap(), r);
         assert_eq!(r.to_string(), r.to_cmdline().unwrap());
+
+        // The receiver's credential format, NAME:64hex.
+        let c = BootParams {
+            token: Some(format!("pc1:{}", "0123456789abcdef".repeat(4))),
+            ..full()
+        };
+        assert_eq!(BootParams::parse(&c.to_cmdline().unwrap()).unwrap(), c);
     }
 
     #[test]

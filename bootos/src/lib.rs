@@ -21,10 +21,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Modules: [`cpio`] (the newc archive writer), [`modules`] (module
+//! Modules: [`agent`] (the static `lifeline-image` and the unattended
+//! backup hook), [`cpio`] (the newc archive writer), [`modules`] (module
 //! resolution), [`cmdline`] (kernel parameters), [`initramfs`] (assembly,
 //! `/init`, compression).
 
+pub mod agent;
 pub mod cmdline;
 pub mod cpio;
 mod error;

@@ -1,0 +1,274 @@
+//! The unattended backup agent of the boot OS: a static `lifeline-image`
+//! and the hook that runs it.
+//!
+//! * [`static_binary`] builds `lifeline-image` for
+//!   `x86_64-unknown-linux-musl` (statically linked: the boot OS has no
+//!   shared libraries) with `cargo build --release`, or takes a prebuilt one
+//!   from `LIFELINE_BOOTOS_AGENT`. Needs `rustup target add
+//!   x86_64-unknown-linux-musl` and Debian's `musl-tools` (musl-gcc, for the
+//!   C code of ring and zstd-sys); `scripts/setup.sh` installs both.
+//! * [`BACKUP_HOOK`] is the hook `/init` execs when the machine is up. In
+//!   `lifeline.mode=backup` with `lifeline.style=receiver` it writes the
+//!   credential from `lifeline.token` (`NAME:64hex`, as `lifeline-receiver
+//!   machine add` writes it) to a file, creates the machine's repository if
+//!   the receiver has none yet, images the first disk (the largest block
+//!   device that is not a CD, loop or RAM disk) as `<machine>-boot`, prints
+//!   `LIFELINE-BACKUP-OK` or `LIFELINE-BACKUP-FAILED: <reason>` and powers
+//!   the machine off. Other modes and styles print
+//!   `LIFELINE-BACKUP-FAILED: ...` and start a shell (the attended menu is
+//!   not written yet).
+//! * [`unattended_files`] lists what the initramfs needs for it: the agent
+//!   at [`AGENT_PATH`], the hook, the receiver's CA certificate at
+//!   [`CA_PATH`] and the repository password at [`PASSWORD_PATH`] (mode
+//!   0600).
+//!
+//! **The password lives in the boot OS.** An unattended backup has nobody
+//! to type the repository password, so it is put into the initramfs when it
+//! is built: whoever can read the initramfs (the receiver's PXE directory,
+//! a USB stick made from it) can read the password. Keep such boot OS files
+//! as private as the password itself; the attended menu will ask for the
+//! password instead and needs none inside.
+
+use crate::error::{Error, Result};
+use crate::initramfs::{ExtraFile, DEFAULT_HOOK};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The Rust target of the boot OS's agent.
+pub const TARGET: &str = "x86_64-unknown-linux-musl";
+/// Where the agent is inside the boot OS.
+pub const AGENT_PATH: &str = "/bin/lifeline-image";
+/// The receiver's CA certificate inside the boot OS.
+pub const CA_PATH: &str = "/etc/lifeline/ca.crt";
+/// The repository password inside the boot OS (mode 0600).
+pub const PASSWORD_PATH: &str = "/etc/lifeline/password";
+
+/// The static `lifeline-image` for the boot OS.
+///
+/// If `LIFELINE_BOOTOS_AGENT` names a file, that file is used. Otherwise
+/// runs `cargo build --release --target x86_64-unknown-linux-musl -p
+/// lifeline-image` in `workspace_root` (cargo from `$CARGO`, else `cargo`
+/// on the PATH; a no-op when it is up to date) and returns the binary.
+///
+/// The build gets a target directory of its own,
+/// `<target dir>/lifeline-bootos-agent` (the target dir being
+/// `$CARGO_TARGET_DIR` or `<workspace_root>/target`), so that calling this
+/// from a test that `cargo test` runs never waits for the lock cargo holds
+/// on the main target directory. It is built without debug information
+/// and stripped (the workspace's release profile keeps line tables). The
+/// first build takes minutes (a release build of the whole gRPC/TLS
+/// stack); later calls take about a second.
+pub fn static_binary(workspace_root: &Path) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("LIFELINE_BOOTOS_AGENT") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(Error::Missing(format!(
+                "LIFELINE_BOOTOS_AGENT={} is not a file",
+                p.display()
+            )));
+        }
+        return Ok(p);
+    }
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|d| {
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root.join(d)
+            }
+        })
+        .unwrap_or_else(|| workspace_root.join("target"));
+    let target_dir = base.join("lifeline-bootos-agent");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    // Run from a test, the environment carries the CARGO_* variables cargo
+    // sets for the test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...); build
+    // scripts that watch such variables would then rebuild on every call.
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str() {
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+                cmd.env_remove(k);
+            }
+        }
+    }
+    let out = cmd
+        .args([
+            "build",
+            "--release",
+            "--target",
+            TARGET,
+            "-p",
+            "lifeline-image",
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        // No debug information: it would make the agent 60 MB instead of
+        // about 10 and the initramfs three times as large.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .current_dir(workspace_root)
+        .output()
+        .map_err(|e| {
+            Error::Missing(format!(
+                "cannot run {}: {e}; install Rust with rustup",
+                Path::new(&cargo).display()
+            ))
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        return Err(Error::Missing(format!(
+            "building the static lifeline-image failed (needs `rustup target add {TARGET}` and musl-tools; scripts/setup.sh installs them):\n{tail}"
+        )));
+    }
+    let bin = target_dir
+        .join(TARGET)
+        .join("release")
+        .join("lifeline-image");
+    if !bin.is_file() {
+        return Err(Error::Missing(format!(
+            "cargo built lifeline-image but {} does not exist",
+            bin.display()
+        )));
+    }
+    Ok(bin)
+}
+
+/// The files an unattended backup needs in the boot OS: the agent (a
+/// static binary on this host), [`BACKUP_HOOK`] as [`DEFAULT_HOOK`], the
+/// receiver's CA certificate (PEM) and the repository password (stored
+/// mode 0600, see the module documentation).
+pub fn unattended_files(agent: &Path, ca_pem: &[u8], password: &str) -> Result<Vec<ExtraFile>> {
+    if password.is_empty() || password.contains('\n') {
+        return Err(Error::Invalid(
+            "the repository password must be one non-empty line".into(),
+        ));
+    }
+    Ok(vec![
+        ExtraFile::executable(AGENT_PATH, agent),
+        ExtraFile::bytes(DEFAULT_HOOK, 0o755, backup_hook()),
+        ExtraFile::bytes(CA_PATH, 0o644, ca_pem.to_vec()),
+        ExtraFile::bytes(PASSWORD_PATH, 0o600, format!("{password}\n")),
+    ])
+}
+
+/// The hook for an unattended backup to a receiver (see the module
+/// documentation). It reads the `LIFELINE_*` variables `/init` sets from
+/// the kernel command line. Marker lines: `lifeline-backup: ...` (progress),
+/// `LIFELINE-BACKUP-OK image=NAME disk=DEV seconds=N` and
+/// `LIFELINE-BACKUP-FAILED: REASON`.
+pub const BACKUP_HOOK: &str = r#"#!/bin/sh
+# Lifeline unattended backup hook, generated by lifeline-bootos.
+export PATH=/bin:/sbin:/usr/bin
+AGENT=@AGENT@
+CA=@CA@
+PASSWORD=@PASSWORD@
+
+fail() {
+	echo "LIFELINE-BACKUP-FAILED: $*"
+	sync
+	if [ "$LIFELINE_MODE" = backup ]; then
+		poweroff -f
+	fi
+	exec setsid cttyhack sh
+}
+
+[ "$LIFELINE_MODE" = backup ] || fail "lifeline.mode=${LIFELINE_MODE:-menu}: only the unattended backup is available; starting a shell"
+[ "${LIFELINE_STYLE:-receiver}" = receiver ] || fail "lifeline.style=$LIFELINE_STYLE: only backups to a receiver are available"
+[ -n "$LIFELINE_IFACE" ] || fail "no network (no DHCP lease on any interface)"
+[ -n "$LIFELINE_RECEIVER" ] || fail "no lifeline.receiver=https://HOST:PORT on the kernel command line"
+[ -n "$LIFELINE_MACHINE" ] || fail "no lifeline.machine=NAME on the kernel command line"
+[ -n "$LIFELINE_TOKEN" ] || fail "no lifeline.token=NAME:SECRET on the kernel command line"
+case "$LIFELINE_TOKEN" in
+*:*) ;;
+*) fail "lifeline.token must be NAME:SECRET as lifeline-receiver machine add writes it" ;;
+esac
+[ -x "$AGENT" ] || fail "$AGENT is missing from the boot OS"
+[ -f "$CA" ] || fail "$CA (the receiver's CA certificate) is missing from the boot OS"
+[ -f "$PASSWORD" ] || fail "$PASSWORD is missing: an unattended backup needs the repository password in the boot OS"
+
+mkdir -p /run/lifeline
+umask 077
+printf '%s\n' "$LIFELINE_TOKEN" > /run/lifeline/token
+umask 022
+
+# The first disk: the largest block device that is not a CD, loop or RAM disk.
+disk=""
+best=-1
+for d in /sys/block/*; do
+	n=${d##*/}
+	case "$n" in sr*|loop*|ram*|zram*|fd*|"*") continue ;; esac
+	s=$(cat "$d/size" 2>/dev/null || echo 0)
+	if [ "$s" -gt "$best" ]; then
+		best=$s
+		disk=$n
+	fi
+done
+[ -n "$disk" ] && [ "$best" -gt 0 ] || fail "no disk to back up"
+[ -b "/dev/$disk" ] || fail "/dev/$disk is not a block device"
+echo "lifeline-backup: disk /dev/$disk ($((best / 2048)) MiB) to $LIFELINE_RECEIVER as machine $LIFELINE_MACHINE"
+
+set -- --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/token --ca "$CA" --password-file "$PASSWORD"
+if out=$("$AGENT" --quiet init "$@" 2>&1); then
+	echo "lifeline-backup: created the repository on the receiver"
+else
+	case "$out" in
+	*"already holds"*) echo "lifeline-backup: the receiver already holds the repository" ;;
+	*) fail "init: $(echo "$out" | tail -n 3 | tr '\n' ' ')" ;;
+	esac
+fi
+
+name="$LIFELINE_MACHINE-boot"
+t0=$(date +%s)
+"$AGENT" --quiet backup "$@" --name "$name" --machine "$LIFELINE_MACHINE" "/dev/$disk" > /tmp/lifeline-backup.log 2>&1
+rc=$?
+t1=$(date +%s)
+sed 's/^/lifeline-backup: /' /tmp/lifeline-backup.log
+[ "$rc" = 0 ] || fail "backup of /dev/$disk exited with $rc: $(tail -n 3 /tmp/lifeline-backup.log | tr '\n' ' ')"
+echo "LIFELINE-BACKUP-OK image=$name disk=/dev/$disk seconds=$((t1 - t0))"
+sync
+poweroff -f
+"#;
+
+/// [`BACKUP_HOOK`] with its paths filled in.
+pub fn backup_hook() -> String {
+    BACKUP_HOOK
+        .replace("@AGENT@", AGENT_PATH)
+        .replace("@CA@", CA_PATH)
+        .replace("@PASSWORD@", PASSWORD_PATH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hook_is_valid_shell() {
+        let h = backup_hook();
+        assert!(!h.contains("@AGENT@") && !h.contains("@CA@") && !h.contains("@PASSWORD@"));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hook");
+        std::fs::write(&p, &h).unwrap();
+        let out = Command::new("sh").arg("-n").arg(&p).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn files() {
+        let f = unattended_files(Path::new("/x/lifeline-image"), b"PEM", "pw").unwrap();
+        assert_eq!(f.len(), 4);
+        let pw = f.iter().find(|f| f.dest == PASSWORD_PATH).unwrap();
+        assert_eq!(pw.mode, 0o600);
+        let hook = f.iter().find(|f| f.dest == DEFAULT_HOOK).unwrap();
+        match &hook.source {
+            crate::Source::Bytes(b) => assert_eq!(b, backup_hook().as_bytes()),
+            _ => panic!("hook is not literal"),
+        }
+        assert!(unattended_files(Path::new("/x"), b"", "a\nb").is_err());
+    }
+}
