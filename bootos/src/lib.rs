@@ -24,7 +24,8 @@
 //! Modules: [`agent`] (the static `lifeline-image` and the unattended
 //! backup hook), [`cpio`] (the newc archive writer), [`modules`] (module
 //! resolution), [`cmdline`] (kernel parameters), [`initramfs`] (assembly,
-//! `/init`, compression).
+//! `/init`, compression), [`qemu`] (booting it in a VM and reading the
+//! console).
 
 pub mod agent;
 pub mod cmdline;
@@ -32,6 +33,7 @@ pub mod cpio;
 mod error;
 pub mod initramfs;
 pub mod modules;
+pub mod qemu;
 
 pub use error::{Error, Result};
 pub use initramfs::{BootOs, BootOsSpec, Built, ExtraFile, Source};

@@ -7,24 +7,12 @@
 //! scripts/setup.sh); fails loudly when they are missing.
 
 use lifeline_bootos::cmdline::{BootParams, Mode};
+use lifeline_bootos::qemu::{Vm, VmSpec};
 use lifeline_bootos::{BootOs, BootOsSpec, ExtraFile};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 const MARKER: &str = "LIFELINE-BOOTOS-READY machine=";
-
-/// Kills qemu (by its own PID, through `Child`) however the test ends.
-struct QemuGuard(Child);
-
-impl Drop for QemuGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const HOOK: &str = r#"#!/bin/sh
 # Test hook: report, then power off.
@@ -40,17 +28,6 @@ poweroff -f
 
 #[test]
 fn boots_in_qemu_with_network_and_disk() {
-    let qemu = "qemu-system-x86_64";
-    let have_qemu = Command::new(qemu)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        have_qemu,
-        "{qemu} is missing: apt-get install qemu-system-x86 (scripts/setup.sh installs it)"
-    );
-
     let dir = tempfile::tempdir().unwrap();
     let mut spec = BootOsSpec::default();
     spec.files
@@ -72,97 +49,38 @@ fn boots_in_qemu_with_network_and_disk() {
     params.mode = Mode::Backup;
     let append = format!("console=ttyS0 {}", params.to_cmdline().unwrap());
 
-    let start = Instant::now();
-    let child = Command::new(qemu)
-        .args([
-            "-machine",
-            "q35,accel=tcg",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&built.kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", &append])
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting qemu");
-    let mut guard = QemuGuard(child);
-    let stdout = guard.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<(Duration, String)>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let s = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            if tx.send((start.elapsed(), s)).is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut log = Vec::new();
+    let mut vm = Vm::boot(&VmSpec {
+        kernel: &built.kernel,
+        initrd: &initrd,
+        append: &append,
+        memory_mib: 256,
+        disk: Some(&disk),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut init_at = None;
     let mut ready_at = None;
     while ready_at.is_none() {
-        let left = TIMEOUT.checked_sub(start.elapsed()).unwrap_or_default();
-        match rx.recv_timeout(left) {
-            Ok((at, line)) => {
-                if line.starts_with("lifeline: boot OS up") {
-                    init_at = Some(at);
-                }
-                if line.contains("LIFELINE-BOOTOS-NONET") {
-                    panic!("no DHCP lease in the guest; console:\n{}", log.join("\n"));
-                }
-                if line.starts_with(MARKER) {
-                    ready_at = Some(at);
-                }
-                log.push(line);
-            }
-            Err(_) => {
-                let status = guard.0.try_wait().ok().flatten();
-                let mut err = String::new();
-                if let Some(mut e) = guard.0.stderr.take() {
-                    if status.is_some() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                }
-                panic!(
-                    "no {MARKER} line within {TIMEOUT:?} (qemu status {status:?}, stderr {err:?}); console:\n{}",
-                    log.join("\n")
-                );
-            }
+        let Some((at, line)) = vm.next_line(TIMEOUT) else {
+            panic!("no {MARKER} line within {TIMEOUT:?}: {}", vm.report());
+        };
+        if line.starts_with("lifeline: boot OS up") {
+            init_at = Some(at);
+        }
+        if line.contains("LIFELINE-BOOTOS-NONET") {
+            panic!(
+                "no DHCP lease in the guest; console:\n{}",
+                vm.log().join("\n")
+            );
+        }
+        if line.starts_with(MARKER) {
+            ready_at = Some(at);
         }
     }
     let ready_at = ready_at.unwrap();
     // Wait for the power-off (bounded), then collect what's left.
-    let exit_deadline = Instant::now() + Duration::from_secs(20);
-    let mut exited = None;
-    while Instant::now() < exit_deadline {
-        if let Some(s) = guard.0.try_wait().unwrap() {
-            exited = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let exit_at = start.elapsed();
-    while let Ok((_, line)) = rx.try_recv() {
-        log.push(line);
-    }
+    let exited = vm.wait_exit(Duration::from_secs(20));
+    let exit_at = vm.elapsed();
+    let log = vm.log().to_vec();
     let console = log.join("\n");
     let find = |prefix: &str| {
         log.iter()

@@ -14,42 +14,20 @@
 //! (minutes the first time) unless LIFELINE_BOOTOS_AGENT names one.
 
 use lifeline_bootos::agent;
+use lifeline_bootos::qemu::{Vm, VmSpec};
 use lifeline_bootos::{BootOs, BootOsSpec};
 use lifeline_testdisk::DiskSpec;
 use lifeline_tests::{bin_path, Receiver};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// From qemu's start to the backup's end marker.
 const TIMEOUT: Duration = Duration::from_secs(240);
 const PASSWORD: &str = "boot-os-test-password";
 
-/// Kills qemu (by its own PID, through `Child`) however the test ends.
-struct QemuGuard(Child);
-
-impl Drop for QemuGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn boot_os_backs_the_disk_up_to_the_receiver() {
-    let qemu = "qemu-system-x86_64";
-    let have_qemu = Command::new(qemu)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        have_qemu,
-        "{qemu} is missing: apt-get install qemu-system-x86 (scripts/setup.sh installs it)"
-    );
-
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let t = Instant::now();
     let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
@@ -79,106 +57,46 @@ fn boot_os_backs_the_disk_up_to_the_receiver() {
         "console=ttyS0 lifeline.receiver=https://10.0.2.2:{} lifeline.machine=pc1 lifeline.token={token} lifeline.mode=backup lifeline.style=receiver",
         rx.port()
     );
-    let start = Instant::now();
-    let child = Command::new(qemu)
-        .args([
-            "-machine",
-            "q35,accel=tcg",
-            "-m",
-            "512",
-            "-nographic",
-            "-no-reboot",
-        ])
-        .arg("-kernel")
-        .arg(&built.kernel)
-        .arg("-initrd")
-        .arg(&initrd)
-        .args(["-append", &append])
-        .args([
-            "-netdev",
-            "user,id=n0",
-            "-device",
-            "virtio-net-pci,netdev=n0",
-        ])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=raw", disk.path.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting qemu");
-    let mut guard = QemuGuard(child);
-    let stdout = guard.0.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel::<(Duration, String)>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).split(b'\n') {
-            let Ok(line) = line else { break };
-            let s = String::from_utf8_lossy(&line)
-                .trim_end_matches('\r')
-                .to_string();
-            if tx.send((start.elapsed(), s)).is_err() {
-                break;
-            }
-        }
-    });
-
-    let mut log = Vec::new();
+    let mut vm = Vm::boot(&VmSpec {
+        kernel: &built.kernel,
+        initrd: &initrd,
+        append: &append,
+        memory_mib: 512,
+        disk: Some(&disk.path),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let mut init_at = None;
     let mut net_at = None;
     let mut ok_line = None;
     while ok_line.is_none() {
-        let left = TIMEOUT.checked_sub(start.elapsed()).unwrap_or_default();
-        match lines.recv_timeout(left) {
-            Ok((at, line)) => {
-                if line.starts_with("lifeline: boot OS up") {
-                    init_at = Some(at);
-                }
-                if line.starts_with("lifeline: network") {
-                    net_at = Some(at);
-                }
-                if line.contains("LIFELINE-BACKUP-FAILED") {
-                    log.push(line);
-                    panic!(
-                        "the boot OS backup failed; console:\n{}\nreceiver log:\n{}",
-                        log.join("\n"),
-                        rx.log_tail(30)
-                    );
-                }
-                if line.starts_with("LIFELINE-BACKUP-OK") {
-                    ok_line = Some((at, line.clone()));
-                }
-                log.push(line);
-            }
-            Err(_) => {
-                let status = guard.0.try_wait().ok().flatten();
-                let mut err = String::new();
-                if let Some(mut e) = guard.0.stderr.take() {
-                    if status.is_some() {
-                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                    }
-                }
-                panic!(
-                    "no LIFELINE-BACKUP-OK within {TIMEOUT:?} (qemu status {status:?}, stderr {err:?}); console:\n{}\nreceiver log:\n{}",
-                    log.join("\n"),
-                    rx.log_tail(30)
-                );
-            }
+        let Some((at, line)) = vm.next_line(TIMEOUT) else {
+            panic!(
+                "no LIFELINE-BACKUP-OK within {TIMEOUT:?}: {}\nreceiver log:\n{}",
+                vm.report(),
+                rx.log_tail(30)
+            );
+        };
+        if line.starts_with("lifeline: boot OS up") {
+            init_at = Some(at);
+        }
+        if line.starts_with("lifeline: network") {
+            net_at = Some(at);
+        }
+        if line.contains("LIFELINE-BACKUP-FAILED") {
+            panic!(
+                "the boot OS backup failed; console:\n{}\nreceiver log:\n{}",
+                vm.log().join("\n"),
+                rx.log_tail(30)
+            );
+        }
+        if line.starts_with("LIFELINE-BACKUP-OK") {
+            ok_line = Some((at, line));
         }
     }
     let (ok_at, ok_line) = ok_line.unwrap();
     // Wait for the power-off (bounded).
-    let exit_deadline = Instant::now() + Duration::from_secs(20);
-    let mut exited = None;
-    while Instant::now() < exit_deadline {
-        if let Some(s) = guard.0.try_wait().unwrap() {
-            exited = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    while let Ok((_, line)) = lines.try_recv() {
-        log.push(line);
-    }
+    let exited = vm.wait_exit(Duration::from_secs(20));
+    let log = vm.log().to_vec();
     let console = log.join("\n");
     eprintln!("--- guest console (lifeline lines) ---");
     for l in log

@@ -6,26 +6,11 @@ use common::*;
 use lifeline_disk::layout::{read_layout, DiskLayout, LayoutError, PartType, TableKind};
 use lifeline_disk::Range;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn sfdisk(img: &Path, script: &str) {
-    let mut child = Command::new("sfdisk")
-        .args(["-q", img.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sfdisk installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "sfdisk failed on {script}");
-}
+use lifeline_testdisk::sfdisk;
 
 fn layout_of(img: &Path) -> Result<DiskLayout, LayoutError> {
     let f = File::open(img).unwrap();

@@ -280,19 +280,7 @@ impl DiskSpec {
         for p in &self.parts {
             script += &format!("size={}M, type={}\n", p.size_mib, p.sfdisk_type);
         }
-        let mut child = Command::new("sfdisk")
-            .args(["-q", path.to_str().unwrap()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("sfdisk (scripts/setup.sh installs it)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "sfdisk failed");
+        sfdisk(&path, &script);
         let starts = partition_starts(&path);
         assert_eq!(starts.len(), self.parts.len());
         let tree = work.join("tree");
@@ -354,6 +342,23 @@ impl DiskSpec {
             work,
         }
     }
+}
+
+/// Write a partition table with `sfdisk` from its script format.
+pub fn sfdisk(img: &Path, script: &str) {
+    let mut child = Command::new("sfdisk")
+        .args(["-q", img.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sfdisk (scripts/setup.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk failed on {script}");
 }
 
 /// (start, len) in bytes of each partition, from `sfdisk --json`.

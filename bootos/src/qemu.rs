@@ -1,0 +1,156 @@
+//! Booting a boot OS in qemu (TCG, never KVM) and reading its serial console:
+//! what the tests do, and a way to try a boot OS by hand.
+//!
+//! The VM is a q35 machine with a virtio NIC on qemu's user network (the
+//! host's loopback is 10.0.2.2 from inside) and optionally one virtio disk.
+//! Console lines arrive with the time since qemu started; the VM is killed
+//! (by its own PID) when the [`Vm`] is dropped, however a test ends.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// What to boot.
+pub struct VmSpec<'a> {
+    pub kernel: &'a Path,
+    pub initrd: &'a Path,
+    /// Kernel command line (`console=ttyS0` is needed to see the console).
+    pub append: &'a str,
+    pub memory_mib: u32,
+    /// A raw disk image attached as virtio (`/dev/vda`).
+    pub disk: Option<&'a Path>,
+}
+
+/// A running VM and the console lines read so far.
+pub struct Vm {
+    child: Child,
+    lines: mpsc::Receiver<(Duration, String)>,
+    started: Instant,
+    log: Vec<String>,
+}
+
+impl Vm {
+    /// Start qemu. Fails with what to install when qemu is missing.
+    pub fn boot(spec: &VmSpec) -> Result<Vm, String> {
+        let have = Command::new(QEMU)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            return Err(format!(
+                "{QEMU} is missing: apt-get install qemu-system-x86 (scripts/setup.sh installs it)"
+            ));
+        }
+        let mut cmd = Command::new(QEMU);
+        cmd.args(["-machine", "q35,accel=tcg", "-nographic", "-no-reboot"])
+            .args(["-m", &spec.memory_mib.to_string()])
+            .arg("-kernel")
+            .arg(spec.kernel)
+            .arg("-initrd")
+            .arg(spec.initrd)
+            .args(["-append", spec.append])
+            .args([
+                "-netdev",
+                "user,id=n0",
+                "-device",
+                "virtio-net-pci,netdev=n0",
+            ]);
+        if let Some(d) = spec.disk {
+            cmd.arg("-drive")
+                .arg(format!("file={},if=virtio,format=raw", d.display()));
+        }
+        let started = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {QEMU}: {e}"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { break };
+                let s = String::from_utf8_lossy(&line)
+                    .trim_end_matches('\r')
+                    .to_string();
+                if tx.send((started.elapsed(), s)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Vm {
+            child,
+            lines,
+            started,
+            log: Vec::new(),
+        })
+    }
+
+    /// The next console line and when it came (since qemu started), or
+    /// `None` once `deadline` (also since qemu started) has passed or the
+    /// console closed. Every line is kept in [`Vm::log`].
+    pub fn next_line(&mut self, deadline: Duration) -> Option<(Duration, String)> {
+        let left = deadline
+            .checked_sub(self.started.elapsed())
+            .unwrap_or_default();
+        let (at, line) = self.lines.recv_timeout(left).ok()?;
+        self.log.push(line.clone());
+        Some((at, line))
+    }
+
+    /// Wait up to `timeout` for qemu to exit (after the guest's power-off),
+    /// then keep the console lines that are left.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut exited = None;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                exited = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        while let Ok((_, line)) = self.lines.try_recv() {
+            self.log.push(line);
+        }
+        exited
+    }
+
+    /// Time since qemu started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The console so far, one line per entry.
+    pub fn log(&self) -> &[String] {
+        &self.log
+    }
+
+    /// For a failure message: qemu's status, its stderr if it exited, and
+    /// the whole console.
+    pub fn report(&mut self) -> String {
+        let status = self.child.try_wait().ok().flatten();
+        let mut err = String::new();
+        if status.is_some() {
+            if let Some(mut e) = self.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+        }
+        format!(
+            "qemu status {status:?}, stderr {err:?}; console:\n{}",
+            self.log.join("\n")
+        )
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
