@@ -120,8 +120,14 @@ async fn stream(
     reconcile.notify_one();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut batches_open = true;
+    let mut repair = Repair::new();
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(repair.at.unwrap_or_else(far_future)), if repair.at.is_some() => {
+                repair.at = None;
+                info!("reconciling: the receiver could not apply some ops");
+                reconcile.notify_one();
+            }
             b = queue.batches.recv(), if batches_open => {
                 let Some(b) = b else {
                     batches_open = false;
@@ -168,6 +174,7 @@ async fn stream(
                     );
                     warn!("{msg}");
                     shared.set_error(msg);
+                    repair.needed();
                 }
                 shared.acked_seq.fetch_max(ack.applied_seq, Relaxed);
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {
@@ -182,4 +189,47 @@ async fn stream(
             }
         }
     }
+}
+
+/// Ops the receiver could not apply leave the mirror different from the
+/// source (a link whose source is missing there, a name it could not
+/// create): a reconciliation finds what differs and sends it again. It runs
+/// a moment after the errors, so one run covers a burst of them, and further
+/// apart while errors keep coming, so that one that persists (a full disk on
+/// the receiver) does not keep the trees being compared.
+struct Repair {
+    /// When to reconcile (None: not asked for).
+    at: Option<tokio::time::Instant>,
+    /// Earliest time for the next one.
+    next: tokio::time::Instant,
+    spacing: Duration,
+    last_error: tokio::time::Instant,
+}
+
+impl Repair {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn new() -> Repair {
+        let now = tokio::time::Instant::now();
+        Repair { at: None, next: now, spacing: Self::FIRST, last_error: now }
+    }
+
+    fn needed(&mut self) {
+        let now = tokio::time::Instant::now();
+        if now - self.last_error > Self::MAX {
+            self.spacing = Self::FIRST; // quiet for long: errors are news again
+        }
+        self.last_error = now;
+        if self.at.is_none() {
+            let at = (now + Self::FIRST).max(self.next);
+            self.at = Some(at);
+            self.next = at + self.spacing;
+            self.spacing = (self.spacing * 2).min(Self::MAX);
+        }
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400)
 }

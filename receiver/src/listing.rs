@@ -70,7 +70,9 @@ fn wire_kind(k: Kind) -> Option<tree_entry::Kind> {
 }
 
 fn entry(path: Vec<u8>, kind: tree_entry::Kind, e: tree::Entry) -> TreeEntry {
+    let linked = kind == tree_entry::Kind::File && e.nlink > 1;
     TreeEntry {
+        link_id: if linked { e.ino } else { 0 },
         path,
         kind: kind as i32,
         size: e.size,

@@ -165,16 +165,18 @@ fn a_big_file_changed_while_off_is_sent_as_a_delta() {
 }
 
 /// The receiver refuses to sign a file with several hard links in the mirror
-/// (a delta replaces the file): the agent falls back to sending it whole.
+/// (a delta replaces the file): the agent falls back to sending it whole,
+/// and links the other name to it again.
 #[test]
 fn without_a_signature_the_file_is_sent_whole() {
+    use std::os::unix::fs::MetadataExt;
     preflight();
     const SIZE: u64 = 4 * MIB;
     let rig = Rig::start("delta-fallback", |src| {
         fs::write(src.join("f.bin"), random(SIZE as usize, 2)).unwrap();
+        fs::hard_link(src.join("f.bin"), src.join("f.bin.link")).unwrap();
     });
     rig.off();
-    fs::hard_link(rig.mirror.join("f.bin"), rig.mirror.join("f.bin.link")).unwrap();
     let f = OpenOptions::new().write(true).open(rig.src.join("f.bin")).unwrap();
     f.write_all_at(b"changed while off", 1000).unwrap();
     drop(f);
@@ -185,5 +187,9 @@ fn without_a_signature_the_file_is_sent_whole() {
     }
     if rig.counter("delta_fallbacks") <= fallbacks {
         rig.fail("no fallback counted");
+    }
+    let ino = |n: &str| fs::metadata(rig.mirror.join(n)).unwrap().ino();
+    if !wait_until(TIMEOUT, || ino("f.bin") == ino("f.bin.link")) {
+        rig.fail("the mirror's f.bin and f.bin.link are no longer one file");
     }
 }

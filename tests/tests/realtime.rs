@@ -296,6 +296,62 @@ fn initial_sync_copies_existing_tree_and_removes_extraneous_mirror_files() {
     assert!(!m.join("planted.txt").exists() && !m.join("planted-dir").exists());
 }
 
+/// (d') Names of one file that the mirror holds as separate files (links
+/// made while no agent ran, a link op the receiver could not apply) are
+/// linked again by reconciliation, so that a write through one name reaches
+/// every name in the mirror; a mirror file shared by names of two source
+/// files is split. The mirror's copies have the source's size and mtime,
+/// which no size-and-mtime comparison tells apart.
+#[test]
+fn names_of_one_file_split_in_the_mirror_are_linked_again() {
+    use std::os::unix::fs::MetadataExt;
+    preflight();
+    let mut rig = Rig::new("relink", ScratchFs::ext4(256));
+    let (src, m) = (rig.src.clone(), rig.mirror.clone());
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("a"), &data).unwrap();
+    fs::hard_link(src.join("a"), src.join("d/b")).unwrap();
+    fs::hard_link(src.join("a"), src.join("c")).unwrap();
+    fs::write(src.join("x"), &data).unwrap();
+    fs::write(src.join("y"), &data).unwrap();
+    // The mirror: the same bytes, mode and mtimes, linked the wrong way.
+    fs::create_dir_all(m.join("d")).unwrap();
+    for name in ["a", "d/b", "c", "x"] {
+        fs::write(m.join(name), &data).unwrap();
+    }
+    fs::hard_link(m.join("x"), m.join("y")).unwrap();
+    for name in ["a", "d/b", "c", "x"] {
+        let mtime = fs::metadata(src.join(name)).unwrap().modified().unwrap();
+        fs::File::options().write(true).open(m.join(name)).unwrap().set_modified(mtime).unwrap();
+    }
+    let dir_mode = fs::metadata(src.join("d")).unwrap().permissions();
+    fs::set_permissions(m.join("d"), dir_mode).unwrap();
+
+    rig.start_agent();
+    rig.wait_ready();
+    let ino = |n: &str| fs::metadata(m.join(n)).map(|md| md.ino()).unwrap_or(0);
+    let linked = wait_until(SYNC_TIMEOUT, || {
+        ino("a") != 0 && ino("a") == ino("d/b") && ino("a") == ino("c") && ino("x") != ino("y")
+    });
+    if !linked {
+        rig.fail(&format!(
+            "mirror inodes after the initial sync: a {} d/b {} c {}, x {} y {}; want a = d/b = c and x != y",
+            ino("a"),
+            ino("d/b"),
+            ino("c"),
+            ino("x"),
+            ino("y")
+        ));
+    }
+    // Written through one name: every name changes, on both sides.
+    let f = OpenOptions::new().write(true).open(src.join("c")).unwrap();
+    f.write_all_at(b"written through c", 150_000).unwrap();
+    drop(f);
+    OpenOptions::new().append(true).open(src.join("x")).unwrap().write_all(b"x only").unwrap();
+    rig.assert_identical(SYNC_TIMEOUT, "a write through one name of a relinked file");
+}
+
 /// Sleeps until just after the next wall-clock second begins, so a short
 /// burst fits within one second of mtime.
 fn align_to_second() {

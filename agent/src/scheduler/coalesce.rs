@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use lifeline_capture::{ChangeKind, FileChange};
 
-use super::links::Links;
+use super::links::{FileId, Links};
 use super::ranges::RangeSet;
 
 /// What to send for a path, read from the local file system at send time.
@@ -495,6 +495,16 @@ impl Coalescer {
     /// Send everything below `p` (a tree the mirror lacks).
     pub fn tree(&mut self, p: &Path, now: Instant) {
         self.tree_at(p, now, NO_ORIGIN)
+    }
+
+    /// Reconciliation: `to` names the file at `from` (`id`) too, and the
+    /// mirror's `to` is not a link to its `from`. Queued after whatever is
+    /// pending for either name: reconciliation sends `from` whole before, so
+    /// what was written through `to` is in it.
+    pub fn relink(&mut self, from: PathBuf, to: PathBuf, id: FileId, now: Instant) {
+        self.links.add(id, &from);
+        self.links.add(id, &to);
+        self.push(Item::Link { from, to, since: now, origin: NO_ORIGIN });
     }
 
     fn tree_at(&mut self, p: &Path, now: Instant, origin: u64) {

@@ -2,6 +2,7 @@
 //! sequence-numbered wire operations, reading each file's current bytes for
 //! the changed ranges at send time.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -84,6 +85,8 @@ impl<'a> BatchBuilder<'a> {
             return;
         };
         *self.seq += 1;
+        // Reconciliation's ops are not in the log: nothing to guard.
+        let origin = if origin == NO_ORIGIN { 0 } else { origin };
         debug!(seq = *self.seq, path = %path.display(), op = kind_name(&kind), "op");
         self.bytes += match &kind {
             Kind::Data(d) => d.chunks.iter().map(|c| c.data.len()).sum::<usize>(),
@@ -175,6 +178,9 @@ impl<'a> BatchBuilder<'a> {
             What::Check => self.check(&c.local, &c.remote, c.since),
             What::Delta { base_len } => self.delta_or_check(c, *base_len),
             What::Tree => {
+                // Names of one file below the root are linked in the mirror
+                // too (names elsewhere: the next reconciliation links them).
+                let mut names: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
                 for e in walkdir::WalkDir::new(&c.local).follow_root_links(false).sort_by_file_name() {
                     let e = match e {
                         Ok(e) => e,
@@ -185,6 +191,20 @@ impl<'a> BatchBuilder<'a> {
                     };
                     let rel = e.path().strip_prefix(&c.local).expect("below the root");
                     let remote = if rel.as_os_str().is_empty() { c.remote.clone() } else { c.remote.join(rel) };
+                    if let Ok(md) = e.metadata().map_err(io::Error::from) {
+                        if md.is_file() && md.nlink() > 1 {
+                            match names.entry((md.dev(), md.ino())) {
+                                Entry::Occupied(first) => {
+                                    let to = Self::wire(&remote);
+                                    self.push(first.get(), Kind::Link(pb::Link { to }), c.since);
+                                    continue;
+                                }
+                                Entry::Vacant(v) => {
+                                    v.insert(remote.clone());
+                                }
+                            }
+                        }
+                    }
                     self.check(e.path(), &remote, c.since)?;
                 }
                 Ok(())

@@ -51,6 +51,9 @@ pub enum Reconcile {
     Delta { path: PathBuf, mirror_size: u64 },
     /// Send the whole tree below the path (the mirror lacks it).
     Tree(PathBuf),
+    /// `to` is another name of the file at `from` (`(st_dev, st_ino)` `id`),
+    /// which the mirror does not have as a link: link it there.
+    Link { from: PathBuf, to: PathBuf, id: (u64, u64) },
 }
 
 #[derive(Clone, Debug)]
@@ -221,6 +224,7 @@ impl Scheduler {
                         Reconcile::Path(p) => self.co.check(&p, now),
                         Reconcile::Delta { path, mirror_size } => self.co.check_delta(&path, mirror_size, now),
                         Reconcile::Tree(p) => self.co.tree(&p, now),
+                        Reconcile::Link { from, to, id } => self.co.relink(from, to, id, now),
                     }
                 }
             }

@@ -30,7 +30,10 @@ use lifeline_proto::v1::{tree_entry, ListTreeRequest, TreeEntries, TreeEntry};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+mod links;
+
 use crate::scheduler::{Reconcile, SchedMsg};
+use links::{LinkGroups, Name};
 use crate::remote::Remote;
 use crate::status::Shared;
 
@@ -116,6 +119,7 @@ pub struct Comparer {
     /// compared by content even when size and mtime match: changes to them
     /// may have been lost (see `Shared::suspect`).
     suspect_since_ns: i128,
+    links: LinkGroups,
 }
 
 impl Comparer {
@@ -130,6 +134,7 @@ impl Comparer {
             out,
             queued: 0,
             suspect_since_ns: i128::MAX,
+            links: LinkGroups::default(),
         }
     }
 
@@ -188,19 +193,27 @@ impl Comparer {
                 continue;
             }
             let path = dir.join(&e.rel);
-            match remote.remove(e.rel.as_os_str()) {
-                Some(r) if same_entry(&e, &r) && !self.suspect(&e) => {}
-                // A directory the mirror lacks (or holds as something else):
-                // everything below it, without waiting for a listing.
-                Some(r) if e.kind == Kind::Dir && r.kind != tree_entry::Kind::Dir as i32 => {
-                    self.out.push(Reconcile::Tree(path))
+            let r = remote.remove(e.rel.as_os_str());
+            let mirror_link_id = r.as_ref().filter(|r| r.kind == tree_entry::Kind::File as i32).map_or(0, |r| r.link_id);
+            let mut forced = false;
+            if e.kind == Kind::File && e.nlink > 1 {
+                match self.links.name((e.dev, e.ino), &path, mirror_link_id) {
+                    Name::Later(items) => {
+                        self.out.extend(items);
+                        continue;
+                    }
+                    Name::First { forced: f } => forced = f,
                 }
-                None if e.kind == Kind::Dir => self.out.push(Reconcile::Tree(path)),
-                // An older copy of a regular file: a delta may be sent.
-                Some(r) if e.kind == Kind::File && r.kind == tree_entry::Kind::File as i32 => {
-                    self.out.push(Reconcile::Delta { path, mirror_size: r.size })
+            } else if e.kind == Kind::File {
+                forced = LinkGroups::wrongly_linked(e.nlink, mirror_link_id);
+            }
+            // Sent whole (`Path`): a file of its own in the mirror.
+            let verdict = if forced { Some(Reconcile::Path(path)) } else { self.judge(&e, path, r) };
+            if let Some(v) = verdict {
+                if e.kind == Kind::File && e.nlink > 1 {
+                    self.links.first_queued((e.dev, e.ino));
                 }
-                _ => self.out.push(Reconcile::Path(path)),
+                self.out.push(v);
             }
         }
         // Only in the mirror: removed when sent (it is checked again then).
@@ -213,17 +226,30 @@ impl Comparer {
         Ok(())
     }
 
+    /// What to queue for local entry `e` at `path`, whose mirror entry is
+    /// `r`; `None`: the same.
+    fn judge(&self, e: &tree::Entry, path: PathBuf, r: Option<TreeEntry>) -> Option<Reconcile> {
+        match r {
+            Some(r) if same_entry(e, &r) && !self.suspect(e) => None,
+            // A directory the mirror lacks (or holds as something else):
+            // everything below it, without waiting for a listing.
+            Some(r) if e.kind == Kind::Dir && r.kind != tree_entry::Kind::Dir as i32 => Some(Reconcile::Tree(path)),
+            None if e.kind == Kind::Dir => Some(Reconcile::Tree(path)),
+            // An older copy of a regular file: a delta may be sent.
+            Some(r) if e.kind == Kind::File && r.kind == tree_entry::Kind::File as i32 => {
+                Some(Reconcile::Delta { path, mirror_size: r.size })
+            }
+            _ => Some(Reconcile::Path(path)),
+        }
+    }
+
     /// Equal size and mtime prove nothing for a file modified while changes
     /// could be lost: a write in the same timestamp tick as the copy the
     /// mirror got leaves both unchanged.
-    ///
-    /// A file with several names is compared by content too: the mirror's
-    /// copies of its names may not be linked (links made before the agent
-    /// started, or a link op that failed), and a write through one name then
-    /// leaves the others behind with the same size and mtime.
+    /// (A file with several names whose copies in the mirror are not linked
+    /// is sent whole: see [`links`].)
     fn suspect(&self, e: &tree::Entry) -> bool {
-        e.kind == Kind::File
-            && (e.nlink > 1 || (e.mtime_sec as i128) * 1_000_000_000 + e.mtime_nsec as i128 >= self.suspect_since_ns)
+        e.kind == Kind::File && (e.mtime_sec as i128) * 1_000_000_000 + e.mtime_nsec as i128 >= self.suspect_since_ns
     }
 }
 
@@ -260,7 +286,63 @@ mod tests {
                 gid: None,
             }),
             symlink_target: Vec::new(),
+            link_id: 0,
         }
+    }
+
+    fn findings(c: Comparer, rx: crossbeam_channel::Receiver<SchedMsg>) -> Vec<Reconcile> {
+        c.finish().unwrap();
+        let mut got = Vec::new();
+        for m in rx.try_iter() {
+            let SchedMsg::Reconcile(items) = m else { panic!() };
+            got.extend(items);
+        }
+        got
+    }
+
+    /// Hard links: names linked in the mirror as in the source cost nothing
+    /// (even unchanged, they used to be compared by content every time); a
+    /// name split off in the mirror has the first name sent whole and every
+    /// name linked again; a mirror file shared by two source files is split.
+    #[test]
+    fn relinks_names_the_mirror_holds_as_separate_files() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::write(root.join("a"), b"data").unwrap();
+        std::fs::hard_link(root.join("a"), root.join("b")).unwrap();
+        std::fs::hard_link(root.join("a"), root.join("c")).unwrap();
+        std::fs::write(root.join("x"), b"other").unwrap();
+        std::fs::write(root.join("y"), b"more").unwrap();
+        let md = |n: &str| std::fs::metadata(root.join(n)).unwrap();
+        let file = |n: &str, link_id: u64| TreeEntry { link_id, ..entry(&root.join(n), &md(n), tree_entry::Kind::File, md(n).len()) };
+        let wire = |p: &Path| wirepath::from_local(p).unwrap();
+        let id = (md("a").dev(), md("a").ino());
+
+        // All linked as in the source: nothing to do.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut c = Comparer::new(vec![root.clone()], tx);
+        let all = vec![file("a", 9), file("b", 9), file("c", 9), file("x", 0), file("y", 0)];
+        c.take(TreeEntries { entries: all, complete_dirs: vec![wire(&root)] }).unwrap();
+        assert_eq!(findings(c, rx), vec![Reconcile::Path(root.clone())]);
+
+        // c is a file of its own in the mirror; x shares the mirror's file
+        // with y, which the source does not.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut c = Comparer::new(vec![root.clone()], tx);
+        let split = vec![file("a", 9), file("b", 9), file("c", 0), file("x", 5), file("y", 5)];
+        c.take(TreeEntries { entries: split, complete_dirs: vec![wire(&root)] }).unwrap();
+        let link = |to: &str| Reconcile::Link { from: root.join("a"), to: root.join(to), id };
+        assert_eq!(
+            findings(c, rx),
+            vec![
+                Reconcile::Path(root.clone()),
+                Reconcile::Path(root.join("a")),
+                link("b"),
+                link("c"),
+                Reconcile::Path(root.join("x")),
+                Reconcile::Path(root.join("y")),
+            ]
+        );
     }
 
     #[test]
