@@ -182,7 +182,7 @@ fail() {
 [ -n "$LIFELINE_TOKEN" ] || fail "no lifeline.token=NAME:SECRET on the kernel command line"
 case "$LIFELINE_TOKEN" in
 *:*) ;;
-*) fail "lifeline.token must be NAME:SECRET as lifeline-receiver machine add writes it" ;;
+*) fail "lifeline.token must be NAME:SECRET as lifeline-receiver bootos make writes it" ;;
 esac
 [ -x "$AGENT" ] || fail "$AGENT is missing from the boot OS"
 [ -f "$CA" ] || fail "$CA (the receiver's CA certificate) is missing from the boot OS"
@@ -190,8 +190,16 @@ esac
 
 mkdir -p /run/lifeline
 umask 077
-printf '%s\n' "$LIFELINE_TOKEN" > /run/lifeline/token
+printf '%s\n' "$LIFELINE_TOKEN" > /run/lifeline/boot-token
 umask 022
+# The one-time boot token becomes a boot session (this machine's images
+# only); a used, revoked or foreign token is refused before any disk is read.
+if out=$("$AGENT" --quiet claim --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/boot-token --ca "$CA" --out /run/lifeline/token 2>&1); then
+	echo "lifeline-backup: $out"
+else
+	fail "$(echo "$out" | tail -n 2 | tr '\n' ' ')"
+fi
+rm -f /run/lifeline/boot-token
 
 # The first disk: the largest block device that is not a CD, loop or RAM disk.
 disk=""

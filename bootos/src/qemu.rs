@@ -14,12 +14,20 @@ use std::time::{Duration, Instant};
 
 pub const QEMU: &str = "qemu-system-x86_64";
 
+/// How the VM boots.
+pub enum Boot<'a> {
+    /// qemu loads the kernel and initrd itself (`console=ttyS0` in `append`
+    /// is needed to see the console).
+    Kernel { kernel: &'a Path, initrd: &'a Path, append: &'a str },
+    /// The firmware network-boots: SeaBIOS runs the NIC's iPXE ROM, which
+    /// gets an address from qemu's DHCP and fetches `bootfile` (an
+    /// `http://10.0.2.2:PORT/...` URL reaches the host's loopback).
+    Network { bootfile: &'a str },
+}
+
 /// What to boot.
 pub struct VmSpec<'a> {
-    pub kernel: &'a Path,
-    pub initrd: &'a Path,
-    /// Kernel command line (`console=ttyS0` is needed to see the console).
-    pub append: &'a str,
+    pub boot: Boot<'a>,
     pub memory_mib: u32,
     /// A raw disk image attached as virtio (`/dev/vda`).
     pub disk: Option<&'a Path>,
@@ -47,18 +55,18 @@ impl Vm {
         }
         let mut cmd = Command::new(QEMU);
         cmd.args(["-machine", "q35,accel=tcg", "-nographic", "-no-reboot"])
-            .args(["-m", &spec.memory_mib.to_string()])
-            .arg("-kernel")
-            .arg(spec.kernel)
-            .arg("-initrd")
-            .arg(spec.initrd)
-            .args(["-append", spec.append])
-            .args([
-                "-netdev",
-                "user,id=n0",
-                "-device",
-                "virtio-net-pci,netdev=n0",
-            ]);
+            .args(["-m", &spec.memory_mib.to_string()]);
+        let netdev = match &spec.boot {
+            Boot::Kernel { kernel, initrd, append } => {
+                cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", append]);
+                "user,id=n0".to_string()
+            }
+            Boot::Network { bootfile } => {
+                cmd.args(["-boot", "n"]);
+                format!("user,id=n0,bootfile={bootfile}")
+            }
+        };
+        cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
         if let Some(d) = spec.disk {
             cmd.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", d.display()));

@@ -7,7 +7,7 @@
 //! scripts/setup.sh); fails loudly when they are missing.
 
 use lifeline_bootos::cmdline::{BootParams, Mode};
-use lifeline_bootos::qemu::{Vm, VmSpec};
+use lifeline_bootos::qemu::{Boot, Vm, VmSpec};
 use lifeline_bootos::{BootOs, BootOsSpec, ExtraFile};
 use std::time::{Duration, Instant};
 
@@ -50,9 +50,7 @@ fn boots_in_qemu_with_network_and_disk() {
     let append = format!("console=ttyS0 {}", params.to_cmdline().unwrap());
 
     let mut vm = Vm::boot(&VmSpec {
-        kernel: &built.kernel,
-        initrd: &initrd,
-        append: &append,
+        boot: Boot::Kernel { kernel: &built.kernel, initrd: &initrd, append: &append },
         memory_mib: 256,
         disk: Some(&disk),
     })

@@ -65,6 +65,25 @@ pub trait Authenticator: Send + Sync + 'static {
         metadata: &MetadataMap,
         extensions: &Extensions,
     ) -> Result<MachineName, Status>;
+
+    /// For the image store: like [`Authenticator::authenticate`], and a
+    /// boot session's credential is good too.
+    fn authenticate_images(&self, metadata: &MetadataMap, extensions: &Extensions) -> Result<MachineName, Status> {
+        self.authenticate(metadata, extensions)
+    }
+
+    /// Turns the request's one-time boot token into a boot session (see
+    /// [`crate::bootdb`]).
+    fn claim_boot(&self, _metadata: &MetadataMap, _from: &str) -> Result<BootClaim, Status> {
+        Err(Status::unimplemented("this receiver does not take boot tokens"))
+    }
+}
+
+/// A claimed boot token: the session's credential and what the media is for.
+pub struct BootClaim {
+    pub credential: Credential,
+    pub expires_unix: i64,
+    pub media: crate::bootdb::BootMedia,
 }
 
 /// Checks the `authorization: Bearer NAME:SECRET` credential against the
@@ -85,8 +104,13 @@ fn refuse(msg: String) -> Status {
     Status::unauthenticated(msg)
 }
 
-impl Authenticator for TokenAuthenticator {
-    fn authenticate(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<MachineName, Status> {
+impl TokenAuthenticator {
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The request's credential (not yet checked) and the machine it names.
+    fn credential(metadata: &MetadataMap) -> Result<(Credential, MachineName), Status> {
         let value = metadata.get("authorization").ok_or_else(|| {
             refuse("no credential: start the agent with --token-file (the file `lifeline-receiver machine add NAME` writes)".into())
         })?;
@@ -97,23 +121,6 @@ impl Authenticator for TokenAuthenticator {
             .ok_or_else(|| refuse("the authorization header must be `Bearer NAME:SECRET`".into()))?;
         let cred = Credential::parse(token).map_err(|e| refuse(format!("malformed credential: {e}")))?;
         let name = MachineName::new(cred.machine()).map_err(|e| refuse(format!("malformed credential: {e}")))?;
-        let stored = {
-            let db = self.db.lock().unwrap_or_else(|e| e.into_inner());
-            db.token_hash(name.as_str()).map_err(|e| {
-                tracing::error!("cannot read the machine database: {e:#}");
-                Status::unavailable("the receiver cannot read its machine database; try again later")
-            })?
-        };
-        let Some(stored) = stored else {
-            return Err(refuse(format!(
-                "machine {name} is not registered at this receiver (`lifeline-receiver machine add {name}` registers it)"
-            )));
-        };
-        if !cred.matches(&stored) {
-            return Err(refuse(format!(
-                "wrong credential for machine {name} (was it reissued? use the token file `machine add`/`machine reissue` wrote)"
-            )));
-        }
         if let Some(claimed) = metadata.get(lifeline_proto::MACHINE_HEADER) {
             if claimed.as_bytes() != name.as_str().as_bytes() {
                 return Err(refuse(format!(
@@ -122,7 +129,68 @@ impl Authenticator for TokenAuthenticator {
                 )));
             }
         }
-        Ok(name)
+        Ok((cred, name))
+    }
+
+    fn check(&self, metadata: &MetadataMap, boot_sessions: bool) -> Result<MachineName, Status> {
+        let (cred, name) = Self::credential(metadata)?;
+        let stored = self.db().token_hash(name.as_str()).map_err(db_unavailable)?;
+        let Some(stored) = stored else {
+            return Err(refuse(format!(
+                "machine {name} is not registered at this receiver (`lifeline-receiver machine add {name}` registers it)"
+            )));
+        };
+        if cred.matches(&stored) {
+            return Ok(name);
+        }
+        if boot_sessions && self.db().boot_session_valid(name.as_str(), &cred.secret_hash()).map_err(db_unavailable)? {
+            return Ok(name);
+        }
+        Err(refuse(format!(
+            "wrong credential for machine {name} (was it reissued? use the token file `machine add`/`machine reissue` wrote; \
+             a boot OS's session lasts {} h)",
+            crate::bootdb::SESSION_SECS / 3600
+        )))
+    }
+}
+
+fn db_unavailable(e: anyhow::Error) -> Status {
+    tracing::error!("cannot read the machine database: {e:#}");
+    Status::unavailable("the receiver cannot read its machine database; try again later")
+}
+
+impl Authenticator for TokenAuthenticator {
+    fn authenticate(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<MachineName, Status> {
+        self.check(metadata, false)
+    }
+
+    fn authenticate_images(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<MachineName, Status> {
+        self.check(metadata, true)
+    }
+
+    fn claim_boot(&self, metadata: &MetadataMap, from: &str) -> Result<BootClaim, Status> {
+        let (token, name) = Self::credential(metadata)?;
+        let session = Credential::generate(name.as_str());
+        let claimed = self
+            .db()
+            .claim_boot(name.as_str(), &token.secret_hash(), &session.secret_hash(), from)
+            .map_err(db_unavailable)?;
+        match claimed {
+            Ok(media) => {
+                tracing::info!(machine = %name, media = media.id, from, "boot token claimed: boot session opened");
+                let expires_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64)
+                    + crate::bootdb::SESSION_SECS;
+                Ok(BootClaim { credential: session, expires_unix, media })
+            }
+            Err(r) => {
+                tracing::warn!(machine = %name, from, "boot token refused: {r}");
+                Err(Status::permission_denied(format!(
+                    "boot token refused: {r}; make new boot media with `lifeline-receiver bootos make {name}`"
+                )))
+            }
+        }
     }
 }
 

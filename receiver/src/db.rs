@@ -16,7 +16,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::auth::MachineName;
 
 /// The migrations, in order. Append only: a released one never changes.
-const MIGRATIONS: &[(&str, &str)] = &[("0001_machines", include_str!("../migrations/0001_machines.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("0001_machines", include_str!("../migrations/0001_machines.sql")),
+    ("0002_boot", include_str!("../migrations/0002_boot.sql")),
+];
 
 /// A registered machine, as `machine list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +39,7 @@ pub struct AuditEntry {
 }
 
 pub struct Db {
-    conn: Connection,
+    pub(crate) conn: Connection,
     path: PathBuf,
 }
 
@@ -150,7 +153,7 @@ impl Db {
     }
 }
 
-fn audit(conn: &Connection, machine: Option<&str>, event: &str, detail: &str) -> anyhow::Result<()> {
+pub(crate) fn audit(conn: &Connection, machine: Option<&str>, event: &str, detail: &str) -> anyhow::Result<()> {
     conn.execute("INSERT INTO audit (machine, event, detail) VALUES (?1, ?2, ?3)", params![machine, event, detail])?;
     Ok(())
 }

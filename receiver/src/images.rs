@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use lifeline_proto::v1::image_store_server::{ImageStore, ImageStoreServer};
 use lifeline_proto::v1::{
-    ChunkBlob, ChunkList, ChunkRequest, ImageBlob, ImageEmpty, ManifestNames, ManifestRequest,
+    BootSession, ChunkBlob, ChunkList, ChunkRequest, ImageBlob, ImageEmpty, ManifestNames, ManifestRequest,
     NamedBlob, PutChunksReply,
 };
 use lifeline_repo::{ChunkId, DirStore, RepoError, Store, MAX_BLOB_SIZE, MAX_MANIFEST_BLOB_SIZE};
@@ -49,7 +49,7 @@ impl Images {
     /// The requesting machine's store (its name is already validated as a
     /// single safe path component by [`MachineName`]).
     fn store_for<T>(&self, req: &Request<T>) -> Result<(MachineName, DirStore), Status> {
-        let m = self.auth.authenticate(req.metadata(), req.extensions())?;
+        let m = self.auth.authenticate_images(req.metadata(), req.extensions())?;
         let dir = self.root.join(m.as_str());
         Ok((m, DirStore::new(dir)))
     }
@@ -223,5 +223,23 @@ impl ImageStore for Images {
         })
         .await?;
         Ok(Response::new(ManifestNames { names }))
+    }
+
+    async fn claim_boot(&self, req: Request<ImageEmpty>) -> Result<Response<BootSession>, Status> {
+        let from = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        let auth = self.auth.clone();
+        let md = req.metadata().clone();
+        let claim = tokio::task::spawn_blocking(move || auth.claim_boot(&md, &from))
+            .await
+            .map_err(|e| Status::internal(format!("claim task failed: {e}")))??;
+        info!(machine = claim.media.machine, media = claim.media.id, "boot session opened");
+        Ok(Response::new(BootSession {
+            credential: claim.credential.token(),
+            expires_unix: claim.expires_unix,
+            media: claim.media.id as u64,
+            mode: claim.media.mode,
+            style: claim.media.style,
+            image: claim.media.image,
+        }))
     }
 }

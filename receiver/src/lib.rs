@@ -11,10 +11,13 @@
 
 pub mod apply;
 pub mod auth;
+pub mod bootdb;
+pub mod bootmedia;
 pub mod db;
 pub mod delta;
 pub mod images;
 pub mod listing;
+pub mod netboot;
 pub mod progress;
 pub mod safepath;
 mod service;

@@ -41,6 +41,11 @@ struct ServeArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Also serve network boot (iPXE scripts, kernels and initrds of boot
+    /// media, plain HTTP) on this address, e.g. 0.0.0.0:8080. Machines
+    /// chain http://ADDR/boot.ipxe.
+    #[arg(long, env = "LIFELINE_HTTP_LISTEN")]
+    http_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -50,6 +55,10 @@ enum Command {
     /// Register, list, re-key and remove machines.
     #[command(subcommand)]
     Machine(MachineCmd),
+    /// Boot media: a boot OS made for one machine (kernel, initramfs with
+    /// the agent, kernel command line with a one-time token).
+    #[command(subcommand)]
+    Bootos(BootosCmd),
     /// Show the audit trail (registrations, credential changes, removals).
     Audit {
         /// How many of the latest entries.
@@ -70,7 +79,14 @@ enum MachineCmd {
         /// Free text kept with the machine.
         #[arg(long, default_value = "")]
         notes: String,
+        /// The MAC address it network-boots from.
+        #[arg(long)]
+        mac: Option<String>,
     },
+    /// Set (or with no MAC, forget) the MAC address a machine network-boots from.
+    SetMac { name: String, mac: Option<String> },
+    /// Show a machine: its MAC address and boot media.
+    Show { name: String },
     /// Give a machine a new credential; the old one stops working at once.
     Reissue {
         name: String,
@@ -84,6 +100,40 @@ enum MachineCmd {
     Remove { name: String },
 }
 
+#[derive(Subcommand, Debug)]
+enum BootosCmd {
+    /// Build boot media for a machine into STORE/boot/ID/ (vmlinuz,
+    /// initrd.img, cmdline) and record it; network boot serves it to the
+    /// machine's MAC address until its one-time token is used.
+    Make {
+        name: String,
+        /// The receiver's address as the booted machine reaches it.
+        #[arg(long)]
+        receiver_url: String,
+        #[arg(long, value_parser = ["backup", "restore", "menu"], default_value = "backup")]
+        mode: String,
+        #[arg(long, value_parser = ["receiver", "local"], default_value = "receiver")]
+        style: String,
+        /// Image to restore (restore mode).
+        #[arg(long)]
+        image: Option<String>,
+        /// The static lifeline-image for the boot OS (scripts/test.sh builds
+        /// it in target/lifeline-bootos-agent/).
+        #[arg(long, env = "LIFELINE_BOOTOS_AGENT")]
+        agent: PathBuf,
+        /// The repository password, for unattended backup and restore (first line).
+        #[arg(long)]
+        password_file: PathBuf,
+        /// Kernel image (default: the newest installed /boot/vmlinuz-*).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+    },
+    /// List boot media (of one machine).
+    List { name: Option<String> },
+    /// Revoke boot media: its token stops working and its files are no longer served.
+    Revoke { id: i64 },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The daemon logs what it does; the management commands only what goes wrong.
@@ -95,6 +145,7 @@ fn main() -> anyhow::Result<()> {
         None => serve(&cli.store, cli.serve),
         Some(Command::Serve(args)) => serve(&cli.store, args),
         Some(Command::Machine(cmd)) => machine(&cli.store, cmd),
+        Some(Command::Bootos(cmd)) => bootos(&cli.store, cmd),
         Some(Command::Audit { last }) => {
             let db = Db::open(&cli.store)?;
             for a in db.audit_trail(last)? {
@@ -109,11 +160,34 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
     std::fs::create_dir_all(store).with_context(|| format!("cannot create the store {}", store.display()))?;
     let mut db = Db::open(store)?;
     match cmd {
-        MachineCmd::Add { name, out, notes } => {
+        MachineCmd::Add { name, out, notes, mac } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
+            if let Some(m) = &mac {
+                lifeline_receiver::bootdb::normalize_mac(m).map_err(anyhow::Error::msg)?;
+            }
             let cred = Credential::generate(name.as_str());
             db.add_machine(&name, &cred.secret_hash(), &notes)?;
+            if mac.is_some() {
+                db.set_mac(&name, mac.as_deref())?;
+            }
             hand_out(store, &cred, &out, "registered")
+        }
+        MachineCmd::SetMac { name, mac } => {
+            let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
+            db.set_mac(&name, mac.as_deref())?;
+            println!("machine {name}: MAC {}", db.mac_of(name.as_str())?.unwrap_or_else(|| "none".into()));
+            Ok(())
+        }
+        MachineCmd::Show { name } => {
+            let Some(m) = db.machines()?.into_iter().find(|m| m.name == name) else {
+                anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
+            };
+            println!("machine {}
+  registered {}
+  notes {}", m.name, m.created_at, m.notes);
+            println!("  MAC {}", db.mac_of(&m.name)?.unwrap_or_else(|| "none (machine set-mac NAME MAC)".into()));
+            print_media(&db.boot_media_of(Some(&m.name))?);
+            Ok(())
         }
         MachineCmd::Reissue { name, out } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
@@ -137,6 +211,67 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
             println!("machine {name} removed; its mirror stays in {}", store.join("mirror").join(name.as_str()).display());
             Ok(())
         }
+    }
+}
+
+fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
+    use lifeline_bootos::cmdline::{Mode, Style};
+    std::fs::create_dir_all(store).with_context(|| format!("cannot create the store {}", store.display()))?;
+    let mut db = Db::open(store)?;
+    match cmd {
+        BootosCmd::Make { name, receiver_url, mode, style, image, agent, password_file, kernel } => {
+            let password = std::fs::read_to_string(&password_file)
+                .with_context(|| format!("cannot read the password file {}", password_file.display()))?;
+            let spec = lifeline_receiver::bootmedia::MediaSpec {
+                machine: MachineName::new(&name).map_err(anyhow::Error::msg)?,
+                receiver_url,
+                mode: match mode.as_str() {
+                    "backup" => Mode::Backup,
+                    "restore" => Mode::Restore,
+                    _ => Mode::Menu,
+                },
+                style: if style == "local" { Style::Local } else { Style::Receiver },
+                image,
+                agent,
+                password: password.lines().next().unwrap_or("").to_string(),
+                kernel,
+                kind: "netboot".into(),
+            };
+            let made = lifeline_receiver::bootmedia::make(store, &mut db, &spec)?;
+            println!("boot media #{} for machine {name} ({} {}) in {}", made.media.id, made.media.mode, made.media.style, made.dir.display());
+            println!("  kernel {}
+  initrd {} ({} bytes)", made.kernel.display(), made.initrd.display(), made.initrd_bytes);
+            match db.mac_of(&name)? {
+                Some(mac) => println!("  network boot: machine {mac} chains http://RECEIVER:HTTP-PORT/boot.ipxe (lifeline-receiver --http-listen)"),
+                None => println!("  network boot needs its MAC: lifeline-receiver machine set-mac {name} MAC"),
+            }
+            println!("  its one-time token works for one boot; the kernel command line is in {}/cmdline", made.dir.display());
+            Ok(())
+        }
+        BootosCmd::List { name } => {
+            print_media(&db.boot_media_of(name.as_deref())?);
+            Ok(())
+        }
+        BootosCmd::Revoke { id } => {
+            let m = db.revoke_boot_media(id)?;
+            let _ = std::fs::remove_dir_all(lifeline_receiver::bootmedia::media_dir(store, id));
+            println!("boot media #{id} of machine {} revoked; its files are deleted", m.machine);
+            Ok(())
+        }
+    }
+}
+
+fn print_media(media: &[lifeline_receiver::bootdb::BootMedia]) {
+    if media.is_empty() {
+        println!("  no boot media (`lifeline-receiver bootos make NAME` makes some)");
+    }
+    for m in media {
+        let state = match (&m.used_at, m.revoked) {
+            (_, true) => "revoked".to_string(),
+            (Some(at), _) => format!("used {at} from {}", m.used_from),
+            (None, _) => "waiting".to_string(),
+        };
+        println!("  #{:<4} {:<10} {:<12} {:<8} {:<8} made {}  {state}", m.id, m.machine, m.kind, m.mode, m.style, m.created_at);
     }
 }
 
@@ -182,6 +317,12 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             receiver.store().display(),
             identity.ca_path.as_ref().map(|p| format!(", agents trust {}", p.display())).unwrap_or_default()
         );
+        if let Some(addr) = &args.http_listen {
+            let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
+            println!("network boot on http://{}/boot.ipxe", http.local_addr()?);
+            let nb = std::sync::Arc::new(lifeline_receiver::netboot::NetBoot::new(receiver.store())?);
+            tokio::spawn(nb.serve(http));
+        }
         serve_with(listener, receiver, Some(identity.server_config()), shutdown_signal()).await
     })
 }

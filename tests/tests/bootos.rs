@@ -1,23 +1,28 @@
-//! First light of the unattended network backup from the boot OS: a real
-//! receiver on the host's loopback, a boot OS built with the static
-//! `lifeline-image` (x86_64-unknown-linux-musl), the receiver's CA and the
-//! repository password, booted in qemu (TCG, never KVM) with a small GPT
-//! disk (FAT32 ESP + ext4 + swap + unknown) as virtio. The guest reaches the
-//! receiver at 10.0.2.2 (qemu's user network maps it to the host's
-//! 127.0.0.1), creates the repository, images /dev/vda as `pc1-boot` and
-//! powers off; the host then restores the image with its own
-//! `lifeline-image` into a new file and compares it with the original disk.
+//! The offline path end to end, in qemu (TCG, never KVM): a real receiver on
+//! the host's loopback makes boot media for machine pc1 (`bootos make`: the
+//! Debian kernel, an initramfs with the static `lifeline-image`, the
+//! receiver's CA, the repository password and a one-time boot token on the
+//! kernel command line) and serves it for network boot (`--http-listen`).
+//! A VM with pc1's MAC address and a small GPT disk (FAT32 ESP + ext4 + swap
+//! + unknown) boots through SeaBIOS and the NIC's iPXE ROM, which chains
+//! `boot.ipxe` from the receiver (10.0.2.2 is the host inside qemu's user
+//! network), gets pc1's script by MAC, loads kernel and initrd over HTTP;
+//! the boot OS claims its token, creates the repository, images /dev/vda
+//! and powers off. The host restores the image and compares it with the
+//! disk. Then the same media booted again is refused (its token was used)
+//! with the disk untouched, and the receiver no longer serves it.
 //!
-//! Needs qemu-system-x86, linux-image-amd64, busybox-static, musl-tools and
-//! the rustup target x86_64-unknown-linux-musl (scripts/setup.sh installs
-//! them). The static agent is built by `lifeline_bootos::agent::static_binary`
-//! (minutes the first time) unless LIFELINE_BOOTOS_AGENT names one.
+//! Needs qemu-system-x86, ipxe-qemu, linux-image-amd64, busybox-static,
+//! musl-tools and the rustup target x86_64-unknown-linux-musl
+//! (scripts/setup.sh installs them). The static agent is built by
+//! `lifeline_bootos::agent::static_binary` (minutes the first time) unless
+//! LIFELINE_BOOTOS_AGENT names one.
 
 use lifeline_bootos::agent;
-use lifeline_bootos::qemu::{Vm, VmSpec};
-use lifeline_bootos::{BootOs, BootOsSpec};
+use lifeline_bootos::qemu::{Boot, Vm, VmSpec};
 use lifeline_testdisk::DiskSpec;
-use lifeline_tests::{bin_path, Receiver};
+use lifeline_tests::{bin_path, Receiver, ReceiverOpts};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -25,9 +30,38 @@ use std::time::{Duration, Instant};
 /// From qemu's start to the backup's end marker.
 const TIMEOUT: Duration = Duration::from_secs(240);
 const PASSWORD: &str = "boot-os-test-password";
+/// qemu's MAC address for the first NIC.
+const MAC: &str = "52:54:00:12:34:56";
+
+fn receiver_cli(store: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin_path("lifeline-receiver"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "lifeline-receiver {args:?} failed: {text}");
+    text
+}
+
+/// `GET path` from the receiver's network-boot server: (status line, body).
+fn http_get(port: u16, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 #[test]
-fn boot_os_backs_the_disk_up_to_the_receiver() {
+fn network_boot_backs_the_disk_up_once_and_a_used_token_is_refused() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let t = Instant::now();
     let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
@@ -35,89 +69,71 @@ fn boot_os_backs_the_disk_up_to_the_receiver() {
 
     let dir = tempfile::tempdir().unwrap();
     let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
-    let rx = Receiver::start(&dir.path().join("store"));
-    let (token_file, ca) = rx.credentials("pc1");
-    let token = std::fs::read_to_string(&token_file).unwrap();
-    let token = token.trim();
-    assert!(token.starts_with("pc1:"), "unexpected credential format");
-
-    let spec = BootOsSpec {
-        files: agent::unattended_files(&agent_bin, &std::fs::read(&ca).unwrap(), PASSWORD)
-            .unwrap_or_else(|e| panic!("{e}")),
-        ..BootOsSpec::default()
-    };
-    let initrd = dir.path().join("initrd.img");
+    let store = dir.path().join("store");
+    let http_port = free_port();
+    let mut opts = ReceiverOpts::new(&store);
+    opts.env = vec![("LIFELINE_HTTP_LISTEN".into(), format!("127.0.0.1:{http_port}"))];
+    let rx = Receiver::start_opts(opts);
+    let creds = dir.path().join("creds");
+    receiver_cli(&store, &["machine", "add", "pc1", "--mac", MAC, "--out", creds.to_str().unwrap()]);
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     let t = Instant::now();
-    let built = BootOs::build(&spec, &initrd).unwrap_or_else(|e| {
-        panic!("building the boot OS failed: {e} (scripts/setup.sh installs linux-image-amd64 and busybox-static)")
-    });
-    let build_time = t.elapsed();
-
-    let append = format!(
-        "console=ttyS0 lifeline.receiver=https://10.0.2.2:{} lifeline.machine=pc1 lifeline.token={token} lifeline.mode=backup lifeline.style=receiver",
-        rx.port()
+    let made = receiver_cli(
+        &store,
+        &[
+            "bootos",
+            "make",
+            "pc1",
+            "--receiver-url",
+            &format!("https://10.0.2.2:{}", rx.port()),
+            "--mode",
+            "backup",
+            "--agent",
+            agent_bin.to_str().unwrap(),
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
     );
-    let mut vm = Vm::boot(&VmSpec {
-        kernel: &built.kernel,
-        initrd: &initrd,
-        append: &append,
-        memory_mib: 512,
-        disk: Some(&disk.path),
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
-    let mut init_at = None;
-    let mut net_at = None;
-    let mut ok_line = None;
+    let make_time = t.elapsed();
+    assert!(made.contains("boot media #1 for machine pc1"), "{made}");
+    let media = store.join("boot/1");
+    let initrd_size = std::fs::metadata(media.join("initrd.img")).unwrap().len();
+
+    let bootfile = format!("http://10.0.2.2:{http_port}/boot.ipxe");
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, memory_mib: 512, disk: Some(&disk.path) })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut kernel_at, mut init_at, mut net_at, mut claimed_at, mut ok_line) = (None, None, None, None, None);
     while ok_line.is_none() {
         let Some((at, line)) = vm.next_line(TIMEOUT) else {
-            panic!(
-                "no LIFELINE-BACKUP-OK within {TIMEOUT:?}: {}\nreceiver log:\n{}",
-                vm.report(),
-                rx.log_tail(30)
-            );
+            panic!("no LIFELINE-BACKUP-OK within {TIMEOUT:?}: {}\nreceiver log:\n{}", vm.report(), rx.log_tail(30));
         };
+        if kernel_at.is_none() && line.contains("Linux version") {
+            kernel_at = Some(at);
+        }
         if line.starts_with("lifeline: boot OS up") {
             init_at = Some(at);
         }
         if line.starts_with("lifeline: network") {
             net_at = Some(at);
         }
+        if line.contains("boot session for media") {
+            claimed_at = Some(at);
+        }
         if line.contains("LIFELINE-BACKUP-FAILED") {
-            panic!(
-                "the boot OS backup failed; console:\n{}\nreceiver log:\n{}",
-                vm.log().join("\n"),
-                rx.log_tail(30)
-            );
+            panic!("the boot OS backup failed; console:\n{}\nreceiver log:\n{}", vm.log().join("\n"), rx.log_tail(30));
         }
         if line.starts_with("LIFELINE-BACKUP-OK") {
             ok_line = Some((at, line));
         }
     }
     let (ok_at, ok_line) = ok_line.unwrap();
-    // Wait for the power-off (bounded).
     let exited = vm.wait_exit(Duration::from_secs(20));
-    let log = vm.log().to_vec();
-    let console = log.join("\n");
-    eprintln!("--- guest console (lifeline lines) ---");
-    for l in log
-        .iter()
-        .filter(|l| l.starts_with("lifeline") || l.starts_with("LIFELINE"))
-    {
-        eprintln!("{l}");
-    }
-    assert!(
-        ok_line.contains("image=pc1-boot") && ok_line.contains("disk=/dev/vda"),
-        "{ok_line}\n{console}"
-    );
-    assert!(
-        exited.is_some(),
-        "qemu did not exit after poweroff -f; console:\n{console}"
-    );
-    let guest_seconds: u64 = ok_line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("seconds="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_default();
+    let console = vm.log().join("\n");
+    assert!(console.contains("lifeline: machine pc1, boot media 1 (backup receiver)"), "iPXE did not run pc1's script:\n{console}");
+    assert!(ok_line.contains("image=pc1-boot") && ok_line.contains("disk=/dev/vda"), "{ok_line}\n{console}");
+    assert!(exited.is_some(), "qemu did not exit after poweroff -f; console:\n{console}");
+    drop(vm);
 
     // Restore on the host with the host's lifeline-image and compare.
     let restored = dir.path().join("restored.img");
@@ -126,8 +142,8 @@ fn boot_os_backs_the_disk_up_to_the_receiver() {
         .args(["restore", "--name", "pc1-boot", "--read-back"])
         .arg(&restored)
         .env("LIFELINE_REPO", rx.url())
-        .env("LIFELINE_TOKEN_FILE", &token_file)
-        .env("LIFELINE_CA", &ca)
+        .env("LIFELINE_TOKEN_FILE", creds.join("pc1.token"))
+        .env("LIFELINE_CA", creds.join("ca.crt"))
         .env("LIFELINE_PASSWORD", PASSWORD)
         .output()
         .unwrap();
@@ -140,23 +156,47 @@ fn boot_os_backs_the_disk_up_to_the_receiver() {
     );
     disk.check_copy(&restored);
 
-    let agent_size = std::fs::metadata(&agent_bin).unwrap().len();
+    // The media's files are no longer served, and pc1's MAC gets a script
+    // that says no media waits.
+    let (status, _) = http_get(http_port, "/boot/1/initrd.img");
+    assert!(status.contains("404"), "a used media's initrd is still served: {status}");
+    let (_, script) = http_get(http_port, &format!("/ipxe/{MAC}"));
+    assert!(script.contains("no boot media waits for machine pc1"), "{script}");
+
+    // The same media booted again (a copy kept on a stick): refused, disk untouched.
+    let before = blake3::hash(&std::fs::read(&disk.path).unwrap());
+    let cmdline = std::fs::read_to_string(media.join("cmdline")).unwrap();
+    let mut vm = Vm::boot(&VmSpec {
+        boot: Boot::Kernel { kernel: &media.join("vmlinuz"), initrd: &media.join("initrd.img"), append: cmdline.trim() },
+        memory_mib: 512,
+        disk: Some(&disk.path),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let refusal = loop {
+        let Some((_, line)) = vm.next_line(TIMEOUT) else {
+            panic!("no verdict on the reused token within {TIMEOUT:?}: {}", vm.report());
+        };
+        assert!(!line.starts_with("LIFELINE-BACKUP-OK"), "a used boot token was accepted:\n{}", vm.log().join("\n"));
+        if line.contains("LIFELINE-BACKUP-FAILED") {
+            break line;
+        }
+    };
+    assert!(refusal.contains("already used"), "{refusal}");
+    vm.wait_exit(Duration::from_secs(20));
+    drop(vm);
+    assert_eq!(blake3::hash(&std::fs::read(&disk.path).unwrap()), before, "the disk changed");
+    let audit = receiver_cli(&store, &["audit"]);
+    assert!(audit.contains("boot token claimed") && audit.contains("boot token refused"), "{audit}");
+
+    eprintln!("static agent {} ({:.1} MB), located/built in {agent_time:.2?}", agent_bin.display(), std::fs::metadata(&agent_bin).unwrap().len() as f64 / 1e6);
+    eprintln!("bootos make: {make_time:.2?}, initramfs {:.2} MB compressed", initrd_size as f64 / 1e6);
     eprintln!(
-        "static agent {} ({:.1} MB), located/built in {agent_time:.2?}",
-        agent_bin.display(),
-        agent_size as f64 / 1e6
-    );
-    eprintln!(
-        "boot OS: kernel {}, {} modules, initramfs {:.2} MB compressed, built in {build_time:.2?}",
-        built.kernel_version,
-        built.modules.len(),
-        built.compressed_size as f64 / 1e6
-    );
-    eprintln!(
-        "qemu (TCG, -m 512): /init at {:.2?}, network up at {:.2?}, backup done at {ok_at:.2?} (backup in the VM: {guest_seconds} s by the guest clock, init + backup after the lease: {:.2?})",
+        "network boot (TCG, -m 512): kernel running at {:.2?}, /init at {:.2?}, network up at {:.2?}, token claimed at {:.2?}, backup done at {ok_at:.2?}",
+        kernel_at.unwrap_or_default(),
         init_at.unwrap_or_default(),
         net_at.unwrap_or_default(),
-        ok_at.saturating_sub(net_at.unwrap_or_default())
+        claimed_at.unwrap_or_default()
     );
     eprintln!("host restore of pc1-boot with --read-back: {restore_time:.2?}");
+    eprintln!("reused token: {refusal}");
 }

@@ -142,6 +142,17 @@ enum Cmd {
     },
     /// Show what a backup of a disk would store, without a repository.
     Scan { source: PathBuf },
+    /// Boot OS: trade the one-time boot token (--token-file) for a boot
+    /// session with the receiver; its credential is written to --out and
+    /// works for this machine's images only. Prints what the boot media is
+    /// for (mode, style, image).
+    Claim {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Where to write the session's credential (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -400,6 +411,34 @@ fn run(cli: &Cli) -> Result<()> {
                     rep.images, rep.chunks_kept, rep.chunks_deleted
                 )
             });
+        }
+        Cmd::Claim { repo, out } => {
+            let (Some(token), Some(ca)) = (&repo.token_file, &repo.ca) else {
+                bail!("claim needs --token-file (the boot token) and --ca (the receiver's CA certificate)");
+            };
+            let conn = Connection::from_files(&repo.repo, token, ca, repo.tls_name.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            let s = lifeline_image::remote::claim_boot(&conn).map_err(anyhow::Error::msg)?;
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(out)
+                    .with_context(|| format!("cannot write {}", out.display()))?;
+                writeln!(f, "{}", s.credential)?;
+            }
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"media": s.media, "mode": s.mode, "style": s.style, "image": s.image, "expires_unix": s.expires_unix})
+                );
+            } else {
+                println!("boot session for media #{}: mode {} style {} image {:?}", s.media, s.mode, s.style, s.image);
+            }
         }
         Cmd::Scan { source } => {
             let disk = lifeline_image::device::Disk::open_source(source)?;

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use lifeline_proto::client::Connection;
 use lifeline_proto::v1::image_store_client::ImageStoreClient;
 use lifeline_proto::v1::{
-    ChunkBlob, ChunkRequest, ImageBlob, ImageEmpty, ManifestRequest, NamedBlob, PutChunksReply,
+    BootSession, ChunkBlob, ChunkRequest, ImageBlob, ImageEmpty, ManifestRequest, NamedBlob, PutChunksReply,
 };
 use lifeline_repo::{ChunkId, ChunkListing, RepoError, Result, Store};
 use tokio::sync::mpsc;
@@ -38,6 +38,22 @@ pub struct RemoteStore {
 struct Upload {
     tx: mpsc::Sender<ChunkBlob>,
     reply: tokio::task::JoinHandle<std::result::Result<tonic::Response<PutChunksReply>, Status>>,
+}
+
+/// The boot OS's first call: trades the one-time boot token `conn` carries
+/// for a boot session (see `ImageStore.ClaimBoot`).
+pub fn claim_boot(conn: &Connection) -> std::result::Result<BootSession, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the network runtime: {e}"))?;
+    rt.block_on(async {
+        let mut client = ImageStoreClient::new(conn.channel().await?);
+        match client.claim_boot(conn.request(ImageEmpty {})).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(format!("the receiver {} refused the boot token: {}", conn.endpoint(), s.message())),
+        }
+    })
 }
 
 impl RemoteStore {

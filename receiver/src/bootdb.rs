@@ -1,0 +1,285 @@
+//! The boot media part of the management database: MAC addresses of
+//! machines, the boot OSes made for them and the one-time tokens those carry
+//! (see `receiver/migrations/0002_boot.sql`).
+//!
+//! A boot token is a credential in the machine's usual `NAME:SECRET` form
+//! that works exactly once: claiming it (`ImageStore.ClaimBoot`, the first
+//! thing the boot OS does) marks the media used and opens a boot session,
+//! a fresh credential good for the machine's image store only and for a
+//! limited time. A second boot with the same token is refused, so a boot OS
+//! left on a USB stick or a copied network-boot file is worth nothing.
+
+use anyhow::Context;
+use rusqlite::{params, OptionalExtension};
+
+use crate::auth::MachineName;
+use crate::db::{audit, Db};
+
+/// How long a boot session's credential works.
+pub const SESSION_SECS: i64 = 24 * 3600;
+
+/// A boot OS made for a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootMedia {
+    pub id: i64,
+    pub machine: String,
+    pub kind: String,
+    pub mode: String,
+    pub style: String,
+    pub image: String,
+    pub cmdline: String,
+    pub created_at: String,
+    pub used_at: Option<String>,
+    pub used_from: String,
+    pub revoked: bool,
+}
+
+impl BootMedia {
+    /// Its token may still be claimed.
+    pub fn usable(&self) -> bool {
+        self.used_at.is_none() && !self.revoked
+    }
+}
+
+/// Why a boot token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Unknown,
+    Used { media: i64, at: String, from: String },
+    Revoked { media: i64 },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unknown => f.write_str("no boot media of this machine has this token (made for another machine, or removed)"),
+            Refusal::Used { media, at, from } => {
+                write!(f, "the token of boot media #{media} was already used at {at} from {from}; each works once")
+            }
+            Refusal::Revoked { media } => write!(f, "boot media #{media} was revoked"),
+        }
+    }
+}
+
+/// A MAC address in the form the database keeps (`aa:bb:cc:dd:ee:ff`).
+pub fn normalize_mac(mac: &str) -> Result<String, String> {
+    let hex: String = mac.chars().filter(|c| !matches!(c, ':' | '-' | '.')).collect::<String>().to_ascii_lowercase();
+    if hex.len() != 12 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{mac:?} is not a MAC address (like 52:54:00:12:34:56)"));
+    }
+    Ok(hex.as_bytes().chunks(2).map(|p| std::str::from_utf8(p).expect("hex")).collect::<Vec<_>>().join(":"))
+}
+
+const MEDIA_COLUMNS: &str =
+    "id, machine, kind, mode, style, image, cmdline, created_at, used_at, used_from, revoked";
+
+fn media_row(r: &rusqlite::Row) -> rusqlite::Result<BootMedia> {
+    Ok(BootMedia {
+        id: r.get(0)?,
+        machine: r.get(1)?,
+        kind: r.get(2)?,
+        mode: r.get(3)?,
+        style: r.get(4)?,
+        image: r.get(5)?,
+        cmdline: r.get(6)?,
+        created_at: r.get(7)?,
+        used_at: r.get(8)?,
+        used_from: r.get(9)?,
+        revoked: r.get::<_, i64>(10)? != 0,
+    })
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+impl Db {
+    /// Records the MAC address `name` network-boots from (`None`: forget it).
+    pub fn set_mac(&mut self, name: &MachineName, mac: Option<&str>) -> anyhow::Result<()> {
+        let mac = mac.map(normalize_mac).transpose().map_err(anyhow::Error::msg)?;
+        let tx = self.conn.transaction()?;
+        if let Some(m) = &mac {
+            let other: Option<String> = tx
+                .query_row("SELECT name FROM machines WHERE mac = ?1 AND name != ?2", params![m, name.as_str()], |r| r.get(0))
+                .optional()?;
+            if let Some(other) = other {
+                anyhow::bail!("MAC {m} is machine {other}'s already (`lifeline-receiver machine show {other}`)");
+            }
+        }
+        let n = tx.execute("UPDATE machines SET mac = ?2 WHERE name = ?1", params![name.as_str(), mac])?;
+        if n == 0 {
+            anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
+        }
+        audit(&tx, Some(name.as_str()), "mac set", mac.as_deref().unwrap_or("none"))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The MAC address of `name`, if one is recorded.
+    pub fn mac_of(&self, name: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT mac FROM machines WHERE name = ?1", [name], |r| r.get(0)).optional()?.flatten())
+    }
+
+    /// The machine that network-boots from `mac`.
+    pub fn machine_by_mac(&self, mac: &str) -> anyhow::Result<Option<String>> {
+        let Ok(mac) = normalize_mac(mac) else { return Ok(None) };
+        Ok(self.conn.query_row("SELECT name FROM machines WHERE mac = ?1", [mac], |r| r.get(0)).optional()?)
+    }
+
+    /// Records boot media made for `m.machine` (its `id` is assigned) with
+    /// the hash of its one-time token; returns the id.
+    pub fn add_boot_media(&mut self, m: &BootMedia, token_hash: &[u8; 32]) -> anyhow::Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO boot_media (machine, kind, mode, style, image, cmdline, token_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![m.machine, m.kind, m.mode, m.style, m.image, m.cmdline, &token_hash[..]],
+        )
+        .with_context(|| format!("recording boot media for machine {} (is it registered?)", m.machine))?;
+        let id = tx.last_insert_rowid();
+        audit(&tx, Some(&m.machine), "boot media made", &format!("#{id} {} {} {}", m.kind, m.mode, m.style))?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    pub fn boot_media(&self, id: i64) -> anyhow::Result<Option<BootMedia>> {
+        let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE id = ?1");
+        Ok(self.conn.query_row(&sql, [id], media_row).optional()?)
+    }
+
+    /// The boot media of `machine` (all machines: `None`), newest last.
+    pub fn boot_media_of(&self, machine: Option<&str>) -> anyhow::Result<Vec<BootMedia>> {
+        let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE ?1 IS NULL OR machine = ?1 ORDER BY id");
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([machine], media_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The newest network-boot media of `machine` whose token is unused.
+    pub fn pending_netboot(&self, machine: &str) -> anyhow::Result<Option<BootMedia>> {
+        let sql = format!(
+            "SELECT {MEDIA_COLUMNS} FROM boot_media WHERE machine = ?1 AND kind = 'netboot' \
+             AND used_at IS NULL AND revoked = 0 ORDER BY id DESC LIMIT 1"
+        );
+        Ok(self.conn.query_row(&sql, [machine], media_row).optional()?)
+    }
+
+    /// Revokes boot media: its token stops working, its files are no longer
+    /// served.
+    pub fn revoke_boot_media(&mut self, id: i64) -> anyhow::Result<BootMedia> {
+        let tx = self.conn.transaction()?;
+        let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE id = ?1");
+        let Some(m) = tx.query_row(&sql, [id], media_row).optional()? else {
+            anyhow::bail!("no boot media #{id} (see `lifeline-receiver bootos list`)");
+        };
+        tx.execute("UPDATE boot_media SET revoked = 1 WHERE id = ?1", [id])?;
+        tx.execute("DELETE FROM boot_sessions WHERE media = ?1", [id])?;
+        audit(&tx, Some(&m.machine), "boot media revoked", &format!("#{id}"))?;
+        tx.commit()?;
+        Ok(m)
+    }
+
+    /// Claims the boot token of `machine` whose hash is `token_hash`, once:
+    /// marks its media used and opens a boot session whose credential hash
+    /// is `session_hash`. Returns the media.
+    pub fn claim_boot(
+        &mut self,
+        machine: &str,
+        token_hash: &[u8; 32],
+        session_hash: &[u8; 32],
+        from: &str,
+    ) -> anyhow::Result<Result<BootMedia, Refusal>> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE machine = ?1 AND token_hash = ?2");
+        let Some(m) = tx.query_row(&sql, params![machine, &token_hash[..]], media_row).optional()? else {
+            audit(&tx, Some(machine), "boot token refused", "unknown token")?;
+            tx.commit()?;
+            return Ok(Err(Refusal::Unknown));
+        };
+        let refusal = if m.revoked {
+            Some(Refusal::Revoked { media: m.id })
+        } else {
+            m.used_at.clone().map(|at| Refusal::Used { media: m.id, at, from: m.used_from.clone() })
+        };
+        if let Some(r) = refusal {
+            audit(&tx, Some(machine), "boot token refused", &format!("#{} from {from}: {r}", m.id))?;
+            tx.commit()?;
+            return Ok(Err(r));
+        }
+        tx.execute(
+            "UPDATE boot_media SET used_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), used_from = ?2 WHERE id = ?1",
+            params![m.id, from],
+        )?;
+        tx.execute(
+            "INSERT INTO boot_sessions (token_hash, media, machine, expires) VALUES (?1, ?2, ?3, ?4)",
+            params![&session_hash[..], m.id, machine, now_unix() + SESSION_SECS],
+        )?;
+        audit(&tx, Some(machine), "boot token claimed", &format!("#{} from {from}", m.id))?;
+        tx.commit()?;
+        Ok(Ok(m))
+    }
+
+    /// Whether `session_hash` is a live boot session of `machine`.
+    pub fn boot_session_valid(&self, machine: &str, session_hash: &[u8; 32]) -> anyhow::Result<bool> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM boot_sessions WHERE machine = ?1 AND token_hash = ?2 AND expires > ?3",
+            params![machine, &session_hash[..], now_unix()],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media(machine: &str) -> BootMedia {
+        BootMedia {
+            id: 0,
+            machine: machine.into(),
+            kind: "netboot".into(),
+            mode: "backup".into(),
+            style: "receiver".into(),
+            image: String::new(),
+            cmdline: "lifeline.machine=pc1".into(),
+            created_at: String::new(),
+            used_at: None,
+            used_from: String::new(),
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn a_boot_token_opens_one_session_once_and_only_for_its_machine() {
+        let d = tempfile::tempdir().unwrap();
+        let mut db = Db::open(d.path()).unwrap();
+        for n in ["pc1", "pc2"] {
+            db.add_machine(&MachineName::new(n).unwrap(), &[0; 32], "").unwrap();
+        }
+        db.set_mac(&MachineName::new("pc1").unwrap(), Some("52-54-00-12-34-5A")).unwrap();
+        assert_eq!(db.machine_by_mac("52:54:00:12:34:5a").unwrap().as_deref(), Some("pc1"));
+        assert!(db.set_mac(&MachineName::new("pc2").unwrap(), Some("52:54:00:12:34:5a")).is_err(), "one MAC, one machine");
+
+        let id = db.add_boot_media(&media("pc1"), &[7; 32]).unwrap();
+        assert_eq!(db.pending_netboot("pc1").unwrap().map(|m| m.id), Some(id));
+        // Another machine's name with pc1's token: unknown.
+        assert_eq!(db.claim_boot("pc2", &[7; 32], &[1; 32], "10.0.2.15").unwrap(), Err(Refusal::Unknown));
+        let m = db.claim_boot("pc1", &[7; 32], &[1; 32], "10.0.2.15").unwrap().unwrap();
+        assert_eq!(m.id, id);
+        assert!(db.boot_session_valid("pc1", &[1; 32]).unwrap());
+        assert!(!db.boot_session_valid("pc2", &[1; 32]).unwrap());
+        assert!(db.pending_netboot("pc1").unwrap().is_none());
+        match db.claim_boot("pc1", &[7; 32], &[2; 32], "10.0.2.16").unwrap() {
+            Err(Refusal::Used { media, from, .. }) => assert_eq!((media, from.as_str()), (id, "10.0.2.15")),
+            other => panic!("a second claim: {other:?}"),
+        }
+        assert!(!db.boot_session_valid("pc1", &[2; 32]).unwrap());
+
+        let id2 = db.add_boot_media(&media("pc1"), &[8; 32]).unwrap();
+        db.revoke_boot_media(id2).unwrap();
+        assert_eq!(db.claim_boot("pc1", &[8; 32], &[3; 32], "x").unwrap(), Err(Refusal::Revoked { media: id2 }));
+        // Removing the machine removes its media.
+        db.remove_machine(&MachineName::new("pc1").unwrap()).unwrap();
+        assert!(db.boot_media_of(Some("pc1")).unwrap().is_empty());
+    }
+}

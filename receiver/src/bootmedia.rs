@@ -1,0 +1,141 @@
+//! Making boot media for one machine (`lifeline-receiver bootos make`): the
+//! kernel, an initramfs with the static agent, the receiver's CA and the
+//! repository password (lifeline-bootos builds it), and the kernel command
+//! line naming the receiver, the machine and a fresh one-time boot token.
+//!
+//! Each media lives in `STORE/boot/<id>/`: `vmlinuz`, `initrd.img` and
+//! `cmdline` (mode 0600: it holds the token). The network-boot server
+//! (`crate::netboot`) serves them to the machine's MAC address until the
+//! token is used.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use lifeline_bootos::cmdline::{BootParams, Mode, Style};
+use lifeline_bootos::{agent, BootOs, BootOsSpec};
+use lifeline_core::credential::Credential;
+
+use crate::auth::MachineName;
+use crate::bootdb::BootMedia;
+use crate::db::Db;
+
+/// What to make.
+pub struct MediaSpec {
+    pub machine: MachineName,
+    /// The receiver's address as the booted machine reaches it.
+    pub receiver_url: String,
+    pub mode: Mode,
+    pub style: Style,
+    pub image: Option<String>,
+    /// The static `lifeline-image` for the boot OS.
+    pub agent: PathBuf,
+    /// The repository password (unattended backup and restore need it).
+    pub password: String,
+    /// The kernel (default: the newest installed `/boot/vmlinuz-*`).
+    pub kernel: Option<PathBuf>,
+    pub kind: String,
+}
+
+/// Made media: its record and files.
+pub struct Made {
+    pub media: BootMedia,
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The whole kernel command line, token included.
+    pub cmdline: String,
+    pub initrd_bytes: u64,
+}
+
+/// Where media `id`'s files are.
+pub fn media_dir(store: &Path, id: i64) -> PathBuf {
+    store.join("boot").join(id.to_string())
+}
+
+/// Builds the boot OS for `spec.machine` and records it.
+pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made> {
+    if db.token_hash(spec.machine.as_str())?.is_none() {
+        anyhow::bail!(
+            "machine {} is not registered (`lifeline-receiver machine add {}` registers it)",
+            spec.machine,
+            spec.machine
+        );
+    }
+    let identity = crate::tls::load_or_create(store, &[])?;
+    let ca = identity
+        .ca_path
+        .context("the receiver uses a certificate of your own (--tls-cert): its CA is unknown here")?;
+    let ca_pem = std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let files = agent::unattended_files(&spec.agent, &ca_pem, &spec.password)?;
+    let token = Credential::generate(spec.machine.as_str());
+    let mut params = BootParams::new(spec.machine.as_str());
+    params.receiver = Some(spec.receiver_url.clone());
+    params.mode = spec.mode;
+    params.style = spec.style;
+    params.image = spec.image.clone();
+    let public = params.to_cmdline()?;
+    params.token = Some(token.token());
+    let cmdline = format!("console=tty0 console=ttyS0 {}", params.to_cmdline()?);
+
+    // Built beside its final place, renamed once recorded.
+    let boot = store.join("boot");
+    crate::safepath::create_private_dir_all(&boot)?;
+    let tmp = tempdir_in(&boot)?;
+    let initrd = tmp.join("initrd.img");
+    let os_spec = BootOsSpec { files, kernel: spec.kernel.clone(), ..BootOsSpec::default() };
+    let built = BootOs::build(&os_spec, &initrd).context("building the boot OS")?;
+    std::fs::copy(&built.kernel, tmp.join("vmlinuz"))
+        .with_context(|| format!("cannot copy the kernel {}", built.kernel.display()))?;
+    crate::tls::write_private(&tmp.join("cmdline"), &format!("{cmdline}\n"))?;
+
+    let mut media = BootMedia {
+        id: 0,
+        machine: spec.machine.as_str().to_string(),
+        kind: spec.kind.clone(),
+        mode: spec.mode.as_str().to_string(),
+        style: spec.style.as_str().to_string(),
+        image: spec.image.clone().unwrap_or_default(),
+        cmdline: public,
+        created_at: String::new(),
+        used_at: None,
+        used_from: String::new(),
+        revoked: false,
+    };
+    let id = match db.add_boot_media(&media, &token.secret_hash()) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    media.id = id;
+    let dir = media_dir(store, id);
+    let _ = std::fs::remove_dir_all(&dir); // a leftover of a removed database
+    std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move the boot media to {}", dir.display()))?;
+    Ok(Made {
+        media,
+        kernel: dir.join("vmlinuz"),
+        initrd: dir.join("initrd.img"),
+        dir,
+        cmdline,
+        initrd_bytes: built.compressed_size,
+    })
+}
+
+/// The whole kernel command line of media `id` (token included).
+pub fn cmdline_of(store: &Path, id: i64) -> anyhow::Result<String> {
+    let p = media_dir(store, id).join("cmdline");
+    Ok(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?.trim().to_string())
+}
+
+fn tempdir_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    for _ in 0..16 {
+        let p = dir.join(format!(".new-{:016x}", rand::random::<u64>()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),
+        }
+    }
+    anyhow::bail!("cannot create a temporary directory in {}", dir.display())
+}
