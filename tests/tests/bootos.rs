@@ -10,7 +10,10 @@
 //! the boot OS claims its token, creates the repository, images /dev/vda
 //! and powers off. The host restores the image and compares it with the
 //! disk. Then the same media booted again is refused (its token was used)
-//! with the disk untouched, and the receiver no longer serves it.
+//! with the disk untouched, and the receiver no longer serves it. Last,
+//! restore media: the machine, now with a blank disk of the same size,
+//! network-boots again and restores the image; every partition checks clean
+//! (fsck) with identical files.
 //!
 //! Needs qemu-system-x86, ipxe-qemu, linux-image-amd64, busybox-static,
 //! musl-tools and the rustup target x86_64-unknown-linux-musl
@@ -61,7 +64,7 @@ fn free_port() -> u16 {
 }
 
 #[test]
-fn network_boot_backs_the_disk_up_once_and_a_used_token_is_refused() {
+fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let t = Instant::now();
     let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
@@ -131,7 +134,12 @@ fn network_boot_backs_the_disk_up_once_and_a_used_token_is_refused() {
     let exited = vm.wait_exit(Duration::from_secs(20));
     let console = vm.log().join("\n");
     assert!(console.contains("lifeline: machine pc1, boot media 1 (backup receiver)"), "iPXE did not run pc1's script:\n{console}");
-    assert!(ok_line.contains("image=pc1-boot") && ok_line.contains("disk=/dev/vda"), "{ok_line}\n{console}");
+    let image = ok_line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("image="))
+        .unwrap_or_else(|| panic!("no image name in {ok_line}"))
+        .to_string();
+    assert!(image.starts_with("pc1-") && ok_line.contains("disk=/dev/vda"), "{ok_line}\n{console}");
     assert!(exited.is_some(), "qemu did not exit after poweroff -f; console:\n{console}");
     drop(vm);
 
@@ -139,7 +147,7 @@ fn network_boot_backs_the_disk_up_once_and_a_used_token_is_refused() {
     let restored = dir.path().join("restored.img");
     let t = Instant::now();
     let out = Command::new(bin_path("lifeline-image"))
-        .args(["restore", "--name", "pc1-boot", "--read-back"])
+        .args(["restore", "--name", &image, "--read-back"])
         .arg(&restored)
         .env("LIFELINE_REPO", rx.url())
         .env("LIFELINE_TOKEN_FILE", creds.join("pc1.token"))
@@ -188,6 +196,47 @@ fn network_boot_backs_the_disk_up_once_and_a_used_token_is_refused() {
     let audit = receiver_cli(&store, &["audit"]);
     assert!(audit.contains("boot token claimed") && audit.contains("boot token refused"), "{audit}");
 
+    // Restore mode: new media, and the machine with a blank disk of the same
+    // size network-boots again and gets its disk back.
+    let made = receiver_cli(
+        &store,
+        &[
+            "bootos",
+            "make",
+            "pc1",
+            "--receiver-url",
+            &format!("https://10.0.2.2:{}", rx.port()),
+            "--mode",
+            "restore",
+            "--image",
+            &image,
+            "--agent",
+            agent_bin.to_str().unwrap(),
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
+    assert!(made.contains("boot media #2 for machine pc1 (restore receiver)"), "{made}");
+    let blank = dir.path().join("blank.img");
+    std::fs::File::create(&blank).unwrap().set_len(std::fs::metadata(&disk.path).unwrap().len()).unwrap();
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, memory_mib: 512, disk: Some(&blank) })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let restored_line = loop {
+        let Some((at, line)) = vm.next_line(TIMEOUT) else {
+            panic!("no LIFELINE-RESTORE-OK within {TIMEOUT:?}: {}\nreceiver log:\n{}", vm.report(), rx.log_tail(30));
+        };
+        if line.contains("LIFELINE-RESTORE-FAILED") {
+            panic!("the boot OS restore failed; console:\n{}\nreceiver log:\n{}", vm.log().join("\n"), rx.log_tail(30));
+        }
+        if line.starts_with("LIFELINE-RESTORE-OK") {
+            break (at, line);
+        }
+    };
+    vm.wait_exit(Duration::from_secs(20));
+    drop(vm);
+    disk.check_copy(&blank);
+    eprintln!("restore in the VM: done at {:.2?}: {}", restored_line.0, restored_line.1);
+
     eprintln!("static agent {} ({:.1} MB), located/built in {agent_time:.2?}", agent_bin.display(), std::fs::metadata(&agent_bin).unwrap().len() as f64 / 1e6);
     eprintln!("bootos make: {make_time:.2?}, initramfs {:.2} MB compressed", initrd_size as f64 / 1e6);
     eprintln!(
@@ -197,6 +246,6 @@ fn network_boot_backs_the_disk_up_once_and_a_used_token_is_refused() {
         net_at.unwrap_or_default(),
         claimed_at.unwrap_or_default()
     );
-    eprintln!("host restore of pc1-boot with --read-back: {restore_time:.2?}");
+    eprintln!("host restore of {image} with --read-back: {restore_time:.2?}");
     eprintln!("reused token: {refusal}");
 }
