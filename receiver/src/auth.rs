@@ -266,4 +266,49 @@ mod tests {
         let evil = Credential::generate("../m1");
         assert!(refused(request(Some(&evil.token()), None)).contains("malformed"));
     }
+
+    /// A boot token is claimed once; the session it opens works for the
+    /// machine's image store only, never for replication; another machine's
+    /// name with it gets nothing.
+    #[test]
+    fn boot_sessions_are_for_images_only() {
+        let d = tempfile::tempdir().unwrap();
+        let mut db = Db::open(d.path()).unwrap();
+        let m1 = Credential::generate("m1");
+        db.add_machine(&MachineName::new("m1").unwrap(), &m1.secret_hash(), "").unwrap();
+        db.add_machine(&MachineName::new("m2").unwrap(), &Credential::generate("m2").secret_hash(), "").unwrap();
+        let boot = Credential::generate("m1");
+        let media = crate::bootdb::BootMedia {
+            id: 0,
+            machine: "m1".into(),
+            kind: "netboot".into(),
+            mode: "backup".into(),
+            style: "receiver".into(),
+            image: String::new(),
+            cmdline: String::new(),
+            created_at: String::new(),
+            used_at: None,
+            used_from: String::new(),
+            revoked: false,
+        };
+        db.add_boot_media(&media, &boot.secret_hash()).unwrap();
+        let auth = TokenAuthenticator::new(db);
+        let ext = Extensions::new();
+        // The boot token itself is no credential.
+        assert!(auth.authenticate_images(&request(Some(&boot.token()), None), &ext).is_err());
+        // Presented as m2's: refused, and still unused.
+        let foreign = format!("m2:{}", boot.token().split_once(':').unwrap().1);
+        let e = auth.claim_boot(&request(Some(&foreign), None), "x").err().unwrap();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let session = auth.claim_boot(&request(Some(&boot.token()), None), "10.0.2.15").ok().unwrap().credential;
+        let e = auth.claim_boot(&request(Some(&boot.token()), None), "10.0.2.15").err().unwrap();
+        assert!(e.message().contains("already used"), "{}", e.message());
+        let md = request(Some(&session.token()), None);
+        assert_eq!(auth.authenticate_images(&md, &ext).unwrap().as_str(), "m1");
+        let e = auth.authenticate(&md, &ext).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // The machine's own credential still works everywhere.
+        let md = request(Some(&m1.token()), None);
+        assert!(auth.authenticate(&md, &ext).is_ok() && auth.authenticate_images(&md, &ext).is_ok());
+    }
 }
