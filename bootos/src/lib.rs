@@ -24,7 +24,8 @@
 //! Modules: [`agent`] (the static `lifeline-image` and the unattended
 //! backup hook), [`cpio`] (the newc archive writer), [`modules`] (module
 //! resolution), [`cmdline`] (kernel parameters), [`initramfs`] (assembly,
-//! `/init`, compression), [`qemu`] (booting it in a VM and reading the
+//! `/init`, compression), [`iso`] (a hybrid BIOS and UEFI ISO for CD or
+//! USB), [`qemu`] (booting it in a VM and reading the
 //! console).
 
 pub mod agent;
@@ -32,6 +33,7 @@ pub mod cmdline;
 pub mod cpio;
 mod error;
 pub mod initramfs;
+pub mod iso;
 pub mod modules;
 pub mod qemu;
 

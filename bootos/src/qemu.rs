@@ -23,11 +23,19 @@ pub enum Boot<'a> {
     /// gets an address from qemu's DHCP and fetches `bootfile` (an
     /// `http://10.0.2.2:PORT/...` URL reaches the host's loopback).
     Network { bootfile: &'a str },
+    /// The firmware boots a CD (a hybrid ISO, see [`crate::iso`]).
+    Cdrom { iso: &'a Path },
 }
+
+/// OVMF, Debian's UEFI firmware for qemu (package ovmf).
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 
 /// What to boot.
 pub struct VmSpec<'a> {
     pub boot: Boot<'a>,
+    /// UEFI firmware (OVMF) instead of SeaBIOS.
+    pub uefi: bool,
     pub memory_mib: u32,
     /// A raw disk image attached as virtio (`/dev/vda`).
     pub disk: Option<&'a Path>,
@@ -36,6 +44,8 @@ pub struct VmSpec<'a> {
 /// A running VM and the console lines read so far.
 pub struct Vm {
     child: Child,
+    /// The UEFI variable store's copy, for as long as the VM runs.
+    _vars: Option<tempfile::NamedTempFile>,
     lines: mpsc::Receiver<(Duration, String)>,
     started: Instant,
     log: Vec<String>,
@@ -65,6 +75,22 @@ impl Vm {
                 cmd.args(["-boot", "n"]);
                 format!("user,id=n0,bootfile={bootfile}")
             }
+            Boot::Cdrom { iso } => {
+                cmd.arg("-cdrom").arg(iso).args(["-boot", "d"]);
+                "user,id=n0".to_string()
+            }
+        };
+        let vars = if spec.uefi {
+            if !Path::new(OVMF_CODE).exists() {
+                return Err(format!("{OVMF_CODE} is missing: apt-get install ovmf (scripts/setup.sh installs it)"));
+            }
+            let vars = tempfile::NamedTempFile::new().map_err(|e| format!("cannot create the UEFI variable store: {e}"))?;
+            std::fs::copy(OVMF_VARS, vars.path()).map_err(|e| format!("cannot copy {OVMF_VARS}: {e}"))?;
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
+            cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.path().display()));
+            Some(vars)
+        } else {
+            None
         };
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
         if let Some(d) = spec.disk {
@@ -93,6 +119,7 @@ impl Vm {
         });
         Ok(Vm {
             child,
+            _vars: vars,
             lines,
             started,
             log: Vec::new(),

@@ -51,6 +51,7 @@ fn boots_in_qemu_with_network_and_disk() {
 
     let mut vm = Vm::boot(&VmSpec {
         boot: Boot::Kernel { kernel: &built.kernel, initrd: &initrd, append: &append },
+        uefi: false,
         memory_mib: 256,
         disk: Some(&disk),
     })

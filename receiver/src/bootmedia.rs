@@ -4,7 +4,8 @@
 //! line naming the receiver, the machine and a fresh one-time boot token.
 //!
 //! Each media lives in `STORE/boot/<id>/`: `vmlinuz`, `initrd.img` and
-//! `cmdline` (mode 0600: it holds the token). The network-boot server
+//! `cmdline` (mode 0600: it holds the token), and for kind `iso` a hybrid
+//! `boot.iso` (BIOS and UEFI; a CD, or a USB stick written with `dd`). The network-boot server
 //! (`crate::netboot`) serves them to the machine's MAC address until the
 //! token is used.
 
@@ -45,6 +46,8 @@ pub struct Made {
     /// The whole kernel command line, token included.
     pub cmdline: String,
     pub initrd_bytes: u64,
+    /// The hybrid ISO (BIOS and UEFI, CD or USB stick), for kind `iso`.
+    pub iso: Option<PathBuf>,
 }
 
 /// Where media `id`'s files are.
@@ -87,6 +90,18 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
     std::fs::copy(&built.kernel, tmp.join("vmlinuz"))
         .with_context(|| format!("cannot copy the kernel {}", built.kernel.display()))?;
     crate::tls::write_private(&tmp.join("cmdline"), &format!("{cmdline}\n"))?;
+    let iso = match spec.kind.as_str() {
+        "netboot" => None,
+        "iso" => {
+            let iso = tmp.join("boot.iso");
+            let title = format!("Lifeline boot OS for {} ({} {})", spec.machine, spec.mode.as_str(), spec.style.as_str());
+            lifeline_bootos::iso::make_iso(&built.kernel, &initrd, &cmdline, &title, &iso).context("making the ISO")?;
+            // Holds the token and the password, like the initramfs.
+            std::fs::set_permissions(&iso, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            Some("boot.iso")
+        }
+        other => anyhow::bail!("unknown boot media kind {other:?} (netboot or iso)"),
+    };
 
     let mut media = BootMedia {
         id: 0,
@@ -116,6 +131,7 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
         media,
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
+        iso: iso.map(|f| dir.join(f)),
         dir,
         cmdline,
         initrd_bytes: built.compressed_size,

@@ -127,6 +127,10 @@ enum BootosCmd {
         /// Kernel image (default: the newest installed /boot/vmlinuz-*).
         #[arg(long)]
         kernel: Option<PathBuf>,
+        /// netboot: served to the machine's MAC by --http-listen; iso: also a
+        /// hybrid ISO (BIOS and UEFI, CD or USB stick) to download.
+        #[arg(long, value_parser = ["netboot", "iso"], default_value = "netboot")]
+        kind: String,
     },
     /// List boot media (of one machine).
     List { name: Option<String> },
@@ -219,7 +223,7 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
     std::fs::create_dir_all(store).with_context(|| format!("cannot create the store {}", store.display()))?;
     let mut db = Db::open(store)?;
     match cmd {
-        BootosCmd::Make { name, receiver_url, mode, style, image, agent, password_file, kernel } => {
+        BootosCmd::Make { name, receiver_url, mode, style, image, agent, password_file, kernel, kind } => {
             let password = std::fs::read_to_string(&password_file)
                 .with_context(|| format!("cannot read the password file {}", password_file.display()))?;
             let spec = lifeline_receiver::bootmedia::MediaSpec {
@@ -235,13 +239,17 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 agent,
                 password: password.lines().next().unwrap_or("").to_string(),
                 kernel,
-                kind: "netboot".into(),
+                kind,
             };
             let made = lifeline_receiver::bootmedia::make(store, &mut db, &spec)?;
             println!("boot media #{} for machine {name} ({} {}) in {}", made.media.id, made.media.mode, made.media.style, made.dir.display());
             println!("  kernel {}
   initrd {} ({} bytes)", made.kernel.display(), made.initrd.display(), made.initrd_bytes);
+            if let Some(iso) = &made.iso {
+                println!("  ISO {} ({} bytes): boot it from CD, or write it to a USB stick with dd", iso.display(), std::fs::metadata(iso)?.len());
+            }
             match db.mac_of(&name)? {
+                _ if made.iso.is_some() => {}
                 Some(mac) => println!("  network boot: machine {mac} chains http://RECEIVER:HTTP-PORT/boot.ipxe (lifeline-receiver --http-listen)"),
                 None => println!("  network boot needs its MAC: lifeline-receiver machine set-mac {name} MAC"),
             }

@@ -59,12 +59,49 @@ fn http_get(port: u16, path: &str) -> (String, String) {
     (head.lines().next().unwrap_or("").to_string(), body.to_string())
 }
 
+/// `bootos make pc1` for the receiver at `port` (as the guest reaches it),
+/// with `extra` arguments; the command's output.
+fn make_media(store: &Path, port: u16, agent: &Path, password: &Path, extra: &[&str]) -> String {
+    let url = format!("https://10.0.2.2:{port}");
+    let mut args = vec!["bootos", "make", "pc1", "--receiver-url", &url];
+    args.extend_from_slice(&["--agent", agent.to_str().unwrap(), "--password-file", password.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    receiver_cli(store, &args)
+}
+
+/// Reads the console until a line starts with `ok` (returned with its time
+/// since qemu started); panics with the console and the receiver's log on a
+/// line containing `failed` or at the timeout.
+fn wait_for(vm: &mut Vm, ok: &str, failed: &str, rx: &Receiver) -> (Duration, String) {
+    loop {
+        let Some((at, line)) = vm.next_line(TIMEOUT) else {
+            panic!("no {ok} within {TIMEOUT:?}: {}\nreceiver log:\n{}", vm.report(), rx.log_tail(30));
+        };
+        if line.contains(failed) {
+            panic!("{line}\nconsole:\n{}\nreceiver log:\n{}", vm.log().join("\n"), rx.log_tail(30));
+        }
+        if line.starts_with(ok) {
+            return (at, line);
+        }
+    }
+}
+
+/// The `image=NAME` of a marker line.
+fn image_of(line: &str) -> String {
+    line.split_whitespace().find_map(|w| w.strip_prefix("image=")).unwrap_or_else(|| panic!("no image name in {line}")).to_string()
+}
+
+/// One qemu at a time: two TCG guests on two cores would only slow each
+/// other (and skew the timings printed).
+static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
 fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
+    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let t = Instant::now();
     let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
@@ -82,29 +119,14 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
     let t = Instant::now();
-    let made = receiver_cli(
-        &store,
-        &[
-            "bootos",
-            "make",
-            "pc1",
-            "--receiver-url",
-            &format!("https://10.0.2.2:{}", rx.port()),
-            "--mode",
-            "backup",
-            "--agent",
-            agent_bin.to_str().unwrap(),
-            "--password-file",
-            pw.to_str().unwrap(),
-        ],
-    );
+    let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "backup"]);
     let make_time = t.elapsed();
     assert!(made.contains("boot media #1 for machine pc1"), "{made}");
     let media = store.join("boot/1");
     let initrd_size = std::fs::metadata(media.join("initrd.img")).unwrap().len();
 
     let bootfile = format!("http://10.0.2.2:{http_port}/boot.ipxe");
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, memory_mib: 512, disk: Some(&disk.path) })
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disk: Some(&disk.path) })
         .unwrap_or_else(|e| panic!("{e}"));
     let (mut kernel_at, mut init_at, mut net_at, mut claimed_at, mut ok_line) = (None, None, None, None, None);
     while ok_line.is_none() {
@@ -134,11 +156,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let exited = vm.wait_exit(Duration::from_secs(20));
     let console = vm.log().join("\n");
     assert!(console.contains("lifeline: machine pc1, boot media 1 (backup receiver)"), "iPXE did not run pc1's script:\n{console}");
-    let image = ok_line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("image="))
-        .unwrap_or_else(|| panic!("no image name in {ok_line}"))
-        .to_string();
+    let image = image_of(&ok_line);
     assert!(image.starts_with("pc1-") && ok_line.contains("disk=/dev/vda"), "{ok_line}\n{console}");
     assert!(exited.is_some(), "qemu did not exit after poweroff -f; console:\n{console}");
     drop(vm);
@@ -176,7 +194,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let cmdline = std::fs::read_to_string(media.join("cmdline")).unwrap();
     let mut vm = Vm::boot(&VmSpec {
         boot: Boot::Kernel { kernel: &media.join("vmlinuz"), initrd: &media.join("initrd.img"), append: cmdline.trim() },
-        memory_mib: 512,
+        uefi: false, memory_mib: 512,
         disk: Some(&disk.path),
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -198,40 +216,13 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
 
     // Restore mode: new media, and the machine with a blank disk of the same
     // size network-boots again and gets its disk back.
-    let made = receiver_cli(
-        &store,
-        &[
-            "bootos",
-            "make",
-            "pc1",
-            "--receiver-url",
-            &format!("https://10.0.2.2:{}", rx.port()),
-            "--mode",
-            "restore",
-            "--image",
-            &image,
-            "--agent",
-            agent_bin.to_str().unwrap(),
-            "--password-file",
-            pw.to_str().unwrap(),
-        ],
-    );
+    let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "restore", "--image", &image]);
     assert!(made.contains("boot media #2 for machine pc1 (restore receiver)"), "{made}");
     let blank = dir.path().join("blank.img");
     std::fs::File::create(&blank).unwrap().set_len(std::fs::metadata(&disk.path).unwrap().len()).unwrap();
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, memory_mib: 512, disk: Some(&blank) })
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disk: Some(&blank) })
         .unwrap_or_else(|e| panic!("{e}"));
-    let restored_line = loop {
-        let Some((at, line)) = vm.next_line(TIMEOUT) else {
-            panic!("no LIFELINE-RESTORE-OK within {TIMEOUT:?}: {}\nreceiver log:\n{}", vm.report(), rx.log_tail(30));
-        };
-        if line.contains("LIFELINE-RESTORE-FAILED") {
-            panic!("the boot OS restore failed; console:\n{}\nreceiver log:\n{}", vm.log().join("\n"), rx.log_tail(30));
-        }
-        if line.starts_with("LIFELINE-RESTORE-OK") {
-            break (at, line);
-        }
-    };
+    let restored_line = wait_for(&mut vm, "LIFELINE-RESTORE-OK", "LIFELINE-RESTORE-FAILED", &rx);
     vm.wait_exit(Duration::from_secs(20));
     drop(vm);
     disk.check_copy(&blank);
@@ -248,4 +239,48 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     );
     eprintln!("host restore of {image} with --read-back: {restore_time:.2?}");
     eprintln!("reused token: {refusal}");
+}
+
+/// ISO media: the same boot OS on a hybrid ISO, booted from CD under BIOS
+/// (SeaBIOS) and under UEFI (OVMF), each with media of its own (a token
+/// works once), backs the disk up unattended; the UEFI boot's image restores
+/// identical.
+#[test]
+fn iso_boots_under_bios_and_uefi_and_backs_up() {
+    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
+    let store = dir.path().join("store");
+    let rx = Receiver::start(&store);
+    let creds = dir.path().join("creds");
+    receiver_cli(&store, &["machine", "add", "pc1", "--out", creds.to_str().unwrap()]);
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let mut image = String::new();
+    for (id, uefi) in [(1, false), (2, true)] {
+        let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "backup", "--kind", "iso"]);
+        assert!(made.contains(&format!("boot media #{id} for machine pc1")), "{made}");
+        let iso = store.join(format!("boot/{id}/boot.iso"));
+        let iso_size = std::fs::metadata(&iso).unwrap_or_else(|e| panic!("{}: {e}\n{made}", iso.display())).len();
+        let mut vm = Vm::boot(&VmSpec { boot: Boot::Cdrom { iso: &iso }, uefi, memory_mib: 512, disk: Some(&disk.path) })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (at, line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", &rx);
+        vm.wait_exit(Duration::from_secs(20));
+        eprintln!("ISO ({:.1} MB) under {}: backup done at {at:.2?}: {line}", iso_size as f64 / 1e6, if uefi { "UEFI" } else { "BIOS" });
+        image = image_of(&line);
+    }
+    let restored = dir.path().join("restored.img");
+    let out = Command::new(bin_path("lifeline-image"))
+        .args(["restore", "--name", &image])
+        .arg(&restored)
+        .env("LIFELINE_REPO", rx.url())
+        .env("LIFELINE_TOKEN_FILE", creds.join("pc1.token"))
+        .env("LIFELINE_CA", creds.join("ca.crt"))
+        .env("LIFELINE_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "host restore failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    disk.check_copy(&restored);
 }
