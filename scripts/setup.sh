@@ -5,15 +5,19 @@ set -euo pipefail
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
-# Debian packages: build tools, the peers the benchmark compares against, and the
-# tools the tests use to build and check real filesystems.
+# Debian packages: build tools, the peers the benchmark compares against, the
+# tools the tests use to build and check real filesystems, what boot media are
+# made of (GRUB and xorriso for the ISO, OVMF to boot it under UEFI), and a desktop for the
+# tray GUI's tests (a D-Bus session bus, a virtual X server with its fonts,
+# xdotool/xprop to find and click windows).
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev
   protobuf-compiler iproute2 procps psmisc util-linux e2fsprogs dosfstools
   mtools fdisk gdisk rsync lsyncd bpftool rdiff
   ntfs-3g exfatprogs exfat-fuse xfsprogs btrfs-progs
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
-  musl-tools
+  musl-tools ipxe-qemu grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools ovmf
+  dbus-daemon xvfb xfonts-base xdotool x11-utils
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,18 +1,19 @@
 //! The agent's control socket: gRPC over a Unix socket (`status`, `on`, `off`,
-//! `sync`). Who may switch backup off is decided by the socket's permissions.
+//! `sync`, `pause`, `resume`). Who may switch backup off is decided by the
+//! socket's permissions. Its clients connect with
+//! `lifeline_proto::control_client::client`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use lifeline_capture::Capture;
-use lifeline_proto::control::v1::agent_control_client::AgentControlClient;
 use lifeline_proto::control::v1::agent_control_server::{AgentControl, AgentControlServer};
-use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, StatusRequest, SyncRequest};
-use tokio::net::{UnixListener, UnixStream};
+use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, SetPausedRequest, StatusRequest, SyncRequest};
+use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::{Channel, Endpoint, Server, Uri};
+use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -61,6 +62,18 @@ impl AgentControl for ControlService {
         self.reconcile.notify_one();
         Ok(Response::new(self.shared.snapshot()))
     }
+
+    async fn set_paused(&self, req: Request<SetPausedRequest>) -> Result<Response<AgentStatus>, Status> {
+        // The scheduler reads the flag before each dispatch (see
+        // scheduler::run): nothing else to do here. Resuming needs no
+        // reconciliation: every change went into the queue log meanwhile.
+        let paused = req.into_inner().paused;
+        let was = self.shared.paused.swap(paused, std::sync::atomic::Ordering::Relaxed);
+        if was != paused {
+            info!("sending {}", if paused { "paused" } else { "resumed" });
+        }
+        Ok(Response::new(self.shared.snapshot()))
+    }
 }
 
 /// Inode of the socket this process created, so shutdown never removes a
@@ -97,23 +110,4 @@ pub async fn serve(path: PathBuf, service: ControlService) -> anyhow::Result<()>
         warn!("control socket stopped: {e}");
     }
     Ok(())
-}
-
-/// A client of the control socket at `path`.
-pub async fn client(path: &Path) -> anyhow::Result<AgentControlClient<Channel>> {
-    let path = path.to_path_buf();
-    let shown = path.display().to_string();
-    let channel = Endpoint::from_static("http://agent.control")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(UnixStream::connect(path).await?)) }
-        }))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the agent's control socket {shown}: {e} (is lifeline-agent running? \
-                 pass --control if it uses another socket)"
-            )
-        })?;
-    Ok(AgentControlClient::new(channel))
 }

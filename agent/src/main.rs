@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use lifeline_agent::config::AgentConfig;
-use lifeline_agent::control;
-use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, StatusRequest, SyncRequest};
+use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, SetPausedRequest, StatusRequest, SyncRequest};
+use lifeline_proto::control_client as control;
 
 #[derive(Parser)]
 #[command(name = "lifeline-agent", version, about = "Lifeline's real-time replication agent")]
@@ -55,6 +55,16 @@ enum Command {
         #[command(flatten)]
         ctl: ControlArgs,
     },
+    /// Pause sending: changes are still captured and queued, nothing is sent.
+    Pause {
+        #[command(flatten)]
+        ctl: ControlArgs,
+    },
+    /// Resume sending what queued up while paused.
+    Resume {
+        #[command(flatten)]
+        ctl: ControlArgs,
+    },
 }
 
 fn print_status(s: &AgentStatus, json: bool) {
@@ -81,19 +91,26 @@ fn print_status(s: &AgentStatus, json: bool) {
             "deltas": s.deltas,
             "signature_bytes": s.signature_bytes,
             "delta_fallbacks": s.delta_fallbacks,
+            "paused": s.paused,
+            "bytes_sent_today": s.bytes_sent_today,
+            "recent_files": s
+                .recent_files
+                .iter()
+                .map(|f| serde_json::json!({ "path": f.path, "unix_ms": f.unix_ms }))
+                .collect::<Vec<_>>(),
         });
         println!("{v}");
         return;
     }
     println!("machine:      {}", s.machine);
     println!("receiver:     {} ({})", s.receiver, if s.connected { "connected" } else { "NOT connected" });
-    println!("capture:      {}", s.capture);
+    println!("capture:      {}{}", s.capture, if s.paused { " (sending paused)" } else { "" });
     println!("watched:      {}", s.watched.join(", "));
     println!("initial sync: {}", if s.initial_sync_done { "done" } else { "in progress" });
     println!("queue depth:  {}", s.queue_depth);
     println!("queue log:    {} changes unacknowledged, {} bytes on disk, replayed {} times", s.unacked_changes, s.queue_log_bytes, s.replays);
     println!("lag:          {} ms", s.lag_ms);
-    println!("sent:         {} ops, {} bytes", s.ops_sent, s.bytes_sent);
+    println!("sent:         {} ops, {} bytes ({} bytes today)", s.ops_sent, s.bytes_sent, s.bytes_sent_today);
     println!(
         "deltas:       {} files, {} signature bytes received, {} fell back to whole files",
         s.deltas, s.signature_bytes, s.delta_fallbacks
@@ -156,6 +173,8 @@ async fn async_main(cli: Cli, cfg: Option<AgentConfig>) {
         .await,
         Command::On { ctl } => set(&ctl, true).await,
         Command::Off { ctl } => set(&ctl, false).await,
+        Command::Pause { ctl } => pause(&ctl, true).await,
+        Command::Resume { ctl } => pause(&ctl, false).await,
         Command::Sync { ctl } => async {
             let s = control::client(&ctl.control).await?.sync(SyncRequest {}).await?.into_inner();
             print_status(&s, false);
@@ -177,5 +196,16 @@ async fn set(ctl: &ControlArgs, enabled: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?
         .into_inner();
     println!("automatic backup is {}", if s.capture == "off" { "off" } else { "on" });
+    Ok(())
+}
+
+async fn pause(ctl: &ControlArgs, paused: bool) -> anyhow::Result<()> {
+    let s = control::client(&ctl.control)
+        .await?
+        .set_paused(SetPausedRequest { paused })
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message()))?
+        .into_inner();
+    println!("sending is {}", if s.paused { "paused (changes are still captured and queued)" } else { "on" });
     Ok(())
 }

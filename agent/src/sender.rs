@@ -34,6 +34,9 @@ struct InFlight {
     last_seq: u64,
     oldest: Instant,
     ops: u64,
+    /// The batch's last few paths, for the status's "last files replicated"
+    /// once the receiver acknowledges it.
+    paths: Vec<String>,
 }
 
 /// Where the sender gets its batches and tells the scheduler to replay.
@@ -139,12 +142,13 @@ async fn stream(
                 }
                 let ops = b.batch.ops.len() as u64;
                 shared.ops_sent.fetch_add(ops, Relaxed);
-                shared.bytes_sent.fetch_add(b.bytes, Relaxed);
+                shared.count_sent(b.bytes);
                 shared.unacked_ops.fetch_add(ops, Relaxed);
                 if inflight.is_empty() {
                     shared.oldest_unacked_ms.store(shared.ms(b.oldest), Relaxed);
                 }
-                inflight.push_back(InFlight { last_seq: b.last_seq, oldest: b.oldest, ops });
+                let paths = recent_paths(&b.batch);
+                inflight.push_back(InFlight { last_seq: b.last_seq, oldest: b.oldest, ops, paths });
                 tx.send(b.batch).await.map_err(|_| anyhow::anyhow!("request stream closed"))?;
             }
             ack = acks.message() => {
@@ -179,6 +183,7 @@ async fn stream(
                 shared.acked_seq.fetch_max(ack.applied_seq, Relaxed);
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {
                     let f = inflight.pop_front().expect("checked");
+                    shared.replicated(&f.paths);
                     shared.unacked_ops.fetch_sub(f.ops.min(shared.unacked_ops.load(Relaxed)), Relaxed);
                 }
                 let oldest = inflight.iter().map(|f| f.oldest).min();
@@ -228,6 +233,30 @@ impl Repair {
             self.spacing = (self.spacing * 2).min(Self::MAX);
         }
     }
+}
+
+/// The last distinct paths a batch changes (no more than the status keeps),
+/// as local paths for display.
+fn recent_paths(batch: &lifeline_proto::v1::OpBatch) -> Vec<String> {
+    use lifeline_proto::v1::op::Kind;
+    let mut paths: Vec<String> = Vec::new();
+    for op in batch.ops.iter().rev() {
+        // A rename or link is about its new name.
+        let wire = match &op.kind {
+            Some(Kind::Rename(r)) => &r.to,
+            Some(Kind::Link(l)) => &l.to,
+            _ => &op.path,
+        };
+        let p = lifeline_core::wirepath::to_local(wire).display().to_string();
+        if !paths.contains(&p) {
+            paths.push(p);
+            if paths.len() == crate::status::RECENT_FILES {
+                break;
+            }
+        }
+    }
+    paths.reverse();
+    paths
 }
 
 fn far_future() -> tokio::time::Instant {

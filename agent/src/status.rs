@@ -4,7 +4,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use lifeline_proto::control::v1::AgentStatus;
+use lifeline_proto::control::v1::{AgentStatus, RecentFile};
+
+/// How many replicated files the status keeps for the GUI's "last files".
+pub const RECENT_FILES: usize = 10;
 
 /// How changes are being captured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +64,13 @@ pub struct Shared {
     pub signature_bytes: AtomicU64,
     pub delta_fallbacks: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Sending held by the `pause` switch: the scheduler keeps capturing,
+    /// logging and coalescing but dispatches nothing until resumed.
+    pub paused: AtomicBool,
+    /// (local day, bytes sent that day): the GUI's "sent today".
+    sent_today: Mutex<(i64, u64)>,
+    /// The last files the receiver acknowledged, newest last.
+    recent: Mutex<std::collections::VecDeque<RecentFile>>,
     /// Changes made at or after this time (ns since the epoch; i128::MAX:
     /// none) may have been lost; the next reconciliation compares such files
     /// by content. See [`Shared::suspect`].
@@ -96,6 +106,9 @@ impl Shared {
             signature_bytes: AtomicU64::new(0),
             delta_fallbacks: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            sent_today: Mutex::new((local_day(), 0)),
+            recent: Mutex::new(std::collections::VecDeque::new()),
             suspect_since_ns: Mutex::new(i128::MAX),
             last_loss: Mutex::new(None),
         }
@@ -149,6 +162,34 @@ impl Shared {
         *self.last_error.lock().unwrap() = Some(e.into());
     }
 
+    /// Counts `bytes` sent, in the total and in today's figure (which starts
+    /// again at local midnight).
+    pub fn count_sent(&self, bytes: u64) {
+        self.bytes_sent.fetch_add(bytes, Relaxed);
+        let day = local_day();
+        let mut t = self.sent_today.lock().unwrap();
+        if t.0 != day {
+            *t = (day, 0);
+        }
+        t.1 += bytes;
+    }
+
+    /// The receiver acknowledged changes of `paths` (in order).
+    pub fn replicated(&self, paths: &[String]) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut r = self.recent.lock().unwrap();
+        for p in paths {
+            // A file written in many batches shows once, as its latest.
+            r.retain(|f| &f.path != p);
+            r.push_back(RecentFile { path: p.clone(), unix_ms });
+            while r.len() > RECENT_FILES {
+                r.pop_front();
+            }
+        }
+    }
+
     pub fn capture_mode(&self) -> CaptureMode {
         *self.capture.lock().unwrap()
     }
@@ -178,6 +219,56 @@ impl Shared {
             deltas: self.deltas.load(Relaxed),
             signature_bytes: self.signature_bytes.load(Relaxed),
             delta_fallbacks: self.delta_fallbacks.load(Relaxed),
+            paused: self.paused.load(Relaxed),
+            bytes_sent_today: {
+                let t = self.sent_today.lock().unwrap();
+                if t.0 == local_day() { t.1 } else { 0 }
+            },
+            recent_files: self.recent.lock().unwrap().iter().rev().cloned().collect(),
         }
+    }
+}
+
+/// Today's number in local time (year * 1000 + day of the year), so that
+/// "sent today" restarts at the user's midnight, not UTC's.
+fn local_day() -> i64 {
+    // SAFETY: time(NULL) and localtime_r with valid pointers have no other
+    // preconditions; `tm` is plain data.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return now / 86400;
+        }
+        tm.tm_year as i64 * 1000 + tm.tm_yday as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_files_are_newest_first_deduplicated_and_bounded() {
+        let s = Shared::new(String::new(), String::new(), Vec::new(), CaptureMode::Ebpf);
+        s.replicated(&["/a".into(), "/b".into()]);
+        s.replicated(&["/a".into()]);
+        let names: Vec<String> = s.snapshot().recent_files.into_iter().map(|f| f.path).collect();
+        assert_eq!(names, ["/a", "/b"]);
+        let many: Vec<String> = (0..25).map(|i| format!("/f{i}")).collect();
+        s.replicated(&many);
+        let snap = s.snapshot().recent_files;
+        assert_eq!(snap.len(), RECENT_FILES);
+        assert_eq!(snap[0].path, "/f24");
+    }
+
+    #[test]
+    fn bytes_sent_today_counts_with_the_total() {
+        let s = Shared::new(String::new(), String::new(), Vec::new(), CaptureMode::Ebpf);
+        s.count_sent(100);
+        s.count_sent(23);
+        let snap = s.snapshot();
+        assert_eq!(snap.bytes_sent, 123);
+        assert_eq!(snap.bytes_sent_today, 123);
     }
 }

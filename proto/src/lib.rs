@@ -1,6 +1,7 @@
 //! Lifeline's wire protocol (see `proto/lifeline.proto`).
 
 pub mod client;
+pub mod control_client;
 
 /// Generated protobuf messages and gRPC client/server for `lifeline.v1`.
 pub mod v1 {

@@ -10,6 +10,8 @@
 //! - [`attached_tracepoint_programs`] counts, from outside, the eBPF programs a
 //!   process holds attached to tracepoints.
 //! - [`workload`] is a deterministic randomized file-system workload.
+//! - [`desktop`] runs a private D-Bus session bus, Xvfb and `lifeline-gui`,
+//!   and takes screenshots of X windows.
 //! - [`NetNs`] is a network namespace joined by a veth pair whose link a test
 //!   can cut; [`log_lines`] and [`log_field`] read the daemons' logs.
 //!
@@ -17,6 +19,7 @@
 //! a missing privilege, tool or binary is a loud panic.
 
 mod bpf;
+pub mod desktop;
 mod netns;
 mod procs;
 mod scratch;

@@ -15,7 +15,7 @@ const LOG_LINES: usize = 60;
 
 /// Starts `cmd` with its output appended to `log`, without colours, as a
 /// child that is killed on drop.
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Killed {
+pub(crate) fn spawn_logged(cmd: &mut Command, log: &Path) -> Killed {
     if let Some(dir) = log.parent() {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     }
@@ -36,23 +36,23 @@ fn spawn_logged(cmd: &mut Command, log: &Path) -> Killed {
 }
 
 /// A child process that is SIGKILLed and reaped on drop.
-struct Killed(Child);
+pub(crate) struct Killed(Child);
 
 impl Killed {
-    fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.0.id()
     }
 
-    fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.0.try_wait(), Ok(None))
     }
 
     /// How the process ended, if it has (reaping it).
-    fn exit_status(&mut self) -> Option<ExitStatus> {
+    pub(crate) fn exit_status(&mut self) -> Option<ExitStatus> {
         self.0.try_wait().ok().flatten()
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Ok(None) = self.0.try_wait() {
             let _ = self.0.kill(); // SIGKILL
         }
@@ -403,6 +403,12 @@ pub struct AgentStatus {
     /// Bytes the queue log takes on disk.
     #[serde(default)]
     pub queue_log_bytes: u64,
+    /// Sending held by `pause` (capture and queueing go on).
+    #[serde(default)]
+    pub paused: bool,
+    /// Bytes sent since local midnight.
+    #[serde(default)]
+    pub bytes_sent_today: u64,
 }
 
 /// A running `lifeline-agent run`; SIGKILLed on drop.

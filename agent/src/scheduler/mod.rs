@@ -181,8 +181,10 @@ pub fn run(
         if s.co.is_empty() || !due {
             continue;
         }
-        if s.epoch == 0 || !s.shared.connected.load(Relaxed) {
-            // Keep coalescing until the receiver is back.
+        // Paused (the GUI's or CLI's `pause`): hold sending exactly as while
+        // disconnected; changes are still captured, logged and coalesced.
+        if s.epoch == 0 || !s.shared.connected.load(Relaxed) || s.shared.paused.load(Relaxed) {
+            // Keep coalescing until the receiver is back (or resumed).
             deadline = Some(now + Duration::from_millis(50));
             continue;
         }

@@ -1,0 +1,496 @@
+//! The status window: a plain X11 client (x11rb, the core protocol's fills
+//! and server-side fonts). No GPU, no toolkit: it opens on any X server
+//! (Xvfb included), builds in seconds and stays a few MiB. Wayland desktops
+//! show it through Xwayland.
+//!
+//! Left: a banner in the state's colour, then the agent's figures; right:
+//! the tray's menu, drawn as a panel whose items work when clicked (the same
+//! [`Look::menu`] the tray serves over dbusmenu).
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lifeline_proto::control::v1::AgentStatus;
+use x11rb::connection::Connection;
+use x11rb::protocol::xproto::{
+    AtomEnum, ChangeGCAux, ConnectionExt as _, CreateGCAux, CreateWindowAux, EventMask, Font, Gcontext, PropMode,
+    Rectangle, Window, WindowClass,
+};
+use x11rb::protocol::Event;
+use x11rb::rust_connection::RustConnection;
+use x11rb::wrapper::ConnectionExt as _;
+
+use crate::control::Agent;
+use crate::state::{self, Action, Look, State};
+
+const WIDTH: u16 = 680;
+const HEIGHT: u16 = 420;
+const BANNER: i16 = 44;
+const MENU_X: i16 = WIDTH as i16 - 206;
+const MENU_W: u16 = 190;
+const ITEM_H: i16 = 24;
+const MARGIN: i16 = 14;
+
+const WHITE: u32 = 0xffffff;
+const TEXT: u32 = 0x241f31;
+const DIM: u32 = 0x77767b;
+const PANEL: u32 = 0xf6f5f4;
+const BORDER: u32 = 0xc0bfbc;
+
+/// What the window last knew.
+struct Model {
+    look: Look,
+    status: Option<AgentStatus>,
+    socket: String,
+    /// Why the last click's action failed.
+    action_error: Option<String>,
+}
+
+struct Fonts {
+    big: Font,
+    body: Font,
+    /// Cell width and ascent/descent of `body` (a fixed-width font).
+    char_w: i16,
+    ascent: i16,
+    line: i16,
+    big_ascent: i16,
+}
+
+struct Ui {
+    conn: RustConnection,
+    win: Window,
+    gc: Gcontext,
+    fonts: Fonts,
+    colormap: u32,
+    pixels: HashMap<u32, u32>,
+    wm_delete: u32,
+    net_wm_name: u32,
+    utf8: u32,
+    title: String,
+}
+
+/// Opens the status window and runs until it is closed.
+pub fn run(socket: &Path, poll: Duration) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut agent = Agent::new(socket);
+    let mut ui = Ui::open()?;
+    let shown = socket.display().to_string();
+    let mut model = refresh(&rt, &mut agent, &shown, None);
+    let mut dirty = true;
+    let mut next_poll = Instant::now() + poll;
+    loop {
+        if dirty {
+            ui.draw(&model)?;
+            dirty = false;
+        }
+        ui.conn.flush()?;
+        let mut event = ui.conn.poll_for_event()?;
+        if event.is_none() {
+            // Sleep until the X server speaks or the next poll is due.
+            let wait = next_poll.saturating_duration_since(Instant::now());
+            let mut fd = libc::pollfd { fd: ui.conn.stream().as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut fd, 1, wait.as_millis().min(i32::MAX as u128) as i32) };
+            event = ui.conn.poll_for_event()?;
+        }
+        while let Some(ev) = event {
+            match ev {
+                Event::Expose(e) if e.count == 0 => dirty = true,
+                Event::ClientMessage(m) if m.data.as_data32()[0] == ui.wm_delete => return Ok(()),
+                Event::ButtonPress(b) => {
+                    if let Some(action) = hit(&model.look, b.event_x, b.event_y) {
+                        match action {
+                            Action::Quit => return Ok(()),
+                            Action::OpenWindow => {}
+                            a => {
+                                let error = rt.block_on(agent.act(a)).err();
+                                model = refresh(&rt, &mut agent, &shown, error);
+                                dirty = true;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            event = ui.conn.poll_for_event()?;
+        }
+        if Instant::now() >= next_poll {
+            let new = refresh(&rt, &mut agent, &shown, model.action_error.take());
+            dirty |= new.look != model.look || new.status != model.status;
+            model = new;
+            next_poll = Instant::now() + poll;
+        }
+    }
+}
+
+fn refresh(rt: &tokio::runtime::Runtime, agent: &mut Agent, socket: &str, action_error: Option<String>) -> Model {
+    let status = rt.block_on(agent.status());
+    let look = match &status {
+        Ok(s) => state::look(Some(s), socket, ""),
+        Err(e) => state::look(None, socket, e),
+    };
+    Model { look, status: status.ok(), socket: socket.to_string(), action_error }
+}
+
+/// The menu item under (x, y), if enabled.
+fn hit(look: &Look, x: i16, y: i16) -> Option<Action> {
+    if x < MENU_X || x >= MENU_X + MENU_W as i16 {
+        return None;
+    }
+    let (mut top, _) = menu_top();
+    for e in &look.menu {
+        let h = if e.is_separator() { 9 } else { ITEM_H };
+        if y >= top && y < top + h {
+            return if e.enabled { e.action } else { None };
+        }
+        top += h;
+    }
+    None
+}
+
+/// Top of the menu panel's first item, and of its header.
+fn menu_top() -> (i16, i16) {
+    (BANNER + MARGIN + 22, BANNER + MARGIN)
+}
+
+impl Ui {
+    fn open() -> anyhow::Result<Ui> {
+        let (conn, screen_num) = x11rb::connect(None)
+            .map_err(|e| anyhow::anyhow!("cannot open the status window: no X display ({e}); is DISPLAY set?"))?;
+        let screen = conn.setup().roots[screen_num].clone();
+        let win = conn.generate_id()?;
+        conn.create_window(
+            x11rb::COPY_DEPTH_FROM_PARENT,
+            win,
+            screen.root,
+            40,
+            40,
+            WIDTH,
+            HEIGHT,
+            0,
+            WindowClass::INPUT_OUTPUT,
+            0,
+            &CreateWindowAux::new()
+                .background_pixel(screen.white_pixel)
+                .event_mask(EventMask::EXPOSURE | EventMask::BUTTON_PRESS | EventMask::STRUCTURE_NOTIFY),
+        )?;
+        let atom = |name: &str| -> anyhow::Result<u32> { Ok(conn.intern_atom(false, name.as_bytes())?.reply()?.atom) };
+        let wm_protocols = atom("WM_PROTOCOLS")?;
+        let wm_delete = atom("WM_DELETE_WINDOW")?;
+        let net_wm_name = atom("_NET_WM_NAME")?;
+        let utf8 = atom("UTF8_STRING")?;
+        conn.change_property32(PropMode::REPLACE, win, wm_protocols, AtomEnum::ATOM, &[wm_delete])?;
+        conn.change_property8(
+            PropMode::REPLACE,
+            win,
+            AtomEnum::WM_CLASS,
+            AtomEnum::STRING,
+            b"lifeline-gui\0Lifeline\0",
+        )?;
+        // A fixed size: the layout is laid out for it (WM_NORMAL_HINTS:
+        // flags PMinSize|PMaxSize, then min and max width/height).
+        let mut hints = [0u32; 18];
+        hints[0] = 16 | 32;
+        hints[5] = WIDTH as u32;
+        hints[6] = HEIGHT as u32;
+        hints[7] = WIDTH as u32;
+        hints[8] = HEIGHT as u32;
+        conn.change_property32(PropMode::REPLACE, win, AtomEnum::WM_NORMAL_HINTS, AtomEnum::WM_SIZE_HINTS, &hints)?;
+        let fonts = Fonts::open(&conn)?;
+        let gc = conn.generate_id()?;
+        conn.create_gc(gc, win, &CreateGCAux::new().font(fonts.body).graphics_exposures(0))?;
+        conn.map_window(win)?;
+        conn.flush()?;
+        Ok(Ui {
+            conn,
+            win,
+            gc,
+            fonts,
+            colormap: screen.default_colormap,
+            pixels: HashMap::new(),
+            wm_delete,
+            net_wm_name,
+            utf8,
+            title: String::new(),
+        })
+    }
+
+    /// The screen pixel for 0xRRGGBB (exact on TrueColor screens).
+    fn pixel(&mut self, rgb: u32) -> anyhow::Result<u32> {
+        if let Some(p) = self.pixels.get(&rgb) {
+            return Ok(*p);
+        }
+        let c = |shift: u32| ((rgb >> shift) & 0xff) as u16 * 257;
+        let p = self.conn.alloc_color(self.colormap, c(16), c(8), c(0))?.reply()?.pixel;
+        self.pixels.insert(rgb, p);
+        Ok(p)
+    }
+
+    fn fill(&mut self, rgb: u32, x: i16, y: i16, w: u16, h: u16) -> anyhow::Result<()> {
+        let p = self.pixel(rgb)?;
+        self.conn.change_gc(self.gc, &ChangeGCAux::new().foreground(p))?;
+        self.conn.poly_fill_rectangle(self.win, self.gc, &[Rectangle { x, y, width: w, height: h }])?;
+        Ok(())
+    }
+
+    /// Text with its top-left at (x, y) on background `bg`, cut to `max`
+    /// characters (core fonts take Latin-1: other characters become '?').
+    fn text(&mut self, s: &str, x: i16, y: i16, fg: u32, bg: u32, big: bool) -> anyhow::Result<()> {
+        let bytes: Vec<u8> = s.chars().take(255).map(|c| if (c as u32) < 256 { c as u8 } else { b'?' }).collect();
+        let (font, ascent) =
+            if big { (self.fonts.big, self.fonts.big_ascent) } else { (self.fonts.body, self.fonts.ascent) };
+        let fg = self.pixel(fg)?;
+        let bg = self.pixel(bg)?;
+        self.conn.change_gc(self.gc, &ChangeGCAux::new().foreground(fg).background(bg).font(font))?;
+        self.conn.image_text8(self.win, self.gc, x, y + ascent, &bytes)?;
+        Ok(())
+    }
+
+    fn set_title(&mut self, title: &str) -> anyhow::Result<()> {
+        if self.title == title {
+            return Ok(());
+        }
+        let latin1: Vec<u8> = title.chars().map(|c| if (c as u32) < 256 { c as u8 } else { b'?' }).collect();
+        self.conn.change_property8(PropMode::REPLACE, self.win, AtomEnum::WM_NAME, AtomEnum::STRING, &latin1)?;
+        self.conn.change_property8(PropMode::REPLACE, self.win, self.net_wm_name, self.utf8, title.as_bytes())?;
+        self.title = title.to_string();
+        Ok(())
+    }
+
+    fn draw(&mut self, m: &Model) -> anyhow::Result<()> {
+        let look = &m.look;
+        self.set_title(&look.title)?;
+        let colour = look.state.colour();
+        self.fill(WHITE, 0, 0, WIDTH, HEIGHT)?;
+        self.fill(colour, 0, 0, WIDTH, BANNER as u16)?;
+        self.text(&look.headline, MARGIN, 12, WHITE, colour, true)?;
+
+        let line = self.fonts.line;
+        let x = MARGIN;
+        let mut y = BANNER + MARGIN;
+        let text_w = (MENU_X - MARGIN - x) as usize / self.fonts.char_w as usize;
+        for l in wrap(&look.detail, text_w) {
+            self.text(&l, x, y, TEXT, WHITE, false)?;
+            y += line;
+        }
+        y += line / 2;
+        match &m.status {
+            Some(s) => {
+                let rows = [
+                    ("Machine", s.machine.clone()),
+                    (
+                        "Receiver",
+                        format!("{} ({})", s.receiver, if s.connected { "connected" } else { "NOT connected" }),
+                    ),
+                    (
+                        "Automatic backup",
+                        match s.capture.as_str() {
+                            "ebpf" => "on (eBPF)".to_string(),
+                            "off" => "off".to_string(),
+                            other => format!("on ({other} fallback)"),
+                        },
+                    ),
+                    ("Sending", if s.paused { "paused".into() } else { "active".into() }),
+                    ("Replication lag", state::duration(s.lag_ms)),
+                    ("Queue depth", format!("{} changes", s.queue_depth)),
+                    ("Sent today", state::bytes(s.bytes_sent_today)),
+                ];
+                for (k, v) in rows {
+                    self.text(&format!("{k}:"), x, y, DIM, WHITE, false)?;
+                    self.text(&v, x + 18 * self.fonts.char_w, y, TEXT, WHITE, false)?;
+                    y += line;
+                }
+                y += line / 2;
+                self.text("Last files replicated:", x, y, DIM, WHITE, false)?;
+                y += line;
+                if s.recent_files.is_empty() {
+                    self.text("  none yet", x, y, TEXT, WHITE, false)?;
+                    y += line;
+                }
+                for f in s.recent_files.iter().take(6) {
+                    let entry = format!("  {}  {}", clock(f.unix_ms), left_cut(&f.path, text_w - 12));
+                    self.text(&entry, x, y, TEXT, WHITE, false)?;
+                    y += line;
+                }
+                y += line / 2;
+                let error = match (&m.action_error, s.last_error.is_empty()) {
+                    (Some(e), _) => format!("the last action failed: {e}"),
+                    (None, true) => String::new(),
+                    (None, false) => format!("{} -> {}", s.last_error, state::advice(&s.last_error)),
+                };
+                if error.is_empty() {
+                    self.text("Last error: none", x, y, DIM, WHITE, false)?;
+                } else {
+                    self.text("Last error:", x, y, DIM, WHITE, false)?;
+                    y += line;
+                    for l in wrap(&error, text_w).into_iter().take(((HEIGHT as i16 - y) / line).max(0) as usize) {
+                        self.text(&l, x, y, 0xa51d2d, WHITE, false)?;
+                        y += line;
+                    }
+                }
+            }
+            None => {
+                self.text(&format!("Control socket: {}", m.socket), x, y, DIM, WHITE, false)?;
+            }
+        }
+        self.draw_menu(look)?;
+        Ok(())
+    }
+
+    /// The tray menu as a panel: checkmark item with a box, disabled items
+    /// greyed, separators as lines.
+    fn draw_menu(&mut self, look: &Look) -> anyhow::Result<()> {
+        let (items_top, header_top) = menu_top();
+        let height: i16 = look.menu.iter().map(|e| if e.is_separator() { 9 } else { ITEM_H }).sum();
+        self.text("Tray menu", MENU_X, header_top, DIM, WHITE, false)?;
+        self.fill(BORDER, MENU_X - 1, items_top - 1, MENU_W + 2, height as u16 + 2)?;
+        self.fill(PANEL, MENU_X, items_top, MENU_W, height as u16)?;
+        let mut y = items_top;
+        let cw = self.fonts.char_w;
+        for e in &look.menu {
+            if e.is_separator() {
+                self.fill(BORDER, MENU_X + 6, y + 4, MENU_W - 12, 1)?;
+                y += 9;
+                continue;
+            }
+            let fg = if e.enabled { TEXT } else { 0xa8a6a3 };
+            let ty = y + (ITEM_H - self.fonts.line) / 2;
+            let mut tx = MENU_X + 10;
+            if let Some(checked) = e.checked {
+                let b = self.fonts.ascent.max(10);
+                self.fill(fg, tx, ty + 1, b as u16, b as u16)?;
+                let inner = if checked { colour_for_check(look.state) } else { WHITE };
+                self.fill(inner, tx + 2, ty + 3, (b - 4) as u16, (b - 4) as u16)?;
+                tx += b + cw;
+            }
+            self.text(&e.label, tx, ty, fg, PANEL, false)?;
+            y += ITEM_H;
+        }
+        Ok(())
+    }
+}
+
+/// The filled box of a checked checkmark item.
+fn colour_for_check(state: State) -> u32 {
+    if state == State::AgentDown {
+        0xa8a6a3
+    } else {
+        0x1c71d8
+    }
+}
+
+impl Fonts {
+    /// Core X fonts: xfonts-base's clean fixed-width faces, else "fixed",
+    /// which every X server has built in.
+    fn open(conn: &RustConnection) -> anyhow::Result<Fonts> {
+        let open = |names: &[&str]| -> anyhow::Result<Font> {
+            for name in names {
+                let id = conn.generate_id()?;
+                if conn.open_font(id, name.as_bytes())?.check().is_ok() {
+                    return Ok(id);
+                }
+            }
+            anyhow::bail!("no usable X font (tried {names:?}); install xfonts-base")
+        };
+        let big = open(&["-misc-fixed-bold-r-normal--18-*-*-*-*-*-iso8859-1", "9x15bold", "fixed"])?;
+        let body = open(&["-misc-fixed-medium-r-normal--13-*-*-*-*-*-iso8859-1", "7x13", "fixed"])?;
+        let q = conn.query_font(body)?.reply().context("query the body font")?;
+        let qb = conn.query_font(big)?.reply().context("query the banner font")?;
+        Ok(Fonts {
+            big,
+            body,
+            char_w: q.max_bounds.character_width.max(1),
+            ascent: q.font_ascent,
+            line: q.font_ascent + q.font_descent + 3,
+            big_ascent: qb.font_ascent,
+        })
+    }
+}
+
+/// Words of `s` in lines of at most `width` characters.
+fn wrap(s: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut cur = String::new();
+    for word in s.split_whitespace() {
+        if !cur.is_empty() && cur.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut cur));
+        }
+        if !cur.is_empty() {
+            cur.push(' ');
+        }
+        cur.push_str(word);
+        while cur.len() > width {
+            let rest = cur.split_off(cur.char_indices().nth(width).map_or(cur.len(), |(i, _)| i));
+            lines.push(std::mem::replace(&mut cur, rest));
+        }
+    }
+    if !cur.is_empty() {
+        lines.push(cur);
+    }
+    lines
+}
+
+/// The end of `path` if it is longer than `max` characters ("...tail").
+fn left_cut(path: &str, max: usize) -> String {
+    let n = path.chars().count();
+    if n <= max {
+        return path.to_string();
+    }
+    let tail: String = path.chars().skip(n - max.saturating_sub(3)).collect();
+    format!("...{tail}")
+}
+
+/// Local wall-clock time "HH:MM:SS" of a Unix time in ms.
+fn clock(unix_ms: u64) -> String {
+    let t = (unix_ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r with valid pointers; `tm` is plain data.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return "--:--:--".into();
+        }
+        tm
+    };
+    format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_keeps_words_and_width() {
+        assert_eq!(wrap("one two three", 7), ["one two", "three"]);
+        assert_eq!(wrap("abcdefghij", 4), ["abcd", "efgh", "ij"]);
+        assert!(wrap("", 5).is_empty());
+    }
+
+    #[test]
+    fn left_cut_keeps_the_file_name() {
+        assert_eq!(left_cut("/srv/data/file.txt", 40), "/srv/data/file.txt");
+        assert_eq!(left_cut("/srv/data/file.txt", 11), "...file.txt");
+    }
+
+    #[test]
+    fn clicks_hit_enabled_menu_items_only() {
+        let up = state::look(
+            Some(&AgentStatus {
+                connected: true,
+                capture: "ebpf".into(),
+                initial_sync_done: true,
+                ..Default::default()
+            }),
+            "/s",
+            "",
+        );
+        let (top, _) = menu_top();
+        assert_eq!(hit(&up, MENU_X + 5, top + 2), Some(Action::SetBackup(false)));
+        assert_eq!(hit(&up, MENU_X + 5, top + ITEM_H + 2), Some(Action::SetPaused(true)));
+        assert_eq!(hit(&up, MENU_X - 5, top + 2), None);
+        let down = state::look(None, "/s", "refused");
+        assert_eq!(hit(&down, MENU_X + 5, top + 2), None);
+    }
+}

@@ -1,0 +1,810 @@
+//! The tray GUI (`lifeline-gui`) against a real agent, a real D-Bus session
+//! bus and a real X server:
+//!
+//! - over D-Bus, the test is the desktop's StatusNotifierWatcher/host: it
+//!   gets the icon's registration, reads its properties and its menu over
+//!   dbusmenu, and clicks the menu items; the agent's status and the
+//!   kernel's list of attached programs show that the clicks act;
+//! - under Xvfb, the status window opens, is found by its title and its
+//!   screenshot shows the state's colour; clicking its menu pauses the agent.
+//!
+//! `LIFELINE_WRITE_DOCS=1` also saves the screenshots, and a picture of
+//! what the host read over D-Bus, to `docs/`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeline_tests::desktop::{wait_window, Gui, Image, MenuLine, SessionBus, Xvfb};
+use lifeline_tests::{
+    attached_tracepoint_programs, bin_path, differences, require_root, require_tool,
+    wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
+};
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+const LOG_LINES: usize = 40;
+const SNI: &str = "org.kde.StatusNotifierItem";
+
+// State colours of gui/src/state.rs (the window test checks its pixels).
+const GREEN_IN_SYNC: u32 = 0x26a269;
+const AMBER_PAUSED: u32 = 0xe5a50a;
+const GREY_AGENT_DOWN: u32 = 0x5e5c64;
+
+/// The unprivileged user the status window runs as.
+const NOBODY: u32 = 65534;
+
+/// The desktop side of the StatusNotifierItem protocol: items register here.
+struct Watcher {
+    /// (unique bus name of the caller, the service it registered).
+    items: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+#[zbus::interface(name = "org.kde.StatusNotifierWatcher")]
+impl Watcher {
+    async fn register_status_notifier_item(
+        &self,
+        service: &str,
+        #[zbus(header)] hdr: zbus::message::Header<'_>,
+    ) {
+        let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
+        self.items
+            .lock()
+            .unwrap()
+            .push((sender, service.to_string()));
+    }
+
+    async fn register_status_notifier_host(&self, _service: &str) {}
+
+    #[zbus(property)]
+    async fn registered_status_notifier_items(&self) -> Vec<String> {
+        self.items
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    #[zbus(property)]
+    async fn is_status_notifier_host_registered(&self) -> bool {
+        true
+    }
+
+    #[zbus(property)]
+    async fn protocol_version(&self) -> i32 {
+        0
+    }
+}
+
+/// The StatusNotifierItem's ToolTip: icon name, icon pixmaps (width,
+/// height, ARGB32), title, description.
+type SniToolTip = (String, Vec<(i32, i32, Vec<u8>)>, String, String);
+
+/// A dbusmenu layout item: id, properties, children (each a variant holding
+/// a layout item).
+type LayoutItem = (i32, HashMap<String, OwnedValue>, Vec<OwnedValue>);
+
+/// One menu item as read over dbusmenu.
+#[derive(Debug, Clone)]
+struct MenuItem {
+    id: i32,
+    label: String,
+    enabled: bool,
+    /// `toggle-state` of a checkmark item.
+    checked: Option<bool>,
+    separator: bool,
+}
+
+/// The menu as a host shows it, in text: "[x]" a checked item, "(greyed)" a
+/// disabled one.
+fn menu_text(menu: &[MenuItem]) -> String {
+    let mut out = String::new();
+    for m in menu {
+        let line = if m.separator {
+            "  ----------------------".to_string()
+        } else {
+            let check = match m.checked {
+                Some(true) => "[x] ",
+                Some(false) => "[ ] ",
+                None => "    ",
+            };
+            format!(
+                "  {check}{}{}",
+                m.label,
+                if m.enabled { "" } else { "   (greyed)" }
+            )
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// A StatusNotifierHost on the test's session bus.
+struct Host {
+    rt: tokio::runtime::Runtime,
+    conn: zbus::Connection,
+    items: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Host {
+    fn start(bus: &SessionBus) -> Host {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let items = Arc::new(Mutex::new(Vec::new()));
+        let watcher = Watcher {
+            items: items.clone(),
+        };
+        let conn = rt
+            .block_on(async {
+                zbus::connection::Builder::address(bus.address())?
+                    .serve_at("/StatusNotifierWatcher", watcher)?
+                    .name("org.kde.StatusNotifierWatcher")?
+                    .build()
+                    .await
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot be the StatusNotifierWatcher on {}: {e}",
+                    bus.address()
+                )
+            });
+        Host { rt, conn, items }
+    }
+
+    /// The bus name of the first item that registers.
+    fn wait_item(&self, gui: &Gui, timeout: Duration) -> String {
+        if !wait_until(timeout, || !self.items.lock().unwrap().is_empty()) {
+            panic!(
+                "no StatusNotifierItem registered within {timeout:?}\n{}",
+                gui.log_tail(LOG_LINES)
+            );
+        }
+        let (sender, service) = self.items.lock().unwrap()[0].clone();
+        // The spec allows an object path instead of a name: then the item is
+        // the caller itself.
+        if service.starts_with('/') {
+            sender
+        } else {
+            service
+        }
+    }
+
+    fn prop(&self, item: &str, name: &str) -> OwnedValue {
+        self.rt
+            .block_on(async {
+                let p = zbus::fdo::PropertiesProxy::builder(&self.conn)
+                    .destination(item.to_string())?
+                    .path("/StatusNotifierItem")?
+                    .build()
+                    .await?;
+                p.get(
+                    zbus::names::InterfaceName::from_static_str_unchecked(SNI),
+                    name,
+                )
+                .await
+                .map_err(zbus::Error::from)
+            })
+            .unwrap_or_else(|e| panic!("property {name} of {item}: {e}"))
+    }
+
+    fn string_prop(&self, item: &str, name: &str) -> String {
+        String::try_from(self.prop(item, name))
+            .unwrap_or_else(|e| panic!("{name} is no string: {e}"))
+    }
+
+    /// ToolTip's (title, description).
+    fn tooltip(&self, item: &str) -> (String, String) {
+        let v = self.prop(item, "ToolTip");
+        let (_icon, _pixmaps, title, text): SniToolTip = v
+            .try_into()
+            .unwrap_or_else(|e| panic!("ToolTip is no (sa(iiay)ss): {e}"));
+        (title, text)
+    }
+
+    fn menu_path(&self, item: &str) -> OwnedObjectPath {
+        OwnedObjectPath::try_from(self.prop(item, "Menu")).expect("Menu is an object path")
+    }
+
+    /// The menu's top level, read with dbusmenu's GetLayout.
+    fn menu(&self, item: &str) -> Vec<MenuItem> {
+        let path = self.menu_path(item);
+        let (_rev, (_root, _props, children)): (u32, LayoutItem) = self
+            .rt
+            .block_on(async {
+                let reply = self
+                    .conn
+                    .call_method(
+                        Some(item),
+                        path.as_str(),
+                        Some("com.canonical.dbusmenu"),
+                        "GetLayout",
+                        &(0i32, -1i32, Vec::<String>::new()),
+                    )
+                    .await?;
+                reply.body().deserialize()
+            })
+            .unwrap_or_else(|e| panic!("GetLayout on {item}: {e}"));
+        children
+            .into_iter()
+            .map(|c| {
+                let (id, props, _sub): LayoutItem =
+                    c.try_into().expect("a layout item is (ia{sv}av)");
+                let get = |k: &str| props.get(k).and_then(|v| v.try_clone().ok());
+                MenuItem {
+                    id,
+                    label: get("label")
+                        .and_then(|v| String::try_from(v).ok())
+                        .unwrap_or_default(),
+                    // dbusmenu leaves out properties at their defaults.
+                    enabled: get("enabled")
+                        .and_then(|v| bool::try_from(v).ok())
+                        .unwrap_or(true),
+                    checked: get("toggle-state")
+                        .and_then(|v| i32::try_from(v).ok())
+                        .map(|s| s == 1),
+                    separator: get("type")
+                        .and_then(|v| String::try_from(v).ok())
+                        .as_deref()
+                        == Some("separator"),
+                }
+            })
+            .collect()
+    }
+
+    fn item_labelled(&self, item: &str, label: &str) -> MenuItem {
+        let menu = self.menu(item);
+        menu.iter()
+            .find(|m| m.label == label)
+            .cloned()
+            .unwrap_or_else(|| panic!("no menu item {label:?} in {menu:?}"))
+    }
+
+    /// What a host does when the user clicks a menu item.
+    fn click(&self, item: &str, id: i32) {
+        let path = self.menu_path(item);
+        self.rt
+            .block_on(async {
+                self.conn
+                    .call_method(
+                        Some(item),
+                        path.as_str(),
+                        Some("com.canonical.dbusmenu"),
+                        "Event",
+                        &(id, "clicked", Value::from(0i32), 0u32),
+                    )
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("Event(clicked) on item {id} of {item}: {e}"));
+    }
+}
+
+fn preflight() {
+    require_root();
+    require_tool("dbus-daemon");
+    bin_path("lifeline-receiver");
+    bin_path("lifeline-agent");
+    bin_path("lifeline-gui");
+}
+
+/// A receiver and an agent replicating a fresh tmpfs tree, in sync.
+struct World {
+    agent: Agent,
+    receiver: Receiver,
+    _fs: ScratchFs,
+    dir: TestDir,
+    machine: String,
+    src: PathBuf,
+    mirror: PathBuf,
+}
+
+impl World {
+    fn start(name: &str) -> World {
+        let dir = TestDir::new(name);
+        let fs = ScratchFs::tmpfs(64);
+        let src = fs.subdir("src");
+        fs::write(src.join("before.txt"), b"there before the GUI").unwrap();
+        let receiver =
+            Receiver::start_with_log(&dir.path().join("store"), &dir.path().join("receiver.log"));
+        let machine = format!("{name}-{}", std::process::id());
+        let mirror = receiver.mirror_of(&machine, &src);
+        let mut opts = AgentOpts::new(&receiver, &machine, &[&src], &dir.path().join("state"));
+        opts.log = Some(dir.path().join("agent.log"));
+        let agent = Agent::start(opts);
+        let w = World {
+            agent,
+            receiver,
+            _fs: fs,
+            dir,
+            machine,
+            src,
+            mirror,
+        };
+        let s = w.agent.wait_status("initial sync done", SYNC_TIMEOUT, |s| {
+            s.initial_sync_done && s.connected
+        });
+        assert_eq!(s.capture, "ebpf", "the agent must capture with eBPF here");
+        w.identical("at start");
+        w
+    }
+
+    fn identical(&self, when: &str) {
+        if let Err(d) = wait_identical(&self.src, &self.mirror, SYNC_TIMEOUT) {
+            self.fail(&format!("{when}: mirror differs: {d:?}"));
+        }
+    }
+
+    fn attached(&self) -> usize {
+        attached_tracepoint_programs(self.agent.pid())
+    }
+
+    fn control(&self) -> String {
+        self.agent.control_path().display().to_string()
+    }
+
+    fn fail(&self, msg: &str) -> ! {
+        panic!(
+            "[{}] {msg}\nagent status: {:?}\n{}\n{}",
+            self.machine,
+            self.agent.try_status_json(),
+            self.agent.log_tail(LOG_LINES),
+            self.receiver.log_tail(LOG_LINES)
+        );
+    }
+}
+
+/// The tray's switch, clicked over dbusmenu by a StatusNotifierHost, detaches
+/// the agent's eBPF programs (checked in the kernel's list and the agent's
+/// status), the icon changes, a change made while off stays out of the
+/// mirror; clicked again it re-attaches and the change arrives. Pause and
+/// resume hold and release sending the same way. With the receiver gone the
+/// icon asks for attention; with the agent gone it says so and the switch is
+/// greyed out.
+#[test]
+fn tray_menu_over_dbus_switches_backup_and_pauses() {
+    preflight();
+    let mut w = World::start("gui-tray");
+    let bus = SessionBus::start(&w.dir.path().join("dbus"));
+    let host = Host::start(&bus);
+    let mut gui = Gui::start(
+        &["--control", &w.control(), "--poll-ms", "200"],
+        &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
+        &w.dir.path().join("gui.log"),
+    );
+    let item = host.wait_item(&gui, Duration::from_secs(15));
+
+    // The icon says "in sync" and the menu's switch is on.
+    let in_sync = wait_until(Duration::from_secs(5), || {
+        host.string_prop(&item, "IconName") == "emblem-default"
+    });
+    assert!(
+        in_sync,
+        "icon is {:?}, not in sync\n{}",
+        host.string_prop(&item, "IconName"),
+        gui.log_tail(LOG_LINES)
+    );
+    let title = host.string_prop(&item, "Title");
+    assert!(
+        title.contains(&w.machine) && title.contains("in sync"),
+        "title {title:?}"
+    );
+    let (tip, _) = host.tooltip(&item);
+    assert_eq!(tip, "Lifeline: in sync");
+    let switch = host.item_labelled(&item, "Automatic backup");
+    assert_eq!(
+        (switch.checked, switch.enabled),
+        (Some(true), true),
+        "{switch:?}"
+    );
+    assert!(
+        w.attached() > 0,
+        "no eBPF program attached before the click"
+    );
+    // For docs/: an X server to draw what the host read (only then).
+    let docs_x = docs_wanted().then(|| Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768));
+    let mut views = vec![host_view(&host, &item, docs_x.as_ref())];
+    let mut doc = format!(
+        "The tray icon as a StatusNotifierHost reads it over D-Bus (written by tests/tests/gui.rs)\n\n\
+         In sync: IconName {:?}, ToolTip {:?}\n{}\n",
+        host.string_prop(&item, "IconName"),
+        host.tooltip(&item),
+        menu_text(&host.menu(&item))
+    );
+
+    // Off: detached in the kernel, "off" in the agent, a grey icon and an
+    // unchecked switch on the bus.
+    host.click(&item, switch.id);
+    if !wait_until(Duration::from_secs(5), || w.attached() == 0) {
+        w.fail(&format!(
+            "after the switch was clicked off, {} programs are still attached",
+            w.attached()
+        ));
+    }
+    w.agent
+        .wait_status("capture off", Duration::from_secs(5), |s| {
+            s.capture == "off"
+        });
+    let icon_off = wait_until(Duration::from_secs(5), || {
+        host.string_prop(&item, "IconName") == "media-playback-stop"
+            && host.item_labelled(&item, "Automatic backup").checked == Some(false)
+    });
+    assert!(
+        icon_off,
+        "icon {:?} / menu {:?} after off",
+        host.string_prop(&item, "IconName"),
+        host.menu(&item)
+    );
+    assert_eq!(host.string_prop(&item, "Status"), "Active");
+    views.push(host_view(&host, &item, docs_x.as_ref()));
+    doc.push_str(&format!(
+        "Backup switched off: IconName {:?}, ToolTip {:?}\n{}\n",
+        host.string_prop(&item, "IconName"),
+        host.tooltip(&item),
+        menu_text(&host.menu(&item))
+    ));
+
+    fs::write(w.src.join("while-off.txt"), b"written while backup was off").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    if w.mirror.join("while-off.txt").exists() || differences(&w.src, &w.mirror).is_empty() {
+        w.fail("a change made while off reached the mirror");
+    }
+
+    // On again: re-attached, reconciled, the change arrives.
+    host.click(&item, host.item_labelled(&item, "Automatic backup").id);
+    if !wait_until(Duration::from_secs(5), || w.attached() > 0) {
+        w.fail("after the switch was clicked on, no program is attached");
+    }
+    w.agent
+        .wait_status("capture on", Duration::from_secs(5), |s| {
+            s.capture == "ebpf"
+        });
+    w.identical("after on");
+    assert!(wait_until(Duration::from_secs(5), || host
+        .item_labelled(&item, "Automatic backup")
+        .checked
+        == Some(true)));
+
+    // Pause: captured and queued, not sent; resume: sent.
+    host.click(&item, host.item_labelled(&item, "Pause sending").id);
+    w.agent
+        .wait_status("paused", Duration::from_secs(5), |s| s.paused);
+    assert!(
+        wait_until(Duration::from_secs(5), || host
+            .string_prop(&item, "IconName")
+            == "media-playback-pause"),
+        "icon {:?} while paused",
+        host.string_prop(&item, "IconName")
+    );
+    views.push(host_view(&host, &item, docs_x.as_ref()));
+    doc.push_str(&format!(
+        "Sending paused: IconName {:?}, ToolTip {:?}\n{}",
+        host.string_prop(&item, "IconName"),
+        host.tooltip(&item),
+        menu_text(&host.menu(&item))
+    ));
+    save_doc_text(&doc, "gui-tray-menu.txt");
+    let views: Vec<Image> = views.into_iter().flatten().collect();
+    if let Some((first, rest)) = views.split_first() {
+        let all = rest
+            .iter()
+            .fold(first.clone(), |acc, v| acc.beside(v, 0xffffff));
+        save_doc(&all, "gui-tray-menu.png");
+    }
+    fs::write(w.src.join("while-paused.txt"), b"written while paused").unwrap();
+    let queued = w
+        .agent
+        .wait_status("change queued", Duration::from_secs(5), |s| {
+            s.queue_depth > 0
+        });
+    std::thread::sleep(Duration::from_secs(1));
+    if w.mirror.join("while-paused.txt").exists() {
+        w.fail("a change made while paused was sent");
+    }
+    assert_eq!(queued.capture, "ebpf", "pause must not stop capture");
+    host.click(&item, host.item_labelled(&item, "Resume sending").id);
+    w.identical("after resume");
+    let s = w.agent.wait_status("resumed", Duration::from_secs(5), |s| {
+        !s.paused && s.queue_depth == 0
+    });
+    assert!(s.bytes_sent_today > 0, "bytes sent today: {s:?}");
+    let recent = w.agent.status_json()["recent_files"].clone();
+    let listed = recent.as_array().is_some_and(|files| {
+        files.iter().any(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("while-paused.txt"))
+        })
+    });
+    assert!(
+        listed,
+        "while-paused.txt not among the last files replicated: {recent}"
+    );
+
+    // The receiver goes away: the icon asks for attention and says what to do.
+    w.receiver.kill();
+    let icon = |name: &str| {
+        wait_until(Duration::from_secs(10), || {
+            host.string_prop(&item, "IconName") == name
+        })
+    };
+    assert!(
+        icon("network-offline"),
+        "icon {:?} with the receiver down",
+        host.string_prop(&item, "IconName")
+    );
+    assert_eq!(host.string_prop(&item, "Status"), "NeedsAttention");
+    let (title, text) = host.tooltip(&item);
+    assert_eq!(title, "Lifeline: receiver unreachable");
+    assert!(
+        text.contains("Check that lifeline-receiver runs"),
+        "tooltip {text:?}"
+    );
+    assert!(!host.item_labelled(&item, "Sync now").enabled);
+
+    // The agent goes away: "not running", the switch greyed out.
+    w.agent.kill();
+    assert!(
+        icon("dialog-error"),
+        "icon {:?} with the agent down",
+        host.string_prop(&item, "IconName")
+    );
+    assert!(!host.item_labelled(&item, "Automatic backup").enabled);
+    assert!(
+        gui.is_running(),
+        "lifeline-gui exited\n{}",
+        gui.log_tail(LOG_LINES)
+    );
+}
+
+/// Without an agent the icon says so and the menu offers only what can work
+/// (the status window, quitting).
+#[test]
+fn tray_without_agent_says_so_and_disables_actions() {
+    require_tool("dbus-daemon");
+    let dir = TestDir::new("gui-noagent");
+    let bus = SessionBus::start(&dir.path().join("dbus"));
+    let host = Host::start(&bus);
+    let socket = dir.path().join("no-agent.sock");
+    let gui = Gui::start(
+        &[
+            "--control",
+            &socket.display().to_string(),
+            "--poll-ms",
+            "200",
+        ],
+        &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
+        &dir.path().join("gui.log"),
+    );
+    let item = host.wait_item(&gui, Duration::from_secs(15));
+    assert_eq!(host.string_prop(&item, "IconName"), "dialog-error");
+    assert_eq!(host.string_prop(&item, "Status"), "NeedsAttention");
+    let (title, text) = host.tooltip(&item);
+    assert_eq!(title, "Lifeline: agent not running");
+    assert!(
+        text.contains(&socket.display().to_string()),
+        "tooltip {text:?} does not name the socket"
+    );
+    let menu = host.menu(&item);
+    for label in ["Automatic backup", "Pause sending", "Sync now"] {
+        let m = menu
+            .iter()
+            .find(|m| m.label == label)
+            .unwrap_or_else(|| panic!("no {label:?} in {menu:?}"));
+        assert!(
+            !m.enabled,
+            "{label:?} is enabled without an agent: {menu:?}"
+        );
+    }
+    for label in ["Status window...", "Quit"] {
+        let m = menu
+            .iter()
+            .find(|m| m.label == label)
+            .unwrap_or_else(|| panic!("no {label:?} in {menu:?}"));
+        assert!(m.enabled, "{label:?} is disabled: {menu:?}");
+    }
+}
+
+/// The status window opens under Xvfb with the machine and state in its
+/// title; its screenshot shows the state's colour and the figures; a click
+/// on its "Pause sending" pauses the agent and the banner turns amber. The
+/// GUI runs as an unprivileged user (nobody) in the control socket's group
+/// (the agent's: root here): no root needed, the socket's mode decides.
+#[test]
+fn status_window_under_xvfb_shows_state_and_acts() {
+    preflight();
+    require_tool("Xvfb");
+    require_tool("xdotool");
+    let mut w = World::start("gui-win");
+    let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
+    // The way to the socket (mode 0660, the agent's group) must be open to
+    // the group; the scratch directory is 0700.
+    let socket = w.agent.control_path().to_path_buf();
+    for d in socket
+        .ancestors()
+        .skip(1)
+        .take_while(|d| d.starts_with(w.dir.path()))
+    {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o750)).unwrap();
+    }
+    let mut gui = Gui::start_as(
+        &["--window", "--control", &w.control(), "--poll-ms", "200"],
+        &[("DISPLAY", x.display())],
+        &w.dir.path().join("gui-window.log"),
+        Some((NOBODY, 0)),
+    );
+    let title = format!("Lifeline - {} - in sync", w.machine);
+    let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
+        panic!(
+            "no window titled {title:?} on {}\n{}",
+            x.display(),
+            gui.log_tail(LOG_LINES)
+        );
+    };
+    // The window draws after it is mapped: wait for the banner.
+    let shot = wait_shot(&x, win, |img| {
+        img.count(0, 0, 400, 40, GREEN_IN_SYNC) > 10_000
+    })
+    .unwrap_or_else(|img| {
+        panic!(
+            "no green banner: pixel (5,5) is {:06x}\n{}",
+            img.pixel(5, 5),
+            gui.log_tail(LOG_LINES)
+        )
+    });
+    save_doc(&shot, "gui-status-window.png");
+    let proc_status = fs::read_to_string(format!("/proc/{}/status", gui.pid())).unwrap();
+    let uid_line = proc_status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap_or_default();
+    assert!(
+        uid_line
+            .split_whitespace()
+            .skip(1)
+            .all(|u| u == NOBODY.to_string()),
+        "lifeline-gui does not run as nobody: {uid_line}"
+    );
+    let xprop = run(&["xprop", "-id", &win.to_string(), "WM_NAME"], x.display());
+    assert!(xprop.contains(&w.machine), "xprop says {xprop:?}");
+
+    // The menu panel's "Pause sending" (second item: see gui/src/window.rs's
+    // layout: panel at x = 680 - 206, items from y = 80, 24 px each).
+    click_pause_item(win, x.display());
+    w.agent
+        .wait_status("paused from the window", Duration::from_secs(5), |s| {
+            s.paused
+        });
+    let paused_title = format!("Lifeline - {} - paused", w.machine);
+    assert!(
+        wait_window(x.display(), &paused_title, Duration::from_secs(5)).is_some(),
+        "title did not change to {paused_title:?}\n{}",
+        gui.log_tail(LOG_LINES)
+    );
+    wait_shot(&x, win, |img| {
+        img.count(0, 0, 400, 40, AMBER_PAUSED) > 10_000
+    })
+    .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
+    click_pause_item(win, x.display());
+    w.agent
+        .wait_status("resumed from the window", Duration::from_secs(5), |s| {
+            !s.paused
+        });
+
+    // The agent goes away: the window says so.
+    w.agent.kill();
+    let shot = wait_shot(&x, win, |img| {
+        img.count(0, 0, 400, 40, GREY_AGENT_DOWN) > 10_000
+    })
+    .unwrap_or_else(|img| {
+        panic!(
+            "no 'agent not running' banner: pixel (5,5) is {:06x}",
+            img.pixel(5, 5)
+        )
+    });
+    save_doc(&shot, "gui-status-window-agent-down.png");
+    assert!(
+        gui.is_running(),
+        "lifeline-gui exited\n{}",
+        gui.log_tail(LOG_LINES)
+    );
+}
+
+/// Screenshots `win` until `ok` holds (Ok) or 10 s pass (Err: the last one).
+fn wait_shot(
+    x: &Xvfb,
+    win: u32,
+    ok: impl Fn(&lifeline_tests::desktop::Image) -> bool,
+) -> Result<lifeline_tests::desktop::Image, lifeline_tests::desktop::Image> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let img = x.screenshot(win);
+        if ok(&img) {
+            return Ok(img);
+        }
+        if Instant::now() >= deadline {
+            return Err(img);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run(args: &[&str], display: &str) -> String {
+    let out = std::process::Command::new(require_tool(args[0]))
+        .args(&args[1..])
+        .env("DISPLAY", display)
+        .output()
+        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn docs_wanted() -> bool {
+    std::env::var_os("LIFELINE_WRITE_DOCS").is_some()
+}
+
+/// What a host shows for the item now (its icon pixmap, tooltip title and
+/// menu, all read over D-Bus), drawn on `x`; None without an X server.
+fn host_view(host: &Host, item: &str, x: Option<&Xvfb>) -> Option<Image> {
+    let x = x?;
+    let pixmaps: Vec<(i32, i32, Vec<u8>)> = host
+        .prop(item, "IconPixmap")
+        .try_into()
+        .expect("IconPixmap is a(iiay)");
+    let icon = pixmaps.iter().find(|p| p.0 == 22);
+    let (title, _) = host.tooltip(item);
+    let lines: Vec<MenuLine> = host
+        .menu(item)
+        .into_iter()
+        .map(|m| MenuLine {
+            label: m.label,
+            enabled: m.enabled,
+            checked: m.checked,
+            separator: m.separator,
+        })
+        .collect();
+    Some(x.render_menu(
+        icon.map(|(w, h, d)| (*w as usize, *h as usize, d.as_slice())),
+        &title,
+        &lines,
+    ))
+}
+
+/// With LIFELINE_WRITE_DOCS=1, keeps `text` as docs/NAME.
+fn save_doc_text(text: &str, name: &str) {
+    if docs_wanted() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(name);
+        fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        eprintln!("wrote {}", p.display());
+    }
+}
+
+/// With LIFELINE_WRITE_DOCS=1, keeps the screenshot as docs/NAME.
+fn save_doc(img: &Image, name: &str) {
+    if docs_wanted() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../docs")
+            .join(name);
+        img.write_png(&p);
+        eprintln!("wrote {}", p.display());
+    }
+}
+
+/// Clicks the window's menu panel's "Pause sending" / "Resume sending" item
+/// (second item: see gui/src/window.rs's layout: panel at x = 680 - 206,
+/// items from y = 80, 24 px each).
+fn click_pause_item(win: u32, display: &str) {
+    run(&["xdotool", "mousemove", "--window", &win.to_string(), "520", "112", "click", "1"], display);
+}
