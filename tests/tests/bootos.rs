@@ -241,34 +241,39 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     eprintln!("reused token: {refusal}");
 }
 
-/// ISO media: the same boot OS on a hybrid ISO, booted from CD under BIOS
-/// (SeaBIOS) and under UEFI (OVMF), each with media of its own (a token
-/// works once), backs the disk up unattended; the UEFI boot's image restores
-/// identical.
+/// ISO media and UEFI network boot: the same boot OS on a hybrid ISO,
+/// booted from CD under BIOS (SeaBIOS) and under UEFI (OVMF), then network
+/// boot under UEFI (OVMF runs the NIC's EFI iPXE), each with media of its
+/// own (a token works once), backs the disk up unattended; the last image
+/// restores identical.
 #[test]
-fn iso_boots_under_bios_and_uefi_and_backs_up() {
+fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
     let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
     let store = dir.path().join("store");
-    let rx = Receiver::start(&store);
+    let http_port = free_port();
+    let mut opts = ReceiverOpts::new(&store);
+    opts.env = vec![("LIFELINE_HTTP_LISTEN".into(), format!("127.0.0.1:{http_port}"))];
+    let rx = Receiver::start_opts(opts);
     let creds = dir.path().join("creds");
-    receiver_cli(&store, &["machine", "add", "pc1", "--out", creds.to_str().unwrap()]);
+    receiver_cli(&store, &["machine", "add", "pc1", "--mac", MAC, "--out", creds.to_str().unwrap()]);
     let pw = dir.path().join("password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let bootfile = format!("http://10.0.2.2:{http_port}/boot.ipxe");
     let mut image = String::new();
-    for (id, uefi) in [(1, false), (2, true)] {
-        let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "backup", "--kind", "iso"]);
+    for (id, kind, uefi) in [(1, "iso", false), (2, "iso", true), (3, "netboot", true)] {
+        let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "backup", "--kind", kind]);
         assert!(made.contains(&format!("boot media #{id} for machine pc1")), "{made}");
         let iso = store.join(format!("boot/{id}/boot.iso"));
-        let iso_size = std::fs::metadata(&iso).unwrap_or_else(|e| panic!("{}: {e}\n{made}", iso.display())).len();
-        let mut vm = Vm::boot(&VmSpec { boot: Boot::Cdrom { iso: &iso }, uefi, memory_mib: 512, disk: Some(&disk.path) })
-            .unwrap_or_else(|e| panic!("{e}"));
+        let boot = if kind == "iso" { Boot::Cdrom { iso: &iso } } else { Boot::Network { bootfile: &bootfile } };
+        let mut vm = Vm::boot(&VmSpec { boot, uefi, memory_mib: 512, disk: Some(&disk.path) }).unwrap_or_else(|e| panic!("{e}"));
         let (at, line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", &rx);
         vm.wait_exit(Duration::from_secs(20));
-        eprintln!("ISO ({:.1} MB) under {}: backup done at {at:.2?}: {line}", iso_size as f64 / 1e6, if uefi { "UEFI" } else { "BIOS" });
+        let size = std::fs::metadata(&iso).map(|m| format!(" ({:.1} MB)", m.len() as f64 / 1e6)).unwrap_or_default();
+        eprintln!("{kind}{size} under {}: backup done at {at:.2?}: {line}", if uefi { "UEFI" } else { "BIOS" });
         image = image_of(&line);
     }
     let restored = dir.path().join("restored.img");
