@@ -19,6 +19,7 @@ use crate::auth::MachineName;
 const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_machines", include_str!("../migrations/0001_machines.sql")),
     ("0002_boot", include_str!("../migrations/0002_boot.sql")),
+    ("0003_jobs", include_str!("../migrations/0003_jobs.sql")),
 ];
 
 /// A registered machine, as `machine list` shows it.

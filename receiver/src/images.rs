@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use lifeline_proto::v1::image_store_server::{ImageStore, ImageStoreServer};
 use lifeline_proto::v1::{
-    BootSession, ChunkBlob, ChunkList, ChunkRequest, ImageBlob, ImageEmpty, ManifestNames, ManifestRequest,
+    BootSession, ChunkBlob, JobReply, JobReport, ChunkList, ChunkRequest, ImageBlob, ImageEmpty, ManifestNames, ManifestRequest,
     NamedBlob, PutChunksReply,
 };
 use lifeline_repo::{ChunkId, DirStore, RepoError, Store, MAX_BLOB_SIZE, MAX_MANIFEST_BLOB_SIZE};
@@ -30,6 +30,8 @@ const IDS_PER_MESSAGE: usize = 32 * 1024;
 pub struct Images {
     root: PathBuf,
     auth: Arc<dyn Authenticator>,
+    /// The management database, for job reports.
+    db: Arc<std::sync::Mutex<crate::db::Db>>,
 }
 
 impl Images {
@@ -37,7 +39,8 @@ impl Images {
     pub fn new(store: &Path, auth: Arc<dyn Authenticator>) -> anyhow::Result<Images> {
         let root = store.join("images");
         crate::safepath::create_private_dir_all(&root)?;
-        Ok(Images { root, auth })
+        let db = Arc::new(std::sync::Mutex::new(crate::db::Db::open(store)?));
+        Ok(Images { root, auth, db })
     }
 
     pub fn into_service(self) -> ImageStoreServer<Images> {
@@ -241,5 +244,32 @@ impl ImageStore for Images {
             style: claim.media.style,
             image: claim.media.image,
         }))
+    }
+
+    async fn report_job(&self, req: Request<JobReport>) -> Result<Response<JobReply>, Status> {
+        let m = self.auth.authenticate_images(req.metadata(), req.extensions())?;
+        let r = req.into_inner();
+        let limit = |s: String| s.chars().take(1000).collect::<String>();
+        let report = crate::jobsdb::Report {
+            kind: r.kind,
+            state: r.state,
+            image: limit(r.image),
+            disk: limit(r.disk),
+            disk_size: r.disk_size,
+            done_bytes: r.done_bytes,
+            total_bytes: r.total_bytes,
+            message: limit(r.message),
+            stored_bytes: r.stored_bytes,
+        };
+        let db = self.db.clone();
+        let machine = m.as_str().to_string();
+        let job = i64::try_from(r.job).map_err(|_| Status::invalid_argument("no such job"))?;
+        let id = tokio::task::spawn_blocking(move || {
+            db.lock().unwrap_or_else(|e| e.into_inner()).report_job(&machine, job, &report)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("job task failed: {e}")))?
+        .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(JobReply { job: id as u64 }))
     }
 }

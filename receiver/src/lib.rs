@@ -16,6 +16,7 @@ pub mod bootmedia;
 pub mod db;
 pub mod delta;
 pub mod images;
+pub mod jobsdb;
 pub mod listing;
 pub mod netboot;
 pub mod progress;

@@ -59,6 +59,18 @@ enum Command {
     /// the agent, kernel command line with a one-time token).
     #[command(subcommand)]
     Bootos(BootosCmd),
+    /// Imaging jobs (backups and restores) machines reported, newest last.
+    Jobs {
+        #[arg(long)]
+        machine: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        last: usize,
+    },
+    /// Disk images the receiver holds, as their backups reported them.
+    Images {
+        #[arg(long)]
+        machine: Option<String>,
+    },
     /// Show the audit trail (registrations, credential changes, removals).
     Audit {
         /// How many of the latest entries.
@@ -150,6 +162,37 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(&cli.store, args),
         Some(Command::Machine(cmd)) => machine(&cli.store, cmd),
         Some(Command::Bootos(cmd)) => bootos(&cli.store, cmd),
+        Some(Command::Jobs { machine, last }) => {
+            let db = Db::open(&cli.store)?;
+            for j in db.jobs(machine.as_deref(), last)? {
+                let r = &j.report;
+                let pct = if r.total_bytes > 0 { r.done_bytes * 100 / r.total_bytes } else { 0 };
+                println!(
+                    "job {:<5} {:<12} {:<8} {:<8} {:>3}% of {:>12} B  {}  started {} {}  {}",
+                    j.id,
+                    j.machine,
+                    r.kind,
+                    r.state,
+                    pct,
+                    r.total_bytes,
+                    r.image,
+                    j.started_at,
+                    j.finished_at.map(|f| format!("ended {f}")).unwrap_or_default(),
+                    r.message
+                );
+            }
+            Ok(())
+        }
+        Some(Command::Images { machine }) => {
+            let db = Db::open(&cli.store)?;
+            for i in db.images(machine.as_deref())? {
+                println!(
+                    "{:<12} {:<32} disk {} ({} B)  read {} B, stored {} B new  {}",
+                    i.machine, i.name, i.disk, i.disk_size, i.image_bytes, i.stored_bytes, i.created_at
+                );
+            }
+            Ok(())
+        }
         Some(Command::Audit { last }) => {
             let db = Db::open(&cli.store)?;
             for a in db.audit_trail(last)? {

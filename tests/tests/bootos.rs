@@ -227,6 +227,12 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     drop(vm);
     disk.check_copy(&blank);
     eprintln!("restore in the VM: done at {:.2?}: {}", restored_line.0, restored_line.1);
+    // The boot OS reported both jobs to the receiver's database.
+    let jobs = receiver_cli(&store, &["jobs", "--machine", "pc1"]);
+    let ok = |kind: &str| jobs.lines().any(|l| l.contains(kind) && l.contains(" ok ") && l.contains(&image));
+    assert!(ok("backup") && ok("restore"), "{jobs}");
+    let images = receiver_cli(&store, &["images", "--machine", "pc1"]);
+    assert!(images.contains(&image) && images.contains("/dev/vda"), "{images}");
 
     eprintln!("static agent {} ({:.1} MB), located/built in {agent_time:.2?}", agent_bin.display(), std::fs::metadata(&agent_bin).unwrap().len() as f64 / 1e6);
     eprintln!("bootos make: {make_time:.2?}, initramfs {:.2} MB compressed", initrd_size as f64 / 1e6);

@@ -131,6 +131,25 @@ fn images_on_the_receiver_back_up_restore_and_stay_private() {
     );
     assert!(ok, "{out}");
     disk.check_copy(&target);
+
+    // The receiver's management database: the jobs as the machines reported
+    // them (the refused restores as failed, with why), and web1's images.
+    let receiver = |args: &[&str]| {
+        let o = Command::new(bin_path("lifeline-receiver")).arg("--store").arg(t.path().join("store")).args(args).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let jobs = receiver(&["jobs"]);
+    let lines: Vec<&str> = jobs.lines().collect();
+    let has = |m: &str, kind: &str, state: &str, extra: &str| {
+        lines.iter().any(|l| l.contains(&format!(" {m} ")) && l.contains(kind) && l.contains(&format!(" {state} ")) && l.contains(extra))
+    };
+    assert!(has("web1", "backup", "ok", "day1") && has("web1", "backup", "ok", "day2"), "{jobs}");
+    assert!(has("web1", "restore", "ok", "day2") && has("web1", "restore", "failed", "wrong password"), "{jobs}");
+    assert!(has("db1", "restore", "failed", "no image named"), "{jobs}");
+    let images = receiver(&["images"]);
+    assert!(images.contains("day1") && images.contains("day2") && !images.contains("db1"), "{images}");
+    assert_eq!(receiver(&["images", "--machine", "db1"]).trim(), "", "db1 made no image");
 }
 
 fn walkdir(d: &Path) -> Vec<PathBuf> {

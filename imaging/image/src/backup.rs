@@ -47,6 +47,8 @@ pub struct BackupOptions {
     /// Image a disk with filesystems mounted read-write (the image may then
     /// be inconsistent).
     pub allow_mounted: bool,
+    /// Told how the backup goes (the receiver's job record).
+    pub watcher: Option<crate::progress::Watcher>,
 }
 
 /// The cell size for a disk of `size` bytes: 64 KiB up to 64 GiB (a fine grid
@@ -156,7 +158,7 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
             queue: 2 * threads,
         },
     )?;
-    let progress = Progress::start("backup", total, opts.progress);
+    let progress = Progress::start("backup", total, opts.progress).watched(opts.watcher.clone());
     let mut stats = BackupStats::default();
     // Reads are synchronous and small (a cell's used runs); announcing the
     // next cells' runs to the kernel (readahead) keeps the device busy while

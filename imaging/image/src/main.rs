@@ -10,11 +10,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lifeline_image::manifest::{Content, Manifest};
-use lifeline_image::remote::RemoteStore;
+use lifeline_image::progress::Watcher;
+use lifeline_image::remote::{JobReporter, RemoteStore};
 use lifeline_image::scan::ptype_name;
 use lifeline_image::util::{human_bytes, human_secs};
 use lifeline_image::{restore, BackupOptions, Rest, RestoreOptions};
 use lifeline_proto::client::Connection;
+use lifeline_proto::v1::JobReport;
 use lifeline_repo::{DirStore, KdfParams, Repo, Store};
 use serde_json::json;
 use std::sync::Arc;
@@ -197,19 +199,47 @@ fn run(cli: &Cli) -> Result<()> {
             allow_mounted,
             source,
         } => {
-            let r = open(repo)?;
-            let m = lifeline_image::backup(
-                &r,
-                source,
-                &BackupOptions {
-                    name: name.clone(),
-                    machine: machine.clone(),
-                    chunk_size: *chunk_size,
-                    threads: Some(threads(*t)),
-                    progress,
-                    allow_mounted: *allow_mounted,
-                },
-            )?;
+            // Reported from the start: a wrong password is a failed job too.
+            let job = reporter(
+                repo,
+                "backup",
+                name.as_deref().unwrap_or(""),
+                &source.display().to_string(),
+            );
+            let result = open(repo).and_then(|r| {
+                Ok(lifeline_image::backup(
+                    &r,
+                    source,
+                    &BackupOptions {
+                        name: name.clone(),
+                        machine: machine.clone(),
+                        chunk_size: *chunk_size,
+                        threads: Some(threads(*t)),
+                        progress,
+                        allow_mounted: *allow_mounted,
+                        watcher: watcher(&job),
+                    },
+                )?)
+            });
+            if let Some(j) = &job {
+                j.finish(match &result {
+                    Ok(m) => Ok(JobReport {
+                        image: m.header.name.clone(),
+                        disk: format!(
+                            "{} {}",
+                            m.header.source.path,
+                            m.header.source.model.clone().unwrap_or_default()
+                        ),
+                        disk_size: m.header.source.size,
+                        done_bytes: m.header.stats.image_bytes,
+                        total_bytes: m.header.stats.image_bytes,
+                        stored_bytes: m.header.stats.bytes_stored,
+                        ..Default::default()
+                    }),
+                    Err(e) => Err(format!("{e:#}")),
+                });
+            }
+            let m = result?;
             let h = &m.header;
             let s = &h.stats;
             for w in &h.warnings {
@@ -241,18 +271,33 @@ fn run(cli: &Cli) -> Result<()> {
             threads: t,
             target,
         } => {
-            let r = open(repo)?;
-            let rep = restore(
-                &r,
-                name,
-                target,
-                &RestoreOptions {
-                    rest: *rest,
-                    read_back: *read_back,
-                    threads: threads(*t),
-                    progress,
-                },
-            )?;
+            let job = reporter(repo, "restore", name, &target.display().to_string());
+            let result = open(repo).and_then(|r| {
+                Ok(restore(
+                    &r,
+                    name,
+                    target,
+                    &RestoreOptions {
+                        rest: *rest,
+                        read_back: *read_back,
+                        threads: threads(*t),
+                        progress,
+                        watcher: watcher(&job),
+                    },
+                )?)
+            });
+            if let Some(j) = &job {
+                j.finish(match &result {
+                    Ok(rep) => Ok(JobReport {
+                        image: name.clone(),
+                        done_bytes: rep.bytes_written,
+                        total_bytes: rep.bytes_written,
+                        ..Default::default()
+                    }),
+                    Err(e) => Err(format!("{e:#}")),
+                });
+            }
+            let rep = result?;
             for w in &rep.warnings {
                 eprintln!("warning: {w}");
             }
@@ -437,7 +482,10 @@ fn run(cli: &Cli) -> Result<()> {
                     serde_json::json!({"media": s.media, "mode": s.mode, "style": s.style, "image": s.image, "expires_unix": s.expires_unix})
                 );
             } else {
-                println!("boot session for media #{}: mode {} style {} image {:?}", s.media, s.mode, s.style, s.image);
+                println!(
+                    "boot session for media #{}: mode {} style {} image {:?}",
+                    s.media, s.mode, s.style, s.image
+                );
             }
         }
         Cmd::Scan { source } => {
@@ -553,6 +601,24 @@ fn open(a: &RepoArgs) -> Result<Repo> {
     let store = store(a)?;
     let pw = password(a, false)?;
     Ok(Repo::open_in(store, &pw)?)
+}
+
+/// For a receiver's repository: the job's record there (None for a
+/// directory, or when the receiver cannot be told: the job goes on).
+fn reporter(a: &RepoArgs, kind: &str, image: &str, disk: &str) -> Option<Arc<JobReporter>> {
+    if !a.repo.starts_with("https://") {
+        return None;
+    }
+    let (token, ca) = (a.token_file.as_ref()?, a.ca.as_ref()?);
+    let conn = Connection::from_files(&a.repo, token, ca, a.tls_name.as_deref()).ok()?;
+    JobReporter::start(&conn, kind, image, disk).map(Arc::new)
+}
+
+fn watcher(job: &Option<Arc<JobReporter>>) -> Option<Watcher> {
+    let job = job.clone()?;
+    Some(Watcher::new(move |_, done, total| {
+        job.progress(done, total)
+    }))
 }
 
 /// A directory, or the receiver for an `https://` address.

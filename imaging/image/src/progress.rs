@@ -14,6 +14,28 @@ use crate::util::{human_bytes, human_secs};
 pub struct Progress {
     shared: Arc<Shared>,
     drawer: Option<JoinHandle<()>>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+/// Someone else following long work (the receiver's job record): called
+/// with (what, bytes done, total) about every [`WATCH_EVERY`] and once at
+/// the end.
+#[derive(Clone)]
+pub struct Watcher(Arc<dyn Fn(&str, u64, u64) + Send + Sync>);
+
+/// How often a [`Watcher`] hears of progress.
+pub const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+impl Watcher {
+    pub fn new(f: impl Fn(&str, u64, u64) + Send + Sync + 'static) -> Watcher {
+        Watcher(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watcher")
+    }
 }
 
 struct Shared {
@@ -46,7 +68,26 @@ impl Progress {
                 eprint!("\r\x1b[K");
             })
         });
-        Progress { shared, drawer }
+        Progress { shared, drawer, watcher: None }
+    }
+
+    /// Also tell `w` (if any) how the work goes.
+    pub fn watched(mut self, w: Option<Watcher>) -> Progress {
+        if let Some(w) = w {
+            let s = self.shared.clone();
+            self.watcher = Some(std::thread::spawn(move || {
+                let mut last = Instant::now();
+                while !s.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() >= WATCH_EVERY {
+                        last = Instant::now();
+                        (w.0)(&s.what, s.done.load(Ordering::Relaxed).min(s.total), s.total);
+                    }
+                }
+                (w.0)(&s.what, s.done.load(Ordering::Relaxed).min(s.total), s.total);
+            }));
+        }
+        self
     }
 
     /// A handle worker threads can add to.
@@ -71,6 +112,9 @@ impl Progress {
     fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.drawer.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.watcher.take() {
             let _ = h.join();
         }
     }

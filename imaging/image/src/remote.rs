@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use lifeline_proto::client::Connection;
 use lifeline_proto::v1::image_store_client::ImageStoreClient;
 use lifeline_proto::v1::{
-    BootSession, ChunkBlob, ChunkRequest, ImageBlob, ImageEmpty, ManifestRequest, NamedBlob, PutChunksReply,
+    BootSession, ChunkBlob, JobReport, ChunkRequest, ImageBlob, ImageEmpty, ManifestRequest, NamedBlob, PutChunksReply,
 };
 use lifeline_repo::{ChunkId, ChunkListing, RepoError, Result, Store};
 use tokio::sync::mpsc;
@@ -54,6 +54,64 @@ pub fn claim_boot(conn: &Connection) -> std::result::Result<BootSession, String>
             Err(s) => Err(format!("the receiver {} refused the boot token: {}", conn.endpoint(), s.message())),
         }
     })
+}
+
+/// Tells the receiver how a backup or restore goes (`ImageStore.ReportJob`):
+/// started, progress, ended. Reporting never fails the job: a report that
+/// does not get through is logged and the next one tries again.
+pub struct JobReporter {
+    rt: tokio::runtime::Runtime,
+    conn: Connection,
+    /// The connection, kept from one report to the next.
+    client: Mutex<Option<ImageStoreClient<Channel>>>,
+    job: Mutex<u64>,
+    kind: String,
+}
+
+impl JobReporter {
+    /// Starts job `kind` (backup, restore) of `image` (may be empty: named
+    /// at the end) on `disk`.
+    pub fn start(conn: &Connection, kind: &str, image: &str, disk: &str) -> Option<JobReporter> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let r = JobReporter { rt, conn: conn.clone(), client: Mutex::new(None), job: Mutex::new(0), kind: kind.to_string() };
+        r.send(JobReport { state: "running".into(), image: image.into(), disk: disk.into(), ..Default::default() });
+        Some(r)
+    }
+
+    pub fn progress(&self, done: u64, total: u64) {
+        self.send(JobReport { state: "running".into(), done_bytes: done, total_bytes: total, ..Default::default() });
+    }
+
+    /// The end: `Ok` with the image, disk and byte counts, or the error.
+    pub fn finish(&self, outcome: std::result::Result<JobReport, String>) {
+        let r = match outcome {
+            Ok(r) => JobReport { state: "ok".into(), ..r },
+            Err(message) => JobReport { state: "failed".into(), message, ..Default::default() },
+        };
+        self.send(r);
+    }
+
+    fn send(&self, mut r: JobReport) {
+        let mut job = self.job.lock().unwrap_or_else(|e| e.into_inner());
+        r.job = *job;
+        r.kind = self.kind.clone();
+        let conn = &self.conn;
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = self.rt.block_on(async {
+            if client.is_none() {
+                *client = Some(ImageStoreClient::new(conn.channel().await?));
+            }
+            let c = client.as_mut().expect("connected");
+            c.report_job(conn.request(r)).await.map(|x| x.into_inner().job).map_err(|s| s.message().to_string())
+        });
+        match sent {
+            Ok(id) => *job = id,
+            Err(e) => {
+                *client = None;
+                tracing::warn!("cannot report the {} to the receiver: {e}", self.kind);
+            }
+        }
+    }
 }
 
 impl RemoteStore {

@@ -42,6 +42,8 @@ pub struct RestoreOptions {
     pub read_back: bool,
     pub threads: usize,
     pub progress: bool,
+    /// Told how the restore goes (the receiver's job record).
+    pub watcher: Option<crate::progress::Watcher>,
 }
 
 impl Default for RestoreOptions {
@@ -51,6 +53,7 @@ impl Default for RestoreOptions {
             read_back: false,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: false,
+            watcher: None,
         }
     }
 }
@@ -163,7 +166,7 @@ pub fn restore(
     // 3. Write.
     let t = Instant::now();
     let extents = m.extents();
-    let progress = Progress::start("restore", extents.bytes(), opts.progress);
+    let progress = Progress::start("restore", extents.bytes(), opts.progress).watched(opts.watcher.clone());
     let cells = Mutex::new(extents.cells(h.chunk_size, src_size));
     let counter = progress.counter();
     let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
@@ -241,7 +244,7 @@ pub fn restore(
     if opts.read_back {
         let t = Instant::now();
         disk.drop_cache();
-        let progress = Progress::start("read back", extents.bytes(), opts.progress);
+        let progress = Progress::start("read back", extents.bytes(), opts.progress).watched(opts.watcher.clone());
         for cell in extents.cells(h.chunk_size, src_size) {
             let buf = read_cell(&disk, &cell)?;
             let ok = match m.chunk_for(cell.index) {
