@@ -18,7 +18,7 @@ CARGO_TARGET_DIR=target/lifeline-bootos-agent CARGO_PROFILE_RELEASE_DEBUG=false 
   cargo build --release --target x86_64-unknown-linux-musl -p lifeline-image
 log=$(mktemp)
 status=0
-cargo test --workspace -- --test-threads=2 "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast -- --test-threads=2 "$@" 2>&1 | tee "$log" || status=$?
 # The parsers of untrusted on-disk bytes, fuzzed for a bounded time (skipped
 # when running a filtered subset of the tests).
 if [ $# -eq 0 ]; then
