@@ -8,6 +8,8 @@
 //!   x86_64-unknown-linux-musl` and Debian's `musl-tools` (musl-gcc, for the
 //!   C code of ring and zstd-sys); `scripts/setup.sh` installs both.
 //! * [`BACKUP_HOOK`] is the hook `/init` execs when the machine is up. With
+//!   `lifeline.style=local` the repository is `lifeline-images/` on the
+//!   attached filesystem labelled `LIFELINE` (no network, no token). With
 //!   `lifeline.style=receiver` it trades the one-time boot token from
 //!   `lifeline.token` (`NAME:64hex`, as `lifeline-receiver bootos make`
 //!   writes it) for a boot session (`lifeline-image claim`), then in
@@ -187,40 +189,64 @@ case "$LIFELINE_MODE" in
 backup|restore) ;;
 *) fail "lifeline.mode=${LIFELINE_MODE:-menu}: only unattended backup and restore are available; starting a shell" ;;
 esac
-[ "${LIFELINE_STYLE:-receiver}" = receiver ] || fail "lifeline.style=$LIFELINE_STYLE: only jobs with a receiver are available"
-[ -n "$LIFELINE_IFACE" ] || fail "no network (no DHCP lease on any interface)"
-[ -n "$LIFELINE_RECEIVER" ] || fail "no lifeline.receiver=https://HOST:PORT on the kernel command line"
-[ -n "$LIFELINE_MACHINE" ] || fail "no lifeline.machine=NAME on the kernel command line"
-[ -n "$LIFELINE_TOKEN" ] || fail "no lifeline.token=NAME:SECRET on the kernel command line"
-case "$LIFELINE_TOKEN" in
-*:*) ;;
-*) fail "lifeline.token must be NAME:SECRET as lifeline-receiver bootos make writes it" ;;
+STYLE=${LIFELINE_STYLE:-receiver}
+case "$STYLE" in
+receiver|local) ;;
+*) fail "lifeline.style=$STYLE: receiver or local" ;;
 esac
+[ -n "$LIFELINE_MACHINE" ] || fail "no lifeline.machine=NAME on the kernel command line"
 [ "$LIFELINE_MODE" = backup ] || [ -n "$LIFELINE_IMAGE" ] || fail "restore needs lifeline.image=NAME"
 [ -x "$AGENT" ] || fail "$AGENT is missing from the boot OS"
-[ -f "$CA" ] || fail "$CA (the receiver's CA certificate) is missing from the boot OS"
 [ -f "$PASSWORD" ] || fail "$PASSWORD is missing: an unattended job needs the repository password in the boot OS"
 
-mkdir -p /run/lifeline
-umask 077
-printf '%s\n' "$LIFELINE_TOKEN" > /run/lifeline/boot-token
-umask 022
-# The one-time boot token becomes a boot session (this machine's images
-# only); a used, revoked or foreign token is refused before any disk is
-# touched.
-if out=$("$AGENT" --quiet claim --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/boot-token --ca "$CA" --out /run/lifeline/token 2>&1); then
-	echo "$tag: $out"
+destdisk=""
+if [ "$STYLE" = receiver ]; then
+	[ -n "$LIFELINE_IFACE" ] || fail "no network (no DHCP lease on any interface)"
+	[ -n "$LIFELINE_RECEIVER" ] || fail "no lifeline.receiver=https://HOST:PORT on the kernel command line"
+	[ -n "$LIFELINE_TOKEN" ] || fail "no lifeline.token=NAME:SECRET on the kernel command line"
+	case "$LIFELINE_TOKEN" in
+	*:*) ;;
+	*) fail "lifeline.token must be NAME:SECRET as lifeline-receiver bootos make writes it" ;;
+	esac
+	[ -f "$CA" ] || fail "$CA (the receiver's CA certificate) is missing from the boot OS"
+	mkdir -p /run/lifeline
+	umask 077
+	printf '%s\n' "$LIFELINE_TOKEN" > /run/lifeline/boot-token
+	umask 022
+	# The one-time boot token becomes a boot session (this machine's images
+	# only); a used, revoked or foreign token is refused before any disk is
+	# touched.
+	if out=$("$AGENT" --quiet claim --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/boot-token --ca "$CA" --out /run/lifeline/token 2>&1); then
+		echo "$tag: $out"
+	else
+		fail "$(echo "$out" | tail -n 2 | tr '\n' ' ')"
+	fi
+	rm -f /run/lifeline/boot-token
+	set -- --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/token --ca "$CA" --password-file "$PASSWORD"
+	where=$LIFELINE_RECEIVER
 else
-	fail "$(echo "$out" | tail -n 2 | tr '\n' ' ')"
+	# Storage attached to this machine: the filesystem labelled LIFELINE.
+	dest=$(findfs LABEL=LIFELINE 2>/dev/null) || fail "no filesystem labelled LIFELINE is attached: give the backup disk's filesystem that label (e2label, fatlabel or exfatlabel DEVICE LIFELINE) and boot again"
+	mkdir -p /mnt/lifeline
+	mount "$dest" /mnt/lifeline || fail "cannot mount $dest (the LIFELINE filesystem)"
+	part=${dest##*/}
+	if [ -e "/sys/class/block/$part/partition" ]; then
+		destdisk=$(basename "$(readlink -f "/sys/class/block/$part/..")")
+	else
+		destdisk=$part
+	fi
+	set -- --repo /mnt/lifeline/lifeline-images --password-file "$PASSWORD"
+	where="$dest (LIFELINE)"
 fi
-rm -f /run/lifeline/boot-token
 
-# The first disk: the largest block device that is not a CD, loop or RAM disk.
+# The machine's disk: the largest block device that is not a CD, loop or RAM
+# disk, nor the disk holding the LIFELINE filesystem.
 disk=""
 best=-1
 for d in /sys/block/*; do
 	n=${d##*/}
 	case "$n" in sr*|loop*|ram*|zram*|fd*|"*") continue ;; esac
+	[ "$n" = "$destdisk" ] && continue
 	s=$(cat "$d/size" 2>/dev/null || echo 0)
 	if [ "$s" -gt "$best" ]; then
 		best=$s
@@ -230,21 +256,20 @@ done
 [ -n "$disk" ] && [ "$best" -gt 0 ] || fail "no disk found"
 [ -b "/dev/$disk" ] || fail "/dev/$disk is not a block device"
 
-set -- --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/token --ca "$CA" --password-file "$PASSWORD"
 if [ "$LIFELINE_MODE" = restore ]; then
 	name="$LIFELINE_IMAGE"
-	echo "$tag: image $name from $LIFELINE_RECEIVER to /dev/$disk ($((best / 2048)) MiB) as machine $LIFELINE_MACHINE"
+	echo "$tag: image $name from $where to /dev/$disk ($((best / 2048)) MiB) as machine $LIFELINE_MACHINE"
 	t0=$(date +%s)
 	# lifeline-image checks everything that can refuse (password, image,
 	# every chunk present, disk size) before it writes a byte.
 	"$AGENT" --quiet restore "$@" --name "$name" "/dev/$disk" > /tmp/lifeline-job.log 2>&1
 else
-	echo "$tag: disk /dev/$disk ($((best / 2048)) MiB) to $LIFELINE_RECEIVER as machine $LIFELINE_MACHINE"
+	echo "$tag: disk /dev/$disk ($((best / 2048)) MiB) to $where as machine $LIFELINE_MACHINE"
 	if out=$("$AGENT" --quiet init "$@" 2>&1); then
-		echo "$tag: created the repository on the receiver"
+		echo "$tag: created the repository on $where"
 	else
 		case "$out" in
-		*"already holds"*) echo "$tag: the receiver already holds the repository" ;;
+		*"already holds"*) echo "$tag: $where already holds the repository" ;;
 		*) fail "init: $(echo "$out" | tail -n 3 | tr '\n' ' ')" ;;
 		esac
 	fi
@@ -257,6 +282,7 @@ t1=$(date +%s)
 sed "s/^/$tag: /" /tmp/lifeline-job.log
 [ "$rc" = 0 ] || fail "$LIFELINE_MODE of /dev/$disk exited with $rc: $(tail -n 3 /tmp/lifeline-job.log | tr '\n' ' ')"
 sync
+[ -z "$destdisk" ] || umount /mnt/lifeline || fail "cannot unmount the LIFELINE filesystem"
 echo "LIFELINE-$JOB-OK image=$name disk=/dev/$disk seconds=$((t1 - t0))"
 poweroff -f
 "#;

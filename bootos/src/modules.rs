@@ -60,6 +60,13 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "ehci_pci",
     "usb_storage",
     "uas",
+    // The backup disk of the local style (a filesystem labelled LIFELINE).
+    "ext4",
+    "vfat",
+    "exfat",
+    "nls_cp437",
+    "nls_utf8",
+    "nls_iso8859_1",
 ];
 
 /// Dependencies a module needs at load time that no index records: it

@@ -37,8 +37,8 @@ pub struct VmSpec<'a> {
     /// UEFI firmware (OVMF) instead of SeaBIOS.
     pub uefi: bool,
     pub memory_mib: u32,
-    /// A raw disk image attached as virtio (`/dev/vda`).
-    pub disk: Option<&'a Path>,
+    /// Raw disk images attached as virtio (`/dev/vda`, `/dev/vdb`, ...).
+    pub disks: &'a [&'a Path],
 }
 
 /// A running VM and the console lines read so far.
@@ -93,7 +93,7 @@ impl Vm {
             None
         };
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
-        if let Some(d) = spec.disk {
+        for d in spec.disks {
             cmd.arg("-drive")
                 .arg(format!("file={},if=virtio,format=raw", d.display()));
         }

@@ -53,7 +53,7 @@ fn boots_in_qemu_with_network_and_disk() {
         boot: Boot::Kernel { kernel: &built.kernel, initrd: &initrd, append: &append },
         uefi: false,
         memory_mib: 256,
-        disk: Some(&disk),
+        disks: &[&disk],
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let mut init_at = None;

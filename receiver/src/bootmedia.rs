@@ -23,8 +23,9 @@ use crate::db::Db;
 /// What to make.
 pub struct MediaSpec {
     pub machine: MachineName,
-    /// The receiver's address as the booted machine reaches it.
-    pub receiver_url: String,
+    /// The receiver's address as the booted machine reaches it (style
+    /// receiver).
+    pub receiver_url: Option<String>,
     pub mode: Mode,
     pub style: Style,
     pub image: Option<String>,
@@ -72,7 +73,10 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
     let files = agent::unattended_files(&spec.agent, &ca_pem, &spec.password)?;
     let token = Credential::generate(spec.machine.as_str());
     let mut params = BootParams::new(spec.machine.as_str());
-    params.receiver = Some(spec.receiver_url.clone());
+    if spec.style == Style::Receiver && spec.receiver_url.is_none() {
+        anyhow::bail!("boot media for jobs with the receiver need --receiver-url (how the machine reaches this receiver)");
+    }
+    params.receiver = spec.receiver_url.clone();
     params.mode = spec.mode;
     params.style = spec.style;
     params.image = spec.image.clone();

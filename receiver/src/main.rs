@@ -119,9 +119,10 @@ enum BootosCmd {
     /// machine's MAC address until its one-time token is used.
     Make {
         name: String,
-        /// The receiver's address as the booted machine reaches it.
+        /// The receiver's address as the booted machine reaches it (not for
+        /// --style local).
         #[arg(long)]
-        receiver_url: String,
+        receiver_url: Option<String>,
         #[arg(long, value_parser = ["backup", "restore", "menu"], default_value = "backup")]
         mode: String,
         #[arg(long, value_parser = ["receiver", "local"], default_value = "receiver")]

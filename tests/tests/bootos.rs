@@ -73,12 +73,18 @@ fn make_media(store: &Path, port: u16, agent: &Path, password: &Path, extra: &[&
 /// since qemu started); panics with the console and the receiver's log on a
 /// line containing `failed` or at the timeout.
 fn wait_for(vm: &mut Vm, ok: &str, failed: &str, rx: &Receiver) -> (Duration, String) {
+    wait_for_console(vm, ok, failed, Some(rx))
+}
+
+/// [`wait_for`], with or without a receiver.
+fn wait_for_console(vm: &mut Vm, ok: &str, failed: &str, rx: Option<&Receiver>) -> (Duration, String) {
+    let rx_log = |rx: Option<&Receiver>| rx.map(|r| format!("\nreceiver log:\n{}", r.log_tail(30))).unwrap_or_default();
     loop {
         let Some((at, line)) = vm.next_line(TIMEOUT) else {
-            panic!("no {ok} within {TIMEOUT:?}: {}\nreceiver log:\n{}", vm.report(), rx.log_tail(30));
+            panic!("no {ok} within {TIMEOUT:?}: {}{}", vm.report(), rx_log(rx));
         };
         if line.contains(failed) {
-            panic!("{line}\nconsole:\n{}\nreceiver log:\n{}", vm.log().join("\n"), rx.log_tail(30));
+            panic!("{line}\nconsole:\n{}{}", vm.log().join("\n"), rx_log(rx));
         }
         if line.starts_with(ok) {
             return (at, line);
@@ -126,7 +132,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let initrd_size = std::fs::metadata(media.join("initrd.img")).unwrap().len();
 
     let bootfile = format!("http://10.0.2.2:{http_port}/boot.ipxe");
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disk: Some(&disk.path) })
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disks: &[&disk.path] })
         .unwrap_or_else(|e| panic!("{e}"));
     let (mut kernel_at, mut init_at, mut net_at, mut claimed_at, mut ok_line) = (None, None, None, None, None);
     while ok_line.is_none() {
@@ -195,7 +201,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let mut vm = Vm::boot(&VmSpec {
         boot: Boot::Kernel { kernel: &media.join("vmlinuz"), initrd: &media.join("initrd.img"), append: cmdline.trim() },
         uefi: false, memory_mib: 512,
-        disk: Some(&disk.path),
+        disks: &[&disk.path],
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let refusal = loop {
@@ -220,7 +226,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     assert!(made.contains("boot media #2 for machine pc1 (restore receiver)"), "{made}");
     let blank = dir.path().join("blank.img");
     std::fs::File::create(&blank).unwrap().set_len(std::fs::metadata(&disk.path).unwrap().len()).unwrap();
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disk: Some(&blank) })
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disks: &[&blank] })
         .unwrap_or_else(|e| panic!("{e}"));
     let restored_line = wait_for(&mut vm, "LIFELINE-RESTORE-OK", "LIFELINE-RESTORE-FAILED", &rx);
     vm.wait_exit(Duration::from_secs(20));
@@ -275,7 +281,7 @@ fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
         assert!(made.contains(&format!("boot media #{id} for machine pc1")), "{made}");
         let iso = store.join(format!("boot/{id}/boot.iso"));
         let boot = if kind == "iso" { Boot::Cdrom { iso: &iso } } else { Boot::Network { bootfile: &bootfile } };
-        let mut vm = Vm::boot(&VmSpec { boot, uefi, memory_mib: 512, disk: Some(&disk.path) }).unwrap_or_else(|e| panic!("{e}"));
+        let mut vm = Vm::boot(&VmSpec { boot, uefi, memory_mib: 512, disks: &[&disk.path] }).unwrap_or_else(|e| panic!("{e}"));
         let (at, line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", &rx);
         vm.wait_exit(Duration::from_secs(20));
         let size = std::fs::metadata(&iso).map(|m| format!(" ({:.1} MB)", m.len() as f64 / 1e6)).unwrap_or_default();
@@ -293,5 +299,61 @@ fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
         .output()
         .unwrap();
     assert!(out.status.success(), "host restore failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    disk.check_copy(&restored);
+}
+
+/// The local style, with no receiver in reach: ISO media with
+/// `lifeline.style=local` images the machine's disk into a repository on a
+/// second disk whose filesystem is labelled LIFELINE (a USB disk, say); the
+/// host mounts that disk and restores the image from it, identical. The
+/// machine's own disk is not written.
+#[test]
+fn local_style_images_the_disk_onto_an_attached_lifeline_disk() {
+    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
+    let store = dir.path().join("store");
+    let creds = dir.path().join("creds");
+    receiver_cli(&store, &["machine", "add", "pc1", "--out", creds.to_str().unwrap()]);
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let made = receiver_cli(
+        &store,
+        &[
+            "bootos", "make", "pc1", "--style", "local", "--mode", "backup", "--kind", "iso",
+            "--agent", agent_bin.to_str().unwrap(), "--password-file", pw.to_str().unwrap(),
+        ],
+    );
+    assert!(made.contains("boot media #1 for machine pc1 (backup local)"), "{made}");
+    let backup_disk = dir.path().join("lifeline-disk.img");
+    std::fs::File::create(&backup_disk).unwrap().set_len(256 << 20).unwrap();
+    lifeline_testdisk::run("mkfs.ext4", &["-q", "-F", "-L", "LIFELINE", backup_disk.to_str().unwrap()]);
+    let before = blake3::hash(&std::fs::read(&disk.path).unwrap());
+
+    let iso = store.join("boot/1/boot.iso");
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Cdrom { iso: &iso }, uefi: false, memory_mib: 512, disks: &[&disk.path, &backup_disk] })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (at, line) = wait_for_console(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", None);
+    vm.wait_exit(Duration::from_secs(20));
+    let console = vm.log().join("\n");
+    assert!(line.contains("disk=/dev/vda"), "the machine's disk is vda, LIFELINE is on vdb: {line}\n{console}");
+    eprintln!("local style from ISO (BIOS): backup done at {at:.2?}: {line}");
+    drop(vm);
+    assert_eq!(blake3::hash(&std::fs::read(&disk.path).unwrap()), before, "the backup wrote to the machine's disk");
+
+    let dev = lifeline_testdisk::Loop::new(&backup_disk, true);
+    let mnt = lifeline_testdisk::Mount::new("mount", &["-o", "ro"], &dev.0, &dir.path().join("mnt"));
+    let restored = dir.path().join("restored.img");
+    let out = Command::new(bin_path("lifeline-image"))
+        .args(["restore", "--name", &image_of(&line), "--password-file", pw.to_str().unwrap(), "--repo"])
+        .arg(mnt.0.join("lifeline-images"))
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore from the LIFELINE disk failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    drop(mnt);
+    drop(dev);
     disk.check_copy(&restored);
 }
