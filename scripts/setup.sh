@@ -16,7 +16,7 @@ APT_PACKAGES=(
   mtools fdisk gdisk rsync lsyncd bpftool rdiff
   ntfs-3g exfatprogs exfat-fuse xfsprogs btrfs-progs
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
-  musl-tools ipxe-qemu grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools ovmf
+  musl-tools curl ipxe ipxe-qemu grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools ovmf
   dbus-daemon xvfb xfonts-base xdotool x11-utils
 )
 missing=()

@@ -21,6 +21,7 @@ pub mod listing;
 pub mod netboot;
 pub mod progress;
 pub mod safepath;
+pub mod tftp;
 mod service;
 pub mod tls;
 

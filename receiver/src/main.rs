@@ -46,6 +46,13 @@ struct ServeArgs {
     /// chain http://ADDR/boot.ipxe.
     #[arg(long, env = "LIFELINE_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// Also serve the iPXE binaries over TFTP on this address (0.0.0.0:69),
+    /// for PXE firmware that must chain-load iPXE first.
+    #[arg(long, env = "LIFELINE_TFTP_LISTEN")]
+    tftp_listen: Option<String>,
+    /// Where the files served over TFTP are (Debian's ipxe package).
+    #[arg(long, default_value = "/usr/lib/ipxe")]
+    tftp_root: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -374,6 +381,11 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             println!("network boot on http://{}/boot.ipxe", http.local_addr()?);
             let nb = std::sync::Arc::new(lifeline_receiver::netboot::NetBoot::new(receiver.store())?);
             tokio::spawn(nb.serve(http));
+        }
+        if let Some(addr) = &args.tftp_listen {
+            let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--tftp-listen)"))?;
+            println!("TFTP on {} serving {}", udp.local_addr()?, args.tftp_root.display());
+            tokio::spawn(lifeline_receiver::tftp::serve(udp, args.tftp_root.clone()));
         }
         serve_with(listener, receiver, Some(identity.server_config()), shutdown_signal()).await
     })

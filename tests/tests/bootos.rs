@@ -357,3 +357,43 @@ fn local_style_images_the_disk_onto_an_attached_lifeline_disk() {
     drop(dev);
     disk.check_copy(&restored);
 }
+
+/// TFTP for PXE firmware that must chain-load iPXE: the receiver serves
+/// Debian's iPXE binaries byte for byte (with and without the blksize and
+/// tsize options PXE ROMs use), and nothing outside that directory.
+#[test]
+fn tftp_serves_the_ipxe_binaries_and_nothing_else() {
+    let ipxe = Path::new("/usr/lib/ipxe/undionly.kpxe");
+    let want = std::fs::read(ipxe).unwrap_or_else(|e| panic!("{}: {e} (apt-get install ipxe; scripts/setup.sh does)", ipxe.display()));
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut opts = ReceiverOpts::new(&dir.path().join("store"));
+    opts.env = vec![("LIFELINE_TFTP_LISTEN".into(), format!("127.0.0.1:{port}"))];
+    let _rx = Receiver::start_opts(opts);
+    let fetch = |name: &str, extra: &[&str]| {
+        let out = dir.path().join("got");
+        let _ = std::fs::remove_file(&out);
+        let st = Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-o"])
+            .arg(&out)
+            .args(extra)
+            .arg(format!("tftp://127.0.0.1:{port}/{name}"))
+            .status()
+            .unwrap();
+        st.success().then(|| std::fs::read(&out).unwrap())
+    };
+    // The UDP port may open a moment after the TLS one.
+    let mut got = None;
+    for _ in 0..20 {
+        got = fetch("undionly.kpxe", &[]);
+        if got.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(got.as_deref() == Some(&want[..]), "undionly.kpxe in 512-byte blocks differs");
+    let got = fetch("undionly.kpxe", &["--tftp-blksize", "1432"]);
+    assert!(got.as_deref() == Some(&want[..]), "undionly.kpxe in 1428-byte blocks differs");
+    assert!(fetch("../../etc/passwd", &["--path-as-is"]).is_none(), "a path outside the TFTP root was served");
+    assert!(fetch("no-such-file", &[]).is_none());
+}
