@@ -32,7 +32,7 @@ pub const DEFAULT_APPLETS: &[&str] = &[
     "env", "false", "grep", "head", "hostname", "insmod", "ip", "kill", "less", "ln", "ls",
     "lsmod", "mdev", "mkdir", "mknod", "modprobe", "mount", "mv", "ping", "poweroff", "printf",
     "ps", "reboot", "rm", "route", "sed", "seq", "setsid", "sleep", "sync", "tail", "test", "tr",
-    "true", "udhcpc", "umount", "uname", "vi", "wc", "wget", "[", "findfs", "readlink", "basename",
+    "true", "udhcpc", "umount", "uname", "vi", "wc", "wget", "[", "findfs", "readlink", "basename", "nc",
 ];
 
 /// The default hook `/init` runs once the machine is up.
