@@ -23,10 +23,10 @@
 
 use lifeline_bootos::agent;
 use lifeline_bootos::qemu::{Boot, Vm, VmSpec};
-use lifeline_testdisk::DiskSpec;
+use lifeline_testdisk::{BuiltDisk, DiskSpec};
 use lifeline_tests::{bin_path, Receiver, ReceiverOpts};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -105,33 +105,100 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One test's world: the static agent, machine pc1's disk, a receiver
+/// serving network boot with pc1 registered at qemu's MAC address, and the
+/// repository password in a file.
+struct Site {
+    agent: PathBuf,
+    /// How long locating (or building) the static agent took.
+    agent_time: Duration,
+    disk: BuiltDisk,
+    store: PathBuf,
+    http_port: u16,
+    rx: Receiver,
+    creds: PathBuf,
+    pw: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    fn new() -> Site {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let t = Instant::now();
+        let agent = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
+        let agent_time = t.elapsed();
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
+        let store = dir.path().join("store");
+        let http_port = free_port();
+        let mut opts = ReceiverOpts::new(&store);
+        opts.env = vec![("LIFELINE_HTTP_LISTEN".into(), format!("127.0.0.1:{http_port}"))];
+        let rx = Receiver::start_opts(opts);
+        let creds = dir.path().join("creds");
+        receiver_cli(&store, &["machine", "add", "pc1", "--mac", MAC, "--out", creds.to_str().unwrap()]);
+        let pw = dir.path().join("password");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        Site { agent, agent_time, disk, store, http_port, rx, creds, pw, dir }
+    }
+
+    /// The URL qemu's DHCP hands the firmware for network boot.
+    fn bootfile(&self) -> String {
+        format!("http://10.0.2.2:{}/boot.ipxe", self.http_port)
+    }
+
+    /// `bootos make pc1` with `extra` arguments (`--receiver-url` unless
+    /// `--style local`).
+    fn make(&self, extra: &[&str]) -> String {
+        if extra.contains(&"local") {
+            let mut args = vec!["bootos", "make", "pc1", "--agent", self.agent.to_str().unwrap()];
+            args.extend_from_slice(&["--password-file", self.pw.to_str().unwrap()]);
+            args.extend_from_slice(extra);
+            return receiver_cli(&self.store, &args);
+        }
+        make_media(&self.store, self.rx.port(), &self.agent, &self.pw, extra)
+    }
+
+    /// Restores `image` (from `repo`: the receiver when `None`) with the
+    /// host's lifeline-image into a new file, checks it against the disk,
+    /// and says how long the restore took.
+    fn restore_and_check(&self, image: &str, repo: Option<&Path>, extra: &[&str]) -> Duration {
+        let restored = self.dir.path().join(format!("restored-{image}.img"));
+        let mut cmd = Command::new(bin_path("lifeline-image"));
+        cmd.args(["restore", "--name", image, "--password-file", self.pw.to_str().unwrap()]).args(extra);
+        match repo {
+            Some(r) => cmd.arg("--repo").arg(r),
+            None => cmd
+                .env("LIFELINE_REPO", self.rx.url())
+                .env("LIFELINE_TOKEN_FILE", self.creds.join("pc1.token"))
+                .env("LIFELINE_CA", self.creds.join("ca.crt")),
+        };
+        let t = Instant::now();
+        let out = cmd.arg(&restored).output().unwrap();
+        let took = t.elapsed();
+        assert!(
+            out.status.success(),
+            "host restore of {image} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.disk.check_copy(&restored);
+        took
+    }
+}
+
 #[test]
 fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let site = Site::new();
+    let (disk, store, rx, http_port) = (&site.disk, &site.store, &site.rx, site.http_port);
     let t = Instant::now();
-    let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
-    let agent_time = t.elapsed();
-
-    let dir = tempfile::tempdir().unwrap();
-    let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
-    let store = dir.path().join("store");
-    let http_port = free_port();
-    let mut opts = ReceiverOpts::new(&store);
-    opts.env = vec![("LIFELINE_HTTP_LISTEN".into(), format!("127.0.0.1:{http_port}"))];
-    let rx = Receiver::start_opts(opts);
-    let creds = dir.path().join("creds");
-    receiver_cli(&store, &["machine", "add", "pc1", "--mac", MAC, "--out", creds.to_str().unwrap()]);
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let t = Instant::now();
-    let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "backup"]);
+    let made = site.make(&["--mode", "backup"]);
     let make_time = t.elapsed();
     assert!(made.contains("boot media #1 for machine pc1"), "{made}");
     let media = store.join("boot/1");
     let initrd_size = std::fs::metadata(media.join("initrd.img")).unwrap().len();
 
-    let bootfile = format!("http://10.0.2.2:{http_port}/boot.ipxe");
+    let bootfile = site.bootfile();
     let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disks: &[&disk.path] })
         .unwrap_or_else(|e| panic!("{e}"));
     let (mut kernel_at, mut init_at, mut net_at, mut claimed_at, mut ok_line) = (None, None, None, None, None);
@@ -168,25 +235,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     drop(vm);
 
     // Restore on the host with the host's lifeline-image and compare.
-    let restored = dir.path().join("restored.img");
-    let t = Instant::now();
-    let out = Command::new(bin_path("lifeline-image"))
-        .args(["restore", "--name", &image, "--read-back"])
-        .arg(&restored)
-        .env("LIFELINE_REPO", rx.url())
-        .env("LIFELINE_TOKEN_FILE", creds.join("pc1.token"))
-        .env("LIFELINE_CA", creds.join("ca.crt"))
-        .env("LIFELINE_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    let restore_time = t.elapsed();
-    assert!(
-        out.status.success(),
-        "host restore failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    disk.check_copy(&restored);
+    let restore_time = site.restore_and_check(&image, None, &["--read-back"]);
 
     // The media's files are no longer served, and pc1's MAC gets a script
     // that says no media waits.
@@ -217,14 +266,14 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     vm.wait_exit(Duration::from_secs(20));
     drop(vm);
     assert_eq!(blake3::hash(&std::fs::read(&disk.path).unwrap()), before, "the disk changed");
-    let audit = receiver_cli(&store, &["audit"]);
+    let audit = receiver_cli(store, &["audit"]);
     assert!(audit.contains("boot token claimed") && audit.contains("boot token refused"), "{audit}");
 
     // Restore mode: new media, and the machine with a blank disk of the same
     // size network-boots again and gets its disk back.
-    let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "restore", "--image", &image]);
+    let made = site.make(&["--mode", "restore", "--image", &image]);
     assert!(made.contains("boot media #2 for machine pc1 (restore receiver)"), "{made}");
-    let blank = dir.path().join("blank.img");
+    let blank = site.dir.path().join("blank.img");
     std::fs::File::create(&blank).unwrap().set_len(std::fs::metadata(&disk.path).unwrap().len()).unwrap();
     let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disks: &[&blank] })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -234,13 +283,18 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     disk.check_copy(&blank);
     eprintln!("restore in the VM: done at {:.2?}: {}", restored_line.0, restored_line.1);
     // The boot OS reported both jobs to the receiver's database.
-    let jobs = receiver_cli(&store, &["jobs", "--machine", "pc1"]);
+    let jobs = receiver_cli(store, &["jobs", "--machine", "pc1"]);
     let ok = |kind: &str| jobs.lines().any(|l| l.contains(kind) && l.contains(" ok ") && l.contains(&image));
     assert!(ok("backup") && ok("restore"), "{jobs}");
-    let images = receiver_cli(&store, &["images", "--machine", "pc1"]);
+    let images = receiver_cli(store, &["images", "--machine", "pc1"]);
     assert!(images.contains(&image) && images.contains("/dev/vda"), "{images}");
 
-    eprintln!("static agent {} ({:.1} MB), located/built in {agent_time:.2?}", agent_bin.display(), std::fs::metadata(&agent_bin).unwrap().len() as f64 / 1e6);
+    eprintln!(
+        "static agent {} ({:.1} MB), located/built in {:.2?}",
+        site.agent.display(),
+        std::fs::metadata(&site.agent).unwrap().len() as f64 / 1e6,
+        site.agent_time
+    );
     eprintln!("bootos make: {make_time:.2?}, initramfs {:.2} MB compressed", initrd_size as f64 / 1e6);
     eprintln!(
         "network boot (TCG, -m 512): kernel running at {:.2?}, /init at {:.2?}, network up at {:.2?}, token claimed at {:.2?}, backup done at {ok_at:.2?}",
@@ -261,25 +315,14 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
 #[test]
 fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap();
-    let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
-    let store = dir.path().join("store");
-    let http_port = free_port();
-    let mut opts = ReceiverOpts::new(&store);
-    opts.env = vec![("LIFELINE_HTTP_LISTEN".into(), format!("127.0.0.1:{http_port}"))];
-    let rx = Receiver::start_opts(opts);
-    let creds = dir.path().join("creds");
-    receiver_cli(&store, &["machine", "add", "pc1", "--mac", MAC, "--out", creds.to_str().unwrap()]);
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let bootfile = format!("http://10.0.2.2:{http_port}/boot.ipxe");
+    let site = Site::new();
+    let (disk, rx) = (&site.disk, &site.rx);
+    let bootfile = site.bootfile();
     let mut image = String::new();
     for (id, kind, uefi) in [(1, "iso", false), (2, "iso", true), (3, "netboot", true)] {
-        let made = make_media(&store, rx.port(), &agent_bin, &pw, &["--mode", "backup", "--kind", kind]);
+        let made = site.make(&["--mode", "backup", "--kind", kind]);
         assert!(made.contains(&format!("boot media #{id} for machine pc1")), "{made}");
-        let iso = store.join(format!("boot/{id}/boot.iso"));
+        let iso = site.store.join(format!("boot/{id}/boot.iso"));
         let boot = if kind == "iso" { Boot::Cdrom { iso: &iso } } else { Boot::Network { bootfile: &bootfile } };
         let mut vm = Vm::boot(&VmSpec { boot, uefi, memory_mib: 512, disks: &[&disk.path] }).unwrap_or_else(|e| panic!("{e}"));
         let (at, line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", &rx);
@@ -288,18 +331,7 @@ fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
         eprintln!("{kind}{size} under {}: backup done at {at:.2?}: {line}", if uefi { "UEFI" } else { "BIOS" });
         image = image_of(&line);
     }
-    let restored = dir.path().join("restored.img");
-    let out = Command::new(bin_path("lifeline-image"))
-        .args(["restore", "--name", &image])
-        .arg(&restored)
-        .env("LIFELINE_REPO", rx.url())
-        .env("LIFELINE_TOKEN_FILE", creds.join("pc1.token"))
-        .env("LIFELINE_CA", creds.join("ca.crt"))
-        .env("LIFELINE_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "host restore failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    disk.check_copy(&restored);
+    site.restore_and_check(&image, None, &[]);
 }
 
 /// The local style, with no receiver in reach: ISO media with
@@ -310,29 +342,16 @@ fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
 #[test]
 fn local_style_images_the_disk_onto_an_attached_lifeline_disk() {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let agent_bin = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap();
-    let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
-    let store = dir.path().join("store");
-    let creds = dir.path().join("creds");
-    receiver_cli(&store, &["machine", "add", "pc1", "--out", creds.to_str().unwrap()]);
-    let pw = dir.path().join("password");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let made = receiver_cli(
-        &store,
-        &[
-            "bootos", "make", "pc1", "--style", "local", "--mode", "backup", "--kind", "iso",
-            "--agent", agent_bin.to_str().unwrap(), "--password-file", pw.to_str().unwrap(),
-        ],
-    );
+    let site = Site::new();
+    let (disk, dir) = (&site.disk, &site.dir);
+    let made = site.make(&["--style", "local", "--mode", "backup", "--kind", "iso"]);
     assert!(made.contains("boot media #1 for machine pc1 (backup local)"), "{made}");
     let backup_disk = dir.path().join("lifeline-disk.img");
     std::fs::File::create(&backup_disk).unwrap().set_len(256 << 20).unwrap();
     lifeline_testdisk::run("mkfs.ext4", &["-q", "-F", "-L", "LIFELINE", backup_disk.to_str().unwrap()]);
     let before = blake3::hash(&std::fs::read(&disk.path).unwrap());
 
-    let iso = store.join("boot/1/boot.iso");
+    let iso = site.store.join("boot/1/boot.iso");
     let mut vm = Vm::boot(&VmSpec { boot: Boot::Cdrom { iso: &iso }, uefi: false, memory_mib: 512, disks: &[&disk.path, &backup_disk] })
         .unwrap_or_else(|e| panic!("{e}"));
     let (at, line) = wait_for_console(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", None);
@@ -345,17 +364,9 @@ fn local_style_images_the_disk_onto_an_attached_lifeline_disk() {
 
     let dev = lifeline_testdisk::Loop::new(&backup_disk, true);
     let mnt = lifeline_testdisk::Mount::new("mount", &["-o", "ro"], &dev.0, &dir.path().join("mnt"));
-    let restored = dir.path().join("restored.img");
-    let out = Command::new(bin_path("lifeline-image"))
-        .args(["restore", "--name", &image_of(&line), "--password-file", pw.to_str().unwrap(), "--repo"])
-        .arg(mnt.0.join("lifeline-images"))
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "restore from the LIFELINE disk failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    site.restore_and_check(&image_of(&line), Some(&mnt.0.join("lifeline-images")), &[]);
     drop(mnt);
     drop(dev);
-    disk.check_copy(&restored);
 }
 
 /// TFTP for PXE firmware that must chain-load iPXE: the receiver serves
