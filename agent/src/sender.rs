@@ -178,6 +178,13 @@ async fn stream(
                     );
                     warn!("{msg}");
                     shared.set_error(msg);
+                    // What the op carried is not in the mirror, and later
+                    // changes may have built on it there (a write through a
+                    // name whose link failed): until a reconciliation runs
+                    // after things are quiet, files changed since the op's
+                    // batch was captured are compared by content.
+                    let captured = inflight.front().map_or(Instant::now(), |f| f.oldest);
+                    shared.suspect(std::time::SystemTime::now() - captured.elapsed());
                     repair.needed();
                 }
                 shared.acked_seq.fetch_max(ack.applied_seq, Relaxed);
@@ -201,7 +208,10 @@ async fn stream(
 /// create): a reconciliation finds what differs and sends it again. It runs
 /// a moment after the errors, so one run covers a burst of them, and further
 /// apart while errors keep coming, so that one that persists (a full disk on
-/// the receiver) does not keep the trees being compared.
+/// the receiver) does not keep the trees being compared. Each error also
+/// marks the files changed since its batch as suspect (compared by
+/// content), and reconciliation repeats until one runs after the errors
+/// stop (see `Shared::settle_suspect`).
 struct Repair {
     /// When to reconcile (None: not asked for).
     at: Option<tokio::time::Instant>,
