@@ -73,7 +73,9 @@ pub enum Item {
     Content(Content),
     Remove { path: PathBuf, since: Instant, origin: u64 },
     Rename { from: PathBuf, to: PathBuf, exchange: bool, since: Instant, origin: u64 },
-    Link { from: PathBuf, to: PathBuf, since: Instant, origin: u64 },
+    /// `verify`: a reconciliation's link, sent only if both names still
+    /// denote this file when it is dispatched.
+    Link { from: PathBuf, to: PathBuf, since: Instant, origin: u64, verify: Option<FileId> },
 }
 
 impl Item {
@@ -320,7 +322,7 @@ impl Coalescer {
                     self.check_at(to, now, origin);
                 } else if self.watched(to) {
                     self.cancel_under(to);
-                    self.push_tree_op(Item::Link { from: p.to_path_buf(), to: to.clone(), since: now, origin });
+                    self.push_tree_op(Item::Link { from: p.to_path_buf(), to: to.clone(), since: now, origin, verify: None });
                     // Both names now denote one file. Which file: the one
                     // whose pending data is queued under `p` (its inode came
                     // with the captured writes), else what the new name is
@@ -504,7 +506,7 @@ impl Coalescer {
     pub fn relink(&mut self, from: PathBuf, to: PathBuf, id: FileId, now: Instant) {
         self.links.add(id, &from);
         self.links.add(id, &to);
-        self.push(Item::Link { from, to, since: now, origin: NO_ORIGIN });
+        self.push(Item::Link { from, to, since: now, origin: NO_ORIGIN, verify: Some(id) });
     }
 
     fn tree_at(&mut self, p: &Path, now: Instant, origin: u64) {

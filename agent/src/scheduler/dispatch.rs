@@ -142,7 +142,18 @@ impl<'a> BatchBuilder<'a> {
                 self.push_op(&from, Kind::Rename(pb::Rename { to: Self::wire(&to), exchange }), since, origin);
                 None
             }
-            Item::Link { from, to, since, origin } => {
+            Item::Link { from, to, since, origin, verify } => {
+                if let Some(id) = verify {
+                    use std::os::unix::fs::MetadataExt;
+                    let is_it = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == id);
+                    if !is_it(&from) || !is_it(&to) {
+                        // Renamed, replaced or removed since the comparison:
+                        // the events on their way say what to do, and the
+                        // next reconciliation looks again.
+                        debug!(from = %from.display(), to = %to.display(), "no longer one file; not linked");
+                        return None;
+                    }
+                }
                 self.push_op(&from, Kind::Link(pb::Link { to: Self::wire(&to) }), since, origin);
                 None
             }
