@@ -179,7 +179,16 @@ impl Coalescer {
     }
 
     /// Makes the entry for `local` a file entry and returns its parts.
+    ///
+    /// A file with several names has one entry: a change through one name
+    /// goes to the entry pending under another name of the same file. With
+    /// an entry per name, each carrying a truncation and ranges, the later
+    /// entry's truncation would cut off what the earlier one wrote after it
+    /// (the names are one file at the receiver too), and the mirror would
+    /// keep zeros with the source's size and mtime.
     fn file(&mut self, local: &Path, id: (u64, u64), since: Instant, origin: u64) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
+        let other = self.pending_name_of(local, id);
+        let local = other.as_deref().unwrap_or(local);
         let c = self.entry(local, id, since, origin, What::File { ranges: RangeSet::new(), truncate_to: None, full: false });
         if !matches!(c.what, What::File { .. } | What::Check | What::Delta { .. } | What::Tree) {
             c.what = What::File { ranges: RangeSet::new(), truncate_to: None, full: false };
@@ -340,6 +349,15 @@ impl Coalescer {
                 }
             }
         }
+    }
+
+    /// Another name of the file `id` with file data pending, when `p` has
+    /// no entry of its own.
+    fn pending_name_of(&self, p: &Path, id: (u64, u64)) -> Option<PathBuf> {
+        if id.1 == 0 || self.index.contains_key(p) || self.links.is_empty() {
+            return None;
+        }
+        self.links.names_of(id).find(|n| self.file_id(n) == Some(id)).map(Path::to_path_buf)
     }
 
     /// The `(st_dev, inode)` of the file whose data is pending under `p`, if
@@ -642,6 +660,32 @@ mod tests {
         c.resume(0);
         add_all(&mut c, &log);
         assert_eq!(c.take().len(), 4);
+    }
+
+    #[test]
+    fn changes_through_two_names_of_one_file_share_its_entry() {
+        let id = |mut c: FileChange| {
+            (c.dev, c.ino) = (1, 34);
+            c
+        };
+        // Written through f, linked as h, truncated through h, then written
+        // through f past the truncation.
+        let log = [
+            id(ch("/w/f", ChangeKind::Open { created: true, truncated: true })),
+            id(write("/w/f", 0, 5000)),
+            ch("/w/f", ChangeKind::Link { to: "/w/h".into() }),
+            id(ch("/w/f", ChangeKind::Open { created: false, truncated: true })),
+            id(write("/w/f", 0, 100)),
+            id(ch("/w/h", ChangeKind::Truncate { len: 3000 })),
+            id(write("/w/f", 3000, 200)),
+        ];
+        let mut c = co();
+        add_all(&mut c, &log);
+        let items = c.take();
+        assert_eq!(ops(&items), ["data /w/f (from /w/f)", "link /w/f /w/h"], "one entry for the file");
+        let Item::Content(Content { what: What::File { ranges, truncate_to, .. }, .. }) = &items[0] else { panic!() };
+        assert_eq!(*truncate_to, Some(0));
+        assert_eq!(ranges.iter().collect::<Vec<_>>(), [(0, 5000)]);
     }
 
     #[test]

@@ -202,7 +202,7 @@ impl<'a> BatchBuilder<'a> {
                     };
                     let rel = e.path().strip_prefix(&c.local).expect("below the root");
                     let remote = if rel.as_os_str().is_empty() { c.remote.clone() } else { c.remote.join(rel) };
-                    if let Ok(md) = e.metadata().map_err(io::Error::from) {
+                    if let Ok(md) = e.metadata() {
                         if md.is_file() && md.nlink() > 1 {
                             match names.entry((md.dev(), md.ino())) {
                                 Entry::Occupied(first) => {
@@ -276,7 +276,25 @@ impl<'a> BatchBuilder<'a> {
         let size = md.len();
         let attr = attr_of(&md);
         let whole = [(0, size)];
-        let ranges = if all { &whole[..] } else { ranges };
+        let regrown: Vec<(u64, u64)>;
+        let ranges = match truncate_to {
+            _ if all => &whole[..],
+            // Cut to `t` and longer again now: what lies past `t` was written
+            // since, through another name of the file (an entry of its own,
+            // maybe sent before this one: hard links the queue does not know
+            // of) or is a hole. This op's truncation would cut it off at the
+            // receiver, so it goes too (its data, not its holes: a file cut
+            // and extended to a large size is mostly hole).
+            Some(t) if t < size => {
+                let mut set = super::ranges::RangeSet::new();
+                for &(start, end) in ranges.iter().chain(&data_extents(&f, t, size)) {
+                    set.insert(start, end - start);
+                }
+                regrown = set.iter().collect();
+                &regrown[..]
+            }
+            _ => ranges,
+        };
         let mut chunks = Vec::new();
         let mut held = 0usize;
         let mut truncate_to = truncate_to;
@@ -286,8 +304,13 @@ impl<'a> BatchBuilder<'a> {
         // FileData.replace). Live truncations keep writing through: the
         // source's names still share the file.
         let mut replace = all;
-        let mut emit = |this: &mut Self, chunks: Vec<pb::Chunk>, truncate_to: Option<u64>| {
-            let data = pb::FileData { truncate_to, chunks, size, attr: Some(attr), replace: std::mem::take(&mut replace) };
+        // Only the last op carries the attributes (the mtime): if the stream
+        // breaks between two ops of a file, the mirror's copy has its size but
+        // not its mtime, so reconciliation sees it differ. (A reconciliation's
+        // ops are not in the queue log, so no replay would resend the rest.)
+        let mut emit = |this: &mut Self, chunks: Vec<pb::Chunk>, truncate_to: Option<u64>, last: bool| {
+            let attr = last.then_some(attr);
+            let data = pb::FileData { truncate_to, chunks, size, attr, replace: std::mem::take(&mut replace) };
             this.push(&c.remote, Kind::Data(data), c.since);
         };
         for &(start, end) in ranges {
@@ -304,14 +327,14 @@ impl<'a> BatchBuilder<'a> {
                 held += n;
                 off += n as u64;
                 if held >= lifeline_proto::MAX_CHUNK {
-                    emit(self, std::mem::take(&mut chunks), truncate_to.take());
+                    emit(self, std::mem::take(&mut chunks), truncate_to.take(), false);
                     held = 0;
                 }
             }
         }
-        if !chunks.is_empty() || held == 0 {
-            emit(self, chunks, truncate_to);
-        }
+        // Always a last op, empty if the data ended on an op boundary: it
+        // sets the size and the attributes.
+        emit(self, chunks, truncate_to, true);
         Ok(())
     }
 }
@@ -476,6 +499,37 @@ fn read_at(f: &File, off: u64, len: usize) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// The parts of `[start, end)` of `f` that hold data (`SEEK_DATA` /
+/// `SEEK_HOLE`); all of it where the filesystem cannot tell.
+fn data_extents(f: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let seek = |off: u64, whence| {
+        // SAFETY: lseek on a descriptor this function borrows; no memory involved.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    };
+    let mut out = Vec::new();
+    let mut off = start;
+    while off < end {
+        let data = match seek(off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break, // only a hole is left
+            Err(_) => return vec![(start, end)],
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE).unwrap_or(end).min(end);
+        out.push((data, hole));
+        off = hole.max(data + 1);
+    }
+    out
+}
+
 fn vanished() -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, "the object changed kind or identity")
 }
@@ -485,4 +539,98 @@ fn is_vanished(e: &io::Error) -> bool {
         || e.raw_os_error() == Some(libc::ELOOP)
         || e.raw_os_error() == Some(libc::ENOTDIR)
         || e.raw_os_error() == Some(libc::ENXIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file sent in several ops gets its attributes (mtime) with the last
+    /// one only: a stream broken between them leaves the mirror's mtime
+    /// different, which reconciliation notices.
+    #[test]
+    fn only_the_last_op_of_a_file_carries_its_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let local = d.path().join("big");
+        let len = 2 * lifeline_proto::MAX_CHUNK + 12345;
+        fs::write(&local, vec![7u8; len]).unwrap();
+        let c = Content {
+            remote: local.clone(),
+            local: local.clone(),
+            what: What::Check,
+            ino: 0,
+            dev: 0,
+            since: Instant::now(),
+            deferrals: 0,
+            origin: NO_ORIGIN,
+        };
+        let mut batches = Vec::new();
+        let mut out = |b: OutBatch| batches.push(b);
+        let mut seq = 0;
+        let mut builder = BatchBuilder::new(&mut seq, 1, &mut out);
+        assert!(builder.item(Item::Content(c)).is_none());
+        builder.flush();
+        drop(builder);
+        let data: Vec<pb::FileData> = batches
+            .into_iter()
+            .flat_map(|b| b.batch.ops)
+            .map(|op| match op.kind {
+                Some(Kind::Data(d)) => d,
+                other => panic!("not a data op: {other:?}"),
+            })
+            .collect();
+        assert_eq!(data.len(), 3, "one op per MiB");
+        assert!(data.iter().all(|d| d.size == len as u64));
+        let with_attr: Vec<bool> = data.iter().map(|d| d.attr.is_some()).collect();
+        assert_eq!(with_attr, [false, false, true]);
+        assert!(data[0].replace && !data[1].replace && !data[2].replace);
+        let sent: usize = data.iter().flat_map(|d| &d.chunks).map(|c| c.data.len()).sum();
+        assert_eq!(sent, len);
+    }
+
+    /// A file cut to 3000 bytes and written past that through another name
+    /// (an entry of its own, sent before): the data past the cut goes with
+    /// the truncation, the hole does not.
+    #[test]
+    fn a_truncation_sends_what_was_written_past_it_since() {
+        let d = tempfile::tempdir().unwrap();
+        let local = d.path().join("f");
+        let f = File::create(&local).unwrap();
+        f.write_all_at(&[1u8; 3000], 0).unwrap();
+        f.write_all_at(&[2u8; 200], 3000).unwrap();
+        f.write_all_at(&[3u8; 100], 50 << 20).unwrap(); // after a 50 MiB hole
+        let mut ranges = super::super::ranges::RangeSet::new();
+        ranges.insert(0, 10);
+        let c = Content {
+            remote: local.clone(),
+            local: local.clone(),
+            what: What::File { ranges, truncate_to: Some(3000), full: false },
+            ino: 0,
+            dev: 0,
+            since: Instant::now(),
+            deferrals: 0,
+            origin: NO_ORIGIN,
+        };
+        let mut batches = Vec::new();
+        let mut out = |b: OutBatch| batches.push(b);
+        let mut seq = 0;
+        let mut builder = BatchBuilder::new(&mut seq, 1, &mut out);
+        assert!(builder.item(Item::Content(c)).is_none());
+        builder.flush();
+        drop(builder);
+        let chunks: Vec<(u64, usize)> = batches
+            .into_iter()
+            .flat_map(|b| b.batch.ops)
+            .flat_map(|op| match op.kind {
+                Some(Kind::Data(d)) => d.chunks,
+                other => panic!("not a data op: {other:?}"),
+            })
+            .map(|c| (c.offset, c.data.len()))
+            .collect();
+        let sent: usize = chunks.iter().map(|c| c.1).sum();
+        assert!(chunks.contains(&(0, 10)), "{chunks:?}");
+        assert!(chunks.iter().any(|&(o, n)| o <= 3000 && o + n as u64 >= 3200), "the data past the cut: {chunks:?}");
+        assert!(chunks.iter().any(|&(o, n)| o <= 50 << 20 && o + n as u64 >= (50 << 20) + 100), "{chunks:?}");
+        assert!(sent < 1 << 20, "the hole is not sent: {sent} bytes");
+    }
 }

@@ -47,6 +47,11 @@ impl Links {
         self.names.get(&id)?.iter().find(|p| p.as_path() != not).map(PathBuf::as_path)
     }
 
+    /// Every name of `id` known.
+    pub fn names_of(&self, id: FileId) -> impl Iterator<Item = &Path> {
+        self.names.get(&id).into_iter().flatten().map(PathBuf::as_path)
+    }
+
     /// A name of `id`, if one is known.
     pub fn name_of(&self, id: FileId) -> Option<&Path> {
         self.names.get(&id)?.first().map(PathBuf::as_path)

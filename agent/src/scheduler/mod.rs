@@ -341,6 +341,7 @@ impl Scheduler {
         let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.delta.as_mut());
         let mut held = Vec::new();
         let mut back = Vec::new();
+        let mut unsent = Unsent::default();
         while let Some(item) = items.next() {
             if let Item::Content(c) = &item {
                 if unacked && matches!(c.what, coalesce::What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
@@ -350,6 +351,7 @@ impl Scheduler {
                     break;
                 }
             }
+            let item = unsent.redirect(item);
             let Some(mut c) = builder.item(item) else { continue };
             // A linked file whose entry lost track of its name: read it
             // through the name it has now.
@@ -372,6 +374,7 @@ impl Scheduler {
                 held.extend(items.by_ref());
                 break;
             }
+            unsent.sent_past(&c);
             back.push(c);
         }
         builder.flush();
@@ -393,6 +396,13 @@ impl Scheduler {
                 oldest_given_up = oldest_given_up.min(std::time::SystemTime::now() - c.since.elapsed());
             }
         }
+        if unsent.redirected {
+            // Names linked by a check instead of a link: split in the
+            // mirror until reconciliation links them again.
+            if let Some(r) = &self.opts.reconcile {
+                r.notify_one();
+            }
+        }
         if given_up > 0 {
             // Their data may live on under names the queue does not know (or
             // a reconciliation's finding merged into them went with them).
@@ -405,6 +415,66 @@ impl Scheduler {
             }
         }
         true
+    }
+}
+
+/// Mirror names whose content one dispatch sent past because the object
+/// had vanished: the receiver has nothing (or an older object) there.
+///
+/// A link from such a name would fail at the receiver ("link source is
+/// missing"): that happens when a file is created, renamed, linked and
+/// unlinked again before the agent reads it (a busy machine). The link is
+/// sent as a check of its new name instead: whatever is there now goes whole,
+/// or is removed.
+#[derive(Default)]
+struct Unsent {
+    names: std::collections::HashSet<PathBuf>,
+    /// A link became a check.
+    redirected: bool,
+}
+
+impl Unsent {
+    fn sent_past(&mut self, c: &coalesce::Content) {
+        self.names.insert(c.remote.clone());
+    }
+
+    /// `item`, or what to send instead; follows the names through renames.
+    fn redirect(&mut self, item: Item) -> Item {
+        if self.names.is_empty() {
+            return item;
+        }
+        match item {
+            Item::Rename { ref from, ref to, exchange, .. } => {
+                let (f, t) = (self.names.remove(from), self.names.remove(to));
+                if f {
+                    self.names.insert(to.clone());
+                }
+                if t && exchange {
+                    self.names.insert(from.clone());
+                }
+                item
+            }
+            Item::Remove { ref path, .. } => {
+                self.names.remove(path);
+                item
+            }
+            Item::Link { from, to, since, origin, verify: None } if self.names.contains(&from) => {
+                debug!(from = %from.display(), to = %to.display(), "link source never reached the receiver; sending the new name whole");
+                self.redirected = true;
+                self.names.remove(&to);
+                Item::Content(coalesce::Content {
+                    remote: to.clone(),
+                    local: to,
+                    what: coalesce::What::Check,
+                    ino: 0,
+                    dev: 0,
+                    since,
+                    deferrals: HOLD_ROUNDS,
+                    origin,
+                })
+            }
+            other => other,
+        }
     }
 }
 
@@ -423,11 +493,68 @@ fn publish(shared: &Shared, co: &Coalescer) {
 mod tests {
     use super::*;
     use lifeline_capture::ChangeKind;
+    use lifeline_proto::v1 as pb;
     use std::path::Path;
 
     fn change(path: &Path) -> SchedMsg {
         let ch = FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind: ChangeKind::Attr, dev: 0, ino: 0 };
         SchedMsg::Change(ch, Instant::now())
+    }
+
+    /// A file created, renamed and linked, and gone before the agent read
+    /// it (a busy machine): its content is sent past, so the link would find
+    /// no source at the receiver; the link's name is checked instead.
+    #[test]
+    fn a_link_from_a_name_whose_content_was_never_sent_becomes_a_check() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let (tmp, a, link) = (root.join("a.tmp"), root.join("a"), root.join("a.link0"));
+        std::fs::write(&a, b"a later file took the name").unwrap();
+        let wal = Wal::open(&d.path().join("queue")).unwrap();
+        let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
+        shared.connected.store(true, Relaxed);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
+        let (s2, r2) = (shared.clone(), vec![root.clone()]);
+        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, SchedulerOptions::default(), wal));
+        tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
+        // Captured long enough ago that nothing waits for the vanished file.
+        let at = Instant::now() - HOLD_FRESH * 2;
+        let ino = u64::MAX - 1; // no file on this disk has it
+        let ch = |path: &Path, kind| SchedMsg::Change(FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind, dev: 0, ino }, at);
+        for msg in [
+            ch(&tmp, ChangeKind::Open { created: true, truncated: true }),
+            ch(&tmp, ChangeKind::Write { offset: 0, len: 10 }),
+            ch(&tmp, ChangeKind::Rename { to: a.clone(), exchange: false }),
+            ch(&a, ChangeKind::Link { to: link.clone() }),
+        ] {
+            tx.send(msg).unwrap();
+        }
+        let mut ops = Vec::new();
+        // Until the link or what replaces it.
+        let done = |o: &pb::Op| o.path.ends_with(b"a.link0") || matches!(o.kind, Some(pb::op::Kind::Link(_)));
+        while !ops.iter().any(done) {
+            let b = out_rx.blocking_recv().expect("batches");
+            ops.extend(b.batch.ops);
+        }
+        let kinds: Vec<(String, &str)> = ops
+            .iter()
+            .map(|o| {
+                let name = String::from_utf8_lossy(o.path.rsplit(|&c| c == b'/').next().unwrap()).into_owned();
+                let kind = match &o.kind {
+                    Some(pb::op::Kind::Rename(_)) => "rename",
+                    Some(pb::op::Kind::Link(_)) => "link",
+                    Some(pb::op::Kind::Remove(_)) => "remove",
+                    Some(pb::op::Kind::Data(_)) => "data",
+                    _ => "other",
+                };
+                (name, kind)
+            })
+            .collect();
+        assert_eq!(kinds, [("a.tmp".to_string(), "rename"), ("a.link0".to_string(), "remove")], "ops: {kinds:?}");
+        drop(tx);
+        drop(out_rx);
+        t.join().unwrap();
     }
 
     #[test]
