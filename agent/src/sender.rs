@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use lifeline_proto::QUEUE_HEADER;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::remote::Remote;
 use crate::scheduler::dispatch::OutBatch;
@@ -128,7 +128,7 @@ async fn stream(
         tokio::select! {
             _ = tokio::time::sleep_until(repair.at.unwrap_or_else(far_future)), if repair.at.is_some() => {
                 repair.at = None;
-                info!("reconciling: the receiver could not apply some ops");
+                info!("reconciling: the receiver could not apply some ops, or made directories it was not sent");
                 reconcile.notify_one();
             }
             b = queue.batches.recv(), if batches_open => {
@@ -153,6 +153,18 @@ async fn stream(
             }
             ack = acks.message() => {
                 let Some(ack) = ack? else { anyhow::bail!("receiver closed the stream") };
+                // Directories in the watched trees made by the receiver for
+                // ops that came before the directory's own: modes and times
+                // guessed, and nothing else would send them.
+                let implied = ack
+                    .implied_dirs
+                    .iter()
+                    .map(|p| lifeline_core::wirepath::to_local(p))
+                    .find(|p| shared.watched.iter().any(|w| p.starts_with(w)));
+                if let Some(dir) = implied {
+                    debug!(dir = %dir.display(), "the receiver made directories it was not sent");
+                    repair.needed();
+                }
                 for e in &ack.errors {
                     if e.delta_failed {
                         // The mirror's copy is as it was: send the file whole

@@ -156,6 +156,7 @@ impl Applier {
             applied_seq: self.last_seq.unwrap_or(0),
             errors,
             resume_origin: None,
+            implied_dirs: self.resolver.take_implied(),
         })
     }
 

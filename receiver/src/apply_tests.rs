@@ -540,3 +540,20 @@ fn a_file_sent_whole_replaces_a_mirror_file_shared_by_other_names() {
     assert_eq!(fs::metadata(f.root().join("b")).unwrap().nlink(), 1);
     f.assert_outside_untouched();
 }
+
+#[test]
+fn directories_made_for_ops_that_came_first_are_reported() {
+    let mut f = Fixture::new();
+    f.op(b"d", op::Kind::Mkdir(Mkdir { attr: Some(attr(0o755, 1)) })).unwrap();
+    f.op(b"d/f", data(b"1", 0o644)).unwrap();
+    assert!(f.applier.resolver.take_implied().is_empty(), "d was sent");
+    // A file whose directories were never sent (their op was lost to a
+    // rename race): made, and named for the agent to reconcile.
+    f.op(b"e/g/h", data(b"2", 0o644)).unwrap();
+    f.op(b"e/g/i", data(b"3", 0o644)).unwrap();
+    assert_eq!(f.applier.resolver.take_implied(), [b"e/g".to_vec()]);
+    assert!(f.applier.resolver.take_implied().is_empty());
+    let batch = OpBatch { ops: vec![Op { seq: 10, path: b"k/l".to_vec(), kind: Some(data(b"4", 0o644)), origin: 0 }] };
+    let ack = f.applier.apply_batch(&batch, &|| false).unwrap();
+    assert_eq!(ack.implied_dirs, [b"k".to_vec()]);
+}

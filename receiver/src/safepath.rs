@@ -239,10 +239,16 @@ const CACHE_LIMIT: usize = 128;
 /// per machine at a time), and a cached path can only change meaning when a
 /// directory is removed, replaced or renamed: whoever does that must call
 /// [`Resolver::forget_dirs`].
+/// How many implied directories one acknowledgement names at most.
+pub const IMPLIED_MAX: usize = 16;
+
 #[derive(Debug)]
 pub struct Resolver {
     mirror: Mirror,
     cache: HashMap<Vec<u8>, Arc<OwnedFd>>,
+    /// Directory paths created (or replaced) on the way to another object
+    /// since [`Resolver::take_implied`] (the first [`IMPLIED_MAX`]).
+    implied: Vec<Vec<u8>>,
 }
 
 /// A wire path split into its parent directory's wire path and final name.
@@ -258,7 +264,13 @@ impl Resolver {
         Resolver {
             mirror,
             cache: HashMap::new(),
+            implied: Vec::new(),
         }
+    }
+
+    /// The directory paths that had to be created since the last call.
+    pub fn take_implied(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.implied)
     }
 
     pub fn mirror(&self) -> &Mirror {
@@ -292,7 +304,12 @@ impl Resolver {
         ) {
             Ok(fd) => fd,
             Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) if !create => return Ok(None),
-            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => self.walk_create(dir)?,
+            Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
+                if self.implied.len() < IMPLIED_MAX {
+                    self.implied.push(dir.to_vec());
+                }
+                self.walk_create(dir)?
+            }
             Err(e) => return Err(e.into()),
         };
         if self.cache.len() >= CACHE_LIMIT {

@@ -456,7 +456,7 @@ impl Stream {
         }
         let resume = a.resume_origin();
         info!(%machine, mirror = %a.mirror().path().display(), queue = %format!("{:016x}", self.queue_id), resume, "replication stream started");
-        let hello = Ack { applied_seq: 0, errors: Vec::new(), resume_origin: Some(resume) };
+        let hello = Ack { applied_seq: 0, errors: Vec::new(), resume_origin: Some(resume), implied_dirs: Vec::new() };
         match self.or_stop(self.tx.send(Ok(hello))).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Stop::Agent,
@@ -502,6 +502,8 @@ impl Stream {
                     Some(mut p) => {
                         p.applied_seq = ack.applied_seq;
                         p.errors.extend(ack.errors);
+                        let room = crate::safepath::IMPLIED_MAX.saturating_sub(p.implied_dirs.len());
+                        p.implied_dirs.extend(ack.implied_dirs.into_iter().take(room));
                         p
                     }
                 });

@@ -189,7 +189,8 @@ impl Coalescer {
     fn file(&mut self, local: &Path, id: (u64, u64), since: Instant, origin: u64) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
         let other = self.pending_name_of(local, id);
         let local = other.as_deref().unwrap_or(local);
-        let c = self.entry(local, id, since, origin, What::File { ranges: RangeSet::new(), truncate_to: None, full: false });
+        let in_tree = !self.index.contains_key(local) && self.under_pending_tree(local);
+        let c = self.entry(local, id, since, origin, What::File { ranges: RangeSet::new(), truncate_to: None, full: in_tree });
         if !matches!(c.what, What::File { .. } | What::Check | What::Delta { .. } | What::Tree) {
             c.what = What::File { ranges: RangeSet::new(), truncate_to: None, full: false };
         }
@@ -351,6 +352,29 @@ impl Coalescer {
         }
     }
 
+    /// Whether a directory above `p` is pending as a whole tree: the mirror
+    /// lacks it (a reconciliation's finding, or moved in from outside), so
+    /// it has nothing of `p` either, and the walk at send time no longer
+    /// finds what was renamed out of it.
+    fn under_pending_tree(&self, p: &Path) -> bool {
+        p.ancestors().skip(1).any(|a| {
+            matches!(
+                self.index.get(a).and_then(|&i| self.items[i].as_ref()),
+                Some(Item::Content(Content { what: What::Tree, .. }))
+            )
+        })
+    }
+
+    /// Whatever is at `p` goes whole when sent: everything below it if it is
+    /// a directory now.
+    fn whole_at(&mut self, p: &Path, now: Instant, origin: u64) {
+        if std::fs::symlink_metadata(p).is_ok_and(|md| md.is_dir()) {
+            self.tree_at(p, now, origin);
+        } else {
+            self.check_at(p, now, origin);
+        }
+    }
+
     /// Another name of the file `id` with file data pending, when `p` has
     /// no entry of its own.
     fn pending_name_of(&self, p: &Path, id: (u64, u64)) -> Option<PathBuf> {
@@ -371,6 +395,9 @@ impl Coalescer {
 
     fn rename(&mut self, from: &Path, to: &Path, exchange: bool, now: Instant, origin: u64) {
         let done = origin <= self.remote_done;
+        // Out of a tree the mirror lacks: the rename finds nothing there.
+        let from_missing = self.under_pending_tree(from);
+        let to_missing = exchange && self.under_pending_tree(to);
         match (self.watched(from), self.watched(to)) {
             // Moved out of the watched trees: gone, as far as the mirror goes.
             (true, false) => {
@@ -398,6 +425,12 @@ impl Coalescer {
                     self.settle_under(to);
                 }
                 self.push_tree_op(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now, origin });
+                if to_missing {
+                    self.whole_at(from, now, origin);
+                }
+                if from_missing {
+                    self.whole_at(to, now, origin);
+                }
             }
             (true, true) => {
                 self.keep_data_of_linked_file(to, now, origin);
@@ -408,6 +441,9 @@ impl Coalescer {
                     self.settle_under(to);
                 }
                 self.push_tree_op(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now, origin });
+                if from_missing {
+                    self.whole_at(to, now, origin);
+                }
             }
         }
     }
@@ -686,6 +722,28 @@ mod tests {
         let Item::Content(Content { what: What::File { ranges, truncate_to, .. }, .. }) = &items[0] else { panic!() };
         assert_eq!(*truncate_to, Some(0));
         assert_eq!(ranges.iter().collect::<Vec<_>>(), [(0, 5000)]);
+    }
+
+    /// Reconciliation found a directory the mirror lacks; before its walk,
+    /// a file in it is truncated and renamed out of it. Neither the walk
+    /// (the file is gone from there) nor a truncation of nothing at the
+    /// receiver would give the mirror its content.
+    #[test]
+    fn a_file_leaving_a_tree_the_mirror_lacks_is_sent_whole() {
+        let mut c = co();
+        c.tree(Path::new("/w/d"), Instant::now());
+        add_all(&mut c, &[ch("/w/d/f", ChangeKind::Truncate { len: 10 }), rename("/w/d/f", "/w/g"), rename("/w/d/h", "/w/i")]);
+        let items = c.take();
+        assert_eq!(
+            ops(&items),
+            ["data /w/d (from /w/d)", "data /w/d/f (from /w/g)", "rename /w/d/f /w/g", "rename /w/d/h /w/i", "data /w/i (from /w/i)"]
+        );
+        let Item::Content(Content { what: What::File { full, .. }, .. }) = &items[1] else { panic!("{:?}", ops(&items)) };
+        assert!(full, "the truncated file is read whole");
+        // Elsewhere, a truncation is only a truncation.
+        let mut c = co();
+        add_all(&mut c, &[ch("/w/e/f", ChangeKind::Truncate { len: 10 }), rename("/w/e/f", "/w/g")]);
+        assert_eq!(ops(&c.take()), ["data /w/e/f (from /w/g)", "rename /w/e/f /w/g"]);
     }
 
     #[test]
