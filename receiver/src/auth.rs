@@ -176,13 +176,9 @@ impl Authenticator for TokenAuthenticator {
             .claim_boot(name.as_str(), &token.secret_hash(), &session.secret_hash(), from)
             .map_err(db_unavailable)?;
         match claimed {
-            Ok(media) => {
-                tracing::info!(machine = %name, media = media.id, from, "boot token claimed: boot session opened");
-                let expires_unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs() as i64)
-                    + crate::bootdb::SESSION_SECS;
-                Ok(BootClaim { credential: session, expires_unix, media })
+            Ok(claimed) => {
+                tracing::info!(machine = %name, media = claimed.media.id, from, "boot token claimed: boot session opened");
+                Ok(BootClaim { credential: session, expires_unix: claimed.expires_unix, media: claimed.media })
             }
             Err(r) => {
                 tracing::warn!(machine = %name, from, "boot token refused: {r}");

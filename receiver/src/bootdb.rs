@@ -142,8 +142,7 @@ impl Db {
     }
 
     pub fn boot_media(&self, id: i64) -> anyhow::Result<Option<BootMedia>> {
-        let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE id = ?1");
-        Ok(self.conn.query_row(&sql, [id], media_row).optional()?)
+        media_by_id(&self.conn, id)
     }
 
     /// The boot media of `machine` (all machines: `None`), newest last.
@@ -167,8 +166,7 @@ impl Db {
     /// served.
     pub fn revoke_boot_media(&mut self, id: i64) -> anyhow::Result<BootMedia> {
         let tx = self.conn.transaction()?;
-        let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE id = ?1");
-        let Some(m) = tx.query_row(&sql, [id], media_row).optional()? else {
+        let Some(m) = media_by_id(&tx, id)? else {
             anyhow::bail!("no boot media #{id} (see `lifeline-receiver bootos list`)");
         };
         tx.execute("UPDATE boot_media SET revoked = 1 WHERE id = ?1", [id])?;
@@ -187,7 +185,7 @@ impl Db {
         token_hash: &[u8; 32],
         session_hash: &[u8; 32],
         from: &str,
-    ) -> anyhow::Result<Result<BootMedia, Refusal>> {
+    ) -> anyhow::Result<Result<Claimed, Refusal>> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE machine = ?1 AND token_hash = ?2");
         let Some(m) = tx.query_row(&sql, params![machine, &token_hash[..]], media_row).optional()? else {
@@ -209,13 +207,14 @@ impl Db {
             "UPDATE boot_media SET used_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now'), used_from = ?2 WHERE id = ?1",
             params![m.id, from],
         )?;
+        let expires_unix = now_unix() + SESSION_SECS;
         tx.execute(
             "INSERT INTO boot_sessions (token_hash, media, machine, expires) VALUES (?1, ?2, ?3, ?4)",
-            params![&session_hash[..], m.id, machine, now_unix() + SESSION_SECS],
+            params![&session_hash[..], m.id, machine, expires_unix],
         )?;
         audit(&tx, Some(machine), "boot token claimed", &format!("#{} from {from}", m.id))?;
         tx.commit()?;
-        Ok(Ok(m))
+        Ok(Ok(Claimed { media: m, expires_unix }))
     }
 
     /// Whether `session_hash` is a live boot session of `machine`.
@@ -227,6 +226,19 @@ impl Db {
         )?;
         Ok(n > 0)
     }
+}
+
+/// A boot token traded for a session: the media, and when the session ends
+/// (seconds since the epoch).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub media: BootMedia,
+    pub expires_unix: i64,
+}
+
+fn media_by_id(conn: &rusqlite::Connection, id: i64) -> anyhow::Result<Option<BootMedia>> {
+    let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE id = ?1");
+    Ok(conn.query_row(&sql, [id], media_row).optional()?)
 }
 
 #[cfg(test)]
@@ -264,8 +276,9 @@ mod tests {
         assert_eq!(db.pending_netboot("pc1").unwrap().map(|m| m.id), Some(id));
         // Another machine's name with pc1's token: unknown.
         assert_eq!(db.claim_boot("pc2", &[7; 32], &[1; 32], "10.0.2.15").unwrap(), Err(Refusal::Unknown));
-        let m = db.claim_boot("pc1", &[7; 32], &[1; 32], "10.0.2.15").unwrap().unwrap();
-        assert_eq!(m.id, id);
+        let claimed = db.claim_boot("pc1", &[7; 32], &[1; 32], "10.0.2.15").unwrap().unwrap();
+        assert_eq!(claimed.media.id, id);
+        assert!(claimed.expires_unix > now_unix());
         assert!(db.boot_session_valid("pc1", &[1; 32]).unwrap());
         assert!(!db.boot_session_valid("pc2", &[1; 32]).unwrap());
         assert!(db.pending_netboot("pc1").unwrap().is_none());
