@@ -124,8 +124,21 @@ async fn stream(
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut batches_open = true;
     let mut repair = Repair::new();
+    // A replay (the receiver, the agent or the link went away) races the
+    // live changes; whatever it left different in the mirror (names of one
+    // file split, a directory made with a guessed mode) is found by one more
+    // reconciliation once the queue is quiet again.
+    let mut settle = Settle::new(applied > 0);
+    let mut tick = tokio::time::interval(Settle::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            _ = tick.tick(), if settle.waiting() => {
+                if settle.quiet(inflight.is_empty() && shared.pending.load(Relaxed) == 0) {
+                    info!("reconciling: the queue is quiet after a replay");
+                    reconcile.notify_one();
+                }
+            }
             _ = tokio::time::sleep_until(repair.at.unwrap_or_else(far_future)), if repair.at.is_some() => {
                 repair.at = None;
                 info!("reconciling: the receiver could not apply some ops, or made directories it was not sent");
@@ -215,6 +228,36 @@ async fn stream(
     }
 }
 
+/// One reconciliation once the queue has been quiet for a moment after a
+/// replay.
+struct Settle {
+    waiting: bool,
+    quiet_ticks: u32,
+}
+
+impl Settle {
+    const TICK: Duration = Duration::from_millis(250);
+    /// Quiet for this many ticks in a row.
+    const QUIET: u32 = 4;
+
+    fn new(after_replay: bool) -> Settle {
+        Settle { waiting: after_replay, quiet_ticks: 0 }
+    }
+
+    fn waiting(&self) -> bool {
+        self.waiting
+    }
+
+    /// One tick: whether to reconcile now.
+    fn quiet(&mut self, idle: bool) -> bool {
+        self.quiet_ticks = if idle { self.quiet_ticks + 1 } else { 0 };
+        if self.quiet_ticks >= Self::QUIET {
+            self.waiting = false;
+        }
+        !self.waiting
+    }
+}
+
 /// Ops the receiver could not apply leave the mirror different from the
 /// source (a link whose source is missing there, a name it could not
 /// create): a reconciliation finds what differs and sends it again. It runs
@@ -283,4 +326,19 @@ fn recent_paths(batch: &lifeline_proto::v1::OpBatch) -> Vec<String> {
 
 fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settling_waits_for_a_quiet_queue_once() {
+        assert!(!Settle::new(false).waiting(), "no replay, nothing to settle");
+        let mut s = Settle::new(true);
+        let ticks: Vec<bool> = [true, true, false, true, true, true].iter().map(|&idle| s.quiet(idle)).collect();
+        assert_eq!(ticks, [false, false, false, false, false, false], "a busy tick starts the count again");
+        assert!(s.quiet(true), "four quiet ticks in a row");
+        assert!(!s.waiting(), "once");
+    }
 }

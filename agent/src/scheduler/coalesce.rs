@@ -729,6 +729,21 @@ mod tests {
     /// (the file is gone from there) nor a truncation of nothing at the
     /// receiver would give the mirror its content.
     #[test]
+    fn names_of_one_file_share_an_entry_after_dispatches_and_renames() {
+        let id = |mut c: FileChange| {
+            (c.dev, c.ino) = (1, 200);
+            c
+        };
+        let mut c = co();
+        add_all(&mut c, &[id(ch("/w/f", ChangeKind::Open { created: true, truncated: false })), id(write("/w/f", 0, 100)), ch("/w/f", ChangeKind::Link { to: "/w/h".into() })]);
+        c.take();
+        add_all(&mut c, &[id(write("/w/f", 50, 10)), rename("/w/f", "/w/d/e/r")]);
+        c.take();
+        add_all(&mut c, &[id(write("/w/h", 90, 20)), rename("/w/d", "/w/g"), id(write("/w/g/e/r", 5, 5))]);
+        assert_eq!(ops(&c.take()), ["data /w/h (from /w/h)", "rename /w/d /w/g"]);
+    }
+
+    #[test]
     fn a_file_leaving_a_tree_the_mirror_lacks_is_sent_whole() {
         let mut c = co();
         c.tree(Path::new("/w/d"), Instant::now());

@@ -58,11 +58,14 @@ pub struct BatchBuilder<'a> {
     out: &'a mut dyn FnMut(OutBatch),
     /// Signatures for deltas (none: files are always sent whole).
     delta: Option<&'a mut DeltaSource>,
+    /// Reconciliation's links not sent because a name no longer denotes
+    /// the file: another reconciliation must look again.
+    pub stale_links: usize,
 }
 
 impl<'a> BatchBuilder<'a> {
     pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
-        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, min_origin: NO_ORIGIN, item_origin: NO_ORIGIN, epoch, out, delta: None }
+        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, min_origin: NO_ORIGIN, item_origin: NO_ORIGIN, epoch, out, delta: None, stale_links: 0 }
     }
 
     /// Sends reconciliation's files as deltas where worthwhile, with
@@ -151,6 +154,7 @@ impl<'a> BatchBuilder<'a> {
                         // the events on their way say what to do, and the
                         // next reconciliation looks again.
                         debug!(from = %from.display(), to = %to.display(), "no longer one file; not linked");
+                        self.stale_links += 1;
                         return None;
                     }
                 }

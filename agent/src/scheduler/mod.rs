@@ -107,6 +107,9 @@ struct Scheduler {
     delta: Option<DeltaSource>,
     /// The log was dropped for its size: the coalescer holds more than it.
     log_dropped: bool,
+    /// Names whose content was sent past (kept across dispatches: what
+    /// refers to them may wait behind another vanished object).
+    unsent: Unsent,
 }
 
 /// Dispatch rounds the queue waits behind an object that vanished at send
@@ -146,6 +149,7 @@ pub fn run(
         last_commit: Instant::now(),
         delta: None,
         log_dropped: false,
+        unsent: Unsent::default(),
     };
     s.delta = s.opts.delta.clone().map(|o| DeltaSource::new(o, s.shared.clone()));
     let mut deadline: Option<Instant> = None;
@@ -236,6 +240,7 @@ impl Scheduler {
                 // reconciliation after this connection finds.
                 self.epoch = epoch;
                 self.inflight.clear();
+                self.unsent = Unsent::default();
                 self.log_dropped = false;
                 info!(epoch, receiver_applied = applied, "resuming without a replay (the queue log was dropped)");
                 *deadline = Some(Instant::now());
@@ -246,6 +251,7 @@ impl Scheduler {
                 let first = self.epoch == 0;
                 self.epoch = epoch;
                 self.inflight.clear();
+                self.unsent = Unsent::default();
                 self.co.resume(applied);
                 let now = Instant::now();
                 let replayed_at = now.checked_sub(HOLD_FRESH * 5).unwrap_or(now);
@@ -341,7 +347,8 @@ impl Scheduler {
         let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.delta.as_mut());
         let mut held = Vec::new();
         let mut back = Vec::new();
-        let mut unsent = Unsent::default();
+        let unsent = &mut self.unsent;
+        unsent.redirected = false;
         while let Some(item) = items.next() {
             if let Item::Content(c) = &item {
                 if unacked && matches!(c.what, coalesce::What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
@@ -352,7 +359,17 @@ impl Scheduler {
                 }
             }
             let item = unsent.redirect(item);
-            let Some(mut c) = builder.item(item) else { continue };
+            // Content sent: the receiver has it under that name now.
+            let remote = match &item {
+                Item::Content(c) if !unsent.names.is_empty() => Some(c.remote.clone()),
+                _ => None,
+            };
+            let Some(mut c) = builder.item(item) else {
+                if let Some(r) = remote {
+                    unsent.names.remove(&r);
+                }
+                continue;
+            };
             // A linked file whose entry lost track of its name: read it
             // through the name it has now.
             if self.co.relocate(&mut c) {
@@ -378,6 +395,7 @@ impl Scheduler {
             back.push(c);
         }
         builder.flush();
+        let stale_links = builder.stale_links;
         drop(builder);
         if closed {
             return false;
@@ -396,9 +414,10 @@ impl Scheduler {
                 oldest_given_up = oldest_given_up.min(std::time::SystemTime::now() - c.since.elapsed());
             }
         }
-        if unsent.redirected {
-            // Names linked by a check instead of a link: split in the
-            // mirror until reconciliation links them again.
+        if self.unsent.redirected || stale_links > 0 {
+            // Names linked by a check instead of a link, or a reconciliation's
+            // link whose names were renamed since: split in the mirror until
+            // a reconciliation links them again.
             if let Some(r) = &self.opts.reconcile {
                 r.notify_one();
             }
@@ -418,14 +437,17 @@ impl Scheduler {
     }
 }
 
-/// Mirror names whose content one dispatch sent past because the object
-/// had vanished: the receiver has nothing (or an older object) there.
+/// Mirror names whose content was sent past because the object had
+/// vanished: the receiver has nothing (or an older object) there, until
+/// content for the name is sent or a rename or removal moves it on.
 ///
 /// A link from such a name would fail at the receiver ("link source is
 /// missing"): that happens when a file is created, renamed, linked and
 /// unlinked again before the agent reads it (a busy machine). The link is
 /// sent as a check of its new name instead: whatever is there now goes whole,
 /// or is removed.
+const UNSENT_MAX: usize = 4096;
+
 #[derive(Default)]
 struct Unsent {
     names: std::collections::HashSet<PathBuf>,
@@ -435,6 +457,11 @@ struct Unsent {
 
 impl Unsent {
     fn sent_past(&mut self, c: &coalesce::Content) {
+        if self.names.len() >= UNSENT_MAX {
+            // Names nothing referred to again; a link from one of them
+            // fails at the receiver and is repaired by reconciliation.
+            self.names.clear();
+        }
         self.names.insert(c.remote.clone());
     }
 
