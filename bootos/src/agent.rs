@@ -19,8 +19,9 @@
 //!   `<machine>-<UTC date and time>`); in `lifeline.mode=restore` it restores
 //!   `lifeline.image` onto that disk. It prints `LIFELINE-BACKUP-OK` /
 //!   `LIFELINE-RESTORE-OK` or `...-FAILED: <reason>` and powers the machine
-//!   off. Other modes and styles print `LIFELINE-BACKUP-FAILED: ...` and
-//!   start a shell (the attended menu is not written yet).
+//!   off. In `lifeline.mode=menu` it runs `lifeline-image menu` on the
+//!   console (the attended text menu; the password is typed, never stored:
+//!   see [`attended_files`]), and a shell when the menu is left.
 //! * [`unattended_files`] lists what the initramfs needs for it: the agent
 //!   at [`AGENT_PATH`], the hook, the receiver's CA certificate at
 //!   [`CA_PATH`] and the repository password at [`PASSWORD_PATH`] (mode
@@ -30,8 +31,8 @@
 //! to type the repository password, so it is put into the initramfs when it
 //! is built: whoever can read the initramfs (the receiver's PXE directory,
 //! a USB stick made from it) can read the password. Keep such boot OS files
-//! as private as the password itself; the attended menu will ask for the
-//! password instead and needs none inside.
+//! as private as the password itself; the attended menu asks for the
+//! password instead and its boot OS holds none ([`attended_files`]).
 
 use crate::error::{Error, Result};
 use crate::initramfs::{ExtraFile, DEFAULT_HOOK};
@@ -157,6 +158,17 @@ pub fn unattended_files(agent: &Path, ca_pem: &[u8], password: &str) -> Result<V
     ])
 }
 
+/// The files an attended boot OS (the text menu, `lifeline.mode=menu`)
+/// needs: the agent, [`BACKUP_HOOK`] and the receiver's CA certificate.
+/// **No password**: the menu asks for it on the console.
+pub fn attended_files(agent: &Path, ca_pem: &[u8]) -> Vec<ExtraFile> {
+    vec![
+        ExtraFile::executable(AGENT_PATH, agent),
+        ExtraFile::bytes(DEFAULT_HOOK, 0o755, backup_hook()),
+        ExtraFile::bytes(CA_PATH, 0o644, ca_pem.to_vec()),
+    ]
+}
+
 /// The hook for an unattended backup or restore with a receiver (see the
 /// module documentation). It reads the `LIFELINE_*` variables `/init` sets
 /// from the kernel command line. Marker lines: `lifeline-backup: ...` /
@@ -185,14 +197,34 @@ fail() {
 	exec setsid cttyhack sh
 }
 
-case "$LIFELINE_MODE" in
-backup|restore) ;;
-*) fail "lifeline.mode=${LIFELINE_MODE:-menu}: only unattended backup and restore are available; starting a shell" ;;
-esac
 STYLE=${LIFELINE_STYLE:-receiver}
 case "$STYLE" in
 receiver|local) ;;
 *) fail "lifeline.style=$STYLE: receiver or local" ;;
+esac
+case "$LIFELINE_MODE" in
+backup|restore) ;;
+menu|"")
+	# Attended: the text menu asks for everything, the password included
+	# (attended media hold none). The boot token is traded for a session
+	# once; the menu comes back after the shell it offers.
+	[ -x "$AGENT" ] || fail "$AGENT is missing from the boot OS"
+	mkdir -p /run/lifeline
+	if [ -n "$LIFELINE_TOKEN" ] && [ ! -f /run/lifeline/token ]; then
+		umask 077
+		printf '%s\n' "$LIFELINE_TOKEN" > /run/lifeline/boot-token
+		umask 022
+	fi
+	while :; do
+		setsid cttyhack "$AGENT" menu --machine "${LIFELINE_MACHINE:-unknown}" --style "$STYLE" \
+			--receiver "$LIFELINE_RECEIVER" --ca "$CA" --boot-token-file /run/lifeline/boot-token \
+			--network "$LIFELINE_IFACE"
+		echo "lifeline: starting a shell; type exit to return to the menu"
+		setsid cttyhack sh
+		sleep 1
+	done
+	;;
+*) fail "lifeline.mode=$LIFELINE_MODE: backup, restore or menu" ;;
 esac
 [ -n "$LIFELINE_MACHINE" ] || fail "no lifeline.machine=NAME on the kernel command line"
 [ "$LIFELINE_MODE" = backup ] || [ -n "$LIFELINE_IMAGE" ] || fail "restore needs lifeline.image=NAME"
@@ -326,5 +358,11 @@ mod tests {
             _ => panic!("hook is not literal"),
         }
         assert!(unattended_files(Path::new("/x"), b"", "a\nb").is_err());
+        let f = attended_files(Path::new("/x/lifeline-image"), b"PEM");
+        assert_eq!(f.len(), 3);
+        assert!(
+            f.iter().all(|f| f.dest != PASSWORD_PATH),
+            "attended media hold no password"
+        );
     }
 }

@@ -19,21 +19,16 @@ use crate::error::{Error, Result};
 /// What `grub-mkrescue` needs, for error messages.
 pub const PACKAGES: &str = "grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools";
 
-/// Writes a hybrid ISO to `out` that boots `kernel` with `initrd` and
-/// `cmdline`; `title` names the boot menu's entry. Returns its size.
-pub fn make_iso(kernel: &Path, initrd: &Path, cmdline: &str, title: &str, out: &Path) -> Result<u64> {
+/// The `grub.cfg` that boots `/boot/vmlinuz` with `/boot/initrd.img` and
+/// `cmdline` at once, on the serial console and the screen alike (the ISO
+/// and the USB image share it).
+pub fn grub_cfg(cmdline: &str, title: &str) -> Result<String> {
     // grub.cfg is a script: keep the command line to plain words.
     let plain = |s: &str| !s.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '$' | ';' | '\n' | '{' | '}' | '`'));
     if !plain(cmdline) || !plain(title) {
         return Err(Error::Invalid(format!("the kernel command line or title holds characters GRUB would interpret: {cmdline:?}")));
     }
-    let tree = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", Path::new("/tmp"), e))?;
-    let boot = tree.path().join("boot");
-    let grub = boot.join("grub");
-    std::fs::create_dir_all(&grub).map_err(|e| Error::io("cannot create", &grub, e))?;
-    std::fs::copy(kernel, boot.join("vmlinuz")).map_err(|e| Error::io("cannot copy the kernel", kernel, e))?;
-    std::fs::copy(initrd, boot.join("initrd.img")).map_err(|e| Error::io("cannot copy the initramfs", initrd, e))?;
-    let cfg = format!(
+    Ok(format!(
         "# Lifeline boot OS, written by lifeline-bootos.\n\
          set timeout=0\n\
          serial --unit=0 --speed=115200\n\
@@ -43,7 +38,19 @@ pub fn make_iso(kernel: &Path, initrd: &Path, cmdline: &str, title: &str, out: &
          \tlinux /boot/vmlinuz {cmdline}\n\
          \tinitrd /boot/initrd.img\n\
          }}\n"
-    );
+    ))
+}
+
+/// Writes a hybrid ISO to `out` that boots `kernel` with `initrd` and
+/// `cmdline`; `title` names the boot menu's entry. Returns its size.
+pub fn make_iso(kernel: &Path, initrd: &Path, cmdline: &str, title: &str, out: &Path) -> Result<u64> {
+    let cfg = grub_cfg(cmdline, title)?;
+    let tree = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", Path::new("/tmp"), e))?;
+    let boot = tree.path().join("boot");
+    let grub = boot.join("grub");
+    std::fs::create_dir_all(&grub).map_err(|e| Error::io("cannot create", &grub, e))?;
+    std::fs::copy(kernel, boot.join("vmlinuz")).map_err(|e| Error::io("cannot copy the kernel", kernel, e))?;
+    std::fs::copy(initrd, boot.join("initrd.img")).map_err(|e| Error::io("cannot copy the initramfs", initrd, e))?;
     let cfg_path = grub.join("grub.cfg");
     std::fs::write(&cfg_path, cfg).map_err(|e| Error::io("cannot write", &cfg_path, e))?;
     let output = Command::new("grub-mkrescue")

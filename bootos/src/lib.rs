@@ -25,8 +25,8 @@
 //! backup hook), [`cpio`] (the newc archive writer), [`modules`] (module
 //! resolution), [`cmdline`] (kernel parameters), [`initramfs`] (assembly,
 //! `/init`, compression), [`iso`] (a hybrid BIOS and UEFI ISO for CD or
-//! USB), [`qemu`] (booting it in a VM and reading the
-//! console).
+//! USB), [`usb`] (a raw USB disk image, BIOS and UEFI, FAT with room to
+//! spare), [`qemu`] (booting it in a VM and reading the console).
 
 pub mod agent;
 pub mod cmdline;
@@ -36,6 +36,7 @@ pub mod initramfs;
 pub mod iso;
 pub mod modules;
 pub mod qemu;
+pub mod usb;
 
 pub use error::{Error, Result};
 pub use initramfs::{BootOs, BootOsSpec, Built, ExtraFile, Source};

@@ -2,13 +2,17 @@
 //! what the tests do, and a way to try a boot OS by hand.
 //!
 //! The VM is a q35 machine with a virtio NIC on qemu's user network (the
-//! host's loopback is 10.0.2.2 from inside) and optionally one virtio disk.
-//! Console lines arrive with the time since qemu started; the VM is killed
-//! (by its own PID) when the [`Vm`] is dropped, however a test ends.
+//! host's loopback is 10.0.2.2 from inside) and virtio disks in the order
+//! given, plus a boot disk (virtio or a USB stick on xHCI) for USB images.
+//! Console lines arrive with the time since qemu started, and
+//! [`Vm::type_line`] types on the console (qemu's standard input); the VM
+//! is killed (by its own PID) when the [`Vm`] is dropped, however a test
+//! ends.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::Write;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,10 @@ pub enum Boot<'a> {
     Network { bootfile: &'a str },
     /// The firmware boots a CD (a hybrid ISO, see [`crate::iso`]).
     Cdrom { iso: &'a Path },
+    /// The firmware boots a disk image (a USB image, see [`crate::usb`]),
+    /// attached after [`VmSpec::disks`] with the first boot index: as a
+    /// virtio disk, or with `usb` as a USB stick on an xHCI controller.
+    Disk { image: &'a Path, usb: bool },
 }
 
 /// OVMF, Debian's UEFI firmware for qemu (package ovmf).
@@ -44,6 +52,8 @@ pub struct VmSpec<'a> {
 /// A running VM and the console lines read so far.
 pub struct Vm {
     child: Child,
+    /// qemu's standard input: the guest's serial console input (-nographic).
+    stdin: Option<ChildStdin>,
     /// The UEFI variable store's copy, for as long as the VM runs.
     _vars: Option<tempfile::NamedTempFile>,
     lines: mpsc::Receiver<(Duration, String)>,
@@ -79,6 +89,7 @@ impl Vm {
                 cmd.arg("-cdrom").arg(iso).args(["-boot", "d"]);
                 "user,id=n0".to_string()
             }
+            Boot::Disk { .. } => "user,id=n0".to_string(),
         };
         let vars = if spec.uefi {
             if !Path::new(OVMF_CODE).exists() {
@@ -93,18 +104,30 @@ impl Vm {
             None
         };
         cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"]);
-        for d in spec.disks {
-            cmd.arg("-drive")
-                .arg(format!("file={},if=virtio,format=raw", d.display()));
+        // Explicit devices, so that the order is the command line's
+        // (/dev/vda, /dev/vdb, ... then the boot disk).
+        for (i, d) in spec.disks.iter().enumerate() {
+            cmd.arg("-drive").arg(format!("file={},if=none,id=disk{i},format=raw", d.display()));
+            cmd.arg("-device").arg(format!("virtio-blk-pci,drive=disk{i}"));
+        }
+        if let Boot::Disk { image, usb } = &spec.boot {
+            cmd.arg("-drive").arg(format!("file={},if=none,id=bootdisk,format=raw", image.display()));
+            if *usb {
+                cmd.args(["-device", "qemu-xhci,id=xhci", "-device", "usb-storage,bus=xhci.0,drive=bootdisk,bootindex=0"]);
+            } else {
+                cmd.args(["-device", "virtio-blk-pci,drive=bootdisk,bootindex=0"]);
+            }
         }
         let started = Instant::now();
         let mut child = cmd
-            .stdin(Stdio::null())
+            // The serial console's input: see [`Vm::type_line`].
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {QEMU}: {e}"))?;
         let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n') {
@@ -119,6 +142,7 @@ impl Vm {
         });
         Ok(Vm {
             child,
+            stdin,
             _vars: vars,
             lines,
             started,
@@ -154,6 +178,17 @@ impl Vm {
             self.log.push(line);
         }
         exited
+    }
+
+    /// Type `text` and Enter on the guest's serial console (as a terminal
+    /// would: Enter is a carriage return). Characters are never lost: qemu
+    /// hands them to the UART only as fast as it takes them.
+    pub fn type_line(&mut self, text: &str) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("qemu's input is closed")?;
+        stdin
+            .write_all(format!("{text}\r").as_bytes())
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("cannot type on the console: {e}"))
     }
 
     /// Time since qemu started.

@@ -5,7 +5,10 @@
 //!
 //! Each media lives in `STORE/boot/<id>/`: `vmlinuz`, `initrd.img` and
 //! `cmdline` (mode 0600: it holds the token), and for kind `iso` a hybrid
-//! `boot.iso` (BIOS and UEFI; a CD, or a USB stick written with `dd`). The network-boot server
+//! `boot.iso` (BIOS and UEFI; a CD, or a USB stick written with `dd`), for
+//! kind `usb` a raw disk image `usb.img` (MBR + FAT, BIOS and UEFI, with
+//! room to spare; see `lifeline_bootos::usb`). Attended media (mode menu)
+//! hold no password. The network-boot server
 //! (`crate::netboot`) serves them to the machine's MAC address until the
 //! token is used.
 
@@ -31,8 +34,10 @@ pub struct MediaSpec {
     pub image: Option<String>,
     /// The static `lifeline-image` for the boot OS.
     pub agent: PathBuf,
-    /// The repository password (unattended backup and restore need it).
-    pub password: String,
+    /// The repository password: unattended backup and restore need it (it
+    /// goes into the initramfs); attended media (mode menu) must have none,
+    /// the menu asks for it.
+    pub password: Option<String>,
     /// The kernel (default: the newest installed `/boot/vmlinuz-*`).
     pub kernel: Option<PathBuf>,
     pub kind: String,
@@ -47,7 +52,8 @@ pub struct Made {
     /// The whole kernel command line, token included.
     pub cmdline: String,
     pub initrd_bytes: u64,
-    /// The hybrid ISO (BIOS and UEFI, CD or USB stick), for kind `iso`.
+    /// The file to write to a CD or USB stick: the hybrid ISO (`boot.iso`,
+    /// kind `iso`) or the raw USB disk image (`usb.img`, kind `usb`).
     pub iso: Option<PathBuf>,
 }
 
@@ -70,7 +76,17 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
         .ca_path
         .context("the receiver uses a certificate of your own (--tls-cert): its CA is unknown here")?;
     let ca_pem = std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
-    let files = agent::unattended_files(&spec.agent, &ca_pem, &spec.password)?;
+    let files = match (spec.mode, &spec.password) {
+        (Mode::Menu, None) => agent::attended_files(&spec.agent, &ca_pem),
+        (Mode::Menu, Some(_)) => anyhow::bail!(
+            "attended (menu) boot media never hold the repository password (whoever boots it types it): leave out --password-file"
+        ),
+        (_, Some(pw)) => agent::unattended_files(&spec.agent, &ca_pem, pw)?,
+        (_, None) => anyhow::bail!(
+            "unattended {} media need the repository password (--password-file): it goes into the boot OS",
+            spec.mode.as_str()
+        ),
+    };
     let token = Credential::generate(spec.machine.as_str());
     let mut params = BootParams::new(spec.machine.as_str());
     if spec.style == Style::Receiver && spec.receiver_url.is_none() {
@@ -104,7 +120,15 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
             std::fs::set_permissions(&iso, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             Some("boot.iso")
         }
-        other => anyhow::bail!("unknown boot media kind {other:?} (netboot or iso)"),
+        "usb" => {
+            let img = tmp.join("usb.img");
+            let title = format!("Lifeline boot OS for {} ({} {})", spec.machine, spec.mode.as_str(), spec.style.as_str());
+            lifeline_bootos::usb::make_usb(&built.kernel, &initrd, &cmdline, &title, &img).context("making the USB image")?;
+            // Holds the token (and for unattended media the password).
+            std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            Some("usb.img")
+        }
+        other => anyhow::bail!("unknown boot media kind {other:?} (netboot, iso or usb)"),
     };
 
     let mut media = BootMedia {

@@ -18,6 +18,7 @@ pub mod delta;
 pub mod images;
 pub mod jobsdb;
 pub mod listing;
+pub mod mediadownload;
 pub mod netboot;
 pub mod progress;
 pub mod safepath;
@@ -50,6 +51,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let images = receiver.images()?;
+    let media = receiver.media_download()?;
     let stopper = receiver.clone();
     let signal = async move {
         shutdown.await;
@@ -76,6 +78,7 @@ pub async fn serve_with(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(receiver.into_service())
         .add_service(images.into_service())
+        .add_service(media.into_service())
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())

@@ -141,15 +141,18 @@ enum BootosCmd {
         /// it in target/lifeline-bootos-agent/).
         #[arg(long, env = "LIFELINE_BOOTOS_AGENT")]
         agent: PathBuf,
-        /// The repository password, for unattended backup and restore (first line).
+        /// The repository password, for unattended backup and restore (first
+        /// line; it goes into the boot OS). Not for --mode menu: the menu asks
+        /// for it on the console.
         #[arg(long)]
-        password_file: PathBuf,
+        password_file: Option<PathBuf>,
         /// Kernel image (default: the newest installed /boot/vmlinuz-*).
         #[arg(long)]
         kernel: Option<PathBuf>,
         /// netboot: served to the machine's MAC by --http-listen; iso: also a
-        /// hybrid ISO (BIOS and UEFI, CD or USB stick) to download.
-        #[arg(long, value_parser = ["netboot", "iso"], default_value = "netboot")]
+        /// hybrid ISO (BIOS and UEFI, CD or USB stick) to download; usb: also
+        /// a raw USB disk image (MBR + FAT, BIOS and UEFI) to write with dd.
+        #[arg(long, value_parser = ["netboot", "iso", "usb"], default_value = "netboot")]
         kind: String,
     },
     /// List boot media (of one machine).
@@ -275,8 +278,13 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
     let mut db = Db::open(store)?;
     match cmd {
         BootosCmd::Make { name, receiver_url, mode, style, image, agent, password_file, kernel, kind } => {
-            let password = std::fs::read_to_string(&password_file)
-                .with_context(|| format!("cannot read the password file {}", password_file.display()))?;
+            let password = match &password_file {
+                Some(f) => {
+                    let s = std::fs::read_to_string(f).with_context(|| format!("cannot read the password file {}", f.display()))?;
+                    Some(s.lines().next().unwrap_or("").to_string())
+                }
+                None => None,
+            };
             let spec = lifeline_receiver::bootmedia::MediaSpec {
                 machine: MachineName::new(&name).map_err(anyhow::Error::msg)?,
                 receiver_url,
@@ -288,7 +296,7 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 style: if style == "local" { Style::Local } else { Style::Receiver },
                 image,
                 agent,
-                password: password.lines().next().unwrap_or("").to_string(),
+                password,
                 kernel,
                 kind,
             };
@@ -297,7 +305,17 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
             println!("  kernel {}
   initrd {} ({} bytes)", made.kernel.display(), made.initrd.display(), made.initrd_bytes);
             if let Some(iso) = &made.iso {
-                println!("  ISO {} ({} bytes): boot it from CD, or write it to a USB stick with dd", iso.display(), std::fs::metadata(iso)?.len());
+                let what = if made.media.kind == "usb" {
+                    "USB disk image: write it to a USB stick with dd (BIOS and UEFI)"
+                } else {
+                    "ISO: boot it from CD, or write it to a USB stick with dd"
+                };
+                println!("  {what}: {} ({} bytes)", iso.display(), std::fs::metadata(iso)?.len());
+            }
+            if made.media.mode == "menu" {
+                println!("  attended media: the menu asks for the repository password; the boot OS holds none");
+            } else {
+                println!("  unattended media: the boot OS holds the repository password; keep its files as private as the password");
             }
             match db.mac_of(&name)? {
                 _ if made.iso.is_some() => {}

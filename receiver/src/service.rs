@@ -150,6 +150,11 @@ impl Receiver {
         crate::images::Images::new(&self.inner.store, self.inner.auth.clone())
     }
 
+    /// The `BootMediaStore` service (owners download their boot media).
+    pub fn media_download(&self) -> anyhow::Result<crate::mediadownload::MediaDownload> {
+        crate::mediadownload::MediaDownload::new(&self.inner.store, self.inner.auth.clone())
+    }
+
     /// The (canonical) store directory.
     pub fn store(&self) -> &Path {
         &self.inner.store

@@ -158,6 +158,14 @@ impl Site {
         make_media(&self.store, self.rx.port(), &self.agent, &self.pw, extra)
     }
 
+    /// `bootos make pc1` for attended (menu) media: no password file.
+    fn make_attended(&self, extra: &[&str]) -> String {
+        let url = format!("https://10.0.2.2:{}", self.rx.port());
+        let mut args = vec!["bootos", "make", "pc1", "--receiver-url", &url, "--agent", self.agent.to_str().unwrap(), "--mode", "menu"];
+        args.extend_from_slice(extra);
+        receiver_cli(&self.store, &args)
+    }
+
     /// Restores `image` (from `repo`: the receiver when `None`) with the
     /// host's lifeline-image into a new file, checks it against the disk,
     /// and says how long the restore took.
@@ -307,11 +315,12 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     eprintln!("reused token: {refusal}");
 }
 
-/// ISO media and UEFI network boot: the same boot OS on a hybrid ISO,
-/// booted from CD under BIOS (SeaBIOS) and under UEFI (OVMF), then network
-/// boot under UEFI (OVMF runs the NIC's EFI iPXE), each with media of its
-/// own (a token works once), backs the disk up unattended; the last image
-/// restores identical.
+/// USB image, ISO and UEFI network boot under UEFI (OVMF): the same boot OS
+/// on the raw USB image booted from a USB stick (xHCI), on a hybrid ISO booted
+/// from CD, then network boot (OVMF runs the NIC's EFI iPXE), each with
+/// media of its own (a token works once), backs the disk up unattended; the
+/// last image restores identical. (The ISO under BIOS is the local style
+/// test's boot, the USB image under BIOS the menu test's.)
 #[test]
 fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
@@ -319,11 +328,15 @@ fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
     let (disk, rx) = (&site.disk, &site.rx);
     let bootfile = site.bootfile();
     let mut image = String::new();
-    for (id, kind, uefi) in [(1, "iso", false), (2, "iso", true), (3, "netboot", true)] {
+    for (id, kind, uefi) in [(1, "usb", true), (2, "iso", true), (3, "netboot", true)] {
         let made = site.make(&["--mode", "backup", "--kind", kind]);
         assert!(made.contains(&format!("boot media #{id} for machine pc1")), "{made}");
-        let iso = site.store.join(format!("boot/{id}/boot.iso"));
-        let boot = if kind == "iso" { Boot::Cdrom { iso: &iso } } else { Boot::Network { bootfile: &bootfile } };
+        let iso = site.store.join(format!("boot/{id}/{}", if kind == "usb" { "usb.img" } else { "boot.iso" }));
+        let boot = match kind {
+            "iso" => Boot::Cdrom { iso: &iso },
+            "usb" => Boot::Disk { image: &iso, usb: true },
+            _ => Boot::Network { bootfile: &bootfile },
+        };
         let mut vm = Vm::boot(&VmSpec { boot, uefi, memory_mib: 512, disks: &[&disk.path] }).unwrap_or_else(|e| panic!("{e}"));
         let (at, line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", &rx);
         vm.wait_exit(Duration::from_secs(20));
@@ -407,4 +420,174 @@ fn tftp_serves_the_ipxe_binaries_and_nothing_else() {
     assert!(got.as_deref() == Some(&want[..]), "undionly.kpxe in 1428-byte blocks differs");
     assert!(fetch("../../etc/passwd", &["--path-as-is"]).is_none(), "a path outside the TFTP root was served");
     assert!(fetch("no-such-file", &[]).is_none());
+}
+
+/// Reads the console up to the menu's question containing `q` (a line
+/// starting with `? `) and returns the numbered items shown since the
+/// previous question. Panics on another question, a failure marker, or the
+/// timeout.
+fn until_question(vm: &mut Vm, q: &str, rx: &Receiver) -> Vec<String> {
+    let mut items = Vec::new();
+    loop {
+        let Some((_, line)) = vm.next_line(MENU_TIMEOUT) else {
+            panic!("no question {q:?} within {MENU_TIMEOUT:?}: {}\nreceiver log:\n{}", vm.report(), rx.log_tail(30));
+        };
+        if line.contains("-FAILED") {
+            panic!("{line}\nconsole:\n{}\nreceiver log:\n{}", vm.log().join("\n"), rx.log_tail(30));
+        }
+        if let Some(question) = line.strip_prefix("? ") {
+            assert!(question.contains(q), "asked {question:?} instead of {q:?}; console:\n{}", vm.log().join("\n"));
+            return items;
+        }
+        let t = line.trim_start();
+        if let Some((n, _)) = t.split_once(") ") {
+            if n.parse::<u32>().is_ok() {
+                items.push(t.to_string());
+            }
+        }
+    }
+}
+
+/// The number of the item containing `text`.
+fn item(items: &[String], text: &str) -> String {
+    let it = items.iter().find(|i| i.contains(text)).unwrap_or_else(|| panic!("no item {text:?} in {items:#?}"));
+    it.split_once(')').unwrap().0.to_string()
+}
+
+/// Answers the question containing `q` with the item containing `text`.
+fn choose(vm: &mut Vm, q: &str, text: &str, rx: &Receiver) {
+    let items = until_question(vm, q, rx);
+    vm.type_line(&item(&items, text)).unwrap();
+}
+
+fn answer(vm: &mut Vm, q: &str, a: &str, rx: &Receiver) {
+    until_question(vm, q, rx);
+    vm.type_line(a).unwrap();
+}
+
+/// From qemu's start to the end of the menu session.
+const MENU_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// The attended menu, from the raw USB image on a USB stick (xHCI) under
+/// BIOS: attended media
+/// hold no password. On the serial console the test picks backup, the
+/// machine's disk (not the USB stick), the receiver, the default name, and
+/// types a new repository's password twice (never echoed); the backup
+/// reports to the receiver and restores identical on the host. Back in the
+/// menu, a restore with a wrong password is refused and the machine's disk
+/// is untouched; then power off from the menu.
+#[test]
+fn menu_backs_up_with_a_typed_password_and_refuses_a_wrong_one() {
+    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let site = Site::new();
+    let (disk, rx) = (&site.disk, &site.rx);
+    // Attended media must not hold the password: refused with one.
+    let url = format!("https://10.0.2.2:{}", rx.port());
+    let out = Command::new(bin_path("lifeline-receiver"))
+        .arg("--store")
+        .arg(&site.store)
+        .args(["bootos", "make", "pc1", "--mode", "menu", "--receiver-url", &url, "--agent"])
+        .arg(&site.agent)
+        .arg("--password-file")
+        .arg(&site.pw)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("never hold the repository password"));
+    let made = site.make_attended(&["--kind", "usb"]);
+    assert!(made.contains("boot media #1 for machine pc1 (menu receiver)") && made.contains("holds none"), "{made}");
+    let media = site.store.join("boot/1");
+    let initrd = std::fs::read(media.join("initrd.img")).unwrap();
+    let mut cpio = Vec::new();
+    flate2::read::GzDecoder::new(&initrd[..]).read_to_end(&mut cpio).unwrap();
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(&cpio, PASSWORD.as_bytes()) && !contains(&cpio, b"etc/lifeline/password\0"), "attended media hold the password");
+    let usb = media.join("usb.img");
+    let usb_size = std::fs::metadata(&usb).unwrap().len();
+    let before = blake3::hash(&std::fs::read(&disk.path).unwrap());
+
+    let mut vm = Vm::boot(&VmSpec { boot: Boot::Disk { image: &usb, usb: true }, uefi: false, memory_mib: 512, disks: &[&disk.path] })
+        .unwrap_or_else(|e| panic!("{e}"));
+    let items = until_question(&mut vm, "What do you want to do?", rx);
+    let menu_at = vm.elapsed();
+    assert!(vm.log().iter().any(|l| l.contains("Receiver https://10.0.2.2") && l.contains("connected")), "{}", vm.log().join("\n"));
+    vm.type_line(&item(&items, "Back up a disk")).unwrap();
+    // The machine's disk, not the USB stick (sda, on the xHCI controller).
+    let items = until_question(&mut vm, "Which disk do you want to back up?", rx);
+    assert!(items.iter().any(|i| i.contains("/dev/sda")), "the USB stick is not listed: {items:#?}");
+    vm.type_line(&item(&items, "/dev/vda  100.7 MB")).unwrap();
+    choose(&mut vm, "Where should the image go?", "The receiver", rx);
+    answer(&mut vm, "Image name", "", rx);
+    answer(&mut vm, "Repository password", PASSWORD, rx);
+    answer(&mut vm, "Type the password again", PASSWORD, rx);
+    answer(&mut vm, "Start the backup?", "yes", rx);
+    let t = vm.elapsed();
+    let (ok_at, ok_line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", rx);
+    let backup_time = ok_at - t;
+    let image = image_of(&ok_line);
+    assert!(image.starts_with("pc1-") && ok_line.contains("disk=/dev/vda"), "{ok_line}");
+    choose(&mut vm, "What now?", "Back to the menu", rx);
+    choose(&mut vm, "What do you want to do?", "Restore an image", rx);
+    choose(&mut vm, "Where are the images?", "The receiver", rx);
+    answer(&mut vm, "Repository password", "not-the-password", rx);
+    let (_, refused) = wait_for(&mut vm, "LIFELINE-RESTORE-FAILED", "LIFELINE-RESTORE-OK", rx);
+    assert!(refused.contains("wrong password"), "{refused}");
+    choose(&mut vm, "What do you want to do?", "Power off", rx);
+    let exited = vm.wait_exit(Duration::from_secs(30));
+    let console = vm.log().join("\n");
+    assert!(exited.is_some(), "qemu did not exit after power off from the menu; console:\n{console}");
+    assert!(!console.contains(PASSWORD) && !console.contains("not-the-password"), "a password was echoed:\n{console}");
+    drop(vm);
+    assert_eq!(blake3::hash(&std::fs::read(&disk.path).unwrap()), before, "the machine's disk changed");
+    site.restore_and_check(&image, None, &[]);
+    let jobs = receiver_cli(&site.store, &["jobs", "--machine", "pc1"]);
+    assert!(jobs.lines().any(|l| l.contains("backup") && l.contains(" ok ") && l.contains(&image)), "{jobs}");
+    eprintln!(
+        "menu from the USB image ({:.1} MB) under BIOS: menu at {menu_at:.2?}, attended backup took {backup_time:.2?} (done at {ok_at:.2?}): {ok_line}",
+        usb_size as f64 / 1e6
+    );
+}
+
+/// The owner's download: machine pc1 lists and downloads its USB image over
+/// the receiver's TLS port with its own credential, byte for byte the
+/// receiver's file, and is told it holds the password; pc2's media is
+/// refused to pc1 (as if it did not exist), and so is network-boot media.
+/// Both refusals are audited.
+#[test]
+fn owner_downloads_its_media_and_not_another_machines() {
+    let site = Site::new();
+    let creds2 = site.dir.path().join("creds2");
+    receiver_cli(&site.store, &["machine", "add", "pc2", "--out", creds2.to_str().unwrap()]);
+    assert!(site.make(&["--mode", "backup", "--kind", "usb"]).contains("boot media #1 for machine pc1"));
+    let url = format!("https://10.0.2.2:{}", site.rx.port());
+    let pw = site.pw.to_str().unwrap();
+    let agent = site.agent.to_str().unwrap();
+    receiver_cli(&site.store, &["bootos", "make", "pc2", "--receiver-url", &url, "--agent", agent, "--mode", "menu"]);
+    receiver_cli(&site.store, &["bootos", "make", "pc1", "--receiver-url", &url, "--agent", agent, "--password-file", pw]);
+    let media = |creds: &Path, machine: &str, args: &[&str]| {
+        let out = Command::new(bin_path("lifeline-image"))
+            .args(["boot-media", "--repo", &site.rx.url()])
+            .arg("--token-file")
+            .arg(creds.join(format!("{machine}.token")))
+            .arg("--ca")
+            .arg(creds.join("ca.crt"))
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, list) = media(&site.creds, "pc1", &["list"]);
+    assert!(ok && list.contains("#1") && list.contains("usb.img") && list.contains("#3") && !list.contains("#2"), "{list}");
+    let got = site.dir.path().join("pc1-usb.img");
+    let (ok, text) = media(&site.creds, "pc1", &["download", "1", "--out", got.to_str().unwrap()]);
+    assert!(ok && text.contains("holds the repository password"), "{text}");
+    assert!(std::fs::read(&got).unwrap() == std::fs::read(site.store.join("boot/1/usb.img")).unwrap(), "the download differs");
+    let other = site.dir.path().join("pc2.iso");
+    let (ok, text) = media(&site.creds, "pc1", &["download", "2", "--out", other.to_str().unwrap()]);
+    assert!(!ok && text.contains("has no boot media #2") && !other.exists(), "{text}");
+    let (ok, text) = media(&site.creds, "pc1", &["download", "3", "--out", other.to_str().unwrap()]);
+    assert!(!ok && text.contains("network boot"), "{text}");
+    let (ok, list) = media(&creds2, "pc2", &["list"]);
+    assert!(ok && list.contains("#2") && list.contains("holds no password") && !list.contains("#1"), "{list}");
+    let audit = receiver_cli(&site.store, &["audit"]);
+    assert!(audit.contains("boot media downloaded") && audit.contains("boot media download refused"), "{audit}");
 }

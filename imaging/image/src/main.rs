@@ -3,6 +3,9 @@
 //! A thin layer over the `lifeline_image` library: argument parsing, the
 //! password, and printing. See the README's "Disk images" section.
 
+mod media;
+mod menu;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -155,6 +158,12 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Boot OS: the attended text menu on the console (back up or restore
+    /// a disk with a typed password; see menu.rs).
+    Menu(menu::MenuArgs),
+    /// This machine's boot media on the receiver: list them, or download
+    /// one's ISO or USB image (with the machine's own credential).
+    BootMedia(media::MediaArgs),
 }
 
 fn main() -> ExitCode {
@@ -488,6 +497,8 @@ fn run(cli: &Cli) -> Result<()> {
                 );
             }
         }
+        Cmd::Menu(args) => menu::run(args)?,
+        Cmd::BootMedia(args) => media::run(args, cli.json, progress)?,
         Cmd::Scan { source } => {
             let disk = lifeline_image::device::Disk::open_source(source)?;
             let s = lifeline_image::scan::scan(&disk, disk.size, disk.sector_size).with_context(
