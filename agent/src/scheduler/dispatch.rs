@@ -549,19 +549,12 @@ fn is_vanished(e: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    /// A file sent in several ops gets its attributes (mtime) with the last
-    /// one only: a stream broken between them leaves the mirror's mtime
-    /// different, which reconciliation notices.
-    #[test]
-    fn only_the_last_op_of_a_file_carries_its_mtime() {
-        let d = tempfile::tempdir().unwrap();
-        let local = d.path().join("big");
-        let len = 2 * lifeline_proto::MAX_CHUNK + 12345;
-        fs::write(&local, vec![7u8; len]).unwrap();
+    /// The data ops `what` at `local` becomes.
+    fn data_ops(local: &Path, what: What) -> Vec<pb::FileData> {
         let c = Content {
-            remote: local.clone(),
-            local: local.clone(),
-            what: What::Check,
+            remote: local.to_path_buf(),
+            local: local.to_path_buf(),
+            what,
             ino: 0,
             dev: 0,
             since: Instant::now(),
@@ -575,14 +568,26 @@ mod tests {
         assert!(builder.item(Item::Content(c)).is_none());
         builder.flush();
         drop(builder);
-        let data: Vec<pb::FileData> = batches
+        batches
             .into_iter()
             .flat_map(|b| b.batch.ops)
             .map(|op| match op.kind {
                 Some(Kind::Data(d)) => d,
                 other => panic!("not a data op: {other:?}"),
             })
-            .collect();
+            .collect()
+    }
+
+    /// A file sent in several ops gets its attributes (mtime) with the last
+    /// one only: a stream broken between them leaves the mirror's mtime
+    /// different, which reconciliation notices.
+    #[test]
+    fn only_the_last_op_of_a_file_carries_its_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let local = d.path().join("big");
+        let len = 2 * lifeline_proto::MAX_CHUNK + 12345;
+        fs::write(&local, vec![7u8; len]).unwrap();
+        let data = data_ops(&local, What::Check);
         assert_eq!(data.len(), 3, "one op per MiB");
         assert!(data.iter().all(|d| d.size == len as u64));
         let with_attr: Vec<bool> = data.iter().map(|d| d.attr.is_some()).collect();
@@ -605,32 +610,8 @@ mod tests {
         f.write_all_at(&[3u8; 100], 50 << 20).unwrap(); // after a 50 MiB hole
         let mut ranges = super::super::ranges::RangeSet::new();
         ranges.insert(0, 10);
-        let c = Content {
-            remote: local.clone(),
-            local: local.clone(),
-            what: What::File { ranges, truncate_to: Some(3000), full: false },
-            ino: 0,
-            dev: 0,
-            since: Instant::now(),
-            deferrals: 0,
-            origin: NO_ORIGIN,
-        };
-        let mut batches = Vec::new();
-        let mut out = |b: OutBatch| batches.push(b);
-        let mut seq = 0;
-        let mut builder = BatchBuilder::new(&mut seq, 1, &mut out);
-        assert!(builder.item(Item::Content(c)).is_none());
-        builder.flush();
-        drop(builder);
-        let chunks: Vec<(u64, usize)> = batches
-            .into_iter()
-            .flat_map(|b| b.batch.ops)
-            .flat_map(|op| match op.kind {
-                Some(Kind::Data(d)) => d.chunks,
-                other => panic!("not a data op: {other:?}"),
-            })
-            .map(|c| (c.offset, c.data.len()))
-            .collect();
+        let data = data_ops(&local, What::File { ranges, truncate_to: Some(3000), full: false });
+        let chunks: Vec<(u64, usize)> = data.into_iter().flat_map(|d| d.chunks).map(|c| (c.offset, c.data.len())).collect();
         let sent: usize = chunks.iter().map(|c| c.1).sum();
         assert!(chunks.contains(&(0, 10)), "{chunks:?}");
         assert!(chunks.iter().any(|&(o, n)| o <= 3000 && o + n as u64 >= 3200), "the data past the cut: {chunks:?}");
