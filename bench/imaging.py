@@ -475,7 +475,7 @@ class Lifeline(Tool):
 def find_lifeline(cfg: argparse.Namespace, work: Path) -> tuple[Path | None, str]:
     """Builds lifeline-image if its crate exists; returns a private copy of the
     binary (others rebuild target/ during the run) or None and why not."""
-    exe = REPO / "target" / "release" / "lifeline-image"
+    exe = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / "release" / "lifeline-image"
     crate = [p for pat in ("*/Cargo.toml", "*/*/Cargo.toml") for p in REPO.glob(pat)
              if p.parts[len(REPO.parts)] != "target" and 'name = "lifeline-image"' in p.read_text(errors="replace")]
     if not cfg.skip_build:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers of untrusted on-disk bytes (imaging/disk/fuzz): partition
-# tables, each filesystem reader, used-block maps. Each target runs SECONDS
+# tables, each filesystem reader, used-block maps, and a pack's index and
+# trailer (imaging/repo, no seed: it starts from nothing). Each target runs SECONDS
 # (default 20) from a seed corpus of real, small filesystems made by mkfs, so
 # the fuzzer starts past the magic numbers. Prints one `test result:` line per
 # target, which scripts/test.sh counts with the tests. Crashes are kept in
@@ -9,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../imaging/disk/fuzz"
 secs=${1:-20}
 corpus=${LIFELINE_FUZZ_CORPUS:-/var/tmp/lifeline-fuzz-corpus}
-targets=(layout usedmap ext fat swap ntfs exfat xfs btrfs)
+targets=(layout usedmap ext fat swap ntfs exfat xfs btrfs pack_index)
 for t in "${targets[@]}"; do mkdir -p "$corpus/$t"; done
 
 seed() { # seed TARGET NAME SIZE_KIB mkfs-command... (the image path is appended)

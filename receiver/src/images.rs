@@ -2,29 +2,34 @@
 //!
 //! Each authenticated machine has its own repository directory,
 //! `<store>/images/<machine>/`, laid out and written exactly like a local one
-//! ([`lifeline_repo::DirStore`]: chunks made durable in batches, manifests
-//! atomically). The machine's name comes from its credential, never from the
-//! request, so one machine cannot name another's repository; chunk ids and
-//! image names are checked before they become file names. The receiver sees
-//! only encrypted blobs: the password and keys stay on the machine.
+//! ([`lifeline_repo::DirStore`]: each pack written to a temporary file as its
+//! pieces arrive, fsync'd and linked to its name, never over an existing one;
+//! manifests atomically). The machine's name comes from its credential, never
+//! from the request, so one machine cannot name another's repository; pack
+//! ids and image names are checked before they become file names, and sizes
+//! against the format's limits. The receiver sees only encrypted blobs: the
+//! password and keys stay on the machine.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeline_proto::v1::image_store_server::{ImageStore, ImageStoreServer};
 use lifeline_proto::v1::{
-    BootSession, ChunkBlob, JobReply, JobReport, ChunkList, ChunkRequest, ImageBlob, ImageEmpty, ManifestNames, ManifestRequest,
-    NamedBlob, PutChunksReply,
+    BootSession, ImageBlob, ImageEmpty, JobReply, JobReport, ManifestNames, ManifestRequest,
+    NamedBlob, PackInfo, PackList, PackPiece, PackRange,
 };
-use lifeline_repo::{ChunkId, DirStore, RepoError, Store, MAX_BLOB_SIZE, MAX_MANIFEST_BLOB_SIZE};
+use lifeline_repo::pack::MAX_PACK_SIZE;
+use lifeline_repo::{DirStore, PackId, PackSink, RepoError, Store, MAX_MANIFEST_BLOB_SIZE};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::auth::{Authenticator, MachineName};
 
-/// Chunk ids per `ChunkList` message (32 bytes each: 1 MiB messages).
-const IDS_PER_MESSAGE: usize = 32 * 1024;
+/// Index bytes per `PackList` message (about).
+const LIST_BYTES: usize = 1 << 20;
+/// Largest `ReadPack` answer.
+const MAX_READ: u32 = 16 << 20;
 
 #[derive(Clone)]
 pub struct Images {
@@ -52,7 +57,9 @@ impl Images {
     /// The requesting machine's store (its name is already validated as a
     /// single safe path component by [`MachineName`]).
     fn store_for<T>(&self, req: &Request<T>) -> Result<(MachineName, DirStore), Status> {
-        let m = self.auth.authenticate_images(req.metadata(), req.extensions())?;
+        let m = self
+            .auth
+            .authenticate_images(req.metadata(), req.extensions())?;
         let dir = self.root.join(m.as_str());
         Ok((m, DirStore::new(dir)))
     }
@@ -74,9 +81,10 @@ fn status(e: RepoError) -> Status {
             Status::already_exists("the machine already has an image repository")
         }
         RepoError::NotEmpty { .. } => Status::failed_precondition(e.to_string()),
-        RepoError::BadName { .. } | RepoError::TooLarge { .. } => {
+        RepoError::BadName { .. } | RepoError::TooLarge { .. } | RepoError::CorruptPack { .. } => {
             Status::invalid_argument(e.to_string())
         }
+        RepoError::PackExists { .. } => Status::already_exists(e.to_string()),
         other => {
             warn!(error = %other, "image store");
             Status::internal(format!("receiver storage: {other}"))
@@ -84,10 +92,10 @@ fn status(e: RepoError) -> Status {
     }
 }
 
-fn chunk_id(b: &[u8]) -> Result<ChunkId, Status> {
+fn pack_id(b: &[u8]) -> Result<PackId, Status> {
     b.try_into()
-        .map(ChunkId)
-        .map_err(|_| Status::invalid_argument("a chunk id is 32 bytes"))
+        .map(PackId)
+        .map_err(|_| Status::invalid_argument("a pack id is 16 bytes"))
 }
 
 #[tonic::async_trait]
@@ -113,77 +121,98 @@ impl ImageStore for Images {
         Ok(Response::new(ImageEmpty {}))
     }
 
-    type ListChunksStream = tokio_stream::Iter<std::vec::IntoIter<Result<ChunkList, Status>>>;
+    type ListPacksStream = tokio_stream::Iter<std::vec::IntoIter<Result<PackList, Status>>>;
 
-    async fn list_chunks(
+    async fn list_packs(
         &self,
         req: Request<ImageEmpty>,
-    ) -> Result<Response<Self::ListChunksStream>, Status> {
+    ) -> Result<Response<Self::ListPacksStream>, Status> {
         let (_, store) = self.store_for(&req)?;
-        let listing = blocking(move || store.list_chunks()).await?;
-        let mut msgs: Vec<Result<ChunkList, Status>> = listing
-            .ids
-            .chunks(IDS_PER_MESSAGE)
-            .map(|ids| {
-                Ok(ChunkList {
-                    ids: ids.iter().flat_map(|i| i.0).collect(),
-                    stray: vec![],
-                    temp_files: 0,
-                })
-            })
-            .collect();
-        msgs.push(Ok(ChunkList {
-            ids: vec![],
-            stray: listing.stray,
-            temp_files: listing.temp_files,
-        }));
+        let listing = blocking(move || store.list_packs()).await?;
+        let mut msgs: Vec<Result<PackList, Status>> = Vec::new();
+        let mut cur = PackList::default();
+        let mut bytes = 0;
+        for p in listing.packs {
+            let (index, error) = match p.index {
+                Ok(b) => (b, String::new()),
+                Err(e) => (vec![], e),
+            };
+            bytes += index.len() + 64;
+            cur.packs.push(PackInfo {
+                id: p.id.0.to_vec(),
+                size: p.size,
+                index,
+                error,
+            });
+            if bytes >= LIST_BYTES {
+                msgs.push(Ok(std::mem::take(&mut cur)));
+                bytes = 0;
+            }
+        }
+        cur.stray = listing.stray;
+        cur.temp_files = listing.temp_files;
+        msgs.push(Ok(cur));
         Ok(Response::new(tokio_stream::iter(msgs)))
     }
 
-    async fn put_chunks(
+    async fn put_pack(
         &self,
-        req: Request<Streaming<ChunkBlob>>,
-    ) -> Result<Response<PutChunksReply>, Status> {
-        let (_, store) = self.store_for(&req)?;
-        let store = Arc::new(store);
+        req: Request<Streaming<PackPiece>>,
+    ) -> Result<Response<ImageEmpty>, Status> {
+        let (m, store) = self.store_for(&req)?;
         let mut stream = req.into_inner();
-        let mut reply = PutChunksReply::default();
-        while let Some(msg) = stream.next().await {
-            let ChunkBlob { id, blob } = msg?;
-            let id = chunk_id(&id)?;
-            if blob.len() > MAX_BLOB_SIZE {
-                return Err(Status::invalid_argument(
-                    "chunk blob larger than any valid chunk",
-                ));
-            }
-            let s = store.clone();
-            // Never overwrite: a stored chunk is immutable (its name is its
-            // content's keyed hash).
-            let new = blocking(move || {
-                if s.has_chunk(&id)? {
-                    return Ok(false);
+        let Some(first) = stream.next().await else {
+            return Err(Status::invalid_argument("an empty pack upload"));
+        };
+        let PackPiece { id, data } = first?;
+        let id = pack_id(&id)?;
+        // Written to a temporary file as pieces arrive (no pack is held in
+        // memory); dropped before the commit, the temporary file goes.
+        let mut sink = blocking(move || store.create_pack_file(&id)).await?;
+        let mut piece = data;
+        loop {
+            sink = blocking(move || sink.write(&piece).map(|()| sink)).await?;
+            match stream.next().await {
+                Some(p) => {
+                    let p = p?;
+                    if !p.id.is_empty() {
+                        return Err(Status::invalid_argument(
+                            "the pack id goes in the first piece only",
+                        ));
+                    }
+                    piece = p.data;
                 }
-                s.put_chunk(&id, blob).map(|()| true)
-            })
-            .await?;
-            if new {
-                reply.stored += 1;
-            } else {
-                reply.present += 1;
+                None => break,
             }
         }
-        let s = store.clone();
-        blocking(move || s.flush()).await?;
-        Ok(Response::new(reply))
+        blocking(move || Box::new(sink).commit()).await?;
+        tracing::debug!(machine = %m, pack = %id, "pack stored");
+        Ok(Response::new(ImageEmpty {}))
     }
 
-    async fn get_chunk(&self, req: Request<ChunkRequest>) -> Result<Response<ImageBlob>, Status> {
+    async fn read_pack(&self, req: Request<PackRange>) -> Result<Response<ImageBlob>, Status> {
         let (_, store) = self.store_for(&req)?;
-        let id = chunk_id(&req.get_ref().id)?;
-        match blocking(move || store.get_chunk(&id, MAX_BLOB_SIZE)).await? {
-            Some(data) => Ok(Response::new(ImageBlob { data })),
-            None => Err(Status::not_found(format!("chunk {id} is not stored"))),
+        let PackRange { id, offset, len } = req.into_inner();
+        let id = pack_id(&id)?;
+        if len > MAX_READ || offset.saturating_add(u64::from(len)) > MAX_PACK_SIZE {
+            return Err(Status::invalid_argument("range outside any valid pack"));
         }
+        let read = tokio::task::spawn_blocking(move || store.read_pack(&id, offset, len))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
+        let data = match read {
+            Ok(d) => d,
+            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Status::not_found(format!("no pack {id}")));
+            }
+            Err(RepoError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                return Err(Status::out_of_range(format!("beyond the end of pack {id}")));
+            }
+            Err(e) => return Err(status(e)),
+        };
+        Ok(Response::new(ImageBlob { data }))
     }
 
     async fn put_manifest(&self, req: Request<NamedBlob>) -> Result<Response<ImageEmpty>, Status> {
@@ -229,13 +258,19 @@ impl ImageStore for Images {
     }
 
     async fn claim_boot(&self, req: Request<ImageEmpty>) -> Result<Response<BootSession>, Status> {
-        let from = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        let from = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
         let auth = self.auth.clone();
         let md = req.metadata().clone();
         let claim = tokio::task::spawn_blocking(move || auth.claim_boot(&md, &from))
             .await
             .map_err(|e| Status::internal(format!("claim task failed: {e}")))??;
-        info!(machine = claim.media.machine, media = claim.media.id, "boot session opened");
+        info!(
+            machine = claim.media.machine,
+            media = claim.media.id,
+            "boot session opened"
+        );
         Ok(Response::new(BootSession {
             credential: claim.credential.token(),
             expires_unix: claim.expires_unix,
@@ -247,7 +282,9 @@ impl ImageStore for Images {
     }
 
     async fn report_job(&self, req: Request<JobReport>) -> Result<Response<JobReply>, Status> {
-        let m = self.auth.authenticate_images(req.metadata(), req.extensions())?;
+        let m = self
+            .auth
+            .authenticate_images(req.metadata(), req.extensions())?;
         let r = req.into_inner();
         let limit = |s: String| s.chars().take(1000).collect::<String>();
         let report = crate::jobsdb::Report {
@@ -265,7 +302,9 @@ impl ImageStore for Images {
         let machine = m.as_str().to_string();
         let job = i64::try_from(r.job).map_err(|_| Status::invalid_argument("no such job"))?;
         let id = tokio::task::spawn_blocking(move || {
-            db.lock().unwrap_or_else(|e| e.into_inner()).report_job(&machine, job, &report)
+            db.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .report_job(&machine, job, &report)
         })
         .await
         .map_err(|e| Status::internal(format!("job task failed: {e}")))?

@@ -206,10 +206,18 @@ fn receiver_killed_mid_backup_leaves_no_image_and_the_next_backup_works() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until chunks arrive, then kill the receiver.
-    let chunks = t.path().join("store/images/web1/chunks");
+    // Wait until a few MiB of packs arrived (committed ones and the ones
+    // still streaming), then kill the receiver.
+    let packs = t.path().join("store/images/web1/packs");
+    let bytes = || -> u64 {
+        walkdir(&packs)
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    };
     let start = std::time::Instant::now();
-    while walkdir(&chunks).len() < 50 && start.elapsed().as_secs() < 60 {
+    while bytes() < 24 * MIB && start.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     rx.kill();

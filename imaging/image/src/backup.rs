@@ -155,7 +155,7 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
         repo,
         WriterOptions {
             threads,
-            queue: 2 * threads,
+            queue: threads,
         },
     )?;
     let progress = Progress::start("backup", total, opts.progress).watched(opts.watcher.clone());

@@ -115,7 +115,7 @@ enum Cmd {
         /// One image (default: every image).
         #[arg(long)]
         name: Option<String>,
-        /// Also check every chunk file in the repository, referenced or not.
+        /// Also check every pack in the repository: every chunk, referenced or not.
         #[arg(long)]
         all_chunks: bool,
         #[arg(long)]
@@ -140,7 +140,7 @@ enum Cmd {
         #[arg(long)]
         name: String,
     },
-    /// Delete the chunks no image uses any more (reads every image: needs the password).
+    /// Delete the packs no image uses a chunk of (reads every image: needs the password).
     Prune {
         #[command(flatten)]
         repo: RepoArgs,
@@ -363,7 +363,7 @@ fn run(cli: &Cli) -> Result<()> {
                         let errs: Vec<String> = rep.errors.iter().map(|e| e.to_string()).collect();
                         if !cli.json {
                             println!(
-                                "{n}: DAMAGED, {} of {} chunks fail",
+                                "{n}: DAMAGED, {} errors checking {} chunks",
                                 errs.len(),
                                 rep.checked
                             );
@@ -384,11 +384,12 @@ fn run(cli: &Cli) -> Result<()> {
                 }
             }
             if *all_chunks {
-                let rep = r.verify_all_chunk_files(threads(*t));
+                let rep = r.verify_all_packs(threads(*t));
                 if !cli.json {
                     println!(
-                        "chunk store: {} chunks, {} errors, {} leftover temporary files",
+                        "pack store: {} chunks in {} groups, {} errors, {} leftover temporary files",
                         rep.checked,
+                        rep.groups,
                         rep.errors.len(),
                         rep.temp_files
                     );
@@ -397,7 +398,7 @@ fn run(cli: &Cli) -> Result<()> {
                     }
                 }
                 if !rep.ok() {
-                    failed.push("(chunk store)".into());
+                    failed.push("(pack store)".into());
                 }
             }
             if cli.json {
@@ -460,10 +461,21 @@ fn run(cli: &Cli) -> Result<()> {
             let r = open(repo)?;
             let rep = lifeline_image::prune::prune(&r)?;
             out(cli, json!(rep), || {
-                format!(
-                    "{} images: kept {} chunks, deleted {}",
-                    rep.images, rep.chunks_kept, rep.chunks_deleted
-                )
+                let p = &rep.packs;
+                let mut s = format!(
+                    "{} images: deleted {} packs ({} chunks, {}), kept {} packs ({} chunks in use, {} unused in partly used packs)",
+                    rep.images,
+                    p.packs_deleted,
+                    p.chunks_deleted,
+                    human_bytes(p.bytes_freed),
+                    p.packs_kept,
+                    p.chunks_used,
+                    p.chunks_unused_kept
+                );
+                if p.packs_unreadable > 0 {
+                    s += &format!("; {} unreadable packs kept (see `verify --all-chunks`)", p.packs_unreadable);
+                }
+                s
             });
         }
         Cmd::Claim { repo, out } => {

@@ -2,7 +2,10 @@
 //!
 //! `forget` removes an image's manifest only. `prune` then reads every
 //! remaining manifest (so it needs the password), collects the chunks they
-//! use and deletes the rest. It holds the repository exclusively: backups
+//! use and deletes every pack holding none of them. A pack holding both used
+//! and unused chunks is kept whole (packs are not rewritten yet), so its dead
+//! chunks stay until the last used one in it is pruned too; the report counts
+//! them. It holds the repository exclusively: backups
 //! hold it shared, because a backup relies on chunks that already exist
 //! (deduplication) and a prune running beside it could delete one of them
 //! before the backup's manifest is written.
@@ -10,7 +13,7 @@
 use std::collections::HashSet;
 
 use anyhow::{bail, Context, Result};
-use lifeline_repo::{ChunkId, Repo};
+use lifeline_repo::{ChunkId, PruneStats, Repo};
 use tracing::info;
 
 use crate::restore::load;
@@ -19,8 +22,8 @@ use crate::restore::load;
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PruneReport {
     pub images: usize,
-    pub chunks_kept: usize,
-    pub chunks_deleted: usize,
+    #[serde(flatten)]
+    pub packs: PruneStats,
 }
 
 /// Remove image `name` (its chunks stay until [`prune`]).
@@ -30,7 +33,7 @@ pub fn forget(repo: &Repo, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Delete every chunk no image uses.
+/// Delete every pack no image uses a chunk of.
 pub fn prune(repo: &Repo) -> Result<PruneReport> {
     let Some(_lock) = repo.lock(true)? else {
         bail!(
@@ -48,18 +51,10 @@ pub fn prune(repo: &Repo) -> Result<PruneReport> {
         })?;
         used.extend(m.chunks.iter().map(|c| c.1));
     }
-    let mut report = PruneReport {
+    let report = PruneReport {
         images: names.len(),
-        ..Default::default()
+        packs: repo.prune_packs(&used)?,
     };
-    for id in repo.chunk_ids()? {
-        if used.contains(&id) {
-            report.chunks_kept += 1;
-        } else {
-            repo.delete_chunk(&id)?;
-            report.chunks_deleted += 1;
-        }
-    }
     info!(?report, "prune done");
     Ok(report)
 }

@@ -1,43 +1,139 @@
 //! A repository kept by Lifeline's receiver: a [`Store`] over the
 //! `ImageStore` gRPC service.
 //!
-//! Everything secret stays here: chunks and manifests are encrypted by
+//! Everything secret stays here: packs and manifests are encrypted by
 //! [`lifeline_repo::Repo`] before they reach this store, and the receiver keeps
-//! opaque blobs in the machine's own directory. Chunks are sent on one
-//! client stream per batch (the receiver makes them durable when the stream
-//! ends, at [`Store::flush`]); the ids already stored are listed once, so a
-//! second backup asks nothing per chunk.
+//! opaque blobs in the machine's own directory. A pack is streamed to the
+//! receiver while the backup fills it (one `PutPack` stream per pack, in
+//! 1 MiB pieces) and is durable when the receiver answers; the packs'
+//! indexes are listed once, so a second backup asks nothing per chunk.
+//! Restore reads one group of chunks per request.
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 use lifeline_proto::client::Connection;
 use lifeline_proto::v1::image_store_client::ImageStoreClient;
 use lifeline_proto::v1::{
-    BootSession, ChunkBlob, JobReport, ChunkRequest, ImageBlob, ImageEmpty, ManifestRequest, NamedBlob, PutChunksReply,
+    BootSession, ImageBlob, ImageEmpty, JobReport, ManifestRequest, NamedBlob, PackPiece, PackRange,
 };
-use lifeline_repo::{ChunkId, ChunkListing, RepoError, Result, Store};
+use lifeline_repo::{PackEntry, PackId, PackListing, PackSink, RepoError, Result, Store};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// Chunks queued for the open upload stream before `put_chunk` waits.
-const UPLOAD_QUEUE: usize = 16;
+/// Bytes per `PutPack` message.
+const PIECE: usize = 1 << 20;
+/// Pieces queued for the upload stream before `write` waits.
+const UPLOAD_QUEUE: usize = 4;
+/// Largest `ReadPack` answer asked for at once (below the message limit).
+const READ_PIECE: u32 = 16 << 20;
 
 pub struct RemoteStore {
     rt: tokio::runtime::Runtime,
     conn: Connection,
     client: ImageStoreClient<Channel>,
-    /// Chunk ids the receiver holds (listed on first use) or was sent.
-    known: Mutex<Option<HashSet<ChunkId>>>,
-    upload: Mutex<Option<Upload>>,
 }
 
-/// The open `PutChunks` stream.
-struct Upload {
-    tx: mpsc::Sender<ChunkBlob>,
-    reply: tokio::task::JoinHandle<std::result::Result<tonic::Response<PutChunksReply>, Status>>,
+/// One pack on its way: the open `PutPack` stream.
+struct RemotePackSink {
+    rt: tokio::runtime::Handle,
+    conn: Connection,
+    id: PackId,
+    tx: Option<mpsc::Sender<PackPiece>>,
+    reply:
+        Option<tokio::task::JoinHandle<std::result::Result<tonic::Response<ImageEmpty>, Status>>>,
+    buf: Vec<u8>,
+    first: bool,
+}
+
+/// A receiver's refusal as a message for the user.
+fn remote_error(conn: &Connection, what: &str, s: Status) -> RepoError {
+    let msg = match s.code() {
+        Code::Unauthenticated | Code::PermissionDenied => format!(
+            "the receiver at {} refused the credential of machine {}: {} (check --token-file, or issue a new one with `lifeline-receiver machine reissue`)",
+            conn.endpoint(),
+            conn.machine(),
+            s.message()
+        ),
+        Code::Unavailable => format!(
+            "{what}: the receiver at {} is unreachable: {}",
+            conn.endpoint(),
+            s.message()
+        ),
+        _ => format!("{what}: receiver {}: {}", conn.endpoint(), s.message()),
+    };
+    RepoError::Remote(msg)
+}
+
+impl RemotePackSink {
+    fn send_piece(&mut self) -> Result<()> {
+        let data = std::mem::take(&mut self.buf);
+        let id = if std::mem::take(&mut self.first) {
+            self.id.0.to_vec()
+        } else {
+            vec![]
+        };
+        let sent = self
+            .tx
+            .as_ref()
+            .expect("open")
+            .blocking_send(PackPiece { id, data });
+        if sent.is_err() {
+            // The stream ended early: the receiver refused; its answer says why.
+            self.tx = None;
+            return Err(self.wait().err().unwrap_or_else(|| {
+                RepoError::Remote(format!(
+                    "the receiver at {} closed the upload",
+                    self.conn.endpoint()
+                ))
+            }));
+        }
+        Ok(())
+    }
+
+    fn wait(&mut self) -> Result<()> {
+        let Some(reply) = self.reply.take() else {
+            return Err(RepoError::Remote("upload already ended".into()));
+        };
+        match self.rt.block_on(reply) {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) if s.code() == Code::AlreadyExists => {
+                Err(RepoError::PackExists { pack: self.id })
+            }
+            Ok(Err(s)) => Err(remote_error(&self.conn, "uploading a pack", s)),
+            Err(e) => Err(RepoError::Remote(format!("upload task failed: {e}"))),
+        }
+    }
+}
+
+impl PackSink for RemotePackSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        while self.buf.len() >= PIECE {
+            let rest = self.buf.split_off(PIECE);
+            self.send_piece()?;
+            self.buf = rest;
+        }
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        if !self.buf.is_empty() || self.first {
+            self.send_piece()?;
+        }
+        self.tx = None; // ends the stream: the receiver commits and answers
+        self.wait()
+    }
+}
+
+impl Drop for RemotePackSink {
+    fn drop(&mut self) {
+        // Not committed: break the stream off, so the receiver drops it.
+        if let Some(r) = self.reply.take() {
+            r.abort();
+        }
+    }
 }
 
 /// The boot OS's first call: trades the one-time boot token `conn` carries
@@ -51,7 +147,11 @@ pub fn claim_boot(conn: &Connection) -> std::result::Result<BootSession, String>
         let mut client = ImageStoreClient::new(conn.channel().await?);
         match client.claim_boot(conn.request(ImageEmpty {})).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) => Err(format!("the receiver {} refused the boot token: {}", conn.endpoint(), s.message())),
+            Err(s) => Err(format!(
+                "the receiver {} refused the boot token: {}",
+                conn.endpoint(),
+                s.message()
+            )),
         }
     })
 }
@@ -72,21 +172,47 @@ impl JobReporter {
     /// Starts job `kind` (backup, restore) of `image` (may be empty: named
     /// at the end) on `disk`.
     pub fn start(conn: &Connection, kind: &str, image: &str, disk: &str) -> Option<JobReporter> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
-        let r = JobReporter { rt, conn: conn.clone(), client: Mutex::new(None), job: Mutex::new(0), kind: kind.to_string() };
-        r.send(JobReport { state: "running".into(), image: image.into(), disk: disk.into(), ..Default::default() });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let r = JobReporter {
+            rt,
+            conn: conn.clone(),
+            client: Mutex::new(None),
+            job: Mutex::new(0),
+            kind: kind.to_string(),
+        };
+        r.send(JobReport {
+            state: "running".into(),
+            image: image.into(),
+            disk: disk.into(),
+            ..Default::default()
+        });
         Some(r)
     }
 
     pub fn progress(&self, done: u64, total: u64) {
-        self.send(JobReport { state: "running".into(), done_bytes: done, total_bytes: total, ..Default::default() });
+        self.send(JobReport {
+            state: "running".into(),
+            done_bytes: done,
+            total_bytes: total,
+            ..Default::default()
+        });
     }
 
     /// The end: `Ok` with the image, disk and byte counts, or the error.
     pub fn finish(&self, outcome: std::result::Result<JobReport, String>) {
         let r = match outcome {
-            Ok(r) => JobReport { state: "ok".into(), ..r },
-            Err(message) => JobReport { state: "failed".into(), message, ..Default::default() },
+            Ok(r) => JobReport {
+                state: "ok".into(),
+                ..r
+            },
+            Err(message) => JobReport {
+                state: "failed".into(),
+                message,
+                ..Default::default()
+            },
         };
         self.send(r);
     }
@@ -102,7 +228,10 @@ impl JobReporter {
                 *client = Some(ImageStoreClient::new(conn.channel().await?));
             }
             let c = client.as_mut().expect("connected");
-            c.report_job(conn.request(r)).await.map(|x| x.into_inner().job).map_err(|s| s.message().to_string())
+            c.report_job(conn.request(r))
+                .await
+                .map(|x| x.into_inner().job)
+                .map_err(|s| s.message().to_string())
         });
         match sent {
             Ok(id) => *job = id,
@@ -128,31 +257,11 @@ impl RemoteStore {
         let client = ImageStoreClient::new(channel)
             .max_decoding_message_size(size)
             .max_encoding_message_size(size);
-        Ok(RemoteStore {
-            rt,
-            conn,
-            client,
-            known: Mutex::new(None),
-            upload: Mutex::new(None),
-        })
+        Ok(RemoteStore { rt, conn, client })
     }
 
     fn err(&self, what: &str, s: Status) -> RepoError {
-        let msg = match s.code() {
-            Code::Unauthenticated | Code::PermissionDenied => format!(
-                "the receiver at {} refused the credential of machine {}: {} (check --token-file, or issue a new one with `lifeline-receiver machine reissue`)",
-                self.conn.endpoint(),
-                self.conn.machine(),
-                s.message()
-            ),
-            Code::Unavailable => format!(
-                "{what}: the receiver at {} is unreachable: {}",
-                self.conn.endpoint(),
-                s.message()
-            ),
-            _ => format!("{what}: receiver {}: {}", self.conn.endpoint(), s.message()),
-        };
-        RepoError::Remote(msg)
+        remote_error(&self.conn, what, s)
     }
 
     fn call<T>(
@@ -165,15 +274,6 @@ impl RemoteStore {
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(self.err(what, s)),
         }
-    }
-
-    fn load_known(&self) -> Result<()> {
-        if self.known.lock().unwrap().is_some() {
-            return Ok(());
-        }
-        let l = self.list_chunks()?;
-        *self.known.lock().unwrap() = Some(l.ids.into_iter().collect());
-        Ok(())
     }
 }
 
@@ -204,66 +304,51 @@ impl Store for RemoteStore {
         }
     }
 
-    fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        self.load_known()?;
-        Ok(self.known.lock().unwrap().as_ref().unwrap().contains(id))
-    }
-
-    fn put_chunk(&self, id: &ChunkId, blob: Vec<u8>) -> Result<()> {
-        let tx = {
-            let mut up = self.upload.lock().unwrap();
-            if up.is_none() {
-                let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-                let mut c = self.client.clone();
-                let req = self
-                    .conn
-                    .request(tokio_stream::wrappers::ReceiverStream::new(rx));
-                let reply = self.rt.spawn(async move { c.put_chunks(req).await });
-                *up = Some(Upload { tx, reply });
-            }
-            up.as_ref().unwrap().tx.clone()
-        };
-        if tx
-            .blocking_send(ChunkBlob {
-                id: id.0.to_vec(),
-                blob,
-            })
-            .is_err()
-        {
-            // The stream ended early: the receiver refused; flush says why.
-            return self.flush().and(Err(RepoError::Remote(format!(
-                "the receiver at {} closed the upload",
-                self.conn.endpoint()
-            ))));
-        }
-        if let Some(k) = self.known.lock().unwrap().as_mut() {
-            k.insert(*id);
-        }
-        Ok(())
-    }
-
-    fn flush(&self) -> Result<()> {
-        let Some(up) = self.upload.lock().unwrap().take() else {
-            return Ok(());
-        };
-        drop(up.tx);
-        match self.rt.block_on(up.reply) {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(s)) => Err(self.err("uploading chunks", s)),
-            Err(e) => Err(RepoError::Remote(format!("upload task failed: {e}"))),
-        }
-    }
-
-    fn get_chunk(&self, id: &ChunkId, _max: usize) -> Result<Option<Vec<u8>>> {
+    fn create_pack(&self, id: &PackId) -> Result<Box<dyn PackSink>> {
+        let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
         let mut c = self.client.clone();
-        let req = self.conn.request(ChunkRequest { id: id.0.to_vec() });
-        Ok(self
-            .call("reading a chunk", c.get_chunk(req))?
-            .map(|b| b.data))
+        let req = self
+            .conn
+            .request(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let reply = self.rt.spawn(async move { c.put_pack(req).await });
+        Ok(Box::new(RemotePackSink {
+            rt: self.rt.handle().clone(),
+            conn: self.conn.clone(),
+            id: *id,
+            tx: Some(tx),
+            reply: Some(reply),
+            buf: Vec::with_capacity(PIECE),
+            first: true,
+        }))
+    }
+
+    fn read_pack(&self, id: &PackId, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len as usize);
+        while out.len() < len as usize {
+            let want = (len - out.len() as u32).min(READ_PIECE);
+            let mut c = self.client.clone();
+            let req = self.conn.request(PackRange {
+                id: id.0.to_vec(),
+                offset: offset + out.len() as u64,
+                len: want,
+            });
+            let Some(b) = self.call("reading a pack", c.read_pack(req))? else {
+                return Err(RepoError::Remote(format!(
+                    "pack {id} is not on the receiver"
+                )));
+            };
+            if b.data.len() != want as usize {
+                return Err(RepoError::Remote(format!(
+                    "the receiver sent {} bytes of pack {id} for {want}",
+                    b.data.len()
+                )));
+            }
+            out.extend_from_slice(&b.data);
+        }
+        Ok(out)
     }
 
     fn put_manifest(&self, name: &str, blob: &[u8]) -> Result<()> {
-        self.flush()?;
         let mut c = self.client.clone();
         let req = self.conn.request(NamedBlob {
             name: name.into(),
@@ -299,9 +384,9 @@ impl Store for RemoteStore {
         ))
     }
 
-    fn delete_chunk(&self, _id: &ChunkId) -> Result<()> {
+    fn delete_pack(&self, _id: &PackId) -> Result<()> {
         Err(RepoError::Remote(
-            "chunks on the receiver cannot be deleted by the machine; retention is managed on the receiver".into(),
+            "packs on the receiver cannot be deleted by the machine; retention is managed on the receiver".into(),
         ))
     }
 
@@ -310,25 +395,33 @@ impl Store for RemoteStore {
         Ok(Some(lifeline_repo::StoreLock::none()))
     }
 
-    fn list_chunks(&self) -> Result<ChunkListing> {
+    fn list_packs(&self) -> Result<PackListing> {
         let mut c = self.client.clone();
         let req = self.conn.request(ImageEmpty {});
         self.rt.block_on(async {
             let mut stream = c
-                .list_chunks(req)
+                .list_packs(req)
                 .await
-                .map_err(|s| self.err("listing chunks", s))?
+                .map_err(|s| self.err("listing packs", s))?
                 .into_inner();
-            let mut out = ChunkListing::default();
+            let mut out = PackListing::default();
             while let Some(m) = stream.next().await {
-                let m = m.map_err(|s| self.err("listing chunks", s))?;
-                if m.ids.len() % 32 != 0 {
-                    return Err(RepoError::Remote(
-                        "malformed chunk list from the receiver".into(),
-                    ));
+                let m = m.map_err(|s| self.err("listing packs", s))?;
+                for p in m.packs {
+                    let id = <[u8; 16]>::try_from(&p.id[..]).map(PackId).map_err(|_| {
+                        RepoError::Remote("malformed pack list from the receiver".into())
+                    })?;
+                    let index = if p.error.is_empty() {
+                        Ok(p.index)
+                    } else {
+                        Err(p.error)
+                    };
+                    out.packs.push(PackEntry {
+                        id,
+                        size: p.size,
+                        index,
+                    });
                 }
-                out.ids
-                    .extend(m.ids.chunks(32).map(|c| ChunkId(c.try_into().unwrap())));
                 out.stray.extend(m.stray);
                 out.temp_files += m.temp_files;
             }

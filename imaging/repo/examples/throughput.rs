@@ -118,11 +118,11 @@ fn main() {
         );
     }
     let t = Instant::now();
-    let rep = repo.verify_all_chunk_files(opts.threads);
+    let rep = repo.verify_all_packs(opts.threads);
     let secs = t.elapsed().as_secs_f64();
     assert!(rep.ok());
     println!(
-        "verify_all_chunk_files: {} chunks, {} in {:.2} s: {}",
+        "verify_all_packs: {} chunks, {} in {:.2} s: {}",
         rep.checked,
         rep.bytes,
         secs,

@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use crate::ChunkId;
+use crate::{ChunkId, PackId};
 
 /// Everything that can go wrong in the repository. Messages name the
 /// repository, chunk or image concerned so they can be shown to a user as is.
@@ -20,17 +20,24 @@ pub enum RepoError {
     BadConfig { path: PathBuf, why: String },
     #[error("chunk {id} is missing from the repository")]
     MissingChunk { id: ChunkId },
-    /// The chunk file exists but does not decrypt, decompress or hash back to
-    /// its id: damaged, truncated, or a file stored under another id.
+    /// The chunk's group does not decrypt or decompress, or the chunk does not
+    /// hash back to its id: damaged, truncated, or moved.
     #[error("chunk {id} is corrupt: {why}")]
     Corrupt { id: ChunkId, why: String },
+    /// A pack's trailer or index does not check out (torn, damaged, or
+    /// renamed from another pack): its chunks are not used.
+    #[error("pack {pack} is unusable: {why}")]
+    CorruptPack { pack: PackId, why: String },
+    /// A pack name was about to be reused: packs are never overwritten.
+    #[error("pack {pack} already exists; packs are never overwritten")]
+    PackExists { pack: PackId },
     #[error("image {name} is corrupt: {why}")]
     CorruptManifest { name: String, why: String },
     #[error("no image named {name:?} in the repository")]
     NoSuchImage { name: String },
     #[error("invalid image name {name:?}: {why}")]
     BadName { name: String, why: &'static str },
-    #[error("unexpected file in the chunk store: {path}")]
+    #[error("unexpected file in the pack store: {path}")]
     StrayFile { path: String },
     #[error("{what} of {len} bytes exceeds the maximum of {max} bytes")]
     TooLarge {

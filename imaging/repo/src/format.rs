@@ -1,8 +1,9 @@
-//! On-disk format of chunk and manifest files ("blobs").
+//! On-disk format of manifest files ("blobs"), chunk ids and hex. Chunks
+//! live in packs: see [`crate::pack`].
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  magic: "LLCK" (chunk) or "LLMF" (manifest)
+//!      0     4  magic: "LLMF" (manifest)
 //!      4     1  format version (1)
 //!      5     1  flags: bit 0 = payload is zstd-compressed; other bits must be 0
 //!      6     2  reserved, must be 0
@@ -12,8 +13,8 @@
 //!   36+n    16  Poly1305 tag
 //! ```
 //!
-//! Associated data = the 12 header bytes followed by the blob's context: the
-//! 32-byte chunk id for a chunk, `"image:" + name` for a manifest. So the
+//! Associated data = the 12 header bytes followed by the blob's context,
+//! `"image:" + name` for a manifest. So the
 //! header cannot be altered (e.g. the compressed flag flipped) and a blob is
 //! only valid under the name it was written for.
 
@@ -23,13 +24,14 @@ use std::str::FromStr;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 
-/// Largest chunk accepted. The imaging crate uses a few MiB; the bound keeps a
-/// damaged or hostile length field from making us allocate gigabytes.
+/// Largest chunk accepted. The imaging crate uses 64 KiB to 4 MiB; the bound
+/// keeps a damaged length field from making us allocate gigabytes.
 pub const MAX_CHUNK_SIZE: usize = 64 << 20;
 /// Largest manifest accepted (a chunk list of a 16 TiB disk at 4 MiB chunks is
 /// ~130 MiB).
 pub const MAX_MANIFEST_SIZE: usize = 1 << 30;
 
+#[cfg(test)]
 pub(crate) const CHUNK_MAGIC: [u8; 4] = *b"LLCK";
 pub(crate) const MANIFEST_MAGIC: [u8; 4] = *b"LLMF";
 const VERSION: u8 = 1;

@@ -1,19 +1,24 @@
 //! The repository: config and keys, chunk store, manifests, verification.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
 
-use crate::format::{self, hex, random_bytes, unhex, ChunkId, CHUNK_MAGIC, MANIFEST_MAGIC};
+use crate::format::{self, hex, random_bytes, unhex, ChunkId, MANIFEST_MAGIC};
+use crate::index::{Group, GroupCache, Index};
+use crate::pack::{self, PackId};
+use crate::packer::{open_index, PackWriter};
 use crate::store::{DirStore, Store};
 use crate::{RepoError, Result, MAX_CHUNK_SIZE, MAX_MANIFEST_SIZE};
 
-const CONFIG_FORMAT: u32 = 1;
+/// 2: packs (`packs/`). 1 was one file per chunk (`chunks/`), not read any
+/// more.
+const CONFIG_FORMAT: u32 = 2;
 const WRAP_AAD: &[u8] = b"lifeline-repo keys v1";
 
 /// Argon2id cost parameters for turning the password into the key that
@@ -127,14 +132,15 @@ struct Inner {
     store: Arc<dyn Store>,
     id: [u8; 16],
     keys: Keys,
-    /// Chunks written by this process since the last [`Repo::flush`] (or
-    /// being written right now), so two workers given the same new data (e.g.
-    /// the first all-zero chunk) write it once and count it once, even while
-    /// the store has not made it visible yet.
+    /// Which pack holds each chunk; built from the packs' indexes on first
+    /// use (see [`crate::index`]), then kept up to date by this process's
+    /// writes.
+    index: RwLock<Option<Index>>,
+    /// New chunks claimed by a writer whose pack is not committed yet, so two
+    /// workers given the same new data (e.g. the same block in two places)
+    /// store it once and count it once.
     in_flight: Mutex<HashSet<ChunkId>>,
-    /// Those of `in_flight` handed to the store; [`Repo::flush`] forgets
-    /// them once the store has made them visible.
-    unflushed: Mutex<Vec<ChunkId>>,
+    cache: GroupCache,
 }
 
 /// What `put_chunk` did.
@@ -143,7 +149,7 @@ pub struct PutOutcome {
     pub id: ChunkId,
     /// `false` if the chunk was already stored (deduplicated).
     pub new: bool,
-    /// Bytes written to disk (0 when deduplicated).
+    /// Bytes written to the store (0 when deduplicated).
     pub stored: u64,
 }
 
@@ -151,8 +157,11 @@ pub struct PutOutcome {
 /// problem: it reports all of them.
 #[derive(Debug, Default)]
 pub struct VerifyReport {
-    /// Chunks read and checked (including failed ones).
+    /// Chunks checked (including failed ones).
     pub checked: u64,
+    /// Groups read (each read and decompressed once, whatever number of its
+    /// chunks was checked).
+    pub groups: u64,
     /// Plaintext bytes of the chunks that checked out.
     pub bytes: u64,
     /// Leftover temporary files from interrupted writes (harmless).
@@ -164,6 +173,31 @@ impl VerifyReport {
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
     }
+}
+
+/// What [`Repo::prune_packs`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PruneStats {
+    pub packs_deleted: u64,
+    pub packs_kept: u64,
+    /// Chunks in the deleted packs.
+    pub chunks_deleted: u64,
+    /// Chunks some image uses.
+    pub chunks_used: u64,
+    /// Chunks no image uses, kept because their pack also holds used ones
+    /// (packs are not rewritten: see [`Repo::prune_packs`]).
+    pub chunks_unused_kept: u64,
+    /// Bytes of the deleted packs.
+    pub bytes_freed: u64,
+    /// Packs whose index cannot be read: kept, since they might hold used
+    /// chunks; `verify --all-chunks` reports them.
+    pub packs_unreadable: u64,
+}
+
+/// One group to check and the chunks to check in it.
+struct GroupCheck {
+    group: Group,
+    chunks: Vec<(ChunkId, u32, u32)>,
 }
 
 impl Repo {
@@ -249,8 +283,18 @@ impl Repo {
             why,
         };
         let cfg: ConfigFile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+        if cfg.format == 1 {
+            return Err(bad(
+                "repository format 1 (one file per chunk) is no longer supported; \
+                 create a new repository with `init`"
+                    .into(),
+            ));
+        }
         if cfg.format != CONFIG_FORMAT {
-            return Err(bad(format!("unsupported format {}", cfg.format)));
+            return Err(bad(format!(
+                "unsupported repository format {} (this version reads format {CONFIG_FORMAT})",
+                cfg.format
+            )));
         }
         if cfg.kdf.algorithm != "argon2id" || cfg.keys.cipher != "xchacha20poly1305" {
             return Err(bad("unsupported KDF or cipher".into()));
@@ -297,8 +341,9 @@ impl Repo {
                     cipher: format::cipher(data_key),
                     id_key,
                 },
+                index: RwLock::new(None),
                 in_flight: Mutex::new(HashSet::new()),
-                unflushed: Mutex::new(Vec::new()),
+                cache: GroupCache::new(),
             }),
         }
     }
@@ -321,115 +366,201 @@ impl Repo {
     /// Whether the chunk is stored (or being stored by this process).
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
         self.inner.in_flight.lock().unwrap().contains(id)
-            || self.inner.store.has_chunk(id).unwrap_or(false)
+            || self
+                .with_index(|ix| ix.chunks.contains_key(id))
+                .unwrap_or(false)
     }
 
-    /// Store one chunk unless it is already there; durable when this returns.
-    /// For many chunks use a [`crate::ChunkWriter`], which does this on several
-    /// threads and makes chunks durable in batches.
-    pub fn put_chunk(&self, data: &[u8]) -> Result<PutOutcome> {
-        let mut z = new_compressor()?;
-        let id = self.chunk_id(data);
-        let out = self.store_chunk(id, data, &mut z)?;
-        self.flush()?;
-        Ok(out)
-    }
-
-    /// Store `data` under `id` (already computed by the caller) unless present.
-    pub(crate) fn store_chunk(
-        &self,
-        id: ChunkId,
-        data: &[u8],
-        zstd: &mut zstd::bulk::Compressor<'static>,
-    ) -> Result<PutOutcome> {
-        if data.len() > MAX_CHUNK_SIZE {
-            return Err(RepoError::TooLarge {
-                what: "chunk",
-                len: data.len(),
-                max: MAX_CHUNK_SIZE,
-            });
+    /// Run `f` on the index, building it from the packs on first use.
+    fn with_index<R>(&self, f: impl FnOnce(&Index) -> R) -> Result<R> {
+        if let Some(ix) = self.inner.index.read().unwrap().as_ref() {
+            return Ok(f(ix));
         }
-        let dup = PutOutcome {
-            id,
-            new: false,
-            stored: 0,
-        };
-        if !self.inner.in_flight.lock().unwrap().insert(id) {
-            return Ok(dup);
-        }
-        // Across processes or machines sharing a store, two writers of the
-        // same chunk both write valid, identical content; the store's rename
-        // (or the receiver's create) is atomic.
-        let r = (|| {
-            if self.inner.store.has_chunk(&id)? {
-                return Ok(dup);
+        let mut w = self.inner.index.write().unwrap();
+        if w.is_none() {
+            let listing = self.inner.store.list_packs()?;
+            let mut ix = Index::default();
+            // Unusable packs are left out: their chunks count as absent (a
+            // backup stores them again) and verification reports them.
+            for p in &listing.packs {
+                if let Ok(pi) = open_index(&self.inner.keys.cipher, p) {
+                    ix.add(p.id, &pi);
+                }
             }
-            let blob = format::seal(
-                &self.inner.keys.cipher,
-                CHUNK_MAGIC,
-                id.as_bytes(),
-                data,
-                zstd,
-            )?;
-            let stored = blob.len() as u64;
-            self.inner.store.put_chunk(&id, blob)?;
-            self.inner.unflushed.lock().unwrap().push(id);
-            Ok(PutOutcome {
-                id,
-                new: true,
-                stored,
-            })
-        })();
-        if !matches!(r, Ok(PutOutcome { new: true, .. })) {
-            self.inner.in_flight.lock().unwrap().remove(&id);
+            *w = Some(ix);
         }
-        r
+        Ok(f(w.as_ref().unwrap()))
     }
 
-    /// Make every chunk written so far durable and visible (the store batches
-    /// writes; see [`DirStore`]). [`crate::ChunkWriter::finish`] and
-    /// [`Repo::put_manifest`] call this.
-    pub fn flush(&self) -> Result<()> {
-        // Only chunks already handed to the store are visible after its
-        // flush; one another thread is writing right now stays in flight.
-        let done = std::mem::take(&mut *self.inner.unflushed.lock().unwrap());
-        self.inner.store.flush()?;
+    /// Forget the index (after packs were deleted); the next use rebuilds it.
+    fn reset_index(&self) {
+        *self.inner.index.write().unwrap() = None;
+        self.inner.cache.clear();
+    }
+
+    /// `true` if `id` is neither stored nor being stored: the caller then
+    /// owns writing it (and must [`Repo::commit_pack`] or [`Repo::release`]).
+    fn claim(&self, id: ChunkId) -> Result<bool> {
+        // Checked under the in-flight lock: a committing writer adds to the
+        // index before it leaves the in-flight set, so no chunk is missed
+        // between the two.
         let mut busy = self.inner.in_flight.lock().unwrap();
-        for id in &done {
+        if busy.contains(&id) || self.with_index(|ix| ix.chunks.contains_key(&id))? {
+            return Ok(false);
+        }
+        busy.insert(id);
+        Ok(true)
+    }
+
+    fn release<'a>(&self, ids: impl IntoIterator<Item = &'a ChunkId>) {
+        let mut busy = self.inner.in_flight.lock().unwrap();
+        for id in ids {
             busy.remove(id);
         }
-        Ok(())
     }
 
-    /// Read, decrypt, decompress and check a chunk.
+    /// Store one chunk unless it is already there; durable when this returns
+    /// (in a pack of its own). For many chunks use a [`crate::ChunkWriter`],
+    /// which groups them and fills packs on several threads.
+    pub fn put_chunk(&self, data: &[u8]) -> Result<PutOutcome> {
+        let mut z = new_compressor()?;
+        let mut pack = None;
+        let (ids, stored) = self.store_batch(data, &[data.len()], &mut pack, &mut z)?;
+        if let Some(p) = pack {
+            self.commit_pack(p)?;
+        }
+        Ok(PutOutcome {
+            id: ids[0].0,
+            new: ids[0].1,
+            stored,
+        })
+    }
+
+    /// Hash the chunks of `data` (consecutive, of lengths `lens`), and add
+    /// those not stored yet as one group to `pack` (opened if needed,
+    /// committed when full). Returns each chunk's id and whether it was new,
+    /// and the bytes added to the pack.
+    pub(crate) fn store_batch(
+        &self,
+        data: &[u8],
+        lens: &[usize],
+        pack: &mut Option<PackWriter>,
+        zstd: &mut zstd::bulk::Compressor<'static>,
+    ) -> Result<(Vec<(ChunkId, bool)>, u64)> {
+        let mut out = Vec::with_capacity(lens.len());
+        let mut new: Vec<(ChunkId, &[u8])> = Vec::new();
+        let r = (|| {
+            let mut at = 0;
+            for &len in lens {
+                let chunk = &data[at..at + len];
+                at += len;
+                if len > MAX_CHUNK_SIZE {
+                    return Err(RepoError::TooLarge {
+                        what: "chunk",
+                        len,
+                        max: MAX_CHUNK_SIZE,
+                    });
+                }
+                let id = self.chunk_id(chunk);
+                let fresh = self.claim(id)?;
+                out.push((id, fresh));
+                if fresh {
+                    new.push((id, chunk));
+                }
+            }
+            if new.is_empty() {
+                return Ok(0);
+            }
+            // All new (a first backup): the batch is the group as it is.
+            let joined;
+            let plain = if new.len() == lens.len() {
+                &data[..at]
+            } else {
+                joined = new.iter().flat_map(|c| c.1).copied().collect::<Vec<u8>>();
+                &joined[..]
+            };
+            if pack.is_none() {
+                *pack = Some(PackWriter::new(&*self.inner.store)?);
+            }
+            let p = pack.as_mut().unwrap();
+            let chunks: Vec<(ChunkId, usize)> = new.iter().map(|c| (c.0, c.1.len())).collect();
+            let stored = p.add_group(&self.inner.keys.cipher, &chunks, plain, zstd)?;
+            if p.full() {
+                self.commit_pack(pack.take().unwrap())?;
+            }
+            Ok(stored)
+        })();
+        match r {
+            Ok(stored) => Ok((out, stored)),
+            Err(e) => {
+                // Nothing of this batch or of the open pack will be stored.
+                self.release(new.iter().map(|c| &c.0));
+                if let Some(p) = pack.take() {
+                    self.release(p.chunk_ids());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Close and commit a pack; its chunks are then in the index.
+    pub(crate) fn commit_pack(&self, p: PackWriter) -> Result<()> {
+        let ids: Vec<ChunkId> = p.chunk_ids().copied().collect();
+        let r = p.finish(&self.inner.keys.cipher);
+        if let Ok((id, ix)) = &r {
+            // The index was built when the chunks were claimed; were it not,
+            // building it would list this pack.
+            if let Some(index) = self.inner.index.write().unwrap().as_mut() {
+                index.add(*id, ix);
+            }
+        }
+        self.release(&ids);
+        r.map(|_| ())
+    }
+
+    /// Read, decrypt, decompress and check a chunk. The last few groups read
+    /// stay decompressed, so reading the chunks of a group one after the
+    /// other decompresses it once.
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let blob = self
-            .inner
-            .store
-            .get_chunk(id, MAX_CHUNK_SIZE + format::OVERHEAD)?
+        let (group, loc) = self
+            .with_index(|ix| ix.locate(id))?
             .ok_or(RepoError::MissingChunk { id: *id })?;
-        let plain = format::open(
-            &self.inner.keys.cipher,
-            CHUNK_MAGIC,
-            id.as_bytes(),
-            blob,
-            MAX_CHUNK_SIZE,
-        )
-        .map_err(|why| RepoError::Corrupt { id: *id, why })?;
-        // Authentication already binds the blob to `id`; the hash check also
-        // catches a chunk written under a wrong id by a buggy writer.
-        if self.chunk_id(&plain) != *id {
+        let plain = self
+            .inner
+            .cache
+            .get(&group, || self.load_group(&group))
+            .map_err(|why| RepoError::Corrupt {
+                id: *id,
+                why: format!(
+                    "{why} (pack {}, group at byte {})",
+                    group.pack, group.entry.offset
+                ),
+            })?;
+        let data = &plain[loc.offset as usize..(loc.offset + loc.len) as usize];
+        // Authentication already binds the group to its place; the hash check
+        // also catches a chunk indexed under a wrong id by a buggy writer.
+        if self.chunk_id(data) != *id {
             return Err(RepoError::Corrupt {
                 id: *id,
                 why: "content does not hash to its id".into(),
             });
         }
-        Ok(plain)
+        Ok(data.to_vec())
+    }
+
+    fn load_group(&self, g: &Group) -> std::result::Result<Vec<u8>, String> {
+        let blob = self
+            .inner
+            .store
+            .read_pack(&g.pack, g.entry.offset, g.entry.stored)
+            .map_err(|e| e.to_string())?;
+        pack::open_group(&self.inner.keys.cipher, &g.pack, &g.entry, &blob)
     }
 
     /// Store an image's manifest (opaque bytes) under `name`, replacing any
-    /// previous one. Chunks are made durable first, so after a crash a
-    /// manifest never refers to chunks that did not reach the disk.
+    /// previous one. Packs are durable once committed (before their chunks
+    /// are reported stored), so after a crash a manifest never refers to
+    /// chunks that did not reach the disk.
     pub fn put_manifest(&self, name: &str, data: &[u8]) -> Result<()> {
         validate_image_name(name)?;
         if data.len() > MAX_MANIFEST_SIZE {
@@ -439,7 +570,6 @@ impl Repo {
                 max: MAX_MANIFEST_SIZE,
             });
         }
-        self.flush()?;
         let mut z = new_compressor()?;
         let blob = format::seal(
             &self.inner.keys.cipher,
@@ -494,14 +624,62 @@ impl Repo {
         self.inner.store.delete_manifest(name)
     }
 
-    /// Every chunk id stored (for a prune).
+    /// Every chunk id stored in a readable pack, listed afresh.
     pub fn chunk_ids(&self) -> Result<Vec<ChunkId>> {
-        Ok(self.inner.store.list_chunks()?.ids)
+        let listing = self.inner.store.list_packs()?;
+        Ok(listing
+            .packs
+            .iter()
+            .filter_map(|p| open_index(&self.inner.keys.cipher, p).ok())
+            .flat_map(|ix| ix.chunks.into_iter().map(|c| c.id))
+            .collect())
     }
 
-    /// Remove a chunk no image uses any more.
-    pub fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
-        self.inner.store.delete_chunk(id)
+    /// The packs in the store (readable or not).
+    pub fn pack_ids(&self) -> Result<Vec<PackId>> {
+        Ok(self
+            .inner
+            .store
+            .list_packs()?
+            .packs
+            .iter()
+            .map(|p| p.id)
+            .collect())
+    }
+
+    /// Delete every pack none of whose chunks is in `used` (the chunks of
+    /// every image left). A pack holding at least one used chunk is kept
+    /// whole: packs are not rewritten ("repacked") to drop their unused
+    /// chunks, so some dead data stays until every chunk of its pack is dead
+    /// (counted in [`PruneStats::chunks_unused_kept`]). A backup of the same
+    /// disk reuses most of a pack's cells, so this is usually little. Hold
+    /// the exclusive lock while calling this.
+    pub fn prune_packs(&self, used: &HashSet<ChunkId>) -> Result<PruneStats> {
+        let listing = self.inner.store.list_packs()?;
+        let mut st = PruneStats::default();
+        let r = (|| {
+            for p in &listing.packs {
+                let Ok(ix) = open_index(&self.inner.keys.cipher, p) else {
+                    st.packs_unreadable += 1;
+                    continue;
+                };
+                let n = ix.chunks.len() as u64;
+                let in_use = ix.chunks.iter().filter(|c| used.contains(&c.id)).count() as u64;
+                if in_use == 0 {
+                    self.inner.store.delete_pack(&p.id)?;
+                    st.packs_deleted += 1;
+                    st.chunks_deleted += n;
+                    st.bytes_freed += p.size;
+                } else {
+                    st.packs_kept += 1;
+                    st.chunks_used += in_use;
+                    st.chunks_unused_kept += n - in_use;
+                }
+            }
+            Ok(())
+        })();
+        self.reset_index();
+        r.map(|()| st)
     }
 
     /// See [`Store::lock`].
@@ -510,25 +688,55 @@ impl Repo {
     }
 
     /// Check the given chunks (typically one image's chunk list; duplicates are
-    /// checked once) on `threads` threads.
+    /// checked once) on `threads` threads: each group holding one of them is
+    /// read, decrypted and decompressed once, and each wanted chunk in it
+    /// hashed.
     pub fn verify_chunks(&self, ids: &[ChunkId], threads: usize) -> VerifyReport {
         let mut uniq: Vec<ChunkId> = ids.to_vec();
         uniq.sort_unstable();
         uniq.dedup();
-        self.verify_parallel(uniq.len(), threads, |i, rep| {
-            rep.checked += 1;
-            match self.get_chunk(&uniq[i]) {
-                Ok(d) => rep.bytes += d.len() as u64,
-                Err(e) => rep.errors.push(e),
+        let mut missing = Vec::new();
+        let plan = self.with_index(|ix| {
+            let mut by_group: BTreeMap<u32, Vec<(ChunkId, u32, u32)>> = BTreeMap::new();
+            for id in &uniq {
+                match ix.chunks.get(id) {
+                    Some(l) => by_group
+                        .entry(l.group)
+                        .or_default()
+                        .push((*id, l.offset, l.len)),
+                    None => missing.push(RepoError::MissingChunk { id: *id }),
+                }
             }
-        })
+            by_group
+                .into_iter()
+                .map(|(g, chunks)| GroupCheck {
+                    group: ix.groups[g as usize],
+                    chunks,
+                })
+                .collect::<Vec<_>>()
+        });
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                return VerifyReport {
+                    errors: vec![e],
+                    ..Default::default()
+                }
+            }
+        };
+        let mut rep = self.verify_plan(&plan, threads);
+        rep.checked += missing.len() as u64;
+        rep.errors.extend(missing);
+        rep
     }
 
-    /// Read and check every chunk in the store: each must decrypt, decompress
-    /// and hash back to its name. Names that are not chunks (other than
-    /// leftover temporaries) are reported as stray.
-    pub fn verify_all_chunk_files(&self, threads: usize) -> VerifyReport {
-        let listing = match self.inner.store.list_chunks() {
+    /// Read and check every pack in the store: its index must decrypt, and
+    /// every chunk of every group decrypt, decompress and hash back to its
+    /// id. Packs whose index cannot be read (torn, damaged, renamed) and
+    /// names that are not packs (other than leftover temporaries) are
+    /// reported.
+    pub fn verify_all_packs(&self, threads: usize) -> VerifyReport {
+        let listing = match self.inner.store.list_packs() {
             Ok(l) => l,
             Err(e) => {
                 return VerifyReport {
@@ -537,8 +745,32 @@ impl Repo {
                 }
             }
         };
-        let mut rep = self.verify_chunks(&listing.ids, threads);
+        let mut plan = Vec::new();
+        let mut errors = Vec::new();
+        for p in &listing.packs {
+            match open_index(&self.inner.keys.cipher, p) {
+                Ok(ix) => {
+                    let mut checks: Vec<GroupCheck> = ix
+                        .groups
+                        .iter()
+                        .map(|&entry| GroupCheck {
+                            group: Group { pack: p.id, entry },
+                            chunks: vec![],
+                        })
+                        .collect();
+                    for c in &ix.chunks {
+                        checks[c.group as usize]
+                            .chunks
+                            .push((c.id, c.offset, c.len));
+                    }
+                    plan.extend(checks);
+                }
+                Err(why) => errors.push(RepoError::CorruptPack { pack: p.id, why }),
+            }
+        }
+        let mut rep = self.verify_plan(&plan, threads);
         rep.temp_files = listing.temp_files;
+        rep.errors.extend(errors);
         rep.errors.extend(
             listing
                 .stray
@@ -546,6 +778,42 @@ impl Repo {
                 .map(|path| RepoError::StrayFile { path }),
         );
         rep
+    }
+
+    fn verify_plan(&self, plan: &[GroupCheck], threads: usize) -> VerifyReport {
+        self.verify_parallel(plan.len(), threads, |i, rep| {
+            let GroupCheck { group, chunks } = &plan[i];
+            rep.groups += 1;
+            rep.checked += chunks.len() as u64;
+            let plain = match self.load_group(group) {
+                Ok(p) => p,
+                Err(why) => {
+                    // One error per group: its chunks all fail for one reason.
+                    let first = chunks.first().map_or(ChunkId([0; 32]), |c| c.0);
+                    rep.errors.push(RepoError::Corrupt {
+                        id: first,
+                        why: format!(
+                            "{why} (pack {}, group at byte {} holding {} of the chunks checked)",
+                            group.pack,
+                            group.entry.offset,
+                            chunks.len()
+                        ),
+                    });
+                    return;
+                }
+            };
+            for &(id, off, len) in chunks {
+                let data = &plain[off as usize..(off + len) as usize];
+                if self.chunk_id(data) == id {
+                    rep.bytes += len as u64;
+                } else {
+                    rep.errors.push(RepoError::Corrupt {
+                        id,
+                        why: "content does not hash to its id".into(),
+                    });
+                }
+            }
+        })
     }
 
     fn verify_parallel(
@@ -577,6 +845,7 @@ impl Repo {
         let mut total = VerifyReport::default();
         for r in reports {
             total.checked += r.checked;
+            total.groups += r.groups;
             total.bytes += r.bytes;
             total.temp_files += r.temp_files;
             total.errors.extend(r.errors);
@@ -623,6 +892,14 @@ fn wrap_aad(id: &[u8; 16]) -> Vec<u8> {
 }
 
 pub(crate) fn new_compressor() -> Result<zstd::bulk::Compressor<'static>> {
-    zstd::bulk::Compressor::new(format::ZSTD_LEVEL)
-        .map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))
+    let mut z = zstd::bulk::Compressor::new(format::ZSTD_LEVEL)
+        .map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))?;
+    // Level 3 looks back 2 MiB; a window as large as a group lets a match
+    // reach anywhere in it (decompression needs no more memory than the
+    // group it produces anyway).
+    z.set_parameter(zstd::zstd_safe::CParameter::WindowLog(
+        pack::GROUP_WINDOW_LOG,
+    ))
+    .map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))?;
+    Ok(z)
 }

@@ -2,23 +2,21 @@
 //!
 //! [`crate::Repo`] does everything that needs the keys (hashing, compression,
 //! encryption, checks); a [`Store`] only keeps opaque, already encrypted blobs:
-//! the config, chunks by id and manifests by name. So the same repository
+//! the config, packs by id and manifests by name. So the same repository
 //! works on a local directory ([`DirStore`]: attached storage or a mounted
 //! network share) and on Lifeline's receiver over gRPC (the receiver keeps
 //! each machine's blobs in a [`DirStore`] of its own and never sees a key or a
 //! password).
 
+use crate::format::{hex, nonce_bytes};
+use crate::pack::{self, PackId};
+use crate::{RepoError, Result};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-
-use crate::format::{hex, nonce_bytes, ChunkId};
-use crate::{RepoError, Result};
 
 /// Blob storage behind a repository. Implementations must be safe to call
-/// from several threads (the write pipeline's workers call `put_chunk`
-/// concurrently).
+/// from several threads (the write pipeline's workers each fill a pack).
 pub trait Store: Send + Sync {
     /// Where this is, for messages: a path or a URL.
     fn location(&self) -> String;
@@ -27,31 +25,37 @@ pub trait Store: Send + Sync {
     /// Create the repository with this config. Fails with
     /// [`RepoError::AlreadyExists`] if one exists.
     fn create_config(&self, config: &[u8]) -> Result<()>;
-    fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
-    /// Store a chunk blob. It need not be durable or visible before
-    /// [`Store::flush`]; a store may batch.
-    fn put_chunk(&self, id: &ChunkId, blob: Vec<u8>) -> Result<()>;
-    /// Make every chunk put so far durable and visible.
-    fn flush(&self) -> Result<()>;
-    /// A chunk blob, `None` if absent. `max` bounds what is read.
-    fn get_chunk(&self, id: &ChunkId, max: usize) -> Result<Option<Vec<u8>>>;
-    /// Store a manifest durably, replacing one of the same name. Called after
-    /// `flush`, so it never refers to chunks that are not durable.
+    /// Start writing a new pack. Nothing is visible under its name until
+    /// [`PackSink::commit`]; dropping the sink abandons it.
+    fn create_pack(&self, id: &PackId) -> Result<Box<dyn PackSink>>;
+    /// `len` bytes of a pack from `offset`; an error if the pack is missing
+    /// or shorter.
+    fn read_pack(&self, id: &PackId, offset: u64, len: u32) -> Result<Vec<u8>>;
+    /// Every pack with its size and index blob, plus the names in the pack
+    /// area that are not packs and the leftover temporaries.
+    fn list_packs(&self) -> Result<PackListing>;
+    /// Remove a pack (a prune found no image using any chunk in it).
+    fn delete_pack(&self, id: &PackId) -> Result<()>;
+    /// Store a manifest durably, replacing one of the same name. Packs are
+    /// durable once committed, so a manifest never refers to a lost pack.
     fn put_manifest(&self, name: &str, blob: &[u8]) -> Result<()>;
     fn get_manifest(&self, name: &str, max: usize) -> Result<Option<Vec<u8>>>;
     /// Manifest names (unsorted; the caller validates and sorts).
     fn list_manifests(&self) -> Result<Vec<String>>;
-    /// Every chunk id stored, plus names in the chunk area that are not
-    /// chunks (reported by a full verification) and leftover temporaries.
-    fn list_chunks(&self) -> Result<ChunkListing>;
     /// Remove an image's manifest (its chunks stay until a prune).
     fn delete_manifest(&self, name: &str) -> Result<()>;
-    /// Remove a chunk (a prune found no image using it).
-    fn delete_chunk(&self, id: &ChunkId) -> Result<()>;
     /// Hold the repository against a prune (shared: backups) or for one
     /// (exclusive), until the guard is dropped. `Ok(None)`: someone holds it
     /// the other way.
     fn lock(&self, exclusive: bool) -> Result<Option<StoreLock>>;
+}
+
+/// A pack being written, sequentially.
+pub trait PackSink: Send {
+    fn write(&mut self, data: &[u8]) -> Result<()>;
+    /// Make the pack durable under its name, then visible. Fails (and keeps
+    /// nothing) if a pack of that name exists: a pack is never overwritten.
+    fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// Held by [`Store::lock`]; released on drop.
@@ -66,65 +70,193 @@ impl StoreLock {
     }
 }
 
-/// What [`Store::list_chunks`] found.
+/// One pack as [`Store::list_packs`] found it.
+#[derive(Debug, Clone)]
+pub struct PackEntry {
+    pub id: PackId,
+    pub size: u64,
+    /// The encrypted index blob from the pack's end, or why it could not be
+    /// found (a torn or damaged pack).
+    pub index: std::result::Result<Vec<u8>, String>,
+}
+
+/// What [`Store::list_packs`] found.
 #[derive(Debug, Default)]
-pub struct ChunkListing {
-    pub ids: Vec<ChunkId>,
+pub struct PackListing {
+    pub packs: Vec<PackEntry>,
     pub stray: Vec<String>,
     pub temp_files: u64,
 }
 
 const CONFIG: &str = "config";
-const CHUNKS: &str = "chunks";
+const PACKS: &str = "packs";
 const IMAGES: &str = "images";
 pub(crate) const TMP_PREFIX: &str = ".tmp-";
-
-/// Pending bytes after which [`DirStore::put_chunk`] makes the batch durable.
-/// Large enough that one `syncfs` covers hundreds of chunk files (a per-file
-/// fsync costs a journal commit each: thousands for a disk image), small
-/// enough that a crash loses little work.
-const FLUSH_BYTES: u64 = 128 << 20;
 
 /// A repository in a directory:
 ///
 /// ```text
-/// DIR/config                  JSON: repo id, KDF parameters and salt, wrapped keys
-/// DIR/chunks/<2 hex>/<64 hex> one chunk blob, named by its id (256 fan-out directories)
-/// DIR/images/<name>           one manifest blob
+/// DIR/config          JSON: format, repo id, KDF parameters and salt, wrapped keys
+/// DIR/packs/<32 hex>  one pack file, named by its random id
+/// DIR/images/<name>   one manifest blob
+/// DIR/lock            flock(2) between backups and prunes
 /// ```
 ///
-/// Chunk files are written under temporary names without an fsync each; a
-/// batch is made durable with one `syncfs` of the filesystem and only then
-/// renamed into place. So a file under a chunk name is always complete, even
-/// after a power cut (a later backup trusts an existing name and would
-/// otherwise reference a torn chunk), at one journal commit per batch.
+/// A pack is written under a temporary name, fsync'd, then linked to its
+/// name (which fails if the name exists: never overwritten) and the directory
+/// fsync'd: a file under a pack name is complete and durable. One fsync per
+/// 32 MiB pack replaced the batched `syncfs` of the one-file-per-chunk layout.
 pub struct DirStore {
     dir: PathBuf,
-    pending: Mutex<Pending>,
-}
-
-/// Written under temporary names, not yet durable.
-#[derive(Default)]
-struct Pending {
-    files: Vec<(PathBuf, PathBuf)>,
-    bytes: u64,
 }
 
 impl DirStore {
     pub fn new(dir: impl Into<PathBuf>) -> DirStore {
-        DirStore {
-            dir: dir.into(),
-            pending: Mutex::new(Pending::default()),
-        }
+        DirStore { dir: dir.into() }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn chunk_path(&self, id: &ChunkId) -> PathBuf {
-        let h = id.to_hex();
-        self.dir.join(CHUNKS).join(&h[..2]).join(h)
+    fn pack_path(&self, id: &PackId) -> PathBuf {
+        self.dir.join(PACKS).join(id.to_hex())
+    }
+
+    /// Start a pack; the receiver writes the pieces it is sent through this.
+    pub fn create_pack_file(&self, id: &PackId) -> Result<DirPackSink> {
+        let dst = self.pack_path(id);
+        let dir = self.dir.join(PACKS);
+        let tmp = temp_name(&dir);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(RepoError::io("cannot create", &tmp))?;
+        Ok(DirPackSink {
+            file,
+            tmp,
+            dst,
+            dir,
+            id: *id,
+            written: 0,
+            head: Vec::new(),
+            tail: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// The index blob of one pack file (see [`pack::index_location`]).
+    fn read_index(path: &Path) -> std::result::Result<(u64, Vec<u8>), String> {
+        use std::os::unix::fs::FileExt;
+        let f = File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+        let size = f.metadata().map_err(|e| e.to_string())?.len();
+        let mut head = [0u8; 8];
+        let mut tail = [0u8; pack::TRAILER_LEN];
+        if size >= (head.len() + tail.len()) as u64 {
+            f.read_exact_at(&mut head, 0).map_err(|e| e.to_string())?;
+            f.read_exact_at(&mut tail, size - pack::TRAILER_LEN as u64)
+                .map_err(|e| e.to_string())?;
+            if head != pack::HEADER {
+                return Err("not a pack file of this version (bad header)".into());
+            }
+        }
+        let (at, len) = pack::index_location(size, &tail)?;
+        let mut blob = vec![0u8; len];
+        f.read_exact_at(&mut blob, at).map_err(|e| e.to_string())?;
+        Ok((size, blob))
+    }
+}
+
+/// A pack file being written by [`DirStore`]. Dropped before `commit`: the
+/// temporary file is removed.
+pub struct DirPackSink {
+    file: File,
+    tmp: PathBuf,
+    dst: PathBuf,
+    dir: PathBuf,
+    id: PackId,
+    written: u64,
+    /// The first and last bytes written, to check the pack's framing before
+    /// it gets its name.
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    done: bool,
+}
+
+impl PackSink for DirPackSink {
+    fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.written += data.len() as u64;
+        if self.written > pack::MAX_PACK_SIZE {
+            return Err(RepoError::TooLarge {
+                what: "pack",
+                len: self.written as usize,
+                max: pack::MAX_PACK_SIZE as usize,
+            });
+        }
+        let need = pack::HEADER.len().saturating_sub(self.head.len());
+        self.head.extend_from_slice(&data[..need.min(data.len())]);
+        self.tail
+            .extend_from_slice(&data[data.len().saturating_sub(pack::TRAILER_LEN)..]);
+        let excess = self.tail.len().saturating_sub(pack::TRAILER_LEN);
+        self.tail.drain(..excess);
+        self.file
+            .write_all(data)
+            .map_err(RepoError::io("cannot write", &self.tmp))?;
+        // Start writing back now, while the next group is compressed, so the
+        // fsync at the commit has little left to wait for (it blocks a
+        // writer thread). Only a hint: errors show at the fsync.
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: plain syscall on a descriptor we own.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                (self.written - data.len() as u64) as i64,
+                data.len() as i64,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        // A writer that broke off mid-pack (an upload cut short) must not
+        // leave a pack without its index under a pack name.
+        if self.head != pack::HEADER {
+            return Err(RepoError::CorruptPack {
+                pack: self.id,
+                why: "does not start with a pack header".into(),
+            });
+        }
+        pack::index_location(self.written, &self.tail)
+            .map_err(|why| RepoError::CorruptPack { pack: self.id, why })?;
+        self.file
+            .sync_all()
+            .map_err(RepoError::io("cannot fsync", &self.tmp))?;
+        // link(2) refuses an existing name, atomically; rename(2) would
+        // replace it. Filesystems without hard links (FAT, some shares) get a
+        // check-then-rename: pack names are random, so only a bug collides.
+        match fs::hard_link(&self.tmp, &self.dst) {
+            Ok(()) => {
+                let _ = fs::remove_file(&self.tmp);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RepoError::PackExists { pack: self.id });
+            }
+            Err(_) if self.dst.exists() => return Err(RepoError::PackExists { pack: self.id }),
+            Err(_) => fs::rename(&self.tmp, &self.dst)
+                .map_err(RepoError::io("cannot rename into", &self.dst))?,
+        }
+        self.done = true;
+        sync_dir(&self.dir)
+    }
+}
+
+impl Drop for DirPackSink {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 
@@ -162,85 +294,65 @@ impl Store for DirStore {
         for e in fs::read_dir(dir).map_err(RepoError::io("cannot list", dir))? {
             let e = e.map_err(RepoError::io("cannot list", dir))?;
             let n = e.file_name();
-            if n != CHUNKS && n != IMAGES && !n.to_string_lossy().starts_with(TMP_PREFIX) {
+            if n != PACKS && n != IMAGES && !n.to_string_lossy().starts_with(TMP_PREFIX) {
                 return Err(RepoError::NotEmpty {
                     repo: self.location(),
                 });
             }
         }
         // Directories first, config last: a repository exists once its config does.
-        let chunks = dir.join(CHUNKS);
-        for i in 0..256 {
-            let d = chunks.join(format!("{i:02x}"));
+        for sub in [PACKS, IMAGES] {
+            let d = dir.join(sub);
             fs::create_dir_all(&d).map_err(RepoError::io("cannot create", &d))?;
         }
-        let images = dir.join(IMAGES);
-        fs::create_dir_all(&images).map_err(RepoError::io("cannot create", &images))?;
-        sync_dir(&chunks)?;
+        sync_dir(dir)?;
         write_atomic(dir, CONFIG, config)?;
         sync_dir(dir)
     }
 
-    fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.chunk_path(id).exists())
+    fn create_pack(&self, id: &PackId) -> Result<Box<dyn PackSink>> {
+        Ok(Box::new(self.create_pack_file(id)?))
     }
 
-    fn put_chunk(&self, id: &ChunkId, blob: Vec<u8>) -> Result<()> {
-        let path = self.chunk_path(id);
-        let tmp = write_temp(path.parent().unwrap(), &blob)?;
-        let flush = {
-            let mut p = self.pending.lock().unwrap();
-            p.files.push((tmp, path));
-            p.bytes += blob.len() as u64;
-            p.bytes >= FLUSH_BYTES
-        };
-        if flush {
-            self.flush()?;
-        }
-        Ok(())
+    fn read_pack(&self, id: &PackId, offset: u64, len: u32) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let path = self.pack_path(id);
+        let mut buf = vec![0u8; len as usize];
+        File::open(&path)
+            .and_then(|f| f.read_exact_at(&mut buf, offset))
+            .map_err(RepoError::io("cannot read pack", &path))?;
+        Ok(buf)
     }
 
-    fn flush(&self) -> Result<()> {
-        let batch = std::mem::take(&mut *self.pending.lock().unwrap());
-        if batch.files.is_empty() {
-            return Ok(());
-        }
-        let r = (|| {
-            syncfs(&self.dir)?;
-            for (tmp, dst) in &batch.files {
-                fs::rename(tmp, dst).map_err(RepoError::io("cannot rename into", dst))?;
+    fn list_packs(&self) -> Result<PackListing> {
+        let dir = self.dir.join(PACKS);
+        let mut out = PackListing::default();
+        for e in fs::read_dir(&dir).map_err(RepoError::io("cannot list", &dir))? {
+            let e = e.map_err(RepoError::io("cannot list", &dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(TMP_PREFIX) {
+                out.temp_files += 1;
+                continue;
             }
-            Ok(())
-        })();
-        if r.is_err() {
-            for (tmp, _) in &batch.files {
-                let _ = fs::remove_file(tmp);
-            }
+            let Some(id) = PackId::from_hex(&name) else {
+                out.stray.push(e.path().display().to_string());
+                continue;
+            };
+            let (size, index) = match Self::read_index(&e.path()) {
+                Ok((size, blob)) => (size, Ok(blob)),
+                Err(why) => (e.metadata().map_or(0, |m| m.len()), Err(why)),
+            };
+            out.packs.push(PackEntry { id, size, index });
         }
-        r
+        out.packs.sort_by_key(|p| p.id);
+        Ok(out)
     }
 
-    fn get_chunk(&self, id: &ChunkId, max: usize) -> Result<Option<Vec<u8>>> {
-        let path = self.chunk_path(id);
-        match read_limited(&path, max as u64) {
-            Ok(Some(b)) => Ok(Some(b)),
-            Ok(None) => Err(RepoError::Corrupt {
-                id: *id,
-                why: "file larger than any valid chunk".into(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RepoError::Io {
-                what: "cannot read chunk",
-                path,
-                source: e,
-            }),
-        }
+    fn delete_pack(&self, id: &PackId) -> Result<()> {
+        self.remove(&self.pack_path(id))
     }
 
     fn put_manifest(&self, name: &str, blob: &[u8]) -> Result<()> {
-        // The renames of the chunks it refers to must be durable first.
-        self.flush()?;
-        syncfs(&self.dir)?;
         let images = self.dir.join(IMAGES);
         write_atomic(&images, name, blob)?;
         sync_dir(&images)
@@ -281,10 +393,6 @@ impl Store for DirStore {
         sync_dir(&images)
     }
 
-    fn delete_chunk(&self, id: &ChunkId) -> Result<()> {
-        self.remove(&self.chunk_path(id))
-    }
-
     /// `flock(2)` on `DIR/lock`: works across processes on one machine and,
     /// on NFS, across machines sharing the directory.
     fn lock(&self, exclusive: bool) -> Result<Option<StoreLock>> {
@@ -314,28 +422,6 @@ impl Store for DirStore {
             });
         }
         Ok(Some(StoreLock { _file: Some(f) }))
-    }
-
-    fn list_chunks(&self) -> Result<ChunkListing> {
-        let chunks = self.dir.join(CHUNKS);
-        let mut out = ChunkListing::default();
-        for i in 0..256 {
-            let prefix = format!("{i:02x}");
-            let d = chunks.join(&prefix);
-            for e in fs::read_dir(&d).map_err(RepoError::io("cannot list", &d))? {
-                let e = e.map_err(RepoError::io("cannot list", &d))?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TMP_PREFIX) {
-                    out.temp_files += 1;
-                    continue;
-                }
-                match ChunkId::from_hex(&name) {
-                    Some(id) if name.starts_with(&prefix) => out.ids.push(id),
-                    _ => out.stray.push(e.path().display().to_string()),
-                }
-            }
-        }
-        Ok(out)
     }
 }
 
@@ -371,8 +457,7 @@ fn read_limited(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
 
 /// Write `data` to a new temporary file in `dir` (no fsync).
 fn write_temp(dir: &Path, data: &[u8]) -> Result<PathBuf> {
-    let rnd: [u8; 8] = nonce_bytes();
-    let tmp = dir.join(format!("{TMP_PREFIX}{}", hex(&rnd)));
+    let tmp = temp_name(dir);
     let r = File::create(&tmp)
         .and_then(|mut f| f.write_all(data))
         .map_err(RepoError::io("cannot write", &tmp));
@@ -380,6 +465,11 @@ fn write_temp(dir: &Path, data: &[u8]) -> Result<PathBuf> {
         let _ = fs::remove_file(&tmp);
     }
     r.map(|()| tmp)
+}
+
+fn temp_name(dir: &Path) -> PathBuf {
+    let rnd: [u8; 8] = nonce_bytes();
+    dir.join(format!("{TMP_PREFIX}{}", hex(&rnd)))
 }
 
 /// Write `dir/name` atomically: temporary file in the same directory, fsync,
@@ -398,21 +488,6 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     res
-}
-
-/// Flush everything written on the filesystem holding `dir` (`syncfs(2)`).
-fn syncfs(dir: &Path) -> Result<()> {
-    use std::os::unix::io::AsRawFd;
-    let f = File::open(dir).map_err(RepoError::io("cannot open", dir))?;
-    // SAFETY: plain syscall on a file descriptor we own.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(RepoError::Io {
-            what: "cannot sync the filesystem of",
-            path: dir.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

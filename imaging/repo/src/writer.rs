@@ -1,19 +1,24 @@
 //! The multi-threaded write pipeline.
 //!
 //! ```text
-//! caller (reader thread) --push(offset, data)--> [bounded queue] --> N workers --> results
-//!                                                                    hash, dedup check,
-//!                                                                    zstd, encrypt, write
+//! caller --push(offset, data)--> batch of consecutive chunks (8 MiB)
+//!        --> [bounded queue] --> N workers: hash each chunk, dedup check,
+//!            the new ones compressed together as one group, encrypted,
+//!            appended to the worker's own open pack (committed when full)
 //! ```
 //!
 //! Reading a disk is sequential and cheap; hashing, compressing and encrypting
-//! are the CPU cost, so they run on `threads` workers. The job queue is bounded
-//! (`queue` chunks): when workers fall behind, `push` blocks, so the reader
-//! never runs ahead and memory stays at about
-//! `(queue + 2 × threads + 1) × chunk size` whatever the disk size — 4 MiB
-//! chunks, 2 workers, a queue of 4: ~36 MiB. Results (id, offset, length: ~50
-//! bytes per chunk) are the only thing that grows with the input, and the
-//! caller needs that list for the manifest anyway.
+//! are the CPU cost, so they run on `threads` workers. Consecutive chunks go
+//! to a worker together so that the new ones among them are compressed as one
+//! zstd frame (see [`crate::pack::GROUP_BYTES`]); each worker fills a pack of
+//! its own, streamed to the store as groups are added, so workers never wait
+//! for each other and a pack costs no memory. The job queue is bounded
+//! (`queue` batches): when workers fall behind, `push` blocks, so the reader
+//! never runs ahead and memory stays at about `queue + 2 × threads + 1`
+//! batches (a worker holds its batch and the compressed group) whatever the
+//! disk size: 40 MiB with 2 workers and a queue of 2. Results (id, offset, length: ~50 bytes per
+//! chunk) are the only thing that grows with the input, and the caller needs
+//! that list for the manifest anyway.
 //!
 //! A chunk already in the repository is only hashed: no compression, no
 //! encryption, no write. That is what makes the second backup of a disk fast.
@@ -22,27 +27,29 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
+use crate::pack::{GROUP_BYTES, GROUP_CHUNKS};
 use crate::repo::new_compressor;
 use crate::{ChunkId, Repo, RepoError, Result};
 
 /// Pipeline sizing.
 #[derive(Clone, Copy, Debug)]
 pub struct WriterOptions {
-    /// Worker threads (compress + encrypt + write).
+    /// Worker threads (hash + compress + encrypt + write).
     pub threads: usize,
-    /// Chunks waiting for a worker before `push` blocks.
+    /// Batches (8 MiB of chunks each) waiting for a worker before `push`
+    /// blocks.
     pub queue: usize,
 }
 
 impl Default for WriterOptions {
-    /// One worker per CPU, two queued chunks per worker.
+    /// One worker per CPU, one queued batch per worker.
     fn default() -> Self {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
         WriterOptions {
             threads,
-            queue: 2 * threads,
+            queue: threads,
         }
     }
 }
@@ -67,30 +74,44 @@ pub struct WriteStats {
     pub bytes_in: u64,
     /// Plaintext bytes of the new chunks.
     pub bytes_new: u64,
-    /// Bytes written to disk (compressed + encrypted + headers).
+    /// Bytes added to packs (compressed + encrypted groups; pack indexes and
+    /// headers not counted).
     pub bytes_stored: u64,
 }
 
 struct Job {
+    /// Sequence number of the first chunk.
     seq: usize,
-    offset: u64,
+    /// The chunks, one after the other (a group's plaintext when all are new).
     data: Vec<u8>,
+    /// Each chunk's offset (the caller's) and length.
+    cells: Vec<(u64, usize)>,
 }
 
-type Done = (usize, Result<(ChunkRef, bool, u64)>);
+impl Job {
+    fn new(seq: usize) -> Job {
+        Job {
+            seq,
+            data: Vec::new(),
+            cells: Vec::new(),
+        }
+    }
+}
+
+type Done = (usize, Result<(Vec<(ChunkRef, bool)>, u64)>);
 
 /// Feeds chunks through the pipeline. Push chunks with [`ChunkWriter::push`]
 /// from one thread, then call [`ChunkWriter::finish`] for the ids in input
 /// order and the statistics.
 pub struct ChunkWriter {
-    repo: Repo,
     jobs: Option<Sender<Job>>,
     done: Receiver<Done>,
-    workers: Vec<JoinHandle<()>>,
+    /// Each worker ends by committing its last pack.
+    workers: Vec<JoinHandle<Result<()>>>,
+    batch: Job,
     refs: Vec<Option<ChunkRef>>,
     stats: WriteStats,
     error: Option<RepoError>,
-    next_seq: usize,
 }
 
 impl ChunkWriter {
@@ -105,38 +126,51 @@ impl ChunkWriter {
             let mut z = new_compressor()?;
             let h = std::thread::Builder::new()
                 .name(format!("repo-writer-{i}"))
-                .spawn(move || {
+                .spawn(move || -> Result<()> {
+                    let mut pack = None;
                     for job in rx {
-                        let id = repo.chunk_id(&job.data);
-                        let r = repo.store_chunk(id, &job.data, &mut z).map(|o| {
-                            (
-                                ChunkRef {
-                                    offset: job.offset,
-                                    len: job.data.len() as u64,
-                                    id,
-                                },
-                                o.new,
-                                o.stored,
-                            )
-                        });
+                        let lens: Vec<usize> = job.cells.iter().map(|c| c.1).collect();
+                        let r = repo.store_batch(&job.data, &lens, &mut pack, &mut z).map(
+                            |(ids, stored)| {
+                                let refs = job
+                                    .cells
+                                    .iter()
+                                    .zip(ids)
+                                    .map(|(&(offset, len), (id, new))| {
+                                        (
+                                            ChunkRef {
+                                                offset,
+                                                len: len as u64,
+                                                id,
+                                            },
+                                            new,
+                                        )
+                                    })
+                                    .collect();
+                                (refs, stored)
+                            },
+                        );
                         drop(job.data); // free before waiting to send
                         if tx.send((job.seq, r)).is_err() {
                             break;
                         }
+                    }
+                    match pack {
+                        Some(p) => repo.commit_pack(p),
+                        None => Ok(()),
                     }
                 })
                 .map_err(|e| RepoError::Pipeline(format!("cannot start worker: {e}")))?;
             workers.push(h);
         }
         Ok(ChunkWriter {
-            repo: repo.clone(),
             jobs: Some(jobs),
             done,
             workers,
+            batch: Job::new(0),
             refs: Vec::new(),
             stats: WriteStats::default(),
             error: None,
-            next_seq: 0,
         })
     }
 
@@ -147,15 +181,29 @@ impl ChunkWriter {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
         self.refs.push(None);
         self.stats.chunks += 1;
         self.stats.bytes_in += data.len() as u64;
+        if self.batch.data.is_empty() {
+            self.batch.data.reserve(GROUP_BYTES.max(data.len()));
+        }
+        self.batch.data.extend_from_slice(&data);
+        self.batch.cells.push((offset, data.len()));
+        if self.batch.data.len() >= GROUP_BYTES || self.batch.cells.len() >= GROUP_CHUNKS {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) -> Result<()> {
+        if self.batch.cells.is_empty() {
+            return Ok(());
+        }
+        let job = std::mem::replace(&mut self.batch, Job::new(self.refs.len()));
         self.jobs
             .as_ref()
             .expect("push after finish")
-            .send(Job { seq, offset, data })
+            .send(job)
             .map_err(|_| RepoError::Pipeline("all workers stopped".into()))
     }
 
@@ -174,13 +222,15 @@ impl ChunkWriter {
             };
             let Some((seq, r)) = msg else { return };
             match r {
-                Ok((cref, new, stored)) => {
-                    if new {
-                        self.stats.new_chunks += 1;
-                        self.stats.bytes_new += cref.len;
-                        self.stats.bytes_stored += stored;
+                Ok((refs, stored)) => {
+                    self.stats.bytes_stored += stored;
+                    for (i, (cref, new)) in refs.into_iter().enumerate() {
+                        if new {
+                            self.stats.new_chunks += 1;
+                            self.stats.bytes_new += cref.len;
+                        }
+                        self.refs[seq + i] = Some(cref);
                     }
-                    self.refs[seq] = Some(cref);
                 }
                 Err(e) => {
                     if self.error.is_none() {
@@ -191,19 +241,24 @@ impl ChunkWriter {
         }
     }
 
-    /// Wait for every queued chunk; return the chunks in input order and the
-    /// statistics, or the first error.
+    /// Wait for every queued chunk and commit the workers' packs; return the
+    /// chunks in input order and the statistics, or the first error.
     pub fn finish(mut self) -> Result<(Vec<ChunkRef>, WriteStats)> {
-        self.jobs = None; // workers drain the queue, then stop
+        let sent = self.send_batch();
+        self.jobs = None; // workers drain the queue, commit their packs, stop
         self.collect(true); // returns once every worker has dropped its sender
         for h in self.workers.drain(..) {
-            h.join()
+            let r = h
+                .join()
                 .map_err(|_| RepoError::Pipeline("a worker panicked".into()))?;
+            if let (Err(e), None) = (r, &self.error) {
+                self.error = Some(e);
+            }
         }
+        sent?;
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        self.repo.flush()?;
         let refs = std::mem::take(&mut self.refs)
             .into_iter()
             .collect::<Option<Vec<_>>>()

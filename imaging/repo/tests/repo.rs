@@ -62,13 +62,11 @@ fn write_all(
     (refs.into_iter().map(|r| r.id).collect(), stats)
 }
 
-fn chunk_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v = Vec::new();
-    for d in fs::read_dir(dir.join("chunks")).unwrap() {
-        for f in fs::read_dir(d.unwrap().path()).unwrap() {
-            v.push(f.unwrap().path());
-        }
-    }
+fn pack_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir.join("packs"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
     v.sort();
     v
 }
@@ -126,18 +124,18 @@ fn round_trip_through_pipeline() {
     let rep = repo.verify_chunks(&ids, 2);
     assert!(rep.ok(), "{:?}", rep.errors);
     assert_eq!(rep.checked, 300);
-    let rep = repo.verify_all_chunk_files(2);
+    let rep = repo.verify_all_packs(2);
     assert!(rep.ok(), "{:?}", rep.errors);
     assert_eq!(rep.checked, 300);
+    // 300 chunks of 64 KiB: grouped ~16 to a group, 3 workers' packs of ≤ 16 MiB.
+    assert!(rep.groups < 40, "{rep:?}");
+    let packs = pack_files(t.path());
+    assert!((3..=6).contains(&packs.len()), "{packs:?}");
     // Raw files contain no plaintext: the incompressible chunk 0 is not visible.
-    let f = fs::read(
-        chunk_files(t.path())
-            .into_iter()
-            .find(|p| p.ends_with(ids[0].to_hex()))
-            .unwrap(),
-    )
-    .unwrap();
-    assert!(!f.windows(32).any(|w| w == &chunks[0][1000..1032]));
+    for p in packs {
+        let f = fs::read(p).unwrap();
+        assert!(!f.windows(32).any(|w| w == &chunks[0][1000..1032]));
+    }
 }
 
 #[test]
@@ -168,14 +166,14 @@ fn dedup_same_data_and_one_percent_change() {
     let (ids1, s1) = write_all(&repo, &chunks, opts);
     assert_eq!(s1.chunks, 202);
     assert_eq!(s1.new_chunks, 201);
-    let files = chunk_files(t.path());
-    assert_eq!(files.len(), 201);
+    assert_eq!(repo.chunk_ids().unwrap().len(), 201);
+    let files = pack_files(t.path());
 
     // Same data again: nothing new, no file written.
     let (ids2, s2) = write_all(&repo, &chunks, opts);
     assert_eq!(ids1, ids2);
     assert_eq!((s2.new_chunks, s2.bytes_stored), (0, 0));
-    assert_eq!(chunk_files(t.path()), files);
+    assert_eq!(pack_files(t.path()), files);
 
     // A second image with 1% of the chunks changed (2 of 200) stores ~1%.
     let mut changed = chunks.clone();
@@ -185,9 +183,9 @@ fn dedup_same_data_and_one_percent_change() {
     let (ids3, s3) = write_all(&repo2, &changed, opts);
     assert_eq!(s3.new_chunks, 2);
     assert_eq!(s3.bytes_new, 2 * 32 * 1024);
-    assert_eq!(chunk_files(t.path()).len(), 203);
+    assert_eq!(repo2.chunk_ids().unwrap().len(), 203);
     assert_eq!(ids3.iter().zip(&ids1).filter(|(a, b)| a != b).count(), 2);
-    assert!(repo.verify_all_chunk_files(2).ok());
+    assert!(repo.verify_all_packs(2).ok());
 }
 
 #[test]
@@ -247,92 +245,234 @@ fn different_repos_have_different_ids_for_same_data() {
     assert_ne!(ra.chunk_id(b"x"), ChunkId(*blake3::hash(b"x").as_bytes()));
 }
 
-fn corrupt_setup() -> (tempfile::TempDir, Repo, Vec<ChunkId>) {
+/// Six chunks, each stored by `put_chunk` in a pack of its own: (id, pack file).
+fn corrupt_setup() -> (tempfile::TempDir, Repo, Vec<(ChunkId, std::path::PathBuf)>) {
     let t = tempfile::tempdir().unwrap();
     let repo = new_repo(t.path());
-    let chunks = random_chunks(3, 6, 8192);
-    let (ids, _) = write_all(
-        &repo,
-        &chunks,
-        WriterOptions {
-            threads: 2,
-            queue: 2,
-        },
-    );
-    (t, repo, ids)
+    let mut out = Vec::new();
+    for c in random_chunks(3, 6, 8192) {
+        let before = pack_files(t.path());
+        let id = repo.put_chunk(&c).unwrap().id;
+        let new: Vec<_> = pack_files(t.path())
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        assert_eq!(new.len(), 1);
+        out.push((id, new[0].clone()));
+    }
+    (t, repo, out)
 }
 
-fn path_of(dir: &Path, id: &ChunkId) -> std::path::PathBuf {
-    let h = id.to_hex();
-    dir.join("chunks").join(&h[..2]).join(h)
+/// Where a pack's index starts (from its trailer).
+fn index_at(pack: &[u8]) -> usize {
+    let n = pack.len();
+    let len = u32::from_le_bytes(pack[n - 8..n - 4].try_into().unwrap()) as usize;
+    n - 8 - len
+}
+
+fn flip(path: &Path, at: impl FnOnce(&[u8]) -> usize) {
+    let mut b = fs::read(path).unwrap();
+    let i = at(&b);
+    b[i] ^= 0x01;
+    fs::write(path, b).unwrap();
 }
 
 #[test]
-fn flipped_byte_detected_by_get_and_verify() {
-    let (t, repo, ids) = corrupt_setup();
-    for (k, at) in [(0usize, 5usize), (1, 20), (2, 100), (3, usize::MAX)] {
-        // header flag, nonce, payload, tag
-        let p = path_of(t.path(), &ids[k]);
-        let mut b = fs::read(&p).unwrap();
-        let at = at.min(b.len() - 1);
-        b[at] ^= 0x01;
-        fs::write(&p, b).unwrap();
-        let err = repo.get_chunk(&ids[k]).unwrap_err();
+fn flipped_byte_in_a_pack_detected_by_get_and_verify() {
+    let (t, repo, c) = corrupt_setup();
+    // Group nonce, group payload, group tag: the group fails authentication.
+    flip(&c[0].1, |_| 8 + 3);
+    flip(&c[1].1, |b| (8 + index_at(b)) / 2);
+    flip(&c[2].1, |b| index_at(b) - 1);
+    for (id, _) in &c[..3] {
+        let err = repo.get_chunk(id).unwrap_err();
         assert!(
-            matches!(&err, RepoError::Corrupt { id, .. } if *id == ids[k]),
+            matches!(&err, RepoError::Corrupt { id: i, .. } if i == id),
             "{err}"
         );
-        assert!(err.to_string().contains(&ids[k].to_hex()));
+        assert!(err.to_string().contains(&id.to_hex()));
+        assert!(err.to_string().contains("authentication failed"), "{err}");
     }
-    let rep = repo.verify_all_chunk_files(2);
-    assert_eq!((rep.checked, rep.errors.len()), (6, 4));
-    let rep = repo.verify_chunks(&ids, 2);
-    assert_eq!(rep.errors.len(), 4);
-    assert!(repo.get_chunk(&ids[4]).is_ok());
+    // Index and trailer: the pack is unusable, its chunk absent.
+    flip(&c[3].1, |b| index_at(b) + 30);
+    flip(&c[4].1, |b| b.len() - 1);
+    let fresh = Repo::open(t.path(), PW).unwrap();
+    for (id, _) in &c[3..5] {
+        assert!(matches!(
+            fresh.get_chunk(id),
+            Err(RepoError::MissingChunk { .. })
+        ));
+        assert!(!fresh.has_chunk(id));
+    }
+    assert!(fresh.get_chunk(&c[5].0).is_ok());
+    let rep = fresh.verify_all_packs(2);
+    assert_eq!((rep.checked, rep.errors.len()), (4, 5), "{:?}", rep.errors);
+    let unusable = rep
+        .errors
+        .iter()
+        .filter(|e| matches!(e, RepoError::CorruptPack { .. }))
+        .count();
+    assert_eq!(unusable, 2, "{:?}", rep.errors);
+    let ids: Vec<ChunkId> = c.iter().map(|c| c.0).collect();
+    let rep = fresh.verify_chunks(&ids, 2);
+    assert_eq!((rep.checked, rep.errors.len()), (6, 5), "{:?}", rep.errors);
+}
+
+/// A pack torn by a crash (on a filesystem that lost the end of a file it
+/// had already named) is reported, never read; the next write stores its
+/// chunks again.
+#[test]
+fn truncated_pack_is_reported_and_the_next_backup_stores_its_chunks_again() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let chunks = random_chunks(5, 50, 64 * 1024);
+    let one = WriterOptions {
+        threads: 1,
+        queue: 2,
+    };
+    let (ids, _) = write_all(&repo, &chunks, one);
+    let packs = pack_files(t.path());
+    assert_eq!(packs.len(), 1);
+    let b = fs::read(&packs[0]).unwrap();
+    fs::write(&packs[0], &b[..b.len() / 2]).unwrap();
+    fs::write(t.path().join("packs/.tmp-0011"), b"partial").unwrap();
+
+    let repo = Repo::open(t.path(), PW).unwrap();
+    let rep = repo.verify_all_packs(2);
+    assert_eq!(rep.temp_files, 1);
+    assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
+    assert!(
+        matches!(&rep.errors[0], RepoError::CorruptPack { why, .. } if why.contains("torn")),
+        "{:?}",
+        rep.errors
+    );
+    assert!(matches!(
+        repo.get_chunk(&ids[0]),
+        Err(RepoError::MissingChunk { .. })
+    ));
+    let (ids2, s) = write_all(&repo, &chunks, one);
+    assert_eq!(ids2, ids);
+    assert_eq!(s.new_chunks, 50);
+    assert!(repo.verify_chunks(&ids, 2).ok());
+    for (id, c) in ids.iter().zip(&chunks) {
+        assert_eq!(&repo.get_chunk(id).unwrap(), c);
+    }
 }
 
 #[test]
-fn swapped_and_truncated_and_missing_detected() {
-    let (t, repo, ids) = corrupt_setup();
-    // Chunk 0's file copied over chunk 1's name: authenticates under the wrong id.
-    fs::copy(path_of(t.path(), &ids[0]), path_of(t.path(), &ids[1])).unwrap();
-    let err = repo.get_chunk(&ids[1]).unwrap_err();
-    assert!(
-        matches!(&err, RepoError::Corrupt { id, .. } if *id == ids[1]),
-        "{err}"
-    );
-    // Truncated files, including to a few bytes and to nothing.
-    for (k, keep) in [(2usize, 40usize), (3, 0), (4, 3000)] {
-        let p = path_of(t.path(), &ids[k]);
-        let b = fs::read(&p).unwrap();
-        fs::write(&p, &b[..keep.min(b.len() - 1)]).unwrap();
-        let err = repo.get_chunk(&ids[k]).unwrap_err();
-        assert!(matches!(err, RepoError::Corrupt { .. }), "{err}");
+fn swapped_or_renamed_packs_fail_authentication() {
+    let (t, _repo, c) = corrupt_setup();
+    // Packs 0 and 1 swap names; pack 2 gets a new (valid-looking) name.
+    let tmp = t.path().join("packs/x");
+    fs::rename(&c[0].1, &tmp).unwrap();
+    fs::rename(&c[1].1, &c[0].1).unwrap();
+    fs::rename(&tmp, &c[1].1).unwrap();
+    fs::rename(&c[2].1, t.path().join("packs").join("11".repeat(16))).unwrap();
+    fs::write(t.path().join("packs/notapack"), b"x").unwrap();
+    let repo = Repo::open(t.path(), PW).unwrap();
+    for (id, _) in &c[..3] {
+        assert!(matches!(
+            repo.get_chunk(id),
+            Err(RepoError::MissingChunk { .. })
+        ));
     }
-    // Missing file.
-    fs::remove_file(path_of(t.path(), &ids[5])).unwrap();
-    assert!(matches!(
-        repo.get_chunk(&ids[5]),
-        Err(RepoError::MissingChunk { .. })
-    ));
-    let rep = repo.verify_chunks(&ids, 3);
-    assert_eq!(rep.errors.len(), 5);
-    // A chunk file renamed to another (valid-looking) id, and a stray file.
-    let fake = ChunkId([0x11; 32]);
-    fs::rename(path_of(t.path(), &ids[0]), path_of(t.path(), &fake)).unwrap();
-    fs::write(t.path().join("chunks/ab/notachunk"), b"x").unwrap();
-    fs::write(t.path().join("chunks/ab/.tmp-0011"), b"x").unwrap();
-    let rep = repo.verify_all_chunk_files(2);
-    assert_eq!(rep.temp_files, 1);
-    assert!(rep
+    let rep = repo.verify_all_packs(2);
+    let auth = rep
         .errors
         .iter()
-        .any(|e| matches!(e, RepoError::Corrupt { id, .. } if *id == fake)));
+        .filter(|e| {
+            matches!(e, RepoError::CorruptPack { why, .. } if why.contains("authentication failed"))
+        })
+        .count();
+    assert_eq!(auth, 3, "{:?}", rep.errors);
     assert!(rep
         .errors
         .iter()
         .any(|e| matches!(e, RepoError::StrayFile { .. })));
-    assert_eq!(rep.errors.len(), 1 + 3 + 1 + 1, "{:?}", rep.errors);
+    assert_eq!((rep.checked, rep.errors.len()), (3, 4), "{:?}", rep.errors);
+}
+
+#[test]
+fn prune_deletes_unused_packs_and_keeps_partly_used_ones() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let one = WriterOptions {
+        threads: 1,
+        queue: 2,
+    };
+    let a = random_chunks(6, 10, 32 * 1024);
+    let b = random_chunks(7, 10, 32 * 1024);
+    let (ids_a, _) = write_all(&repo, &a, one);
+    let (ids_b, _) = write_all(&repo, &b, one);
+    assert_eq!(pack_files(t.path()).len(), 2);
+    let used: std::collections::HashSet<ChunkId> = [ids_a[3]].into();
+    let st = repo.prune_packs(&used).unwrap();
+    assert_eq!(
+        (
+            st.packs_deleted,
+            st.packs_kept,
+            st.chunks_deleted,
+            st.chunks_used,
+            st.chunks_unused_kept
+        ),
+        (1, 1, 10, 1, 9),
+        "{st:?}"
+    );
+    assert!(st.bytes_freed > 0);
+    assert_eq!(pack_files(t.path()).len(), 1);
+    assert_eq!(repo.get_chunk(&ids_a[3]).unwrap(), a[3]);
+    assert!(matches!(
+        repo.get_chunk(&ids_b[0]),
+        Err(RepoError::MissingChunk { .. })
+    ));
+    assert!(repo.verify_all_packs(2).ok());
+    // What was pruned is stored again when it comes back.
+    let (_, s) = write_all(&repo, &b, one);
+    assert_eq!(s.new_chunks, 10);
+}
+
+/// Cells are grouped for compression but deduplicated one by one: a second
+/// backup with one changed cell stores that cell only.
+#[test]
+fn grouped_chunks_deduplicated_across_two_backups() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = new_repo(t.path());
+    let cells = random_chunks(8, 64, 64 * 1024);
+    let opts = WriterOptions {
+        threads: 2,
+        queue: 2,
+    };
+    let (ids1, s1) = write_all(&repo, &cells, opts);
+    assert_eq!(s1.new_chunks, 64);
+    let rep = repo.verify_all_packs(2);
+    assert!(rep.ok() && rep.groups <= 6, "{rep:?}");
+    let packs1 = pack_files(t.path());
+
+    let mut changed = cells.clone();
+    changed[33][100] ^= 1;
+    let repo = Repo::open(t.path(), PW).unwrap();
+    let (ids2, s2) = write_all(&repo, &changed, opts);
+    assert_eq!((s2.new_chunks, s2.bytes_new), (1, 64 * 1024));
+    assert!(s2.bytes_stored <= 64 * 1024 + 64, "{s2:?}");
+    assert_eq!(pack_files(t.path()).len(), packs1.len() + 1);
+    assert_eq!(ids1.iter().zip(&ids2).filter(|(a, b)| a != b).count(), 1);
+    for (id, c) in ids2.iter().zip(&changed) {
+        assert_eq!(&repo.get_chunk(id).unwrap(), c);
+    }
+}
+
+#[test]
+fn old_format_is_refused_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    new_repo(t.path());
+    let p = t.path().join("config");
+    let text = fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"format\": 2", "\"format\": 1");
+    fs::write(&p, text).unwrap();
+    let err = Repo::open(t.path(), PW).err().unwrap();
+    assert!(err.to_string().contains("format 1"), "{err}");
+    assert!(err.to_string().contains("no longer supported"), "{err}");
 }
 
 #[test]
@@ -398,10 +538,9 @@ fn manifests() {
 fn pipeline_reports_io_errors() {
     let t = tempfile::tempdir().unwrap();
     let repo = new_repo(t.path());
-    // Make the chunk directories unusable: replace one fan-out dir by a file.
+    // Make the pack directory unusable: replace it by a file.
     let data = vec![7u8; 1000];
-    let id = repo.chunk_id(&data);
-    let d = t.path().join("chunks").join(&id.to_hex()[..2]);
+    let d = t.path().join("packs");
     fs::remove_dir(&d).unwrap();
     fs::write(&d, b"").unwrap();
     let mut w = ChunkWriter::new(
@@ -436,5 +575,56 @@ fn concurrent_writers_store_each_chunk_once() {
         hs.into_iter().map(|h| h.join().unwrap()).sum()
     });
     assert_eq!(new, 10, "each chunk counted new exactly once");
-    assert_eq!(chunk_files(t.path()).len(), 10, "no temporaries left");
+    assert_eq!(repo.chunk_ids().unwrap().len(), 10);
+    assert!(
+        pack_files(t.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains(".tmp-")),
+        "no temporaries left"
+    );
+}
+
+/// The store refuses to name a pack that was cut short (no trailer), and
+/// never overwrites a pack.
+#[test]
+fn store_commits_only_whole_packs_and_never_overwrites() {
+    use lifeline_repo::{DirStore, PackId, Store};
+    let t = tempfile::tempdir().unwrap();
+    new_repo(t.path());
+    let store = DirStore::new(t.path());
+    let id = PackId([7; 16]);
+    let mut s = store.create_pack(&id).unwrap();
+    s.write(b"LLPK\x01\0\0\0").unwrap();
+    s.write(&[1u8; 5000]).unwrap();
+    assert!(matches!(s.commit(), Err(RepoError::CorruptPack { .. })));
+    assert!(
+        pack_files(t.path()).is_empty(),
+        "nothing named, no temporary left"
+    );
+    // Framing only (an index of 40 zero bytes): enough for the store.
+    let mut framed = b"LLPK\x01\0\0\0".to_vec();
+    framed.extend_from_slice(&[0u8; 40]);
+    framed.extend_from_slice(&40u32.to_le_bytes());
+    framed.extend_from_slice(b"LLPX");
+    for (i, expect_ok) in [(0, true), (1, false)] {
+        let mut s = store.create_pack(&id).unwrap();
+        s.write(&framed[..10]).unwrap();
+        s.write(&framed[10..]).unwrap();
+        let r = s.commit();
+        assert_eq!(r.is_ok(), expect_ok, "attempt {i}: {r:?}");
+        if !expect_ok {
+            assert!(matches!(r, Err(RepoError::PackExists { .. })));
+        }
+    }
+    assert_eq!(pack_files(t.path()).len(), 1);
+    assert_eq!(store.read_pack(&id, 0, 8).unwrap(), b"LLPK\x01\0\0\0");
+    assert!(store.read_pack(&id, 50, 100).is_err(), "beyond the end");
+    // The repository reports it (its index does not authenticate).
+    let repo = Repo::open(t.path(), PW).unwrap();
+    let rep = repo.verify_all_packs(1);
+    assert!(
+        matches!(&rep.errors[..], [RepoError::CorruptPack { .. }]),
+        "{:?}",
+        rep.errors
+    );
 }
