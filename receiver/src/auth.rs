@@ -67,15 +67,35 @@ pub trait Authenticator: Send + Sync + 'static {
     ) -> Result<MachineName, Status>;
 
     /// For the image store: like [`Authenticator::authenticate`], and a
-    /// boot session's credential is good too.
-    fn authenticate_images(&self, metadata: &MetadataMap, extensions: &Extensions) -> Result<MachineName, Status> {
-        self.authenticate(metadata, extensions)
+    /// boot session's credential is good too; says whose images the request
+    /// may use, and how.
+    fn authenticate_images(&self, metadata: &MetadataMap, extensions: &Extensions) -> Result<ImageAccess, Status> {
+        self.authenticate(metadata, extensions).map(ImageAccess::own)
     }
 
     /// Turns the request's one-time boot token into a boot session (see
     /// [`crate::bootdb`]).
     fn claim_boot(&self, _metadata: &MetadataMap, _from: &str) -> Result<BootClaim, Status> {
         Err(Status::unimplemented("this receiver does not take boot tokens"))
+    }
+}
+
+/// What an image store request may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageAccess {
+    /// The machine the request speaks for (its jobs, its audit lines).
+    pub machine: MachineName,
+    /// Whose image store it uses: its own, or for a cross-machine restore
+    /// (restore media made with `--image-of`) the other machine's.
+    pub store_of: MachineName,
+    /// Reading only: a cross-machine restore never writes to the other
+    /// machine's store.
+    pub read_only: bool,
+}
+
+impl ImageAccess {
+    pub fn own(machine: MachineName) -> ImageAccess {
+        ImageAccess { store_of: machine.clone(), machine, read_only: false }
     }
 }
 
@@ -132,7 +152,7 @@ impl TokenAuthenticator {
         Ok((cred, name))
     }
 
-    fn check(&self, metadata: &MetadataMap, boot_sessions: bool) -> Result<MachineName, Status> {
+    fn check(&self, metadata: &MetadataMap, boot_sessions: bool) -> Result<ImageAccess, Status> {
         let (cred, name) = Self::credential(metadata)?;
         let stored = self.db().token_hash(name.as_str()).map_err(db_unavailable)?;
         let Some(stored) = stored else {
@@ -141,10 +161,18 @@ impl TokenAuthenticator {
             )));
         };
         if cred.matches(&stored) {
-            return Ok(name);
+            return Ok(ImageAccess::own(name));
         }
-        if boot_sessions && self.db().boot_session_valid(name.as_str(), &cred.secret_hash()).map_err(db_unavailable)? {
-            return Ok(name);
+        if boot_sessions {
+            match self.db().boot_session(name.as_str(), &cred.secret_hash()).map_err(db_unavailable)? {
+                Some(None) => return Ok(ImageAccess::own(name)),
+                Some(Some(other)) => {
+                    let store_of = MachineName::new(&other)
+                        .map_err(|e| Status::internal(format!("boot session names a bad machine: {e}")))?;
+                    return Ok(ImageAccess { machine: name, store_of, read_only: true });
+                }
+                None => {}
+            }
         }
         Err(refuse(format!(
             "wrong credential for machine {name} (was it reissued? use the token file `machine add`/`machine reissue` wrote; \
@@ -161,10 +189,10 @@ fn db_unavailable(e: anyhow::Error) -> Status {
 
 impl Authenticator for TokenAuthenticator {
     fn authenticate(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<MachineName, Status> {
-        self.check(metadata, false)
+        self.check(metadata, false).map(|a| a.machine)
     }
 
-    fn authenticate_images(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<MachineName, Status> {
+    fn authenticate_images(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<ImageAccess, Status> {
         self.check(metadata, true)
     }
 
@@ -286,8 +314,13 @@ mod tests {
             used_at: None,
             used_from: String::new(),
             revoked: false,
+            image_of: None,
         };
         db.add_boot_media(&media, &boot.secret_hash()).unwrap();
+        // Restore media of m2 reading m1's images.
+        let restore = Credential::generate("m2");
+        let from_m1 = crate::bootdb::BootMedia { machine: "m2".into(), mode: "restore".into(), image_of: Some("m1".into()), ..media.clone() };
+        db.add_boot_media(&from_m1, &restore.secret_hash()).unwrap();
         let auth = TokenAuthenticator::new(db);
         let ext = Extensions::new();
         // The boot token itself is no credential.
@@ -300,11 +333,16 @@ mod tests {
         let e = auth.claim_boot(&request(Some(&boot.token()), None), "10.0.2.15").err().unwrap();
         assert!(e.message().contains("already used"), "{}", e.message());
         let md = request(Some(&session.token()), None);
-        assert_eq!(auth.authenticate_images(&md, &ext).unwrap().as_str(), "m1");
+        assert_eq!(auth.authenticate_images(&md, &ext).unwrap(), ImageAccess::own(MachineName::new("m1").unwrap()));
         let e = auth.authenticate(&md, &ext).unwrap_err();
         assert_eq!(e.code(), tonic::Code::Unauthenticated);
         // The machine's own credential still works everywhere.
         let md = request(Some(&m1.token()), None);
         assert!(auth.authenticate(&md, &ext).is_ok() && auth.authenticate_images(&md, &ext).is_ok());
+        // m2's restore session reads m1's store, and only reads.
+        let s2 = auth.claim_boot(&request(Some(&restore.token()), None), "10.0.2.16").ok().unwrap().credential;
+        let a = auth.authenticate_images(&request(Some(&s2.token()), None), &ext).unwrap();
+        assert_eq!((a.machine.as_str(), a.store_of.as_str(), a.read_only), ("m2", "m1", true));
+        assert!(auth.authenticate(&request(Some(&s2.token()), None), &ext).is_err());
     }
 }

@@ -32,6 +32,8 @@ pub struct BootMedia {
     pub used_at: Option<String>,
     pub used_from: String,
     pub revoked: bool,
+    /// Restore media reading another machine's images (`None`: its own).
+    pub image_of: Option<String>,
 }
 
 impl BootMedia {
@@ -71,7 +73,7 @@ pub fn normalize_mac(mac: &str) -> Result<String, String> {
 }
 
 const MEDIA_COLUMNS: &str =
-    "id, machine, kind, mode, style, image, cmdline, created_at, used_at, used_from, revoked";
+    "id, machine, kind, mode, style, image, cmdline, created_at, used_at, used_from, revoked, image_of";
 
 fn media_row(r: &rusqlite::Row) -> rusqlite::Result<BootMedia> {
     Ok(BootMedia {
@@ -86,6 +88,7 @@ fn media_row(r: &rusqlite::Row) -> rusqlite::Result<BootMedia> {
         used_at: r.get(8)?,
         used_from: r.get(9)?,
         revoked: r.get::<_, i64>(10)? != 0,
+        image_of: r.get(11)?,
     })
 }
 
@@ -131,8 +134,9 @@ impl Db {
     pub fn add_boot_media(&mut self, m: &BootMedia, token_hash: &[u8; 32]) -> anyhow::Result<i64> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO boot_media (machine, kind, mode, style, image, cmdline, token_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![m.machine, m.kind, m.mode, m.style, m.image, m.cmdline, &token_hash[..]],
+            "INSERT INTO boot_media (machine, kind, mode, style, image, cmdline, token_hash, image_of) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![m.machine, m.kind, m.mode, m.style, m.image, m.cmdline, &token_hash[..], m.image_of],
         )
         .with_context(|| format!("recording boot media for machine {} (is it registered?)", m.machine))?;
         let id = tx.last_insert_rowid();
@@ -209,8 +213,8 @@ impl Db {
         )?;
         let expires_unix = now_unix() + SESSION_SECS;
         tx.execute(
-            "INSERT INTO boot_sessions (token_hash, media, machine, expires) VALUES (?1, ?2, ?3, ?4)",
-            params![&session_hash[..], m.id, machine, expires_unix],
+            "INSERT INTO boot_sessions (token_hash, media, machine, expires, image_of) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&session_hash[..], m.id, machine, expires_unix, m.image_of],
         )?;
         audit(&tx, Some(machine), "boot token claimed", &format!("#{} from {from}", m.id))?;
         tx.commit()?;
@@ -219,12 +223,21 @@ impl Db {
 
     /// Whether `session_hash` is a live boot session of `machine`.
     pub fn boot_session_valid(&self, machine: &str, session_hash: &[u8; 32]) -> anyhow::Result<bool> {
-        let n: i64 = self.conn.query_row(
-            "SELECT count(*) FROM boot_sessions WHERE machine = ?1 AND token_hash = ?2 AND expires > ?3",
-            params![machine, &session_hash[..], now_unix()],
-            |r| r.get(0),
-        )?;
-        Ok(n > 0)
+        Ok(self.boot_session(machine, session_hash)?.is_some())
+    }
+
+    /// The live boot session of `machine` with `session_hash`: `Some(None)`
+    /// for one on its own images, `Some(Some(other))` for a restore from
+    /// machine `other`'s images.
+    pub fn boot_session(&self, machine: &str, session_hash: &[u8; 32]) -> anyhow::Result<Option<Option<String>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT image_of FROM boot_sessions WHERE machine = ?1 AND token_hash = ?2 AND expires > ?3",
+                params![machine, &session_hash[..], now_unix()],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?)
     }
 }
 
@@ -258,6 +271,7 @@ mod tests {
             used_at: None,
             used_from: String::new(),
             revoked: false,
+            image_of: None,
         }
     }
 

@@ -32,6 +32,11 @@ pub struct MediaSpec {
     pub mode: Mode,
     pub style: Style,
     pub image: Option<String>,
+    /// Restore media reading another machine's images (a replacement
+    /// machine, a cloned disk): its boot session may read that machine's
+    /// image store and never write to it. The password is that machine's
+    /// repository password.
+    pub image_of: Option<MachineName>,
     /// The static `lifeline-image` for the boot OS.
     pub agent: PathBuf,
     /// The repository password: unattended backup and restore need it (it
@@ -70,6 +75,14 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
             spec.machine,
             spec.machine
         );
+    }
+    if let Some(other) = &spec.image_of {
+        if spec.mode != Mode::Restore || spec.image.is_none() || spec.style != Style::Receiver {
+            anyhow::bail!("--image-of is for restore media with the receiver: give --mode restore and --image NAME");
+        }
+        if db.token_hash(other.as_str())?.is_none() {
+            anyhow::bail!("machine {other} (--image-of) is not registered (see `lifeline-receiver machine list`)");
+        }
     }
     let identity = crate::tls::load_or_create(store, &[])?;
     let ca = identity
@@ -143,6 +156,7 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
         used_at: None,
         used_from: String::new(),
         revoked: false,
+        image_of: spec.image_of.as_ref().map(|m| m.as_str().to_string()),
     };
     let id = match db.add_boot_media(&media, &token.secret_hash()) {
         Ok(id) => id,

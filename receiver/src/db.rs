@@ -20,6 +20,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_machines", include_str!("../migrations/0001_machines.sql")),
     ("0002_boot", include_str!("../migrations/0002_boot.sql")),
     ("0003_jobs", include_str!("../migrations/0003_jobs.sql")),
+    ("0004_restore_from", include_str!("../migrations/0004_restore_from.sql")),
 ];
 
 /// A registered machine, as `machine list` shows it.

@@ -54,14 +54,31 @@ impl Images {
             .max_encoding_message_size(lifeline_proto::MAX_MESSAGE + (1 << 20))
     }
 
-    /// The requesting machine's store (its name is already validated as a
-    /// single safe path component by [`MachineName`]).
+    /// The store the request may read: the requesting machine's, or the
+    /// machine's whose images its restore media reads (names are validated
+    /// as single safe path components by [`MachineName`]).
     fn store_for<T>(&self, req: &Request<T>) -> Result<(MachineName, DirStore), Status> {
-        let m = self
+        let a = self
             .auth
             .authenticate_images(req.metadata(), req.extensions())?;
-        let dir = self.root.join(m.as_str());
-        Ok((m, DirStore::new(dir)))
+        let dir = self.root.join(a.store_of.as_str());
+        Ok((a.machine, DirStore::new(dir)))
+    }
+
+    /// The store the request may write: its own machine's only.
+    fn store_to_write<T>(&self, req: &Request<T>) -> Result<(MachineName, DirStore), Status> {
+        let a = self
+            .auth
+            .authenticate_images(req.metadata(), req.extensions())?;
+        if a.read_only {
+            return Err(Status::permission_denied(format!(
+                "this boot session of machine {} restores machine {}'s images: it may read them, never write \
+                 (make backup media for {} to back it up)",
+                a.machine, a.store_of, a.machine
+            )));
+        }
+        let dir = self.root.join(a.store_of.as_str());
+        Ok((a.machine, DirStore::new(dir)))
     }
 }
 
@@ -111,7 +128,7 @@ impl ImageStore for Images {
     }
 
     async fn create_config(&self, req: Request<ImageBlob>) -> Result<Response<ImageEmpty>, Status> {
-        let (m, store) = self.store_for(&req)?;
+        let (m, store) = self.store_to_write(&req)?;
         let data = req.into_inner().data;
         if data.len() > 1 << 20 {
             return Err(Status::invalid_argument("config larger than 1 MiB"));
@@ -159,7 +176,7 @@ impl ImageStore for Images {
         &self,
         req: Request<Streaming<PackPiece>>,
     ) -> Result<Response<ImageEmpty>, Status> {
-        let (m, store) = self.store_for(&req)?;
+        let (m, store) = self.store_to_write(&req)?;
         let mut stream = req.into_inner();
         let Some(first) = stream.next().await else {
             return Err(Status::invalid_argument("an empty pack upload"));
@@ -216,7 +233,7 @@ impl ImageStore for Images {
     }
 
     async fn put_manifest(&self, req: Request<NamedBlob>) -> Result<Response<ImageEmpty>, Status> {
-        let (m, store) = self.store_for(&req)?;
+        let (m, store) = self.store_to_write(&req)?;
         let NamedBlob { name, data } = req.into_inner();
         lifeline_repo::validate_image_name(&name).map_err(status)?;
         if data.len() > MAX_MANIFEST_BLOB_SIZE {
@@ -284,7 +301,8 @@ impl ImageStore for Images {
     async fn report_job(&self, req: Request<JobReport>) -> Result<Response<JobReply>, Status> {
         let m = self
             .auth
-            .authenticate_images(req.metadata(), req.extensions())?;
+            .authenticate_images(req.metadata(), req.extensions())?
+            .machine;
         let r = req.into_inner();
         let limit = |s: String| s.chars().take(1000).collect::<String>();
         let report = crate::jobsdb::Report {

@@ -137,6 +137,11 @@ enum BootosCmd {
         /// Image to restore (restore mode).
         #[arg(long)]
         image: Option<String>,
+        /// Restore another machine's image (a replacement machine, a cloned
+        /// disk): the boot session may read that machine's images, never
+        /// write them; --password-file is that machine's repository password.
+        #[arg(long, value_name = "MACHINE")]
+        image_of: Option<String>,
         /// The static lifeline-image for the boot OS (scripts/test.sh builds
         /// it in target/lifeline-bootos-agent/).
         #[arg(long, env = "LIFELINE_BOOTOS_AGENT")]
@@ -277,7 +282,7 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
     std::fs::create_dir_all(store).with_context(|| format!("cannot create the store {}", store.display()))?;
     let mut db = Db::open(store)?;
     match cmd {
-        BootosCmd::Make { name, receiver_url, mode, style, image, agent, password_file, kernel, kind } => {
+        BootosCmd::Make { name, receiver_url, mode, style, image, image_of, agent, password_file, kernel, kind } => {
             let password = match &password_file {
                 Some(f) => {
                     let s = std::fs::read_to_string(f).with_context(|| format!("cannot read the password file {}", f.display()))?;
@@ -295,6 +300,7 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 },
                 style: if style == "local" { Style::Local } else { Style::Receiver },
                 image,
+                image_of: image_of.map(|m: String| MachineName::new(&m)).transpose().map_err(anyhow::Error::msg)?,
                 agent,
                 password,
                 kernel,

@@ -591,3 +591,73 @@ fn owner_downloads_its_media_and_not_another_machines() {
     let audit = receiver_cli(&site.store, &["audit"]);
     assert!(audit.contains("boot media downloaded") && audit.contains("boot media download refused"), "{audit}");
 }
+
+/// Restore media made for pc2 from pc1's image (a replacement machine):
+/// its boot session reads pc1's images and restores one identical, and
+/// can write nothing to pc1's store. No VM: the boot OS's own calls
+/// (`claim`, `restore`, `backup`) run on the host with its session.
+#[test]
+fn restore_media_of_another_machine_reads_its_images_and_writes_nothing() {
+    let site = Site::new();
+    let image = |creds: &Path, token: &str, args: &[&str]| {
+        let out = Command::new(bin_path("lifeline-image"))
+            .args(args)
+            .env("LIFELINE_REPO", site.rx.url())
+            .env("LIFELINE_TOKEN_FILE", creds.join(token))
+            .env("LIFELINE_CA", site.creds.join("ca.crt"))
+            .output()
+            .unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let pw = site.pw.to_str().unwrap();
+    let disk = site.disk.path.to_str().unwrap();
+    for args in [vec!["init", "--password-file", pw], vec!["backup", "--name", "pc1-img", "--password-file", pw, disk]] {
+        let (ok, out) = image(&site.creds, "pc1.token", &args);
+        assert!(ok, "pc1's {}: {out}", args[0]);
+    }
+    let creds2 = site.dir.path().join("creds2");
+    receiver_cli(&site.store, &["machine", "add", "pc2", "--out", creds2.to_str().unwrap()]);
+    let url = format!("https://10.0.2.2:{}", site.rx.port());
+    let agent = site.agent.to_str().unwrap();
+    let make = |extra: &[&str]| {
+        let mut args = vec!["bootos", "make", "pc2", "--receiver-url", &url, "--agent", agent, "--password-file", pw];
+        args.extend_from_slice(extra);
+        receiver_cli(&site.store, &args)
+    };
+    // Session of boot media `id`: the token from its command line, claimed.
+    let session = |id: u32| {
+        let cmdline = std::fs::read_to_string(site.store.join(format!("boot/{id}/cmdline"))).unwrap();
+        let token = cmdline.split_whitespace().find_map(|p| p.strip_prefix("lifeline.token=")).expect("a token");
+        let boot = creds2.join(format!("boot-{id}.token"));
+        std::fs::write(&boot, token).unwrap();
+        let out = creds2.join(format!("session-{id}.token"));
+        let (ok, text) = image(&creds2, &format!("boot-{id}.token"), &["claim", "--out", out.to_str().unwrap()]);
+        assert!(ok, "claim: {text}");
+        format!("session-{id}.token")
+    };
+
+    assert!(make(&["--mode", "restore", "--image", "pc1-img", "--image-of", "pc1"]).contains("boot media #1 for machine pc2"));
+    let s1 = session(1);
+    let restored = site.dir.path().join("pc2-disk.img");
+    let (ok, text) = image(&creds2, &s1, &["restore", "--name", "pc1-img", "--password-file", pw, restored.to_str().unwrap()]);
+    assert!(ok, "pc2 restoring pc1's image: {text}");
+    site.disk.check_copy(&restored);
+    let (ok, text) = image(&creds2, &s1, &["backup", "--name", "pc2-into-pc1", "--password-file", pw, restored.to_str().unwrap()]);
+    assert!(!ok && text.contains("never write"), "a backup into pc1's store through pc2's restore session: {text}");
+    let (ok, list) = image(&site.creds, "pc1.token", &["list", "--password-file", pw]);
+    assert!(ok && list.contains("pc1-img") && !list.contains("pc2-into-pc1"), "{list}");
+
+    // pc2's own media see pc2's images only (none), and --image-of is for restores.
+    assert!(make(&["--mode", "backup"]).contains("boot media #2 for machine pc2"));
+    let s2 = session(2);
+    let (ok, text) = image(&creds2, &s2, &["list", "--password-file", pw]);
+    assert!(!ok || !text.contains("pc1-img"), "pc2's own session sees pc1's images: {text}");
+    let out = Command::new(bin_path("lifeline-receiver"))
+        .arg("--store")
+        .arg(&site.store)
+        .args(["bootos", "make", "pc2", "--receiver-url", &url, "--agent", agent, "--password-file", pw])
+        .args(["--mode", "backup", "--image-of", "pc1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--image-of is for restore"));
+}
