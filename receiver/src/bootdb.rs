@@ -221,11 +221,6 @@ impl Db {
         Ok(Ok(Claimed { media: m, expires_unix }))
     }
 
-    /// Whether `session_hash` is a live boot session of `machine`.
-    pub fn boot_session_valid(&self, machine: &str, session_hash: &[u8; 32]) -> anyhow::Result<bool> {
-        Ok(self.boot_session(machine, session_hash)?.is_some())
-    }
-
     /// The live boot session of `machine` with `session_hash`: `Some(None)`
     /// for one on its own images, `Some(Some(other))` for a restore from
     /// machine `other`'s images.
@@ -293,14 +288,14 @@ mod tests {
         let claimed = db.claim_boot("pc1", &[7; 32], &[1; 32], "10.0.2.15").unwrap().unwrap();
         assert_eq!(claimed.media.id, id);
         assert!(claimed.expires_unix > now_unix());
-        assert!(db.boot_session_valid("pc1", &[1; 32]).unwrap());
-        assert!(!db.boot_session_valid("pc2", &[1; 32]).unwrap());
+        assert!(db.boot_session("pc1", &[1; 32]).unwrap().is_some());
+        assert!(!db.boot_session("pc2", &[1; 32]).unwrap().is_some());
         assert!(db.pending_netboot("pc1").unwrap().is_none());
         match db.claim_boot("pc1", &[7; 32], &[2; 32], "10.0.2.16").unwrap() {
             Err(Refusal::Used { media, from, .. }) => assert_eq!((media, from.as_str()), (id, "10.0.2.15")),
             other => panic!("a second claim: {other:?}"),
         }
-        assert!(!db.boot_session_valid("pc1", &[2; 32]).unwrap());
+        assert!(!db.boot_session("pc1", &[2; 32]).unwrap().is_some());
 
         let id2 = db.add_boot_media(&media("pc1"), &[8; 32]).unwrap();
         db.revoke_boot_media(id2).unwrap();

@@ -24,7 +24,7 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::auth::{Authenticator, MachineName};
+use crate::auth::{Authenticator, ImageAccess, MachineName};
 
 /// Index bytes per `PackList` message (about).
 const LIST_BYTES: usize = 1 << 20;
@@ -58,11 +58,7 @@ impl Images {
     /// machine's whose images its restore media reads (names are validated
     /// as single safe path components by [`MachineName`]).
     fn store_for<T>(&self, req: &Request<T>) -> Result<(MachineName, DirStore), Status> {
-        let a = self
-            .auth
-            .authenticate_images(req.metadata(), req.extensions())?;
-        let dir = self.root.join(a.store_of.as_str());
-        Ok((a.machine, DirStore::new(dir)))
+        Ok(self.open(self.auth.authenticate_images(req.metadata(), req.extensions())?))
     }
 
     /// The store the request may write: its own machine's only.
@@ -77,8 +73,12 @@ impl Images {
                 a.machine, a.store_of, a.machine
             )));
         }
-        let dir = self.root.join(a.store_of.as_str());
-        Ok((a.machine, DirStore::new(dir)))
+        Ok(self.open(a))
+    }
+
+    /// The requesting machine and the store `a` gives it.
+    fn open(&self, a: ImageAccess) -> (MachineName, DirStore) {
+        (a.machine, DirStore::new(self.root.join(a.store_of.as_str())))
     }
 }
 
