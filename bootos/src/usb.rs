@@ -249,15 +249,8 @@ mod tests {
 
     #[test]
     fn usb_image_layout() {
-        if Command::new("grub-mkimage")
-            .arg("--version")
-            .output()
-            .is_err()
-            || Command::new("mformat").arg("--version").output().is_err()
-        {
-            eprintln!("skipped: grub-mkimage or mtools missing");
-            return;
-        }
+        // No skipping: scripts/setup.sh installs grub-common and mtools, and
+        // make_usb says which is missing.
         let dir = tempfile::tempdir().unwrap();
         let k = dir.path().join("vmlinuz");
         let i = dir.path().join("initrd");
