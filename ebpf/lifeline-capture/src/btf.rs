@@ -73,13 +73,16 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
-        let data = std::fs::read(path).map_err(|e| BtfError::Read(path.display().to_string(), e))?;
+        let data =
+            std::fs::read(path).map_err(|e| BtfError::Read(path.display().to_string(), e))?;
         Self::parse(&data)
     }
 
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
         if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
-            return Err(BtfError::Malformed("bad magic (only little-endian BTF is supported)"));
+            return Err(BtfError::Malformed(
+                "bad magic (only little-endian BTF is supported)",
+            ));
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
@@ -94,7 +97,12 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of range"))?
             .to_vec();
 
-        let mut types = vec![Type { name: 0, kind: 0, type_id: 0, members: Vec::new() }];
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            type_id: 0,
+            members: Vec::new(),
+        }];
         let mut p = 0usize;
         while p < types_bytes.len() {
             let name = u32_at(types_bytes, p)?;
@@ -115,7 +123,11 @@ impl Btf {
                         members.push(Member {
                             name: u32_at(types_bytes, m)?,
                             type_id: u32_at(types_bytes, m + 4)?,
-                            bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                            bit_offset: if kind_flag {
+                                offset & 0xff_ffff
+                            } else {
+                                offset
+                            },
                         });
                     }
                     p += vlen * 12;
@@ -124,7 +136,12 @@ impl Btf {
                 KIND_DATASEC | KIND_ENUM64 => p += vlen * 12,
                 _ => {}
             }
-            types.push(Type { name, kind, type_id: size_or_type, members });
+            types.push(Type {
+                name,
+                kind,
+                type_id: size_or_type,
+                members,
+            });
         }
         Ok(Btf { strings, types })
     }
@@ -150,7 +167,11 @@ impl Btf {
     fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
         self.types
             .iter()
-            .position(|t| t.kind == KIND_STRUCT && self.name(t.name) == name.as_bytes() && !t.members.is_empty())
+            .position(|t| {
+                t.kind == KIND_STRUCT
+                    && self.name(t.name) == name.as_bytes()
+                    && !t.members.is_empty()
+            })
             .map(|i| i as u32)
             .ok_or_else(|| BtfError::Missing(format!("struct {name}")))
     }

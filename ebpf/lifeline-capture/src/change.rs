@@ -15,20 +15,35 @@ use crate::record::{RawEvent, RawPath};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChangeKind {
     /// Bytes `[offset, offset + len)` changed (write family, fallocate).
-    Write { offset: u64, len: u64 },
+    Write {
+        offset: u64,
+        len: u64,
+    },
     /// The length was set to `len`.
-    Truncate { len: u64 },
+    Truncate {
+        len: u64,
+    },
     /// Opened with O_CREAT or O_TRUNC.
-    Open { created: bool, truncated: bool },
+    Open {
+        created: bool,
+        truncated: bool,
+    },
     Mkdir,
     Unlink,
     Rmdir,
     /// Renamed to `to` (`exchange`: the two were swapped).
-    Rename { to: PathBuf, exchange: bool },
+    Rename {
+        to: PathBuf,
+        exchange: bool,
+    },
     /// `to` became a hard link to this file.
-    Link { to: PathBuf },
+    Link {
+        to: PathBuf,
+    },
     /// Became a symlink to `target`.
-    Symlink { target: Vec<u8> },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// Mode, owner, times or xattrs changed.
     Attr,
     /// Mapped shared and writable: later writes bypass syscalls.
@@ -78,9 +93,16 @@ impl Resolver {
         use std::os::unix::fs::MetadataExt;
         let mut watched_devs = Vec::new();
         for r in &roots {
-            watched_devs.push(crate::mounts::user_dev_to_kernel(std::fs::metadata(r)?.dev()));
+            watched_devs.push(crate::mounts::user_dev_to_kernel(
+                std::fs::metadata(r)?.dev(),
+            ));
         }
-        Ok(Resolver { mounts: MountTable::read()?, roots, watched_devs, reread_at: None })
+        Ok(Resolver {
+            mounts: MountTable::read()?,
+            roots,
+            watched_devs,
+            reread_at: None,
+        })
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -99,7 +121,9 @@ impl Resolver {
             // A filesystem mounted since we last looked, or one only another
             // mount namespace sees (a container's). Look again, but not for
             // every event of a busy container.
-            let stale = self.reread_at.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1));
+            let stale = self
+                .reread_at
+                .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1));
             if stale {
                 self.reread_at = Some(std::time::Instant::now());
                 if let Ok(m) = MountTable::read() {
@@ -109,7 +133,9 @@ impl Resolver {
         }
         let candidates = self.mounts.absolute_paths(raw.dev, &fs_path(&raw.walk));
         // Several mounts can show the same file; prefer the one we watch.
-        let watched = candidates.iter().find(|c| self.is_watched(c) || self.roots.iter().any(|r| r.starts_with(c)));
+        let watched = candidates
+            .iter()
+            .find(|c| self.is_watched(c) || self.roots.iter().any(|r| r.starts_with(c)));
         watched.or(candidates.first()).cloned()
     }
 
@@ -161,7 +187,10 @@ impl Resolver {
             None => None,
         };
         let kind = match h.op {
-            op::WRITE => ChangeKind::Write { offset: h.offset, len: h.len },
+            op::WRITE => ChangeKind::Write {
+                offset: h.offset,
+                len: h.len,
+            },
             op::TRUNCATE => ChangeKind::Truncate { len: h.offset },
             op::OPEN => ChangeKind::Open {
                 created: h.flags & flags::CREATED != 0,
@@ -174,13 +203,18 @@ impl Resolver {
                 to: second.clone().ok_or(Unresolved::Incomplete)?,
                 exchange: h.aux & RENAME_EXCHANGE != 0,
             },
-            op::LINK => ChangeKind::Link { to: second.clone().ok_or(Unresolved::Incomplete)? },
-            op::SYMLINK => ChangeKind::Symlink { target: ev.aux_str.clone().unwrap_or_default() },
+            op::LINK => ChangeKind::Link {
+                to: second.clone().ok_or(Unresolved::Incomplete)?,
+            },
+            op::SYMLINK => ChangeKind::Symlink {
+                target: ev.aux_str.clone().unwrap_or_default(),
+            },
             op::ATTR => ChangeKind::Attr,
             op::MMAP_SHARED => ChangeKind::MmapShared,
             _ => return Err(Unresolved::Incomplete),
         };
-        let inside = self.is_watched(&path) || second.as_deref().is_some_and(|s| self.is_watched(s));
+        let inside =
+            self.is_watched(&path) || second.as_deref().is_some_and(|s| self.is_watched(s));
         if !inside {
             return Err(Unresolved::Outside);
         }
@@ -190,7 +224,11 @@ impl Resolver {
             tgid: h.tgid,
             path,
             kind,
-            dev: if h.ino != 0 { kernel_dev_to_user(h.dev) } else { 0 },
+            dev: if h.ino != 0 {
+                kernel_dev_to_user(h.dev)
+            } else {
+                0
+            },
             ino: h.ino,
         })
     }

@@ -62,18 +62,24 @@ impl MountTable {
             if f.len() < 5 {
                 continue;
             }
-            let Some((maj, min)) = f[2].split_once(':') else { continue };
-            let (Ok(maj), Ok(min)) = (maj.parse::<u32>(), min.parse::<u32>()) else { continue };
-            by_dev
-                .entry((maj << 20) | min)
-                .or_default()
-                .push(Mount { root: unescape(f[3]), mount_point: unescape(f[4]) });
+            let Some((maj, min)) = f[2].split_once(':') else {
+                continue;
+            };
+            let (Ok(maj), Ok(min)) = (maj.parse::<u32>(), min.parse::<u32>()) else {
+                continue;
+            };
+            by_dev.entry((maj << 20) | min).or_default().push(Mount {
+                root: unescape(f[3]),
+                mount_point: unescape(f[4]),
+            });
         }
         MountTable { by_dev }
     }
 
     pub fn read() -> std::io::Result<MountTable> {
-        Ok(Self::parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+        Ok(Self::parse(&std::fs::read_to_string(
+            "/proc/self/mountinfo",
+        )?))
     }
 
     pub fn knows(&self, dev: u32) -> bool {
@@ -83,12 +89,18 @@ impl MountTable {
     /// Every absolute path under which `fs_path` (relative to the root of the
     /// filesystem `dev`) is visible.
     pub fn absolute_paths(&self, dev: u32, fs_path: &Path) -> Vec<PathBuf> {
-        let Some(mounts) = self.by_dev.get(&dev) else { return Vec::new() };
+        let Some(mounts) = self.by_dev.get(&dev) else {
+            return Vec::new();
+        };
         mounts
             .iter()
             .filter_map(|m| {
                 let rest = fs_path.strip_prefix(&m.root).ok()?;
-                Some(if rest.as_os_str().is_empty() { m.mount_point.clone() } else { m.mount_point.join(rest) })
+                Some(if rest.as_os_str().is_empty() {
+                    m.mount_point.clone()
+                } else {
+                    m.mount_point.join(rest)
+                })
             })
             .collect()
     }
@@ -119,9 +131,21 @@ mod tests {
         let dev = (7 << 20) | 3;
         let mut got = t.absolute_paths(dev, Path::new("/sub/x"));
         got.sort();
-        assert_eq!(got, vec![PathBuf::from("/mnt/a b/sub/x"), PathBuf::from("/srv/bind/x")]);
-        assert_eq!(t.absolute_paths(dev, Path::new("/other")), vec![PathBuf::from("/mnt/a b/other")]);
-        assert_eq!(t.absolute_paths(254 << 20, Path::new("/")), vec![PathBuf::from("/")]);
+        assert_eq!(
+            got,
+            vec![
+                PathBuf::from("/mnt/a b/sub/x"),
+                PathBuf::from("/srv/bind/x")
+            ]
+        );
+        assert_eq!(
+            t.absolute_paths(dev, Path::new("/other")),
+            vec![PathBuf::from("/mnt/a b/other")]
+        );
+        assert_eq!(
+            t.absolute_paths(254 << 20, Path::new("/")),
+            vec![PathBuf::from("/")]
+        );
     }
 
     #[test]
