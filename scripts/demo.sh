@@ -26,6 +26,10 @@ mkdir -p "$DEMO/source" "$DEMO/store" "$DEMO/agent-state"
 CREDS=$DEMO/credentials
 [ -e "$CREDS/demo.token" ] ||
   "$BIN/lifeline-receiver" machine add demo --store "$DEMO/store" --out "$CREDS" --notes "scripts/demo.sh"
+# Can this machine capture with eBPF? (a second; the verifier's figures, then
+# a write seen with its byte range). If not, the agent falls back to inotify
+# and the last lines below say so and why.
+CHECK_OUT=$("$BIN/lifeline-agent" check-capture --dir "$DEMO/source" 2>&1) && CAPTURE_OK=1 || CAPTURE_OK=0
 "$BIN/lifeline-receiver" --listen "127.0.0.1:$PORT" --store "$DEMO/store" &
 RECEIVER=$!
 "$BIN/lifeline-agent" run --receiver "https://127.0.0.1:$PORT" --token-file "$CREDS/demo.token" \
@@ -40,6 +44,23 @@ echo "Lifeline is replicating $DEMO/source -> $MIRROR"
 echo "  status:  $BIN/lifeline-agent status $CTL"
 echo "  off/on:  $BIN/lifeline-agent off $CTL ; $BIN/lifeline-agent on $CTL"
 
+# Says which capture runs, and after a fallback, why; 0 when it is eBPF.
+report_capture() {
+  local mode
+  mode=$("$BIN/lifeline-agent" status --json $CTL 2>/dev/null | sed -n 's/.*"capture":"\([a-z]*\)".*/\1/p')
+  echo
+  if [ "$mode" = ebpf ]; then
+    echo "capture: ebpf (the kernel reports every write with its exact byte range)"
+    return 0
+  fi
+  echo "capture: ${mode:-unknown} -- DEGRADED: inotify fallback, no byte ranges (whole files are sent)" >&2
+  if [ "$CAPTURE_OK" = 0 ]; then
+    echo "why: $(echo "$CHECK_OUT" | grep -m1 -A1 'capture: ebpf FAILED' | tr '\n' ' ')" >&2
+  fi
+  echo "what to do: run as root on a kernel with BTF; 'lifeline-agent check-capture' shows the verifier's message" >&2
+  return 1
+}
+
 if [ "${1:-}" = "--check" ]; then
   SRC=$DEMO/source
   date > "$SRC/now.txt"
@@ -49,8 +70,13 @@ if [ "${1:-}" = "--check" ]; then
   for _ in $(seq 100); do
     if diff -r --no-dereference "$SRC" "$MIRROR" >/dev/null 2>&1; then
       "$BIN/lifeline-agent" status $CTL
-      echo "demo check passed: the mirror is identical to the source"
-      exit 0
+      echo "demo check: the mirror is identical to the source"
+      if report_capture; then
+        echo "demo check passed"
+        exit 0
+      fi
+      echo "demo check FAILED: replication works, but without its main feature (see above)" >&2
+      exit 1
     fi
     sleep 0.1
   done
@@ -58,5 +84,6 @@ if [ "${1:-}" = "--check" ]; then
   echo "demo check FAILED: the mirror differs after 10 s" >&2
   exit 1
 fi
+report_capture || true
 echo "Ctrl-C to stop."
 wait

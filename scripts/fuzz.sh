@@ -5,9 +5,12 @@
 # (default 20) from a seed corpus of real, small filesystems made by mkfs, so
 # the fuzzer starts past the magic numbers. Prints one `test result:` line per
 # target, which scripts/test.sh counts with the tests. Crashes are kept in
-# imaging/disk/fuzz/artifacts/TARGET/ (reproduce: cargo +nightly fuzz run TARGET FILE).
+# imaging/disk/fuzz/artifacts/TARGET/ (reproduce: cargo +$NIGHTLY fuzz run TARGET FILE, NIGHTLY from ebpf/lifeline-ebpf/rust-toolchain.toml).
 set -euo pipefail
-cd "$(dirname "$0")/../imaging/disk/fuzz"
+cd "$(dirname "$0")/.."
+# The pinned nightly (the same as the eBPF programs'; scripts/setup.sh installs it).
+NIGHTLY=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' ebpf/lifeline-ebpf/rust-toolchain.toml)
+cd imaging/disk/fuzz
 secs=${1:-20}
 corpus=${LIFELINE_FUZZ_CORPUS:-/var/tmp/lifeline-fuzz-corpus}
 targets=(layout usedmap ext fat swap ntfs exfat xfs btrfs pack_index)
@@ -47,7 +50,7 @@ fi
 status=0
 for target in "${targets[@]}"; do
   log=$(mktemp)
-  if cargo +nightly fuzz run "$target" "$corpus/$target" -- \
+  if cargo +"$NIGHTLY" fuzz run "$target" "$corpus/$target" -- \
       -max_total_time="$secs" -max_len=1048577 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n1)
     echo "test result: ok. 1 passed; 0 failed; fuzz target $target, ${runs:-?} inputs in ${secs} s"

@@ -2,6 +2,7 @@
 # Installs everything a fresh Debian machine lacks to build, run and test Lifeline.
 # Safe to run any number of times: every step checks before it acts.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
@@ -30,49 +31,66 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Rust: the stable toolchain builds user space; a nightly with rust-src builds the
-# eBPF programs (-Z build-std=core for bpfel-unknown-none).
+# Rust. Every toolchain is pinned; nothing floats with what the machine has:
+# - user space builds with the stable release in rust-toolchain.toml (the
+#   musl target for the boot OS's static binaries);
+# - the eBPF programs build with the dated nightly in
+#   ebpf/lifeline-ebpf/rust-toolchain.toml (rust-src for -Z build-std=core),
+#   linked by bpf-linker $BPF_LINKER_VERSION built against that nightly's LLVM.
+# The stack a BPF function gets changes between compiler versions, so change
+# these only together with tests/tests/verifier.rs passing.
+BPF_LINKER_VERSION=0.13.0
+CARGO_FUZZ_VERSION=0.13.2
+toolchain_of() { sed -n 's/^channel *= *"\(.*\)"/\1/p' "$1"; }
+STABLE=$(toolchain_of rust-toolchain.toml)
+NIGHTLY=$(toolchain_of ebpf/lifeline-ebpf/rust-toolchain.toml)
 if ! command -v rustup >/dev/null; then
   echo "rustup is required (https://rustup.rs); install it and re-run" >&2
   exit 1
 fi
-rustup toolchain list | grep -q '^nightly' || {
-  log "installing the nightly toolchain"
-  rustup toolchain install nightly --profile minimal -c rust-src
+for tc in "$STABLE" "$NIGHTLY"; do
+  rustup toolchain list | grep -q "^$tc-" || {
+    log "installing the Rust toolchain $tc"
+    rustup toolchain install "$tc" --profile minimal
+  }
+done
+rustup component list --toolchain "$STABLE" --installed | grep -q '^clippy' || rustup component add --toolchain "$STABLE" clippy rustfmt
+rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src' || {
+  log "adding rust-src to $NIGHTLY"
+  rustup component add rust-src --toolchain "$NIGHTLY"
 }
-rustup component list --toolchain nightly --installed | grep -q '^rust-src' || {
-  log "adding rust-src to nightly"
-  rustup component add rust-src --toolchain nightly
-}
-# The boot OS runs a static lifeline-image (no shared libraries there): the musl
+# The boot OS runs static binaries (no shared libraries there): the musl
 # target, with musl-gcc (musl-tools) for the C code of ring and zstd-sys.
-rustup target list --installed | grep -q '^x86_64-unknown-linux-musl$' || {
-  log "adding the x86_64-unknown-linux-musl target"
-  rustup target add x86_64-unknown-linux-musl
+rustup target list --toolchain "$STABLE" --installed | grep -q '^x86_64-unknown-linux-musl$' || {
+  log "adding the x86_64-unknown-linux-musl target to $STABLE"
+  rustup target add --toolchain "$STABLE" x86_64-unknown-linux-musl
 }
 
-# bpf-linker must be built against the same LLVM major version as nightly's rustc.
-# rustup ships libLLVM.so.<ver>-rust-... but no plain libLLVM.so, so link through a
-# symlink and record the toolchain's lib directory as rpath (see shared ENVIRONMENT).
-TC=$(rustc +nightly --print sysroot)
-LLVM_MAJOR=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-want="llvm-$LLVM_MAJOR"
+# bpf-linker must be built against the same LLVM major version as the pinned
+# nightly's rustc. rustup ships libLLVM.so.<ver>-rust-... but no plain
+# libLLVM.so, so link through a symlink and record the toolchain's lib
+# directory as rpath (see shared ENVIRONMENT). A marker names what it was
+# built for; anything else is rebuilt.
+TC=$(rustc +"$NIGHTLY" --print sysroot)
+LLVM_MAJOR=$(rustc +"$NIGHTLY" -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+want="bpf-linker $BPF_LINKER_VERSION llvm-$LLVM_MAJOR $NIGHTLY"
 have=""
-[ -f "$HOME/.cargo/.bpf-linker-llvm" ] && have=$(cat "$HOME/.cargo/.bpf-linker-llvm")
+[ -f "$HOME/.cargo/.bpf-linker-built-for" ] && have=$(cat "$HOME/.cargo/.bpf-linker-built-for")
 if ! command -v bpf-linker >/dev/null || [ "$have" != "$want" ]; then
-  log "building bpf-linker for $want (about a minute)"
-  LIBDIR="$HOME/.cache/lifeline-llvmlib"
+  log "building $want (about a minute)"
+  LIBDIR="$HOME/.cache/lifeline-llvmlib-$NIGHTLY"
   mkdir -p "$LIBDIR"
   ln -sf "$(ls "$TC"/lib/libLLVM.so.* | head -n1)" "$LIBDIR/libLLVM.so"
   RUSTFLAGS="-L $LIBDIR -C link-arg=-Wl,-rpath,$TC/lib" \
-    cargo +nightly install --locked --force bpf-linker --no-default-features --features "$want"
-  echo "$want" > "$HOME/.cargo/.bpf-linker-llvm"
+    cargo +"$NIGHTLY" install --locked --force bpf-linker --version "$BPF_LINKER_VERSION" \
+    --no-default-features --features "llvm-$LLVM_MAJOR"
+  echo "$want" > "$HOME/.cargo/.bpf-linker-built-for"
 fi
 
 # cargo-fuzz runs the filesystem readers' fuzz targets (imaging/disk/fuzz) in CI.
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-  log "installing cargo-fuzz (about a minute)"
-  cargo +nightly install --locked cargo-fuzz
+if [ "$(cargo +"$NIGHTLY" fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about a minute)"
+  cargo +"$NIGHTLY" install --locked --force cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 fi
 
 # tracefs: aya attaches tracepoints by name through it.

@@ -9,6 +9,17 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 bash scripts/setup.sh
+# First, in seconds: does eBPF capture work on this machine? Every real-time
+# test depends on it; stop now with the verifier's message rather than after
+# every one of them has failed.
+cargo build --bin lifeline-agent
+check_dir=$(mktemp -d /var/tmp/lifeline-check.XXXXXX)
+if ! target/debug/lifeline-agent check-capture --dir "$check_dir"; then
+  rmdir "$check_dir"
+  echo "test.sh: eBPF capture does not work on this machine (above: why); the real-time tests would all fail. Stopping." >&2
+  exit 1
+fi
+rmdir "$check_dir"
 # The integration tests start the real binaries, so build them first.
 cargo build --workspace --bins
 # The boot OS test puts a static (musl) lifeline-image into its initramfs:

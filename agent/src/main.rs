@@ -65,6 +65,43 @@ enum Command {
         #[command(flatten)]
         ctl: ControlArgs,
     },
+    /// Check in about a second that eBPF capture works on this machine: the
+    /// kernel's verifier figures for the programs, then a write by another
+    /// process under DIR must come back with its exact byte range. Exits
+    /// non-zero with the reason (the verifier's message) if not.
+    CheckCapture {
+        /// A directory on the filesystem to check (a temporary file is
+        /// written there and removed).
+        #[arg(long, default_value = "/var/tmp")]
+        dir: PathBuf,
+    },
+}
+
+/// `check-capture`: runs before any other thread exists (the check forks).
+fn check_capture(dir: &std::path::Path) -> ! {
+    match lifeline_capture::selfcheck::run(dir) {
+        Ok(c) => {
+            for r in &c.verifier {
+                println!("verifier: {r}");
+            }
+            println!(
+                "capture: ebpf ok: write {} offset {} len {} (seen after {:.1} ms)",
+                c.path.display(),
+                c.offset,
+                c.len,
+                c.latency.as_secs_f64() * 1000.0
+            );
+            std::process::exit(0)
+        }
+        Err(e) => {
+            println!("capture: ebpf FAILED: {e:#}");
+            eprintln!(
+                "lifeline-agent: eBPF capture does not work on this machine; the agent would fall back \
+                 to inotify (no byte ranges). Run as root on a kernel with BTF; the message above says why."
+            );
+            std::process::exit(1)
+        }
+    }
 }
 
 fn print_status(s: &AgentStatus, json: bool) {
@@ -129,6 +166,9 @@ fn main() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let cli = Cli::parse();
+    if let Command::CheckCapture { dir } = &cli.command {
+        check_capture(dir);
+    }
     // Before any thread exists: threads inherit the priority it sets.
     let cfg = match &cli.command {
         Command::Run { config, flags } => {
@@ -175,6 +215,7 @@ async fn async_main(cli: Cli, cfg: Option<AgentConfig>) {
         Command::Off { ctl } => set(&ctl, false).await,
         Command::Pause { ctl } => pause(&ctl, true).await,
         Command::Resume { ctl } => pause(&ctl, false).await,
+        Command::CheckCapture { .. } => unreachable!("handled before the runtime starts"),
         Command::Sync { ctl } => async {
             let s = control::client(&ctl.control).await?.sync(SyncRequest {}).await?.into_inner();
             print_status(&s, false);

@@ -12,6 +12,7 @@ pub mod btf;
 pub mod change;
 pub mod mounts;
 pub mod record;
+pub mod selfcheck;
 pub mod verifier;
 
 use std::os::fd::AsRawFd;

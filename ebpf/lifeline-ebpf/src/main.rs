@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lifeline_ebpf_common::{
-    flags, nr, op, part, stat, Config, EventHeader, PathPart, Run, HEADER_SIZE, MAX_DEPTH, MAX_RECORD,
+    flags, nr, op, part, stat, Config, EventHeader, Run, HEADER_SIZE, MAX_DEPTH, MAX_RECORD,
     RUN_CLOSED_EMPTY, RUN_ENDED, RUN_WINDOW_NS,
 };
 
@@ -57,9 +57,10 @@ static WATCHED: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
 #[map]
 static RUNS: LruHashMap<u64, Run> = LruHashMap::with_max_entries(16384, 0);
 
-/// Record assembly buffers, `SLOTS_PER_CPU` per CPU. Syscall tracepoints are
-/// faultable on recent kernels: a program may be preempted on its CPU by
-/// another task's, so a buffer is claimed (atomically) before use.
+/// Where a report is decided and its record assembled, `SLOTS_PER_CPU` per
+/// CPU. Syscall tracepoints are faultable on recent kernels: a program may be
+/// preempted on its CPU by another task's, so a slot is claimed (atomically)
+/// before use and released by `emit`.
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(SLOTS_PER_CPU, 0);
 
@@ -73,12 +74,22 @@ static SEQ: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Where a record is assembled before it is copied to the ring buffer. Twice
-/// the record size, so a read at any masked offset below `MAX_RECORD` stays
-/// inside it whatever its length.
+/// Everything larger than a few words lives here, never on the stack: on
+/// kernels without private BPF stacks a whole call chain gets 512 bytes, and
+/// how much of it the compiler spends on a struct changes with its version
+/// (tests/tests/verifier.rs keeps the deepest chain under 448 bytes).
 #[repr(C)]
 struct Scratch {
-    buf: [u8; 2 * MAX_RECORD + 4096],
+    /// What the exit side decided to report, filled in place.
+    report: Report,
+    /// A run about to be inserted into `RUNS`.
+    run: Run,
+    /// The record: its header, then its body right behind it (one
+    /// contiguous copy into the ring buffer).
+    hdr: EventHeader,
+    /// Twice the record size, so a read at any masked offset below
+    /// `MAX_RECORD` stays inside it whatever its length.
+    body: [u8; 2 * MAX_RECORD + 4096],
 }
 
 const SLOTS_PER_CPU: u32 = 4;
@@ -270,7 +281,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// What the exit side reports for one call.
+/// What the exit side reports for one call. Lives in a `Scratch` slot.
 struct Report {
     op: u8,
     flags: u8,
@@ -291,44 +302,69 @@ struct Report {
     ino: u64,
 }
 
+// Setters that write in place: a `Report` value built and then copied would
+// take its 100 bytes of stack.
 impl Report {
-    fn fd(op: u8, file: u64, offset: u64, len: u64) -> Report {
-        Report {
-            op,
-            flags: 0,
-            file,
-            offset,
-            len,
-            aux: 0,
-            paths: [(0, 0); 2],
-            npaths: 0,
-            aux_str: 0,
-            ktime: 0,
-            dev: 0,
-            ino: 0,
-        }
+    /// An fd-based report.
+    #[inline(always)]
+    fn set_fd(&mut self, op: u8, file: u64, offset: u64, len: u64) {
+        self.op = op;
+        self.flags = 0;
+        self.file = file;
+        self.offset = offset;
+        self.len = len;
+        self.aux = 0;
+        self.npaths = 0;
+        self.aux_str = 0;
+        self.ktime = 0;
+        self.dev = 0;
+        self.ino = 0;
     }
-    fn path(op: u8, dirfd: i64, path: u64) -> Report {
-        Report {
-            op,
-            flags: 0,
-            file: 0,
-            offset: 0,
-            len: 0,
-            aux: 0,
-            paths: [(dirfd, path), (0, 0)],
-            npaths: 1,
-            aux_str: 0,
-            ktime: 0,
-            dev: 0,
-            ino: 0,
-        }
+    /// A path-based report naming one path.
+    #[inline(always)]
+    fn set_path(&mut self, op: u8, dirfd: i64, path: u64) {
+        self.set_fd(op, 0, 0, 0);
+        self.paths[0] = (dirfd, path);
+        self.npaths = 1;
     }
-    fn two(op: u8, d0: i64, p0: u64, d1: i64, p1: u64) -> Report {
-        let mut r = Report::path(op, d0, p0);
-        r.paths[1] = (d1, p1);
-        r.npaths = 2;
-        r
+    /// A path-based report naming two paths (rename, link).
+    #[inline(always)]
+    fn set_two(&mut self, op: u8, d0: i64, p0: u64, d1: i64, p1: u64) {
+        self.set_path(op, d0, p0);
+        self.paths[1] = (d1, p1);
+        self.npaths = 2;
+    }
+}
+
+/// A claimed `Scratch` slot of this CPU. `emit` releases it.
+#[derive(Clone, Copy)]
+struct Slot {
+    index: u32,
+    s: *mut Scratch,
+}
+
+impl Slot {
+    #[inline(always)]
+    fn report(&self) -> &mut Report {
+        unsafe { &mut (*self.s).report }
+    }
+}
+
+/// Claims a slot, or counts a lost record if every slot of this CPU is held
+/// by preempted programs.
+#[inline(always)]
+fn claim() -> Option<Slot> {
+    let mask = SLOTS.get_ptr_mut(0)?;
+    let Some(index) = claim_slot(mask) else {
+        bump(stat::LOST);
+        return None;
+    };
+    match SCRATCH.get_ptr_mut(index) {
+        Some(s) => Some(Slot { index, s }),
+        None => {
+            release_slot(mask, index);
+            None
+        }
     }
 }
 
@@ -345,7 +381,7 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
                     // Absorbed nothing: no record needed (most small files).
                     run.ended = RUN_CLOSED_EMPTY;
                 } else {
-                    end_run(ctx, c, h_pid_tgid(), run);
+                    end_run(ctx, h_pid_tgid(), run);
                 }
             }
         }
@@ -389,12 +425,13 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
     };
     let append = || kread::<u32>(file, off.file_flags) & O_APPEND != 0;
     let n = ret as u64;
-    let r = match nr {
+    let fd = fd.unwrap_or(0) as u32;
+    match nr {
         nr::WRITE | nr::WRITEV | nr::SENDFILE => {
             if n == 0 {
                 return None;
             }
-            return write(ctx, &Written { fd: fd.unwrap_or(0) as u32, file, dev: ident.0, ino: ident.1, start: pos().wrapping_sub(n), n });
+            return write(ctx, &Written { fd, file, dev: ident.0, ino: ident.1, start: pos().wrapping_sub(n), n });
         }
         nr::PWRITE64 | nr::PWRITEV | nr::PWRITEV2 => {
             if n == 0 {
@@ -409,7 +446,7 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             } else {
                 a(3)
             };
-            return write(ctx, &Written { fd: fd.unwrap_or(0) as u32, file, dev: ident.0, ino: ident.1, start, n });
+            return write(ctx, &Written { fd, file, dev: ident.0, ino: ident.1, start, n });
         }
         nr::COPY_FILE_RANGE | nr::SPLICE => {
             if n == 0 {
@@ -426,18 +463,13 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
                 };
                 v
             };
-            return write(ctx, &Written { fd: fd.unwrap_or(0) as u32, file, dev: ident.0, ino: ident.1, start: end.wrapping_sub(n), n });
+            return write(ctx, &Written { fd, file, dev: ident.0, ino: ident.1, start: end.wrapping_sub(n), n });
         }
-        nr::FTRUNCATE => Report::fd(op::TRUNCATE, file, a(1), 0),
-        nr::FALLOCATE => {
-            let mut r = Report::fd(op::WRITE, file, a(2), a(3));
-            r.flags = flags::FALLOCATE;
-            r.aux = a(1);
-            r
-        }
-        nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR => Report::fd(op::ATTR, file, 0, 0),
-        nr::UTIMENSAT if a(1) == 0 => Report::fd(op::ATTR, file, 0, 0),
-        nr::MMAP => Report::fd(op::MMAP_SHARED, file, 0, 0),
+        _ => {}
+    }
+    // An open that created or truncated a watched regular file: the filters
+    // run before a slot is claimed.
+    let (opened, oflags) = match nr {
         nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
             let f = fd_file(c, n);
             watched_regular(c, f)?;
@@ -456,56 +488,70 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             if oflags & (O_CREAT | O_TRUNC) == 0 {
                 return None; // opening changes nothing
             }
-            let mut r = Report::fd(op::OPEN, f, 0, 0);
-            if kread::<u32>(f, off.file_mode) & FMODE_CREATED != 0 {
+            (f, oflags)
+        }
+        _ => (0, 0),
+    };
+    let slot = claim()?;
+    let r = slot.report();
+    // Every arm sets the report; `emit` sends it and releases the slot.
+    match nr {
+        nr::FTRUNCATE => r.set_fd(op::TRUNCATE, file, a(1), 0),
+        nr::FALLOCATE => {
+            r.set_fd(op::WRITE, file, a(2), a(3));
+            r.flags = flags::FALLOCATE;
+            r.aux = a(1);
+        }
+        nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR => r.set_fd(op::ATTR, file, 0, 0),
+        nr::UTIMENSAT if a(1) == 0 => r.set_fd(op::ATTR, file, 0, 0),
+        nr::MMAP => r.set_fd(op::MMAP_SHARED, file, 0, 0),
+        nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
+            r.set_fd(op::OPEN, opened, 0, 0);
+            if kread::<u32>(opened, off.file_mode) & FMODE_CREATED != 0 {
                 r.flags |= flags::CREATED;
             }
             if oflags & O_TRUNC != 0 {
                 r.flags |= flags::TRUNCATED;
             }
             r.aux = oflags;
-            r
         }
         nr::TRUNCATE => {
-            let mut r = Report::path(op::TRUNCATE, AT_FDCWD, a(0));
+            r.set_path(op::TRUNCATE, AT_FDCWD, a(0));
             r.offset = a(1);
-            r
         }
-        nr::MKDIR => Report::path(op::MKDIR, AT_FDCWD, a(0)),
-        nr::MKDIRAT => Report::path(op::MKDIR, dfd(a(0)), a(1)),
-        nr::RMDIR => Report::path(op::RMDIR, AT_FDCWD, a(0)),
-        nr::UNLINK => Report::path(op::UNLINK, AT_FDCWD, a(0)),
+        nr::MKDIR => r.set_path(op::MKDIR, AT_FDCWD, a(0)),
+        nr::MKDIRAT => r.set_path(op::MKDIR, dfd(a(0)), a(1)),
+        nr::RMDIR => r.set_path(op::RMDIR, AT_FDCWD, a(0)),
+        nr::UNLINK => r.set_path(op::UNLINK, AT_FDCWD, a(0)),
         nr::UNLINKAT => {
             let o = if a(2) & AT_REMOVEDIR != 0 { op::RMDIR } else { op::UNLINK };
-            Report::path(o, dfd(a(0)), a(1))
+            r.set_path(o, dfd(a(0)), a(1))
         }
-        nr::RENAME => Report::two(op::RENAME, AT_FDCWD, a(0), AT_FDCWD, a(1)),
-        nr::RENAMEAT => Report::two(op::RENAME, dfd(a(0)), a(1), dfd(a(2)), a(3)),
+        nr::RENAME => r.set_two(op::RENAME, AT_FDCWD, a(0), AT_FDCWD, a(1)),
+        nr::RENAMEAT => r.set_two(op::RENAME, dfd(a(0)), a(1), dfd(a(2)), a(3)),
         nr::RENAMEAT2 => {
-            let mut r = Report::two(op::RENAME, dfd(a(0)), a(1), dfd(a(2)), a(3));
+            r.set_two(op::RENAME, dfd(a(0)), a(1), dfd(a(2)), a(3));
             r.aux = a(4);
-            r
         }
-        nr::LINK => Report::two(op::LINK, AT_FDCWD, a(0), AT_FDCWD, a(1)),
-        nr::LINKAT => Report::two(op::LINK, dfd(a(0)), a(1), dfd(a(2)), a(3)),
+        nr::LINK => r.set_two(op::LINK, AT_FDCWD, a(0), AT_FDCWD, a(1)),
+        nr::LINKAT => r.set_two(op::LINK, dfd(a(0)), a(1), dfd(a(2)), a(3)),
         nr::SYMLINK => {
-            let mut r = Report::path(op::SYMLINK, AT_FDCWD, a(1));
+            r.set_path(op::SYMLINK, AT_FDCWD, a(1));
             r.aux_str = a(0);
-            r
         }
         nr::SYMLINKAT => {
-            let mut r = Report::path(op::SYMLINK, dfd(a(1)), a(2));
+            r.set_path(op::SYMLINK, dfd(a(1)), a(2));
             r.aux_str = a(0);
-            r
         }
         nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::SETXATTR | nr::LSETXATTR | nr::REMOVEXATTR
-        | nr::LREMOVEXATTR | nr::UTIMES | nr::UTIME => Report::path(op::ATTR, AT_FDCWD, a(0)),
+        | nr::LREMOVEXATTR | nr::UTIMES | nr::UTIME => r.set_path(op::ATTR, AT_FDCWD, a(0)),
         nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
-            Report::path(op::ATTR, dfd(a(0)), a(1))
+            r.set_path(op::ATTR, dfd(a(0)), a(1))
         }
-        _ => return None,
-    };
-    emit(ctx, c, &r)
+        // Not reported: `emit` releases the slot and sends nothing.
+        _ => r.op = 0,
+    }
+    emit(ctx, slot.index)
 }
 
 #[inline(always)]
@@ -571,7 +617,6 @@ struct Written {
 // verifier allows 512 bytes for a whole call chain.
 #[inline(never)]
 fn write(ctx: &BtfTracePointContext, w: &Written) -> Option<()> {
-    let c = cfg();
     let Written { fd, file, dev, ino, start, n } = *w;
     let key = h_pid_tgid();
     let t = now();
@@ -590,40 +635,58 @@ fn write(ctx: &BtfTracePointContext, w: &Written) -> Option<()> {
             }
             // Extended after the window closed: the agent may have read the
             // run already, so this write reports itself too.
-            return emit(ctx, c, &Report::fd(op::WRITE, file, start, n));
+            let slot = claim()?;
+            slot.report().set_fd(op::WRITE, file, start, n);
+            return emit(ctx, slot.index);
         }
         if run.ended == 0 {
-            end_run(ctx, c, key, run);
+            end_run(ctx, key, run);
         }
     }
-    let run = Run { file, ino, dev, ended: 0, start, first_end: start + n, end: start + n, t0: t, fd, _pad: 0 };
-    let mut r = Report::fd(op::WRITE, file, start, n);
+    let slot = claim()?;
+    let s = unsafe { &mut *slot.s };
+    // Field by field, in the slot: a `Run` literal would be built on the stack.
+    let run = &mut s.run;
+    run.file = file;
+    run.ino = ino;
+    run.dev = dev;
+    run.ended = 0;
+    run.start = start;
+    run.first_end = start + n;
+    run.end = start + n;
+    run.t0 = t;
+    run.fd = fd;
+    run._pad = 0;
+    let r = &mut s.report;
+    r.set_fd(op::WRITE, file, start, n);
     // Insert before reporting, so the agent finds the run when it looks.
-    if RUNS.insert(key, run, 0).is_ok() {
+    if RUNS.insert(key, &s.run, 0).is_ok() {
         r.flags = flags::RUN_OPEN;
         r.aux = key;
         r.ktime = t;
     }
-    emit(ctx, c, &r)
+    emit(ctx, slot.index)
 }
 
 /// Reports the end of a run: the range its suppressed writes covered.
 #[inline(never)]
-fn end_run(ctx: &BtfTracePointContext, c: &Config, key: u64, run: &mut Run) {
-    let mut r = Report::fd(op::WRITE, 0, run.first_end, run.end - run.first_end);
+fn end_run(ctx: &BtfTracePointContext, key: u64, run: &mut Run) {
+    run.ended = RUN_ENDED;
+    let Some(slot) = claim() else { return };
+    let r = slot.report();
+    r.set_fd(op::WRITE, 0, run.first_end, run.end - run.first_end);
     r.flags = flags::RUN_END;
     r.aux = key;
     r.ktime = run.t0;
     r.dev = run.dev;
     r.ino = run.ino;
-    run.ended = RUN_ENDED;
-    let _ = emit(ctx, c, &r);
+    let _ = emit(ctx, slot.index);
 }
 
 /// Appends the dentry names from `dentry` up to its filesystem's root (leaf
 /// first, each NUL-terminated) at `*cur`. Returns (bytes, rooted).
 #[inline(always)]
-fn walk(c: &Config, s: &mut Scratch, cur: &mut u32, dentry: u64) -> (u32, bool) {
+fn walk(c: &Config, body: *mut u8, cur: &mut u32, dentry: u64) -> (u32, bool) {
     let start = *cur;
     let mut d = dentry;
     let mut rooted = false;
@@ -640,7 +703,7 @@ fn walk(c: &Config, s: &mut Scratch, cur: &mut u32, dentry: u64) -> (u32, bool) 
         let at = *cur & MASK;
         let r = unsafe {
             h::bpf_probe_read_kernel_str(
-                s.buf.as_mut_ptr().add(at as usize) as *mut c_void,
+                body.add(at as usize) as *mut c_void,
                 NAME_MAX,
                 name as *const c_void,
             )
@@ -656,11 +719,11 @@ fn walk(c: &Config, s: &mut Scratch, cur: &mut u32, dentry: u64) -> (u32, bool) 
 
 /// Appends a NUL-terminated user string at `*cur`; returns its length.
 #[inline(always)]
-fn user_str(s: &mut Scratch, cur: &mut u32, ptr: u64) -> u32 {
+fn user_str(body: *mut u8, cur: &mut u32, ptr: u64) -> u32 {
     let at = *cur & MASK;
     let r = unsafe {
         h::bpf_probe_read_user_str(
-            s.buf.as_mut_ptr().add(at as usize) as *mut c_void,
+            body.add(at as usize) as *mut c_void,
             PATH_MAX,
             ptr as *const c_void,
         )
@@ -701,19 +764,16 @@ fn dentry_dev(c: &Config, dentry: u64) -> u32 {
     kread(sb, c.offsets.sb_dev)
 }
 
+/// Sends the report of slot `index` of this CPU (claimed by `claim`) as one
+/// record, then releases the slot.
 #[inline(never)]
-fn emit(ctx: &BtfTracePointContext, c: &Config, r: &Report) -> Option<()> {
-    let slots = SLOTS.get_ptr_mut(0)?;
-    let Some(slot) = claim_slot(slots) else {
-        // Every buffer of this CPU is in use by preempted programs.
-        bump(stat::LOST);
-        return None;
-    };
-    let ret = match SCRATCH.get_ptr_mut(slot) {
-        Some(s) => emit_in(ctx, c, r, unsafe { &mut *s }),
+fn emit(ctx: &BtfTracePointContext, index: u32) -> Option<()> {
+    let mask = SLOTS.get_ptr_mut(0)?;
+    let ret = match SCRATCH.get_ptr_mut(index) {
+        Some(s) => emit_in(ctx, cfg(), unsafe { &mut *s }),
         None => None,
     };
-    release_slot(slots, slot);
+    release_slot(mask, index);
     ret
 }
 
@@ -754,34 +814,44 @@ fn atomic_fetch_and(p: *mut u64, mut v: u64) -> u64 {
 }
 
 #[inline(always)]
-fn emit_in(ctx: &BtfTracePointContext, c: &Config, r: &Report, s: &mut Scratch) -> Option<()> {
-    let mut hdr = EventHeader {
-        op: r.op,
-        flags: r.flags,
-        offset: r.offset,
-        len: r.len,
-        aux: r.aux,
-        tgid: (h_pid_tgid() >> 32) as u32,
-        ktime_ns: if r.ktime != 0 { r.ktime } else { now() },
-        dev: r.dev,
-        ino: r.ino,
-        ..Default::default()
-    };
-    let mut cur = HEADER_SIZE as u32;
+fn emit_in(ctx: &BtfTracePointContext, c: &Config, s: &mut Scratch) -> Option<()> {
+    let r = &s.report;
+    if r.op == 0 {
+        return None;
+    }
+    // The header is written in place, field by field (see `Scratch`).
+    let hdr = &mut s.hdr;
+    hdr.op = r.op;
+    hdr.flags = r.flags;
+    hdr.aux_len = 0;
+    hdr.offset = r.offset;
+    hdr.len = r.len;
+    hdr.aux = r.aux;
+    hdr.tgid = (h_pid_tgid() >> 32) as u32;
+    hdr.ktime_ns = if r.ktime != 0 { r.ktime } else { now() };
+    hdr.dev = r.dev;
+    hdr.ino = r.ino;
+    hdr.mode = 0;
+    for p in hdr.parts.iter_mut() {
+        p.dev = 0;
+        p.walk_len = 0;
+        p.tail_len = 0;
+        p.flags = 0;
+        p._pad = [0; 3];
+    }
+    let body = s.body.as_mut_ptr();
+    let mut cur = 0u32;
     if r.file != 0 {
         let (dev, ino, mode) = file_identity(c, r.file);
         hdr.dev = dev;
         hdr.ino = ino;
         hdr.mode = mode as u32;
         let dentry: u64 = kread(r.file, c.offsets.file_dentry);
-        let (len, rooted) = walk(c, s, &mut cur, dentry);
-        hdr.parts[0] = PathPart {
-            dev,
-            walk_len: len as u16,
-            tail_len: 0,
-            flags: part::PRESENT | if rooted { part::ROOTED } else { 0 },
-            _pad: [0; 3],
-        };
+        let (len, rooted) = walk(c, body, &mut cur, dentry);
+        let p = &mut hdr.parts[0];
+        p.dev = dev;
+        p.walk_len = len as u16;
+        p.flags = part::PRESENT | if rooted { part::ROOTED } else { 0 };
     } else {
         for i in 0..2 {
             if i >= r.npaths as usize {
@@ -793,40 +863,39 @@ fn emit_in(ctx: &BtfTracePointContext, c: &Config, r: &Report, s: &mut Scratch) 
             unsafe {
                 h::bpf_probe_read_user(&mut first as *mut u8 as *mut c_void, 1, ptr as *const c_void)
             };
-            let mut p = PathPart { flags: part::PRESENT, ..Default::default() };
+            let p = &mut hdr.parts[i];
+            p.flags = part::PRESENT;
             if first == b'/' {
                 p.flags |= part::ABSOLUTE | part::ROOTED;
             } else {
                 let base = base_dentry(c, dirfd);
                 p.dev = dentry_dev(c, base);
-                let (len, rooted) = walk(c, s, &mut cur, base);
+                let (len, rooted) = walk(c, body, &mut cur, base);
                 p.walk_len = len as u16;
                 if rooted {
                     p.flags |= part::ROOTED;
                 }
             }
-            p.tail_len = user_str(s, &mut cur, ptr) as u16;
-            hdr.parts[i] = p;
+            p.tail_len = user_str(body, &mut cur, ptr) as u16;
         }
         if r.aux_str != 0 {
-            hdr.aux_len = user_str(s, &mut cur, r.aux_str) as u16;
+            hdr.aux_len = user_str(body, &mut cur, r.aux_str) as u16;
         }
     }
-    let mut size = cur;
+    let mut size = HEADER_SIZE as u32 + cur;
     if size > MAX_RECORD as u32 {
         size = MAX_RECORD as u32;
         hdr.flags |= flags::PATH_INCOMPLETE;
         warn!(ctx, "lifeline: path too long for one record (op {})", r.op);
     }
     hdr.seq = next_seq();
-    unsafe { core::ptr::write_unaligned(s.buf.as_mut_ptr() as *mut EventHeader, hdr) };
     // Wake the reader only when it has caught up (the ring was empty); while
     // it is behind, it drains everything at its next pass anyway. One wakeup
     // per write would cost more than the write itself.
     let ring = &EVENTS as *const RingBuf as *mut c_void;
     let pending = unsafe { h::bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
     let wake = if pending == 0 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-    let ret = unsafe { h::bpf_ringbuf_output(ring, s.buf.as_mut_ptr() as *mut c_void, size as u64, wake) };
+    let ret = unsafe { h::bpf_ringbuf_output(ring, hdr as *mut EventHeader as *mut c_void, size as u64, wake) };
     if ret < 0 {
         bump(stat::LOST);
     } else {
