@@ -290,8 +290,12 @@ impl Ui {
                         match s.capture.as_str() {
                             "ebpf" => "on (eBPF)".to_string(),
                             "off" => "off".to_string(),
-                            other => format!("on ({other} fallback)"),
+                            other => format!("on ({other} fallback, no byte ranges)"),
                         },
+                    ),
+                    (
+                        "Capture",
+                        if s.fallback_reason.is_empty() { "eBPF".to_string() } else { s.fallback_reason.clone() },
                     ),
                     ("Sending", if s.paused { "paused".into() } else { "active".into() }),
                     ("Replication lag", state::duration(s.lag_ms)),
