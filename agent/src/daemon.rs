@@ -213,11 +213,15 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     if let Some(every) = every {
         let trigger = reconcile_now.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tick.tick().await;
-                trigger.notify_one();
+                // Switched off: nothing goes out by itself (`on` catches up).
+                if shared.capture_mode() != CaptureMode::Off {
+                    trigger.notify_one();
+                }
             }
         });
     }
