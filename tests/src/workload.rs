@@ -672,9 +672,8 @@ impl Workload {
             }
             RemoveTree => self.remove_tree(),
             SymlinkRelative | SymlinkAbsolute | SymlinkDangling => Some(self.symlink(kind)),
-            FileToDir | DirToFile | ToSymlink | SymlinkToDirOrFile | SymlinkToAncestor | DeepTree => {
-                self.hazard(kind)
-            }
+            FileToDir | DirToFile | ToSymlink | SymlinkToDirOrFile | SymlinkToAncestor
+            | DeepTree => self.hazard(kind),
             ChmodDir => {
                 let dirs = self.dirs.clone();
                 let d = self.pick(&dirs)?;

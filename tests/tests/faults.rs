@@ -850,8 +850,14 @@ fn hazard_rounds(seed: u64) -> WorkloadOptions {
 /// Lets a hazard workload run to at least 5,000 operations (the size of
 /// the run that found the fallback stale in issue 21), then stops it.
 fn finish_hazard_workload(rig: &Rig, w: Background) -> BackgroundStats {
-    if !wait_until(Duration::from_secs(40), || w.ops() >= 5000 || !w.is_running()) || !w.is_running() {
-        rig.fail(&format!("the workload stopped or stalled at op {}", w.ops()));
+    if !wait_until(Duration::from_secs(40), || {
+        w.ops() >= 5000 || !w.is_running()
+    }) || !w.is_running()
+    {
+        rig.fail(&format!(
+            "the workload stopped or stalled at op {}",
+            w.ops()
+        ));
     }
     w.stop()
 }
@@ -941,9 +947,11 @@ fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s()
         std::thread::sleep(down);
         let restarted = Instant::now();
         rig.agent_mut().restart();
-        let s = rig.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, |s| {
-            s.connected && s.initial_sync_done
-        });
+        let s = rig.wait_agent(
+            "reconnected and reconciled after the restart",
+            SYNC_TIMEOUT,
+            |s| s.connected && s.initial_sync_done,
+        );
         if s.capture != "notify" {
             rig.fail(&format!("restarted agent captures with {:?}", s.capture));
         }
@@ -957,7 +965,10 @@ fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s()
     let (hazards, watches) = check_hazards_and_watches(&rig, &stats);
     let failed = log_lines(&rig.agent_log(), "reconciliation failed");
     if !failed.is_empty() {
-        rig.fail(&format!("a reconciliation pass failed:\n{}", failed.join("\n")));
+        rig.fail(&format!(
+            "a reconciliation pass failed:\n{}",
+            failed.join("\n")
+        ));
     }
     eprintln!(
         "FAULT notify fallback, agent SIGKILL x2 (seed {seed:#x}): replicating again {} s after each restart; {}; \

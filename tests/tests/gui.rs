@@ -337,7 +337,10 @@ impl World {
         let s = w.agent.wait_status("initial sync done", SYNC_TIMEOUT, |s| {
             s.initial_sync_done && s.connected
         });
-        assert_eq!(s.capture, capture, "the agent must capture with {capture} here");
+        assert_eq!(
+            s.capture, capture,
+            "the agent must capture with {capture} here"
+        );
         w.identical("at start");
         w
     }
@@ -773,11 +776,23 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
 
     // The switch: off drops the watches, on watches again and catches up.
     let switch = host.item_labelled(&item, "Automatic backup");
-    assert_eq!((switch.checked, switch.enabled), (Some(true), true), "{switch:?}");
-    assert!(inotify_watches(w.agent.pid()) > 0, "no inotify watch before the click");
+    assert_eq!(
+        (switch.checked, switch.enabled),
+        (Some(true), true),
+        "{switch:?}"
+    );
+    assert!(
+        inotify_watches(w.agent.pid()) > 0,
+        "no inotify watch before the click"
+    );
     host.click(&item, switch.id);
-    w.agent.wait_status("capture off", Duration::from_secs(5), |s| s.capture == "off");
-    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent.pid()) == 0) {
+    w.agent
+        .wait_status("capture off", Duration::from_secs(5), |s| {
+            s.capture == "off"
+        });
+    if !wait_until(Duration::from_secs(5), || {
+        inotify_watches(w.agent.pid()) == 0
+    }) {
         w.fail(&format!(
             "after the switch was clicked off the agent holds {} inotify watches",
             inotify_watches(w.agent.pid())
@@ -792,8 +807,13 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
         w.fail("a change made while off reached the mirror");
     }
     host.click(&item, host.item_labelled(&item, "Automatic backup").id);
-    w.agent.wait_status("capture on", Duration::from_secs(5), |s| s.capture == "notify");
-    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent.pid()) > 0) {
+    w.agent
+        .wait_status("capture on", Duration::from_secs(5), |s| {
+            s.capture == "notify"
+        });
+    if !wait_until(Duration::from_secs(5), || {
+        inotify_watches(w.agent.pid()) > 0
+    }) {
         w.fail("after the switch was clicked on the agent watches nothing");
     }
     w.identical("after on");
@@ -808,15 +828,30 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
         &[("DISPLAY", x.display())],
         &w.dir.path().join("gui-window.log"),
     );
-    let title = format!("Lifeline - {} - inotify fallback: no byte ranges", w.machine);
+    let title = format!(
+        "Lifeline - {} - inotify fallback: no byte ranges",
+        w.machine
+    );
     let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
-        panic!("no window titled {title:?}\n{}", win_gui.log_tail(LOG_LINES));
+        panic!(
+            "no window titled {title:?}\n{}",
+            win_gui.log_tail(LOG_LINES)
+        );
     };
-    let shot = wait_shot(&x, win, |img| img.count(0, 0, 400, 40, AMBER_DEGRADED) > 10_000)
-        .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
-    assert_eq!(shot.count(0, 0, 400, 40, GREEN_IN_SYNC), 0, "green in the degraded banner");
+    let shot = wait_shot(&x, win, |img| {
+        img.count(0, 0, 400, 40, AMBER_DEGRADED) > 10_000
+    })
+    .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
+    assert_eq!(
+        shot.count(0, 0, 400, 40, GREEN_IN_SYNC),
+        0,
+        "green in the degraded banner"
+    );
     save_doc(&shot, "gui-status-window-degraded.png");
-    assert!(gui.is_running() && win_gui.is_running(), "lifeline-gui exited");
+    assert!(
+        gui.is_running() && win_gui.is_running(),
+        "lifeline-gui exited"
+    );
 }
 
 /// Screenshots `win` until `ok` holds (Ok) or 10 s pass (Err: the last one).

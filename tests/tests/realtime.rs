@@ -593,6 +593,20 @@ fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
     opts.log = Some(rig.dir.path().join("agent.log"));
     rig.agent = Some(Agent::start(opts));
     rig.wait_ready_capturing_with("notify");
+    // `status` says why, in one line (the loader's or verifier's).
+    let reason = rig.agent().status().fallback_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("eBPF unavailable: ") || reason.starts_with("eBPF refused: "),
+        "no fallback reason in the status: {reason:?}"
+    );
+    assert!(!reason.contains('\n'), "{reason:?}");
+    let text = rig.agent().ctl("status");
+    assert!(
+        text.contains(&format!(
+            "DEGRADED: inotify fallback, no byte ranges; {reason}"
+        )),
+        "`status` does not say why the agent is degraded:\n{text}"
+    );
     let log = fs::read_to_string(rig.dir.path().join("agent.log")).unwrap();
     assert!(log.contains("FALLING BACK to the inotify watcher"), "no loud fallback message:\n{log}");
     rig.assert_identical(SYNC_TIMEOUT, "initial sync without privileges");
@@ -632,7 +646,10 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     symlink(".", src.join("d/e/self")).unwrap();
     rig.start_agent_with(&["--capture", "notify"]);
     rig.wait_ready_capturing_with("notify");
-    rig.assert_identical(SYNC_TIMEOUT, "initial sync with symlinks to / and ancestors");
+    rig.assert_identical(
+        SYNC_TIMEOUT,
+        "initial sync with symlinks to / and ancestors",
+    );
     for l in ["slash", "up", "d/root", "d/e/self"] {
         let md = fs::symlink_metadata(rig.mirror.join(l));
         if !md.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
@@ -641,7 +658,11 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     }
     let watches = || inotify_watches(rig.agent().pid());
     if watches() != real_dirs(&src) {
-        rig.fail(&format!("{} inotify watches for {} real directories", watches(), real_dirs(&src)));
+        rig.fail(&format!(
+            "{} inotify watches for {} real directories",
+            watches(),
+            real_dirs(&src)
+        ));
     }
 
     // Live: a new symlink to /, a watched directory replaced by a symlink
@@ -652,11 +673,19 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     fs::write(src.join("d/after"), b"written after").unwrap();
     rig.assert_identical(Duration::from_secs(10), "symlinks made while watched");
     if !wait_until(Duration::from_secs(2), || watches() == real_dirs(&src)) {
-        rig.fail(&format!("{} inotify watches for {} real directories after the changes", watches(), real_dirs(&src)));
+        rig.fail(&format!(
+            "{} inotify watches for {} real directories after the changes",
+            watches(),
+            real_dirs(&src)
+        ));
     }
 
     let s = rig.agent().status();
-    assert_eq!(s.fallback_reason.as_deref(), Some("chosen with --capture notify"), "{s:?}");
+    assert_eq!(
+        s.fallback_reason.as_deref(),
+        Some("chosen with --capture notify"),
+        "{s:?}"
+    );
     let text = rig.agent().ctl("status");
     assert!(
         text.contains("capture:      notify (DEGRADED: inotify fallback, no byte ranges; chosen with --capture notify)"),
@@ -671,7 +700,10 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     rig.assert_identical(Duration::from_secs(10), "a change after the restart");
     let watches = inotify_watches(rig.agent().pid());
     if watches != real_dirs(&src) {
-        rig.fail(&format!("{watches} inotify watches for {} real directories after the restart", real_dirs(&src)));
+        rig.fail(&format!(
+            "{watches} inotify watches for {} real directories after the restart",
+            real_dirs(&src)
+        ));
     }
 }
 
@@ -697,7 +729,10 @@ fn notify_fallback_off_drops_the_watches_and_on_catches_up() {
     let out = rig.agent().ctl("off");
     assert!(out.contains("automatic backup is off"), "{out}");
     if !wait_until(Duration::from_secs(2), || watches() == 0) {
-        rig.fail(&format!("after `off` the agent still holds {} inotify watches", watches()));
+        rig.fail(&format!(
+            "after `off` the agent still holds {} inotify watches",
+            watches()
+        ));
     }
     assert_eq!(rig.agent().status().capture, "off");
     let before = rig.agent().status().reconciliations;
@@ -714,18 +749,30 @@ fn notify_fallback_off_drops_the_watches_and_on_catches_up() {
         || !m.join("delete.txt").exists()
         || m.join("newdir").exists();
     if leaked {
-        rig.fail(&format!("changes made while off reached the mirror: {:?}", differences(&src, m)));
+        rig.fail(&format!(
+            "changes made while off reached the mirror: {:?}",
+            differences(&src, m)
+        ));
     }
     let s = rig.agent().status();
     if s.reconciliations != before {
-        rig.fail(&format!("{} reconciliations ran while off", s.reconciliations - before));
+        rig.fail(&format!(
+            "{} reconciliations ran while off",
+            s.reconciliations - before
+        ));
     }
 
     let out = rig.agent().ctl("on");
     assert!(out.contains("automatic backup is on"), "{out}");
-    rig.agent().wait_status("capture back on", Duration::from_secs(5), |s| s.capture == "notify");
+    rig.agent()
+        .wait_status("capture back on", Duration::from_secs(5), |s| {
+            s.capture == "notify"
+        });
     if !wait_until(Duration::from_secs(2), || watches() == 3) {
-        rig.fail(&format!("after `on` the agent holds {} inotify watches, not 3", watches()));
+        rig.fail(&format!(
+            "after `on` the agent holds {} inotify watches, not 3",
+            watches()
+        ));
     }
     rig.assert_identical(Duration::from_secs(10), "after `on`");
     fs::write(src.join("newdir/after-on.txt"), b"live again").unwrap();
@@ -812,15 +859,23 @@ fn reconciliation_racing_type_changes_renames_and_deletions_completes_and_conver
         .map(str::to_string)
         .collect();
     if !failed.is_empty() {
-        rig.fail(&format!("reconciliation passes failed while the tree changed:\n{}", failed.join("\n")));
+        rig.fail(&format!(
+            "reconciliation passes failed while the tree changed:\n{}",
+            failed.join("\n")
+        ));
     }
     if racing < 5 {
-        rig.fail(&format!("only {racing} passes completed in 4 s of `sync` while the tree changed"));
+        rig.fail(&format!(
+            "only {racing} passes completed in 4 s of `sync` while the tree changed"
+        ));
     }
     let done = rig.agent().status().reconciliations;
     let t = Instant::now();
     rig.agent().ctl("sync");
-    rig.agent().wait_status("a pass after the race", Duration::from_secs(10), |s| s.reconciliations > done);
+    rig.agent()
+        .wait_status("a pass after the race", Duration::from_secs(10), |s| {
+            s.reconciliations > done
+        });
     rig.assert_identical(Duration::from_secs(10), "after the race, one `sync`");
     let raced: u64 = fs::read_to_string(&log)
         .unwrap_or_default()
