@@ -69,7 +69,9 @@ pub fn fallback_reason(e: &anyhow::Error) -> String {
     let text = format!("{e:#}");
     if let Some((_, log)) = text.split_once("Verifier output:") {
         // The log ends with the reason, then statistics; before the reason
-        // come the instructions and register states it went through.
+        // come the instructions and register states it went through. After
+        // it, the error chain goes on (": Permission denied (os error 13)").
+        let log = log.split("\n: ").next().unwrap_or(log);
         let stats = ["processed ", "verification time", "stack depth", "max_states", "peak_states", "mark_read"];
         let why = log.lines().map(str::trim).filter(|l| !l.is_empty()).rev().find(|l| {
             !stats.iter().any(|s| l.starts_with(s))
@@ -248,12 +250,20 @@ mod tests {
 
     #[test]
     fn the_fallback_reason_is_the_verifiers_line_or_the_loaders_first() {
-        let log = "the BPF_PROG_LOAD syscall returned Argument list too long (os error 7). Verifier output: \
-                   func#0 @0\n0: R1=ctx() R10=fp0\n0: (bf) r6 = r1\n; let x = 1 @ main.rs:12\n\
-                   combined stack size of 3 calls is 576. Too large\nverification time 1234 usec\n\
-                   stack depth 192+96+0+296+208\nprocessed 4321 insns (limit 1000000) max_states_per_insn 4\n";
+        // As this kernel (6.18) refused it, through aya and anyhow.
+        let log = "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: \
+                   combined stack size of 3 calls is 576. Too large\nverification time 975991 usec\n\
+                   stack depth 192+96+0+288+208\nprocessed 293635 insns (limit 1000000) max_states_per_insn 19 \
+                   total_states 6162 peak_states 1405 mark_read 0\n: Permission denied (os error 13)";
         let e = anyhow::anyhow!(log.to_string()).context("the kernel's verifier refused sys_exit");
         assert_eq!(fallback_reason(&e), "eBPF refused: combined stack size of 3 calls is 576. Too large");
+        // A full log: instructions and register states before the reason.
+        let log = "the BPF_PROG_LOAD syscall returned Argument list too long (os error 7). Verifier output: \
+                   func#0 @0\n0: R1=ctx() R10=fp0\n0: (bf) r6 = r1\n; let x = 1 @ main.rs:12\n\
+                   back-edge from insn 77 to 12\nverification time 1234 usec\n\
+                   stack depth 192+96\nprocessed 4321 insns (limit 1000000) max_states_per_insn 4\n";
+        let e = anyhow::anyhow!(log.to_string()).context("the kernel's verifier refused sys_exit");
+        assert_eq!(fallback_reason(&e), "eBPF refused: back-edge from insn 77 to 12");
         let e = anyhow::anyhow!("Operation not permitted (os error 1)\nmore").context("loading the eBPF programs");
         assert_eq!(
             fallback_reason(&e),
