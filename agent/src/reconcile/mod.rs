@@ -235,6 +235,8 @@ impl Comparer {
     fn flush(&mut self) -> anyhow::Result<()> {
         if !self.out.is_empty() {
             self.queued += self.out.len();
+            // What the capture missed, for whoever debugs it.
+            debug!(items = ?self.out, "differs from the mirror");
             self.queue.send(SchedMsg::Reconcile(std::mem::take(&mut self.out)))?;
         }
         Ok(())

@@ -207,7 +207,32 @@ impl<'a> BatchBuilder<'a> {
                 // Names of one file below the root are linked in the mirror
                 // too (names elsewhere: the next reconciliation links them).
                 let mut names: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
-                for e in lifeline_core::tree::scan_fd(std::os::fd::AsFd::as_fd(&fd))? {
+                // Depth first, each directory checked (sent) before what is
+                // in it; a directory that cannot be read is skipped, not the
+                // whole tree (the next reconciliation finds it again).
+                let mut dirs = vec![(std::path::PathBuf::new(), fd)];
+                let mut entries = Vec::new();
+                while let Some((rel, dir)) = dirs.pop() {
+                    let listed = match lifeline_core::tree::list_dir_fd(std::os::fd::AsFd::as_fd(&dir)) {
+                        Ok(l) => l,
+                        Err(err) => {
+                            debug!("cannot list {}: {err}", c.local.join(&rel).display());
+                            continue;
+                        }
+                    };
+                    for mut e in listed {
+                        if e.kind == lifeline_core::tree::Kind::Dir {
+                            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                            match rustix::fs::openat(&dir, &e.rel, flags, rustix::fs::Mode::empty()) {
+                                Ok(sub) => dirs.push((rel.join(&e.rel), sub)),
+                                Err(err) => debug!("cannot open {}: {err}", c.local.join(&rel).join(&e.rel).display()),
+                            }
+                        }
+                        e.rel = rel.join(&e.rel);
+                        entries.push(e);
+                    }
+                }
+                for e in entries {
                     let remote = c.remote.join(&e.rel);
                     if e.kind == lifeline_core::tree::Kind::File && e.nlink > 1 {
                         match names.entry((e.dev, e.ino)) {
