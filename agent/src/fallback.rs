@@ -46,7 +46,9 @@ use crate::status::Shared;
 /// file, changes in the moment before a new directory's watch) is found then,
 /// not at the next periodic pass.
 const SETTLE: Duration = Duration::from_secs(1);
-/// ... but not more often than this.
+/// ... but not more often than this, nor than every 10 times as long as
+/// the last pass took (a big tree's pass must not run back to back because
+/// something writes every couple of seconds).
 const SETTLE_MIN_GAP: Duration = Duration::from_secs(3);
 
 fn mask() -> WatchMask {
@@ -112,7 +114,7 @@ impl Watcher {
         let dirty = Arc::new(AtomicBool::new(false));
         {
             let w = w.clone();
-            let (last_event, dirty) = (last_event.clone(), dirty.clone());
+            let (last_event, dirty, shared) = (last_event.clone(), dirty.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("inotify".into())
                 .spawn(move || w.read(inotify, shared, &last_event, &dirty))?;
@@ -125,7 +127,8 @@ impl Watcher {
             loop {
                 std::thread::sleep(Duration::from_millis(200));
                 let quiet = t0.elapsed().saturating_sub(Duration::from_millis(last_event.load(Relaxed)));
-                if dirty.load(Relaxed) && quiet >= SETTLE && last_run.is_none_or(|t| t.elapsed() >= SETTLE_MIN_GAP) {
+                let gap = SETTLE_MIN_GAP.max(Duration::from_millis(10 * shared.last_reconcile_ms.load(Relaxed)));
+                if dirty.load(Relaxed) && quiet >= SETTLE && last_run.is_none_or(|t| t.elapsed() >= gap) {
                     dirty.store(false, Relaxed);
                     last_run = Some(Instant::now());
                     debug!("changes settled; reconciling");

@@ -49,6 +49,8 @@ pub struct Shared {
     pub kernel_events: AtomicU64,
     pub kernel_lost: AtomicU64,
     pub reconciliations: AtomicU64,
+    /// How long the last completed reconciliation took, in ms.
+    pub last_reconcile_ms: AtomicU64,
     pub initial_sync_done: AtomicBool,
     /// Bytes the queue log takes on disk.
     pub queue_log_bytes: AtomicU64,
@@ -100,6 +102,7 @@ impl Shared {
             kernel_events: AtomicU64::new(0),
             kernel_lost: AtomicU64::new(0),
             reconciliations: AtomicU64::new(0),
+            last_reconcile_ms: AtomicU64::new(0),
             initial_sync_done: AtomicBool::new(false),
             queue_log_bytes: AtomicU64::new(0),
             unacked_changes: AtomicU64::new(0),

@@ -73,6 +73,7 @@ pub async fn run(
                     });
                 }
                 shared.reconciliations.fetch_add(1, Relaxed);
+                shared.last_reconcile_ms.store(started.elapsed().as_millis() as u64, Relaxed);
                 shared.initial_sync_done.store(true, Relaxed);
                 info!("reconciliation queued {n} paths that differ from the mirror");
             }
