@@ -346,3 +346,76 @@ fn unwatchable(st: &mut Watched, path: &Path, why: &str) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::CaptureMode;
+
+    /// Waits up to 5 s for findings until `want` is among them.
+    fn expect(rx: &crossbeam_channel::Receiver<SchedMsg>, want: &Reconcile) -> Vec<Reconcile> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Ok(SchedMsg::Reconcile(items)) = rx.recv_timeout(left) {
+                seen.extend(items);
+                if seen.contains(want) {
+                    return seen;
+                }
+            }
+        }
+        panic!("no {want:?} within 5 s; saw {seen:?}");
+    }
+
+    fn wait_watched(w: &Watcher, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while w.watched() != n {
+            assert!(Instant::now() < deadline, "{} directories watched, not {n}", w.watched());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// One watch per real directory, none through a symlink (to `/`, to
+    /// the parent); a new directory is watched and sent whole; a renamed
+    /// one keeps reporting under its new name; one replaced by a symlink
+    /// is no longer watched; the switch drops and restores every watch.
+    #[test]
+    fn watches_real_directories_only_and_follows_renames() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("slash")).unwrap();
+        std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared::new(String::new(), String::new(), Vec::new(), CaptureMode::Notify));
+        let w = Watcher::start(std::slice::from_ref(&root), tx, Arc::new(Notify::new()), shared).unwrap();
+        assert_eq!(w.watched(), 3, "the root, a and a/b; nothing through the symlinks");
+
+        std::fs::create_dir(root.join("a/c")).unwrap();
+        expect(&rx, &Reconcile::Tree(root.join("a/c")));
+        wait_watched(&w, 4);
+
+        std::fs::rename(root.join("a"), root.join("z")).unwrap();
+        expect(&rx, &Reconcile::Tree(root.join("z")));
+        std::fs::write(root.join("z/c/f"), b"after the rename").unwrap();
+        expect(&rx, &Reconcile::Path(root.join("z/c/f")));
+        wait_watched(&w, 4);
+
+        std::fs::remove_dir_all(root.join("z/c")).unwrap();
+        std::os::unix::fs::symlink("/", root.join("z/c")).unwrap();
+        expect(&rx, &Reconcile::Path(root.join("z/c")));
+        wait_watched(&w, 3);
+
+        w.set_enabled(false);
+        assert_eq!(w.watched(), 0);
+        std::fs::write(root.join("z/while-off"), b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let off = Reconcile::Path(root.join("z/while-off"));
+        let leaked = rx.try_iter().any(|m| matches!(m, SchedMsg::Reconcile(items) if items.contains(&off)));
+        assert!(!leaked, "a change while off was reported");
+        w.set_enabled(true);
+        assert_eq!(w.watched(), 3);
+        std::fs::write(root.join("z/b/after-on"), b"y").unwrap();
+        expect(&rx, &Reconcile::Path(root.join("z/b/after-on")));
+    }
+}
