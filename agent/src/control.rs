@@ -23,6 +23,8 @@ pub struct ControlService {
     pub shared: Arc<Shared>,
     /// The loaded eBPF programs (None when running on the fallback watcher).
     pub capture: Arc<Mutex<Option<Capture>>>,
+    /// The fallback watcher (None with eBPF).
+    pub watcher: Option<Arc<crate::fallback::Watcher>>,
     pub reconcile: Arc<Notify>,
 }
 
@@ -36,16 +38,24 @@ impl AgentControl for ControlService {
         let enabled = req.into_inner().enabled;
         {
             let mut cap = self.capture.lock().unwrap();
-            let Some(cap) = cap.as_mut() else {
-                return Err(Status::failed_precondition(
-                    "eBPF capture is not available on this machine (the agent runs on its fallback watcher)",
-                ));
-            };
             let was = *self.shared.capture.lock().unwrap();
-            let result = if enabled { cap.attach() } else { cap.detach() };
-            result.map_err(|e| Status::internal(format!("{e:#}")))?;
-            *self.shared.capture.lock().unwrap() = if enabled { CaptureMode::Ebpf } else { CaptureMode::Off };
-            if !enabled && was == CaptureMode::Ebpf {
+            let on = match (cap.as_mut(), &self.watcher) {
+                (Some(cap), _) => {
+                    let result = if enabled { cap.attach() } else { cap.detach() };
+                    result.map_err(|e| Status::internal(format!("{e:#}")))?;
+                    CaptureMode::Ebpf
+                }
+                (None, Some(watcher)) => {
+                    // Off drops every watch, on watches the trees again.
+                    if (was == CaptureMode::Off) == enabled {
+                        watcher.set_enabled(enabled);
+                    }
+                    CaptureMode::Notify
+                }
+                (None, None) => return Err(Status::internal("the agent has no capture to switch")),
+            };
+            *self.shared.capture.lock().unwrap() = if enabled { on } else { CaptureMode::Off };
+            if !enabled && was != CaptureMode::Off {
                 // What is written from now on is only found by comparing.
                 self.shared.suspect(std::time::SystemTime::now());
             }

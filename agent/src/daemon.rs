@@ -61,6 +61,32 @@ fn spawn_reader(
     Ok(())
 }
 
+/// Why eBPF capture could not be used, in one line for `status` and the
+/// tray: the verifier's own reason when it refused a program (the line of
+/// its log that says why, e.g. "combined stack size of 3 calls is 576. Too
+/// large"), else the loader's first line.
+pub fn fallback_reason(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    if let Some((_, log)) = text.split_once("Verifier output:") {
+        // The log ends with the reason, then statistics; before the reason
+        // come the instructions and register states it went through. After
+        // it, the error chain goes on (": Permission denied (os error 13)").
+        let log = log.split("\n: ").next().unwrap_or(log);
+        let stats = ["processed ", "verification time", "stack depth", "max_states", "peak_states", "mark_read"];
+        let why = log.lines().map(str::trim).filter(|l| !l.is_empty()).rev().find(|l| {
+            !stats.iter().any(|s| l.starts_with(s))
+                && !l.starts_with(';')
+                && !l.starts_with("from ")
+                && !l.split_once(':').is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if let Some(why) = why {
+            return format!("eBPF refused: {why}");
+        }
+    }
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("unknown error");
+    format!("eBPF unavailable: {first}")
+}
+
 /// Lowers (or raises) the process's CPU priority; call before spawning
 /// threads, which inherit it.
 pub fn set_priority(nice: i32) {
@@ -107,10 +133,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // sync (a reconciliation) then covers everything before.
     let started = Instant::now();
     let ebpf = match cfg.capture() {
-        CaptureChoice::Notify => None,
+        CaptureChoice::Notify => {
+            shared.set_fallback_reason("chosen with --capture notify".to_string());
+            None
+        }
         choice => match Capture::load(&CaptureOptions { ring_buffer_bytes: cfg.ring_buffer_bytes()? }) {
             Ok(c) => Some(c),
             Err(e) if choice == CaptureChoice::Auto => {
+                shared.set_fallback_reason(fallback_reason(&e));
                 error!(
                     "eBPF capture is unavailable: {e:#}. FALLING BACK to the inotify watcher: no byte ranges \
                      (whole files are sent), a watch per directory, writes through shared mappings only seen \
@@ -122,8 +152,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Err(e) => return Err(e.context("eBPF capture is unavailable (--capture ebpf)")),
         },
     };
-    // Kept alive for the whole run when used.
-    let mut _watcher = None;
+    let mut watcher = None;
     let capture = match ebpf {
         Some(mut capture) => {
             capture.set_watched(&roots)?;
@@ -134,7 +163,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             Some(capture)
         }
         None => {
-            _watcher = Some(fallback::watch(&roots, queue_tx.clone(), reconcile_now.clone())?);
+            watcher = Some(fallback::Watcher::start(&roots, queue_tx.clone(), reconcile_now.clone(), shared.clone())?);
             *shared.capture.lock().unwrap() = CaptureMode::Notify;
             None
         }
@@ -186,16 +215,20 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     };
     if let Some(every) = every {
         let trigger = reconcile_now.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tick.tick().await;
-                trigger.notify_one();
+                // Switched off: nothing goes out by itself (`on` catches up).
+                if shared.capture_mode() != CaptureMode::Off {
+                    trigger.notify_one();
+                }
             }
         });
     }
     let control_path: PathBuf = cfg.control();
-    let service = ControlService { shared, capture: capture.clone(), reconcile: reconcile_now };
+    let service = ControlService { shared, capture: capture.clone(), watcher, reconcile: reconcile_now };
     let control = tokio::spawn(control::serve(control_path.clone(), service));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -209,4 +242,32 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // Threads and in-flight tasks hold nothing that needs an orderly end; a
     // lingering agent would fight its successor for the receiver stream.
     std::process::exit(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fallback_reason;
+
+    #[test]
+    fn the_fallback_reason_is_the_verifiers_line_or_the_loaders_first() {
+        // As this kernel (6.18) refused it, through aya and anyhow.
+        let log = "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: \
+                   combined stack size of 3 calls is 576. Too large\nverification time 975991 usec\n\
+                   stack depth 192+96+0+288+208\nprocessed 293635 insns (limit 1000000) max_states_per_insn 19 \
+                   total_states 6162 peak_states 1405 mark_read 0\n: Permission denied (os error 13)";
+        let e = anyhow::anyhow!(log.to_string()).context("the kernel's verifier refused sys_exit");
+        assert_eq!(fallback_reason(&e), "eBPF refused: combined stack size of 3 calls is 576. Too large");
+        // A full log: instructions and register states before the reason.
+        let log = "the BPF_PROG_LOAD syscall returned Argument list too long (os error 7). Verifier output: \
+                   func#0 @0\n0: R1=ctx() R10=fp0\n0: (bf) r6 = r1\n; let x = 1 @ main.rs:12\n\
+                   back-edge from insn 77 to 12\nverification time 1234 usec\n\
+                   stack depth 192+96\nprocessed 4321 insns (limit 1000000) max_states_per_insn 4\n";
+        let e = anyhow::anyhow!(log.to_string()).context("the kernel's verifier refused sys_exit");
+        assert_eq!(fallback_reason(&e), "eBPF refused: back-edge from insn 77 to 12");
+        let e = anyhow::anyhow!("Operation not permitted (os error 1)\nmore").context("loading the eBPF programs");
+        assert_eq!(
+            fallback_reason(&e),
+            "eBPF unavailable: loading the eBPF programs: Operation not permitted (os error 1)"
+        );
+    }
 }

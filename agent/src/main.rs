@@ -40,12 +40,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Switch automatic backup on: attach the eBPF programs and catch up.
+    /// Switch automatic backup on: attach the eBPF programs (or watch the
+    /// trees again on the inotify fallback) and catch up.
     On {
         #[command(flatten)]
         ctl: ControlArgs,
     },
-    /// Switch automatic backup off: detach the eBPF programs.
+    /// Switch automatic backup off: detach the eBPF programs (or drop the
+    /// inotify watches).
     Off {
         #[command(flatten)]
         ctl: ControlArgs,
@@ -130,6 +132,7 @@ fn print_status(s: &AgentStatus, json: bool) {
             "delta_fallbacks": s.delta_fallbacks,
             "paused": s.paused,
             "bytes_sent_today": s.bytes_sent_today,
+            "fallback_reason": if s.fallback_reason.is_empty() { None } else { Some(&s.fallback_reason) },
             "recent_files": s
                 .recent_files
                 .iter()
@@ -141,7 +144,7 @@ fn print_status(s: &AgentStatus, json: bool) {
     }
     println!("machine:      {}", s.machine);
     println!("receiver:     {} ({})", s.receiver, if s.connected { "connected" } else { "NOT connected" });
-    println!("capture:      {}{}", s.capture, if s.paused { " (sending paused)" } else { "" });
+    println!("capture:      {}{}", capture_line(s), if s.paused { " (sending paused)" } else { "" });
     println!("watched:      {}", s.watched.join(", "));
     println!("initial sync: {}", if s.initial_sync_done { "done" } else { "in progress" });
     println!("queue depth:  {}", s.queue_depth);
@@ -154,6 +157,15 @@ fn print_status(s: &AgentStatus, json: bool) {
     );
     println!("kernel:       {} events, {} lost", s.kernel_events, s.kernel_lost);
     println!("last error:   {}", if s.last_error.is_empty() { "none" } else { &s.last_error });
+}
+
+/// The capture mode, and after a fallback, why and what it costs.
+fn capture_line(s: &AgentStatus) -> String {
+    match (s.capture.as_str(), s.fallback_reason.is_empty()) {
+        (_, true) => s.capture.clone(),
+        ("notify", false) => format!("notify (DEGRADED: inotify fallback, no byte ranges; {})", s.fallback_reason),
+        (mode, false) => format!("{mode} (on the inotify fallback: {})", s.fallback_reason),
+    }
 }
 
 fn main() {

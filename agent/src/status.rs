@@ -49,6 +49,8 @@ pub struct Shared {
     pub kernel_events: AtomicU64,
     pub kernel_lost: AtomicU64,
     pub reconciliations: AtomicU64,
+    /// How long the last completed reconciliation took, in ms.
+    pub last_reconcile_ms: AtomicU64,
     pub initial_sync_done: AtomicBool,
     /// Bytes the queue log takes on disk.
     pub queue_log_bytes: AtomicU64,
@@ -64,6 +66,8 @@ pub struct Shared {
     pub signature_bytes: AtomicU64,
     pub delta_fallbacks: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Why the agent captures with the fallback watcher (empty with eBPF).
+    fallback_reason: Mutex<String>,
     /// Sending held by the `pause` switch: the scheduler keeps capturing,
     /// logging and coalescing but dispatches nothing until resumed.
     pub paused: AtomicBool,
@@ -98,6 +102,7 @@ impl Shared {
             kernel_events: AtomicU64::new(0),
             kernel_lost: AtomicU64::new(0),
             reconciliations: AtomicU64::new(0),
+            last_reconcile_ms: AtomicU64::new(0),
             initial_sync_done: AtomicBool::new(false),
             queue_log_bytes: AtomicU64::new(0),
             unacked_changes: AtomicU64::new(0),
@@ -106,6 +111,7 @@ impl Shared {
             signature_bytes: AtomicU64::new(0),
             delta_fallbacks: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            fallback_reason: Mutex::new(String::new()),
             paused: AtomicBool::new(false),
             sent_today: Mutex::new((local_day(), 0)),
             recent: Mutex::new(std::collections::VecDeque::new()),
@@ -156,6 +162,10 @@ impl Shared {
             return true;
         }
         false
+    }
+
+    pub fn set_fallback_reason(&self, why: String) {
+        *self.fallback_reason.lock().unwrap() = why;
     }
 
     pub fn set_error(&self, e: impl Into<String>) {
@@ -225,6 +235,7 @@ impl Shared {
                 if t.0 == local_day() { t.1 } else { 0 }
             },
             recent_files: self.recent.lock().unwrap().iter().rev().cloned().collect(),
+            fallback_reason: self.fallback_reason.lock().unwrap().clone(),
         }
     }
 }

@@ -17,6 +17,11 @@ pub enum State {
     Off,
     /// Capturing and queueing, but sending is held.
     Paused,
+    /// Capturing with the inotify fallback instead of eBPF (the kernel
+    /// refused the programs, or no privileges): whole files are sent, no
+    /// byte ranges, writes through shared mappings only seen by the periodic
+    /// reconciliation. Never shown as "in sync": it needs a look.
+    Degraded,
     /// Changes are on their way (queue not empty, or the initial sync runs).
     Replicating,
     /// Connected, capturing, nothing waiting.
@@ -31,6 +36,7 @@ impl State {
             State::Disconnected => "receiver unreachable",
             State::Off => "automatic backup off",
             State::Paused => "paused",
+            State::Degraded => "inotify fallback: no byte ranges",
             State::Replicating => "replicating",
             State::InSync => "in sync",
         }
@@ -44,6 +50,7 @@ impl State {
             State::Disconnected => "network-offline",
             State::Off => "media-playback-stop",
             State::Paused => "media-playback-pause",
+            State::Degraded => "dialog-warning",
             State::Replicating => "emblem-synchronizing",
             State::InSync => "emblem-default",
         }
@@ -57,6 +64,7 @@ impl State {
             State::Disconnected => 0xc01c28, // red: backups are not leaving
             State::Off => 0x9a9996,          // light grey: switched off
             State::Paused => 0xe5a50a,       // amber: held on purpose
+            State::Degraded => 0xffbf00,     // bright amber: working, but less than it should
             State::Replicating => 0x1c71d8,  // blue: working
             State::InSync => 0x26a269,       // green: all is well
         }
@@ -67,7 +75,7 @@ impl State {
     pub fn urgency(self) -> Urgency {
         match self {
             State::AgentDown | State::Disconnected => Urgency::NeedsAttention,
-            State::Off | State::Paused | State::Replicating => Urgency::Active,
+            State::Off | State::Paused | State::Degraded | State::Replicating => Urgency::Active,
             State::InSync => Urgency::Passive,
         }
     }
@@ -169,14 +177,16 @@ pub fn look(status: Option<&AgentStatus>, socket: &str, error: &str) -> Look {
     };
     let state = state_of(s);
     let backup_on = s.capture != "off";
-    // The switch needs the eBPF programs: on the inotify fallback there is
-    // nothing to detach, and the agent refuses.
-    let switchable = s.capture != "notify";
     let headline = format!("Lifeline: {}", state.words());
     let mut detail = match state {
         State::Disconnected => format!("Cannot reach the receiver {}; changes wait in the queue.", s.receiver),
         State::Off => "Changes are not captured; switching on catches up.".to_string(),
         State::Paused => format!("{} changes wait; resume to send them.", s.queue_depth),
+        State::Degraded => format!(
+            "Capturing with the inotify fallback, not eBPF: whole files are sent, no byte ranges. Why: {}. {} changes on their way.",
+            if s.fallback_reason.is_empty() { "not given" } else { s.fallback_reason.as_str() },
+            s.queue_depth
+        ),
         State::Replicating => format!("{} changes on their way, lag {}.", s.queue_depth, duration(s.lag_ms)),
         State::InSync => format!("Everything under {} is on {}.", s.watched.join(", "), s.receiver),
         State::AgentDown => unreachable!("handled above"),
@@ -193,7 +203,7 @@ pub fn look(status: Option<&AgentStatus>, socket: &str, error: &str) -> Look {
         menu: vec![
             MenuEntry {
                 checked: Some(backup_on),
-                ..MenuEntry::item("Automatic backup", Action::SetBackup(!backup_on), switchable)
+                ..MenuEntry::item("Automatic backup", Action::SetBackup(!backup_on), true)
             },
             if s.paused {
                 MenuEntry::item("Resume sending", Action::SetPaused(false), true)
@@ -216,6 +226,8 @@ fn state_of(s: &AgentStatus) -> State {
         State::Off
     } else if s.paused {
         State::Paused
+    } else if s.capture == "notify" {
+        State::Degraded
     } else if s.queue_depth > 0 || s.lag_ms > 0 || !s.initial_sync_done {
         State::Replicating
     } else {
@@ -332,7 +344,15 @@ mod tests {
         assert!(!entry(&l, "Sync now").enabled);
         assert!(l.detail.contains("Check that lifeline-receiver runs"), "{}", l.detail);
 
-        let all = [State::AgentDown, State::Disconnected, State::Off, State::Paused, State::Replicating, State::InSync];
+        let all = [
+            State::AgentDown,
+            State::Disconnected,
+            State::Off,
+            State::Paused,
+            State::Degraded,
+            State::Replicating,
+            State::InSync,
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a.colour(), b.colour(), "{a:?} and {b:?}");
@@ -342,14 +362,36 @@ mod tests {
     }
 
     #[test]
-    fn switch_reflects_capture_and_is_disabled_on_the_fallback_watcher() {
+    fn switch_reflects_capture_on_ebpf_and_on_the_fallback_watcher() {
         let s = status();
         let l = look(Some(&s), "", "");
         let sw = entry(&l, "Automatic backup");
         assert_eq!((sw.checked, sw.action, sw.enabled), (Some(true), Some(Action::SetBackup(false)), true));
         assert!(l.title.contains("web1"), "{}", l.title);
         let s = AgentStatus { capture: "notify".into(), ..status() };
-        assert!(!entry(&look(Some(&s), "", ""), "Automatic backup").enabled);
+        let sw = entry(&look(Some(&s), "", ""), "Automatic backup").clone();
+        assert_eq!((sw.checked, sw.action, sw.enabled), (Some(true), Some(Action::SetBackup(false)), true));
+    }
+
+    /// On the inotify fallback the state is degraded (amber, its own icon,
+    /// the reason in the detail), in sync or not: never the green "in sync".
+    #[test]
+    fn the_fallback_watcher_is_degraded_never_in_sync() {
+        let reason = "eBPF refused: combined stack size of 3 calls is 576. Too large";
+        let s = AgentStatus { capture: "notify".into(), fallback_reason: reason.into(), ..status() };
+        let l = look(Some(&s), "", "");
+        assert_eq!(l.state, State::Degraded);
+        assert_ne!(l.state.colour(), State::InSync.colour());
+        assert_eq!(l.headline, "Lifeline: inotify fallback: no byte ranges");
+        assert!(l.title.ends_with("inotify fallback: no byte ranges"), "{}", l.title);
+        assert!(l.detail.contains(reason), "{}", l.detail);
+        let busy = AgentStatus { queue_depth: 5, lag_ms: 300, ..s.clone() };
+        assert_eq!(look(Some(&busy), "", "").state, State::Degraded);
+        // Switched off, or disconnected, it says that first.
+        let off = AgentStatus { capture: "off".into(), ..s.clone() };
+        assert_eq!(look(Some(&off), "", "").state, State::Off);
+        let down = AgentStatus { connected: false, ..s };
+        assert_eq!(look(Some(&down), "", "").state, State::Disconnected);
     }
 
     #[test]

@@ -290,7 +290,16 @@ impl Ui {
                         match s.capture.as_str() {
                             "ebpf" => "on (eBPF)".to_string(),
                             "off" => "off".to_string(),
-                            other => format!("on ({other} fallback)"),
+                            other => format!("on ({other} fallback, no byte ranges)"),
+                        },
+                    ),
+                    (
+                        "Capture",
+                        // The whole reason is in the detail above (wrapped).
+                        if s.fallback_reason.is_empty() {
+                            "eBPF".to_string()
+                        } else {
+                            right_cut(&s.fallback_reason, text_w.saturating_sub(18))
                         },
                     ),
                     ("Sending", if s.paused { "paused".into() } else { "active".into() }),
@@ -434,6 +443,15 @@ fn wrap(s: &str, width: usize) -> Vec<String> {
 }
 
 /// The end of `path` if it is longer than `max` characters ("...tail").
+/// `s` cut to `max` characters, keeping its start.
+fn right_cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let head: String = s.chars().take(max.saturating_sub(3)).collect();
+    format!("{head}...")
+}
+
 fn left_cut(path: &str, max: usize) -> String {
     let n = path.chars().count();
     if n <= max {
@@ -466,6 +484,12 @@ mod tests {
         assert_eq!(wrap("one two three", 7), ["one two", "three"]);
         assert_eq!(wrap("abcdefghij", 4), ["abcd", "efgh", "ij"]);
         assert!(wrap("", 5).is_empty());
+    }
+
+    #[test]
+    fn right_cut_keeps_the_start() {
+        assert_eq!(right_cut("eBPF refused: too large", 12), "eBPF refu...");
+        assert_eq!(right_cut("short", 12), "short");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{
-    fstat, mkdirat, openat, openat2, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags,
+    fstat, mkdirat, openat, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags,
     ResolveFlags,
 };
 use rustix::io::Errno;
@@ -45,13 +45,7 @@ pub fn open_beneath<P: rustix::path::Arg + Copy>(
     flags: OFlags,
     mode: Mode,
 ) -> rustix::io::Result<OwnedFd> {
-    let mut tries = 0;
-    loop {
-        match openat2(dir, path, flags | OFlags::CLOEXEC, mode, RESOLVE) {
-            Err(Errno::AGAIN) if tries < 32 => tries += 1,
-            r => return r,
-        }
-    }
+    lifeline_core::nofollow::openat2_retrying(dir, path, flags, mode, RESOLVE)
 }
 
 /// The type of `name` in `dir` (not following a symlink), `None` if missing.

@@ -146,6 +146,22 @@ fn program_types() -> BTreeMap<u64, String> {
         .collect()
 }
 
+/// How many inotify watches process `pid` holds, over all its inotify
+/// instances (`inotify wd:` lines of `/proc/<pid>/fdinfo/<fd>`): what the
+/// agent's fallback watcher watches, counted from outside.
+pub fn inotify_watches(pid: u32) -> usize {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {dir}: {e}"));
+    entries
+        .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+        .map(|info| {
+            info.lines()
+                .filter(|l| l.starts_with("inotify wd:"))
+                .count()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     //! Attaches a trivial program to a tracepoint in this very process, the

@@ -8,7 +8,8 @@
 //! - [`wait_identical`] polls [`lifeline_core::tree::compare`] until a mirror
 //!   matches its source.
 //! - [`attached_tracepoint_programs`] counts, from outside, the eBPF programs a
-//!   process holds attached to tracepoints.
+//!   process holds attached to tracepoints; [`inotify_watches`] the inotify
+//!   watches it holds.
 //! - [`workload`] is a deterministic randomized file-system workload.
 //! - [`desktop`] runs a private D-Bus session bus, Xvfb and `lifeline-gui`,
 //!   and takes screenshots of X windows.
@@ -33,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use lifeline_core::tree::{self, CompareOptions};
 
-pub use bpf::{attached_tracepoint_programs, tracepoint_attachments, TracepointAttachment};
+pub use bpf::{
+    attached_tracepoint_programs, inotify_watches, tracepoint_attachments, TracepointAttachment,
+};
 pub use netns::NetNs;
 pub use procs::{Agent, AgentOpts, AgentStatus, Receiver, ReceiverOpts};
 pub use scratch::ScratchFs;

@@ -409,6 +409,9 @@ pub struct AgentStatus {
     /// Bytes sent since local midnight.
     #[serde(default)]
     pub bytes_sent_today: u64,
+    /// Why the agent runs on the inotify fallback (absent with eBPF).
+    #[serde(default)]
+    pub fallback_reason: Option<String>,
 }
 
 /// A running `lifeline-agent run`; SIGKILLed on drop.

@@ -15,6 +15,12 @@
 //! (relative, absolute, dangling), `link`, `chmod`/`fchmod`, the
 //! write-temp-then-rename save, bursts of 50 same-size rewrites of one file,
 //! and one file kept open for the whole run and written to again and again.
+//!
+//! With [`WorkloadOptions::hazards`] it also changes the kind of existing
+//! names (file to directory, directory to file, either to a symlink, a
+//! symlink to either), makes symlinks to ancestors, to the root and to `/`,
+//! and deep directory chains (see [`OpKind::HAZARDS`]); without it, a seed
+//! gives the same run as before those existed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -89,9 +95,33 @@ pub enum OpKind {
     SameSizeOverwrites,
     /// A write (or truncate) to the file kept open for the whole run.
     HeldWrite,
+    /// A file's name becomes a directory (with a file in it).
+    FileToDir,
+    /// An empty directory's name becomes a file.
+    DirToFile,
+    /// A file's or an empty directory's name becomes a symlink to an
+    /// ancestor, to the root or to `/`.
+    ToSymlink,
+    /// A symlink's name becomes a directory or a file.
+    SymlinkToDirOrFile,
+    /// A new symlink to an ancestor (`..`, `../..`), to its own directory
+    /// (`.`), to the root by absolute path, or to `/`.
+    SymlinkToAncestor,
+    /// A chain of 10 to 16 nested directories with a file at the bottom.
+    DeepTree,
 }
 
 impl OpKind {
+    /// What runs with [`WorkloadOptions::hazards`] add to [`OpKind::ALL`].
+    pub const HAZARDS: [OpKind; 6] = [
+        OpKind::FileToDir,
+        OpKind::DirToFile,
+        OpKind::ToSymlink,
+        OpKind::SymlinkToDirOrFile,
+        OpKind::SymlinkToAncestor,
+        OpKind::DeepTree,
+    ];
+
     pub const ALL: [OpKind; 30] = [
         OpKind::CreateFile,
         OpKind::Write,
@@ -159,6 +189,12 @@ impl OpKind {
             SaveViaRename => 35,
             SameSizeOverwrites => 3,
             HeldWrite => 50,
+            FileToDir => 14,
+            DirToFile => 10,
+            ToSymlink => 12,
+            SymlinkToDirOrFile => 10,
+            SymlinkToAncestor => 10,
+            DeepTree => 3,
         }
     }
 }
@@ -181,7 +217,16 @@ impl WorkloadStats {
         self.counts.values().sum()
     }
 
-    /// The kinds that never happened.
+    /// The hazards (see [`OpKind::HAZARDS`]) that never happened.
+    pub fn missing_hazards(&self) -> Vec<OpKind> {
+        OpKind::HAZARDS
+            .iter()
+            .copied()
+            .filter(|k| !self.counts.contains_key(k))
+            .collect()
+    }
+
+    /// The kinds of [`OpKind::ALL`] that never happened.
     pub fn missing_kinds(&self) -> Vec<OpKind> {
         OpKind::ALL
             .iter()
@@ -216,6 +261,8 @@ pub struct WorkloadOptions {
     pub progress: Option<Arc<AtomicUsize>>,
     /// Checked before every operation: the run ends early once it is set.
     pub stop: Option<Arc<AtomicBool>>,
+    /// Also the [`OpKind::HAZARDS`].
+    pub hazards: bool,
 }
 
 impl WorkloadOptions {
@@ -227,6 +274,7 @@ impl WorkloadOptions {
             prefix: String::new(),
             progress: None,
             stop: None,
+            hazards: false,
         }
     }
 }
@@ -286,6 +334,8 @@ pub struct BackgroundStats {
     pub ops: usize,
     pub bytes_written: u64,
     pub took: Duration,
+    /// Operations by kind, over all rounds.
+    pub counts: BTreeMap<OpKind, usize>,
 }
 
 impl Background {
@@ -363,6 +413,7 @@ impl Background {
             ops: stats.total(),
             bytes_written: stats.bytes_written,
             took: self.started.elapsed(),
+            counts: stats.counts,
         }
     }
 }
@@ -396,6 +447,7 @@ struct Workload {
     next_ino: u64,
     held: File,
     stats: WorkloadStats,
+    hazards: bool,
 }
 
 const FILE_MODES: [u32; 8] = [0o644, 0o600, 0o755, 0o640, 0o444, 0o664, 0o400, 0o700];
@@ -444,6 +496,7 @@ impl Workload {
             next_ino: 0,
             held,
             stats: WorkloadStats::default(),
+            hazards: opts.hazards,
         }
     }
 
@@ -544,9 +597,11 @@ impl Workload {
     }
 
     fn choose_kind(&mut self) -> OpKind {
-        let total: u32 = OpKind::ALL.iter().map(|k| k.weight()).sum();
+        // Without hazards, the same draws as before they existed.
+        let extra: &[OpKind] = if self.hazards { &OpKind::HAZARDS } else { &[] };
+        let total: u32 = OpKind::ALL.iter().chain(extra).map(|k| k.weight()).sum();
         let mut x = self.rng.random_range(0..total);
-        for k in OpKind::ALL {
+        for &k in OpKind::ALL.iter().chain(extra) {
             if x < k.weight() {
                 return k;
             }
@@ -617,6 +672,8 @@ impl Workload {
             }
             RemoveTree => self.remove_tree(),
             SymlinkRelative | SymlinkAbsolute | SymlinkDangling => Some(self.symlink(kind)),
+            FileToDir | DirToFile | ToSymlink | SymlinkToDirOrFile | SymlinkToAncestor
+            | DeepTree => self.hazard(kind),
             ChmodDir => {
                 let dirs = self.dirs.clone();
                 let d = self.pick(&dirs)?;
@@ -1026,6 +1083,122 @@ impl Workload {
         ctx(symlink(&target, &p), "symlink", &p);
         self.symlinks.push(rel);
         kind
+    }
+}
+
+impl Workload {
+    /// A target for a symlink at `rel` that leads out of the tree or loops:
+    /// an ancestor, its own directory, the root by absolute path, or `/`.
+    fn hazardous_target(&mut self, rel: &Path) -> PathBuf {
+        let up = depth(rel).saturating_sub(1);
+        match self.rng.random_range(0..5) {
+            0 => PathBuf::from(".."),
+            1 => PathBuf::from("../".repeat(up + 1).trim_end_matches('/')),
+            2 => PathBuf::from("."),
+            3 => self.root.clone(),
+            _ => PathBuf::from("/"),
+        }
+    }
+
+    /// Removes the model's entry at `rel` (a file name, an empty directory or
+    /// a symlink) from the disk and the model.
+    fn remove_entry(&mut self, rel: &Path) {
+        let p = self.abs(rel);
+        if self.dirs.iter().any(|d| d == rel) {
+            ctx(fs::remove_dir(&p), "rmdir", &p);
+            self.dirs.retain(|d| d != rel);
+        } else {
+            ctx(fs::remove_file(&p), "unlink", &p);
+            self.files.retain(|f| f.rel != rel);
+            self.symlinks.retain(|s| s != rel);
+        }
+    }
+
+    fn empty_dirs(&self) -> Vec<PathBuf> {
+        self.dirs
+            .iter()
+            .filter(|d| !self.has_children(d))
+            .cloned()
+            .collect()
+    }
+
+    fn new_file_at(&mut self, rel: PathBuf) {
+        let p = self.abs(&rel);
+        let len = self.rng.random_range(0..=8 << 10);
+        let data = self.data(len);
+        ctx(fs::write(&p, &data), "create", &p);
+        let ino = self.new_ino();
+        self.files.push(ModelFile { rel, ino });
+    }
+
+    fn hazard(&mut self, kind: OpKind) -> Option<OpKind> {
+        use OpKind::*;
+        match kind {
+            FileToDir => {
+                let files: Vec<PathBuf> = self
+                    .files
+                    .iter()
+                    .filter(|f| depth(&f.rel) <= MAX_DEPTH)
+                    .map(|f| f.rel.clone())
+                    .collect();
+                let rel = self.pick(&files)?;
+                self.remove_entry(&rel);
+                let p = self.abs(&rel);
+                ctx(fs::create_dir(&p), "mkdir", &p);
+                self.dirs.push(rel.clone());
+                let inner = rel.join(self.name("f"));
+                self.new_file_at(inner);
+            }
+            DirToFile => {
+                let empty = self.empty_dirs();
+                let rel = self.pick(&empty)?;
+                self.remove_entry(&rel);
+                self.new_file_at(rel);
+            }
+            ToSymlink => {
+                let mut names: Vec<PathBuf> = self.files.iter().map(|f| f.rel.clone()).collect();
+                names.extend(self.empty_dirs());
+                let rel = self.pick(&names)?;
+                self.remove_entry(&rel);
+                let target = self.hazardous_target(&rel);
+                let p = self.abs(&rel);
+                ctx(symlink(&target, &p), "symlink", &p);
+                self.symlinks.push(rel);
+            }
+            SymlinkToDirOrFile => {
+                let links = self.symlinks.clone();
+                let rel = self.pick(&links)?;
+                self.remove_entry(&rel);
+                if self.rng.random_bool(0.5) && depth(&rel) <= MAX_DEPTH {
+                    let p = self.abs(&rel);
+                    ctx(fs::create_dir(&p), "mkdir", &p);
+                    self.dirs.push(rel);
+                } else {
+                    self.new_file_at(rel);
+                }
+            }
+            SymlinkToAncestor => {
+                let dir = self.pick_dir(MAX_DEPTH);
+                let rel = dir.join(self.name("l"));
+                let target = self.hazardous_target(&rel);
+                let p = self.abs(&rel);
+                ctx(symlink(&target, &p), "symlink", &p);
+                self.symlinks.push(rel);
+            }
+            DeepTree => {
+                let mut rel = self.pick_dir(2);
+                for _ in 0..self.rng.random_range(10..=16) {
+                    rel = rel.join(self.name("d"));
+                    let p = self.abs(&rel);
+                    ctx(fs::create_dir(&p), "mkdir", &p);
+                    self.dirs.push(rel.clone());
+                }
+                let bottom = rel.join(self.name("f"));
+                self.new_file_at(bottom);
+            }
+            _ => unreachable!("not a hazard: {kind:?}"),
+        }
+        Some(kind)
     }
 }
 

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use lifeline_tests::workload::{Background, BackgroundStats, Pacing, WorkloadOptions};
+use lifeline_tests::workload::{Background, BackgroundStats, OpKind, Pacing, WorkloadOptions};
 use lifeline_tests::{
-    bin_path, log_field, log_lines, require_root, require_tool, summarize, wait_identical,
-    wait_until, Agent, AgentOpts, AgentStatus, NetNs, Receiver, ReceiverOpts, ScratchFs, TestDir,
+    bin_path, inotify_watches, log_field, log_lines, require_root, require_tool, summarize,
+    wait_identical, wait_until, Agent, AgentOpts, AgentStatus, NetNs, Receiver, ReceiverOpts,
+    ScratchFs, TestDir,
 };
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -113,13 +114,22 @@ impl Rig {
     /// Waits until the agent is connected, its initial sync done, capturing
     /// with eBPF.
     fn wait_ready(&self) -> AgentStatus {
+        self.wait_ready_capturing_with("ebpf")
+    }
+
+    /// Waits until the agent is connected, its initial sync done, capturing
+    /// with `capture` ("ebpf" or "notify").
+    fn wait_ready_capturing_with(&self, capture: &str) -> AgentStatus {
         let s = self
             .agent()
             .wait_status("connected, initial sync done", SYNC_TIMEOUT, |s| {
                 s.connected && s.initial_sync_done
             });
-        if s.capture != "ebpf" {
-            self.fail(&format!("agent captures with {:?}, not eBPF", s.capture));
+        if s.capture != capture {
+            self.fail(&format!(
+                "agent captures with {:?}, not {capture:?}",
+                s.capture
+            ));
         }
         s
     }
@@ -823,6 +833,207 @@ fn receiver_aborted_between_apply_and_ack_applies_nothing_twice() {
          failed; mirror identical {} s after the last round: nothing applied twice, nothing missing",
         before + 1,
         secs(recovered),
+        secs(caught_up),
+    );
+}
+
+/// The hazard workload: the randomized mix (rename storms, renames over
+/// files, same-second rewrites, a writer holding its file open) plus type
+/// changes file <-> directory <-> symlink, symlinks to ancestors, to the root
+/// and to `/`, and deep directory chains; in bursts with pauses.
+fn hazard_rounds(seed: u64) -> WorkloadOptions {
+    let mut o = rounds(seed);
+    o.hazards = true;
+    o
+}
+
+/// Lets a hazard workload run to at least 5,000 operations (the size of
+/// the run that found the fallback stale in issue 21), then stops it.
+fn finish_hazard_workload(rig: &Rig, w: Background) -> BackgroundStats {
+    if !wait_until(Duration::from_secs(40), || {
+        w.ops() >= 5000 || !w.is_running()
+    }) || !w.is_running()
+    {
+        rig.fail(&format!(
+            "the workload stopped or stalled at op {}",
+            w.ops()
+        ));
+    }
+    w.stop()
+}
+
+/// Within this long of the workload's end the fallback's mirror is
+/// identical (issue 21: "identical within 10 s of the workload's end").
+const NOTIFY_CATCH_UP: Duration = Duration::from_secs(10);
+
+/// A tree that starts with a symlink to `/` and one to its own parent (an
+/// agent that followed either would watch /proc or loop), on `fs`, with a
+/// receiver; the agent started on the inotify fallback.
+fn notify_rig(name: &str, fs: ScratchFs) -> Rig {
+    let mut rig = Rig::new(name, fs, None, &[]);
+    std::os::unix::fs::symlink("/", rig.src.join("slash")).unwrap();
+    std::os::unix::fs::symlink("..", rig.src.join("up")).unwrap();
+    rig.start_agent(&["--capture", "notify"]);
+    rig.wait_ready_capturing_with("notify");
+    rig
+}
+
+/// Fails unless the hazards ran (so the test exercised them) and the
+/// agent's inotify watches are no more than the tree's real directories
+/// (none through a symlink: `/` alone would be thousands).
+fn check_hazards_and_watches(rig: &Rig, stats: &BackgroundStats) -> (usize, usize) {
+    let hazards: usize = OpKind::HAZARDS
+        .iter()
+        .map(|k| stats.counts.get(k).copied().unwrap_or(0))
+        .sum();
+    if hazards < 20 {
+        rig.fail(&format!(
+            "only {hazards} hazard ops ran ({:?}): the test did not exercise them",
+            stats.counts
+        ));
+    }
+    // The root and every directory below it (scan follows no symlink).
+    let dirs = 1 + lifeline_core::tree::scan(&rig.src)
+        .unwrap_or_else(|e| rig.fail(&format!("cannot list {}: {e}", rig.src.display())))
+        .iter()
+        .filter(|e| e.kind == lifeline_core::tree::Kind::Dir)
+        .count();
+    let watches = inotify_watches(rig.agent().pid());
+    if watches == 0 || watches > dirs + 5 {
+        rig.fail(&format!(
+            "the agent holds {watches} inotify watches for {dirs} directories in the tree"
+        ));
+    }
+    (hazards, watches)
+}
+
+fn hazard_counts(stats: &BackgroundStats) -> String {
+    OpKind::HAZARDS
+        .iter()
+        .map(|k| format!("{k:?}={}", stats.counts.get(k).copied().unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// 6. The inotify fallback (`--capture notify`) under the hazard workload,
+///    the agent SIGKILLed and restarted twice in the middle of it, with
+///    symlinks to `/` and to the tree's parent in the tree: every restart
+///    starts and replicates (no watch through a symlink), and the mirror is
+///    identical within 10 s of the workload's end.
+#[test]
+fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s() {
+    preflight();
+    let seed = seed("notify-agent-kill");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rig = notify_rig("fault-nagent", ScratchFs::ext4(1024));
+    let w = Background::start(&rig.src, hazard_rounds(seed));
+    let t0 = Instant::now();
+    let mut restarts = Vec::new();
+    for i in 0..2 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(600..1500)));
+        if !w.wait_mid_burst(Duration::from_secs(5)) {
+            rig.fail("the workload stopped running");
+        }
+        let at = t0.elapsed();
+        rig.agent_mut().kill();
+        let down = Duration::from_millis(rng.random_range(100..700));
+        eprintln!(
+            "[notify-agent-kill] kill #{} at {} s (workload op {}), down {} s",
+            i + 1,
+            secs(at),
+            w.ops(),
+            secs(down)
+        );
+        std::thread::sleep(down);
+        let restarted = Instant::now();
+        rig.agent_mut().restart();
+        let s = rig.wait_agent(
+            "reconnected and reconciled after the restart",
+            SYNC_TIMEOUT,
+            |s| s.connected && s.initial_sync_done,
+        );
+        if s.capture != "notify" {
+            rig.fail(&format!("restarted agent captures with {:?}", s.capture));
+        }
+        restarts.push(restarted.elapsed());
+    }
+    let stats = finish_hazard_workload(&rig, w);
+    let caught_up = rig.assert_identical(
+        NOTIFY_CATCH_UP,
+        "after the hazard workload on the inotify fallback (agent killed twice)",
+    );
+    let (hazards, watches) = check_hazards_and_watches(&rig, &stats);
+    let failed = log_lines(&rig.agent_log(), "reconciliation failed");
+    if !failed.is_empty() {
+        rig.fail(&format!(
+            "a reconciliation pass failed:\n{}",
+            failed.join("\n")
+        ));
+    }
+    eprintln!(
+        "FAULT notify fallback, agent SIGKILL x2 (seed {seed:#x}): replicating again {} s after each restart; {}; \
+         {hazards} hazard ops ({}); {watches} inotify watches at the end; {} ops refused by the receiver; \
+         mirror identical {} s after the workload stopped",
+        join(&restarts, |d| secs(*d)),
+        workload_figures(&stats),
+        hazard_counts(&stats),
+        op_errors(&rig),
+        secs(caught_up),
+    );
+}
+
+/// 7. The same with the receiver SIGKILLed and restarted twice: the agent
+///    on the inotify fallback reconnects, reconciles, and the mirror is
+///    identical within 10 s of the workload's end.
+#[test]
+fn notify_fallback_receiver_sigkilled_during_hazard_workload_converges_within_10s() {
+    preflight();
+    let seed = seed("notify-receiver-kill");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rig = notify_rig("fault-nrecv", ScratchFs::tmpfs(1024));
+    let port = rig.receiver.port();
+    let w = Background::start(&rig.src, hazard_rounds(seed));
+    let t0 = Instant::now();
+    let mut recovered = Vec::new();
+    for i in 0..2 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(600..1500)));
+        if !w.wait_mid_burst(Duration::from_secs(5)) {
+            rig.fail("the workload stopped running");
+        }
+        let at = t0.elapsed();
+        let replays = rig.agent().status().replays;
+        rig.receiver.kill();
+        let down = Duration::from_millis(rng.random_range(100..700));
+        eprintln!(
+            "[notify-receiver-kill] kill #{} at {} s (workload op {}), down {} s",
+            i + 1,
+            secs(at),
+            w.ops(),
+            secs(down)
+        );
+        std::thread::sleep(down);
+        let restarted = Instant::now();
+        rig.receiver.restart();
+        assert_eq!(rig.receiver.port(), port, "restarted on another port");
+        rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| {
+            s.connected && s.replays > replays
+        });
+        recovered.push(restarted.elapsed());
+    }
+    let stats = finish_hazard_workload(&rig, w);
+    let caught_up = rig.assert_identical(
+        NOTIFY_CATCH_UP,
+        "after the hazard workload on the inotify fallback (receiver killed twice)",
+    );
+    let (hazards, watches) = check_hazards_and_watches(&rig, &stats);
+    eprintln!(
+        "FAULT notify fallback, receiver SIGKILL x2 (seed {seed:#x}): streaming again {} s after each restart; {}; \
+         {hazards} hazard ops ({}); {watches} inotify watches at the end; {} ops refused by the receiver; \
+         mirror identical {} s after the workload stopped",
+        join(&recovered, |d| secs(*d)),
+        workload_figures(&stats),
+        hazard_counts(&stats),
+        op_errors(&rig),
         secs(caught_up),
     );
 }

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use lifeline_tests::desktop::{wait_window, Gui, Image, MenuLine, SessionBus, Xvfb};
 use lifeline_tests::{
-    attached_tracepoint_programs, bin_path, differences, require_root, require_tool,
-    wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
+    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root,
+    require_tool, wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
 };
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
@@ -33,6 +33,7 @@ const SNI: &str = "org.kde.StatusNotifierItem";
 const GREEN_IN_SYNC: u32 = 0x26a269;
 const AMBER_PAUSED: u32 = 0xe5a50a;
 const GREY_AGENT_DOWN: u32 = 0x5e5c64;
+const AMBER_DEGRADED: u32 = 0xffbf00;
 
 /// The unprivileged user the status window runs as.
 const NOBODY: u32 = 65534;
@@ -307,6 +308,11 @@ struct World {
 
 impl World {
     fn start(name: &str) -> World {
+        World::start_capturing_with(name, "ebpf")
+    }
+
+    /// The agent started with `--capture <capture>` and found capturing so.
+    fn start_capturing_with(name: &str, capture: &str) -> World {
         let dir = TestDir::new(name);
         let fs = ScratchFs::tmpfs(64);
         let src = fs.subdir("src");
@@ -317,6 +323,7 @@ impl World {
         let mirror = receiver.mirror_of(&machine, &src);
         let mut opts = AgentOpts::new(&receiver, &machine, &[&src], &dir.path().join("state"));
         opts.log = Some(dir.path().join("agent.log"));
+        opts.extra_args = vec!["--capture".into(), capture.into()];
         let agent = Agent::start(opts);
         let w = World {
             agent,
@@ -330,7 +337,10 @@ impl World {
         let s = w.agent.wait_status("initial sync done", SYNC_TIMEOUT, |s| {
             s.initial_sync_done && s.connected
         });
-        assert_eq!(s.capture, "ebpf", "the agent must capture with eBPF here");
+        assert_eq!(
+            s.capture, capture,
+            "the agent must capture with {capture} here"
+        );
         w.identical("at start");
         w
     }
@@ -713,6 +723,134 @@ fn status_window_under_xvfb_shows_state_and_acts() {
         gui.is_running(),
         "lifeline-gui exited\n{}",
         gui.log_tail(LOG_LINES)
+    );
+}
+
+/// An agent on the inotify fallback (`--capture notify`): the tray shows
+/// the degraded state (amber, dialog-warning, "inotify fallback: no byte
+/// ranges", the reason in the tooltip), never the green "in sync", even with
+/// nothing left to send; its switch, clicked over dbusmenu, drops the
+/// agent's inotify watches and then watches again and catches up; the
+/// status window under Xvfb shows the amber banner and the same title.
+#[test]
+fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
+    preflight();
+    require_tool("Xvfb");
+    let w = World::start_capturing_with("gui-notify", "notify");
+    let bus = SessionBus::start(&w.dir.path().join("dbus"));
+    let host = Host::start(&bus);
+    let mut gui = Gui::start(
+        &["--control", &w.control(), "--poll-ms", "200"],
+        &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
+        &w.dir.path().join("gui.log"),
+    );
+    let item = host.wait_item(&gui, Duration::from_secs(15));
+    let degraded = wait_until(Duration::from_secs(5), || {
+        host.string_prop(&item, "IconName") == "dialog-warning"
+    });
+    assert!(
+        degraded,
+        "icon is {:?}, not degraded\n{}",
+        host.string_prop(&item, "IconName"),
+        gui.log_tail(LOG_LINES)
+    );
+    // In sync with the receiver, and still never green: watch a while.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(1) {
+        let icon = host.string_prop(&item, "IconName");
+        assert_eq!(icon, "dialog-warning", "the tray left the degraded state");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let title = host.string_prop(&item, "Title");
+    assert!(
+        title.contains(&w.machine) && title.ends_with("inotify fallback: no byte ranges"),
+        "title {title:?}"
+    );
+    assert_eq!(host.string_prop(&item, "Status"), "Active");
+    let (tip, text) = host.tooltip(&item);
+    assert_eq!(tip, "Lifeline: inotify fallback: no byte ranges");
+    assert!(
+        text.contains("no byte ranges") && text.contains("chosen with --capture notify"),
+        "tooltip text {text:?} does not say why"
+    );
+
+    // The switch: off drops the watches, on watches again and catches up.
+    let switch = host.item_labelled(&item, "Automatic backup");
+    assert_eq!(
+        (switch.checked, switch.enabled),
+        (Some(true), true),
+        "{switch:?}"
+    );
+    assert!(
+        inotify_watches(w.agent.pid()) > 0,
+        "no inotify watch before the click"
+    );
+    host.click(&item, switch.id);
+    w.agent
+        .wait_status("capture off", Duration::from_secs(5), |s| {
+            s.capture == "off"
+        });
+    if !wait_until(Duration::from_secs(5), || {
+        inotify_watches(w.agent.pid()) == 0
+    }) {
+        w.fail(&format!(
+            "after the switch was clicked off the agent holds {} inotify watches",
+            inotify_watches(w.agent.pid())
+        ));
+    }
+    assert!(wait_until(Duration::from_secs(5), || {
+        host.string_prop(&item, "IconName") == "media-playback-stop"
+    }));
+    fs::write(w.src.join("while-off.txt"), b"written while backup was off").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    if w.mirror.join("while-off.txt").exists() {
+        w.fail("a change made while off reached the mirror");
+    }
+    host.click(&item, host.item_labelled(&item, "Automatic backup").id);
+    w.agent
+        .wait_status("capture on", Duration::from_secs(5), |s| {
+            s.capture == "notify"
+        });
+    if !wait_until(Duration::from_secs(5), || {
+        inotify_watches(w.agent.pid()) > 0
+    }) {
+        w.fail("after the switch was clicked on the agent watches nothing");
+    }
+    w.identical("after on");
+    assert!(wait_until(Duration::from_secs(5), || {
+        host.string_prop(&item, "IconName") == "dialog-warning"
+    }));
+
+    // The status window: amber banner, the degraded title.
+    let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
+    let mut win_gui = Gui::start(
+        &["--window", "--control", &w.control(), "--poll-ms", "200"],
+        &[("DISPLAY", x.display())],
+        &w.dir.path().join("gui-window.log"),
+    );
+    let title = format!(
+        "Lifeline - {} - inotify fallback: no byte ranges",
+        w.machine
+    );
+    let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
+        panic!(
+            "no window titled {title:?}\n{}",
+            win_gui.log_tail(LOG_LINES)
+        );
+    };
+    let shot = wait_shot(&x, win, |img| {
+        img.count(0, 0, 400, 40, AMBER_DEGRADED) > 10_000
+    })
+    .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
+    assert_eq!(
+        shot.count(0, 0, 400, 40, GREEN_IN_SYNC),
+        0,
+        "green in the degraded banner"
+    );
+    save_doc(&shot, "gui-status-window-degraded.png");
+    assert!(
+        gui.is_running() && win_gui.is_running(),
+        "lifeline-gui exited"
     );
 }
 

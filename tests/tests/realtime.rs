@@ -16,9 +16,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lifeline_tests::workload::{run_workload, run_workload_with, Pacing, WorkloadOptions};
 use lifeline_tests::{
-    attached_tracepoint_programs, bin_path, differences, require_root, require_tool, summarize,
-    tracepoint_attachments, wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs,
-    TestDir,
+    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root,
+    require_tool, summarize, tracepoint_attachments, wait_identical, wait_until, Agent, AgentOpts,
+    Receiver, ScratchFs, TestDir,
 };
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -593,6 +593,20 @@ fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
     opts.log = Some(rig.dir.path().join("agent.log"));
     rig.agent = Some(Agent::start(opts));
     rig.wait_ready_capturing_with("notify");
+    // `status` says why, in one line (the loader's or verifier's).
+    let reason = rig.agent().status().fallback_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("eBPF unavailable: ") || reason.starts_with("eBPF refused: "),
+        "no fallback reason in the status: {reason:?}"
+    );
+    assert!(!reason.contains('\n'), "{reason:?}");
+    let text = rig.agent().ctl("status");
+    assert!(
+        text.contains(&format!(
+            "DEGRADED: inotify fallback, no byte ranges; {reason}"
+        )),
+        "`status` does not say why the agent is degraded:\n{text}"
+    );
     let log = fs::read_to_string(rig.dir.path().join("agent.log")).unwrap();
     assert!(log.contains("FALLING BACK to the inotify watcher"), "no loud fallback message:\n{log}");
     rig.assert_identical(SYNC_TIMEOUT, "initial sync without privileges");
@@ -601,4 +615,278 @@ fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
     fs::create_dir(rig.src.join("new")).unwrap();
     fs::write(rig.src.join("new/f"), vec![7u8; 100_000]).unwrap();
     rig.assert_identical(SYNC_TIMEOUT, "changes seen by the watcher");
+}
+
+/// The real directories of `root` (itself included): what the inotify
+/// fallback may watch, and no more.
+fn real_dirs(root: &std::path::Path) -> usize {
+    1 + lifeline_core::tree::scan(root)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == lifeline_core::tree::Kind::Dir)
+        .count()
+}
+
+/// On the inotify fallback, symlinks to `/`, to the tree's parent, to the
+/// root and to their own directory are replicated as symlinks, never
+/// watched or walked through (the agent holds one watch per real
+/// directory), also when a watched directory is replaced by one; SIGKILLed
+/// and restarted with them in the tree, the agent starts and replicates.
+/// `status` says the capture is degraded and why.
+#[test]
+fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_to_root() {
+    preflight();
+    let mut rig = Rig::new("notify-links", ScratchFs::tmpfs(64));
+    let src = rig.src.clone();
+    fs::create_dir_all(src.join("d/e")).unwrap();
+    fs::write(src.join("d/e/f"), b"real").unwrap();
+    symlink("/", src.join("slash")).unwrap();
+    symlink("..", src.join("up")).unwrap();
+    symlink(&src, src.join("d/root")).unwrap();
+    symlink(".", src.join("d/e/self")).unwrap();
+    rig.start_agent_with(&["--capture", "notify"]);
+    rig.wait_ready_capturing_with("notify");
+    rig.assert_identical(
+        SYNC_TIMEOUT,
+        "initial sync with symlinks to / and ancestors",
+    );
+    for l in ["slash", "up", "d/root", "d/e/self"] {
+        let md = fs::symlink_metadata(rig.mirror.join(l));
+        if !md.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
+            rig.fail(&format!("{l} is not a symlink in the mirror: {md:?}"));
+        }
+    }
+    let watches = || inotify_watches(rig.agent().pid());
+    if watches() != real_dirs(&src) {
+        rig.fail(&format!(
+            "{} inotify watches for {} real directories",
+            watches(),
+            real_dirs(&src)
+        ));
+    }
+
+    // Live: a new symlink to /, a watched directory replaced by a symlink
+    // to the tree's parent, a write beside them.
+    symlink("/", src.join("d/slash2")).unwrap();
+    fs::remove_dir_all(src.join("d/e")).unwrap();
+    symlink("../..", src.join("d/e")).unwrap();
+    fs::write(src.join("d/after"), b"written after").unwrap();
+    rig.assert_identical(Duration::from_secs(10), "symlinks made while watched");
+    if !wait_until(Duration::from_secs(2), || watches() == real_dirs(&src)) {
+        rig.fail(&format!(
+            "{} inotify watches for {} real directories after the changes",
+            watches(),
+            real_dirs(&src)
+        ));
+    }
+
+    let s = rig.agent().status();
+    assert_eq!(
+        s.fallback_reason.as_deref(),
+        Some("chosen with --capture notify"),
+        "{s:?}"
+    );
+    let text = rig.agent().ctl("status");
+    assert!(
+        text.contains("capture:      notify (DEGRADED: inotify fallback, no byte ranges; chosen with --capture notify)"),
+        "`status` does not say plainly that capture is degraded and why:\n{text}"
+    );
+
+    // SIGKILLed and restarted with a symlink to / in the tree (it used to
+    // try to watch /proc and exit).
+    rig.agent.as_mut().unwrap().restart();
+    rig.wait_ready_capturing_with("notify");
+    fs::write(src.join("d/after-restart"), b"written after the restart").unwrap();
+    rig.assert_identical(Duration::from_secs(10), "a change after the restart");
+    let watches = inotify_watches(rig.agent().pid());
+    if watches != real_dirs(&src) {
+        rig.fail(&format!(
+            "{watches} inotify watches for {} real directories after the restart",
+            real_dirs(&src)
+        ));
+    }
+}
+
+/// On the inotify fallback the automatic-backup switch works: `off` drops
+/// every watch (counted in /proc) and nothing changed meanwhile reaches the
+/// mirror, not even by the periodic reconciliation (every second here);
+/// `on` watches the trees again, reconciles what changed while off, and
+/// live changes flow again.
+#[test]
+fn notify_fallback_off_drops_the_watches_and_on_catches_up() {
+    preflight();
+    let mut rig = Rig::new("notify-onoff", ScratchFs::tmpfs(128));
+    let src = rig.src.clone();
+    fs::create_dir(src.join("dir")).unwrap();
+    fs::write(src.join("modify.txt"), b"before").unwrap();
+    fs::write(src.join("delete.txt"), b"doomed").unwrap();
+    rig.start_agent_with(&["--capture", "notify", "--reconcile-every-s", "1"]);
+    rig.wait_ready_capturing_with("notify");
+    rig.assert_identical(SYNC_TIMEOUT, "before off");
+    let watches = || inotify_watches(rig.agent().pid());
+    assert_eq!(watches(), 2, "src and dir watched");
+
+    let out = rig.agent().ctl("off");
+    assert!(out.contains("automatic backup is off"), "{out}");
+    if !wait_until(Duration::from_secs(2), || watches() == 0) {
+        rig.fail(&format!(
+            "after `off` the agent still holds {} inotify watches",
+            watches()
+        ));
+    }
+    assert_eq!(rig.agent().status().capture, "off");
+    let before = rig.agent().status().reconciliations;
+    fs::write(src.join("new.txt"), b"created while off").unwrap();
+    fs::write(src.join("modify.txt"), b"after, and longer").unwrap();
+    fs::remove_file(src.join("delete.txt")).unwrap();
+    fs::create_dir(src.join("newdir")).unwrap();
+    fs::write(src.join("newdir/inner.txt"), b"inner").unwrap();
+    // Past two periodic ticks.
+    std::thread::sleep(Duration::from_millis(2500));
+    let m = &rig.mirror;
+    let leaked = m.join("new.txt").exists()
+        || fs::read(m.join("modify.txt")).ok().as_deref() != Some(b"before".as_slice())
+        || !m.join("delete.txt").exists()
+        || m.join("newdir").exists();
+    if leaked {
+        rig.fail(&format!(
+            "changes made while off reached the mirror: {:?}",
+            differences(&src, m)
+        ));
+    }
+    let s = rig.agent().status();
+    if s.reconciliations != before {
+        rig.fail(&format!(
+            "{} reconciliations ran while off",
+            s.reconciliations - before
+        ));
+    }
+
+    let out = rig.agent().ctl("on");
+    assert!(out.contains("automatic backup is on"), "{out}");
+    rig.agent()
+        .wait_status("capture back on", Duration::from_secs(5), |s| {
+            s.capture == "notify"
+        });
+    if !wait_until(Duration::from_secs(2), || watches() == 3) {
+        rig.fail(&format!(
+            "after `on` the agent holds {} inotify watches, not 3",
+            watches()
+        ));
+    }
+    rig.assert_identical(Duration::from_secs(10), "after `on`");
+    fs::write(src.join("newdir/after-on.txt"), b"live again").unwrap();
+    fs::write(src.join("modify.txt"), b"changed after on").unwrap();
+    rig.assert_identical(Duration::from_secs(5), "a change after `on`");
+}
+
+/// Reconciliation alone (the fallback switched off: no watches, passes run
+/// by `sync` only) while another thread keeps changing the kinds of names
+/// (file <-> directory <-> symlink to `/` or `..`), renaming directories
+/// that are being listed and deleting trees: every pass completes (none
+/// fails), and once the tree is still, one more brings the mirror to it.
+#[test]
+fn reconciliation_racing_type_changes_renames_and_deletions_completes_and_converges() {
+    use rand::{Rng, SeedableRng};
+    preflight();
+    let mut rig = Rig::new("recon-race", ScratchFs::tmpfs(256));
+    let src = rig.src.clone();
+    // Enough to list that a pass takes a while: 40 directories of 25 files.
+    for d in 0..40 {
+        fs::create_dir(src.join(format!("d{d}"))).unwrap();
+        for f in 0..25 {
+            fs::write(src.join(format!("d{d}/f{f}")), vec![b'x'; 100]).unwrap();
+        }
+    }
+    rig.start_agent_with(&["--capture", "notify", "--reconcile-every-s", "0"]);
+    rig.wait_ready_capturing_with("notify");
+    rig.assert_identical(SYNC_TIMEOUT, "before the race");
+    rig.agent().ctl("off");
+    let before = rig.agent().status().reconciliations;
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicU64::new(0));
+    let racer = {
+        let (src, stop, changes) = (src.clone(), stop.clone(), changes.clone());
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(0x21_0004);
+            let clear = |p: &std::path::Path| match fs::symlink_metadata(p) {
+                Ok(m) if m.is_dir() => drop(fs::remove_dir_all(p)),
+                Ok(_) => drop(fs::remove_file(p)),
+                Err(_) => {}
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let p = src.join(format!("d{}", rng.random_range(0..40)));
+                let q = src.join(format!("d{}", rng.random_range(0..40)));
+                let _ = match rng.random_range(0..5) {
+                    0 => {
+                        clear(&p);
+                        fs::write(&p, b"a file now")
+                    }
+                    1 => {
+                        clear(&p);
+                        symlink(if rng.random_bool(0.5) { "/" } else { ".." }, &p)
+                    }
+                    2 => {
+                        clear(&p);
+                        fs::create_dir(&p).and_then(|_| {
+                            (0..25).try_for_each(|f| fs::write(p.join(format!("f{f}")), b"again"))
+                        })
+                    }
+                    3 => fs::rename(&p, &q),
+                    _ => {
+                        clear(&p);
+                        Ok(())
+                    }
+                };
+                changes.fetch_add(1, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(rng.random_range(0..3)));
+            }
+        })
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        rig.agent().ctl("sync");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    stop.store(true, Ordering::Relaxed);
+    racer.join().unwrap();
+    let racing = rig.agent().status().reconciliations - before;
+    let log = rig.dir.path().join("agent.log");
+    let failed: Vec<String> = fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("reconciliation failed"))
+        .map(str::to_string)
+        .collect();
+    if !failed.is_empty() {
+        rig.fail(&format!(
+            "reconciliation passes failed while the tree changed:\n{}",
+            failed.join("\n")
+        ));
+    }
+    if racing < 5 {
+        rig.fail(&format!(
+            "only {racing} passes completed in 4 s of `sync` while the tree changed"
+        ));
+    }
+    let done = rig.agent().status().reconciliations;
+    let t = Instant::now();
+    rig.agent().ctl("sync");
+    rig.agent()
+        .wait_status("a pass after the race", Duration::from_secs(10), |s| {
+            s.reconciliations > done
+        });
+    rig.assert_identical(Duration::from_secs(10), "after the race, one `sync`");
+    let raced: u64 = fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("changed while being compared"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
+        .sum();
+    eprintln!(
+        "RECONCILE race: {} changes in 4 s, {racing} passes completed meanwhile, {raced} directories raced, \
+         none failed; identical {:.2} s after the last `sync`",
+        changes.load(Ordering::Relaxed),
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -17,25 +17,26 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use anyhow::Context;
 use crossbeam_channel::Sender;
 use lifeline_core::tree::{self, Kind};
 use lifeline_core::wirepath;
 use lifeline_proto::v1::{tree_entry, ListTreeRequest, TreeEntries, TreeEntry};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 mod links;
 
-use crate::scheduler::{Reconcile, SchedMsg};
-use links::{LinkGroups, Name};
 use crate::remote::Remote;
+use crate::scheduler::{Reconcile, SchedMsg};
 use crate::status::Shared;
+use links::{LinkGroups, Name};
 
 /// Waits for requests and reconciles, one at a time (requests made while one
 /// runs coalesce into one more run).
@@ -54,8 +55,15 @@ pub async fn run(
         let suspect = shared.suspect_window();
         let started = std::time::Instant::now();
         match reconcile(&remote, &roots, &queue, suspect).await {
-            Ok(n) => {
-                if !shared.settle_suspect(suspect, started) {
+            Ok(Outcome { queued: n, raced }) => {
+                if raced > 0 {
+                    // Paths changed kind or vanished while being compared:
+                    // what they are now was queued, and the next pass
+                    // compares them (and what is below) again once the tree
+                    // has had a moment.
+                    info!("{raced} paths changed while being compared; reconciling again in 1 s");
+                }
+                if !shared.settle_suspect(suspect, started) || raced > 0 {
                     // Changes may still be getting lost (a burst that
                     // overflows the ring): compare again once it is over.
                     let again = trigger.clone();
@@ -65,6 +73,7 @@ pub async fn run(
                     });
                 }
                 shared.reconciliations.fetch_add(1, Relaxed);
+                shared.last_reconcile_ms.store(started.elapsed().as_millis() as u64, Relaxed);
                 shared.initial_sync_done.store(true, Relaxed);
                 info!("reconciliation queued {n} paths that differ from the mirror");
             }
@@ -79,7 +88,22 @@ pub async fn run(
     }
 }
 
-async fn reconcile(remote: &Remote, roots: &[PathBuf], queue: &Sender<SchedMsg>, suspect_since_ns: i128) -> anyhow::Result<usize> {
+/// What a completed pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Paths queued.
+    pub queued: usize,
+    /// Directories that vanished, or changed kind, between the mirror's
+    /// listing and their comparison (see [`Comparer::compare_dir`]).
+    pub raced: usize,
+}
+
+async fn reconcile(
+    remote: &Remote,
+    roots: &[PathBuf],
+    queue: &Sender<SchedMsg>,
+    suspect_since_ns: i128,
+) -> anyhow::Result<Outcome> {
     let mut client = remote.connect().await?;
     let wire_roots: Vec<Vec<u8>> = roots.iter().map(|r| wirepath::from_local(r)).collect::<Result<_, _>>()?;
     let mut req = tonic::Request::new(ListTreeRequest { roots: wire_roots });
@@ -90,7 +114,7 @@ async fn reconcile(remote: &Remote, roots: &[PathBuf], queue: &Sender<SchedMsg>,
     // whatever the size of the tree.
     let (tx, rx) = std::sync::mpsc::sync_channel::<TreeEntries>(16);
     let mut comparer = Comparer::new(roots.to_vec(), queue.clone()).suspect_since(suspect_since_ns);
-    let worker = tokio::task::spawn_blocking(move || -> anyhow::Result<usize> {
+    let worker = tokio::task::spawn_blocking(move || -> anyhow::Result<Outcome> {
         for msg in rx {
             comparer.take(msg)?;
         }
@@ -115,6 +139,12 @@ pub struct Comparer {
     completed_roots: HashSet<PathBuf>,
     out: Vec<Reconcile>,
     queued: usize,
+    /// Directories that raced with a change of the tree (see
+    /// [`Comparer::compare_dir`]); what the mirror lists below them is left
+    /// to the next pass.
+    raced: HashSet<PathBuf>,
+    /// The roots, open (each directory is opened beneath its root).
+    root_fds: HashMap<PathBuf, OwnedFd>,
     /// Files modified at or after this time (ns since the epoch) are
     /// compared by content even when size and mtime match: changes to them
     /// may have been lost (see `Shared::suspect`).
@@ -133,6 +163,8 @@ impl Comparer {
             completed_roots: HashSet::new(),
             out,
             queued: 0,
+            raced: HashSet::new(),
+            root_fds: HashMap::new(),
             suspect_since_ns: i128::MAX,
             links: LinkGroups::default(),
         }
@@ -147,7 +179,9 @@ impl Comparer {
     pub fn take(&mut self, msg: TreeEntries) -> anyhow::Result<()> {
         for e in msg.entries {
             let path = wirepath::to_local(&e.path);
-            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else { continue };
+            let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+                continue;
+            };
             self.remote.entry(parent.to_path_buf()).or_default().insert(name.to_os_string(), e);
         }
         for dir in msg.complete_dirs {
@@ -161,32 +195,80 @@ impl Comparer {
         self.flush()
     }
 
-    /// Queues what is left; returns how many paths were queued in all.
-    pub fn finish(mut self) -> anyhow::Result<usize> {
+    /// Queues what is left; returns how many paths were queued in all and
+    /// how many directories raced.
+    pub fn finish(mut self) -> anyhow::Result<Outcome> {
         for root in self.roots.clone() {
             if !self.completed_roots.contains(&root) {
                 anyhow::bail!("the receiver's listing ended before {} was complete", root.display());
             }
         }
         self.flush()?;
-        Ok(self.queued)
+        Ok(Outcome { queued: self.queued, raced: self.raced.len() })
+    }
+
+    /// Opens directory `dir` (below one of the roots) without following a
+    /// symlink anywhere below its root: a directory swapped for a symlink
+    /// (to an ancestor, to `/`) is never listed through.
+    fn open_dir(&mut self, dir: &Path) -> anyhow::Result<std::io::Result<OwnedFd>> {
+        use rustix::fs::{Mode, OFlags};
+        let Some(root) = self.roots.iter().filter(|r| dir.starts_with(r)).max_by_key(|r| r.as_os_str().len()).cloned()
+        else {
+            anyhow::bail!("the receiver listed {}, which is outside the watched directories", dir.display());
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
+        if !self.root_fds.contains_key(&root) {
+            // A watched directory itself that cannot be opened is no race:
+            // replication of it stopped working.
+            let fd = lifeline_core::nofollow::open(&root, flags)
+                .with_context(|| format!("cannot open the watched directory {} to compare it", root.display()))?;
+            self.root_fds.insert(root.clone(), fd);
+        }
+        let root_fd = self.root_fds[&root].as_fd();
+        let rel = dir.strip_prefix(&root).expect("below the root");
+        if rel.as_os_str().is_empty() {
+            return Ok(root_fd.try_clone_to_owned());
+        }
+        let resolve = rustix::fs::ResolveFlags::BENEATH | lifeline_core::nofollow::NO_SYMLINKS;
+        Ok(lifeline_core::nofollow::openat2_retrying(root_fd, rel, flags, Mode::empty(), resolve).map_err(Into::into))
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
         if !self.out.is_empty() {
             self.queued += self.out.len();
+            // What the capture missed, for whoever debugs it.
+            debug!(items = ?self.out, "differs from the mirror");
             self.queue.send(SchedMsg::Reconcile(std::mem::take(&mut self.out)))?;
         }
         Ok(())
     }
 
     /// One directory: local entries against the mirror's.
+    ///
+    /// The tree goes on changing while the mirror's listing streams in. A
+    /// directory that is gone, or no longer a directory (a file, a symlink,
+    /// something on the way replaced), when its turn comes is a race, not a
+    /// failure: the path itself is queued, so whatever it is now is sent (or
+    /// removed), and the pass counts it so that another pass compares it
+    /// again. Only a real failure (an I/O error, the receiver gone) ends the
+    /// pass with an error.
     fn compare_dir(&mut self, dir: &Path, mut remote: HashMap<OsString, TreeEntry>) -> anyhow::Result<()> {
-        let local = match std::fs::File::open(dir) {
-            Ok(f) => tree::list_dir_fd(f.as_fd())?,
-            // Gone (or no longer a directory) locally: its parent's
-            // comparison already queued it.
-            Err(_) => return Ok(()),
+        if dir.ancestors().skip(1).any(|a| self.raced.contains(a)) {
+            return Ok(());
+        }
+        let listed = match self.open_dir(dir)? {
+            Ok(fd) => tree::list_dir_fd(fd.as_fd()),
+            Err(e) => Err(e),
+        };
+        let local = match listed {
+            Ok(l) => l,
+            Err(e) if lifeline_core::nofollow::is_race(&e) => {
+                debug!(dir = %dir.display(), "changed while being compared ({e}); queued as it is now");
+                self.raced.insert(dir.to_path_buf());
+                self.out.push(Reconcile::Path(dir.to_path_buf()));
+                return Ok(());
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot list {} to compare it", dir.display())),
         };
         for e in local {
             if e.kind == Kind::Other {
@@ -194,7 +276,8 @@ impl Comparer {
             }
             let path = dir.join(&e.rel);
             let r = remote.remove(e.rel.as_os_str());
-            let mirror_link_id = r.as_ref().filter(|r| r.kind == tree_entry::Kind::File as i32).map_or(0, |r| r.link_id);
+            let mirror_link_id =
+                r.as_ref().filter(|r| r.kind == tree_entry::Kind::File as i32).map_or(0, |r| r.link_id);
             let mut forced = false;
             if e.kind == Kind::File && e.nlink > 1 {
                 match self.links.name((e.dev, e.ino), &path, mirror_link_id) {
@@ -314,7 +397,10 @@ mod tests {
         std::fs::write(root.join("x"), b"other").unwrap();
         std::fs::write(root.join("y"), b"more").unwrap();
         let md = |n: &str| std::fs::metadata(root.join(n)).unwrap();
-        let file = |n: &str, link_id: u64| TreeEntry { link_id, ..entry(&root.join(n), &md(n), tree_entry::Kind::File, md(n).len()) };
+        let file = |n: &str, link_id: u64| TreeEntry {
+            link_id,
+            ..entry(&root.join(n), &md(n), tree_entry::Kind::File, md(n).len())
+        };
         let wire = |p: &Path| wirepath::from_local(p).unwrap();
         let id = (md("a").dev(), md("a").ino());
 
@@ -372,7 +458,7 @@ mod tests {
         .unwrap();
         // Nothing below "both" is judged before its listing completes.
         c.take(TreeEntries { entries: vec![], complete_dirs: vec![wire(&root.join("both"))] }).unwrap();
-        assert_eq!(c.finish().unwrap(), 5);
+        assert_eq!(c.finish().unwrap(), Outcome { queued: 5, raced: 0 });
         let mut got = Vec::new();
         for m in rx.try_iter() {
             let SchedMsg::Reconcile(items) = m else { panic!() };
@@ -387,6 +473,272 @@ mod tests {
                 Reconcile::Path(root.join("gone")),
                 Reconcile::Path(root.join("both/new")),
             ]
+        );
+    }
+
+    /// The mirror's listing of `mirror` (a copy of `src`), as the receiver
+    /// streams it: breadth-first, each directory completed once its entries
+    /// are out (so a parent completes before its children), named by the
+    /// source's paths; in messages of `chunk` entries.
+    fn listing(src: &Path, mirror: &Path, chunk: usize) -> Vec<TreeEntries> {
+        let wire = |rel: &Path| {
+            wirepath::from_local(&if rel.as_os_str().is_empty() { src.to_path_buf() } else { src.join(rel) }).unwrap()
+        };
+        let mut out = Vec::new();
+        let mut msg = TreeEntries::default();
+        let mut queue = std::collections::VecDeque::from([PathBuf::new()]);
+        while let Some(dir) = queue.pop_front() {
+            let fd = std::fs::File::open(mirror.join(&dir)).unwrap();
+            for e in tree::list_dir_fd(fd.as_fd()).unwrap() {
+                let rel = dir.join(&e.rel);
+                let md = std::fs::symlink_metadata(mirror.join(&rel)).unwrap();
+                let kind = match e.kind {
+                    Kind::File => tree_entry::Kind::File,
+                    Kind::Dir => {
+                        queue.push_back(rel.clone());
+                        tree_entry::Kind::Dir
+                    }
+                    Kind::Symlink => tree_entry::Kind::Symlink,
+                    Kind::Other => continue,
+                };
+                let mut te = entry(&src.join(&rel), &md, kind, e.size);
+                te.path = wire(&rel);
+                te.symlink_target = e.symlink_target.map(|t| t.as_bytes().to_vec()).unwrap_or_default();
+                msg.entries.push(te);
+                if msg.entries.len() >= chunk {
+                    out.push(std::mem::take(&mut msg));
+                }
+            }
+            msg.complete_dirs.push(wire(&dir));
+        }
+        out.push(msg);
+        out
+    }
+
+    /// A stand-in for the dispatcher and the receiver: makes `mirror`'s copy
+    /// of each queued path what the source's is now (`Tree`: the whole
+    /// subtree), never following a symlink on either side.
+    fn apply(src: &Path, mirror: &Path, items: &[Reconcile]) {
+        fn remove(m: &Path) {
+            match std::fs::symlink_metadata(m) {
+                Ok(md) if md.is_dir() => std::fs::remove_dir_all(m).unwrap(),
+                Ok(_) => std::fs::remove_file(m).unwrap(),
+                Err(_) => {}
+            }
+        }
+        fn one(src: &Path, mirror: &Path, p: &Path, tree: bool) {
+            let rel = p.strip_prefix(src).unwrap();
+            let m = mirror.join(rel);
+            // The parent is not a directory (yet) in the mirror: its own
+            // item makes it one.
+            if !rel.as_os_str().is_empty()
+                && !std::fs::symlink_metadata(m.parent().unwrap()).is_ok_and(|md| md.is_dir())
+            {
+                return;
+            }
+            let md = match lifeline_core::nofollow::lstat(p) {
+                Ok(md) => md,
+                Err(e) if lifeline_core::nofollow::is_race(&e) => return remove(&m),
+                Err(e) => panic!("{}: {e}", p.display()),
+            };
+            let mm = std::fs::symlink_metadata(&m).ok();
+            if md.is_dir() {
+                if !mm.as_ref().is_some_and(|x| x.is_dir()) {
+                    remove(&m);
+                    std::fs::create_dir(&m).unwrap();
+                }
+                std::fs::set_permissions(&m, md.permissions()).unwrap();
+                if tree {
+                    let Ok(fd) =
+                        lifeline_core::nofollow::open(p, rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY)
+                    else {
+                        return;
+                    };
+                    for e in tree::list_dir_fd(fd.as_fd()).unwrap_or_default() {
+                        one(src, mirror, &p.join(&e.rel), true);
+                    }
+                }
+            } else if md.file_type().is_symlink() {
+                let Ok(t) = lifeline_core::nofollow::read_link(p) else {
+                    return;
+                };
+                remove(&m);
+                std::os::unix::fs::symlink(t, &m).unwrap();
+            } else if md.is_file() {
+                let Ok(data) = std::fs::read(p) else { return };
+                remove(&m);
+                std::fs::write(&m, &data).unwrap();
+                let f = std::fs::File::options().write(true).open(&m).unwrap();
+                f.set_times(std::fs::FileTimes::new().set_modified(md.modified().unwrap())).unwrap();
+                f.set_permissions(md.permissions()).unwrap();
+            }
+        }
+        for item in items {
+            match item {
+                Reconcile::Tree(p) => one(src, mirror, p, true),
+                Reconcile::Path(p) | Reconcile::Delta { path: p, .. } => one(src, mirror, p, false),
+                Reconcile::Link { to, .. } => one(src, mirror, to, false),
+            }
+        }
+    }
+
+    /// One pass over the listing, fed in messages with `pause` between them
+    /// (while the tree changes).
+    fn pass(src: &Path, mirror: &Path, pause: std::time::Duration) -> anyhow::Result<(Outcome, Vec<Reconcile>)> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut c = Comparer::new(vec![src.to_path_buf()], tx);
+        for msg in listing(src, mirror, 4) {
+            c.take(msg)?;
+            std::thread::sleep(pause);
+        }
+        let outcome = c.finish()?;
+        let items = rx.try_iter().flat_map(|m| match m {
+            SchedMsg::Reconcile(items) => items,
+            _ => panic!("only findings are queued"),
+        });
+        Ok((outcome, items.collect()))
+    }
+
+    /// A directory of the mirror's listing that is, by the time it is
+    /// compared, a file, a symlink to `/`, a symlink to its parent, or gone:
+    /// the pass goes on, the path is queued as it is now, the race is
+    /// counted; nothing is listed through the symlinks.
+    #[test]
+    fn a_directory_that_changed_kind_or_vanished_is_requeued_not_fatal() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("src")).unwrap();
+        let src = d.path().join("src").canonicalize().unwrap();
+        let mirror = d.path().join("mirror");
+        std::fs::create_dir(&mirror).unwrap();
+        for name in ["file", "slash", "parent", "gone", "kept"] {
+            std::fs::create_dir_all(mirror.join(name).join("sub")).unwrap();
+            std::fs::write(mirror.join(name).join("inner"), b"x").unwrap();
+            std::fs::create_dir_all(src.join(name).join("sub")).unwrap();
+            std::fs::write(src.join(name).join("inner"), b"x").unwrap();
+        }
+        let listed = listing(&src, &mirror, 1000);
+        // Between the listing and the comparison:
+        std::fs::remove_dir_all(src.join("file")).unwrap();
+        std::fs::write(src.join("file"), b"now a file").unwrap();
+        std::fs::remove_dir_all(src.join("slash")).unwrap();
+        std::os::unix::fs::symlink("/", src.join("slash")).unwrap();
+        std::fs::remove_dir_all(src.join("parent")).unwrap();
+        std::os::unix::fs::symlink("..", src.join("parent")).unwrap();
+        std::fs::remove_dir_all(src.join("gone")).unwrap();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut c = Comparer::new(vec![src.clone()], tx);
+        for msg in listed {
+            c.take(msg).expect("a race is no failure");
+        }
+        let outcome = c.finish().unwrap();
+        // Each of the four; not their `sub` (the mirror lists it, below a
+        // path that is no longer a directory: the next pass sees to it).
+        assert_eq!(outcome.raced, 4, "{outcome:?}");
+        let got: Vec<Reconcile> = rx
+            .try_iter()
+            .flat_map(|m| match m {
+                SchedMsg::Reconcile(items) => items,
+                _ => panic!("only findings are queued"),
+            })
+            .collect();
+        for name in ["file", "slash", "parent", "gone"] {
+            assert!(got.contains(&Reconcile::Path(src.join(name))), "{name} not requeued: {got:?}");
+            for below in ["sub", "inner", "proc", "etc"] {
+                let p = src.join(name).join(below);
+                assert!(
+                    !got.iter().any(|r| matches!(r, Reconcile::Path(x) | Reconcile::Tree(x) if x.starts_with(&p))),
+                    "{} was compared through a path that is no longer a directory: {got:?}",
+                    p.display()
+                );
+            }
+        }
+        assert!(!got.iter().any(|r| matches!(r, Reconcile::Path(x) if x.starts_with(src.join("kept")))), "{got:?}");
+    }
+
+    /// Type changes (file, directory, symlink to `/`, to the parent, to the
+    /// root), renames of directories being listed, and deletions, racing
+    /// with passes of the comparison: no pass fails, and once the tree is
+    /// still, at most a few passes bring the mirror to the source.
+    #[test]
+    fn passes_racing_with_type_changes_renames_and_deletions_converge() {
+        use rand::{Rng, SeedableRng};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("src")).unwrap();
+        let src = d.path().join("src").canonicalize().unwrap();
+        let mirror = d.path().join("mirror");
+        std::fs::create_dir(&mirror).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let changes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let racer = {
+            let (src, stop, changes) = (src.clone(), stop.clone(), changes.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(0x21_04);
+                let names = ["a", "b", "c", "a/x", "a/y", "b/x", "b/y/z", "c/x/y"];
+                let clear = |p: &Path| match std::fs::symlink_metadata(p) {
+                    Ok(md) if md.is_dir() => {
+                        let _ = std::fs::remove_dir_all(p);
+                    }
+                    Ok(_) => {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    Err(_) => {}
+                };
+                while !stop.load(Relaxed) {
+                    let p = src.join(names[rng.random_range(0..names.len())]);
+                    let q = src.join(names[rng.random_range(0..names.len())]);
+                    let _ = match rng.random_range(0..6) {
+                        0 => {
+                            clear(&p);
+                            std::fs::write(&p, vec![b'f'; rng.random_range(0..3000)])
+                        }
+                        1 => {
+                            clear(&p);
+                            std::fs::create_dir(&p).and_then(|_| std::fs::write(p.join("f"), b"in a directory"))
+                        }
+                        2 => {
+                            clear(&p);
+                            let targets = [PathBuf::from("/"), PathBuf::from(".."), src.clone(), PathBuf::from("a")];
+                            std::os::unix::fs::symlink(&targets[rng.random_range(0..targets.len())], &p)
+                        }
+                        3 | 4 => std::fs::rename(&p, &q),
+                        _ => {
+                            clear(&p);
+                            Ok(())
+                        }
+                    };
+                    changes.fetch_add(1, Relaxed);
+                    std::thread::sleep(std::time::Duration::from_micros(rng.random_range(0..400)));
+                }
+            })
+        };
+        let mut raced = 0;
+        let mut passes_racing = 0;
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(2) {
+            passes_racing += 1;
+            let (o, items) = pass(&src, &mirror, std::time::Duration::from_millis(1))
+                .unwrap_or_else(|e| panic!("a pass failed while the tree changed: {e:#}"));
+            raced += o.raced;
+            apply(&src, &mirror, &items);
+        }
+        stop.store(true, Relaxed);
+        racer.join().unwrap();
+        let mut passes = 0;
+        loop {
+            let (o, items) = pass(&src, &mirror, std::time::Duration::ZERO).unwrap();
+            apply(&src, &mirror, &items);
+            passes += 1;
+            if o.raced == 0 && items == vec![Reconcile::Path(src.clone())] {
+                break;
+            }
+            assert!(passes < 5, "still finding differences after {passes} passes on a still tree: {items:?}");
+        }
+        let diffs = tree::compare(&src, &mirror, tree::CompareOptions { mode: true, mtime: false }).unwrap();
+        assert!(diffs.is_empty(), "the mirror did not converge: {diffs:?}");
+        eprintln!(
+            "{passes_racing} passes raced {} changes ({raced} directories changed while compared); \
+             converged {passes} passes after the tree stood still",
+            changes.load(Relaxed)
         );
     }
 }

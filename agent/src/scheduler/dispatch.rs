@@ -3,14 +3,15 @@
 //! the changed ranges at send time.
 
 use std::collections::hash_map::{Entry, HashMap};
-use std::fs::{self, File, Metadata};
+use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::Instant;
 
-use lifeline_core::wirepath;
+use lifeline_core::{nofollow, wirepath};
 use lifeline_proto::v1::{self as pb, op::Kind};
+use rustix::fs::OFlags;
 use tracing::{debug, warn};
 
 use super::coalesce::{Content, Item, What, NO_ORIGIN};
@@ -148,7 +149,7 @@ impl<'a> BatchBuilder<'a> {
             Item::Link { from, to, since, origin, verify } => {
                 if let Some(id) = verify {
                     use std::os::unix::fs::MetadataExt;
-                    let is_it = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == id);
+                    let is_it = |p: &Path| nofollow::lstat(p).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == id);
                     if !is_it(&from) || !is_it(&to) {
                         // Renamed, replaced or removed since the comparison:
                         // the events on their way say what to do, and the
@@ -171,7 +172,7 @@ impl<'a> BatchBuilder<'a> {
                 self.file(c, &ranges, *full, *truncate_to)
             }
             What::Dir => {
-                let md = fs::symlink_metadata(&c.local)?;
+                let md = nofollow::lstat(&c.local)?;
                 if !md.is_dir() {
                     return Err(vanished());
                 }
@@ -180,7 +181,7 @@ impl<'a> BatchBuilder<'a> {
             }
             What::Symlink => self.symlink(c),
             What::Attr => {
-                let md = fs::symlink_metadata(&c.local)?;
+                let md = nofollow::lstat(&c.local)?;
                 if md.file_type().is_symlink() {
                     return Ok(());
                 }
@@ -193,34 +194,59 @@ impl<'a> BatchBuilder<'a> {
             What::Check => self.check(&c.local, &c.remote, c.since),
             What::Delta { base_len } => self.delta_or_check(c, *base_len),
             What::Tree => {
+                // Listed by descriptor (openat O_NOFOLLOW from the tree's own
+                // directory descriptors): a directory swapped for a symlink
+                // meanwhile is sent as the symlink, never walked through.
+                let fd = match nofollow::open(&c.local, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW) {
+                    Ok(fd) => fd,
+                    // No longer a directory (or gone): whatever it is now.
+                    Err(e) if nofollow::is_race(&e) => return self.check(&c.local, &c.remote, c.since),
+                    Err(e) => return Err(e),
+                };
+                self.check(&c.local, &c.remote, c.since)?;
                 // Names of one file below the root are linked in the mirror
                 // too (names elsewhere: the next reconciliation links them).
                 let mut names: HashMap<(u64, u64), std::path::PathBuf> = HashMap::new();
-                for e in walkdir::WalkDir::new(&c.local).follow_root_links(false).sort_by_file_name() {
-                    let e = match e {
-                        Ok(e) => e,
+                // Depth first, each directory checked (sent) before what is
+                // in it; a directory that cannot be read is skipped, not the
+                // whole tree (the next reconciliation finds it again).
+                let mut dirs = vec![(std::path::PathBuf::new(), fd)];
+                let mut entries = Vec::new();
+                while let Some((rel, dir)) = dirs.pop() {
+                    let listed = match lifeline_core::tree::list_dir_fd(std::os::fd::AsFd::as_fd(&dir)) {
+                        Ok(l) => l,
                         Err(err) => {
-                            debug!("walking {}: {err}", c.local.display());
+                            debug!("cannot list {}: {err}", c.local.join(&rel).display());
                             continue;
                         }
                     };
-                    let rel = e.path().strip_prefix(&c.local).expect("below the root");
-                    let remote = if rel.as_os_str().is_empty() { c.remote.clone() } else { c.remote.join(rel) };
-                    if let Ok(md) = e.metadata() {
-                        if md.is_file() && md.nlink() > 1 {
-                            match names.entry((md.dev(), md.ino())) {
-                                Entry::Occupied(first) => {
-                                    let to = Self::wire(&remote);
-                                    self.push(first.get(), Kind::Link(pb::Link { to }), c.since);
-                                    continue;
-                                }
-                                Entry::Vacant(v) => {
-                                    v.insert(remote.clone());
-                                }
+                    for mut e in listed {
+                        if e.kind == lifeline_core::tree::Kind::Dir {
+                            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                            match rustix::fs::openat(&dir, &e.rel, flags, rustix::fs::Mode::empty()) {
+                                Ok(sub) => dirs.push((rel.join(&e.rel), sub)),
+                                Err(err) => debug!("cannot open {}: {err}", c.local.join(&rel).join(&e.rel).display()),
+                            }
+                        }
+                        e.rel = rel.join(&e.rel);
+                        entries.push(e);
+                    }
+                }
+                for e in entries {
+                    let remote = c.remote.join(&e.rel);
+                    if e.kind == lifeline_core::tree::Kind::File && e.nlink > 1 {
+                        match names.entry((e.dev, e.ino)) {
+                            Entry::Occupied(first) => {
+                                let to = Self::wire(&remote);
+                                self.push(first.get(), Kind::Link(pb::Link { to }), c.since);
+                                continue;
+                            }
+                            Entry::Vacant(v) => {
+                                v.insert(remote.clone());
                             }
                         }
                     }
-                    self.check(e.path(), &remote, c.since)?;
+                    self.check(&c.local.join(&e.rel), &remote, c.since)?;
                 }
                 Ok(())
             }
@@ -229,10 +255,18 @@ impl<'a> BatchBuilder<'a> {
 
     /// Whatever is at `local` now, sent whole; nothing there: remove it.
     fn check(&mut self, local: &Path, remote: &Path, since: Instant) -> io::Result<()> {
-        let md = match fs::symlink_metadata(local) {
+        let md = match nofollow::lstat(local) {
             Ok(md) => md,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.push(remote, Kind::Remove(pb::Remove {}), since);
+                return Ok(());
+            }
+            // Something on the way is no longer a directory (a file, a
+            // symlink): the path is not in the tree by this name, and the
+            // mirror's copy goes with whatever replaced that directory
+            // (its own change is queued).
+            Err(e) if nofollow::is_race(&e) => {
+                debug!(local = %local.display(), "below a path that is no longer a directory ({e}); not sent");
                 return Ok(());
             }
             Err(e) => return Err(e),
@@ -263,7 +297,7 @@ impl<'a> BatchBuilder<'a> {
     }
 
     fn symlink(&mut self, c: &Content) -> io::Result<()> {
-        let target = fs::read_link(&c.local).map_err(|e| if e.kind() == io::ErrorKind::InvalidInput { vanished() } else { e })?;
+        let target = nofollow::read_link(&c.local).map_err(|e| if e.kind() == io::ErrorKind::InvalidInput { vanished() } else { e })?;
         use std::os::unix::ffi::OsStrExt;
         self.push(&c.remote, Kind::Symlink(pb::Symlink { target: target.as_os_str().as_bytes().to_vec() }), c.since);
         Ok(())
@@ -272,7 +306,7 @@ impl<'a> BatchBuilder<'a> {
     /// The changed ranges (or all of it) of a regular file, in ops of at
     /// most `MAX_CHUNK` bytes.
     fn file(&mut self, c: &Content, ranges: &[(u64, u64)], all: bool, truncate_to: Option<u64>) -> io::Result<()> {
-        let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&c.local)?;
+        let f = open_file(&c.local)?;
         let md = f.metadata()?;
         if !md.is_file() || (c.ino != 0 && md.ino() != c.ino) {
             return Err(vanished());
@@ -354,16 +388,16 @@ impl BatchBuilder<'_> {
         let Some(min) = self.delta.as_ref().map(|d| d.min_size()) else {
             return self.check(&c.local, &c.remote, c.since);
         };
-        let md = match fs::symlink_metadata(&c.local) {
+        let md = match nofollow::lstat(&c.local) {
             Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return self.check(&c.local, &c.remote, c.since),
+            Err(e) if nofollow::is_race(&e) => return self.check(&c.local, &c.remote, c.since),
             Err(e) => return Err(e),
         };
         // Mostly new content (the mirror's copy is small next to it): whole.
         if !md.is_file() || md.len() < min || base_len < min / 4 {
             return self.check(&c.local, &c.remote, c.since);
         }
-        let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&c.local)?;
+        let f = open_file(&c.local)?;
         let md = f.metadata()?;
         if !md.is_file() {
             return self.check(&c.local, &c.remote, c.since);
@@ -534,6 +568,12 @@ fn data_extents(f: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// Opens the regular file at `local` for reading, refusing a symlink
+/// anywhere on the way (`ELOOP`, seen as vanished); never blocks on a FIFO.
+fn open_file(local: &Path) -> io::Result<File> {
+    Ok(File::from(nofollow::open(local, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK)?))
+}
+
 fn vanished() -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, "the object changed kind or identity")
 }
@@ -548,6 +588,7 @@ fn is_vanished(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// The data ops `what` at `local` becomes.
     fn data_ops(local: &Path, what: What) -> Vec<pb::FileData> {
