@@ -172,7 +172,10 @@ fn main() {
     // File data moves through 1-4 MiB buffers. glibc would raise its mmap
     // threshold after the first one is freed and keep later ones in per-thread
     // arenas, so the agent's memory would stay at its peak; a fixed threshold
-    // returns them to the system at once.
+    // returns them to the system at once. musl (the static agent of the
+    // boot OS) has no mallopt and needs none: its allocator has no arenas
+    // and serves large blocks with mmap, unmapped when freed.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);

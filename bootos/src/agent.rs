@@ -7,6 +7,8 @@
 //!   from `LIFELINE_BOOTOS_AGENT`. Needs `rustup target add
 //!   x86_64-unknown-linux-musl` and Debian's `musl-tools` (musl-gcc, for the
 //!   C code of ring and zstd-sys); `scripts/setup.sh` installs both.
+//!   [`static_capture_agent`] builds the capture daemon `lifeline-agent` the
+//!   same way (for checking eBPF capture on another kernel in a VM).
 //! * [`BACKUP_HOOK`] is the hook `/init` execs when the machine is up. With
 //!   `lifeline.style=local` the repository is `lifeline-images/` on the
 //!   attached filesystem labelled `LIFELINE` (no network, no token). With
@@ -51,9 +53,37 @@ pub const PASSWORD_PATH: &str = "/etc/lifeline/password";
 /// The static `lifeline-image` for the boot OS.
 ///
 /// If `LIFELINE_BOOTOS_AGENT` names a file, that file is used. Otherwise
-/// runs `cargo build --release --target x86_64-unknown-linux-musl -p
-/// lifeline-image` in `workspace_root` (cargo from `$CARGO`, else `cargo`
-/// on the PATH; a no-op when it is up to date) and returns the binary.
+/// builds it with [`static_build`] (minutes the first time, about a second
+/// when up to date).
+pub fn static_binary(workspace_root: &Path) -> Result<PathBuf> {
+    static_build(workspace_root, "lifeline-image", "LIFELINE_BOOTOS_AGENT")
+}
+
+/// The static `lifeline-agent` (the capture daemon, with the eBPF programs
+/// built in), for a VM that checks capture on another kernel than the
+/// host's (tests/tests/kernels.rs).
+///
+/// If `LIFELINE_STATIC_CAPTURE_AGENT` names a file, that file is used.
+/// Otherwise builds it with [`static_build`]. Besides the musl target it
+/// needs what every agent build needs: the pinned nightly and bpf-linker
+/// that `lifeline-capture`'s build script compiles the eBPF programs with.
+pub fn static_capture_agent(workspace_root: &Path) -> Result<PathBuf> {
+    static_build(
+        workspace_root,
+        "lifeline-agent",
+        "LIFELINE_STATIC_CAPTURE_AGENT",
+    )
+}
+
+/// A static (musl) build of the workspace package `package`, whose binary
+/// has the same name.
+///
+/// If the environment variable `override_var` names a file, that file is
+/// used. Otherwise runs `cargo build --release --target
+/// x86_64-unknown-linux-musl -p PACKAGE` in `workspace_root` (cargo from
+/// `$CARGO`, else `cargo` on the PATH; a no-op when it is up to date) and
+/// returns the binary. `scripts/test.sh` runs the same command first, so
+/// that tests find it built.
 ///
 /// The build gets a target directory of its own,
 /// `<target dir>/lifeline-bootos-agent` (the target dir being
@@ -63,12 +93,12 @@ pub const PASSWORD_PATH: &str = "/etc/lifeline/password";
 /// and stripped (the workspace's release profile keeps line tables). The
 /// first build takes minutes (a release build of the whole gRPC/TLS
 /// stack); later calls take about a second.
-pub fn static_binary(workspace_root: &Path) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("LIFELINE_BOOTOS_AGENT") {
+pub fn static_build(workspace_root: &Path, package: &str, override_var: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(override_var) {
         let p = PathBuf::from(p);
         if !p.is_file() {
             return Err(Error::Missing(format!(
-                "LIFELINE_BOOTOS_AGENT={} is not a file",
+                "{override_var}={} is not a file",
                 p.display()
             )));
         }
@@ -98,14 +128,7 @@ pub fn static_binary(workspace_root: &Path) -> Result<PathBuf> {
         }
     }
     let out = cmd
-        .args([
-            "build",
-            "--release",
-            "--target",
-            TARGET,
-            "-p",
-            "lifeline-image",
-        ])
+        .args(["build", "--release", "--target", TARGET, "-p", package])
         .env("CARGO_TARGET_DIR", &target_dir)
         // No debug information: it would make the agent 60 MB instead of
         // about 10 and the initramfs three times as large.
@@ -124,16 +147,13 @@ pub fn static_binary(workspace_root: &Path) -> Result<PathBuf> {
         let lines: Vec<&str> = err.lines().collect();
         let tail = lines[lines.len().saturating_sub(20)..].join("\n");
         return Err(Error::Missing(format!(
-            "building the static lifeline-image failed (needs `rustup target add {TARGET}` and musl-tools; scripts/setup.sh installs them):\n{tail}"
+            "building the static {package} failed (needs `rustup target add {TARGET}` and musl-tools; scripts/setup.sh installs them):\n{tail}"
         )));
     }
-    let bin = target_dir
-        .join(TARGET)
-        .join("release")
-        .join("lifeline-image");
+    let bin = target_dir.join(TARGET).join("release").join(package);
     if !bin.is_file() {
         return Err(Error::Missing(format!(
-            "cargo built lifeline-image but {} does not exist",
+            "cargo built {package} but {} does not exist",
             bin.display()
         )));
     }

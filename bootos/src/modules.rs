@@ -378,6 +378,18 @@ fn push_unique(v: &mut Vec<String>, s: String) {
 /// The newest kernel version under `<root>/lib/modules` that also has a
 /// kernel image at `<root>/boot/vmlinuz-<version>`.
 pub fn newest_kernel(root: &Path) -> Result<(String, PathBuf)> {
+    installed_kernels(root).pop().ok_or_else(|| {
+        Error::Missing(format!(
+            "no kernel with modules found in {} (vmlinuz-VERSION with lib/modules/VERSION/modules.dep): install linux-image-amd64 or pass --kernel",
+            root.join("boot").display()
+        ))
+    })
+}
+
+/// Every kernel with both an image `<root>/boot/vmlinuz-<version>` and
+/// `<root>/lib/modules/<version>/modules.dep`, as (version, image), oldest
+/// first (versions compared by their number runs).
+pub fn installed_kernels(root: &Path) -> Vec<(String, PathBuf)> {
     let boot = root.join("boot");
     let mut found = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&boot) {
@@ -396,12 +408,7 @@ pub fn newest_kernel(root: &Path) -> Result<(String, PathBuf)> {
         }
     }
     found.sort_by_key(|a| version_key(&a.0));
-    found.pop().ok_or_else(|| {
-        Error::Missing(format!(
-            "no kernel with modules found in {} (vmlinuz-VERSION with lib/modules/VERSION/modules.dep): install linux-image-amd64 or pass --kernel",
-            boot.display()
-        ))
-    })
+    found
 }
 
 /// Orders versions like `6.1.0-56-amd64` numerically by their number runs.
