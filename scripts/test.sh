@@ -22,11 +22,16 @@ fi
 rmdir "$check_dir"
 # The integration tests start the real binaries, so build them first.
 cargo build --workspace --bins
-# The boot OS test puts a static (musl) lifeline-image into its initramfs:
-# build it now (as bootos::agent::static_binary does), not while other tests run.
-CARGO_TARGET_DIR=target/lifeline-bootos-agent CARGO_PROFILE_RELEASE_DEBUG=false \
-  CARGO_PROFILE_RELEASE_STRIP=true \
-  cargo build --release --target x86_64-unknown-linux-musl -p lifeline-image
+# The boot OS test puts a static (musl) lifeline-image into its initramfs, and
+# the other-kernels test (tests/tests/kernels.rs) a static lifeline-agent: build
+# them now, exactly as bootos::agent::static_build does (one package per
+# command, or the features would differ and the tests would build again), not
+# while other tests run.
+for pkg in lifeline-image lifeline-agent; do
+  CARGO_TARGET_DIR=target/lifeline-bootos-agent CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=true \
+    cargo build --release --target x86_64-unknown-linux-musl -p "$pkg"
+done
 log=$(mktemp)
 status=0
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@" 2>&1 | tee "$log" || status=$?
