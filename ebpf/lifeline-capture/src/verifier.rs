@@ -123,35 +123,80 @@ pub fn report(
         .id_by_type_name_kind(&format!("btf_trace_{program}"), BtfKind::Typedef)
         .with_context(|| format!("the kernel has no BTF for the {program} tracepoint"))?;
 
-    let mut log = vec![0u8; 1 << 20];
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     let license = prog.license.clone();
-    unsafe {
-        let u = &mut attr.__bindgen_anon_3;
-        u.prog_type = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
-        u.expected_attach_type = bpf_attach_type::BPF_TRACE_RAW_TP as u32;
-        u.attach_btf_id = attach_btf_id;
-        u.insns = insns.as_ptr() as u64;
-        u.insn_cnt = insns.len() as u32;
-        u.license = license.as_ptr() as u64;
-        // BPF_LOG_STATS: the closing statistics only, not the whole trace.
-        u.log_level = 4;
-        u.log_buf = log.as_mut_ptr() as u64;
-        u.log_size = log.len() as u32;
-    }
-    let fd = sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr);
-    let text_log =
-        String::from_utf8_lossy(&log[..log.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned();
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
+    // One BPF_PROG_LOAD with a log of `level` into `size` bytes: the program
+    // (or the error) and the log.
+    let load = |level: u32, size: usize| {
+        let mut log = vec![0u8; size];
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        unsafe {
+            let u = &mut attr.__bindgen_anon_3;
+            u.prog_type = bpf_prog_type::BPF_PROG_TYPE_TRACING as u32;
+            u.expected_attach_type = bpf_attach_type::BPF_TRACE_RAW_TP as u32;
+            u.attach_btf_id = attach_btf_id;
+            u.insns = insns.as_ptr() as u64;
+            u.insn_cnt = insns.len() as u32;
+            u.license = license.as_ptr() as u64;
+            u.log_level = level;
+            u.log_buf = log.as_mut_ptr() as u64;
+            u.log_size = log.len() as u32;
+        }
+        let fd = sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr);
+        let prog = if fd < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+        };
+        let len = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..len]).into_owned();
+        (prog, text)
+    };
+    // BPF_LOG_STATS: the closing statistics only, not the whole trace.
+    let (prog, text_log) = load(BPF_LOG_STATS, 1 << 20);
+    if let Err(err) = prog {
         bail!(
             "the kernel's verifier refused {program} ({err}):\n{}",
-            text_log.trim_end()
+            refusal(&text_log, || load(BPF_LOG_LEVEL1 | BPF_LOG_STATS, 16 << 20)
+                .1)
         );
     }
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    // Released at once: nothing is attached.
+    drop(prog);
     drop(maps);
     parse(program, insns, &text_log)
+}
+
+const BPF_LOG_LEVEL1: u32 = 1;
+const BPF_LOG_STATS: u32 = 4;
+
+/// What to show of a refusal: the statistics log (with the verifier's
+/// reason: 6.18 and 6.1 print it at the statistics level), then the last
+/// lines of the full log from a second load (`full_load`), which show the
+/// instructions and register states that led to it: on Debian's 6.1 that
+/// tail was what told where a bound got lost. A full log can be long; when
+/// it does not fit, kernels from 6.4 keep its end (which closes with the
+/// statistics), older ones its beginning, which is not worth showing.
+fn refusal(stats_log: &str, full_load: impl FnOnce() -> String) -> String {
+    const TAIL: usize = 40;
+    let full = full_load();
+    let stats_log = stats_log.trim_end();
+    let complete = full
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.starts_with("processed "));
+    if !complete {
+        return format!(
+            "{stats_log}\n(the verifier's full log did not fit in memory; bpftool prog load or veristat print it)"
+        );
+    }
+    let lines: Vec<&str> = full.trim_end().lines().collect();
+    let from = lines.len().saturating_sub(TAIL);
+    format!(
+        "{stats_log}\n--- the last {} lines of the verifier's full log ---\n{}",
+        lines.len() - from,
+        lines[from..].join("\n")
+    )
 }
 
 /// Builds the report from the relocated instructions and the statistics log.
@@ -317,6 +362,26 @@ mod tests {
         assert_eq!(
             r.deepest_chain_bytes,
             if jit { 112 + 16 + 304 } else { 128 + 32 + 320 }
+        );
+    }
+
+    #[test]
+    fn a_refusal_shows_the_reason_then_the_full_logs_tail() {
+        let stats =
+            "R3 unbounded memory access\nstack depth 56+24\nprocessed 3377 insns (limit 1000000)\n";
+        let full: String = (0..100).map(|i| format!("{i}: insn\n")).collect::<String>()
+            + "R3 unbounded memory access\nprocessed 3377 insns (limit 1000000)\n";
+        let r = refusal(stats, || full.clone());
+        assert!(r.starts_with(stats.trim_end()), "{r}");
+        assert!(
+            r.contains("the last 40 lines") && r.contains("\n99: insn\n"),
+            "{r}"
+        );
+        assert!(!r.contains("\n61: insn"), "only the tail: {r}");
+        let r = refusal(stats, || "0: insn\n1: insn\n".into());
+        assert!(
+            r.starts_with(stats.trim_end()) && r.contains("did not fit"),
+            "{r}"
         );
     }
 
