@@ -27,6 +27,10 @@ use lifeline_bootos::initramfs::DEFAULT_HOOK;
 use lifeline_bootos::modules;
 use lifeline_bootos::qemu::{Boot, Vm, VmSpec};
 use lifeline_bootos::{BootOs, BootOsSpec, ExtraFile};
+// What check-capture writes: CHECK_LEN bytes at CHECK_OFFSET of a new file
+// (a range that ignored the offset, or took the file size for the length,
+// would not match).
+use lifeline_capture::selfcheck::{CHECK_LEN, CHECK_OFFSET};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -36,11 +40,6 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(150);
 /// The hook's last line, after every check.
 const END: &str = "KERNEL-CHECK-END";
-/// What the check writes: `CHECK_LEN` bytes at `CHECK_OFFSET` of a new file
-/// (lifeline-agent check-capture's own figures; a range that ignored the
-/// offset, or took the file size for the length, would not match).
-const CHECK_OFFSET: u64 = 12288;
-const CHECK_LEN: u64 = 4096;
 /// The kernel modules the VM loads (their dependencies are added): the
 /// virtio disk and ext4. BPF, BTF, tracefs and tmpfs are built into
 /// Debian's kernel.
