@@ -13,6 +13,8 @@
 //! - [`workload`] is a deterministic randomized file-system workload.
 //! - [`desktop`] runs a private D-Bus session bus, Xvfb and `lifeline-gui`,
 //!   and takes screenshots of X windows.
+//! - [`verifier`] holds the verifier's budget for the kernel programs and
+//!   reads the figures `lifeline-agent check-capture` prints.
 //! - [`NetNs`] is a network namespace joined by a veth pair whose link a test
 //!   can cut; [`log_lines`] and [`log_field`] read the daemons' logs.
 //!
@@ -24,6 +26,7 @@ pub mod desktop;
 mod netns;
 mod procs;
 mod scratch;
+pub mod verifier;
 pub mod workload;
 
 use std::fs;

@@ -31,6 +31,7 @@ use lifeline_bootos::{BootOs, BootOsSpec, ExtraFile};
 // (a range that ignored the offset, or took the file size for the length,
 // would not match).
 use lifeline_capture::selfcheck::{CHECK_LEN, CHECK_OFFSET};
+use lifeline_tests::verifier::{figures, INSN_BUDGET, STACK_BUDGET};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -287,6 +288,22 @@ impl Check {
             "no verifier figures for sys_exit ({dir}):\n{}",
             out.join("\n")
         );
+        // The margin the host's verifier test keeps, kept on this kernel too:
+        // its verifier walks more instructions for the same program.
+        for l in &verifier {
+            let (stack, insns) =
+                figures(l).unwrap_or_else(|| panic!("no stack or instruction figure: {l}"));
+            assert!(
+                stack > 0 && stack <= STACK_BUDGET as u64,
+                "on kernel {version} the deepest call chain uses {stack} bytes of stack, over the \
+                 {STACK_BUDGET}-byte budget (the kernel refuses 512): {l}"
+            );
+            assert!(
+                insns <= INSN_BUDGET,
+                "on kernel {version} the verifier processed {insns} instructions, over \
+                 {INSN_BUDGET} (its limit is 1,000,000): {l}"
+            );
+        }
 
         // capture: ebpf ok: write PATH offset O len L [...]
         let words: Vec<&str> = capture.split_whitespace().collect();
@@ -329,11 +346,13 @@ impl Check {
 mod parsing {
     use super::Check;
 
+    const FIGURES: &str = "verifier: sys_exit: deepest call chain 336 bytes of stack (112+72+24+112+0; limit 512), 442503 instructions processed (limit 1000000)";
+
     fn console(capture: &str, rc: u32) -> Vec<String> {
         [
             "kernel-check: uname 6.1.0-57-amd64",
             "kernel-check: dir /mnt/ext4 on 254:0",
-            "verifier: sys_exit: deepest call chain 336 bytes of stack (112+72+24+112+0; limit 512), 442503 instructions processed (limit 1000000)",
+            FIGURES,
             capture,
             &format!("KERNEL-CHECK-DONE dir=/mnt/ext4 rc={rc}"),
             "KERNEL-CHECK-END",
@@ -354,6 +373,17 @@ mod parsing {
         );
         assert_eq!(c.dev, (254, 0));
         assert_eq!(c.verifier.len(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "over 500000")]
+    fn too_many_instructions() {
+        let mut log = console(
+            "capture: ebpf ok: write /mnt/ext4/f offset 12288 len 4096",
+            0,
+        );
+        log[2] = FIGURES.replace("442503", "612345");
+        Check::of(&log, "/mnt/ext4", "6.1");
     }
 
     #[test]

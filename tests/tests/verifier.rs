@@ -10,12 +10,8 @@
 
 use std::process::Command;
 
+use lifeline_tests::verifier::{figures, INSN_BUDGET, STACK_BUDGET};
 use lifeline_tests::{bin_path, require_root, ScratchFs};
-
-/// The deepest call chain's combined stack may not exceed this.
-const STACK_BUDGET: u32 = 448;
-/// Instructions the verifier may process (its limit is 1,000,000).
-const INSN_BUDGET: u64 = 500_000;
 
 /// Runs `lifeline-agent check-capture` in `dir`: (success, stdout + stderr).
 fn check_capture(dir: &std::path::Path) -> (bool, String) {
@@ -28,12 +24,6 @@ fn check_capture(dir: &std::path::Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// The number after `before` and before `after` in `line`.
-fn number_between(line: &str, before: &str, after: &str) -> Option<u64> {
-    let rest = &line[line.find(before)? + before.len()..];
-    rest[..rest.find(after)?].trim().parse().ok()
-}
-
 #[test]
 fn the_program_fits_the_verifier_with_margin_and_reports_exact_ranges() {
     require_root();
@@ -43,10 +33,7 @@ fn the_program_fits_the_verifier_with_margin_and_reports_exact_ranges() {
     let verifier: Vec<&str> = out.lines().filter(|l| l.starts_with("verifier: ")).collect();
     assert_eq!(verifier.len(), 1, "one program, one verifier line:\n{out}");
     let line = verifier[0];
-    let stack =
-        number_between(line, "deepest call chain ", " bytes").unwrap_or_else(|| panic!("no stack figure: {line}"));
-    let insns =
-        number_between(line, "), ", " instructions processed").unwrap_or_else(|| panic!("no insn figure: {line}"));
+    let (stack, insns) = figures(line).unwrap_or_else(|| panic!("no stack or instruction figure: {line}"));
     println!("{line}");
     assert!(
         stack <= STACK_BUDGET as u64,
