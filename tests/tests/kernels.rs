@@ -18,9 +18,10 @@
 //! Needs qemu-system-x86, linux-image-amd64, busybox-static, e2fsprogs,
 //! musl-tools and the rustup target x86_64-unknown-linux-musl, plus the
 //! pinned nightly and bpf-linker every agent build needs (scripts/setup.sh
-//! installs them all); fails with what to install when one is missing. The static agent is
-//! built by `lifeline_bootos::agent::static_capture_agent` (scripts/test.sh
-//! builds it first) unless LIFELINE_STATIC_CAPTURE_AGENT names one.
+//! installs them all); fails with what to install when one is missing. The
+//! static agent is built by `lifeline_bootos::agent::static_capture_agent`
+//! (scripts/test.sh builds it first) unless LIFELINE_STATIC_CAPTURE_AGENT
+//! names one.
 
 use lifeline_bootos::agent;
 use lifeline_bootos::initramfs::DEFAULT_HOOK;
