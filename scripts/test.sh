@@ -34,6 +34,14 @@ for pkg in lifeline-image lifeline-agent; do
 done
 log=$(mktemp)
 status=0
+# Format and lints (rustfmt.toml; clippy with warnings as errors), for the
+# workspace and the eBPF crate (its own workspace, formatted with the same
+# pinned toolchain). A failure fails the run but does not hide the tests'.
+lint_failed=0
+cargo fmt --all --check >/dev/null || { echo "test.sh: cargo fmt --all --check: run cargo fmt --all" >&2; lint_failed=1; }
+cargo +"$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)" fmt --manifest-path ebpf/lifeline-ebpf/Cargo.toml --check >/dev/null ||
+  { echo "test.sh: the eBPF crate is not formatted: cargo fmt --manifest-path ebpf/lifeline-ebpf/Cargo.toml" >&2; lint_failed=1; }
+cargo clippy --workspace --all-targets -- -D warnings || { echo "test.sh: clippy found warnings (above)" >&2; lint_failed=1; }
 cargo test --workspace --no-fail-fast -- --test-threads=2 "$@" 2>&1 | tee "$log" || status=$?
 # The parsers of untrusted on-disk bytes, fuzzed for a bounded time (skipped
 # when running a filtered subset of the tests).
@@ -44,4 +52,8 @@ fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
+if [ $lint_failed -ne 0 ]; then
+  echo "format or lint checks failed (above)"
+  status=1
+fi
 exit $status

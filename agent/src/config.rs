@@ -87,7 +87,21 @@ impl AgentConfig {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(receiver, token_file, ca, tls_name, machine, state_dir, interval_ms, control, ring_buffer_mib, capture, reconcile_every_s, nice, queue_max_mib);
+        take!(
+            receiver,
+            token_file,
+            ca,
+            tls_name,
+            machine,
+            state_dir,
+            interval_ms,
+            control,
+            ring_buffer_mib,
+            capture,
+            reconcile_every_s,
+            nice,
+            queue_max_mib
+        );
         if !other.watch.is_empty() {
             self.watch = other.watch;
         }

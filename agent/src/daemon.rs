@@ -21,9 +21,9 @@ use tracing::{error, info};
 
 use crate::config::{AgentConfig, CaptureChoice};
 use crate::control::{self, ControlService};
+use crate::remote::Remote;
 use crate::scheduler::{self, SchedMsg, SchedulerOptions};
 use crate::status::{CaptureMode, Shared};
-use crate::remote::Remote;
 use crate::{fallback, mapped, reconcile, sender};
 
 /// Drains the kernel's records on a thread of its own into the queue.

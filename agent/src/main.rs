@@ -21,6 +21,8 @@ struct ControlArgs {
     control: PathBuf,
 }
 
+// `Run` carries the whole configuration; the enum is parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: capture changes under the watched directories and
@@ -148,7 +150,10 @@ fn print_status(s: &AgentStatus, json: bool) {
     println!("watched:      {}", s.watched.join(", "));
     println!("initial sync: {}", if s.initial_sync_done { "done" } else { "in progress" });
     println!("queue depth:  {}", s.queue_depth);
-    println!("queue log:    {} changes unacknowledged, {} bytes on disk, replayed {} times", s.unacked_changes, s.queue_log_bytes, s.replays);
+    println!(
+        "queue log:    {} changes unacknowledged, {} bytes on disk, replayed {} times",
+        s.unacked_changes, s.queue_log_bytes, s.replays
+    );
     println!("lag:          {} ms", s.lag_ms);
     println!("sent:         {} ops, {} bytes ({} bytes today)", s.ops_sent, s.bytes_sent, s.bytes_sent_today);
     println!(
@@ -220,23 +225,27 @@ async fn async_main(cli: Cli, cfg: Option<AgentConfig>) {
                 .init();
             lifeline_agent::daemon::run(cfg.expect("parsed above")).await
         }
-        Command::Status { ctl, json } => async {
-            let s = control::client(&ctl.control).await?.status(StatusRequest {}).await?.into_inner();
-            print_status(&s, json);
-            Ok(())
+        Command::Status { ctl, json } => {
+            async {
+                let s = control::client(&ctl.control).await?.status(StatusRequest {}).await?.into_inner();
+                print_status(&s, json);
+                Ok(())
+            }
+            .await
         }
-        .await,
         Command::On { ctl } => set(&ctl, true).await,
         Command::Off { ctl } => set(&ctl, false).await,
         Command::Pause { ctl } => pause(&ctl, true).await,
         Command::Resume { ctl } => pause(&ctl, false).await,
         Command::CheckCapture { .. } => unreachable!("handled before the runtime starts"),
-        Command::Sync { ctl } => async {
-            let s = control::client(&ctl.control).await?.sync(SyncRequest {}).await?.into_inner();
-            print_status(&s, false);
-            Ok(())
+        Command::Sync { ctl } => {
+            async {
+                let s = control::client(&ctl.control).await?.sync(SyncRequest {}).await?.into_inner();
+                print_status(&s, false);
+                Ok(())
+            }
+            .await
         }
-        .await,
     };
     if let Err(e) = result {
         eprintln!("lifeline-agent: {e:#}");

@@ -107,7 +107,14 @@ mod tests {
         assert!(!still_mapped(me, &p));
         use std::os::fd::AsRawFd;
         let addr = unsafe {
-            libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
         };
         assert_ne!(addr, libc::MAP_FAILED);
         assert!(still_mapped(me, &p));

@@ -25,10 +25,12 @@ impl Remote {
             );
         };
         let Some(ca) = &cfg.ca else {
-            anyhow::bail!("no --ca: give the receiver's CA certificate (ca.crt, written by `lifeline-receiver machine add`)");
+            anyhow::bail!(
+                "no --ca: give the receiver's CA certificate (ca.crt, written by `lifeline-receiver machine add`)"
+            );
         };
-        let conn = Connection::from_files(&endpoint, token_file, ca, cfg.tls_name.as_deref())
-            .map_err(anyhow::Error::msg)?;
+        let conn =
+            Connection::from_files(&endpoint, token_file, ca, cfg.tls_name.as_deref()).map_err(anyhow::Error::msg)?;
         if let Some(m) = &cfg.machine {
             if m != conn.machine() {
                 anyhow::bail!(

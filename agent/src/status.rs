@@ -186,9 +186,8 @@ impl Shared {
 
     /// The receiver acknowledged changes of `paths` (in order).
     pub fn replicated(&self, paths: &[String]) {
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let unix_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let mut r = self.recent.lock().unwrap();
         for p in paths {
             // A file written in many batches shows once, as its latest.
@@ -232,7 +231,11 @@ impl Shared {
             paused: self.paused.load(Relaxed),
             bytes_sent_today: {
                 let t = self.sent_today.lock().unwrap();
-                if t.0 == local_day() { t.1 } else { 0 }
+                if t.0 == local_day() {
+                    t.1
+                } else {
+                    0
+                }
             },
             recent_files: self.recent.lock().unwrap().iter().rev().cloned().collect(),
             fallback_reason: self.fallback_reason.lock().unwrap().clone(),

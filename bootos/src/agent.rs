@@ -68,11 +68,7 @@ pub fn static_binary(workspace_root: &Path) -> Result<PathBuf> {
 /// needs what every agent build needs: the pinned nightly and bpf-linker
 /// that `lifeline-capture`'s build script compiles the eBPF programs with.
 pub fn static_capture_agent(workspace_root: &Path) -> Result<PathBuf> {
-    static_build(
-        workspace_root,
-        "lifeline-agent",
-        "LIFELINE_STATIC_CAPTURE_AGENT",
-    )
+    static_build(workspace_root, "lifeline-agent", "LIFELINE_STATIC_CAPTURE_AGENT")
 }
 
 /// A static (musl) build of the workspace package `package`, whose binary
@@ -97,22 +93,13 @@ pub fn static_build(workspace_root: &Path, package: &str, override_var: &str) ->
     if let Some(p) = std::env::var_os(override_var) {
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return Err(Error::Missing(format!(
-                "{override_var}={} is not a file",
-                p.display()
-            )));
+            return Err(Error::Missing(format!("{override_var}={} is not a file", p.display())));
         }
         return Ok(p);
     }
     let base = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .map(|d| {
-            if d.is_absolute() {
-                d
-            } else {
-                workspace_root.join(d)
-            }
-        })
+        .map(|d| if d.is_absolute() { d } else { workspace_root.join(d) })
         .unwrap_or_else(|| workspace_root.join("target"));
     let target_dir = base.join("lifeline-bootos-agent");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -137,10 +124,7 @@ pub fn static_build(workspace_root: &Path, package: &str, override_var: &str) ->
         .current_dir(workspace_root)
         .output()
         .map_err(|e| {
-            Error::Missing(format!(
-                "cannot run {}: {e}; install Rust with rustup",
-                Path::new(&cargo).display()
-            ))
+            Error::Missing(format!("cannot run {}: {e}; install Rust with rustup", Path::new(&cargo).display()))
         })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -152,10 +136,7 @@ pub fn static_build(workspace_root: &Path, package: &str, override_var: &str) ->
     }
     let bin = target_dir.join(TARGET).join("release").join(package);
     if !bin.is_file() {
-        return Err(Error::Missing(format!(
-            "cargo built {package} but {} does not exist",
-            bin.display()
-        )));
+        return Err(Error::Missing(format!("cargo built {package} but {} does not exist", bin.display())));
     }
     Ok(bin)
 }
@@ -166,9 +147,7 @@ pub fn static_build(workspace_root: &Path, package: &str, override_var: &str) ->
 /// mode 0600, see the module documentation).
 pub fn unattended_files(agent: &Path, ca_pem: &[u8], password: &str) -> Result<Vec<ExtraFile>> {
     if password.is_empty() || password.contains('\n') {
-        return Err(Error::Invalid(
-            "the repository password must be one non-empty line".into(),
-        ));
+        return Err(Error::Invalid("the repository password must be one non-empty line".into()));
     }
     Ok(vec![
         ExtraFile::executable(AGENT_PATH, agent),
@@ -341,10 +320,7 @@ poweroff -f
 
 /// [`BACKUP_HOOK`] with its paths filled in.
 pub fn backup_hook() -> String {
-    BACKUP_HOOK
-        .replace("@AGENT@", AGENT_PATH)
-        .replace("@CA@", CA_PATH)
-        .replace("@PASSWORD@", PASSWORD_PATH)
+    BACKUP_HOOK.replace("@AGENT@", AGENT_PATH).replace("@CA@", CA_PATH).replace("@PASSWORD@", PASSWORD_PATH)
 }
 
 #[cfg(test)]
@@ -359,11 +335,7 @@ mod tests {
         let p = dir.path().join("hook");
         std::fs::write(&p, &h).unwrap();
         let out = Command::new("sh").arg("-n").arg(&p).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
     #[test]
@@ -380,9 +352,6 @@ mod tests {
         assert!(unattended_files(Path::new("/x"), b"", "a\nb").is_err());
         let f = attended_files(Path::new("/x/lifeline-image"), b"PEM");
         assert_eq!(f.len(), 3);
-        assert!(
-            f.iter().all(|f| f.dest != PASSWORD_PATH),
-            "attended media hold no password"
-        );
+        assert!(f.iter().all(|f| f.dest != PASSWORD_PATH), "attended media hold no password");
     }
 }

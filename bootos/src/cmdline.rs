@@ -70,9 +70,7 @@ impl std::str::FromStr for Mode {
             "menu" => Ok(Mode::Menu),
             "backup" => Ok(Mode::Backup),
             "restore" => Ok(Mode::Restore),
-            _ => Err(Error::Invalid(format!(
-                "lifeline.mode={s:?} is not one of menu, backup, restore"
-            ))),
+            _ => Err(Error::Invalid(format!("lifeline.mode={s:?} is not one of menu, backup, restore"))),
         }
     }
 }
@@ -83,9 +81,7 @@ impl std::str::FromStr for Style {
         match s {
             "receiver" => Ok(Style::Receiver),
             "local" => Ok(Style::Local),
-            _ => Err(Error::Invalid(format!(
-                "lifeline.style={s:?} is not one of receiver, local"
-            ))),
+            _ => Err(Error::Invalid(format!("lifeline.style={s:?} is not one of receiver, local"))),
         }
     }
 }
@@ -115,10 +111,7 @@ pub const PREFIX: &str = "lifeline.";
 impl BootParams {
     /// Parameters for `machine` with defaults (menu mode, receiver style).
     pub fn new(machine: impl Into<String>) -> Self {
-        BootParams {
-            machine: machine.into(),
-            ..Default::default()
-        }
+        BootParams { machine: machine.into(), ..Default::default() }
     }
 
     /// Checks every value and the combination (receiver style needs a
@@ -140,12 +133,12 @@ impl BootParams {
             ));
         }
         match (self.mode, &self.image) {
-            (Mode::Restore, None) => Err(Error::Invalid(
-                "lifeline.mode=restore needs lifeline.image=NAME (the image to restore)".into(),
-            )),
-            (Mode::Menu | Mode::Backup, Some(_)) => Err(Error::Invalid(
-                "lifeline.image is only meaningful with lifeline.mode=restore".into(),
-            )),
+            (Mode::Restore, None) => {
+                Err(Error::Invalid("lifeline.mode=restore needs lifeline.image=NAME (the image to restore)".into()))
+            }
+            (Mode::Menu | Mode::Backup, Some(_)) => {
+                Err(Error::Invalid("lifeline.image is only meaningful with lifeline.mode=restore".into()))
+            }
             _ => Ok(()),
         }
     }
@@ -185,20 +178,14 @@ impl BootParams {
             let Some(rest) = word.strip_prefix(PREFIX) else {
                 continue;
             };
-            let (key, value) = rest.split_once('=').ok_or_else(|| {
-                Error::Invalid(format!(
-                    "kernel parameter {word:?} has no value: write {word}=VALUE"
-                ))
-            })?;
+            let (key, value) = rest
+                .split_once('=')
+                .ok_or_else(|| Error::Invalid(format!("kernel parameter {word:?} has no value: write {word}=VALUE")))?;
             if seen.contains(&key) {
-                return Err(Error::Invalid(format!(
-                    "kernel parameter lifeline.{key} is given twice"
-                )));
+                return Err(Error::Invalid(format!("kernel parameter lifeline.{key} is given twice")));
             }
             if value.contains('"') || value.is_empty() {
-                return Err(Error::Invalid(format!(
-                    "kernel parameter lifeline.{key} has an empty or quoted value"
-                )));
+                return Err(Error::Invalid(format!("kernel parameter lifeline.{key} has an empty or quoted value")));
             }
             match key {
                 "receiver" => {
@@ -284,8 +271,7 @@ fn split_kernel_words(s: &str) -> Vec<&str> {
 fn check_name(what: &str, v: &str) -> Result<()> {
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !v.starts_with(['.', '-']);
     if ok {
         Ok(())
@@ -297,10 +283,7 @@ fn check_name(what: &str, v: &str) -> Result<()> {
 }
 
 fn check_token(v: &str) -> Result<()> {
-    let ok = !v.is_empty()
-        && v.len() <= 256
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.~+/=:".contains(c));
+    let ok = !v.is_empty() && v.len() <= 256 && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~+/=:".contains(c));
     if ok {
         Ok(())
     } else {
@@ -312,14 +295,9 @@ fn check_token(v: &str) -> Result<()> {
 
 fn check_receiver(v: &str) -> Result<()> {
     let err = |why: &str| {
-        Err(Error::Invalid(format!(
-            "lifeline.receiver={v:?} is not a receiver address ({why}): use https://HOST:PORT"
-        )))
+        Err(Error::Invalid(format!("lifeline.receiver={v:?} is not a receiver address ({why}): use https://HOST:PORT")))
     };
-    let Some(rest) = v
-        .strip_prefix("https://")
-        .or_else(|| v.strip_prefix("http://"))
-    else {
+    let Some(rest) = v.strip_prefix("https://").or_else(|| v.strip_prefix("http://")) else {
         return err("it must start with https:// or http://");
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -331,11 +309,7 @@ fn check_receiver(v: &str) -> Result<()> {
         let Some((h, p)) = r.split_once("]:") else {
             return err("an IPv6 host needs [ADDR]:PORT");
         };
-        if h.is_empty()
-            || !h
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-        {
+        if h.is_empty() || !h.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
             return err("bad IPv6 address");
         }
         (h, p)
@@ -345,11 +319,7 @@ fn check_receiver(v: &str) -> Result<()> {
         };
         (h, p)
     };
-    if host.is_empty()
-        || !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
-    {
+    if host.is_empty() || !host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':')) {
         return err("bad host name");
     }
     match port.parse::<u16>() {
@@ -397,72 +367,30 @@ mod tests {
         assert_eq!(r.to_string(), r.to_cmdline().unwrap());
 
         // The receiver's credential format, NAME:64hex.
-        let c = BootParams {
-            token: Some(format!("pc1:{}", "0123456789abcdef".repeat(4))),
-            ..full()
-        };
+        let c = BootParams { token: Some(format!("pc1:{}", "0123456789abcdef".repeat(4))), ..full() };
         assert_eq!(BootParams::parse(&c.to_cmdline().unwrap()).unwrap(), c);
     }
 
     #[test]
     fn builder_rejects_bad_values() {
         let bad = [
-            BootParams {
-                machine: "pc 1".into(),
-                ..full()
-            },
-            BootParams {
-                machine: "pc\"1".into(),
-                ..full()
-            },
-            BootParams {
-                machine: "".into(),
-                ..full()
-            },
-            BootParams {
-                machine: "-x".into(),
-                ..full()
-            },
-            BootParams {
-                receiver: Some("ftp://h:1".into()),
-                ..full()
-            },
-            BootParams {
-                receiver: Some("https://h".into()),
-                ..full()
-            },
-            BootParams {
-                receiver: Some("https://h:99999".into()),
-                ..full()
-            },
-            BootParams {
-                receiver: Some("https://h:1/path".into()),
-                ..full()
-            },
-            BootParams {
-                receiver: None,
-                ..full()
-            },
-            BootParams {
-                token: Some("a b".into()),
-                ..full()
-            },
-            BootParams {
-                mode: Mode::Restore,
-                ..full()
-            },
-            BootParams {
-                image: Some("x".into()),
-                ..full()
-            },
+            BootParams { machine: "pc 1".into(), ..full() },
+            BootParams { machine: "pc\"1".into(), ..full() },
+            BootParams { machine: "".into(), ..full() },
+            BootParams { machine: "-x".into(), ..full() },
+            BootParams { receiver: Some("ftp://h:1".into()), ..full() },
+            BootParams { receiver: Some("https://h".into()), ..full() },
+            BootParams { receiver: Some("https://h:99999".into()), ..full() },
+            BootParams { receiver: Some("https://h:1/path".into()), ..full() },
+            BootParams { receiver: None, ..full() },
+            BootParams { token: Some("a b".into()), ..full() },
+            BootParams { mode: Mode::Restore, ..full() },
+            BootParams { image: Some("x".into()), ..full() },
         ];
         for p in bad {
             assert!(p.to_cmdline().is_err(), "{p:?} accepted");
         }
-        let v6 = BootParams {
-            receiver: Some("https://[fd00::2]:7700".into()),
-            ..full()
-        };
+        let v6 = BootParams { receiver: Some("https://[fd00::2]:7700".into()), ..full() };
         v6.to_cmdline().unwrap();
     }
 
@@ -474,16 +402,10 @@ mod tests {
             ("console=ttyS0", "lifeline.machine is missing"),
             (&format!("{base} lifeline.mode=nuke"), "not one of menu"),
             (&format!("{base} lifeline.mode"), "has no value"),
-            (
-                &format!("{base} lifeline.colour=red"),
-                "unknown kernel parameter lifeline.colour",
-            ),
+            (&format!("{base} lifeline.colour=red"), "unknown kernel parameter lifeline.colour"),
             (&format!("{base} lifeline.machine=pc2"), "given twice"),
             (&format!("{base} lifeline.token=\"a b\""), "quoted"),
-            (
-                &format!("{base} lifeline.mode=restore"),
-                "needs lifeline.image",
-            ),
+            (&format!("{base} lifeline.mode=restore"), "needs lifeline.image"),
             ("lifeline.machine=pc1", "lifeline.receiver is missing"),
         ];
         for (line, want) in cases {
@@ -491,10 +413,7 @@ mod tests {
             assert!(e.contains(want), "{line:?}: {e:?} lacks {want:?}");
         }
         // Unrelated parameters, even odd ones, are ignored.
-        let p = BootParams::parse(&format!(
-            "  {base}  lifelinex=1 x.lifeline.mode=q \"quoted thing\"\n"
-        ))
-        .unwrap();
+        let p = BootParams::parse(&format!("  {base}  lifelinex=1 x.lifeline.mode=q \"quoted thing\"\n")).unwrap();
         assert_eq!(p.machine, "pc1");
     }
 }

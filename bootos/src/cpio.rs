@@ -56,12 +56,7 @@ impl<W: Write> NewcWriter<W> {
     /// A writer stamping every entry with `mtime` (seconds since the epoch;
     /// 0 is fine and keeps builds reproducible).
     pub fn new(out: W, mtime: u32) -> Self {
-        NewcWriter {
-            out,
-            next_ino: 1,
-            mtime,
-            written: 0,
-        }
+        NewcWriter { out, next_ino: 1, mtime, written: 0 }
     }
 
     /// Bytes written so far.
@@ -85,12 +80,8 @@ impl<W: Write> NewcWriter<W> {
                 }
                 (S_IFLNK | 0o777, 1, target.as_bytes(), (0, 0))
             }
-            Entry::CharDev { mode, major, minor } => {
-                (S_IFCHR | (mode & 0o7777), 1, &[], (*major, *minor))
-            }
-            Entry::BlockDev { mode, major, minor } => {
-                (S_IFBLK | (mode & 0o7777), 1, &[], (*major, *minor))
-            }
+            Entry::CharDev { mode, major, minor } => (S_IFCHR | (mode & 0o7777), 1, &[], (*major, *minor)),
+            Entry::BlockDev { mode, major, minor } => (S_IFBLK | (mode & 0o7777), 1, &[], (*major, *minor)),
         };
         let size = u32::try_from(data.len()).map_err(|_| {
             Error::Invalid(format!(
@@ -107,9 +98,7 @@ impl<W: Write> NewcWriter<W> {
     /// another archive.
     pub fn finish(mut self) -> Result<W> {
         self.record(0, 0, 1, TRAILER, &[], 0, (0, 0))?;
-        self.out
-            .flush()
-            .map_err(|e| Error::Invalid(format!("cpio: flushing the archive: {e}")))?;
+        self.out.flush().map_err(|e| Error::Invalid(format!("cpio: flushing the archive: {e}")))?;
         Ok(self.out)
     }
 
@@ -145,9 +134,7 @@ impl<W: Write> NewcWriter<W> {
     }
 
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out
-            .write_all(bytes)
-            .map_err(|e| Error::Invalid(format!("cpio: writing the archive: {e}")))?;
+        self.out.write_all(bytes).map_err(|e| Error::Invalid(format!("cpio: writing the archive: {e}")))?;
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -163,9 +150,7 @@ fn check_path(path: &str) -> Result<()> {
         || path.ends_with('/')
         || path.contains('\0')
         || path == TRAILER
-        || path
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
+        || path.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(Error::Invalid(format!(
             "cpio: bad archive path {path:?}: use a relative path like \"bin/sh\" without \".\", \"..\" or empty components"
@@ -205,8 +190,7 @@ impl Archive {
             parent.push_str(comp);
             match self.entries.get(&parent) {
                 None => {
-                    self.entries
-                        .insert(parent.clone(), Entry::Dir { mode: 0o755 });
+                    self.entries.insert(parent.clone(), Entry::Dir { mode: 0o755 });
                 }
                 Some(Entry::Dir { .. }) => {}
                 Some(_) => {
@@ -216,12 +200,8 @@ impl Archive {
                 }
             }
         }
-        if matches!(self.entries.get(path), Some(Entry::Dir { .. }))
-            && !matches!(entry, Entry::Dir { .. })
-        {
-            return Err(Error::Invalid(format!(
-                "cpio: cannot add {path}: it is already a directory"
-            )));
+        if matches!(self.entries.get(path), Some(Entry::Dir { .. })) && !matches!(entry, Entry::Dir { .. }) {
+            return Err(Error::Invalid(format!("cpio: cannot add {path}: it is already a directory")));
         }
         self.entries.insert(path.to_string(), entry);
         Ok(())
@@ -234,23 +214,12 @@ impl Archive {
 
     /// Adds a regular file.
     pub fn file(&mut self, path: &str, mode: u32, data: impl Into<Vec<u8>>) -> Result<()> {
-        self.insert(
-            path,
-            Entry::File {
-                mode,
-                data: data.into(),
-            },
-        )
+        self.insert(path, Entry::File { mode, data: data.into() })
     }
 
     /// Adds a symbolic link.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
-        self.insert(
-            path,
-            Entry::Symlink {
-                target: target.to_string(),
-            },
-        )
+        self.insert(path, Entry::Symlink { target: target.to_string() })
     }
 
     /// Adds a character device node.
@@ -315,8 +284,7 @@ mod tests {
 
     fn sample() -> Archive {
         let mut a = Archive::new();
-        a.file("/bin/hello", 0o755, b"#!/bin/sh\necho hi\n".to_vec())
-            .unwrap();
+        a.file("/bin/hello", 0o755, b"#!/bin/sh\necho hi\n".to_vec()).unwrap();
         a.file("etc/empty", 0o600, Vec::new()).unwrap();
         a.file("etc/odd", 0o644, b"abcde".to_vec()).unwrap();
         a.file("etc/four", 0o640, b"1234".to_vec()).unwrap();
@@ -359,8 +327,7 @@ mod tests {
         b.file("etc/odd", 0o644, b"abcde".to_vec()).unwrap();
         b.char_dev("dev/console", 0o600, 5, 1).unwrap();
         b.file("etc/empty", 0o600, Vec::new()).unwrap();
-        b.file("bin/hello", 0o755, b"#!/bin/sh\necho hi\n".to_vec())
-            .unwrap();
+        b.file("bin/hello", 0o755, b"#!/bin/sh\necho hi\n".to_vec()).unwrap();
         b.symlink("bin/sh", "hello").unwrap();
         assert_eq!(a, b.to_bytes().unwrap());
     }
@@ -394,11 +361,7 @@ mod tests {
             .expect("cpio not found: apt-get install cpio (scripts/setup.sh installs it)");
         child.stdin.take().unwrap().write_all(&bytes).unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "cpio failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "cpio failed: {}", String::from_utf8_lossy(&out.stderr));
         let root = dir.path();
         let is_root = is_root();
         for (path, entry) in a.iter() {
@@ -437,10 +400,7 @@ mod tests {
             }
         }
         // And cpio's own listing agrees on the count (dirs included).
-        let listed = String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .filter(|l| !l.contains("block"))
-            .count();
+        let listed = String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.contains("block")).count();
         assert_eq!(listed, a.len());
     }
 
@@ -449,9 +409,7 @@ mod tests {
         std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+                s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
             })
             .unwrap_or(false)
     }

@@ -31,11 +31,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn io(context: impl Into<String>, path: &Path, source: std::io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            path: path.to_path_buf(),
-            source,
-        }
+        Error::Io { context: context.into(), path: path.to_path_buf(), source }
     }
 }
 

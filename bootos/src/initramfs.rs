@@ -28,11 +28,11 @@ use std::path::{Path, PathBuf};
 /// Busybox applets linked into `bin/`: what `/init`, the udhcpc script and
 /// a rescue shell need.
 pub const DEFAULT_APPLETS: &[&str] = &[
-    "sh", "ash", "cat", "chmod", "cp", "cttyhack", "cut", "date", "dd", "df", "dmesg", "echo",
-    "env", "false", "grep", "head", "hostname", "insmod", "ip", "kill", "less", "ln", "ls",
-    "lsmod", "mdev", "mkdir", "mknod", "modprobe", "mount", "mv", "ping", "poweroff", "printf",
-    "ps", "reboot", "rm", "route", "sed", "seq", "setsid", "sleep", "sync", "tail", "test", "tr",
-    "true", "udhcpc", "umount", "uname", "vi", "wc", "wget", "[", "findfs", "readlink", "basename", "nc",
+    "sh", "ash", "cat", "chmod", "cp", "cttyhack", "cut", "date", "dd", "df", "dmesg", "echo", "env", "false", "grep",
+    "head", "hostname", "insmod", "ip", "kill", "less", "ln", "ls", "lsmod", "mdev", "mkdir", "mknod", "modprobe",
+    "mount", "mv", "ping", "poweroff", "printf", "ps", "reboot", "rm", "route", "sed", "seq", "setsid", "sleep",
+    "sync", "tail", "test", "tr", "true", "udhcpc", "umount", "uname", "vi", "wc", "wget", "[", "findfs", "readlink",
+    "basename", "nc",
 ];
 
 /// The default hook `/init` runs once the machine is up.
@@ -61,20 +61,12 @@ pub struct ExtraFile {
 impl ExtraFile {
     /// An executable from this host (must be statically linked).
     pub fn executable(dest: impl Into<String>, path: impl Into<PathBuf>) -> Self {
-        ExtraFile {
-            dest: dest.into(),
-            mode: 0o755,
-            source: Source::Path(path.into()),
-        }
+        ExtraFile { dest: dest.into(), mode: 0o755, source: Source::Path(path.into()) }
     }
 
     /// A file with literal contents.
     pub fn bytes(dest: impl Into<String>, mode: u32, data: impl Into<Vec<u8>>) -> Self {
-        ExtraFile {
-            dest: dest.into(),
-            mode,
-            source: Source::Bytes(data.into()),
-        }
+        ExtraFile { dest: dest.into(), mode, source: Source::Bytes(data.into()) }
     }
 }
 
@@ -112,10 +104,7 @@ impl Default for BootOsSpec {
             root: PathBuf::from("/"),
             kernel: None,
             kernel_version: None,
-            modules: modules::DEFAULT_MODULES
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            modules: modules::DEFAULT_MODULES.iter().map(|s| s.to_string()).collect(),
             busybox: PathBuf::from("/bin/busybox"),
             applets: DEFAULT_APPLETS.iter().map(|s| s.to_string()).collect(),
             files: Vec::new(),
@@ -246,9 +235,7 @@ pub fn check_kernel_config(root: &Path, version: &str) -> Result<()> {
 /// modules.
 pub fn assemble(spec: &BootOsSpec, version: &str, resolved: &Resolved) -> Result<Archive> {
     let mut a = Archive::new();
-    for d in [
-        "proc", "sys", "dev", "tmp", "run", "etc", "root", "mnt", "sbin", "usr/bin",
-    ] {
+    for d in ["proc", "sys", "dev", "tmp", "run", "etc", "root", "mnt", "sbin", "usr/bin"] {
         a.dir(d, if d == "tmp" { 0o1777 } else { 0o755 })?;
     }
     a.char_dev("dev/console", 0o600, 5, 1)?;
@@ -330,13 +317,9 @@ pub fn assemble(spec: &BootOsSpec, version: &str, resolved: &Resolved) -> Result
 
 /// Gzip with a fixed header (no name, mtime 0), so output is reproducible.
 pub fn gzip(data: &[u8]) -> Result<Vec<u8>> {
-    let mut enc = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::new(6));
-    enc.write_all(data)
-        .map_err(|e| Error::Invalid(format!("gzip: {e}")))?;
-    enc.finish()
-        .map_err(|e| Error::Invalid(format!("gzip: {e}")))
+    let mut enc = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::new(6));
+    enc.write_all(data).map_err(|e| Error::Invalid(format!("gzip: {e}")))?;
+    enc.finish().map_err(|e| Error::Invalid(format!("gzip: {e}")))
 }
 
 /// Whether `data` is an ELF file with a program interpreter (dynamically
@@ -346,18 +329,10 @@ pub fn is_dynamic_elf(data: &[u8]) -> bool {
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[5] != 1 {
         return false; // not ELF, or big-endian (not handled: treat as static)
     }
-    let rd16 = |o: usize| {
-        data.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let rd32 = |o: usize| {
-        data.get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let rd16 = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let rd32 = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let (phoff, phentsize, phnum) = if data[4] == 2 {
-        let phoff = data
-            .get(0x20..0x28)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
+        let phoff = data.get(0x20..0x28).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize);
         (phoff, rd16(0x36), rd16(0x38))
     } else {
         (rd32(0x1c).map(|v| v as usize), rd16(0x2a), rd16(0x2c))
@@ -372,22 +347,14 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let out = std::process::Command::new(busybox)
         .arg("--list")
         .output()
-        .map_err(|e| {
-            Error::Missing(format!(
-                "cannot run {} --list: {e}; install busybox-static",
-                busybox.display()
-            ))
-        })?;
+        .map_err(|e| Error::Missing(format!("cannot run {} --list: {e}; install busybox-static", busybox.display())))?;
     if !out.status.success() {
         return Err(Error::Invalid(format!(
             "{} --list failed: is it busybox? install busybox-static",
             busybox.display()
         )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect())
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect())
 }
 
 /// The busybox `udhcpc` script: applies a lease to the interface (address,
@@ -433,24 +400,14 @@ exit 0
 /// `lifeline: param KEY=VALUE`, `lifeline: disks: ...`,
 /// `lifeline: network IFACE IP/MASK ...` or `lifeline: network: no lease`.
 pub fn init_script(version: &str, hook: &str) -> Result<String> {
-    let safe = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./+~".contains(c))
-    };
+    let safe = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./+~".contains(c));
     if !safe(version) {
-        return Err(Error::Invalid(format!(
-            "kernel version {version:?} has characters unsafe in a script"
-        )));
+        return Err(Error::Invalid(format!("kernel version {version:?} has characters unsafe in a script")));
     }
     if !hook.starts_with('/') || !safe(hook) {
-        return Err(Error::Invalid(format!(
-            "hook {hook:?} must be an absolute path of letters, digits and -_./+~"
-        )));
+        return Err(Error::Invalid(format!("hook {hook:?} must be an absolute path of letters, digits and -_./+~")));
     }
-    Ok(INIT_TEMPLATE
-        .replace("@KVER@", version)
-        .replace("@HOOK@", hook))
+    Ok(INIT_TEMPLATE.replace("@KVER@", version).replace("@HOOK@", hook))
 }
 
 const INIT_TEMPLATE: &str = r#"#!/bin/sh
@@ -563,18 +520,10 @@ mod tests {
         let p = dir.path().join("init");
         std::fs::write(&p, &s).unwrap();
         let out = Command::new("sh").arg("-n").arg(&p).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         std::fs::write(&p, UDHCPC_SCRIPT).unwrap();
         let out = Command::new("sh").arg("-n").arg(&p).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(init_script("6.1; rm -rf /", "/h").is_err());
         assert!(init_script("6.1", "h").is_err());
     }
@@ -597,17 +546,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = BootOsSpec::default();
         spec.applets.push("busybox".into());
-        spec.files
-            .push(ExtraFile::bytes("/etc/lifeline/test", 0o600, "x"));
+        spec.files.push(ExtraFile::bytes("/etc/lifeline/test", 0o600, "x"));
         let out1 = dir.path().join("a.gz");
         let out2 = dir.path().join("b.gz");
         let b = BootOs::build(&spec, &out1).expect("install linux-image-amd64 and busybox-static");
         BootOs::build(&spec, &out2).unwrap();
-        assert_eq!(
-            std::fs::read(&out1).unwrap(),
-            std::fs::read(&out2).unwrap(),
-            "not reproducible"
-        );
+        assert_eq!(std::fs::read(&out1).unwrap(), std::fs::read(&out2).unwrap(), "not reproducible");
         assert!(b.modules.iter().any(|m| m == "virtio_blk"));
         assert_eq!(b.compressed_size, std::fs::metadata(&out1).unwrap().len());
         eprintln!(
@@ -627,25 +571,12 @@ mod tests {
             .unwrap();
         assert!(st.success());
         let bb = std::fs::symlink_metadata(x.join("bin/busybox")).unwrap();
-        assert!(
-            bb.is_file() && bb.len() > 100_000,
-            "bin/busybox was replaced"
-        );
-        assert_eq!(
-            std::fs::read_link(x.join("bin/sh")).unwrap(),
-            Path::new("busybox")
-        );
-        let load = std::fs::read_to_string(
-            x.join(format!("lib/modules/{}/lifeline.load", b.kernel_version)),
-        )
-        .unwrap();
+        assert!(bb.is_file() && bb.len() > 100_000, "bin/busybox was replaced");
+        assert_eq!(std::fs::read_link(x.join("bin/sh")).unwrap(), Path::new("busybox"));
+        let load = std::fs::read_to_string(x.join(format!("lib/modules/{}/lifeline.load", b.kernel_version))).unwrap();
         assert_eq!(load.lines().count(), b.modules.len());
         for l in load.lines() {
-            assert!(
-                x.join(format!("lib/modules/{}/{l}", b.kernel_version))
-                    .is_file(),
-                "{l}"
-            );
+            assert!(x.join(format!("lib/modules/{}/{l}", b.kernel_version)).is_file(), "{l}");
         }
         assert!(x.join("init").is_file());
         assert!(x.join("usr/share/udhcpc/default.script").is_file());

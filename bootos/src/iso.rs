@@ -26,7 +26,9 @@ pub fn grub_cfg(cmdline: &str, title: &str) -> Result<String> {
     // grub.cfg is a script: keep the command line to plain words.
     let plain = |s: &str| !s.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '$' | ';' | '\n' | '{' | '}' | '`'));
     if !plain(cmdline) || !plain(title) {
-        return Err(Error::Invalid(format!("the kernel command line or title holds characters GRUB would interpret: {cmdline:?}")));
+        return Err(Error::Invalid(format!(
+            "the kernel command line or title holds characters GRUB would interpret: {cmdline:?}"
+        )));
     }
     Ok(format!(
         "# Lifeline boot OS, written by lifeline-bootos.\n\
@@ -45,7 +47,8 @@ pub fn grub_cfg(cmdline: &str, title: &str) -> Result<String> {
 /// `cmdline`; `title` names the boot menu's entry. Returns its size.
 pub fn make_iso(kernel: &Path, initrd: &Path, cmdline: &str, title: &str, out: &Path) -> Result<u64> {
     let cfg = grub_cfg(cmdline, title)?;
-    let tree = tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", Path::new("/tmp"), e))?;
+    let tree =
+        tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", Path::new("/tmp"), e))?;
     let boot = tree.path().join("boot");
     let grub = boot.join("grub");
     std::fs::create_dir_all(&grub).map_err(|e| Error::io("cannot create", &grub, e))?;

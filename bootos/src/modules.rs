@@ -72,11 +72,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
 /// Dependencies a module needs at load time that no index records: it
 /// requests a crypto algorithm (by alias) from its init function. Pairs of
 /// (module, name or alias to load first).
-pub const IMPLICIT_PRE: &[(&str, &str)] = &[
-    ("crc64_rocksoft", "crypto-crc64-rocksoft"),
-    ("crc_t10dif", "crypto-crct10dif"),
-    ("libcrc32c", "crypto-crc32c"),
-];
+pub const IMPLICIT_PRE: &[(&str, &str)] =
+    &[("crc64_rocksoft", "crypto-crc64-rocksoft"), ("crc_t10dif", "crypto-crct10dif"), ("libcrc32c", "crypto-crc32c")];
 
 /// The kernel's module name normalisation: `-` is `_`, and a path or
 /// `.ko[.xz|.zst|.gz]` suffix is dropped.
@@ -193,19 +190,12 @@ impl ModuleIndex {
                 match w {
                     "pre:" => in_pre = true,
                     "post:" => in_pre = false,
-                    _ if in_pre => softdeps
-                        .entry(normalize(m))
-                        .or_default()
-                        .push(w.to_string()),
+                    _ if in_pre => softdeps.entry(normalize(m)).or_default().push(w.to_string()),
                     _ => {}
                 }
             }
         }
-        let builtin = read_opt("modules.builtin")?
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(normalize)
-            .collect();
+        let builtin = read_opt("modules.builtin")?.lines().filter(|l| !l.trim().is_empty()).map(normalize).collect();
         let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
         for line in read_opt("modules.alias")?.lines() {
             let mut words = line.split_whitespace();
@@ -224,14 +214,7 @@ impl ModuleIndex {
                 list.push(m);
             }
         }
-        Ok(ModuleIndex {
-            version: version.to_string(),
-            dir,
-            deps,
-            softdeps,
-            aliases,
-            builtin,
-        })
+        Ok(ModuleIndex { version: version.to_string(), dir, deps, softdeps, aliases, builtin })
     }
 
     /// The kernel version.
@@ -293,22 +276,11 @@ impl ModuleIndex {
         }
         self.aliases
             .get(&name.replace('-', "_"))
-            .map(|v| {
-                v.iter()
-                    .filter(|m| self.deps.contains_key(*m))
-                    .cloned()
-                    .collect()
-            })
+            .map(|v| v.iter().filter(|m| self.deps.contains_key(*m)).cloned().collect())
             .unwrap_or_default()
     }
 
-    fn visit(
-        &self,
-        name: &str,
-        r: &mut Resolved,
-        done: &mut HashSet<String>,
-        stack: &mut Vec<String>,
-    ) -> Result<()> {
+    fn visit(&self, name: &str, r: &mut Resolved, done: &mut HashSet<String>, stack: &mut Vec<String>) -> Result<()> {
         if done.contains(name) || stack.iter().any(|s| s == name) {
             // Already placed, or a softdep cycle (kmod breaks those too).
             return Ok(());
@@ -317,17 +289,9 @@ impl ModuleIndex {
             return Ok(());
         };
         stack.push(name.to_string());
-        let mut soft: Vec<&str> = self
-            .softdeps
-            .get(name)
-            .map(|v| v.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        soft.extend(
-            IMPLICIT_PRE
-                .iter()
-                .filter(|(m, _)| *m == name)
-                .map(|(_, a)| *a),
-        );
+        let mut soft: Vec<&str> =
+            self.softdeps.get(name).map(|v| v.iter().map(String::as_str).collect()).unwrap_or_default();
+        soft.extend(IMPLICIT_PRE.iter().filter(|(m, _)| *m == name).map(|(_, a)| *a));
         for s in soft {
             let targets = self.lookup(s);
             if targets.is_empty() {
@@ -355,16 +319,8 @@ impl ModuleIndex {
         }
         stack.pop();
         done.insert(name.to_string());
-        let path = if rel.starts_with('/') {
-            PathBuf::from(rel)
-        } else {
-            self.dir.join(rel)
-        };
-        r.load_order.push(Module {
-            name: name.to_string(),
-            rel_path: rel.clone(),
-            path,
-        });
+        let path = if rel.starts_with('/') { PathBuf::from(rel) } else { self.dir.join(rel) };
+        r.load_order.push(Module { name: name.to_string(), rel_path: rel.clone(), path });
         Ok(())
     }
 }
@@ -396,12 +352,7 @@ pub fn installed_kernels(root: &Path) -> Vec<(String, PathBuf)> {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(v) = name.strip_prefix("vmlinuz-") {
-                if root
-                    .join("lib/modules")
-                    .join(v)
-                    .join("modules.dep")
-                    .is_file()
-                {
+                if root.join("lib/modules").join(v).join("modules.dep").is_file() {
                     found.push((v.to_string(), e.path()));
                 }
             }
@@ -413,10 +364,7 @@ pub fn installed_kernels(root: &Path) -> Vec<(String, PathBuf)> {
 
 /// Orders versions like `6.1.0-56-amd64` numerically by their number runs.
 fn version_key(v: &str) -> Vec<u64> {
-    v.split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap_or(0))
-        .collect()
+    v.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap_or(0)).collect()
 }
 
 /// Reads a module file, decompressing `.ko.xz` (with the `xz` tool from
@@ -432,16 +380,9 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>> {
             .ctx("decompressing a gzip kernel module", path)?;
         Ok(out)
     } else if name.ends_with(".ko.xz") {
-        let out = std::process::Command::new("xz")
-            .args(["-dc", "--"])
-            .arg(path)
-            .output()
-            .map_err(|e| {
-                Error::Missing(format!(
-                    "cannot run xz to decompress {}: {e}; install xz-utils",
-                    path.display()
-                ))
-            })?;
+        let out = std::process::Command::new("xz").args(["-dc", "--"]).arg(path).output().map_err(|e| {
+            Error::Missing(format!("cannot run xz to decompress {}: {e}; install xz-utils", path.display()))
+        })?;
         if !out.status.success() {
             return Err(Error::Invalid(format!(
                 "xz -dc {} failed: {}",
@@ -481,11 +422,8 @@ mod tests {
             let p = dir.join(m);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             let body = format!("module {}", normalize(m));
-            let bytes = if m.ends_with(".zst") {
-                zstd::encode_all(body.as_bytes(), 3).unwrap()
-            } else {
-                body.into_bytes()
-            };
+            let bytes =
+                if m.ends_with(".zst") { zstd::encode_all(body.as_bytes(), 3).unwrap() } else { body.into_bytes() };
             std::fs::write(p, bytes).unwrap();
         }
         std::fs::write(
@@ -518,11 +456,7 @@ mod tests {
             "alias crct10dif crct10dif_pclmul\nalias crct10dif crct10dif_generic\nalias crypto-crct10dif crct10dif_generic\nalias pci:v00001AF4d* virtio_pci\nalias blockdrv virtio_blk\n",
         )
         .unwrap();
-        std::fs::write(
-            dir.join("modules.builtin"),
-            "kernel/lib/crc32c.ko\nkernel/drivers/ata/ahci.ko\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("modules.builtin"), "kernel/lib/crc32c.ko\nkernel/drivers/ata/ahci.ko\n").unwrap();
         t
     }
 
@@ -534,9 +468,7 @@ mod tests {
     fn synthetic_order_softdeps_builtin_and_names() {
         let t = synthetic();
         let idx = ModuleIndex::load(t.path(), "9.9.9-test").unwrap();
-        let r = idx
-            .resolve(&["nvme", "virtio-blk", "ahci", "t10_pi", "loop_a"])
-            .unwrap();
+        let r = idx.resolve(&["nvme", "virtio-blk", "ahci", "t10_pi", "loop_a"]).unwrap();
         assert_eq!(
             names(&r),
             [
@@ -561,10 +493,7 @@ mod tests {
         assert_eq!(nvme.stored_rel_path(), "kernel/drivers/nvme/host/nvme.ko");
         assert_eq!(read_module(&nvme.path).unwrap(), b"module nvme");
         // An alias works as a wanted name.
-        assert_eq!(
-            names(&idx.resolve(&["blockdrv"]).unwrap()),
-            ["virtio_ring", "virtio", "virtio_blk"]
-        );
+        assert_eq!(names(&idx.resolve(&["blockdrv"]).unwrap()), ["virtio_ring", "virtio", "virtio_blk"]);
         // Unknown names fail with advice.
         let e = idx.resolve(&["no_such_driver"]).unwrap_err().to_string();
         assert!(e.contains("modinfo"), "{e}");
@@ -573,15 +502,10 @@ mod tests {
     #[test]
     fn missing_kernel_is_explained() {
         let t = tempfile::tempdir().unwrap();
-        let e = ModuleIndex::load(t.path(), "1.2.3")
-            .unwrap_err()
-            .to_string();
+        let e = ModuleIndex::load(t.path(), "1.2.3").unwrap_err().to_string();
         assert!(e.contains("linux-image-1.2.3"), "{e}");
         let e = newest_kernel(t.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("install linux-image-amd64 or pass --kernel"),
-            "{e}"
-        );
+        assert!(e.contains("install linux-image-amd64 or pass --kernel"), "{e}");
     }
 
     #[test]
@@ -590,11 +514,7 @@ mod tests {
         let body = b"\x7fELF pretend module".repeat(100);
         let plain = t.path().join("m.ko");
         std::fs::write(&plain, &body).unwrap();
-        for (ext, cmd) in [
-            ("xz", "xz --check=crc32 -c"),
-            ("gz", "gzip -9 -c"),
-            ("zst", "zstd -q -c"),
-        ] {
+        for (ext, cmd) in [("xz", "xz --check=crc32 -c"), ("gz", "gzip -9 -c"), ("zst", "zstd -q -c")] {
             let out = t.path().join(format!("m.ko.{ext}"));
             let st = std::process::Command::new("sh")
                 .arg("-c")
@@ -605,19 +525,14 @@ mod tests {
             assert_eq!(read_module(&out).unwrap(), body, "{ext}");
         }
         assert_eq!(read_module(&plain).unwrap(), body);
-        let e = read_module(&t.path().join("missing.ko"))
-            .unwrap_err()
-            .to_string();
+        let e = read_module(&t.path().join("missing.ko")).unwrap_err().to_string();
         assert!(e.contains("missing.ko"), "{e}");
     }
 
     #[test]
     fn normalisation() {
         assert_eq!(normalize("nvme-core"), "nvme_core");
-        assert_eq!(
-            normalize("kernel/lib/crc64-rocksoft.ko.xz"),
-            "crc64_rocksoft"
-        );
+        assert_eq!(normalize("kernel/lib/crc64-rocksoft.ko.xz"), "crc64_rocksoft");
         assert_eq!(normalize("sd_mod.ko"), "sd_mod");
         assert!(version_key("6.10.0-1-amd64") > version_key("6.9.12-3-amd64"));
     }
@@ -625,16 +540,11 @@ mod tests {
     /// Against the kernel installed by linux-image-amd64 (setup installs it).
     #[test]
     fn real_installed_kernel() {
-        let (ver, _kernel) =
-            newest_kernel(Path::new("/")).expect("install linux-image-amd64 (scripts/setup.sh)");
+        let (ver, _kernel) = newest_kernel(Path::new("/")).expect("install linux-image-amd64 (scripts/setup.sh)");
         let idx = ModuleIndex::load(Path::new("/"), &ver).unwrap();
         let r = idx.resolve(DEFAULT_MODULES).unwrap();
         let n = names(&r);
-        let pos = |m: &str| {
-            n.iter()
-                .position(|x| *x == m)
-                .unwrap_or_else(|| panic!("{m} missing from {n:?}"))
-        };
+        let pos = |m: &str| n.iter().position(|x| *x == m).unwrap_or_else(|| panic!("{m} missing from {n:?}"));
         for (before, after) in [
             ("virtio_ring", "virtio"),
             ("virtio", "virtio_pci"),
@@ -653,10 +563,7 @@ mod tests {
             ("t10_pi", "sd_mod"),
             ("nvme_core", "nvme"),
         ] {
-            assert!(
-                pos(before) < pos(after),
-                "{before} must load before {after}: {n:?}"
-            );
+            assert!(pos(before) < pos(after), "{before} must load before {after}: {n:?}");
         }
         let uniq: HashSet<_> = n.iter().collect();
         assert_eq!(uniq.len(), n.len(), "duplicates in {n:?}");
@@ -664,10 +571,6 @@ mod tests {
             assert!(m.path.is_file(), "{}", m.path.display());
             assert!(!idx.is_builtin(&m.name));
         }
-        eprintln!(
-            "{} modules for {ver}: {n:?}; built in: {:?}",
-            n.len(),
-            r.builtin
-        );
+        eprintln!("{} modules for {ver}: {n:?}; built in: {:?}", n.len(), r.builtin);
     }
 }

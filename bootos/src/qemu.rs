@@ -9,9 +9,9 @@
 //! is killed (by its own PID) when the [`Vm`] is dropped, however a test
 //! ends.
 
+use std::io::Write;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::io::Write;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -64,18 +64,12 @@ pub struct Vm {
 impl Vm {
     /// Start qemu. Fails with what to install when qemu is missing.
     pub fn boot(spec: &VmSpec) -> Result<Vm, String> {
-        let have = Command::new(QEMU)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let have = Command::new(QEMU).arg("--version").output().is_ok_and(|o| o.status.success());
         if !have {
-            return Err(format!(
-                "{QEMU} is missing: apt-get install qemu-system-x86 (scripts/setup.sh installs it)"
-            ));
+            return Err(format!("{QEMU} is missing: apt-get install qemu-system-x86 (scripts/setup.sh installs it)"));
         }
         let mut cmd = Command::new(QEMU);
-        cmd.args(["-machine", "q35,accel=tcg", "-nographic", "-no-reboot"])
-            .args(["-m", &spec.memory_mib.to_string()]);
+        cmd.args(["-machine", "q35,accel=tcg", "-nographic", "-no-reboot"]).args(["-m", &spec.memory_mib.to_string()]);
         let netdev = match &spec.boot {
             Boot::Kernel { kernel, initrd, append } => {
                 cmd.arg("-kernel").arg(kernel).arg("-initrd").arg(initrd).args(["-append", append]);
@@ -95,7 +89,8 @@ impl Vm {
             if !Path::new(OVMF_CODE).exists() {
                 return Err(format!("{OVMF_CODE} is missing: apt-get install ovmf (scripts/setup.sh installs it)"));
             }
-            let vars = tempfile::NamedTempFile::new().map_err(|e| format!("cannot create the UEFI variable store: {e}"))?;
+            let vars =
+                tempfile::NamedTempFile::new().map_err(|e| format!("cannot create the UEFI variable store: {e}"))?;
             std::fs::copy(OVMF_VARS, vars.path()).map_err(|e| format!("cannot copy {OVMF_VARS}: {e}"))?;
             cmd.arg("-drive").arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"));
             cmd.arg("-drive").arg(format!("if=pflash,format=raw,file={}", vars.path().display()));
@@ -113,7 +108,12 @@ impl Vm {
         if let Boot::Disk { image, usb } = &spec.boot {
             cmd.arg("-drive").arg(format!("file={},if=none,id=bootdisk,format=raw", image.display()));
             if *usb {
-                cmd.args(["-device", "qemu-xhci,id=xhci", "-device", "usb-storage,bus=xhci.0,drive=bootdisk,bootindex=0"]);
+                cmd.args([
+                    "-device",
+                    "qemu-xhci,id=xhci",
+                    "-device",
+                    "usb-storage,bus=xhci.0,drive=bootdisk,bootindex=0",
+                ]);
             } else {
                 cmd.args(["-device", "virtio-blk-pci,drive=bootdisk,bootindex=0"]);
             }
@@ -132,31 +132,20 @@ impl Vm {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n') {
                 let Ok(line) = line else { break };
-                let s = String::from_utf8_lossy(&line)
-                    .trim_end_matches('\r')
-                    .to_string();
+                let s = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
                 if tx.send((started.elapsed(), s)).is_err() {
                     break;
                 }
             }
         });
-        Ok(Vm {
-            child,
-            stdin,
-            _vars: vars,
-            lines,
-            started,
-            log: Vec::new(),
-        })
+        Ok(Vm { child, stdin, _vars: vars, lines, started, log: Vec::new() })
     }
 
     /// The next console line and when it came (since qemu started), or
     /// `None` once `deadline` (also since qemu started) has passed or the
     /// console closed. Every line is kept in [`Vm::log`].
     pub fn next_line(&mut self, deadline: Duration) -> Option<(Duration, String)> {
-        let left = deadline
-            .checked_sub(self.started.elapsed())
-            .unwrap_or_default();
+        let left = deadline.checked_sub(self.started.elapsed()).unwrap_or_default();
         let (at, line) = self.lines.recv_timeout(left).ok()?;
         self.log.push(line.clone());
         Some((at, line))
@@ -211,10 +200,7 @@ impl Vm {
                 let _ = e.read_to_string(&mut err);
             }
         }
-        format!(
-            "qemu status {status:?}, stderr {err:?}; console:\n{}",
-            self.log.join("\n")
-        )
+        format!("qemu status {status:?}, stderr {err:?}; console:\n{}", self.log.join("\n"))
     }
 }
 

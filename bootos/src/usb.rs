@@ -48,15 +48,11 @@ const MODULES: &[&str] = &[
     "serial",
     "terminal",
 ];
-const EARLY_CFG: &str =
-    "search --no-floppy --file --set=root /boot/lifeline-usb.id\nset prefix=($root)/boot/grub\n";
+const EARLY_CFG: &str = "search --no-floppy --file --set=root /boot/lifeline-usb.id\nset prefix=($root)/boot/grub\n";
 
 fn run(cmd: &mut Command, what: &str) -> Result<()> {
-    let out = cmd.output().map_err(|e| {
-        Error::Missing(format!(
-            "cannot run {what} ({e}): apt-get install {PACKAGES}"
-        ))
-    })?;
+    let out =
+        cmd.output().map_err(|e| Error::Missing(format!("cannot run {what} ({e}): apt-get install {PACKAGES}")))?;
     if !out.status.success() {
         return Err(Error::Missing(format!(
             "{what} failed ({}): {} (it needs {PACKAGES})",
@@ -70,16 +66,10 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
 /// Writes a raw USB disk image to `out` that boots `kernel` with `initrd`
 /// and `cmdline` under BIOS and UEFI; `title` names GRUB's entry. Returns
 /// its size.
-pub fn make_usb(
-    kernel: &Path,
-    initrd: &Path,
-    cmdline: &str,
-    title: &str,
-    out: &Path,
-) -> Result<u64> {
+pub fn make_usb(kernel: &Path, initrd: &Path, cmdline: &str, title: &str, out: &Path) -> Result<u64> {
     let cfg = crate::iso::grub_cfg(cmdline, title)?;
-    let work = tempfile::tempdir()
-        .map_err(|e| Error::io("cannot create a temporary directory", Path::new("/tmp"), e))?;
+    let work =
+        tempfile::tempdir().map_err(|e| Error::io("cannot create a temporary directory", Path::new("/tmp"), e))?;
     let w = |name: &str| work.path().join(name);
     let early = w("early.cfg");
     std::fs::write(&early, EARLY_CFG).map_err(|e| Error::io("cannot write", &early, e))?;
@@ -114,28 +104,17 @@ pub fn make_usb(
     }
     let boot_img_path = Path::new("/usr/lib/grub/i386-pc/boot.img");
     let boot_img = std::fs::read(boot_img_path).map_err(|e| {
-        Error::io(
-            format!("cannot read GRUB's MBR code (apt-get install {PACKAGES})"),
-            boot_img_path,
-            e,
-        )
+        Error::io(format!("cannot read GRUB's MBR code (apt-get install {PACKAGES})"), boot_img_path, e)
     })?;
     if boot_img.len() != 512 {
-        return Err(Error::Invalid(format!(
-            "{} is not one sector",
-            boot_img_path.display()
-        )));
+        return Err(Error::Invalid(format!("{} is not one sector", boot_img_path.display())));
     }
     let grub_cfg = w("grub.cfg");
     std::fs::write(&grub_cfg, cfg).map_err(|e| Error::io("cannot write", &grub_cfg, e))?;
     let id = w("lifeline-usb.id");
     std::fs::write(&id, format!("{title}\n")).map_err(|e| Error::io("cannot write", &id, e))?;
 
-    let len = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.len())
-            .map_err(|e| Error::io("cannot read", p, e))
-    };
+    let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(|e| Error::io("cannot read", p, e));
     let payload = len(kernel)? + len(initrd)? + len(&efi)? + 64 * 1024;
     // FAT32 with 512-byte clusters needs at least 65525 clusters (~33 MiB).
     let fat_bytes = ((payload + payload / 8 + SPARE_BYTES).div_ceil(MIB) * MIB).max(40 * MIB);
@@ -165,55 +144,25 @@ pub fn make_usb(
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = std::fs::File::create(out).map_err(|e| Error::io("cannot create", out, e))?;
-        f.set_len(total)
-            .map_err(|e| Error::io("cannot size", out, e))?;
-        f.write_all(&mbr)
-            .map_err(|e| Error::io("cannot write", out, e))?;
+        f.set_len(total).map_err(|e| Error::io("cannot size", out, e))?;
+        f.write_all(&mbr).map_err(|e| Error::io("cannot write", out, e))?;
         f.seek(SeekFrom::Start(512))
             .and_then(|_| f.write_all(&core_bytes))
             .map_err(|e| Error::io("cannot write", out, e))?;
-        f.sync_all()
-            .map_err(|e| Error::io("cannot write", out, e))?;
+        f.sync_all().map_err(|e| Error::io("cannot write", out, e))?;
     }
     let img = format!("{}@@{PART_START}", out.display());
     run(
         Command::new("mformat")
-            .args([
-                "-i",
-                &img,
-                "-F",
-                "-c",
-                "1",
-                "-v",
-                LABEL,
-                "-N",
-                &format!("{sig:08x}"),
-            ])
-            .args([
-                "-T",
-                &sectors.to_string(),
-                "-h",
-                "64",
-                "-s",
-                "32",
-                "-H",
-                &(PART_START / 512).to_string(),
-                "::",
-            ])
+            .args(["-i", &img, "-F", "-c", "1", "-v", LABEL, "-N", &format!("{sig:08x}")])
+            .args(["-T", &sectors.to_string(), "-h", "64", "-s", "32", "-H", &(PART_START / 512).to_string(), "::"])
             .env("MTOOLS_SKIP_CHECK", "1")
             .env("SOURCE_DATE_EPOCH", "0"),
         "mformat",
     )?;
     run(
         Command::new("mmd")
-            .args([
-                "-i",
-                &img,
-                "::/EFI",
-                "::/EFI/BOOT",
-                "::/boot",
-                "::/boot/grub",
-            ])
+            .args(["-i", &img, "::/EFI", "::/EFI/BOOT", "::/boot", "::/boot/grub"])
             .env("SOURCE_DATE_EPOCH", "0"),
         "mmd",
     )?;
@@ -224,23 +173,14 @@ pub fn make_usb(
         (grub_cfg.as_path(), "::/boot/grub/grub.cfg"),
         (id.as_path(), "::/boot/lifeline-usb.id"),
     ] {
-        run(
-            Command::new("mcopy")
-                .args(["-i", &img, "-o"])
-                .arg(src)
-                .arg(dest)
-                .env("SOURCE_DATE_EPOCH", "0"),
-            "mcopy",
-        )?;
+        run(Command::new("mcopy").args(["-i", &img, "-o"]).arg(src).arg(dest).env("SOURCE_DATE_EPOCH", "0"), "mcopy")?;
     }
     Ok(total)
 }
 
 /// A 32-bit FNV-1a hash (the disk signature and volume serial).
 fn blake_ish(b: &[u8]) -> u32 {
-    b.iter().fold(0x811c_9dc5u32, |h, &x| {
-        (h ^ x as u32).wrapping_mul(0x0100_0193)
-    })
+    b.iter().fold(0x811c_9dc5u32, |h, &x| (h ^ x as u32).wrapping_mul(0x0100_0193))
 }
 
 #[cfg(test)]
@@ -257,14 +197,7 @@ mod tests {
         std::fs::write(&k, vec![1u8; 300_000]).unwrap();
         std::fs::write(&i, vec![2u8; 200_000]).unwrap();
         let out = dir.path().join("usb.img");
-        let size = make_usb(
-            &k,
-            &i,
-            "console=ttyS0 lifeline.machine=pc1",
-            "Lifeline test",
-            &out,
-        )
-        .unwrap();
+        let size = make_usb(&k, &i, "console=ttyS0 lifeline.machine=pc1", "Lifeline test", &out).unwrap();
         assert_eq!(size, std::fs::metadata(&out).unwrap().len());
         let b = std::fs::read(&out).unwrap();
         assert_eq!(&b[510..512], &[0x55, 0xaa]);
@@ -273,44 +206,18 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b[454..458].try_into().unwrap()), 2048);
         // The files are there, on a FAT filesystem labelled LIFELINEOS.
         let img = format!("{}@@{PART_START}", out.display());
-        let ls = Command::new("mdir")
-            .args(["-i", &img, "-b", "-/", "::/"])
-            .output()
-            .unwrap();
+        let ls = Command::new("mdir").args(["-i", &img, "-b", "-/", "::/"]).output().unwrap();
         let ls = String::from_utf8_lossy(&ls.stdout);
-        for f in [
-            "BOOTX64.EFI",
-            "vmlinuz",
-            "initrd.img",
-            "grub.cfg",
-            "lifeline-usb.id",
-        ] {
+        for f in ["BOOTX64.EFI", "vmlinuz", "initrd.img", "grub.cfg", "lifeline-usb.id"] {
             assert!(ls.contains(f), "{f} missing:\n{ls}");
         }
-        let got = Command::new("mtype")
-            .args(["-i", &img, "::/boot/initrd.img"])
-            .output()
-            .unwrap()
-            .stdout;
+        let got = Command::new("mtype").args(["-i", &img, "::/boot/initrd.img"]).output().unwrap().stdout;
         assert_eq!(got, vec![2u8; 200_000]);
-        let label = Command::new("mlabel")
-            .args(["-i", &img, "-s", "::"])
-            .output()
-            .unwrap();
+        let label = Command::new("mlabel").args(["-i", &img, "-s", "::"]).output().unwrap();
         assert!(String::from_utf8_lossy(&label.stdout).contains(LABEL));
         // Same input, same bytes.
         let again = dir.path().join("again.img");
-        make_usb(
-            &k,
-            &i,
-            "console=ttyS0 lifeline.machine=pc1",
-            "Lifeline test",
-            &again,
-        )
-        .unwrap();
-        assert!(
-            std::fs::read(&again).unwrap() == b,
-            "the USB image is not reproducible"
-        );
+        make_usb(&k, &i, "console=ttyS0 lifeline.machine=pc1", "Lifeline test", &again).unwrap();
+        assert!(std::fs::read(&again).unwrap() == b, "the USB image is not reproducible");
     }
 }

@@ -30,19 +30,16 @@ poweroff -f
 fn boots_in_qemu_with_network_and_disk() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = BootOsSpec::default();
-    spec.files
-        .push(ExtraFile::bytes("/lifeline-hook", 0o755, HOOK));
+    spec.files.push(ExtraFile::bytes("/lifeline-hook", 0o755, HOOK));
     let initrd = dir.path().join("initrd.img");
     let t = Instant::now();
-    let built = BootOs::build(&spec, &initrd)
-        .unwrap_or_else(|e| panic!("building the boot OS failed: {e} (scripts/setup.sh installs linux-image-amd64 and busybox-static)"));
+    let built = BootOs::build(&spec, &initrd).unwrap_or_else(|e| {
+        panic!("building the boot OS failed: {e} (scripts/setup.sh installs linux-image-amd64 and busybox-static)")
+    });
     let build_time = t.elapsed();
 
     let disk = dir.path().join("disk.raw");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    std::fs::File::create(&disk).unwrap().set_len(16 << 20).unwrap();
 
     let mut params = BootParams::new("pc1");
     params.receiver = Some("https://10.0.2.2:7700".into());
@@ -66,10 +63,7 @@ fn boots_in_qemu_with_network_and_disk() {
             init_at = Some(at);
         }
         if line.contains("LIFELINE-BOOTOS-NONET") {
-            panic!(
-                "no DHCP lease in the guest; console:\n{}",
-                vm.log().join("\n")
-            );
+            panic!("no DHCP lease in the guest; console:\n{}", vm.log().join("\n"));
         }
         if line.starts_with(MARKER) {
             ready_at = Some(at);
@@ -90,50 +84,22 @@ fn boots_in_qemu_with_network_and_disk() {
 
     assert!(find(MARKER).ends_with("machine=pc1"), "{console}");
     let net = find("lifeline: network");
-    assert!(
-        net.contains("eth0 10.0.2.15/"),
-        "expected a lease of 10.0.2.15 on eth0: {net}\n{console}"
-    );
+    assert!(net.contains("eth0 10.0.2.15/"), "expected a lease of 10.0.2.15 on eth0: {net}\n{console}");
     let disks = find("lifeline: disks:");
-    assert!(
-        disks.split_whitespace().any(|d| d == "vda"),
-        "vda not listed: {disks}\n{console}"
-    );
+    assert!(disks.split_whitespace().any(|d| d == "vda"), "vda not listed: {disks}\n{console}");
     assert!(find("hook: block devices:").contains("vda"), "{console}");
-    for p in [
-        "machine=pc1",
-        "receiver=https://10.0.2.2:7700",
-        "mode=backup",
-        "style=receiver",
-    ] {
+    for p in ["machine=pc1", "receiver=https://10.0.2.2:7700", "mode=backup", "style=receiver"] {
         find(&format!("lifeline: param {p}"));
     }
     let mods = find("lifeline: modules:");
-    for m in [
-        "virtio_net",
-        "virtio_blk",
-        "virtio_pci",
-        "sd_mod",
-        "nvme",
-        "ahci",
-        "e1000",
-    ] {
+    for m in ["virtio_net", "virtio_blk", "virtio_pci", "sd_mod", "nvme", "ahci", "e1000"] {
         let failed = mods.split("not loaded:").nth(1).unwrap_or("");
-        assert!(
-            !failed.split_whitespace().any(|f| f == m),
-            "{m} failed to load: {mods}\n{console}"
-        );
+        assert!(!failed.split_whitespace().any(|f| f == m), "{m} failed to load: {mods}\n{console}");
     }
-    assert!(
-        exited.is_some(),
-        "qemu did not exit after poweroff -f; console:\n{console}"
-    );
+    assert!(exited.is_some(), "qemu did not exit after poweroff -f; console:\n{console}");
 
     eprintln!("--- guest console (lifeline lines) ---");
-    for l in log
-        .iter()
-        .filter(|l| l.starts_with("lifeline") || l.starts_with("hook") || l.starts_with("LIFELINE"))
-    {
+    for l in log.iter().filter(|l| l.starts_with("lifeline") || l.starts_with("hook") || l.starts_with("LIFELINE")) {
         eprintln!("{l}");
     }
     eprintln!(
@@ -152,14 +118,8 @@ fn boots_in_qemu_with_network_and_disk() {
         ready_at,
         exit_at
     );
-    assert!(
-        built.compressed_size <= 30_000_000,
-        "initramfs over 30 MB: {}",
-        built.compressed_size
-    );
+    assert!(built.compressed_size <= 30_000_000, "initramfs over 30 MB: {}", built.compressed_size);
     if ready_at > Duration::from_secs(15) {
-        eprintln!(
-            "WARNING: ready after {ready_at:.2?}, over the 15 s target (2 shared cores, TCG)"
-        );
+        eprintln!("WARNING: ready after {ready_at:.2?}, over the 15 s target (2 shared cores, TCG)");
     }
 }

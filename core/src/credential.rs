@@ -91,7 +91,9 @@ mod tests {
 
     #[test]
     fn malformed_tokens() {
-        for bad in ["", "web1", ":00", "web1:zz", &format!("web1:{}", "0".repeat(63)), &format!("web1:{}", "g".repeat(64))] {
+        for bad in
+            ["", "web1", ":00", "web1:zz", &format!("web1:{}", "0".repeat(63)), &format!("web1:{}", "g".repeat(64))]
+        {
             assert!(Credential::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

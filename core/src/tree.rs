@@ -229,12 +229,7 @@ pub fn compare(a: &Path, b: &Path, opts: CompareOptions) -> io::Result<Vec<Strin
         }
         match ea.kind {
             Kind::Symlink if ea.symlink_target != eb.symlink_target => {
-                diffs.push(format!(
-                    "{}: symlink to {:?} vs {:?}",
-                    rel.display(),
-                    ea.symlink_target,
-                    eb.symlink_target
-                ));
+                diffs.push(format!("{}: symlink to {:?} vs {:?}", rel.display(), ea.symlink_target, eb.symlink_target));
             }
             Kind::File => {
                 if ea.size != eb.size {
@@ -248,10 +243,7 @@ pub fn compare(a: &Path, b: &Path, opts: CompareOptions) -> io::Result<Vec<Strin
         if opts.mode && ea.kind != Kind::Symlink && ea.mode != eb.mode {
             diffs.push(format!("{}: mode {:o} vs {:o}", rel.display(), ea.mode, eb.mode));
         }
-        if opts.mtime
-            && ea.kind == Kind::File
-            && (ea.mtime_sec, ea.mtime_nsec) != (eb.mtime_sec, eb.mtime_nsec)
-        {
+        if opts.mtime && ea.kind == Kind::File && (ea.mtime_sec, ea.mtime_nsec) != (eb.mtime_sec, eb.mtime_nsec) {
             diffs.push(format!(
                 "{}: mtime {}.{:09} vs {}.{:09}",
                 rel.display(),

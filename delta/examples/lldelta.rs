@@ -100,13 +100,7 @@ fn read_signature(path: &str) -> Result<Signature> {
     }
     let mut strong = vec![0; blocks as usize * strong_len as usize];
     r.read_exact(&mut strong)?;
-    let sig = Signature {
-        block_len,
-        strong_len,
-        base_len,
-        weak,
-        strong,
-    };
+    let sig = Signature { block_len, strong_len, base_len, weak, strong };
     sig.validate()?;
     Ok(sig)
 }
@@ -150,11 +144,7 @@ fn patch(base: &str, delta: &str, out: &str) -> Result<()> {
     let base = File::open(base)?;
     let base_len = base.metadata()?.len();
     let mut r = BufReader::with_capacity(1 << 20, File::open(delta)?);
-    let mut p = Patcher::new(
-        base,
-        base_len,
-        BufWriter::with_capacity(1 << 20, File::create(out)?),
-    );
+    let mut p = Patcher::new(base, base_len, BufWriter::with_capacity(1 << 20, File::create(out)?));
     loop {
         let [tag] = read_array(&mut r)?;
         match tag {

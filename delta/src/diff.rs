@@ -52,21 +52,14 @@ pub fn diff(
     max_literal: usize,
     sink: impl FnMut(DeltaOp) -> io::Result<()>,
 ) -> io::Result<DeltaStats> {
-    sig.validate()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    sig.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let max_lit = max_literal.clamp(1, MAX_LITERAL_CAP);
     let index = Index::build(sig);
     let b = sig.block_len as usize;
     let m_len = rolling::pow(b as u64);
     let blocks = sig.blocks();
     let mut input = Input::new(new, max_lit + b + READ_CHUNK);
-    let mut out = Emitter {
-        sink,
-        max_lit,
-        pending_copy: None,
-        copied: 0,
-        literal: 0,
-    };
+    let mut out = Emitter { sink, max_lit, pending_copy: None, copied: 0, literal: 0 };
     // Short last block, matched outside the table.
     let tail_block = (sig.base_len % b as u64 != 0).then(|| blocks - 1);
     let mut hint: Option<usize> = (blocks > 0).then_some(0);
@@ -202,16 +195,7 @@ struct Input<R> {
 
 impl<R: Read> Input<R> {
     fn new(reader: R, cap: usize) -> Self {
-        Input {
-            reader,
-            buf: vec![0; cap],
-            lit: 0,
-            pos: 0,
-            end: 0,
-            eof: false,
-            total: 0,
-            hasher: blake3::Hasher::new(),
-        }
+        Input { reader, buf: vec![0; cap], lit: 0, pos: 0, end: 0, eof: false, total: 0, hasher: blake3::Hasher::new() }
     }
 
     /// Reads until at least `n` bytes are available at `pos` or the input ends.
@@ -333,9 +317,7 @@ impl Index {
             }
             let run = &kept[run_start..];
             if run.len() >= MAX_CANDIDATES
-                || run
-                    .iter()
-                    .any(|&(_, j)| sig.strong_of(j as usize) == sig.strong_of(i as usize))
+                || run.iter().any(|&(_, j)| sig.strong_of(j as usize) == sig.strong_of(i as usize))
             {
                 continue;
             }
@@ -354,13 +336,7 @@ impl Index {
         for k in 1..starts.len() {
             starts[k] += starts[k - 1];
         }
-        Index {
-            filter,
-            filter_bits,
-            bucket_shift,
-            starts,
-            entries,
-        }
+        Index { filter, filter_bits, bucket_shift, starts, entries }
     }
 
     /// False if no full block has this weak hash; true if one probably has.
@@ -397,8 +373,5 @@ impl Index {
 fn filter_slots(weak: u32, bits: u32) -> (usize, usize) {
     let h = (weak as u64 ^ 0x5bd1_e995).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mask = (1u64 << bits) - 1;
-    (
-        (h >> (64 - bits)) as usize,
-        ((h >> (64 - 2 * bits)) & mask) as usize,
-    )
+    ((h >> (64 - bits)) as usize, ((h >> (64 - 2 * bits)) & mask) as usize)
 }

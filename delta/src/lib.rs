@@ -32,8 +32,7 @@ pub use diff::{diff, MAX_LITERAL_CAP};
 pub use patch::Patcher;
 pub use rolling::weak_hash;
 pub use signature::{
-    Signature, DEFAULT_STRONG_LEN, HEADER_LEN, MAX_BLOCK_LEN, MAX_STRONG_LEN, MIN_BLOCK_LEN,
-    MIN_STRONG_LEN,
+    Signature, DEFAULT_STRONG_LEN, HEADER_LEN, MAX_BLOCK_LEN, MAX_STRONG_LEN, MIN_BLOCK_LEN, MIN_STRONG_LEN,
 };
 
 /// What the receiver should do to rebuild the new file, in order.
@@ -65,21 +64,13 @@ pub enum DeltaError {
     #[error("invalid signature: {0}")]
     InvalidSignature(String),
     #[error("delta copies base bytes {offset}..{end} but the base has only {base_len} bytes")]
-    CopyOutOfRange {
-        offset: u64,
-        end: u64,
-        base_len: u64,
-    },
-    #[error(
-        "delta copies {len} bytes from base offset {offset}: the range overflows a 64-bit offset"
-    )]
+    CopyOutOfRange { offset: u64, end: u64, base_len: u64 },
+    #[error("delta copies {len} bytes from base offset {offset}: the range overflows a 64-bit offset")]
     CopyOverflow { offset: u64, len: u64 },
-    #[error("delta makes the output longer than the announced {max_len} bytes ({written} written, next op adds {len})")]
-    TooLong {
-        written: u64,
-        len: u64,
-        max_len: u64,
-    },
+    #[error(
+        "delta makes the output longer than the announced {max_len} bytes ({written} written, next op adds {len})"
+    )]
+    TooLong { written: u64, len: u64, max_len: u64 },
     #[error("base ended at byte {offset} but was declared to have {base_len} bytes (changed while patching?)")]
     BaseTruncated { offset: u64, base_len: u64 },
     #[error("patched file has {written} bytes but the delta announced {expected}")]

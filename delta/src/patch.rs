@@ -75,15 +75,9 @@ impl<B: FileExt, W: Write> Patcher<B, W> {
     fn apply(&mut self, op: &DeltaOp) -> Result<(), DeltaError> {
         match *op {
             DeltaOp::Copy { offset, len } => {
-                let end = offset
-                    .checked_add(len)
-                    .ok_or(DeltaError::CopyOverflow { offset, len })?;
+                let end = offset.checked_add(len).ok_or(DeltaError::CopyOverflow { offset, len })?;
                 if end > self.base_len {
-                    return Err(DeltaError::CopyOutOfRange {
-                        offset,
-                        end,
-                        base_len: self.base_len,
-                    });
+                    return Err(DeltaError::CopyOutOfRange { offset, end, base_len: self.base_len });
                 }
                 self.reserve(len)?;
                 if self.buf.is_empty() {
@@ -95,10 +89,7 @@ impl<B: FileExt, W: Write> Patcher<B, W> {
                     let chunk = &mut self.buf[..n];
                     self.base.read_exact_at(chunk, at).map_err(|e| {
                         if e.kind() == io::ErrorKind::UnexpectedEof {
-                            DeltaError::BaseTruncated {
-                                offset: at,
-                                base_len: self.base_len,
-                            }
+                            DeltaError::BaseTruncated { offset: at, base_len: self.base_len }
                         } else {
                             DeltaError::Io(e)
                         }
@@ -122,11 +113,7 @@ impl<B: FileExt, W: Write> Patcher<B, W> {
     fn reserve(&self, len: u64) -> Result<(), DeltaError> {
         match self.written.checked_add(len) {
             Some(total) if total <= self.max_len => Ok(()),
-            _ => Err(DeltaError::TooLong {
-                written: self.written,
-                len,
-                max_len: self.max_len,
-            }),
+            _ => Err(DeltaError::TooLong { written: self.written, len, max_len: self.max_len }),
         }
     }
 
@@ -139,17 +126,11 @@ impl<B: FileExt, W: Write> Patcher<B, W> {
         }
         self.out.flush()?;
         if self.written != expect_len {
-            return Err(DeltaError::LengthMismatch {
-                written: self.written,
-                expected: expect_len,
-            });
+            return Err(DeltaError::LengthMismatch { written: self.written, expected: expect_len });
         }
         let got = self.hasher.finalize();
         if got.as_bytes() != expect_hash {
-            return Err(DeltaError::HashMismatch {
-                expected: hex(expect_hash),
-                got: hex(got.as_bytes()),
-            });
+            return Err(DeltaError::HashMismatch { expected: hex(expect_hash), got: hex(got.as_bytes()) });
         }
         Ok(self.out)
     }

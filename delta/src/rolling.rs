@@ -65,9 +65,7 @@ pub fn weak_hash(data: &[u8]) -> u32 {
 /// enters at the back. `m_len` is `pow(window length)`.
 #[inline(always)]
 pub(crate) fn roll(h: u32, out: u8, inp: u8, m_len: u32) -> u32 {
-    h.wrapping_mul(M)
-        .wrapping_sub((out as u32).wrapping_mul(m_len))
-        .wrapping_add(inp as u32)
+    h.wrapping_mul(M).wrapping_sub((out as u32).wrapping_mul(m_len)).wrapping_add(inp as u32)
 }
 
 #[cfg(test)]
@@ -75,15 +73,12 @@ mod tests {
     use super::*;
 
     fn naive(data: &[u8]) -> u32 {
-        data.iter()
-            .fold(0u32, |h, &b| h.wrapping_mul(M).wrapping_add(b as u32))
+        data.iter().fold(0u32, |h, &b| h.wrapping_mul(M).wrapping_add(b as u32))
     }
 
     #[test]
     fn lanes_equal_horner() {
-        let data: Vec<u8> = (0..1000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let data: Vec<u8> = (0..1000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         for len in [0, 1, 31, 32, 33, 64, 100, 999, 1000] {
             assert_eq!(weak_hash(&data[..len]), naive(&data[..len]), "len {len}");
         }
@@ -91,9 +86,7 @@ mod tests {
 
     #[test]
     fn rolling_equals_recompute() {
-        let data: Vec<u8> = (0..3000u32)
-            .map(|i| (i.wrapping_mul(40503) >> 5) as u8)
-            .collect();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i.wrapping_mul(40503) >> 5) as u8).collect();
         for win in [1usize, 7, 32, 100, 1024] {
             let m_len = pow(win as u64);
             let mut h = weak_hash(&data[..win]);

@@ -86,14 +86,8 @@ impl Signature {
     ///
     /// Fails with `UnexpectedEof` if `base` ends early and `InvalidInput` if
     /// `block_len` or `strong_len` is out of the accepted ranges.
-    pub fn compute(
-        mut base: impl Read,
-        base_len: u64,
-        block_len: u32,
-        strong_len: u8,
-    ) -> io::Result<Signature> {
-        check_params(block_len, strong_len)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    pub fn compute(mut base: impl Read, base_len: u64, block_len: u32, strong_len: u8) -> io::Result<Signature> {
+        check_params(block_len, strong_len).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let blocks = Self::block_count(base_len, block_len);
         if blocks > u32::MAX as u64 {
             return Err(io::Error::new(
@@ -119,10 +113,7 @@ impl Signature {
                     Ok(0) => {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
-                            format!(
-                                "base ended after {} of its {base_len} bytes",
-                                base_len - left + got as u64
-                            ),
+                            format!("base ended after {} of its {base_len} bytes", base_len - left + got as u64),
                         ))
                     }
                     Ok(n) => got += n,
@@ -136,13 +127,7 @@ impl Signature {
             }
             left -= want as u64;
         }
-        Ok(Signature {
-            block_len,
-            strong_len,
-            base_len,
-            weak,
-            strong,
-        })
+        Ok(Signature { block_len, strong_len, base_len, weak, strong })
     }
 
     /// Checks a signature received from the network before it is used:

@@ -4,9 +4,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 
-use lifeline_delta::{
-    diff, DeltaError, DeltaOp, DeltaStats, Patcher, Signature, DEFAULT_STRONG_LEN,
-};
+use lifeline_delta::{diff, DeltaError, DeltaOp, DeltaStats, Patcher, Signature, DEFAULT_STRONG_LEN};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -33,11 +31,7 @@ struct Trickle<'a> {
 
 impl Read for Trickle<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self
-            .rng
-            .random_range(1..=7)
-            .min(buf.len())
-            .min(self.data.len());
+        let n = self.rng.random_range(1..=7).min(buf.len()).min(self.data.len());
         buf[..n].copy_from_slice(&self.data[..n]);
         self.data = &self.data[n..];
         Ok(n)
@@ -83,20 +77,12 @@ fn check_ops(ops: &[DeltaOp], stats: &DeltaStats, max_lit: usize) {
         match op {
             DeltaOp::Copy { offset, len } => {
                 assert!(*len > 0);
-                assert_ne!(
-                    prev_copy_end,
-                    Some(*offset),
-                    "adjacent copies not merged: {ops:?}"
-                );
+                assert_ne!(prev_copy_end, Some(*offset), "adjacent copies not merged: {ops:?}");
                 prev_copy_end = Some(offset + len);
                 copied += len;
             }
             DeltaOp::Literal(d) => {
-                assert!(
-                    !d.is_empty() && d.len() <= max_lit,
-                    "literal of {} bytes",
-                    d.len()
-                );
+                assert!(!d.is_empty() && d.len() <= max_lit, "literal of {} bytes", d.len());
                 prev_copy_end = None;
                 literal += d.len() as u64;
             }
@@ -117,16 +103,9 @@ fn roundtrip_with(base: &[u8], new: &[u8], block_len: u32, max_lit: usize) -> De
     let out = patch(base, &ops, &stats).unwrap();
     assert!(out == new, "patched output differs from the new file");
     // The same through a reader that returns a few bytes per call.
-    let trickle = Trickle {
-        data: new,
-        rng: StdRng::seed_from_u64(7),
-    };
+    let trickle = Trickle { data: new, rng: StdRng::seed_from_u64(7) };
     let (ops2, stats2) = diff_ops(&sig, trickle, max_lit);
-    assert_eq!(
-        (&ops2, &stats2),
-        (&ops, &stats),
-        "short reads changed the delta"
-    );
+    assert_eq!((&ops2, &stats2), (&ops, &stats), "short reads changed the delta");
     stats
 }
 
@@ -141,14 +120,7 @@ fn identical_files_are_one_copy() {
         let data = random(&mut rng, len);
         let sig = sig_of(&data, 64);
         let (ops, stats) = diff_ops(&sig, &data[..], 1 << 20);
-        assert_eq!(
-            ops,
-            vec![DeltaOp::Copy {
-                offset: 0,
-                len: len as u64
-            }],
-            "len {len}"
-        );
+        assert_eq!(ops, vec![DeltaOp::Copy { offset: 0, len: len as u64 }], "len {len}");
         assert_eq!(stats.literal, 0);
         assert_eq!(patch(&data, &ops, &stats).unwrap(), data);
     }
@@ -196,11 +168,7 @@ fn in_place_edits_cost_only_the_touched_blocks() {
     }
     let s = roundtrip(&base, &new, block);
     // An unaligned 4 KiB edit touches 5 blocks of 1 KiB.
-    assert!(
-        s.literal <= edits * 5 * block as u64,
-        "literal {}",
-        s.literal
-    );
+    assert!(s.literal <= edits * 5 * block as u64, "literal {}", s.literal);
     assert!(s.literal >= edits * 4096 - 4096, "literal {}", s.literal);
 }
 
@@ -217,11 +185,7 @@ fn in_place_edits_8mib_with_default_block_len() {
     }
     let sig = sig_of(&base, block);
     let (ops, stats) = diff_ops(&sig, &new[..], 1 << 20);
-    assert!(
-        stats.literal <= 4 * (4096 + 2 * block as u64),
-        "literal {}",
-        stats.literal
-    );
+    assert!(stats.literal <= 4 * (4096 + 2 * block as u64), "literal {}", stats.literal);
     // Copy, literal, copy, ... : few ops.
     assert!(ops.len() <= 9, "{} ops", ops.len());
     assert_eq!(patch(&base, &ops, &stats).unwrap(), new);
@@ -255,11 +219,7 @@ fn inserts_and_deletes_are_found_by_rolling() {
         inserted += n as u64;
     }
     let s = roundtrip(&base, &new, block);
-    assert!(
-        s.literal <= inserted + 5 * 2 * block as u64,
-        "insert: literal {}",
-        s.literal
-    );
+    assert!(s.literal <= inserted + 5 * 2 * block as u64, "insert: literal {}", s.literal);
     // Delete a few ranges.
     let mut new = base.clone();
     for _ in 0..5 {
@@ -268,11 +228,7 @@ fn inserts_and_deletes_are_found_by_rolling() {
         new.drain(at..at + n);
     }
     let s = roundtrip(&base, &new, block);
-    assert!(
-        s.literal <= 5 * 2 * block as u64,
-        "delete: literal {}",
-        s.literal
-    );
+    assert!(s.literal <= 5 * 2 * block as u64, "delete: literal {}", s.literal);
     // One byte inserted at the very start shifts everything.
     let mut new = vec![0x42];
     new.extend_from_slice(&base);
@@ -381,11 +337,7 @@ fn random_edits_fuzz() {
                 }
             }
         }
-        let max_lit = if round % 3 == 0 {
-            rng.random_range(1..200)
-        } else {
-            1 << 20
-        };
+        let max_lit = if round % 3 == 0 { rng.random_range(1..200) } else { 1 << 20 };
         roundtrip_with(&base, &new, block, max_lit);
     }
 }
@@ -453,13 +405,7 @@ fn validate_rejects_inconsistent_signatures() {
     assert!(bad(&|s| s.strong.push(0)).contains("strong hashes"));
     assert!(bad(&|s| s.strong_len = 8).contains("strong hashes"));
     good.validate().unwrap();
-    let empty = Signature {
-        block_len: 64,
-        strong_len: 16,
-        base_len: 0,
-        weak: vec![],
-        strong: vec![],
-    };
+    let empty = Signature { block_len: 64, strong_len: 16, base_len: 0, weak: vec![], strong: vec![] };
     empty.validate().unwrap();
 }
 
@@ -490,10 +436,7 @@ fn hostile(base_len: usize, ops: &[DeltaOp]) -> DeltaError {
     for op in ops {
         if let Err(e) = p.push(op) {
             // After a failure nothing more is accepted.
-            assert!(matches!(
-                p.push(&DeltaOp::Literal(vec![1])),
-                Err(DeltaError::Failed)
-            ));
+            assert!(matches!(p.push(&DeltaOp::Literal(vec![1])), Err(DeltaError::Failed)));
             return e;
         }
     }
@@ -502,50 +445,16 @@ fn hostile(base_len: usize, ops: &[DeltaOp]) -> DeltaError {
 
 #[test]
 fn patcher_rejects_hostile_ops() {
-    let e = hostile(
-        150,
-        &[DeltaOp::Copy {
-            offset: 100,
-            len: 100,
-        }],
-    );
-    assert!(matches!(
-        e,
-        DeltaError::CopyOutOfRange {
-            offset: 100,
-            end: 200,
-            base_len: 150
-        }
-    ));
-    assert_eq!(
-        e.to_string(),
-        "delta copies base bytes 100..200 but the base has only 150 bytes"
-    );
-    let e = hostile(
-        150,
-        &[DeltaOp::Copy {
-            offset: 150,
-            len: 1,
-        }],
-    );
+    let e = hostile(150, &[DeltaOp::Copy { offset: 100, len: 100 }]);
+    assert!(matches!(e, DeltaError::CopyOutOfRange { offset: 100, end: 200, base_len: 150 }));
+    assert_eq!(e.to_string(), "delta copies base bytes 100..200 but the base has only 150 bytes");
+    let e = hostile(150, &[DeltaOp::Copy { offset: 150, len: 1 }]);
     assert!(matches!(e, DeltaError::CopyOutOfRange { .. }));
     let e = hostile(0, &[DeltaOp::Copy { offset: 0, len: 1 }]);
     assert!(matches!(e, DeltaError::CopyOutOfRange { .. }));
-    let e = hostile(
-        150,
-        &[DeltaOp::Copy {
-            offset: u64::MAX,
-            len: 2,
-        }],
-    );
+    let e = hostile(150, &[DeltaOp::Copy { offset: u64::MAX, len: 2 }]);
     assert!(matches!(e, DeltaError::CopyOverflow { .. }), "{e}");
-    let e = hostile(
-        150,
-        &[DeltaOp::Copy {
-            offset: 1,
-            len: u64::MAX,
-        }],
-    );
+    let e = hostile(150, &[DeltaOp::Copy { offset: 1, len: u64::MAX }]);
     assert!(matches!(e, DeltaError::CopyOverflow { .. }), "{e}");
     // Nothing was written by the refused op.
     let mut p = Patcher::new(Mem(vec![9; 10]), 10, Vec::new());
@@ -561,34 +470,14 @@ fn patcher_limits_output_length() {
     p.push(&DeltaOp::Copy { offset: 0, len: 60 }).unwrap();
     p.push(&DeltaOp::Literal(vec![1; 40])).unwrap();
     let e = p.push(&DeltaOp::Literal(vec![1])).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DeltaError::TooLong {
-                written: 100,
-                len: 1,
-                max_len: 100
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, DeltaError::TooLong { written: 100, len: 1, max_len: 100 }), "{e}");
     let mut p = mk();
-    let e = p
-        .push(&DeltaOp::Copy {
-            offset: 0,
-            len: 101,
-        })
-        .unwrap_err();
+    let e = p.push(&DeltaOp::Copy { offset: 0, len: 101 }).unwrap_err();
     assert!(matches!(e, DeltaError::TooLong { .. }));
     // Without a limit the written counter still cannot overflow.
     let mut p = Patcher::new(Mem(vec![]), u64::MAX, io::sink());
     p.push(&DeltaOp::Literal(vec![1])).unwrap();
-    let e = p
-        .push(&DeltaOp::Copy {
-            offset: 0,
-            len: u64::MAX,
-        })
-        .unwrap_err();
+    let e = p.push(&DeltaOp::Copy { offset: 0, len: u64::MAX }).unwrap_err();
     assert!(matches!(e, DeltaError::TooLong { .. }), "{e}");
 }
 
@@ -604,24 +493,12 @@ fn patcher_checks_final_length_and_hash() {
     let mut wrong = stats.clone();
     wrong.new_len += 1;
     let e = patch(&base, &ops, &wrong).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DeltaError::LengthMismatch {
-                written: 5000,
-                expected: 5001
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, DeltaError::LengthMismatch { written: 5000, expected: 5001 }), "{e}");
     // Wrong announced hash.
     let mut wrong = stats.clone();
     wrong.new_hash[0] ^= 1;
     let e = patch(&base, &ops, &wrong).unwrap_err();
-    assert!(
-        e.to_string().starts_with("patched file hash mismatch"),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with("patched file hash mismatch"), "{e}");
     // A base that differs from the one the signature was made of (what a
     // strong-hash collision would look like): the final hash catches it.
     let mut other = base.clone();
@@ -637,22 +514,8 @@ fn patcher_checks_final_length_and_hash() {
 #[test]
 fn patcher_reports_a_base_shorter_than_declared() {
     let mut p = Patcher::new(Mem(vec![1; 100]), 1000, Vec::new());
-    let e = p
-        .push(&DeltaOp::Copy {
-            offset: 50,
-            len: 100,
-        })
-        .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            DeltaError::BaseTruncated {
-                offset: 50,
-                base_len: 1000
-            }
-        ),
-        "{e}"
-    );
+    let e = p.push(&DeltaOp::Copy { offset: 50, len: 100 }).unwrap_err();
+    assert!(matches!(e, DeltaError::BaseTruncated { offset: 50, base_len: 1000 }), "{e}");
 }
 
 #[test]
@@ -669,13 +532,7 @@ fn real_files() {
     let base = std::fs::File::open(dir.path().join("base")).unwrap();
     let base_len = base.metadata().unwrap().len();
     let block = Signature::block_len_for(base_len);
-    let sig = Signature::compute(
-        io::BufReader::new(&base),
-        base_len,
-        block,
-        DEFAULT_STRONG_LEN,
-    )
-    .unwrap();
+    let sig = Signature::compute(io::BufReader::new(&base), base_len, block, DEFAULT_STRONG_LEN).unwrap();
     let mut ops = Vec::new();
     let new = std::fs::File::open(dir.path().join("new")).unwrap();
     let stats = diff(&sig, new, 1 << 20, |op| {
@@ -683,11 +540,7 @@ fn real_files() {
         Ok(())
     })
     .unwrap();
-    assert!(
-        stats.literal < 5 * block as u64,
-        "literal {}",
-        stats.literal
-    );
+    assert!(stats.literal < 5 * block as u64, "literal {}", stats.literal);
     let out = std::fs::File::create(dir.path().join("out")).unwrap();
     let mut p = Patcher::new(base, base_len, io::BufWriter::new(out)).with_max_len(stats.new_len);
     for op in &ops {
@@ -703,9 +556,7 @@ fn real_files() {
 fn sink_errors_stop_the_diff() {
     let data = vec![5u8; 10_000];
     let sig = sig_of(&data, 64);
-    let e = diff(&sig, &b"something else entirely"[..], 1 << 20, |_| {
-        Err(io::Error::other("network down"))
-    })
-    .unwrap_err();
+    let e =
+        diff(&sig, &b"something else entirely"[..], 1 << 20, |_| Err(io::Error::other("network down"))).unwrap_err();
     assert_eq!(e.to_string(), "network down");
 }

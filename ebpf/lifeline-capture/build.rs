@@ -14,12 +14,7 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = manifest.join("../lifeline-ebpf").canonicalize()?;
     let common_dir = manifest.join("../lifeline-ebpf-common").canonicalize()?;
     let toolchain_file = ebpf_dir.join("rust-toolchain.toml");
-    for p in [
-        ebpf_dir.join("src"),
-        ebpf_dir.join("Cargo.toml"),
-        common_dir.join("src"),
-        toolchain_file.clone(),
-    ] {
+    for p in [ebpf_dir.join("src"), ebpf_dir.join("Cargo.toml"), common_dir.join("src"), toolchain_file.clone()] {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     let out = PathBuf::from(env::var("OUT_DIR")?).join("lifeline-ebpf.o");
@@ -27,8 +22,7 @@ fn main() -> anyhow::Result<()> {
     // Exactly the pinned toolchain, whatever nightly the machine has besides.
     let channel = pinned_channel(&toolchain_file)?;
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", &channel, "cargo", "build", "--release"])
-        .current_dir(&ebpf_dir);
+    cmd.args(["run", &channel, "cargo", "build", "--release"]).current_dir(&ebpf_dir);
     // The outer cargo's settings (toolchain, wrappers like clippy-driver,
     // flags, target dir) must not leak into the nested BPF build.
     for (var, _) in env::vars_os() {
@@ -47,9 +41,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let status = cmd.status().map_err(|e| {
-        anyhow::anyhow!(
-            "cannot run rustup to build the eBPF programs ({e}); run scripts/setup.sh first"
-        )
+        anyhow::anyhow!("cannot run rustup to build the eBPF programs ({e}); run scripts/setup.sh first")
     })?;
     if !status.success() {
         anyhow::bail!(

@@ -34,32 +34,19 @@ impl Connection {
         tls_name: Option<&str>,
     ) -> Result<Connection, String> {
         if !endpoint.starts_with("https://") {
-            return Err(format!(
-                "receiver address {endpoint} must start with https:// (the receiver only speaks TLS)"
-            ));
+            return Err(format!("receiver address {endpoint} must start with https:// (the receiver only speaks TLS)"));
         }
         let text = std::fs::read_to_string(token_file)
             .map_err(|e| format!("cannot read the credential {}: {e}", token_file.display()))?;
-        let cred =
-            Credential::parse(&text).map_err(|e| format!("{}: {e}", token_file.display()))?;
-        let pem = std::fs::read_to_string(ca).map_err(|e| {
-            format!(
-                "cannot read the receiver's CA certificate {}: {e}",
-                ca.display()
-            )
-        })?;
+        let cred = Credential::parse(&text).map_err(|e| format!("{}: {e}", token_file.display()))?;
+        let pem = std::fs::read_to_string(ca)
+            .map_err(|e| format!("cannot read the receiver's CA certificate {}: {e}", ca.display()))?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(pem))
             .domain_name(tls_name.unwrap_or(DEFAULT_TLS_NAME));
-        let authorization = format!("{BEARER}{}", cred.token())
-            .parse()
-            .map_err(|_| "credential is not ASCII".to_string())?;
-        Ok(Connection {
-            endpoint: endpoint.to_string(),
-            tls,
-            authorization,
-            machine: cred.machine().to_string(),
-        })
+        let authorization =
+            format!("{BEARER}{}", cred.token()).parse().map_err(|_| "credential is not ASCII".to_string())?;
+        Ok(Connection { endpoint: endpoint.to_string(), tls, authorization, machine: cred.machine().to_string() })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -87,19 +74,12 @@ impl Connection {
             .keep_alive_while_idle(true)
             .connect()
             .await
-            .map_err(|e| {
-                format!(
-                    "cannot reach the receiver at {}: {}",
-                    self.endpoint,
-                    error_chain(&e)
-                )
-            })
+            .map_err(|e| format!("cannot reach the receiver at {}: {}", self.endpoint, error_chain(&e)))
     }
 
     /// Attach the machine's credential to a request.
     pub fn identify<T>(&self, req: &mut tonic::Request<T>) {
-        req.metadata_mut()
-            .insert("authorization", self.authorization.clone());
+        req.metadata_mut().insert("authorization", self.authorization.clone());
     }
 
     /// A request carrying the credential.

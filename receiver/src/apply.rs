@@ -16,9 +16,8 @@ use std::sync::Arc;
 use lifeline_core::wirepath;
 use lifeline_proto::v1::{op, Ack, Attr, FileData, Op, OpBatch, OpError};
 use rustix::fs::{
-    chmodat, chownat, fchmod, fchown, fstat, futimens, linkat, mkdirat, renameat_with, symlinkat,
-    utimensat, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid,
-    UTIME_OMIT,
+    chmodat, chownat, fchmod, fchown, fstat, futimens, linkat, mkdirat, renameat_with, symlinkat, utimensat, AtFlags,
+    FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid, UTIME_OMIT,
 };
 use rustix::io::Errno;
 use tracing::{debug, warn};
@@ -183,12 +182,7 @@ impl Applier {
 
     /// Applies one op; the error says what failed on which path.
     pub fn apply(&mut self, op: &Op) -> Result<(), OpError> {
-        let fail = |message: String| OpError {
-            seq: op.seq,
-            path: op.path.clone(),
-            message,
-            delta_failed: false,
-        };
+        let fail = |message: String| OpError { seq: op.seq, path: op.path.clone(), message, delta_failed: false };
         if let Some(prev) = self.last_seq {
             if op.seq <= prev {
                 return Err(fail(format!(
@@ -213,11 +207,7 @@ impl Applier {
         let is_delta = matches!(op.kind, Some(op::Kind::Delta(_)));
         let result = self.apply_kind(op).map_err(|e| OpError {
             delta_failed: is_delta,
-            ..fail(format!(
-                "{} {}: {e}",
-                op_name(op.kind.as_ref()),
-                lossy(&op.path)
-            ))
+            ..fail(format!("{} {}: {e}", op_name(op.kind.as_ref()), lossy(&op.path)))
         });
         if op.origin != 0 {
             if let Some(p) = &mut self.progress {
@@ -270,10 +260,7 @@ impl Applier {
     /// The parent directory of `path`, created if missing.
     fn parent_create(&mut self, path: &[u8]) -> Result<Arc<OwnedFd>, String> {
         let (dir, _) = split(path);
-        let fd = self
-            .resolver
-            .dir(dir, true)
-            .ctx("create parent directories")?;
+        let fd = self.resolver.dir(dir, true).ctx("create parent directories")?;
         Ok(fd.expect("created when missing"))
     }
 
@@ -334,11 +321,7 @@ impl Applier {
             }
         }
         for c in &d.chunks {
-            file.write_all_at(&c.data, c.offset).ctx(&format!(
-                "write {} bytes at {}",
-                c.data.len(),
-                c.offset
-            ))?;
+            file.write_all_at(&c.data, c.offset).ctx(&format!("write {} bytes at {}", c.data.len(), c.offset))?;
             len = len.max(c.offset + c.data.len() as u64);
         }
         if len != d.size {
@@ -384,25 +367,14 @@ impl Applier {
 
     /// Moves `from` (which exists, of kind `kind`, in `from_dir`) to `to`,
     /// replacing what is there.
-    fn move_to(
-        &mut self,
-        from_dir: &Arc<OwnedFd>,
-        from: &[u8],
-        kind: FileType,
-        to: &[u8],
-    ) -> OpResult {
+    fn move_to(&mut self, from_dir: &Arc<OwnedFd>, from: &[u8], kind: FileType, to: &[u8]) -> OpResult {
         if is_ancestor_or_same(to, from) || is_ancestor_or_same(from, to) {
             if from == to {
                 return Ok(());
             }
-            return Err(format!(
-                "cannot move to {}: one contains the other",
-                lossy(to)
-            ));
+            return Err(format!("cannot move to {}: one contains the other", lossy(to)));
         }
-        let to_dir = self
-            .parent_create(to)
-            .map_err(|e| format!("{} {e}", lossy(to)))?;
+        let to_dir = self.parent_create(to).map_err(|e| format!("{} {e}", lossy(to)))?;
         let (_, from_name) = split(from);
         let (_, to_name) = split(to);
         if kind == FileType::Directory {
@@ -418,8 +390,7 @@ impl Applier {
                 Err(Errno::ISDIR | Errno::NOTDIR | Errno::NOTEMPTY | Errno::EXIST) if !replaced => {
                     replaced = true;
                     if let Some(k) = kind_at(to_dir.as_fd(), to_name).ctx("stat target")? {
-                        self.remove_existing(to_dir.as_fd(), to_name, k)
-                            .map_err(|e| format!("{}: {e}", lossy(to)))?;
+                        self.remove_existing(to_dir.as_fd(), to_name, k).map_err(|e| format!("{}: {e}", lossy(to)))?;
                     }
                 }
                 Err(e) => return Err(e).ctx(&format!("rename to {}", lossy(to))),
@@ -456,18 +427,14 @@ impl Applier {
                     return Ok(());
                 }
                 if is_ancestor_or_same(a, b) || is_ancestor_or_same(b, a) {
-                    return Err(format!(
-                        "cannot exchange with {}: one contains the other",
-                        lossy(b)
-                    ));
+                    return Err(format!("cannot exchange with {}: one contains the other", lossy(b)));
                 }
                 if ka == FileType::Directory || kb == FileType::Directory {
                     self.resolver.forget_dirs();
                 }
                 let (_, na) = split(a);
                 let (_, nb) = split(b);
-                renameat_with(&da, na, &db, nb, RenameFlags::EXCHANGE)
-                    .ctx(&format!("exchange with {}", lossy(b)))
+                renameat_with(&da, na, &db, nb, RenameFlags::EXCHANGE).ctx(&format!("exchange with {}", lossy(b)))
             }
             (Some((da, ka)), None) => self.move_to(&da, a, ka, b),
             (None, Some((db, kb))) => self.move_to(&db, b, kb, a),
@@ -510,14 +477,9 @@ impl Applier {
             if to == path {
                 return Ok(());
             }
-            return Err(format!(
-                "cannot link to {}: it contains the source",
-                lossy(to)
-            ));
+            return Err(format!("cannot link to {}: it contains the source", lossy(to)));
         }
-        let to_dir = self
-            .parent_create(to)
-            .map_err(|e| format!("{} {e}", lossy(to)))?;
+        let to_dir = self.parent_create(to).map_err(|e| format!("{} {e}", lossy(to)))?;
         let (_, name) = split(path);
         let (_, to_name) = split(to);
         let mut replaced = false;
@@ -526,12 +488,9 @@ impl Applier {
                 Ok(()) => return Ok(()),
                 Err(Errno::EXIST) if !replaced => {
                     replaced = true;
-                    let src =
-                        rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).ctx("stat")?;
+                    let src = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).ctx("stat")?;
                     match rustix::fs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => {
-                            return Ok(())
-                        }
+                        Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => return Ok(()),
                         Ok(dst) => {
                             let k = FileType::from_raw_mode(dst.st_mode);
                             self.remove_existing(to_dir.as_fd(), to_name, k)
@@ -557,13 +516,7 @@ impl Applier {
 
 /// Sets the attributes of `name` in `dir`, which was just seen to be of type
 /// `kind`, never following a symlink.
-fn set_attr_existing(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    kind: FileType,
-    attr: &Attr,
-    with_mtime: bool,
-) -> OpResult {
+fn set_attr_existing(dir: BorrowedFd<'_>, name: &OsStr, kind: FileType, attr: &Attr, with_mtime: bool) -> OpResult {
     match kind {
         FileType::Symlink => set_attr_at(dir, name, attr, false, with_mtime),
         FileType::RegularFile | FileType::Directory => {
@@ -601,14 +554,8 @@ fn mtime(attr: &Attr) -> Result<Timestamps, String> {
         return Err(format!("invalid mtime nanoseconds {}", attr.mtime_nsec));
     }
     Ok(Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: attr.mtime_sec,
-            tv_nsec: attr.mtime_nsec.into(),
-        },
+        last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
+        last_modification: Timespec { tv_sec: attr.mtime_sec, tv_nsec: attr.mtime_nsec.into() },
     })
 }
 
@@ -655,25 +602,13 @@ pub(crate) fn set_attr_known(fd: BorrowedFd<'_>, attr: &Attr, st: &rustix::fs::S
 /// Sets attributes by name, never following a symlink: for a symlink
 /// ownership and mtime only; `chmod` (for which Linux before 6.6 has no
 /// no-follow variant) only when the caller has checked `name` is no symlink.
-fn set_attr_at(
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    attr: &Attr,
-    chmod: bool,
-    with_mtime: bool,
-) -> OpResult {
+fn set_attr_at(dir: BorrowedFd<'_>, name: &OsStr, attr: &Attr, chmod: bool, with_mtime: bool) -> OpResult {
     let (uid, gid) = owner(attr);
     if uid.is_some() || gid.is_some() {
         ignore_eperm(chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)).ctx("chown")?;
     }
     if chmod {
-        chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(attr.mode & 0o7777),
-            AtFlags::empty(),
-        )
-        .ctx("chmod")?;
+        chmodat(dir, name, Mode::from_raw_mode(attr.mode & 0o7777), AtFlags::empty()).ctx("chmod")?;
     }
     if with_mtime {
         utimensat(dir, name, &mtime(attr)?, AtFlags::SYMLINK_NOFOLLOW).ctx("set mtime")?;

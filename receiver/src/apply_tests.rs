@@ -21,12 +21,7 @@ impl Fixture {
         fs::write(outside.path().join("y"), b"outside y").unwrap();
         fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let mirror = Mirror::open(store.path(), &MachineName::new("m").unwrap()).unwrap();
-        Fixture {
-            _store: store,
-            outside,
-            applier: Applier::new(mirror, "m"),
-            seq: 0,
-        }
+        Fixture { _store: store, outside, applier: Applier::new(mirror, "m"), seq: 0 }
     }
 
     pub fn root(&self) -> PathBuf {
@@ -35,72 +30,45 @@ impl Fixture {
 
     pub fn op(&mut self, path: &[u8], kind: op::Kind) -> Result<(), OpError> {
         self.seq += 1;
-        self.applier.apply(&Op {
-            seq: self.seq,
-            path: path.to_vec(),
-            kind: Some(kind),
-            origin: 0,
-        })
+        self.applier.apply(&Op { seq: self.seq, path: path.to_vec(), kind: Some(kind), origin: 0 })
     }
 
     /// The outside directory is exactly as created.
     pub fn assert_outside_untouched(&self) {
         let o = self.outside.path();
-        let names: Vec<_> = fs::read_dir(o)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(o).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "outside dir changed: {names:?}");
         assert_eq!(fs::read(o.join("x")).unwrap(), b"outside x");
         assert_eq!(fs::read(o.join("y")).unwrap(), b"outside y");
-        assert_eq!(
-            fs::metadata(o).unwrap().permissions().mode() & 0o7777,
-            0o755
-        );
+        assert_eq!(fs::metadata(o).unwrap().permissions().mode() & 0o7777, 0o755);
         assert_eq!(fs::metadata(o.join("x")).unwrap().nlink(), 1);
     }
 }
 
 pub(crate) fn attr(mode: u32, mtime_sec: i64) -> Attr {
-    Attr {
-        mode,
-        mtime_sec,
-        mtime_nsec: 123_456_789,
-        uid: None,
-        gid: None,
-    }
+    Attr { mode, mtime_sec, mtime_nsec: 123_456_789, uid: None, gid: None }
 }
 
 pub(crate) fn data(content: &[u8], mode: u32) -> op::Kind {
     op::Kind::Data(FileData {
         replace: false,
         truncate_to: Some(0),
-        chunks: vec![Chunk {
-            offset: 0,
-            data: content.to_vec(),
-        }],
+        chunks: vec![Chunk { offset: 0, data: content.to_vec() }],
         size: content.len() as u64,
         attr: Some(attr(mode, 1_600_000_000)),
     })
 }
 
 pub(crate) fn mkdir(mode: u32) -> op::Kind {
-    op::Kind::Mkdir(Mkdir {
-        attr: Some(attr(mode, 0)),
-    })
+    op::Kind::Mkdir(Mkdir { attr: Some(attr(mode, 0)) })
 }
 
 pub(crate) fn rename(to: &[u8], exchange: bool) -> op::Kind {
-    op::Kind::Rename(Rename {
-        to: to.to_vec(),
-        exchange,
-    })
+    op::Kind::Rename(Rename { to: to.to_vec(), exchange })
 }
 
 pub(crate) fn symlink_op(target: &[u8]) -> op::Kind {
-    op::Kind::Symlink(Symlink {
-        target: target.to_vec(),
-    })
+    op::Kind::Symlink(Symlink { target: target.to_vec() })
 }
 
 pub(crate) fn link(to: &[u8]) -> op::Kind {
@@ -108,16 +76,12 @@ pub(crate) fn link(to: &[u8]) -> op::Kind {
 }
 
 fn opts() -> CompareOptions {
-    CompareOptions {
-        mode: true,
-        mtime: true,
-    }
+    CompareOptions { mode: true, mtime: true }
 }
 
 fn set_mtime(p: &Path) {
     let f = fs::File::options().write(true).open(p).unwrap();
-    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789))
-        .unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789)).unwrap();
 }
 
 #[test]
@@ -125,18 +89,14 @@ fn every_op_kind_produces_the_expected_tree() {
     let mut f = Fixture::new();
     f.op(b"srv", mkdir(0o755)).unwrap();
     f.op(b"srv/data", mkdir(0o750)).unwrap();
-    f.op(b"srv/data/a.txt", data(b"hello world", 0o644))
-        .unwrap();
+    f.op(b"srv/data/a.txt", data(b"hello world", 0o644)).unwrap();
     // Partial write into an existing file, then grow with a hole.
     f.op(
         b"srv/data/a.txt",
         op::Kind::Data(FileData {
             replace: false,
             truncate_to: None,
-            chunks: vec![Chunk {
-                offset: 6,
-                data: b"WORLD".to_vec(),
-            }],
+            chunks: vec![Chunk { offset: 6, data: b"WORLD".to_vec() }],
             size: 11,
             attr: Some(attr(0o640, 1_600_000_000)),
         }),
@@ -147,10 +107,7 @@ fn every_op_kind_produces_the_expected_tree() {
         op::Kind::Data(FileData {
             replace: false,
             truncate_to: None,
-            chunks: vec![Chunk {
-                offset: 10,
-                data: b"end".to_vec(),
-            }],
+            chunks: vec![Chunk { offset: 10, data: b"end".to_vec() }],
             size: 20,
             attr: Some(attr(0o600, 1_600_000_000)),
         }),
@@ -161,10 +118,8 @@ fn every_op_kind_produces_the_expected_tree() {
     f.op(b"srv/deep", mkdir(0o755)).unwrap();
     f.op(b"srv/deep/er", mkdir(0o755)).unwrap();
     f.op(b"srv/data/tmp", data(b"tmp", 0o644)).unwrap();
-    f.op(b"srv/data/tmp", rename(b"srv/data/renamed", false))
-        .unwrap();
-    f.op(b"srv/data/gone", rename(b"srv/data/never", false))
-        .unwrap(); // missing source: no-op
+    f.op(b"srv/data/tmp", rename(b"srv/data/renamed", false)).unwrap();
+    f.op(b"srv/data/gone", rename(b"srv/data/never", false)).unwrap(); // missing source: no-op
     f.op(b"srv/data/l", symlink_op(b"a.txt")).unwrap();
     f.op(b"srv/data/abs", symlink_op(b"/etc/passwd")).unwrap();
     f.op(b"srv/data/a.txt", link(b"srv/data/hard")).unwrap();
@@ -176,20 +131,8 @@ fn every_op_kind_produces_the_expected_tree() {
     f.op(b"srv/old/f", data(b"f", 0o644)).unwrap();
     f.op(b"srv/old", op::Kind::Remove(Remove {})).unwrap();
     f.op(b"srv/nothing", op::Kind::Remove(Remove {})).unwrap(); // missing is fine
-    f.op(
-        b"srv/deep/er/file",
-        op::Kind::Setattr(SetAttr {
-            attr: Some(attr(0o600, 1_600_000_000)),
-        }),
-    )
-    .unwrap();
-    f.op(
-        b"srv/data/l",
-        op::Kind::Setattr(SetAttr {
-            attr: Some(attr(0o777, 1_600_000_000)),
-        }),
-    )
-    .unwrap();
+    f.op(b"srv/deep/er/file", op::Kind::Setattr(SetAttr { attr: Some(attr(0o600, 1_600_000_000)) })).unwrap();
+    f.op(b"srv/data/l", op::Kind::Setattr(SetAttr { attr: Some(attr(0o777, 1_600_000_000)) })).unwrap();
     // A directory replaced by a file, a file by a directory, a file by a symlink.
     f.op(b"srv/d2", mkdir(0o755)).unwrap();
     f.op(b"srv/d2/inner", data(b"inner", 0o644)).unwrap();
@@ -269,16 +212,7 @@ fn every_op_kind_produces_the_expected_tree() {
 fn hostile_paths_are_refused() {
     let mut f = Fixture::new();
     let escape = format!("{}/x", f.outside.path().display());
-    for bad in [
-        &b"../x"[..],
-        b"/etc/x",
-        b"a/../../x",
-        escape.as_bytes(),
-        b"a//b",
-        b"./x",
-        b"",
-        b"a\0b",
-    ] {
+    for bad in [&b"../x"[..], b"/etc/x", b"a/../../x", escape.as_bytes(), b"a//b", b"./x", b"", b"a\0b"] {
         let e = f.op(bad, data(b"evil", 0o644)).unwrap_err();
         assert!(e.message.contains("refused"), "{}", e.message);
         assert_eq!(e.path, bad);
@@ -317,11 +251,7 @@ fn symlinks_in_the_mirror_are_never_followed() {
     assert_eq!(fs::read(&evil).unwrap(), b"replaced");
 
     // The same through a symlink to the outside file itself.
-    f.op(
-        b"evil",
-        symlink_op(out.join("x").as_os_str().as_encoded_bytes()),
-    )
-    .unwrap();
+    f.op(b"evil", symlink_op(out.join("x").as_os_str().as_encoded_bytes())).unwrap();
     f.op(b"evil", data(b"replaced", 0o666)).unwrap();
     f.assert_outside_untouched();
 
@@ -333,23 +263,11 @@ fn symlinks_in_the_mirror_are_never_followed() {
     f.assert_outside_untouched();
     assert!(!root.join("stolen").exists());
     f.op(b"evil/x", link(b"stolen")).unwrap_err();
-    f.op(
-        b"evil/x",
-        op::Kind::Setattr(SetAttr {
-            attr: Some(attr(0o777, 0)),
-        }),
-    )
-    .unwrap_err();
+    f.op(b"evil/x", op::Kind::Setattr(SetAttr { attr: Some(attr(0o777, 0)) })).unwrap_err();
     f.assert_outside_untouched();
 
     // Setattr on the symlink does not chmod its target.
-    f.op(
-        b"evil",
-        op::Kind::Setattr(SetAttr {
-            attr: Some(attr(0o777, 5)),
-        }),
-    )
-    .unwrap();
+    f.op(b"evil", op::Kind::Setattr(SetAttr { attr: Some(attr(0o777, 5)) })).unwrap();
     f.assert_outside_untouched();
 
     // Rename into the symlink: it becomes a directory holding the file.
@@ -367,11 +285,7 @@ fn symlinks_in_the_mirror_are_never_followed() {
     assert_eq!(fs::read(evil.join("y")).unwrap(), b"b");
 
     // A hard link onto the symlink replaces the symlink.
-    f.op(
-        b"evil",
-        symlink_op(out.join("y").as_os_str().as_encoded_bytes()),
-    )
-    .unwrap();
+    f.op(b"evil", symlink_op(out.join("y").as_os_str().as_encoded_bytes())).unwrap();
     f.op(b"b", link(b"evil")).unwrap();
     f.assert_outside_untouched();
     assert_eq!(fs::read(&evil).unwrap(), b"b");
@@ -398,25 +312,15 @@ fn symlinks_in_the_mirror_are_never_followed() {
 #[test]
 fn seqs_must_increase() {
     let mut f = Fixture::new();
-    let op = |seq, path: &[u8]| Op {
-        seq,
-        path: path.to_vec(),
-        kind: Some(data(b"x", 0o644)),
-        origin: 0,
-    };
-    let batch = OpBatch {
-        ops: vec![op(5, b"a"), op(5, b"b"), op(4, b"c"), op(6, b"d")],
-    };
+    let op = |seq, path: &[u8]| Op { seq, path: path.to_vec(), kind: Some(data(b"x", 0o644)), origin: 0 };
+    let batch = OpBatch { ops: vec![op(5, b"a"), op(5, b"b"), op(4, b"c"), op(6, b"d")] };
     let ack = f.applier.apply_batch(&batch, &|| false).unwrap();
     assert_eq!(ack.applied_seq, 6);
     assert_eq!(ack.errors.len(), 2, "{:?}", ack.errors);
     assert_eq!((ack.errors[0].seq, &ack.errors[0].path[..]), (5, &b"b"[..]));
     assert!(ack.errors[0].message.contains("seq"));
     assert_eq!(ack.errors[1].seq, 4);
-    let names: Vec<_> = fs::read_dir(f.root())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = fs::read_dir(f.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2);
     assert!(f.applier.apply_batch(&batch, &|| true).is_none());
 }
@@ -426,33 +330,14 @@ fn errors_name_the_op_and_path() {
     let mut f = Fixture::new();
     let e = f.op(b"srv/missing", link(b"srv/l")).unwrap_err();
     assert_eq!(e.message, "link srv/missing: link source is missing");
-    let e = f
-        .op(
-            b"srv/missing",
-            op::Kind::Setattr(SetAttr {
-                attr: Some(attr(0, 0)),
-            }),
-        )
-        .unwrap_err();
-    assert!(
-        e.message.starts_with("setattr srv/missing: "),
-        "{}",
-        e.message
-    );
+    let e = f.op(b"srv/missing", op::Kind::Setattr(SetAttr { attr: Some(attr(0, 0)) })).unwrap_err();
+    assert!(e.message.starts_with("setattr srv/missing: "), "{}", e.message);
     f.op(b"d", mkdir(0o755)).unwrap();
     let e = f.op(b"d", rename(b"d/sub", false)).unwrap_err();
     assert!(e.message.starts_with("rename d: "), "{}", e.message);
     let e = f.op(b"d", link(b"e")).unwrap_err();
     assert!(e.message.contains("directory"), "{}", e.message);
-    let e = f
-        .applier
-        .apply(&Op {
-            seq: 100,
-            path: b"x".to_vec(),
-            kind: None,
-            origin: 0,
-        })
-        .unwrap_err();
+    let e = f.applier.apply(&Op { seq: 100, path: b"x".to_vec(), kind: None, origin: 0 }).unwrap_err();
     assert!(e.message.contains("no kind"), "{}", e.message);
 }
 
@@ -462,17 +347,8 @@ fn ownership_is_applied() {
     let mut a = attr(0o4755, 1_600_000_000);
     a.uid = Some(1234);
     a.gid = Some(5678);
-    f.op(
-        b"f",
-        op::Kind::Data(FileData {
-            replace: false,
-            truncate_to: None,
-            chunks: vec![],
-            size: 3,
-            attr: Some(a),
-        }),
-    )
-    .unwrap();
+    f.op(b"f", op::Kind::Data(FileData { replace: false, truncate_to: None, chunks: vec![], size: 3, attr: Some(a) }))
+        .unwrap();
     let md = fs::metadata(f.root().join("f")).unwrap();
     assert_eq!(md.len(), 3);
     if rustix::process::geteuid().is_root() {
@@ -480,8 +356,7 @@ fn ownership_is_applied() {
         // chown came before chmod, so setuid survived.
         assert_eq!(md.permissions().mode() & 0o7777, 0o4755);
         f.op(b"l", symlink_op(b"f")).unwrap();
-        f.op(b"l", op::Kind::Setattr(SetAttr { attr: Some(a) }))
-            .unwrap();
+        f.op(b"l", op::Kind::Setattr(SetAttr { attr: Some(a) })).unwrap();
         let md = fs::symlink_metadata(f.root().join("l")).unwrap();
         assert_eq!((md.uid(), md.gid()), (1234, 5678));
     }

@@ -28,20 +28,13 @@ pub struct MachineName(String);
 impl MachineName {
     pub fn new(name: &str) -> Result<MachineName, String> {
         if name.is_empty() || name.len() > MAX_MACHINE_NAME {
-            return Err(format!(
-                "machine name {name:?} must be 1 to {MAX_MACHINE_NAME} characters long"
-            ));
+            return Err(format!("machine name {name:?} must be 1 to {MAX_MACHINE_NAME} characters long"));
         }
         if name == "." || name == ".." {
             return Err(format!("machine name {name:?} is not allowed"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(format!(
-                "machine name {name:?} may only contain letters, digits, '.', '_' and '-'"
-            ));
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(format!("machine name {name:?} may only contain letters, digits, '.', '_' and '-'"));
         }
         Ok(MachineName(name.to_owned()))
     }
@@ -60,11 +53,7 @@ impl fmt::Display for MachineName {
 /// Decides which machine a request speaks for, or refuses it (normally with
 /// `Status::unauthenticated`).
 pub trait Authenticator: Send + Sync + 'static {
-    fn authenticate(
-        &self,
-        metadata: &MetadataMap,
-        extensions: &Extensions,
-    ) -> Result<MachineName, Status>;
+    fn authenticate(&self, metadata: &MetadataMap, extensions: &Extensions) -> Result<MachineName, Status>;
 
     /// For the image store: like [`Authenticator::authenticate`], and a
     /// boot session's credential is good too; says whose images the request
@@ -224,28 +213,10 @@ mod tests {
 
     #[test]
     fn machine_names() {
-        for good in [
-            "web-1",
-            "db.example.org",
-            "A_b-9",
-            "..a",
-            "a..",
-            "...",
-            &"x".repeat(64),
-        ] {
+        for good in ["web-1", "db.example.org", "A_b-9", "..a", "a..", "...", &"x".repeat(64)] {
             assert!(MachineName::new(good).is_ok(), "{good} refused");
         }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "../m2",
-            "a/b",
-            "a b",
-            "é",
-            "a\0",
-            &"x".repeat(65),
-        ] {
+        for bad in ["", ".", "..", "../m2", "a/b", "a b", "é", "a\0", &"x".repeat(65)] {
             assert!(MachineName::new(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -319,7 +290,12 @@ mod tests {
         db.add_boot_media(&media, &boot.secret_hash()).unwrap();
         // Restore media of m2 reading m1's images.
         let restore = Credential::generate("m2");
-        let from_m1 = crate::bootdb::BootMedia { machine: "m2".into(), mode: "restore".into(), image_of: Some("m1".into()), ..media.clone() };
+        let from_m1 = crate::bootdb::BootMedia {
+            machine: "m2".into(),
+            mode: "restore".into(),
+            image_of: Some("m1".into()),
+            ..media.clone()
+        };
         db.add_boot_media(&from_m1, &restore.secret_hash()).unwrap();
         let auth = TokenAuthenticator::new(db);
         let ext = Extensions::new();

@@ -54,7 +54,9 @@ pub enum Refusal {
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Unknown => f.write_str("no boot media of this machine has this token (made for another machine, or removed)"),
+            Refusal::Unknown => {
+                f.write_str("no boot media of this machine has this token (made for another machine, or removed)")
+            }
             Refusal::Used { media, at, from } => {
                 write!(f, "the token of boot media #{media} was already used at {at} from {from}; each works once")
             }
@@ -103,7 +105,9 @@ impl Db {
         let tx = self.conn.transaction()?;
         if let Some(m) = &mac {
             let other: Option<String> = tx
-                .query_row("SELECT name FROM machines WHERE mac = ?1 AND name != ?2", params![m, name.as_str()], |r| r.get(0))
+                .query_row("SELECT name FROM machines WHERE mac = ?1 AND name != ?2", params![m, name.as_str()], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             if let Some(other) = other {
                 anyhow::bail!("MAC {m} is machine {other}'s already (`lifeline-receiver machine show {other}`)");
@@ -279,7 +283,10 @@ mod tests {
         }
         db.set_mac(&MachineName::new("pc1").unwrap(), Some("52-54-00-12-34-5A")).unwrap();
         assert_eq!(db.machine_by_mac("52:54:00:12:34:5a").unwrap().as_deref(), Some("pc1"));
-        assert!(db.set_mac(&MachineName::new("pc2").unwrap(), Some("52:54:00:12:34:5a")).is_err(), "one MAC, one machine");
+        assert!(
+            db.set_mac(&MachineName::new("pc2").unwrap(), Some("52:54:00:12:34:5a")).is_err(),
+            "one MAC, one machine"
+        );
 
         let id = db.add_boot_media(&media("pc1"), &[7; 32]).unwrap();
         assert_eq!(db.pending_netboot("pc1").unwrap().map(|m| m.id), Some(id));
@@ -289,13 +296,13 @@ mod tests {
         assert_eq!(claimed.media.id, id);
         assert!(claimed.expires_unix > now_unix());
         assert!(db.boot_session("pc1", &[1; 32]).unwrap().is_some());
-        assert!(!db.boot_session("pc2", &[1; 32]).unwrap().is_some());
+        assert!(db.boot_session("pc2", &[1; 32]).unwrap().is_none());
         assert!(db.pending_netboot("pc1").unwrap().is_none());
         match db.claim_boot("pc1", &[7; 32], &[2; 32], "10.0.2.16").unwrap() {
             Err(Refusal::Used { media, from, .. }) => assert_eq!((media, from.as_str()), (id, "10.0.2.15")),
             other => panic!("a second claim: {other:?}"),
         }
-        assert!(!db.boot_session("pc1", &[2; 32]).unwrap().is_some());
+        assert!(db.boot_session("pc1", &[2; 32]).unwrap().is_none());
 
         let id2 = db.add_boot_media(&media("pc1"), &[8; 32]).unwrap();
         db.revoke_boot_media(id2).unwrap();

@@ -85,9 +85,8 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
         }
     }
     let identity = crate::tls::load_or_create(store, &[])?;
-    let ca = identity
-        .ca_path
-        .context("the receiver uses a certificate of your own (--tls-cert): its CA is unknown here")?;
+    let ca =
+        identity.ca_path.context("the receiver uses a certificate of your own (--tls-cert): its CA is unknown here")?;
     let ca_pem = std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
     let files = match (spec.mode, &spec.password) {
         (Mode::Menu, None) => agent::attended_files(&spec.agent, &ca_pem),
@@ -103,7 +102,9 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
     let token = Credential::generate(spec.machine.as_str());
     let mut params = BootParams::new(spec.machine.as_str());
     if spec.style == Style::Receiver && spec.receiver_url.is_none() {
-        anyhow::bail!("boot media for jobs with the receiver need --receiver-url (how the machine reaches this receiver)");
+        anyhow::bail!(
+            "boot media for jobs with the receiver need --receiver-url (how the machine reaches this receiver)"
+        );
     }
     params.receiver = spec.receiver_url.clone();
     params.mode = spec.mode;
@@ -127,7 +128,8 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
         "netboot" => None,
         "iso" => {
             let iso = tmp.join("boot.iso");
-            let title = format!("Lifeline boot OS for {} ({} {})", spec.machine, spec.mode.as_str(), spec.style.as_str());
+            let title =
+                format!("Lifeline boot OS for {} ({} {})", spec.machine, spec.mode.as_str(), spec.style.as_str());
             lifeline_bootos::iso::make_iso(&built.kernel, &initrd, &cmdline, &title, &iso).context("making the ISO")?;
             // Holds the token and the password, like the initramfs.
             std::fs::set_permissions(&iso, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
@@ -135,8 +137,10 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
         }
         "usb" => {
             let img = tmp.join("usb.img");
-            let title = format!("Lifeline boot OS for {} ({} {})", spec.machine, spec.mode.as_str(), spec.style.as_str());
-            lifeline_bootos::usb::make_usb(&built.kernel, &initrd, &cmdline, &title, &img).context("making the USB image")?;
+            let title =
+                format!("Lifeline boot OS for {} ({} {})", spec.machine, spec.mode.as_str(), spec.style.as_str());
+            lifeline_bootos::usb::make_usb(&built.kernel, &initrd, &cmdline, &title, &img)
+                .context("making the USB image")?;
             // Holds the token (and for unattended media the password).
             std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             Some("usb.img")

@@ -103,7 +103,8 @@ impl Db {
     /// Replaces the credential of `name`; the old one stops working.
     pub fn reissue(&mut self, name: &MachineName, token_hash: &[u8; 32]) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute("UPDATE machines SET token_hash = ?2 WHERE name = ?1", params![name.as_str(), &token_hash[..]])?;
+        let n =
+            tx.execute("UPDATE machines SET token_hash = ?2 WHERE name = ?1", params![name.as_str(), &token_hash[..]])?;
         if n == 0 {
             anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
         }
@@ -132,10 +133,8 @@ impl Db {
 
     /// The credential hash of `name`, if it is registered.
     pub fn token_hash(&self, name: &str) -> anyhow::Result<Option<[u8; 32]>> {
-        let h: Option<Vec<u8>> = self
-            .conn
-            .query_row("SELECT token_hash FROM machines WHERE name = ?1", [name], |r| r.get(0))
-            .optional()?;
+        let h: Option<Vec<u8>> =
+            self.conn.query_row("SELECT token_hash FROM machines WHERE name = ?1", [name], |r| r.get(0)).optional()?;
         Ok(h.and_then(|v| v.try_into().ok()))
     }
 

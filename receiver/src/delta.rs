@@ -46,8 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lifeline_delta::{
-    DeltaOp, Patcher, Signature, DEFAULT_STRONG_LEN, MAX_BLOCK_LEN, MAX_STRONG_LEN, MIN_BLOCK_LEN,
-    MIN_STRONG_LEN,
+    DeltaOp, Patcher, Signature, DEFAULT_STRONG_LEN, MAX_BLOCK_LEN, MAX_STRONG_LEN, MIN_BLOCK_LEN, MIN_STRONG_LEN,
 };
 use lifeline_proto::v1::{delta_instr, Attr, FileDelta, SignatureChunk, SignatureHeader};
 use rustix::fs::{fstat, renameat, unlinkat, AtFlags, FileType, Mode, OFlags, Stat};
@@ -111,13 +110,7 @@ pub fn open_base(mirror: &Mirror, path: &[u8]) -> Result<(File, Stat), Status> {
                 io::Error::from(e)
             )))
         }
-        Err(e) => {
-            return Err(Status::internal(format!(
-                "opening {}: {}",
-                lossy(path),
-                io::Error::from(e)
-            )))
-        }
+        Err(e) => return Err(Status::internal(format!("opening {}: {}", lossy(path), io::Error::from(e)))),
     };
     let st = fstat(&fd).map_err(|e| Status::internal(format!("stat {}: {}", lossy(path), io::Error::from(e))))?;
     let kind = FileType::from_raw_mode(st.st_mode);
@@ -150,8 +143,7 @@ pub fn send_signature(
     let base_len = st.st_size as u64;
     let bl = if block_len == 0 { Signature::block_len_for(base_len) } else { block_len };
     let sl = if strong_len == 0 { DEFAULT_STRONG_LEN as u32 } else { strong_len };
-    if !(MIN_BLOCK_LEN..=MAX_BLOCK_LEN).contains(&bl)
-        || !(MIN_STRONG_LEN as u32..=MAX_STRONG_LEN as u32).contains(&sl)
+    if !(MIN_BLOCK_LEN..=MAX_BLOCK_LEN).contains(&bl) || !(MIN_STRONG_LEN as u32..=MAX_STRONG_LEN as u32).contains(&sl)
     {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -161,15 +153,8 @@ pub fn send_signature(
             ),
         ));
     }
-    let per_msg = ((SIG_MSG_BYTES / (4 + sl as usize)) as u64)
-        .min((SIG_MSG_SPAN / bl as u64).max(1))
-        .max(1);
-    let mut header = Some(SignatureHeader {
-        block_len: bl,
-        strong_len: sl,
-        base_len,
-        base_token: base_token(st),
-    });
+    let per_msg = ((SIG_MSG_BYTES / (4 + sl as usize)) as u64).min((SIG_MSG_SPAN / bl as u64).max(1)).max(1);
+    let mut header = Some(SignatureHeader { block_len: bl, strong_len: sl, base_len, base_token: base_token(st) });
     let mut reader: &File = file;
     let mut left = base_len;
     loop {
@@ -224,8 +209,8 @@ impl PartialRecord {
         self.file.read_exact_at(&mut wire, 0)?;
         let (dir, name) = split(&wire);
         // Only ever a name this module made: a damaged record removes nothing else.
-        let ours = name.as_bytes().starts_with(TEMP_PREFIX.as_bytes())
-            && lifeline_core::wirepath::validate(&wire).is_ok();
+        let ours =
+            name.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) && lifeline_core::wirepath::validate(&wire).is_ok();
         let mut removed = None;
         if ours {
             let parent = if dir.is_empty() {
@@ -331,9 +316,7 @@ impl Drop for OpenDelta {
 static NONCE: AtomicU64 = AtomicU64::new(0);
 
 fn temp_name() -> OsString {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let n = NONCE.fetch_add(1, Ordering::Relaxed);
     let x = t ^ (u64::from(std::process::id()) << 32) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     OsString::from(format!("{TEMP_PREFIX}{x:016x}"))
@@ -497,9 +480,7 @@ impl Deltas {
             if o.out.is_none() {
                 if let DeltaOp::Copy { offset, len } = op {
                     // Still the base in place: nothing to write yet.
-                    if offset == o.same
-                        && offset.checked_add(len).is_some_and(|e| e <= o.base_len && e <= o.max_len)
-                    {
+                    if offset == o.same && offset.checked_add(len).is_some_and(|e| e <= o.base_len && e <= o.max_len) {
                         o.same += len;
                         continue;
                     }
@@ -538,9 +519,7 @@ impl Deltas {
         o.out = Some(Building { temp, patcher });
         if o.same > 0 {
             let b = o.out.as_mut().expect("just set");
-            b.patcher
-                .push(&DeltaOp::Copy { offset: 0, len: o.same })
-                .map_err(|e| e.to_string())?;
+            b.patcher.push(&DeltaOp::Copy { offset: 0, len: o.same }).map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -562,7 +541,11 @@ impl Deltas {
             }
             let st = fstat(base).map_err(errno_ctx("stat the base"))?;
             crate::apply::set_attr_known(base.as_fd(), &attr, &st)?;
-            debug!("delta of {}: content unchanged, checked in {:?}", lossy(&o.path).escape_debug(), o.started.elapsed());
+            debug!(
+                "delta of {}: content unchanged, checked in {:?}",
+                lossy(&o.path).escape_debug(),
+                o.started.elapsed()
+            );
             return Ok(());
         }
         if o.out.is_none() {

@@ -67,7 +67,12 @@ impl Fix {
 
     fn apply(&mut self, rel: &str, d: FileDelta) -> Result<(), OpError> {
         self.seq += 1;
-        self.applier.apply(&Op { seq: self.seq, path: rel.as_bytes().to_vec(), origin: 0, kind: Some(op::Kind::Delta(d)) })
+        self.applier.apply(&Op {
+            seq: self.seq,
+            path: rel.as_bytes().to_vec(),
+            origin: 0,
+            kind: Some(op::Kind::Delta(d)),
+        })
     }
 
     fn apply_all(&mut self, rel: &str, pieces: Vec<FileDelta>) -> Vec<OpError> {
@@ -122,10 +127,8 @@ fn pieces(sig: &Signature, token: &[u8], new: &[u8], per_piece: usize) -> Vec<Fi
 }
 
 fn cut(base_len: u64, token: &[u8], instrs: Vec<DeltaInstr>, stats: &DeltaStats, per_piece: usize) -> Vec<FileDelta> {
-    let mut out: Vec<FileDelta> = instrs
-        .chunks(per_piece.max(1))
-        .map(|c| FileDelta { instrs: c.to_vec(), ..Default::default() })
-        .collect();
+    let mut out: Vec<FileDelta> =
+        instrs.chunks(per_piece.max(1)).map(|c| FileDelta { instrs: c.to_vec(), ..Default::default() }).collect();
     if out.is_empty() {
         out.push(FileDelta::default());
     }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use lifeline_proto::v1::image_store_server::{ImageStore, ImageStoreServer};
 use lifeline_proto::v1::{
-    BootSession, ImageBlob, ImageEmpty, JobReply, JobReport, ManifestNames, ManifestRequest,
-    NamedBlob, PackInfo, PackList, PackPiece, PackRange,
+    BootSession, ImageBlob, ImageEmpty, JobReply, JobReport, ManifestNames, ManifestRequest, NamedBlob, PackInfo,
+    PackList, PackPiece, PackRange,
 };
 use lifeline_repo::pack::MAX_PACK_SIZE;
 use lifeline_repo::{DirStore, PackId, PackSink, RepoError, Store, MAX_MANIFEST_BLOB_SIZE};
@@ -63,9 +63,7 @@ impl Images {
 
     /// The store the request may write: its own machine's only.
     fn store_to_write<T>(&self, req: &Request<T>) -> Result<(MachineName, DirStore), Status> {
-        let a = self
-            .auth
-            .authenticate_images(req.metadata(), req.extensions())?;
+        let a = self.auth.authenticate_images(req.metadata(), req.extensions())?;
         if a.read_only {
             return Err(Status::permission_denied(format!(
                 "this boot session of machine {} restores machine {}'s images: it may read them, never write \
@@ -83,9 +81,7 @@ impl Images {
 }
 
 /// Run blocking store work off the async threads, mapping errors to statuses.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, RepoError> + Send + 'static,
-) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, RepoError> + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("store task failed: {e}")))?
@@ -94,9 +90,7 @@ async fn blocking<T: Send + 'static>(
 
 fn status(e: RepoError) -> Status {
     match e {
-        RepoError::AlreadyExists { .. } => {
-            Status::already_exists("the machine already has an image repository")
-        }
+        RepoError::AlreadyExists { .. } => Status::already_exists("the machine already has an image repository"),
         RepoError::NotEmpty { .. } => Status::failed_precondition(e.to_string()),
         RepoError::BadName { .. } | RepoError::TooLarge { .. } | RepoError::CorruptPack { .. } => {
             Status::invalid_argument(e.to_string())
@@ -110,9 +104,7 @@ fn status(e: RepoError) -> Status {
 }
 
 fn pack_id(b: &[u8]) -> Result<PackId, Status> {
-    b.try_into()
-        .map(PackId)
-        .map_err(|_| Status::invalid_argument("a pack id is 16 bytes"))
+    b.try_into().map(PackId).map_err(|_| Status::invalid_argument("a pack id is 16 bytes"))
 }
 
 #[tonic::async_trait]
@@ -121,9 +113,7 @@ impl ImageStore for Images {
         let (m, store) = self.store_for(&req)?;
         match blocking(move || store.load_config()).await? {
             Some(data) => Ok(Response::new(ImageBlob { data })),
-            None => Err(Status::not_found(format!(
-                "machine {m} has no image repository yet"
-            ))),
+            None => Err(Status::not_found(format!("machine {m} has no image repository yet"))),
         }
     }
 
@@ -140,10 +130,7 @@ impl ImageStore for Images {
 
     type ListPacksStream = tokio_stream::Iter<std::vec::IntoIter<Result<PackList, Status>>>;
 
-    async fn list_packs(
-        &self,
-        req: Request<ImageEmpty>,
-    ) -> Result<Response<Self::ListPacksStream>, Status> {
+    async fn list_packs(&self, req: Request<ImageEmpty>) -> Result<Response<Self::ListPacksStream>, Status> {
         let (_, store) = self.store_for(&req)?;
         let listing = blocking(move || store.list_packs()).await?;
         let mut msgs: Vec<Result<PackList, Status>> = Vec::new();
@@ -155,12 +142,7 @@ impl ImageStore for Images {
                 Err(e) => (vec![], e),
             };
             bytes += index.len() + 64;
-            cur.packs.push(PackInfo {
-                id: p.id.0.to_vec(),
-                size: p.size,
-                index,
-                error,
-            });
+            cur.packs.push(PackInfo { id: p.id.0.to_vec(), size: p.size, index, error });
             if bytes >= LIST_BYTES {
                 msgs.push(Ok(std::mem::take(&mut cur)));
                 bytes = 0;
@@ -172,10 +154,7 @@ impl ImageStore for Images {
         Ok(Response::new(tokio_stream::iter(msgs)))
     }
 
-    async fn put_pack(
-        &self,
-        req: Request<Streaming<PackPiece>>,
-    ) -> Result<Response<ImageEmpty>, Status> {
+    async fn put_pack(&self, req: Request<Streaming<PackPiece>>) -> Result<Response<ImageEmpty>, Status> {
         let (m, store) = self.store_to_write(&req)?;
         let mut stream = req.into_inner();
         let Some(first) = stream.next().await else {
@@ -193,9 +172,7 @@ impl ImageStore for Images {
                 Some(p) => {
                     let p = p?;
                     if !p.id.is_empty() {
-                        return Err(Status::invalid_argument(
-                            "the pack id goes in the first piece only",
-                        ));
+                        return Err(Status::invalid_argument("the pack id goes in the first piece only"));
                     }
                     piece = p.data;
                 }
@@ -222,9 +199,7 @@ impl ImageStore for Images {
             Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Status::not_found(format!("no pack {id}")));
             }
-            Err(RepoError::Io { source, .. })
-                if source.kind() == std::io::ErrorKind::UnexpectedEof =>
-            {
+            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return Err(Status::out_of_range(format!("beyond the end of pack {id}")));
             }
             Err(e) => return Err(status(e)),
@@ -245,10 +220,7 @@ impl ImageStore for Images {
         Ok(Response::new(ImageEmpty {}))
     }
 
-    async fn get_manifest(
-        &self,
-        req: Request<ManifestRequest>,
-    ) -> Result<Response<ImageBlob>, Status> {
+    async fn get_manifest(&self, req: Request<ManifestRequest>) -> Result<Response<ImageBlob>, Status> {
         let (_, store) = self.store_for(&req)?;
         let name = req.into_inner().name;
         lifeline_repo::validate_image_name(&name).map_err(status)?;
@@ -259,10 +231,7 @@ impl ImageStore for Images {
         }
     }
 
-    async fn list_manifests(
-        &self,
-        req: Request<ImageEmpty>,
-    ) -> Result<Response<ManifestNames>, Status> {
+    async fn list_manifests(&self, req: Request<ImageEmpty>) -> Result<Response<ManifestNames>, Status> {
         let (_, store) = self.store_for(&req)?;
         let names = blocking(move || {
             if store.load_config()?.is_none() {
@@ -275,19 +244,13 @@ impl ImageStore for Images {
     }
 
     async fn claim_boot(&self, req: Request<ImageEmpty>) -> Result<Response<BootSession>, Status> {
-        let from = req
-            .remote_addr()
-            .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
+        let from = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
         let auth = self.auth.clone();
         let md = req.metadata().clone();
         let claim = tokio::task::spawn_blocking(move || auth.claim_boot(&md, &from))
             .await
             .map_err(|e| Status::internal(format!("claim task failed: {e}")))??;
-        info!(
-            machine = claim.media.machine,
-            media = claim.media.id,
-            "boot session opened"
-        );
+        info!(machine = claim.media.machine, media = claim.media.id, "boot session opened");
         Ok(Response::new(BootSession {
             credential: claim.credential.token(),
             expires_unix: claim.expires_unix,
@@ -299,10 +262,7 @@ impl ImageStore for Images {
     }
 
     async fn report_job(&self, req: Request<JobReport>) -> Result<Response<JobReply>, Status> {
-        let m = self
-            .auth
-            .authenticate_images(req.metadata(), req.extensions())?
-            .machine;
+        let m = self.auth.authenticate_images(req.metadata(), req.extensions())?.machine;
         let r = req.into_inner();
         let limit = |s: String| s.chars().take(1000).collect::<String>();
         let report = crate::jobsdb::Report {
@@ -320,9 +280,7 @@ impl ImageStore for Images {
         let machine = m.as_str().to_string();
         let job = i64::try_from(r.job).map_err(|_| Status::invalid_argument("no such job"))?;
         let id = tokio::task::spawn_blocking(move || {
-            db.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .report_job(&machine, job, &report)
+            db.lock().unwrap_or_else(|e| e.into_inner()).report_job(&machine, job, &report)
         })
         .await
         .map_err(|e| Status::internal(format!("job task failed: {e}")))?

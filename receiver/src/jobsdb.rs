@@ -57,7 +57,17 @@ impl Db {
             tx.execute(
                 "INSERT INTO jobs (machine, kind, image, disk, disk_size, state, done_bytes, total_bytes, message) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![machine, r.kind, r.image, r.disk, r.disk_size as i64, r.state, r.done_bytes as i64, r.total_bytes as i64, r.message],
+                params![
+                    machine,
+                    r.kind,
+                    r.image,
+                    r.disk,
+                    r.disk_size as i64,
+                    r.state,
+                    r.done_bytes as i64,
+                    r.total_bytes as i64,
+                    r.message
+                ],
             )?;
             let id = tx.last_insert_rowid();
             audit(&tx, Some(machine), &format!("{} started", r.kind), &format!("job {id} {} {}", r.image, r.disk))?;
@@ -82,7 +92,12 @@ impl Db {
             job
         };
         if r.state != "running" {
-            audit(&tx, Some(machine), &format!("{} {}", r.kind, r.state), &format!("job {id} {} {}", r.image, r.message))?;
+            audit(
+                &tx,
+                Some(machine),
+                &format!("{} {}", r.kind, r.state),
+                &format!("job {id} {} {}", r.image, r.message),
+            )?;
         }
         if r.kind == "backup" && r.state == "ok" && !r.image.is_empty() {
             tx.execute(
@@ -158,7 +173,14 @@ mod tests {
         for n in ["pc1", "pc2"] {
             db.add_machine(&MachineName::new(n).unwrap(), &[0; 32], "").unwrap();
         }
-        let mut r = Report { kind: "backup".into(), state: "running".into(), disk: "/dev/vda QEMU".into(), disk_size: 100, total_bytes: 40, ..Default::default() };
+        let mut r = Report {
+            kind: "backup".into(),
+            state: "running".into(),
+            disk: "/dev/vda QEMU".into(),
+            disk_size: 100,
+            total_bytes: 40,
+            ..Default::default()
+        };
         let id = db.report_job("pc1", 0, &r).unwrap();
         r.done_bytes = 20;
         assert!(db.report_job("pc2", id, &r).is_err(), "another machine's job");

@@ -22,8 +22,8 @@ pub mod mediadownload;
 pub mod netboot;
 pub mod progress;
 pub mod safepath;
-pub mod tftp;
 mod service;
+pub mod tftp;
 pub mod tls;
 
 use std::future::Future;
@@ -122,9 +122,5 @@ pub async fn spawn(addr: &str, store: impl Into<PathBuf>) -> anyhow::Result<Runn
     let task = tokio::spawn(serve_with(listener, receiver, None, async move {
         let _ = rx.await;
     }));
-    Ok(Running {
-        addr,
-        stop: Some(tx),
-        task,
-    })
+    Ok(Running { addr, stop: Some(tx), task })
 }

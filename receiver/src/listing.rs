@@ -5,10 +5,10 @@ use std::os::unix::ffi::OsStrExt;
 
 use lifeline_core::tree::{self, Kind};
 use lifeline_proto::v1::{tree_entry, Attr, TreeEntries, TreeEntry};
-use std::collections::VecDeque;
-use std::os::fd::AsFd;
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
+use std::collections::VecDeque;
+use std::os::fd::AsFd;
 
 use crate::safepath::{open_beneath, Mirror};
 

@@ -119,6 +119,8 @@ enum MachineCmd {
     Remove { name: String },
 }
 
+// `Make` carries every option of a boot medium; the enum is parsed once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum BootosCmd {
     /// Build boot media for a machine into STORE/boot/ID/ (vmlinuz,
@@ -182,7 +184,7 @@ fn main() -> anyhow::Result<()> {
             let db = Db::open(&cli.store)?;
             for j in db.jobs(machine.as_deref(), last)? {
                 let r = &j.report;
-                let pct = if r.total_bytes > 0 { r.done_bytes * 100 / r.total_bytes } else { 0 };
+                let pct = (r.done_bytes * 100).checked_div(r.total_bytes).unwrap_or(0);
                 println!(
                     "job {:<5} {:<12} {:<8} {:<8} {:>3}% of {:>12} B  {}  started {} {}  {}",
                     j.id,
@@ -245,9 +247,12 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
             let Some(m) = db.machines()?.into_iter().find(|m| m.name == name) else {
                 anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
             };
-            println!("machine {}
+            println!(
+                "machine {}
   registered {}
-  notes {}", m.name, m.created_at, m.notes);
+  notes {}",
+                m.name, m.created_at, m.notes
+            );
             println!("  MAC {}", db.mac_of(&m.name)?.unwrap_or_else(|| "none (machine set-mac NAME MAC)".into()));
             print_media(&db.boot_media_of(Some(&m.name))?);
             Ok(())
@@ -271,7 +276,10 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
         MachineCmd::Remove { name } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
             db.remove_machine(&name)?;
-            println!("machine {name} removed; its mirror stays in {}", store.join("mirror").join(name.as_str()).display());
+            println!(
+                "machine {name} removed; its mirror stays in {}",
+                store.join("mirror").join(name.as_str()).display()
+            );
             Ok(())
         }
     }
@@ -285,7 +293,8 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
         BootosCmd::Make { name, receiver_url, mode, style, image, image_of, agent, password_file, kernel, kind } => {
             let password = match &password_file {
                 Some(f) => {
-                    let s = std::fs::read_to_string(f).with_context(|| format!("cannot read the password file {}", f.display()))?;
+                    let s = std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read the password file {}", f.display()))?;
                     Some(s.lines().next().unwrap_or("").to_string())
                 }
                 None => None,
@@ -307,9 +316,20 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 kind,
             };
             let made = lifeline_receiver::bootmedia::make(store, &mut db, &spec)?;
-            println!("boot media #{} for machine {name} ({} {}) in {}", made.media.id, made.media.mode, made.media.style, made.dir.display());
-            println!("  kernel {}
-  initrd {} ({} bytes)", made.kernel.display(), made.initrd.display(), made.initrd_bytes);
+            println!(
+                "boot media #{} for machine {name} ({} {}) in {}",
+                made.media.id,
+                made.media.mode,
+                made.media.style,
+                made.dir.display()
+            );
+            println!(
+                "  kernel {}
+  initrd {} ({} bytes)",
+                made.kernel.display(),
+                made.initrd.display(),
+                made.initrd_bytes
+            );
             if let Some(iso) = &made.iso {
                 let what = if made.media.kind == "usb" {
                     "USB disk image: write it to a USB stick with dd (BIOS and UEFI)"
@@ -328,7 +348,10 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 Some(mac) => println!("  network boot: machine {mac} chains http://RECEIVER:HTTP-PORT/boot.ipxe (lifeline-receiver --http-listen)"),
                 None => println!("  network boot needs its MAC: lifeline-receiver machine set-mac {name} MAC"),
             }
-            println!("  its one-time token works for one boot; the kernel command line is in {}/cmdline", made.dir.display());
+            println!(
+                "  its one-time token works for one boot; the kernel command line is in {}/cmdline",
+                made.dir.display()
+            );
             Ok(())
         }
         BootosCmd::List { name } => {
@@ -354,7 +377,10 @@ fn print_media(media: &[lifeline_receiver::bootdb::BootMedia]) {
             (Some(at), _) => format!("used {at} from {}", m.used_from),
             (None, _) => "waiting".to_string(),
         };
-        println!("  #{:<4} {:<10} {:<12} {:<8} {:<8} made {}  {state}", m.id, m.machine, m.kind, m.mode, m.style, m.created_at);
+        println!(
+            "  #{:<4} {:<10} {:<12} {:<8} {:<8} made {}  {state}",
+            m.id, m.machine, m.kind, m.mode, m.style, m.created_at
+        );
     }
 }
 
@@ -391,9 +417,8 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             (Some(c), Some(k)) => tls::load(c, k)?,
             _ => tls::load_or_create(receiver.store(), &args.tls_names)?,
         };
-        let listener = TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener =
+            TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
         println!(
             "lifeline-receiver listening on {} (TLS), store {}{}",
             listener.local_addr()?,
@@ -401,13 +426,16 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             identity.ca_path.as_ref().map(|p| format!(", agents trust {}", p.display())).unwrap_or_default()
         );
         if let Some(addr) = &args.http_listen {
-            let http = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
+            let http =
+                TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
             println!("network boot on http://{}/boot.ipxe", http.local_addr()?);
             let nb = std::sync::Arc::new(lifeline_receiver::netboot::NetBoot::new(receiver.store())?);
             tokio::spawn(nb.serve(http));
         }
         if let Some(addr) = &args.tftp_listen {
-            let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--tftp-listen)"))?;
+            let udp = tokio::net::UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--tftp-listen)"))?;
             println!("TFTP on {} serving {}", udp.local_addr()?, args.tftp_root.display());
             tokio::spawn(lifeline_receiver::tftp::serve(udp, args.tftp_root.clone()));
         }

@@ -18,9 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use lifeline_proto::v1::boot_media_store_server::{BootMediaStore, BootMediaStoreServer};
-use lifeline_proto::v1::{
-    BootMediaChunk, BootMediaInfo, BootMediaList, BootMediaRequest, ImageEmpty,
-};
+use lifeline_proto::v1::{BootMediaChunk, BootMediaInfo, BootMediaList, BootMediaRequest, ImageEmpty};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -49,16 +47,9 @@ pub fn media_file(kind: &str) -> Option<&'static str> {
 }
 
 impl MediaDownload {
-    pub fn new(
-        store: &std::path::Path,
-        auth: Arc<dyn Authenticator>,
-    ) -> anyhow::Result<MediaDownload> {
+    pub fn new(store: &std::path::Path, auth: Arc<dyn Authenticator>) -> anyhow::Result<MediaDownload> {
         let db = Arc::new(Mutex::new(Db::open(store)?));
-        Ok(MediaDownload {
-            store: store.to_path_buf(),
-            auth,
-            db,
-        })
+        Ok(MediaDownload { store: store.to_path_buf(), auth, db })
     }
 
     pub fn into_service(self) -> BootMediaStoreServer<MediaDownload> {
@@ -74,8 +65,7 @@ impl MediaDownload {
         let size = if file.is_empty() {
             0
         } else {
-            std::fs::metadata(crate::bootmedia::media_dir(&self.store, m.id).join(file))
-                .map_or(0, |x| x.len())
+            std::fs::metadata(crate::bootmedia::media_dir(&self.store, m.id).join(file)).map_or(0, |x| x.len())
         };
         BootMediaInfo {
             id: m.id as u64,
@@ -99,18 +89,10 @@ fn internal(e: anyhow::Error) -> Status {
 
 #[tonic::async_trait]
 impl BootMediaStore for MediaDownload {
-    async fn list_boot_media(
-        &self,
-        req: Request<ImageEmpty>,
-    ) -> Result<Response<BootMediaList>, Status> {
+    async fn list_boot_media(&self, req: Request<ImageEmpty>) -> Result<Response<BootMediaList>, Status> {
         let machine = self.auth.authenticate(req.metadata(), req.extensions())?;
-        let media = self
-            .db()
-            .boot_media_of(Some(machine.as_str()))
-            .map_err(internal)?;
-        Ok(Response::new(BootMediaList {
-            media: media.iter().map(|m| self.info(m)).collect(),
-        }))
+        let media = self.db().boot_media_of(Some(machine.as_str())).map_err(internal)?;
+        Ok(Response::new(BootMediaList { media: media.iter().map(|m| self.info(m)).collect() }))
     }
 
     type DownloadBootMediaStream = ReceiverStream<Result<BootMediaChunk, Status>>;
@@ -121,19 +103,11 @@ impl BootMediaStore for MediaDownload {
     ) -> Result<Response<Self::DownloadBootMediaStream>, Status> {
         let machine = self.auth.authenticate(req.metadata(), req.extensions())?;
         let id = req.get_ref().id;
-        let media = i64::try_from(id)
-            .ok()
-            .map(|id| self.db().boot_media(id))
-            .transpose()
-            .map_err(internal)?
-            .flatten();
+        let media = i64::try_from(id).ok().map(|id| self.db().boot_media(id)).transpose().map_err(internal)?.flatten();
         let refuse = |why: &str, status: Status| {
             warn!(machine = %machine, media = id, "boot media download refused: {why}");
-            let _ = self.db().audit(
-                Some(machine.as_str()),
-                "boot media download refused",
-                &format!("media #{id}: {why}"),
-            );
+            let _ =
+                self.db().audit(Some(machine.as_str()), "boot media download refused", &format!("media #{id}: {why}"));
             Err(status)
         };
         let m = match media {
@@ -146,10 +120,7 @@ impl BootMediaStore for MediaDownload {
                 )
             }
             None => {
-                return refuse(
-                    "no such media",
-                    Status::not_found(format!("machine {machine} has no boot media #{id}")),
-                )
+                return refuse("no such media", Status::not_found(format!("machine {machine} has no boot media #{id}")))
             }
         };
         let Some(file) = media_file(&m.kind) else {
@@ -161,11 +132,7 @@ impl BootMediaStore for MediaDownload {
             );
         };
         if !m.usable() {
-            let why = if m.revoked {
-                "revoked"
-            } else {
-                "its one-time token was used"
-            };
+            let why = if m.revoked { "revoked" } else { "its one-time token was used" };
             return refuse(
                 why,
                 Status::failed_precondition(format!(
@@ -201,9 +168,7 @@ impl BootMediaStore for MediaDownload {
                 let n = match read_full(&mut f, &mut buf) {
                     Ok(n) => n,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(format!(
-                            "reading the media: {e}"
-                        ))));
+                        let _ = tx.blocking_send(Err(Status::internal(format!("reading the media: {e}"))));
                         return;
                     }
                 };
@@ -211,14 +176,7 @@ impl BootMediaStore for MediaDownload {
                 if n == 0 && first.is_none() {
                     return;
                 }
-                if tx
-                    .blocking_send(Ok(BootMediaChunk {
-                        info: first.take(),
-                        data: buf,
-                    }))
-                    .is_err()
-                    || n == 0
-                {
+                if tx.blocking_send(Ok(BootMediaChunk { info: first.take(), data: buf })).is_err() || n == 0 {
                     return;
                 }
             }

@@ -121,7 +121,9 @@ impl NetBoot {
     fn route(&self, db: &Db, path: &str, host: &str) -> Reply {
         let base = format!("http://{host}");
         if path == "/boot.ipxe" {
-            return Reply::Script(format!("#!ipxe\necho lifeline: asking {base} for this machine's boot OS\nchain {base}/ipxe/${{net0/mac}}\n"));
+            return Reply::Script(format!(
+                "#!ipxe\necho lifeline: asking {base} for this machine's boot OS\nchain {base}/ipxe/${{net0/mac}}\n"
+            ));
         }
         if let Some(mac) = path.strip_prefix("/ipxe/") {
             // iPXE escapes the colons of ${net0/mac}.
@@ -157,8 +159,8 @@ impl NetBoot {
             Ok(Some(m)) => m,
             Ok(None) => {
                 return refuse(format!(
-                    "no boot media waits for machine {machine} (each boots once): lifeline-receiver bootos make {machine}"
-                ))
+                "no boot media waits for machine {machine} (each boots once): lifeline-receiver bootos make {machine}"
+            ))
             }
             Err(e) => return refuse(format!("the receiver cannot read its database: {e:#}")),
         };
@@ -176,7 +178,10 @@ impl NetBoot {
 }
 
 async fn respond(s: &mut TcpStream, status: &str, ty: &str, body: &[u8]) -> std::io::Result<()> {
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     s.write_all(head.as_bytes()).await?;
     s.write_all(body).await?;
     s.shutdown().await

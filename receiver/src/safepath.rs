@@ -19,10 +19,7 @@ use std::sync::Arc;
 
 use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{
-    fstat, mkdirat, openat, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags,
-    ResolveFlags,
-};
+use rustix::fs::{fstat, mkdirat, openat, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::auth::MachineName;
@@ -84,12 +81,7 @@ pub fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<(
         id: (u64, u64),
     }
     fn open(dir: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<(OwnedFd, Frame)> {
-        let fd = open_beneath(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
-            Mode::empty(),
-        )?;
+        let fd = open_beneath(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, Mode::empty())?;
         let st = fstat(&fd)?;
         let mut pending = Vec::new();
         let mut entries = Dir::read_from(&fd)?;
@@ -101,14 +93,7 @@ pub fn remove_tree(parent: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<(
             }
         }
         let id = (st.st_dev as u64, st.st_ino as u64);
-        Ok((
-            fd,
-            Frame {
-                pending,
-                name: name.to_owned(),
-                id,
-            },
-        ))
+        Ok((fd, Frame { pending, name: name.to_owned(), id }))
     }
 
     let name = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
@@ -174,28 +159,16 @@ impl Mirror {
     pub fn open(store: &Path, machine: &MachineName) -> io::Result<Mirror> {
         let mirrors = store.join("mirror");
         create_private_dir_all(&mirrors)?;
-        let top = rustix::fs::open(
-            &mirrors,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| with_path(e.into(), "open", &mirrors))?;
+        let top = rustix::fs::open(&mirrors, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| with_path(e.into(), "open", &mirrors))?;
         let name = machine.as_str();
         match mkdirat(&top, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(with_path(e.into(), "create", &mirrors.join(name))),
         }
-        let root = open_beneath(
-            top.as_fd(),
-            name,
-            OFlags::PATH | OFlags::DIRECTORY,
-            Mode::empty(),
-        )
-        .map_err(|e| with_path(e.into(), "open", &mirrors.join(name)))?;
-        Ok(Mirror {
-            root: Arc::new(root),
-            path: mirrors.join(name),
-        })
+        let root = open_beneath(top.as_fd(), name, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| with_path(e.into(), "open", &mirrors.join(name)))?;
+        Ok(Mirror { root: Arc::new(root), path: mirrors.join(name) })
     }
 
     pub fn root(&self) -> BorrowedFd<'_> {
@@ -211,11 +184,7 @@ impl Mirror {
 /// Creates `dir` and its missing parents with mode 0700.
 pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(NEW_DIR_MODE)
-        .create(dir)
-        .map_err(|e| with_path(e, "create", dir))
+    std::fs::DirBuilder::new().recursive(true).mode(NEW_DIR_MODE).create(dir).map_err(|e| with_path(e, "create", dir))
 }
 
 fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
@@ -255,11 +224,7 @@ pub fn split(wire: &[u8]) -> (&[u8], &OsStr) {
 
 impl Resolver {
     pub fn new(mirror: Mirror) -> Resolver {
-        Resolver {
-            mirror,
-            cache: HashMap::new(),
-            implied: Vec::new(),
-        }
+        Resolver { mirror, cache: HashMap::new(), implied: Vec::new() }
     }
 
     /// The directory paths that had to be created since the last call.
@@ -290,12 +255,7 @@ impl Resolver {
         if let Some(fd) = self.cache.get(dir) {
             return Ok(Some(fd.clone()));
         }
-        let fd = match open_beneath(
-            self.mirror.root(),
-            dir,
-            OFlags::PATH | OFlags::DIRECTORY,
-            Mode::empty(),
-        ) {
+        let fd = match open_beneath(self.mirror.root(), dir, OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) if !create => return Ok(None),
             Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {
@@ -344,10 +304,7 @@ fn step_create(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
             Err(e) => return Err(e.into()),
         }
     }
-    Err(io::Error::other(format!(
-        "directory {:?} keeps changing while being created",
-        name
-    )))
+    Err(io::Error::other(format!("directory {:?} keeps changing while being created", name)))
 }
 
 #[cfg(test)]

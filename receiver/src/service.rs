@@ -126,10 +126,7 @@ impl Receiver {
 
     /// Like [`Receiver::new`], with `auth` deciding which machine a request
     /// speaks for.
-    pub fn with_authenticator(
-        store: impl AsRef<Path>,
-        auth: Arc<dyn Authenticator>,
-    ) -> anyhow::Result<Receiver> {
+    pub fn with_authenticator(store: impl AsRef<Path>, auth: Arc<dyn Authenticator>) -> anyhow::Result<Receiver> {
         let store = store.as_ref();
         safepath::create_private_dir_all(&store.join("mirror"))?;
         let store = std::fs::canonicalize(store)?;
@@ -173,18 +170,12 @@ impl Receiver {
     }
 
     fn machine(&self, name: &MachineName) -> Arc<MachineState> {
-        let mut m = self
-            .inner
-            .machines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut m = self.inner.machines.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(name.clone()).or_default().clone()
     }
 
     fn authenticate<T>(&self, req: &Request<T>) -> Result<MachineName, Status> {
-        self.inner
-            .auth
-            .authenticate(req.metadata(), req.extensions())
+        self.inner.auth.authenticate(req.metadata(), req.extensions())
     }
 
     async fn open_mirror(&self, machine: &MachineName) -> Result<Mirror, Status> {
@@ -202,17 +193,8 @@ impl Receiver {
 
 fn probe_openat2(dir: &Path) -> anyhow::Result<()> {
     use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    match safepath::open_beneath(
-        std::os::fd::AsFd::as_fd(&fd),
-        ".",
-        OFlags::PATH | OFlags::DIRECTORY,
-        Mode::empty(),
-    ) {
+    let fd = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    match safepath::open_beneath(std::os::fd::AsFd::as_fd(&fd), ".", OFlags::PATH | OFlags::DIRECTORY, Mode::empty()) {
         Ok(_) => Ok(()),
         Err(rustix::io::Errno::NOSYS) => {
             anyhow::bail!("this kernel lacks openat2(2) (Linux 5.6 or later is needed)")
@@ -231,20 +213,13 @@ impl Replication for Receiver {
     type ListTreeStream = TreeStream;
     type GetSignatureStream = SignatureStream;
 
-    async fn replicate(
-        &self,
-        req: Request<Streaming<OpBatch>>,
-    ) -> Result<Response<AckStream>, Status> {
+    async fn replicate(&self, req: Request<Streaming<OpBatch>>) -> Result<Response<AckStream>, Status> {
         let machine = self.authenticate(&req)?;
         let queue_id = queue_id(req.metadata())?;
         let mirror = self.open_mirror(&machine).await?;
         let state = self.machine(&machine);
         let cancel = Arc::new(Cancel::default());
-        let previous = state
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(cancel.clone());
+        let previous = state.active.lock().unwrap_or_else(|e| e.into_inner()).replace(cancel.clone());
         if let Some(previous) = previous {
             info!(%machine, "new replication stream replaces the active one");
             previous.cancel();
@@ -265,15 +240,11 @@ impl Replication for Receiver {
     }
 
     /// Authenticated and confined like `ListTree`; see [`delta`].
-    async fn get_signature(
-        &self,
-        req: Request<SignatureRequest>,
-    ) -> Result<Response<SignatureStream>, Status> {
+    async fn get_signature(&self, req: Request<SignatureRequest>) -> Result<Response<SignatureStream>, Status> {
         let machine = self.authenticate(&req)?;
         let SignatureRequest { path, block_len, strong_len } = req.into_inner();
-        wirepath::validate(&path).map_err(|e| {
-            Status::invalid_argument(format!("invalid path {:?}: {e}", String::from_utf8_lossy(&path)))
-        })?;
+        wirepath::validate(&path)
+            .map_err(|e| Status::invalid_argument(format!("invalid path {:?}: {e}", String::from_utf8_lossy(&path))))?;
         let mirror = self.open_mirror(&machine).await?;
         let p = path.clone();
         let (file, st) = tokio::task::spawn_blocking(move || delta::open_base(&mirror, &p))
@@ -302,18 +273,12 @@ impl Replication for Receiver {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn list_tree(
-        &self,
-        req: Request<ListTreeRequest>,
-    ) -> Result<Response<TreeStream>, Status> {
+    async fn list_tree(&self, req: Request<ListTreeRequest>) -> Result<Response<TreeStream>, Status> {
         let machine = self.authenticate(&req)?;
         let roots = req.into_inner().roots;
         for root in &roots {
             wirepath::validate(root).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "invalid root {:?}: {e}",
-                    String::from_utf8_lossy(root)
-                ))
+                Status::invalid_argument(format!("invalid root {:?}: {e}", String::from_utf8_lossy(root)))
             })?;
         }
         let mirror = Arc::new(self.open_mirror(&machine).await?);
@@ -344,12 +309,7 @@ fn queue_id(md: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
     v.to_str()
         .ok()
         .and_then(|s| u64::from_str_radix(s, 16).ok())
-        .ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "{} must be 16 hex digits",
-                lifeline_proto::QUEUE_HEADER
-            ))
-        })
+        .ok_or_else(|| Status::invalid_argument(format!("{} must be 16 hex digits", lifeline_proto::QUEUE_HEADER)))
 }
 
 /// Group commit: after a batch, the next one is applied before syncing if it
@@ -382,9 +342,7 @@ impl Stream {
     async fn run(self, inbound: Streaming<OpBatch>, mirror: Mirror) {
         let stop = self.apply_all(inbound, mirror).await;
         let status = match stop {
-            Stop::Replaced => Some(Status::aborted(
-                "replaced by a newer Replicate stream from the same machine",
-            )),
+            Stop::Replaced => Some(Status::aborted("replaced by a newer Replicate stream from the same machine")),
             Stop::Shutdown => Some(Status::unavailable("the receiver is shutting down")),
             Stop::Agent => None,
         };
@@ -393,10 +351,7 @@ impl Stream {
             let _ = self.tx.try_send(Err(status));
         }
         let mut active = self.state.active.lock().unwrap_or_else(|e| e.into_inner());
-        if active
-            .as_ref()
-            .is_some_and(|c| Arc::ptr_eq(c, &self.cancel))
-        {
+        if active.as_ref().is_some_and(|c| Arc::ptr_eq(c, &self.cancel)) {
             *active = None;
         }
     }
@@ -416,10 +371,7 @@ impl Stream {
     async fn apply_all(&self, mut inbound: Streaming<OpBatch>, mirror: Mirror) -> Stop {
         let machine = &self.machine;
         // Wait for the stream this one replaces to stop.
-        let _turn = match self
-            .or_stop(self.state.stream_lock.clone().lock_owned())
-            .await
-        {
+        let _turn = match self.or_stop(self.state.stream_lock.clone().lock_owned()).await {
             Ok(guard) => guard,
             Err(stop) => return stop,
         };
@@ -451,7 +403,8 @@ impl Stream {
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 error!(%machine, "cannot open the queue progress record: {e}");
-                let _ = self.tx.send(Err(Status::internal(format!("cannot open the queue progress record: {e}")))).await;
+                let _ =
+                    self.tx.send(Err(Status::internal(format!("cannot open the queue progress record: {e}")))).await;
                 return Stop::Agent;
             }
             Err(e) => {
@@ -493,7 +446,8 @@ impl Stream {
             loop {
                 group_bytes += batch.ops.iter().map(|o| o.path.len() + data_len(o)).sum::<usize>();
                 let n = batch.ops.len() as u64;
-                let (ack, back) = self.apply_blocking(applier.take().expect("the applier is back after each batch"), batch).await;
+                let (ack, back) =
+                    self.apply_blocking(applier.take().expect("the applier is back after each batch"), batch).await;
                 let Some(back) = back else { break 'stream Stop::Agent };
                 applier = Some(back);
                 let Some(ack) = ack else {
@@ -531,7 +485,11 @@ impl Stream {
                 }
             }
             let mut a = applier.take().expect("the applier is back");
-            self.fault.group_applied(machine, pending.as_ref().map_or(0, |p| p.applied_seq), (origin_before, a.resume_origin()));
+            self.fault.group_applied(
+                machine,
+                pending.as_ref().map_or(0, |p| p.applied_seq),
+                (origin_before, a.resume_origin()),
+            );
             let synced = tokio::task::spawn_blocking(move || {
                 let r = a.sync();
                 (a, r)
@@ -542,9 +500,12 @@ impl Stream {
                 Ok((_, Err(e))) => {
                     // Not durable: not acknowledged. The agent replays it.
                     error!(%machine, "cannot make the mirror durable: {e}");
-                    let _ = self.tx.send(Err(Status::internal(format!(
-                        "the receiver cannot make the mirror durable ({e}); check its disk"
-                    )))).await;
+                    let _ = self
+                        .tx
+                        .send(Err(Status::internal(format!(
+                            "the receiver cannot make the mirror durable ({e}); check its disk"
+                        ))))
+                        .await;
                     break Stop::Agent;
                 }
                 Err(e) => {

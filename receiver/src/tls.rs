@@ -60,7 +60,12 @@ pub fn load_or_create(store: &Path, extra_names: &[String]) -> anyhow::Result<Id
     let ca_params = ca_params()?;
     let ca_keypair = if ca_key.exists() {
         let pem = fs::read_to_string(&ca_key).with_context(|| format!("reading {}", ca_key.display()))?;
-        KeyPair::from_pem(&pem).with_context(|| format!("{} is not a private key; move tls/ away to make a new CA (agents must then get the new ca.crt)", ca_key.display()))?
+        KeyPair::from_pem(&pem).with_context(|| {
+            format!(
+                "{} is not a private key; move tls/ away to make a new CA (agents must then get the new ca.crt)",
+                ca_key.display()
+            )
+        })?
     } else {
         let kp = KeyPair::generate()?;
         let cert = ca_params.self_signed(&kp)?;
@@ -81,17 +86,14 @@ pub fn load_or_create(store: &Path, extra_names: &[String]) -> anyhow::Result<Id
         write_public(&names_file, &names.join("\n"))?;
         tracing::info!("made the server certificate {} for {}", crt.display(), names.join(", "));
     }
-    Ok(Identity {
-        cert_pem: fs::read_to_string(&crt)?,
-        key_pem: fs::read_to_string(&key)?,
-        ca_path: Some(ca_crt),
-    })
+    Ok(Identity { cert_pem: fs::read_to_string(&crt)?, key_pem: fs::read_to_string(&key)?, ca_path: Some(ca_crt) })
 }
 
 /// Loads a certificate and key given by the operator.
 pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Identity> {
     Ok(Identity {
-        cert_pem: fs::read_to_string(cert).with_context(|| format!("cannot read the certificate {}", cert.display()))?,
+        cert_pem: fs::read_to_string(cert)
+            .with_context(|| format!("cannot read the certificate {}", cert.display()))?,
         key_pem: fs::read_to_string(key).with_context(|| format!("cannot read the private key {}", key.display()))?,
         ca_path: None,
     })

@@ -5,13 +5,13 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use lifeline_core::credential::Credential;
 use lifeline_core::tree::{compare, CompareOptions};
 use lifeline_proto::v1::replication_client::ReplicationClient;
 use lifeline_proto::v1::{
-    op, Ack, Attr, Chunk, FileData, Link, ListTreeRequest, Mkdir, Op, OpBatch, Remove, Rename,
-    SetAttr, Symlink, TreeEntry,
+    op, Ack, Attr, Chunk, FileData, Link, ListTreeRequest, Mkdir, Op, OpBatch, Remove, Rename, SetAttr, Symlink,
+    TreeEntry,
 };
-use lifeline_core::credential::Credential;
 use lifeline_receiver::MachineName;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -33,15 +33,8 @@ impl Env {
         let store = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret"), b"secret").unwrap();
-        let running = lifeline_receiver::spawn("127.0.0.1:0", store.path())
-            .await
-            .unwrap();
-        Env {
-            store,
-            outside,
-            running,
-            tokens: Default::default(),
-        }
+        let running = lifeline_receiver::spawn("127.0.0.1:0", store.path()).await.unwrap();
+        Env { store, outside, running, tokens: Default::default() }
     }
 
     /// Adds machine `m`'s credential to `req`, registering `m` the first
@@ -75,29 +68,16 @@ impl Env {
 
     fn assert_outside_untouched(&self) {
         let o = self.outside.path();
-        assert_eq!(
-            fs::read_dir(o).unwrap().count(),
-            1,
-            "something appeared outside"
-        );
+        assert_eq!(fs::read_dir(o).unwrap().count(), 1, "something appeared outside");
         assert_eq!(fs::read(o.join("secret")).unwrap(), b"secret");
     }
 
-    async fn list(
-        &self,
-        machine: Option<&str>,
-        roots: &[&[u8]],
-    ) -> Result<Vec<Vec<TreeEntry>>, Status> {
-        let mut req = Request::new(ListTreeRequest {
-            roots: roots.iter().map(|r| r.to_vec()).collect(),
-        });
+    async fn list(&self, machine: Option<&str>, roots: &[&[u8]]) -> Result<Vec<Vec<TreeEntry>>, Status> {
+        let mut req = Request::new(ListTreeRequest { roots: roots.iter().map(|r| r.to_vec()).collect() });
         self.authorize(&mut req, machine);
         let mut stream = self.client().await.list_tree(req).await?.into_inner();
         let mut out = Vec::new();
-        while let Some(msg) = tokio::time::timeout(TIMEOUT, stream.message())
-            .await
-            .unwrap()?
-        {
+        while let Some(msg) = tokio::time::timeout(TIMEOUT, stream.message()).await.unwrap()? {
             // Messages that only complete directories list nothing.
             if !msg.entries.is_empty() {
                 out.push(msg.entries);
@@ -131,12 +111,7 @@ impl Agent {
 
     fn op(&mut self, path: &[u8], kind: op::Kind) -> Op {
         self.seq += 1;
-        Op {
-            seq: self.seq,
-            path: path.to_vec(),
-            kind: Some(kind),
-            origin: 0,
-        }
+        Op { seq: self.seq, path: path.to_vec(), kind: Some(kind), origin: 0 }
     }
 
     /// Sends one batch and waits for its ack.
@@ -152,10 +127,7 @@ impl Agent {
     }
 
     async fn next_ack(&mut self) -> Result<Ack, Status> {
-        match tokio::time::timeout(TIMEOUT, self.acks.message())
-            .await
-            .expect("ack in time")?
-        {
+        match tokio::time::timeout(TIMEOUT, self.acks.message()).await.expect("ack in time")? {
             Some(ack) => Ok(ack),
             None => Err(Status::unknown("ack stream ended")),
         }
@@ -163,13 +135,7 @@ impl Agent {
 }
 
 fn attr(mode: u32) -> Attr {
-    Attr {
-        mode,
-        mtime_sec: 1_700_000_000,
-        mtime_nsec: 42,
-        uid: None,
-        gid: None,
-    }
+    Attr { mode, mtime_sec: 1_700_000_000, mtime_nsec: 42, uid: None, gid: None }
 }
 
 fn data(content: &[u8], mode: u32) -> op::Kind {
@@ -179,10 +145,7 @@ fn data(content: &[u8], mode: u32) -> op::Kind {
         chunks: content
             .chunks(7)
             .enumerate()
-            .map(|(i, c)| Chunk {
-                offset: (i * 7) as u64,
-                data: c.to_vec(),
-            })
+            .map(|(i, c)| Chunk { offset: (i * 7) as u64, data: c.to_vec() })
             .collect(),
         size: content.len() as u64,
         attr: Some(attr(mode)),
@@ -190,22 +153,15 @@ fn data(content: &[u8], mode: u32) -> op::Kind {
 }
 
 fn mkdir(mode: u32) -> op::Kind {
-    op::Kind::Mkdir(Mkdir {
-        attr: Some(attr(mode)),
-    })
+    op::Kind::Mkdir(Mkdir { attr: Some(attr(mode)) })
 }
 
 fn rename(to: &[u8], exchange: bool) -> op::Kind {
-    op::Kind::Rename(Rename {
-        to: to.to_vec(),
-        exchange,
-    })
+    op::Kind::Rename(Rename { to: to.to_vec(), exchange })
 }
 
 fn sym(target: &[u8]) -> op::Kind {
-    op::Kind::Symlink(Symlink {
-        target: target.to_vec(),
-    })
+    op::Kind::Symlink(Symlink { target: target.to_vec() })
 }
 
 fn link(to: &[u8]) -> op::Kind {
@@ -225,8 +181,7 @@ fn write_expected(root: &Path, rel: &str, content: &[u8], mode: u32) {
     fs::write(&p, content).unwrap();
     fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
     let f = fs::File::options().write(true).open(&p).unwrap();
-    f.set_modified(UNIX_EPOCH + Duration::new(1_700_000_000, 42))
-        .unwrap();
+    f.set_modified(UNIX_EPOCH + Duration::new(1_700_000_000, 42)).unwrap();
 }
 
 fn mkdir_expected(root: &Path, rel: &str, mode: u32) {
@@ -263,21 +218,13 @@ async fn every_op_kind_end_to_end() {
             (b"srv/data/old", remove()),
             (b"srv/data/missing", rename(b"srv/data/nowhere", false)),
             (b"srv/data/missing", remove()),
-            (
-                b"srv/data/final",
-                op::Kind::Setattr(SetAttr {
-                    attr: Some(attr(0o600)),
-                }),
-            ),
+            (b"srv/data/final", op::Kind::Setattr(SetAttr { attr: Some(attr(0o600)) })),
             (
                 b"srv/data/a.txt",
                 op::Kind::Data(FileData {
                     replace: false,
                     truncate_to: None,
-                    chunks: vec![Chunk {
-                        offset: 7,
-                        data: b"WORLD".to_vec(),
-                    }],
+                    chunks: vec![Chunk { offset: 7, data: b"WORLD".to_vec() }],
                     size: 12,
                     attr: Some(attr(0o644)),
                 }),
@@ -301,27 +248,13 @@ async fn every_op_kind_end_to_end() {
     symlink("a.txt", e.join("srv/data/link")).unwrap();
     write_expected(e, "srv/data/x", b"y", 0o644);
     write_expected(e, "srv/data/y", b"x", 0o644);
-    let diffs = compare(
-        e,
-        &env.mirror("m1"),
-        CompareOptions {
-            mode: true,
-            mtime: true,
-        },
-    )
-    .unwrap();
+    let diffs = compare(e, &env.mirror("m1"), CompareOptions { mode: true, mtime: true }).unwrap();
     assert!(diffs.is_empty(), "{diffs:#?}");
 
     // ListTree gives the same tree back, as wire paths.
-    let listed = env
-        .list(Some("m1"), &[b"srv/data", b"nothing/here"])
-        .await
-        .unwrap();
+    let listed = env.list(Some("m1"), &[b"srv/data", b"nothing/here"]).await.unwrap();
     let entries: Vec<TreeEntry> = listed.into_iter().flatten().collect();
-    let paths: Vec<String> = entries
-        .iter()
-        .map(|e| String::from_utf8_lossy(&e.path).into())
-        .collect();
+    let paths: Vec<String> = entries.iter().map(|e| String::from_utf8_lossy(&e.path).into()).collect();
     assert_eq!(
         paths,
         [
@@ -339,10 +272,7 @@ async fn every_op_kind_end_to_end() {
     assert_eq!(big_e.attr.unwrap().mode, 0o600);
     assert_eq!(big_e.attr.unwrap().mtime_sec, 1_700_000_000);
     assert_eq!(entries[4].symlink_target, b"a.txt");
-    assert_eq!(
-        entries[4].kind,
-        lifeline_proto::v1::tree_entry::Kind::Symlink as i32
-    );
+    assert_eq!(entries[4].kind, lifeline_proto::v1::tree_entry::Kind::Symlink as i32);
 
     drop(a);
     env.running.stop().await.unwrap();
@@ -370,36 +300,17 @@ async fn hostile_ops_change_nothing_outside_the_mirror() {
     let failed: Vec<u64> = ack.errors.iter().map(|e| e.seq).collect();
     assert_eq!(failed, [1, 2, 3, 4, 6, 7, 8], "{:?}", ack.errors);
     assert_eq!(ack.errors[0].path, b"../x");
-    assert!(
-        ack.errors[0].message.contains("../x"),
-        "{}",
-        ack.errors[0].message
-    );
+    assert!(ack.errors[0].message.contains("../x"), "{}", ack.errors[0].message);
     env.assert_outside_untouched();
 
     // A symlink inside the mirror pointing outside is never followed.
-    let ack = a
-        .batch(vec![
-            (b"evil", sym(&bytes(&out))),
-            (b"evil/file", data(b"through?", 0o644)),
-        ])
-        .await
-        .unwrap();
+    let ack = a.batch(vec![(b"evil", sym(&bytes(&out))), (b"evil/file", data(b"through?", 0o644))]).await.unwrap();
     assert!(ack.errors.is_empty(), "{:?}", ack.errors);
     env.assert_outside_untouched();
     let evil = env.mirror("m1").join("evil");
-    assert!(
-        evil.is_dir() && !evil.is_symlink(),
-        "the symlink was replaced by a directory"
-    );
+    assert!(evil.is_dir() && !evil.is_symlink(), "the symlink was replaced by a directory");
 
-    let ack = a
-        .batch(vec![
-            (b"evil", sym(&bytes(&out))),
-            (b"evil", data(b"a file now", 0o666)),
-        ])
-        .await
-        .unwrap();
+    let ack = a.batch(vec![(b"evil", sym(&bytes(&out))), (b"evil", data(b"a file now", 0o666))]).await.unwrap();
     assert!(ack.errors.is_empty(), "{:?}", ack.errors);
     env.assert_outside_untouched();
     assert!(fs::symlink_metadata(&evil).unwrap().is_file());
@@ -411,61 +322,31 @@ async fn hostile_ops_change_nothing_outside_the_mirror() {
             (b"evil/secret", remove()),
             (b"evil/secret", rename(b"stolen", false)),
             (b"evil/secret", link(b"stolen2")),
-            (
-                b"evil",
-                op::Kind::Setattr(SetAttr {
-                    attr: Some(attr(0o777)),
-                }),
-            ),
+            (b"evil", op::Kind::Setattr(SetAttr { attr: Some(attr(0o777)) })),
         ])
         .await
         .unwrap();
     // Only the link fails: there is no `evil/secret` in the mirror.
     assert_eq!(ack.errors.len(), 1, "{:?}", ack.errors);
-    assert!(
-        ack.errors[0].message.contains("evil/secret"),
-        "{}",
-        ack.errors[0].message
-    );
+    assert!(ack.errors[0].message.contains("evil/secret"), "{}", ack.errors[0].message);
     env.assert_outside_untouched();
-    assert_ne!(
-        fs::metadata(&out).unwrap().permissions().mode() & 0o777,
-        0o777
-    );
+    assert_ne!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o777);
     // Listing through the symlink shows nothing.
     assert!(env.list(Some("m1"), &[b"evil"]).await.unwrap().is_empty());
 
-    let ack = a
-        .batch(vec![
-            (b"src", data(b"moved in", 0o644)),
-            (b"src", rename(b"evil/x", false)),
-        ])
-        .await
-        .unwrap();
+    let ack = a.batch(vec![(b"src", data(b"moved in", 0o644)), (b"src", rename(b"evil/x", false))]).await.unwrap();
     assert!(ack.errors.is_empty(), "{:?}", ack.errors);
     env.assert_outside_untouched();
     assert!(evil.is_dir() && !evil.is_symlink());
     assert_eq!(fs::read(evil.join("x")).unwrap(), b"moved in");
 
-    let ack = a
-        .batch(vec![
-            (b"evil", sym(&bytes(&out))),
-            (b"evil/secret", link(b"evil2")),
-        ])
-        .await
-        .unwrap();
+    let ack = a.batch(vec![(b"evil", sym(&bytes(&out))), (b"evil/secret", link(b"evil2"))]).await.unwrap();
     assert_eq!(ack.errors.len(), 1, "{:?}", ack.errors);
     env.assert_outside_untouched();
     assert!(!env.mirror("m1").join("evil2").exists());
 
-    let ack = a
-        .batch(vec![
-            (b"f", data(b"f", 0o644)),
-            (b"evil", sym(&bytes(&out))),
-            (b"f", link(b"evil/y")),
-        ])
-        .await
-        .unwrap();
+    let ack =
+        a.batch(vec![(b"f", data(b"f", 0o644)), (b"evil", sym(&bytes(&out))), (b"f", link(b"evil/y"))]).await.unwrap();
     assert!(ack.errors.is_empty(), "{:?}", ack.errors);
     assert_eq!(fs::read(evil.join("y")).unwrap(), b"f");
     env.assert_outside_untouched();
@@ -501,10 +382,8 @@ async fn machine_identity_is_required_and_checked() {
     let err = env.client().await.list_tree(req).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     // Nobody refused got a mirror (the registered ones' listings made theirs).
-    let mirrors: Vec<_> = fs::read_dir(env.store.path().join("mirror"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let mirrors: Vec<_> =
+        fs::read_dir(env.store.path().join("mirror")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(mirrors.iter().all(|m| m == "m1" || m == "m2"), "{mirrors:?}");
     let err = env.list(Some("m1"), &[b"../m2"]).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -516,44 +395,22 @@ async fn machines_cannot_see_each_other() {
     let env = Env::new().await;
     let mut m1 = Agent::open(&env, Some("m1")).await.unwrap();
     let mut m2 = Agent::open(&env, Some("m2")).await.unwrap();
-    m1.batch(vec![(b"srv/one", data(b"1", 0o644))])
-        .await
-        .unwrap();
+    m1.batch(vec![(b"srv/one", data(b"1", 0o644))]).await.unwrap();
     let m1_srv = bytes(&env.mirror("m1").join("srv"));
     let ack = m2
-        .batch(vec![
-            (b"srv/two", data(b"2", 0o644)),
-            (b"srv/peek", sym(&m1_srv)),
-            (b"srv/up", sym(b"../../m1")),
-        ])
+        .batch(vec![(b"srv/two", data(b"2", 0o644)), (b"srv/peek", sym(&m1_srv)), (b"srv/up", sym(b"../../m1"))])
         .await
         .unwrap();
     assert!(ack.errors.is_empty(), "{:?}", ack.errors);
     let names = |l: Vec<Vec<TreeEntry>>| -> Vec<String> {
-        l.into_iter()
-            .flatten()
-            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
-            .collect()
+        l.into_iter().flatten().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect()
     };
-    assert_eq!(
-        names(env.list(Some("m1"), &[b"srv"]).await.unwrap()),
-        ["srv/one"]
-    );
-    assert_eq!(
-        names(env.list(Some("m2"), &[b"srv"]).await.unwrap()),
-        ["srv/peek", "srv/two", "srv/up"]
-    );
-    assert!(env
-        .list(Some("m2"), &[b"srv/peek", b"srv/up"])
-        .await
-        .unwrap()
-        .is_empty());
+    assert_eq!(names(env.list(Some("m1"), &[b"srv"]).await.unwrap()), ["srv/one"]);
+    assert_eq!(names(env.list(Some("m2"), &[b"srv"]).await.unwrap()), ["srv/peek", "srv/two", "srv/up"]);
+    assert!(env.list(Some("m2"), &[b"srv/peek", b"srv/up"]).await.unwrap().is_empty());
     assert!(env.list(Some("m3"), &[b"srv"]).await.unwrap().is_empty());
     // m2 writing through its symlink lands in its own mirror.
-    let ack = m2
-        .batch(vec![(b"srv/peek/one", data(b"overwritten?", 0o644))])
-        .await
-        .unwrap();
+    let ack = m2.batch(vec![(b"srv/peek/one", data(b"overwritten?", 0o644))]).await.unwrap();
     assert!(ack.errors.is_empty(), "{:?}", ack.errors);
     assert_eq!(fs::read(env.mirror("m1").join("srv/one")).unwrap(), b"1");
     env.running.stop().await.unwrap();
@@ -564,10 +421,7 @@ async fn list_tree_sends_chunks_of_bounded_size() {
     let env = Env::new().await;
     let mut a = Agent::open(&env, Some("m1")).await.unwrap();
     let names: Vec<String> = (0..2500).map(|i| format!("r/f{i:05}")).collect();
-    let ops: Vec<(&[u8], op::Kind)> = names
-        .iter()
-        .map(|n| (n.as_bytes(), data(b"", 0o644)))
-        .collect();
+    let ops: Vec<(&[u8], op::Kind)> = names.iter().map(|n| (n.as_bytes(), data(b"", 0o644))).collect();
     let ack = a.batch(ops).await.unwrap();
     assert!(ack.errors.is_empty());
     let chunks = env.list(Some("m1"), &[b"r"]).await.unwrap();
@@ -592,10 +446,7 @@ async fn a_new_stream_replaces_the_old_one() {
     other.batch(vec![(b"c", data(b"c", 0o644))]).await.unwrap();
     new.batch(vec![(b"d", data(b"d", 0o644))]).await.unwrap();
     // Shutting down ends open streams instead of waiting for them.
-    tokio::time::timeout(TIMEOUT, env.running.stop())
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(TIMEOUT, env.running.stop()).await.unwrap().unwrap();
     let err = new.next_ack().await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
 }
@@ -607,24 +458,15 @@ async fn a_new_stream_replaces_the_old_one() {
 async fn throughput() {
     let env = Env::new().await;
     let mut a = Agent::open(&env, Some("m1")).await.unwrap();
-    let names: Vec<String> = (0..40_000)
-        .map(|i| format!("srv/d{}/f{i}", i % 20))
-        .collect();
+    let names: Vec<String> = (0..40_000).map(|i| format!("srv/d{}/f{i}", i % 20)).collect();
     let start = std::time::Instant::now();
     for chunk in names.chunks(500) {
-        let ops: Vec<(&[u8], op::Kind)> = chunk
-            .iter()
-            .map(|n| (n.as_bytes(), data(&[7u8; 100], 0o644)))
-            .collect();
+        let ops: Vec<(&[u8], op::Kind)> = chunk.iter().map(|n| (n.as_bytes(), data(&[7u8; 100], 0o644))).collect();
         let ack = a.batch(ops).await.unwrap();
         assert!(ack.errors.is_empty());
     }
     let t = start.elapsed();
-    println!(
-        "{} file writes in {t:?}: {:.0} ops/s",
-        names.len(),
-        names.len() as f64 / t.as_secs_f64()
-    );
+    println!("{} file writes in {t:?}: {:.0} ops/s", names.len(), names.len() as f64 / t.as_secs_f64());
     env.running.stop().await.unwrap();
 }
 

@@ -61,9 +61,7 @@ fn perf_list(pid: u32) -> Vec<TracepointAttachment> {
     let json = run_cmd("bpftool", &["-j", "perf", "list"]);
     let v: serde_json::Value = serde_json::from_str(json.trim())
         .unwrap_or_else(|e| panic!("`bpftool -j perf list` printed no JSON ({e}): {json:?}"));
-    let entries = v
-        .as_array()
-        .unwrap_or_else(|| panic!("`bpftool -j perf list` is not an array: {v}"));
+    let entries = v.as_array().unwrap_or_else(|| panic!("`bpftool -j perf list` is not an array: {v}"));
     entries
         .iter()
         .filter(|e| e["pid"].as_u64() == Some(u64::from(pid)))
@@ -78,10 +76,7 @@ fn perf_list(pid: u32) -> Vec<TracepointAttachment> {
 }
 
 fn parse_fdinfo(text: &str) -> BTreeMap<&str, &str> {
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .collect()
+    text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim(), v.trim())).collect()
 }
 
 fn perf_links(pid: u32) -> Vec<TracepointAttachment> {
@@ -98,28 +93,20 @@ fn perf_links(pid: u32) -> Vec<TracepointAttachment> {
             continue;
         }
         let name = ent.file_name();
-        let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", name.to_string_lossy()))
-        else {
+        let Ok(info) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", name.to_string_lossy())) else {
             continue; // closed meanwhile
         };
         let info = parse_fdinfo(&info);
         if info.get("link_type") != Some(&"perf") {
             continue; // raw tracepoint links already show in `perf list`
         }
-        let prog_id: u64 = info
-            .get("prog_id")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let prog_id: u64 = info.get("prog_id").and_then(|s| s.parse().ok()).unwrap_or(0);
         let is_tracepoint = match info.get("event_type") {
             Some(t) => *t == "tracepoint",
             // Older kernels do not describe the event: a perf link of a
             // tracepoint-type program can only be on a tracepoint.
             None => {
-                prog_types
-                    .get_or_insert_with(program_types)
-                    .get(&prog_id)
-                    .map(String::as_str)
-                    == Some("tracepoint")
+                prog_types.get_or_insert_with(program_types).get(&prog_id).map(String::as_str) == Some("tracepoint")
             }
         };
         if is_tracepoint {
@@ -154,11 +141,7 @@ pub fn inotify_watches(pid: u32) -> usize {
     let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot list {dir}: {e}"));
     entries
         .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
-        .map(|info| {
-            info.lines()
-                .filter(|l| l.starts_with("inotify wd:"))
-                .count()
-        })
+        .map(|info| info.lines().filter(|l| l.starts_with("inotify wd:")).count())
         .sum()
 }
 
@@ -207,8 +190,7 @@ mod tests {
         put(&mut attr, 8, (insns.as_ptr() as u64).to_ne_bytes());
         put(&mut attr, 16, (license.as_ptr() as u64).to_ne_bytes());
         put(&mut attr, 48, *b"lifeline_test\0\0\0");
-        bpf(BPF_PROG_LOAD, &mut attr)
-            .expect("BPF_PROG_LOAD of a trivial tracepoint program (root needed)")
+        bpf(BPF_PROG_LOAD, &mut attr).expect("BPF_PROG_LOAD of a trivial tracepoint program (root needed)")
     }
 
     fn tracepoint_id(category: &str, name: &str) -> u64 {
@@ -230,20 +212,9 @@ mod tests {
         put(&mut attr, 48, 1u32.to_ne_bytes()); // wakeup_events
                                                 // SAFETY: attr is a valid perf_event_attr of the size it declares.
         let r = unsafe {
-            libc::syscall(
-                libc::SYS_perf_event_open,
-                attr.as_ptr(),
-                -1i32,
-                0i32,
-                -1i32,
-                PERF_FLAG_FD_CLOEXEC,
-            )
+            libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), -1i32, 0i32, -1i32, PERF_FLAG_FD_CLOEXEC)
         };
-        assert!(
-            r >= 0,
-            "perf_event_open: {}",
-            std::io::Error::last_os_error()
-        );
+        assert!(r >= 0, "perf_event_open: {}", std::io::Error::last_os_error());
         // SAFETY: a new fd that we own.
         unsafe { OwnedFd::from_raw_fd(r as i32) }
     }
@@ -251,10 +222,7 @@ mod tests {
     fn attach_ioctl(perf: &OwnedFd, prog: &OwnedFd) {
         // SAFETY: plain ioctls on a perf event fd we own.
         unsafe {
-            assert_eq!(
-                libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()),
-                0
-            );
+            assert_eq!(libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()), 0);
             assert_eq!(libc::ioctl(perf.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0), 0);
         }
     }
@@ -277,30 +245,16 @@ mod tests {
     fn counts_tracepoint_attachments_of_every_style() {
         crate::require_root();
         crate::require_tool("bpftool");
-        assert_eq!(
-            count_self(),
-            0,
-            "nothing attached yet: {:?}",
-            tracepoint_attachments(std::process::id())
-        );
+        assert_eq!(count_self(), 0, "nothing attached yet: {:?}", tracepoint_attachments(std::process::id()));
 
         let prog = load_prog();
         let tp = tracepoint_id("syscalls", "sys_enter_getppid");
-        assert_eq!(
-            count_self(),
-            0,
-            "a loaded, unattached program is not attached"
-        );
+        assert_eq!(count_self(), 0, "a loaded, unattached program is not attached");
 
         // The old way: the perf fd carries the program.
         let perf = perf_open(tp);
         attach_ioctl(&perf, &prog);
-        assert_eq!(
-            count_self(),
-            1,
-            "{:?}",
-            tracepoint_attachments(std::process::id())
-        );
+        assert_eq!(count_self(), 1, "{:?}", tracepoint_attachments(std::process::id()));
         drop(perf);
         assert_eq!(count_self(), 0);
 
@@ -319,12 +273,7 @@ mod tests {
         let link = attach_link(&perf, &prog);
         let perf2 = perf_open(tracepoint_id("syscalls", "sys_exit_getppid"));
         let link2 = attach_link(&perf2, &prog);
-        assert_eq!(
-            count_self(),
-            2,
-            "{:?}",
-            tracepoint_attachments(std::process::id())
-        );
+        assert_eq!(count_self(), 2, "{:?}", tracepoint_attachments(std::process::id()));
         drop((link, link2, perf, perf2));
         assert_eq!(count_self(), 0);
 

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
-    ChangeGCAux, ConnectionExt as _, CreateGCAux, CreateWindowAux, ImageFormat, Rectangle,
-    WindowClass,
+    ChangeGCAux, ConnectionExt as _, CreateGCAux, CreateWindowAux, ImageFormat, Rectangle, WindowClass,
 };
 use x11rb::wrapper::ConnectionExt as _;
 
@@ -34,25 +33,13 @@ impl SessionBus {
         let address = format!("unix:path={}", socket.display());
         let log = dir.join("dbus-daemon.log");
         let mut child = spawn_logged(
-            Command::new(exe)
-                .args(["--session", "--nofork", "--nopidfile"])
-                .arg(format!("--address={address}")),
+            Command::new(exe).args(["--session", "--nofork", "--nopidfile"]).arg(format!("--address={address}")),
             &log,
         );
-        if !wait_until(Duration::from_secs(10), || {
-            socket.exists() || !child.is_running()
-        }) || !socket.exists()
-        {
-            panic!(
-                "dbus-daemon did not create {}\n{}",
-                socket.display(),
-                tail(&log, 30)
-            );
+        if !wait_until(Duration::from_secs(10), || socket.exists() || !child.is_running()) || !socket.exists() {
+            panic!("dbus-daemon did not create {}\n{}", socket.display(), tail(&log, 30));
         }
-        SessionBus {
-            _child: child,
-            address,
-        }
+        SessionBus { _child: child, address }
     }
 
     /// What DBUS_SESSION_BUS_ADDRESS must say.
@@ -100,9 +87,7 @@ impl Xvfb {
             );
             // Another server may take the number in between: then this one
             // exits and the next number is tried.
-            wait_until(Duration::from_secs(10), || {
-                socket.exists() || !child.is_running()
-            });
+            wait_until(Duration::from_secs(10), || socket.exists() || !child.is_running());
             // Ready when a client gets through the connection setup.
             let ready = || x11rb::connect(Some(&display)).is_ok();
             if child.is_running() && socket.exists() && wait_until(Duration::from_secs(10), ready) {
@@ -119,43 +104,27 @@ impl Xvfb {
 
     /// A screenshot of `window` (its own pixels, read back from the server).
     pub fn screenshot(&self, window: u32) -> Image {
-        let (conn, _) = x11rb::connect(Some(&self.display))
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.display));
+        let (conn, _) =
+            x11rb::connect(Some(&self.display)).unwrap_or_else(|e| panic!("connect to {}: {e}", self.display));
         let geo = conn
             .get_geometry(window)
             .map_err(x11rb::errors::ReplyError::from)
             .and_then(|c| c.reply())
             .unwrap_or_else(|e| panic!("geometry of window {window:#x}: {e}"));
         let reply = conn
-            .get_image(
-                ImageFormat::Z_PIXMAP,
-                window,
-                0,
-                0,
-                geo.width,
-                geo.height,
-                !0,
-            )
+            .get_image(ImageFormat::Z_PIXMAP, window, 0, 0, geo.width, geo.height, !0)
             .unwrap_or_else(|e| panic!("GetImage: {e}"))
             .reply()
             .unwrap_or_else(|e| panic!("GetImage of window {window:#x}: {e}"));
         let (w, h) = (geo.width as usize, geo.height as usize);
         assert_eq!(reply.depth, 24, "the test X server runs at depth 24");
         // Depth 24 in Z format: 32 bits per pixel, B G R x (little endian).
-        assert!(
-            reply.data.len() >= w * h * 4,
-            "short image: {} bytes for {w}x{h}",
-            reply.data.len()
-        );
+        assert!(reply.data.len() >= w * h * 4, "short image: {} bytes for {w}x{h}", reply.data.len());
         let mut rgb = Vec::with_capacity(w * h * 3);
         for px in reply.data.chunks_exact(4).take(w * h) {
             rgb.extend_from_slice(&[px[2], px[1], px[0]]);
         }
-        Image {
-            width: w,
-            height: h,
-            rgb,
-        }
+        Image { width: w, height: h, rgb }
     }
 }
 
@@ -174,24 +143,13 @@ impl Xvfb {
     /// menu `lines` below, in a window of its own (core X fonts); returns
     /// its screenshot. For documentation: the picture of a menu read over
     /// D-Bus.
-    pub fn render_menu(
-        &self,
-        icon: Option<(usize, usize, &[u8])>,
-        title: &str,
-        lines: &[MenuLine],
-    ) -> Image {
+    pub fn render_menu(&self, icon: Option<(usize, usize, &[u8])>, title: &str, lines: &[MenuLine]) -> Image {
         const W: u16 = 300;
         const ROW: i16 = 22;
         const TOP: i16 = 32;
         let (conn, screen_num) = x11rb::connect(Some(&self.display)).expect("connect to Xvfb");
         let screen = conn.setup().roots[screen_num].clone();
-        let height: i16 = TOP
-            + 4
-            + lines
-                .iter()
-                .map(|l| if l.separator { 9 } else { ROW })
-                .sum::<i16>()
-            + 4;
+        let height: i16 = TOP + 4 + lines.iter().map(|l| if l.separator { 9 } else { ROW }).sum::<i16>() + 4;
         let win = conn.generate_id().unwrap();
         conn.create_window(
             x11rb::COPY_DEPTH_FROM_PARENT,
@@ -204,49 +162,24 @@ impl Xvfb {
             0,
             WindowClass::INPUT_OUTPUT,
             0,
-            &CreateWindowAux::new()
-                .background_pixel(0xffffff)
-                .override_redirect(1),
+            &CreateWindowAux::new().background_pixel(0xffffff).override_redirect(1),
         )
         .unwrap();
         conn.map_window(win).unwrap();
         let font = conn.generate_id().unwrap();
-        let ok = conn
-            .open_font(font, b"-misc-fixed-medium-r-normal--13-*-*-*-*-*-iso8859-1")
-            .unwrap()
-            .check()
-            .is_ok();
+        let ok = conn.open_font(font, b"-misc-fixed-medium-r-normal--13-*-*-*-*-*-iso8859-1").unwrap().check().is_ok();
         if !ok {
-            conn.open_font(font, b"fixed")
-                .unwrap()
-                .check()
-                .expect("the built-in font");
+            conn.open_font(font, b"fixed").unwrap().check().expect("the built-in font");
         }
         let gc = conn.generate_id().unwrap();
-        conn.create_gc(gc, win, &CreateGCAux::new().font(font))
-            .unwrap();
+        conn.create_gc(gc, win, &CreateGCAux::new().font(font)).unwrap();
         let fill = |rgb: u32, x: i16, y: i16, w: u16, h: u16| {
-            conn.change_gc(gc, &ChangeGCAux::new().foreground(rgb))
-                .unwrap();
-            conn.poly_fill_rectangle(
-                win,
-                gc,
-                &[Rectangle {
-                    x,
-                    y,
-                    width: w,
-                    height: h,
-                }],
-            )
-            .unwrap();
+            conn.change_gc(gc, &ChangeGCAux::new().foreground(rgb)).unwrap();
+            conn.poly_fill_rectangle(win, gc, &[Rectangle { x, y, width: w, height: h }]).unwrap();
         };
         let text = |s: &str, x: i16, y: i16, fg: u32, bg: u32| {
-            conn.change_gc(gc, &ChangeGCAux::new().foreground(fg).background(bg))
-                .unwrap();
-            let bytes: Vec<u8> = s
-                .chars()
-                .map(|c| if (c as u32) < 256 { c as u8 } else { b'?' })
-                .collect();
+            conn.change_gc(gc, &ChangeGCAux::new().foreground(fg).background(bg)).unwrap();
+            let bytes: Vec<u8> = s.chars().map(|c| if (c as u32) < 256 { c as u8 } else { b'?' }).collect();
             conn.image_text8(win, gc, x, y, &bytes).unwrap();
         };
         // The panel (the icon is blended in after the screenshot).
@@ -265,13 +198,7 @@ impl Xvfb {
             let mut x = 12;
             if let Some(checked) = l.checked {
                 fill(fg, x, y + 5, 11, 11);
-                fill(
-                    if checked { 0x1c71d8 } else { 0xffffff },
-                    x + 2,
-                    y + 7,
-                    7,
-                    7,
-                );
+                fill(if checked { 0x1c71d8 } else { 0xffffff }, x + 2, y + 7, 7, 7);
                 x += 18;
             }
             text(&l.label, x, y + 15, fg, 0xf6f5f4);
@@ -302,9 +229,7 @@ impl Drop for Xvfb {
 fn server_alive(pid: &str) -> bool {
     match pid.trim().parse::<libc::pid_t>() {
         // SAFETY: signal 0 only checks that the process exists.
-        Ok(p) if p > 0 => unsafe {
-            libc::kill(p, 0) == 0 || *libc::__errno_location() == libc::EPERM
-        },
+        Ok(p) if p > 0 => unsafe { libc::kill(p, 0) == 0 || *libc::__errno_location() == libc::EPERM },
         _ => false,
     }
 }
@@ -337,11 +262,7 @@ impl Image {
                 rgb[at..at + src.len()].copy_from_slice(src);
             }
         }
-        Image {
-            width: w,
-            height: h,
-            rgb,
-        }
+        Image { width: w, height: h, rgb }
     }
 
     /// Draws an ARGB32 (network byte order) picture over the image at (x, y).
@@ -416,12 +337,7 @@ impl Gui {
 
     /// As [`Gui::start`], as user and group `run_as` (uid, gid) if given:
     /// the GUI needs no root, only access to the control socket.
-    pub fn start_as(
-        args: &[&str],
-        env: &[(&str, &str)],
-        log: &Path,
-        run_as: Option<(u32, u32)>,
-    ) -> Gui {
+    pub fn start_as(args: &[&str], env: &[(&str, &str)], log: &Path, run_as: Option<(u32, u32)>) -> Gui {
         let mut cmd = Command::new(bin_path("lifeline-gui"));
         cmd.args(args).env("RUST_LOG", "info");
         for (k, v) in env {
@@ -431,10 +347,7 @@ impl Gui {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);
         }
-        Gui {
-            child: spawn_logged(&mut cmd, log),
-            log: log.to_path_buf(),
-        }
+        Gui { child: spawn_logged(&mut cmd, log), log: log.to_path_buf() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -447,11 +360,7 @@ impl Gui {
 
     /// The last `n` lines of its log, headed by its path.
     pub fn log_tail(&self, n: usize) -> String {
-        format!(
-            "--- lifeline-gui log {} ---\n{}",
-            self.log.display(),
-            tail(&self.log, n)
-        )
+        format!("--- lifeline-gui log {} ---\n{}", self.log.display(), tail(&self.log, n))
     }
 }
 
@@ -466,10 +375,7 @@ pub fn wait_window(display: &str, pattern: &str, timeout: Duration) -> Option<u3
             .env("DISPLAY", display)
             .output()
             .expect("run xdotool");
-        let found = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok());
+        let found = String::from_utf8_lossy(&out.stdout).lines().next().and_then(|l| l.trim().parse().ok());
         if found.is_some() {
             return found;
         }

@@ -37,9 +37,7 @@ use std::time::{Duration, Instant};
 
 use lifeline_core::tree::{self, CompareOptions};
 
-pub use bpf::{
-    attached_tracepoint_programs, inotify_watches, tracepoint_attachments, TracepointAttachment,
-};
+pub use bpf::{attached_tracepoint_programs, inotify_watches, tracepoint_attachments, TracepointAttachment};
 pub use netns::NetNs;
 pub use procs::{Agent, AgentOpts, AgentStatus, Receiver, ReceiverOpts};
 pub use scratch::ScratchFs;
@@ -57,9 +55,7 @@ pub fn require_root() {
 /// Panics unless `tool` is found on PATH (or as an absolute path).
 pub fn require_tool(tool: &str) -> PathBuf {
     find_tool(tool).unwrap_or_else(|| {
-        panic!(
-            "required tool `{tool}` not found on PATH; install it (scripts/setup.sh lists the Debian packages)"
-        )
+        panic!("required tool `{tool}` not found on PATH; install it (scripts/setup.sh lists the Debian packages)")
     })
 }
 
@@ -71,20 +67,14 @@ fn find_tool(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     // sbin directories are not always on PATH under sudo or in CI shells.
     let extra = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
-    std::env::split_paths(&path)
-        .chain(extra)
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).chain(extra).map(|d| d.join(tool)).find(|p| p.is_file())
 }
 
 /// Runs `tool args...`, panicking with its stderr unless it succeeds; returns
 /// its stdout.
 pub fn run_cmd(tool: &str, args: &[&str]) -> String {
     let exe = require_tool(tool);
-    let out = Command::new(&exe)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+    let out = Command::new(&exe).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
     assert!(
         out.status.success(),
         "`{tool} {}` failed ({}): {}",
@@ -103,9 +93,7 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe
-        .parent()
-        .expect("test executable has a parent directory");
+    let deps = exe.parent().expect("test executable has a parent directory");
     if deps.file_name().is_some_and(|n| n == "deps") {
         deps.parent().expect("deps has a parent").to_path_buf()
     } else {
@@ -158,14 +146,8 @@ impl TestDir {
             .prefix(&format!("lifeline-{name}-"))
             .tempdir()
             .expect("create a scratch directory");
-        let path = dir
-            .path()
-            .canonicalize()
-            .expect("canonicalize scratch directory");
-        TestDir {
-            dir: Some(dir),
-            path,
-        }
+        let path = dir.path().canonicalize().expect("canonicalize scratch directory");
+        TestDir { dir: Some(dir), path }
     }
 
     pub fn path(&self) -> &Path {
@@ -195,17 +177,10 @@ impl Drop for TestDir {
 /// targets and modes; not mtimes). An I/O error while comparing (a file
 /// vanishing under a concurrent writer) is reported as a difference.
 pub fn differences(src: &Path, mirror: &Path) -> Vec<String> {
-    let opts = CompareOptions {
-        mode: true,
-        mtime: false,
-    };
+    let opts = CompareOptions { mode: true, mtime: false };
     match tree::compare(src, mirror, opts) {
         Ok(d) => d,
-        Err(e) => vec![format!(
-            "comparing {} with {} failed: {e}",
-            src.display(),
-            mirror.display()
-        )],
+        Err(e) => vec![format!("comparing {} with {} failed: {e}", src.display(), mirror.display())],
     }
 }
 
@@ -250,13 +225,7 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// read).
 pub fn log_lines(path: &Path, needle: &str) -> Vec<String> {
     fs::read(path)
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .lines()
-                .filter(|l| l.contains(needle))
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|b| String::from_utf8_lossy(&b).lines().filter(|l| l.contains(needle)).map(str::to_string).collect())
         .unwrap_or_default()
 }
 
@@ -264,13 +233,11 @@ pub fn log_lines(path: &Path, needle: &str) -> Vec<String> {
 /// fields).
 pub fn log_field(line: &str, key: &str) -> Option<u64> {
     let pat = format!("{key}=");
-    line.match_indices(&pat)
-        .filter(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ')
-        .find_map(|(i, _)| {
-            let rest = &line[i + pat.len()..];
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
+    line.match_indices(&pat).filter(|(i, _)| *i == 0 || line.as_bytes()[i - 1] == b' ').find_map(|(i, _)| {
+        let rest = &line[i + pat.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    })
 }
 
 /// At most `n` lines of `diffs`, with a count of the rest.
@@ -290,11 +257,7 @@ mod tests {
     fn bin_dir_is_the_profile_directory() {
         let d = bin_dir();
         let name = d.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(
-            name == "debug" || name == "release" || d.join("deps").is_dir(),
-            "{}",
-            d.display()
-        );
+        assert!(name == "debug" || name == "release" || d.join("deps").is_dir(), "{}", d.display());
     }
 
     #[test]
@@ -310,11 +273,7 @@ mod tests {
     fn tail_returns_the_last_lines() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("log");
-        fs::write(
-            &p,
-            (0..100).map(|i| format!("line {i}\n")).collect::<String>(),
-        )
-        .unwrap();
+        fs::write(&p, (0..100).map(|i| format!("line {i}\n")).collect::<String>()).unwrap();
         assert_eq!(tail(&p, 2), "line 98\nline 99");
         assert!(tail(&dir.path().join("missing"), 2).contains("cannot read"));
     }

@@ -32,15 +32,12 @@ fn ip(args: &[&str]) -> String {
 }
 
 fn ip_quiet(args: &[&str]) -> bool {
-    Command::new(require_tool("ip"))
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(require_tool("ip")).args(args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 impl NetNs {
     /// Creates the namespace and the link, both up.
+    #[allow(clippy::new_without_default)] // creating one changes the system: never implicit
     pub fn new() -> NetNs {
         require_root();
         require_tool("ip");
@@ -63,9 +60,7 @@ impl NetNs {
         };
         ip(&["netns", "add", &name]);
         me.made_ns = true;
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
-        ]);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
         me.made_veth = true;
         ip(&["link", "set", &ns_if, "netns", &name]);
         let inner_cidr = format!("{inner}/30");
@@ -104,14 +99,7 @@ impl NetNs {
     /// dropped on the link instead of taking the default route elsewhere (as
     /// they would if the root end went down and its route with it).
     pub fn set_link(&self, up: bool) {
-        ip(&[
-            "-n",
-            &self.name,
-            "link",
-            "set",
-            &self.ns_if,
-            if up { "up" } else { "down" },
-        ]);
+        ip(&["-n", &self.name, "link", "set", &self.ns_if, if up { "up" } else { "down" }]);
     }
 }
 
@@ -179,11 +167,7 @@ mod tests {
             let reach = || {
                 Command::new(require_tool("ip"))
                     .args(["netns", "exec", &name, "timeout", "1", "bash", "-c"])
-                    .arg(format!(
-                        "exec 3<>/dev/tcp/{}/{}",
-                        ns.outer_addr(),
-                        l.local_addr().unwrap().port()
-                    ))
+                    .arg(format!("exec 3<>/dev/tcp/{}/{}", ns.outer_addr(), l.local_addr().unwrap().port()))
                     .output()
                     .map(|o| o.status.success())
                     .unwrap_or(false)
@@ -194,25 +178,15 @@ mod tests {
             // No other way out: the root namespace still routes the
             // namespace's addresses over the (carrier-less) veth.
             let route = ip(&["route", "get", &ns.inner_addr().to_string()]);
-            assert!(
-                route.contains(&format!("dev {}", ns.host_interface())),
-                "{route}"
-            );
+            assert!(route.contains(&format!("dev {}", ns.host_interface())), "{route}");
             ns.set_link(true);
             assert!(
                 crate::wait_until(Duration::from_secs(5), reach),
                 "{target} not reachable after the link came back"
             );
-            let _ =
-                TcpStream::connect_timeout(&l.local_addr().unwrap(), Duration::from_millis(100));
+            let _ = TcpStream::connect_timeout(&l.local_addr().unwrap(), Duration::from_millis(100));
         }
-        assert!(
-            !ip(&["netns", "list"]).contains(&name),
-            "{name} left behind"
-        );
-        assert!(
-            !ip_quiet(&["link", "show", &host_if]),
-            "{host_if} left behind"
-        );
+        assert!(!ip(&["netns", "list"]).contains(&name), "{name} left behind");
+        assert!(!ip_quiet(&["link", "show", &host_if]), "{host_if} left behind");
     }
 }

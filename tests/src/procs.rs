@@ -137,8 +137,7 @@ impl Receiver {
     /// another port; with one, it is retried on the same port for a few
     /// seconds.
     pub fn start_opts(opts: ReceiverOpts) -> Receiver {
-        fs::create_dir_all(&opts.store)
-            .unwrap_or_else(|e| panic!("mkdir {}: {e}", opts.store.display()));
+        fs::create_dir_all(&opts.store).unwrap_or_else(|e| panic!("mkdir {}: {e}", opts.store.display()));
         let mut last_failure = String::new();
         for attempt in 0..10 {
             if opts.port.is_none() && attempt >= 5 {
@@ -149,21 +148,13 @@ impl Receiver {
             }
             let port = opts.port.unwrap_or_else(free_port);
             let child = Receiver::spawn(&opts, port);
-            let mut r = Receiver {
-                child,
-                port,
-                opts: opts.clone(),
-            };
+            let mut r = Receiver { child, port, opts: opts.clone() };
             match r.wait_accepting() {
                 Ok(()) => return r,
                 Err(e) => last_failure = e,
             }
         }
-        panic!(
-            "{last_failure}\n--- {} ---\n{}",
-            opts.log.display(),
-            tail(&opts.log, LOG_LINES)
-        );
+        panic!("{last_failure}\n--- {} ---\n{}", opts.log.display(), tail(&opts.log, LOG_LINES));
     }
 
     fn spawn(opts: &ReceiverOpts, port: u16) -> Killed {
@@ -176,10 +167,7 @@ impl Receiver {
             }
             None => Command::new(&exe),
         };
-        cmd.arg("--listen")
-            .arg(SocketAddr::new(opts.host, port).to_string())
-            .arg("--store")
-            .arg(&opts.store);
+        cmd.arg("--listen").arg(SocketAddr::new(opts.host, port).to_string()).arg("--store").arg(&opts.store);
         if !opts.host.is_loopback() {
             // The generated server certificate must name the address agents
             // connect to.
@@ -198,18 +186,13 @@ impl Receiver {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.exit_status() {
-                return Err(format!(
-                    "receiver exited while starting on {addr}: {status}"
-                ));
+                return Err(format!("receiver exited while starting on {addr}: {status}"));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "receiver did not accept connections on {addr} within 30 s\n{}",
-                    self.log_tail(LOG_LINES)
-                );
+                panic!("receiver did not accept connections on {addr} within 30 s\n{}", self.log_tail(LOG_LINES));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -292,9 +275,7 @@ impl Receiver {
     /// Where the receiver keeps machine `machine`'s copy of the absolute
     /// path `src`: `<store>/mirror/<machine>/<src without its leading />`.
     pub fn mirror_of(&self, machine: &str, src: &Path) -> PathBuf {
-        let rel = src
-            .strip_prefix("/")
-            .unwrap_or_else(|_| panic!("{} is not absolute", src.display()));
+        let rel = src.strip_prefix("/").unwrap_or_else(|_| panic!("{} is not absolute", src.display()));
         self.machine_root(machine).join(rel)
     }
 
@@ -304,11 +285,7 @@ impl Receiver {
 
     /// The last `n` lines of the log, headed by its path.
     pub fn log_tail(&self, n: usize) -> String {
-        format!(
-            "--- receiver log {} ---\n{}",
-            self.opts.log.display(),
-            tail(&self.opts.log, n)
-        )
+        format!("--- receiver log {} ---\n{}", self.opts.log.display(), tail(&self.opts.log, n))
     }
 
     /// Whether the process is still running.
@@ -428,16 +405,9 @@ impl Agent {
     /// answer within `opts.start_timeout`.
     pub fn start(opts: AgentOpts) -> Agent {
         let exe = bin_path("lifeline-agent");
-        fs::create_dir_all(&opts.state_dir)
-            .unwrap_or_else(|e| panic!("mkdir {}: {e}", opts.state_dir.display()));
-        let control = opts
-            .control
-            .clone()
-            .unwrap_or_else(|| opts.state_dir.join("control.sock"));
-        let log = opts
-            .log
-            .clone()
-            .unwrap_or_else(|| opts.state_dir.join("agent.log"));
+        fs::create_dir_all(&opts.state_dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", opts.state_dir.display()));
+        let control = opts.control.clone().unwrap_or_else(|| opts.state_dir.join("control.sock"));
+        let log = opts.log.clone().unwrap_or_else(|| opts.state_dir.join("agent.log"));
         let mut cmd = Command::new(&exe);
         cmd.arg("run")
             .arg("--receiver")
@@ -464,19 +434,11 @@ impl Agent {
             cmd.uid(uid).gid(gid);
         }
         let child = spawn_logged(&mut cmd, &log);
-        let mut agent = Agent {
-            child,
-            opts,
-            control,
-            log,
-        };
+        let mut agent = Agent { child, opts, control, log };
         let deadline = Instant::now() + agent.opts.start_timeout;
         loop {
             if let Ok(Some(status)) = agent.child.0.try_wait() {
-                panic!(
-                    "agent exited while starting: {status}\n{}",
-                    agent.log_tail(LOG_LINES)
-                );
+                panic!("agent exited while starting: {status}\n{}", agent.log_tail(LOG_LINES));
             }
             let last = match agent.try_status() {
                 Ok(_) => return agent,
@@ -511,11 +473,7 @@ impl Agent {
 
     /// The last `n` lines of the log, headed by its path.
     pub fn log_tail(&self, n: usize) -> String {
-        format!(
-            "--- agent log {} ---\n{}",
-            self.log.display(),
-            tail(&self.log, n)
-        )
+        format!("--- agent log {} ---\n{}", self.log.display(), tail(&self.log, n))
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -540,10 +498,7 @@ impl Agent {
             ));
         }
         serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "`status --json` printed no JSON object ({e}): {:?}",
-                String::from_utf8_lossy(&out.stdout)
-            )
+            format!("`status --json` printed no JSON object ({e}): {:?}", String::from_utf8_lossy(&out.stdout))
         })
     }
 
@@ -556,14 +511,12 @@ impl Agent {
 
     /// The raw status object; panics if the agent does not answer.
     pub fn status_json(&self) -> serde_json::Value {
-        self.try_status_json()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(LOG_LINES)))
+        self.try_status_json().unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(LOG_LINES)))
     }
 
     /// The status; panics if the agent does not answer.
     pub fn status(&self) -> AgentStatus {
-        self.try_status()
-            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(LOG_LINES)))
+        self.try_status().unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail(LOG_LINES)))
     }
 
     /// Polls the status until `pred` holds; returns the last status, or

@@ -24,16 +24,8 @@ impl ScratchFs {
         require_root();
         let (dir, mnt) = Self::mount_point();
         let size = format!("size={size_mb}m,mode=0755");
-        run_cmd(
-            "mount",
-            &["-t", "tmpfs", "-o", &size, "tmpfs", path_str(&mnt)],
-        );
-        ScratchFs::finish(ScratchFs {
-            mnt,
-            loop_dev: None,
-            kind: "tmpfs",
-            dir: Some(dir),
-        })
+        run_cmd("mount", &["-t", "tmpfs", "-o", &size, "tmpfs", path_str(&mnt)]);
+        ScratchFs::finish(ScratchFs { mnt, loop_dev: None, kind: "tmpfs", dir: Some(dir) })
     }
 
     /// An ext4 of `size_mb` MiB on a sparse image file attached to a loop
@@ -47,27 +39,11 @@ impl ScratchFs {
         let f = fs::File::create(&img).unwrap_or_else(|e| panic!("create {}: {e}", img.display()));
         f.set_len(size_mb << 20).expect("size the image");
         drop(f);
-        let dev = run_cmd("losetup", &["-f", "--show", path_str(&img)])
-            .trim()
-            .to_string();
+        let dev = run_cmd("losetup", &["-f", "--show", path_str(&img)]).trim().to_string();
         assert!(dev.starts_with("/dev/loop"), "losetup printed {dev:?}");
         // From here on Drop detaches the device, even if mkfs or mount fails.
-        let fs = ScratchFs {
-            mnt,
-            loop_dev: Some(dev.clone()),
-            kind: "ext4",
-            dir: Some(dir),
-        };
-        run_cmd(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-E",
-                "lazy_itable_init=0,lazy_journal_init=0",
-                &dev,
-            ],
-        );
+        let fs = ScratchFs { mnt, loop_dev: Some(dev.clone()), kind: "ext4", dir: Some(dir) };
+        run_cmd("mkfs.ext4", &["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", &dev]);
         run_cmd("mount", &["-t", "ext4", &dev, path_str(&fs.mnt)]);
         ScratchFs::finish(fs)
     }
@@ -85,20 +61,9 @@ impl ScratchFs {
     }
 
     fn finish(fs: ScratchFs) -> ScratchFs {
-        let parent = fs
-            .mnt
-            .parent()
-            .unwrap()
-            .metadata()
-            .expect("stat parent")
-            .dev();
+        let parent = fs.mnt.parent().unwrap().metadata().expect("stat parent").dev();
         let own = fs.mnt.metadata().expect("stat mount point").dev();
-        assert_ne!(
-            parent,
-            own,
-            "{} is not a mount point after mounting",
-            fs.mnt.display()
-        );
+        assert_ne!(parent, own, "{} is not a mount point after mounting", fs.mnt.display());
         fs
     }
 
@@ -130,10 +95,7 @@ impl ScratchFs {
     }
 
     fn is_mounted(&self) -> bool {
-        match (
-            self.mnt.parent().and_then(|p| p.metadata().ok()),
-            self.mnt.metadata(),
-        ) {
+        match (self.mnt.parent().and_then(|p| p.metadata().ok()), self.mnt.metadata()) {
             (Some(p), Ok(m)) => p.dev() != m.dev(),
             _ => false,
         }
@@ -145,11 +107,7 @@ fn path_str(p: &Path) -> &str {
 }
 
 fn quiet(tool: &str, args: &[&str]) -> bool {
-    Command::new(tool)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(tool).args(args).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 impl Drop for ScratchFs {
@@ -189,10 +147,7 @@ mod tests {
     use super::*;
 
     fn check(fs: &ScratchFs) {
-        assert_ne!(
-            fs.dev(),
-            fs.path().parent().unwrap().metadata().unwrap().dev()
-        );
+        assert_ne!(fs.dev(), fs.path().parent().unwrap().metadata().unwrap().dev());
         let d = fs.subdir("a/b");
         fs::write(d.join("f"), b"hello").unwrap();
         assert_eq!(fs::read(d.join("f")).unwrap(), b"hello");
@@ -222,9 +177,7 @@ mod tests {
         let listed = run_cmd("losetup", &["-a"]);
         // Autoclear may take a moment after the last user goes.
         let gone = crate::wait_until(Duration::from_secs(5), || {
-            !run_cmd("losetup", &["-a"])
-                .lines()
-                .any(|l| l.starts_with(&format!("{dev}:")))
+            !run_cmd("losetup", &["-a"]).lines().any(|l| l.starts_with(&format!("{dev}:")))
         });
         assert!(gone, "{dev} still attached: {listed}");
     }

@@ -219,20 +219,12 @@ impl WorkloadStats {
 
     /// The hazards (see [`OpKind::HAZARDS`]) that never happened.
     pub fn missing_hazards(&self) -> Vec<OpKind> {
-        OpKind::HAZARDS
-            .iter()
-            .copied()
-            .filter(|k| !self.counts.contains_key(k))
-            .collect()
+        OpKind::HAZARDS.iter().copied().filter(|k| !self.counts.contains_key(k)).collect()
     }
 
     /// The kinds of [`OpKind::ALL`] that never happened.
     pub fn missing_kinds(&self) -> Vec<OpKind> {
-        OpKind::ALL
-            .iter()
-            .copied()
-            .filter(|k| !self.counts.contains_key(k))
-            .collect()
+        OpKind::ALL.iter().copied().filter(|k| !self.counts.contains_key(k)).collect()
     }
 }
 
@@ -365,12 +357,7 @@ impl Background {
                 (r, total)
             })
             .expect("spawn the workload thread");
-        Background {
-            stop,
-            progress,
-            handle: Some(handle),
-            started: Instant::now(),
-        }
+        Background { stop, progress, handle: Some(handle), started: Instant::now() }
     }
 
     /// Operations done so far.
@@ -476,15 +463,8 @@ fn relative_from(from: &Path, target: &Path) -> PathBuf {
 impl Workload {
     fn new(root: &Path, opts: &WorkloadOptions) -> Workload {
         let held_path = root.join(format!("{}held.log", opts.prefix));
-        let held = ctx(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&held_path),
-            "create",
-            &held_path,
-        );
+        let held =
+            ctx(OpenOptions::new().read(true).write(true).create_new(true).open(&held_path), "create", &held_path);
         Workload {
             root: root.to_path_buf(),
             rng: StdRng::seed_from_u64(opts.seed),
@@ -582,11 +562,7 @@ impl Workload {
 
     fn open_rw(&self, rel: &Path) -> File {
         let p = self.abs(rel);
-        ctx(
-            OpenOptions::new().read(true).write(true).open(&p),
-            "open",
-            &p,
-        )
+        ctx(OpenOptions::new().read(true).write(true).open(&p), "open", &p)
     }
 
     fn has_children(&self, dir: &Path) -> bool {
@@ -632,9 +608,8 @@ impl Workload {
             CreateFile => Some(self.create_file()),
             Mkdir => Some(self.mkdir()),
             HeldWrite => Some(self.held_write()),
-            Write | Pwrite | PwriteHole | Append | TruncateUp | TruncateDown | Ftruncate
-            | Writev | Pwritev | Fallocate | PunchHole | ChmodFile | SameSizeOverwrites
-            | HardLink => {
+            Write | Pwrite | PwriteHole | Append | TruncateUp | TruncateDown | Ftruncate | Writev | Pwritev
+            | Fallocate | PunchHole | ChmodFile | SameSizeOverwrites | HardLink => {
                 let f = self.pick_file()?;
                 Some(self.file_op(kind, &f.rel))
             }
@@ -658,12 +633,7 @@ impl Workload {
                 Some(UnlinkSymlink)
             }
             Rmdir => {
-                let empty: Vec<PathBuf> = self
-                    .dirs
-                    .iter()
-                    .filter(|d| !self.has_children(d))
-                    .cloned()
-                    .collect();
+                let empty: Vec<PathBuf> = self.dirs.iter().filter(|d| !self.has_children(d)).cloned().collect();
                 let d = self.pick(&empty)?;
                 let p = self.abs(&d);
                 ctx(fs::remove_dir(&p), "rmdir", &p);
@@ -672,18 +642,13 @@ impl Workload {
             }
             RemoveTree => self.remove_tree(),
             SymlinkRelative | SymlinkAbsolute | SymlinkDangling => Some(self.symlink(kind)),
-            FileToDir | DirToFile | ToSymlink | SymlinkToDirOrFile | SymlinkToAncestor
-            | DeepTree => self.hazard(kind),
+            FileToDir | DirToFile | ToSymlink | SymlinkToDirOrFile | SymlinkToAncestor | DeepTree => self.hazard(kind),
             ChmodDir => {
                 let dirs = self.dirs.clone();
                 let d = self.pick(&dirs)?;
                 let mode = DIR_MODES[self.rng.random_range(0..DIR_MODES.len())];
                 let p = self.abs(&d);
-                ctx(
-                    fs::set_permissions(&p, fs::Permissions::from_mode(mode)),
-                    "chmod",
-                    &p,
-                );
+                ctx(fs::set_permissions(&p, fs::Permissions::from_mode(mode)), "chmod", &p);
                 Some(ChmodDir)
             }
         }
@@ -695,11 +660,7 @@ impl Workload {
         let p = self.abs(&rel);
         let size = self.size();
         let data = self.data(size);
-        let mut f = ctx(
-            OpenOptions::new().write(true).create_new(true).open(&p),
-            "create",
-            &p,
-        );
+        let mut f = ctx(OpenOptions::new().write(true).create_new(true).open(&p), "create", &p);
         ctx(f.write_all(&data), "write", &p);
         let ino = self.new_ino();
         self.files.push(ModelFile { rel, ino });
@@ -722,11 +683,7 @@ impl Workload {
             Write => {
                 let size = self.size();
                 let data = self.data(size);
-                let mut f = ctx(
-                    OpenOptions::new().write(true).truncate(true).open(&p),
-                    "open",
-                    &p,
-                );
+                let mut f = ctx(OpenOptions::new().write(true).truncate(true).open(&p), "open", &p);
                 ctx(f.write_all(&data), "write", &p);
             }
             Pwrite => {
@@ -746,11 +703,7 @@ impl Workload {
             Append => {
                 let n = self.rng.random_range(1..=8 << 10);
                 let data = self.data(n);
-                let mut f = ctx(
-                    OpenOptions::new().append(true).open(&p),
-                    "open O_APPEND",
-                    &p,
-                );
+                let mut f = ctx(OpenOptions::new().append(true).open(&p), "open O_APPEND", &p);
                 ctx(f.write_all(&data), "append", &p);
             }
             TruncateUp | TruncateDown => {
@@ -763,15 +716,7 @@ impl Workload {
                 let c = std::ffi::CString::new(p.as_os_str().as_bytes()).expect("no NUL in paths");
                 // SAFETY: a valid C string.
                 let r = unsafe { libc::truncate(c.as_ptr(), to as libc::off_t) };
-                ctx(
-                    if r == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::last_os_error())
-                    },
-                    "truncate",
-                    &p,
-                );
+                ctx(if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }, "truncate", &p);
             }
             Ftruncate => {
                 let len = self.len_of(rel);
@@ -784,9 +729,7 @@ impl Workload {
             }
             Writev | Pwritev => {
                 let len = self.len_of(rel);
-                let off = self
-                    .rng
-                    .random_range(0..=len + if kind == Pwritev { 64 << 10 } else { 0 });
+                let off = self.rng.random_range(0..=len + if kind == Pwritev { 64 << 10 } else { 0 });
                 let parts = self.rng.random_range(2..=4);
                 let bufs: Vec<Vec<u8>> = (0..parts)
                     .map(|_| {
@@ -828,18 +771,10 @@ impl Workload {
             ChmodFile => {
                 let mode = FILE_MODES[self.rng.random_range(0..FILE_MODES.len())];
                 if self.rng.random_bool(0.5) {
-                    ctx(
-                        fs::set_permissions(&p, fs::Permissions::from_mode(mode)),
-                        "chmod",
-                        &p,
-                    );
+                    ctx(fs::set_permissions(&p, fs::Permissions::from_mode(mode)), "chmod", &p);
                 } else {
                     let f = ctx(File::open(&p), "open", &p);
-                    ctx(
-                        f.set_permissions(fs::Permissions::from_mode(mode)),
-                        "fchmod",
-                        &p,
-                    );
+                    ctx(f.set_permissions(fs::Permissions::from_mode(mode)), "fchmod", &p);
                 }
             }
             SameSizeOverwrites => {
@@ -850,11 +785,7 @@ impl Workload {
                     if i % 2 == 0 {
                         ctx(held.write_all_at(&data, 0), "pwrite", &p);
                     } else {
-                        let mut f = ctx(
-                            OpenOptions::new().write(true).truncate(true).open(&p),
-                            "open",
-                            &p,
-                        );
+                        let mut f = ctx(OpenOptions::new().write(true).truncate(true).open(&p), "open", &p);
                         ctx(f.write_all(&data), "write", &p);
                     }
                 }
@@ -864,12 +795,7 @@ impl Workload {
                 let new_rel = dir.join(self.name("h"));
                 let q = self.abs(&new_rel);
                 ctx(fs::hard_link(&p, &q), "link", &q);
-                let ino = self
-                    .files
-                    .iter()
-                    .find(|f| f.rel == rel)
-                    .expect("in model")
-                    .ino;
+                let ino = self.files.iter().find(|f| f.rel == rel).expect("in model").ino;
                 self.files.push(ModelFile { rel: new_rel, ino });
             }
             _ => unreachable!("{kind:?} is not a file op"),
@@ -884,28 +810,16 @@ impl Workload {
             let to = self.rng.random_range(0..len);
             ctx(self.held.set_len(to), "ftruncate", Path::new("held.log"));
         } else {
-            let off = if r < 4 {
-                len
-            } else {
-                self.rng.random_range(0..=len + 4096)
-            };
+            let off = if r < 4 { len } else { self.rng.random_range(0..=len + 4096) };
             let n = self.rng.random_range(1..=4096);
             let data = self.data(n);
-            ctx(
-                self.held.write_all_at(&data, off),
-                "pwrite",
-                Path::new("held.log"),
-            );
+            ctx(self.held.write_all_at(&data, off), "pwrite", Path::new("held.log"));
         }
         OpKind::HeldWrite
     }
 
     fn save_via_rename(&mut self) -> OpKind {
-        let existing = if self.rng.random_bool(0.7) {
-            self.pick_file()
-        } else {
-            None
-        };
+        let existing = if self.rng.random_bool(0.7) { self.pick_file() } else { None };
         let rel = match &existing {
             Some(f) => f.rel.clone(),
             None => {
@@ -919,15 +833,7 @@ impl Workload {
         let tmp = PathBuf::from(tmp);
         let size = self.size();
         let data = self.data(size);
-        let mut f = ctx(
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp),
-            "create",
-            &tmp,
-        );
+        let mut f = ctx(OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp), "create", &tmp);
         ctx(f.write_all(&data), "write", &tmp);
         if self.rng.random_bool(0.25) {
             ctx(f.sync_all(), "fsync", &tmp);
@@ -957,11 +863,7 @@ impl Workload {
         if a.ino != b.ino {
             // Hard links of one inode: rename does nothing (POSIX).
             self.files.retain(|f| f.rel != b.rel);
-            let f = self
-                .files
-                .iter_mut()
-                .find(|f| f.rel == a.rel)
-                .expect("in model");
+            let f = self.files.iter_mut().find(|f| f.rel == a.rel).expect("in model");
             f.rel = b.rel;
         }
         Some(OpKind::RenameOverFile)
@@ -981,24 +883,15 @@ impl Workload {
         let to = dir.join(self.name("r"));
         let (pa, pb) = (self.abs(&f.rel), self.abs(&to));
         ctx(fs::rename(&pa, &pb), "rename", &pa);
-        self.files
-            .iter_mut()
-            .find(|x| x.rel == f.rel)
-            .expect("in model")
-            .rel = to;
+        self.files.iter_mut().find(|x| x.rel == f.rel).expect("in model").rel = to;
         Some(kind)
     }
 
     fn rename_dir(&mut self) -> Option<OpKind> {
         let dirs = self.dirs.clone();
         let d = self.pick(&dirs)?;
-        let subtree_depth = self
-            .dirs
-            .iter()
-            .filter(|x| x.starts_with(&d))
-            .map(|x| depth(x) - depth(&d))
-            .max()
-            .unwrap_or(0);
+        let subtree_depth =
+            self.dirs.iter().filter(|x| x.starts_with(&d)).map(|x| depth(x) - depth(&d)).max().unwrap_or(0);
         let parents: Vec<PathBuf> = std::iter::once(PathBuf::new())
             .chain(self.dirs.iter().cloned())
             .filter(|p| !p.starts_with(&d) && depth(p) + 1 + subtree_depth <= MAX_DEPTH)
@@ -1009,11 +902,7 @@ impl Workload {
         ctx(fs::rename(&pa, &pb), "rename", &pa);
         let moved = |p: &mut PathBuf| {
             if let Ok(rest) = p.strip_prefix(&d) {
-                *p = if rest.as_os_str().is_empty() {
-                    to.clone()
-                } else {
-                    to.join(rest)
-                };
+                *p = if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
             }
         };
         self.files.iter_mut().for_each(|f| moved(&mut f.rel));
@@ -1023,12 +912,7 @@ impl Workload {
     }
 
     fn remove_tree(&mut self) -> Option<OpKind> {
-        let full: Vec<PathBuf> = self
-            .dirs
-            .iter()
-            .filter(|d| self.has_children(d))
-            .cloned()
-            .collect();
+        let full: Vec<PathBuf> = self.dirs.iter().filter(|d| self.has_children(d)).cloned().collect();
         let d = self.pick(&full)?;
         let inside = |p: &Path| p.starts_with(&d) && p != d;
         for f in self.files.iter().filter(|f| inside(&f.rel)) {
@@ -1039,12 +923,7 @@ impl Workload {
             let p = self.abs(s);
             ctx(fs::remove_file(&p), "unlink", &p);
         }
-        let mut sub: Vec<PathBuf> = self
-            .dirs
-            .iter()
-            .filter(|x| x.starts_with(&d))
-            .cloned()
-            .collect();
+        let mut sub: Vec<PathBuf> = self.dirs.iter().filter(|x| x.starts_with(&d)).cloned().collect();
         sub.sort_by_key(|x| std::cmp::Reverse(depth(x)));
         for x in &sub {
             let p = self.abs(x);
@@ -1059,12 +938,7 @@ impl Workload {
     fn symlink(&mut self, kind: OpKind) -> OpKind {
         let dir = self.pick_dir(MAX_DEPTH);
         let rel = dir.join(self.name("l"));
-        let targets: Vec<PathBuf> = self
-            .files
-            .iter()
-            .map(|f| f.rel.clone())
-            .chain(self.dirs.iter().cloned())
-            .collect();
+        let targets: Vec<PathBuf> = self.files.iter().map(|f| f.rel.clone()).chain(self.dirs.iter().cloned()).collect();
         let target: PathBuf = match (kind, self.pick(&targets)) {
             (OpKind::SymlinkRelative, Some(t)) => relative_from(&dir, &t),
             (OpKind::SymlinkRelative, None) => PathBuf::from("."),
@@ -1115,11 +989,7 @@ impl Workload {
     }
 
     fn empty_dirs(&self) -> Vec<PathBuf> {
-        self.dirs
-            .iter()
-            .filter(|d| !self.has_children(d))
-            .cloned()
-            .collect()
+        self.dirs.iter().filter(|d| !self.has_children(d)).cloned().collect()
     }
 
     fn new_file_at(&mut self, rel: PathBuf) {
@@ -1135,12 +1005,8 @@ impl Workload {
         use OpKind::*;
         match kind {
             FileToDir => {
-                let files: Vec<PathBuf> = self
-                    .files
-                    .iter()
-                    .filter(|f| depth(&f.rel) <= MAX_DEPTH)
-                    .map(|f| f.rel.clone())
-                    .collect();
+                let files: Vec<PathBuf> =
+                    self.files.iter().filter(|f| depth(&f.rel) <= MAX_DEPTH).map(|f| f.rel.clone()).collect();
                 let rel = self.pick(&files)?;
                 self.remove_entry(&rel);
                 let p = self.abs(&rel);
@@ -1215,35 +1081,17 @@ fn fallocate(f: &File, mode: libc::c_int, off: u64, len: u64) -> io::Result<()> 
 /// `writev` at the current position (`off` None) or `pwritev` at `off`, until
 /// everything is written.
 fn vectored_write(f: &File, bufs: &[Vec<u8>], off: Option<u64>, p: &Path) {
-    let iov: Vec<libc::iovec> = bufs
-        .iter()
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
+    let iov: Vec<libc::iovec> =
+        bufs.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() }).collect();
     let total: usize = bufs.iter().map(Vec::len).sum();
     // SAFETY: the iovecs point into `bufs`, alive for the call.
     let n = unsafe {
         match off {
             None => libc::writev(f.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int),
-            Some(o) => libc::pwritev(
-                f.as_raw_fd(),
-                iov.as_ptr(),
-                iov.len() as libc::c_int,
-                o as libc::off_t,
-            ),
+            Some(o) => libc::pwritev(f.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int, o as libc::off_t),
         }
     };
-    let n = ctx(
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        },
-        "writev",
-        p,
-    );
+    let n = ctx(if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }, "writev", p);
     if n < total {
         // Short write (rare on local filesystems): finish with plain writes.
         let all: Vec<u8> = bufs.concat();
@@ -1275,26 +1123,10 @@ mod tests {
         let sb = run_workload(&root, 42, 3000);
         assert_eq!(sa, sb);
         assert_eq!(sa.total(), 3000);
-        assert!(
-            sa.missing_kinds().is_empty(),
-            "never happened: {:?}\n{sa:?}",
-            sa.missing_kinds()
-        );
+        assert!(sa.missing_kinds().is_empty(), "never happened: {:?}\n{sa:?}", sa.missing_kinds());
         assert!(sa.files > 20 && sa.dirs > 3 && sa.symlinks > 3, "{sa:?}");
-        let d = compare(
-            &first,
-            &root,
-            CompareOptions {
-                mode: true,
-                mtime: false,
-            },
-        )
-        .unwrap();
-        assert!(
-            d.is_empty(),
-            "same seed, different trees:\n{}",
-            crate::summarize(&d, 30)
-        );
+        let d = compare(&first, &root, CompareOptions { mode: true, mtime: false }).unwrap();
+        assert!(d.is_empty(), "same seed, different trees:\n{}", crate::summarize(&d, 30));
     }
 
     #[test]
@@ -1307,23 +1139,14 @@ mod tests {
         assert!(!d.is_empty());
         let mut o = WorkloadOptions::new(3, 200);
         o.prefix = "second-".into();
-        o.pacing = Pacing::Bursts {
-            ops: 50,
-            pause: Duration::from_millis(1),
-        };
+        o.pacing = Pacing::Bursts { ops: 50, pause: Duration::from_millis(1) };
         let s = run_workload_with(a.path(), &o);
         assert_eq!(s.total(), 200);
     }
 
     #[test]
     fn relative_symlink_targets_climb_to_the_root() {
-        assert_eq!(
-            relative_from(Path::new(""), Path::new("a/f")),
-            PathBuf::from("a/f")
-        );
-        assert_eq!(
-            relative_from(Path::new("x/y"), Path::new("a/f")),
-            PathBuf::from("../../a/f")
-        );
+        assert_eq!(relative_from(Path::new(""), Path::new("a/f")), PathBuf::from("a/f"));
+        assert_eq!(relative_from(Path::new("x/y"), Path::new("a/f")), PathBuf::from("../../a/f"));
     }
 }

@@ -71,9 +71,19 @@ fn forged_and_revoked_credentials_are_refused_and_change_nothing() {
     // Another machine's credential under this machine's name: the agent
     // itself refuses to start.
     let (ok, out) = run_agent_cli(&[
-        "run", "--receiver", &rcv.url(), "--machine", "auth-m1", "--token-file", m2_token.to_str().unwrap(),
-        "--ca", rcv.credentials("auth-m1").1.to_str().unwrap(), "--watch", src.to_str().unwrap(),
-        "--state-dir", dir.subdir("state-x").to_str().unwrap(),
+        "run",
+        "--receiver",
+        &rcv.url(),
+        "--machine",
+        "auth-m1",
+        "--token-file",
+        m2_token.to_str().unwrap(),
+        "--ca",
+        rcv.credentials("auth-m1").1.to_str().unwrap(),
+        "--watch",
+        src.to_str().unwrap(),
+        "--state-dir",
+        dir.subdir("state-x").to_str().unwrap(),
     ]);
     assert!(!ok && out.contains("is machine auth-m2's"), "{out}");
 
@@ -114,7 +124,8 @@ fn forged_and_revoked_credentials_are_refused_and_change_nothing() {
     let mirrors: Vec<_> = fs::read_dir(rcv.store().join("mirror")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(mirrors, ["auth-m1"], "{mirrors:?}");
     assert_eq!(fs::read(m1_mirror.join("data.txt")).unwrap(), b"precious");
-    let audit = Command::new(bin_path("lifeline-receiver")).args(["audit", "--store"]).arg(rcv.store()).output().unwrap();
+    let audit =
+        Command::new(bin_path("lifeline-receiver")).args(["audit", "--store"]).arg(rcv.store()).output().unwrap();
     let audit = String::from_utf8_lossy(&audit.stdout);
     assert!(audit.contains("credential reissued"), "{audit}");
 }

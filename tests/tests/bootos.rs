@@ -3,8 +3,8 @@
 //! Debian kernel, an initramfs with the static `lifeline-image`, the
 //! receiver's CA, the repository password and a one-time boot token on the
 //! kernel command line) and serves it for network boot (`--http-listen`).
-//! A VM with pc1's MAC address and a small GPT disk (FAT32 ESP + ext4 + swap
-//! + unknown) boots through SeaBIOS and the NIC's iPXE ROM, which chains
+//! A VM with pc1's MAC address and a small GPT disk (FAT32 ESP, ext4, swap,
+//! unknown) boots through SeaBIOS and the NIC's iPXE ROM, which chains
 //! `boot.ipxe` from the receiver (10.0.2.2 is the host inside qemu's user
 //! network), gets pc1's script by MAC, loads kernel and initrd over HTTP;
 //! the boot OS claims its token, creates the repository, images /dev/vda
@@ -37,12 +37,7 @@ const PASSWORD: &str = "boot-os-test-password";
 const MAC: &str = "52:54:00:12:34:56";
 
 fn receiver_cli(store: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin_path("lifeline-receiver"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(bin_path("lifeline-receiver")).arg("--store").arg(store).args(args).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "lifeline-receiver {args:?} failed: {text}");
     text
@@ -94,7 +89,10 @@ fn wait_for_console(vm: &mut Vm, ok: &str, failed: &str, rx: Option<&Receiver>) 
 
 /// The `image=NAME` of a marker line.
 fn image_of(line: &str) -> String {
-    line.split_whitespace().find_map(|w| w.strip_prefix("image=")).unwrap_or_else(|| panic!("no image name in {line}")).to_string()
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("image="))
+        .unwrap_or_else(|| panic!("no image name in {line}"))
+        .to_string()
 }
 
 /// One qemu at a time: two TCG guests on two cores would only slow each
@@ -161,7 +159,17 @@ impl Site {
     /// `bootos make pc1` for attended (menu) media: no password file.
     fn make_attended(&self, extra: &[&str]) -> String {
         let url = format!("https://10.0.2.2:{}", self.rx.port());
-        let mut args = vec!["bootos", "make", "pc1", "--receiver-url", &url, "--agent", self.agent.to_str().unwrap(), "--mode", "menu"];
+        let mut args = vec![
+            "bootos",
+            "make",
+            "pc1",
+            "--receiver-url",
+            &url,
+            "--agent",
+            self.agent.to_str().unwrap(),
+            "--mode",
+            "menu",
+        ];
         args.extend_from_slice(extra);
         receiver_cli(&self.store, &args)
     }
@@ -207,8 +215,13 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let initrd_size = std::fs::metadata(media.join("initrd.img")).unwrap().len();
 
     let bootfile = site.bootfile();
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disks: &[&disk.path] })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = Vm::boot(&VmSpec {
+        boot: Boot::Network { bootfile: &bootfile },
+        uefi: false,
+        memory_mib: 512,
+        disks: &[&disk.path],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let (mut kernel_at, mut init_at, mut net_at, mut claimed_at, mut ok_line) = (None, None, None, None, None);
     while ok_line.is_none() {
         let Some((at, line)) = vm.next_line(TIMEOUT) else {
@@ -236,7 +249,10 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let (ok_at, ok_line) = ok_line.unwrap();
     let exited = vm.wait_exit(Duration::from_secs(20));
     let console = vm.log().join("\n");
-    assert!(console.contains("lifeline: machine pc1, boot media 1 (backup receiver)"), "iPXE did not run pc1's script:\n{console}");
+    assert!(
+        console.contains("lifeline: machine pc1, boot media 1 (backup receiver)"),
+        "iPXE did not run pc1's script:\n{console}"
+    );
     let image = image_of(&ok_line);
     assert!(image.starts_with("pc1-") && ok_line.contains("disk=/dev/vda"), "{ok_line}\n{console}");
     assert!(exited.is_some(), "qemu did not exit after poweroff -f; console:\n{console}");
@@ -256,8 +272,13 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let before = blake3::hash(&std::fs::read(&disk.path).unwrap());
     let cmdline = std::fs::read_to_string(media.join("cmdline")).unwrap();
     let mut vm = Vm::boot(&VmSpec {
-        boot: Boot::Kernel { kernel: &media.join("vmlinuz"), initrd: &media.join("initrd.img"), append: cmdline.trim() },
-        uefi: false, memory_mib: 512,
+        boot: Boot::Kernel {
+            kernel: &media.join("vmlinuz"),
+            initrd: &media.join("initrd.img"),
+            append: cmdline.trim(),
+        },
+        uefi: false,
+        memory_mib: 512,
         disks: &[&disk.path],
     })
     .unwrap_or_else(|e| panic!("{e}"));
@@ -283,9 +304,14 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     assert!(made.contains("boot media #2 for machine pc1 (restore receiver)"), "{made}");
     let blank = site.dir.path().join("blank.img");
     std::fs::File::create(&blank).unwrap().set_len(std::fs::metadata(&disk.path).unwrap().len()).unwrap();
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Network { bootfile: &bootfile }, uefi: false, memory_mib: 512, disks: &[&blank] })
-        .unwrap_or_else(|e| panic!("{e}"));
-    let restored_line = wait_for(&mut vm, "LIFELINE-RESTORE-OK", "LIFELINE-RESTORE-FAILED", &rx);
+    let mut vm = Vm::boot(&VmSpec {
+        boot: Boot::Network { bootfile: &bootfile },
+        uefi: false,
+        memory_mib: 512,
+        disks: &[&blank],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let restored_line = wait_for(&mut vm, "LIFELINE-RESTORE-OK", "LIFELINE-RESTORE-FAILED", rx);
     vm.wait_exit(Duration::from_secs(20));
     drop(vm);
     disk.check_copy(&blank);
@@ -337,8 +363,9 @@ fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
             "usb" => Boot::Disk { image: &iso, usb: true },
             _ => Boot::Network { bootfile: &bootfile },
         };
-        let mut vm = Vm::boot(&VmSpec { boot, uefi, memory_mib: 512, disks: &[&disk.path] }).unwrap_or_else(|e| panic!("{e}"));
-        let (at, line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", &rx);
+        let mut vm =
+            Vm::boot(&VmSpec { boot, uefi, memory_mib: 512, disks: &[&disk.path] }).unwrap_or_else(|e| panic!("{e}"));
+        let (at, line) = wait_for(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", rx);
         vm.wait_exit(Duration::from_secs(20));
         let size = std::fs::metadata(&iso).map(|m| format!(" ({:.1} MB)", m.len() as f64 / 1e6)).unwrap_or_default();
         eprintln!("{kind}{size} under {}: backup done at {at:.2?}: {line}", if uefi { "UEFI" } else { "BIOS" });
@@ -365,8 +392,13 @@ fn local_style_images_the_disk_onto_an_attached_lifeline_disk() {
     let before = blake3::hash(&std::fs::read(&disk.path).unwrap());
 
     let iso = site.store.join("boot/1/boot.iso");
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Cdrom { iso: &iso }, uefi: false, memory_mib: 512, disks: &[&disk.path, &backup_disk] })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = Vm::boot(&VmSpec {
+        boot: Boot::Cdrom { iso: &iso },
+        uefi: false,
+        memory_mib: 512,
+        disks: &[&disk.path, &backup_disk],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let (at, line) = wait_for_console(&mut vm, "LIFELINE-BACKUP-OK", "LIFELINE-BACKUP-FAILED", None);
     vm.wait_exit(Duration::from_secs(20));
     let console = vm.log().join("\n");
@@ -388,7 +420,8 @@ fn local_style_images_the_disk_onto_an_attached_lifeline_disk() {
 #[test]
 fn tftp_serves_the_ipxe_binaries_and_nothing_else() {
     let ipxe = Path::new("/usr/lib/ipxe/undionly.kpxe");
-    let want = std::fs::read(ipxe).unwrap_or_else(|e| panic!("{}: {e} (apt-get install ipxe; scripts/setup.sh does)", ipxe.display()));
+    let want = std::fs::read(ipxe)
+        .unwrap_or_else(|e| panic!("{}: {e} (apt-get install ipxe; scripts/setup.sh does)", ipxe.display()));
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut opts = ReceiverOpts::new(&dir.path().join("store"));
@@ -492,7 +525,9 @@ fn menu_backs_up_with_a_typed_password_and_refuses_a_wrong_one() {
         .arg(&site.pw)
         .output()
         .unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("never hold the repository password"));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("never hold the repository password")
+    );
     let made = site.make_attended(&["--kind", "usb"]);
     assert!(made.contains("boot media #1 for machine pc1 (menu receiver)") && made.contains("holds none"), "{made}");
     let media = site.store.join("boot/1");
@@ -500,16 +535,28 @@ fn menu_backs_up_with_a_typed_password_and_refuses_a_wrong_one() {
     let mut cpio = Vec::new();
     flate2::read::GzDecoder::new(&initrd[..]).read_to_end(&mut cpio).unwrap();
     let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-    assert!(!contains(&cpio, PASSWORD.as_bytes()) && !contains(&cpio, b"etc/lifeline/password\0"), "attended media hold the password");
+    assert!(
+        !contains(&cpio, PASSWORD.as_bytes()) && !contains(&cpio, b"etc/lifeline/password\0"),
+        "attended media hold the password"
+    );
     let usb = media.join("usb.img");
     let usb_size = std::fs::metadata(&usb).unwrap().len();
     let before = blake3::hash(&std::fs::read(&disk.path).unwrap());
 
-    let mut vm = Vm::boot(&VmSpec { boot: Boot::Disk { image: &usb, usb: true }, uefi: false, memory_mib: 512, disks: &[&disk.path] })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut vm = Vm::boot(&VmSpec {
+        boot: Boot::Disk { image: &usb, usb: true },
+        uefi: false,
+        memory_mib: 512,
+        disks: &[&disk.path],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     let items = until_question(&mut vm, "What do you want to do?", rx);
     let menu_at = vm.elapsed();
-    assert!(vm.log().iter().any(|l| l.contains("Receiver https://10.0.2.2") && l.contains("connected")), "{}", vm.log().join("\n"));
+    assert!(
+        vm.log().iter().any(|l| l.contains("Receiver https://10.0.2.2") && l.contains("connected")),
+        "{}",
+        vm.log().join("\n")
+    );
     vm.type_line(&item(&items, "Back up a disk")).unwrap();
     // The machine's disk, not the USB stick (sda, on the xHCI controller).
     let items = until_question(&mut vm, "Which disk do you want to back up?", rx);
@@ -562,7 +609,10 @@ fn owner_downloads_its_media_and_not_another_machines() {
     let pw = site.pw.to_str().unwrap();
     let agent = site.agent.to_str().unwrap();
     receiver_cli(&site.store, &["bootos", "make", "pc2", "--receiver-url", &url, "--agent", agent, "--mode", "menu"]);
-    receiver_cli(&site.store, &["bootos", "make", "pc1", "--receiver-url", &url, "--agent", agent, "--password-file", pw]);
+    receiver_cli(
+        &site.store,
+        &["bootos", "make", "pc1", "--receiver-url", &url, "--agent", agent, "--password-file", pw],
+    );
     let media = |creds: &Path, machine: &str, args: &[&str]| {
         let out = Command::new(bin_path("lifeline-image"))
             .args(["boot-media", "--repo", &site.rx.url()])
@@ -573,14 +623,23 @@ fn owner_downloads_its_media_and_not_another_machines() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     };
     let (ok, list) = media(&site.creds, "pc1", &["list"]);
-    assert!(ok && list.contains("#1") && list.contains("usb.img") && list.contains("#3") && !list.contains("#2"), "{list}");
+    assert!(
+        ok && list.contains("#1") && list.contains("usb.img") && list.contains("#3") && !list.contains("#2"),
+        "{list}"
+    );
     let got = site.dir.path().join("pc1-usb.img");
     let (ok, text) = media(&site.creds, "pc1", &["download", "1", "--out", got.to_str().unwrap()]);
     assert!(ok && text.contains("holds the repository password"), "{text}");
-    assert!(std::fs::read(&got).unwrap() == std::fs::read(site.store.join("boot/1/usb.img")).unwrap(), "the download differs");
+    assert!(
+        std::fs::read(&got).unwrap() == std::fs::read(site.store.join("boot/1/usb.img")).unwrap(),
+        "the download differs"
+    );
     let other = site.dir.path().join("pc2.iso");
     let (ok, text) = media(&site.creds, "pc1", &["download", "2", "--out", other.to_str().unwrap()]);
     assert!(!ok && text.contains("has no boot media #2") && !other.exists(), "{text}");
@@ -607,11 +666,15 @@ fn restore_media_of_another_machine_reads_its_images_and_writes_nothing() {
             .env("LIFELINE_CA", site.creds.join("ca.crt"))
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
     };
     let pw = site.pw.to_str().unwrap();
     let disk = site.disk.path.to_str().unwrap();
-    for args in [vec!["init", "--password-file", pw], vec!["backup", "--name", "pc1-img", "--password-file", pw, disk]] {
+    for args in [vec!["init", "--password-file", pw], vec!["backup", "--name", "pc1-img", "--password-file", pw, disk]]
+    {
         let (ok, out) = image(&site.creds, "pc1.token", &args);
         assert!(ok, "pc1's {}: {out}", args[0]);
     }
@@ -636,13 +699,16 @@ fn restore_media_of_another_machine_reads_its_images_and_writes_nothing() {
         format!("session-{id}.token")
     };
 
-    assert!(make(&["--mode", "restore", "--image", "pc1-img", "--image-of", "pc1"]).contains("boot media #1 for machine pc2"));
+    assert!(make(&["--mode", "restore", "--image", "pc1-img", "--image-of", "pc1"])
+        .contains("boot media #1 for machine pc2"));
     let s1 = session(1);
     let restored = site.dir.path().join("pc2-disk.img");
-    let (ok, text) = image(&creds2, &s1, &["restore", "--name", "pc1-img", "--password-file", pw, restored.to_str().unwrap()]);
+    let (ok, text) =
+        image(&creds2, &s1, &["restore", "--name", "pc1-img", "--password-file", pw, restored.to_str().unwrap()]);
     assert!(ok, "pc2 restoring pc1's image: {text}");
     site.disk.check_copy(&restored);
-    let (ok, text) = image(&creds2, &s1, &["backup", "--name", "pc2-into-pc1", "--password-file", pw, restored.to_str().unwrap()]);
+    let (ok, text) =
+        image(&creds2, &s1, &["backup", "--name", "pc2-into-pc1", "--password-file", pw, restored.to_str().unwrap()]);
     assert!(!ok && text.contains("never write"), "a backup into pc1's store through pc2's restore session: {text}");
     let (ok, list) = image(&site.creds, "pc1.token", &["list", "--password-file", pw]);
     assert!(ok && list.contains("pc1-img") && !list.contains("pc2-into-pc1"), "{list}");

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifeline_tests::{
-    bin_path, require_root, require_tool, summarize, wait_identical, wait_until, Agent, AgentOpts,
-    Receiver, ScratchFs, TestDir,
+    bin_path, require_root, require_tool, summarize, wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs,
+    TestDir,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);

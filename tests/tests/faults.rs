@@ -23,9 +23,8 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use lifeline_tests::workload::{Background, BackgroundStats, OpKind, Pacing, WorkloadOptions};
 use lifeline_tests::{
-    bin_path, inotify_watches, log_field, log_lines, require_root, require_tool, summarize,
-    wait_identical, wait_until, Agent, AgentOpts, AgentStatus, NetNs, Receiver, ReceiverOpts,
-    ScratchFs, TestDir,
+    bin_path, inotify_watches, log_field, log_lines, require_root, require_tool, summarize, wait_identical, wait_until,
+    Agent, AgentOpts, AgentStatus, NetNs, Receiver, ReceiverOpts, ScratchFs, TestDir,
 };
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -68,32 +67,15 @@ impl Rig {
             ro.host = ns.inner_addr();
             ro.netns = Some(ns.name().to_string());
         }
-        ro.env = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        ro.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let receiver = Receiver::start_opts(ro);
         let machine = format!("{name}-{}", std::process::id());
         let mirror = receiver.mirror_of(&machine, &src);
-        Rig {
-            agent: None,
-            receiver,
-            netns,
-            fs,
-            dir,
-            machine,
-            src,
-            mirror,
-        }
+        Rig { agent: None, receiver, netns, fs, dir, machine, src, mirror }
     }
 
     fn start_agent(&mut self, extra_args: &[&str]) {
-        let mut opts = AgentOpts::new(
-            &self.receiver,
-            &self.machine,
-            &[&self.src],
-            &self.dir.path().join("state"),
-        );
+        let mut opts = AgentOpts::new(&self.receiver, &self.machine, &[&self.src], &self.dir.path().join("state"));
         opts.log = Some(self.dir.path().join("agent.log"));
         opts.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         self.agent = Some(Agent::start(opts));
@@ -122,26 +104,16 @@ impl Rig {
     fn wait_ready_capturing_with(&self, capture: &str) -> AgentStatus {
         let s = self
             .agent()
-            .wait_status("connected, initial sync done", SYNC_TIMEOUT, |s| {
-                s.connected && s.initial_sync_done
-            });
+            .wait_status("connected, initial sync done", SYNC_TIMEOUT, |s| s.connected && s.initial_sync_done);
         if s.capture != capture {
-            self.fail(&format!(
-                "agent captures with {:?}, not {capture:?}",
-                s.capture
-            ));
+            self.fail(&format!("agent captures with {:?}, not {capture:?}", s.capture));
         }
         s
     }
 
     /// Polls the agent's status until `pred` holds; fails the test (with
     /// both logs) after `timeout`.
-    fn wait_agent(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut pred: impl FnMut(&AgentStatus) -> bool,
-    ) -> AgentStatus {
+    fn wait_agent(&self, what: &str, timeout: Duration, mut pred: impl FnMut(&AgentStatus) -> bool) -> AgentStatus {
         let mut last = None;
         let ok = wait_until(timeout, || match self.agent().try_status() {
             Ok(s) => {
@@ -152,9 +124,7 @@ impl Rig {
             Err(_) => false,
         });
         if !ok {
-            self.fail(&format!(
-                "{what}: not reached within {timeout:?}; last status {last:?}"
-            ));
+            self.fail(&format!("{what}: not reached within {timeout:?}; last status {last:?}"));
         }
         last.expect("a status when reached")
     }
@@ -196,11 +166,7 @@ impl Rig {
             found.is_some()
         });
         found.unwrap_or_else(|| {
-            self.fail(&format!(
-                "{}: no line #{} with {needle:?} within {timeout:?}",
-                log.display(),
-                n + 1
-            ))
+            self.fail(&format!("{}: no line #{} with {needle:?} within {timeout:?}", log.display(), n + 1))
         })
     }
 }
@@ -237,10 +203,7 @@ fn seed(test: &str) -> u64 {
 /// Rounds of the randomized workload, in bursts with pauses.
 fn rounds(seed: u64) -> WorkloadOptions {
     let mut o = WorkloadOptions::new(seed, 400);
-    o.pacing = Pacing::Bursts {
-        ops: 80,
-        pause: Duration::from_millis(150),
-    };
+    o.pacing = Pacing::Bursts { ops: 80, pause: Duration::from_millis(150) };
     o
 }
 
@@ -253,21 +216,13 @@ fn join<T>(v: &[T], f: impl Fn(&T) -> String) -> String {
 }
 
 fn workload_figures(w: &BackgroundStats) -> String {
-    format!(
-        "{} ops ({} MiB written) in {} rounds over {} s",
-        w.ops,
-        w.bytes_written >> 20,
-        w.rounds,
-        secs(w.took)
-    )
+    format!("{} ops ({} MiB written) in {} rounds over {} s", w.ops, w.bytes_written >> 20, w.rounds, secs(w.took))
 }
 
 /// Ops the receiver reported it could not apply (its log).
 fn op_errors(rig: &Rig) -> usize {
-    log_lines(rig.receiver.log_path(), APPLIED_WITH_ERRORS)
-        .iter()
-        .filter_map(|l| log_field(l, "errors"))
-        .sum::<u64>() as usize
+    log_lines(rig.receiver.log_path(), APPLIED_WITH_ERRORS).iter().filter_map(|l| log_field(l, "errors")).sum::<u64>()
+        as usize
 }
 
 /// One injected fault and what followed.
@@ -319,25 +274,17 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
         std::thread::sleep(down);
         let restarted = Instant::now();
         rig.agent_mut().restart();
-        rig.wait_agent(
-            "reconnected and reconciled after the restart",
-            SYNC_TIMEOUT,
-            |s| s.connected && s.initial_sync_done && s.replays >= 1,
-        );
+        rig.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, |s| {
+            s.connected && s.initial_sync_done && s.replays >= 1
+        });
         let recovered = restarted.elapsed();
         let opened = rig.nth_log_line(&log, QUEUE_OPENED, opened_before, Duration::from_secs(5));
         let replay = rig.nth_log_line(&log, REPLAYING, replays_before, Duration::from_secs(5));
         let unacked = log_field(&opened, "unacknowledged")
             .unwrap_or_else(|| rig.fail(&format!("no unacknowledged= in {opened:?}")));
-        let replayed = log_field(&replay, "changes")
-            .unwrap_or_else(|| rig.fail(&format!("no changes= in {replay:?}")));
+        let replayed = log_field(&replay, "changes").unwrap_or_else(|| rig.fail(&format!("no changes= in {replay:?}")));
         unacked_on_disk.push(unacked);
-        faults.push(Injected {
-            at,
-            down,
-            recovered,
-            replayed,
-        });
+        faults.push(Injected { at, down, recovered, replayed });
     }
     std::thread::sleep(Duration::from_millis(300));
     let stats = w.stop();
@@ -402,29 +349,18 @@ fn receiver_sigkilled_three_times_during_workload_loses_nothing() {
         let restarted = Instant::now();
         rig.receiver.restart();
         assert_eq!(rig.receiver.port(), port, "restarted on another port");
-        rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| {
-            s.connected && s.replays > replays
-        });
+        rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
         let recovered = restarted.elapsed();
         let replay = rig.nth_log_line(&log, REPLAYING, replay_lines, Duration::from_secs(5));
-        let replayed = log_field(&replay, "changes")
-            .unwrap_or_else(|| rig.fail(&format!("no changes= in {replay:?}")));
-        let started = rig.nth_log_line(
-            rig.receiver.log_path(),
-            STREAM_STARTED,
-            started_lines,
-            Duration::from_secs(5),
-        );
+        let replayed = log_field(&replay, "changes").unwrap_or_else(|| rig.fail(&format!("no changes= in {replay:?}")));
+        let started = rig.nth_log_line(rig.receiver.log_path(), STREAM_STARTED, started_lines, Duration::from_secs(5));
         let resume = log_field(&started, "resume");
         if resume != log_field(&replay, "receiver_applied") {
-            rig.fail(&format!("the agent replayed from another origin than the receiver said: {started:?} vs {replay:?}"));
+            rig.fail(&format!(
+                "the agent replayed from another origin than the receiver said: {started:?} vs {replay:?}"
+            ));
         }
-        faults.push(Injected {
-            at,
-            down,
-            recovered,
-            replayed,
-        });
+        faults.push(Injected { at, down, recovered, replayed });
     }
     std::thread::sleep(Duration::from_millis(300));
     let stats = w.stop();
@@ -485,13 +421,7 @@ fn network_cut_three_times_during_workload_loses_nothing() {
         let netns = rig.netns.as_ref().expect("namespace");
         netns.set_link(false);
         let cut_start = Instant::now();
-        eprintln!(
-            "[net-cut] cut #{} at {} s (workload op {}) for {} s",
-            i + 1,
-            secs(at),
-            w.ops(),
-            secs(cut)
-        );
+        eprintln!("[net-cut] cut #{} at {} s (workload op {}) for {} s", i + 1, secs(at), w.ops(), secs(cut));
         let marker = rig.src.join(format!("cut-{i}.marker"));
         let content = format!("written during cut {i} of seed {seed:#x}\n");
         fs::write(&marker, &content).unwrap();
@@ -504,10 +434,7 @@ fn network_cut_three_times_during_workload_loses_nothing() {
             }
             if fs::read(&mirror_marker).is_ok_and(|m| m == content.as_bytes()) {
                 netns.set_link(true);
-                rig.fail(&format!(
-                    "{} reached the mirror during the cut: the cut is not real",
-                    marker.display()
-                ));
+                rig.fail(&format!("{} reached the mirror during the cut: the cut is not real", marker.display()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -523,14 +450,9 @@ fn network_cut_three_times_during_workload_loses_nothing() {
             ));
         }
         let up = Instant::now();
-        let arrived = wait_until(SYNC_TIMEOUT, || {
-            fs::read(&mirror_marker).is_ok_and(|m| m == content.as_bytes())
-        });
+        let arrived = wait_until(SYNC_TIMEOUT, || fs::read(&mirror_marker).is_ok_and(|m| m == content.as_bytes()));
         if !arrived {
-            rig.fail(&format!(
-                "{} never reached the mirror after the link came back",
-                marker.display()
-            ));
+            rig.fail(&format!("{} never reached the mirror after the link came back", marker.display()));
         }
         let recovered = up.elapsed();
         rig.wait_agent("connected after the cut", SYNC_TIMEOUT, |s| s.connected);
@@ -542,12 +464,7 @@ fn network_cut_three_times_during_workload_loses_nothing() {
         );
         disconnected_seen.push(saw_down);
         max_lag.push(lag);
-        faults.push(Injected {
-            at,
-            down,
-            recovered,
-            replayed: 0,
-        });
+        faults.push(Injected { at, down, recovered, replayed: 0 });
     }
     std::thread::sleep(Duration::from_millis(300));
     let stats = w.stop();
@@ -593,19 +510,13 @@ fn ring_buffer_overflow_is_detected_and_repaired() {
         let writers: Vec<_> = (0..THREADS)
             .map(|t| {
                 // Long names make long records: fewer fit in the buffer.
-                let dir = rig
-                    .src
-                    .join(format!("burst-{round}-{t}-{}", "d".repeat(100)));
+                let dir = rig.src.join(format!("burst-{round}-{t}-{}", "d".repeat(100)));
                 fs::create_dir(&dir).unwrap();
                 std::thread::spawn(move || {
                     let mut rng = StdRng::seed_from_u64(seed ^ ((round * THREADS + t) as u64));
                     for i in 0..PER_ROUND {
                         let p = dir.join(format!("{i:05}-{}", "f".repeat(120)));
-                        let mut f = OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&p)
-                            .unwrap();
+                        let mut f = OpenOptions::new().write(true).create_new(true).open(&p).unwrap();
                         let mut data = [0u8; 48];
                         rng.fill_bytes(&mut data);
                         f.write_all(&data).unwrap();
@@ -622,9 +533,7 @@ fn ring_buffer_overflow_is_detected_and_repaired() {
         rounds += 1;
         files += THREADS * PER_ROUND;
         // The reader looks at the kernel's loss counter every 100 ms.
-        wait_until(Duration::from_millis(500), || {
-            rig.agent().try_status().is_ok_and(|s| s.kernel_lost > 0)
-        });
+        wait_until(Duration::from_millis(500), || rig.agent().try_status().is_ok_and(|s| s.kernel_lost > 0));
         lost = rig.agent().status().kernel_lost;
         if lost > 0 {
             break;
@@ -638,9 +547,8 @@ fn ring_buffer_overflow_is_detected_and_repaired() {
         ));
     }
     let recon_start = Instant::now();
-    let s = rig.wait_agent("a reconciliation after the loss", SYNC_TIMEOUT, |s| {
-        s.reconciliations > before.reconciliations
-    });
+    let s =
+        rig.wait_agent("a reconciliation after the loss", SYNC_TIMEOUT, |s| s.reconciliations > before.reconciliations);
     let caught_up = rig.assert_identical(CATCH_UP, "after the ring buffer overflowed");
     let took = recon_start.elapsed().max(caught_up);
     let s2 = rig.agent().status();
@@ -683,11 +591,7 @@ fn hazard_round(dir: &Path, i: usize, rng: &mut StdRng) {
     }
     fs::rename(dir.join(format!("b{i}")), dir.join(format!("c{i}"))).unwrap();
     if i > 0 {
-        fs::rename(
-            dir.join(format!("c{}", i - 1)),
-            dir.join(format!("b{}", i - 1)),
-        )
-        .unwrap();
+        fs::rename(dir.join(format!("c{}", i - 1)), dir.join(format!("b{}", i - 1))).unwrap();
     }
 }
 
@@ -724,13 +628,10 @@ fn receiver_aborted_between_apply_and_ack_applies_nothing_twice() {
         attempts += 1;
         let n = rng.random_range(3..6u32).to_string();
         let replays = rig.agent().status().replays;
-        rig.receiver
-            .restart_with_env(vec![("LIFELINE_FAULT_ABORT_BEFORE_ACK".into(), n.clone())]);
-        rig.wait_agent(
-            "connected to the receiver armed to abort",
-            SYNC_TIMEOUT,
-            |s| s.connected && s.replays > replays,
-        );
+        rig.receiver.restart_with_env(vec![("LIFELINE_FAULT_ABORT_BEFORE_ACK".into(), n.clone())]);
+        rig.wait_agent("connected to the receiver armed to abort", SYNC_TIMEOUT, |s| {
+            s.connected && s.replays > replays
+        });
         let aborts_before = log_lines(&rlog, FAULT_ABORT).len();
         // Rounds ~25 ms apart: each one a batch (or two) of its own.
         let died = wait_until(Duration::from_secs(20), || {
@@ -740,21 +641,17 @@ fn receiver_aborted_between_apply_and_ack_applies_nothing_twice() {
             !rig.receiver.is_running()
         });
         if !died {
-            rig.fail(&format!(
-                "the receiver armed with LIFELINE_FAULT_ABORT_BEFORE_ACK={n} never aborted"
-            ));
+            rig.fail(&format!("the receiver armed with LIFELINE_FAULT_ABORT_BEFORE_ACK={n} never aborted"));
         }
         let status = rig.receiver.exit_status().expect("exited");
         if status.signal() != Some(libc::SIGABRT) {
-            rig.fail(&format!(
-                "the receiver ended with {status}, not by the abort hook"
-            ));
+            rig.fail(&format!("the receiver ended with {status}, not by the abort hook"));
         }
         let line = rig.nth_log_line(&rlog, FAULT_ABORT, aborts_before, Duration::from_secs(1));
-        let before = log_field(&line, "origin_before")
-            .unwrap_or_else(|| rig.fail(&format!("no origin_before= in {line:?}")));
-        let after = log_field(&line, "applied_origin")
-            .unwrap_or_else(|| rig.fail(&format!("no applied_origin= in {line:?}")));
+        let before =
+            log_field(&line, "origin_before").unwrap_or_else(|| rig.fail(&format!("no origin_before= in {line:?}")));
+        let after =
+            log_field(&line, "applied_origin").unwrap_or_else(|| rig.fail(&format!("no applied_origin= in {line:?}")));
         eprintln!(
             "[abort-before-ack] attempt {attempts}: receiver aborted after group {n} at hazard round {round}, \
              the group applied tree ops with origins {}..={after}",
@@ -766,9 +663,7 @@ fn receiver_aborted_between_apply_and_ack_applies_nothing_twice() {
         let started_lines = log_lines(&rlog, STREAM_STARTED).len();
         let restarted = Instant::now();
         rig.receiver.restart_with_env(Vec::new());
-        rig.wait_agent("reconnected after the abort", SYNC_TIMEOUT, |s| {
-            s.connected && s.replays > replays
-        });
+        rig.wait_agent("reconnected after the abort", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
         recovered = restarted.elapsed();
         replay = rig.nth_log_line(&log, REPLAYING, replay_lines, Duration::from_secs(5));
         started = rig.nth_log_line(&rlog, STREAM_STARTED, started_lines, Duration::from_secs(5));
@@ -780,8 +675,7 @@ fn receiver_aborted_between_apply_and_ack_applies_nothing_twice() {
         rig.fail("in 5 attempts the receiver never aborted in a group that applied a tree op")
     };
     // The restarted receiver remembers the unacknowledged group's tree ops...
-    let resume = log_field(&started, "resume")
-        .unwrap_or_else(|| rig.fail(&format!("no resume= in {started:?}")));
+    let resume = log_field(&started, "resume").unwrap_or_else(|| rig.fail(&format!("no resume= in {started:?}")));
     if resume != after {
         rig.fail(&format!(
             "the aborted group applied tree ops up to origin {after}, but the restarted receiver resumes from {resume}: {started:?}"
@@ -805,25 +699,16 @@ fn receiver_aborted_between_apply_and_ack_applies_nothing_twice() {
     }
     let caught_up = rig.assert_identical(CATCH_UP, "after the abort between apply and ack");
     // Replayed ops that the receiver skipped (a second line of defence).
-    let skipped: u64 = log_lines(&rlog, STREAM_STOPPED)
-        .iter()
-        .filter_map(|l| log_field(l, "skipped"))
-        .sum();
+    let skipped: u64 = log_lines(&rlog, STREAM_STOPPED).iter().filter_map(|l| log_field(l, "skipped")).sum();
     // Nothing was applied twice wrongly: a replayed rename, link or remove
     // whose source is gone would have failed there.
     let errors = log_lines(&rlog, APPLIED_WITH_ERRORS);
     if !errors.is_empty() {
-        rig.fail(&format!(
-            "the receiver reported ops it could not apply:\n{}",
-            errors.join("\n")
-        ));
+        rig.fail(&format!("the receiver reported ops it could not apply:\n{}", errors.join("\n")));
     }
     let agent_errors = log_lines(&log, "receiver could not apply op");
     if !agent_errors.is_empty() {
-        rig.fail(&format!(
-            "the agent was told of ops that failed:\n{}",
-            agent_errors.join("\n")
-        ));
+        rig.fail(&format!("the agent was told of ops that failed:\n{}", agent_errors.join("\n")));
     }
     eprintln!(
         "FAULT receiver abort between apply and ack (seed {seed:#x}): {attempts} abort(s), the last in a group holding \
@@ -850,14 +735,8 @@ fn hazard_rounds(seed: u64) -> WorkloadOptions {
 /// Lets a hazard workload run to at least 5,000 operations (the size of
 /// the run that found the fallback stale in issue 21), then stops it.
 fn finish_hazard_workload(rig: &Rig, w: Background) -> BackgroundStats {
-    if !wait_until(Duration::from_secs(40), || {
-        w.ops() >= 5000 || !w.is_running()
-    }) || !w.is_running()
-    {
-        rig.fail(&format!(
-            "the workload stopped or stalled at op {}",
-            w.ops()
-        ));
+    if !wait_until(Duration::from_secs(40), || w.ops() >= 5000 || !w.is_running()) || !w.is_running() {
+        rig.fail(&format!("the workload stopped or stalled at op {}", w.ops()));
     }
     w.stop()
 }
@@ -882,15 +761,9 @@ fn notify_rig(name: &str, fs: ScratchFs) -> Rig {
 /// agent's inotify watches are no more than the tree's real directories
 /// (none through a symlink: `/` alone would be thousands).
 fn check_hazards_and_watches(rig: &Rig, stats: &BackgroundStats) -> (usize, usize) {
-    let hazards: usize = OpKind::HAZARDS
-        .iter()
-        .map(|k| stats.counts.get(k).copied().unwrap_or(0))
-        .sum();
+    let hazards: usize = OpKind::HAZARDS.iter().map(|k| stats.counts.get(k).copied().unwrap_or(0)).sum();
     if hazards < 20 {
-        rig.fail(&format!(
-            "only {hazards} hazard ops ran ({:?}): the test did not exercise them",
-            stats.counts
-        ));
+        rig.fail(&format!("only {hazards} hazard ops ran ({:?}): the test did not exercise them", stats.counts));
     }
     // The root and every directory below it (scan follows no symlink).
     let dirs = 1 + lifeline_core::tree::scan(&rig.src)
@@ -900,9 +773,7 @@ fn check_hazards_and_watches(rig: &Rig, stats: &BackgroundStats) -> (usize, usiz
         .count();
     let watches = inotify_watches(rig.agent().pid());
     if watches == 0 || watches > dirs + 5 {
-        rig.fail(&format!(
-            "the agent holds {watches} inotify watches for {dirs} directories in the tree"
-        ));
+        rig.fail(&format!("the agent holds {watches} inotify watches for {dirs} directories in the tree"));
     }
     (hazards, watches)
 }
@@ -947,28 +818,21 @@ fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s()
         std::thread::sleep(down);
         let restarted = Instant::now();
         rig.agent_mut().restart();
-        let s = rig.wait_agent(
-            "reconnected and reconciled after the restart",
-            SYNC_TIMEOUT,
-            |s| s.connected && s.initial_sync_done,
-        );
+        let s = rig.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, |s| {
+            s.connected && s.initial_sync_done
+        });
         if s.capture != "notify" {
             rig.fail(&format!("restarted agent captures with {:?}", s.capture));
         }
         restarts.push(restarted.elapsed());
     }
     let stats = finish_hazard_workload(&rig, w);
-    let caught_up = rig.assert_identical(
-        NOTIFY_CATCH_UP,
-        "after the hazard workload on the inotify fallback (agent killed twice)",
-    );
+    let caught_up =
+        rig.assert_identical(NOTIFY_CATCH_UP, "after the hazard workload on the inotify fallback (agent killed twice)");
     let (hazards, watches) = check_hazards_and_watches(&rig, &stats);
     let failed = log_lines(&rig.agent_log(), "reconciliation failed");
     if !failed.is_empty() {
-        rig.fail(&format!(
-            "a reconciliation pass failed:\n{}",
-            failed.join("\n")
-        ));
+        rig.fail(&format!("a reconciliation pass failed:\n{}", failed.join("\n")));
     }
     eprintln!(
         "FAULT notify fallback, agent SIGKILL x2 (seed {seed:#x}): replicating again {} s after each restart; {}; \
@@ -1015,16 +879,12 @@ fn notify_fallback_receiver_sigkilled_during_hazard_workload_converges_within_10
         let restarted = Instant::now();
         rig.receiver.restart();
         assert_eq!(rig.receiver.port(), port, "restarted on another port");
-        rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| {
-            s.connected && s.replays > replays
-        });
+        rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
         recovered.push(restarted.elapsed());
     }
     let stats = finish_hazard_workload(&rig, w);
-    let caught_up = rig.assert_identical(
-        NOTIFY_CATCH_UP,
-        "after the hazard workload on the inotify fallback (receiver killed twice)",
-    );
+    let caught_up = rig
+        .assert_identical(NOTIFY_CATCH_UP, "after the hazard workload on the inotify fallback (receiver killed twice)");
     let (hazards, watches) = check_hazards_and_watches(&rig, &stats);
     eprintln!(
         "FAULT notify fallback, receiver SIGKILL x2 (seed {seed:#x}): streaming again {} s after each restart; {}; \

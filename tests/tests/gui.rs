@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use lifeline_tests::desktop::{wait_window, Gui, Image, MenuLine, SessionBus, Xvfb};
 use lifeline_tests::{
-    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root,
-    require_tool, wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
+    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root, require_tool, wait_identical,
+    wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
 };
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
@@ -46,28 +46,16 @@ struct Watcher {
 
 #[zbus::interface(name = "org.kde.StatusNotifierWatcher")]
 impl Watcher {
-    async fn register_status_notifier_item(
-        &self,
-        service: &str,
-        #[zbus(header)] hdr: zbus::message::Header<'_>,
-    ) {
+    async fn register_status_notifier_item(&self, service: &str, #[zbus(header)] hdr: zbus::message::Header<'_>) {
         let sender = hdr.sender().map(|s| s.to_string()).unwrap_or_default();
-        self.items
-            .lock()
-            .unwrap()
-            .push((sender, service.to_string()));
+        self.items.lock().unwrap().push((sender, service.to_string()));
     }
 
     async fn register_status_notifier_host(&self, _service: &str) {}
 
     #[zbus(property)]
     async fn registered_status_notifier_items(&self) -> Vec<String> {
-        self.items
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(_, s)| s.clone())
-            .collect()
+        self.items.lock().unwrap().iter().map(|(_, s)| s.clone()).collect()
     }
 
     #[zbus(property)]
@@ -113,11 +101,7 @@ fn menu_text(menu: &[MenuItem]) -> String {
                 Some(false) => "[ ] ",
                 None => "    ",
             };
-            format!(
-                "  {check}{}{}",
-                m.label,
-                if m.enabled { "" } else { "   (greyed)" }
-            )
+            format!("  {check}{}{}", m.label, if m.enabled { "" } else { "   (greyed)" })
         };
         out.push_str(&line);
         out.push('\n');
@@ -134,15 +118,9 @@ struct Host {
 
 impl Host {
     fn start(bus: &SessionBus) -> Host {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let items = Arc::new(Mutex::new(Vec::new()));
-        let watcher = Watcher {
-            items: items.clone(),
-        };
+        let watcher = Watcher { items: items.clone() };
         let conn = rt
             .block_on(async {
                 zbus::connection::Builder::address(bus.address())?
@@ -151,22 +129,14 @@ impl Host {
                     .build()
                     .await
             })
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot be the StatusNotifierWatcher on {}: {e}",
-                    bus.address()
-                )
-            });
+            .unwrap_or_else(|e| panic!("cannot be the StatusNotifierWatcher on {}: {e}", bus.address()));
         Host { rt, conn, items }
     }
 
     /// The bus name of the first item that registers.
     fn wait_item(&self, gui: &Gui, timeout: Duration) -> String {
         if !wait_until(timeout, || !self.items.lock().unwrap().is_empty()) {
-            panic!(
-                "no StatusNotifierItem registered within {timeout:?}\n{}",
-                gui.log_tail(LOG_LINES)
-            );
+            panic!("no StatusNotifierItem registered within {timeout:?}\n{}", gui.log_tail(LOG_LINES));
         }
         let (sender, service) = self.items.lock().unwrap()[0].clone();
         // The spec allows an object path instead of a name: then the item is
@@ -186,27 +156,20 @@ impl Host {
                     .path("/StatusNotifierItem")?
                     .build()
                     .await?;
-                p.get(
-                    zbus::names::InterfaceName::from_static_str_unchecked(SNI),
-                    name,
-                )
-                .await
-                .map_err(zbus::Error::from)
+                p.get(zbus::names::InterfaceName::from_static_str_unchecked(SNI), name).await.map_err(zbus::Error::from)
             })
             .unwrap_or_else(|e| panic!("property {name} of {item}: {e}"))
     }
 
     fn string_prop(&self, item: &str, name: &str) -> String {
-        String::try_from(self.prop(item, name))
-            .unwrap_or_else(|e| panic!("{name} is no string: {e}"))
+        String::try_from(self.prop(item, name)).unwrap_or_else(|e| panic!("{name} is no string: {e}"))
     }
 
     /// ToolTip's (title, description).
     fn tooltip(&self, item: &str) -> (String, String) {
         let v = self.prop(item, "ToolTip");
-        let (_icon, _pixmaps, title, text): SniToolTip = v
-            .try_into()
-            .unwrap_or_else(|e| panic!("ToolTip is no (sa(iiay)ss): {e}"));
+        let (_icon, _pixmaps, title, text): SniToolTip =
+            v.try_into().unwrap_or_else(|e| panic!("ToolTip is no (sa(iiay)ss): {e}"));
         (title, text)
     }
 
@@ -236,25 +199,15 @@ impl Host {
         children
             .into_iter()
             .map(|c| {
-                let (id, props, _sub): LayoutItem =
-                    c.try_into().expect("a layout item is (ia{sv}av)");
+                let (id, props, _sub): LayoutItem = c.try_into().expect("a layout item is (ia{sv}av)");
                 let get = |k: &str| props.get(k).and_then(|v| v.try_clone().ok());
                 MenuItem {
                     id,
-                    label: get("label")
-                        .and_then(|v| String::try_from(v).ok())
-                        .unwrap_or_default(),
+                    label: get("label").and_then(|v| String::try_from(v).ok()).unwrap_or_default(),
                     // dbusmenu leaves out properties at their defaults.
-                    enabled: get("enabled")
-                        .and_then(|v| bool::try_from(v).ok())
-                        .unwrap_or(true),
-                    checked: get("toggle-state")
-                        .and_then(|v| i32::try_from(v).ok())
-                        .map(|s| s == 1),
-                    separator: get("type")
-                        .and_then(|v| String::try_from(v).ok())
-                        .as_deref()
-                        == Some("separator"),
+                    enabled: get("enabled").and_then(|v| bool::try_from(v).ok()).unwrap_or(true),
+                    checked: get("toggle-state").and_then(|v| i32::try_from(v).ok()).map(|s| s == 1),
+                    separator: get("type").and_then(|v| String::try_from(v).ok()).as_deref() == Some("separator"),
                 }
             })
             .collect()
@@ -262,10 +215,7 @@ impl Host {
 
     fn item_labelled(&self, item: &str, label: &str) -> MenuItem {
         let menu = self.menu(item);
-        menu.iter()
-            .find(|m| m.label == label)
-            .cloned()
-            .unwrap_or_else(|| panic!("no menu item {label:?} in {menu:?}"))
+        menu.iter().find(|m| m.label == label).cloned().unwrap_or_else(|| panic!("no menu item {label:?} in {menu:?}"))
     }
 
     /// What a host does when the user clicks a menu item.
@@ -317,30 +267,16 @@ impl World {
         let fs = ScratchFs::tmpfs(64);
         let src = fs.subdir("src");
         fs::write(src.join("before.txt"), b"there before the GUI").unwrap();
-        let receiver =
-            Receiver::start_with_log(&dir.path().join("store"), &dir.path().join("receiver.log"));
+        let receiver = Receiver::start_with_log(&dir.path().join("store"), &dir.path().join("receiver.log"));
         let machine = format!("{name}-{}", std::process::id());
         let mirror = receiver.mirror_of(&machine, &src);
         let mut opts = AgentOpts::new(&receiver, &machine, &[&src], &dir.path().join("state"));
         opts.log = Some(dir.path().join("agent.log"));
         opts.extra_args = vec!["--capture".into(), capture.into()];
         let agent = Agent::start(opts);
-        let w = World {
-            agent,
-            receiver,
-            _fs: fs,
-            dir,
-            machine,
-            src,
-            mirror,
-        };
-        let s = w.agent.wait_status("initial sync done", SYNC_TIMEOUT, |s| {
-            s.initial_sync_done && s.connected
-        });
-        assert_eq!(
-            s.capture, capture,
-            "the agent must capture with {capture} here"
-        );
+        let w = World { agent, receiver, _fs: fs, dir, machine, src, mirror };
+        let s = w.agent.wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done && s.connected);
+        assert_eq!(s.capture, capture, "the agent must capture with {capture} here");
         w.identical("at start");
         w
     }
@@ -391,32 +327,15 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     let item = host.wait_item(&gui, Duration::from_secs(15));
 
     // The icon says "in sync" and the menu's switch is on.
-    let in_sync = wait_until(Duration::from_secs(5), || {
-        host.string_prop(&item, "IconName") == "emblem-default"
-    });
-    assert!(
-        in_sync,
-        "icon is {:?}, not in sync\n{}",
-        host.string_prop(&item, "IconName"),
-        gui.log_tail(LOG_LINES)
-    );
+    let in_sync = wait_until(Duration::from_secs(5), || host.string_prop(&item, "IconName") == "emblem-default");
+    assert!(in_sync, "icon is {:?}, not in sync\n{}", host.string_prop(&item, "IconName"), gui.log_tail(LOG_LINES));
     let title = host.string_prop(&item, "Title");
-    assert!(
-        title.contains(&w.machine) && title.contains("in sync"),
-        "title {title:?}"
-    );
+    assert!(title.contains(&w.machine) && title.contains("in sync"), "title {title:?}");
     let (tip, _) = host.tooltip(&item);
     assert_eq!(tip, "Lifeline: in sync");
     let switch = host.item_labelled(&item, "Automatic backup");
-    assert_eq!(
-        (switch.checked, switch.enabled),
-        (Some(true), true),
-        "{switch:?}"
-    );
-    assert!(
-        w.attached() > 0,
-        "no eBPF program attached before the click"
-    );
+    assert_eq!((switch.checked, switch.enabled), (Some(true), true), "{switch:?}");
+    assert!(w.attached() > 0, "no eBPF program attached before the click");
     // For docs/: an X server to draw what the host read (only then).
     let docs_x = docs_wanted().then(|| Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768));
     let mut views = vec![host_view(&host, &item, docs_x.as_ref())];
@@ -432,25 +351,14 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     // unchecked switch on the bus.
     host.click(&item, switch.id);
     if !wait_until(Duration::from_secs(5), || w.attached() == 0) {
-        w.fail(&format!(
-            "after the switch was clicked off, {} programs are still attached",
-            w.attached()
-        ));
+        w.fail(&format!("after the switch was clicked off, {} programs are still attached", w.attached()));
     }
-    w.agent
-        .wait_status("capture off", Duration::from_secs(5), |s| {
-            s.capture == "off"
-        });
+    w.agent.wait_status("capture off", Duration::from_secs(5), |s| s.capture == "off");
     let icon_off = wait_until(Duration::from_secs(5), || {
         host.string_prop(&item, "IconName") == "media-playback-stop"
             && host.item_labelled(&item, "Automatic backup").checked == Some(false)
     });
-    assert!(
-        icon_off,
-        "icon {:?} / menu {:?} after off",
-        host.string_prop(&item, "IconName"),
-        host.menu(&item)
-    );
+    assert!(icon_off, "icon {:?} / menu {:?} after off", host.string_prop(&item, "IconName"), host.menu(&item));
     assert_eq!(host.string_prop(&item, "Status"), "Active");
     views.push(host_view(&host, &item, docs_x.as_ref()));
     doc.push_str(&format!(
@@ -471,24 +379,15 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     if !wait_until(Duration::from_secs(5), || w.attached() > 0) {
         w.fail("after the switch was clicked on, no program is attached");
     }
-    w.agent
-        .wait_status("capture on", Duration::from_secs(5), |s| {
-            s.capture == "ebpf"
-        });
+    w.agent.wait_status("capture on", Duration::from_secs(5), |s| s.capture == "ebpf");
     w.identical("after on");
-    assert!(wait_until(Duration::from_secs(5), || host
-        .item_labelled(&item, "Automatic backup")
-        .checked
-        == Some(true)));
+    assert!(wait_until(Duration::from_secs(5), || host.item_labelled(&item, "Automatic backup").checked == Some(true)));
 
     // Pause: captured and queued, not sent; resume: sent.
     host.click(&item, host.item_labelled(&item, "Pause sending").id);
-    w.agent
-        .wait_status("paused", Duration::from_secs(5), |s| s.paused);
+    w.agent.wait_status("paused", Duration::from_secs(5), |s| s.paused);
     assert!(
-        wait_until(Duration::from_secs(5), || host
-            .string_prop(&item, "IconName")
-            == "media-playback-pause"),
+        wait_until(Duration::from_secs(5), || host.string_prop(&item, "IconName") == "media-playback-pause"),
         "icon {:?} while paused",
         host.string_prop(&item, "IconName")
     );
@@ -502,17 +401,11 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     save_doc_text(&doc, "gui-tray-menu.txt");
     let views: Vec<Image> = views.into_iter().flatten().collect();
     if let Some((first, rest)) = views.split_first() {
-        let all = rest
-            .iter()
-            .fold(first.clone(), |acc, v| acc.beside(v, 0xffffff));
+        let all = rest.iter().fold(first.clone(), |acc, v| acc.beside(v, 0xffffff));
         save_doc(&all, "gui-tray-menu.png");
     }
     fs::write(w.src.join("while-paused.txt"), b"written while paused").unwrap();
-    let queued = w
-        .agent
-        .wait_status("change queued", Duration::from_secs(5), |s| {
-            s.queue_depth > 0
-        });
+    let queued = w.agent.wait_status("change queued", Duration::from_secs(5), |s| s.queue_depth > 0);
     std::thread::sleep(Duration::from_secs(1));
     if w.mirror.join("while-paused.txt").exists() {
         w.fail("a change made while paused was sent");
@@ -520,57 +413,29 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     assert_eq!(queued.capture, "ebpf", "pause must not stop capture");
     host.click(&item, host.item_labelled(&item, "Resume sending").id);
     w.identical("after resume");
-    let s = w.agent.wait_status("resumed", Duration::from_secs(5), |s| {
-        !s.paused && s.queue_depth == 0
-    });
+    let s = w.agent.wait_status("resumed", Duration::from_secs(5), |s| !s.paused && s.queue_depth == 0);
     assert!(s.bytes_sent_today > 0, "bytes sent today: {s:?}");
     let recent = w.agent.status_json()["recent_files"].clone();
-    let listed = recent.as_array().is_some_and(|files| {
-        files.iter().any(|f| {
-            f["path"]
-                .as_str()
-                .is_some_and(|p| p.ends_with("while-paused.txt"))
-        })
-    });
-    assert!(
-        listed,
-        "while-paused.txt not among the last files replicated: {recent}"
-    );
+    let listed = recent
+        .as_array()
+        .is_some_and(|files| files.iter().any(|f| f["path"].as_str().is_some_and(|p| p.ends_with("while-paused.txt"))));
+    assert!(listed, "while-paused.txt not among the last files replicated: {recent}");
 
     // The receiver goes away: the icon asks for attention and says what to do.
     w.receiver.kill();
-    let icon = |name: &str| {
-        wait_until(Duration::from_secs(10), || {
-            host.string_prop(&item, "IconName") == name
-        })
-    };
-    assert!(
-        icon("network-offline"),
-        "icon {:?} with the receiver down",
-        host.string_prop(&item, "IconName")
-    );
+    let icon = |name: &str| wait_until(Duration::from_secs(10), || host.string_prop(&item, "IconName") == name);
+    assert!(icon("network-offline"), "icon {:?} with the receiver down", host.string_prop(&item, "IconName"));
     assert_eq!(host.string_prop(&item, "Status"), "NeedsAttention");
     let (title, text) = host.tooltip(&item);
     assert_eq!(title, "Lifeline: receiver unreachable");
-    assert!(
-        text.contains("Check that lifeline-receiver runs"),
-        "tooltip {text:?}"
-    );
+    assert!(text.contains("Check that lifeline-receiver runs"), "tooltip {text:?}");
     assert!(!host.item_labelled(&item, "Sync now").enabled);
 
     // The agent goes away: "not running", the switch greyed out.
     w.agent.kill();
-    assert!(
-        icon("dialog-error"),
-        "icon {:?} with the agent down",
-        host.string_prop(&item, "IconName")
-    );
+    assert!(icon("dialog-error"), "icon {:?} with the agent down", host.string_prop(&item, "IconName"));
     assert!(!host.item_labelled(&item, "Automatic backup").enabled);
-    assert!(
-        gui.is_running(),
-        "lifeline-gui exited\n{}",
-        gui.log_tail(LOG_LINES)
-    );
+    assert!(gui.is_running(), "lifeline-gui exited\n{}", gui.log_tail(LOG_LINES));
 }
 
 /// Without an agent the icon says so and the menu offers only what can work
@@ -583,12 +448,7 @@ fn tray_without_agent_says_so_and_disables_actions() {
     let host = Host::start(&bus);
     let socket = dir.path().join("no-agent.sock");
     let gui = Gui::start(
-        &[
-            "--control",
-            &socket.display().to_string(),
-            "--poll-ms",
-            "200",
-        ],
+        &["--control", &socket.display().to_string(), "--poll-ms", "200"],
         &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
         &dir.path().join("gui.log"),
     );
@@ -597,26 +457,14 @@ fn tray_without_agent_says_so_and_disables_actions() {
     assert_eq!(host.string_prop(&item, "Status"), "NeedsAttention");
     let (title, text) = host.tooltip(&item);
     assert_eq!(title, "Lifeline: agent not running");
-    assert!(
-        text.contains(&socket.display().to_string()),
-        "tooltip {text:?} does not name the socket"
-    );
+    assert!(text.contains(&socket.display().to_string()), "tooltip {text:?} does not name the socket");
     let menu = host.menu(&item);
     for label in ["Automatic backup", "Pause sending", "Sync now"] {
-        let m = menu
-            .iter()
-            .find(|m| m.label == label)
-            .unwrap_or_else(|| panic!("no {label:?} in {menu:?}"));
-        assert!(
-            !m.enabled,
-            "{label:?} is enabled without an agent: {menu:?}"
-        );
+        let m = menu.iter().find(|m| m.label == label).unwrap_or_else(|| panic!("no {label:?} in {menu:?}"));
+        assert!(!m.enabled, "{label:?} is enabled without an agent: {menu:?}");
     }
     for label in ["Status window...", "Quit"] {
-        let m = menu
-            .iter()
-            .find(|m| m.label == label)
-            .unwrap_or_else(|| panic!("no {label:?} in {menu:?}"));
+        let m = menu.iter().find(|m| m.label == label).unwrap_or_else(|| panic!("no {label:?} in {menu:?}"));
         assert!(m.enabled, "{label:?} is disabled: {menu:?}");
     }
 }
@@ -636,11 +484,7 @@ fn status_window_under_xvfb_shows_state_and_acts() {
     // The way to the socket (mode 0660, the agent's group) must be open to
     // the group; the scratch directory is 0700.
     let socket = w.agent.control_path().to_path_buf();
-    for d in socket
-        .ancestors()
-        .skip(1)
-        .take_while(|d| d.starts_with(w.dir.path()))
-    {
+    for d in socket.ancestors().skip(1).take_while(|d| d.starts_with(w.dir.path())) {
         fs::set_permissions(d, fs::Permissions::from_mode(0o750)).unwrap();
     }
     let mut gui = Gui::start_as(
@@ -651,34 +495,17 @@ fn status_window_under_xvfb_shows_state_and_acts() {
     );
     let title = format!("Lifeline - {} - in sync", w.machine);
     let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
-        panic!(
-            "no window titled {title:?} on {}\n{}",
-            x.display(),
-            gui.log_tail(LOG_LINES)
-        );
+        panic!("no window titled {title:?} on {}\n{}", x.display(), gui.log_tail(LOG_LINES));
     };
     // The window draws after it is mapped: wait for the banner.
-    let shot = wait_shot(&x, win, |img| {
-        img.count(0, 0, 400, 40, GREEN_IN_SYNC) > 10_000
-    })
-    .unwrap_or_else(|img| {
-        panic!(
-            "no green banner: pixel (5,5) is {:06x}\n{}",
-            img.pixel(5, 5),
-            gui.log_tail(LOG_LINES)
-        )
+    let shot = wait_shot(&x, win, |img| img.count(0, 0, 400, 40, GREEN_IN_SYNC) > 10_000).unwrap_or_else(|img| {
+        panic!("no green banner: pixel (5,5) is {:06x}\n{}", img.pixel(5, 5), gui.log_tail(LOG_LINES))
     });
     save_doc(&shot, "gui-status-window.png");
     let proc_status = fs::read_to_string(format!("/proc/{}/status", gui.pid())).unwrap();
-    let uid_line = proc_status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .unwrap_or_default();
+    let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap_or_default();
     assert!(
-        uid_line
-            .split_whitespace()
-            .skip(1)
-            .all(|u| u == NOBODY.to_string()),
+        uid_line.split_whitespace().skip(1).all(|u| u == NOBODY.to_string()),
         "lifeline-gui does not run as nobody: {uid_line}"
     );
     let xprop = run(&["xprop", "-id", &win.to_string(), "WM_NAME"], x.display());
@@ -687,43 +514,24 @@ fn status_window_under_xvfb_shows_state_and_acts() {
     // The menu panel's "Pause sending" (second item: see gui/src/window.rs's
     // layout: panel at x = 680 - 206, items from y = 80, 24 px each).
     click_pause_item(win, x.display());
-    w.agent
-        .wait_status("paused from the window", Duration::from_secs(5), |s| {
-            s.paused
-        });
+    w.agent.wait_status("paused from the window", Duration::from_secs(5), |s| s.paused);
     let paused_title = format!("Lifeline - {} - paused", w.machine);
     assert!(
         wait_window(x.display(), &paused_title, Duration::from_secs(5)).is_some(),
         "title did not change to {paused_title:?}\n{}",
         gui.log_tail(LOG_LINES)
     );
-    wait_shot(&x, win, |img| {
-        img.count(0, 0, 400, 40, AMBER_PAUSED) > 10_000
-    })
-    .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
+    wait_shot(&x, win, |img| img.count(0, 0, 400, 40, AMBER_PAUSED) > 10_000)
+        .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
     click_pause_item(win, x.display());
-    w.agent
-        .wait_status("resumed from the window", Duration::from_secs(5), |s| {
-            !s.paused
-        });
+    w.agent.wait_status("resumed from the window", Duration::from_secs(5), |s| !s.paused);
 
     // The agent goes away: the window says so.
     w.agent.kill();
-    let shot = wait_shot(&x, win, |img| {
-        img.count(0, 0, 400, 40, GREY_AGENT_DOWN) > 10_000
-    })
-    .unwrap_or_else(|img| {
-        panic!(
-            "no 'agent not running' banner: pixel (5,5) is {:06x}",
-            img.pixel(5, 5)
-        )
-    });
+    let shot = wait_shot(&x, win, |img| img.count(0, 0, 400, 40, GREY_AGENT_DOWN) > 10_000)
+        .unwrap_or_else(|img| panic!("no 'agent not running' banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
     save_doc(&shot, "gui-status-window-agent-down.png");
-    assert!(
-        gui.is_running(),
-        "lifeline-gui exited\n{}",
-        gui.log_tail(LOG_LINES)
-    );
+    assert!(gui.is_running(), "lifeline-gui exited\n{}", gui.log_tail(LOG_LINES));
 }
 
 /// An agent on the inotify fallback (`--capture notify`): the tray shows
@@ -745,15 +553,8 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
         &w.dir.path().join("gui.log"),
     );
     let item = host.wait_item(&gui, Duration::from_secs(15));
-    let degraded = wait_until(Duration::from_secs(5), || {
-        host.string_prop(&item, "IconName") == "dialog-warning"
-    });
-    assert!(
-        degraded,
-        "icon is {:?}, not degraded\n{}",
-        host.string_prop(&item, "IconName"),
-        gui.log_tail(LOG_LINES)
-    );
+    let degraded = wait_until(Duration::from_secs(5), || host.string_prop(&item, "IconName") == "dialog-warning");
+    assert!(degraded, "icon is {:?}, not degraded\n{}", host.string_prop(&item, "IconName"), gui.log_tail(LOG_LINES));
     // In sync with the receiver, and still never green: watch a while.
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(1) {
@@ -762,10 +563,7 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let title = host.string_prop(&item, "Title");
-    assert!(
-        title.contains(&w.machine) && title.ends_with("inotify fallback: no byte ranges"),
-        "title {title:?}"
-    );
+    assert!(title.contains(&w.machine) && title.ends_with("inotify fallback: no byte ranges"), "title {title:?}");
     assert_eq!(host.string_prop(&item, "Status"), "Active");
     let (tip, text) = host.tooltip(&item);
     assert_eq!(tip, "Lifeline: inotify fallback: no byte ranges");
@@ -776,50 +574,29 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
 
     // The switch: off drops the watches, on watches again and catches up.
     let switch = host.item_labelled(&item, "Automatic backup");
-    assert_eq!(
-        (switch.checked, switch.enabled),
-        (Some(true), true),
-        "{switch:?}"
-    );
-    assert!(
-        inotify_watches(w.agent.pid()) > 0,
-        "no inotify watch before the click"
-    );
+    assert_eq!((switch.checked, switch.enabled), (Some(true), true), "{switch:?}");
+    assert!(inotify_watches(w.agent.pid()) > 0, "no inotify watch before the click");
     host.click(&item, switch.id);
-    w.agent
-        .wait_status("capture off", Duration::from_secs(5), |s| {
-            s.capture == "off"
-        });
-    if !wait_until(Duration::from_secs(5), || {
-        inotify_watches(w.agent.pid()) == 0
-    }) {
+    w.agent.wait_status("capture off", Duration::from_secs(5), |s| s.capture == "off");
+    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent.pid()) == 0) {
         w.fail(&format!(
             "after the switch was clicked off the agent holds {} inotify watches",
             inotify_watches(w.agent.pid())
         ));
     }
-    assert!(wait_until(Duration::from_secs(5), || {
-        host.string_prop(&item, "IconName") == "media-playback-stop"
-    }));
+    assert!(wait_until(Duration::from_secs(5), || { host.string_prop(&item, "IconName") == "media-playback-stop" }));
     fs::write(w.src.join("while-off.txt"), b"written while backup was off").unwrap();
     std::thread::sleep(Duration::from_secs(1));
     if w.mirror.join("while-off.txt").exists() {
         w.fail("a change made while off reached the mirror");
     }
     host.click(&item, host.item_labelled(&item, "Automatic backup").id);
-    w.agent
-        .wait_status("capture on", Duration::from_secs(5), |s| {
-            s.capture == "notify"
-        });
-    if !wait_until(Duration::from_secs(5), || {
-        inotify_watches(w.agent.pid()) > 0
-    }) {
+    w.agent.wait_status("capture on", Duration::from_secs(5), |s| s.capture == "notify");
+    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent.pid()) > 0) {
         w.fail("after the switch was clicked on the agent watches nothing");
     }
     w.identical("after on");
-    assert!(wait_until(Duration::from_secs(5), || {
-        host.string_prop(&item, "IconName") == "dialog-warning"
-    }));
+    assert!(wait_until(Duration::from_secs(5), || { host.string_prop(&item, "IconName") == "dialog-warning" }));
 
     // The status window: amber banner, the degraded title.
     let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
@@ -828,30 +605,15 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
         &[("DISPLAY", x.display())],
         &w.dir.path().join("gui-window.log"),
     );
-    let title = format!(
-        "Lifeline - {} - inotify fallback: no byte ranges",
-        w.machine
-    );
+    let title = format!("Lifeline - {} - inotify fallback: no byte ranges", w.machine);
     let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
-        panic!(
-            "no window titled {title:?}\n{}",
-            win_gui.log_tail(LOG_LINES)
-        );
+        panic!("no window titled {title:?}\n{}", win_gui.log_tail(LOG_LINES));
     };
-    let shot = wait_shot(&x, win, |img| {
-        img.count(0, 0, 400, 40, AMBER_DEGRADED) > 10_000
-    })
-    .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
-    assert_eq!(
-        shot.count(0, 0, 400, 40, GREEN_IN_SYNC),
-        0,
-        "green in the degraded banner"
-    );
+    let shot = wait_shot(&x, win, |img| img.count(0, 0, 400, 40, AMBER_DEGRADED) > 10_000)
+        .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
+    assert_eq!(shot.count(0, 0, 400, 40, GREEN_IN_SYNC), 0, "green in the degraded banner");
     save_doc(&shot, "gui-status-window-degraded.png");
-    assert!(
-        gui.is_running() && win_gui.is_running(),
-        "lifeline-gui exited"
-    );
+    assert!(gui.is_running() && win_gui.is_running(), "lifeline-gui exited");
 }
 
 /// Screenshots `win` until `ok` holds (Ok) or 10 s pass (Err: the last one).
@@ -879,11 +641,7 @@ fn run(args: &[&str], display: &str) -> String {
         .env("DISPLAY", display)
         .output()
         .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -895,35 +653,21 @@ fn docs_wanted() -> bool {
 /// menu, all read over D-Bus), drawn on `x`; None without an X server.
 fn host_view(host: &Host, item: &str, x: Option<&Xvfb>) -> Option<Image> {
     let x = x?;
-    let pixmaps: Vec<(i32, i32, Vec<u8>)> = host
-        .prop(item, "IconPixmap")
-        .try_into()
-        .expect("IconPixmap is a(iiay)");
+    let pixmaps: Vec<(i32, i32, Vec<u8>)> = host.prop(item, "IconPixmap").try_into().expect("IconPixmap is a(iiay)");
     let icon = pixmaps.iter().find(|p| p.0 == 22);
     let (title, _) = host.tooltip(item);
     let lines: Vec<MenuLine> = host
         .menu(item)
         .into_iter()
-        .map(|m| MenuLine {
-            label: m.label,
-            enabled: m.enabled,
-            checked: m.checked,
-            separator: m.separator,
-        })
+        .map(|m| MenuLine { label: m.label, enabled: m.enabled, checked: m.checked, separator: m.separator })
         .collect();
-    Some(x.render_menu(
-        icon.map(|(w, h, d)| (*w as usize, *h as usize, d.as_slice())),
-        &title,
-        &lines,
-    ))
+    Some(x.render_menu(icon.map(|(w, h, d)| (*w as usize, *h as usize, d.as_slice())), &title, &lines))
 }
 
 /// With LIFELINE_WRITE_DOCS=1, keeps `text` as docs/NAME.
 fn save_doc_text(text: &str, name: &str) {
     if docs_wanted() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../docs")
-            .join(name);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(name);
         fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         eprintln!("wrote {}", p.display());
     }
@@ -932,9 +676,7 @@ fn save_doc_text(text: &str, name: &str) {
 /// With LIFELINE_WRITE_DOCS=1, keeps the screenshot as docs/NAME.
 fn save_doc(img: &Image, name: &str) {
     if docs_wanted() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../docs")
-            .join(name);
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(name);
         img.write_png(&p);
         eprintln!("wrote {}", p.display());
     }

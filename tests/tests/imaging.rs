@@ -19,10 +19,7 @@ fn image(rx: &Receiver, creds: &(PathBuf, PathBuf), pw: &str, args: &[&str]) -> 
         .env("LIFELINE_PASSWORD", pw)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
 fn hash(p: &Path) -> blake3::Hash {
@@ -38,34 +35,15 @@ fn images_on_the_receiver_back_up_restore_and_stay_private() {
     let db = rx.credentials("db1");
 
     assert!(image(&rx, &web, "pw-web", &["init"]).0);
-    let (ok, out) = image(
-        &rx,
-        &web,
-        "pw-web",
-        &["backup", "--name", "day1", disk.path.to_str().unwrap()],
-    );
+    let (ok, out) = image(&rx, &web, "pw-web", &["backup", "--name", "day1", disk.path.to_str().unwrap()]);
     assert!(ok, "{out}");
     let changed = disk.change_some_files(3);
-    let (ok, out) = image(
-        &rx,
-        &web,
-        "pw-web",
-        &[
-            "--json",
-            "backup",
-            "--name",
-            "day2",
-            disk.path.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = image(&rx, &web, "pw-web", &["--json", "backup", "--name", "day2", disk.path.to_str().unwrap()]);
     assert!(ok, "{out}");
     let line = out.lines().find(|l| l.starts_with('{')).unwrap();
     let j: serde_json::Value = serde_json::from_str(line).unwrap();
     let added = j["stats"]["bytes_new"].as_u64().unwrap();
-    assert!(
-        added <= 4 * changed + 2 * MIB,
-        "second backup over the network added {added} bytes"
-    );
+    assert!(added <= 4 * changed + 2 * MIB, "second backup over the network added {added} bytes");
     let (ok, out) = image(&rx, &web, "pw-web", &["list"]);
     assert!(ok && out.contains("day1") && out.contains("day2"), "{out}");
     let (ok, out) = image(&rx, &web, "pw-web", &["verify"]);
@@ -75,11 +53,7 @@ fn images_on_the_receiver_back_up_restore_and_stay_private() {
     let secret = &disk.files.iter().find(|f| f.0 == "a.bin").unwrap().1[..64];
     for e in walkdir(&t.path().join("store/images")) {
         let data = std::fs::read(&e).unwrap();
-        assert!(
-            !data.windows(64).any(|w| w == secret),
-            "{} holds plaintext",
-            e.display()
-        );
+        assert!(!data.windows(64).any(|w| w == secret), "{} holds plaintext", e.display());
     }
 
     // Another machine sees nothing of web1's and cannot read its image.
@@ -91,12 +65,7 @@ fn images_on_the_receiver_back_up_restore_and_stay_private() {
     let target = t.path().join("target.img");
     garbage_image(&target, 96 * MIB);
     let before = hash(&target);
-    let (ok, out) = image(
-        &rx,
-        &db,
-        "pw-db",
-        &["restore", "--name", "day2", target.to_str().unwrap()],
-    );
+    let (ok, out) = image(&rx, &db, "pw-db", &["restore", "--name", "day2", target.to_str().unwrap()]);
     assert!(!ok && out.contains("no image named"), "{out}");
     // A stranger's credential is refused.
     let forged = t.path().join("forged.token");
@@ -104,45 +73,32 @@ fn images_on_the_receiver_back_up_restore_and_stay_private() {
     let (ok, out) = image(&rx, &(forged, web.1.clone()), "pw-web", &["list"]);
     assert!(!ok && out.contains("refused the credential"), "{out}");
     // A wrong password reads nothing.
-    let (ok, out) = image(
-        &rx,
-        &web,
-        "wrong",
-        &["restore", "--name", "day2", target.to_str().unwrap()],
-    );
+    let (ok, out) = image(&rx, &web, "wrong", &["restore", "--name", "day2", target.to_str().unwrap()]);
     assert!(!ok && out.contains("wrong password"), "{out}");
-    assert_eq!(
-        hash(&target),
-        before,
-        "a refused restore wrote to the target"
-    );
+    assert_eq!(hash(&target), before, "a refused restore wrote to the target");
 
-    let (ok, out) = image(
-        &rx,
-        &web,
-        "pw-web",
-        &[
-            "restore",
-            "--name",
-            "day2",
-            "--read-back",
-            target.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = image(&rx, &web, "pw-web", &["restore", "--name", "day2", "--read-back", target.to_str().unwrap()]);
     assert!(ok, "{out}");
     disk.check_copy(&target);
 
     // The receiver's management database: the jobs as the machines reported
     // them (the refused restores as failed, with why), and web1's images.
     let receiver = |args: &[&str]| {
-        let o = Command::new(bin_path("lifeline-receiver")).arg("--store").arg(t.path().join("store")).args(args).output().unwrap();
+        let o = Command::new(bin_path("lifeline-receiver"))
+            .arg("--store")
+            .arg(t.path().join("store"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let jobs = receiver(&["jobs"]);
     let lines: Vec<&str> = jobs.lines().collect();
     let has = |m: &str, kind: &str, state: &str, extra: &str| {
-        lines.iter().any(|l| l.contains(&format!(" {m} ")) && l.contains(kind) && l.contains(&format!(" {state} ")) && l.contains(extra))
+        lines.iter().any(|l| {
+            l.contains(&format!(" {m} ")) && l.contains(kind) && l.contains(&format!(" {state} ")) && l.contains(extra)
+        })
     };
     assert!(has("web1", "backup", "ok", "day1") && has("web1", "backup", "ok", "day2"), "{jobs}");
     assert!(has("web1", "restore", "ok", "day2") && has("web1", "restore", "failed", "wrong password"), "{jobs}");
@@ -180,10 +136,7 @@ fn receiver_killed_mid_backup_leaves_no_image_and_the_next_backup_works() {
             lifeline_testdisk::PartSpec {
                 size_mib: 32,
                 sfdisk_type: "L",
-                content: lifeline_testdisk::Content::Ext {
-                    mkfs: "mkfs.ext4",
-                    opts: vec![],
-                },
+                content: lifeline_testdisk::Content::Ext { mkfs: "mkfs.ext4", opts: vec![] },
             },
             lifeline_testdisk::PartSpec {
                 size_mib: 260,
@@ -209,13 +162,7 @@ fn receiver_killed_mid_backup_leaves_no_image_and_the_next_backup_works() {
     // Wait until a few MiB of packs arrived (committed ones and the ones
     // still streaming), then kill the receiver.
     let packs = t.path().join("store/images/web1/packs");
-    let bytes = || -> u64 {
-        walkdir(&packs)
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum()
-    };
+    let bytes = || -> u64 { walkdir(&packs).iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum() };
     let start = std::time::Instant::now();
     while bytes() < 24 * MIB && start.elapsed().as_secs() < 60 {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -223,10 +170,7 @@ fn receiver_killed_mid_backup_leaves_no_image_and_the_next_backup_works() {
     rx.kill();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "the backup succeeded although the receiver died: {text}"
-    );
+    assert!(!out.status.success(), "the backup succeeded although the receiver died: {text}");
     assert!(text.contains("receiver"), "{text}");
 
     rx.restart();
@@ -234,20 +178,10 @@ fn receiver_killed_mid_backup_leaves_no_image_and_the_next_backup_works() {
     assert!(ok && !out.contains("cut"), "{out}");
     let (ok, out) = image(&rx, &web, "pw", &["verify", "--all-chunks"]);
     assert!(ok, "{out}");
-    let (ok, out) = image(
-        &rx,
-        &web,
-        "pw",
-        &["backup", "--name", "again", disk.path.to_str().unwrap()],
-    );
+    let (ok, out) = image(&rx, &web, "pw", &["backup", "--name", "again", disk.path.to_str().unwrap()]);
     assert!(ok, "{out}");
     let target = t.path().join("target.img");
-    let (ok, out) = image(
-        &rx,
-        &web,
-        "pw",
-        &["restore", "--name", "again", target.to_str().unwrap()],
-    );
+    let (ok, out) = image(&rx, &web, "pw", &["restore", "--name", "again", target.to_str().unwrap()]);
     assert!(ok, "{out}");
     disk.check_copy(&target);
 }

@@ -89,17 +89,13 @@ poweroff -f
 /// Debian 12's kernel: the newest `/boot/vmlinuz-6.1.*` with its modules.
 fn debian_61_kernel() -> (String, PathBuf) {
     let all = modules::installed_kernels(Path::new("/"));
-    all.iter()
-        .rev()
-        .find(|(v, _)| v.starts_with("6.1."))
-        .cloned()
-        .unwrap_or_else(|| {
-            panic!(
-                "no Debian 12 kernel (6.1) in /boot: apt-get install linux-image-amd64 \
+    all.iter().rev().find(|(v, _)| v.starts_with("6.1.")).cloned().unwrap_or_else(|| {
+        panic!(
+            "no Debian 12 kernel (6.1) in /boot: apt-get install linux-image-amd64 \
                  (scripts/setup.sh installs it); kernels found: {:?}",
-                all.iter().map(|(v, _)| v).collect::<Vec<_>>()
-            )
-        })
+            all.iter().map(|(v, _)| v).collect::<Vec<_>>()
+        )
+    })
 }
 
 #[test]
@@ -115,22 +111,11 @@ fn ebpf_capture_works_on_debian_12_kernel_6_1() {
     // 254), where tmpfs has major 0 and would hide a wrong dev_t encoding
     // between the kernel's s_dev and stat(2)'s st_dev.
     let disk = dir.path().join("ext4.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    let mkfs = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F"])
-        .arg(&disk)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run mkfs.ext4: {e}; apt-get install e2fsprogs (scripts/setup.sh installs it)")
-        });
-    assert!(
-        mkfs.status.success(),
-        "mkfs.ext4 failed: {}",
-        String::from_utf8_lossy(&mkfs.stderr)
-    );
+    std::fs::File::create(&disk).unwrap().set_len(32 << 20).unwrap();
+    let mkfs = std::process::Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disk).output().unwrap_or_else(|e| {
+        panic!("cannot run mkfs.ext4: {e}; apt-get install e2fsprogs (scripts/setup.sh installs it)")
+    });
+    assert!(mkfs.status.success(), "mkfs.ext4 failed: {}", String::from_utf8_lossy(&mkfs.stderr));
 
     let initrd = dir.path().join("initrd.img");
     let spec = BootOsSpec {
@@ -145,9 +130,8 @@ fn ebpf_capture_works_on_debian_12_kernel_6_1() {
         ..BootOsSpec::default()
     };
     let t = Instant::now();
-    let built = BootOs::build(&spec, &initrd).unwrap_or_else(|e| {
-        panic!("building the initramfs failed: {e} (scripts/setup.sh installs busybox-static)")
-    });
+    let built = BootOs::build(&spec, &initrd)
+        .unwrap_or_else(|e| panic!("building the initramfs failed: {e} (scripts/setup.sh installs busybox-static)"));
     let build_time = t.elapsed();
 
     // quiet: kernel messages would interleave with the check's lines on the
@@ -155,11 +139,7 @@ fn ebpf_capture_works_on_debian_12_kernel_6_1() {
     // at once instead of waiting for the timeout.
     let append = "console=ttyS0 quiet panic=-1";
     let mut vm = Vm::boot(&VmSpec {
-        boot: Boot::Kernel {
-            kernel: &kernel,
-            initrd: &initrd,
-            append,
-        },
+        boot: Boot::Kernel { kernel: &kernel, initrd: &initrd, append },
         uefi: false,
         memory_mib: 512,
         disks: &[&disk],
@@ -193,28 +173,14 @@ fn ebpf_capture_works_on_debian_12_kernel_6_1() {
         .unwrap_or_else(|| panic!("no modules line; console:\n{console}"));
     let failed = modules.split("not loaded:").nth(1).unwrap_or("");
     for m in WANTED_MODULES {
-        assert!(
-            !failed.split_whitespace().any(|f| f == *m),
-            "{m} failed to load: {modules}\nconsole:\n{console}"
-        );
+        assert!(!failed.split_whitespace().any(|f| f == *m), "{m} failed to load: {modules}\nconsole:\n{console}");
     }
 
     let tmpfs = Check::of(&log, "/mnt/tmpfs", &version);
     let ext4 = Check::of(&log, "/mnt/ext4", &version);
-    assert_eq!(
-        tmpfs.dev.0, 0,
-        "tmpfs should be on an anonymous device (major 0): {:?}",
-        tmpfs.dev
-    );
-    assert_ne!(
-        ext4.dev.0, 0,
-        "the ext4 check must be on a real block device (major not 0): {:?}",
-        ext4.dev
-    );
-    assert!(
-        exited.is_some(),
-        "qemu did not exit after poweroff -f; console:\n{console}"
-    );
+    assert_eq!(tmpfs.dev.0, 0, "tmpfs should be on an anonymous device (major 0): {:?}", tmpfs.dev);
+    assert_ne!(ext4.dev.0, 0, "the ext4 check must be on a real block device (major not 0): {:?}", ext4.dev);
+    assert!(exited.is_some(), "qemu did not exit after poweroff -f; console:\n{console}");
 
     eprintln!("--- kernel {version}: check-capture in the VM ---");
     for c in [&tmpfs, &ext4] {
@@ -258,10 +224,7 @@ impl Check {
             .position(|l| l.starts_with(&done))
             .unwrap_or_else(|| panic!("no {done:?} line; console:\n{console}"));
         let rc = &log[end][done.len()..];
-        let start = log[..end]
-            .iter()
-            .rposition(|l| l.starts_with(&head))
-            .unwrap_or(end);
+        let start = log[..end].iter().rposition(|l| l.starts_with(&head)).unwrap_or(end);
         let out = &log[start..=end];
         let capture = out.iter().find(|l| l.starts_with("capture: "));
         if rc != "0" || !capture.is_some_and(|l| l.starts_with("capture: ebpf ok:")) {
@@ -277,11 +240,7 @@ impl Check {
             .split_once(':')
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
             .unwrap_or_else(|| panic!("no MAJ:MIN in {:?}", log[start]));
-        let verifier: Vec<String> = out
-            .iter()
-            .filter(|l| l.starts_with("verifier: "))
-            .cloned()
-            .collect();
+        let verifier: Vec<String> = out.iter().filter(|l| l.starts_with("verifier: ")).cloned().collect();
         assert!(
             verifier.iter().any(|l| l.starts_with("verifier: sys_exit:")
                 && l.contains("bytes of stack")
@@ -292,8 +251,7 @@ impl Check {
         // The margin the host's verifier test keeps, kept on this kernel too:
         // its verifier walks more instructions for the same program.
         for l in &verifier {
-            let (stack, insns) =
-                figures(l).unwrap_or_else(|| panic!("no stack or instruction figure: {l}"));
+            let (stack, insns) = figures(l).unwrap_or_else(|| panic!("no stack or instruction figure: {l}"));
             assert!(
                 stack > 0 && stack <= STACK_BUDGET as u64,
                 "on kernel {version} the deepest call chain uses {stack} bytes of stack, over the \
@@ -316,11 +274,8 @@ impl Check {
                 .copied()
                 .unwrap_or_else(|| panic!("no `{key} ...` in {capture:?}"))
         };
-        let number = |key: &str| {
-            after(key)
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("`{key}` is not a number in {capture:?}"))
-        };
+        let number =
+            |key: &str| after(key).parse::<u64>().unwrap_or_else(|_| panic!("`{key}` is not a number in {capture:?}"));
         let path = Path::new(after("write"));
         assert_eq!(
             path.parent(),
@@ -333,12 +288,7 @@ impl Check {
             (CHECK_OFFSET, CHECK_LEN),
             "the kernel reported another range than the one written ({dir}): {capture}"
         );
-        Check {
-            dir,
-            dev,
-            verifier,
-            capture,
-        }
+        Check { dir, dev, verifier, capture }
     }
 }
 
@@ -365,10 +315,7 @@ mod parsing {
     #[test]
     fn a_good_run() {
         let c = Check::of(
-            &console(
-                "capture: ebpf ok: write /mnt/ext4/f offset 12288 len 4096 (seen after 3.1 ms)",
-                0,
-            ),
+            &console("capture: ebpf ok: write /mnt/ext4/f offset 12288 len 4096 (seen after 3.1 ms)", 0),
             "/mnt/ext4",
             "6.1",
         );
@@ -379,10 +326,7 @@ mod parsing {
     #[test]
     #[should_panic(expected = "over 300000")]
     fn too_many_instructions() {
-        let mut log = console(
-            "capture: ebpf ok: write /mnt/ext4/f offset 12288 len 4096",
-            0,
-        );
+        let mut log = console("capture: ebpf ok: write /mnt/ext4/f offset 12288 len 4096", 0);
         log[2] = FIGURES.replace("129664", "312345");
         Check::of(&log, "/mnt/ext4", "6.1");
     }
@@ -390,21 +334,13 @@ mod parsing {
     #[test]
     #[should_panic(expected = "another range than the one written")]
     fn a_wrong_range() {
-        Check::of(
-            &console("capture: ebpf ok: write /mnt/ext4/f offset 0 len 16384", 0),
-            "/mnt/ext4",
-            "6.1",
-        );
+        Check::of(&console("capture: ebpf ok: write /mnt/ext4/f offset 0 len 16384", 0), "/mnt/ext4", "6.1");
     }
 
     #[test]
     #[should_panic(expected = "not in the watched /mnt/ext4")]
     fn a_write_elsewhere() {
-        Check::of(
-            &console("capture: ebpf ok: write /tmp/f offset 12288 len 4096", 0),
-            "/mnt/ext4",
-            "6.1",
-        );
+        Check::of(&console("capture: ebpf ok: write /tmp/f offset 12288 len 4096", 0), "/mnt/ext4", "6.1");
     }
 
     #[test]
@@ -414,10 +350,7 @@ mod parsing {
             "capture: ebpf FAILED: the kernel's verifier refused sys_exit (Permission denied (os error 13)):",
             1,
         );
-        log.insert(
-            4,
-            "R3 unbounded memory access, use 'var &= const' or 'if (var < const)'".into(),
-        );
+        log.insert(4, "R3 unbounded memory access, use 'var &= const' or 'if (var < const)'".into());
         Check::of(&log, "/mnt/ext4", "6.1");
     }
 }

@@ -16,9 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lifeline_tests::workload::{run_workload, run_workload_with, Pacing, WorkloadOptions};
 use lifeline_tests::{
-    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root,
-    require_tool, summarize, tracepoint_attachments, wait_identical, wait_until, Agent, AgentOpts,
-    Receiver, ScratchFs, TestDir,
+    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root, require_tool, summarize,
+    tracepoint_attachments, wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
 };
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,15 +46,7 @@ impl Rig {
         let receiver = Receiver::start_with_log(&store, &dir.path().join("receiver.log"));
         let machine = format!("{name}-{}", std::process::id());
         let mirror = receiver.mirror_of(&machine, &src);
-        Rig {
-            agent: None,
-            receiver,
-            fs,
-            dir,
-            machine,
-            src,
-            mirror,
-        }
+        Rig { agent: None, receiver, fs, dir, machine, src, mirror }
     }
 
     fn start_agent(&mut self) -> &Agent {
@@ -63,12 +54,7 @@ impl Rig {
     }
 
     fn start_agent_with(&mut self, extra_args: &[&str]) -> &Agent {
-        let mut opts = AgentOpts::new(
-            &self.receiver,
-            &self.machine,
-            &[&self.src],
-            &self.dir.path().join("state"),
-        );
+        let mut opts = AgentOpts::new(&self.receiver, &self.machine, &[&self.src], &self.dir.path().join("state"));
         opts.log = Some(self.dir.path().join("agent.log"));
         opts.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         self.agent = Some(Agent::start(opts));
@@ -87,14 +73,9 @@ impl Rig {
     /// Waits until the agent reports its initial sync done, capturing with
     /// `capture` ("ebpf" or "notify").
     fn wait_ready_capturing_with(&self, capture: &str) {
-        let s = self
-            .agent()
-            .wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
+        let s = self.agent().wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
         if s.capture != capture {
-            self.fail(&format!(
-                "agent captures with {:?}, not {capture:?}",
-                s.capture
-            ));
+            self.fail(&format!("agent captures with {:?}, not {capture:?}", s.capture));
         }
     }
 
@@ -144,35 +125,21 @@ fn randomized_capturing_with(capture: &str, name: &str, fs: ScratchFs, opts: Wor
     rig.start_agent_with(&["--capture", capture]);
     rig.wait_ready_capturing_with(capture);
     let stats = run_workload_with(&rig.src, &opts);
-    assert!(
-        stats.missing_kinds().is_empty(),
-        "workload lacked {:?}",
-        stats.missing_kinds()
-    );
-    rig.assert_identical(
-        SYNC_TIMEOUT,
-        &format!("after {} workload operations", stats.total()),
-    );
+    assert!(stats.missing_kinds().is_empty(), "workload lacked {:?}", stats.missing_kinds());
+    rig.assert_identical(SYNC_TIMEOUT, &format!("after {} workload operations", stats.total()));
 }
 
 /// (a) A randomized workload on ext4, as fast as it goes.
 #[test]
 fn randomized_workload_on_ext4_reaches_identical_mirror() {
-    randomized(
-        "rand-ext4",
-        ScratchFs::ext4(1024),
-        WorkloadOptions::new(0x5EED_0001, 3000),
-    );
+    randomized("rand-ext4", ScratchFs::ext4(1024), WorkloadOptions::new(0x5EED_0001, 3000));
 }
 
 /// (b) Another seed on tmpfs, in bursts.
 #[test]
 fn randomized_workload_on_tmpfs_reaches_identical_mirror() {
     let mut opts = WorkloadOptions::new(0x5EED_0002, 3000);
-    opts.pacing = Pacing::Bursts {
-        ops: 250,
-        pause: Duration::from_millis(100),
-    };
+    opts.pacing = Pacing::Bursts { ops: 250, pause: Duration::from_millis(100) };
     randomized("rand-tmpfs", ScratchFs::tmpfs(1024), opts);
 }
 
@@ -181,10 +148,7 @@ fn randomized_workload_on_tmpfs_reaches_identical_mirror() {
 #[test]
 fn randomized_workload_with_the_notify_fallback_reaches_identical_mirror() {
     let mut opts = WorkloadOptions::new(0x5EED_0003, 2000);
-    opts.pacing = Pacing::Bursts {
-        ops: 250,
-        pause: Duration::from_millis(100),
-    };
+    opts.pacing = Pacing::Bursts { ops: 250, pause: Duration::from_millis(100) };
     randomized_capturing_with("notify", "rand-notify", ScratchFs::tmpfs(1024), opts);
 }
 
@@ -204,24 +168,17 @@ fn off_detaches_and_stops_replication_on_resumes() {
     rig.assert_identical(SYNC_TIMEOUT, "before off");
     if !wait_until(Duration::from_secs(5), || rig.attached() > 0) {
         let atts = tracepoint_attachments(rig.agent().pid());
-        rig.fail(&format!(
-            "capture on but no tracepoint program attached: {atts:?}"
-        ));
+        rig.fail(&format!("capture on but no tracepoint program attached: {atts:?}"));
     }
 
     rig.agent().ctl("off");
     if !wait_until(Duration::from_secs(2), || rig.attached() == 0) {
         let atts = tracepoint_attachments(rig.agent().pid());
-        rig.fail(&format!(
-            "after `off` tracepoint programs are still attached: {atts:?}"
-        ));
+        rig.fail(&format!("after `off` tracepoint programs are still attached: {atts:?}"));
     }
     let s = rig.agent().status();
     if s.capture != "off" {
-        rig.fail(&format!(
-            "after `off` the status says capture {:?}",
-            s.capture
-        ));
+        rig.fail(&format!("after `off` the status says capture {:?}", s.capture));
     }
 
     // Changes while off: create, modify, delete, mkdir.
@@ -246,19 +203,14 @@ fn off_detaches_and_stops_replication_on_resumes() {
         leaked.push("newdir was created in the mirror");
     }
     if !leaked.is_empty() || differences(&src, m).is_empty() {
-        rig.fail(&format!(
-            "changes made while off reached the mirror: {leaked:?}"
-        ));
+        rig.fail(&format!("changes made while off reached the mirror: {leaked:?}"));
     }
 
     rig.agent().ctl("on");
     if !wait_until(Duration::from_secs(5), || rig.attached() > 0) {
         rig.fail("after `on` no tracepoint program is attached");
     }
-    rig.agent()
-        .wait_status("capture back on", Duration::from_secs(5), |s| {
-            s.capture == "ebpf"
-        });
+    rig.agent().wait_status("capture back on", Duration::from_secs(5), |s| s.capture == "ebpf");
     rig.assert_identical(SYNC_TIMEOUT, "after `on`");
 
     // And capture works again, not only the catch-up.
@@ -291,8 +243,7 @@ fn initial_sync_copies_existing_tree_and_removes_extraneous_mirror_files() {
 
     rig.start_agent();
     rig.assert_identical(SYNC_TIMEOUT, "initial sync");
-    rig.agent()
-        .wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
+    rig.agent().wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
     assert!(!m.join("planted.txt").exists() && !m.join("planted-dir").exists());
 }
 
@@ -376,26 +327,17 @@ fn same_size_overwrites_within_one_second_reach_mirror() {
     let start = Instant::now();
     let fd = OpenOptions::new().write(true).open(&hot).unwrap();
     for i in 0u32..200 {
-        let block: Vec<u8> = (0..4096u32)
-            .map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8)
-            .collect();
+        let block: Vec<u8> = (0..4096u32).map(|j| (i.wrapping_mul(31) ^ j.wrapping_mul(7)) as u8).collect();
         if i % 2 == 0 {
             fd.write_all_at(&block, 0).unwrap();
         } else {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(&hot)
-                .unwrap();
+            let mut f = OpenOptions::new().write(true).truncate(true).open(&hot).unwrap();
             f.write_all(&block).unwrap();
         }
     }
     drop(fd);
     let took = start.elapsed();
-    assert!(
-        took < Duration::from_millis(900),
-        "the burst took {took:?}, not within one second"
-    );
+    assert!(took < Duration::from_millis(900), "the burst took {took:?}, not within one second");
     assert_eq!(fs::metadata(&hot).unwrap().len(), 4096);
     rig.assert_identical(Duration::from_secs(10), "after 200 same-size rewrites");
 }
@@ -415,11 +357,7 @@ fn file_kept_open_is_replicated_within_one_second() {
     let writer = {
         let (path, published, stop) = (path.clone(), published.clone(), stop.clone());
         std::thread::spawn(move || {
-            let f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .unwrap();
+            let f = OpenOptions::new().write(true).create_new(true).open(&path).unwrap();
             f.write_all_at(&header(0), 0).unwrap();
             let mut end = header(0).len() as u64;
             let mut seq = 0u64;
@@ -473,10 +411,7 @@ fn line(seq: u64) -> Vec<u8> {
 
 fn parse_header(data: &[u8]) -> Option<u64> {
     let h = data.get(..16)?;
-    std::str::from_utf8(h.strip_prefix(b"last=")?.strip_suffix(b"\n")?)
-        .ok()?
-        .parse()
-        .ok()
+    std::str::from_utf8(h.strip_prefix(b"last=")?.strip_suffix(b"\n")?).ok()?.parse().ok()
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -602,9 +537,7 @@ fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
     assert!(!reason.contains('\n'), "{reason:?}");
     let text = rig.agent().ctl("status");
     assert!(
-        text.contains(&format!(
-            "DEGRADED: inotify fallback, no byte ranges; {reason}"
-        )),
+        text.contains(&format!("DEGRADED: inotify fallback, no byte ranges; {reason}")),
         "`status` does not say why the agent is degraded:\n{text}"
     );
     let log = fs::read_to_string(rig.dir.path().join("agent.log")).unwrap();
@@ -620,11 +553,7 @@ fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
 /// The real directories of `root` (itself included): what the inotify
 /// fallback may watch, and no more.
 fn real_dirs(root: &std::path::Path) -> usize {
-    1 + lifeline_core::tree::scan(root)
-        .unwrap()
-        .iter()
-        .filter(|e| e.kind == lifeline_core::tree::Kind::Dir)
-        .count()
+    1 + lifeline_core::tree::scan(root).unwrap().iter().filter(|e| e.kind == lifeline_core::tree::Kind::Dir).count()
 }
 
 /// On the inotify fallback, symlinks to `/`, to the tree's parent, to the
@@ -646,10 +575,7 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     symlink(".", src.join("d/e/self")).unwrap();
     rig.start_agent_with(&["--capture", "notify"]);
     rig.wait_ready_capturing_with("notify");
-    rig.assert_identical(
-        SYNC_TIMEOUT,
-        "initial sync with symlinks to / and ancestors",
-    );
+    rig.assert_identical(SYNC_TIMEOUT, "initial sync with symlinks to / and ancestors");
     for l in ["slash", "up", "d/root", "d/e/self"] {
         let md = fs::symlink_metadata(rig.mirror.join(l));
         if !md.as_ref().is_ok_and(|m| m.file_type().is_symlink()) {
@@ -658,11 +584,7 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     }
     let watches = || inotify_watches(rig.agent().pid());
     if watches() != real_dirs(&src) {
-        rig.fail(&format!(
-            "{} inotify watches for {} real directories",
-            watches(),
-            real_dirs(&src)
-        ));
+        rig.fail(&format!("{} inotify watches for {} real directories", watches(), real_dirs(&src)));
     }
 
     // Live: a new symlink to /, a watched directory replaced by a symlink
@@ -673,22 +595,16 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     fs::write(src.join("d/after"), b"written after").unwrap();
     rig.assert_identical(Duration::from_secs(10), "symlinks made while watched");
     if !wait_until(Duration::from_secs(2), || watches() == real_dirs(&src)) {
-        rig.fail(&format!(
-            "{} inotify watches for {} real directories after the changes",
-            watches(),
-            real_dirs(&src)
-        ));
+        rig.fail(&format!("{} inotify watches for {} real directories after the changes", watches(), real_dirs(&src)));
     }
 
     let s = rig.agent().status();
-    assert_eq!(
-        s.fallback_reason.as_deref(),
-        Some("chosen with --capture notify"),
-        "{s:?}"
-    );
+    assert_eq!(s.fallback_reason.as_deref(), Some("chosen with --capture notify"), "{s:?}");
     let text = rig.agent().ctl("status");
     assert!(
-        text.contains("capture:      notify (DEGRADED: inotify fallback, no byte ranges; chosen with --capture notify)"),
+        text.contains(
+            "capture:      notify (DEGRADED: inotify fallback, no byte ranges; chosen with --capture notify)"
+        ),
         "`status` does not say plainly that capture is degraded and why:\n{text}"
     );
 
@@ -700,10 +616,7 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
     rig.assert_identical(Duration::from_secs(10), "a change after the restart");
     let watches = inotify_watches(rig.agent().pid());
     if watches != real_dirs(&src) {
-        rig.fail(&format!(
-            "{watches} inotify watches for {} real directories after the restart",
-            real_dirs(&src)
-        ));
+        rig.fail(&format!("{watches} inotify watches for {} real directories after the restart", real_dirs(&src)));
     }
 }
 
@@ -729,10 +642,7 @@ fn notify_fallback_off_drops_the_watches_and_on_catches_up() {
     let out = rig.agent().ctl("off");
     assert!(out.contains("automatic backup is off"), "{out}");
     if !wait_until(Duration::from_secs(2), || watches() == 0) {
-        rig.fail(&format!(
-            "after `off` the agent still holds {} inotify watches",
-            watches()
-        ));
+        rig.fail(&format!("after `off` the agent still holds {} inotify watches", watches()));
     }
     assert_eq!(rig.agent().status().capture, "off");
     let before = rig.agent().status().reconciliations;
@@ -749,30 +659,18 @@ fn notify_fallback_off_drops_the_watches_and_on_catches_up() {
         || !m.join("delete.txt").exists()
         || m.join("newdir").exists();
     if leaked {
-        rig.fail(&format!(
-            "changes made while off reached the mirror: {:?}",
-            differences(&src, m)
-        ));
+        rig.fail(&format!("changes made while off reached the mirror: {:?}", differences(&src, m)));
     }
     let s = rig.agent().status();
     if s.reconciliations != before {
-        rig.fail(&format!(
-            "{} reconciliations ran while off",
-            s.reconciliations - before
-        ));
+        rig.fail(&format!("{} reconciliations ran while off", s.reconciliations - before));
     }
 
     let out = rig.agent().ctl("on");
     assert!(out.contains("automatic backup is on"), "{out}");
-    rig.agent()
-        .wait_status("capture back on", Duration::from_secs(5), |s| {
-            s.capture == "notify"
-        });
+    rig.agent().wait_status("capture back on", Duration::from_secs(5), |s| s.capture == "notify");
     if !wait_until(Duration::from_secs(2), || watches() == 3) {
-        rig.fail(&format!(
-            "after `on` the agent holds {} inotify watches, not 3",
-            watches()
-        ));
+        rig.fail(&format!("after `on` the agent holds {} inotify watches, not 3", watches()));
     }
     rig.assert_identical(Duration::from_secs(10), "after `on`");
     fs::write(src.join("newdir/after-on.txt"), b"live again").unwrap();
@@ -828,9 +726,8 @@ fn reconciliation_racing_type_changes_renames_and_deletions_completes_and_conver
                     }
                     2 => {
                         clear(&p);
-                        fs::create_dir(&p).and_then(|_| {
-                            (0..25).try_for_each(|f| fs::write(p.join(format!("f{f}")), b"again"))
-                        })
+                        fs::create_dir(&p)
+                            .and_then(|_| (0..25).try_for_each(|f| fs::write(p.join(format!("f{f}")), b"again")))
                     }
                     3 => fs::rename(&p, &q),
                     _ => {
@@ -859,23 +756,15 @@ fn reconciliation_racing_type_changes_renames_and_deletions_completes_and_conver
         .map(str::to_string)
         .collect();
     if !failed.is_empty() {
-        rig.fail(&format!(
-            "reconciliation passes failed while the tree changed:\n{}",
-            failed.join("\n")
-        ));
+        rig.fail(&format!("reconciliation passes failed while the tree changed:\n{}", failed.join("\n")));
     }
     if racing < 5 {
-        rig.fail(&format!(
-            "only {racing} passes completed in 4 s of `sync` while the tree changed"
-        ));
+        rig.fail(&format!("only {racing} passes completed in 4 s of `sync` while the tree changed"));
     }
     let done = rig.agent().status().reconciliations;
     let t = Instant::now();
     rig.agent().ctl("sync");
-    rig.agent()
-        .wait_status("a pass after the race", Duration::from_secs(10), |s| {
-            s.reconciliations > done
-        });
+    rig.agent().wait_status("a pass after the race", Duration::from_secs(10), |s| s.reconciliations > done);
     rig.assert_identical(Duration::from_secs(10), "after the race, one `sync`");
     let raced: u64 = fs::read_to_string(&log)
         .unwrap_or_default()

@@ -76,22 +76,10 @@ impl LinkGroups {
         }
         let Some(g) = self.groups.get_mut(&id) else {
             let forced = mirror_link_id != 0 && mirror_id == 0;
-            self.groups.insert(
-                id,
-                Group {
-                    first: path.to_path_buf(),
-                    mirror_id,
-                    sent: forced,
-                    linked: Vec::new(),
-                },
-            );
+            self.groups.insert(id, Group { first: path.to_path_buf(), mirror_id, sent: forced, linked: Vec::new() });
             return Name::First { forced };
         };
-        let link = |to: PathBuf| Reconcile::Link {
-            from: g.first.clone(),
-            to,
-            id,
-        };
+        let link = |to: PathBuf| Reconcile::Link { from: g.first.clone(), to, id };
         if g.sent {
             return Name::Later(vec![link(path.to_path_buf())]);
         }
@@ -125,10 +113,7 @@ mod tests {
     #[test]
     fn names_linked_in_the_mirror_cost_nothing() {
         let mut g = LinkGroups::default();
-        assert_eq!(
-            g.name((1, 7), &p("/w/a"), 70),
-            Name::First { forced: false }
-        );
+        assert_eq!(g.name((1, 7), &p("/w/a"), 70), Name::First { forced: false });
         assert_eq!(g.name((1, 7), &p("/w/b"), 70), Name::Later(vec![]));
         assert_eq!(g.name((1, 7), &p("/w/c"), 70), Name::Later(vec![]));
     }
@@ -144,25 +129,13 @@ mod tests {
             g.name(id, &p("/w/c"), 0),
             Name::Later(vec![
                 Reconcile::Path(p("/w/a")),
-                Reconcile::Link {
-                    from: p("/w/a"),
-                    to: p("/w/b"),
-                    id
-                },
-                Reconcile::Link {
-                    from: p("/w/a"),
-                    to: p("/w/c"),
-                    id
-                },
+                Reconcile::Link { from: p("/w/a"), to: p("/w/b"), id },
+                Reconcile::Link { from: p("/w/a"), to: p("/w/c"), id },
             ])
         );
         assert_eq!(
             g.name(id, &p("/w/d"), 70),
-            Name::Later(vec![Reconcile::Link {
-                from: p("/w/a"),
-                to: p("/w/d"),
-                id
-            }])
+            Name::Later(vec![Reconcile::Link { from: p("/w/a"), to: p("/w/d"), id }])
         );
     }
 
@@ -174,30 +147,19 @@ mod tests {
         g.first_queued(id);
         assert_eq!(
             g.name(id, &p("/w/b"), 70),
-            Name::Later(vec![Reconcile::Link {
-                from: p("/w/a"),
-                to: p("/w/b"),
-                id
-            }])
+            Name::Later(vec![Reconcile::Link { from: p("/w/a"), to: p("/w/b"), id }])
         );
     }
 
     #[test]
     fn a_mirror_file_shared_by_two_source_files_is_split() {
         let mut g = LinkGroups::default();
-        assert_eq!(
-            g.name((1, 7), &p("/w/a"), 70),
-            Name::First { forced: false }
-        );
+        assert_eq!(g.name((1, 7), &p("/w/a"), 70), Name::First { forced: false });
         // Another source file whose mirror copy is the same file as a's.
         assert_eq!(g.name((1, 8), &p("/w/x"), 70), Name::First { forced: true });
         assert_eq!(
             g.name((1, 8), &p("/w/y"), 70),
-            Name::Later(vec![Reconcile::Link {
-                from: p("/w/x"),
-                to: p("/w/y"),
-                id: (1, 8)
-            }])
+            Name::Later(vec![Reconcile::Link { from: p("/w/x"), to: p("/w/y"), id: (1, 8) }])
         );
         assert!(LinkGroups::wrongly_linked(1, 70));
         assert!(!LinkGroups::wrongly_linked(1, 0));

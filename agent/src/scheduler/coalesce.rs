@@ -30,7 +30,11 @@ use super::ranges::RangeSet;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum What {
     /// Changed ranges of a regular file.
-    File { ranges: RangeSet, truncate_to: Option<u64>, full: bool },
+    File {
+        ranges: RangeSet,
+        truncate_to: Option<u64>,
+        full: bool,
+    },
     Dir,
     Symlink,
     /// Only attributes (mode, owner, times).
@@ -40,7 +44,9 @@ pub enum What {
     /// Reconciliation of a path the mirror holds an older regular file of
     /// (`base_len` bytes when listed): like `Check`, but a regular file big
     /// enough is sent as a delta against the mirror's copy.
-    Delta { base_len: u64 },
+    Delta {
+        base_len: u64,
+    },
     /// Everything under the path (a tree that appeared from outside).
     Tree,
 }
@@ -71,11 +77,27 @@ pub const NO_ORIGIN: u64 = u64::MAX;
 #[derive(Clone, Debug)]
 pub enum Item {
     Content(Content),
-    Remove { path: PathBuf, since: Instant, origin: u64 },
-    Rename { from: PathBuf, to: PathBuf, exchange: bool, since: Instant, origin: u64 },
+    Remove {
+        path: PathBuf,
+        since: Instant,
+        origin: u64,
+    },
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        exchange: bool,
+        since: Instant,
+        origin: u64,
+    },
     /// `verify`: a reconciliation's link, sent only if both names still
     /// denote this file when it is dispatched.
-    Link { from: PathBuf, to: PathBuf, since: Instant, origin: u64, verify: Option<FileId> },
+    Link {
+        from: PathBuf,
+        to: PathBuf,
+        since: Instant,
+        origin: u64,
+        verify: Option<FileId>,
+    },
 }
 
 impl Item {
@@ -186,11 +208,23 @@ impl Coalescer {
     /// entry's truncation would cut off what the earlier one wrote after it
     /// (the names are one file at the receiver too), and the mirror would
     /// keep zeros with the source's size and mtime.
-    fn file(&mut self, local: &Path, id: (u64, u64), since: Instant, origin: u64) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
+    fn file(
+        &mut self,
+        local: &Path,
+        id: (u64, u64),
+        since: Instant,
+        origin: u64,
+    ) -> (&mut RangeSet, &mut Option<u64>, &mut bool) {
         let other = self.pending_name_of(local, id);
         let local = other.as_deref().unwrap_or(local);
         let in_tree = !self.index.contains_key(local) && self.under_pending_tree(local);
-        let c = self.entry(local, id, since, origin, What::File { ranges: RangeSet::new(), truncate_to: None, full: in_tree });
+        let c = self.entry(
+            local,
+            id,
+            since,
+            origin,
+            What::File { ranges: RangeSet::new(), truncate_to: None, full: in_tree },
+        );
         if !matches!(c.what, What::File { .. } | What::Check | What::Delta { .. } | What::Tree) {
             c.what = What::File { ranges: RangeSet::new(), truncate_to: None, full: false };
         }
@@ -332,7 +366,13 @@ impl Coalescer {
                     self.check_at(to, now, origin);
                 } else if self.watched(to) {
                     self.cancel_under(to);
-                    self.push_tree_op(Item::Link { from: p.to_path_buf(), to: to.clone(), since: now, origin, verify: None });
+                    self.push_tree_op(Item::Link {
+                        from: p.to_path_buf(),
+                        to: to.clone(),
+                        since: now,
+                        origin,
+                        verify: None,
+                    });
                     // Both names now denote one file. Which file: the one
                     // whose pending data is queued under `p` (its inode came
                     // with the captured writes), else what the new name is
@@ -424,7 +464,13 @@ impl Coalescer {
                     self.settle_under(from);
                     self.settle_under(to);
                 }
-                self.push_tree_op(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now, origin });
+                self.push_tree_op(Item::Rename {
+                    from: from.to_path_buf(),
+                    to: to.to_path_buf(),
+                    exchange,
+                    since: now,
+                    origin,
+                });
                 if to_missing {
                     self.whole_at(from, now, origin);
                 }
@@ -440,7 +486,13 @@ impl Coalescer {
                 if done {
                     self.settle_under(to);
                 }
-                self.push_tree_op(Item::Rename { from: from.to_path_buf(), to: to.to_path_buf(), exchange, since: now, origin });
+                self.push_tree_op(Item::Rename {
+                    from: from.to_path_buf(),
+                    to: to.to_path_buf(),
+                    exchange,
+                    since: now,
+                    origin,
+                });
                 if from_missing {
                     self.whole_at(to, now, origin);
                 }
@@ -682,10 +734,18 @@ mod tests {
     fn a_replay_skips_tree_ops_the_receiver_applied_and_uses_their_names() {
         // Written as a.tmp, renamed to a, then a new a.tmp: the receiver had
         // applied up to the rename (origin 2) when the agent crashed.
-        let log = [write("/w/a.tmp", 0, 10), rename("/w/a.tmp", "/w/a"), write("/w/a.tmp", 0, 5), ch("/w/old", ChangeKind::Unlink)];
+        let log = [
+            write("/w/a.tmp", 0, 10),
+            rename("/w/a.tmp", "/w/a"),
+            write("/w/a.tmp", 0, 5),
+            ch("/w/old", ChangeKind::Unlink),
+        ];
         let mut fresh = co();
         add_all(&mut fresh, &log);
-        assert_eq!(ops(&fresh.take()), ["data /w/a.tmp (from /w/a)", "rename /w/a.tmp /w/a", "data /w/a.tmp (from /w/a.tmp)", "remove /w/old"]);
+        assert_eq!(
+            ops(&fresh.take()),
+            ["data /w/a.tmp (from /w/a)", "rename /w/a.tmp /w/a", "data /w/a.tmp (from /w/a.tmp)", "remove /w/old"]
+        );
         let mut c = co();
         c.resume(2);
         add_all(&mut c, &log);
@@ -735,7 +795,14 @@ mod tests {
             c
         };
         let mut c = co();
-        add_all(&mut c, &[id(ch("/w/f", ChangeKind::Open { created: true, truncated: false })), id(write("/w/f", 0, 100)), ch("/w/f", ChangeKind::Link { to: "/w/h".into() })]);
+        add_all(
+            &mut c,
+            &[
+                id(ch("/w/f", ChangeKind::Open { created: true, truncated: false })),
+                id(write("/w/f", 0, 100)),
+                ch("/w/f", ChangeKind::Link { to: "/w/h".into() }),
+            ],
+        );
         c.take();
         add_all(&mut c, &[id(write("/w/f", 50, 10)), rename("/w/f", "/w/d/e/r")]);
         c.take();
@@ -747,13 +814,24 @@ mod tests {
     fn a_file_leaving_a_tree_the_mirror_lacks_is_sent_whole() {
         let mut c = co();
         c.tree(Path::new("/w/d"), Instant::now());
-        add_all(&mut c, &[ch("/w/d/f", ChangeKind::Truncate { len: 10 }), rename("/w/d/f", "/w/g"), rename("/w/d/h", "/w/i")]);
+        add_all(
+            &mut c,
+            &[ch("/w/d/f", ChangeKind::Truncate { len: 10 }), rename("/w/d/f", "/w/g"), rename("/w/d/h", "/w/i")],
+        );
         let items = c.take();
         assert_eq!(
             ops(&items),
-            ["data /w/d (from /w/d)", "data /w/d/f (from /w/g)", "rename /w/d/f /w/g", "rename /w/d/h /w/i", "data /w/i (from /w/i)"]
+            [
+                "data /w/d (from /w/d)",
+                "data /w/d/f (from /w/g)",
+                "rename /w/d/f /w/g",
+                "rename /w/d/h /w/i",
+                "data /w/i (from /w/i)"
+            ]
         );
-        let Item::Content(Content { what: What::File { full, .. }, .. }) = &items[1] else { panic!("{:?}", ops(&items)) };
+        let Item::Content(Content { what: What::File { full, .. }, .. }) = &items[1] else {
+            panic!("{:?}", ops(&items))
+        };
         assert!(full, "the truncated file is read whole");
         // Elsewhere, a truncation is only a truncation.
         let mut c = co();
@@ -763,7 +841,8 @@ mod tests {
 
     #[test]
     fn a_replayed_directory_rename_settles_the_entries_below() {
-        let log = [ch("/w/d", ChangeKind::Mkdir), write("/w/d/f", 0, 1), rename("/w/d", "/w/e"), rename("/w/e/f", "/w/e/g")];
+        let log =
+            [ch("/w/d", ChangeKind::Mkdir), write("/w/d/f", 0, 1), rename("/w/d", "/w/e"), rename("/w/e/f", "/w/e/g")];
         let mut c = co();
         c.resume(3);
         add_all(&mut c, &log);
@@ -815,10 +894,8 @@ mod tests {
         c.add(&write("/w/d0", 0, 1), 1, now); // not below /w/d
         c.add(&ch("/w/d", ChangeKind::Rename { to: "/w/e".into(), exchange: false }), 1, now);
         let items = c.take();
-        let locals: Vec<_> = items
-            .iter()
-            .filter_map(|i| if let Item::Content(c) = i { Some(c.local.clone()) } else { None })
-            .collect();
+        let locals: Vec<_> =
+            items.iter().filter_map(|i| if let Item::Content(c) = i { Some(c.local.clone()) } else { None }).collect();
         let locals: Vec<_> = locals.iter().map(|p| p.as_os_str().to_owned()).collect();
         assert_eq!(locals, vec!["/w/e", "/w/e/f", "/w/d0"]);
     }
@@ -921,13 +998,16 @@ mod tests {
         let mut write = ch(&s(&a), ChangeKind::Write { offset: 0, len: 4 });
         (created.dev, created.ino) = (md.dev(), md.ino());
         (write.dev, write.ino) = (md.dev(), md.ino());
-        add_all(&mut co, &[
-            created,
-            write,
-            ch(&s(&a), ChangeKind::Link { to: b.clone() }),
-            ch(&s(&b), ChangeKind::Rename { to: c.clone(), exchange: false }),
-            ch(&s(&a), ChangeKind::Unlink),
-        ]);
+        add_all(
+            &mut co,
+            &[
+                created,
+                write,
+                ch(&s(&a), ChangeKind::Link { to: b.clone() }),
+                ch(&s(&b), ChangeKind::Rename { to: c.clone(), exchange: false }),
+                ch(&s(&a), ChangeKind::Unlink),
+            ],
+        );
         let got: Vec<String> = ops(&co.take()).into_iter().map(|o| o.replace(&s(&w), "")).collect();
         assert_eq!(got, ["data /a (from /c)", "link /a /b", "rename /b /c", "data /c (from /c)", "remove /a"]);
     }
@@ -947,12 +1027,15 @@ mod tests {
         let mut co = Coalescer::new(vec![w.clone()]);
         let mut write = ch(&s(&a), ChangeKind::Write { offset: 0, len: 4 });
         (write.dev, write.ino) = (md.dev(), md.ino());
-        add_all(&mut co, &[
-            write,
-            ch(&s(&a), ChangeKind::Link { to: b.clone() }),
-            ch(&s(&a), ChangeKind::Unlink),
-            ch(&s(&b), ChangeKind::Rename { to: c.clone(), exchange: false }),
-        ]);
+        add_all(
+            &mut co,
+            &[
+                write,
+                ch(&s(&a), ChangeKind::Link { to: b.clone() }),
+                ch(&s(&a), ChangeKind::Unlink),
+                ch(&s(&b), ChangeKind::Rename { to: c.clone(), exchange: false }),
+            ],
+        );
         let items = co.take();
         let Item::Content(mut first) = items[0].clone() else { panic!("{items:?}") };
         assert_eq!((first.remote.as_path(), first.local.as_path()), (a.as_path(), b.as_path()));
@@ -978,20 +1061,17 @@ mod tests {
         let mut c = Coalescer::new(vec![w.clone()]);
         let mut created = ch(&s(&f), ChangeKind::Open { created: true, truncated: false });
         (created.dev, created.ino) = (md.dev(), md.ino());
-        add_all(&mut c, &[
-            created,
-            ch(&s(&f), ChangeKind::Rename { to: r.clone(), exchange: false }),
-            ch(&s(&r), ChangeKind::Link { to: h.clone() }),
-            ch(&s(&r81), ChangeKind::Rename { to: r.clone(), exchange: false }),
-        ]);
+        add_all(
+            &mut c,
+            &[
+                created,
+                ch(&s(&f), ChangeKind::Rename { to: r.clone(), exchange: false }),
+                ch(&s(&r), ChangeKind::Link { to: h.clone() }),
+                ch(&s(&r81), ChangeKind::Rename { to: r.clone(), exchange: false }),
+            ],
+        );
         let got: Vec<String> = ops(&c.take()).into_iter().map(|o| o.replace(&s(&w), "")).collect();
-        assert_eq!(got, [
-            "data /f (from /h)",
-            "rename /f /r",
-            "link /r /h",
-            "data /h (from /h)",
-            "rename /r81 /r",
-        ]);
+        assert_eq!(got, ["data /f (from /h)", "rename /f /r", "link /r /h", "data /h (from /h)", "rename /r81 /r",]);
     }
 
     #[test]

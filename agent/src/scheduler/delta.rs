@@ -54,7 +54,10 @@ pub struct DeltaOptions {
 
 impl std::fmt::Debug for DeltaOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeltaOptions").field("receiver", &self.remote.endpoint()).field("min_size", &self.min_size).finish()
+        f.debug_struct("DeltaOptions")
+            .field("receiver", &self.remote.endpoint())
+            .field("min_size", &self.min_size)
+            .finish()
     }
 }
 
@@ -118,7 +121,11 @@ impl DeltaSource {
                 if !(MIN_BLOCK_LEN..=MAX_BLOCK_LEN).contains(&h.block_len)
                     || !(MIN_STRONG_LEN as u32..=MAX_STRONG_LEN as u32).contains(&h.strong_len)
                 {
-                    anyhow::bail!("the signature's block length {} or hash length {} is out of range", h.block_len, h.strong_len);
+                    anyhow::bail!(
+                        "the signature's block length {} or hash length {} is out of range",
+                        h.block_len,
+                        h.strong_len
+                    );
                 }
                 let blocks = Signature::block_count(h.base_len, h.block_len);
                 if blocks.saturating_mul(4 + h.strong_len as u64) > MAX_SIGNATURE {

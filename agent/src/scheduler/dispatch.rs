@@ -66,7 +66,18 @@ pub struct BatchBuilder<'a> {
 
 impl<'a> BatchBuilder<'a> {
     pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
-        BatchBuilder { seq, ops: Vec::new(), bytes: 0, oldest: None, min_origin: NO_ORIGIN, item_origin: NO_ORIGIN, epoch, out, delta: None, stale_links: 0 }
+        BatchBuilder {
+            seq,
+            ops: Vec::new(),
+            bytes: 0,
+            oldest: None,
+            min_origin: NO_ORIGIN,
+            item_origin: NO_ORIGIN,
+            epoch,
+            out,
+            delta: None,
+            stale_links: 0,
+        }
     }
 
     /// Sends reconciliation's files as deltas where worthwhile, with
@@ -297,7 +308,13 @@ impl<'a> BatchBuilder<'a> {
     }
 
     fn symlink(&mut self, c: &Content) -> io::Result<()> {
-        let target = nofollow::read_link(&c.local).map_err(|e| if e.kind() == io::ErrorKind::InvalidInput { vanished() } else { e })?;
+        let target = nofollow::read_link(&c.local).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidInput {
+                vanished()
+            } else {
+                e
+            }
+        })?;
         use std::os::unix::ffi::OsStrExt;
         self.push(&c.remote, Kind::Symlink(pb::Symlink { target: target.as_os_str().as_bytes().to_vec() }), c.since);
         Ok(())
@@ -652,7 +669,8 @@ mod tests {
         let mut ranges = super::super::ranges::RangeSet::new();
         ranges.insert(0, 10);
         let data = data_ops(&local, What::File { ranges, truncate_to: Some(3000), full: false });
-        let chunks: Vec<(u64, usize)> = data.into_iter().flat_map(|d| d.chunks).map(|c| (c.offset, c.data.len())).collect();
+        let chunks: Vec<(u64, usize)> =
+            data.into_iter().flat_map(|d| d.chunks).map(|c| (c.offset, c.data.len())).collect();
         let sent: usize = chunks.iter().map(|c| c.1).sum();
         assert!(chunks.contains(&(0, 10)), "{chunks:?}");
         assert!(chunks.iter().any(|&(o, n)| o <= 3000 && o + n as u64 >= 3200), "the data past the cut: {chunks:?}");

@@ -4,9 +4,9 @@
 //! pending, and hands sequence-numbered batches to the network backup unit.
 
 pub mod coalesce;
-pub mod links;
 pub mod delta;
 pub mod dispatch;
+pub mod links;
 pub mod ranges;
 pub mod wal;
 
@@ -197,7 +197,11 @@ pub fn run(
         }
         // Objects that vanished usually reappear with the next event (a rename
         // in flight); retry them less eagerly than fresh changes.
-        deadline = if s.co.is_empty() { None } else { Some(Instant::now() + s.opts.interval.max(Duration::from_millis(2)) * 4) };
+        deadline = if s.co.is_empty() {
+            None
+        } else {
+            Some(Instant::now() + s.opts.interval.max(Duration::from_millis(2)) * 4)
+        };
         publish(&s.shared, &s.co);
     }
 }
@@ -278,7 +282,13 @@ impl Scheduler {
                     self.co.read_files_whole();
                 }
                 self.shared.replays.fetch_add(1, Relaxed);
-                info!(epoch, receiver_applied = applied, changes = n, tree_ops_already_applied = already, "replaying the unacknowledged queue");
+                info!(
+                    epoch,
+                    receiver_applied = applied,
+                    changes = n,
+                    tree_ops_already_applied = already,
+                    "replaying the unacknowledged queue"
+                );
                 *deadline = Some(now);
             }
         }
@@ -548,7 +558,9 @@ mod tests {
         // Captured long enough ago that nothing waits for the vanished file.
         let at = Instant::now() - HOLD_FRESH * 2;
         let ino = u64::MAX - 1; // no file on this disk has it
-        let ch = |path: &Path, kind| SchedMsg::Change(FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind, dev: 0, ino }, at);
+        let ch = |path: &Path, kind| {
+            SchedMsg::Change(FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind, dev: 0, ino }, at)
+        };
         for msg in [
             ch(&tmp, ChangeKind::Open { created: true, truncated: true }),
             ch(&tmp, ChangeKind::Write { offset: 0, len: 10 }),

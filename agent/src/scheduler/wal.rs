@@ -138,7 +138,11 @@ impl Wal {
                     warn!("queue log {}: cutting off a torn tail at byte {} ({bad})", path.display(), scan.good_len);
                     OpenOptions::new().write(true).open(path)?.set_len(scan.good_len)?;
                 } else {
-                    warn!("queue log {}: damaged at byte {} ({bad}); changes may be missing, a reconciliation follows", path.display(), scan.good_len);
+                    warn!(
+                        "queue log {}: damaged at byte {} ({bad}); changes may be missing, a reconciliation follows",
+                        path.display(),
+                        scan.good_len
+                    );
                     damaged = true;
                 }
             }
@@ -311,7 +315,7 @@ impl Wal {
         self.dirty = false;
         let first = self.next_origin;
         // The current segment stays if no change was appended since it began.
-        if !self.segments.last().is_some_and(|(f, _)| *f == first) {
+        if self.segments.last().is_none_or(|(f, _)| *f != first) {
             let path = self.dir.join(segment_name(first));
             let file = create_segment(&path, self.queue_id)?;
             self.syncer = Syncer::start(&file)?;
@@ -401,10 +405,7 @@ fn scan_segment(path: &Path, mut f: impl FnMut(Record)) -> io::Result<Scan> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     if data.len() < HEADER_LEN as usize || &data[..8] != MAGIC {
-        return Err(io_err(format!(
-            "{} is not a Lifeline queue segment (bad header); move it away",
-            path.display()
-        )));
+        return Err(io_err(format!("{} is not a Lifeline queue segment (bad header); move it away", path.display())));
     }
     let queue_id = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
     let mut pos = HEADER_LEN as usize;
@@ -556,10 +557,7 @@ fn decode(payload: &[u8]) -> Option<Record> {
                 K_MMAP => ChangeKind::MmapShared,
                 _ => return None,
             };
-            Record::Change(Logged {
-                origin,
-                change: FileChange { seq: 0, ktime_ns: 0, tgid: 0, path, kind, dev, ino },
-            })
+            Record::Change(Logged { origin, change: FileChange { seq: 0, ktime_ns: 0, tgid: 0, path, kind, dev, ino } })
         }
         _ => return None,
     };

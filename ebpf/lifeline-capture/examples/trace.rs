@@ -5,13 +5,9 @@ use std::path::PathBuf;
 use lifeline_capture::{Capture, CaptureOptions, Resolver};
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
-    let roots: Vec<PathBuf> = std::env::args()
-        .skip(1)
-        .map(|p| std::fs::canonicalize(p).expect("existing directory"))
-        .collect();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let roots: Vec<PathBuf> =
+        std::env::args().skip(1).map(|p| std::fs::canonicalize(p).expect("existing directory")).collect();
     let mut cap = Capture::load(&CaptureOptions::default())?;
     cap.set_watched(&roots)?;
     cap.attach()?;

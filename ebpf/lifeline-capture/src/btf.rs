@@ -62,9 +62,7 @@ pub struct Btf {
 }
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
-    b.get(off..off + 4)
-        .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
-        .ok_or(BtfError::Malformed("truncated"))
+    b.get(off..off + 4).map(|s| u32::from_le_bytes(s.try_into().unwrap())).ok_or(BtfError::Malformed("truncated"))
 }
 
 impl Btf {
@@ -73,16 +71,13 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
-        let data =
-            std::fs::read(path).map_err(|e| BtfError::Read(path.display().to_string(), e))?;
+        let data = std::fs::read(path).map_err(|e| BtfError::Read(path.display().to_string(), e))?;
         Self::parse(&data)
     }
 
     pub fn parse(data: &[u8]) -> Result<Btf, BtfError> {
         if data.len() < 24 || data[0..2] != [0x9f, 0xeb] {
-            return Err(BtfError::Malformed(
-                "bad magic (only little-endian BTF is supported)",
-            ));
+            return Err(BtfError::Malformed("bad magic (only little-endian BTF is supported)"));
         }
         let hdr_len = u32_at(data, 4)? as usize;
         let type_off = u32_at(data, 8)? as usize;
@@ -97,12 +92,7 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section out of range"))?
             .to_vec();
 
-        let mut types = vec![Type {
-            name: 0,
-            kind: 0,
-            type_id: 0,
-            members: Vec::new(),
-        }];
+        let mut types = vec![Type { name: 0, kind: 0, type_id: 0, members: Vec::new() }];
         let mut p = 0usize;
         while p < types_bytes.len() {
             let name = u32_at(types_bytes, p)?;
@@ -123,11 +113,7 @@ impl Btf {
                         members.push(Member {
                             name: u32_at(types_bytes, m)?,
                             type_id: u32_at(types_bytes, m + 4)?,
-                            bit_offset: if kind_flag {
-                                offset & 0xff_ffff
-                            } else {
-                                offset
-                            },
+                            bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
                         });
                     }
                     p += vlen * 12;
@@ -136,12 +122,7 @@ impl Btf {
                 KIND_DATASEC | KIND_ENUM64 => p += vlen * 12,
                 _ => {}
             }
-            types.push(Type {
-                name,
-                kind,
-                type_id: size_or_type,
-                members,
-            });
+            types.push(Type { name, kind, type_id: size_or_type, members });
         }
         Ok(Btf { strings, types })
     }
@@ -167,11 +148,7 @@ impl Btf {
     fn struct_id(&self, name: &str) -> Result<u32, BtfError> {
         self.types
             .iter()
-            .position(|t| {
-                t.kind == KIND_STRUCT
-                    && self.name(t.name) == name.as_bytes()
-                    && !t.members.is_empty()
-            })
+            .position(|t| t.kind == KIND_STRUCT && self.name(t.name) == name.as_bytes() && !t.members.is_empty())
             .map(|i| i as u32)
             .ok_or_else(|| BtfError::Missing(format!("struct {name}")))
     }
@@ -199,9 +176,7 @@ impl Btf {
         let mut id = self.struct_id(strukt)?;
         let mut bits = 0;
         for field in path.split('.') {
-            let (off, ty) = self
-                .member(id, field)
-                .ok_or_else(|| BtfError::Missing(format!("{strukt}.{path}")))?;
+            let (off, ty) = self.member(id, field).ok_or_else(|| BtfError::Missing(format!("{strukt}.{path}")))?;
             bits += off;
             id = self.resolve(ty);
         }

@@ -93,16 +93,9 @@ impl Resolver {
         use std::os::unix::fs::MetadataExt;
         let mut watched_devs = Vec::new();
         for r in &roots {
-            watched_devs.push(crate::mounts::user_dev_to_kernel(
-                std::fs::metadata(r)?.dev(),
-            ));
+            watched_devs.push(crate::mounts::user_dev_to_kernel(std::fs::metadata(r)?.dev()));
         }
-        Ok(Resolver {
-            mounts: MountTable::read()?,
-            roots,
-            watched_devs,
-            reread_at: None,
-        })
+        Ok(Resolver { mounts: MountTable::read()?, roots, watched_devs, reread_at: None })
     }
 
     pub fn roots(&self) -> &[PathBuf] {
@@ -121,9 +114,7 @@ impl Resolver {
             // A filesystem mounted since we last looked, or one only another
             // mount namespace sees (a container's). Look again, but not for
             // every event of a busy container.
-            let stale = self
-                .reread_at
-                .is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1));
+            let stale = self.reread_at.is_none_or(|t| t.elapsed() > std::time::Duration::from_secs(1));
             if stale {
                 self.reread_at = Some(std::time::Instant::now());
                 if let Ok(m) = MountTable::read() {
@@ -133,9 +124,7 @@ impl Resolver {
         }
         let candidates = self.mounts.absolute_paths(raw.dev, &fs_path(&raw.walk));
         // Several mounts can show the same file; prefer the one we watch.
-        let watched = candidates
-            .iter()
-            .find(|c| self.is_watched(c) || self.roots.iter().any(|r| r.starts_with(c)));
+        let watched = candidates.iter().find(|c| self.is_watched(c) || self.roots.iter().any(|r| r.starts_with(c)));
         watched.or(candidates.first()).cloned()
     }
 
@@ -187,15 +176,11 @@ impl Resolver {
             None => None,
         };
         let kind = match h.op {
-            op::WRITE => ChangeKind::Write {
-                offset: h.offset,
-                len: h.len,
-            },
+            op::WRITE => ChangeKind::Write { offset: h.offset, len: h.len },
             op::TRUNCATE => ChangeKind::Truncate { len: h.offset },
-            op::OPEN => ChangeKind::Open {
-                created: h.flags & flags::CREATED != 0,
-                truncated: h.flags & flags::TRUNCATED != 0,
-            },
+            op::OPEN => {
+                ChangeKind::Open { created: h.flags & flags::CREATED != 0, truncated: h.flags & flags::TRUNCATED != 0 }
+            }
             op::MKDIR => ChangeKind::Mkdir,
             op::UNLINK => ChangeKind::Unlink,
             op::RMDIR => ChangeKind::Rmdir,
@@ -203,18 +188,13 @@ impl Resolver {
                 to: second.clone().ok_or(Unresolved::Incomplete)?,
                 exchange: h.aux & RENAME_EXCHANGE != 0,
             },
-            op::LINK => ChangeKind::Link {
-                to: second.clone().ok_or(Unresolved::Incomplete)?,
-            },
-            op::SYMLINK => ChangeKind::Symlink {
-                target: ev.aux_str.clone().unwrap_or_default(),
-            },
+            op::LINK => ChangeKind::Link { to: second.clone().ok_or(Unresolved::Incomplete)? },
+            op::SYMLINK => ChangeKind::Symlink { target: ev.aux_str.clone().unwrap_or_default() },
             op::ATTR => ChangeKind::Attr,
             op::MMAP_SHARED => ChangeKind::MmapShared,
             _ => return Err(Unresolved::Incomplete),
         };
-        let inside =
-            self.is_watched(&path) || second.as_deref().is_some_and(|s| self.is_watched(s));
+        let inside = self.is_watched(&path) || second.as_deref().is_some_and(|s| self.is_watched(s));
         if !inside {
             return Err(Unresolved::Outside);
         }
@@ -224,11 +204,7 @@ impl Resolver {
             tgid: h.tgid,
             path,
             kind,
-            dev: if h.ino != 0 {
-                kernel_dev_to_user(h.dev)
-            } else {
-                0
-            },
+            dev: if h.ino != 0 { kernel_dev_to_user(h.dev) } else { 0 },
             ino: h.ino,
         })
     }

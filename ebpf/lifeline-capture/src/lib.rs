@@ -41,9 +41,7 @@ pub struct CaptureOptions {
 
 impl Default for CaptureOptions {
     fn default() -> Self {
-        CaptureOptions {
-            ring_buffer_bytes: 16 << 20,
-        }
+        CaptureOptions { ring_buffer_bytes: 16 << 20 }
     }
 }
 
@@ -70,23 +68,15 @@ impl Capture {
     /// why when eBPF is not available (not root, no BTF, locked down).
     pub fn load(opts: &CaptureOptions) -> anyhow::Result<Capture> {
         // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
-        let rlim = libc::rlimit {
-            rlim_cur: libc::RLIM_INFINITY,
-            rlim_max: libc::RLIM_INFINITY,
-        };
+        let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 
         let config = config()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
-            .map_max_entries(
-                "EVENTS",
-                opts.ring_buffer_bytes.next_power_of_two().max(4096),
-            )
+            .map_max_entries("EVENTS", opts.ring_buffer_bytes.next_power_of_two().max(4096))
             .load(PROGRAMS)
-            .context(
-                "loading the eBPF programs (the agent must run as root on a kernel with BTF)",
-            )?;
+            .context("loading the eBPF programs (the agent must run as root on a kernel with BTF)")?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -96,37 +86,15 @@ impl Capture {
         };
         let kernel_btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
         for name in PROGRAMS_ATTACHED {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
-                .try_into()?;
-            prog.load(name, &kernel_btf)
-                .with_context(|| format!("the kernel's verifier refused {name}"))?;
+            let prog: &mut BtfTracePoint =
+                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the object"))?.try_into()?;
+            prog.load(name, &kernel_btf).with_context(|| format!("the kernel's verifier refused {name}"))?;
         }
-        let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| anyhow!("no EVENTS map"))?,
-        )?;
-        let stats = PerCpuArray::try_from(
-            ebpf.take_map("STATS")
-                .ok_or_else(|| anyhow!("no STATS map"))?,
-        )?;
-        let runs = BpfHashMap::try_from(
-            ebpf.take_map("RUNS")
-                .ok_or_else(|| anyhow!("no RUNS map"))?,
-        )?;
-        let reader = Reader {
-            events,
-            stats,
-            runs,
-            logger,
-            open_runs: HashMap::new(),
-        };
-        Ok(Capture {
-            ebpf,
-            links: Vec::new(),
-            reader: Some(reader),
-        })
+        let events = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("no EVENTS map"))?)?;
+        let stats = PerCpuArray::try_from(ebpf.take_map("STATS").ok_or_else(|| anyhow!("no STATS map"))?)?;
+        let runs = BpfHashMap::try_from(ebpf.take_map("RUNS").ok_or_else(|| anyhow!("no RUNS map"))?)?;
+        let reader = Reader { events, stats, runs, logger, open_runs: HashMap::new() };
+        Ok(Capture { ebpf, links: Vec::new(), reader: Some(reader) })
     }
 
     /// The ring-buffer reader, to run on its own thread. Taken once.
@@ -138,19 +106,14 @@ impl Capture {
     /// calls), given any path on each.
     pub fn set_watched(&mut self, paths: &[PathBuf]) -> anyhow::Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let mut map: BpfHashMap<_, u32, u8> = BpfHashMap::try_from(
-            self.ebpf
-                .map_mut("WATCHED")
-                .ok_or_else(|| anyhow!("no WATCHED map"))?,
-        )?;
+        let mut map: BpfHashMap<_, u32, u8> =
+            BpfHashMap::try_from(self.ebpf.map_mut("WATCHED").ok_or_else(|| anyhow!("no WATCHED map"))?)?;
         let old: Vec<u32> = map.keys().filter_map(Result::ok).collect();
         for k in old {
             map.remove(&k)?;
         }
         for p in paths {
-            let dev = std::fs::metadata(p)
-                .with_context(|| format!("stat {}", p.display()))?
-                .dev();
+            let dev = std::fs::metadata(p).with_context(|| format!("stat {}", p.display()))?.dev();
             map.insert(mounts::user_dev_to_kernel(dev), 1, 0)?;
         }
         Ok(())
@@ -167,11 +130,8 @@ impl Capture {
         }
         let started = Instant::now();
         for name in PROGRAMS_ATTACHED {
-            let prog: &mut BtfTracePoint =
-                self.ebpf.program_mut(name).expect("loaded").try_into()?;
-            let id = prog
-                .attach()
-                .with_context(|| format!("attaching to the {name} tracepoint"))?;
+            let prog: &mut BtfTracePoint = self.ebpf.program_mut(name).expect("loaded").try_into()?;
+            let id = prog.attach().with_context(|| format!("attaching to the {name} tracepoint"))?;
             self.links.push((name, id));
         }
         info!("eBPF programs attached in {:?}", started.elapsed());
@@ -183,11 +143,7 @@ impl Capture {
     pub fn detach(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         for (prog_name, id) in self.links.drain(..) {
-            let prog: &mut BtfTracePoint = self
-                .ebpf
-                .program_mut(prog_name)
-                .expect("loaded")
-                .try_into()?;
+            let prog: &mut BtfTracePoint = self.ebpf.program_mut(prog_name).expect("loaded").try_into()?;
             prog.detach(id)?;
         }
         info!("eBPF programs detached in {:?}", started.elapsed());
@@ -199,11 +155,7 @@ impl Capture {
 /// this kernel's BTF, and our own process (whose I/O is never reported).
 fn config() -> anyhow::Result<Config> {
     let offsets = btf::Btf::from_sys_fs()?.offsets()?;
-    Ok(Config {
-        offsets,
-        agent_tgid: std::process::id(),
-        _pad: 0,
-    })
+    Ok(Config { offsets, agent_tgid: std::process::id(), _pad: 0 })
 }
 
 /// What this kernel's verifier says of our programs (instructions processed,
@@ -211,16 +163,9 @@ fn config() -> anyhow::Result<Config> {
 /// attaching. Fails with the verifier's message if it refuses one.
 pub fn verifier_reports() -> anyhow::Result<Vec<verifier::VerifierReport>> {
     let config = config()?;
-    let bytes = unsafe {
-        std::slice::from_raw_parts(
-            &config as *const Config as *const u8,
-            std::mem::size_of::<Config>(),
-        )
-    };
-    PROGRAMS_ATTACHED
-        .iter()
-        .map(|p| verifier::report(PROGRAMS, p, &[("CONFIG", bytes)]))
-        .collect()
+    let bytes =
+        unsafe { std::slice::from_raw_parts(&config as *const Config as *const u8, std::mem::size_of::<Config>()) };
+    PROGRAMS_ATTACHED.iter().map(|p| verifier::report(PROGRAMS, p, &[("CONFIG", bytes)])).collect()
 }
 
 /// What the reader hands on.
@@ -270,10 +215,7 @@ const RUN_CHECK_SLACK: Duration = Duration::from_millis(1);
 impl Reader {
     pub fn kernel_stats(&self) -> KernelStats {
         let sum = |i: u32| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
-        KernelStats {
-            emitted: sum(stat::EMITTED),
-            lost: sum(stat::LOST),
-        }
+        KernelStats { emitted: sum(stat::EMITTED), lost: sum(stat::LOST) }
     }
 
     /// Reads records until `sink` returns false. Blocks in poll(2) when idle.
@@ -283,17 +225,9 @@ impl Reader {
         let mut last_check = Instant::now();
         let mut last_check_wall = std::time::SystemTime::now();
         loop {
-            let mut fds = vec![libc::pollfd {
-                fd: self.events.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            let mut fds = vec![libc::pollfd { fd: self.events.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
             if let Some(l) = &self.logger {
-                fds.push(libc::pollfd {
-                    fd: l.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(libc::pollfd { fd: l.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             }
             let timeout = self
                 .open_runs
@@ -341,11 +275,7 @@ impl Reader {
                         lost - last_lost,
                         incomplete
                     );
-                    if !sink(CaptureMsg::Gap {
-                        lost: lost - last_lost,
-                        incomplete,
-                        since,
-                    }) {
+                    if !sink(CaptureMsg::Gap { lost: lost - last_lost, incomplete, since }) {
                         return;
                     }
                     last_lost = lost;
@@ -371,20 +301,12 @@ impl Reader {
         }
         match resolver.resolve(&raw) {
             Ok(change) => {
-                if let ChangeKind::Rename {
-                    to,
-                    exchange: false,
-                } = &change.kind
-                {
+                if let ChangeKind::Rename { to, exchange: false } = &change.kind {
                     // A file renamed while a run still writes to it: its end
                     // belongs to the new name.
                     for run in self.open_runs.values_mut() {
                         if let Ok(rest) = run.change.path.strip_prefix(&change.path) {
-                            run.change.path = if rest.as_os_str().is_empty() {
-                                to.clone()
-                            } else {
-                                to.join(rest)
-                            };
+                            run.change.path = if rest.as_os_str().is_empty() { to.clone() } else { to.join(rest) };
                         }
                     }
                 }
@@ -419,12 +341,7 @@ impl Reader {
     /// kernel ended them itself (then their RUN_END record is on its way).
     fn check_runs(&mut self, incomplete: &mut u64, out: &mut Vec<CaptureMsg>) {
         let now = Instant::now();
-        let due: Vec<(u64, u64)> = self
-            .open_runs
-            .iter()
-            .filter(|(_, r)| r.check_at <= now)
-            .map(|(k, _)| *k)
-            .collect();
+        let due: Vec<(u64, u64)> = self.open_runs.iter().filter(|(_, r)| r.check_at <= now).map(|(k, _)| *k).collect();
         for key @ (pid_tgid, t0) in due {
             match self.runs.get(&pid_tgid, 0) {
                 // Open (its end is final now the window is over) or closed
@@ -436,10 +353,7 @@ impl Reader {
                 _ => {
                     let r = self.open_runs.get_mut(&key).expect("due run");
                     if now >= r.give_up_at {
-                        warn!(
-                            "the end of a write run on {} never arrived; reconciling",
-                            r.change.path.display()
-                        );
+                        warn!("the end of a write run on {} never arrived; reconciling", r.change.path.display());
                         self.open_runs.remove(&key);
                         *incomplete += 1;
                     } else {
@@ -461,9 +375,6 @@ fn finish_run(run: OpenRun, end: u64, out: &mut Vec<CaptureMsg>) {
         return;
     }
     let mut change = run.change;
-    change.kind = ChangeKind::Write {
-        offset: run.first_end,
-        len: end - run.first_end,
-    };
+    change.kind = ChangeKind::Write { offset: run.first_end, len: end - run.first_end };
     out.push(CaptureMsg::Change(change));
 }

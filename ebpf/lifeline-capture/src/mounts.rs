@@ -68,18 +68,16 @@ impl MountTable {
             let (Ok(maj), Ok(min)) = (maj.parse::<u32>(), min.parse::<u32>()) else {
                 continue;
             };
-            by_dev.entry((maj << 20) | min).or_default().push(Mount {
-                root: unescape(f[3]),
-                mount_point: unescape(f[4]),
-            });
+            by_dev
+                .entry((maj << 20) | min)
+                .or_default()
+                .push(Mount { root: unescape(f[3]), mount_point: unescape(f[4]) });
         }
         MountTable { by_dev }
     }
 
     pub fn read() -> std::io::Result<MountTable> {
-        Ok(Self::parse(&std::fs::read_to_string(
-            "/proc/self/mountinfo",
-        )?))
+        Ok(Self::parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
     }
 
     pub fn knows(&self, dev: u32) -> bool {
@@ -96,11 +94,7 @@ impl MountTable {
             .iter()
             .filter_map(|m| {
                 let rest = fs_path.strip_prefix(&m.root).ok()?;
-                Some(if rest.as_os_str().is_empty() {
-                    m.mount_point.clone()
-                } else {
-                    m.mount_point.join(rest)
-                })
+                Some(if rest.as_os_str().is_empty() { m.mount_point.clone() } else { m.mount_point.join(rest) })
             })
             .collect()
     }
@@ -131,21 +125,9 @@ mod tests {
         let dev = (7 << 20) | 3;
         let mut got = t.absolute_paths(dev, Path::new("/sub/x"));
         got.sort();
-        assert_eq!(
-            got,
-            vec![
-                PathBuf::from("/mnt/a b/sub/x"),
-                PathBuf::from("/srv/bind/x")
-            ]
-        );
-        assert_eq!(
-            t.absolute_paths(dev, Path::new("/other")),
-            vec![PathBuf::from("/mnt/a b/other")]
-        );
-        assert_eq!(
-            t.absolute_paths(254 << 20, Path::new("/")),
-            vec![PathBuf::from("/")]
-        );
+        assert_eq!(got, vec![PathBuf::from("/mnt/a b/sub/x"), PathBuf::from("/srv/bind/x")]);
+        assert_eq!(t.absolute_paths(dev, Path::new("/other")), vec![PathBuf::from("/mnt/a b/other")]);
+        assert_eq!(t.absolute_paths(254 << 20, Path::new("/")), vec![PathBuf::from("/")]);
     }
 
     #[test]

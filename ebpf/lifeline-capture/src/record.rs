@@ -43,8 +43,7 @@ pub fn decode(rec: &[u8]) -> Result<RawEvent, DecodeError> {
         return Err(DecodeError("shorter than its header"));
     }
     // SAFETY: EventHeader is plain old data and the slice is long enough.
-    let header: EventHeader =
-        unsafe { std::ptr::read_unaligned(rec.as_ptr() as *const EventHeader) };
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(rec.as_ptr() as *const EventHeader) };
     let mut body = &rec[HEADER_SIZE..];
     let mut take = |n: usize| -> Result<&[u8], DecodeError> {
         if n > body.len() {
@@ -62,11 +61,7 @@ pub fn decode(rec: &[u8]) -> Result<RawEvent, DecodeError> {
         let walk_bytes = take(p.walk_len as usize)?;
         let mut walk: Vec<Vec<u8>> = strings(walk_bytes).map(<[u8]>::to_vec).collect();
         walk.reverse();
-        let tail = if p.tail_len > 0 {
-            Some(nul_trimmed(take(p.tail_len as usize)?))
-        } else {
-            None
-        };
+        let tail = if p.tail_len > 0 { Some(nul_trimmed(take(p.tail_len as usize)?)) } else { None };
         paths.push(RawPath {
             dev: p.dev,
             walk,
@@ -75,16 +70,8 @@ pub fn decode(rec: &[u8]) -> Result<RawEvent, DecodeError> {
             absolute: p.flags & part::ABSOLUTE != 0,
         });
     }
-    let aux_str = if header.aux_len > 0 {
-        Some(nul_trimmed(take(header.aux_len as usize)?))
-    } else {
-        None
-    };
-    Ok(RawEvent {
-        header,
-        paths,
-        aux_str,
-    })
+    let aux_str = if header.aux_len > 0 { Some(nul_trimmed(take(header.aux_len as usize)?)) } else { None };
+    Ok(RawEvent { header, paths, aux_str })
 }
 
 #[cfg(test)]
@@ -101,10 +88,7 @@ mod tests {
 
     #[test]
     fn decodes_walk_tail_and_aux() {
-        let mut h = EventHeader {
-            op: 9,
-            ..Default::default()
-        };
+        let mut h = EventHeader { op: 9, ..Default::default() };
         let walk = b"dir\0srv\0";
         let tail = b"link\0";
         h.parts[0] = PathPart {
@@ -129,11 +113,7 @@ mod tests {
     #[test]
     fn rejects_truncated_records() {
         let mut h = EventHeader::default();
-        h.parts[0] = PathPart {
-            walk_len: 100,
-            flags: part::PRESENT,
-            ..Default::default()
-        };
+        h.parts[0] = PathPart { walk_len: 100, flags: part::PRESENT, ..Default::default() };
         assert!(decode(&record(h, b"abc\0")).is_err());
         assert!(decode(&[0u8; 3]).is_err());
     }

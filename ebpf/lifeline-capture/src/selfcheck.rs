@@ -36,17 +36,12 @@ pub struct SelfCheck {
 /// be called before the process starts other threads: the write comes from
 /// a forked child, because the programs never report the agent's own I/O.
 pub fn run(dir: &Path) -> anyhow::Result<SelfCheck> {
-    let dir = std::fs::canonicalize(dir)
-        .with_context(|| format!("{}: not a directory", dir.display()))?;
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("{}: not a directory", dir.display()))?;
     let verifier = crate::verifier_reports()?;
-    let mut capture = Capture::load(&CaptureOptions {
-        ring_buffer_bytes: 1 << 20,
-    })?;
+    let mut capture = Capture::load(&CaptureOptions { ring_buffer_bytes: 1 << 20 })?;
     capture.set_watched(std::slice::from_ref(&dir))?;
     capture.attach()?;
-    let reader = capture
-        .take_reader()
-        .expect("a fresh capture has its reader");
+    let reader = capture.take_reader().expect("a fresh capture has its reader");
     let resolver = Resolver::new(vec![dir.clone()])?;
 
     let path = dir.join(format!(".lifeline-capture-check-{}", std::process::id()));
@@ -77,11 +72,7 @@ pub fn run(dir: &Path) -> anyhow::Result<SelfCheck> {
             "the programs loaded and attached, but no write to {} came back within 5 s \
              (other records: {}); is tracefs mounted and {} on a local filesystem?",
             path.display(),
-            if others.is_empty() {
-                "none".to_string()
-            } else {
-                others.join("; ")
-            },
+            if others.is_empty() { "none".to_string() } else { others.join("; ") },
             dir.display()
         );
     };
@@ -91,13 +82,7 @@ pub fn run(dir: &Path) -> anyhow::Result<SelfCheck> {
             path.display()
         );
     }
-    Ok(SelfCheck {
-        verifier,
-        path,
-        offset,
-        len,
-        latency,
-    })
+    Ok(SelfCheck { verifier, path, offset, len, latency })
 }
 
 /// Creates `path` and writes `CHECK_LEN` bytes at `CHECK_OFFSET` from a
@@ -108,18 +93,9 @@ fn write_from_child(path: &Path) -> anyhow::Result<()> {
     match unsafe { libc::fork() } {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
         0 => unsafe {
-            let fd = libc::open(
-                cpath.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                0o600,
-            );
+            let fd = libc::open(cpath.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o600);
             let ok = fd >= 0
-                && libc::pwrite(
-                    fd,
-                    buf.as_ptr().cast(),
-                    buf.len(),
-                    CHECK_OFFSET as libc::off_t,
-                ) == CHECK_LEN as isize;
+                && libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), CHECK_OFFSET as libc::off_t) == CHECK_LEN as isize;
             libc::_exit(if ok { 0 } else { 1 })
         },
         child => {

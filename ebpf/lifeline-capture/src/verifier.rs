@@ -19,9 +19,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use anyhow::{anyhow, bail, Context};
 use aya::maps::MapData;
 use aya_obj::btf::BtfKind;
-use aya_obj::generated::{
-    bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_map_type, bpf_prog_type,
-};
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_insn, bpf_map_type, bpf_prog_type};
 use aya_obj::Object;
 
 /// The verifier refuses a combined stack above this (no private stacks).
@@ -47,11 +45,7 @@ pub struct VerifierReport {
 
 impl std::fmt::Display for VerifierReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let chain: Vec<String> = self
-            .deepest_chain
-            .iter()
-            .map(|&i| self.stack_per_subprog[i].to_string())
-            .collect();
+        let chain: Vec<String> = self.deepest_chain.iter().map(|&i| self.stack_per_subprog[i].to_string()).collect();
         write!(
             f,
             "{}: deepest call chain {} bytes of stack ({}; limit {MAX_BPF_STACK}), {} instructions processed (limit 1000000)",
@@ -66,11 +60,7 @@ impl std::fmt::Display for VerifierReport {
 /// Loads `program` (a BTF-enabled tracepoint program) of the object `elf`
 /// with `globals` patched in, and returns the verifier's figures. Fails with
 /// the verifier's message if it refuses the program.
-pub fn report(
-    elf: &[u8],
-    program: &str,
-    globals: &[(&str, &[u8])],
-) -> anyhow::Result<VerifierReport> {
+pub fn report(elf: &[u8], program: &str, globals: &[(&str, &[u8])]) -> anyhow::Result<VerifierReport> {
     let mut obj = Object::parse(elf).context("parsing the eBPF object")?;
     obj.patch_map_data(globals.iter().map(|(n, d)| (*n, (*d, true))).collect())
         .context("setting the programs' globals")?;
@@ -88,15 +78,12 @@ pub fn report(
         }
         let data = m.data().to_vec();
         let rodata = m.section_kind() == aya_obj::EbpfSectionKind::Rodata;
-        let map =
-            MapData::create(m, &name, None).with_context(|| format!("creating map {name}"))?;
+        let map = MapData::create(m, &name, None).with_context(|| format!("creating map {name}"))?;
         if !data.is_empty() {
-            map_update(map.fd().as_fd().as_raw_fd(), &data)
-                .with_context(|| format!("filling map {name}"))?;
+            map_update(map.fd().as_fd().as_raw_fd(), &data).with_context(|| format!("filling map {name}"))?;
         }
         if rodata {
-            map_freeze(map.fd().as_fd().as_raw_fd())
-                .with_context(|| format!("freezing map {name}"))?;
+            map_freeze(map.fd().as_fd().as_raw_fd()).with_context(|| format!("freezing map {name}"))?;
         }
         maps.insert(name, map);
     }
@@ -104,17 +91,10 @@ pub fn report(
     // `relocate_maps` wants the maps' definitions; parse them again (the
     // drained ones went into the created maps).
     let defs = Object::parse(elf)?.maps;
-    obj.relocate_maps(
-        maps.iter()
-            .map(|(n, m)| (n.as_str(), m.fd().as_fd().as_raw_fd(), &defs[n])),
-        &text,
-    )
-    .context("relocating map references")?;
+    obj.relocate_maps(maps.iter().map(|(n, m)| (n.as_str(), m.fd().as_fd().as_raw_fd(), &defs[n])), &text)
+        .context("relocating map references")?;
     obj.relocate_calls(&text).context("relocating calls")?;
-    let prog = obj
-        .programs
-        .get(program)
-        .ok_or_else(|| anyhow!("program {program} missing from the object"))?;
+    let prog = obj.programs.get(program).ok_or_else(|| anyhow!("program {program} missing from the object"))?;
     let function = &obj.functions[&prog.function_key()];
     let insns = &function.instructions;
 
@@ -142,11 +122,8 @@ pub fn report(
             u.log_size = log.len() as u32;
         }
         let fd = sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr);
-        let prog = if fd < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-        };
+        let prog =
+            if fd < 0 { Err(std::io::Error::last_os_error()) } else { Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }) };
         let len = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..len]).into_owned();
         (prog, text)
@@ -156,8 +133,7 @@ pub fn report(
     if let Err(err) = prog {
         bail!(
             "the kernel's verifier refused {program} ({err}):\n{}",
-            refusal(&text_log, || load(BPF_LOG_LEVEL1 | BPF_LOG_STATS, 16 << 20)
-                .1)
+            refusal(&text_log, || load(BPF_LOG_LEVEL1 | BPF_LOG_STATS, 16 << 20).1)
         );
     }
     // Released at once: nothing is attached.
@@ -180,11 +156,7 @@ fn refusal(stats_log: &str, full_load: impl FnOnce() -> String) -> String {
     const TAIL: usize = 40;
     let full = full_load();
     let stats_log = stats_log.trim_end();
-    let complete = full
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .is_some_and(|l| l.starts_with("processed "));
+    let complete = full.lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.starts_with("processed "));
     if !complete {
         return format!(
             "{stats_log}\n(the verifier's full log did not fit in memory; bpftool prog load or veristat print it)"
@@ -203,13 +175,7 @@ fn refusal(stats_log: &str, full_load: impl FnOnce() -> String) -> String {
 fn parse(program: &str, insns: &[bpf_insn], log: &str) -> anyhow::Result<VerifierReport> {
     let insns_processed = log
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("processed ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
+        .find_map(|l| l.strip_prefix("processed ")?.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| anyhow!("no 'processed N insns' line in the verifier's log:\n{log}"))?;
     let stack_per_subprog: Vec<u32> = log
         .lines()
@@ -228,9 +194,7 @@ fn parse(program: &str, insns: &[bpf_insn], log: &str) -> anyhow::Result<Verifie
             stack_per_subprog.len()
         );
     }
-    let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")
-        .map(|s| s.trim() != "0")
-        .unwrap_or(true);
+    let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").map(|s| s.trim() != "0").unwrap_or(true);
     let frame = |d: u32| {
         if jit {
             d.next_multiple_of(16)
@@ -274,12 +238,7 @@ fn call_graph(insns: &[bpf_insn]) -> Vec<BTreeSet<usize>> {
 }
 
 /// The deepest chain from `at`: (combined bytes, subprograms).
-fn deepest(
-    at: usize,
-    graph: &[BTreeSet<usize>],
-    depth: &[u32],
-    frame: &dyn Fn(u32) -> u32,
-) -> (u32, Vec<usize>) {
+fn deepest(at: usize, graph: &[BTreeSet<usize>], depth: &[u32], frame: &dyn Fn(u32) -> u32) -> (u32, Vec<usize>) {
     let (below, mut chain) = graph[at]
         .iter()
         .filter(|&&c| c != at)
@@ -291,14 +250,7 @@ fn deepest(
 }
 
 fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> i64 {
-    unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as u32,
-            attr as *mut bpf_attr,
-            std::mem::size_of::<bpf_attr>(),
-        )
-    }
+    unsafe { libc::syscall(libc::SYS_bpf, cmd as u32, attr as *mut bpf_attr, std::mem::size_of::<bpf_attr>()) }
 }
 
 fn map_update(fd: i32, value: &[u8]) -> anyhow::Result<()> {
@@ -342,47 +294,27 @@ mod tests {
         // 0: call 3 (subprog 1); 1: call 5 (subprog 2); 2: exit;
         // 3: call 5 (1 -> 2); 4: exit; 5: exit
         let exit = insn(0x95, 0, 0);
-        let insns = [
-            insn(0x85, 1, 2),
-            insn(0x85, 1, 3),
-            exit,
-            insn(0x85, 1, 1),
-            exit,
-            exit,
-        ];
-        let log =
-            "processed 42 insns (limit 1000000) max_states_per_insn 0\nstack depth 100+8+296\n";
+        let insns = [insn(0x85, 1, 2), insn(0x85, 1, 3), exit, insn(0x85, 1, 1), exit, exit];
+        let log = "processed 42 insns (limit 1000000) max_states_per_insn 0\nstack depth 100+8+296\n";
         let r = parse("p", &insns, log).unwrap();
         assert_eq!(r.insns_processed, 42);
         assert_eq!(r.stack_per_subprog, vec![100, 8, 296]);
         assert_eq!(r.deepest_chain, vec![0, 1, 2]);
-        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")
-            .map(|s| s.trim() != "0")
-            .unwrap_or(true);
-        assert_eq!(
-            r.deepest_chain_bytes,
-            if jit { 112 + 16 + 304 } else { 128 + 32 + 320 }
-        );
+        let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").map(|s| s.trim() != "0").unwrap_or(true);
+        assert_eq!(r.deepest_chain_bytes, if jit { 112 + 16 + 304 } else { 128 + 32 + 320 });
     }
 
     #[test]
     fn a_refusal_shows_the_reason_then_the_full_logs_tail() {
-        let stats =
-            "R3 unbounded memory access\nstack depth 56+24\nprocessed 3377 insns (limit 1000000)\n";
+        let stats = "R3 unbounded memory access\nstack depth 56+24\nprocessed 3377 insns (limit 1000000)\n";
         let full: String = (0..100).map(|i| format!("{i}: insn\n")).collect::<String>()
             + "R3 unbounded memory access\nprocessed 3377 insns (limit 1000000)\n";
         let r = refusal(stats, || full.clone());
         assert!(r.starts_with(stats.trim_end()), "{r}");
-        assert!(
-            r.contains("the last 40 lines") && r.contains("\n99: insn\n"),
-            "{r}"
-        );
+        assert!(r.contains("the last 40 lines") && r.contains("\n99: insn\n"), "{r}");
         assert!(!r.contains("\n61: insn"), "only the tail: {r}");
         let r = refusal(stats, || "0: insn\n1: insn\n".into());
-        assert!(
-            r.starts_with(stats.trim_end()) && r.contains("did not fit"),
-            "{r}"
-        );
+        assert!(r.starts_with(stats.trim_end()) && r.contains("did not fit"), "{r}");
     }
 
     #[test]

@@ -38,8 +38,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lifeline_ebpf_common::{
-    flags, nr, op, part, stat, Config, EventHeader, Run, HEADER_SIZE, MAX_DEPTH, MAX_RECORD,
-    RUN_CLOSED_EMPTY, RUN_ENDED, RUN_WINDOW_NS,
+    flags, nr, op, part, stat, Config, EventHeader, Run, HEADER_SIZE, MAX_DEPTH, MAX_RECORD, RUN_CLOSED_EMPTY,
+    RUN_ENDED, RUN_WINDOW_NS,
 };
 
 /// Set by the agent at load time (offsets from BTF, its own pid).
@@ -178,14 +178,53 @@ fn arg(c: &Config, regs: u64, i: usize) -> u64 {
 fn hooked(nr: u32) -> bool {
     matches!(
         nr,
-        nr::WRITE | nr::OPEN | nr::CLOSE | nr::MMAP | nr::PWRITE64 | nr::WRITEV | nr::SENDFILE | nr::TRUNCATE
-            | nr::FTRUNCATE | nr::RENAME | nr::MKDIR | nr::RMDIR | nr::CREAT | nr::LINK | nr::UNLINK
-            | nr::SYMLINK | nr::CHMOD | nr::FCHMOD | nr::CHOWN | nr::FCHOWN | nr::LCHOWN | nr::UTIME
-            | nr::SETXATTR | nr::LSETXATTR | nr::FSETXATTR | nr::REMOVEXATTR | nr::LREMOVEXATTR
-            | nr::FREMOVEXATTR | nr::UTIMES | nr::OPENAT | nr::MKDIRAT | nr::FCHOWNAT | nr::FUTIMESAT
-            | nr::UNLINKAT | nr::RENAMEAT | nr::LINKAT | nr::SYMLINKAT | nr::FCHMODAT | nr::SPLICE
-            | nr::UTIMENSAT | nr::FALLOCATE | nr::PWRITEV | nr::RENAMEAT2 | nr::COPY_FILE_RANGE
-            | nr::PWRITEV2 | nr::OPENAT2 | nr::FCHMODAT2
+        nr::WRITE
+            | nr::OPEN
+            | nr::CLOSE
+            | nr::MMAP
+            | nr::PWRITE64
+            | nr::WRITEV
+            | nr::SENDFILE
+            | nr::TRUNCATE
+            | nr::FTRUNCATE
+            | nr::RENAME
+            | nr::MKDIR
+            | nr::RMDIR
+            | nr::CREAT
+            | nr::LINK
+            | nr::UNLINK
+            | nr::SYMLINK
+            | nr::CHMOD
+            | nr::FCHMOD
+            | nr::CHOWN
+            | nr::FCHOWN
+            | nr::LCHOWN
+            | nr::UTIME
+            | nr::SETXATTR
+            | nr::LSETXATTR
+            | nr::FSETXATTR
+            | nr::REMOVEXATTR
+            | nr::LREMOVEXATTR
+            | nr::FREMOVEXATTR
+            | nr::UTIMES
+            | nr::OPENAT
+            | nr::MKDIRAT
+            | nr::FCHOWNAT
+            | nr::FUTIMESAT
+            | nr::UNLINKAT
+            | nr::RENAMEAT
+            | nr::LINKAT
+            | nr::SYMLINKAT
+            | nr::FCHMODAT
+            | nr::SPLICE
+            | nr::UTIMENSAT
+            | nr::FALLOCATE
+            | nr::PWRITEV
+            | nr::RENAMEAT2
+            | nr::COPY_FILE_RANGE
+            | nr::PWRITEV2
+            | nr::OPENAT2
+            | nr::FCHMODAT2
     )
 }
 
@@ -408,8 +447,17 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
     // Which descriptor an fd-based call changed, if it is one; anything that
     // is not a regular file on a watched filesystem stops here.
     let fd = match nr {
-        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::FTRUNCATE
-        | nr::FALLOCATE | nr::FCHMOD | nr::FCHOWN | nr::FSETXATTR | nr::FREMOVEXATTR
+        nr::WRITE
+        | nr::PWRITE64
+        | nr::WRITEV
+        | nr::PWRITEV
+        | nr::PWRITEV2
+        | nr::FTRUNCATE
+        | nr::FALLOCATE
+        | nr::FCHMOD
+        | nr::FCHOWN
+        | nr::FSETXATTR
+        | nr::FREMOVEXATTR
         | nr::SENDFILE => Some(a(0)),
         nr::COPY_FILE_RANGE | nr::SPLICE => Some(a(2)),
         nr::UTIMENSAT if a(1) == 0 => Some(a(0)),
@@ -473,9 +521,7 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
                 pos()
             } else {
                 let mut v = 0u64;
-                unsafe {
-                    h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a(3) as *const c_void)
-                };
+                unsafe { h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a(3) as *const c_void) };
                 v
             };
             return write(ctx, &Written { fd, file, dev: ident.0, ino: ident.1, start: end.wrapping_sub(n), n });
@@ -494,9 +540,7 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
                 nr::CREAT => O_CREAT | O_TRUNC,
                 _ => {
                     let mut v = 0u64;
-                    unsafe {
-                        h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a(2) as *const c_void)
-                    };
+                    unsafe { h::bpf_probe_read_user(&mut v as *mut u64 as *mut c_void, 8, a(2) as *const c_void) };
                     v
                 }
             };
@@ -559,8 +603,15 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             r.set_path(op::SYMLINK, dfd(a(1)), a(2));
             r.aux_str = a(0);
         }
-        nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::SETXATTR | nr::LSETXATTR | nr::REMOVEXATTR
-        | nr::LREMOVEXATTR | nr::UTIMES | nr::UTIME => r.set_path(op::ATTR, AT_FDCWD, a(0)),
+        nr::CHMOD
+        | nr::CHOWN
+        | nr::LCHOWN
+        | nr::SETXATTR
+        | nr::LSETXATTR
+        | nr::REMOVEXATTR
+        | nr::LREMOVEXATTR
+        | nr::UTIMES
+        | nr::UTIME => r.set_path(op::ATTR, AT_FDCWD, a(0)),
         nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
             r.set_path(op::ATTR, dfd(a(0)), a(1))
         }
@@ -718,11 +769,7 @@ fn walk(c: &Config, body: *mut u8, cur: &mut u32, dentry: u64) -> (u32, bool) {
         let name: u64 = kread(d, c.offsets.dentry_name_ptr);
         let at = *cur & MASK;
         let r = unsafe {
-            h::bpf_probe_read_kernel_str(
-                body.add(at as usize) as *mut c_void,
-                NAME_MAX,
-                name as *const c_void,
-            )
+            h::bpf_probe_read_kernel_str(body.add(at as usize) as *mut c_void, NAME_MAX, name as *const c_void)
         };
         if r <= 0 {
             break;
@@ -737,13 +784,7 @@ fn walk(c: &Config, body: *mut u8, cur: &mut u32, dentry: u64) -> (u32, bool) {
 #[inline(always)]
 fn user_str(body: *mut u8, cur: &mut u32, ptr: u64) -> u32 {
     let at = *cur & MASK;
-    let r = unsafe {
-        h::bpf_probe_read_user_str(
-            body.add(at as usize) as *mut c_void,
-            PATH_MAX,
-            ptr as *const c_void,
-        )
-    };
+    let r = unsafe { h::bpf_probe_read_user_str(body.add(at as usize) as *mut c_void, PATH_MAX, ptr as *const c_void) };
     if r <= 0 {
         return 0;
     }
@@ -881,9 +922,7 @@ fn emit_in(ctx: &BtfTracePointContext, c: &Config, s: &mut Scratch, walks: u32) 
             let (dirfd, ptr) = r.paths[i];
             // An absolute path needs no base: peek at its first byte.
             let mut first = 0u8;
-            unsafe {
-                h::bpf_probe_read_user(&mut first as *mut u8 as *mut c_void, 1, ptr as *const c_void)
-            };
+            unsafe { h::bpf_probe_read_user(&mut first as *mut u8 as *mut c_void, 1, ptr as *const c_void) };
             let p = &mut hdr.parts[i];
             p.flags = part::PRESENT;
             if first == b'/' {

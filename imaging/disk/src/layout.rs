@@ -155,11 +155,7 @@ const MAX_GPT_ARRAY: u64 = 1 << 20;
 /// Parse the partition table of `disk` (`size` bytes, `sector_size` the logical
 /// sector size, 512 or 4096 in practice: for a block device use
 /// `BLKSSZGET`, for an image file 512 unless known otherwise).
-pub fn read_layout(
-    disk: &dyn ReadAt,
-    size: u64,
-    sector_size: u32,
-) -> Result<DiskLayout, LayoutError> {
+pub fn read_layout(disk: &dyn ReadAt, size: u64, sector_size: u32) -> Result<DiskLayout, LayoutError> {
     if !(512..=65536).contains(&sector_size) || !sector_size.is_power_of_two() {
         return Err(LayoutError::SectorSize(sector_size));
     }
@@ -195,9 +191,7 @@ pub fn read_layout(
             matches!(e.status, 0x00 | 0x80) && (e.ptype == 0 || e.lba != 0)
         });
     let entries: Vec<MbrEntry> = if mbr_ok {
-        (0..4)
-            .map(|i| MbrEntry::parse(&mbr[446 + 16 * i..446 + 16 * (i + 1)]))
-            .collect()
+        (0..4).map(|i| MbrEntry::parse(&mbr[446 + 16 * i..446 + 16 * (i + 1)])).collect()
     } else {
         Vec::new()
     };
@@ -211,9 +205,7 @@ pub fn read_layout(
         match read_gpt(disk, size, ss) {
             Ok((gpt, warnings)) => {
                 if !mbr_ok {
-                    layout
-                        .warnings
-                        .push("no MBR boot signature (no protective MBR) in front of a GPT".into());
+                    layout.warnings.push("no MBR boot signature (no protective MBR) in front of a GPT".into());
                 }
                 layout.warnings.extend(warnings);
                 layout.mbr_signature = mbr_ok.then(|| le32(&mbr, 440));
@@ -223,12 +215,7 @@ pub fn read_layout(
                 sort_and_check(&mut layout)?;
                 // Tail rule: the unallocated tail runs from the end of the last
                 // partition (or of the primary array) to the backup array.
-                let last = layout
-                    .partitions
-                    .iter()
-                    .map(|p| p.start + p.len)
-                    .max()
-                    .unwrap_or(0);
+                let last = layout.partitions.iter().map(|p| p.start + p.len).max().unwrap_or(0);
                 let tail_start = last.max(gpt.first_usable * ss);
                 let tail_end = gpt.backup_array_start.min(size);
                 compute_keep(&mut layout, tail_start, tail_end);
@@ -283,12 +270,7 @@ pub fn read_layout(
         return Ok(layout);
     }
     sort_and_check(&mut layout)?;
-    let last = layout
-        .partitions
-        .iter()
-        .map(|p| p.start + p.len)
-        .max()
-        .unwrap_or(0);
+    let last = layout.partitions.iter().map(|p| p.start + p.len).max().unwrap_or(0);
     // The tail starts after the last partition or extended container.
     let tail_start = last.max(ext_end).max(ss);
     compute_keep(&mut layout, tail_start, size);
@@ -318,12 +300,7 @@ struct MbrEntry {
 
 impl MbrEntry {
     fn parse(b: &[u8]) -> Self {
-        MbrEntry {
-            status: b[0],
-            ptype: b[4],
-            lba: le32(b, 8),
-            count: le32(b, 12),
-        }
+        MbrEntry { status: b[0], ptype: b[4], lba: le32(b, 8), count: le32(b, 12) }
     }
 }
 
@@ -344,9 +321,7 @@ fn read_logicals(
     let mut buf = vec![0u8; ss as usize];
     loop {
         if !seen.insert(ebr_rel) || seen.len() > 256 {
-            layout
-                .warnings
-                .push("EBR chain loops or is too long; stopped following it".into());
+            layout.warnings.push("EBR chain loops or is too long; stopped following it".into());
             return Ok(());
         }
         if ebr_rel >= ext_count {
@@ -361,9 +336,7 @@ fn read_logicals(
                 // An empty extended partition (never initialised): no logicals.
                 return Ok(());
             }
-            return Err(LayoutError::Invalid(format!(
-                "EBR at sector {ebr_lba} has no boot signature"
-            )));
+            return Err(LayoutError::Invalid(format!("EBR at sector {ebr_lba} has no boot signature")));
         }
         let first = MbrEntry::parse(&buf[446..462]);
         let next = MbrEntry::parse(&buf[462..478]);
@@ -414,15 +387,9 @@ struct GptHeader {
 
 /// Read and check one GPT header + entry array at `lba`. The error string says
 /// what is wrong, for the warning or the final error.
-fn read_gpt_copy(
-    disk: &dyn ReadAt,
-    size: u64,
-    ss: u64,
-    lba: u64,
-) -> Result<(GptHeader, Vec<u8>), String> {
+fn read_gpt_copy(disk: &dyn ReadAt, size: u64, ss: u64, lba: u64) -> Result<(GptHeader, Vec<u8>), String> {
     let mut buf = vec![0u8; ss as usize];
-    disk.read_exact_at(&mut buf, lba * ss)
-        .map_err(|e| format!("reading sector {lba}: {e}"))?;
+    disk.read_exact_at(&mut buf, lba * ss).map_err(|e| format!("reading sector {lba}: {e}"))?;
     if &buf[0..8] != GPT_SIG {
         return Err(format!("no \"EFI PART\" signature at sector {lba}"));
     }
@@ -435,9 +402,7 @@ fn read_gpt_copy(
     h[16..20].fill(0);
     let crc = crc32fast::hash(&h);
     if crc != stored {
-        return Err(format!(
-            "header CRC mismatch (stored {stored:08x}, computed {crc:08x})"
-        ));
+        return Err(format!("header CRC mismatch (stored {stored:08x}, computed {crc:08x})"));
     }
     let hdr = GptHeader {
         my_lba: le64(&buf, 24),
@@ -451,10 +416,7 @@ fn read_gpt_copy(
         entries_crc: le32(&buf, 88),
     };
     if hdr.my_lba != lba {
-        return Err(format!(
-            "header says it is at sector {} but was read at {lba}",
-            hdr.my_lba
-        ));
+        return Err(format!("header says it is at sector {} but was read at {lba}", hdr.my_lba));
     }
     let sectors = size / ss;
     if hdr.entry_size < 128 || hdr.entry_size % 8 != 0 {
@@ -462,9 +424,7 @@ fn read_gpt_copy(
     }
     let array_len = hdr.num_entries as u64 * hdr.entry_size as u64;
     if array_len > MAX_GPT_ARRAY {
-        return Err(format!(
-            "entry array of {array_len} bytes is implausibly large"
-        ));
+        return Err(format!("entry array of {array_len} bytes is implausibly large"));
     }
     if hdr.first_usable > hdr.last_usable + 1 || hdr.last_usable >= sectors {
         return Err(format!(
@@ -474,20 +434,13 @@ fn read_gpt_copy(
     }
     let array_sectors = array_len.div_ceil(ss);
     if hdr.entries_lba == 0 || hdr.entries_lba + array_sectors > sectors {
-        return Err(format!(
-            "entry array at sector {} lies outside the disk",
-            hdr.entries_lba
-        ));
+        return Err(format!("entry array at sector {} lies outside the disk", hdr.entries_lba));
     }
     let mut arr = vec![0u8; array_len as usize];
-    disk.read_exact_at(&mut arr, hdr.entries_lba * ss)
-        .map_err(|e| format!("reading the entry array: {e}"))?;
+    disk.read_exact_at(&mut arr, hdr.entries_lba * ss).map_err(|e| format!("reading the entry array: {e}"))?;
     let crc = crc32fast::hash(&arr);
     if crc != hdr.entries_crc {
-        return Err(format!(
-            "entry array CRC mismatch (stored {:08x}, computed {crc:08x})",
-            hdr.entries_crc
-        ));
+        return Err(format!("entry array CRC mismatch (stored {:08x}, computed {crc:08x})", hdr.entries_crc));
     }
     Ok((hdr, arr))
 }
@@ -512,22 +465,16 @@ fn read_gpt(disk: &dyn ReadAt, size: u64, ss: u64) -> Result<(Gpt, Vec<String>),
     let (hdr, arr, other) = match (primary, backup) {
         (Ok((h, a)), Ok((bh, ba))) => {
             if a != ba || h.first_usable != bh.first_usable || h.last_usable != bh.last_usable {
-                warnings.push(
-                    "primary and backup GPT are both valid but differ; using the primary".into(),
-                );
+                warnings.push("primary and backup GPT are both valid but differ; using the primary".into());
             }
             (h, a, Some(bh))
         }
         (Ok((h, a)), Err(e)) => {
-            warnings.push(format!(
-                "backup GPT (at the end of the disk) is damaged: {e}; using the primary"
-            ));
+            warnings.push(format!("backup GPT (at the end of the disk) is damaged: {e}; using the primary"));
             (h, a, None)
         }
         (Err(e), Ok((h, a))) => {
-            warnings.push(format!(
-                "primary GPT (sector 1) is damaged: {e}; using the backup"
-            ));
+            warnings.push(format!("primary GPT (sector 1) is damaged: {e}; using the backup"));
             (h, a, None)
         }
         (Err(primary), Err(backup)) => return Err(LayoutError::GptDamaged { primary, backup }),
@@ -550,10 +497,7 @@ fn read_gpt(disk: &dyn ReadAt, size: u64, ss: u64) -> Result<(Gpt, Vec<String>),
                 hdr.last_usable
             )));
         }
-        let name_u16: Vec<u16> = (0..36)
-            .map(|k| le16(e, 56 + 2 * k))
-            .take_while(|&c| c != 0)
-            .collect();
+        let name_u16: Vec<u16> = (0..36).map(|k| le16(e, 56 + 2 * k)).take_while(|&c| c != 0).collect();
         partitions.push(Partition {
             index: i as u32 + 1,
             start: first * ss,
@@ -569,33 +513,17 @@ fn read_gpt(disk: &dyn ReadAt, size: u64, ss: u64) -> Result<(Gpt, Vec<String>),
     let array_sectors = (hdr.num_entries as u64 * hdr.entry_size as u64).div_ceil(ss);
     let backup_array_start = match (&other, hdr.my_lba) {
         (Some(b), 1) => b.entries_lba * ss,
-        (_, 1) => {
-            (hdr.alternate_lba
-                .min(last_lba)
-                .saturating_sub(array_sectors))
-                * ss
-        }
+        (_, 1) => (hdr.alternate_lba.min(last_lba).saturating_sub(array_sectors)) * ss,
         _ => hdr.entries_lba * ss, // we are the backup
     };
-    Ok((
-        Gpt {
-            disk_guid: hdr.disk_guid,
-            first_usable: hdr.first_usable,
-            partitions,
-            backup_array_start,
-        },
-        warnings,
-    ))
+    Ok((Gpt { disk_guid: hdr.disk_guid, first_usable: hdr.first_usable, partitions, backup_array_start }, warnings))
 }
 
 fn sort_and_check(layout: &mut DiskLayout) -> Result<(), LayoutError> {
     layout.partitions.sort_by_key(|p| (p.start, p.index));
     for w in layout.partitions.windows(2) {
         if w[0].start + w[0].len > w[1].start {
-            return Err(LayoutError::Invalid(format!(
-                "partitions {} and {} overlap",
-                w[0].index, w[1].index
-            )));
+            return Err(LayoutError::Invalid(format!("partitions {} and {} overlap", w[0].index, w[1].index)));
         }
     }
     Ok(())
@@ -655,9 +583,8 @@ pub fn gpt_resized(
             "cannot move a GPT from a disk of {old_size} bytes to one of {new_size}"
         )));
     }
-    let (hdr, arr) = read_gpt_copy(disk, old_size, ss, 1).map_err(|e| {
-        LayoutError::Invalid(format!("primary GPT of the restored image unusable: {e}"))
-    })?;
+    let (hdr, arr) = read_gpt_copy(disk, old_size, ss, 1)
+        .map_err(|e| LayoutError::Invalid(format!("primary GPT of the restored image unusable: {e}")))?;
     let mut sector = vec![0u8; ss as usize];
     disk.read_exact_at(&mut sector, ss)?;
     let hsize = le32(&sector, 12) as usize;

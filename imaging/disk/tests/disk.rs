@@ -20,13 +20,7 @@ fn gpt_disk_copy_of_used_blocks_is_a_working_disk() {
     assert_eq!(lay.partitions.len(), 4);
 
     let copy = tmp_path(&t, "copy.img");
-    let c = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&copy)
-        .unwrap();
+    let c = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&copy).unwrap();
     c.set_len(96 * MIB).unwrap();
     let copy_range = |start: u64, end: u64| {
         let mut buf = vec![0u8; (end - start) as usize];
@@ -60,9 +54,5 @@ fn gpt_disk_copy_of_used_blocks_is_a_working_disk() {
     assert!(stored < 40 * MIB, "stored {stored} of {}", 96 * MIB);
     drop(c);
     built.check_copy(&copy);
-    eprintln!(
-        "stored {} KiB of a {} KiB disk",
-        stored >> 10,
-        (96 * MIB) >> 10
-    );
+    eprintln!("stored {} KiB of a {} KiB disk", stored >> 10, (96 * MIB) >> 10);
 }

@@ -47,25 +47,10 @@ fn ext_case(mkfs: &str, opts: &[&str], size: u64, expect_variant: &str) {
         }
         let out = t.path().join("out");
         let _ = std::fs::remove_file(&out);
-        run(
-            "debugfs",
-            &[
-                "-R",
-                &format!("dump /{name} {}", out.display()),
-                copy.to_str().unwrap(),
-            ],
-        );
-        assert!(
-            std::fs::read(&out).unwrap() == *data,
-            "{mkfs} {opts:?}: {name} differs"
-        );
+        run("debugfs", &["-R", &format!("dump /{name} {}", out.display()), copy.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == *data, "{mkfs} {opts:?}: {name} differs");
     }
-    eprintln!(
-        "{mkfs} {opts:?}: used {} KiB of {} KiB, map {} bytes",
-        used >> 10,
-        size >> 10,
-        map.to_bytes().len()
-    );
+    eprintln!("{mkfs} {opts:?}: used {} KiB of {} KiB, map {} bytes", used >> 10, size >> 10, map.to_bytes().len());
 }
 
 #[test]
@@ -85,44 +70,24 @@ fn ext4_default() {
 
 #[test]
 fn ext4_1k_blocks_no_flex_bg() {
-    ext_case(
-        "mkfs.ext4",
-        &["-b", "1024", "-O", "^flex_bg"],
-        24 * MIB,
-        "ext4",
-    );
+    ext_case("mkfs.ext4", &["-b", "1024", "-O", "^flex_bg"], 24 * MIB, "ext4");
 }
 
 #[test]
 fn ext4_64bit_small_groups() {
     // -g 2048 makes many groups, most of them BLOCK_UNINIT, and with 64bit the
     // descriptors are 64 bytes.
-    ext_case(
-        "mkfs.ext4",
-        &["-O", "64bit", "-g", "2048", "-N", "512"],
-        40 * MIB,
-        "ext4",
-    );
+    ext_case("mkfs.ext4", &["-O", "64bit", "-g", "2048", "-N", "512"], 40 * MIB, "ext4");
 }
 
 #[test]
 fn ext4_bigalloc_4k_blocks() {
-    ext_case(
-        "mkfs.ext4",
-        &["-b", "4096", "-O", "bigalloc", "-C", "65536"],
-        64 * MIB,
-        "ext4",
-    );
+    ext_case("mkfs.ext4", &["-b", "4096", "-O", "bigalloc", "-C", "65536"], 64 * MIB, "ext4");
 }
 
 #[test]
 fn ext4_bigalloc() {
-    ext_case(
-        "mkfs.ext4",
-        &["-O", "bigalloc", "-C", "16384"],
-        48 * MIB,
-        "ext4",
-    );
+    ext_case("mkfs.ext4", &["-O", "bigalloc", "-C", "16384"], 48 * MIB, "ext4");
 }
 
 /// ext4's superblock checksum (CRC32C, reflected, seed !0, no final xor), so a
@@ -132,11 +97,7 @@ fn fix_sb_csum(sb: &mut [u8; 1024]) {
     for &b in &sb[..0x3FC] {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
         }
     }
     sb[0x3FC..].copy_from_slice(&crc.to_le_bytes());
@@ -147,15 +108,8 @@ fn ext_unknown_incompat_and_damage_refused() {
     let t = tempfile::tempdir().unwrap();
     let img = tmp_path(&t, "fs.img");
     garbage_image(&img, 16 * MIB);
-    run(
-        "mkfs.ext4",
-        &["-F", "-q", "-E", "nodiscard", img.to_str().unwrap()],
-    );
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&img)
-        .unwrap();
+    run("mkfs.ext4", &["-F", "-q", "-E", "nodiscard", img.to_str().unwrap()]);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&img).unwrap();
     let mut sb = [0u8; 1024];
     f.read_exact_at(&mut sb, 1024).unwrap();
     let check = |edit: &dyn Fn(&mut [u8; 1024]), fix: bool, want: &str| {
@@ -175,11 +129,7 @@ fn ext_unknown_incompat_and_damage_refused() {
     assert!(matches!(e, FsError::Unsupported { .. }));
     check(&|b| b[0x60] |= 0x04, true, "recovery"); // RECOVER
                                                    // Block count larger than the partition.
-    let e = check(
-        &|b| b[0x4..0x8].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()),
-        true,
-        "larger than its partition",
-    );
+    let e = check(&|b| b[0x4..0x8].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()), true, "larger than its partition");
     assert!(matches!(e, FsError::Damaged { .. }));
     // Any edit without fixing the checksum (metadata_csum).
     check(&|b| b[0x4] ^= 1, false, "superblock checksum mismatch");
@@ -195,11 +145,7 @@ fn ext_unknown_incompat_and_damage_refused() {
     f.read_exact_at(&mut x, bitmap + 100).unwrap();
     f.write_all_at(&[x[0] ^ 0x10], bitmap + 100).unwrap();
     let e = probe_file(&img).unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("group 0: block bitmap checksum mismatch"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("group 0: block bitmap checksum mismatch"), "{e}");
 }
 
 fn fat_case(fat_bits: &str, size: u64, extra: &[&str], expect: &str) {
@@ -233,20 +179,8 @@ fn fat_case(fat_bits: &str, size: u64, extra: &[&str], expect: &str) {
         }
         let out = t.path().join("out");
         let _ = std::fs::remove_file(&out);
-        run(
-            "mcopy",
-            &[
-                "-n",
-                "-i",
-                copy.to_str().unwrap(),
-                &format!("::/{name}"),
-                out.to_str().unwrap(),
-            ],
-        );
-        assert!(
-            std::fs::read(&out).unwrap() == *data,
-            "{expect}: {name} differs"
-        );
+        run("mcopy", &["-n", "-i", copy.to_str().unwrap(), &format!("::/{name}"), out.to_str().unwrap()]);
+        assert!(std::fs::read(&out).unwrap() == *data, "{expect}: {name} differs");
     }
     eprintln!("{expect}: used {} KiB of {} KiB", used >> 10, size >> 10);
 }
@@ -286,10 +220,7 @@ fn fat32_with_few_clusters() {
         u32::from_le_bytes(b[44..48].try_into().unwrap()) as u64,
     );
     let root_sector = reserved + 2 * fat_size + (root_cluster - 2) * 8;
-    assert!(
-        det.map.is_used(root_sector),
-        "root directory cluster missing from the map"
-    );
+    assert!(det.map.is_used(root_sector), "root directory cluster missing from the map");
     let copy = tmp_path(&t, "copy.img");
     copy_used(&img, &copy, 0, &det.map);
     run("fsck.vfat", &["-n", copy.to_str().unwrap()]);
@@ -326,12 +257,7 @@ fn unknown_content_is_none() {
 fn ext4_meta_bg() {
     // 1 KiB blocks and small groups: 40 groups, 64-byte descriptors, 16 per
     // block, so three descriptor blocks spread over the meta groups.
-    ext_case(
-        "mkfs.ext4",
-        &["-b", "1024", "-g", "1024", "-O", "meta_bg,^resize_inode"],
-        40 * MIB,
-        "ext4",
-    );
+    ext_case("mkfs.ext4", &["-b", "1024", "-g", "1024", "-O", "meta_bg,^resize_inode"], 40 * MIB, "ext4");
 }
 
 #[test]

@@ -30,14 +30,7 @@ fn probe(r: &dyn FsReader, img: &Path) -> Result<Option<UsedMap>, FsError> {
 fn fill(prog: &str, img: &Path, tree: &Path, mnt: &Path) {
     let lo = Loop::new(img, false);
     let _m = fuse(prog, &lo.0, mnt, false);
-    run(
-        "cp",
-        &[
-            "-r",
-            &format!("{}/.", tree.display()),
-            mnt.to_str().unwrap(),
-        ],
-    );
+    run("cp", &["-r", &format!("{}/.", tree.display()), mnt.to_str().unwrap()]);
     std::fs::remove_file(mnt.join("a.bin")).unwrap();
 }
 
@@ -68,10 +61,7 @@ fn ntfs_case(opts: &[&str], size: u64) {
         if name == "a.bin" {
             continue;
         }
-        let got = std::process::Command::new("ntfscat")
-            .args([copy.to_str().unwrap(), name])
-            .output()
-            .unwrap();
+        let got = std::process::Command::new("ntfscat").args([copy.to_str().unwrap(), name]).output().unwrap();
         assert!(got.status.success(), "ntfscat {name}: {:?}", got);
         assert!(got.stdout == *data, "ntfs {opts:?}: {name} differs");
     }
@@ -142,10 +132,7 @@ fn exfat_case(opts: &[&str], size: u64) {
     assert!(!mnt.join("a.bin").exists());
     for (name, data) in &files {
         if name != "a.bin" {
-            assert!(
-                std::fs::read(mnt.join(name)).unwrap() == *data,
-                "exfat {opts:?}: {name} differs"
-            );
+            assert!(std::fs::read(mnt.join(name)).unwrap() == *data, "exfat {opts:?}: {name} differs");
         }
     }
     eprintln!(
@@ -289,10 +276,7 @@ fn foreign_is_none() {
         }
     }
     // The FAT reader also leaves them alone.
-    assert!(lifeline_disk::fs::Fat
-        .probe(&File::open(&img).unwrap(), 16 * MIB)
-        .unwrap()
-        .is_none());
+    assert!(lifeline_disk::fs::Fat.probe(&File::open(&img).unwrap(), 16 * MIB).unwrap().is_none());
 }
 
 /// Hostile metadata must give an error or a map, never a panic: flip random
@@ -305,10 +289,7 @@ fn corrupted_metadata_never_panics() {
     let img = tmp_path(&t, "fs.img");
     let i = img.to_str().unwrap();
     let mut rng = rand::rng();
-    for (mkfs, args) in [
-        ("mkfs.ntfs", vec!["-F", "-f", "-q", i]),
-        ("mkfs.exfat", vec![i]),
-    ] {
+    for (mkfs, args) in [("mkfs.ntfs", vec!["-F", "-f", "-q", i]), ("mkfs.exfat", vec![i])] {
         garbage_image(&img, 8 * MIB);
         run(mkfs, &args);
         let orig = std::fs::read(&img).unwrap();
@@ -325,11 +306,7 @@ fn corrupted_metadata_never_panics() {
         for _ in 0..3000 {
             let mut d = orig.clone();
             for _ in 0..rng.random_range(1..8) {
-                let o = if rng.random_bool(0.3) {
-                    rng.random_range(0..512)
-                } else {
-                    start + rng.random_range(0..span)
-                };
+                let o = if rng.random_bool(0.3) { rng.random_range(0..512) } else { start + rng.random_range(0..span) };
                 d[o] = rng.random();
             }
             let len = d.len() as u64;

@@ -28,11 +28,7 @@ struct Mounted {
 impl Mounted {
     fn new(img: &Path, dir: &Path, opts: &str) -> Mounted {
         let dev = lifeline_testdisk::Loop::new(img, false);
-        let o: Vec<&str> = if opts.is_empty() {
-            vec![]
-        } else {
-            vec!["-o", opts]
-        };
+        let o: Vec<&str> = if opts.is_empty() { vec![] } else { vec!["-o", opts] };
         let mount = lifeline_testdisk::Mount::new("mount", &o, &dev.0, dir);
         Mounted { mount, _dev: dev }
     }
@@ -43,10 +39,7 @@ impl Mounted {
 fn fill(mnt: &Path, tree_files: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> {
     let mut files = tree_files.to_vec();
     for i in 0..200 {
-        files.push((
-            format!("many/f{i:03}"),
-            format!("file {i}\n").repeat(i * 7).into_bytes(),
-        ));
+        files.push((format!("many/f{i:03}"), format!("file {i}\n").repeat(i * 7).into_bytes()));
     }
     let mut big = Vec::with_capacity(7 * MIB as usize);
     for i in 0..(7 * MIB / 8) {
@@ -62,14 +55,7 @@ fn fill(mnt: &Path, tree_files: &[(String, Vec<u8>)]) -> Vec<(String, Vec<u8>)> 
 }
 
 /// The common case: mkfs, fill, delete, map, copy used, check, compare.
-fn fs_case(
-    reader: &dyn FsReader,
-    mkfs: &[&str],
-    size: u64,
-    check: &[&str],
-    ro_opts: &str,
-    expect_variant: &str,
-) {
+fn fs_case(reader: &dyn FsReader, mkfs: &[&str], size: u64, check: &[&str], ro_opts: &str, expect_variant: &str) {
     fs_case_opts(reader, mkfs, size, "", check, ro_opts, expect_variant)
 }
 
@@ -101,9 +87,7 @@ fn fs_case_opts(
         run("sync", &[]);
         files
     };
-    let map = probe_with(reader, &img)
-        .unwrap()
-        .expect("filesystem recognised");
+    let map = probe_with(reader, &img).unwrap().expect("filesystem recognised");
     assert_eq!(map.variant, expect_variant);
     let used = map.used_bytes();
     assert!(used < size / 2, "{mkfs:?}: used {used} of {size}");
@@ -135,11 +119,7 @@ fn fs_case_opts(
 }
 
 fn flip(img: &Path, off: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(img).unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, off).unwrap();
     b[0] ^= 0x40;
@@ -167,14 +147,7 @@ const XFS_SIZE: u64 = 320 * MIB;
 
 #[test]
 fn xfs_v5_default() {
-    fs_case(
-        &Xfs,
-        &["mkfs.xfs", "-f", "-q", "-K"],
-        XFS_SIZE,
-        &["xfs_repair", "-n"],
-        "ro,norecovery",
-        "xfs v5",
-    );
+    fs_case(&Xfs, &["mkfs.xfs", "-f", "-q", "-K"], XFS_SIZE, &["xfs_repair", "-n"], "ro,norecovery", "xfs v5");
 }
 
 #[test]
@@ -183,16 +156,7 @@ fn xfs_v5_1k_blocks() {
         &Xfs,
         // 1 KiB blocks need an explicit log: the 64 MiB minimum is not
         // picked automatically at this size.
-        &[
-            "mkfs.xfs",
-            "-f",
-            "-q",
-            "-K",
-            "-b",
-            "size=1024",
-            "-l",
-            "size=64m",
-        ],
+        &["mkfs.xfs", "-f", "-q", "-K", "-b", "size=1024", "-l", "size=64m"],
         XFS_SIZE,
         &["xfs_repair", "-n"],
         "ro,norecovery",
@@ -210,18 +174,7 @@ fn xfs_v5_1k_blocks() {
 fn xfs_v5_rmapbt_sparse_inodes() {
     fs_case(
         &Xfs,
-        &[
-            "mkfs.xfs",
-            "-f",
-            "-q",
-            "-K",
-            "-m",
-            "rmapbt=1,finobt=1",
-            "-i",
-            "sparse=1",
-            "-d",
-            "agcount=2",
-        ],
+        &["mkfs.xfs", "-f", "-q", "-K", "-m", "rmapbt=1,finobt=1", "-i", "sparse=1", "-d", "agcount=2"],
         XFS_SIZE,
         &["xfs_repair", "-n"],
         "ro,norecovery",
@@ -239,11 +192,7 @@ fn xfs_v4() {
     // Flat: the protofile's nesting is by `$` lines; put every file at the root
     // under a flattened name.
     for (name, _) in &files {
-        p += &format!(
-            "{} ---644 0 0 {}\n",
-            name.replace('/', "_"),
-            tree.join(name).display()
-        );
+        p += &format!("{} ---644 0 0 {}\n", name.replace('/', "_"), tree.join(name).display());
     }
     p += "$\n";
     std::fs::write(&proto, p).unwrap();
@@ -251,18 +200,7 @@ fn xfs_v4() {
     garbage_image(&img, XFS_SIZE);
     run(
         "mkfs.xfs",
-        &[
-            "-f",
-            "-q",
-            "-K",
-            "-m",
-            "crc=0",
-            "-d",
-            "agcount=3",
-            "-p",
-            proto.to_str().unwrap(),
-            img.to_str().unwrap(),
-        ],
+        &["-f", "-q", "-K", "-m", "crc=0", "-d", "agcount=3", "-p", proto.to_str().unwrap(), img.to_str().unwrap()],
     );
     let map = probe_with(&Xfs, &img).unwrap().expect("xfs recognised");
     assert_eq!(map.variant, "xfs v4");
@@ -271,12 +209,7 @@ fn xfs_v4() {
     let copy = tmp_path(&t, "copy.img");
     copy_used(&img, &copy, 0, &map);
     run("xfs_repair", &["-n", copy.to_str().unwrap()]);
-    eprintln!(
-        "xfs v4: used {} KiB of {} KiB, {} runs",
-        used >> 10,
-        XFS_SIZE >> 10,
-        map.runs().len()
-    );
+    eprintln!("xfs v4: used {} KiB of {} KiB, {} runs", used >> 10, XFS_SIZE >> 10, map.runs().len());
 }
 
 #[test]
@@ -328,16 +261,7 @@ fn btrfs_dup_metadata() {
 fn btrfs_single() {
     fs_case(
         &Btrfs,
-        &[
-            "mkfs.btrfs",
-            "-f",
-            "-q",
-            "-K",
-            "-m",
-            "single",
-            "-d",
-            "single",
-        ],
+        &["mkfs.btrfs", "-f", "-q", "-K", "-m", "single", "-d", "single"],
         BTRFS_SIZE,
         &["btrfs", "check", "--readonly"],
         "ro",
@@ -352,15 +276,7 @@ fn btrfs_single() {
 fn btrfs_mixed_no_skinny() {
     fs_case(
         &Btrfs,
-        &[
-            "mkfs.btrfs",
-            "-f",
-            "-q",
-            "-K",
-            "--mixed",
-            "-O",
-            "^skinny-metadata",
-        ],
+        &["mkfs.btrfs", "-f", "-q", "-K", "--mixed", "-O", "^skinny-metadata"],
         BTRFS_SIZE,
         &["btrfs", "check", "--readonly"],
         "ro",
@@ -414,10 +330,7 @@ fn xfs_dirty_log_refused() {
         let m = Mounted::new(&img, &t.path().join("mnt"), "");
         fill(&m.mount.0, &tree_files);
         // Flush the log, then stop: the metadata is only in the log.
-        run(
-            "xfs_io",
-            &["-x", "-c", "shutdown -f", m.mount.0.to_str().unwrap()],
-        );
+        run("xfs_io", &["-x", "-c", "shutdown -f", m.mount.0.to_str().unwrap()]);
     }
     let e = probe_with(&Xfs, &img).unwrap_err().to_string();
     assert!(e.contains("the log is not clean"), "{e}");
@@ -440,10 +353,7 @@ fn btrfs_damaged_tree_block() {
     garbage_image(&img, BTRFS_SIZE);
     let i = img.to_str().unwrap();
     run("mkfs.btrfs", &["-f", "-q", "-K", i]);
-    let dump = run(
-        "btrfs",
-        &["inspect-internal", "dump-tree", "-t", "extent", i],
-    );
+    let dump = run("btrfs", &["inspect-internal", "dump-tree", "-t", "extent", i]);
     let logical: u64 = dump
         .lines()
         .find_map(|l| {
@@ -467,10 +377,7 @@ fn btrfs_damaged_tree_block() {
     assert_eq!(before, after);
     flip(&img, phys[1] + 200);
     let e = probe_with(&Btrfs, &img).unwrap_err().to_string();
-    assert!(
-        e.contains(&format!("tree block at {logical}: checksum mismatch")),
-        "{e}"
-    );
+    assert!(e.contains(&format!("tree block at {logical}: checksum mismatch")), "{e}");
 }
 
 // ---- hostile input ----
@@ -480,11 +387,7 @@ fn crc32c(mut crc: u32, data: &[u8]) -> u32 {
     for &b in data {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
         }
     }
     crc
@@ -546,11 +449,7 @@ fn fuzz(reader: &dyn FsReader, img: &Path, regions: Vec<(u64, usize, Sum)>, roun
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5EED);
     let len = std::fs::metadata(img).unwrap().len();
-    let mut m = Mutated {
-        file: File::open(img).unwrap(),
-        patches: vec![],
-        regions,
-    };
+    let mut m = Mutated { file: File::open(img).unwrap(), patches: vec![], regions };
     let (mut ok, mut err) = (0, 0);
     for _ in 0..rounds {
         m.patches.clear();
@@ -581,21 +480,7 @@ fn xfs_corrupted_metadata_never_panics() {
         garbage_image(&img, XFS_SIZE);
         let i = img.to_str().unwrap();
         let crc = if v5 { "crc=1" } else { "crc=0" };
-        run(
-            "mkfs.xfs",
-            &[
-                "-f",
-                "-q",
-                "-K",
-                "-m",
-                crc,
-                "-b",
-                "size=1024",
-                "-l",
-                "size=64m",
-                i,
-            ],
-        );
+        run("mkfs.xfs", &["-f", "-q", "-K", "-m", crc, "-b", "size=1024", "-l", "size=64m", i]);
         let f = File::open(&img).unwrap();
         let mut sb = [0u8; 512];
         f.read_exact_at(&mut sb, 0).unwrap();
@@ -627,10 +512,7 @@ fn btrfs_corrupted_metadata_never_panics() {
     let i = img.to_str().unwrap();
     // Single metadata: one copy per tree block, so corruption is not
     // side-stepped by reading the other DUP copy.
-    run(
-        "mkfs.btrfs",
-        &["-f", "-q", "-K", "-m", "single", "-d", "single", i],
-    );
+    run("mkfs.btrfs", &["-f", "-q", "-K", "-m", "single", "-d", "single", i]);
     {
         // Some content so the trees have more than a few items.
         let tree = t.path().join("tree");
@@ -674,11 +556,7 @@ fn probe_patched(
 ) -> Result<Option<UsedMap>, FsError> {
     let m = Mutated {
         file: File::open(img).unwrap(),
-        patches: bytes
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| (off + i as u64, b))
-            .collect(),
+        patches: bytes.iter().enumerate().map(|(i, &b)| (off + i as u64, b)).collect(),
         regions: vec![region],
     };
     reader.probe(&m, std::fs::metadata(img).unwrap().len())
@@ -698,25 +576,15 @@ fn xfs_unsupported_features_refused() {
     f.read_exact_at(&mut b, 216).unwrap();
     let incompat = u32::from_be_bytes(b);
     for (off, bytes, want) in [
-        (
-            216u64,
-            (incompat | 0x8000).to_be_bytes().to_vec(),
-            "unknown incompat feature bits 0x8000",
-        ),
+        (216u64, (incompat | 0x8000).to_be_bytes().to_vec(), "unknown incompat feature bits 0x8000"),
         (216, (incompat | 0x10).to_be_bytes().to_vec(), "NEEDSREPAIR"),
         (220, 1u32.to_be_bytes().to_vec(), "log incompat"),
         (16, 1000u64.to_be_bytes().to_vec(), "realtime"),
         (48, 0u64.to_be_bytes().to_vec(), "external log"),
-        (
-            100,
-            0xb4a6u16.to_be_bytes().to_vec(),
-            "superblock version 6",
-        ),
+        (100, 0xb4a6u16.to_be_bytes().to_vec(), "superblock version 6"),
         (88, 1000u32.to_be_bytes().to_vec(), "allocation groups"),
     ] {
-        let e = probe_patched(&Xfs, &img, sb, off, &bytes)
-            .unwrap_err()
-            .to_string();
+        let e = probe_patched(&Xfs, &img, sb, off, &bytes).unwrap_err().to_string();
         assert!(e.contains(want), "{want}: {e}");
     }
     // Control: the fixed-up checksum alone changes nothing.
@@ -736,36 +604,16 @@ fn btrfs_unsupported_features_refused() {
     let incompat = u64::from_le_bytes(b);
     let s = 0x10000u64;
     for (off, bytes, want) in [
-        (
-            s + 0xBC,
-            (incompat | 1 << 40).to_le_bytes().to_vec(),
-            "unknown incompat feature bits 0x10000000000",
-        ),
-        (
-            s + 0xBC,
-            (incompat | 0x2000).to_le_bytes().to_vec(),
-            "extent_tree_v2",
-        ),
-        (
-            s + 0xB4,
-            (1u64 << 20).to_le_bytes().to_vec(),
-            "unknown compat_ro",
-        ),
+        (s + 0xBC, (incompat | 1 << 40).to_le_bytes().to_vec(), "unknown incompat feature bits 0x10000000000"),
+        (s + 0xBC, (incompat | 0x2000).to_le_bytes().to_vec(), "extent_tree_v2"),
+        (s + 0xB4, (1u64 << 20).to_le_bytes().to_vec(), "unknown compat_ro"),
         (s + 0xC4, 1u16.to_le_bytes().to_vec(), "xxhash64"),
-        (
-            s + 0x88,
-            2u64.to_le_bytes().to_vec(),
-            "device 1 of 2; multi-device btrfs is not supported",
-        ),
+        (s + 0x88, 2u64.to_le_bytes().to_vec(), "device 1 of 2; multi-device btrfs is not supported"),
         (s + 0x60, 0x1234_0000u64.to_le_bytes().to_vec(), "log tree"),
         (s + 0x70 + 0x61, 0u64.to_le_bytes().to_vec(), "device size"),
     ] {
-        let e = probe_patched(&Btrfs, &img, sb, off, &bytes)
-            .unwrap_err()
-            .to_string();
+        let e = probe_patched(&Btrfs, &img, sb, off, &bytes).unwrap_err().to_string();
         assert!(e.contains(want), "{want}: {e}");
     }
-    assert!(probe_patched(&Btrfs, &img, sb, s + 0x40, b"_BHRfS_M")
-        .unwrap()
-        .is_some());
+    assert!(probe_patched(&Btrfs, &img, sb, s + 0x40, b"_BHRfS_M").unwrap().is_some());
 }

@@ -29,14 +29,8 @@ fn sfdisk_json(img: &Path) -> Vec<(u32, u64, u64, String, Option<String>)> {
         .iter()
         .map(|p| {
             let node = p["node"].as_str().unwrap();
-            let digits: String = node
-                .chars()
-                .rev()
-                .take_while(|c| c.is_ascii_digit())
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
+            let digits: String =
+                node.chars().rev().take_while(|c| c.is_ascii_digit()).collect::<Vec<_>>().into_iter().rev().collect();
             (
                 digits.parse().unwrap(),
                 p["start"].as_u64().unwrap() * 512,
@@ -64,32 +58,20 @@ fn mbr_with_logical_partitions() {
     File::create(&img).unwrap().set_len(64 * MIB).unwrap();
     // p1, p2 primary; p3 extended; p4 a primary *after* the extended
     // partition; p5, p6 logical inside it.
-    sfdisk(
-        &img,
-        "label: dos\n,8M,83,*\n,4M,c\n,40M,5\n,10M,82\n,12M,83\n,8M,83\n",
-    );
+    sfdisk(&img, "label: dos\n,8M,83,*\n,4M,c\n,40M,5\n,10M,82\n,12M,83\n,8M,83\n");
     let l = layout_of(&img).unwrap();
     assert_eq!(l.table, TableKind::Mbr);
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
-    let mut want: Vec<_> = sfdisk_json(&img)
-        .into_iter()
-        .filter(|p| p.3 != "5")
-        .collect();
+    let mut want: Vec<_> = sfdisk_json(&img).into_iter().filter(|p| p.3 != "5").collect();
     want.sort_by_key(|p| p.1);
     assert_eq!(l.partitions.len(), want.len());
     for (p, w) in l.partitions.iter().zip(&want) {
         assert_eq!((p.index, p.start, p.len), (w.0, w.1, w.2), "{p:?} vs {w:?}");
-        assert_eq!(
-            p.ptype,
-            PartType::Mbr(u8::from_str_radix(&w.3, 16).unwrap())
-        );
+        assert_eq!(p.ptype, PartType::Mbr(u8::from_str_radix(&w.3, 16).unwrap()));
     }
     assert_eq!(l.partitions[0].attrs, 0x80); // bootable flag
     assert!(l.partitions.iter().any(|p| p.index == 6));
-    assert_eq!(
-        l.partitions.iter().map(|p| p.index).collect::<Vec<_>>(),
-        [1, 2, 5, 6, 4]
-    );
+    assert_eq!(l.partitions.iter().map(|p| p.index).collect::<Vec<_>>(), [1, 2, 5, 6, 4]);
     // Kept: the MBR + boot loader gap, the EBRs with their gaps; not the
     // unallocated tail after the last partition.
     assert_eq!(l.keep[0], Range::new(0, MIB));
@@ -98,19 +80,13 @@ fn mbr_with_logical_partitions() {
     assert!(last_end < 64 * MIB);
     assert!(l.keep.iter().all(|r| r.end <= last_end));
     // The first EBR sits at the extended partition's start and is kept.
-    assert!(l
-        .keep
-        .iter()
-        .any(|r| r.start <= ext.1 && ext.1 + 512 <= r.end));
+    assert!(l.keep.iter().any(|r| r.start <= ext.1 && ext.1 + 512 <= r.end));
     assert_keep_disjoint(&l);
 }
 
 fn make_gpt(img: &Path) {
     File::create(img).unwrap().set_len(64 * MIB).unwrap();
-    sfdisk(
-        img,
-        "label: gpt\nsize=8M, type=U, name=esp\nsize=20M, type=L, name=root\nsize=6M, type=S\n",
-    );
+    sfdisk(img, "label: gpt\nsize=8M, type=U, name=esp\nsize=20M, type=L, name=root\nsize=6M, type=S\n");
 }
 
 #[test]
@@ -136,10 +112,7 @@ fn gpt_parsed_like_sfdisk() {
     // Keep: protective MBR, primary header + array + gap up to 1 MiB, and the
     // backup array + header (33 sectors) at the end; not the ~29 MiB free tail.
     let size = 64 * MIB;
-    assert_eq!(
-        l.keep,
-        vec![Range::new(0, MIB), Range::new(size - 33 * 512, size)]
-    );
+    assert_eq!(l.keep, vec![Range::new(0, MIB), Range::new(size - 33 * 512, size)]);
     assert_keep_disjoint(&l);
 }
 
@@ -161,11 +134,7 @@ fn gpt_damaged_primary_header_uses_backup() {
     assert_eq!(l.partitions, good.partitions);
     assert_eq!(l.keep, good.keep);
     assert_eq!(l.warnings.len(), 1);
-    assert!(
-        l.warnings[0].contains("primary GPT") && l.warnings[0].contains("header CRC"),
-        "{:?}",
-        l.warnings
-    );
+    assert!(l.warnings[0].contains("primary GPT") && l.warnings[0].contains("header CRC"), "{:?}", l.warnings);
 }
 
 #[test]
@@ -177,11 +146,7 @@ fn gpt_damaged_primary_array_uses_backup() {
     corrupt(&img, 1024 + 128 + 60); // second entry's name
     let l = layout_of(&img).unwrap();
     assert_eq!(l.partitions, good.partitions);
-    assert!(
-        l.warnings[0].contains("primary GPT") && l.warnings[0].contains("entry array CRC"),
-        "{:?}",
-        l.warnings
-    );
+    assert!(l.warnings[0].contains("primary GPT") && l.warnings[0].contains("entry array CRC"), "{:?}", l.warnings);
 }
 
 #[test]
@@ -242,33 +207,16 @@ fn gpt_on_a_4k_sector_loop_device() {
     let t = tempfile::tempdir().unwrap();
     let img = tmp_path(&t, "loop.img");
     File::create(&img).unwrap().set_len(64 * MIB).unwrap();
-    let out = Command::new("losetup")
-        .args([
-            "-f",
-            "--show",
-            "--sector-size",
-            "4096",
-            img.to_str().unwrap(),
-        ])
-        .output();
+    let out = Command::new("losetup").args(["-f", "--show", "--sector-size", "4096", img.to_str().unwrap()]).output();
     let dev = match out {
         Ok(o) if o.status.success() => String::from_utf8(o.stdout).unwrap().trim().to_string(),
-        other => panic!(
-            "cannot attach a 4 KiB-sector loop device (run as root with loop devices): {other:?}"
-        ),
+        other => panic!("cannot attach a 4 KiB-sector loop device (run as root with loop devices): {other:?}"),
     };
     // Detached when the test ends, even on panic.
     let _guard = lifeline_testdisk::Loop(dev.clone());
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&dev)
-        .unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&dev).unwrap();
     assert_eq!(lifeline_disk::disk_geometry(&f).unwrap(), (64 * MIB, 4096));
-    sfdisk(
-        Path::new(&dev),
-        "label: gpt\nsize=8M, type=L\nsize=16M, type=S\n",
-    );
+    sfdisk(Path::new(&dev), "label: gpt\nsize=8M, type=L\nsize=16M, type=S\n");
     let l = read_layout(&f, 64 * MIB, 4096).unwrap();
     assert_eq!(l.table, TableKind::Gpt);
     assert!(l.warnings.is_empty(), "{:?}", l.warnings);
@@ -278,10 +226,7 @@ fn gpt_on_a_4k_sector_loop_device() {
         assert_eq!((p.start, p.len), (w.0, w.1));
     }
     // 128 entries of 128 bytes = 4 sectors of 4 KiB, plus the header sector.
-    assert_eq!(
-        *l.keep.last().unwrap(),
-        Range::new(64 * MIB - 5 * 4096, 64 * MIB)
-    );
+    assert_eq!(*l.keep.last().unwrap(), Range::new(64 * MIB - 5 * 4096, 64 * MIB));
     // Read as 512-byte sectors there is no valid GPT: the protective MBR makes
     // that an error rather than a silent "no table".
     assert!(read_layout(&f, 64 * MIB, 512).is_err());
@@ -294,12 +239,7 @@ fn sfdisk_json_ss(dev: &Path, ss: u64) -> Vec<(u64, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p["start"].as_u64().unwrap() * ss,
-                p["size"].as_u64().unwrap() * ss,
-            )
-        })
+        .map(|p| (p["start"].as_u64().unwrap() * ss, p["size"].as_u64().unwrap() * ss))
         .collect()
 }
 

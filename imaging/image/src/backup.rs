@@ -79,18 +79,10 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
     }
 
     let Some(_lock) = repo.lock(false)? else {
-        bail!(
-            "a prune is running on {}; back up when it has finished",
-            repo.location()
-        );
+        bail!("a prune is running on {}; back up when it has finished", repo.location());
     };
     let disk = Disk::open_source(source)?;
-    let rw: Vec<String> = disk
-        .mounts()
-        .into_iter()
-        .filter(|m| m.1)
-        .map(|m| m.0)
-        .collect();
+    let rw: Vec<String> = disk.mounts().into_iter().filter(|m| m.1).map(|m| m.0).collect();
     if !rw.is_empty() {
         if !opts.allow_mounted {
             bail!(
@@ -101,17 +93,12 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
                 rw.join(", ")
             );
         }
-        warn!(
-            mounts = rw.join(", "),
-            "imaging a disk with filesystems mounted read-write"
-        );
+        warn!(mounts = rw.join(", "), "imaging a disk with filesystems mounted read-write");
     }
     let (model, serial) = disk.model_serial();
     let s = scan(&disk, disk.size, disk.sector_size)
         .with_context(|| format!("cannot read the partition table of {}", source.display()))?;
-    let chunk_size = opts
-        .chunk_size
-        .unwrap_or_else(|| default_chunk_size(disk.size));
+    let chunk_size = opts.chunk_size.unwrap_or_else(|| default_chunk_size(disk.size));
     if !chunk_size.is_power_of_two() || !(4096..=(16 << 20)).contains(&chunk_size) {
         bail!("chunk size {chunk_size} must be a power of two from 4 KiB to 16 MiB");
     }
@@ -148,16 +135,8 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
         "backup starts"
     );
 
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| WriterOptions::default().threads);
-    let mut writer = ChunkWriter::new(
-        repo,
-        WriterOptions {
-            threads,
-            queue: threads,
-        },
-    )?;
+    let threads = opts.threads.unwrap_or_else(|| WriterOptions::default().threads);
+    let mut writer = ChunkWriter::new(repo, WriterOptions { threads, queue: threads })?;
     let progress = Progress::start("backup", total, opts.progress).watched(opts.watcher.clone());
     let mut stats = BackupStats::default();
     // Reads are synchronous and small (a cell's used runs); announcing the
@@ -190,11 +169,8 @@ pub fn backup(repo: &Repo, source: &Path, opts: &BackupOptions) -> Result<Manife
     stats.bytes_stored = w.bytes_stored;
     stats.seconds = started.elapsed().as_secs_f64();
     header.stats = stats;
-    let manifest = Manifest {
-        header,
-        maps: s.maps,
-        chunks: refs.iter().map(|r| (r.offset / chunk_size, r.id)).collect(),
-    };
+    let manifest =
+        Manifest { header, maps: s.maps, chunks: refs.iter().map(|r| (r.offset / chunk_size, r.id)).collect() };
     repo.put_manifest(&name, &manifest.encode())?;
     info!(image = %name, seconds = manifest.header.stats.seconds, "backup done");
     Ok(manifest)
@@ -215,16 +191,8 @@ pub(crate) fn read_cell(disk: &dyn ReadAt, cell: &Cell) -> std::io::Result<Vec<u
 fn default_name(machine: &str, unix: u64) -> String {
     let t = format_utc(unix); // "YYYY-MM-DD HH:MM:SS UTC"
     let stamp = format!("{}T{}{}{}Z", &t[..10], &t[11..13], &t[14..16], &t[17..19]);
-    let m: String = machine
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let m: String =
+        machine.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     format!("{}-{stamp}", m.trim_start_matches('.'))
 }
 

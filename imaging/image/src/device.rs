@@ -41,8 +41,7 @@ impl Disk {
                 .create_new(true)
                 .open(path)
                 .with_context(|| format!("cannot create the image file {}", path.display()))?;
-            f.set_len(create_size)
-                .with_context(|| format!("cannot size {}", path.display()))?;
+            f.set_len(create_size).with_context(|| format!("cannot size {}", path.display()))?;
         }
         let is_block = std::fs::metadata(path)
             .with_context(|| format!("cannot stat {}", path.display()))?
@@ -60,10 +59,7 @@ impl Disk {
                  unmount it first — restoring over a mounted disk would corrupt it",
                 path.display()
             ),
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot open {} for writing", path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open {} for writing", path.display())),
         };
         Ok((Self::from_file(path, file)?, created))
     }
@@ -72,17 +68,8 @@ impl Disk {
         let (size, sector_size) = lifeline_disk::disk_geometry(&file)
             .with_context(|| format!("cannot read the size of {}", path.display()))?;
         let meta = file.metadata()?;
-        let devno = meta
-            .file_type()
-            .is_block_device()
-            .then(|| (libc::major(meta.rdev()), libc::minor(meta.rdev())));
-        Ok(Disk {
-            path: path.to_path_buf(),
-            file,
-            size,
-            sector_size,
-            devno,
-        })
+        let devno = meta.file_type().is_block_device().then(|| (libc::major(meta.rdev()), libc::minor(meta.rdev())));
+        Ok(Disk { path: path.to_path_buf(), file, size, sector_size, devno })
     }
 
     pub fn is_block_device(&self) -> bool {
@@ -101,12 +88,7 @@ impl Disk {
         let Some(dir) = self.sysfs() else {
             return (None, None);
         };
-        let read = |p: PathBuf| {
-            std::fs::read_to_string(p)
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        };
+        let read = |p: PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
         let model = read(dir.join("device/model"));
         let serial = read(dir.join("device/serial")).or_else(|| read(dir.join("serial")));
         (model, serial)
@@ -155,11 +137,7 @@ impl Disk {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for e in std::fs::read_dir("/sys/block")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for e in std::fs::read_dir("/sys/block").into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !name.starts_with("loop") {
                 continue;
@@ -190,12 +168,7 @@ impl Disk {
         } else {
             // SAFETY: plain syscall on our descriptor.
             unsafe {
-                libc::fallocate(
-                    fd,
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off as i64,
-                    len as i64,
-                ) == 0
+                libc::fallocate(fd, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off as i64, len as i64) == 0
             }
         };
         if ok {
@@ -237,12 +210,7 @@ impl Disk {
         for r in ranges {
             // SAFETY: plain syscall on our descriptor; the result is advisory.
             unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    r.start as i64,
-                    r.len() as i64,
-                    libc::POSIX_FADV_WILLNEED,
-                );
+                libc::posix_fadvise(self.file.as_raw_fd(), r.start as i64, r.len() as i64, libc::POSIX_FADV_WILLNEED);
             }
         }
     }

@@ -71,13 +71,7 @@ impl Extents {
     /// short.
     pub fn cells(&self, cell: u64, disk_size: u64) -> Cells<'_> {
         assert!(cell > 0);
-        Cells {
-            ranges: &self.ranges,
-            next: 0,
-            pos: 0,
-            cell,
-            disk_size,
-        }
+        Cells { ranges: &self.ranges, next: 0, pos: 0, cell, disk_size }
     }
 }
 
@@ -148,12 +142,7 @@ impl Iterator for Cells<'_> {
             i += 1;
         }
         self.pos = end;
-        Some(Cell {
-            index,
-            start,
-            len: end - start,
-            used,
-        })
+        Some(Cell { index, start, len: end - start, used })
     }
 }
 

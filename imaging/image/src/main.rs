@@ -169,10 +169,7 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LIFELINE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LIFELINE_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     match run(&cli) {
@@ -199,24 +196,11 @@ fn run(cli: &Cli) -> Result<()> {
                 format!("created repository {} (id {})", r.location(), r.id())
             });
         }
-        Cmd::Backup {
-            repo,
-            name,
-            machine,
-            chunk_size,
-            threads: t,
-            allow_mounted,
-            source,
-        } => {
+        Cmd::Backup { repo, name, machine, chunk_size, threads: t, allow_mounted, source } => {
             // Reported from the start: a wrong password is a failed job too.
-            let job = reporter(
-                repo,
-                "backup",
-                name.as_deref().unwrap_or(""),
-                &source.display().to_string(),
-            );
+            let job = reporter(repo, "backup", name.as_deref().unwrap_or(""), &source.display().to_string());
             let result = open(repo).and_then(|r| {
-                Ok(lifeline_image::backup(
+                lifeline_image::backup(
                     &r,
                     source,
                     &BackupOptions {
@@ -228,17 +212,13 @@ fn run(cli: &Cli) -> Result<()> {
                         allow_mounted: *allow_mounted,
                         watcher: watcher(&job),
                     },
-                )?)
+                )
             });
             if let Some(j) = &job {
                 j.finish(match &result {
                     Ok(m) => Ok(JobReport {
                         image: m.header.name.clone(),
-                        disk: format!(
-                            "{} {}",
-                            m.header.source.path,
-                            m.header.source.model.clone().unwrap_or_default()
-                        ),
+                        disk: format!("{} {}", m.header.source.path, m.header.source.model.clone().unwrap_or_default()),
                         disk_size: m.header.source.size,
                         done_bytes: m.header.stats.image_bytes,
                         total_bytes: m.header.stats.image_bytes,
@@ -254,11 +234,8 @@ fn run(cli: &Cli) -> Result<()> {
             for w in &h.warnings {
                 eprintln!("warning: {w}");
             }
-            out(
-                cli,
-                json!({"name": h.name, "source_size": h.source.size, "stats": s}),
-                || {
-                    format!(
+            out(cli, json!({"name": h.name, "source_size": h.source.size, "stats": s}), || {
+                format!(
                     "image {}: read {} of a {} disk in {} ({}/s); {} new of {} chunks, {} stored",
                     h.name,
                     human_bytes(s.image_bytes),
@@ -269,20 +246,12 @@ fn run(cli: &Cli) -> Result<()> {
                     m.chunks.len(),
                     human_bytes(s.bytes_stored)
                 )
-                },
-            );
+            });
         }
-        Cmd::Restore {
-            repo,
-            name,
-            rest,
-            read_back,
-            threads: t,
-            target,
-        } => {
+        Cmd::Restore { repo, name, rest, read_back, threads: t, target } => {
             let job = reporter(repo, "restore", name, &target.display().to_string());
             let result = open(repo).and_then(|r| {
-                Ok(restore(
+                restore(
                     &r,
                     name,
                     target,
@@ -293,7 +262,7 @@ fn run(cli: &Cli) -> Result<()> {
                         progress,
                         watcher: watcher(&job),
                     },
-                )?)
+                )
             });
             if let Some(j) = &job {
                 j.finish(match &result {
@@ -334,12 +303,7 @@ fn run(cli: &Cli) -> Result<()> {
                 },
             );
         }
-        Cmd::Verify {
-            repo,
-            name,
-            all_chunks,
-            threads: t,
-        } => {
+        Cmd::Verify { repo, name, all_chunks, threads: t } => {
             let r = open(repo)?;
             let names = match name {
                 Some(n) => vec![n.clone()],
@@ -362,11 +326,7 @@ fn run(cli: &Cli) -> Result<()> {
                     Ok((_, rep)) => {
                         let errs: Vec<String> = rep.errors.iter().map(|e| e.to_string()).collect();
                         if !cli.json {
-                            println!(
-                                "{n}: DAMAGED, {} errors checking {} chunks",
-                                errs.len(),
-                                rep.checked
-                            );
+                            println!("{n}: DAMAGED, {} errors checking {} chunks", errs.len(), rep.checked);
                             for e in errs.iter().take(10) {
                                 println!("  {e}");
                             }
@@ -424,10 +384,8 @@ fn run(cli: &Cli) -> Result<()> {
                                 human_bytes(h.stats.image_bytes)
                             );
                         }
-                        rows.push(
-                            json!({"name": n, "created_unix": h.created_unix, "machine": h.machine,
-                            "disk_size": h.source.size, "image_bytes": h.stats.image_bytes}),
-                        );
+                        rows.push(json!({"name": n, "created_unix": h.created_unix, "machine": h.machine,
+                            "disk_size": h.source.size, "image_bytes": h.stats.image_bytes}));
                     }
                     Err(e) => {
                         if !cli.json {
@@ -482,8 +440,8 @@ fn run(cli: &Cli) -> Result<()> {
             let (Some(token), Some(ca)) = (&repo.token_file, &repo.ca) else {
                 bail!("claim needs --token-file (the boot token) and --ca (the receiver's CA certificate)");
             };
-            let conn = Connection::from_files(&repo.repo, token, ca, repo.tls_name.as_deref())
-                .map_err(anyhow::Error::msg)?;
+            let conn =
+                Connection::from_files(&repo.repo, token, ca, repo.tls_name.as_deref()).map_err(anyhow::Error::msg)?;
             let s = lifeline_image::remote::claim_boot(&conn).map_err(anyhow::Error::msg)?;
             {
                 use std::io::Write;
@@ -503,19 +461,15 @@ fn run(cli: &Cli) -> Result<()> {
                     serde_json::json!({"media": s.media, "mode": s.mode, "style": s.style, "image": s.image, "expires_unix": s.expires_unix})
                 );
             } else {
-                println!(
-                    "boot session for media #{}: mode {} style {} image {:?}",
-                    s.media, s.mode, s.style, s.image
-                );
+                println!("boot session for media #{}: mode {} style {} image {:?}", s.media, s.mode, s.style, s.image);
             }
         }
         Cmd::Menu(args) => menu::run(args)?,
         Cmd::BootMedia(args) => media::run(args, cli.json, progress)?,
         Cmd::Scan { source } => {
             let disk = lifeline_image::device::Disk::open_source(source)?;
-            let s = lifeline_image::scan::scan(&disk, disk.size, disk.sector_size).with_context(
-                || format!("cannot read the partition table of {}", source.display()),
-            )?;
+            let s = lifeline_image::scan::scan(&disk, disk.size, disk.sector_size)
+                .with_context(|| format!("cannot read the partition table of {}", source.display()))?;
             let extents = s.extents();
             println!(
                 "{}: {} disk, {}-byte sectors, {} table",
@@ -548,10 +502,7 @@ fn print_info(m: &Manifest) {
     println!("image     {}", h.name);
     println!("machine   {}", h.machine);
     println!("created   {} by {}", m.created(), h.tool);
-    let mut disk = format!(
-        "{} ({} bytes), {}-byte sectors",
-        h.source.path, h.source.size, h.source.sector_size
-    );
+    let mut disk = format!("{} ({} bytes), {}-byte sectors", h.source.path, h.source.size, h.source.sector_size);
     if let Some(model) = &h.source.model {
         disk += &format!(", model {model}");
     }
@@ -585,20 +536,10 @@ fn print_info(m: &Manifest) {
     }
 }
 
-fn print_parts(
-    parts: &[lifeline_image::manifest::PartRecord],
-    maps: &[lifeline_disk::fs::UsedMap],
-) {
+fn print_parts(parts: &[lifeline_image::manifest::PartRecord], maps: &[lifeline_disk::fs::UsedMap]) {
     for p in parts {
         let what = match &p.content {
-            Content::UsedBlocks {
-                variant,
-                map,
-                block_size,
-                used_blocks,
-                total_blocks,
-                ..
-            } => format!(
+            Content::UsedBlocks { variant, map, block_size, used_blocks, total_blocks, .. } => format!(
                 "{variant}, {} of {} used ({used_blocks}/{total_blocks} blocks of {block_size} B, {} runs)",
                 human_bytes(used_blocks * *block_size as u64),
                 human_bytes(total_blocks * *block_size as u64),
@@ -610,13 +551,7 @@ fn print_parts(
         if !p.name.is_empty() {
             label += &format!(" \"{}\"", p.name);
         }
-        println!(
-            "  part {:>2}  {:>10} at {:>12}  {:<28} {what}",
-            p.index,
-            human_bytes(p.len),
-            p.start,
-            label
-        );
+        println!("  part {:>2}  {:>10} at {:>12}  {:<28} {what}", p.index, human_bytes(p.len), p.start, label);
     }
 }
 
@@ -639,9 +574,7 @@ fn reporter(a: &RepoArgs, kind: &str, image: &str, disk: &str) -> Option<Arc<Job
 
 fn watcher(job: &Option<Arc<JobReporter>>) -> Option<Watcher> {
     let job = job.clone()?;
-    Some(Watcher::new(move |_, done, total| {
-        job.progress(done, total)
-    }))
+    Some(Watcher::new(move |_, done, total| job.progress(done, total)))
 }
 
 /// A directory, or the receiver for an `https://` address.
@@ -652,8 +585,7 @@ fn store(a: &RepoArgs) -> Result<Arc<dyn Store>> {
     let (Some(token), Some(ca)) = (&a.token_file, &a.ca) else {
         bail!("a receiver repository needs --token-file (the machine's credential) and --ca (the receiver's CA certificate)");
     };
-    let conn = Connection::from_files(&a.repo, token, ca, a.tls_name.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let conn = Connection::from_files(&a.repo, token, ca, a.tls_name.as_deref()).map_err(anyhow::Error::msg)?;
     Ok(Arc::new(RemoteStore::connect(conn)?))
 }
 
@@ -661,8 +593,7 @@ fn store(a: &RepoArgs) -> Result<Arc<dyn Store>> {
 /// prompt on the terminal (twice when creating).
 fn password(a: &RepoArgs, confirm: bool) -> Result<Vec<u8>> {
     if let Some(f) = &a.password_file {
-        let s = std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read the password file {}", f.display()))?;
+        let s = std::fs::read_to_string(f).with_context(|| format!("cannot read the password file {}", f.display()))?;
         let pw = s.lines().next().unwrap_or("").to_string();
         if pw.is_empty() {
             bail!("the password file {} is empty", f.display());

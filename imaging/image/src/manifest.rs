@@ -80,14 +80,7 @@ pub struct PartRecord {
 pub enum Content {
     /// A filesystem reader produced the used-block map `map` (index into the
     /// manifest's maps); only those blocks are stored.
-    UsedBlocks {
-        fs: String,
-        variant: String,
-        map: u32,
-        block_size: u32,
-        used_blocks: u64,
-        total_blocks: u64,
-    },
+    UsedBlocks { fs: String, variant: String, map: u32, block_size: u32, used_blocks: u64, total_blocks: u64 },
     /// Every block was read (all-zero cells are not stored), because no
     /// reader recognised the content, or one recognised it and refused.
     EveryBlock { reason: String },
@@ -163,8 +156,7 @@ impl Manifest {
         }
         let jlen = r.u32().ok_or(err("truncated"))? as usize;
         let json = r.take(jlen).ok_or(err("truncated header"))?;
-        let header: Header =
-            serde_json::from_slice(json).map_err(|e| ManifestError(format!("header: {e}")))?;
+        let header: Header = serde_json::from_slice(json).map_err(|e| ManifestError(format!("header: {e}")))?;
         let nmaps = r.u32().ok_or(err("truncated"))?;
         let mut maps = Vec::new();
         for _ in 0..nmaps {
@@ -180,21 +172,13 @@ impl Manifest {
         let mut chunks = Vec::with_capacity(nchunks as usize);
         for _ in 0..nchunks {
             let cell = r.u64().ok_or(err("truncated chunk table"))?;
-            let id: [u8; 32] = r
-                .take(32)
-                .ok_or(err("truncated chunk table"))?
-                .try_into()
-                .unwrap();
+            let id: [u8; 32] = r.take(32).ok_or(err("truncated chunk table"))?.try_into().unwrap();
             chunks.push((cell, ChunkId(id)));
         }
         if r.p != b.len() {
             return Err(err("trailing bytes"));
         }
-        let m = Manifest {
-            header,
-            maps,
-            chunks,
-        };
+        let m = Manifest { header, maps, chunks };
         m.check()?;
         Ok(m)
     }
@@ -244,10 +228,7 @@ impl Manifest {
 
     /// Chunk id for a cell, if the cell was stored.
     pub fn chunk_for(&self, cell: u64) -> Option<ChunkId> {
-        self.chunks
-            .binary_search_by_key(&cell, |c| c.0)
-            .ok()
-            .map(|i| self.chunks[i].1)
+        self.chunks.binary_search_by_key(&cell, |c| c.0).ok().map(|i| self.chunks[i].1)
     }
 
     pub fn created(&self) -> String {
@@ -264,9 +245,9 @@ pub fn image_extents(keep: &[(u64, u64)], parts: &[PartRecord], maps: &[UsedMap]
             Content::UsedBlocks { map, .. } => {
                 let end = p.start + p.len;
                 v.extend(
-                    maps[*map as usize].byte_ranges().map(|r| {
-                        Range::new((p.start + r.start).min(end), (p.start + r.end).min(end))
-                    }),
+                    maps[*map as usize]
+                        .byte_ranges()
+                        .map(|r| Range::new((p.start + r.start).min(end), (p.start + r.end).min(end))),
                 );
             }
             Content::EveryBlock { .. } => v.push(Range::new(p.start, p.start + p.len)),
@@ -354,11 +335,7 @@ mod tests {
         assert_eq!(Manifest::decode(&b).unwrap(), m);
         assert_eq!(
             m.extents().ranges(),
-            &[
-                Range::new(0, 1024),
-                Range::new(4096, 4096 + 3 * 4096),
-                Range::new(4096 + 50 * 4096, 4096 + 60 * 4096)
-            ]
+            &[Range::new(0, 1024), Range::new(4096, 4096 + 3 * 4096), Range::new(4096 + 50 * 4096, 4096 + 60 * 4096)]
         );
         assert_eq!(m.chunk_for(3), Some(ChunkId([2; 32])));
         assert_eq!(m.chunk_for(2), None);

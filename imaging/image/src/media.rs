@@ -53,20 +53,10 @@ fn describe(m: &BootMediaInfo) -> String {
     } else {
         "usable"
     };
-    let file = if m.file.is_empty() {
-        "network boot only".to_string()
-    } else {
-        format!("{} {}", m.file, human_bytes(m.size))
-    };
-    let pw = if m.holds_password {
-        "holds the repository password"
-    } else {
-        "attended: holds no password"
-    };
-    format!(
-        "#{:<4} {:<8} {:<8} {:<9} made {}  {state}  {file}  {pw}",
-        m.id, m.kind, m.mode, m.style, m.created_at
-    )
+    let file =
+        if m.file.is_empty() { "network boot only".to_string() } else { format!("{} {}", m.file, human_bytes(m.size)) };
+    let pw = if m.holds_password { "holds the repository password" } else { "attended: holds no password" };
+    format!("#{:<4} {:<8} {:<8} {:<9} made {}  {state}  {file}  {pw}", m.id, m.kind, m.mode, m.style, m.created_at)
 }
 
 fn json(m: &BootMediaInfo) -> serde_json::Value {
@@ -76,11 +66,9 @@ fn json(m: &BootMediaInfo) -> serde_json::Value {
 }
 
 pub fn run(a: &MediaArgs, as_json: bool, progress: bool) -> Result<()> {
-    let conn = Connection::from_files(&a.repo, &a.token_file, &a.ca, a.tls_name.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let conn =
+        Connection::from_files(&a.repo, &a.token_file, &a.ca, a.tls_name.as_deref()).map_err(anyhow::Error::msg)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let mut client = BootMediaStoreClient::new(conn.channel().await.map_err(anyhow::Error::msg)?)
             .max_decoding_message_size(lifeline_proto::MAX_MESSAGE + (1 << 20));

@@ -76,12 +76,7 @@ pub struct Disk {
 
 impl Disk {
     fn describe(&self) -> String {
-        format!(
-            "/dev/{}  {}  {}",
-            self.name,
-            human_bytes(self.size),
-            self.model
-        )
+        format!("/dev/{}  {}  {}", self.name, human_bytes(self.size), self.model)
     }
 }
 
@@ -99,17 +94,8 @@ pub struct Volume {
 
 impl Volume {
     fn describe(&self) -> String {
-        let label = if self.label.is_empty() {
-            String::new()
-        } else {
-            format!(" labelled {}", self.label)
-        };
-        format!(
-            "/dev/{}  {} {}{label}",
-            self.dev,
-            human_bytes(self.size),
-            self.fstype
-        )
+        let label = if self.label.is_empty() { String::new() } else { format!(" labelled {}", self.label) };
+        format!("/dev/{}  {} {}{label}", self.dev, human_bytes(self.size), self.fstype)
     }
 }
 
@@ -119,11 +105,7 @@ pub enum Dest {
     /// The receiver, with the boot session's credential.
     Receiver { url: String },
     /// A repository directory on a filesystem attached to this machine.
-    Local {
-        dev: String,
-        disk: String,
-        repo: PathBuf,
-    },
+    Local { dev: String, disk: String, repo: PathBuf },
 }
 
 impl Dest {
@@ -183,15 +165,8 @@ pub trait System {
     /// The images of the repository at `dest` (checks the password).
     fn open(&mut self, dest: &Dest, password: &str) -> Result<Vec<ImageRow>, OpenError>;
     fn init(&mut self, dest: &Dest, password: &str) -> Result<(), String>;
-    fn backup(&mut self, dest: &Dest, password: &str, disk: &str, name: &str)
-        -> Result<(), String>;
-    fn restore(
-        &mut self,
-        dest: &Dest,
-        password: &str,
-        image: &str,
-        disk: &str,
-    ) -> Result<(), String>;
+    fn backup(&mut self, dest: &Dest, password: &str, disk: &str, name: &str) -> Result<(), String>;
+    fn restore(&mut self, dest: &Dest, password: &str, image: &str, disk: &str) -> Result<(), String>;
     fn power(&mut self, what: Power) -> String;
     /// Unix seconds now.
     fn now(&self) -> u64;
@@ -254,30 +229,17 @@ impl Menu {
                 retry: false,
             }
         } else {
-            ReceiverState::Unavailable {
-                why: "not connected yet".into(),
-                retry: true,
-            }
+            ReceiverState::Unavailable { why: "not connected yet".into(), retry: true }
         };
-        Menu {
-            machine: machine.to_string(),
-            receiver_url: receiver_url.to_string(),
-            receiver,
-        }
+        Menu { machine: machine.to_string(), receiver_url: receiver_url.to_string(), receiver }
     }
 
     /// Connect to the receiver (claim the boot token) if that may work.
     fn connect(&mut self, c: &mut dyn Console, s: &mut dyn System) {
-        if !matches!(
-            self.receiver,
-            ReceiverState::Unavailable { retry: true, .. }
-        ) {
+        if !matches!(self.receiver, ReceiverState::Unavailable { retry: true, .. }) {
             return;
         }
-        c.say(&format!(
-            "Connecting to the receiver {} ...",
-            self.receiver_url
-        ));
+        c.say(&format!("Connecting to the receiver {} ...", self.receiver_url));
         self.receiver = match s.claim() {
             Ok(what) => ReceiverState::Ready(what),
             Err(e) => {
@@ -288,10 +250,7 @@ impl Menu {
                 } else {
                     format!("the receiver cannot be reached: {e}")
                 };
-                ReceiverState::Unavailable {
-                    why,
-                    retry: !refused,
-                }
+                ReceiverState::Unavailable { why, retry: !refused }
             }
         };
     }
@@ -304,21 +263,15 @@ impl Menu {
         loop {
             c.say("");
             match &self.receiver {
-                ReceiverState::None => c.say(
-                    "Images go to a disk attached to this machine (no receiver: local media).",
-                ),
-                ReceiverState::Ready(what) => c.say(&format!(
-                    "Receiver {}: connected ({what}).",
-                    self.receiver_url
-                )),
-                ReceiverState::Unavailable { why, .. } => c.say(&format!(
-                    "Receiver unavailable: {why}. Disks attached to this machine can still be used."
-                )),
+                ReceiverState::None => {
+                    c.say("Images go to a disk attached to this machine (no receiver: local media).")
+                }
+                ReceiverState::Ready(what) => c.say(&format!("Receiver {}: connected ({what}).", self.receiver_url)),
+                ReceiverState::Unavailable { why, .. } => {
+                    c.say(&format!("Receiver unavailable: {why}. Disks attached to this machine can still be used."))
+                }
             }
-            let retry = matches!(
-                self.receiver,
-                ReceiverState::Unavailable { retry: true, .. }
-            );
+            let retry = matches!(self.receiver, ReceiverState::Unavailable { retry: true, .. });
             let mut items = vec![
                 "Back up a disk".to_string(),
                 "Restore an image onto a disk".to_string(),
@@ -352,11 +305,7 @@ impl Menu {
                 Ok(Some(())) => match choose(
                     c,
                     "What now?",
-                    &[
-                        "Back to the menu".into(),
-                        "Reboot".into(),
-                        "Power off".into(),
-                    ],
+                    &["Back to the menu".into(), "Reboot".into(), "Power off".into()],
                     false,
                 ) {
                     Ok(0) => {}
@@ -426,51 +375,30 @@ impl Menu {
         let dest = self.destination(c, s, None, "Where are the images?")?;
         let (password, mut images) = self.password(c, s, &dest, false, "restore")?;
         if images.is_empty() {
-            c.say(&format!(
-                "{} holds no image yet: nothing to restore.",
-                dest.describe()
-            ));
+            c.say(&format!("{} holds no image yet: nothing to restore.", dest.describe()));
             return Err(Stop::Back);
         }
         // This machine's first, newest first.
         images.sort_by(|a, b| {
-            (a.machine != self.machine)
-                .cmp(&(b.machine != self.machine))
-                .then(b.created.cmp(&a.created))
+            (a.machine != self.machine).cmp(&(b.machine != self.machine)).then(b.created.cmp(&a.created))
         });
         let rows: Vec<String> = images
             .iter()
-            .map(|i| {
-                format!(
-                    "{}  {}  machine {}  disk {}",
-                    i.name,
-                    i.created,
-                    i.machine,
-                    human_bytes(i.disk_size)
-                )
-            })
+            .map(|i| format!("{}  {}  machine {}  disk {}", i.name, i.created, i.machine, human_bytes(i.disk_size)))
             .collect();
         let image = images[choose(c, "Which image do you want to restore?", &rows, true)?].clone();
         let exclude = match &dest {
             Dest::Local { disk, .. } => Some(disk.clone()),
             Dest::Receiver { .. } => None,
         };
-        let disks: Vec<Disk> = s
-            .disks()
-            .into_iter()
-            .filter(|d| Some(&d.name) != exclude.as_ref())
-            .collect();
+        let disks: Vec<Disk> = s.disks().into_iter().filter(|d| Some(&d.name) != exclude.as_ref()).collect();
         if disks.is_empty() {
             c.say("No disk to restore onto.");
             return Err(Stop::Back);
         }
         let rows: Vec<String> = disks.iter().map(Disk::describe).collect();
-        let disk = disks[choose(
-            c,
-            "Which disk should the image be written to? EVERYTHING ON IT WILL BE REPLACED.",
-            &rows,
-            true,
-        )?]
+        let disk = disks
+            [choose(c, "Which disk should the image be written to? EVERYTHING ON IT WILL BE REPLACED.", &rows, true)?]
         .clone();
         if disk.size < image.disk_size {
             c.say(&format!(
@@ -488,10 +416,7 @@ impl Menu {
             human_bytes(disk.size),
             disk.model
         ));
-        c.say(&format!(
-            "? Type the disk's name ({}) to restore onto it, anything else to go back:",
-            disk.name
-        ));
+        c.say(&format!("? Type the disk's name ({}) to restore onto it, anything else to go back:", disk.name));
         let typed = c.line().ok_or(Stop::Eof)?;
         if typed != disk.name && typed != format!("/dev/{}", disk.name) {
             c.say("Not confirmed; nothing was written.");
@@ -521,9 +446,7 @@ impl Menu {
         job: &str,
     ) -> Step<(String, Vec<ImageRow>)> {
         let tag = job.to_uppercase();
-        let pw = c
-            .secret("? Repository password (not shown as you type):")
-            .ok_or(Stop::Eof)?;
+        let pw = c.secret("? Repository password (not shown as you type):").ok_or(Stop::Eof)?;
         if pw.is_empty() {
             c.say("An empty password is not allowed. Nothing was written.");
             return Err(Stop::Back);
@@ -562,17 +485,11 @@ impl Menu {
                 }
             }
             Err(OpenError::NoRepository) => {
-                c.say(&format!(
-                    "LIFELINE-{tag}-FAILED: {} holds no repository: nothing to restore.",
-                    dest.describe()
-                ));
+                c.say(&format!("LIFELINE-{tag}-FAILED: {} holds no repository: nothing to restore.", dest.describe()));
                 Err(Stop::Back)
             }
             Err(OpenError::Other(e)) => {
-                c.say(&format!(
-                    "LIFELINE-{tag}-FAILED: cannot open the repository on {}: {e}",
-                    dest.describe()
-                ));
+                c.say(&format!("LIFELINE-{tag}-FAILED: cannot open the repository on {}: {e}", dest.describe()));
                 Err(Stop::Back)
             }
         }
@@ -587,11 +504,7 @@ impl Menu {
         exclude: Option<&str>,
         question: &str,
     ) -> Step<Dest> {
-        let vols: Vec<Volume> = s
-            .volumes()
-            .into_iter()
-            .filter(|v| Some(v.disk.as_str()) != exclude)
-            .collect();
+        let vols: Vec<Volume> = s.volumes().into_iter().filter(|v| Some(v.disk.as_str()) != exclude).collect();
         let mut items = Vec::new();
         let mut choices: Vec<Option<Volume>> = Vec::new();
         match &self.receiver {
@@ -599,16 +512,11 @@ impl Menu {
                 items.push(format!("The receiver {}", self.receiver_url));
                 choices.push(None);
             }
-            ReceiverState::Unavailable { why, .. } => {
-                c.say(&format!("(The receiver is not offered: {why}.)"))
-            }
+            ReceiverState::Unavailable { why, .. } => c.say(&format!("(The receiver is not offered: {why}.)")),
             ReceiverState::None => {}
         }
         for v in vols.iter().filter(|v| v.label == "LIFELINE") {
-            items.push(format!(
-                "The disk attached here labelled LIFELINE: {}",
-                v.describe()
-            ));
+            items.push(format!("The disk attached here labelled LIFELINE: {}", v.describe()));
             choices.push(Some(v.clone()));
         }
         let others = !vols.is_empty();
@@ -622,23 +530,23 @@ impl Menu {
         let i = choose(c, question, &items, true)?;
         let vol = if others && i == items.len() - 1 {
             let rows: Vec<String> = vols.iter().map(Volume::describe).collect();
-            vols[choose(c, "Which filesystem holds (or should hold) the images? They go to its directory lifeline-images.", &rows, true)?].clone()
+            vols[choose(
+                c,
+                "Which filesystem holds (or should hold) the images? They go to its directory lifeline-images.",
+                &rows,
+                true,
+            )?]
+            .clone()
         } else {
             match &choices[i] {
-                None => {
-                    return Ok(Dest::Receiver {
-                        url: self.receiver_url.clone(),
-                    })
-                }
+                None => return Ok(Dest::Receiver { url: self.receiver_url.clone() }),
                 Some(v) => v.clone(),
             }
         };
         match s.mount(&vol.dev) {
-            Ok(dir) => Ok(Dest::Local {
-                dev: vol.dev.clone(),
-                disk: vol.disk.clone(),
-                repo: dir.join("lifeline-images"),
-            }),
+            Ok(dir) => {
+                Ok(Dest::Local { dev: vol.dev.clone(), disk: vol.disk.clone(), repo: dir.join("lifeline-images") })
+            }
             Err(e) => {
                 c.say(&format!("Cannot mount /dev/{}: {e}", vol.dev));
                 Err(Stop::Back)
@@ -676,16 +584,13 @@ fn yes(c: &mut dyn Console, question: &str) -> Step<bool> {
 /// `20261122-061503` (UTC).
 fn stamp(secs: u64) -> String {
     let s = format_utc(secs);
-    s.chars()
-        .filter(|c| c.is_ascii_digit())
-        .enumerate()
-        .fold(String::new(), |mut acc, (i, ch)| {
-            if i == 8 {
-                acc.push('-');
-            }
-            acc.push(ch);
-            acc
-        })
+    s.chars().filter(|c| c.is_ascii_digit()).enumerate().fold(String::new(), |mut acc, (i, ch)| {
+        if i == 8 {
+            acc.push('-');
+        }
+        acc.push(ch);
+        acc
+    })
 }
 
 /// An image name as the repository takes it (letters, digits, `.`, `_`, `-`).
@@ -696,10 +601,7 @@ fn check_name(n: &str) -> Result<(), &'static str> {
     if n.starts_with('.') || n.starts_with('-') {
         return Err("it must not start with . or -");
     }
-    if !n
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    if !n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         return Err("only letters, digits, '.', '_' and '-'");
     }
     Ok(())
@@ -758,11 +660,7 @@ pub struct BootOs {
 impl BootOs {
     pub fn new(args: MenuArgs) -> BootOs {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/bin/lifeline-image"));
-        BootOs {
-            args,
-            exe,
-            mounted: false,
-        }
+        BootOs { args, exe, mounted: false }
     }
 
     fn session(&self) -> PathBuf {
@@ -773,12 +671,8 @@ impl BootOs {
     fn repo_args(&self, dest: &Dest) -> Vec<String> {
         match dest {
             Dest::Receiver { url } => {
-                let mut v = vec![
-                    "--repo".into(),
-                    url.clone(),
-                    "--token-file".into(),
-                    self.session().display().to_string(),
-                ];
+                let mut v =
+                    vec!["--repo".into(), url.clone(), "--token-file".into(), self.session().display().to_string()];
                 if let Some(ca) = &self.args.ca {
                     v.extend(["--ca".into(), ca.display().to_string()]);
                 }
@@ -791,56 +685,32 @@ impl BootOs {
     /// Run this program with `args` and the password on a pipe (never in a
     /// file nor the environment). `capture`: collect stdout and stderr;
     /// otherwise they go to the console (the progress line).
-    fn job(
-        &self,
-        args: &[String],
-        dest: &Dest,
-        password: &str,
-        capture: bool,
-    ) -> Result<String, String> {
+    fn job(&self, args: &[String], dest: &Dest, password: &str, capture: bool) -> Result<String, String> {
         let mut cmd = Command::new(&self.exe);
-        cmd.args(args)
-            .args(self.repo_args(dest))
-            .args(["--password-file", "/proc/self/fd/0"]);
+        cmd.args(args).args(self.repo_args(dest)).args(["--password-file", "/proc/self/fd/0"]);
         cmd.stdin(Stdio::piped());
         if capture {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         cmd.env_remove("LIFELINE_PASSWORD");
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
         if let Some(mut i) = child.stdin.take() {
             let _ = writeln!(i, "{password}");
         }
         let out = child.wait_with_output().map_err(|e| format!("{e}"))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).to_string())
         } else {
-            let last = text
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim_start_matches("error: ")
-                .to_string();
-            Err(if last.is_empty() {
-                format!("exited with {}", out.status)
-            } else {
-                last
-            })
+            let last =
+                text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("error: ").to_string();
+            Err(if last.is_empty() { format!("exited with {}", out.status) } else { last })
         }
     }
 }
 
 fn read_trim(p: &Path) -> String {
-    std::fs::read_to_string(p)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    std::fs::read_to_string(p).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 impl System for BootOs {
@@ -851,10 +721,7 @@ impl System for BootOs {
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if ["loop", "ram", "zram", "sr", "fd", "nbd"]
-                .iter()
-                .any(|p| name.starts_with(p))
-            {
+            if ["loop", "ram", "zram", "sr", "fd", "nbd"].iter().any(|p| name.starts_with(p)) {
                 continue;
             }
             let d = e.path();
@@ -863,20 +730,13 @@ impl System for BootOs {
                 continue;
             }
             // (virtio's vendor file holds a PCI id, not a name.)
-            let mut model = [
-                read_trim(&d.join("device/vendor")),
-                read_trim(&d.join("device/model")),
-            ]
-            .into_iter()
-            .filter(|s| !s.is_empty() && !s.starts_with("0x"))
-            .collect::<Vec<_>>()
-            .join(" ");
+            let mut model = [read_trim(&d.join("device/vendor")), read_trim(&d.join("device/model"))]
+                .into_iter()
+                .filter(|s| !s.is_empty() && !s.starts_with("0x"))
+                .collect::<Vec<_>>()
+                .join(" ");
             if model.is_empty() {
-                model = if name.starts_with("vd") {
-                    "virtio disk".into()
-                } else {
-                    "unknown model".into()
-                };
+                model = if name.starts_with("vd") { "virtio disk".into() } else { "unknown model".into() };
             }
             if read_trim(&d.join("removable")) == "1" {
                 model += " (removable)";
@@ -905,10 +765,7 @@ impl System for BootOs {
                 vol.dev.clone()
             };
         }
-        v.retain(|x| {
-            !["swap", "iso9660", "squashfs", "LVM2_member", "crypto_LUKS"]
-                .contains(&x.fstype.as_str())
-        });
+        v.retain(|x| !["swap", "iso9660", "squashfs", "LVM2_member", "crypto_LUKS"].contains(&x.fstype.as_str()));
         v.sort_by(|a, b| a.dev.cmp(&b.dev));
         v
     }
@@ -916,8 +773,7 @@ impl System for BootOs {
     fn mount(&mut self, dev: &str) -> Result<PathBuf, String> {
         self.unmount();
         let dir = self.args.mount_dir.clone();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let out = Command::new("mount")
             .arg(format!("/dev/{dev}"))
             .arg(&dir)
@@ -950,13 +806,7 @@ impl System for BootOs {
         }
         std::fs::create_dir_all(&self.args.work_dir).map_err(|e| e.to_string())?;
         let out = Command::new(&self.exe)
-            .args([
-                "--quiet",
-                "claim",
-                "--repo",
-                &self.args.receiver,
-                "--token-file",
-            ])
+            .args(["--quiet", "claim", "--repo", &self.args.receiver, "--token-file"])
             .arg(token)
             .arg("--ca")
             .arg(ca)
@@ -969,67 +819,34 @@ impl System for BootOs {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
-            Err(err
-                .lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim_start_matches("error: ")
-                .to_string())
+            Err(err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim_start_matches("error: ").to_string())
         }
     }
 
     fn open(&mut self, dest: &Dest, password: &str) -> Result<Vec<ImageRow>, OpenError> {
-        match self.job(
-            &["--quiet".into(), "--json".into(), "list".into()],
-            dest,
-            password,
-            true,
-        ) {
+        match self.job(&["--quiet".into(), "--json".into(), "list".into()], dest, password, true) {
             Ok(json) => parse_list(&json).map_err(OpenError::Other),
             Err(e) if e.contains("wrong password") => Err(OpenError::WrongPassword),
             Err(e) if e.contains("not a Lifeline repository") => Err(OpenError::NoRepository),
-            Err(e) if matches!(dest, Dest::Local { .. }) && e.contains("No such file") => {
-                Err(OpenError::NoRepository)
-            }
+            Err(e) if matches!(dest, Dest::Local { .. }) && e.contains("No such file") => Err(OpenError::NoRepository),
             Err(e) => Err(OpenError::Other(e)),
         }
     }
 
     fn init(&mut self, dest: &Dest, password: &str) -> Result<(), String> {
         if let Dest::Local { repo, .. } = dest {
-            std::fs::create_dir_all(repo)
-                .map_err(|e| format!("cannot create {}: {e}", repo.display()))?;
+            std::fs::create_dir_all(repo).map_err(|e| format!("cannot create {}: {e}", repo.display()))?;
         }
-        self.job(&["--quiet".into(), "init".into()], dest, password, true)
-            .map(|_| ())
+        self.job(&["--quiet".into(), "init".into()], dest, password, true).map(|_| ())
     }
 
-    fn backup(
-        &mut self,
-        dest: &Dest,
-        password: &str,
-        disk: &str,
-        name: &str,
-    ) -> Result<(), String> {
-        let args = [
-            "backup",
-            "--name",
-            name,
-            "--machine",
-            &self.args.machine,
-            &format!("/dev/{disk}"),
-        ]
-        .map(String::from);
+    fn backup(&mut self, dest: &Dest, password: &str, disk: &str, name: &str) -> Result<(), String> {
+        let args =
+            ["backup", "--name", name, "--machine", &self.args.machine, &format!("/dev/{disk}")].map(String::from);
         self.job(&args, dest, password, false).map(|_| ())
     }
 
-    fn restore(
-        &mut self,
-        dest: &Dest,
-        password: &str,
-        image: &str,
-        disk: &str,
-    ) -> Result<(), String> {
+    fn restore(&mut self, dest: &Dest, password: &str, image: &str, disk: &str) -> Result<(), String> {
         let args = ["restore", "--name", image, &format!("/dev/{disk}")].map(String::from);
         self.job(&args, dest, password, false).map(|_| ())
     }
@@ -1048,9 +865,7 @@ impl System for BootOs {
     }
 
     fn now(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 }
 
@@ -1067,19 +882,12 @@ fn parse_blkid(line: &str) -> Option<Volume> {
         Some(r[at..at + end].to_string())
     };
     let fstype = field("TYPE")?;
-    Some(Volume {
-        disk: dev.clone(),
-        dev,
-        size: 0,
-        label: field("LABEL").unwrap_or_default(),
-        fstype,
-    })
+    Some(Volume { disk: dev.clone(), dev, size: 0, label: field("LABEL").unwrap_or_default(), fstype })
 }
 
 /// `lifeline-image --json list`'s output.
 fn parse_list(json: &str) -> Result<Vec<ImageRow>, String> {
-    let v: serde_json::Value =
-        serde_json::from_str(json.trim()).map_err(|e| format!("unreadable image list: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(json.trim()).map_err(|e| format!("unreadable image list: {e}"))?;
     let rows = v.as_array().ok_or("the image list is not a list")?;
     Ok(rows
         .iter()
@@ -1121,11 +929,7 @@ mod tests {
 
     impl Script {
         fn new(answers: &[&'static str]) -> Script {
-            Script {
-                answers: answers.iter().copied().collect(),
-                out: Vec::new(),
-                secrets_asked: 0,
-            }
+            Script { answers: answers.iter().copied().collect(), out: Vec::new(), secrets_asked: 0 }
         }
         fn text(&self) -> String {
             self.out.join("\n")
@@ -1184,16 +988,8 @@ mod tests {
     impl System for Fake {
         fn disks(&mut self) -> Vec<Disk> {
             vec![
-                Disk {
-                    name: "vda".into(),
-                    size: 96 << 20,
-                    model: "virtio disk".into(),
-                },
-                Disk {
-                    name: "vdb".into(),
-                    size: 256 << 20,
-                    model: "virtio disk".into(),
-                },
+                Disk { name: "vda".into(), size: 96 << 20, model: "virtio disk".into() },
+                Disk { name: "vdb".into(), size: 256 << 20, model: "virtio disk".into() },
             ]
         }
         fn volumes(&mut self) -> Vec<Volume> {
@@ -1229,11 +1025,7 @@ mod tests {
             self.claim.clone()
         }
         fn open(&mut self, dest: &Dest, password: &str) -> Result<Vec<ImageRow>, OpenError> {
-            let repo = if matches!(dest, Dest::Receiver { .. }) {
-                self.repo
-            } else {
-                self.local_repo
-            };
+            let repo = if matches!(dest, Dest::Receiver { .. }) { self.repo } else { self.local_repo };
             match repo {
                 None => Err(OpenError::NoRepository),
                 Some(p) if p == password => Ok(self.images.clone()),
@@ -1241,34 +1033,15 @@ mod tests {
             }
         }
         fn init(&mut self, dest: &Dest, password: &str) -> Result<(), String> {
-            self.ran
-                .push(format!("init {} {password}", dest.describe()));
+            self.ran.push(format!("init {} {password}", dest.describe()));
             Ok(())
         }
-        fn backup(
-            &mut self,
-            dest: &Dest,
-            password: &str,
-            disk: &str,
-            name: &str,
-        ) -> Result<(), String> {
-            self.ran.push(format!(
-                "backup {disk} to {} as {name} with {password}",
-                dest.describe()
-            ));
+        fn backup(&mut self, dest: &Dest, password: &str, disk: &str, name: &str) -> Result<(), String> {
+            self.ran.push(format!("backup {disk} to {} as {name} with {password}", dest.describe()));
             Ok(())
         }
-        fn restore(
-            &mut self,
-            dest: &Dest,
-            password: &str,
-            image: &str,
-            disk: &str,
-        ) -> Result<(), String> {
-            self.ran.push(format!(
-                "restore {image} from {} to {disk} with {password}",
-                dest.describe()
-            ));
+        fn restore(&mut self, dest: &Dest, password: &str, image: &str, disk: &str) -> Result<(), String> {
+            self.ran.push(format!("restore {image} from {} to {disk} with {password}", dest.describe()));
             Ok(())
         }
         fn power(&mut self, what: Power) -> String {
@@ -1293,24 +1066,12 @@ mod tests {
         let name = format!("pc1-{}", stamp(1_795_000_000));
         assert_eq!(
             f.ran,
-            vec![
-                format!("backup vda to the receiver https://10.0.2.2:7700 as {name} with pw"),
-                "power Off".into()
-            ]
+            vec![format!("backup vda to the receiver https://10.0.2.2:7700 as {name} with pw"), "power Off".into()]
         );
         let t = c.text();
-        assert!(
-            t.contains(&format!("LIFELINE-BACKUP-OK image={name} disk=/dev/vda")),
-            "{t}"
-        );
-        assert!(
-            t.contains("Receiver https://10.0.2.2:7700: connected (boot session for media #3)"),
-            "{t}"
-        );
-        assert!(
-            !t.contains("pw\n") && !t.contains("with pw"),
-            "the password was shown:\n{t}"
-        );
+        assert!(t.contains(&format!("LIFELINE-BACKUP-OK image={name} disk=/dev/vda")), "{t}");
+        assert!(t.contains("Receiver https://10.0.2.2:7700: connected (boot session for media #3)"), "{t}");
+        assert!(!t.contains("pw\n") && !t.contains("with pw"), "the password was shown:\n{t}");
         assert_eq!(f.claims, 1);
         assert_eq!(stamp(0), "19700101-000000");
     }
@@ -1335,9 +1096,7 @@ mod tests {
         let mut c = Script::new(&["1", "1", "1", "", "secret", "secreT"]);
         menu().run(&mut c, &mut f);
         assert!(f.ran.is_empty(), "{:?}", f.ran);
-        assert!(c
-            .text()
-            .contains("The two passwords differ. Nothing was written."));
+        assert!(c.text().contains("The two passwords differ. Nothing was written."));
     }
 
     #[test]
@@ -1346,12 +1105,7 @@ mod tests {
         let mut c = Script::new(&["2", "1", "wrong", "5"]);
         assert_eq!(menu().run(&mut c, &mut f), End::Power(Power::Off));
         let t = c.text();
-        assert!(
-            t.contains(
-                "LIFELINE-RESTORE-FAILED: wrong password for the repository on the receiver"
-            ),
-            "{t}"
-        );
+        assert!(t.contains("LIFELINE-RESTORE-FAILED: wrong password for the repository on the receiver"), "{t}");
         assert_eq!(t.matches("LIFELINE-MENU machine=pc1").count(), 2, "{t}");
         assert_eq!(f.ran, vec!["power Off".to_string()]);
     }
@@ -1367,16 +1121,8 @@ mod tests {
         // And with it.
         let mut c = Script::new(&["2", "1", "pw", "1", "1", "vda", "1"]);
         menu().run(&mut c, &mut f);
-        assert_eq!(
-            f.ran,
-            vec![
-                "restore pc1-old from the receiver https://10.0.2.2:7700 to vda with pw"
-                    .to_string()
-            ]
-        );
-        assert!(c
-            .text()
-            .contains("LIFELINE-RESTORE-OK image=pc1-old disk=/dev/vda"));
+        assert_eq!(f.ran, vec!["restore pc1-old from the receiver https://10.0.2.2:7700 to vda with pw".to_string()]);
+        assert!(c.text().contains("LIFELINE-RESTORE-OK image=pc1-old disk=/dev/vda"));
     }
 
     #[test]
@@ -1389,17 +1135,10 @@ mod tests {
         local.run(&mut c, &mut f);
         assert_eq!(
             f.ran,
-            vec![
-                "mount vdb1".to_string(),
-                "backup vda to /dev/vdb1 as img with pw".into(),
-                "umount vdb1".into()
-            ]
+            vec!["mount vdb1".to_string(), "backup vda to /dev/vdb1 as img with pw".into(), "umount vdb1".into()]
         );
         let t = c.text();
-        assert!(
-            t.contains("1) The disk attached here labelled LIFELINE: /dev/vdb1"),
-            "{t}"
-        );
+        assert!(t.contains("1) The disk attached here labelled LIFELINE: /dev/vdb1"), "{t}");
         assert!(!t.contains("The receiver"), "{t}");
         assert_eq!(f.claims, 0);
         // "Another partition": only vdb1 is listed (vda1 is on the source disk).
@@ -1407,20 +1146,13 @@ mod tests {
         let mut c = Script::new(&["1", "1", "3", "1", "img", "pw"]);
         menu().run(&mut c, &mut f);
         let t = c.text();
-        assert!(
-            t.contains("  1) /dev/vdb1") && !t.contains("/dev/vda1"),
-            "{t}"
-        );
+        assert!(t.contains("  1) /dev/vdb1") && !t.contains("/dev/vda1"), "{t}");
         // A restore from vdb1 cannot target vdb.
         let mut f = Fake::new();
         f.local_repo = Some("pw");
         let mut c = Script::new(&["2", "2", "pw", "1", "2"]);
         menu().run(&mut c, &mut f);
-        assert!(
-            c.text().contains("\"2\" is not one of the numbers shown."),
-            "{}",
-            c.text()
-        );
+        assert!(c.text().contains("\"2\" is not one of the numbers shown."), "{}", c.text());
     }
 
     #[test]
@@ -1430,7 +1162,12 @@ mod tests {
         let mut c = Script::new(&["1", "1", "0", "4"]);
         assert_eq!(menu().run(&mut c, &mut f), End::Power(Power::Reboot));
         let t = c.text();
-        assert!(t.contains("Receiver unavailable: the receiver refused this boot's token: boot token refused: already used"), "{t}");
+        assert!(
+            t.contains(
+                "Receiver unavailable: the receiver refused this boot's token: boot token refused: already used"
+            ),
+            "{t}"
+        );
         assert!(!t.contains("Connect to the receiver again"), "{t}");
         assert!(!t.contains("1) The receiver"), "{t}");
         // Unreachable: retry offered, and a retry that works makes it usable.
@@ -1439,18 +1176,11 @@ mod tests {
         let mut c = Script::new(&["6"]);
         let mut m = menu();
         m.run(&mut c, &mut f);
-        assert!(
-            c.text().contains("6) Connect to the receiver again"),
-            "{}",
-            c.text()
-        );
+        assert!(c.text().contains("6) Connect to the receiver again"), "{}", c.text());
         // No network: no claim at all.
         let mut f = Fake::new();
         let mut c = Script::new(&["3"]);
-        assert_eq!(
-            Menu::new("pc1", "receiver", "https://x:1", "").run(&mut c, &mut f),
-            End::Shell
-        );
+        assert_eq!(Menu::new("pc1", "receiver", "https://x:1", "").run(&mut c, &mut f), End::Shell);
         assert_eq!(f.claims, 0);
         assert!(c.text().contains("no network"), "{}", c.text());
     }
@@ -1458,23 +1188,11 @@ mod tests {
     #[test]
     fn bad_answers_are_asked_again() {
         let mut f = Fake::new();
-        let mut c = Script::new(&[
-            "9",
-            "x",
-            "1",
-            "1",
-            "1",
-            "bad name!",
-            "ok-name",
-            "pw",
-            "no",
-            "5",
-        ]);
+        let mut c = Script::new(&["9", "x", "1", "1", "1", "bad name!", "ok-name", "pw", "no", "5"]);
         assert_eq!(menu().run(&mut c, &mut f), End::Power(Power::Off));
         let t = c.text();
         assert!(
-            t.contains("\"9\" is not one of the numbers shown.")
-                && t.contains("\"bad name!\" cannot be an image name"),
+            t.contains("\"9\" is not one of the numbers shown.") && t.contains("\"bad name!\" cannot be an image name"),
             "{t}"
         );
         assert!(t.contains("Not started; nothing was written."), "{t}");
@@ -1484,27 +1202,18 @@ mod tests {
     #[test]
     fn parsers() {
         let v = parse_blkid(r#"/dev/vdb1: LABEL="LIFELINE" UUID="1234" TYPE="ext4""#).unwrap();
-        assert_eq!(
-            (v.dev.as_str(), v.label.as_str(), v.fstype.as_str()),
-            ("vdb1", "LIFELINE", "ext4")
-        );
+        assert_eq!((v.dev.as_str(), v.label.as_str(), v.fstype.as_str()), ("vdb1", "LIFELINE", "ext4"));
         let v = parse_blkid(r#"/dev/vda2: UUID="ab" TYPE="swap""#).unwrap();
         assert_eq!((v.label.as_str(), v.fstype.as_str()), ("", "swap"));
         assert!(parse_blkid("/dev/vda: PTUUID=\"x\" PTTYPE=\"gpt\"").is_none());
-        let rows = parse_list(r#"[{"name":"a","created_unix":0,"machine":"pc1","disk_size":5,"image_bytes":1},{"name":"b","error":"x"}]"#).unwrap();
+        let rows = parse_list(
+            r#"[{"name":"a","created_unix":0,"machine":"pc1","disk_size":5,"image_bytes":1},{"name":"b","error":"x"}]"#,
+        )
+        .unwrap();
         assert_eq!(
             rows,
-            vec![ImageRow {
-                name: "a".into(),
-                created: format_utc(0),
-                machine: "pc1".into(),
-                disk_size: 5
-            }]
+            vec![ImageRow { name: "a".into(), created: format_utc(0), machine: "pc1".into(), disk_size: 5 }]
         );
-        assert!(
-            check_name("pc1-20261122-000000").is_ok()
-                && check_name("../x").is_err()
-                && check_name("a b").is_err()
-        );
+        assert!(check_name("pc1-20261122-000000").is_ok() && check_name("../x").is_err() && check_name("a b").is_err());
     }
 }

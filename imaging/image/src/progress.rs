@@ -21,7 +21,10 @@ pub struct Progress {
 /// with (what, bytes done, total) about every [`WATCH_EVERY`] and once at
 /// the end.
 #[derive(Clone)]
-pub struct Watcher(Arc<dyn Fn(&str, u64, u64) + Send + Sync>);
+pub struct Watcher(Arc<WatchFn>);
+
+/// (what, bytes done, total).
+type WatchFn = dyn Fn(&str, u64, u64) + Send + Sync;
 
 /// How often a [`Watcher`] hears of progress.
 pub const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -141,16 +144,8 @@ impl Shared {
         let done = self.done.load(Ordering::Relaxed).min(self.total);
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = done as f64 / secs;
-        let pct = if self.total == 0 {
-            100.0
-        } else {
-            done as f64 * 100.0 / self.total as f64
-        };
-        let eta = if rate > 0.0 {
-            human_secs((self.total - done) as f64 / rate)
-        } else {
-            "?".into()
-        };
+        let pct = if self.total == 0 { 100.0 } else { done as f64 * 100.0 / self.total as f64 };
+        let eta = if rate > 0.0 { human_secs((self.total - done) as f64 / rate) } else { "?".into() };
         format!(
             "{}: {} / {} ({pct:.0}%), {}/s, ETA {eta}",
             self.what,

@@ -36,25 +36,18 @@ pub fn forget(repo: &Repo, name: &str) -> Result<()> {
 /// Delete every pack no image uses a chunk of.
 pub fn prune(repo: &Repo) -> Result<PruneReport> {
     let Some(_lock) = repo.lock(true)? else {
-        bail!(
-            "a backup is writing to {}; prune when it has finished",
-            repo.location()
-        );
+        bail!("a backup is writing to {}; prune when it has finished", repo.location());
     };
     let names = repo.list()?;
     let mut used: HashSet<ChunkId> = HashSet::new();
     for n in &names {
         // An image that cannot be read might still use any chunk: deleting
         // nothing is the only safe answer.
-        let m = load(repo, n).with_context(|| {
-            format!("cannot read image {n:?}, so nothing was pruned; verify the repository")
-        })?;
+        let m = load(repo, n)
+            .with_context(|| format!("cannot read image {n:?}, so nothing was pruned; verify the repository"))?;
         used.extend(m.chunks.iter().map(|c| c.1));
     }
-    let report = PruneReport {
-        images: names.len(),
-        packs: repo.prune_packs(&used)?,
-    };
+    let report = PruneReport { images: names.len(), packs: repo.prune_packs(&used)? };
     info!(?report, "prune done");
     Ok(report)
 }

@@ -41,8 +41,7 @@ struct RemotePackSink {
     conn: Connection,
     id: PackId,
     tx: Option<mpsc::Sender<PackPiece>>,
-    reply:
-        Option<tokio::task::JoinHandle<std::result::Result<tonic::Response<ImageEmpty>, Status>>>,
+    reply: Option<tokio::task::JoinHandle<std::result::Result<tonic::Response<ImageEmpty>, Status>>>,
     buf: Vec<u8>,
     first: bool,
 }
@@ -69,24 +68,13 @@ fn remote_error(conn: &Connection, what: &str, s: Status) -> RepoError {
 impl RemotePackSink {
     fn send_piece(&mut self) -> Result<()> {
         let data = std::mem::take(&mut self.buf);
-        let id = if std::mem::take(&mut self.first) {
-            self.id.0.to_vec()
-        } else {
-            vec![]
-        };
-        let sent = self
-            .tx
-            .as_ref()
-            .expect("open")
-            .blocking_send(PackPiece { id, data });
+        let id = if std::mem::take(&mut self.first) { self.id.0.to_vec() } else { vec![] };
+        let sent = self.tx.as_ref().expect("open").blocking_send(PackPiece { id, data });
         if sent.is_err() {
             // The stream ended early: the receiver refused; its answer says why.
             self.tx = None;
             return Err(self.wait().err().unwrap_or_else(|| {
-                RepoError::Remote(format!(
-                    "the receiver at {} closed the upload",
-                    self.conn.endpoint()
-                ))
+                RepoError::Remote(format!("the receiver at {} closed the upload", self.conn.endpoint()))
             }));
         }
         Ok(())
@@ -98,9 +86,7 @@ impl RemotePackSink {
         };
         match self.rt.block_on(reply) {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(s)) if s.code() == Code::AlreadyExists => {
-                Err(RepoError::PackExists { pack: self.id })
-            }
+            Ok(Err(s)) if s.code() == Code::AlreadyExists => Err(RepoError::PackExists { pack: self.id }),
             Ok(Err(s)) => Err(remote_error(&self.conn, "uploading a pack", s)),
             Err(e) => Err(RepoError::Remote(format!("upload task failed: {e}"))),
         }
@@ -147,11 +133,7 @@ pub fn claim_boot(conn: &Connection) -> std::result::Result<BootSession, String>
         let mut client = ImageStoreClient::new(conn.channel().await?);
         match client.claim_boot(conn.request(ImageEmpty {})).await {
             Ok(r) => Ok(r.into_inner()),
-            Err(s) => Err(format!(
-                "the receiver {} refused the boot token: {}",
-                conn.endpoint(),
-                s.message()
-            )),
+            Err(s) => Err(format!("the receiver {} refused the boot token: {}", conn.endpoint(), s.message())),
         }
     })
 }
@@ -172,10 +154,7 @@ impl JobReporter {
     /// Starts job `kind` (backup, restore) of `image` (may be empty: named
     /// at the end) on `disk`.
     pub fn start(conn: &Connection, kind: &str, image: &str, disk: &str) -> Option<JobReporter> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
         let r = JobReporter {
             rt,
             conn: conn.clone(),
@@ -183,36 +162,19 @@ impl JobReporter {
             job: Mutex::new(0),
             kind: kind.to_string(),
         };
-        r.send(JobReport {
-            state: "running".into(),
-            image: image.into(),
-            disk: disk.into(),
-            ..Default::default()
-        });
+        r.send(JobReport { state: "running".into(), image: image.into(), disk: disk.into(), ..Default::default() });
         Some(r)
     }
 
     pub fn progress(&self, done: u64, total: u64) {
-        self.send(JobReport {
-            state: "running".into(),
-            done_bytes: done,
-            total_bytes: total,
-            ..Default::default()
-        });
+        self.send(JobReport { state: "running".into(), done_bytes: done, total_bytes: total, ..Default::default() });
     }
 
     /// The end: `Ok` with the image, disk and byte counts, or the error.
     pub fn finish(&self, outcome: std::result::Result<JobReport, String>) {
         let r = match outcome {
-            Ok(r) => JobReport {
-                state: "ok".into(),
-                ..r
-            },
-            Err(message) => JobReport {
-                state: "failed".into(),
-                message,
-                ..Default::default()
-            },
+            Ok(r) => JobReport { state: "ok".into(), ..r },
+            Err(message) => JobReport { state: "failed".into(), message, ..Default::default() },
         };
         self.send(r);
     }
@@ -228,10 +190,7 @@ impl JobReporter {
                 *client = Some(ImageStoreClient::new(conn.channel().await?));
             }
             let c = client.as_mut().expect("connected");
-            c.report_job(conn.request(r))
-                .await
-                .map(|x| x.into_inner().job)
-                .map_err(|s| s.message().to_string())
+            c.report_job(conn.request(r)).await.map(|x| x.into_inner().job).map_err(|s| s.message().to_string())
         });
         match sent {
             Ok(id) => *job = id,
@@ -254,9 +213,7 @@ impl RemoteStore {
             .map_err(|e| RepoError::Remote(format!("cannot start the network runtime: {e}")))?;
         let channel = rt.block_on(conn.channel()).map_err(RepoError::Remote)?;
         let size = lifeline_proto::MAX_MESSAGE + (1 << 20);
-        let client = ImageStoreClient::new(channel)
-            .max_decoding_message_size(size)
-            .max_encoding_message_size(size);
+        let client = ImageStoreClient::new(channel).max_decoding_message_size(size).max_encoding_message_size(size);
         Ok(RemoteStore { rt, conn, client })
     }
 
@@ -285,21 +242,15 @@ impl Store for RemoteStore {
     fn load_config(&self) -> Result<Option<Vec<u8>>> {
         let mut c = self.client.clone();
         let req = self.conn.request(ImageEmpty {});
-        Ok(self
-            .call("reading the repository config", c.get_config(req))?
-            .map(|b| b.data))
+        Ok(self.call("reading the repository config", c.get_config(req))?.map(|b| b.data))
     }
 
     fn create_config(&self, config: &[u8]) -> Result<()> {
         let mut c = self.client.clone();
-        let req = self.conn.request(ImageBlob {
-            data: config.to_vec(),
-        });
+        let req = self.conn.request(ImageBlob { data: config.to_vec() });
         match self.rt.block_on(c.create_config(req)) {
             Ok(_) => Ok(()),
-            Err(s) if s.code() == Code::AlreadyExists => Err(RepoError::AlreadyExists {
-                repo: self.location(),
-            }),
+            Err(s) if s.code() == Code::AlreadyExists => Err(RepoError::AlreadyExists { repo: self.location() }),
             Err(s) => Err(self.err("creating the repository", s)),
         }
     }
@@ -307,9 +258,7 @@ impl Store for RemoteStore {
     fn create_pack(&self, id: &PackId) -> Result<Box<dyn PackSink>> {
         let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
         let mut c = self.client.clone();
-        let req = self
-            .conn
-            .request(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let req = self.conn.request(tokio_stream::wrappers::ReceiverStream::new(rx));
         let reply = self.rt.spawn(async move { c.put_pack(req).await });
         Ok(Box::new(RemotePackSink {
             rt: self.rt.handle().clone(),
@@ -327,15 +276,9 @@ impl Store for RemoteStore {
         while out.len() < len as usize {
             let want = (len - out.len() as u32).min(READ_PIECE);
             let mut c = self.client.clone();
-            let req = self.conn.request(PackRange {
-                id: id.0.to_vec(),
-                offset: offset + out.len() as u64,
-                len: want,
-            });
+            let req = self.conn.request(PackRange { id: id.0.to_vec(), offset: offset + out.len() as u64, len: want });
             let Some(b) = self.call("reading a pack", c.read_pack(req))? else {
-                return Err(RepoError::Remote(format!(
-                    "pack {id} is not on the receiver"
-                )));
+                return Err(RepoError::Remote(format!("pack {id} is not on the receiver")));
             };
             if b.data.len() != want as usize {
                 return Err(RepoError::Remote(format!(
@@ -350,10 +293,7 @@ impl Store for RemoteStore {
 
     fn put_manifest(&self, name: &str, blob: &[u8]) -> Result<()> {
         let mut c = self.client.clone();
-        let req = self.conn.request(NamedBlob {
-            name: name.into(),
-            data: blob.to_vec(),
-        });
+        let req = self.conn.request(NamedBlob { name: name.into(), data: blob.to_vec() });
         self.call("storing the image manifest", c.put_manifest(req))?;
         Ok(())
     }
@@ -361,18 +301,13 @@ impl Store for RemoteStore {
     fn get_manifest(&self, name: &str, _max: usize) -> Result<Option<Vec<u8>>> {
         let mut c = self.client.clone();
         let req = self.conn.request(ManifestRequest { name: name.into() });
-        Ok(self
-            .call("reading the image manifest", c.get_manifest(req))?
-            .map(|b| b.data))
+        Ok(self.call("reading the image manifest", c.get_manifest(req))?.map(|b| b.data))
     }
 
     fn list_manifests(&self) -> Result<Vec<String>> {
         let mut c = self.client.clone();
         let req = self.conn.request(ImageEmpty {});
-        Ok(self
-            .call("listing images", c.list_manifests(req))?
-            .map(|n| n.names)
-            .unwrap_or_default())
+        Ok(self.call("listing images", c.list_manifests(req))?.map(|n| n.names).unwrap_or_default())
     }
 
     /// Machines do not delete what the receiver keeps for them: a machine
@@ -399,28 +334,16 @@ impl Store for RemoteStore {
         let mut c = self.client.clone();
         let req = self.conn.request(ImageEmpty {});
         self.rt.block_on(async {
-            let mut stream = c
-                .list_packs(req)
-                .await
-                .map_err(|s| self.err("listing packs", s))?
-                .into_inner();
+            let mut stream = c.list_packs(req).await.map_err(|s| self.err("listing packs", s))?.into_inner();
             let mut out = PackListing::default();
             while let Some(m) = stream.next().await {
                 let m = m.map_err(|s| self.err("listing packs", s))?;
                 for p in m.packs {
-                    let id = <[u8; 16]>::try_from(&p.id[..]).map(PackId).map_err(|_| {
-                        RepoError::Remote("malformed pack list from the receiver".into())
-                    })?;
-                    let index = if p.error.is_empty() {
-                        Ok(p.index)
-                    } else {
-                        Err(p.error)
-                    };
-                    out.packs.push(PackEntry {
-                        id,
-                        size: p.size,
-                        index,
-                    });
+                    let id = <[u8; 16]>::try_from(&p.id[..])
+                        .map(PackId)
+                        .map_err(|_| RepoError::Remote("malformed pack list from the receiver".into()))?;
+                    let index = if p.error.is_empty() { Ok(p.index) } else { Err(p.error) };
+                    out.packs.push(PackEntry { id, size: p.size, index });
                 }
                 out.stray.extend(m.stray);
                 out.temp_files += m.temp_files;

@@ -86,12 +86,7 @@ pub fn verify(repo: &Repo, m: &Manifest, threads: usize) -> VerifyReport {
 
 /// Restore image `name` onto `target` (a block device, an existing image
 /// file, or a path where a new image file is created).
-pub fn restore(
-    repo: &Repo,
-    name: &str,
-    target: &Path,
-    opts: &RestoreOptions,
-) -> Result<RestoreReport> {
+pub fn restore(repo: &Repo, name: &str, target: &Path, opts: &RestoreOptions) -> Result<RestoreReport> {
     let m = load(repo, name)?;
     let h = &m.header;
     let src_size = h.source.size;
@@ -157,11 +152,7 @@ pub fn restore(
             first.join("; ")
         ));
     }
-    info!(
-        chunks = rep.checked,
-        seconds = report.verify_seconds,
-        "image verified"
-    );
+    info!(chunks = rep.checked, seconds = report.verify_seconds, "image verified");
 
     // 3. Write.
     let t = Instant::now();
@@ -199,11 +190,7 @@ pub fn restore(
                             None => {
                                 for r in &cell.used {
                                     disk.zero(r.start, r.len()).with_context(|| {
-                                        format!(
-                                            "cannot zero {} at byte {}",
-                                            target.display(),
-                                            r.start
-                                        )
+                                        format!("cannot zero {} at byte {}", target.display(), r.start)
                                     })?;
                                     zeroed += r.len();
                                 }
@@ -214,10 +201,7 @@ pub fn restore(
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("restore worker panicked"))
-            .collect()
+        workers.into_iter().map(|w| w.join().expect("restore worker panicked")).collect()
     });
     progress.finish();
     for r in results {
@@ -235,8 +219,7 @@ pub fn restore(
             .with_context(|| format!("cannot clear {} at byte {}", target.display(), r.start))?;
         }
     }
-    disk.sync()
-        .with_context(|| format!("cannot flush {}", target.display()))?;
+    disk.sync().with_context(|| format!("cannot flush {}", target.display()))?;
     report.write_seconds = t.elapsed().as_secs_f64();
 
     // 4. Read back what was written (before the GPT is moved, so the first
@@ -299,9 +282,6 @@ fn write_at(disk: &Disk, data: &[u8], off: u64) -> Result<()> {
         } else {
             ""
         };
-        anyhow::anyhow!(
-            "cannot write {} at byte {off}: {e}{hint}",
-            disk.path.display()
-        )
+        anyhow::anyhow!("cannot write {} at byte {off}: {e}{hint}", disk.path.display())
     })
 }

@@ -86,12 +86,7 @@ pub fn scan(disk: &dyn ReadAt, size: u64, sector_size: u32) -> Result<Scan, layo
             content,
         });
     }
-    Ok(Scan {
-        layout,
-        partitions,
-        maps,
-        warnings,
-    })
+    Ok(Scan { layout, partitions, maps, warnings })
 }
 
 pub fn table_string(t: TableKind) -> &'static str {

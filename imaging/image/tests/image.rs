@@ -16,12 +16,7 @@ fn repo(dir: &Path) -> Repo {
 }
 
 fn opts(name: &str) -> BackupOptions {
-    BackupOptions {
-        name: Some(name.into()),
-        machine: Some("test-pc".into()),
-        threads: Some(2),
-        ..Default::default()
-    }
+    BackupOptions { name: Some(name.into()), machine: Some("test-pc".into()), threads: Some(2), ..Default::default() }
 }
 
 fn hash(p: &Path) -> blake3::Hash {
@@ -45,11 +40,7 @@ fn gpt_disk_restores_onto_garbage_and_onto_a_new_file() {
         })
         .collect();
     assert_eq!(kinds, ["fat32", "ext4", "swap", "every-block"]);
-    assert!(
-        h.warnings.iter().any(|w| w.contains("partition 4")),
-        "{:?}",
-        h.warnings
-    );
+    assert!(h.warnings.iter().any(|w| w.contains("partition 4")), "{:?}", h.warnings);
     // Used blocks only: far less than the disk, though all of it is non-zero.
     assert!(h.stats.image_bytes < 40 * MIB, "{}", h.stats.image_bytes);
 
@@ -57,16 +48,7 @@ fn gpt_disk_restores_onto_garbage_and_onto_a_new_file() {
     // everything the filesystems use must be exact.
     let target = t.path().join("target.img");
     garbage_image(&target, 96 * MIB);
-    let rep = restore(
-        &r,
-        "pc",
-        &target,
-        &RestoreOptions {
-            read_back: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rep = restore(&r, "pc", &target, &RestoreOptions { read_back: true, ..Default::default() }).unwrap();
     assert!(rep.read_back_seconds.is_some());
     disk.check_copy(&target);
 
@@ -80,47 +62,15 @@ fn gpt_disk_restores_onto_garbage_and_onto_a_new_file() {
 #[test]
 fn mbr_disk_with_ext2_ext3_ext4_variants_and_fat16() {
     let t = tempfile::tempdir().unwrap();
-    let part = |size_mib, sfdisk_type, content| PartSpec {
-        size_mib,
-        sfdisk_type,
-        content,
-    };
+    let part = |size_mib, sfdisk_type, content| PartSpec { size_mib, sfdisk_type, content };
     let spec = DiskSpec {
         size_mib: 160,
         label: "dos",
         parts: vec![
-            part(
-                24,
-                "L",
-                Content::Ext {
-                    mkfs: "mkfs.ext2",
-                    opts: vec![],
-                },
-            ),
-            part(
-                32,
-                "L",
-                Content::Ext {
-                    mkfs: "mkfs.ext3",
-                    opts: vec!["-b", "1024"],
-                },
-            ),
-            part(
-                40,
-                "L",
-                Content::Ext {
-                    mkfs: "mkfs.ext4",
-                    opts: vec!["-O", "bigalloc", "-C", "16384"],
-                },
-            ),
-            part(
-                32,
-                "6",
-                Content::Fat {
-                    bits: 16,
-                    opts: vec![],
-                },
-            ),
+            part(24, "L", Content::Ext { mkfs: "mkfs.ext2", opts: vec![] }),
+            part(32, "L", Content::Ext { mkfs: "mkfs.ext3", opts: vec!["-b", "1024"] }),
+            part(40, "L", Content::Ext { mkfs: "mkfs.ext4", opts: vec!["-O", "bigalloc", "-C", "16384"] }),
+            part(32, "6", Content::Fat { bits: 16, opts: vec![] }),
         ],
     };
     let disk = spec.build(t.path(), "disk.img");
@@ -151,16 +101,7 @@ fn larger_target_gets_the_gpt_backup_at_its_end() {
     backup(&r, &disk.path, &opts("pc")).unwrap();
     let target = t.path().join("bigger.img");
     garbage_image(&target, 160 * MIB);
-    let rep = restore(
-        &r,
-        "pc",
-        &target,
-        &RestoreOptions {
-            rest: Rest::Zero,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let rep = restore(&r, "pc", &target, &RestoreOptions { rest: Rest::Zero, ..Default::default() }).unwrap();
     assert!(rep.gpt_moved);
     // check_copy runs `sgdisk -v`, which fails on a GPT whose backup is not at
     // the end of the disk.
@@ -187,17 +128,8 @@ fn second_backup_stores_only_what_changed() {
     assert!(b.new_chunks > 0);
     // The changed files plus the metadata around them (inode table, bitmaps,
     // directory, journal), at 64 KiB per touched cell.
-    assert!(
-        b.bytes_new <= 4 * changed + 2 * MIB,
-        "second backup added {} bytes",
-        b.bytes_new
-    );
-    assert!(
-        b.bytes_new * 5 < a.bytes_new,
-        "second {} vs first {}",
-        b.bytes_new,
-        a.bytes_new
-    );
+    assert!(b.bytes_new <= 4 * changed + 2 * MIB, "second backup added {} bytes", b.bytes_new);
+    assert!(b.bytes_new * 5 < a.bytes_new, "second {} vs first {}", b.bytes_new, a.bytes_new);
     // Both images restore to their own state.
     let target = t.path().join("day2.img");
     restore(&r, "day2", &target, &RestoreOptions::default()).unwrap();
@@ -210,10 +142,7 @@ fn luks_partition_is_read_whole_with_the_reason() {
     let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
     // Partition 4 (unknown) gets a LUKS header signature.
     let start = disk.parts[3].0;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk.path)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&disk.path).unwrap();
     std::os::unix::fs::FileExt::write_all_at(&f, b"LUKS\xba\xbe\x00\x02", start).unwrap();
     let r = repo(t.path());
     let m = backup(&r, &disk.path, &opts("luks")).unwrap();
@@ -234,10 +163,8 @@ fn damaged_chunk_is_caught_before_anything_is_written() {
     let m = backup(&r, &disk.path, &opts("pc")).unwrap();
     assert!(lifeline_image::restore::verify(&r, &m, 2).ok());
     // Flip one byte in the middle of the largest pack (inside a group).
-    let mut packs: Vec<_> = std::fs::read_dir(t.path().join("repo/packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut packs: Vec<_> =
+        std::fs::read_dir(t.path().join("repo/packs")).unwrap().map(|e| e.unwrap().path()).collect();
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     let pack = packs.last().unwrap();
     let mut bytes = std::fs::read(pack).unwrap();
@@ -247,11 +174,7 @@ fn damaged_chunk_is_caught_before_anything_is_written() {
     let rep = lifeline_image::restore::verify(&r, &m, 2);
     assert_eq!(rep.errors.len(), 1, "one group fails: {:?}", rep.errors);
     let name = pack.file_name().unwrap().to_str().unwrap();
-    assert!(
-        rep.errors[0].to_string().contains(name),
-        "{}",
-        rep.errors[0]
-    );
+    assert!(rep.errors[0].to_string().contains(name), "{}", rep.errors[0]);
     assert!(rep.errors[0].to_string().contains("authentication failed"));
 
     let target = t.path().join("target.img");
@@ -260,11 +183,7 @@ fn damaged_chunk_is_caught_before_anything_is_written() {
     let e = restore(&r, "pc", &target, &RestoreOptions::default()).unwrap_err();
     assert!(format!("{e:#}").contains("damaged"), "{e:#}");
     assert!(format!("{e:#}").contains("Nothing was written"), "{e:#}");
-    assert_eq!(
-        hash(&target),
-        before,
-        "target modified by a refused restore"
-    );
+    assert_eq!(hash(&target), before, "target modified by a refused restore");
     // A refused restore to a new path leaves no file behind.
     let fresh = t.path().join("fresh.img");
     assert!(restore(&r, "pc", &fresh, &RestoreOptions::default()).is_err());
@@ -295,16 +214,10 @@ fn mounted_target_is_refused() {
     let target = t.path().join("mounted.img");
     garbage_image(&target, 96 * MIB);
     run("mkfs.ext4", &["-q", "-F", target.to_str().unwrap()]);
-    let dev = run("losetup", &["--find", "--show", target.to_str().unwrap()])
-        .trim()
-        .to_string();
+    let dev = run("losetup", &["--find", "--show", target.to_str().unwrap()]).trim().to_string();
     let mnt = t.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args([dev.as_str(), mnt.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success();
+    let mounted = Command::new("mount").args([dev.as_str(), mnt.to_str().unwrap()]).status().unwrap().success();
     let result = restore(&r, "pc", Path::new(&dev), &RestoreOptions::default());
     // Nor the image file under the loop device.
     let via_file = restore(&r, "pc", &target, &RestoreOptions::default());
@@ -314,15 +227,9 @@ fn mounted_target_is_refused() {
     let _ = Command::new("losetup").args(["-d", &dev]).status();
     assert!(mounted, "could not mount the test filesystem");
     let e = result.unwrap_err();
-    assert!(
-        format!("{e:#}").contains("in use") || format!("{e:#}").contains("mounted"),
-        "{e:#}"
-    );
+    assert!(format!("{e:#}").contains("in use") || format!("{e:#}").contains("mounted"), "{e:#}");
     let e = via_file.unwrap_err();
-    assert!(
-        format!("{e:#}").contains("is attached to /dev/loop"),
-        "{e:#}"
-    );
+    assert!(format!("{e:#}").contains("is attached to /dev/loop"), "{e:#}");
     // Still the ext4 made above.
     run("e2fsck", &["-fn", target.to_str().unwrap()]);
 }
@@ -343,64 +250,33 @@ fn cli_end_to_end_and_wrong_password() {
             .unwrap();
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         )
     };
     assert!(cli("right", &["init"]).0);
-    let (ok, out) = cli(
-        "right",
-        &[
-            "--json",
-            "backup",
-            "--name",
-            "pc1",
-            disk.path.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = cli("right", &["--json", "backup", "--name", "pc1", disk.path.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let line = out
-        .lines()
-        .find(|l| l.starts_with('{'))
-        .expect("JSON result");
+    let line = out.lines().find(|l| l.starts_with('{')).expect("JSON result");
     let j: serde_json::Value = serde_json::from_str(line).unwrap();
     assert!(j["stats"]["bytes_stored"].as_u64().unwrap() > 0);
     let (ok, out) = cli("right", &["list"]);
     assert!(ok && out.contains("pc1"), "{out}");
     let (ok, out) = cli("right", &["info", "--name", "pc1"]);
-    assert!(
-        ok && out.contains("ext4") && out.contains("fat32") && out.contains("every block"),
-        "{out}"
-    );
+    assert!(ok && out.contains("ext4") && out.contains("fat32") && out.contains("every block"), "{out}");
     let (ok, out) = cli("right", &["verify"]);
     assert!(ok && out.contains("pc1: ok"), "{out}");
 
     let target = t.path().join("target.img");
     garbage_image(&target, 96 * MIB);
     let before = hash(&target);
-    let (ok, out) = cli(
-        "wrong",
-        &["restore", "--name", "pc1", target.to_str().unwrap()],
-    );
+    let (ok, out) = cli("wrong", &["restore", "--name", "pc1", target.to_str().unwrap()]);
     assert!(!ok && out.contains("password"), "{out}");
     assert_eq!(hash(&target), before, "wrong password modified the target");
-    let (ok, out) = cli(
-        "right",
-        &[
-            "restore",
-            "--name",
-            "pc1",
-            "--read-back",
-            target.to_str().unwrap(),
-        ],
-    );
+    let (ok, out) = cli("right", &["restore", "--name", "pc1", "--read-back", target.to_str().unwrap()]);
     assert!(ok, "{out}");
     disk.check_copy(&target);
     // An existing name is not overwritten.
-    let (ok, out) = cli(
-        "right",
-        &["backup", "--name", "pc1", disk.path.to_str().unwrap()],
-    );
+    let (ok, out) = cli("right", &["backup", "--name", "pc1", disk.path.to_str().unwrap()]);
     assert!(!ok && out.contains("already exists"), "{out}");
 }
 
@@ -412,11 +288,7 @@ fn cli_end_to_end_and_wrong_password() {
 fn ntfs_exfat_xfs_btrfs_disk_round_trip() {
     use lifeline_testdisk::Mounted;
     let t = tempfile::tempdir().unwrap();
-    let part = |size_mib, sfdisk_type, kind| PartSpec {
-        size_mib,
-        sfdisk_type,
-        content: Content::Mounted(kind),
-    };
+    let part = |size_mib, sfdisk_type, kind| PartSpec { size_mib, sfdisk_type, content: Content::Mounted(kind) };
     let spec = DiskSpec {
         size_mib: 580,
         label: "gpt",
@@ -463,26 +335,14 @@ fn damaged_superblocks_fall_back_to_every_block_with_a_warning() {
         size_mib: 500,
         label: "gpt",
         parts: vec![
-            PartSpec {
-                size_mib: 310,
-                sfdisk_type: "L",
-                content: Content::Mounted(Mounted::Xfs),
-            },
-            PartSpec {
-                size_mib: 150,
-                sfdisk_type: "L",
-                content: Content::Mounted(Mounted::Btrfs),
-            },
+            PartSpec { size_mib: 310, sfdisk_type: "L", content: Content::Mounted(Mounted::Xfs) },
+            PartSpec { size_mib: 150, sfdisk_type: "L", content: Content::Mounted(Mounted::Btrfs) },
         ],
     };
     let disk = spec.build(t.path(), "disk.img");
     // Flip a byte of each filesystem's label: covered by the superblock's
     // checksum (XFS: sb_fname at 108; btrfs: label at 0x12b of the copy at 64 KiB).
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&disk.path)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&disk.path).unwrap();
     use std::os::unix::fs::FileExt;
     for at in [disk.parts[0].0 + 108, disk.parts[1].0 + 65536 + 0x12b] {
         let mut b = [0u8; 1];
@@ -495,21 +355,12 @@ fn damaged_superblocks_fall_back_to_every_block_with_a_warning() {
     for (i, fs) in [(0, "xfs"), (1, "btrfs")] {
         match &m.header.partitions[i].content {
             Stored::EveryBlock { reason } => {
-                assert!(
-                    reason.contains(fs) && reason.contains("checksum"),
-                    "{reason}"
-                )
+                assert!(reason.contains(fs) && reason.contains("checksum"), "{reason}")
             }
-            c => panic!(
-                "partition {} mapped despite its damaged superblock: {c:?}",
-                i + 1
-            ),
+            c => panic!("partition {} mapped despite its damaged superblock: {c:?}", i + 1),
         }
         assert!(
-            m.header
-                .warnings
-                .iter()
-                .any(|w| w.contains(&format!("partition {}", i + 1))),
+            m.header.warnings.iter().any(|w| w.contains(&format!("partition {}", i + 1))),
             "{:?}",
             m.header.warnings
         );
@@ -517,16 +368,10 @@ fn damaged_superblocks_fall_back_to_every_block_with_a_warning() {
     let target = t.path().join("target.img");
     garbage_image(&target, 500 * MIB);
     restore(&r, "damaged", &target, &RestoreOptions::default()).unwrap();
-    let (a, b) = (
-        std::fs::read(&disk.path).unwrap(),
-        std::fs::read(&target).unwrap(),
-    );
+    let (a, b) = (std::fs::read(&disk.path).unwrap(), std::fs::read(&target).unwrap());
     for &(start, len, _) in &disk.parts {
         let range = start as usize..(start + len) as usize;
-        assert!(
-            a[range.clone()] == b[range],
-            "partition at {start} not restored byte for byte"
-        );
+        assert!(a[range.clone()] == b[range], "partition at {start} not restored byte for byte");
     }
 }
 
@@ -560,11 +405,7 @@ fn forget_and_prune_free_only_unused_chunks() {
     wanted.sort();
     wanted.dedup();
     assert_eq!(rep.chunks_used as usize, wanted.len(), "{rep:?}");
-    assert_eq!(
-        rep.chunks_used + rep.chunks_unused_kept + rep.chunks_deleted,
-        before as u64,
-        "{rep:?}"
-    );
+    assert_eq!(rep.chunks_used + rep.chunks_unused_kept + rep.chunks_deleted, before as u64, "{rep:?}");
     assert_eq!(rep.packs_kept + rep.packs_deleted, packs_before as u64);
     assert!(rep.chunks_unused_kept > 0, "day1's changed cells: {rep:?}");
     // Once day2 is forgotten as well, every pack goes.
@@ -576,11 +417,7 @@ fn forget_and_prune_free_only_unused_chunks() {
     assert!(lifeline_image::restore::verify(&r, &day3, 2).ok());
     forget(&r, "day3").unwrap();
     let rep = prune(&r).unwrap().packs;
-    assert_eq!(
-        (rep.packs_kept, rep.packs_deleted),
-        (0, packs_before as u64),
-        "{rep:?}"
-    );
+    assert_eq!((rep.packs_kept, rep.packs_deleted), (0, packs_before as u64), "{rep:?}");
     assert!(r.pack_ids().unwrap().is_empty());
     backup(&r, &disk.path, &opts("day2")).unwrap();
     let day2 = lifeline_image::restore::load(&r, "day2").unwrap();
@@ -600,10 +437,8 @@ fn torn_pack_is_reported_and_the_next_backup_works() {
     let disk = DiskSpec::pc(96).build(t.path(), "disk.img");
     let r = repo(t.path());
     backup(&r, &disk.path, &opts("one")).unwrap();
-    let mut packs: Vec<_> = std::fs::read_dir(t.path().join("repo/packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut packs: Vec<_> =
+        std::fs::read_dir(t.path().join("repo/packs")).unwrap().map(|e| e.unwrap().path()).collect();
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     let pack = packs.last().unwrap();
     let bytes = std::fs::read(pack).unwrap();

@@ -20,19 +20,10 @@ fn chunk(i: usize) -> Vec<u8> {
     match i % 3 {
         0 => rng.fill_bytes(&mut c),
         1 => {
-            let words: Vec<&[u8]> = [
-                "the ",
-                "lifeline ",
-                "backup ",
-                "disk ",
-                "block ",
-                "0x1f ",
-                "\n",
-                "usr/lib ",
-            ]
-            .iter()
-            .map(|s| s.as_bytes())
-            .collect();
+            let words: Vec<&[u8]> = ["the ", "lifeline ", "backup ", "disk ", "block ", "0x1f ", "\n", "usr/lib "]
+                .iter()
+                .map(|s| s.as_bytes())
+                .collect();
             let mut at = 0;
             while at < CHUNK {
                 let w = words[rng.random_range(0..words.len())];
@@ -54,37 +45,22 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mib: usize = args.get(1).map(|s| s.parse().unwrap()).unwrap_or(1024);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = args
-        .get(2)
-        .filter(|s| !s.is_empty())
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| tmp.path().join("repo"));
+    let dir =
+        args.get(2).filter(|s| !s.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| tmp.path().join("repo"));
     let n = mib * (1 << 20) / CHUNK;
     let mut opts = WriterOptions::default();
     if let Some(t) = args.get(3) {
         opts.threads = t.parse().unwrap();
         opts.queue = 2 * opts.threads;
     }
-    println!(
-        "{} MiB in {} chunks of 4 MiB, {} worker threads, queue {}",
-        n * 4,
-        n,
-        opts.threads,
-        opts.queue
-    );
+    println!("{} MiB in {} chunks of 4 MiB, {} worker threads, queue {}", n * 4, n, opts.threads, opts.queue);
 
     let t = Instant::now();
     let repo = Repo::init(&dir, b"pw").unwrap();
-    println!(
-        "init (Argon2id default params): {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    println!("init (Argon2id default params): {:.2} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
     let _ = Repo::open(&dir, b"wrong").err().unwrap();
-    println!(
-        "open with a wrong password refused in {:.2} s",
-        t.elapsed().as_secs_f64()
-    );
+    println!("open with a wrong password refused in {:.2} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
     let repo2 = Repo::open(&dir, b"pw").unwrap();
     println!("open: {:.2} s", t.elapsed().as_secs_f64());
@@ -121,13 +97,7 @@ fn main() {
     let rep = repo.verify_all_packs(opts.threads);
     let secs = t.elapsed().as_secs_f64();
     assert!(rep.ok());
-    println!(
-        "verify_all_packs: {} chunks, {} in {:.2} s: {}",
-        rep.checked,
-        rep.bytes,
-        secs,
-        rate(rep.bytes, secs)
-    );
+    println!("verify_all_packs: {} chunks, {} in {:.2} s: {}", rep.checked, rep.bytes, secs, rate(rep.bytes, secs));
     let t = Instant::now();
     let mut bytes = 0u64;
     let ids: Vec<_> = (0..n).map(|i| repo.chunk_id(&chunk(i))).collect();
@@ -137,5 +107,8 @@ fn main() {
         bytes += repo.get_chunk(id).unwrap().len() as u64;
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("get_chunk, one thread: {bytes} bytes in {secs:.2} s: {} (ids computed beforehand in {hash_gen:.2} s)", rate(bytes, secs));
+    println!(
+        "get_chunk, one thread: {bytes} bytes in {secs:.2} s: {} (ids computed beforehand in {hash_gen:.2} s)",
+        rate(bytes, secs)
+    );
 }

@@ -40,11 +40,7 @@ pub enum RepoError {
     #[error("unexpected file in the pack store: {path}")]
     StrayFile { path: String },
     #[error("{what} of {len} bytes exceeds the maximum of {max} bytes")]
-    TooLarge {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLarge { what: &'static str, len: usize, max: usize },
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -62,10 +58,7 @@ pub enum RepoError {
 }
 
 impl RepoError {
-    pub(crate) fn io(
-        what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> RepoError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RepoError {
         let path = path.into();
         move |source| RepoError::Io { what, path, source }
     }

@@ -100,10 +100,7 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None, // lower case only: one spelling per id, one file name per chunk
     };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| Some(nib(p[0])? << 4 | nib(p[1])?))
-        .collect()
+    s.as_bytes().chunks(2).map(|p| Some(nib(p[0])? << 4 | nib(p[1])?)).collect()
 }
 
 /// Unpredictable bytes for nonces and temporary names, from the thread's
@@ -190,10 +187,7 @@ pub(crate) fn open(
     max: usize,
 ) -> Result<Vec<u8>, String> {
     if blob.len() < OVERHEAD {
-        return Err(format!(
-            "file is {} bytes, shorter than any valid blob (truncated?)",
-            blob.len()
-        ));
+        return Err(format!("file is {} bytes, shorter than any valid blob (truncated?)", blob.len()));
     }
     if blob[..4] != magic {
         return Err("bad magic (not a Lifeline chunk/manifest file)".into());
@@ -207,9 +201,7 @@ pub(crate) fn open(
     }
     let len = u32::from_le_bytes(blob[8..12].try_into().unwrap()) as usize;
     if len > max {
-        return Err(format!(
-            "header claims {len} bytes, more than the maximum {max}"
-        ));
+        return Err(format!("header claims {len} bytes, more than the maximum {max}"));
     }
     let aad = aad(&blob[..HEADER_LEN], context);
     let tag_at = blob.len() - TAG_LEN;
@@ -218,9 +210,7 @@ pub(crate) fn open(
     let body = &mut blob[HEADER_LEN + NONCE_LEN..tag_at];
     cipher
         .decrypt_in_place_detached(&nonce, &aad, body, &tag)
-        .map_err(|_| {
-            "authentication failed: the file is damaged or belongs to another id".to_string()
-        })?;
+        .map_err(|_| "authentication failed: the file is damaged or belongs to another id".to_string())?;
     let body = &blob[HEADER_LEN + NONCE_LEN..tag_at];
     let plain = if flags & FLAG_ZSTD != 0 {
         zstd::bulk::decompress(body, len).map_err(|e| format!("zstd: {e}"))?
@@ -228,10 +218,7 @@ pub(crate) fn open(
         body.to_vec()
     };
     if plain.len() != len {
-        return Err(format!(
-            "length {} does not match the header's {len}",
-            plain.len()
-        ));
+        return Err(format!("length {} does not match the header's {len}", plain.len()));
     }
     Ok(plain)
 }
@@ -252,19 +239,12 @@ mod tests {
     fn seal_open_compressible_and_not() {
         let c = cipher(&[7; 32]);
         let mut z = zstd::bulk::Compressor::new(ZSTD_LEVEL).unwrap();
-        for plain in [
-            vec![],
-            vec![0u8; 100_000],
-            (0..5000u32)
-                .map(|i| (i.wrapping_mul(2654435761u32) >> 13) as u8)
-                .collect(),
-        ] {
+        for plain in
+            [vec![], vec![0u8; 100_000], (0..5000u32).map(|i| (i.wrapping_mul(2654435761u32) >> 13) as u8).collect()]
+        {
             let blob = seal(&c, CHUNK_MAGIC, b"ctx", &plain, &mut z).unwrap();
             assert!(blob.len() <= plain.len() + OVERHEAD);
-            assert_eq!(
-                open(&c, CHUNK_MAGIC, b"ctx", blob.clone(), 1 << 20).unwrap(),
-                plain
-            );
+            assert_eq!(open(&c, CHUNK_MAGIC, b"ctx", blob.clone(), 1 << 20).unwrap(), plain);
             assert!(open(&c, CHUNK_MAGIC, b"other", blob.clone(), 1 << 20).is_err());
             assert!(open(&c, MANIFEST_MAGIC, b"ctx", blob, 1 << 20).is_err());
         }

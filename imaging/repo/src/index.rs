@@ -41,14 +41,9 @@ impl Index {
     /// added.
     pub fn add(&mut self, pack: PackId, ix: &PackIndex) {
         let base = self.groups.len() as u32;
-        self.groups
-            .extend(ix.groups.iter().map(|&entry| Group { pack, entry }));
+        self.groups.extend(ix.groups.iter().map(|&entry| Group { pack, entry }));
         for c in &ix.chunks {
-            self.chunks.entry(c.id).or_insert(ChunkLoc {
-                group: base + c.group,
-                offset: c.offset,
-                len: c.len,
-            });
+            self.chunks.entry(c.id).or_insert(ChunkLoc { group: base + c.group, offset: c.offset, len: c.len });
         }
     }
 
@@ -74,16 +69,10 @@ const CACHED_GROUPS: usize = 4;
 
 impl GroupCache {
     pub fn new() -> GroupCache {
-        GroupCache {
-            slots: Mutex::new(VecDeque::new()),
-        }
+        GroupCache { slots: Mutex::new(VecDeque::new()) }
     }
 
-    pub fn get(
-        &self,
-        g: &Group,
-        load: impl FnOnce() -> Result<Vec<u8>, String>,
-    ) -> Result<Arc<Vec<u8>>, String> {
+    pub fn get(&self, g: &Group, load: impl FnOnce() -> Result<Vec<u8>, String>) -> Result<Arc<Vec<u8>>, String> {
         let key = (g.pack, g.entry.offset);
         let slot = {
             let mut s = self.slots.lock().unwrap();
@@ -101,10 +90,7 @@ impl GroupCache {
         };
         let r = slot.get_or_init(|| load().map(Arc::new)).clone();
         if r.is_err() {
-            self.slots
-                .lock()
-                .unwrap()
-                .retain(|(_, s)| !Arc::ptr_eq(s, &slot));
+            self.slots.lock().unwrap().retain(|(_, s)| !Arc::ptr_eq(s, &slot));
         }
         r
     }

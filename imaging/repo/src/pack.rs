@@ -74,8 +74,7 @@ pub const MAX_GROUP_RAW: usize = GROUP_BYTES + MAX_CHUNK_SIZE;
 pub const MAX_INDEX_BLOB: usize = 8 + PACK_CHUNKS * (CHUNK_ENTRY + GROUP_ENTRY) + SEAL_OVERHEAD;
 /// Largest pack accepted from a writer (a full pack plus one largest group,
 /// its index and framing).
-pub const MAX_PACK_SIZE: u64 =
-    PACK_BYTES + (MAX_GROUP_RAW + SEAL_OVERHEAD + MAX_INDEX_BLOB + 64) as u64;
+pub const MAX_PACK_SIZE: u64 = PACK_BYTES + (MAX_GROUP_RAW + SEAL_OVERHEAD + MAX_INDEX_BLOB + 64) as u64;
 
 const GROUP_ENTRY: usize = 8 + 4 + 4 + 1;
 const CHUNK_ENTRY: usize = 32 + 4 + 4 + 4;
@@ -144,9 +143,7 @@ impl PackIndex {
     /// per chunk: [32] id, u32 group, u32 offset, u32 len
     /// ```
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(
-            8 + self.groups.len() * GROUP_ENTRY + self.chunks.len() * CHUNK_ENTRY,
-        );
+        let mut b = Vec::with_capacity(8 + self.groups.len() * GROUP_ENTRY + self.chunks.len() * CHUNK_ENTRY);
         b.extend_from_slice(&(self.groups.len() as u32).to_le_bytes());
         b.extend_from_slice(&(self.chunks.len() as u32).to_le_bytes());
         for g in &self.groups {
@@ -182,12 +179,7 @@ impl PackIndex {
         let mut groups = Vec::with_capacity(ng);
         let mut end = HEADER.len() as u64;
         for _ in 0..ng {
-            let g = GroupEntry {
-                offset: r.u64()?,
-                stored: r.u32()?,
-                raw: r.u32()?,
-                flags: r.u8()?,
-            };
+            let g = GroupEntry { offset: r.u64()?, stored: r.u32()?, raw: r.u32()?, flags: r.u8()? };
             let g_end = g.offset.checked_add(u64::from(g.stored));
             if g.offset < end
                 || g_end.is_none_or(|e| e > index_at)
@@ -203,12 +195,7 @@ impl PackIndex {
         }
         let mut chunks = Vec::with_capacity(nc);
         for _ in 0..nc {
-            let c = ChunkEntry {
-                id: ChunkId(r.bytes::<32>()?),
-                group: r.u32()?,
-                offset: r.u32()?,
-                len: r.u32()?,
-            };
+            let c = ChunkEntry { id: ChunkId(r.bytes::<32>()?), group: r.u32()?, offset: r.u32()?, len: r.u32()? };
             let fits = groups
                 .get(c.group as usize)
                 .is_some_and(|g| u64::from(c.offset) + u64::from(c.len) <= u64::from(g.raw));
@@ -307,15 +294,8 @@ pub(crate) fn open(cipher: &XChaCha20Poly1305, aad: &[u8], blob: &[u8]) -> Resul
     let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
     let mut plain = body.to_vec();
     cipher
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            aad,
-            &mut plain,
-            Tag::from_slice(tag),
-        )
-        .map_err(|_| {
-            "authentication failed: damaged, or moved from another pack or place".to_string()
-        })?;
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut plain, Tag::from_slice(tag))
+        .map_err(|_| "authentication failed: damaged, or moved from another pack or place".to_string())?;
     Ok(plain)
 }
 
@@ -327,11 +307,7 @@ pub(crate) fn open_group(
     blob: &[u8],
 ) -> Result<Vec<u8>, String> {
     if blob.len() != g.stored as usize {
-        return Err(format!(
-            "read {} bytes of a {}-byte group (pack truncated?)",
-            blob.len(),
-            g.stored
-        ));
+        return Err(format!("read {} bytes of a {}-byte group (pack truncated?)", blob.len(), g.stored));
     }
     let body = open(cipher, &group_aad(pack, g), blob)?;
     let plain = if g.flags & FLAG_ZSTD != 0 {
@@ -340,11 +316,7 @@ pub(crate) fn open_group(
         body
     };
     if plain.len() != g.raw as usize {
-        return Err(format!(
-            "group holds {} bytes, its index says {}",
-            plain.len(),
-            g.raw
-        ));
+        return Err(format!("group holds {} bytes, its index says {}", plain.len(), g.raw));
     }
     Ok(plain)
 }
@@ -362,9 +334,7 @@ pub fn index_location(size: u64, trailer: &[u8]) -> Result<(u64, usize), String>
     let len = u32::from_le_bytes(trailer[..4].try_into().unwrap()) as usize;
     let room = size - (HEADER.len() + TRAILER_LEN) as u64;
     if !(SEAL_OVERHEAD..=MAX_INDEX_BLOB).contains(&len) || len as u64 > room {
-        return Err(format!(
-            "trailer gives an index of {len} bytes, impossible here"
-        ));
+        return Err(format!("trailer gives an index of {len} bytes, impossible here"));
     }
     Ok((size - TRAILER_LEN as u64 - len as u64, len))
 }
@@ -402,38 +372,13 @@ mod tests {
     fn sample() -> PackIndex {
         PackIndex {
             groups: vec![
-                GroupEntry {
-                    offset: 8,
-                    stored: 100,
-                    raw: 200,
-                    flags: FLAG_ZSTD,
-                },
-                GroupEntry {
-                    offset: 108,
-                    stored: 90,
-                    raw: 50,
-                    flags: 0,
-                },
+                GroupEntry { offset: 8, stored: 100, raw: 200, flags: FLAG_ZSTD },
+                GroupEntry { offset: 108, stored: 90, raw: 50, flags: 0 },
             ],
             chunks: vec![
-                ChunkEntry {
-                    id: ChunkId([1; 32]),
-                    group: 0,
-                    offset: 0,
-                    len: 150,
-                },
-                ChunkEntry {
-                    id: ChunkId([2; 32]),
-                    group: 0,
-                    offset: 150,
-                    len: 50,
-                },
-                ChunkEntry {
-                    id: ChunkId([3; 32]),
-                    group: 1,
-                    offset: 0,
-                    len: 50,
-                },
+                ChunkEntry { id: ChunkId([1; 32]), group: 0, offset: 0, len: 150 },
+                ChunkEntry { id: ChunkId([2; 32]), group: 0, offset: 150, len: 50 },
+                ChunkEntry { id: ChunkId([3; 32]), group: 1, offset: 0, len: 50 },
             ],
         }
     }
@@ -483,12 +428,7 @@ mod tests {
         let (body, flags) = compress(&plain, &mut z);
         assert_eq!(flags, FLAG_ZSTD);
         let p = PackId([1; 16]);
-        let g = GroupEntry {
-            offset: 8,
-            stored: (body.len() + SEAL_OVERHEAD) as u32,
-            raw: 10_000,
-            flags,
-        };
+        let g = GroupEntry { offset: 8, stored: (body.len() + SEAL_OVERHEAD) as u32, raw: 10_000, flags };
         let blob = seal(&c, &group_aad(&p, &g), body);
         assert_eq!(open_group(&c, &p, &g, &blob).unwrap(), plain);
         assert!(open_group(&c, &PackId([2; 16]), &g, &blob).is_err());

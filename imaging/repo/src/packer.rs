@@ -21,12 +21,7 @@ impl PackWriter {
         let id = PackId::random();
         let mut sink = store.create_pack(&id)?;
         sink.write(&pack::HEADER)?;
-        Ok(PackWriter {
-            id,
-            sink,
-            len: pack::HEADER.len() as u64,
-            index: PackIndex::default(),
-        })
+        Ok(PackWriter { id, sink, len: pack::HEADER.len() as u64, index: PackIndex::default() })
     }
 
     /// Compress `plain`, the chunks `chunks` (id, length) one after the
@@ -40,21 +35,12 @@ impl PackWriter {
         zstd: &mut zstd::bulk::Compressor<'static>,
     ) -> Result<u64> {
         if plain.len() > pack::MAX_GROUP_RAW {
-            return Err(RepoError::TooLarge {
-                what: "group",
-                len: plain.len(),
-                max: pack::MAX_GROUP_RAW,
-            });
+            return Err(RepoError::TooLarge { what: "group", len: plain.len(), max: pack::MAX_GROUP_RAW });
         }
         let group = self.index.groups.len() as u32;
         let mut offset = 0;
         for &(id, len) in chunks {
-            self.index.chunks.push(ChunkEntry {
-                id,
-                group,
-                offset: offset as u32,
-                len: len as u32,
-            });
+            self.index.chunks.push(ChunkEntry { id, group, offset: offset as u32, len: len as u32 });
             offset += len;
         }
         debug_assert_eq!(offset, plain.len());
@@ -76,8 +62,7 @@ impl PackWriter {
 
     /// Time to close this pack (before the next group could pass a limit).
     pub fn full(&self) -> bool {
-        self.len >= pack::PACK_BYTES
-            || self.index.chunks.len() + pack::GROUP_CHUNKS > pack::PACK_CHUNKS
+        self.len >= pack::PACK_BYTES || self.index.chunks.len() + pack::GROUP_CHUNKS > pack::PACK_CHUNKS
     }
 
     pub fn chunk_ids(&self) -> impl Iterator<Item = &ChunkId> {
@@ -87,11 +72,7 @@ impl PackWriter {
     /// Append the index and the trailer and commit: the pack is durable when
     /// this returns.
     pub fn finish(mut self, cipher: &XChaCha20Poly1305) -> Result<(PackId, PackIndex)> {
-        let blob = pack::seal(
-            cipher,
-            &pack::index_aad(&self.id, self.len),
-            self.index.encode(),
-        );
+        let blob = pack::seal(cipher, &pack::index_aad(&self.id, self.len), self.index.encode());
         self.sink.write(&blob)?;
         self.sink.write(&pack::trailer(blob.len()))?;
         self.sink.commit()?;
@@ -100,16 +81,9 @@ impl PackWriter {
 }
 
 /// Decrypt and parse the index blob of a listed pack.
-pub(crate) fn open_index(
-    cipher: &XChaCha20Poly1305,
-    entry: &PackEntry,
-) -> std::result::Result<PackIndex, String> {
+pub(crate) fn open_index(cipher: &XChaCha20Poly1305, entry: &PackEntry) -> std::result::Result<PackIndex, String> {
     let blob = entry.index.as_ref().map_err(|e| e.clone())?;
-    let at = entry
-        .size
-        .checked_sub((blob.len() + pack::TRAILER_LEN) as u64)
-        .ok_or("index larger than the pack")?;
-    let plain = pack::open(cipher, &pack::index_aad(&entry.id, at), blob)
-        .map_err(|e| format!("index: {e}"))?;
+    let at = entry.size.checked_sub((blob.len() + pack::TRAILER_LEN) as u64).ok_or("index larger than the pack")?;
+    let plain = pack::open(cipher, &pack::index_aad(&entry.id, at), blob).map_err(|e| format!("index: {e}"))?;
     PackIndex::parse(&plain, at)
 }

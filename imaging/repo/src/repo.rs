@@ -41,32 +41,21 @@ impl Default for KdfParams {
     /// open). Memory-hardness is what makes guessing expensive on GPUs; one
     /// lane because the boot OS may run on a single core.
     fn default() -> Self {
-        KdfParams {
-            memory_kib: 128 * 1024,
-            iterations: 6,
-            parallelism: 1,
-        }
+        KdfParams { memory_kib: 128 * 1024, iterations: 6, parallelism: 1 }
     }
 }
 
 impl KdfParams {
     /// Very cheap parameters for tests only: they make password guessing fast.
     pub fn insecure_for_tests() -> Self {
-        KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-        }
+        KdfParams { memory_kib: 64, iterations: 1, parallelism: 1 }
     }
 
     fn check(&self) -> std::result::Result<(), String> {
         // Bounds on what a config file may ask for: a damaged or hostile config
         // must not make `open` allocate 1 TiB or spin for an hour.
         if !(8..=4 * 1024 * 1024).contains(&self.memory_kib) {
-            return Err(format!(
-                "Argon2 memory {} KiB out of range",
-                self.memory_kib
-            ));
+            return Err(format!("Argon2 memory {} KiB out of range", self.memory_kib));
         }
         if !(1..=64).contains(&self.iterations) || !(1..=64).contains(&self.parallelism) {
             return Err("Argon2 iterations/parallelism out of range".into());
@@ -75,13 +64,11 @@ impl KdfParams {
     }
 
     fn derive(&self, password: &[u8], salt: &[u8]) -> std::result::Result<[u8; 32], String> {
-        let params =
-            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-                .map_err(|e| e.to_string())?;
+        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+            .map_err(|e| e.to_string())?;
         let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut key = [0u8; 32];
-        a.hash_password_into(password, salt, &mut key)
-            .map_err(|e| e.to_string())?;
+        a.hash_password_into(password, salt, &mut key).map_err(|e| e.to_string())?;
         Ok(key)
     }
 }
@@ -216,47 +203,25 @@ impl Repo {
     /// Create a repository in any [`Store`] (a directory, the receiver).
     pub fn init_in(store: Arc<dyn Store>, password: &[u8], kdf: KdfParams) -> Result<Repo> {
         let config_name = || PathBuf::from(format!("{}/config", store.location()));
-        kdf.check().map_err(|why| RepoError::BadConfig {
-            path: config_name(),
-            why,
-        })?;
+        kdf.check().map_err(|why| RepoError::BadConfig { path: config_name(), why })?;
         let id: [u8; 16] = random_bytes()?;
         let salt: [u8; 16] = random_bytes()?;
         let data_key: [u8; 32] = random_bytes()?;
         let id_key: [u8; 32] = random_bytes()?;
-        let wrap_key = kdf
-            .derive(password, &salt)
-            .map_err(|why| RepoError::BadConfig {
-                path: config_name(),
-                why,
-            })?;
+        let wrap_key = kdf.derive(password, &salt).map_err(|why| RepoError::BadConfig { path: config_name(), why })?;
         let nonce: [u8; 24] = random_bytes()?;
         let mut master = [0u8; 64];
         master[..32].copy_from_slice(&data_key);
         master[32..].copy_from_slice(&id_key);
         let aad = wrap_aad(&id);
         let sealed = format::cipher(&wrap_key)
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &master,
-                    aad: &aad,
-                },
-            )
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: &master, aad: &aad })
             .map_err(|_| RepoError::Pipeline("key wrapping failed".into()))?;
         let cfg = ConfigFile {
             format: CONFIG_FORMAT,
             repo_id: hex(&id),
-            kdf: KdfConfig {
-                algorithm: "argon2id".into(),
-                params: kdf,
-                salt: hex(&salt),
-            },
-            keys: WrappedKeys {
-                cipher: "xchacha20poly1305".into(),
-                nonce: hex(&nonce),
-                sealed: hex(&sealed),
-            },
+            kdf: KdfConfig { algorithm: "argon2id".into(), params: kdf, salt: hex(&salt) },
+            keys: WrappedKeys { cipher: "xchacha20poly1305".into(), nonce: hex(&nonce), sealed: hex(&sealed) },
         };
         let mut json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
         json.push(b'\n');
@@ -274,21 +239,14 @@ impl Repo {
     pub fn open_in(store: Arc<dyn Store>, password: &[u8]) -> Result<Repo> {
         let path = PathBuf::from(format!("{}/config", store.location()));
         let Some(text) = store.load_config()? else {
-            return Err(RepoError::NotARepo {
-                repo: store.location(),
-            });
+            return Err(RepoError::NotARepo { repo: store.location() });
         };
-        let bad = |why: String| RepoError::BadConfig {
-            path: path.clone(),
-            why,
-        };
+        let bad = |why: String| RepoError::BadConfig { path: path.clone(), why };
         let cfg: ConfigFile = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
         if cfg.format == 1 {
-            return Err(bad(
-                "repository format 1 (one file per chunk) is no longer supported; \
+            return Err(bad("repository format 1 (one file per chunk) is no longer supported; \
                  create a new repository with `init`"
-                    .into(),
-            ));
+                .into()));
         }
         if cfg.format != CONFIG_FORMAT {
             return Err(bad(format!(
@@ -301,9 +259,7 @@ impl Repo {
         }
         cfg.kdf.params.check().map_err(bad)?;
         let field = |name: &str, s: &str, len: usize| {
-            unhex(s)
-                .filter(|v| len == 0 || v.len() == len)
-                .ok_or_else(|| bad(format!("bad {name}")))
+            unhex(s).filter(|v| len == 0 || v.len() == len).ok_or_else(|| bad(format!("bad {name}")))
         };
         let id: [u8; 16] = field("repo_id", &cfg.repo_id, 16)?.try_into().unwrap();
         let salt = field("salt", &cfg.kdf.salt, 16)?;
@@ -312,35 +268,19 @@ impl Repo {
         let wrap_key = cfg.kdf.params.derive(password, &salt).map_err(bad)?;
         let aad = wrap_aad(&id);
         let master = format::cipher(&wrap_key)
-            .decrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &sealed,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| RepoError::WrongPassword {
-                repo: store.location(),
-            })?;
+            .decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad })
+            .map_err(|_| RepoError::WrongPassword { repo: store.location() })?;
         let data_key: [u8; 32] = master[..32].try_into().unwrap();
         let id_key: [u8; 32] = master[32..].try_into().unwrap();
         Ok(Repo::from_keys(store, id, &data_key, id_key))
     }
 
-    fn from_keys(
-        store: Arc<dyn Store>,
-        id: [u8; 16],
-        data_key: &[u8; 32],
-        id_key: [u8; 32],
-    ) -> Repo {
+    fn from_keys(store: Arc<dyn Store>, id: [u8; 16], data_key: &[u8; 32], id_key: [u8; 32]) -> Repo {
         Repo {
             inner: Arc::new(Inner {
                 store,
                 id,
-                keys: Keys {
-                    cipher: format::cipher(data_key),
-                    id_key,
-                },
+                keys: Keys { cipher: format::cipher(data_key), id_key },
                 index: RwLock::new(None),
                 in_flight: Mutex::new(HashSet::new()),
                 cache: GroupCache::new(),
@@ -366,9 +306,7 @@ impl Repo {
     /// Whether the chunk is stored (or being stored by this process).
     pub fn has_chunk(&self, id: &ChunkId) -> bool {
         self.inner.in_flight.lock().unwrap().contains(id)
-            || self
-                .with_index(|ix| ix.chunks.contains_key(id))
-                .unwrap_or(false)
+            || self.with_index(|ix| ix.chunks.contains_key(id)).unwrap_or(false)
     }
 
     /// Run `f` on the index, building it from the packs on first use.
@@ -429,11 +367,7 @@ impl Repo {
         if let Some(p) = pack {
             self.commit_pack(p)?;
         }
-        Ok(PutOutcome {
-            id: ids[0].0,
-            new: ids[0].1,
-            stored,
-        })
+        Ok(PutOutcome { id: ids[0].0, new: ids[0].1, stored })
     }
 
     /// Hash the chunks of `data` (consecutive, of lengths `lens`), and add
@@ -455,11 +389,7 @@ impl Repo {
                 let chunk = &data[at..at + len];
                 at += len;
                 if len > MAX_CHUNK_SIZE {
-                    return Err(RepoError::TooLarge {
-                        what: "chunk",
-                        len,
-                        max: MAX_CHUNK_SIZE,
-                    });
+                    return Err(RepoError::TooLarge { what: "chunk", len, max: MAX_CHUNK_SIZE });
                 }
                 let id = self.chunk_id(chunk);
                 let fresh = self.claim(id)?;
@@ -522,38 +452,22 @@ impl Repo {
     /// stay decompressed, so reading the chunks of a group one after the
     /// other decompresses it once.
     pub fn get_chunk(&self, id: &ChunkId) -> Result<Vec<u8>> {
-        let (group, loc) = self
-            .with_index(|ix| ix.locate(id))?
-            .ok_or(RepoError::MissingChunk { id: *id })?;
-        let plain = self
-            .inner
-            .cache
-            .get(&group, || self.load_group(&group))
-            .map_err(|why| RepoError::Corrupt {
-                id: *id,
-                why: format!(
-                    "{why} (pack {}, group at byte {})",
-                    group.pack, group.entry.offset
-                ),
-            })?;
+        let (group, loc) = self.with_index(|ix| ix.locate(id))?.ok_or(RepoError::MissingChunk { id: *id })?;
+        let plain = self.inner.cache.get(&group, || self.load_group(&group)).map_err(|why| RepoError::Corrupt {
+            id: *id,
+            why: format!("{why} (pack {}, group at byte {})", group.pack, group.entry.offset),
+        })?;
         let data = &plain[loc.offset as usize..(loc.offset + loc.len) as usize];
         // Authentication already binds the group to its place; the hash check
         // also catches a chunk indexed under a wrong id by a buggy writer.
         if self.chunk_id(data) != *id {
-            return Err(RepoError::Corrupt {
-                id: *id,
-                why: "content does not hash to its id".into(),
-            });
+            return Err(RepoError::Corrupt { id: *id, why: "content does not hash to its id".into() });
         }
         Ok(data.to_vec())
     }
 
     fn load_group(&self, g: &Group) -> std::result::Result<Vec<u8>, String> {
-        let blob = self
-            .inner
-            .store
-            .read_pack(&g.pack, g.entry.offset, g.entry.stored)
-            .map_err(|e| e.to_string())?;
+        let blob = self.inner.store.read_pack(&g.pack, g.entry.offset, g.entry.stored).map_err(|e| e.to_string())?;
         pack::open_group(&self.inner.keys.cipher, &g.pack, &g.entry, &blob)
     }
 
@@ -564,20 +478,10 @@ impl Repo {
     pub fn put_manifest(&self, name: &str, data: &[u8]) -> Result<()> {
         validate_image_name(name)?;
         if data.len() > MAX_MANIFEST_SIZE {
-            return Err(RepoError::TooLarge {
-                what: "manifest",
-                len: data.len(),
-                max: MAX_MANIFEST_SIZE,
-            });
+            return Err(RepoError::TooLarge { what: "manifest", len: data.len(), max: MAX_MANIFEST_SIZE });
         }
         let mut z = new_compressor()?;
-        let blob = format::seal(
-            &self.inner.keys.cipher,
-            MANIFEST_MAGIC,
-            &manifest_context(name),
-            data,
-            &mut z,
-        )?;
+        let blob = format::seal(&self.inner.keys.cipher, MANIFEST_MAGIC, &manifest_context(name), data, &mut z)?;
         self.inner.store.put_manifest(name, &blob)
     }
 
@@ -588,28 +492,14 @@ impl Repo {
             .store
             .get_manifest(name, MAX_MANIFEST_SIZE + format::OVERHEAD)?
             .ok_or_else(|| RepoError::NoSuchImage { name: name.into() })?;
-        format::open(
-            &self.inner.keys.cipher,
-            MANIFEST_MAGIC,
-            &manifest_context(name),
-            blob,
-            MAX_MANIFEST_SIZE,
-        )
-        .map_err(|why| RepoError::CorruptManifest {
-            name: name.into(),
-            why,
-        })
+        format::open(&self.inner.keys.cipher, MANIFEST_MAGIC, &manifest_context(name), blob, MAX_MANIFEST_SIZE)
+            .map_err(|why| RepoError::CorruptManifest { name: name.into(), why })
     }
 
     /// Names of the stored images, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .inner
-            .store
-            .list_manifests()?
-            .into_iter()
-            .filter(|n| validate_image_name(n).is_ok())
-            .collect();
+        let mut names: Vec<String> =
+            self.inner.store.list_manifests()?.into_iter().filter(|n| validate_image_name(n).is_ok()).collect();
         names.sort();
         Ok(names)
     }
@@ -637,14 +527,7 @@ impl Repo {
 
     /// The packs in the store (readable or not).
     pub fn pack_ids(&self) -> Result<Vec<PackId>> {
-        Ok(self
-            .inner
-            .store
-            .list_packs()?
-            .packs
-            .iter()
-            .map(|p| p.id)
-            .collect())
+        Ok(self.inner.store.list_packs()?.packs.iter().map(|p| p.id).collect())
     }
 
     /// Delete every pack none of whose chunks is in `used` (the chunks of
@@ -700,29 +583,18 @@ impl Repo {
             let mut by_group: BTreeMap<u32, Vec<(ChunkId, u32, u32)>> = BTreeMap::new();
             for id in &uniq {
                 match ix.chunks.get(id) {
-                    Some(l) => by_group
-                        .entry(l.group)
-                        .or_default()
-                        .push((*id, l.offset, l.len)),
+                    Some(l) => by_group.entry(l.group).or_default().push((*id, l.offset, l.len)),
                     None => missing.push(RepoError::MissingChunk { id: *id }),
                 }
             }
             by_group
                 .into_iter()
-                .map(|(g, chunks)| GroupCheck {
-                    group: ix.groups[g as usize],
-                    chunks,
-                })
+                .map(|(g, chunks)| GroupCheck { group: ix.groups[g as usize], chunks })
                 .collect::<Vec<_>>()
         });
         let plan = match plan {
             Ok(p) => p,
-            Err(e) => {
-                return VerifyReport {
-                    errors: vec![e],
-                    ..Default::default()
-                }
-            }
+            Err(e) => return VerifyReport { errors: vec![e], ..Default::default() },
         };
         let mut rep = self.verify_plan(&plan, threads);
         rep.checked += missing.len() as u64;
@@ -738,12 +610,7 @@ impl Repo {
     pub fn verify_all_packs(&self, threads: usize) -> VerifyReport {
         let listing = match self.inner.store.list_packs() {
             Ok(l) => l,
-            Err(e) => {
-                return VerifyReport {
-                    errors: vec![e],
-                    ..Default::default()
-                }
-            }
+            Err(e) => return VerifyReport { errors: vec![e], ..Default::default() },
         };
         let mut plan = Vec::new();
         let mut errors = Vec::new();
@@ -753,15 +620,10 @@ impl Repo {
                     let mut checks: Vec<GroupCheck> = ix
                         .groups
                         .iter()
-                        .map(|&entry| GroupCheck {
-                            group: Group { pack: p.id, entry },
-                            chunks: vec![],
-                        })
+                        .map(|&entry| GroupCheck { group: Group { pack: p.id, entry }, chunks: vec![] })
                         .collect();
                     for c in &ix.chunks {
-                        checks[c.group as usize]
-                            .chunks
-                            .push((c.id, c.offset, c.len));
+                        checks[c.group as usize].chunks.push((c.id, c.offset, c.len));
                     }
                     plan.extend(checks);
                 }
@@ -771,12 +633,7 @@ impl Repo {
         let mut rep = self.verify_plan(&plan, threads);
         rep.temp_files = listing.temp_files;
         rep.errors.extend(errors);
-        rep.errors.extend(
-            listing
-                .stray
-                .into_iter()
-                .map(|path| RepoError::StrayFile { path }),
-        );
+        rep.errors.extend(listing.stray.into_iter().map(|path| RepoError::StrayFile { path }));
         rep
     }
 
@@ -807,10 +664,7 @@ impl Repo {
                 if self.chunk_id(data) == id {
                     rep.bytes += len as u64;
                 } else {
-                    rep.errors.push(RepoError::Corrupt {
-                        id,
-                        why: "content does not hash to its id".into(),
-                    });
+                    rep.errors.push(RepoError::Corrupt { id, why: "content does not hash to its id".into() });
                 }
             }
         })
@@ -838,9 +692,7 @@ impl Repo {
                     })
                 })
                 .collect();
-            hs.into_iter()
-                .map(|h| h.join().expect("verify thread panicked"))
-                .collect()
+            hs.into_iter().map(|h| h.join().expect("verify thread panicked")).collect()
         });
         let mut total = VerifyReport::default();
         for r in reports {
@@ -858,22 +710,14 @@ impl Repo {
 /// bytes, not starting with `.` (reserved for temporaries) and never `..`.
 /// So no `/`, no path escape, nothing a shell or a network share mangles.
 pub fn validate_image_name(name: &str) -> Result<()> {
-    let bad = |why| {
-        Err(RepoError::BadName {
-            name: name.into(),
-            why,
-        })
-    };
+    let bad = |why| Err(RepoError::BadName { name: name.into(), why });
     if name.is_empty() || name.len() > 200 {
         return bad("must be 1 to 200 bytes long");
     }
     if name.starts_with('.') || name.contains("..") {
         return bad("must not start with '.' or contain '..'");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"._-+=,:@".contains(&b))
-    {
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-+=,:@".contains(&b)) {
         return bad("only letters, digits and . _ - + = , : @ are allowed (no '/')");
     }
     Ok(())
@@ -892,14 +736,12 @@ fn wrap_aad(id: &[u8; 16]) -> Vec<u8> {
 }
 
 pub(crate) fn new_compressor() -> Result<zstd::bulk::Compressor<'static>> {
-    let mut z = zstd::bulk::Compressor::new(format::ZSTD_LEVEL)
-        .map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))?;
+    let mut z =
+        zstd::bulk::Compressor::new(format::ZSTD_LEVEL).map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))?;
     // Level 3 looks back 2 MiB; a window as large as a group lets a match
     // reach anywhere in it (decompression needs no more memory than the
     // group it produces anyway).
-    z.set_parameter(zstd::zstd_safe::CParameter::WindowLog(
-        pack::GROUP_WINDOW_LOG,
-    ))
-    .map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))?;
+    z.set_parameter(zstd::zstd_safe::CParameter::WindowLog(pack::GROUP_WINDOW_LOG))
+        .map_err(|e| RepoError::Pipeline(format!("zstd: {e}")))?;
     Ok(z)
 }

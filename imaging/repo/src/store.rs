@@ -133,17 +133,7 @@ impl DirStore {
             .create_new(true)
             .open(&tmp)
             .map_err(RepoError::io("cannot create", &tmp))?;
-        Ok(DirPackSink {
-            file,
-            tmp,
-            dst,
-            dir,
-            id: *id,
-            written: 0,
-            head: Vec::new(),
-            tail: Vec::new(),
-            done: false,
-        })
+        Ok(DirPackSink { file, tmp, dst, dir, id: *id, written: 0, head: Vec::new(), tail: Vec::new(), done: false })
     }
 
     /// The index blob of one pack file (see [`pack::index_location`]).
@@ -155,8 +145,7 @@ impl DirStore {
         let mut tail = [0u8; pack::TRAILER_LEN];
         if size >= (head.len() + tail.len()) as u64 {
             f.read_exact_at(&mut head, 0).map_err(|e| e.to_string())?;
-            f.read_exact_at(&mut tail, size - pack::TRAILER_LEN as u64)
-                .map_err(|e| e.to_string())?;
+            f.read_exact_at(&mut tail, size - pack::TRAILER_LEN as u64).map_err(|e| e.to_string())?;
             if head != pack::HEADER {
                 return Err("not a pack file of this version (bad header)".into());
             }
@@ -196,13 +185,10 @@ impl PackSink for DirPackSink {
         }
         let need = pack::HEADER.len().saturating_sub(self.head.len());
         self.head.extend_from_slice(&data[..need.min(data.len())]);
-        self.tail
-            .extend_from_slice(&data[data.len().saturating_sub(pack::TRAILER_LEN)..]);
+        self.tail.extend_from_slice(&data[data.len().saturating_sub(pack::TRAILER_LEN)..]);
         let excess = self.tail.len().saturating_sub(pack::TRAILER_LEN);
         self.tail.drain(..excess);
-        self.file
-            .write_all(data)
-            .map_err(RepoError::io("cannot write", &self.tmp))?;
+        self.file.write_all(data).map_err(RepoError::io("cannot write", &self.tmp))?;
         // Start writing back now, while the next group is compressed, so the
         // fsync at the commit has little left to wait for (it blocks a
         // writer thread). Only a hint: errors show at the fsync.
@@ -223,16 +209,10 @@ impl PackSink for DirPackSink {
         // A writer that broke off mid-pack (an upload cut short) must not
         // leave a pack without its index under a pack name.
         if self.head != pack::HEADER {
-            return Err(RepoError::CorruptPack {
-                pack: self.id,
-                why: "does not start with a pack header".into(),
-            });
+            return Err(RepoError::CorruptPack { pack: self.id, why: "does not start with a pack header".into() });
         }
-        pack::index_location(self.written, &self.tail)
-            .map_err(|why| RepoError::CorruptPack { pack: self.id, why })?;
-        self.file
-            .sync_all()
-            .map_err(RepoError::io("cannot fsync", &self.tmp))?;
+        pack::index_location(self.written, &self.tail).map_err(|why| RepoError::CorruptPack { pack: self.id, why })?;
+        self.file.sync_all().map_err(RepoError::io("cannot fsync", &self.tmp))?;
         // link(2) refuses an existing name, atomically; rename(2) would
         // replace it. Filesystems without hard links (FAT, some shares) get a
         // check-then-rename: pack names are random, so only a bug collides.
@@ -244,8 +224,7 @@ impl PackSink for DirPackSink {
                 return Err(RepoError::PackExists { pack: self.id });
             }
             Err(_) if self.dst.exists() => return Err(RepoError::PackExists { pack: self.id }),
-            Err(_) => fs::rename(&self.tmp, &self.dst)
-                .map_err(RepoError::io("cannot rename into", &self.dst))?,
+            Err(_) => fs::rename(&self.tmp, &self.dst).map_err(RepoError::io("cannot rename into", &self.dst))?,
         }
         self.done = true;
         sync_dir(&self.dir)
@@ -269,16 +248,9 @@ impl Store for DirStore {
         let path = self.dir.join(CONFIG);
         match read_limited(&path, 1 << 20) {
             Ok(Some(b)) => Ok(Some(b)),
-            Ok(None) => Err(RepoError::BadConfig {
-                path,
-                why: "larger than 1 MiB".into(),
-            }),
+            Ok(None) => Err(RepoError::BadConfig { path, why: "larger than 1 MiB".into() }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RepoError::Io {
-                what: "cannot read",
-                path,
-                source: e,
-            }),
+            Err(e) => Err(RepoError::Io { what: "cannot read", path, source: e }),
         }
     }
 
@@ -286,18 +258,14 @@ impl Store for DirStore {
         let dir = &self.dir;
         fs::create_dir_all(dir).map_err(RepoError::io("cannot create", dir))?;
         if dir.join(CONFIG).exists() {
-            return Err(RepoError::AlreadyExists {
-                repo: self.location(),
-            });
+            return Err(RepoError::AlreadyExists { repo: self.location() });
         }
         // Allow re-running an init that crashed before writing `config`.
         for e in fs::read_dir(dir).map_err(RepoError::io("cannot list", dir))? {
             let e = e.map_err(RepoError::io("cannot list", dir))?;
             let n = e.file_name();
             if n != PACKS && n != IMAGES && !n.to_string_lossy().starts_with(TMP_PREFIX) {
-                return Err(RepoError::NotEmpty {
-                    repo: self.location(),
-                });
+                return Err(RepoError::NotEmpty { repo: self.location() });
             }
         }
         // Directories first, config last: a repository exists once its config does.
@@ -362,16 +330,9 @@ impl Store for DirStore {
         let path = self.dir.join(IMAGES).join(name);
         match read_limited(&path, max as u64) {
             Ok(Some(b)) => Ok(Some(b)),
-            Ok(None) => Err(RepoError::CorruptManifest {
-                name: name.into(),
-                why: "file too large".into(),
-            }),
+            Ok(None) => Err(RepoError::CorruptManifest { name: name.into(), why: "file too large".into() }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RepoError::Io {
-                what: "cannot read image",
-                path,
-                source: e,
-            }),
+            Err(e) => Err(RepoError::Io { what: "cannot read image", path, source: e }),
         }
     }
 
@@ -404,22 +365,14 @@ impl Store for DirStore {
             .write(true)
             .open(&path)
             .map_err(RepoError::io("cannot open", &path))?;
-        let op = if exclusive {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_SH
-        };
+        let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
         // SAFETY: plain syscall on a descriptor we own.
         if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } != 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 return Ok(None);
             }
-            return Err(RepoError::Io {
-                what: "cannot lock",
-                path,
-                source: e,
-            });
+            return Err(RepoError::Io { what: "cannot lock", path, source: e });
         }
         Ok(Some(StoreLock { _file: Some(f) }))
     }
@@ -430,11 +383,7 @@ impl DirStore {
         match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(RepoError::Io {
-                what: "cannot remove",
-                path: path.to_path_buf(),
-                source: e,
-            }),
+            Err(e) => Err(RepoError::Io { what: "cannot remove", path: path.to_path_buf(), source: e }),
         }
     }
 }
@@ -448,19 +397,13 @@ fn read_limited(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
     }
     let mut buf = Vec::with_capacity(len as usize);
     f.take(max + 1).read_to_end(&mut buf)?;
-    Ok(if buf.len() as u64 > max {
-        None
-    } else {
-        Some(buf)
-    })
+    Ok(if buf.len() as u64 > max { None } else { Some(buf) })
 }
 
 /// Write `data` to a new temporary file in `dir` (no fsync).
 fn write_temp(dir: &Path, data: &[u8]) -> Result<PathBuf> {
     let tmp = temp_name(dir);
-    let r = File::create(&tmp)
-        .and_then(|mut f| f.write_all(data))
-        .map_err(RepoError::io("cannot write", &tmp));
+    let r = File::create(&tmp).and_then(|mut f| f.write_all(data)).map_err(RepoError::io("cannot write", &tmp));
     if r.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -478,9 +421,7 @@ fn temp_name(dir: &Path) -> PathBuf {
 fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
     let tmp = write_temp(dir, data)?;
     let res = (|| {
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(RepoError::io("cannot fsync", &tmp))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(RepoError::io("cannot fsync", &tmp))?;
         let dst = dir.join(name);
         fs::rename(&tmp, &dst).map_err(RepoError::io("cannot rename into", &dst))
     })();
@@ -491,7 +432,5 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(RepoError::io("cannot fsync directory", dir))
+    File::open(dir).and_then(|f| f.sync_all()).map_err(RepoError::io("cannot fsync directory", dir))
 }

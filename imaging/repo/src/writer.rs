@@ -44,13 +44,8 @@ pub struct WriterOptions {
 impl Default for WriterOptions {
     /// One worker per CPU, one queued batch per worker.
     fn default() -> Self {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        WriterOptions {
-            threads,
-            queue: threads,
-        }
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        WriterOptions { threads, queue: threads }
     }
 }
 
@@ -90,11 +85,7 @@ struct Job {
 
 impl Job {
     fn new(seq: usize) -> Job {
-        Job {
-            seq,
-            data: Vec::new(),
-            cells: Vec::new(),
-        }
+        Job { seq, data: Vec::new(), cells: Vec::new() }
     }
 }
 
@@ -130,26 +121,15 @@ impl ChunkWriter {
                     let mut pack = None;
                     for job in rx {
                         let lens: Vec<usize> = job.cells.iter().map(|c| c.1).collect();
-                        let r = repo.store_batch(&job.data, &lens, &mut pack, &mut z).map(
-                            |(ids, stored)| {
-                                let refs = job
-                                    .cells
-                                    .iter()
-                                    .zip(ids)
-                                    .map(|(&(offset, len), (id, new))| {
-                                        (
-                                            ChunkRef {
-                                                offset,
-                                                len: len as u64,
-                                                id,
-                                            },
-                                            new,
-                                        )
-                                    })
-                                    .collect();
-                                (refs, stored)
-                            },
-                        );
+                        let r = repo.store_batch(&job.data, &lens, &mut pack, &mut z).map(|(ids, stored)| {
+                            let refs = job
+                                .cells
+                                .iter()
+                                .zip(ids)
+                                .map(|(&(offset, len), (id, new))| (ChunkRef { offset, len: len as u64, id }, new))
+                                .collect();
+                            (refs, stored)
+                        });
                         drop(job.data); // free before waiting to send
                         if tx.send((job.seq, r)).is_err() {
                             break;
@@ -215,11 +195,7 @@ impl ChunkWriter {
 
     fn collect(&mut self, wait: bool) {
         loop {
-            let msg = if wait {
-                self.done.recv().ok()
-            } else {
-                self.done.try_recv().ok()
-            };
+            let msg = if wait { self.done.recv().ok() } else { self.done.try_recv().ok() };
             let Some((seq, r)) = msg else { return };
             match r {
                 Ok((refs, stored)) => {
@@ -248,9 +224,7 @@ impl ChunkWriter {
         self.jobs = None; // workers drain the queue, commit their packs, stop
         self.collect(true); // returns once every worker has dropped its sender
         for h in self.workers.drain(..) {
-            let r = h
-                .join()
-                .map_err(|_| RepoError::Pipeline("a worker panicked".into()))?;
+            let r = h.join().map_err(|_| RepoError::Pipeline("a worker panicked".into()))?;
             if let (Err(e), None) = (r, &self.error) {
                 self.error = Some(e);
             }

@@ -17,14 +17,7 @@ fn one_gib_through_the_pipeline_in_bounded_memory() {
     const CHUNK: usize = 1 << 20;
     const TOTAL: usize = 1 << 30;
     let before = vm_hwm_kib();
-    let mut w = ChunkWriter::new(
-        &repo,
-        WriterOptions {
-            threads: 2,
-            queue: 2,
-        },
-    )
-    .unwrap();
+    let mut w = ChunkWriter::new(&repo, WriterOptions { threads: 2, queue: 2 }).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     // Mostly zeros (like a sparse disk), every 32nd chunk random: 32 MiB of
     // data to compress and encrypt, all of it produced on the fly.

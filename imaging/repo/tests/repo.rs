@@ -38,11 +38,7 @@ fn random_chunks(seed: u64, n: usize, size: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn write_all(
-    repo: &Repo,
-    chunks: &[Vec<u8>],
-    opts: WriterOptions,
-) -> (Vec<ChunkId>, lifeline_repo::WriteStats) {
+fn write_all(repo: &Repo, chunks: &[Vec<u8>], opts: WriterOptions) -> (Vec<ChunkId>, lifeline_repo::WriteStats) {
     let mut w = ChunkWriter::new(repo, opts).unwrap();
     let mut off = 0u64;
     for c in chunks {
@@ -52,21 +48,14 @@ fn write_all(
     let (refs, stats) = w.finish().unwrap();
     let mut off = 0u64;
     for (r, c) in refs.iter().zip(chunks) {
-        assert_eq!(
-            (r.offset, r.len),
-            (off, c.len() as u64),
-            "results in input order"
-        );
+        assert_eq!((r.offset, r.len), (off, c.len() as u64), "results in input order");
         off += c.len() as u64;
     }
     (refs.into_iter().map(|r| r.id).collect(), stats)
 }
 
 fn pack_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut v: Vec<_> = fs::read_dir(dir.join("packs"))
-        .unwrap()
-        .map(|f| f.unwrap().path())
-        .collect();
+    let mut v: Vec<_> = fs::read_dir(dir.join("packs")).unwrap().map(|f| f.unwrap().path()).collect();
     v.sort();
     v
 }
@@ -96,24 +85,11 @@ fn round_trip_through_pipeline() {
     let t = tempfile::tempdir().unwrap();
     let repo = new_repo(t.path());
     let chunks = random_chunks(1, 300, 64 * 1024);
-    let (ids, stats) = write_all(
-        &repo,
-        &chunks,
-        WriterOptions {
-            threads: 3,
-            queue: 4,
-        },
-    );
+    let (ids, stats) = write_all(&repo, &chunks, WriterOptions { threads: 3, queue: 4 });
     assert_eq!(stats.chunks, 300);
     assert_eq!(stats.new_chunks, 300);
-    assert_eq!(
-        stats.bytes_in,
-        chunks.iter().map(|c| c.len() as u64).sum::<u64>()
-    );
-    assert!(
-        stats.bytes_stored < stats.bytes_in,
-        "compressible chunks shrink: {stats:?}"
-    );
+    assert_eq!(stats.bytes_in, chunks.iter().map(|c| c.len() as u64).sum::<u64>());
+    assert!(stats.bytes_stored < stats.bytes_in, "compressible chunks shrink: {stats:?}");
     // Reopen from disk and read everything back.
     drop(repo);
     let repo = Repo::open(t.path(), PW).unwrap();
@@ -159,10 +135,7 @@ fn dedup_same_data_and_one_percent_change() {
     // Identical chunks inside one image are stored once.
     chunks.push(vec![0u8; 32 * 1024]);
     chunks.push(vec![0u8; 32 * 1024]);
-    let opts = WriterOptions {
-        threads: 4,
-        queue: 2,
-    };
+    let opts = WriterOptions { threads: 4, queue: 2 };
     let (ids1, s1) = write_all(&repo, &chunks, opts);
     assert_eq!(s1.chunks, 202);
     assert_eq!(s1.new_chunks, 201);
@@ -196,14 +169,9 @@ fn wrong_password_refused_and_nothing_changes() {
     repo.put_manifest("img1", b"manifest").unwrap();
     drop(repo);
     let before = snapshot(t.path());
-    let err = Repo::open(t.path(), b"not the password")
-        .err()
-        .expect("wrong password must fail");
+    let err = Repo::open(t.path(), b"not the password").err().expect("wrong password must fail");
     assert!(matches!(err, RepoError::WrongPassword { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!("wrong password for repository {}", t.path().display())
-    );
+    assert_eq!(err.to_string(), format!("wrong password for repository {}", t.path().display()));
     assert_eq!(snapshot(t.path()), before);
     // The right password still works.
     let repo = Repo::open(t.path(), PW).unwrap();
@@ -215,16 +183,10 @@ fn wrong_password_refused_and_nothing_changes() {
         Err(RepoError::AlreadyExists { .. })
     ));
     let missing = t.path().join("no-such-repo");
-    assert!(matches!(
-        Repo::open(&missing, PW),
-        Err(RepoError::NotARepo { .. })
-    ));
+    assert!(matches!(Repo::open(&missing, PW), Err(RepoError::NotARepo { .. })));
     assert!(!missing.exists(), "open creates nothing");
     let empty = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        Repo::open(empty.path(), PW),
-        Err(RepoError::NotARepo { .. })
-    ));
+    assert!(matches!(Repo::open(empty.path(), PW), Err(RepoError::NotARepo { .. })));
     fs::write(empty.path().join("x"), b"").unwrap();
     assert!(matches!(
         Repo::init_with_kdf(empty.path(), PW, KdfParams::insecure_for_tests()),
@@ -237,11 +199,7 @@ fn different_repos_have_different_ids_for_same_data() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let (ra, rb) = (new_repo(a.path()), new_repo(b.path()));
-    assert_ne!(
-        ra.chunk_id(b"x"),
-        rb.chunk_id(b"x"),
-        "ids are keyed per repository"
-    );
+    assert_ne!(ra.chunk_id(b"x"), rb.chunk_id(b"x"), "ids are keyed per repository");
     assert_ne!(ra.chunk_id(b"x"), ChunkId(*blake3::hash(b"x").as_bytes()));
 }
 
@@ -253,10 +211,7 @@ fn corrupt_setup() -> (tempfile::TempDir, Repo, Vec<(ChunkId, std::path::PathBuf
     for c in random_chunks(3, 6, 8192) {
         let before = pack_files(t.path());
         let id = repo.put_chunk(&c).unwrap().id;
-        let new: Vec<_> = pack_files(t.path())
-            .into_iter()
-            .filter(|p| !before.contains(p))
-            .collect();
+        let new: Vec<_> = pack_files(t.path()).into_iter().filter(|p| !before.contains(p)).collect();
         assert_eq!(new.len(), 1);
         out.push((id, new[0].clone()));
     }
@@ -286,10 +241,7 @@ fn flipped_byte_in_a_pack_detected_by_get_and_verify() {
     flip(&c[2].1, |b| index_at(b) - 1);
     for (id, _) in &c[..3] {
         let err = repo.get_chunk(id).unwrap_err();
-        assert!(
-            matches!(&err, RepoError::Corrupt { id: i, .. } if i == id),
-            "{err}"
-        );
+        assert!(matches!(&err, RepoError::Corrupt { id: i, .. } if i == id), "{err}");
         assert!(err.to_string().contains(&id.to_hex()));
         assert!(err.to_string().contains("authentication failed"), "{err}");
     }
@@ -298,20 +250,13 @@ fn flipped_byte_in_a_pack_detected_by_get_and_verify() {
     flip(&c[4].1, |b| b.len() - 1);
     let fresh = Repo::open(t.path(), PW).unwrap();
     for (id, _) in &c[3..5] {
-        assert!(matches!(
-            fresh.get_chunk(id),
-            Err(RepoError::MissingChunk { .. })
-        ));
+        assert!(matches!(fresh.get_chunk(id), Err(RepoError::MissingChunk { .. })));
         assert!(!fresh.has_chunk(id));
     }
     assert!(fresh.get_chunk(&c[5].0).is_ok());
     let rep = fresh.verify_all_packs(2);
     assert_eq!((rep.checked, rep.errors.len()), (4, 5), "{:?}", rep.errors);
-    let unusable = rep
-        .errors
-        .iter()
-        .filter(|e| matches!(e, RepoError::CorruptPack { .. }))
-        .count();
+    let unusable = rep.errors.iter().filter(|e| matches!(e, RepoError::CorruptPack { .. })).count();
     assert_eq!(unusable, 2, "{:?}", rep.errors);
     let ids: Vec<ChunkId> = c.iter().map(|c| c.0).collect();
     let rep = fresh.verify_chunks(&ids, 2);
@@ -326,10 +271,7 @@ fn truncated_pack_is_reported_and_the_next_backup_stores_its_chunks_again() {
     let t = tempfile::tempdir().unwrap();
     let repo = new_repo(t.path());
     let chunks = random_chunks(5, 50, 64 * 1024);
-    let one = WriterOptions {
-        threads: 1,
-        queue: 2,
-    };
+    let one = WriterOptions { threads: 1, queue: 2 };
     let (ids, _) = write_all(&repo, &chunks, one);
     let packs = pack_files(t.path());
     assert_eq!(packs.len(), 1);
@@ -341,15 +283,8 @@ fn truncated_pack_is_reported_and_the_next_backup_stores_its_chunks_again() {
     let rep = repo.verify_all_packs(2);
     assert_eq!(rep.temp_files, 1);
     assert_eq!(rep.errors.len(), 1, "{:?}", rep.errors);
-    assert!(
-        matches!(&rep.errors[0], RepoError::CorruptPack { why, .. } if why.contains("torn")),
-        "{:?}",
-        rep.errors
-    );
-    assert!(matches!(
-        repo.get_chunk(&ids[0]),
-        Err(RepoError::MissingChunk { .. })
-    ));
+    assert!(matches!(&rep.errors[0], RepoError::CorruptPack { why, .. } if why.contains("torn")), "{:?}", rep.errors);
+    assert!(matches!(repo.get_chunk(&ids[0]), Err(RepoError::MissingChunk { .. })));
     let (ids2, s) = write_all(&repo, &chunks, one);
     assert_eq!(ids2, ids);
     assert_eq!(s.new_chunks, 50);
@@ -371,24 +306,16 @@ fn swapped_or_renamed_packs_fail_authentication() {
     fs::write(t.path().join("packs/notapack"), b"x").unwrap();
     let repo = Repo::open(t.path(), PW).unwrap();
     for (id, _) in &c[..3] {
-        assert!(matches!(
-            repo.get_chunk(id),
-            Err(RepoError::MissingChunk { .. })
-        ));
+        assert!(matches!(repo.get_chunk(id), Err(RepoError::MissingChunk { .. })));
     }
     let rep = repo.verify_all_packs(2);
     let auth = rep
         .errors
         .iter()
-        .filter(|e| {
-            matches!(e, RepoError::CorruptPack { why, .. } if why.contains("authentication failed"))
-        })
+        .filter(|e| matches!(e, RepoError::CorruptPack { why, .. } if why.contains("authentication failed")))
         .count();
     assert_eq!(auth, 3, "{:?}", rep.errors);
-    assert!(rep
-        .errors
-        .iter()
-        .any(|e| matches!(e, RepoError::StrayFile { .. })));
+    assert!(rep.errors.iter().any(|e| matches!(e, RepoError::StrayFile { .. })));
     assert_eq!((rep.checked, rep.errors.len()), (3, 4), "{:?}", rep.errors);
 }
 
@@ -396,10 +323,7 @@ fn swapped_or_renamed_packs_fail_authentication() {
 fn prune_deletes_unused_packs_and_keeps_partly_used_ones() {
     let t = tempfile::tempdir().unwrap();
     let repo = new_repo(t.path());
-    let one = WriterOptions {
-        threads: 1,
-        queue: 2,
-    };
+    let one = WriterOptions { threads: 1, queue: 2 };
     let a = random_chunks(6, 10, 32 * 1024);
     let b = random_chunks(7, 10, 32 * 1024);
     let (ids_a, _) = write_all(&repo, &a, one);
@@ -408,23 +332,14 @@ fn prune_deletes_unused_packs_and_keeps_partly_used_ones() {
     let used: std::collections::HashSet<ChunkId> = [ids_a[3]].into();
     let st = repo.prune_packs(&used).unwrap();
     assert_eq!(
-        (
-            st.packs_deleted,
-            st.packs_kept,
-            st.chunks_deleted,
-            st.chunks_used,
-            st.chunks_unused_kept
-        ),
+        (st.packs_deleted, st.packs_kept, st.chunks_deleted, st.chunks_used, st.chunks_unused_kept),
         (1, 1, 10, 1, 9),
         "{st:?}"
     );
     assert!(st.bytes_freed > 0);
     assert_eq!(pack_files(t.path()).len(), 1);
     assert_eq!(repo.get_chunk(&ids_a[3]).unwrap(), a[3]);
-    assert!(matches!(
-        repo.get_chunk(&ids_b[0]),
-        Err(RepoError::MissingChunk { .. })
-    ));
+    assert!(matches!(repo.get_chunk(&ids_b[0]), Err(RepoError::MissingChunk { .. })));
     assert!(repo.verify_all_packs(2).ok());
     // What was pruned is stored again when it comes back.
     let (_, s) = write_all(&repo, &b, one);
@@ -438,10 +353,7 @@ fn grouped_chunks_deduplicated_across_two_backups() {
     let t = tempfile::tempdir().unwrap();
     let repo = new_repo(t.path());
     let cells = random_chunks(8, 64, 64 * 1024);
-    let opts = WriterOptions {
-        threads: 2,
-        queue: 2,
-    };
+    let opts = WriterOptions { threads: 2, queue: 2 };
     let (ids1, s1) = write_all(&repo, &cells, opts);
     assert_eq!(s1.new_chunks, 64);
     let rep = repo.verify_all_packs(2);
@@ -466,9 +378,7 @@ fn old_format_is_refused_clearly() {
     let t = tempfile::tempdir().unwrap();
     new_repo(t.path());
     let p = t.path().join("config");
-    let text = fs::read_to_string(&p)
-        .unwrap()
-        .replace("\"format\": 2", "\"format\": 1");
+    let text = fs::read_to_string(&p).unwrap().replace("\"format\": 2", "\"format\": 1");
     fs::write(&p, text).unwrap();
     let err = Repo::open(t.path(), PW).err().unwrap();
     assert!(err.to_string().contains("format 1"), "{err}");
@@ -487,47 +397,20 @@ fn manifests() {
     assert_eq!(repo.list().unwrap(), vec!["b", "web1:2026-11-22T05:00:00"]);
     assert_eq!(repo.get_manifest("web1:2026-11-22T05:00:00").unwrap(), big);
     assert_eq!(repo.get_manifest("b").unwrap(), b"replaced");
-    assert!(matches!(
-        repo.get_manifest("nope"),
-        Err(RepoError::NoSuchImage { .. })
-    ));
-    for bad in [
-        "",
-        "a/b",
-        "..",
-        "../x",
-        "x/../y",
-        ".hidden",
-        "a..b",
-        "a b",
-        "a\0b",
-        "/abs",
-        &"x".repeat(201),
-    ] {
-        assert!(
-            matches!(repo.put_manifest(bad, b"x"), Err(RepoError::BadName { .. })),
-            "{bad:?}"
-        );
-        assert!(
-            matches!(repo.get_manifest(bad), Err(RepoError::BadName { .. })),
-            "{bad:?}"
-        );
+    assert!(matches!(repo.get_manifest("nope"), Err(RepoError::NoSuchImage { .. })));
+    for bad in ["", "a/b", "..", "../x", "x/../y", ".hidden", "a..b", "a b", "a\0b", "/abs", &"x".repeat(201)] {
+        assert!(matches!(repo.put_manifest(bad, b"x"), Err(RepoError::BadName { .. })), "{bad:?}");
+        assert!(matches!(repo.get_manifest(bad), Err(RepoError::BadName { .. })), "{bad:?}");
     }
     // A manifest renamed to another name, or damaged, is refused.
     fs::copy(t.path().join("images/b"), t.path().join("images/c")).unwrap();
-    assert!(matches!(
-        repo.get_manifest("c"),
-        Err(RepoError::CorruptManifest { .. })
-    ));
+    assert!(matches!(repo.get_manifest("c"), Err(RepoError::CorruptManifest { .. })));
     let p = t.path().join("images/b");
     let mut b = fs::read(&p).unwrap();
     let n = b.len();
     b[n - 3] ^= 4;
     fs::write(&p, b).unwrap();
-    assert!(matches!(
-        repo.get_manifest("b"),
-        Err(RepoError::CorruptManifest { .. })
-    ));
+    assert!(matches!(repo.get_manifest("b"), Err(RepoError::CorruptManifest { .. })));
     // Manifests are not readable without the key.
     let raw = fs::read(t.path().join("images/web1:2026-11-22T05:00:00")).unwrap();
     assert!(raw.len() < big.len(), "compressed");
@@ -543,14 +426,7 @@ fn pipeline_reports_io_errors() {
     let d = t.path().join("packs");
     fs::remove_dir(&d).unwrap();
     fs::write(&d, b"").unwrap();
-    let mut w = ChunkWriter::new(
-        &repo,
-        WriterOptions {
-            threads: 2,
-            queue: 1,
-        },
-    )
-    .unwrap();
+    let mut w = ChunkWriter::new(&repo, WriterOptions { threads: 2, queue: 1 }).unwrap();
     w.push(0, data).unwrap();
     let err = w.finish().unwrap_err();
     assert!(matches!(err, RepoError::Io { .. }), "{err}");
@@ -562,26 +438,13 @@ fn concurrent_writers_store_each_chunk_once() {
     let repo = new_repo(t.path());
     let chunks = random_chunks(4, 10, 16 * 1024);
     let new: usize = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..6)
-            .map(|_| {
-                s.spawn(|| {
-                    chunks
-                        .iter()
-                        .filter(|c| repo.put_chunk(c).unwrap().new)
-                        .count()
-                })
-            })
-            .collect();
+        let hs: Vec<_> =
+            (0..6).map(|_| s.spawn(|| chunks.iter().filter(|c| repo.put_chunk(c).unwrap().new).count())).collect();
         hs.into_iter().map(|h| h.join().unwrap()).sum()
     });
     assert_eq!(new, 10, "each chunk counted new exactly once");
     assert_eq!(repo.chunk_ids().unwrap().len(), 10);
-    assert!(
-        pack_files(t.path())
-            .iter()
-            .all(|p| !p.to_string_lossy().contains(".tmp-")),
-        "no temporaries left"
-    );
+    assert!(pack_files(t.path()).iter().all(|p| !p.to_string_lossy().contains(".tmp-")), "no temporaries left");
 }
 
 /// The store refuses to name a pack that was cut short (no trailer), and
@@ -597,10 +460,7 @@ fn store_commits_only_whole_packs_and_never_overwrites() {
     s.write(b"LLPK\x01\0\0\0").unwrap();
     s.write(&[1u8; 5000]).unwrap();
     assert!(matches!(s.commit(), Err(RepoError::CorruptPack { .. })));
-    assert!(
-        pack_files(t.path()).is_empty(),
-        "nothing named, no temporary left"
-    );
+    assert!(pack_files(t.path()).is_empty(), "nothing named, no temporary left");
     // Framing only (an index of 40 zero bytes): enough for the store.
     let mut framed = b"LLPK\x01\0\0\0".to_vec();
     framed.extend_from_slice(&[0u8; 40]);
@@ -622,9 +482,5 @@ fn store_commits_only_whole_packs_and_never_overwrites() {
     // The repository reports it (its index does not authenticate).
     let repo = Repo::open(t.path(), PW).unwrap();
     let rep = repo.verify_all_packs(1);
-    assert!(
-        matches!(&rep.errors[..], [RepoError::CorruptPack { .. }]),
-        "{:?}",
-        rep.errors
-    );
+    assert!(matches!(&rep.errors[..], [RepoError::CorruptPack { .. }]), "{:?}", rep.errors);
 }

@@ -84,8 +84,7 @@ pub fn extract(disk: &Path, offset: u64, len: u64, out: &Path) {
 /// Write the file `data` into `disk` at `offset`.
 pub fn put(disk: &Path, data: &Path, offset: u64) {
     let d = OpenOptions::new().write(true).open(disk).unwrap();
-    d.write_all_at(&std::fs::read(data).unwrap(), offset)
-        .unwrap();
+    d.write_all_at(&std::fs::read(data).unwrap(), offset).unwrap();
 }
 
 /// A loop device on an image file, detached on drop (also when a test fails).
@@ -153,9 +152,7 @@ impl Mounted {
         match self {
             Mounted::Ntfs => Mount::new("ntfs-3g", &["-o", ro], dev, dir),
             Mounted::Exfat => Mount::new("mount.exfat-fuse", &["-o", ro], dev, dir),
-            Mounted::Xfs if read_only => {
-                Mount::new("mount", &["-t", "xfs", "-o", "ro,norecovery"], dev, dir)
-            }
+            Mounted::Xfs if read_only => Mount::new("mount", &["-t", "xfs", "-o", "ro,norecovery"], dev, dir),
             Mounted::Xfs => Mount::new("mount", &["-t", "xfs"], dev, dir),
             Mounted::Btrfs => Mount::new("mount", &["-t", "btrfs", "-o", ro], dev, dir),
         }
@@ -239,32 +236,10 @@ impl DiskSpec {
             size_mib,
             label: "gpt",
             parts: vec![
-                PartSpec {
-                    size_mib: 40,
-                    sfdisk_type: "U",
-                    content: Content::Fat {
-                        bits: 32,
-                        opts: vec!["-s", "1"],
-                    },
-                },
-                PartSpec {
-                    size_mib: 32,
-                    sfdisk_type: "L",
-                    content: Content::Ext {
-                        mkfs: "mkfs.ext4",
-                        opts: vec![],
-                    },
-                },
-                PartSpec {
-                    size_mib: 8,
-                    sfdisk_type: "S",
-                    content: Content::Swap,
-                },
-                PartSpec {
-                    size_mib: 4,
-                    sfdisk_type: "L",
-                    content: Content::Unknown,
-                },
+                PartSpec { size_mib: 40, sfdisk_type: "U", content: Content::Fat { bits: 32, opts: vec!["-s", "1"] } },
+                PartSpec { size_mib: 32, sfdisk_type: "L", content: Content::Ext { mkfs: "mkfs.ext4", opts: vec![] } },
+                PartSpec { size_mib: 8, sfdisk_type: "S", content: Content::Swap },
+                PartSpec { size_mib: 4, sfdisk_type: "L", content: Content::Unknown },
             ],
         }
     }
@@ -304,10 +279,7 @@ impl DiskSpec {
                     a.push(s);
                     run("mkfs.vfat", &a);
                     for e in std::fs::read_dir(&tree).unwrap() {
-                        run(
-                            "mcopy",
-                            &["-s", "-i", s, e.unwrap().path().to_str().unwrap(), "::/"],
-                        );
+                        run("mcopy", &["-s", "-i", s, e.unwrap().path().to_str().unwrap(), "::/"]);
                     }
                 }
                 Content::Swap => {
@@ -318,14 +290,7 @@ impl DiskSpec {
                     let lo = Loop::new(&img, false);
                     let mnt = work.join("mnt");
                     let _m = kind.mount(&lo.0, &mnt, false);
-                    run(
-                        "cp",
-                        &[
-                            "-r",
-                            &format!("{}/.", tree.display()),
-                            mnt.to_str().unwrap(),
-                        ],
-                    );
+                    run("cp", &["-r", &format!("{}/.", tree.display()), mnt.to_str().unwrap()]);
                 }
                 Content::Unknown => {}
             }
@@ -333,14 +298,7 @@ impl DiskSpec {
             std::fs::remove_file(&img).unwrap();
             parts.push((start, len, p.content.clone()));
         }
-        BuiltDisk {
-            path,
-            size,
-            parts,
-            ext_files: files.clone(),
-            files,
-            work,
-        }
+        BuiltDisk { path, size, parts, ext_files: files.clone(), files, work }
     }
 }
 
@@ -352,12 +310,7 @@ pub fn sfdisk(img: &Path, script: &str) {
         .stdout(Stdio::null())
         .spawn()
         .expect("sfdisk (scripts/setup.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success(), "sfdisk failed on {script}");
 }
 
@@ -370,12 +323,7 @@ pub fn partition_starts(disk: &Path) -> Vec<(u64, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| {
-            (
-                p["start"].as_u64().unwrap() * ss,
-                p["size"].as_u64().unwrap() * ss,
-            )
-        })
+        .map(|p| (p["start"].as_u64().unwrap() * ss, p["size"].as_u64().unwrap() * ss))
         .collect()
 }
 
@@ -393,24 +341,8 @@ impl BuiltDisk {
         std::fs::write(&new, &data).unwrap();
         let s = img.to_str().unwrap();
         run("debugfs", &["-w", "-R", "rm /small.txt", s]);
-        run(
-            "debugfs",
-            &[
-                "-w",
-                "-R",
-                &format!("write {} /small.txt", new.display()),
-                s,
-            ],
-        );
-        run(
-            "debugfs",
-            &[
-                "-w",
-                "-R",
-                &format!("write {} /added.bin", new.display()),
-                s,
-            ],
-        );
+        run("debugfs", &["-w", "-R", &format!("write {} /small.txt", new.display()), s]);
+        run("debugfs", &["-w", "-R", &format!("write {} /added.bin", new.display()), s]);
         put(&self.path, &img, start);
         std::fs::remove_file(&img).unwrap();
         for f in self.ext_files.iter_mut().filter(|f| f.0 == "small.txt") {
@@ -421,10 +353,7 @@ impl BuiltDisk {
     }
 
     fn ext_part(&self) -> Option<(u64, u64)> {
-        self.parts
-            .iter()
-            .find(|p| matches!(p.2, Content::Ext { .. }))
-            .map(|p| (p.0, p.1))
+        self.parts.iter().find(|p| matches!(p.2, Content::Ext { .. })).map(|p| (p.0, p.1))
     }
 
     /// Check that `copy` holds this disk: same table, clean filesystems,
@@ -433,8 +362,7 @@ impl BuiltDisk {
         // Same partitions (a larger copy differs only in its last usable
         // sector), and a GPT that sgdisk finds consistent.
         let table = |p: &Path| {
-            let v: serde_json::Value =
-                serde_json::from_str(&run("sfdisk", &["--json", p.to_str().unwrap()])).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&run("sfdisk", &["--json", p.to_str().unwrap()])).unwrap();
             let t = &v["partitiontable"];
             let parts: Vec<String> = t["partitions"]
                 .as_array()
@@ -460,30 +388,16 @@ impl BuiltDisk {
                     run("e2fsck", &["-fn", s]);
                     for (name, data) in &self.ext_files {
                         let _ = std::fs::remove_file(&out);
-                        run(
-                            "debugfs",
-                            &["-R", &format!("dump /{name} {}", out.display()), s],
-                        );
-                        assert!(
-                            std::fs::read(&out).unwrap() == *data,
-                            "partition {}: {name} differs",
-                            i + 1
-                        );
+                        run("debugfs", &["-R", &format!("dump /{name} {}", out.display()), s]);
+                        assert!(std::fs::read(&out).unwrap() == *data, "partition {}: {name} differs", i + 1);
                     }
                 }
                 Content::Fat { .. } => {
                     run("fsck.vfat", &["-n", s]);
                     for (name, data) in &self.files {
                         let _ = std::fs::remove_file(&out);
-                        run(
-                            "mcopy",
-                            &["-n", "-i", s, &format!("::/{name}"), out.to_str().unwrap()],
-                        );
-                        assert!(
-                            std::fs::read(&out).unwrap() == *data,
-                            "partition {}: {name} differs",
-                            i + 1
-                        );
+                        run("mcopy", &["-n", "-i", s, &format!("::/{name}"), out.to_str().unwrap()]);
+                        assert!(std::fs::read(&out).unwrap() == *data, "partition {}: {name} differs", i + 1);
                     }
                 }
                 Content::Mounted(kind) => {
@@ -493,11 +407,7 @@ impl BuiltDisk {
                     let m = kind.mount(&lo.0, &mnt, true);
                     for (name, data) in &self.files {
                         let got = std::fs::read(mnt.join(name)).unwrap();
-                        assert!(
-                            got == *data,
-                            "partition {} ({kind:?}): {name} differs",
-                            i + 1
-                        );
+                        assert!(got == *data, "partition {} ({kind:?}): {name} differs", i + 1);
                     }
                     drop(m);
                 }
@@ -508,11 +418,7 @@ impl BuiltDisk {
                 Content::Unknown => {
                     let o = self.work.join("orig");
                     extract(&self.path, *start, *len, &o);
-                    assert!(
-                        std::fs::read(&o).unwrap() == std::fs::read(&p).unwrap(),
-                        "partition {} differs",
-                        i + 1
-                    );
+                    assert!(std::fs::read(&o).unwrap() == std::fs::read(&p).unwrap(), "partition {} differs", i + 1);
                     std::fs::remove_file(&o).unwrap();
                 }
             }

@@ -149,9 +149,7 @@ impl FsReader for Btrfs {
                     3 => "blake2b",
                     _ => "unknown",
                 };
-                return Err(unsupported(format!(
-                    "checksum type {t} ({name}); only crc32c is supported"
-                )));
+                return Err(unsupported(format!("checksum type {t} ({name}); only crc32c is supported")));
             }
         }
         if !csum_ok(&sb) {
@@ -180,23 +178,16 @@ fn parse(part: &dyn ReadAt, len: u64, sb: &[u8]) -> Result<UsedMap, FsError> {
         rest &= !bit;
     }
     if rest != 0 {
-        return Err(unsupported(format!(
-            "unknown incompat feature bits {rest:#x}"
-        )));
+        return Err(unsupported(format!("unknown incompat feature bits {rest:#x}")));
     }
     let compat_ro = le64(sb, 0xB4);
     if compat_ro & !COMPAT_RO_KNOWN != 0 {
-        return Err(unsupported(format!(
-            "unknown compat_ro feature bits {:#x}",
-            compat_ro & !COMPAT_RO_KNOWN
-        )));
+        return Err(unsupported(format!("unknown compat_ro feature bits {:#x}", compat_ro & !COMPAT_RO_KNOWN)));
     }
     let num_devices = le64(sb, 0x88);
     let devid = le64(sb, 0xC9);
     if num_devices != 1 {
-        return Err(unsupported(format!(
-            "device {devid} of {num_devices}; multi-device btrfs is not supported"
-        )));
+        return Err(unsupported(format!("device {devid} of {num_devices}; multi-device btrfs is not supported")));
     }
     if le64(sb, 0x60) != 0 {
         return Err(unsupported(
@@ -213,16 +204,10 @@ fn parse(part: &dyn ReadAt, len: u64, sb: &[u8]) -> Result<UsedMap, FsError> {
     }
     let dev_bytes = le64(sb, 0xD1);
     if dev_bytes > len || dev_bytes < RESERVED {
-        return Err(damaged(format!(
-            "device size {dev_bytes} does not fit the partition ({len} bytes)"
-        )));
+        return Err(damaged(format!("device size {dev_bytes} does not fit the partition ({len} bytes)")));
     }
     let mut fsid = [0u8; 16];
-    let fsid_off = if incompat & INCOMPAT_METADATA_UUID != 0 {
-        0x23B
-    } else {
-        0x20
-    };
+    let fsid_off = if incompat & INCOMPAT_METADATA_UUID != 0 { 0x23B } else { 0x20 };
     fsid.copy_from_slice(&sb[fsid_off..fsid_off + 16]);
 
     let mut fs = Fs {
@@ -253,14 +238,9 @@ fn parse(part: &dyn ReadAt, len: u64, sb: &[u8]) -> Result<UsedMap, FsError> {
     let mut o = 0;
     let mut boot = Vec::new();
     while o < sys.len() {
-        let key = sys
-            .get(o..o + 17)
-            .ok_or_else(|| damaged("sys_chunk_array truncated"))?;
+        let key = sys.get(o..o + 17).ok_or_else(|| damaged("sys_chunk_array truncated"))?;
         if key[8] != CHUNK_ITEM {
-            return Err(damaged(format!(
-                "sys_chunk_array holds key type {}",
-                key[8]
-            )));
+            return Err(damaged(format!("sys_chunk_array holds key type {}", key[8])));
         }
         let logical = le64(key, 9);
         let (c, n) = fs.chunk(logical, &sys[o + 17..])?;
@@ -337,10 +317,7 @@ impl<'a> Fs<'a> {
         let n = le16(d, 44) as usize;
         let size = 48 + 32 * n;
         if n == 0 || d.len() < size {
-            return Err(damaged(format!(
-                "chunk at {logical}: {n} stripes in {} bytes",
-                d.len()
-            )));
+            return Err(damaged(format!("chunk at {logical}: {n} stripes in {} bytes", d.len())));
         }
         if length == 0 || logical.checked_add(length).is_none() {
             return Err(damaged(format!("chunk at {logical} of {length} bytes")));
@@ -351,51 +328,33 @@ impl<'a> Fs<'a> {
             BG_DUP => 2,
             _ => {
                 return Err(unsupported(format!(
-                    "chunk at {logical} uses a RAID profile (flags {flags:#x}), impossible on one device unless degraded"
-                )))
+                "chunk at {logical} uses a RAID profile (flags {flags:#x}), impossible on one device unless degraded"
+            )))
             }
         };
         if n != want {
-            return Err(damaged(format!(
-                "chunk at {logical}: {n} stripes for its profile"
-            )));
+            return Err(damaged(format!("chunk at {logical}: {n} stripes for its profile")));
         }
         let mut phys = Vec::with_capacity(n);
         for i in 0..n {
             let s = &d[48 + 32 * i..];
             let (dev, off) = (le64(s, 0), le64(s, 8));
             if dev != self.devid {
-                return Err(damaged(format!(
-                    "chunk at {logical} on device {dev}, this is device {}",
-                    self.devid
-                )));
+                return Err(damaged(format!("chunk at {logical} on device {dev}, this is device {}", self.devid)));
             }
             if off.checked_add(length).is_none_or(|e| e > self.dev_bytes) {
-                return Err(damaged(format!(
-                    "chunk at {logical}: stripe at {off} beyond the device"
-                )));
+                return Err(damaged(format!("chunk at {logical}: stripe at {off} beyond the device")));
             }
             phys.push(off);
         }
-        Ok((
-            Chunk {
-                logical,
-                length,
-                flags,
-                phys,
-            },
-            size,
-        ))
+        Ok((Chunk { logical, length, flags, phys }, size))
     }
 
     fn set_chunks(&mut self, mut c: Vec<Chunk>) -> Result<(), FsError> {
         c.sort_by_key(|c| c.logical);
         for w in c.windows(2) {
             if w[0].logical + w[0].length > w[1].logical {
-                return Err(damaged(format!(
-                    "chunks at {} and {} overlap",
-                    w[0].logical, w[1].logical
-                )));
+                return Err(damaged(format!("chunks at {} and {} overlap", w[0].logical, w[1].logical)));
             }
         }
         self.chunks = c;
@@ -408,10 +367,7 @@ impl<'a> Fs<'a> {
         let c = i
             .checked_sub(1)
             .map(|i| &self.chunks[i])
-            .filter(|c| {
-                l.checked_add(len)
-                    .is_some_and(|e| e <= c.logical + c.length)
-            })
+            .filter(|c| l.checked_add(len).is_some_and(|e| e <= c.logical + c.length))
             .ok_or_else(|| damaged(format!("logical range {l}+{len} is not inside one chunk")))?;
         Ok(c.phys.iter().map(|p| p + (l - c.logical)).collect())
     }
@@ -455,23 +411,12 @@ impl<'a> Fs<'a> {
     /// Depth-first walk of the tree rooted at logical `root` (level `level`),
     /// calling `visit(fs, objectid, type, offset, item data)` for each leaf
     /// item, in key order.
-    fn walk_tree(
-        &mut self,
-        root: u64,
-        level: u8,
-        visit: &mut Visit<'_, 'a>,
-    ) -> Result<(), FsError> {
+    fn walk_tree(&mut self, root: u64, level: u8, visit: &mut Visit<'_, 'a>) -> Result<(), FsError> {
         self.last_key = None;
         self.walk(root, level, true, visit)
     }
 
-    fn walk(
-        &mut self,
-        root: u64,
-        level: u8,
-        is_root: bool,
-        visit: &mut Visit<'_, 'a>,
-    ) -> Result<(), FsError> {
+    fn walk(&mut self, root: u64, level: u8, is_root: bool, visit: &mut Visit<'_, 'a>) -> Result<(), FsError> {
         if level >= MAX_LEVEL {
             return Err(damaged(format!("tree of level {level}")));
         }
@@ -487,9 +432,7 @@ impl<'a> Fs<'a> {
                 let it = HDR + ITEM * i;
                 let (obj, typ, off) = (le64(&buf, it), buf[it + 8], le64(&buf, it + 9));
                 if self.last_key.is_some_and(|k| k >= (obj, typ, off)) {
-                    return Err(damaged(format!(
-                        "leaf at {root}: keys out of order (a loop or a shared block)"
-                    )));
+                    return Err(damaged(format!("leaf at {root}: keys out of order (a loop or a shared block)")));
                 }
                 self.last_key = Some((obj, typ, off));
                 let (doff, dlen) = (le32(&buf, it + 17) as usize, le32(&buf, it + 21) as usize);
@@ -497,9 +440,7 @@ impl<'a> Fs<'a> {
                     .checked_add(HDR)
                     .and_then(|s| Some(s..s.checked_add(dlen)?))
                     .and_then(|r| buf.get(r))
-                    .ok_or_else(|| {
-                        damaged(format!("leaf at {root}: item {i} outside the block"))
-                    })?;
+                    .ok_or_else(|| damaged(format!("leaf at {root}: item {i} outside the block")))?;
                 visit(self, obj, typ, off, data)?;
             }
         } else {

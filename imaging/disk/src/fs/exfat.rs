@@ -61,17 +61,13 @@ const MAX_DIR_BYTES: u64 = 256 << 20;
 const CHUNK: u64 = 1 << 20;
 
 fn g16(b: &[u8], o: usize) -> u16 {
-    b.get(o..o + 2)
-        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
+    b.get(o..o + 2).map_or(0, |s| u16::from_le_bytes([s[0], s[1]]))
 }
 fn g32(b: &[u8], o: usize) -> u32 {
-    b.get(o..o + 4)
-        .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(o..o + 4).map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 fn g64(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
+    b.get(o..o + 8).and_then(|s| s.try_into().ok()).map_or(0, u64::from_le_bytes)
 }
 
 /// The boot sector's checksum algorithm (exFAT specification 3.4): a rotate
@@ -115,17 +111,9 @@ impl Geo {
     /// contiguous clusters (first, count). Stops at end of chain, or after
     /// `limit` clusters when given (an object of known size). A chain longer
     /// than the cluster count loops.
-    fn chain(
-        &self,
-        part: &dyn ReadAt,
-        first: u64,
-        limit: Option<u64>,
-        what: &str,
-    ) -> Result<Vec<(u64, u64)>, FsError> {
+    fn chain(&self, part: &dyn ReadAt, first: u64, limit: Option<u64>, what: &str) -> Result<Vec<(u64, u64)>, FsError> {
         if !self.valid(first) {
-            return Err(damaged(format!(
-                "{what}: first cluster {first} out of range"
-            )));
+            return Err(damaged(format!("{what}: first cluster {first} out of range")));
         }
         let mut runs: Vec<(u64, u64)> = Vec::new();
         let mut c = first;
@@ -149,9 +137,7 @@ impl Geo {
             // specification's largest directory, so a looping FAT costs at
             // most that many reads.
             if limit.is_none() && n * self.cluster_bytes() > MAX_DIR_BYTES {
-                return Err(damaged(format!(
-                    "{what}: cluster chain longer than 256 MiB (or looping)"
-                )));
+                return Err(damaged(format!("{what}: cluster chain longer than 256 MiB (or looping)")));
             }
             // The boot sector checks guarantee the FAT holds count + 2
             // entries, so entry `c` is inside it, and the FAT is inside the
@@ -160,8 +146,7 @@ impl Geo {
             let bi = pos / 4096;
             let blen = 4096.min(self.vol_bytes.saturating_sub(bi * 4096)) as usize;
             if cached != Some(bi) {
-                part.read_exact_at(&mut block[..blen], bi * 4096)
-                    .map_err(io)?;
+                part.read_exact_at(&mut block[..blen], bi * 4096).map_err(io)?;
                 cached = Some(bi);
             }
             let o = (pos % 4096) as usize;
@@ -175,9 +160,7 @@ impl Geo {
                 return Ok(runs);
             }
             if !self.valid(next as u64) {
-                return Err(damaged(format!(
-                    "{what}: FAT entry of cluster {c} is {next:#x}, not a cluster"
-                )));
+                return Err(damaged(format!("{what}: FAT entry of cluster {c} is {next:#x}, not a cluster")));
             }
             c = next as u64;
         }
@@ -232,9 +215,7 @@ impl FsReader for Exfat {
             return Err(damaged("boot sector signature 0x55AA missing"));
         }
         if b[11..64].iter().any(|&x| x != 0) {
-            return Err(damaged(
-                "boot sector: MustBeZero field (BPB area) is not zero",
-            ));
+            return Err(damaged("boot sector: MustBeZero field (BPB area) is not zero"));
         }
         let bps_shift = b[108] as u32;
         let spc_shift = b[109] as u32;
@@ -253,10 +234,7 @@ impl FsReader for Exfat {
         part.read_exact_at(&mut region, 0).map_err(io)?;
         let sum = boot_checksum(&region[..(11 * bps) as usize]);
         let stored = &region[(11 * bps) as usize..];
-        if stored
-            .chunks_exact(4)
-            .any(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) != sum)
-        {
+        if stored.chunks_exact(4).any(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) != sum) {
             return Err(damaged(format!(
                 "main boot region checksum mismatch (computed {sum:#010x}, sector 11 holds {:#010x})",
                 g32(stored, 0)
@@ -265,11 +243,7 @@ impl FsReader for Exfat {
 
         let rev = g16(&b, 104);
         if rev >> 8 != 1 {
-            return Err(unsupported(format!(
-                "file system revision {}.{:02}",
-                rev >> 8,
-                rev & 0xFF
-            )));
+            return Err(unsupported(format!("file system revision {}.{:02}", rev >> 8, rev & 0xFF)));
         }
         let flags = g16(&b, 106);
         if flags & VOLUME_DIRTY != 0 {
@@ -291,11 +265,7 @@ impl FsReader for Exfat {
         );
         match vol_len.checked_mul(bps) {
             Some(bytes) if bytes <= len => {}
-            _ => {
-                return Err(damaged(format!(
-                    "{sizes}: larger than its partition ({len} bytes)"
-                )))
-            }
+            _ => return Err(damaged(format!("{sizes}: larger than its partition ({len} bytes)"))),
         }
         // All of these are u32-derived, so the products below cannot overflow
         // a u64 (count < 2^32, shift <= 25).
@@ -346,19 +316,13 @@ impl FsReader for Exfat {
             }
             Ok(true)
         })?;
-        let (bm_first, bm_len) = bitmaps[active as usize].ok_or_else(|| {
-            damaged(format!(
-                "no allocation bitmap for FAT {active} in the root directory"
-            ))
-        })?;
+        let (bm_first, bm_len) = bitmaps[active as usize]
+            .ok_or_else(|| damaged(format!("no allocation bitmap for FAT {active} in the root directory")))?;
         let need = count.div_ceil(8);
         if bm_len < need {
-            return Err(damaged(format!(
-                "allocation bitmap of {bm_len} bytes, {need} needed for {count} clusters"
-            )));
+            return Err(damaged(format!("allocation bitmap of {bm_len} bytes, {need} needed for {count} clusters")));
         }
-        let (up_first, up_len) =
-            upcase.ok_or_else(|| damaged("no up-case table in the root directory"))?;
+        let (up_first, up_len) = upcase.ok_or_else(|| damaged("no up-case table in the root directory"))?;
         // 65536 UTF-16 code units at most (the specification's full table).
         if up_len == 0 || up_len > 131072 {
             return Err(damaged(format!("up-case table of {up_len} bytes")));
@@ -397,9 +361,7 @@ impl FsReader for Exfat {
             for &(c, n) in runs {
                 for k in c..c + n {
                     if !map.is_used(heap + (k - 2) * spc) {
-                        return Err(damaged(format!(
-                            "{what} cluster {k} is free in the allocation bitmap"
-                        )));
+                        return Err(damaged(format!("{what} cluster {k} is free in the allocation bitmap")));
                     }
                 }
             }
@@ -408,12 +370,7 @@ impl FsReader for Exfat {
         check(&root_runs, "root directory")?;
         check(&bm_runs, "allocation bitmap")?;
         if let Some((first, bytes)) = bitmaps[1 - active as usize].filter(|_| nfats == 2) {
-            let runs = geo.chain(
-                part,
-                first,
-                Some(clusters_of(bytes.min(need))),
-                "second allocation bitmap",
-            )?;
+            let runs = geo.chain(part, first, Some(clusters_of(bytes.min(need))), "second allocation bitmap")?;
             check(&runs, "second allocation bitmap")?;
         }
         let up_runs = geo.chain(part, up_first, Some(clusters_of(up_len)), "up-case table")?;

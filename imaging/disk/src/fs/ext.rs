@@ -100,9 +100,7 @@ impl Sb {
         let log_block = le32(b, 0x18);
         let log_cluster = le32(b, 0x1C);
         if log_block > 6 {
-            return Err(damaged(format!(
-                "block size 2^(10+{log_block}) out of range"
-            )));
+            return Err(damaged(format!("block size 2^(10+{log_block}) out of range")));
         }
         let block_size = 1024u64 << log_block;
         let compat = le32(b, 0x5C);
@@ -118,9 +116,7 @@ impl Sb {
         let bigalloc = ro_compat & RO_COMPAT_BIGALLOC != 0;
         let (cluster_ratio, clusters_per_group) = if bigalloc {
             if log_cluster < log_block || log_cluster - log_block > 16 {
-                return Err(damaged(format!(
-                    "cluster size log {log_cluster} with block log {log_block}"
-                )));
+                return Err(damaged(format!("cluster size log {log_cluster} with block log {log_block}")));
             }
             (1u64 << (log_cluster - log_block), le32(b, 0x24) as u64)
         } else {
@@ -131,47 +127,27 @@ impl Sb {
         let inode_size = if rev == 0 { 128 } else { le16(b, 0x58) as u64 };
         let desc_size = if is64 { le16(b, 0xFE) as u64 } else { 32 };
         if blocks_per_group == 0 || clusters_per_group == 0 || clusters_per_group > 8 * block_size {
-            return Err(damaged(format!(
-                "{clusters_per_group} clusters per group with {block_size}-byte blocks"
-            )));
+            return Err(damaged(format!("{clusters_per_group} clusters per group with {block_size}-byte blocks")));
         }
         if clusters_per_group * cluster_ratio != blocks_per_group {
-            return Err(damaged(
-                "blocks per group is not clusters per group × cluster ratio",
-            ));
+            return Err(damaged("blocks per group is not clusters per group × cluster ratio"));
         }
         if blocks_count <= first_data_block || first_data_block > 1 {
-            return Err(damaged(format!(
-                "block count {blocks_count} with first data block {first_data_block}"
-            )));
+            return Err(damaged(format!("block count {blocks_count} with first data block {first_data_block}")));
         }
         if blocks_count.checked_mul(block_size).is_none_or(|b| b > len) {
             return Err(damaged(format!(
                 "filesystem of {blocks_count} blocks of {block_size} bytes is larger than its partition ({len} bytes)"
             )));
         }
-        if inodes_per_group == 0
-            || inode_size < 128
-            || !inode_size.is_power_of_two()
-            || inode_size > block_size
-        {
-            return Err(damaged(format!(
-                "{inodes_per_group} inodes per group of {inode_size} bytes"
-            )));
+        if inodes_per_group == 0 || inode_size < 128 || !inode_size.is_power_of_two() || inode_size > block_size {
+            return Err(damaged(format!("{inodes_per_group} inodes per group of {inode_size} bytes")));
         }
-        if desc_size < 32
-            || !desc_size.is_power_of_two()
-            || desc_size > 1024
-            || (is64 && desc_size < 64)
-        {
+        if desc_size < 32 || !desc_size.is_power_of_two() || desc_size > 1024 || (is64 && desc_size < 64) {
             return Err(damaged(format!("group descriptor size {desc_size}")));
         }
         let groups = (blocks_count - first_data_block).div_ceil(blocks_per_group);
-        let reserved_gdt = if compat & COMPAT_RESIZE_INODE != 0 {
-            le16(b, 0xCE) as u64
-        } else {
-            0
-        };
+        let reserved_gdt = if compat & COMPAT_RESIZE_INODE != 0 { le16(b, 0xCE) as u64 } else { 0 };
         Ok(Sb {
             block_size,
             blocks_count,
@@ -224,8 +200,7 @@ impl Sb {
 
     fn variant(&self) -> &'static str {
         if self.incompat & (INCOMPAT_EXTENTS | INCOMPAT_64BIT | INCOMPAT_FLEX_BG) != 0
-            || self.ro_compat & (RO_COMPAT_HUGE_FILE | RO_COMPAT_BIGALLOC | RO_COMPAT_METADATA_CSUM)
-                != 0
+            || self.ro_compat & (RO_COMPAT_HUGE_FILE | RO_COMPAT_BIGALLOC | RO_COMPAT_METADATA_CSUM) != 0
         {
             "ext4"
         } else if self.compat & COMPAT_HAS_JOURNAL != 0 {
@@ -251,12 +226,7 @@ impl FsReader for Ext {
             return Ok(None);
         }
         let incompat = le32(&sbuf, 0x60);
-        let refuse = |msg: &str| {
-            Err(FsError::Unsupported {
-                fs: NAME,
-                msg: msg.into(),
-            })
-        };
+        let refuse = |msg: &str| Err(FsError::Unsupported { fs: NAME, msg: msg.into() });
         if incompat & INCOMPAT_JOURNAL_DEV != 0 {
             return refuse("an external journal device (JOURNAL_DEV), not a filesystem");
         }
@@ -270,18 +240,13 @@ impl FsReader for Ext {
         }
         let unknown = incompat & !INCOMPAT_OK;
         if unknown != 0 {
-            return Err(FsError::Unsupported {
-                fs: NAME,
-                msg: format!("unknown INCOMPAT feature bits {unknown:#x}"),
-            });
+            return Err(FsError::Unsupported { fs: NAME, msg: format!("unknown INCOMPAT feature bits {unknown:#x}") });
         }
         if le32(&sbuf, 0x64) & RO_COMPAT_METADATA_CSUM != 0 {
             let want = le32(&sbuf, 0x3FC);
             let got = crc32c(!0, &sbuf[..0x3FC]);
             if want != got {
-                return Err(damaged(format!(
-                    "superblock checksum mismatch (stored {want:08x}, computed {got:08x})"
-                )));
+                return Err(damaged(format!("superblock checksum mismatch (stored {want:08x}, computed {got:08x})")));
             }
         }
         let sb = Sb::parse(&sbuf, len)?;
@@ -320,14 +285,11 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
                 }
             };
             if loc >= sb.blocks_count {
-                return Err(damaged(format!(
-                    "descriptor block {i} at block {loc} outside the filesystem"
-                )));
+                return Err(damaged(format!("descriptor block {i} at block {loc} outside the filesystem")));
             }
             meta_gdt.push(loc);
             let o = (i * bs) as usize;
-            part.read_exact_at(&mut gdt[o..o + bs as usize], loc * bs)
-                .map_err(io)?;
+            part.read_exact_at(&mut gdt[o..o + bs as usize], loc * bs).map_err(io)?;
         }
     }
 
@@ -335,15 +297,7 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
     // Everything before the first group (block 0 with 1 KiB blocks: boot sector
     // area) plus the primary superblock and descriptors, even if a bitmap
     // wrongly claimed otherwise.
-    m.add(
-        0,
-        gdt_start
-            + if meta_bg {
-                sb.first_meta_bg.min(gdt_blocks)
-            } else {
-                gdt_blocks
-            },
-    );
+    m.add(0, gdt_start + if meta_bg { sb.first_meta_bg.min(gdt_blocks) } else { gdt_blocks });
     for &b in &meta_gdt {
         m.add(b, 1);
     }
@@ -375,14 +329,11 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
             ("inode table", inode_table, itable_blocks),
         ] {
             if b < sb.first_data_block || b + n > sb.blocks_count {
-                return Err(damaged(format!(
-                    "group {g}: {what} at block {b} outside the filesystem"
-                )));
+                return Err(damaged(format!("group {g}: {what} at block {b} outside the filesystem")));
             }
         }
         let group_first = sb.first_data_block + g * sb.blocks_per_group;
-        let group_clusters =
-            ((sb.blocks_count - group_first).div_ceil(sb.cluster_ratio)).min(sb.clusters_per_group);
+        let group_clusters = ((sb.blocks_count - group_first).div_ceil(sb.cluster_ratio)).min(sb.clusters_per_group);
         if flags & BG_BLOCK_UNINIT != 0 && g != 0 {
             // Never initialised: no data blocks in use, only this group's own
             // metadata. Mark it used (conservatively the whole backup
@@ -391,9 +342,7 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
             if sb.has_super(g) {
                 m.add(group_first, 1 + gdt_blocks + sb.reserved_gdt);
             }
-            if meta_bg
-                && matches!(g % descs_per_block, x if x == 0 || x == 1 || x == descs_per_block - 1)
-            {
+            if meta_bg && matches!(g % descs_per_block, x if x == 0 || x == 1 || x == descs_per_block - 1) {
                 // Possible meta_bg descriptor copy right after the (optional)
                 // superblock backup.
                 m.add(group_first, 2);
@@ -403,8 +352,7 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
             uninit_meta.push((inode_table, itable_blocks));
             continue;
         }
-        part.read_exact_at(&mut bitmap, block_bitmap * bs)
-            .map_err(io)?;
+        part.read_exact_at(&mut bitmap, block_bitmap * bs).map_err(io)?;
         if let Some(seed) = sb.csum_seed {
             let c = crc32c(seed, &bitmap[..(sb.clusters_per_group / 8) as usize]);
             let mut want = le16(d, 0x18) as u32;
@@ -414,9 +362,7 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
                 got = c;
             }
             if want != got {
-                return Err(damaged(format!(
-                    "group {g}: block bitmap checksum mismatch"
-                )));
+                return Err(damaged(format!("group {g}: block bitmap checksum mismatch")));
             }
         }
         // Scan bits; one bit per cluster (= block without bigalloc).

@@ -79,9 +79,7 @@ impl FsReader for Fat {
         let root_sectors = (root_entries * 32).div_ceil(bps);
         let data_start = reserved + nfats * fat_size + root_sectors;
         if data_start >= total {
-            return Err(damaged(
-                "metadata area extends past the end of the filesystem",
-            ));
+            return Err(damaged("metadata area extends past the end of the filesystem"));
         }
         let clusters = (total - data_start) / spc;
         // A zero 16-bit FAT size means the FAT32 layout, whatever the cluster
@@ -99,9 +97,7 @@ impl FsReader for Fat {
         };
         let entries = clusters + 2;
         if entries * bits / 8 > fat_size * bps {
-            return Err(damaged(format!(
-                "{clusters} clusters do not fit a FAT of {fat_size} sectors"
-            )));
+            return Err(damaged(format!("{clusters} clusters do not fit a FAT of {fat_size} sectors")));
         }
         let mut m = UsedMapBuilder::new(bps as u32, total);
         m.add(0, data_start);
@@ -135,8 +131,7 @@ impl FsReader for Fat {
             while first < entries {
                 let n = per_chunk.min(entries - first);
                 let chunk = &mut buf[..(n * esize) as usize];
-                part.read_exact_at(chunk, fat_off + first * esize)
-                    .map_err(io)?;
+                part.read_exact_at(chunk, fat_off + first * esize).map_err(io)?;
                 for i in 0..n {
                     let c = first + i;
                     if c < 2 {

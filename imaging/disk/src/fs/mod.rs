@@ -22,17 +22,11 @@ macro_rules! reader_errors {
     ($fs:expr) => {
         #[allow(dead_code)]
         fn damaged(msg: impl Into<String>) -> FsError {
-            FsError::Damaged {
-                fs: $fs,
-                msg: msg.into(),
-            }
+            FsError::Damaged { fs: $fs, msg: msg.into() }
         }
         #[allow(dead_code)]
         fn unsupported(msg: impl Into<String>) -> FsError {
-            FsError::Unsupported {
-                fs: $fs,
-                msg: msg.into(),
-            }
+            FsError::Unsupported { fs: $fs, msg: msg.into() }
         }
         fn io(e: std::io::Error) -> FsError {
             FsError::Io { fs: $fs, source: e }
@@ -112,11 +106,7 @@ pub struct Detected {
 pub fn probe(part: &dyn ReadAt, len: u64) -> Result<Option<Detected>, FsError> {
     for r in READERS {
         if let Some(map) = r.probe(part, len)? {
-            return Ok(Some(Detected {
-                fs: r.name(),
-                variant: map.variant.clone(),
-                map,
-            }));
+            return Ok(Some(Detected { fs: r.name(), variant: map.variant.clone(), map }));
         }
     }
     Ok(None)

@@ -61,19 +61,13 @@ const CHUNK: u64 = 1 << 20;
 
 // Bounds-checked little-endian reads: `None` past the end of the slice.
 fn g16(b: &[u8], o: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(
-        b.get(o..o.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_le_bytes(b.get(o..o.checked_add(2)?)?.try_into().ok()?))
 }
 fn g32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(
-        b.get(o..o.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_le_bytes(b.get(o..o.checked_add(4)?)?.try_into().ok()?))
 }
 fn g64(b: &[u8], o: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(
-        b.get(o..o.checked_add(8)?)?.try_into().ok()?,
-    ))
+    Some(u64::from_le_bytes(b.get(o..o.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// Geometry from the boot sector.
@@ -106,9 +100,7 @@ fn record_size(raw: u8, cluster: u64, what: &str) -> Result<u64, FsError> {
     } else if (-31..0).contains(&v) {
         1u64 << (-(v as i32))
     } else {
-        return Err(damaged(format!(
-            "boot sector: {what} size field {raw:#04x}"
-        )));
+        return Err(damaged(format!("boot sector: {what} size field {raw:#04x}")));
     };
     if !size.is_power_of_two() || !(FIXUP_STRIDE as u64..=65536).contains(&size) {
         return Err(damaged(format!("boot sector: {what} size of {size} bytes")));
@@ -138,10 +130,7 @@ impl FsReader for Ntfs {
         let vol = geometry(&b, len)?;
         let mft_lcn = g64(&b, 0x30).unwrap_or(u64::MAX);
         if mft_lcn >= vol.clusters {
-            return Err(damaged(format!(
-                "$MFT at cluster {mft_lcn}, outside the volume of {} clusters",
-                vol.clusters
-            )));
+            return Err(damaged(format!("$MFT at cluster {mft_lcn}, outside the volume of {} clusters", vol.clusters)));
         }
 
         // Record 0 describes $MFT itself: its first extent tells where every
@@ -149,15 +138,12 @@ impl FsReader for Ntfs {
         // MFT LCN, but nothing requires it, so records 3 and 6 are located
         // through the runs rather than assumed.
         let mut rec = vec![0u8; vol.rec_size];
-        part.read_exact_at(&mut rec, mft_lcn * vol.cluster)
-            .map_err(io)?;
+        part.read_exact_at(&mut rec, mft_lcn * vol.cluster).map_err(io)?;
         fixup(&mut rec, "0 ($MFT)")?;
         let attrs0 = attributes(&rec, "0 ($MFT)")?;
         let mft_data = attrs0
             .iter()
-            .find(|a| {
-                a.ty == AT_DATA && a.name_len == 0 && a.nonresident && a.lowest_vcn() == Some(0)
-            })
+            .find(|a| a.ty == AT_DATA && a.name_len == 0 && a.nonresident && a.lowest_vcn() == Some(0))
             .ok_or_else(|| damaged("MFT record 0 ($MFT) has no non-resident $DATA attribute"))?;
         let mft_runs = decode_runs(mft_data.raw, &vol, "$MFT")?;
 
@@ -173,9 +159,7 @@ impl FsReader for Ntfs {
             let vi = attrs
                 .iter()
                 .find(|a| a.ty == AT_VOLUME_INFORMATION && !a.nonresident)
-                .ok_or_else(|| {
-                    damaged("MFT record 3 ($Volume) has no $VOLUME_INFORMATION attribute")
-                })?;
+                .ok_or_else(|| damaged("MFT record 3 ($Volume) has no $VOLUME_INFORMATION attribute"))?;
             let v = vi
                 .resident_value()
                 .filter(|v| v.len() >= 12)
@@ -206,9 +190,7 @@ impl FsReader for Ntfs {
         if attrs.iter().any(|a| a.ty == AT_ATTRIBUTE_LIST) {
             // The $DATA extents would be spread over other MFT records; a
             // bitmap that fragmented is rare enough to image whole instead.
-            return Err(unsupported(
-                "$Bitmap is described through an attribute list",
-            ));
+            return Err(unsupported("$Bitmap is described through an attribute list"));
         }
         let data = attrs
             .iter()
@@ -308,11 +290,7 @@ fn geometry(b: &[u8; 512], len: u64) -> Result<Vol, FsError> {
         0 => return Err(damaged("boot sector: 0 sectors per cluster")),
         1..=0x80 => raw as u64,
         _ if 256 - raw as u32 <= 12 => 1 << (256 - raw as u32),
-        _ => {
-            return Err(damaged(format!(
-                "boot sector: sectors per cluster field {raw:#04x}"
-            )))
-        }
+        _ => return Err(damaged(format!("boot sector: sectors per cluster field {raw:#04x}"))),
     };
     if !spc.is_power_of_two() {
         return Err(damaged(format!("boot sector: {spc} sectors per cluster")));
@@ -337,12 +315,7 @@ fn geometry(b: &[u8; 512], len: u64) -> Result<Vol, FsError> {
     if clusters < 16 {
         return Err(damaged(format!("volume of {clusters} clusters")));
     }
-    Ok(Vol {
-        bps,
-        cluster,
-        clusters,
-        rec_size: rec_size as usize,
-    })
+    Ok(Vol { bps, cluster, clusters, rec_size: rec_size as usize })
 }
 
 /// Check and apply the update sequence array of a multi-sector record (MFT
@@ -384,9 +357,7 @@ fn fixup_with(buf: &mut [u8], magic: &[u8; 4], what: &str) -> Result<(), FsError
 
 fn fixup(rec: &mut [u8], n: &str) -> Result<(), FsError> {
     if rec.get(0..4) == Some(b"BAAD") {
-        return Err(damaged(format!(
-            "MFT record {n} is marked BAAD (a failed multi-sector transfer)"
-        )));
+        return Err(damaged(format!("MFT record {n} is marked BAAD (a failed multi-sector transfer)")));
     }
     fixup_with(rec, b"FILE", &format!("MFT record {n}"))?;
     // Flags: 0x0001 = in use. A system file's record not in use is damage.
@@ -443,13 +414,7 @@ fn attributes<'a>(rec: &'a [u8], n: &str) -> Result<Vec<Attr<'a>>, FsError> {
         if nonresident && alen < 0x40 {
             return Err(bad(&format!("non-resident attribute {ty:#x} too short")));
         }
-        out.push(Attr {
-            ty,
-            nonresident,
-            name_len: raw[9],
-            flags: g16(raw, 0x0C).unwrap_or(0),
-            raw,
-        });
+        out.push(Attr { ty, nonresident, name_len: raw[9], flags: g16(raw, 0x0C).unwrap_or(0), raw });
         p += alen;
     }
 }
@@ -466,17 +431,13 @@ fn decode_runs(attr: &[u8], vol: &Vol, what: &str) -> Result<Vec<Run>, FsError> 
     let highest = g64(attr, 0x18).unwrap_or(0);
     let mut p = g16(attr, 0x20).unwrap_or(0) as usize;
     if p < 0x40 || p >= attr.len() || lowest > highest {
-        return Err(bad(format!(
-            "mapping pairs at {p}, VCNs {lowest}..={highest}"
-        )));
+        return Err(bad(format!("mapping pairs at {p}, VCNs {lowest}..={highest}")));
     }
     let mut vcn = lowest;
     let mut lcn: i64 = 0;
     let mut runs = Vec::new();
     loop {
-        let h = *attr
-            .get(p)
-            .ok_or_else(|| bad("mapping pairs run past the attribute".into()))?;
+        let h = *attr.get(p).ok_or_else(|| bad("mapping pairs run past the attribute".into()))?;
         if h == 0 {
             break;
         }
@@ -484,9 +445,8 @@ fn decode_runs(attr: &[u8], vol: &Vol, what: &str) -> Result<Vec<Run>, FsError> 
         if ls == 0 || ls > 8 || os > 8 {
             return Err(bad(format!("bad mapping pair header {h:#04x}")));
         }
-        let field = attr
-            .get(p + 1..p + 1 + ls + os)
-            .ok_or_else(|| bad("mapping pairs run past the attribute".into()))?;
+        let field =
+            attr.get(p + 1..p + 1 + ls + os).ok_or_else(|| bad("mapping pairs run past the attribute".into()))?;
         let mut rl = [0u8; 8];
         rl[..ls].copy_from_slice(&field[..ls]);
         let rlen = u64::from_le_bytes(rl);
@@ -497,40 +457,26 @@ fn decode_runs(attr: &[u8], vol: &Vol, what: &str) -> Result<Vec<Run>, FsError> 
             None
         } else {
             // Sign-extend the delta from its top byte.
-            let fill = if field[ls + os - 1] & 0x80 != 0 {
-                0xFF
-            } else {
-                0
-            };
+            let fill = if field[ls + os - 1] & 0x80 != 0 { 0xFF } else { 0 };
             let mut d = [fill; 8];
             d[..os].copy_from_slice(&field[ls..ls + os]);
-            lcn = lcn
-                .checked_add(i64::from_le_bytes(d))
-                .ok_or_else(|| bad("LCN overflow".into()))?;
+            lcn = lcn.checked_add(i64::from_le_bytes(d)).ok_or_else(|| bad("LCN overflow".into()))?;
             match u64::try_from(lcn) {
                 Ok(l) if l.checked_add(rlen).is_some_and(|e| e <= vol.clusters) => Some(l),
                 _ => {
                     return Err(bad(format!(
-                    "run of {rlen} clusters at LCN {lcn} points outside the volume of {} clusters",
-                    vol.clusters
-                )))
+                        "run of {rlen} clusters at LCN {lcn} points outside the volume of {} clusters",
+                        vol.clusters
+                    )))
                 }
             }
         };
-        runs.push(Run {
-            vcn,
-            len: rlen,
-            lcn: run_lcn,
-        });
-        vcn = vcn
-            .checked_add(rlen)
-            .ok_or_else(|| bad("VCN overflow".into()))?;
+        runs.push(Run { vcn, len: rlen, lcn: run_lcn });
+        vcn = vcn.checked_add(rlen).ok_or_else(|| bad("VCN overflow".into()))?;
         p += 1 + ls + os;
     }
     if vcn.checked_sub(1) != Some(highest) {
-        return Err(bad(format!(
-            "runs cover VCNs {lowest}..{vcn}, the attribute claims {lowest}..={highest}"
-        )));
+        return Err(bad(format!("runs cover VCNs {lowest}..{vcn}, the attribute claims {lowest}..={highest}")));
     }
     Ok(runs)
 }
@@ -550,19 +496,12 @@ fn read_stream(
         let run = runs
             .iter()
             .find(|r| r.vcn <= vcn && vcn - r.vcn < r.len)
-            .ok_or_else(|| {
-                damaged(format!(
-                    "{what}: byte {off} is not covered by its data runs"
-                ))
-            })?;
-        let lcn = run
-            .lcn
-            .ok_or_else(|| damaged(format!("{what}: byte {off} lies in a sparse run")))?;
+            .ok_or_else(|| damaged(format!("{what}: byte {off} is not covered by its data runs")))?;
+        let lcn = run.lcn.ok_or_else(|| damaged(format!("{what}: byte {off} lies in a sparse run")))?;
         let in_run = off - run.vcn * vol.cluster; // bytes into the run
         let avail = run.len * vol.cluster - in_run;
         let n = avail.min((buf.len() - done) as u64) as usize;
-        part.read_exact_at(&mut buf[done..done + n], lcn * vol.cluster + in_run)
-            .map_err(io)?;
+        part.read_exact_at(&mut buf[done..done + n], lcn * vol.cluster + in_run).map_err(io)?;
         done += n;
         off += n as u64;
     }
@@ -601,11 +540,7 @@ fn check_logfile(part: &dyn ReadAt, vol: &Vol, rec: &[u8]) -> Result<(), FsError
         }
         all_ff = false;
         // "CHKD": chkdsk touched the log; ntfs-3g treats it like RSTR.
-        let magic: [u8; 4] = if page.get(0..4) == Some(b"CHKD") {
-            *b"CHKD"
-        } else {
-            *b"RSTR"
-        };
+        let magic: [u8; 4] = if page.get(0..4) == Some(b"CHKD") { *b"CHKD" } else { *b"RSTR" };
         let sys_page = g32(&page, 0x10).unwrap_or(0) as u64;
         if page_off == 0 && sys_page != page_size {
             if !sys_page.is_power_of_two() || !(512..=65536).contains(&sys_page) {
@@ -636,11 +571,7 @@ fn check_logfile(part: &dyn ReadAt, vol: &Vol, rec: &[u8]) -> Result<(), FsError
     match newest {
         None if all_ff => Ok(()),
         None => Err(damaged("$LogFile: no valid restart page")),
-        Some((_, in_use, flags))
-            if in_use == LOGFILE_NO_CLIENT || flags & RESTART_VOLUME_IS_CLEAN != 0 =>
-        {
-            Ok(())
-        }
+        Some((_, in_use, flags)) if in_use == LOGFILE_NO_CLIENT || flags & RESTART_VOLUME_IS_CLEAN != 0 => Ok(()),
         Some(_) => Err(unsupported(
             "$LogFile is not clean (Windows hibernated, used fast startup, or crashed): \
              allocations may be missing from $Bitmap until Windows replays the log \

@@ -26,20 +26,13 @@ impl FsReader for Swap {
                 break;
             }
             let mut sig = [0u8; 10];
-            part.read_exact_at(&mut sig, ps - 10)
-                .map_err(|e| FsError::Io {
-                    fs: "swap",
-                    source: e,
-                })?;
+            part.read_exact_at(&mut sig, ps - 10).map_err(|e| FsError::Io { fs: "swap", source: e })?;
             if &sig == b"SWAPSPACE2" || &sig == b"SWAP-SPACE" {
                 let mut m = UsedMapBuilder::new(ps as u32, len / ps);
                 m.add(0, 1);
                 return Ok(Some(m.finish("swap")));
             }
-            if sig.starts_with(b"S1SUSPEND")
-                || sig.starts_with(b"S2SUSPEND")
-                || sig.starts_with(b"ULSUSPEND")
-            {
+            if sig.starts_with(b"S1SUSPEND") || sig.starts_with(b"S2SUSPEND") || sig.starts_with(b"ULSUSPEND") {
                 return Err(FsError::Unsupported {
                     fs: "swap",
                     msg: "the swap area holds a hibernation image; every block is kept".into(),

@@ -32,11 +32,7 @@ pub struct UsedMapBuilder {
 impl UsedMapBuilder {
     pub fn new(block_size: u32, total_blocks: u64) -> Self {
         assert!(block_size > 0);
-        UsedMapBuilder {
-            block_size,
-            total_blocks,
-            runs: Vec::new(),
-        }
+        UsedMapBuilder { block_size, total_blocks, runs: Vec::new() }
     }
 
     /// Mark `count` blocks from `start` used (clipped to the map; empty is fine).
@@ -69,12 +65,7 @@ impl UsedMapBuilder {
             }
             merged.push((s, c));
         }
-        UsedMap {
-            block_size: self.block_size,
-            total_blocks: self.total_blocks,
-            variant: variant.into(),
-            runs: merged,
-        }
+        UsedMap { block_size: self.block_size, total_blocks: self.total_blocks, variant: variant.into(), runs: merged }
     }
 }
 
@@ -105,9 +96,7 @@ impl UsedMap {
     /// Used byte ranges, partition-relative, in ascending order.
     pub fn byte_ranges(&self) -> impl Iterator<Item = Range> + '_ {
         let bs = self.block_size as u64;
-        self.runs
-            .iter()
-            .map(move |&(s, c)| Range::new(s * bs, (s + c) * bs))
+        self.runs.iter().map(move |&(s, c)| Range::new(s * bs, (s + c) * bs))
     }
 
     /// Compact serialization: magic, block size, total blocks, run count, then
@@ -143,9 +132,7 @@ impl UsedMap {
         let mut p = 8;
         let total_blocks = get_varint(b, &mut p).ok_or(e("truncated"))?;
         let vlen = get_varint(b, &mut p).ok_or(e("truncated"))? as usize;
-        let variant = b
-            .get(p..p.checked_add(vlen).ok_or(e("truncated"))?)
-            .ok_or(e("truncated"))?;
+        let variant = b.get(p..p.checked_add(vlen).ok_or(e("truncated"))?).ok_or(e("truncated"))?;
         let variant = String::from_utf8(variant.to_vec()).map_err(|_| e("variant not UTF-8"))?;
         p += vlen;
         let n = get_varint(b, &mut p).ok_or(e("truncated"))?;
@@ -165,12 +152,7 @@ impl UsedMap {
         if p != b.len() {
             return Err(e("trailing bytes"));
         }
-        Ok(UsedMap {
-            block_size,
-            total_blocks,
-            variant,
-            runs,
-        })
+        Ok(UsedMap { block_size, total_blocks, variant, runs })
     }
 }
 

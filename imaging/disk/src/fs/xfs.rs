@@ -127,15 +127,10 @@ impl Sb {
         let sect_size = be16(b, 102) as u64;
         let sect_log = b[121] as u32;
         if !(9..=16).contains(&block_log) || block_size != 1u64 << block_log {
-            return Err(damaged(format!(
-                "block size {block_size} (log {block_log}) out of range"
-            )));
+            return Err(damaged(format!("block size {block_size} (log {block_log}) out of range")));
         }
-        if !(9..=15).contains(&sect_log) || sect_size != 1u64 << sect_log || sect_size > block_size
-        {
-            return Err(damaged(format!(
-                "sector size {sect_size} (log {sect_log}) out of range"
-            )));
+        if !(9..=15).contains(&sect_log) || sect_size != 1u64 << sect_log || sect_size > block_size {
+            return Err(damaged(format!("sector size {sect_size} (log {sect_log}) out of range")));
         }
         let version = be16(b, 100);
         let v5 = match version & 0xF {
@@ -147,23 +142,16 @@ impl Sb {
         // Only meaningful with the MOREBITS version bit, but mkfs zeroes it
         // otherwise; unknown bits either way are refused.
         if features2 & !F2_KNOWN != 0 {
-            return Err(unsupported(format!(
-                "unknown features2 bits {:#x}",
-                features2 & !F2_KNOWN
-            )));
+            return Err(unsupported(format!("unknown features2 bits {:#x}", features2 & !F2_KNOWN)));
         }
         if v5 {
             let incompat = be32(b, 216);
             if incompat & INCOMPAT_NEEDSREPAIR != 0 {
-                return Err(unsupported(
-                    "NEEDSREPAIR is set: run xfs_repair before imaging",
-                ));
+                return Err(unsupported("NEEDSREPAIR is set: run xfs_repair before imaging"));
             }
             let unknown = incompat & !INCOMPAT_OK;
             if unknown != 0 {
-                return Err(unsupported(format!(
-                    "unknown incompat feature bits {unknown:#x}"
-                )));
+                return Err(unsupported(format!("unknown incompat feature bits {unknown:#x}")));
             }
             // Log-incompat bits are set while the log holds items only newer
             // code can replay, and cleared once it is clean: a hint of a
@@ -181,15 +169,11 @@ impl Sb {
         let dblocks = be64(b, 8);
         let rblocks = be64(b, 16);
         if rblocks != 0 || be64(b, 24) != 0 {
-            return Err(unsupported(format!(
-                "realtime subvolume of {rblocks} blocks is not supported"
-            )));
+            return Err(unsupported(format!("realtime subvolume of {rblocks} blocks is not supported")));
         }
         let logstart = be64(b, 48);
         if logstart == 0 {
-            return Err(unsupported(
-                "external log device: its state cannot be checked from this partition",
-            ));
+            return Err(unsupported("external log device: its state cannot be checked from this partition"));
         }
         let agblocks = be32(b, 84) as u64;
         let agcount = be32(b, 88) as u64;
@@ -197,15 +181,11 @@ impl Sb {
         // The kernel's own limits: an AG is 64 MiB-ish minimum in practice,
         // but anything at least a few blocks with a consistent log is accepted.
         if agblocks < 8 || agblklog > 31 || agblocks > 1u64 << agblklog || agcount == 0 {
-            return Err(damaged(format!(
-                "{agcount} allocation groups of {agblocks} blocks (log {agblklog})"
-            )));
+            return Err(damaged(format!("{agcount} allocation groups of {agblocks} blocks (log {agblklog})")));
         }
         let full = (agcount - 1).checked_mul(agblocks);
         if full.is_none_or(|f| dblocks <= f || dblocks - f > agblocks) {
-            return Err(damaged(format!(
-                "{dblocks} blocks do not fit {agcount} allocation groups of {agblocks}"
-            )));
+            return Err(damaged(format!("{dblocks} blocks do not fit {agcount} allocation groups of {agblocks}")));
         }
         if dblocks.checked_mul(block_size).is_none_or(|b| b > len) {
             return Err(damaged(format!(
@@ -226,9 +206,7 @@ impl Sb {
             || log_agbno.saturating_add(log_blocks) > agblocks
             || log_start + log_blocks > dblocks
         {
-            return Err(damaged(format!(
-                "log of {log_blocks} blocks at {logstart:#x} outside the filesystem"
-            )));
+            return Err(damaged(format!("log of {log_blocks} blocks at {logstart:#x} outside the filesystem")));
         }
         let mut meta_uuid = [0u8; 16];
         if v5 && be32(b, 216) & INCOMPAT_META_UUID != 0 {
@@ -236,18 +214,7 @@ impl Sb {
         } else {
             meta_uuid.copy_from_slice(&b[32..48]);
         }
-        Ok(Sb {
-            block_size,
-            block_log,
-            sect_size,
-            dblocks,
-            agblocks,
-            agcount,
-            log_start,
-            log_blocks,
-            v5,
-            meta_uuid,
-        })
+        Ok(Sb { block_size, block_log, sect_size, dblocks, agblocks, agcount, log_start, log_blocks, v5, meta_uuid })
     }
 }
 
@@ -269,10 +236,7 @@ impl FsReader for Xfs {
         let sect_size = be16(&head, 102) as u64;
         let v5 = be16(&head, 100) & 0xF == 5;
         if v5 {
-            if !(512..=32768).contains(&sect_size)
-                || !sect_size.is_power_of_two()
-                || sect_size > len
-            {
+            if !(512..=32768).contains(&sect_size) || !sect_size.is_power_of_two() || sect_size > len {
                 return Err(damaged(format!("sector size {sect_size}")));
             }
             let mut sb = vec![0u8; sect_size as usize];
@@ -290,21 +254,14 @@ impl FsReader for Xfs {
 fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
     let mut m = UsedMapBuilder::new(sb.block_size as u32, sb.dblocks);
     let mut sect = vec![0u8; sb.sect_size as usize];
-    let mut walk = BnoWalk {
-        part,
-        sb,
-        bufs: Vec::new(),
-        reads: 0,
-        root: 0,
-    };
+    let mut walk = BnoWalk { part, sb, bufs: Vec::new(), reads: 0, root: 0 };
     for agno in 0..sb.agcount {
         let ag_first = agno * sb.agblocks;
         let ag_len = (sb.dblocks - ag_first).min(sb.agblocks);
         let ag_byte = ag_first * sb.block_size;
 
         // AGF: sector 1 of the AG.
-        part.read_exact_at(&mut sect, ag_byte + sb.sect_size)
-            .map_err(io)?;
+        part.read_exact_at(&mut sect, ag_byte + sb.sect_size).map_err(io)?;
         let agf = &sect;
         let ctx = |what: &str| format!("AG {agno}: {what}");
         if be32(agf, 0) != AGF_MAGIC || be32(agf, 4) != 1 {
@@ -329,21 +286,16 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
         let bno_level = be32(agf, 28);
         let (flfirst, fllast, flcount) = (be32(agf, 40), be32(agf, 44), be32(agf, 48));
         if bno_level == 0 || bno_level > MAX_LEVELS {
-            return Err(damaged(ctx(&format!(
-                "free-space btree of {bno_level} levels"
-            ))));
+            return Err(damaged(ctx(&format!("free-space btree of {bno_level} levels"))));
         }
         if bno_root as u64 >= ag_len || bno_root == 0 {
-            return Err(damaged(ctx(&format!(
-                "free-space btree root at block {bno_root} outside the AG"
-            ))));
+            return Err(damaged(ctx(&format!("free-space btree root at block {bno_root} outside the AG"))));
         }
 
         // AGFL: blocks reserved for btree growth, free for our purposes. Any
         // inconsistency only means they stay marked used (always safe), so a
         // known kernel bug (a 4.5-era AGFL size off by one) is not a refusal.
-        part.read_exact_at(&mut sect, ag_byte + 3 * sb.sect_size)
-            .map_err(io)?;
+        part.read_exact_at(&mut sect, ag_byte + 3 * sb.sect_size).map_err(io)?;
         let mut agfl_free: Vec<u64> = Vec::new();
         let agfl_ok = !sb.v5
             || (be32(&sect, 0) == AGFL_MAGIC
@@ -353,10 +305,8 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
         if agfl_ok && flcount > 0 {
             let hdr = if sb.v5 { AGFL_HDR_V5 } else { 0 };
             let size = ((sb.sect_size as usize - hdr) / 4) as u32;
-            let consistent = flfirst < size
-                && fllast < size
-                && flcount <= size
-                && (fllast + size - flfirst) % size + 1 == flcount;
+            let consistent =
+                flfirst < size && fllast < size && flcount <= size && (fllast + size - flfirst) % size + 1 == flcount;
             if consistent {
                 for i in 0..flcount {
                     let idx = ((flfirst + i) % size) as usize;
@@ -370,14 +320,7 @@ fn used_map(part: &dyn ReadAt, sb: &Sb) -> Result<UsedMap, FsError> {
         }
 
         // Walk the bnobt in key order; everything between free extents is used.
-        let mut emit = Emitter {
-            m: &mut m,
-            ag_first,
-            ag_len,
-            next: 0,
-            agfl: &agfl_free,
-            agfl_i: 0,
-        };
+        let mut emit = Emitter { m: &mut m, ag_first, ag_len, next: 0, agfl: &agfl_free, agfl_i: 0 };
         walk.reads = 0;
         walk.root = bno_root;
         walk.node(agno, ag_len, bno_root, bno_level - 1, &mut emit)?;
@@ -447,26 +390,15 @@ struct BnoWalk<'a> {
 }
 
 impl BnoWalk<'_> {
-    fn node(
-        &mut self,
-        agno: u64,
-        ag_len: u64,
-        agbno: u32,
-        level: u32,
-        emit: &mut Emitter,
-    ) -> Result<(), FsError> {
+    fn node(&mut self, agno: u64, ag_len: u64, agbno: u32, level: u32, emit: &mut Emitter) -> Result<(), FsError> {
         let sb = self.sb;
         let bs = sb.block_size as usize;
         if agbno as u64 >= ag_len || agbno == 0 {
-            return Err(damaged(format!(
-                "AG {agno}: free-space btree pointer {agbno} outside the AG"
-            )));
+            return Err(damaged(format!("AG {agno}: free-space btree pointer {agbno} outside the AG")));
         }
         self.reads += 1;
         if self.reads > ag_len {
-            return Err(damaged(format!(
-                "AG {agno}: free-space btree has more blocks than the AG (a loop)"
-            )));
+            return Err(damaged(format!("AG {agno}: free-space btree has more blocks than the AG (a loop)")));
         }
         let lvl = level as usize;
         while self.bufs.len() <= lvl {
@@ -497,11 +429,7 @@ impl BnoWalk<'_> {
     ) -> Result<(), FsError> {
         let sb = self.sb;
         let at = |what: &str| damaged(format!("AG {agno}: free-space btree block {agbno}: {what}"));
-        let (magic, hdr) = if sb.v5 {
-            (BNO_MAGIC_V5, BT_HDR_V5)
-        } else {
-            (BNO_MAGIC_V4, BT_HDR_V4)
-        };
+        let (magic, hdr) = if sb.v5 { (BNO_MAGIC_V5, BT_HDR_V5) } else { (BNO_MAGIC_V4, BT_HDR_V4) };
         if be32(b, 0) != magic {
             return Err(at("bad magic"));
         }
@@ -565,9 +493,7 @@ struct Log<'a> {
 
 impl Log<'_> {
     fn read_bb(&self, bb: u64, buf: &mut [u8; 512]) -> Result<(), FsError> {
-        self.part
-            .read_exact_at(buf, self.base + (bb % self.bbs) * 512)
-            .map_err(io)
+        self.part.read_exact_at(buf, self.base + (bb % self.bbs) * 512).map_err(io)
     }
     /// The cycle stamped on a BB: in a record header it is `h_cycle`, in any
     /// other block the first word (its original content is saved in the
@@ -575,11 +501,7 @@ impl Log<'_> {
     fn cycle(&self, bb: u64) -> Result<u32, FsError> {
         let mut b = [0u8; 512];
         self.read_bb(bb, &mut b)?;
-        Ok(if be32(&b, 0) == LOG_MAGIC {
-            be32(&b, 4)
-        } else {
-            be32(&b, 0)
-        })
+        Ok(if be32(&b, 0) == LOG_MAGIC { be32(&b, 4) } else { be32(&b, 0) })
     }
 }
 
@@ -591,11 +513,7 @@ fn dirty(msg: impl std::fmt::Display) -> FsError {
 
 /// Refuse unless the internal log ends with an unmount record (see module doc).
 fn check_log_clean(part: &dyn ReadAt, sb: &Sb) -> Result<(), FsError> {
-    let log = Log {
-        part,
-        base: sb.log_start * sb.block_size,
-        bbs: sb.log_blocks * (sb.block_size / 512),
-    };
+    let log = Log { part, base: sb.log_start * sb.block_size, bbs: sb.log_blocks * (sb.block_size / 512) };
     let n = log.bbs;
     let first = log.cycle(0)?;
     let last = log.cycle(n - 1)?;
@@ -654,11 +572,7 @@ fn check_log_clean(part: &dyn ReadAt, sb: &Sb) -> Result<(), FsError> {
     let num_ops = be32(&b, 40);
     let h_size = be32(&b, 320) as u64;
     // v2 logs with in-core logs over 32 KiB carry extra header BBs.
-    let hblks = if version & 2 != 0 && h_size > 32 * 1024 {
-        h_size.div_ceil(32 * 1024)
-    } else {
-        1
-    };
+    let hblks = if version & 2 != 0 && h_size > 32 * 1024 { h_size.div_ceil(32 * 1024) } else { 1 };
     if hblks > 8 || h_len > 256 * 1024 {
         return Err(dirty("implausible last record header"));
     }

@@ -14,12 +14,7 @@ pub use lifeline_testdisk::{garbage_image, make_tree, run, MIB};
 pub fn copy_used(src: &Path, dst: &Path, offset: u64, map: &UsedMap) {
     let s = File::open(src).unwrap();
     let size = s.metadata().unwrap().len();
-    let d = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(dst)
-        .unwrap();
+    let d = OpenOptions::new().create(true).truncate(true).write(true).open(dst).unwrap();
     d.set_len(size).unwrap();
     let mut buf = vec![0u8; MIB as usize];
     for r in map.byte_ranges() {
