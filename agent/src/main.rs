@@ -101,7 +101,7 @@ fn check_capture(dir: &std::path::Path) -> ! {
             println!("capture: ebpf FAILED: {e:#}");
             eprintln!(
                 "lifeline-agent: eBPF capture does not work on this machine; the agent would fall back \
-                 to inotify (no byte ranges). Run as root on a kernel with BTF; the message above says why."
+                 to inotify (no byte ranges). The line above says why; the agent needs root and a kernel with BTF."
             );
             std::process::exit(1)
         }

@@ -5,6 +5,11 @@
 //!
 //! The eBPF crate is its own workspace with its own target directory, so this
 //! nested cargo never waits on the outer build's lock.
+//!
+//! `LIFELINE_WITHOUT_EBPF=1` builds without the programs, and so without
+//! nightly or bpf-linker: for working on the user-space crates (the
+//! scheduler's tests) on a machine without them. Such an agent can only use
+//! the inotify fallback, and says so (`Capture::load` fails with the reason).
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
@@ -18,6 +23,12 @@ fn main() -> anyhow::Result<()> {
         println!("cargo:rerun-if-changed={}", p.display());
     }
     let out = PathBuf::from(env::var("OUT_DIR")?).join("lifeline-ebpf.o");
+    println!("cargo:rerun-if-env-changed=LIFELINE_WITHOUT_EBPF");
+    if env::var_os("LIFELINE_WITHOUT_EBPF").is_some_and(|v| v == "1") {
+        println!("cargo:warning=LIFELINE_WITHOUT_EBPF=1: built without the eBPF programs; the agent can only use its inotify fallback");
+        std::fs::write(&out, [])?;
+        return Ok(());
+    }
 
     // Exactly the pinned toolchain, whatever nightly the machine has besides.
     let channel = pinned_channel(&toolchain_file)?;

@@ -71,11 +71,12 @@ impl Capture {
         let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
         unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 
+        let programs = programs()?;
         let config = config()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes.next_power_of_two().max(4096))
-            .load(PROGRAMS)
+            .load(programs)
             .context("loading the eBPF programs (the agent must run as root on a kernel with BTF)")?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(l) => Some(l),
@@ -151,6 +152,17 @@ impl Capture {
     }
 }
 
+/// The compiled programs, unless this binary was built without them.
+fn programs() -> anyhow::Result<&'static [u8]> {
+    if PROGRAMS.is_empty() {
+        anyhow::bail!(
+            "this agent was built without its eBPF programs (LIFELINE_WITHOUT_EBPF=1); rebuild it without that \
+             variable (scripts/setup.sh installs the nightly toolchain and bpf-linker the build needs)"
+        );
+    }
+    Ok(PROGRAMS)
+}
+
 /// The programs' load-time configuration: kernel structure offsets from
 /// this kernel's BTF, and our own process (whose I/O is never reported).
 fn config() -> anyhow::Result<Config> {
@@ -162,10 +174,11 @@ fn config() -> anyhow::Result<Config> {
 /// the deepest call chain's stack), loading them once more without
 /// attaching. Fails with the verifier's message if it refuses one.
 pub fn verifier_reports() -> anyhow::Result<Vec<verifier::VerifierReport>> {
+    let programs = programs()?;
     let config = config()?;
     let bytes =
         unsafe { std::slice::from_raw_parts(&config as *const Config as *const u8, std::mem::size_of::<Config>()) };
-    PROGRAMS_ATTACHED.iter().map(|p| verifier::report(PROGRAMS, p, &[("CONFIG", bytes)])).collect()
+    PROGRAMS_ATTACHED.iter().map(|p| verifier::report(programs, p, &[("CONFIG", bytes)])).collect()
 }
 
 /// What the reader hands on.
