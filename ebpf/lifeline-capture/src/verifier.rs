@@ -67,8 +67,11 @@ pub fn report(elf: &[u8], program: &str, globals: &[(&str, &[u8])]) -> anyhow::R
 
     // Maps as aya makes them (sizes adjusted, read-only data frozen), so the
     // verifier sees what it sees when the agent loads the programs.
+    // The definitions stay for `relocate_maps`; each map is made from a copy.
+    let defs = std::mem::take(&mut obj.maps);
     let mut maps: HashMap<String, MapData> = HashMap::new();
-    for (name, mut m) in obj.maps.drain() {
+    for (name, def) in &defs {
+        let mut m = def.clone();
         let ty = m.map_type();
         if ty == bpf_map_type::BPF_MAP_TYPE_PERF_EVENT_ARRAY as u32 && m.max_entries() == 0 {
             m.set_max_entries(aya::util::nr_cpus().map_err(|(p, e)| anyhow!("{p}: {e}"))? as u32);
@@ -78,19 +81,16 @@ pub fn report(elf: &[u8], program: &str, globals: &[(&str, &[u8])]) -> anyhow::R
         }
         let data = m.data().to_vec();
         let rodata = m.section_kind() == aya_obj::EbpfSectionKind::Rodata;
-        let map = MapData::create(m, &name, None).with_context(|| format!("creating map {name}"))?;
+        let map = MapData::create(m, name, None).with_context(|| format!("creating map {name}"))?;
         if !data.is_empty() {
             map_update(map.fd().as_fd().as_raw_fd(), &data).with_context(|| format!("filling map {name}"))?;
         }
         if rodata {
             map_freeze(map.fd().as_fd().as_raw_fd()).with_context(|| format!("freezing map {name}"))?;
         }
-        maps.insert(name, map);
+        maps.insert(name.clone(), map);
     }
     let text: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-    // `relocate_maps` wants the maps' definitions; parse them again (the
-    // drained ones went into the created maps).
-    let defs = Object::parse(elf)?.maps;
     obj.relocate_maps(maps.iter().map(|(n, m)| (n.as_str(), m.fd().as_fd().as_raw_fd(), &defs[n])), &text)
         .context("relocating map references")?;
     obj.relocate_calls(&text).context("relocating calls")?;
