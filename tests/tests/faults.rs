@@ -14,6 +14,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
+use std::ops::Range;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -169,6 +170,70 @@ impl Rig {
             self.fail(&format!("{}: no line #{} with {needle:?} within {timeout:?}", log.display(), n + 1))
         })
     }
+
+    /// Waits a random pause (`pause_ms`), then until the workload is in the
+    /// middle of a burst: the moment to inject the next fault. Returns it,
+    /// counted from `t0`.
+    fn fault_point(&self, w: &Background, rng: &mut StdRng, pause_ms: Range<u64>, t0: Instant) -> Duration {
+        std::thread::sleep(Duration::from_millis(rng.random_range(pause_ms)));
+        if !w.wait_mid_burst(Duration::from_secs(5)) {
+            self.fail("the workload stopped running");
+        }
+        t0.elapsed()
+    }
+
+    /// Fault `kill` (from 1) at `at`: SIGKILLs the agent, keeps it down a
+    /// random 100-700 ms, restarts it (same state directory) and waits until
+    /// `ready` holds. Returns (down, from the restart until ready, status).
+    fn bounce_agent(
+        &mut self,
+        rng: &mut StdRng,
+        (label, kill, at, w): (&str, usize, Duration, &Background),
+        ready: impl FnMut(&AgentStatus) -> bool,
+    ) -> (Duration, Duration, AgentStatus) {
+        let pid = self.agent().pid();
+        self.agent_mut().kill();
+        let down = Duration::from_millis(rng.random_range(100..700));
+        eprintln!(
+            "[{label}] kill #{kill} of agent pid {pid} at {} s (workload op {}), down {} s",
+            secs(at),
+            w.ops(),
+            secs(down)
+        );
+        std::thread::sleep(down);
+        let restarted = Instant::now();
+        self.agent_mut().restart();
+        let s = self.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, ready);
+        (down, restarted.elapsed(), s)
+    }
+
+    /// Fault `kill` (from 1) at `at`: SIGKILLs the receiver, keeps it down a
+    /// random 100-700 ms, restarts it (same store, same port) and waits
+    /// until the agent has reconnected and replayed. Returns (down, from the
+    /// restart until reconnected).
+    fn bounce_receiver(
+        &mut self,
+        rng: &mut StdRng,
+        (label, kill, at, w): (&str, usize, Duration, &Background),
+    ) -> (Duration, Duration) {
+        let port = self.receiver.port();
+        let replays = self.agent().status().replays;
+        let pid = self.receiver.pid();
+        self.receiver.kill();
+        let down = Duration::from_millis(rng.random_range(100..700));
+        eprintln!(
+            "[{label}] kill #{kill} of receiver pid {pid} at {} s (workload op {}), down {} s",
+            secs(at),
+            w.ops(),
+            secs(down)
+        );
+        std::thread::sleep(down);
+        let restarted = Instant::now();
+        self.receiver.restart();
+        assert_eq!(self.receiver.port(), port, "restarted on another port");
+        self.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
+        (down, restarted.elapsed())
+    }
 }
 
 fn preflight() {
@@ -254,10 +319,7 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
     let mut faults = Vec::new();
     let mut unacked_on_disk = Vec::new();
     for i in 0..3 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(400..1200)));
-        if !w.wait_mid_burst(Duration::from_secs(5)) {
-            rig.fail("the workload stopped running");
-        }
+        let at = rig.fault_point(&w, &mut rng, 400..1200, t0);
         // The agent acknowledges within milliseconds, so a random kill may
         // find nothing in flight. If the first two found nothing, the last comes
         // while sending is paused (a stalled network, as far as the queue
@@ -270,26 +332,11 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
             });
             eprintln!("[agent-kill] kill #3 while sending is paused (the first two caught nothing in flight)");
         }
-        let at = t0.elapsed();
         let opened_before = log_lines(&log, QUEUE_OPENED).len();
         let replays_before = log_lines(&log, REPLAYING).len();
-        let pid = rig.agent().pid();
-        rig.agent_mut().kill();
-        let down = Duration::from_millis(rng.random_range(100..700));
-        eprintln!(
-            "[agent-kill] kill #{} of agent pid {pid} at {} s (workload op {}), down {} s",
-            i + 1,
-            secs(at),
-            w.ops(),
-            secs(down)
-        );
-        std::thread::sleep(down);
-        let restarted = Instant::now();
-        rig.agent_mut().restart();
-        rig.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, |s| {
+        let (down, recovered, _) = rig.bounce_agent(&mut rng, ("agent-kill", i + 1, at, &w), |s| {
             s.connected && s.initial_sync_done && s.replays >= 1
         });
-        let recovered = restarted.elapsed();
         let opened = rig.nth_log_line(&log, QUEUE_OPENED, opened_before, Duration::from_secs(5));
         let replay = rig.nth_log_line(&log, REPLAYING, replays_before, Duration::from_secs(5));
         let unacked = log_field(&opened, "unacknowledged")
@@ -339,30 +386,10 @@ fn receiver_sigkilled_three_times_during_workload_loses_nothing() {
     let t0 = Instant::now();
     let mut faults = Vec::new();
     for i in 0..3 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(400..1200)));
-        if !w.wait_mid_burst(Duration::from_secs(5)) {
-            rig.fail("the workload stopped running");
-        }
-        let at = t0.elapsed();
-        let replays = rig.agent().status().replays;
+        let at = rig.fault_point(&w, &mut rng, 400..1200, t0);
         let replay_lines = log_lines(&log, REPLAYING).len();
         let started_lines = log_lines(rig.receiver.log_path(), STREAM_STARTED).len();
-        let pid = rig.receiver.pid();
-        rig.receiver.kill();
-        let down = Duration::from_millis(rng.random_range(100..700));
-        eprintln!(
-            "[receiver-kill] kill #{} of receiver pid {pid} at {} s (workload op {}), down {} s",
-            i + 1,
-            secs(at),
-            w.ops(),
-            secs(down)
-        );
-        std::thread::sleep(down);
-        let restarted = Instant::now();
-        rig.receiver.restart();
-        assert_eq!(rig.receiver.port(), port, "restarted on another port");
-        rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
-        let recovered = restarted.elapsed();
+        let (down, recovered) = rig.bounce_receiver(&mut rng, ("receiver-kill", i + 1, at, &w));
         let replay = rig.nth_log_line(&log, REPLAYING, replay_lines, Duration::from_secs(5));
         let replayed = log_field(&replay, "changes").unwrap_or_else(|| rig.fail(&format!("no changes= in {replay:?}")));
         let started = rig.nth_log_line(rig.receiver.log_path(), STREAM_STARTED, started_lines, Duration::from_secs(5));
@@ -424,11 +451,7 @@ fn network_cut_three_times_during_workload_loses_nothing() {
     let mut disconnected_seen = Vec::new();
     let mut max_lag = Vec::new();
     for i in 0..3 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(400..1000)));
-        if !w.wait_mid_burst(Duration::from_secs(5)) {
-            rig.fail("the workload stopped running");
-        }
-        let at = t0.elapsed();
+        let at = rig.fault_point(&w, &mut rng, 400..1000, t0);
         let cut = Duration::from_millis(rng.random_range(2500..3500));
         let netns = rig.netns.as_ref().expect("namespace");
         netns.set_link(false);
@@ -813,30 +836,13 @@ fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s()
     let t0 = Instant::now();
     let mut restarts = Vec::new();
     for i in 0..2 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(600..1500)));
-        if !w.wait_mid_burst(Duration::from_secs(5)) {
-            rig.fail("the workload stopped running");
-        }
-        let at = t0.elapsed();
-        rig.agent_mut().kill();
-        let down = Duration::from_millis(rng.random_range(100..700));
-        eprintln!(
-            "[notify-agent-kill] kill #{} at {} s (workload op {}), down {} s",
-            i + 1,
-            secs(at),
-            w.ops(),
-            secs(down)
-        );
-        std::thread::sleep(down);
-        let restarted = Instant::now();
-        rig.agent_mut().restart();
-        let s = rig.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, |s| {
-            s.connected && s.initial_sync_done
-        });
+        let at = rig.fault_point(&w, &mut rng, 600..1500, t0);
+        let (_, recovered, s) =
+            rig.bounce_agent(&mut rng, ("notify-agent-kill", i + 1, at, &w), |s| s.connected && s.initial_sync_done);
         if s.capture != "notify" {
             rig.fail(&format!("restarted agent captures with {:?}", s.capture));
         }
-        restarts.push(restarted.elapsed());
+        restarts.push(recovered);
     }
     let stats = finish_hazard_workload(&rig, w);
     let caught_up =
@@ -867,32 +873,12 @@ fn notify_fallback_receiver_sigkilled_during_hazard_workload_converges_within_10
     let seed = seed("notify-receiver-kill");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut rig = notify_rig("fault-nrecv", ScratchFs::tmpfs(1024));
-    let port = rig.receiver.port();
     let w = Background::start(&rig.src, hazard_rounds(seed));
     let t0 = Instant::now();
     let mut recovered = Vec::new();
     for i in 0..2 {
-        std::thread::sleep(Duration::from_millis(rng.random_range(600..1500)));
-        if !w.wait_mid_burst(Duration::from_secs(5)) {
-            rig.fail("the workload stopped running");
-        }
-        let at = t0.elapsed();
-        let replays = rig.agent().status().replays;
-        rig.receiver.kill();
-        let down = Duration::from_millis(rng.random_range(100..700));
-        eprintln!(
-            "[notify-receiver-kill] kill #{} at {} s (workload op {}), down {} s",
-            i + 1,
-            secs(at),
-            w.ops(),
-            secs(down)
-        );
-        std::thread::sleep(down);
-        let restarted = Instant::now();
-        rig.receiver.restart();
-        assert_eq!(rig.receiver.port(), port, "restarted on another port");
-        rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
-        recovered.push(restarted.elapsed());
+        let at = rig.fault_point(&w, &mut rng, 600..1500, t0);
+        recovered.push(rig.bounce_receiver(&mut rng, ("notify-receiver-kill", i + 1, at, &w)).1);
     }
     let stats = finish_hazard_workload(&rig, w);
     let caught_up = rig
