@@ -599,17 +599,23 @@ mod tests {
         Ok((outcome, items.collect()))
     }
 
+    /// A scratch directory holding an empty `src` (canonical) and `mirror`.
+    fn src_and_mirror() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("src")).unwrap();
+        let src = d.path().join("src").canonicalize().unwrap();
+        let mirror = d.path().join("mirror");
+        std::fs::create_dir(&mirror).unwrap();
+        (d, src, mirror)
+    }
+
     /// A directory of the mirror's listing that is, by the time it is
     /// compared, a file, a symlink to `/`, a symlink to its parent, or gone:
     /// the pass goes on, the path is queued as it is now, the race is
     /// counted; nothing is listed through the symlinks.
     #[test]
     fn a_directory_that_changed_kind_or_vanished_is_requeued_not_fatal() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("src")).unwrap();
-        let src = d.path().join("src").canonicalize().unwrap();
-        let mirror = d.path().join("mirror");
-        std::fs::create_dir(&mirror).unwrap();
+        let (_d, src, mirror) = src_and_mirror();
         for name in ["file", "slash", "parent", "gone", "kept"] {
             std::fs::create_dir_all(mirror.join(name).join("sub")).unwrap();
             std::fs::write(mirror.join(name).join("inner"), b"x").unwrap();
@@ -662,11 +668,7 @@ mod tests {
     #[test]
     fn passes_racing_with_type_changes_renames_and_deletions_converge() {
         use rand::{Rng, SeedableRng};
-        let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("src")).unwrap();
-        let src = d.path().join("src").canonicalize().unwrap();
-        let mirror = d.path().join("mirror");
-        std::fs::create_dir(&mirror).unwrap();
+        let (_d, src, mirror) = src_and_mirror();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let changes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let racer = {
