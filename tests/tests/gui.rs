@@ -245,6 +245,22 @@ fn preflight() {
     bin_path("lifeline-gui");
 }
 
+/// A tray under `dir` for the agent at `control`: a private session bus, a
+/// StatusNotifierWatcher host on it, and `lifeline-gui` registered there
+/// (polling every 200 ms). Returns them with the gui's item; the bus goes
+/// last when the caller's bindings drop.
+fn tray(dir: &Path, control: &str) -> (SessionBus, Host, Gui, String) {
+    let bus = SessionBus::start(&dir.join("dbus"));
+    let host = Host::start(&bus);
+    let gui = Gui::start(
+        &["--control", control, "--poll-ms", "200"],
+        &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
+        &dir.join("gui.log"),
+    );
+    let item = host.wait_item(&gui, Duration::from_secs(15));
+    (bus, host, gui, item)
+}
+
 /// A receiver and an agent replicating a fresh tmpfs tree, in sync.
 struct World {
     agent: Agent,
@@ -317,14 +333,7 @@ impl World {
 fn tray_menu_over_dbus_switches_backup_and_pauses() {
     preflight();
     let mut w = World::start("gui-tray");
-    let bus = SessionBus::start(&w.dir.path().join("dbus"));
-    let host = Host::start(&bus);
-    let mut gui = Gui::start(
-        &["--control", &w.control(), "--poll-ms", "200"],
-        &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
-        &w.dir.path().join("gui.log"),
-    );
-    let item = host.wait_item(&gui, Duration::from_secs(15));
+    let (_bus, host, mut gui, item) = tray(w.dir.path(), &w.control());
 
     // The icon says "in sync" and the menu's switch is on.
     let in_sync = wait_until(Duration::from_secs(5), || host.string_prop(&item, "IconName") == "emblem-default");
@@ -444,15 +453,8 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
 fn tray_without_agent_says_so_and_disables_actions() {
     require_tool("dbus-daemon");
     let dir = TestDir::new("gui-noagent");
-    let bus = SessionBus::start(&dir.path().join("dbus"));
-    let host = Host::start(&bus);
     let socket = dir.path().join("no-agent.sock");
-    let gui = Gui::start(
-        &["--control", &socket.display().to_string(), "--poll-ms", "200"],
-        &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
-        &dir.path().join("gui.log"),
-    );
-    let item = host.wait_item(&gui, Duration::from_secs(15));
+    let (_bus, host, _gui, item) = tray(dir.path(), &socket.display().to_string());
     assert_eq!(host.string_prop(&item, "IconName"), "dialog-error");
     assert_eq!(host.string_prop(&item, "Status"), "NeedsAttention");
     let (title, text) = host.tooltip(&item);
@@ -545,14 +547,7 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
     preflight();
     require_tool("Xvfb");
     let w = World::start_capturing_with("gui-notify", "notify");
-    let bus = SessionBus::start(&w.dir.path().join("dbus"));
-    let host = Host::start(&bus);
-    let mut gui = Gui::start(
-        &["--control", &w.control(), "--poll-ms", "200"],
-        &[("DBUS_SESSION_BUS_ADDRESS", bus.address())],
-        &w.dir.path().join("gui.log"),
-    );
-    let item = host.wait_item(&gui, Duration::from_secs(15));
+    let (_bus, host, mut gui, item) = tray(w.dir.path(), &w.control());
     let degraded = wait_until(Duration::from_secs(5), || host.string_prop(&item, "IconName") == "dialog-warning");
     assert!(degraded, "icon is {:?}, not degraded\n{}", host.string_prop(&item, "IconName"), gui.log_tail(LOG_LINES));
     // In sync with the receiver, and still never green: watch a while.
