@@ -2,6 +2,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=lifeline.proto");
     println!("cargo:rerun-if-changed=control.proto");
     println!("cargo:rerun-if-changed=image.proto");
-    tonic_prost_build::configure().compile_protos(&["lifeline.proto", "image.proto", "control.proto"], &["."])?;
+    println!("cargo:rerun-if-changed=boot.proto");
+    tonic_prost_build::configure()
+        .compile_protos(&["lifeline.proto", "image.proto", "boot.proto", "control.proto"], &["."])?;
     Ok(())
 }

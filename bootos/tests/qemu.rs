@@ -7,8 +7,8 @@
 //! scripts/setup.sh); fails loudly when they are missing.
 
 use lifeline_bootos::cmdline::{BootParams, Mode};
-use lifeline_bootos::qemu::{Boot, Vm, VmSpec};
 use lifeline_bootos::{BootOs, BootOsSpec, ExtraFile};
+use lifeline_testvm::qemu::{Boot, Vm, VmSpec};
 use std::time::{Duration, Instant};
 
 const TIMEOUT: Duration = Duration::from_secs(90);

@@ -6,11 +6,47 @@
 //! its machine, so the receiver knows whose stored hash to compare with and
 //! the agent needs no separate `--machine`. The receiver keeps only the
 //! blake3 hash of the secret (a 256-bit random secret needs no slow hash).
+//!
+//! [`MachineName`] is the validated name both sides key everything on: the
+//! receiver derives every path of a machine's data from it alone.
 
 use std::fmt;
 
 /// Header value prefix.
 pub const BEARER: &str = "Bearer ";
+
+/// Longest machine name accepted.
+pub const MAX_MACHINE_NAME: usize = 64;
+
+/// A machine's name, safe to use as a single path component: 1 to 64 bytes
+/// of `[A-Za-z0-9._-]`, and neither `.` nor `..`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MachineName(String);
+
+impl MachineName {
+    pub fn new(name: &str) -> Result<MachineName, String> {
+        if name.is_empty() || name.len() > MAX_MACHINE_NAME {
+            return Err(format!("machine name {name:?} must be 1 to {MAX_MACHINE_NAME} characters long"));
+        }
+        if name == "." || name == ".." {
+            return Err(format!("machine name {name:?} is not allowed"));
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            return Err(format!("machine name {name:?} may only contain letters, digits, '.', '_' and '-'"));
+        }
+        Ok(MachineName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MachineName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -76,6 +112,16 @@ impl Credential {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_names() {
+        for good in ["web-1", "db.example.org", "A_b-9", "..a", "a..", "...", &"x".repeat(64)] {
+            assert!(MachineName::new(good).is_ok(), "{good} refused");
+        }
+        for bad in ["", ".", "..", "../m2", "a/b", "a b", "é", "a\0", &"x".repeat(65)] {
+            assert!(MachineName::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn round_trip_and_matching() {

@@ -1,44 +1,76 @@
-//! Lifeline's receiver: keeps, for every machine, a mirror of its watched
-//! trees under `<store>/mirror/<machine>/`, applying the operations agents
-//! stream to it over gRPC.
+//! Lifeline's receiver: the daemon a provider runs for many machines, and
+//! its command line. This crate composes the rooms below it into one
+//! process and keeps what they share at the door:
 //!
-//! - [`serve`] / [`serve_with`]: run the gRPC server on a listener until a
-//!   shutdown future resolves (the binary and in-process tests use these).
-//! - [`Receiver`]: the `Replication` service itself.
-//! - [`auth`]: which machine a request speaks for.
-//! - [`apply`]: applying ops to a mirror; [`safepath`]: resolving paths inside
-//!   a mirror without ever leaving it (openat2); [`listing`]: `ListTree`.
+//! | crate | what |
+//! |---|---|
+//! | `lifeline-mirror` | each machine's mirror: the `Replication` service |
+//! | `lifeline-image-store` | each machine's image repository and job reports: `ImageStore`, `Jobs` |
+//! | `lifeline-boot-server` | boot media: making, network boot (HTTP, TFTP), download, boot sessions |
+//! | `lifeline-store` | the store's layout, the management database, the `Authenticator` seam |
+//!
+//! Here:
+//! - [`Receiver`]: every gRPC service over one store, behind one
+//!   authenticator; [`serve_with`] runs them on a listener until shutdown,
+//!   [`spawn`] in the background (tests, embedding).
+//! - [`auth`]: [`TokenAuthenticator`], which machine a request speaks for,
+//!   checked against the management database.
+//! - [`tls`]: the receiver's TLS identity (its own CA unless given one).
 
-pub mod apply;
 pub mod auth;
-pub mod bootdb;
-pub mod bootmedia;
-pub mod db;
-pub mod delta;
-pub mod images;
-pub mod jobsdb;
-pub mod listing;
-pub mod mediadownload;
-pub mod netboot;
-pub mod progress;
-pub mod safepath;
-mod service;
-pub mod tftp;
 pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use lifeline_boot_server::{BootSessionsService, MediaDownload};
+use lifeline_image_store::{ImageStoreService, JobsService};
+use lifeline_mirror::MirrorService;
+use lifeline_store::private::create_private_dir_all;
+use lifeline_store::{Authenticator, Db, StoreLayout};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tracing::info;
 
-pub use auth::{Authenticator, MachineName, TokenAuthenticator};
-pub use listing::LIST_CHUNK;
-pub use service::Receiver;
+pub use auth::TokenAuthenticator;
+
+/// Every gRPC service of the receiver over one store, sharing one
+/// authenticator.
+#[derive(Clone)]
+pub struct Receiver {
+    store: StoreLayout,
+    auth: Arc<dyn Authenticator>,
+    mirror: MirrorService,
+}
+
+impl Receiver {
+    /// The receiver over `store` (created if missing), checking each
+    /// request's credential against the machines in its database.
+    pub fn new(store: impl AsRef<Path>) -> anyhow::Result<Receiver> {
+        let store = store.as_ref();
+        create_private_dir_all(store)?;
+        let db = Db::open(store)?;
+        Receiver::with_authenticator(store, Arc::new(TokenAuthenticator::new(db)))
+    }
+
+    /// Like [`Receiver::new`], with `auth` deciding which machine a request
+    /// speaks for.
+    pub fn with_authenticator(store: impl AsRef<Path>, auth: Arc<dyn Authenticator>) -> anyhow::Result<Receiver> {
+        let mirror = MirrorService::new(&StoreLayout::new(store.as_ref()), auth.clone())?;
+        // The mirror canonicalised the store's path: everything uses that one.
+        let store = mirror.store().clone();
+        Ok(Receiver { store, auth, mirror })
+    }
+
+    /// The (canonical) store.
+    pub fn store(&self) -> &StoreLayout {
+        &self.store
+    }
+}
 
 /// Serves `receiver` on `listener` until `shutdown` resolves; then ends the
 /// open streams and returns once the connections are closed. `tls`: the
@@ -50,9 +82,12 @@ pub async fn serve_with(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let images = receiver.images()?;
-    let media = receiver.media_download()?;
-    let stopper = receiver.clone();
+    let store = receiver.store.clone();
+    let images = ImageStoreService::new(&store, receiver.auth.clone())?;
+    let jobs = JobsService::new(&store, receiver.auth.clone())?;
+    let media = MediaDownload::new(&store, receiver.auth.clone())?;
+    let sessions = BootSessionsService::new(&store)?;
+    let stopper = receiver.mirror.clone();
     let signal = async move {
         shutdown.await;
         info!("shutting down");
@@ -76,9 +111,11 @@ pub async fn serve_with(
         .initial_connection_window_size(Some(lifeline_proto::CONNECTION_WINDOW))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(receiver.into_service())
+        .add_service(receiver.mirror.into_service())
         .add_service(images.into_service())
+        .add_service(jobs.into_service())
         .add_service(media.into_service())
+        .add_service(sessions.into_service())
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
@@ -114,8 +151,8 @@ impl Running {
 /// Starts a receiver over `store` on `addr` (e.g. `127.0.0.1:0`) in the
 /// background of the current tokio runtime, without TLS (credentials are
 /// still checked).
-pub async fn spawn(addr: &str, store: impl Into<PathBuf>) -> anyhow::Result<Running> {
-    let receiver = Receiver::new(store.into())?;
+pub async fn spawn(addr: &str, store: impl AsRef<Path>) -> anyhow::Result<Running> {
+    let receiver = Receiver::new(store)?;
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use lifeline_boot_server::bootmedia;
 use lifeline_core::credential::Credential;
-use lifeline_receiver::db::Db;
-use lifeline_receiver::{serve_with, tls, MachineName, Receiver};
+use lifeline_core::credential::MachineName;
+use lifeline_receiver::{serve_with, tls, Receiver};
+use lifeline_store::db::boot::{normalize_mac, BootMedia};
+use lifeline_store::private::write_private;
+use lifeline_store::{Db, StoreLayout};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -228,7 +232,7 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
         MachineCmd::Add { name, out, notes, mac } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
             if let Some(m) = &mac {
-                lifeline_receiver::bootdb::normalize_mac(m).map_err(anyhow::Error::msg)?;
+                normalize_mac(m).map_err(anyhow::Error::msg)?;
             }
             let cred = Credential::generate(name.as_str());
             db.add_machine(&name, &cred.secret_hash(), &notes)?;
@@ -276,18 +280,16 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
         MachineCmd::Remove { name } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
             db.remove_machine(&name)?;
-            println!(
-                "machine {name} removed; its mirror stays in {}",
-                store.join("mirror").join(name.as_str()).display()
-            );
+            println!("machine {name} removed; its mirror stays in {}", StoreLayout::new(store).mirror(&name).display());
             Ok(())
         }
     }
 }
 
 fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
-    use lifeline_bootos::cmdline::{Mode, Style};
+    use bootmedia::{Mode, Style};
     std::fs::create_dir_all(store).with_context(|| format!("cannot create the store {}", store.display()))?;
+    let layout = StoreLayout::new(store);
     let mut db = Db::open(store)?;
     match cmd {
         BootosCmd::Make { name, receiver_url, mode, style, image, image_of, agent, password_file, kernel, kind } => {
@@ -299,7 +301,7 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let spec = lifeline_receiver::bootmedia::MediaSpec {
+            let spec = bootmedia::MediaSpec {
                 machine: MachineName::new(&name).map_err(anyhow::Error::msg)?,
                 receiver_url,
                 mode: match mode.as_str() {
@@ -310,12 +312,13 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 style: if style == "local" { Style::Local } else { Style::Receiver },
                 image,
                 image_of: image_of.map(|m: String| MachineName::new(&m)).transpose().map_err(anyhow::Error::msg)?,
+                ca_pem: receiver_ca(&layout)?,
                 agent,
                 password,
                 kernel,
                 kind,
             };
-            let made = lifeline_receiver::bootmedia::make(store, &mut db, &spec)?;
+            let made = bootmedia::make(&layout, &mut db, &spec)?;
             println!(
                 "boot media #{} for machine {name} ({} {}) in {}",
                 made.media.id,
@@ -360,14 +363,14 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
         }
         BootosCmd::Revoke { id } => {
             let m = db.revoke_boot_media(id)?;
-            let _ = std::fs::remove_dir_all(lifeline_receiver::bootmedia::media_dir(store, id));
+            let _ = std::fs::remove_dir_all(layout.boot_media(id));
             println!("boot media #{id} of machine {} revoked; its files are deleted", m.machine);
             Ok(())
         }
     }
 }
 
-fn print_media(media: &[lifeline_receiver::bootdb::BootMedia]) {
+fn print_media(media: &[BootMedia]) {
     if media.is_empty() {
         println!("  no boot media (`lifeline-receiver bootos make NAME` makes some)");
     }
@@ -384,13 +387,22 @@ fn print_media(media: &[lifeline_receiver::bootdb::BootMedia]) {
     }
 }
 
+/// The receiver's own CA certificate (made on first use), which boot media
+/// trust.
+fn receiver_ca(store: &StoreLayout) -> anyhow::Result<Vec<u8>> {
+    let identity = tls::load_or_create(store, &[])?;
+    let ca =
+        identity.ca_path.context("the receiver uses a certificate of your own (--tls-cert): its CA is unknown here")?;
+    std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))
+}
+
 /// Writes the credential (readable by root only) and the CA, and says how to
 /// start the agent with them.
 fn hand_out(store: &Path, cred: &Credential, out: &Path, what: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let token_path = out.join(format!("{}.token", cred.machine()));
-    tls::write_private(&token_path, &format!("{}\n", cred.token()))?;
-    let identity = tls::load_or_create(store, &[])?;
+    write_private(&token_path, &format!("{}\n", cred.token()))?;
+    let identity = tls::load_or_create(&StoreLayout::new(store), &[])?;
     let ca_out = out.join("ca.crt");
     if let Some(ca) = identity.ca_path {
         if std::fs::canonicalize(&ca).ok() != std::fs::canonicalize(&ca_out).ok() {
@@ -422,14 +434,14 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
         println!(
             "lifeline-receiver listening on {} (TLS), store {}{}",
             listener.local_addr()?,
-            receiver.store().display(),
+            receiver.store().root().display(),
             identity.ca_path.as_ref().map(|p| format!(", agents trust {}", p.display())).unwrap_or_default()
         );
         if let Some(addr) = &args.http_listen {
             let http =
                 TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
             println!("network boot on http://{}/boot.ipxe", http.local_addr()?);
-            let nb = std::sync::Arc::new(lifeline_receiver::netboot::NetBoot::new(receiver.store())?);
+            let nb = std::sync::Arc::new(lifeline_boot_server::netboot::NetBoot::new(receiver.store())?);
             tokio::spawn(nb.serve(http));
         }
         if let Some(addr) = &args.tftp_listen {
@@ -437,7 +449,7 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (--tftp-listen)"))?;
             println!("TFTP on {} serving {}", udp.local_addr()?, args.tftp_root.display());
-            tokio::spawn(lifeline_receiver::tftp::serve(udp, args.tftp_root.clone()));
+            tokio::spawn(lifeline_boot_server::tftp::serve(udp, args.tftp_root.clone()));
         }
         serve_with(listener, receiver, Some(identity.server_config()), shutdown_signal()).await
     })

@@ -12,14 +12,13 @@
 //! address (IP, NAT, tunnel) and still verify it.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-use crate::safepath::create_private_dir_all;
+use lifeline_store::private::{create_private_dir_all, write_private, write_public};
+use lifeline_store::StoreLayout;
 
 /// The name every generated server certificate carries and agents verify.
 pub const DEFAULT_NAME: &str = "lifeline-receiver";
@@ -30,11 +29,6 @@ pub struct Identity {
     pub key_pem: String,
     /// The CA agents must trust, when the receiver made its own.
     pub ca_path: Option<PathBuf>,
-}
-
-/// Where the generated CA certificate is (what `--ca` takes).
-pub fn ca_path(store: &Path) -> PathBuf {
-    store.join("tls").join("ca.crt")
 }
 
 /// The names a generated server certificate holds: the default one, the
@@ -51,10 +45,10 @@ pub fn server_names(extra: &[String]) -> Vec<String> {
 
 /// Loads the identity under `<store>/tls/`, making whatever is missing (or a
 /// new server certificate when `names` changed).
-pub fn load_or_create(store: &Path, extra_names: &[String]) -> anyhow::Result<Identity> {
-    let dir = store.join("tls");
+pub fn load_or_create(store: &StoreLayout, extra_names: &[String]) -> anyhow::Result<Identity> {
+    let dir = store.tls_dir();
     create_private_dir_all(&dir)?;
-    let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let (ca_crt, ca_key) = (store.ca_cert(), dir.join("ca.key"));
     let (crt, key, names_file) = (dir.join("receiver.crt"), dir.join("receiver.key"), dir.join("receiver.names"));
     let names = server_names(extra_names);
     let ca_params = ca_params()?;
@@ -114,30 +108,4 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     p.distinguished_name.push(DnType::CommonName, "Lifeline receiver CA");
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     Ok(p)
-}
-
-/// Writes a secret (a key, a machine's credential) readable by its owner
-/// only, whole or not at all.
-pub fn write_private(path: &Path, data: &str) -> anyhow::Result<()> {
-    write_file(path, data, 0o600)
-}
-
-fn write_public(path: &Path, data: &str) -> anyhow::Result<()> {
-    write_file(path, data, 0o644)
-}
-
-/// Written whole to a temporary name, then renamed: never half a key.
-fn write_file(path: &Path, data: &str, mode: u32) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(data.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
 }

@@ -6,13 +6,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use lifeline_core::credential::Credential;
+use lifeline_core::credential::MachineName;
 use lifeline_core::tree::{compare, CompareOptions};
 use lifeline_proto::v1::replication_client::ReplicationClient;
 use lifeline_proto::v1::{
     op, Ack, Attr, Chunk, FileData, Link, ListTreeRequest, Mkdir, Op, OpBatch, Remove, Rename, SetAttr, Symlink,
     TreeEntry,
 };
-use lifeline_receiver::MachineName;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -46,7 +46,7 @@ impl Env {
         let token = tokens.entry(m.to_string()).or_insert_with(|| {
             let cred = Credential::generate(m);
             if let Ok(name) = MachineName::new(m) {
-                let mut db = lifeline_receiver::db::Db::open(self.store.path()).unwrap();
+                let mut db = lifeline_store::Db::open(self.store.path()).unwrap();
                 db.add_machine(&name, &cred.secret_hash(), "").unwrap();
             }
             cred.token()

@@ -6,11 +6,11 @@ use std::os::unix::fs::symlink;
 use std::time::Duration;
 
 use lifeline_core::credential::Credential;
+use lifeline_core::credential::MachineName;
 use lifeline_proto::v1::replication_client::ReplicationClient;
 use lifeline_proto::v1::{
     delta_instr, op, CopyRange, DeltaInstr, FileDelta, Op, OpBatch, SignatureChunk, SignatureRequest,
 };
-use lifeline_receiver::MachineName;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -38,7 +38,7 @@ impl Env {
         let token = tokens.entry(m.to_string()).or_insert_with(|| {
             let cred = Credential::generate(m);
             let name = MachineName::new(m).unwrap();
-            let mut db = lifeline_receiver::db::Db::open(self.store.path()).unwrap();
+            let mut db = lifeline_store::Db::open(self.store.path()).unwrap();
             db.add_machine(&name, &cred.secret_hash(), "").unwrap();
             cred.token()
         });

@@ -18,13 +18,13 @@
 //! Needs qemu-system-x86, ipxe-qemu, linux-image-amd64, busybox-static,
 //! musl-tools and the rustup target x86_64-unknown-linux-musl
 //! (scripts/setup.sh installs them). The static agent is built by
-//! `lifeline_bootos::agent::static_binary` (minutes the first time) unless
+//! `lifeline_testvm::static_build::static_binary` (minutes the first time) unless
 //! LIFELINE_BOOTOS_AGENT names one.
 
-use lifeline_bootos::agent;
-use lifeline_bootos::qemu::{Boot, Vm, VmSpec};
 use lifeline_testdisk::{BuiltDisk, DiskSpec};
 use lifeline_tests::{bin_path, Receiver, ReceiverOpts};
+use lifeline_testvm::qemu::{Boot, Vm, VmSpec};
+use lifeline_testvm::static_build;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -123,7 +123,7 @@ impl Site {
     fn new() -> Site {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let t = Instant::now();
-        let agent = agent::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
+        let agent = static_build::static_binary(root).unwrap_or_else(|e| panic!("{e}"));
         let agent_time = t.elapsed();
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");

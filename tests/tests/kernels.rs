@@ -19,15 +19,15 @@
 //! musl-tools and the rustup target x86_64-unknown-linux-musl, plus the
 //! pinned nightly and bpf-linker every agent build needs (scripts/setup.sh
 //! installs them all); fails with what to install when one is missing. The
-//! static agent is built by `lifeline_bootos::agent::static_capture_agent`
+//! static agent is built by `lifeline_testvm::static_build::static_capture_agent`
 //! (scripts/test.sh builds it first) unless LIFELINE_STATIC_CAPTURE_AGENT
 //! names one.
 
-use lifeline_bootos::agent;
 use lifeline_bootos::initramfs::DEFAULT_HOOK;
 use lifeline_bootos::modules;
-use lifeline_bootos::qemu::{Boot, Vm, VmSpec};
 use lifeline_bootos::{BootOs, BootOsSpec, ExtraFile};
+use lifeline_testvm::qemu::{Boot, Vm, VmSpec};
+use lifeline_testvm::static_build;
 // What check-capture writes: CHECK_LEN bytes at CHECK_OFFSET of a new file
 // (a range that ignored the offset, or took the file size for the length,
 // would not match).
@@ -103,7 +103,7 @@ fn ebpf_capture_works_on_debian_12_kernel_6_1() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let (version, kernel) = debian_61_kernel();
     let t = Instant::now();
-    let agent = agent::static_capture_agent(root).unwrap_or_else(|e| panic!("{e}"));
+    let agent = static_build::static_capture_agent(root).unwrap_or_else(|e| panic!("{e}"));
     let agent_time = t.elapsed();
 
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use lifeline_image::util::human_bytes;
 use lifeline_proto::client::Connection;
 use lifeline_proto::v1::boot_media_store_client::BootMediaStoreClient;
-use lifeline_proto::v1::{BootMediaInfo, BootMediaRequest, ImageEmpty};
+use lifeline_proto::v1::{BootMediaInfo, BootMediaRequest, ListBootMediaRequest};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct MediaArgs {
@@ -75,7 +75,7 @@ pub fn run(a: &MediaArgs, as_json: bool, progress: bool) -> Result<()> {
         match &a.cmd {
             MediaCmd::List => {
                 let list = client
-                    .list_boot_media(conn.request(ImageEmpty {}))
+                    .list_boot_media(conn.request(ListBootMediaRequest {}))
                     .await
                     .map_err(|s| anyhow::anyhow!("the receiver refused: {}", s.message()))?
                     .into_inner();

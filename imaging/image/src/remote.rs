@@ -12,9 +12,11 @@
 use std::sync::Mutex;
 
 use lifeline_proto::client::Connection;
+use lifeline_proto::v1::boot_sessions_client::BootSessionsClient;
 use lifeline_proto::v1::image_store_client::ImageStoreClient;
+use lifeline_proto::v1::jobs_client::JobsClient;
 use lifeline_proto::v1::{
-    BootSession, ImageBlob, ImageEmpty, JobReport, ManifestRequest, NamedBlob, PackPiece, PackRange,
+    BootSession, ClaimRequest, ImageBlob, ImageEmpty, JobReport, ManifestRequest, NamedBlob, PackPiece, PackRange,
 };
 use lifeline_repo::{PackEntry, PackId, PackListing, PackSink, RepoError, Result, Store};
 use tokio::sync::mpsc;
@@ -123,29 +125,29 @@ impl Drop for RemotePackSink {
 }
 
 /// The boot OS's first call: trades the one-time boot token `conn` carries
-/// for a boot session (see `ImageStore.ClaimBoot`).
+/// for a boot session (see `BootSessions.Claim`).
 pub fn claim_boot(conn: &Connection) -> std::result::Result<BootSession, String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the network runtime: {e}"))?;
     rt.block_on(async {
-        let mut client = ImageStoreClient::new(conn.channel().await?);
-        match client.claim_boot(conn.request(ImageEmpty {})).await {
+        let mut client = BootSessionsClient::new(conn.channel().await?);
+        match client.claim(conn.request(ClaimRequest {})).await {
             Ok(r) => Ok(r.into_inner()),
             Err(s) => Err(format!("the receiver {} refused the boot token: {}", conn.endpoint(), s.message())),
         }
     })
 }
 
-/// Tells the receiver how a backup or restore goes (`ImageStore.ReportJob`):
+/// Tells the receiver how a backup or restore goes (`Jobs.Report`):
 /// started, progress, ended. Reporting never fails the job: a report that
 /// does not get through is logged and the next one tries again.
 pub struct JobReporter {
     rt: tokio::runtime::Runtime,
     conn: Connection,
     /// The connection, kept from one report to the next.
-    client: Mutex<Option<ImageStoreClient<Channel>>>,
+    client: Mutex<Option<JobsClient<Channel>>>,
     job: Mutex<u64>,
     kind: String,
 }
@@ -187,10 +189,10 @@ impl JobReporter {
         let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
         let sent = self.rt.block_on(async {
             if client.is_none() {
-                *client = Some(ImageStoreClient::new(conn.channel().await?));
+                *client = Some(JobsClient::new(conn.channel().await?));
             }
             let c = client.as_mut().expect("connected");
-            c.report_job(conn.request(r)).await.map(|x| x.into_inner().job).map_err(|s| s.message().to_string())
+            c.report(conn.request(r)).await.map(|x| x.into_inner().job).map_err(|s| s.message().to_string())
         });
         match sent {
             Ok(id) => *job = id,

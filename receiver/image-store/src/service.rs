@@ -10,13 +10,11 @@
 //! against the format's limits. The receiver sees only encrypted blobs: the
 //! password and keys stay on the machine.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeline_proto::v1::image_store_server::{ImageStore, ImageStoreServer};
 use lifeline_proto::v1::{
-    BootSession, ImageBlob, ImageEmpty, JobReply, JobReport, ManifestNames, ManifestRequest, NamedBlob, PackInfo,
-    PackList, PackPiece, PackRange,
+    ImageBlob, ImageEmpty, ManifestNames, ManifestRequest, NamedBlob, PackInfo, PackList, PackPiece, PackRange,
 };
 use lifeline_repo::pack::MAX_PACK_SIZE;
 use lifeline_repo::{DirStore, PackId, PackSink, RepoError, Store, MAX_MANIFEST_BLOB_SIZE};
@@ -24,7 +22,9 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
-use crate::auth::{Authenticator, ImageAccess, MachineName};
+use lifeline_core::credential::MachineName;
+use lifeline_store::private::create_private_dir_all;
+use lifeline_store::{Authenticator, ImageAccess, StoreLayout};
 
 /// Index bytes per `PackList` message (about).
 const LIST_BYTES: usize = 1 << 20;
@@ -32,23 +32,19 @@ const LIST_BYTES: usize = 1 << 20;
 const MAX_READ: u32 = 16 << 20;
 
 #[derive(Clone)]
-pub struct Images {
-    root: PathBuf,
+pub struct ImageStoreService {
+    store: StoreLayout,
     auth: Arc<dyn Authenticator>,
-    /// The management database, for job reports.
-    db: Arc<std::sync::Mutex<crate::db::Db>>,
 }
 
-impl Images {
+impl ImageStoreService {
     /// Repositories under `<store>/images/`.
-    pub fn new(store: &Path, auth: Arc<dyn Authenticator>) -> anyhow::Result<Images> {
-        let root = store.join("images");
-        crate::safepath::create_private_dir_all(&root)?;
-        let db = Arc::new(std::sync::Mutex::new(crate::db::Db::open(store)?));
-        Ok(Images { root, auth, db })
+    pub fn new(store: &StoreLayout, auth: Arc<dyn Authenticator>) -> anyhow::Result<ImageStoreService> {
+        create_private_dir_all(&store.image_stores())?;
+        Ok(ImageStoreService { store: store.clone(), auth })
     }
 
-    pub fn into_service(self) -> ImageStoreServer<Images> {
+    pub fn into_service(self) -> ImageStoreServer<ImageStoreService> {
         ImageStoreServer::new(self)
             .max_decoding_message_size(lifeline_proto::MAX_MESSAGE + (1 << 20))
             .max_encoding_message_size(lifeline_proto::MAX_MESSAGE + (1 << 20))
@@ -76,7 +72,7 @@ impl Images {
 
     /// The requesting machine and the store `a` gives it.
     fn open(&self, a: ImageAccess) -> (MachineName, DirStore) {
-        (a.machine, DirStore::new(self.root.join(a.store_of.as_str())))
+        (a.machine, DirStore::new(self.store.image_store(&a.store_of)))
     }
 }
 
@@ -108,7 +104,7 @@ fn pack_id(b: &[u8]) -> Result<PackId, Status> {
 }
 
 #[tonic::async_trait]
-impl ImageStore for Images {
+impl ImageStore for ImageStoreService {
     async fn get_config(&self, req: Request<ImageEmpty>) -> Result<Response<ImageBlob>, Status> {
         let (m, store) = self.store_for(&req)?;
         match blocking(move || store.load_config()).await? {
@@ -241,50 +237,5 @@ impl ImageStore for Images {
         })
         .await?;
         Ok(Response::new(ManifestNames { names }))
-    }
-
-    async fn claim_boot(&self, req: Request<ImageEmpty>) -> Result<Response<BootSession>, Status> {
-        let from = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
-        let auth = self.auth.clone();
-        let md = req.metadata().clone();
-        let claim = tokio::task::spawn_blocking(move || auth.claim_boot(&md, &from))
-            .await
-            .map_err(|e| Status::internal(format!("claim task failed: {e}")))??;
-        info!(machine = claim.media.machine, media = claim.media.id, "boot session opened");
-        Ok(Response::new(BootSession {
-            credential: claim.credential.token(),
-            expires_unix: claim.expires_unix,
-            media: claim.media.id as u64,
-            mode: claim.media.mode,
-            style: claim.media.style,
-            image: claim.media.image,
-        }))
-    }
-
-    async fn report_job(&self, req: Request<JobReport>) -> Result<Response<JobReply>, Status> {
-        let m = self.auth.authenticate_images(req.metadata(), req.extensions())?.machine;
-        let r = req.into_inner();
-        let limit = |s: String| s.chars().take(1000).collect::<String>();
-        let report = crate::jobsdb::Report {
-            kind: r.kind,
-            state: r.state,
-            image: limit(r.image),
-            disk: limit(r.disk),
-            disk_size: r.disk_size,
-            done_bytes: r.done_bytes,
-            total_bytes: r.total_bytes,
-            message: limit(r.message),
-            stored_bytes: r.stored_bytes,
-        };
-        let db = self.db.clone();
-        let machine = m.as_str().to_string();
-        let job = i64::try_from(r.job).map_err(|_| Status::invalid_argument("no such job"))?;
-        let id = tokio::task::spawn_blocking(move || {
-            db.lock().unwrap_or_else(|e| e.into_inner()).report_job(&machine, job, &report)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("job task failed: {e}")))?
-        .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
-        Ok(Response::new(JobReply { job: id as u64 }))
     }
 }

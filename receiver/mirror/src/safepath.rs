@@ -22,7 +22,9 @@ use std::os::unix::ffi::OsStrExt;
 use rustix::fs::{fstat, mkdirat, openat, statat, unlinkat, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use crate::auth::MachineName;
+use lifeline_core::credential::MachineName;
+use lifeline_store::private::create_private_dir_all;
+use lifeline_store::StoreLayout;
 
 /// How every path inside a mirror is resolved.
 pub const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
@@ -156,8 +158,8 @@ pub struct Mirror {
 impl Mirror {
     /// Opens (creating it if missing) the mirror of `machine` under `store`.
     /// `store` is the receiver's own, trusted directory.
-    pub fn open(store: &Path, machine: &MachineName) -> io::Result<Mirror> {
-        let mirrors = store.join("mirror");
+    pub fn open(store: &StoreLayout, machine: &MachineName) -> io::Result<Mirror> {
+        let mirrors = store.mirrors();
         create_private_dir_all(&mirrors)?;
         let top = rustix::fs::open(&mirrors, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| with_path(e.into(), "open", &mirrors))?;
@@ -181,17 +183,11 @@ impl Mirror {
     }
 }
 
-/// Creates `dir` and its missing parents with mode 0700.
-pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(NEW_DIR_MODE).create(dir).map_err(|e| with_path(e, "create", dir))
-}
-
 fn with_path(e: io::Error, what: &str, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
 }
 
-/// At most this many parent directories stay open in a [`Resolver`]'s cache.
+/// At most this many parent directories stay open in a [`MirrorResolver`]'s cache.
 const CACHE_LIMIT: usize = 128;
 
 /// Resolves the parent directories of wire paths in one mirror, caching the
@@ -201,16 +197,16 @@ const CACHE_LIMIT: usize = 128;
 /// `p`". Only this resolver's owner changes the mirror (one replication stream
 /// per machine at a time), and a cached path can only change meaning when a
 /// directory is removed, replaced or renamed: whoever does that must call
-/// [`Resolver::forget_dirs`].
+/// [`MirrorResolver::forget_dirs`].
 /// How many implied directories one acknowledgement names at most.
 pub const IMPLIED_MAX: usize = 16;
 
 #[derive(Debug)]
-pub struct Resolver {
+pub struct MirrorResolver {
     mirror: Mirror,
     cache: HashMap<Vec<u8>, Arc<OwnedFd>>,
     /// Directory paths created (or replaced) on the way to another object
-    /// since [`Resolver::take_implied`] (the first [`IMPLIED_MAX`]).
+    /// since [`MirrorResolver::take_implied`] (the first [`IMPLIED_MAX`]).
     implied: Vec<Vec<u8>>,
 }
 
@@ -222,9 +218,9 @@ pub fn split(wire: &[u8]) -> (&[u8], &OsStr) {
     }
 }
 
-impl Resolver {
-    pub fn new(mirror: Mirror) -> Resolver {
-        Resolver { mirror, cache: HashMap::new(), implied: Vec::new() }
+impl MirrorResolver {
+    pub fn new(mirror: Mirror) -> MirrorResolver {
+        MirrorResolver { mirror, cache: HashMap::new(), implied: Vec::new() }
     }
 
     /// The directory paths that had to be created since the last call.
@@ -314,7 +310,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn mirror(store: &Path) -> Mirror {
-        Mirror::open(store, &MachineName::new("m").unwrap()).unwrap()
+        Mirror::open(&StoreLayout::new(store), &MachineName::new("m").unwrap()).unwrap()
     }
 
     #[test]
@@ -330,7 +326,7 @@ mod tests {
         let m = mirror(store.path());
         let root = m.path().to_path_buf();
         symlink(outside.path(), root.join("a")).unwrap();
-        let mut r = Resolver::new(m);
+        let mut r = MirrorResolver::new(m);
         assert!(r.dir(b"a/b", false).unwrap().is_none());
         let fd = r.dir(b"a/b", true).unwrap().unwrap();
         assert!(root.join("a/b").is_dir() && !root.join("a").is_symlink());
@@ -366,7 +362,7 @@ mod tests {
     fn remove_tree_handles_deep_trees() {
         let store = tempfile::tempdir().unwrap();
         let m = mirror(store.path());
-        let mut r = Resolver::new(m);
+        let mut r = MirrorResolver::new(m);
         let deep = vec!["d"; 1500].join("/");
         r.dir(deep.as_bytes(), true).unwrap().unwrap();
         remove_tree(r.mirror().root(), OsStr::new("d")).unwrap();

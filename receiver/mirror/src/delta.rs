@@ -40,8 +40,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -54,8 +53,13 @@ use rustix::io::Errno;
 use tonic::Status;
 use tracing::{debug, warn};
 
-use crate::auth::MachineName;
-use crate::safepath::{create_private_dir_all, open_beneath, split, Mirror};
+use lifeline_core::credential::MachineName;
+use lifeline_store::private::open_record;
+use lifeline_store::StoreLayout;
+
+use crate::attrs::set_attr_known;
+use crate::op_error::Context;
+use crate::safepath::{open_beneath, split, Mirror};
 
 /// Name prefix of the temporary files deltas are built in.
 pub const TEMP_PREFIX: &str = ".lifeline-delta.";
@@ -183,17 +187,8 @@ pub struct PartialRecord {
 }
 
 impl PartialRecord {
-    pub fn open(store: &Path, machine: &MachineName) -> io::Result<PartialRecord> {
-        let dir = store.join("partial");
-        create_private_dir_all(&dir)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(dir.join(machine.as_str()))?;
+    pub fn open(store: &StoreLayout, machine: &MachineName) -> io::Result<PartialRecord> {
+        let file = open_record(&store.partial_delta(machine))?;
         let set = file.metadata()?.len() > 0;
         Ok(PartialRecord { file, set })
     }
@@ -322,10 +317,6 @@ fn temp_name() -> OsString {
     OsString::from(format!("{TEMP_PREFIX}{x:016x}"))
 }
 
-fn errno_ctx(what: &str) -> impl FnOnce(Errno) -> String + '_ {
-    move |e| format!("{what}: {}", io::Error::from(e))
-}
-
 impl Deltas {
     /// Keeps the crash record in `record` from now on.
     pub(crate) fn set_record(&mut self, record: PartialRecord) {
@@ -438,9 +429,9 @@ impl Deltas {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Err("the base is gone from the mirror".into()),
             Err(Errno::LOOP) => return Err("the base is now a symlink".into()),
-            Err(e) => return Err(errno_ctx("open the base")(e)),
+            Err(e) => return Err(e).ctx("open the base"),
         };
-        let st = fstat(&fd).map_err(errno_ctx("stat the base"))?;
+        let st = fstat(&fd).ctx("stat the base")?;
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return Err("the base is no longer a regular file".into());
         }
@@ -511,7 +502,7 @@ impl Deltas {
             match open_beneath(o.dir.as_fd(), temp.as_os_str(), flags, Mode::from_raw_mode(0o600)) {
                 Ok(fd) => break (temp, fd),
                 Err(Errno::EXIST) if tries < 8 => tries += 1,
-                Err(e) => return Err(errno_ctx("create the temporary file")(e)),
+                Err(e) => return Err(e).ctx("create the temporary file"),
             }
         };
         let base = o.base.take().expect("the base is there until the output starts");
@@ -539,8 +530,8 @@ impl Deltas {
                             content from what its signature said)"
                     .into());
             }
-            let st = fstat(base).map_err(errno_ctx("stat the base"))?;
-            crate::apply::set_attr_known(base.as_fd(), &attr, &st)?;
+            let st = fstat(base).ctx("stat the base")?;
+            set_attr_known(base.as_fd(), &attr, &st)?;
             debug!(
                 "delta of {}: content unchanged, checked in {:?}",
                 lossy(&o.path).escape_debug(),
@@ -554,9 +545,9 @@ impl Deltas {
         let Building { temp, patcher } = o.out.take().expect("started");
         let result = (|| {
             let file = patcher.finish(d.new_len, &hash).map_err(|e| e.to_string())?;
-            let st = fstat(&file).map_err(errno_ctx("stat the new file"))?;
-            crate::apply::set_attr_known(file.as_fd(), &attr, &st)?;
-            renameat(&o.dir, &temp, &o.dir, &o.name).map_err(errno_ctx("rename over the target"))
+            let st = fstat(&file).ctx("stat the new file")?;
+            set_attr_known(file.as_fd(), &attr, &st)?;
+            renameat(&o.dir, &temp, &o.dir, &o.name).ctx("rename over the target")
         })();
         if result.is_err() {
             let _ = unlinkat(&o.dir, &temp, AtFlags::empty());

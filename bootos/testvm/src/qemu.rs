@@ -27,9 +27,9 @@ pub enum Boot<'a> {
     /// gets an address from qemu's DHCP and fetches `bootfile` (an
     /// `http://10.0.2.2:PORT/...` URL reaches the host's loopback).
     Network { bootfile: &'a str },
-    /// The firmware boots a CD (a hybrid ISO, see [`crate::iso`]).
+    /// The firmware boots a CD (a hybrid ISO, see `lifeline_bootos::iso`).
     Cdrom { iso: &'a Path },
-    /// The firmware boots a disk image (a USB image, see [`crate::usb`]),
+    /// The firmware boots a disk image (a USB image, see `lifeline_bootos::usb`),
     /// attached after [`VmSpec::disks`] with the first boot index: as a
     /// virtio disk, or with `usb` as a USB stick on an xHCI controller.
     Disk { image: &'a Path, usb: bool },

@@ -9,19 +9,23 @@
 //! kind `usb` a raw disk image `usb.img` (MBR + FAT, BIOS and UEFI, with
 //! room to spare; see `lifeline_bootos::usb`). Attended media (mode menu)
 //! hold no password. The network-boot server
-//! (`crate::netboot`) serves them to the machine's MAC address until the
+//! ([`crate::netboot`]) serves them to the machine's MAC address until the
 //! token is used.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use lifeline_bootos::cmdline::{BootParams, Mode, Style};
+use lifeline_bootos::cmdline::BootParams;
+/// What media are made for and how they reach the image store (the boot
+/// OS builder's own types: the kernel command line carries them).
+pub use lifeline_bootos::cmdline::{Mode, Style};
 use lifeline_bootos::{agent, BootOs, BootOsSpec};
 use lifeline_core::credential::Credential;
 
-use crate::auth::MachineName;
-use crate::bootdb::BootMedia;
-use crate::db::Db;
+use lifeline_core::credential::MachineName;
+use lifeline_store::db::boot::BootMedia;
+use lifeline_store::private::{create_private_dir_all, write_private};
+use lifeline_store::{Db, StoreLayout};
 
 /// What to make.
 pub struct MediaSpec {
@@ -37,6 +41,8 @@ pub struct MediaSpec {
     /// image store and never write to it. The password is that machine's
     /// repository password.
     pub image_of: Option<MachineName>,
+    /// The receiver's CA certificate (PEM), which the boot OS trusts.
+    pub ca_pem: Vec<u8>,
     /// The static `lifeline-image` for the boot OS.
     pub agent: PathBuf,
     /// The repository password: unattended backup and restore need it (it
@@ -62,13 +68,8 @@ pub struct Made {
     pub iso: Option<PathBuf>,
 }
 
-/// Where media `id`'s files are.
-pub fn media_dir(store: &Path, id: i64) -> PathBuf {
-    store.join("boot").join(id.to_string())
-}
-
 /// Builds the boot OS for `spec.machine` and records it.
-pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made> {
+pub fn make(store: &StoreLayout, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made> {
     if db.token_hash(spec.machine.as_str())?.is_none() {
         anyhow::bail!(
             "machine {} is not registered (`lifeline-receiver machine add {}` registers it)",
@@ -84,16 +85,13 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
             anyhow::bail!("machine {other} (--image-of) is not registered (see `lifeline-receiver machine list`)");
         }
     }
-    let identity = crate::tls::load_or_create(store, &[])?;
-    let ca =
-        identity.ca_path.context("the receiver uses a certificate of your own (--tls-cert): its CA is unknown here")?;
-    let ca_pem = std::fs::read(&ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let ca_pem = &spec.ca_pem;
     let files = match (spec.mode, &spec.password) {
-        (Mode::Menu, None) => agent::attended_files(&spec.agent, &ca_pem),
+        (Mode::Menu, None) => agent::attended_files(&spec.agent, ca_pem),
         (Mode::Menu, Some(_)) => anyhow::bail!(
             "attended (menu) boot media never hold the repository password (whoever boots it types it): leave out --password-file"
         ),
-        (_, Some(pw)) => agent::unattended_files(&spec.agent, &ca_pem, pw)?,
+        (_, Some(pw)) => agent::unattended_files(&spec.agent, ca_pem, pw)?,
         (_, None) => anyhow::bail!(
             "unattended {} media need the repository password (--password-file): it goes into the boot OS",
             spec.mode.as_str()
@@ -115,15 +113,15 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
     let cmdline = format!("console=tty0 console=ttyS0 {}", params.to_cmdline()?);
 
     // Built beside its final place, renamed once recorded.
-    let boot = store.join("boot");
-    crate::safepath::create_private_dir_all(&boot)?;
+    let boot = store.boot_media_dir();
+    create_private_dir_all(&boot)?;
     let tmp = tempdir_in(&boot)?;
     let initrd = tmp.join("initrd.img");
     let os_spec = BootOsSpec { files, kernel: spec.kernel.clone(), ..BootOsSpec::default() };
     let built = BootOs::build(&os_spec, &initrd).context("building the boot OS")?;
     std::fs::copy(&built.kernel, tmp.join("vmlinuz"))
         .with_context(|| format!("cannot copy the kernel {}", built.kernel.display()))?;
-    crate::tls::write_private(&tmp.join("cmdline"), &format!("{cmdline}\n"))?;
+    write_private(&tmp.join("cmdline"), &format!("{cmdline}\n"))?;
     let iso = match spec.kind.as_str() {
         "netboot" => None,
         "iso" => {
@@ -170,7 +168,7 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
         }
     };
     media.id = id;
-    let dir = media_dir(store, id);
+    let dir = store.boot_media(id);
     let _ = std::fs::remove_dir_all(&dir); // a leftover of a removed database
     std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move the boot media to {}", dir.display()))?;
     Ok(Made {
@@ -185,8 +183,8 @@ pub fn make(store: &Path, db: &mut Db, spec: &MediaSpec) -> anyhow::Result<Made>
 }
 
 /// The whole kernel command line of media `id` (token included).
-pub fn cmdline_of(store: &Path, id: i64) -> anyhow::Result<String> {
-    let p = media_dir(store, id).join("cmdline");
+pub fn cmdline_of(store: &StoreLayout, id: i64) -> anyhow::Result<String> {
+    let p = store.boot_media(id).join("cmdline");
     Ok(std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?.trim().to_string())
 }
 

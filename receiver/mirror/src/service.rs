@@ -1,7 +1,7 @@
 //! The gRPC `Replication` service.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,11 +14,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 
+use lifeline_core::credential::MachineName;
+use lifeline_store::private::create_private_dir_all;
+use lifeline_store::{Authenticator, StoreLayout};
+
 use crate::apply::Applier;
-use crate::auth::{Authenticator, MachineName, TokenAuthenticator};
 use crate::delta::{self, PartialRecord};
 use crate::listing;
-use crate::progress::Progress;
+use crate::progress::QueueProgress;
 use crate::safepath::{self, Mirror};
 
 /// A one-way "stop" signal, readable from async code and from the applier's
@@ -61,7 +64,7 @@ struct MachineState {
 }
 
 struct Inner {
-    store: PathBuf,
+    store: StoreLayout,
     auth: Arc<dyn Authenticator>,
     machines: Mutex<HashMap<MachineName, Arc<MachineState>>>,
     shutdown: Arc<Cancel>,
@@ -108,30 +111,19 @@ impl FaultHook {
 /// agent reconnecting after a network failure never waits for the receiver
 /// to notice its old connection is dead.
 #[derive(Clone)]
-pub struct Receiver {
+pub struct MirrorService {
     inner: Arc<Inner>,
 }
 
-impl Receiver {
-    /// A receiver keeping the mirrors under `<store>/mirror/`, checking each
-    /// request's credential against the machines in `<store>/receiver.db`.
-    /// Creates the store if missing and checks the kernel can resolve paths
-    /// safely.
-    pub fn new(store: impl AsRef<Path>) -> anyhow::Result<Receiver> {
-        let store = store.as_ref();
-        safepath::create_private_dir_all(store)?;
-        let db = crate::db::Db::open(store)?;
-        Receiver::with_authenticator(store, Arc::new(TokenAuthenticator::new(db)))
-    }
-
-    /// Like [`Receiver::new`], with `auth` deciding which machine a request
-    /// speaks for.
-    pub fn with_authenticator(store: impl AsRef<Path>, auth: Arc<dyn Authenticator>) -> anyhow::Result<Receiver> {
-        let store = store.as_ref();
-        safepath::create_private_dir_all(&store.join("mirror"))?;
-        let store = std::fs::canonicalize(store)?;
-        probe_openat2(&store.join("mirror"))?;
-        Ok(Receiver {
+impl MirrorService {
+    /// The mirrors under `<store>/mirror/`, with `auth` deciding which
+    /// machine a request speaks for. Creates the directory if missing and
+    /// checks the kernel can resolve paths safely (openat2).
+    pub fn new(store: &StoreLayout, auth: Arc<dyn Authenticator>) -> anyhow::Result<MirrorService> {
+        create_private_dir_all(&store.mirrors())?;
+        let store = StoreLayout::new(std::fs::canonicalize(store.root())?);
+        probe_openat2(&store.mirrors())?;
+        Ok(MirrorService {
             inner: Arc::new(Inner {
                 store,
                 auth,
@@ -142,23 +134,13 @@ impl Receiver {
         })
     }
 
-    /// The `ImageStore` service over the same store and credentials.
-    pub fn images(&self) -> anyhow::Result<crate::images::Images> {
-        crate::images::Images::new(&self.inner.store, self.inner.auth.clone())
-    }
-
-    /// The `BootMediaStore` service (owners download their boot media).
-    pub fn media_download(&self) -> anyhow::Result<crate::mediadownload::MediaDownload> {
-        crate::mediadownload::MediaDownload::new(&self.inner.store, self.inner.auth.clone())
-    }
-
-    /// The (canonical) store directory.
-    pub fn store(&self) -> &Path {
+    /// The (canonical) store.
+    pub fn store(&self) -> &StoreLayout {
         &self.inner.store
     }
 
     /// The tonic service, with Lifeline's message size limits.
-    pub fn into_service(self) -> ReplicationServer<Receiver> {
+    pub fn into_service(self) -> ReplicationServer<MirrorService> {
         ReplicationServer::new(self)
             .max_decoding_message_size(lifeline_proto::MAX_MESSAGE)
             .max_encoding_message_size(lifeline_proto::MAX_MESSAGE)
@@ -208,7 +190,7 @@ type TreeStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<TreeEntries, St
 type SignatureStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<SignatureChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl Replication for Receiver {
+impl Replication for MirrorService {
     type ReplicateStream = AckStream;
     type ListTreeStream = TreeStream;
     type GetSignatureStream = SignatureStream;
@@ -322,7 +304,7 @@ const GROUP_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 struct Stream {
     machine: MachineName,
     queue_id: u64,
-    store: PathBuf,
+    store: StoreLayout,
     state: Arc<MachineState>,
     cancel: Arc<Cancel>,
     shutdown: Arc<Cancel>,
@@ -377,7 +359,7 @@ impl Stream {
         };
         let opened = {
             let (store, m, q) = (self.store.clone(), machine.clone(), self.queue_id);
-            tokio::task::spawn_blocking(move || (q != 0).then(|| Progress::open(&store, &m, q)).transpose()).await
+            tokio::task::spawn_blocking(move || (q != 0).then(|| QueueProgress::open(&store, &m, q)).transpose()).await
         };
         let partial = {
             let (store, m, mirror) = (self.store.clone(), machine.clone(), mirror.clone());

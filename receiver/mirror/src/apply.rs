@@ -1,7 +1,7 @@
 //! Applying replicated operations to a machine's mirror.
 //!
 //! Every path from the network is checked by [`wirepath::validate`], its
-//! parent directory is resolved inside the mirror by [`Resolver`] (openat2,
+//! parent directory is resolved inside the mirror by [`MirrorResolver`] (openat2,
 //! never following a symlink), and the operation itself uses the `*at()`
 //! syscalls on the final name relative to that directory's fd. Nothing the
 //! agent sends can reach outside the machine's mirror.
@@ -15,36 +15,15 @@ use std::sync::Arc;
 
 use lifeline_core::wirepath;
 use lifeline_proto::v1::{op, Ack, Attr, FileData, Op, OpBatch, OpError};
-use rustix::fs::{
-    chmodat, chownat, fchmod, fchown, fstat, futimens, linkat, mkdirat, renameat_with, symlinkat, utimensat, AtFlags,
-    FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps, Uid, UTIME_OMIT,
-};
+use rustix::fs::{fstat, linkat, mkdirat, renameat_with, symlinkat, AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use tracing::{debug, warn};
 
+use crate::attrs::{set_attr_existing, set_attr_known};
 use crate::delta::{Deltas, PartialRecord};
-use crate::progress::Progress;
-use crate::safepath::{kind_at, open_beneath, remove_at, split, Mirror, Resolver, NEW_DIR_MODE};
-
-/// Why an op failed, in words for the agent's log.
-type OpResult = Result<(), String>;
-
-/// Adds what was being done to an error.
-trait Context<T> {
-    fn ctx(self, what: &str) -> Result<T, String>;
-}
-
-impl<T> Context<T> for Result<T, Errno> {
-    fn ctx(self, what: &str) -> Result<T, String> {
-        self.map_err(|e| format!("{what}: {}", io::Error::from(e)))
-    }
-}
-
-impl<T> Context<T> for io::Result<T> {
-    fn ctx(self, what: &str) -> Result<T, String> {
-        self.map_err(|e| format!("{what}: {e}"))
-    }
-}
+use crate::op_error::{Context, OpResult};
+use crate::progress::QueueProgress;
+use crate::safepath::{kind_at, open_beneath, remove_at, split, Mirror, MirrorResolver, NEW_DIR_MODE};
 
 fn lossy(p: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(p)
@@ -73,12 +52,12 @@ fn is_ancestor_or_same(a: &[u8], b: &[u8]) -> bool {
 /// Applies the ops of one replication stream, in order, to one mirror.
 #[derive(Debug)]
 pub struct Applier {
-    resolver: Resolver,
+    resolver: MirrorResolver,
     /// The last accepted op seq of the stream.
     last_seq: Option<u64>,
     label: String,
     /// How far the agent's queue was applied (tree ops' origins).
-    progress: Option<Progress>,
+    progress: Option<QueueProgress>,
     /// A readable fd of the mirror's root, for syncfs.
     sync_fd: Option<OwnedFd>,
     /// Ops skipped because an earlier stream applied them.
@@ -91,7 +70,7 @@ impl Applier {
     /// `label` names the machine in logs.
     pub fn new(mirror: Mirror, label: impl Into<String>) -> Applier {
         Applier {
-            resolver: Resolver::new(mirror),
+            resolver: MirrorResolver::new(mirror),
             last_seq: None,
             label: label.into(),
             progress: None,
@@ -116,14 +95,14 @@ impl Applier {
     }
 
     /// Remembers (and skips) the tree ops of the agent's queue in `progress`.
-    pub fn with_progress(mut self, progress: Progress) -> Applier {
+    pub fn with_progress(mut self, progress: QueueProgress) -> Applier {
         self.progress = Some(progress);
         self
     }
 
     /// The highest queue origin applied (0: none or not tracked).
     pub fn resume_origin(&self) -> u64 {
-        self.progress.as_ref().map_or(0, Progress::applied)
+        self.progress.as_ref().map_or(0, QueueProgress::applied)
     }
 
     pub fn mirror(&self) -> &Mirror {
@@ -512,108 +491,6 @@ impl Applier {
         let (_, name) = split(path);
         set_attr_existing(dir.as_fd(), name, kind, attr, true)
     }
-}
-
-/// Sets the attributes of `name` in `dir`, which was just seen to be of type
-/// `kind`, never following a symlink.
-fn set_attr_existing(dir: BorrowedFd<'_>, name: &OsStr, kind: FileType, attr: &Attr, with_mtime: bool) -> OpResult {
-    match kind {
-        FileType::Symlink => set_attr_at(dir, name, attr, false, with_mtime),
-        FileType::RegularFile | FileType::Directory => {
-            let mut flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-            if kind == FileType::Directory {
-                flags |= OFlags::DIRECTORY;
-            }
-            match open_beneath(dir, name, flags, Mode::empty()) {
-                Ok(fd) => {
-                    let now = FileType::from_raw_mode(fstat(&fd).ctx("stat")?.st_mode);
-                    if now != kind {
-                        return Err("changed type while being opened".into());
-                    }
-                    set_attr_fd(fd.as_fd(), attr, with_mtime)
-                }
-                // Not allowed to open it (only when not running as root): by
-                // name then, `name` having just been seen not to be a symlink.
-                Err(Errno::ACCESS) => set_attr_at(dir, name, attr, true, with_mtime),
-                Err(e) => Err(e).ctx("open"),
-            }
-        }
-        other => Err(format!("not a file, directory or symlink ({other:?})")),
-    }
-}
-
-fn owner(attr: &Attr) -> (Option<Uid>, Option<Gid>) {
-    // u32::MAX (-1) means "leave as is" to chown(2).
-    let uid = attr.uid.filter(|u| *u != u32::MAX).map(Uid::from_raw);
-    let gid = attr.gid.filter(|g| *g != u32::MAX).map(Gid::from_raw);
-    (uid, gid)
-}
-
-fn mtime(attr: &Attr) -> Result<Timestamps, String> {
-    if attr.mtime_nsec >= 1_000_000_000 {
-        return Err(format!("invalid mtime nanoseconds {}", attr.mtime_nsec));
-    }
-    Ok(Timestamps {
-        last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
-        last_modification: Timespec { tv_sec: attr.mtime_sec, tv_nsec: attr.mtime_nsec.into() },
-    })
-}
-
-/// Ignores EPERM from chown: an unprivileged receiver keeps its own ownership.
-fn ignore_eperm(r: Result<(), Errno>) -> Result<(), Errno> {
-    match r {
-        Err(Errno::PERM) => Ok(()),
-        r => r,
-    }
-}
-
-/// Sets ownership, mode and (with `with_mtime`) mtime on an open file or
-/// directory. Ownership first: chown clears setuid/setgid bits.
-fn set_attr_fd(fd: BorrowedFd<'_>, attr: &Attr, with_mtime: bool) -> OpResult {
-    let (uid, gid) = owner(attr);
-    if uid.is_some() || gid.is_some() {
-        ignore_eperm(fchown(fd, uid, gid)).ctx("chown")?;
-    }
-    fchmod(fd, Mode::from_raw_mode(attr.mode & 0o7777)).ctx("chmod")?;
-    if with_mtime {
-        futimens(fd, &mtime(attr)?).ctx("set mtime")?;
-    }
-    Ok(())
-}
-
-/// Like [`set_attr_fd`] (with mtime) for a file whose `fstat` is `st`:
-/// ownership and mode only where they differ.
-pub(crate) fn set_attr_known(fd: BorrowedFd<'_>, attr: &Attr, st: &rustix::fs::Stat) -> OpResult {
-    let (uid, gid) = owner(attr);
-    let uid = uid.filter(|u| u.as_raw() != st.st_uid);
-    let gid = gid.filter(|g| g.as_raw() != st.st_gid);
-    let chowned = uid.is_some() || gid.is_some();
-    if chowned {
-        ignore_eperm(fchown(fd, uid, gid)).ctx("chown")?;
-    }
-    // chown clears setuid/setgid, so the mode goes after it.
-    if chowned || st.st_mode & 0o7777 != attr.mode & 0o7777 {
-        fchmod(fd, Mode::from_raw_mode(attr.mode & 0o7777)).ctx("chmod")?;
-    }
-    futimens(fd, &mtime(attr)?).ctx("set mtime")?;
-    Ok(())
-}
-
-/// Sets attributes by name, never following a symlink: for a symlink
-/// ownership and mtime only; `chmod` (for which Linux before 6.6 has no
-/// no-follow variant) only when the caller has checked `name` is no symlink.
-fn set_attr_at(dir: BorrowedFd<'_>, name: &OsStr, attr: &Attr, chmod: bool, with_mtime: bool) -> OpResult {
-    let (uid, gid) = owner(attr);
-    if uid.is_some() || gid.is_some() {
-        ignore_eperm(chownat(dir, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)).ctx("chown")?;
-    }
-    if chmod {
-        chmodat(dir, name, Mode::from_raw_mode(attr.mode & 0o7777), AtFlags::empty()).ctx("chmod")?;
-    }
-    if with_mtime {
-        utimensat(dir, name, &mtime(attr)?, AtFlags::SYMLINK_NOFOLLOW).ctx("set mtime")?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The receiver's management database (SQLite, `<store>/receiver.db`):
-//! machines and their credentials, and an audit trail. The schema lives in
-//! `receiver/migrations/NNNN_*.sql`, applied in order; `PRAGMA user_version`
-//! records how many have run.
+//! machines and their credentials, and an audit trail (here); boot media and
+//! sessions ([`boot`]); jobs and images ([`jobs`]). The schema lives in
+//! `receiver/store/migrations/NNNN_*.sql`, applied in order; `PRAGMA
+//! user_version` records how many have run.
 //!
 //! Several processes use the file at once (the daemon authenticating agents,
 //! `lifeline-receiver machine add` registering one), so it runs in WAL mode
@@ -13,14 +14,19 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::auth::MachineName;
+use lifeline_core::credential::MachineName;
+
+use crate::layout::StoreLayout;
+
+pub mod boot;
+pub mod jobs;
 
 /// The migrations, in order. Append only: a released one never changes.
 const MIGRATIONS: &[(&str, &str)] = &[
-    ("0001_machines", include_str!("../migrations/0001_machines.sql")),
-    ("0002_boot", include_str!("../migrations/0002_boot.sql")),
-    ("0003_jobs", include_str!("../migrations/0003_jobs.sql")),
-    ("0004_restore_from", include_str!("../migrations/0004_restore_from.sql")),
+    ("0001_machines", include_str!("../../migrations/0001_machines.sql")),
+    ("0002_boot", include_str!("../../migrations/0002_boot.sql")),
+    ("0003_jobs", include_str!("../../migrations/0003_jobs.sql")),
+    ("0004_restore_from", include_str!("../../migrations/0004_restore_from.sql")),
 ];
 
 /// A registered machine, as `machine list` shows it.
@@ -48,7 +54,7 @@ pub struct Db {
 impl Db {
     /// The database of the store at `store`, created and migrated as needed.
     pub fn open(store: &Path) -> anyhow::Result<Db> {
-        let path = store.join("receiver.db");
+        let path = StoreLayout::new(store).database();
         let conn = Connection::open(&path).with_context(|| format!("cannot open the database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

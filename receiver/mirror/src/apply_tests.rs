@@ -1,7 +1,8 @@
 use super::*;
-use crate::auth::MachineName;
+use lifeline_core::credential::MachineName;
 use lifeline_core::tree::{compare, CompareOptions};
 use lifeline_proto::v1::{Chunk, Link, Mkdir, Remove, Rename, SetAttr, Symlink};
+use lifeline_store::StoreLayout;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ impl Fixture {
         fs::write(outside.path().join("x"), b"outside x").unwrap();
         fs::write(outside.path().join("y"), b"outside y").unwrap();
         fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let mirror = Mirror::open(store.path(), &MachineName::new("m").unwrap()).unwrap();
+        let mirror = Mirror::open(&StoreLayout::new(store.path()), &MachineName::new("m").unwrap()).unwrap();
         Fixture { _store: store, outside, applier: Applier::new(mirror, "m"), seq: 0 }
     }
 
@@ -365,7 +366,9 @@ fn ownership_is_applied() {
 #[test]
 fn tree_ops_of_a_queue_are_applied_once() {
     let mut f = Fixture::new();
-    let progress = crate::progress::Progress::open(f._store.path(), &MachineName::new("m").unwrap(), 9).unwrap();
+    let progress =
+        crate::progress::QueueProgress::open(&StoreLayout::new(f._store.path()), &MachineName::new("m").unwrap(), 9)
+            .unwrap();
     f.applier = Applier::new(f.applier.mirror().clone(), "m").with_progress(progress);
     let op = |seq, path: &[u8], kind, origin| Op { seq, path: path.to_vec(), kind: Some(kind), origin };
     let first = OpBatch {
@@ -380,7 +383,9 @@ fn tree_ops_of_a_queue_are_applied_once() {
     f.applier.sync().unwrap();
     assert_eq!(f.applier.resume_origin(), 7);
     // The ack was lost: a new stream replays the same ops.
-    let progress = crate::progress::Progress::open(f._store.path(), &MachineName::new("m").unwrap(), 9).unwrap();
+    let progress =
+        crate::progress::QueueProgress::open(&StoreLayout::new(f._store.path()), &MachineName::new("m").unwrap(), 9)
+            .unwrap();
     f.applier = Applier::new(f.applier.mirror().clone(), "m").with_progress(progress);
     assert_eq!(f.applier.resume_origin(), 7);
     let replay = OpBatch { ops: vec![op(1, b"a.tmp", rename(b"a", false), 7)] };

@@ -2,8 +2,10 @@ use super::*;
 use crate::apply::Applier;
 use lifeline_delta::{diff, DeltaStats};
 use lifeline_proto::v1::{op, CopyRange, DeltaInstr, Op, OpError};
+use lifeline_store::StoreLayout;
 use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::Path;
 use std::path::PathBuf;
 
 struct Fix {
@@ -20,13 +22,14 @@ fn machine() -> MachineName {
 impl Fix {
     fn new() -> Fix {
         let store = tempfile::tempdir().unwrap();
-        let mirror = Mirror::open(store.path(), &machine()).unwrap();
+        let mirror = Mirror::open(&StoreLayout::new(store.path()), &machine()).unwrap();
         let applier = Fix::applier(store.path(), &mirror);
         Fix { store, mirror, applier, seq: 0 }
     }
 
     fn applier(store: &Path, mirror: &Mirror) -> Applier {
-        Applier::new(mirror.clone(), "m").with_partial(PartialRecord::open(store, &machine()).unwrap())
+        Applier::new(mirror.clone(), "m")
+            .with_partial(PartialRecord::open(&StoreLayout::new(store), &machine()).unwrap())
     }
 
     fn root(&self) -> PathBuf {

@@ -12,41 +12,32 @@
 //! An agent that starts a new queue (its state directory was lost) has a new
 //! queue id; the record then starts again from zero.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::unix::fs::FileExt;
 
 use tracing::{info, warn};
 
-use crate::auth::MachineName;
-use crate::safepath::create_private_dir_all;
+use lifeline_core::credential::MachineName;
+use lifeline_store::private::open_record;
+use lifeline_store::StoreLayout;
 
 const MAGIC: &[u8; 8] = b"LLQPRG01";
 const LEN: usize = 28;
 
 #[derive(Debug)]
-pub struct Progress {
+pub struct QueueProgress {
     file: File,
     queue_id: u64,
     applied: u64,
     dirty: bool,
 }
 
-impl Progress {
+impl QueueProgress {
     /// The record of `machine` for the agent queue `queue_id`.
-    pub fn open(store: &Path, machine: &MachineName, queue_id: u64) -> io::Result<Progress> {
-        let dir = store.join("queues");
-        create_private_dir_all(&dir)?;
-        let path = dir.join(machine.as_str());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)?;
+    pub fn open(store: &StoreLayout, machine: &MachineName, queue_id: u64) -> io::Result<QueueProgress> {
+        let path = store.queue_progress(machine);
+        let file = open_record(&path)?;
         let mut buf = [0u8; LEN];
         let n = file.read_at(&mut buf, 0)?;
         let (stored_queue, stored_applied) = if n == 0 {
@@ -65,7 +56,7 @@ impl Progress {
             }
             0
         };
-        let mut p = Progress { file, queue_id, applied, dirty: false };
+        let mut p = QueueProgress { file, queue_id, applied, dirty: false };
         if stored_queue != queue_id {
             p.write()?;
         }
@@ -130,30 +121,34 @@ mod tests {
     fn remembered_per_queue_and_reset_by_a_new_one() {
         let d = tempfile::tempdir().unwrap();
         let m = MachineName::new("m1").unwrap();
-        let mut p = Progress::open(d.path(), &m, 7).unwrap();
+        let mut p = QueueProgress::open(&StoreLayout::new(d.path()), &m, 7).unwrap();
         assert_eq!(p.applied(), 0);
         p.record(5).unwrap();
         p.record(3).unwrap();
         p.sync().unwrap();
         drop(p);
-        assert_eq!(Progress::open(d.path(), &m, 7).unwrap().applied(), 5);
+        assert_eq!(QueueProgress::open(&StoreLayout::new(d.path()), &m, 7).unwrap().applied(), 5);
         let other = MachineName::new("m2").unwrap();
-        assert_eq!(Progress::open(d.path(), &other, 7).unwrap().applied(), 0);
-        assert_eq!(Progress::open(d.path(), &m, 8).unwrap().applied(), 0);
-        assert_eq!(Progress::open(d.path(), &m, 7).unwrap().applied(), 0, "a new queue replaced the old");
+        assert_eq!(QueueProgress::open(&StoreLayout::new(d.path()), &other, 7).unwrap().applied(), 0);
+        assert_eq!(QueueProgress::open(&StoreLayout::new(d.path()), &m, 8).unwrap().applied(), 0);
+        assert_eq!(
+            QueueProgress::open(&StoreLayout::new(d.path()), &m, 7).unwrap().applied(),
+            0,
+            "a new queue replaced the old"
+        );
     }
 
     #[test]
     fn a_damaged_record_counts_as_nothing_applied() {
         let d = tempfile::tempdir().unwrap();
         let m = MachineName::new("m1").unwrap();
-        let mut p = Progress::open(d.path(), &m, 7).unwrap();
+        let mut p = QueueProgress::open(&StoreLayout::new(d.path()), &m, 7).unwrap();
         p.record(9).unwrap();
         drop(p);
         let path = d.path().join("queues/m1");
         let mut b = std::fs::read(&path).unwrap();
         b[17] ^= 1;
         std::fs::write(&path, b).unwrap();
-        assert_eq!(Progress::open(d.path(), &m, 7).unwrap().applied(), 0);
+        assert_eq!(QueueProgress::open(&StoreLayout::new(d.path()), &m, 7).unwrap().applied(), 0);
     }
 }

@@ -16,21 +16,21 @@
 //! A deliberately small HTTP/1.1 server: GET only, one request per
 //! connection, nothing parsed but the request line and `Host`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use crate::bootdb::normalize_mac;
-use crate::db::Db;
+use lifeline_store::db::boot::normalize_mac;
+use lifeline_store::{Db, StoreLayout};
 
 /// Longest request head read.
 const MAX_HEAD: usize = 8 << 10;
 
 pub struct NetBoot {
-    store: PathBuf,
+    store: StoreLayout,
     db: Mutex<Db>,
 }
 
@@ -41,8 +41,8 @@ enum Reply {
 }
 
 impl NetBoot {
-    pub fn new(store: &Path) -> anyhow::Result<NetBoot> {
-        Ok(NetBoot { store: store.to_path_buf(), db: Mutex::new(Db::open(store)?) })
+    pub fn new(store: &StoreLayout) -> anyhow::Result<NetBoot> {
+        Ok(NetBoot { store: store.clone(), db: Mutex::new(Db::open(store.root())?) })
     }
 
     /// Serves until the process ends.
@@ -134,7 +134,7 @@ impl NetBoot {
         if let ["boot", id, file @ ("vmlinuz" | "initrd.img")] = parts[..] {
             let Ok(id) = id.parse::<i64>() else { return Reply::NotFound("no such boot media".into()) };
             return match db.boot_media(id) {
-                Ok(Some(m)) if m.usable() => Reply::File(crate::bootmedia::media_dir(&self.store, id).join(file)),
+                Ok(Some(m)) if m.usable() => Reply::File(self.store.boot_media(id).join(file)),
                 Ok(Some(_)) => Reply::NotFound(format!("boot media #{id} was used or revoked")),
                 Ok(None) => Reply::NotFound("no such boot media".into()),
                 Err(e) => Reply::NotFound(format!("database: {e:#}")),

@@ -1,6 +1,6 @@
 //! Jobs and images in the management database (see
-//! `receiver/migrations/0003_jobs.sql`): what machines report of their
-//! imaging work through `ImageStore.ReportJob`.
+//! `receiver/store/migrations/0003_jobs.sql`): what machines report of their
+//! imaging work through `Jobs.Report`.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -164,7 +164,7 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::MachineName;
+    use lifeline_core::credential::MachineName;
 
     #[test]
     fn jobs_are_each_machines_own_and_a_good_backup_records_its_image() {

@@ -1,9 +1,9 @@
 //! The boot media part of the management database: MAC addresses of
 //! machines, the boot OSes made for them and the one-time tokens those carry
-//! (see `receiver/migrations/0002_boot.sql`).
+//! (see `receiver/store/migrations/0002_boot.sql`).
 //!
 //! A boot token is a credential in the machine's usual `NAME:SECRET` form
-//! that works exactly once: claiming it (`ImageStore.ClaimBoot`, the first
+//! that works exactly once: claiming it (`BootSessions.Claim`, the first
 //! thing the boot OS does) marks the media used and opens a boot session,
 //! a fresh credential good for the machine's image store only and for a
 //! limited time. A second boot with the same token is refused, so a boot OS
@@ -12,8 +12,8 @@
 use anyhow::Context;
 use rusqlite::{params, OptionalExtension};
 
-use crate::auth::MachineName;
 use crate::db::{audit, Db};
+use lifeline_core::credential::MachineName;
 
 /// How long a boot session's credential works.
 pub const SESSION_SECS: i64 = 24 * 3600;

@@ -14,25 +14,23 @@
 //! The files travel encrypted by TLS; they hold the media's one-time token
 //! and, for unattended media, the repository password (`holds_password`).
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use lifeline_proto::v1::boot_media_store_server::{BootMediaStore, BootMediaStoreServer};
-use lifeline_proto::v1::{BootMediaChunk, BootMediaInfo, BootMediaList, BootMediaRequest, ImageEmpty};
+use lifeline_proto::v1::{BootMediaChunk, BootMediaInfo, BootMediaList, BootMediaRequest, ListBootMediaRequest};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::auth::Authenticator;
-use crate::bootdb::BootMedia;
-use crate::db::Db;
+use lifeline_store::db::boot::BootMedia;
+use lifeline_store::{Authenticator, Db, StoreLayout};
 
 /// Bytes per message.
 const PIECE: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct MediaDownload {
-    store: PathBuf,
+    store: StoreLayout,
     auth: Arc<dyn Authenticator>,
     db: Arc<Mutex<Db>>,
 }
@@ -47,9 +45,9 @@ pub fn media_file(kind: &str) -> Option<&'static str> {
 }
 
 impl MediaDownload {
-    pub fn new(store: &std::path::Path, auth: Arc<dyn Authenticator>) -> anyhow::Result<MediaDownload> {
-        let db = Arc::new(Mutex::new(Db::open(store)?));
-        Ok(MediaDownload { store: store.to_path_buf(), auth, db })
+    pub fn new(store: &StoreLayout, auth: Arc<dyn Authenticator>) -> anyhow::Result<MediaDownload> {
+        let db = Arc::new(Mutex::new(Db::open(store.root())?));
+        Ok(MediaDownload { store: store.clone(), auth, db })
     }
 
     pub fn into_service(self) -> BootMediaStoreServer<MediaDownload> {
@@ -65,7 +63,7 @@ impl MediaDownload {
         let size = if file.is_empty() {
             0
         } else {
-            std::fs::metadata(crate::bootmedia::media_dir(&self.store, m.id).join(file)).map_or(0, |x| x.len())
+            std::fs::metadata(self.store.boot_media(m.id).join(file)).map_or(0, |x| x.len())
         };
         BootMediaInfo {
             id: m.id as u64,
@@ -89,7 +87,7 @@ fn internal(e: anyhow::Error) -> Status {
 
 #[tonic::async_trait]
 impl BootMediaStore for MediaDownload {
-    async fn list_boot_media(&self, req: Request<ImageEmpty>) -> Result<Response<BootMediaList>, Status> {
+    async fn list_boot_media(&self, req: Request<ListBootMediaRequest>) -> Result<Response<BootMediaList>, Status> {
         let machine = self.auth.authenticate(req.metadata(), req.extensions())?;
         let media = self.db().boot_media_of(Some(machine.as_str())).map_err(internal)?;
         Ok(Response::new(BootMediaList { media: media.iter().map(|m| self.info(m)).collect() }))
@@ -141,7 +139,7 @@ impl BootMediaStore for MediaDownload {
                 )),
             );
         }
-        let path = crate::bootmedia::media_dir(&self.store, m.id).join(file);
+        let path = self.store.boot_media(m.id).join(file);
         let f = match std::fs::File::open(&path) {
             Ok(f) => f,
             Err(e) => {

@@ -1,0 +1,31 @@
+//! The receiver's mirror: for every machine, a copy of its watched trees
+//! under `<store>/mirror/<machine>/`, kept by applying the operations its
+//! agent streams over gRPC (the receiver's half of the design's network
+//! backup unit).
+//!
+//! - [`MirrorService`]: the `Replication` service (`Replicate`, `ListTree`,
+//!   `GetSignature`): one stream per machine at a time, group commits,
+//!   acknowledgements only once applied ops are durable.
+//! - [`apply`]: applying ops to a mirror ([`apply::Applier`]);
+//!   [`delta`]: rsync-style signatures and deltas against mirror files;
+//!   `attrs`: owner, mode and mtime as sent.
+//! - [`safepath`]: resolving paths inside a mirror without ever leaving it
+//!   (openat2); [`listing`]: `ListTree`.
+//! - [`progress`]: how far each agent queue was applied
+//!   ([`progress::QueueProgress`]), so that replays apply nothing twice.
+//!
+//! Which machine a request speaks for comes from the
+//! [`lifeline_store::Authenticator`] it is built with; where things live
+//! from [`lifeline_store::StoreLayout`].
+
+pub mod apply;
+mod attrs;
+pub mod delta;
+pub mod listing;
+mod op_error;
+pub mod progress;
+pub mod safepath;
+mod service;
+
+pub use listing::LIST_CHUNK;
+pub use service::MirrorService;

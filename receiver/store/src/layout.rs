@@ -1,0 +1,110 @@
+//! Where everything lives under a receiver's store directory. Every path of
+//! the store is built here and nowhere else, so that what a directory holds,
+//! and who may touch it, can be read in one place:
+//!
+//! ```text
+//! <store>/receiver.db         the management database (db)
+//! <store>/tls/                the receiver's CA and server certificate
+//! <store>/mirror/<machine>/   each machine's mirror (lifeline-mirror)
+//! <store>/queues/<machine>    how far each agent queue was applied
+//! <store>/partial/<machine>   the delta being applied, if a stream broke off
+//! <store>/images/<machine>/   each machine's image repository (lifeline-image-store)
+//! <store>/boot/<id>/          the files of boot media <id> (lifeline-boot-server)
+//! ```
+//!
+//! Everything under a machine's name is derived from a [`MachineName`], a
+//! single safe path component, so one machine's paths never reach another's.
+
+use std::path::{Path, PathBuf};
+
+use lifeline_core::credential::MachineName;
+
+/// The paths of one store directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreLayout {
+    root: PathBuf,
+}
+
+impl StoreLayout {
+    pub fn new(root: impl Into<PathBuf>) -> StoreLayout {
+        StoreLayout { root: root.into() }
+    }
+
+    /// The store directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The management database (SQLite).
+    pub fn database(&self) -> PathBuf {
+        self.root.join("receiver.db")
+    }
+
+    /// The receiver's generated TLS identity (CA and server certificate).
+    pub fn tls_dir(&self) -> PathBuf {
+        self.root.join("tls")
+    }
+
+    /// The generated CA's certificate: what agents trust with `--ca`.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.tls_dir().join("ca.crt")
+    }
+
+    /// The directory holding every machine's mirror.
+    pub fn mirrors(&self) -> PathBuf {
+        self.root.join("mirror")
+    }
+
+    /// `machine`'s mirror: its watched trees, under their absolute paths.
+    pub fn mirror(&self, machine: &MachineName) -> PathBuf {
+        self.mirrors().join(machine.as_str())
+    }
+
+    /// How far `machine`'s agent queue has been applied.
+    pub fn queue_progress(&self, machine: &MachineName) -> PathBuf {
+        self.root.join("queues").join(machine.as_str())
+    }
+
+    /// The delta `machine` was sending when its stream broke off, if any.
+    pub fn partial_delta(&self, machine: &MachineName) -> PathBuf {
+        self.root.join("partial").join(machine.as_str())
+    }
+
+    /// The directory holding every machine's image repository.
+    pub fn image_stores(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// `machine`'s image repository.
+    pub fn image_store(&self, machine: &MachineName) -> PathBuf {
+        self.image_stores().join(machine.as_str())
+    }
+
+    /// The directory holding every boot medium's files.
+    pub fn boot_media_dir(&self) -> PathBuf {
+        self.root.join("boot")
+    }
+
+    /// The files of boot media `id` (kernel, initrd, command line, ISO or
+    /// USB image).
+    pub fn boot_media(&self, id: i64) -> PathBuf {
+        self.boot_media_dir().join(id.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_paths_stay_one_component_below_their_directory() {
+        let l = StoreLayout::new("/s");
+        let m = MachineName::new("web-1").unwrap();
+        assert_eq!(l.mirror(&m), Path::new("/s/mirror/web-1"));
+        assert_eq!(l.image_store(&m), Path::new("/s/images/web-1"));
+        assert_eq!(l.queue_progress(&m), Path::new("/s/queues/web-1"));
+        assert_eq!(l.partial_delta(&m), Path::new("/s/partial/web-1"));
+        assert_eq!(l.boot_media(7), Path::new("/s/boot/7"));
+        assert_eq!(l.ca_cert(), Path::new("/s/tls/ca.crt"));
+    }
+}
