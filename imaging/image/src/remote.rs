@@ -296,8 +296,11 @@ impl Store for RemoteStore {
     fn put_manifest(&self, name: &str, blob: &[u8]) -> Result<()> {
         let mut c = self.client.clone();
         let req = self.conn.request(NamedBlob { name: name.into(), data: blob.to_vec() });
-        self.call("storing the image manifest", c.put_manifest(req))?;
-        Ok(())
+        match self.rt.block_on(c.put_manifest(req)) {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::AlreadyExists => Err(RepoError::ImageExists { name: name.into() }),
+            Err(s) => Err(self.err("storing the image manifest", s)),
+        }
     }
 
     fn get_manifest(&self, name: &str, _max: usize) -> Result<Option<Vec<u8>>> {

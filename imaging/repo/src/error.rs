@@ -31,6 +31,10 @@ pub enum RepoError {
     /// A pack name was about to be reused: packs are never overwritten.
     #[error("pack {pack} already exists; packs are never overwritten")]
     PackExists { pack: PackId },
+    /// An image name was about to be reused: stored images are never
+    /// replaced (a stolen credential must not be able to destroy one).
+    #[error("an image named {name:?} already exists; stored images are never replaced: choose another name")]
+    ImageExists { name: String },
     #[error("image {name} is corrupt: {why}")]
     CorruptManifest { name: String, why: String },
     #[error("no image named {name:?} in the repository")]

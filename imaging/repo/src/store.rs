@@ -36,8 +36,9 @@ pub trait Store: Send + Sync {
     fn list_packs(&self) -> Result<PackListing>;
     /// Remove a pack (a prune found no image using any chunk in it).
     fn delete_pack(&self, id: &PackId) -> Result<()>;
-    /// Store a manifest durably, replacing one of the same name. Packs are
-    /// durable once committed, so a manifest never refers to a lost pack.
+    /// Store a manifest durably, once: [`RepoError::ImageExists`] if one of
+    /// that name exists (images are never replaced). Packs are durable once
+    /// committed, so a manifest never refers to a lost pack.
     fn put_manifest(&self, name: &str, blob: &[u8]) -> Result<()>;
     fn get_manifest(&self, name: &str, max: usize) -> Result<Option<Vec<u8>>>;
     /// Manifest names (unsorted; the caller validates and sorts).
@@ -213,18 +214,9 @@ impl PackSink for DirPackSink {
         }
         pack::index_location(self.written, &self.tail).map_err(|why| RepoError::CorruptPack { pack: self.id, why })?;
         self.file.sync_all().map_err(RepoError::io("cannot fsync", &self.tmp))?;
-        // link(2) refuses an existing name, atomically; rename(2) would
-        // replace it. Filesystems without hard links (FAT, some shares) get a
-        // check-then-rename: pack names are random, so only a bug collides.
-        match fs::hard_link(&self.tmp, &self.dst) {
-            Ok(()) => {
-                let _ = fs::remove_file(&self.tmp);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(RepoError::PackExists { pack: self.id });
-            }
-            Err(_) if self.dst.exists() => return Err(RepoError::PackExists { pack: self.id }),
-            Err(_) => fs::rename(&self.tmp, &self.dst).map_err(RepoError::io("cannot rename into", &self.dst))?,
+        // Pack names are random: only a bug collides.
+        if !publish_new(&self.tmp, &self.dst)? {
+            return Err(RepoError::PackExists { pack: self.id });
         }
         self.done = true;
         sync_dir(&self.dir)
@@ -320,9 +312,21 @@ impl Store for DirStore {
         self.remove(&self.pack_path(id))
     }
 
+    /// Write-once: an existing image is never replaced.
     fn put_manifest(&self, name: &str, blob: &[u8]) -> Result<()> {
         let images = self.dir.join(IMAGES);
-        write_atomic(&images, name, blob)?;
+        let tmp = write_temp(&images, blob)?;
+        let dst = images.join(name);
+        let published = File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(RepoError::io("cannot fsync", &tmp))
+            .and_then(|()| publish_new(&tmp, &dst));
+        if !matches!(published, Ok(true)) {
+            let _ = fs::remove_file(&tmp);
+        }
+        if !published? {
+            return Err(RepoError::ImageExists { name: name.into() });
+        }
         sync_dir(&images)
     }
 
@@ -429,6 +433,23 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     res
+}
+
+/// Gives the finished (synced) temporary file `tmp` the name `dst` unless
+/// that name exists: `Ok(false)` then, and `tmp` stays for the caller to
+/// remove. link(2) refuses an existing name atomically, where rename(2)
+/// would replace it; filesystems without hard links (FAT, some shares) get
+/// a check-then-rename.
+fn publish_new(tmp: &Path, dst: &Path) -> Result<bool> {
+    match fs::hard_link(tmp, dst) {
+        Ok(()) => {
+            let _ = fs::remove_file(tmp);
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(_) if dst.exists() => Ok(false),
+        Err(_) => fs::rename(tmp, dst).map(|()| true).map_err(RepoError::io("cannot rename into", dst)),
+    }
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

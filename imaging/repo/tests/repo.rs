@@ -393,10 +393,11 @@ fn manifests() {
     let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
     repo.put_manifest("web1:2026-11-22T05:00:00", &big).unwrap();
     repo.put_manifest("b", b"second").unwrap();
-    repo.put_manifest("b", b"replaced").unwrap();
+    // Write-once: an image is never replaced.
+    assert!(matches!(repo.put_manifest("b", b"replaced"), Err(RepoError::ImageExists { .. })));
     assert_eq!(repo.list().unwrap(), vec!["b", "web1:2026-11-22T05:00:00"]);
     assert_eq!(repo.get_manifest("web1:2026-11-22T05:00:00").unwrap(), big);
-    assert_eq!(repo.get_manifest("b").unwrap(), b"replaced");
+    assert_eq!(repo.get_manifest("b").unwrap(), b"second");
     assert!(matches!(repo.get_manifest("nope"), Err(RepoError::NoSuchImage { .. })));
     for bad in ["", "a/b", "..", "../x", "x/../y", ".hidden", "a..b", "a b", "a\0b", "/abs", &"x".repeat(201)] {
         assert!(matches!(repo.put_manifest(bad, b"x"), Err(RepoError::BadName { .. })), "{bad:?}");

@@ -91,7 +91,7 @@ fn status(e: RepoError) -> Status {
         RepoError::BadName { .. } | RepoError::TooLarge { .. } | RepoError::CorruptPack { .. } => {
             Status::invalid_argument(e.to_string())
         }
-        RepoError::PackExists { .. } => Status::already_exists(e.to_string()),
+        RepoError::PackExists { .. } | RepoError::ImageExists { .. } => Status::already_exists(e.to_string()),
         other => {
             warn!(error = %other, "image store");
             Status::internal(format!("receiver storage: {other}"))
@@ -211,7 +211,11 @@ impl ImageStore for ImageStoreService {
             return Err(Status::invalid_argument("manifest too large"));
         }
         let n = name.clone();
-        blocking(move || store.put_manifest(&n, &data)).await?;
+        blocking(move || store.put_manifest(&n, &data)).await.inspect_err(|s| {
+            if s.code() == tonic::Code::AlreadyExists {
+                warn!(machine = %m, image = %name, "refused to replace a stored image (write-once)");
+            }
+        })?;
         info!(machine = %m, image = %name, "image stored");
         Ok(Response::new(ImageEmpty {}))
     }
