@@ -111,6 +111,20 @@ class Lifeline:
         return wait_until(lambda: (s := self.status()).get("reconciliations", 0) > before["reconciliations"]
                           and s.get("queue_depth") == 0, timeout, "the reconciliation", interval)
 
+    def off(self) -> None:
+        self.ctl("off")
+        wait_until(lambda: self.status().get("capture") == "off", 10, "capture off")
+
+    def reconcile(self, cmd: str, timeout: float, interval: float = 0.01) -> tuple[dict, float, dict]:
+        """`cmd` ("on" or "sync"), then waits as `wait_reconciled` does:
+        (status before, seconds, status after)."""
+        before = self.status()
+        t0 = now()
+        self.ctl(cmd)
+        self.wait_reconciled(before, timeout, interval)
+        wall = now() - t0
+        return before, wall, self.status()
+
 
 class RsyncDaemon:
     def __init__(self, work: Path, procs: list[Proc]) -> None:
@@ -161,8 +175,7 @@ def wl_a(cfg: argparse.Namespace, base: Path, src_fs: Scratch, dst_fs: Scratch, 
         if not same_bytes(big, ll.mirror() / "big.bin"):
             raise RuntimeError("the mirror differs after the initial sync")
         rs.run(src, "-a", "--inplace")  # rsync's copy of the original
-        ll.ctl("off")
-        wait_until(lambda: ll.status().get("capture") == "off", 10, "capture off")
+        ll.off()
         rng = random.Random(0xB)
         pieces = cfg.pieces
         offsets = sorted(rng.sample(range(size - 4 * KIB), pieces))
@@ -174,17 +187,11 @@ def wl_a(cfg: argparse.Namespace, base: Path, src_fs: Scratch, dst_fs: Scratch, 
         out: dict = {"file_mib": size // MIB, "changed_kib": pieces * 4}
         for case in ("change", "touch"):
             if case == "touch":
-                ll.ctl("off")
-                wait_until(lambda: ll.status().get("capture") == "off", 10, "capture off")
+                ll.off()
                 st = big.stat()
                 os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
             drop_caches()
-            before = ll.status()
-            t0 = now()
-            ll.ctl("on")
-            ll.wait_reconciled(before, 900, 0.02)
-            wall = now() - t0
-            after = ll.status()
+            before, wall, after = ll.reconcile("on", 900, 0.02)
             if not same_bytes(big, ll.mirror() / "big.bin"):
                 raise RuntimeError(f"({case}) the mirror differs after the reconciliation")
             r = {
@@ -240,12 +247,7 @@ def wl_b(cfg: argparse.Namespace, base: Path, src_fs: Scratch, dst_fs: Scratch, 
         out: dict = {"files": cfg.files}
 
         def lifeline_once() -> float:
-            before = ll.status()
-            t0 = now()
-            ll.ctl("sync")
-            ll.wait_reconciled(before, 600)
-            wall = now() - t0
-            after = ll.status()
+            before, wall, after = ll.reconcile("sync", 600)
             out.setdefault("lifeline_sent_per_run", after["bytes_sent"] - before["bytes_sent"])
             return wall
 
@@ -289,19 +291,13 @@ def wl_c(cfg: argparse.Namespace, base: Path, src_fs: Scratch, dst_fs: Scratch, 
             try:
                 ll.start(threshold)
                 ll.wait_synced(600)
-                ll.ctl("off")
-                wait_until(lambda: ll.status().get("capture") == "off", 10, "capture off")
+                ll.off()
                 for i in range(n):
                     fd = os.open(src / f"f{i:04d}", os.O_WRONLY)
                     os.pwrite(fd, rng.randbytes(4 * KIB), rng.randrange(size - 4 * KIB))
                     os.close(fd)
                 drop_caches()
-                before = ll.status()
-                t0 = now()
-                ll.ctl("on")
-                ll.wait_reconciled(before, 600, 0.02)
-                wall = now() - t0
-                after = ll.status()
+                before, wall, after = ll.reconcile("on", 600, 0.02)
                 diffs = compare_trees(src, ll.mirror())
                 if diffs:
                     raise RuntimeError(f"({name}) the mirror differs: {diffs}")
