@@ -13,8 +13,8 @@
 //!
 //! [`RigOpts`] chooses the rest: the receiver in a network namespace of the
 //! test's own ([`NetNs`], a link the test can cut) instead of on loopback,
-//! extra environment for the receiver, arguments every agent start gets,
-//! and how long readiness may take.
+//! extra environment for the receiver and for the agent, arguments every
+//! agent start gets, and how long readiness may take.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +33,7 @@ pub struct RigOpts {
     fs: ScratchFs,
     netns: bool,
     receiver_env: Vec<(String, String)>,
+    agent_env: Vec<(String, String)>,
     agent_args: Vec<String>,
     sync_timeout: Duration,
 }
@@ -47,6 +48,7 @@ impl RigOpts {
             fs,
             netns: false,
             receiver_env: Vec::new(),
+            agent_env: Vec::new(),
             agent_args: Vec::new(),
             sync_timeout: Duration::from_secs(30),
         }
@@ -63,6 +65,12 @@ impl RigOpts {
     /// hook).
     pub fn receiver_env(mut self, key: &str, value: &str) -> RigOpts {
         self.receiver_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// An environment variable for every start of the agent.
+    pub fn agent_env(mut self, key: &str, value: &str) -> RigOpts {
+        self.agent_env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -106,6 +114,7 @@ impl RigOpts {
             machine,
             src,
             mirror,
+            agent_env: self.agent_env,
             agent_args: self.agent_args,
             sync_timeout: self.sync_timeout,
         }
@@ -130,6 +139,7 @@ pub struct Rig {
     pub src: PathBuf,
     /// Where the receiver keeps `src`.
     pub mirror: PathBuf,
+    agent_env: Vec<(String, String)>,
     agent_args: Vec<String>,
     sync_timeout: Duration,
 }
@@ -141,11 +151,13 @@ impl Rig {
     }
 
     /// The options the rig starts its agent with: `src` watched, state in
-    /// `<dir>/state`, log `<dir>/agent.log`, the rig's agent arguments.
+    /// `<dir>/state`, log `<dir>/agent.log`, the rig's agent arguments and
+    /// environment.
     pub fn agent_opts(&self) -> AgentOpts {
         let mut opts = AgentOpts::new(&self.receiver, &self.machine, &[&self.src], &self.dir.path().join("state"));
         opts.log = Some(self.agent_log());
         opts.extra_args = self.agent_args.clone();
+        opts.env = self.agent_env.clone();
         opts
     }
 
