@@ -20,6 +20,8 @@ rate, while storing less.
 """
 import argparse, json, os, re, shutil, socket, subprocess, sys, tempfile, threading, time
 
+from lifeline_bench import free_port, sh
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "debug")
 AGENT = os.path.join(ROOT, "target/lifeline-bootos-agent/x86_64-unknown-linux-musl/release/lifeline-image")
@@ -31,19 +33,8 @@ DISK_MIB = 512
 COPY = ["/usr/share/doc", "/usr/share/man", "/usr/lib/python3.11", "/usr/share/fonts", "/usr/share/qemu"]
 
 
-def run(*args, **kw):
-    r = subprocess.run(args, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
-    return r.stdout
-
-
-def free_port(kind=socket.SOCK_STREAM):
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+def run(*args, input=None):
+    return sh(*args, input=input).stdout
 
 
 def make_disk(path, work):

@@ -33,14 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from lifeline_bench import KIB, MIB, REPO, log, rand_file
+
 LLDELTA = REPO / "target" / "release" / "examples" / "lldelta"
-KIB, MIB = 1 << 10, 1 << 20
-T0 = time.monotonic()
-
-
-def log(msg: str) -> None:
-    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 def run(cmd: list[str | Path]) -> dict:
@@ -69,12 +64,7 @@ def ensure_rdiff() -> str:
 def make_inputs(base: Path, new: Path, size: int, edits: int, piece: int, seed: int) -> None:
     rng = random.Random(seed)
     log(f"writing {size / MIB:.0f} MiB random base")
-    with open(base, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 4 * MIB)
-            f.write(rng.randbytes(n))
-            left -= n
+    rand_file(base, size, rng)
     shutil.copyfile(base, new)
     # Non-overlapping pieces at random (unaligned) offsets.
     starts: list[int] = []

@@ -15,8 +15,9 @@
 #   p3  Linux swap, 256 MiB (mkswap)
 #   about 400 MiB unallocated at the end
 #
-# Every byte of data comes from Python's random.Random with fixed seeds, and
-# the filesystems get fixed UUIDs, so two builds hold the same files with the
+# Every byte of data comes from Python's random.Random with fixed seeds
+# (bench/lifeline_bench.py's generators, disk_content), and the filesystems
+# get fixed UUIDs, so two builds hold the same files with the
 # same contents (block placement may differ slightly). Needs root, python3,
 # sgdisk (gdisk), mkfs.vfat/fsck.vfat (dosfstools), mcopy (mtools), e2fsprogs,
 # util-linux and,
@@ -105,102 +106,7 @@ log "root: Debian $SUITE minbase from $TARBALL"
 tar --numeric-owner --xattrs -xpf "$TARBALL" -C "$MNT/root"
 
 log "root: mixed data, ESP files, then 1 GiB of garbage deleted again"
-python3 - "$MNT/root" "$MNT/esp" <<'EOF'
-import os, random, sys
-from pathlib import Path
-
-root, esp = Path(sys.argv[1]), Path(sys.argv[2])
-MIB = 1 << 20
-
-
-def rand_file(path, size, rng):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        while size:
-            n = min(size, MIB)
-            f.write(rng.randbytes(n))
-            size -= n
-
-
-VOCAB_RNG = random.Random(7)
-VOCAB = ["".join(VOCAB_RNG.choice("etaoinshrdlucmfwypvbgkjqxz") for _ in range(VOCAB_RNG.randint(2, 11)))
-         for _ in range(5000)]
-
-
-def text_bytes(rng, size, log_style):
-    out, n, t = [], 0, 1767225600 + rng.randrange(10_000_000)
-    while n < size:
-        words = rng.choices(VOCAB, k=rng.randint(4, 18))
-        if log_style:
-            t += rng.randint(0, 5)
-            line = f"2026-{t % 12 + 1:02d}-{t % 28 + 1:02d}T{t // 3600 % 24:02d}:{t // 60 % 60:02d}:{t % 60:02d} host " \
-                   f"{rng.choice(VOCAB)}[{rng.randint(100, 99999)}]: {' '.join(words)}\n"
-        else:
-            line = " ".join(words).capitalize() + ".\n"
-        out.append(line)
-        n += len(line)
-    return "".join(out).encode()[:size]
-
-
-def text_file(path, size, rng, log_style=False):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        while size:
-            n = min(size, MIB)
-            f.write(text_bytes(rng, n, log_style))
-            size -= n
-
-
-def sparse_ish(path, size, rng, density=8):
-    """A 'VM image': 4 KiB blocks, one in `density` random, the others zero
-    (written as real zeros, not holes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    zero = bytes(4096)
-    with open(path, "wb") as f:
-        for _ in range(size // 4096):
-            f.write(rng.randbytes(4096) if rng.randrange(density) == 0 else zero)
-
-
-rng = random.Random(2026)
-home = root / "home" / "user"
-# ~200 MB of incompressible "photos" and archives, 1-6 MiB each.
-for i in range(64):
-    rand_file(home / "Pictures" / f"IMG_{1000 + i}.jpg", rng.randint(MIB, 6 * MIB), rng)
-for i in range(8):
-    rand_file(home / "Downloads" / f"archive-{i}.tar.gz", rng.randint(64 << 10, 4 * MIB), rng)
-# ~120 MB of text: documents and logs (compressible), many small files too.
-for i in range(600):
-    text_file(home / "Documents" / f"notes-{i // 100}" / f"note-{i:04d}.txt", rng.randint(256, 64 << 10), rng)
-for i in range(40):
-    text_file(home / "Documents" / "reports" / f"report-{i:03d}.txt", rng.randint(256 << 10, 2 * MIB), rng)
-for name in ("syslog", "syslog.1", "auth.log", "kern.log", "dpkg.log", "daemon.log"):
-    text_file(root / "var" / "log" / name, rng.randint(2 * MIB, 10 * MIB), rng, log_style=True)
-for i in range(200):
-    text_file(root / "srv" / "www" / f"page-{i:03d}.html", rng.randint(1 << 10, 32 << 10), rng)
-# ~120 MB of zero-heavy files.
-for name, size in (("vm-a.img", 48 * MIB), ("vm-b.img", 40 * MIB), ("swapfile-old", 32 * MIB)):
-    sparse_ish(root / "var" / "lib" / "vm" / name, size, rng)
-
-# The ESP: a kernel and an initrd (random bytes), boot loader files.
-rand_file(esp / "EFI" / "debian" / "vmlinuz", 10 * MIB, rng)
-rand_file(esp / "EFI" / "debian" / "initrd.img", 24 * MIB, rng)
-rand_file(esp / "EFI" / "BOOT" / "BOOTX64.EFI", 900 << 10, rng)
-rand_file(esp / "EFI" / "debian" / "grubx64.efi", 2 * MIB, rng)
-text_file(esp / "EFI" / "debian" / "grub.cfg", 8 << 10, rng)
-text_file(esp / "loader" / "loader.conf", 200, rng)
-text_file(esp / "loader" / "entries" / "debian.conf", 400, rng)
-
-# 1 GiB of garbage in free space: written, flushed, deleted.
-g = root / "garbage"
-g.mkdir()
-for i in range(16):
-    (text_file if i % 4 == 3 else rand_file)(g / f"g{i:02d}", 64 * MIB, rng)
-os.sync()
-for p in sorted(g.iterdir()):
-    p.unlink()
-g.rmdir()
-os.sync()
-EOF
+python3 "$HERE/lifeline_bench.py" disk-content "$MNT/root" "$MNT/esp"
 
 # The ESP's files go in with mtools: not every kernel has vfat (this one does
 # not), and mcopy needs none.

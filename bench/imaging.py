@@ -28,7 +28,6 @@ import platform
 import random
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -36,12 +35,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parent.parent
+from lifeline_bench import (GIB, KIB, MB, MIB, REPO, Cleanup, Loop, Mount, compare_trees, drop_caches, fmt_mb, log,
+                            ratio, sh, tree_bytes)
+
 DISK_SCRIPT = Path(__file__).resolve().parent / "imaging-disk.sh"
 BASE = Path("/var/tmp/lifeline-bench")
-KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
-MB = 1_000_000
-T0 = time.monotonic()
 PASSWORD = "lifeline-bench-password"
 
 TOOLS = {  # key -> label
@@ -55,38 +53,6 @@ TOOLS = {  # key -> label
 PEERS = {"partclone.ext4": "partclone", "partclone.vfat": "partclone", "restic": "restic", "zstd": "zstd",
          "debootstrap": "debootstrap", "sgdisk": "gdisk", "mkfs.vfat": "dosfstools", "fsck.vfat": "dosfstools", "mcopy": "mtools",
          "e2fsck": "e2fsprogs", "dumpe2fs": "e2fsprogs", "losetup": "util-linux", "blkid": "util-linux"}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.monotonic() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def sh(*cmd: str | Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Runs a short untimed command; output captured, shown on failure."""
-    args = [str(c) for c in cmd]
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({p.returncode}): {(p.stderr or p.stdout).strip()[-2000:]}")
-    return p
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def tree_bytes(path: Path) -> int:
-    """Sum of the apparent sizes of the files under path (or of one file)."""
-    if path.is_file():
-        return path.stat().st_size
-    total = 0
-    for d, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(d, f)).st_size
-            except FileNotFoundError:
-                pass
-    return total
 
 
 # ---------------------------------------------------------------- timed runs
@@ -172,105 +138,7 @@ class Step:
 # ---------------------------------------------------------------- environment
 
 
-class Cleanup:
-    """A stack of undo actions, run in reverse order even after errors."""
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[str, Callable[[], None]]] = []
-
-    def push(self, what: str, fn: Callable[[], None]) -> Callable[[], None]:
-        self.actions.append((what, fn))
-        return fn
-
-    def now(self, fn: Callable[[], None]) -> None:
-        """Runs one pushed action now and forgets it."""
-        for i in range(len(self.actions) - 1, -1, -1):
-            if self.actions[i][1] is fn:
-                del self.actions[i]
-                break
-        fn()
-
-    def run(self) -> None:
-        while self.actions:
-            what, fn = self.actions.pop()
-            try:
-                fn()
-            except Exception as e:
-                log(f"cleanup: {what} failed: {e}")
-
-
-class Loop:
-    """An image file on a loop device with partitions (-P), direct I/O."""
-
-    def __init__(self, image: Path, cleanup: Cleanup, read_only: bool, direct_io: bool = True) -> None:
-        args = ["losetup", "--find", "--show", "-P"]
-        if direct_io:
-            args.append("--direct-io=on")
-        if read_only:
-            args.append("-r")
-        self.dev = sh(*args, image).stdout.strip()
-        self.cleanup = cleanup
-        self._undo = cleanup.push(f"detach {self.dev}", self._detach)
-        self.add_parts()
-
-    def add_parts(self) -> None:
-        # Kernels without a GPT parser (CONFIG_EFI_PARTITION unset) see no
-        # partitions even with -P: partx adds them from user space (libblkid);
-        # where the kernel found them, partx -a just fails harmlessly.
-        sh("partx", "-a", self.dev, check=False)
-        self.wait_parts()
-
-    def part(self, n: int) -> str:
-        return f"{self.dev}p{n}"
-
-    def parts(self) -> list[int]:
-        base = Path(self.dev).name
-        return sorted(int(p.name[len(base) + 1:]) for p in Path("/sys/block", base).glob(f"{base}p*"))
-
-    def wait_parts(self, timeout: float = 5) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if all(Path(self.part(n)).exists() for n in self.parts()):
-                return
-            time.sleep(0.05)
-
-    def reread(self) -> None:
-        """Makes the kernel read the partition table again (after a raw restore)."""
-        sh("blockdev", "--rereadpt", self.dev, check=False)
-        if not self.parts():
-            self.add_parts()
-        else:
-            sh("partx", "-u", self.dev, check=False)
-            self.wait_parts()
-
-    def _detach(self) -> None:
-        for _ in range(20):
-            if sh("losetup", "-d", self.dev, check=False).returncode == 0:
-                return
-            time.sleep(0.25)
-        sh("losetup", "-d", self.dev)
-
-    def detach(self) -> None:
-        self.cleanup.now(self._undo)
-
-
-class Mount:
-    def __init__(self, dev: str, at: Path, cleanup: Cleanup, opts: str = "ro") -> None:
-        at.mkdir(parents=True, exist_ok=True)
-        self.at = at
-        sh("mount", "-o", opts, dev, at)
-        self.cleanup = cleanup
-        self._undo = cleanup.push(f"unmount {at}", self._umount)
-
-    def _umount(self) -> None:
-        for _ in range(20):
-            if sh("umount", self.at, check=False).returncode == 0:
-                return
-            time.sleep(0.25)
-        sh("umount", "-l", self.at)
-
-    def unmount(self) -> None:
-        self.cleanup.now(self._undo)
+# ---------------------------------------------------------------- environment
 
 
 def fs_type(dev: str) -> str:
@@ -612,47 +480,6 @@ def mutate(image: Path, base: Path, cleanup: Cleanup, seed: int = 4242) -> dict:
     return st
 
 
-def compare_trees(a: Path, b: Path, limit: int = 5) -> list[str]:
-    """Differences (names, kinds, sizes, symlink targets, device numbers,
-    contents of regular files, modes, owners) between two trees; [] when
-    identical."""
-    diffs: list[str] = []
-
-    def scan(root: Path) -> dict[str, tuple]:
-        out = {}
-        for d, dirs, files in os.walk(root):
-            for n in dirs + files:
-                p = os.path.join(d, n)
-                st = os.lstat(p)
-                rel = os.path.relpath(p, root)
-                if stat.S_ISLNK(st.st_mode):
-                    out[rel] = ("l", os.readlink(p), st.st_mode)
-                elif stat.S_ISDIR(st.st_mode):
-                    out[rel] = ("d", 0, st.st_mode, st.st_uid, st.st_gid)
-                elif stat.S_ISREG(st.st_mode):
-                    out[rel] = ("f", st.st_size, st.st_mode, st.st_uid, st.st_gid)
-                else:  # device nodes, fifos, sockets: never opened
-                    out[rel] = ("o", st.st_rdev, st.st_mode, st.st_uid, st.st_gid)
-        return out
-
-    sa, sb = scan(a), scan(b)
-    for rel in sorted(sa.keys() | sb.keys()):
-        if sa.get(rel) != sb.get(rel):
-            diffs.append(f"{rel}: {sa.get(rel)} vs {sb.get(rel)}")
-        elif sa[rel][0] == "f":
-            with open(a / rel, "rb") as fa, open(b / rel, "rb") as fb:
-                while True:
-                    x, y = fa.read(MIB), fb.read(MIB)
-                    if x != y:
-                        diffs.append(f"{rel}: content differs")
-                        break
-                    if not x:
-                        break
-        if len(diffs) >= limit:
-            break
-    return diffs
-
-
 def check_restored(dst: Loop, src_image: Path, base: Path, cleanup: Cleanup) -> dict:
     """fsck of the restored filesystems, then a file-by-file compare with the
     source disk (both mounted read-only)."""
@@ -689,7 +516,7 @@ def check_restored(dst: Loop, src_image: Path, base: Path, cleanup: Cleanup) -> 
                         d.mkdir(parents=True)
                         sh("mcopy", "-s", "-n", "-m", "-i", dev, "::/", d,
                            env=dict(os.environ, MTOOLS_SKIP_CHECK="1"))
-                    d = compare_trees(a, b)
+                    d = compare_trees(a, b, limit=5, meta=True)
                 finally:
                     shutil.rmtree(a, ignore_errors=True)
                     shutil.rmtree(b, ignore_errors=True)
@@ -698,7 +525,7 @@ def check_restored(dst: Loop, src_image: Path, base: Path, cleanup: Cleanup) -> 
                 try:
                     mb = Mount(dst.part(p), base / f"cmp-dst-p{p}", cleanup, "ro,noload")
                     try:
-                        d = compare_trees(ma.at, mb.at)
+                        d = compare_trees(ma.at, mb.at, limit=5, meta=True)
                     finally:
                         mb.unmount()
                 finally:
@@ -713,18 +540,6 @@ def check_restored(dst: Loop, src_image: Path, base: Path, cleanup: Cleanup) -> 
 
 
 # ---------------------------------------------------------------- report
-
-
-def fmt_mb(v: int | None) -> str:
-    return "—" if v is None else f"{v / MB:,.1f}"
-
-
-def ratio(a: float | None, b: float | None) -> str:
-    if a is None or b is None:
-        return "—"
-    if b == 0:
-        return "∞" if a else "1.00"
-    return f"{a / b:,.2f}"
 
 
 def phase_table(phase: str, res: dict[str, dict], used: int) -> str:

@@ -20,8 +20,9 @@ dropping the page cache:
     python3 bench/imaging_fs.py [--filesystems ntfs,exfat,xfs,btrfs,ext4,vfat]
                                 [--json out.json] [--keep] [--rebuild] [--skip-build]
 
-The helpers (timed pipelines, loop devices, mounts, cleanup, tree compare,
-building lifeline-image) come from bench/imaging.py. Run as root; see
+The helpers (loop devices, mounts, cleanup, tree compare, data generators)
+come from bench/lifeline_bench.py; timed pipelines and building
+lifeline-image from bench/imaging.py. Run as root; see
 bench/README.md.
 """
 
@@ -39,9 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import imaging as im  # noqa: E402
-from imaging import GIB, KIB, MB, MIB, Cleanup, Lifeline, Loop, Step, drop_caches, log, ratio, sh  # noqa: E402
+import imaging as im
+from imaging import Lifeline, Step
+from lifeline_bench import (GIB, KIB, MB, MIB, Cleanup, Loop, Mount, compare_trees, drop_caches, fmt_mb, log,
+                            rand_file, ratio, sh, sparse_ish, text_file, tree_bytes)
 
 FS_BASE = im.BASE / "fs"
 SIZE = 2 * GIB
@@ -71,7 +73,7 @@ DEFAULT = "ntfs,exfat,xfs,btrfs,ext4,vfat"
 MTOOLS_ENV = dict(os.environ, MTOOLS_SKIP_CHECK="1")
 
 
-class FsMount(im.Mount):
+class FsMount(Mount):
     """imaging.Mount with a filesystem type (mount -t ntfs-3g / exfat-fuse
     call the FUSE helpers); after unmounting, waits until the FUSE daemon has
     let go of the device."""
@@ -100,42 +102,6 @@ def wait_unused(dev: str, timeout: float = 30) -> None:
 
 
 # ---------------------------------------------------------------- content
-
-
-def rand_file(path: Path, size: int, rng: random.Random) -> None:
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 8 * MIB)
-            f.write(rng.randbytes(n))
-            left -= n
-
-
-WORDS = ("the backup of a disk image keeps every used block once and skips free space so that restore "
-         "writes what was there before log entry error warning info request response user system kernel "
-         "service started stopped volume partition filesystem table index node extent bitmap chunk").split()
-
-
-def text_file(path: Path, size: int, rng: random.Random, log_style: bool) -> None:
-    out, n, i = [], 0, 0
-    while n < size:
-        if log_style:
-            line = f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i * 7) % 60:02d} host " \
-                   f"{rng.choice(WORDS)}[{rng.randrange(1, 40000)}]: " + " ".join(rng.choices(WORDS, k=rng.randint(4, 14)))
-        else:
-            line = " ".join(rng.choices(WORDS, k=rng.randint(6, 18))).capitalize() + "."
-        out.append(line)
-        n += len(line) + 1
-        i += 1
-    path.write_text("\n".join(out)[:size])
-
-
-def sparse_ish(path: Path, size: int, rng: random.Random, density: int = 8) -> None:
-    """4 KiB blocks, one in `density` random, the rest real zeros (not holes)."""
-    zero = bytes(4096)
-    with open(path, "wb") as f:
-        for _ in range(size // 4096):
-            f.write(rng.randbytes(4096) if rng.randrange(density) == 0 else zero)
 
 
 def build_content(cleanup: Cleanup) -> Path:
@@ -231,7 +197,7 @@ def volume(fs: str, content: Path, cleanup: Cleanup, rebuild: bool) -> tuple[Pat
                 os.sync()
                 st = os.statvfs(m.at)
                 rec["used"] = (st.f_blocks - st.f_bfree) * st.f_frsize
-                rec["content_bytes"] = im.tree_bytes(m.at)
+                rec["content_bytes"] = tree_bytes(m.at)
             finally:
                 m.unmount()
         r = sh(*spec["check"], loop.dev, check=False)
@@ -394,7 +360,7 @@ def compare_volumes(fs: str, a: str, b: str, d: Path, cleanup: Cleanup) -> list[
             for dev, t in ((a, ta), (b, tb)):
                 t.mkdir(parents=True)
                 sh("mcopy", "-s", "-n", "-m", "-i", dev, "::/", t, env=MTOOLS_ENV)
-            return im.compare_trees(ta, tb)
+            return compare_trees(ta, tb, limit=5, meta=True)
         finally:
             shutil.rmtree(ta, ignore_errors=True)
             shutil.rmtree(tb, ignore_errors=True)
@@ -402,7 +368,7 @@ def compare_volumes(fs: str, a: str, b: str, d: Path, cleanup: Cleanup) -> list[
     try:
         mb = FsMount(b, d / "cmp-dst", cleanup, spec["type"], spec["ro"])
         try:
-            return im.compare_trees(ma.at, mb.at)
+            return compare_trees(ma.at, mb.at, limit=5, meta=True)
         finally:
             mb.unmount()
     finally:
@@ -426,11 +392,11 @@ def table(results: dict[str, dict]) -> str:
             lines.append(f"| {fs} | volume not built: {res['error'][:200]} |" + " |" * (len(head) - 2))
             continue
         vol, pc, ll, rs = res["volume"], res.get("partclone", {}), res.get("lifeline", {}), res.get("restore", {})
-        row = [fs, im.fmt_mb(vol.get("used"))]
+        row = [fs, fmt_mb(vol.get("used"))]
         if "error" in pc:
             row += ["failed", "", "", ""]
         else:
-            row += [f"{pc['wall_s']:.1f}", f"{pc['cpu_s']:.1f}", im.fmt_mb(pc["bytes_stored"]), im.fmt_mb(pc.get("bytes_read"))]
+            row += [f"{pc['wall_s']:.1f}", f"{pc['cpu_s']:.1f}", fmt_mb(pc["bytes_stored"]), fmt_mb(pc.get("bytes_read"))]
         if "error" in ll:
             row += ["failed", "", "", "", "", ""]
         else:
@@ -438,7 +404,7 @@ def table(results: dict[str, dict]) -> str:
             reader = f"{rd.get('fs')} used-blocks" if rd.get("mode") == "used-blocks" else \
                 f"**{rd.get('mode')}**: {rd.get('reason')}"
             row += [f"{ll['wall_s']:.1f}", f"{ll['cpu_s']:.1f}", f"{ll['peak_rss_kib'] / 1024:,.0f}",
-                    im.fmt_mb(ll["bytes_stored"]), im.fmt_mb(ll.get("bytes_read")), reader]
+                    fmt_mb(ll["bytes_stored"]), fmt_mb(ll.get("bytes_read")), reader]
         ok = "error" not in pc and "error" not in ll
         w = ll["wall_s"] / pc["wall_s"] if ok and pc["wall_s"] else None
         b = ll["bytes_stored"] / pc["bytes_stored"] if ok and pc["bytes_stored"] else None

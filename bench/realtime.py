@@ -20,7 +20,6 @@ import math
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import statistics
@@ -30,135 +29,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = REPO / "target" / "release"
-MACHINE = "bench"  # Lifeline's machine name at the receiver
-KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-T0 = time.monotonic()
+from lifeline_bench import (BIN, GIB, MACHINE, MIB, REPO, Cleanup, Netns, Proc, Scratch, agent_cmd,
+                            agent_status, compare_trees, cpu_busy, descendants, drop_caches, lo_bytes, log,
+                            log_lines, machine_add, now, percentile, proc_cpu_s, proc_io, ratio, sh, start_receiver,
+                            start_rsyncd, vm_hwm_kib, wait_identical, wait_until)
 
 
-def log(msg: str) -> None:
-    print(f"[{time.monotonic() - T0:8.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def now() -> float:
-    return time.monotonic()
-
-
-def sh(*cmd: str | Path, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
-    """Runs a short command; its output is captured and shown only on failure."""
-    args = [str(c) for c in cmd]
-    p = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed ({p.returncode}): {p.stderr.strip() or p.stdout.strip()}")
-    if not quiet and p.returncode != 0:
-        log(f"warning: {' '.join(args)} exited {p.returncode}: {p.stderr.strip()}")
-    return p
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> float:
-    """Polls `pred` until true; returns the seconds waited, raises TimeoutError."""
-    start = now()
-    while True:
-        if pred():
-            return now() - start
-        if now() - start > timeout:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
-def percentile(xs: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    if not xs:
-        return math.nan
-    s = sorted(xs)
-    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
-
-
-# ---------------------------------------------------------------- /proc readers
-
-
-def proc_io(pid: int) -> dict[str, int]:
-    """/proc/PID/io: a process's I/O, including that of its children it has
-    reaped (the kernel adds a reaped child's counters to its parent's)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        k, v = line.split(":")
-        out[k] = int(v)
-    return out
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    utime, stime, cutime, cstime = (int(fields[i]) for i in (11, 12, 13, 14))
-    return (utime + stime + cutime + cstime) / CLK_TCK
-
-
-def vm_hwm_kib(pid: int) -> int:
-    """Peak resident set size (VmHWM) in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """Pids of all living descendants of `pid` (scans /proc: this kernel has
-    no /proc/PID/task/TID/children)."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text()
-        except OSError:
-            continue
-        parent[int(d)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    out, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        frontier += kids
-    return out
-
-
-def lo_bytes(pid: int) -> int:
-    """Bytes sent on the loopback of the network namespace that `pid` is in.
-    On lo every byte is transmitted once (and received once), so this counts
-    both directions, TCP/IP headers included."""
-    for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name.strip() == "lo":
-            return int(rest.split()[8])
-    raise RuntimeError("no lo in the namespace")
-
-
-def tcp_listening(pid: int, port: int) -> bool:
-    """Whether something in `pid`'s network namespace listens on 127.0.0.1:port."""
-    want = f"0100007F:{port:04X}"
-    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-        f = line.split()
-        if f[1] == want and f[3] == "0A":
-            return True
-    return False
-
-
-def cpu_busy(interval: float = 1.0) -> float:
-    """Fraction of all CPU time not idle over `interval` seconds."""
-    def sample() -> tuple[int, int]:
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(f), f[3] + f[4]  # total, idle + iowait
-
-    t0, i0 = sample()
-    time.sleep(interval)
-    t1, i1 = sample()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
+# ---------------------------------------------------------------- machine
 
 
 def foreign_agents(ours: list["Proc"]) -> list[str]:
@@ -188,206 +66,6 @@ def quiet_check(procs: list["Proc"], wait_s: float) -> dict:
             return {"cpu_busy_before": round(busy, 3), "foreign_agents": others}
         log(f"  waiting for a quiet machine: CPU {busy:.0%} busy, other agents {others}")
         time.sleep(4)
-
-
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-# ---------------------------------------------------------------- trees
-
-
-def scan_tree(root: Path) -> dict[str, tuple[str, object]] | None:
-    """rel path -> (kind, size or symlink target); None if root is missing."""
-    if not root.is_dir():
-        return None
-    out: dict[str, tuple[str, object]] = {}
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(os.path.join(root, rel)) as it:
-            for e in it:
-                r = f"{rel}/{e.name}" if rel else e.name
-                if e.is_symlink():
-                    out[r] = ("symlink", os.readlink(e.path))
-                elif e.is_dir(follow_symlinks=False):
-                    out[r] = ("dir", None)
-                    stack.append(r)
-                elif e.is_file(follow_symlinks=False):
-                    out[r] = ("file", e.stat(follow_symlinks=False).st_size)
-                else:
-                    out[r] = ("other", None)
-    return out
-
-
-def same_bytes(a: Path, b: Path) -> bool:
-    try:
-        with open(a, "rb") as fa, open(b, "rb") as fb:
-            while True:
-                x, y = fa.read(MIB), fb.read(MIB)
-                if x != y:
-                    return False
-                if not x:
-                    return True
-    except OSError:
-        return False
-
-
-def compare_trees(src: Path, dst: Path, limit: int = 10) -> list[str]:
-    """Differences between a source tree and its mirror (names, kinds, sizes,
-    symlink targets, file contents); [] when identical. Modes, owners and
-    times are not compared (lsyncd's default rsync options don't keep modes)."""
-    try:
-        s, d = scan_tree(src), scan_tree(dst)
-    except FileNotFoundError as e:
-        # A file vanished while listed (a tool's temporary file): not yet
-        # settled, which is a difference for now.
-        return [f"changing while compared: {e.filename}"]
-    if s is None:
-        return [f"source {src} missing"]
-    if d is None:
-        return [f"target {dst} missing"]
-    diffs = []
-    for rel, (kind, val) in s.items():
-        other = d.get(rel)
-        if other is None:
-            diffs.append(f"missing at target: {rel}")
-        elif other[0] != kind:
-            diffs.append(f"{rel}: {kind} at source, {other[0]} at target")
-        elif other[1] != val:
-            diffs.append(f"{rel}: {kind} differs ({val!r} vs {other[1]!r})")
-        if len(diffs) >= limit:
-            return diffs
-    for rel in d.keys() - s.keys():
-        diffs.append(f"only at target: {rel}")
-        if len(diffs) >= limit:
-            return diffs
-    if diffs:
-        return diffs
-    for rel, (kind, _) in s.items():
-        if kind == "file" and not same_bytes(src / rel, dst / rel):
-            diffs.append(f"content differs: {rel}")
-            if len(diffs) >= limit:
-                break
-    return diffs
-
-
-def wait_identical(src: Path, dst: Path, timeout: float, interval: float = 0.1) -> float:
-    last: list[str] = []
-
-    def ok() -> bool:
-        nonlocal last
-        last = compare_trees(src, dst, limit=3)
-        return not last
-
-    try:
-        return wait_until(ok, timeout, f"{dst} to equal {src}", interval)
-    except TimeoutError as e:
-        raise TimeoutError(f"{e}; still: {last}") from None
-
-
-# ---------------------------------------------------------------- environment
-
-
-class Cleanup:
-    """A stack of undo actions, run in reverse order even after errors."""
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[str, Callable[[], None]]] = []
-
-    def push(self, what: str, fn: Callable[[], None]) -> None:
-        self.actions.append((what, fn))
-
-    def run(self) -> None:
-        while self.actions:
-            what, fn = self.actions.pop()
-            try:
-                fn()
-            except Exception as e:  # keep undoing the rest
-                log(f"cleanup: {what} failed: {e}")
-
-
-class Scratch:
-    """A sparse ext4 image on its own loop device, mounted at `mnt`."""
-
-    def __init__(self, base: Path, name: str, size_gib: int, cleanup: Cleanup) -> None:
-        self.image = base / f"{name}.img"
-        self.mnt = base / name
-        self.mnt.mkdir()
-        with open(self.image, "wb") as f:
-            f.truncate(size_gib * GIB)
-        cleanup.push(f"remove {self.image}", lambda: self.image.unlink(missing_ok=True))
-        sh("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", self.image)
-        self.dev = sh("losetup", "-f", "--show", "--direct-io=on", self.image).stdout.strip()
-        cleanup.push(f"detach {self.dev}", lambda: sh("losetup", "-d", self.dev))
-        sh("mount", "-o", "noatime", self.dev, self.mnt)
-        cleanup.push(f"unmount {self.mnt}", self.unmount)
-
-    def unmount(self) -> None:
-        for _ in range(20):
-            if sh("umount", self.mnt, check=False, quiet=True).returncode == 0:
-                return
-            time.sleep(0.5)
-        sh("umount", "-l", self.mnt)
-
-
-class Netns:
-    """A network namespace of our own with only its loopback up; the tool's
-    sender and receiver both run in it, so its lo carries only their traffic."""
-
-    def __init__(self, name: str, cleanup: Cleanup) -> None:
-        self.name = name
-        sh("ip", "netns", "add", name)
-        cleanup.push(f"delete netns {name}", lambda: sh("ip", "netns", "del", name))
-        sh("ip", "-n", name, "link", "set", "lo", "up")
-
-    def link(self, up: bool) -> None:
-        """Cuts (or restores) the namespace's only network: its loopback,
-        which carries the tool's sender-receiver traffic."""
-        sh("ip", "-n", self.name, "link", "set", "lo", "up" if up else "down")
-
-    def prefix(self) -> list[str]:
-        # Enter only the network namespace (not `ip netns exec`, which also
-        # makes a new mount namespace, changing mount ids the agent resolves).
-        return ["nsenter", f"--net=/run/netns/{self.name}", "--"]
-
-
-class Proc:
-    """A long-running child process with its output in a log file."""
-
-    def __init__(self, name: str, cmd: list[str], logfile: Path, registry: list["Proc"]) -> None:
-        self.name, self.logfile = name, logfile
-        self._out = open(logfile, "ab")
-        self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        self.pid = self.p.pid
-        self.registry = registry
-        registry.append(self)
-
-    def alive(self) -> bool:
-        return self.p.poll() is None
-
-    def stop(self, timeout: float = 10) -> None:
-        """SIGTERM, then SIGKILL; also ends the descendants it leaves behind
-        (by pid, only those of this process)."""
-        kids = descendants(self.pid) if self.alive() else []
-        if self.alive():
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name} ignored SIGTERM for {timeout:.0f} s: killing it")
-                self.p.kill()
-                self.p.wait()
-        for k in kids:
-            try:
-                os.kill(k, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._out.close()
-        if self in self.registry:
-            self.registry.remove(self)
 
 
 # ---------------------------------------------------------------- tools
@@ -512,17 +190,6 @@ class Tool:
         return []
 
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def log_lines(path: Path, pattern: str) -> list[str]:
-    if not path.exists():
-        return []
-    rx = re.compile(pattern)
-    return [ANSI.sub("", line).strip() for line in path.read_text(errors="replace").splitlines()
-            if rx.search(ANSI.sub("", line))]
-
-
 class Lifeline(Tool):
     name, key, port = "Lifeline", "lifeline", 7700
     bin = BIN  # replaced by a private copy (others may rebuild target/ meanwhile)
@@ -533,13 +200,8 @@ class Lifeline(Tool):
     def start_receiver(self) -> None:
         store = self.wdir / "store"
         store.mkdir(exist_ok=True)
-        cmd = self.netns.prefix() + [str(self.bin / "lifeline-receiver"), "--listen", f"127.0.0.1:{self.port}",
-                                     "--store", str(store)]
-        self.receiver = Proc("lifeline-receiver", cmd, self.wdir / "receiver.log", self.procs)
-        pid = self.receiver.pid
-        wait_until(lambda: tcp_listening(pid, self.port) or not self.receiver.alive(), 20, "lifeline-receiver")
-        if not self.receiver.alive():
-            raise RuntimeError(f"lifeline-receiver exited: see {self.receiver.logfile}")
+        self.receiver = start_receiver(self.bin, store, self.port, self.wdir / "receiver.log", self.procs,
+                                       self.netns.prefix())
 
     def start_sender(self) -> None:
         self.starts += 1
@@ -547,12 +209,8 @@ class Lifeline(Tool):
         creds = self.wdir / "credentials"
         token = creds / f"{MACHINE}.token"
         if not token.exists():
-            subprocess.run([str(self.bin / "lifeline-receiver"), "machine", "add", MACHINE, "--store",
-                            str(self.wdir / "store"), "--out", str(creds)], check=True, capture_output=True)
-        cmd = self.netns.prefix() + [
-            str(self.bin / "lifeline-agent"), "run", "--receiver", f"https://127.0.0.1:{self.port}",
-            "--token-file", str(token), "--ca", str(creds / "ca.crt"),
-            "--watch", str(self.src), "--state-dir", str(self.state), "--interval-ms", "5"]
+            machine_add(self.bin, self.wdir / "store", creds)
+        cmd = self.netns.prefix() + agent_cmd(self.bin, self.port, creds, self.src, self.state)
         self.sender = Proc("lifeline-agent", cmd, self.wdir / "agent.log", self.procs)
 
     def status(self) -> dict | None:
@@ -560,11 +218,7 @@ class Lifeline(Tool):
             tail = log_lines(self.sender.logfile, ".")[-3:]
             raise RuntimeError(f"lifeline-agent exited unexpectedly (code {self.sender.p.returncode}); "
                                f"log ends: {tail}")
-        p = subprocess.run([str(self.bin / "lifeline-agent"), "status", "--control", str(self.state / "control.sock"),
-                            "--json"], capture_output=True, text=True)
-        if p.returncode != 0:
-            return None
-        return json.loads(p.stdout)
+        return agent_status(self.bin, self.state)
 
     def _wait_started(self, timeout: float) -> None:
         def synced() -> bool:
@@ -617,21 +271,7 @@ class Lsyncd(Tool):
     def start_receiver(self) -> None:
         dst = self.wdir / "dst"
         dst.mkdir(exist_ok=True)
-        conf = self.wdir / "rsyncd.conf"
-        conf.write_text(
-            f"pid file = {self.wdir}/rsyncd.pid\n"
-            "use chroot = no\nuid = root\ngid = root\n"
-            f"log file = {self.wdir}/rsyncd.log\n"
-            "[bench]\n"
-            f"    path = {dst}\n"
-            "    read only = no\n")
-        cmd = self.netns.prefix() + ["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}",
-                                     "--address=127.0.0.1"]
-        self.receiver = Proc("rsync-daemon", cmd, self.wdir / "rsyncd.out", self.procs)
-        pid = self.receiver.pid
-        wait_until(lambda: tcp_listening(pid, self.port) or not self.receiver.alive(), 20, "rsync daemon")
-        if not self.receiver.alive():
-            raise RuntimeError(f"rsync daemon exited: see {self.receiver.logfile}")
+        self.receiver = start_rsyncd(self.wdir, dst, self.port, self.procs, self.netns.prefix())
 
     def start_sender(self) -> None:
         self.starts += 1
@@ -1183,14 +823,14 @@ def table(results: dict, tools: list[Tool], cfg: argparse.Namespace) -> tuple[st
         a = results[wl].get(ll, {}).get(key)
         b = results[wl].get(ls, {}).get(key)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and unit != "%":
-            ratio = "∞ (Lifeline 0)" if a == 0 and b > 0 else ("1.00" if a == b == 0 else f"{b / a:,.2f}")
+            r = ratio(b, a, inf="∞ (Lifeline 0)")
         elif unit == "%" and isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            ratio = f"{b / a:,.2f}" if a > 0 and b > 0 else "—"
+            r = ratio(b, a) if a > 0 and b > 0 else "—"
         else:
-            ratio = "—"
-        lines.append(f"| {titles[wl]} | {label} | {fmt(a, unit)} | {fmt(b, unit)} | {ratio} |")
+            r = "—"
+        lines.append(f"| {titles[wl]} | {label} | {fmt(a, unit)} | {fmt(b, unit)} | {r} |")
         rows.append({"workload": wl, "metric": key, "label": label, "unit": unit, "lifeline": a, "lsyncd": b,
-                     "ratio": ratio})
+                     "ratio": r})
     return "\n".join(lines), rows
 
 

@@ -28,7 +28,8 @@ mirror's copy, tree comparison) against rsync on the same inputs.
     python3 bench/reconcile.py [--only a,b,c] [--size-mib 1024] [--files 100000] [--json out.json]
 
 Run as root (eBPF, loop devices). Each side has its own ext4 image (source,
-and target + state), as in bench/realtime.py, whose helpers it uses. The
+and target + state), as in bench/realtime.py; the helpers come from
+bench/lifeline_bench.py. The
 page cache is dropped before each measurement of (a), for both tools alike.
 Python 3.11 standard library only.
 """
@@ -43,57 +44,38 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import realtime as rt  # noqa: E402  (helpers: processes, scratch filesystems, cleanup, logging)
-from realtime import GIB, KIB, MIB, log, now, sh, wait_until  # noqa: E402
-
-MACHINE = "bench"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from lifeline_bench import (BIN, KIB, MACHINE, MIB, Cleanup, Proc, Scratch, agent_cmd, agent_status, compare_trees,
+                            drop_caches, fmt_bytes, free_port, log, machine_add, now, rand_file, ratio, same_bytes, sh,
+                            start_receiver, start_rsyncd, wait_until)
 
 
 class Lifeline:
     """A receiver and an agent watching `src`; state on the target filesystem."""
 
-    def __init__(self, bin_dir: Path, src: Path, work: Path, procs: list[rt.Proc]) -> None:
+    def __init__(self, bin_dir: Path, src: Path, work: Path, procs: list[Proc]) -> None:
         self.bin, self.src, self.work, self.procs = bin_dir, src, work, procs
         self.store, self.creds, self.state = work / "store", work / "creds", work / "state"
         self.port = free_port()
-        self.receiver: rt.Proc | None = None
-        self.agent: rt.Proc | None = None
+        self.receiver: Proc | None = None
+        self.agent: Proc | None = None
 
     def mirror(self) -> Path:
         return self.store / "mirror" / MACHINE / str(self.src).lstrip("/")
 
     def start(self, delta_min_size: int | None = None) -> None:
-        sh(self.bin / "lifeline-receiver", "machine", "add", MACHINE, "--store", self.store, "--out", self.creds)
-        self.receiver = rt.Proc("lifeline-receiver", [str(self.bin / "lifeline-receiver"), "--store", str(self.store),
-                                                      "--listen", f"127.0.0.1:{self.port}"],
-                                self.work / "receiver.log", self.procs)
-        pid = self.receiver.pid
-        wait_until(lambda: rt.tcp_listening(pid, self.port) or not self.receiver.alive(), 30, "lifeline-receiver")
-        if not self.receiver.alive():
-            raise RuntimeError(f"lifeline-receiver exited: see {self.receiver.logfile}")
-        cmd = [str(self.bin / "lifeline-agent"), "run", "--receiver", f"https://127.0.0.1:{self.port}",
-               "--token-file", str(self.creds / f"{MACHINE}.token"), "--ca", str(self.creds / "ca.crt"),
-               "--watch", str(self.src), "--state-dir", str(self.state), "--interval-ms", "5",
-               "--reconcile-every-s", "0"]
+        machine_add(self.bin, self.store, self.creds)
+        self.receiver = start_receiver(self.bin, self.store, self.port, self.work / "receiver.log", self.procs,
+                                       timeout=30)
+        cmd = agent_cmd(self.bin, self.port, self.creds, self.src, self.state, "--reconcile-every-s", "0")
         if delta_min_size is not None:
             os.environ["LIFELINE_DELTA_MIN_SIZE"] = str(delta_min_size)
         try:
-            self.agent = rt.Proc("lifeline-agent", cmd, self.work / "agent.log", self.procs)
+            self.agent = Proc("lifeline-agent", cmd, self.work / "agent.log", self.procs)
         finally:
             os.environ.pop("LIFELINE_DELTA_MIN_SIZE", None)
 
@@ -109,9 +91,7 @@ class Lifeline:
     def status(self) -> dict:
         if self.agent and not self.agent.alive():
             raise RuntimeError(f"lifeline-agent exited; see {self.agent.logfile}")
-        p = subprocess.run([str(self.bin / "lifeline-agent"), "status", "--json", "--control",
-                            str(self.state / "control.sock")], capture_output=True, text=True)
-        return json.loads(p.stdout) if p.returncode == 0 else {}
+        return agent_status(self.bin, self.state) or {}
 
     def wait_synced(self, timeout: float) -> float:
         streak = 0
@@ -131,19 +111,27 @@ class Lifeline:
         return wait_until(lambda: (s := self.status()).get("reconciliations", 0) > before["reconciliations"]
                           and s.get("queue_depth") == 0, timeout, "the reconciliation", interval)
 
+    def off(self) -> None:
+        self.ctl("off")
+        wait_until(lambda: self.status().get("capture") == "off", 10, "capture off")
+
+    def reconcile(self, cmd: str, timeout: float, interval: float = 0.01) -> tuple[dict, float, dict]:
+        """`cmd` ("on" or "sync"), then waits as `wait_reconciled` does:
+        (status before, seconds, status after)."""
+        before = self.status()
+        t0 = now()
+        self.ctl(cmd)
+        self.wait_reconciled(before, timeout, interval)
+        wall = now() - t0
+        return before, wall, self.status()
+
 
 class RsyncDaemon:
-    def __init__(self, work: Path, procs: list[rt.Proc]) -> None:
+    def __init__(self, work: Path, procs: list[Proc]) -> None:
         self.dst = work / "rsync-dst"
         self.dst.mkdir(parents=True)
         self.port = free_port()
-        conf = work / "rsyncd.conf"
-        conf.write_text(f"pid file = {work}/rsyncd.pid\nuse chroot = no\nuid = root\ngid = root\n"
-                        f"log file = {work}/rsyncd.log\n[bench]\n    path = {self.dst}\n    read only = no\n")
-        self.proc = rt.Proc("rsync-daemon", ["rsync", "--daemon", "--no-detach", f"--config={conf}",
-                                             f"--port={self.port}", "--address=127.0.0.1"],
-                            work / "rsyncd.out", procs)
-        wait_until(lambda: rt.tcp_listening(self.proc.pid, self.port), 20, "rsync daemon")
+        self.proc = start_rsyncd(work, self.dst, self.port, procs)
 
     def url(self) -> str:
         return f"rsync://127.0.0.1:{self.port}/bench/"
@@ -169,34 +157,25 @@ def keep_logs(cfg: argparse.Namespace, work: Path) -> None:
                 shutil.copy2(f, dest / f.name)
 
 
-def random_file(path: Path, size: int, seed: int) -> None:
-    rng = random.Random(seed)
-    with open(path, "wb") as f:
-        for _ in range(size // MIB):
-            f.write(rng.randbytes(MIB))
-        f.write(rng.randbytes(size % MIB))
-
-
-def wl_a(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scratch, bin_dir: Path,
-         procs: list[rt.Proc]) -> dict:
+def wl_a(cfg: argparse.Namespace, base: Path, src_fs: Scratch, dst_fs: Scratch, bin_dir: Path,
+         procs: list[Proc]) -> dict:
     src, work = src_fs.mnt / "a" / "src", dst_fs.mnt / "a"
     src.mkdir(parents=True)
     work.mkdir()
     size = cfg.size_mib * MIB
     big = src / "big.bin"
     log(f"(a) writing a {size // MIB} MiB random file")
-    random_file(big, size, 0xA)
+    rand_file(big, size, random.Random(0xA))
     ll = Lifeline(bin_dir, src, work, procs)
     rs = RsyncDaemon(work, procs)
     try:
         ll.start()
         t = ll.wait_synced(900)
         log(f"(a) initial sync done in {t:.1f} s")
-        if not rt.same_bytes(big, ll.mirror() / "big.bin"):
+        if not same_bytes(big, ll.mirror() / "big.bin"):
             raise RuntimeError("the mirror differs after the initial sync")
         rs.run(src, "-a", "--inplace")  # rsync's copy of the original
-        ll.ctl("off")
-        wait_until(lambda: ll.status().get("capture") == "off", 10, "capture off")
+        ll.off()
         rng = random.Random(0xB)
         pieces = cfg.pieces
         offsets = sorted(rng.sample(range(size - 4 * KIB), pieces))
@@ -208,18 +187,12 @@ def wl_a(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scr
         out: dict = {"file_mib": size // MIB, "changed_kib": pieces * 4}
         for case in ("change", "touch"):
             if case == "touch":
-                ll.ctl("off")
-                wait_until(lambda: ll.status().get("capture") == "off", 10, "capture off")
+                ll.off()
                 st = big.stat()
                 os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns - 3600 * 10**9))
-            rt.drop_caches()
-            before = ll.status()
-            t0 = now()
-            ll.ctl("on")
-            ll.wait_reconciled(before, 900, 0.02)
-            wall = now() - t0
-            after = ll.status()
-            if not rt.same_bytes(big, ll.mirror() / "big.bin"):
+            drop_caches()
+            before, wall, after = ll.reconcile("on", 900, 0.02)
+            if not same_bytes(big, ll.mirror() / "big.bin"):
                 raise RuntimeError(f"({case}) the mirror differs after the reconciliation")
             r = {
                 "lifeline_sent": after["bytes_sent"] - before["bytes_sent"],
@@ -228,9 +201,9 @@ def wl_a(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scr
                 "deltas": after.get("deltas", 0) - before.get("deltas", 0),
                 "delta_fallbacks": after.get("delta_fallbacks", 0) - before.get("delta_fallbacks", 0),
             }
-            rt.drop_caches()
+            drop_caches()
             rr = rs.run(src, "-a", "--inplace", "--no-whole-file")
-            if not rt.same_bytes(big, rs.dst / "big.bin"):
+            if not same_bytes(big, rs.dst / "big.bin"):
                 raise RuntimeError(f"({case}) rsync's copy differs")
             r.update({"rsync_sent": rr["sent"], "rsync_received": rr["received"], "rsync_s": rr["wall_s"]})
             log(f"(a) {case}: Lifeline sent {r['lifeline_sent']:,} B, received {r['lifeline_received']:,} B "
@@ -254,8 +227,8 @@ def make_tree(root: Path, files: int) -> None:
             os.close(fd)
 
 
-def wl_b(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scratch, bin_dir: Path,
-         procs: list[rt.Proc]) -> dict:
+def wl_b(cfg: argparse.Namespace, base: Path, src_fs: Scratch, dst_fs: Scratch, bin_dir: Path,
+         procs: list[Proc]) -> dict:
     src, work = src_fs.mnt / "b" / "src", dst_fs.mnt / "b"
     src.mkdir(parents=True)
     work.mkdir()
@@ -267,19 +240,14 @@ def wl_b(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scr
         ll.start()
         t = ll.wait_synced(1800)
         log(f"(b) initial sync done in {t:.1f} s")
-        diffs = rt.compare_trees(src, ll.mirror())
+        diffs = compare_trees(src, ll.mirror())
         if diffs:
             raise RuntimeError(f"the mirror differs: {diffs}")
         rs.run(src, "-a")
         out: dict = {"files": cfg.files}
 
         def lifeline_once() -> float:
-            before = ll.status()
-            t0 = now()
-            ll.ctl("sync")
-            ll.wait_reconciled(before, 600)
-            wall = now() - t0
-            after = ll.status()
+            before, wall, after = ll.reconcile("sync", 600)
             out.setdefault("lifeline_sent_per_run", after["bytes_sent"] - before["bytes_sent"])
             return wall
 
@@ -289,7 +257,7 @@ def wl_b(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scr
         for name, once in (("lifeline", lifeline_once), ("rsync", rsync_once)):
             once()  # warm-up
             warm = [once() for _ in range(cfg.repeat)]
-            rt.drop_caches()
+            drop_caches()
             cold = once()
             out[f"{name}_warm_s"] = statistics.median(warm)
             out[f"{name}_warm_all_s"] = warm
@@ -303,8 +271,8 @@ def wl_b(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scr
         keep_logs(cfg, work)
 
 
-def wl_c(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scratch, bin_dir: Path,
-         procs: list[rt.Proc]) -> dict:
+def wl_c(cfg: argparse.Namespace, base: Path, src_fs: Scratch, dst_fs: Scratch, bin_dir: Path,
+         procs: list[Proc]) -> dict:
     """(c) Where deltas start to pay: files of one size, 4 KiB changed in each
     while capture was off, sent as deltas (threshold 0) or whole (threshold
     above the size); bytes sent and time from `on` until acknowledged."""
@@ -323,20 +291,14 @@ def wl_c(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scr
             try:
                 ll.start(threshold)
                 ll.wait_synced(600)
-                ll.ctl("off")
-                wait_until(lambda: ll.status().get("capture") == "off", 10, "capture off")
+                ll.off()
                 for i in range(n):
                     fd = os.open(src / f"f{i:04d}", os.O_WRONLY)
                     os.pwrite(fd, rng.randbytes(4 * KIB), rng.randrange(size - 4 * KIB))
                     os.close(fd)
-                rt.drop_caches()
-                before = ll.status()
-                t0 = now()
-                ll.ctl("on")
-                ll.wait_reconciled(before, 600, 0.02)
-                wall = now() - t0
-                after = ll.status()
-                diffs = rt.compare_trees(src, ll.mirror())
+                drop_caches()
+                before, wall, after = ll.reconcile("on", 600, 0.02)
+                diffs = compare_trees(src, ll.mirror())
                 if diffs:
                     raise RuntimeError(f"({name}) the mirror differs: {diffs}")
                 r = {"files": n, "sent": after["bytes_sent"] - before["bytes_sent"],
@@ -351,14 +313,6 @@ def wl_c(cfg: argparse.Namespace, base: Path, src_fs: rt.Scratch, dst_fs: rt.Scr
     return out
 
 
-def fmt_bytes(n: float) -> str:
-    return f"{n / MIB:,.2f} MiB" if n >= MIB else f"{n / KIB:,.1f} KiB" if n >= KIB else f"{n:,.0f} B"
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{b / a:,.2f}" if a > 0 else "—"
-
-
 def table(res: dict, cfg: argparse.Namespace) -> str:
     lines = ["| workload | metric | Lifeline | rsync | rsync ÷ Lifeline |", "|---|---|---|---|---|"]
     if "a" in res and "error" not in res["a"]:
@@ -368,18 +322,18 @@ def table(res: dict, cfg: argparse.Namespace) -> str:
                             ("touch", f"(a) {a['file_mib']} MiB file, new mtime only")):
             r = a[case]
             lines.append(f"| {title} | bytes sent by the sender | {fmt_bytes(r['lifeline_sent'])} | "
-                         f"{fmt_bytes(r['rsync_sent'])} | {ratio(r['lifeline_sent'], r['rsync_sent'])} |")
+                         f"{fmt_bytes(r['rsync_sent'])} | {ratio(r['rsync_sent'], r['lifeline_sent'], inf='—')} |")
             lines.append(f"| | bytes received by the sender (signature) | {fmt_bytes(r['lifeline_received'])} | "
-                         f"{fmt_bytes(r['rsync_received'])} | {ratio(r['lifeline_received'], r['rsync_received'])} |")
+                         f"{fmt_bytes(r['rsync_received'])} | {ratio(r['rsync_received'], r['lifeline_received'], inf='—')} |")
             lines.append(f"| | time until identical | {r['lifeline_s']:.2f} s | {r['rsync_s']:.2f} s | "
-                         f"{ratio(r['lifeline_s'], r['rsync_s'])} |")
+                         f"{ratio(r['rsync_s'], r['lifeline_s'], inf='—')} |")
     if "b" in res and "error" not in res["b"]:
         b = res["b"]
         title = f"(b) {b['files']:,} unchanged files"
         lines.append(f"| {title} | reconciliation, warm (median of {cfg.repeat}) | {b['lifeline_warm_s']:.3f} s | "
-                     f"{b['rsync_warm_s']:.3f} s | {ratio(b['lifeline_warm_s'], b['rsync_warm_s'])} |")
+                     f"{b['rsync_warm_s']:.3f} s | {ratio(b['rsync_warm_s'], b['lifeline_warm_s'], inf='—')} |")
         lines.append(f"| | reconciliation, page cache dropped | {b['lifeline_cold_s']:.3f} s | "
-                     f"{b['rsync_cold_s']:.3f} s | {ratio(b['lifeline_cold_s'], b['rsync_cold_s'])} |")
+                     f"{b['rsync_cold_s']:.3f} s | {ratio(b['rsync_cold_s'], b['lifeline_cold_s'], inf='—')} |")
     if len(lines) == 2:
         lines = []
     if "c" in res and "error" not in res["c"]:
@@ -413,13 +367,13 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("run as root: the agent loads eBPF programs, and the benchmark mounts filesystems")
     for exe in ("lifeline-agent", "lifeline-receiver"):
-        if not (rt.BIN / exe).exists():
-            sys.exit(f"{rt.BIN / exe} is missing: run cargo build --release --bins")
+        if not (BIN / exe).exists():
+            sys.exit(f"{BIN / exe} is missing: run cargo build --release --bins")
     for tool in ("rsync", "losetup", "mkfs.ext4"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing: run scripts/setup.sh")
-    cleanup = rt.Cleanup()
-    procs: list[rt.Proc] = []
+    cleanup = Cleanup()
+    procs: list[Proc] = []
     results: dict = {}
 
     def on_signal(signum, frame):
@@ -434,10 +388,9 @@ def main() -> int:
         bin_dir = base / "bin"
         bin_dir.mkdir()
         for exe in ("lifeline-agent", "lifeline-receiver"):
-            shutil.copy2(rt.BIN / exe, bin_dir / exe)
-        rt.Lifeline.bin = bin_dir
-        src_fs = rt.Scratch(base, "src", cfg.image_gib, cleanup)
-        dst_fs = rt.Scratch(base, "dst", cfg.image_gib, cleanup)
+            shutil.copy2(BIN / exe, bin_dir / exe)
+        src_fs = Scratch(base, "src", cfg.image_gib, cleanup)
+        dst_fs = Scratch(base, "dst", cfg.image_gib, cleanup)
         cleanup.push("stop processes", lambda: [p.stop() for p in list(procs)])
         for wl, fn in (("a", wl_a), ("b", wl_b), ("c", wl_c)):
             if wl not in cfg.only.split(","):

@@ -3,6 +3,11 @@
 //! - [`Receiver`] and [`Agent`] run the real binaries (`lifeline-receiver`,
 //!   `lifeline-agent run`) from the same target directory as the test, log to
 //!   files and are killed on drop.
+//! - [`Rig`] is one end-to-end test's world: a scratch filesystem with the
+//!   watched tree, a receiver (on loopback or in a [`NetNs`]) and an agent,
+//!   built with [`RigOpts`]; every test that runs both daemons uses it.
+//! - [`preflight`] checks, before a test starts, that it runs as root and
+//!   that the tools and binaries it needs are there.
 //! - [`ScratchFs`] mounts a tmpfs or a loop-device ext4 per test, so each
 //!   test's watched tree has a device of its own.
 //! - [`wait_identical`] polls [`lifeline_core::tree::compare`] until a mirror
@@ -25,6 +30,7 @@ mod bpf;
 pub mod desktop;
 mod netns;
 mod procs;
+mod rig;
 mod scratch;
 pub mod verifier;
 pub mod workload;
@@ -40,6 +46,7 @@ use lifeline_core::tree::{self, CompareOptions};
 pub use bpf::{attached_tracepoint_programs, inotify_watches, tracepoint_attachments, TracepointAttachment};
 pub use netns::NetNs;
 pub use procs::{Agent, AgentOpts, AgentStatus, Receiver, ReceiverOpts};
+pub use rig::{Rig, RigOpts};
 pub use scratch::ScratchFs;
 
 /// Panics unless the process runs as root.
@@ -50,6 +57,21 @@ pub fn require_root() {
         euid, 0,
         "Lifeline's end-to-end tests need root (mount, losetup, eBPF); run them as root (euid is {euid})"
     );
+}
+
+/// The one check a test makes before it starts: root, and each of `tools`
+/// there. A name starting with `lifeline-` is a workspace binary (built by
+/// `cargo build --workspace --bins`, see [`bin_path`]); any other a tool on
+/// PATH. A missing one fails the test loudly; nothing skips.
+pub fn preflight(tools: &[&str]) {
+    require_root();
+    for t in tools {
+        if t.starts_with("lifeline-") {
+            bin_path(t);
+        } else {
+            require_tool(t);
+        }
+    }
 }
 
 /// Panics unless `tool` is found on PATH (or as an absolute path).

@@ -325,6 +325,8 @@ pub struct AgentOpts {
     pub extra_args: Vec<String>,
     /// Run as this (uid, gid) instead of root.
     pub run_as: Option<(u32, u32)>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
     /// How long `start` waits for `status --json` to answer.
     pub start_timeout: Duration,
 }
@@ -346,6 +348,7 @@ impl AgentOpts {
             log: None,
             extra_args: Vec::new(),
             run_as: None,
+            env: Vec::new(),
             start_timeout: Duration::from_secs(30),
         }
     }
@@ -429,6 +432,9 @@ impl Agent {
             cmd.arg("--control").arg(c);
         }
         cmd.args(&opts.extra_args);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         if let Some((uid, gid)) = opts.run_as {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(gid);

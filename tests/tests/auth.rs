@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use lifeline_tests::{bin_path, require_root, wait_identical, wait_until, Agent, AgentOpts, Receiver, TestDir};
+use lifeline_tests::{bin_path, preflight, wait_identical, wait_until, Agent, AgentOpts, Receiver, TestDir};
 
 /// Starts an agent for `machine` with `opts` tweaked by `tweak`.
 fn agent(dir: &TestDir, rcv: &Receiver, machine: &str, src: &Path, tweak: impl FnOnce(&mut AgentOpts)) -> Agent {
@@ -36,7 +36,7 @@ fn run_agent_cli(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn forged_and_revoked_credentials_are_refused_and_change_nothing() {
-    require_root();
+    preflight(&["lifeline-receiver", "lifeline-agent"]);
     let dir = TestDir::new("auth");
     let src = dir.subdir("src");
     fs::write(src.join("data.txt"), b"precious").unwrap();

@@ -16,7 +16,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::ops::Range;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
@@ -24,13 +24,12 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use lifeline_tests::workload::{Background, BackgroundStats, OpKind, Pacing, WorkloadOptions};
 use lifeline_tests::{
-    bin_path, inotify_watches, log_field, log_lines, require_root, require_tool, summarize, wait_identical, wait_until,
-    Agent, AgentOpts, AgentStatus, NetNs, Receiver, ReceiverOpts, ScratchFs, TestDir,
+    inotify_watches, log_field, log_lines, preflight, wait_until, AgentStatus, Rig, RigOpts, ScratchFs,
 };
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 const CATCH_UP: Duration = Duration::from_secs(40);
-const LOG_LINES: usize = 80;
+const TOOLS: &[&str] = &["bpftool", "ip", "lifeline-receiver", "lifeline-agent"];
 
 /// Agent log lines (see agent/src/scheduler).
 const QUEUE_OPENED: &str = "queue log opened";
@@ -41,207 +40,68 @@ const STREAM_STOPPED: &str = "replication stream stopped";
 const FAULT_ABORT: &str = "fault injection: aborting";
 const APPLIED_WITH_ERRORS: &str = "batch applied with errors";
 
-/// One test's world. Fields drop in order: agent, receiver, network
-/// namespace, filesystem, scratch directory.
-struct Rig {
-    agent: Option<Agent>,
-    receiver: Receiver,
-    netns: Option<NetNs>,
-    fs: ScratchFs,
-    dir: TestDir,
-    machine: String,
-    /// The watched tree, on `fs`.
-    src: PathBuf,
-    /// Where the receiver keeps `src`.
-    mirror: PathBuf,
+/// Waits a random pause (`pause_ms`), then until the workload is in the
+/// middle of a burst: the moment to inject the next fault. Returns it,
+/// counted from `t0`.
+fn fault_point(rig: &Rig, w: &Background, rng: &mut StdRng, pause_ms: Range<u64>, t0: Instant) -> Duration {
+    std::thread::sleep(Duration::from_millis(rng.random_range(pause_ms)));
+    if !w.wait_mid_burst(Duration::from_secs(5)) {
+        rig.fail("the workload stopped running");
+    }
+    t0.elapsed()
 }
 
-impl Rig {
-    /// Filesystem, receiver (inside `netns` if given, with `env`) and source
-    /// directory; no agent yet.
-    fn new(name: &str, fs: ScratchFs, netns: Option<NetNs>, env: &[(&str, &str)]) -> Rig {
-        let dir = TestDir::new(name);
-        let src = fs.subdir("src");
-        let mut ro = ReceiverOpts::new(&dir.path().join("store"));
-        ro.log = dir.path().join("receiver.log");
-        if let Some(ns) = &netns {
-            ro.host = ns.inner_addr();
-            ro.netns = Some(ns.name().to_string());
-        }
-        ro.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let receiver = Receiver::start_opts(ro);
-        let machine = format!("{name}-{}", std::process::id());
-        let mirror = receiver.mirror_of(&machine, &src);
-        Rig { agent: None, receiver, netns, fs, dir, machine, src, mirror }
-    }
-
-    fn start_agent(&mut self, extra_args: &[&str]) {
-        let mut opts = AgentOpts::new(&self.receiver, &self.machine, &[&self.src], &self.dir.path().join("state"));
-        opts.log = Some(self.dir.path().join("agent.log"));
-        opts.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
-        self.agent = Some(Agent::start(opts));
-    }
-
-    fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("agent started")
-    }
-
-    fn agent_mut(&mut self) -> &mut Agent {
-        self.agent.as_mut().expect("agent started")
-    }
-
-    fn agent_log(&self) -> PathBuf {
-        self.dir.path().join("agent.log")
-    }
-
-    /// Waits until the agent is connected, its initial sync done, capturing
-    /// with eBPF.
-    fn wait_ready(&self) -> AgentStatus {
-        self.wait_ready_capturing_with("ebpf")
-    }
-
-    /// Waits until the agent is connected, its initial sync done, capturing
-    /// with `capture` ("ebpf" or "notify").
-    fn wait_ready_capturing_with(&self, capture: &str) -> AgentStatus {
-        let s = self
-            .agent()
-            .wait_status("connected, initial sync done", SYNC_TIMEOUT, |s| s.connected && s.initial_sync_done);
-        if s.capture != capture {
-            self.fail(&format!("agent captures with {:?}, not {capture:?}", s.capture));
-        }
-        s
-    }
-
-    /// Polls the agent's status until `pred` holds; fails the test (with
-    /// both logs) after `timeout`.
-    fn wait_agent(&self, what: &str, timeout: Duration, mut pred: impl FnMut(&AgentStatus) -> bool) -> AgentStatus {
-        let mut last = None;
-        let ok = wait_until(timeout, || match self.agent().try_status() {
-            Ok(s) => {
-                let done = pred(&s);
-                last = Some(s);
-                done
-            }
-            Err(_) => false,
-        });
-        if !ok {
-            self.fail(&format!("{what}: not reached within {timeout:?}; last status {last:?}"));
-        }
-        last.expect("a status when reached")
-    }
-
-    /// Panics with `msg`, the agent's status and the tails of both logs.
-    fn fail(&self, msg: &str) -> ! {
-        let mut out = format!("[{} on {}] {msg}\n", self.machine, self.fs.kind());
-        if let Some(a) = &self.agent {
-            out.push_str(&format!("agent status: {:?}\n", a.try_status_json()));
-            out.push_str(&a.log_tail(LOG_LINES));
-            out.push('\n');
-        }
-        out.push_str(&self.receiver.log_tail(LOG_LINES));
-        panic!("{out}");
-    }
-
-    /// Waits until the mirror is identical to the source; returns how long
-    /// that took.
-    fn assert_identical(&self, within: Duration, what: &str) -> Duration {
-        let t = Instant::now();
-        if let Err(d) = wait_identical(&self.src, &self.mirror, within) {
-            self.fail(&format!(
-                "{what}: mirror {} not identical to {} after {within:?}; {} differences:\n{}",
-                self.mirror.display(),
-                self.src.display(),
-                d.len(),
-                summarize(&d, 40)
-            ));
-        }
-        t.elapsed()
-    }
-
-    /// The `n`-th (0-based) line of `log` containing `needle`, waiting up to
-    /// `timeout` for it to be written.
-    fn nth_log_line(&self, log: &Path, needle: &str, n: usize, timeout: Duration) -> String {
-        let mut found = None;
-        wait_until(timeout, || {
-            found = log_lines(log, needle).into_iter().nth(n);
-            found.is_some()
-        });
-        found.unwrap_or_else(|| {
-            self.fail(&format!("{}: no line #{} with {needle:?} within {timeout:?}", log.display(), n + 1))
-        })
-    }
-
-    /// Waits a random pause (`pause_ms`), then until the workload is in the
-    /// middle of a burst: the moment to inject the next fault. Returns it,
-    /// counted from `t0`.
-    fn fault_point(&self, w: &Background, rng: &mut StdRng, pause_ms: Range<u64>, t0: Instant) -> Duration {
-        std::thread::sleep(Duration::from_millis(rng.random_range(pause_ms)));
-        if !w.wait_mid_burst(Duration::from_secs(5)) {
-            self.fail("the workload stopped running");
-        }
-        t0.elapsed()
-    }
-
-    /// Fault `kill` (from 1) at `at`: SIGKILLs the agent, keeps it down a
-    /// random 100-700 ms, restarts it (same state directory) and waits until
-    /// `ready` holds. Returns (down, from the restart until ready, status).
-    fn bounce_agent(
-        &mut self,
-        rng: &mut StdRng,
-        (label, kill, at, w): (&str, usize, Duration, &Background),
-        ready: impl FnMut(&AgentStatus) -> bool,
-    ) -> (Duration, Duration, AgentStatus) {
-        let pid = self.agent().pid();
-        self.agent_mut().kill();
-        let down = Duration::from_millis(rng.random_range(100..700));
-        eprintln!(
-            "[{label}] kill #{kill} of agent pid {pid} at {} s (workload op {}), down {} s",
-            secs(at),
-            w.ops(),
-            secs(down)
-        );
-        std::thread::sleep(down);
-        let restarted = Instant::now();
-        self.agent_mut().restart();
-        let s = self.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, ready);
-        (down, restarted.elapsed(), s)
-    }
-
-    /// Fault `kill` (from 1) at `at`: SIGKILLs the receiver, keeps it down a
-    /// random 100-700 ms, restarts it (same store, same port) and waits
-    /// until the agent has reconnected and replayed. Returns (down, from the
-    /// restart until reconnected).
-    fn bounce_receiver(
-        &mut self,
-        rng: &mut StdRng,
-        (label, kill, at, w): (&str, usize, Duration, &Background),
-    ) -> (Duration, Duration) {
-        let port = self.receiver.port();
-        let replays = self.agent().status().replays;
-        let pid = self.receiver.pid();
-        self.receiver.kill();
-        let down = Duration::from_millis(rng.random_range(100..700));
-        eprintln!(
-            "[{label}] kill #{kill} of receiver pid {pid} at {} s (workload op {}), down {} s",
-            secs(at),
-            w.ops(),
-            secs(down)
-        );
-        std::thread::sleep(down);
-        let restarted = Instant::now();
-        self.receiver.restart();
-        assert_eq!(self.receiver.port(), port, "restarted on another port");
-        self.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
-        (down, restarted.elapsed())
-    }
+/// Fault `kill` (from 1) at `at`: SIGKILLs the agent, keeps it down a
+/// random 100-700 ms, restarts it (same state directory) and waits until
+/// `ready` holds. Returns (down, from the restart until ready, status).
+fn bounce_agent(
+    rig: &mut Rig,
+    rng: &mut StdRng,
+    (label, kill, at, w): (&str, usize, Duration, &Background),
+    ready: impl FnMut(&AgentStatus) -> bool,
+) -> (Duration, Duration, AgentStatus) {
+    let pid = rig.agent().pid();
+    rig.agent_mut().kill();
+    let down = Duration::from_millis(rng.random_range(100..700));
+    eprintln!(
+        "[{label}] kill #{kill} of agent pid {pid} at {} s (workload op {}), down {} s",
+        secs(at),
+        w.ops(),
+        secs(down)
+    );
+    std::thread::sleep(down);
+    let restarted = Instant::now();
+    rig.agent_mut().restart();
+    let s = rig.wait_agent("reconnected and reconciled after the restart", SYNC_TIMEOUT, ready);
+    (down, restarted.elapsed(), s)
 }
 
-fn preflight() {
-    require_root();
-    require_tool("bpftool");
-    require_tool("ip");
-    bin_path("lifeline-receiver");
-    bin_path("lifeline-agent");
+/// Fault `kill` (from 1) at `at`: SIGKILLs the receiver, keeps it down a
+/// random 100-700 ms, restarts it (same store, same port) and waits
+/// until the agent has reconnected and replayed. Returns (down, from the
+/// restart until reconnected).
+fn bounce_receiver(
+    rig: &mut Rig,
+    rng: &mut StdRng,
+    (label, kill, at, w): (&str, usize, Duration, &Background),
+) -> (Duration, Duration) {
+    let port = rig.receiver.port();
+    let replays = rig.agent().status().replays;
+    let pid = rig.receiver.pid();
+    rig.receiver.kill();
+    let down = Duration::from_millis(rng.random_range(100..700));
+    eprintln!(
+        "[{label}] kill #{kill} of receiver pid {pid} at {} s (workload op {}), down {} s",
+        secs(at),
+        w.ops(),
+        secs(down)
+    );
+    std::thread::sleep(down);
+    let restarted = Instant::now();
+    rig.receiver.restart();
+    assert_eq!(rig.receiver.port(), port, "restarted on another port");
+    rig.wait_agent("reconnected to the restarted receiver", SYNC_TIMEOUT, |s| s.connected && s.replays > replays);
+    (down, restarted.elapsed())
 }
 
 /// The seed of a test: `LIFELINE_FAULTS_SEED` if set, else from the clock.
@@ -307,11 +167,11 @@ struct Injected {
 ///    its queue log and reconciles; nothing is lost.
 #[test]
 fn agent_sigkilled_three_times_during_workload_loses_nothing() {
-    preflight();
+    preflight(TOOLS);
     let seed = seed("agent-kill");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rig = Rig::new("fault-agent", ScratchFs::tmpfs(1024), None, &[]);
-    rig.start_agent(&[]);
+    let mut rig = Rig::new("fault-agent", ScratchFs::tmpfs(1024));
+    rig.start_agent();
     rig.wait_ready();
     let log = rig.agent_log();
     let w = Background::start(&rig.src, rounds(seed));
@@ -319,7 +179,7 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
     let mut faults = Vec::new();
     let mut unacked_on_disk = Vec::new();
     for i in 0..3 {
-        let at = rig.fault_point(&w, &mut rng, 400..1200, t0);
+        let at = fault_point(&rig, &w, &mut rng, 400..1200, t0);
         // The agent acknowledges within milliseconds, so a random kill may
         // find nothing in flight. If the first two found nothing, the last comes
         // while sending is paused (a stalled network, as far as the queue
@@ -334,7 +194,7 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
         }
         let opened_before = log_lines(&log, QUEUE_OPENED).len();
         let replays_before = log_lines(&log, REPLAYING).len();
-        let (down, recovered, _) = rig.bounce_agent(&mut rng, ("agent-kill", i + 1, at, &w), |s| {
+        let (down, recovered, _) = bounce_agent(&mut rig, &mut rng, ("agent-kill", i + 1, at, &w), |s| {
             s.connected && s.initial_sync_done && s.replays >= 1
         });
         let opened = rig.nth_log_line(&log, QUEUE_OPENED, opened_before, Duration::from_secs(5));
@@ -374,11 +234,11 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
 ///    where to resume, replays what was not acknowledged; nothing is lost.
 #[test]
 fn receiver_sigkilled_three_times_during_workload_loses_nothing() {
-    preflight();
+    preflight(TOOLS);
     let seed = seed("receiver-kill");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rig = Rig::new("fault-recv", ScratchFs::ext4(1024), None, &[]);
-    rig.start_agent(&[]);
+    let mut rig = Rig::new("fault-recv", ScratchFs::ext4(1024));
+    rig.start_agent();
     rig.wait_ready();
     let log = rig.agent_log();
     let port = rig.receiver.port();
@@ -386,10 +246,10 @@ fn receiver_sigkilled_three_times_during_workload_loses_nothing() {
     let t0 = Instant::now();
     let mut faults = Vec::new();
     for i in 0..3 {
-        let at = rig.fault_point(&w, &mut rng, 400..1200, t0);
+        let at = fault_point(&rig, &w, &mut rng, 400..1200, t0);
         let replay_lines = log_lines(&log, REPLAYING).len();
         let started_lines = log_lines(rig.receiver.log_path(), STREAM_STARTED).len();
-        let (down, recovered) = rig.bounce_receiver(&mut rng, ("receiver-kill", i + 1, at, &w));
+        let (down, recovered) = bounce_receiver(&mut rig, &mut rng, ("receiver-kill", i + 1, at, &w));
         let replay = rig.nth_log_line(&log, REPLAYING, replay_lines, Duration::from_secs(5));
         let replayed = log_field(&replay, "changes").unwrap_or_else(|| rig.fail(&format!("no changes= in {replay:?}")));
         let started = rig.nth_log_line(rig.receiver.log_path(), STREAM_STARTED, started_lines, Duration::from_secs(5));
@@ -430,12 +290,11 @@ fn receiver_sigkilled_three_times_during_workload_loses_nothing() {
 ///    window, which the workload's links and renames stress.
 #[test]
 fn network_cut_three_times_during_workload_loses_nothing() {
-    preflight();
+    preflight(TOOLS);
     let seed = seed("net-cut");
     let mut rng = StdRng::seed_from_u64(seed);
-    let ns = NetNs::new();
-    let mut rig = Rig::new("fault-net", ScratchFs::tmpfs(1024), Some(ns), &[]);
-    rig.start_agent(&[]);
+    let mut rig = RigOpts::new("fault-net", ScratchFs::tmpfs(1024)).netns().build();
+    rig.start_agent();
     rig.wait_ready();
     let netns = rig.netns.as_ref().expect("namespace");
     eprintln!(
@@ -451,7 +310,7 @@ fn network_cut_three_times_during_workload_loses_nothing() {
     let mut disconnected_seen = Vec::new();
     let mut max_lag = Vec::new();
     for i in 0..3 {
-        let at = rig.fault_point(&w, &mut rng, 400..1000, t0);
+        let at = fault_point(&rig, &w, &mut rng, 400..1000, t0);
         let cut = Duration::from_millis(rng.random_range(2500..3500));
         let netns = rig.netns.as_ref().expect("namespace");
         netns.set_link(false);
@@ -527,12 +386,12 @@ fn network_cut_three_times_during_workload_loses_nothing() {
 ///    ends identical.
 #[test]
 fn ring_buffer_overflow_is_detected_and_repaired() {
-    preflight();
+    preflight(TOOLS);
     let seed = seed("ring-overflow");
-    let mut rig = Rig::new("fault-ring", ScratchFs::tmpfs(1024), None, &[]);
+    let mut rig = Rig::new("fault-ring", ScratchFs::tmpfs(1024));
     // 1 MiB: the smallest size in whole MiB (the flag's unit); the kernel
     // wants a power-of-two multiple of the page size, which it is.
-    rig.start_agent(&["--ring-buffer-mib", "1"]);
+    rig.start_agent_with(&["--ring-buffer-mib", "1"]);
     let before = rig.wait_ready();
     const THREADS: usize = 4;
     const PER_ROUND: usize = 3000;
@@ -639,13 +498,13 @@ fn hazard_round(dir: &Path, i: usize, rng: &mut StdRng) {
 ///    `a.tmp` over `a`). Nothing is applied twice, nothing is missing.
 #[test]
 fn receiver_aborted_between_apply_and_ack_applies_nothing_twice() {
-    preflight();
+    preflight(TOOLS);
     let seed = seed("abort-before-ack");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut rig = Rig::new("fault-ack", ScratchFs::tmpfs(512), None, &[]);
+    let mut rig = Rig::new("fault-ack", ScratchFs::tmpfs(512));
     let dir = rig.src.join("hazard");
     fs::create_dir(&dir).unwrap();
-    rig.start_agent(&[]);
+    rig.start_agent();
     rig.wait_ready();
     rig.assert_identical(SYNC_TIMEOUT, "before the fault");
     let log = rig.agent_log();
@@ -784,10 +643,10 @@ const NOTIFY_CATCH_UP: Duration = Duration::from_secs(10);
 /// agent that followed either would watch /proc or loop), on `fs`, with a
 /// receiver; the agent started on the inotify fallback.
 fn notify_rig(name: &str, fs: ScratchFs) -> Rig {
-    let mut rig = Rig::new(name, fs, None, &[]);
+    let mut rig = Rig::new(name, fs);
     std::os::unix::fs::symlink("/", rig.src.join("slash")).unwrap();
     std::os::unix::fs::symlink("..", rig.src.join("up")).unwrap();
-    rig.start_agent(&["--capture", "notify"]);
+    rig.start_agent_with(&["--capture", "notify"]);
     rig.wait_ready_capturing_with("notify");
     rig
 }
@@ -828,7 +687,7 @@ fn hazard_counts(stats: &BackgroundStats) -> String {
 ///    identical within 10 s of the workload's end.
 #[test]
 fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s() {
-    preflight();
+    preflight(TOOLS);
     let seed = seed("notify-agent-kill");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut rig = notify_rig("fault-nagent", ScratchFs::ext4(1024));
@@ -836,9 +695,10 @@ fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s()
     let t0 = Instant::now();
     let mut restarts = Vec::new();
     for i in 0..2 {
-        let at = rig.fault_point(&w, &mut rng, 600..1500, t0);
-        let (_, recovered, s) =
-            rig.bounce_agent(&mut rng, ("notify-agent-kill", i + 1, at, &w), |s| s.connected && s.initial_sync_done);
+        let at = fault_point(&rig, &w, &mut rng, 600..1500, t0);
+        let (_, recovered, s) = bounce_agent(&mut rig, &mut rng, ("notify-agent-kill", i + 1, at, &w), |s| {
+            s.connected && s.initial_sync_done
+        });
         if s.capture != "notify" {
             rig.fail(&format!("restarted agent captures with {:?}", s.capture));
         }
@@ -869,7 +729,7 @@ fn notify_fallback_agent_sigkilled_during_hazard_workload_converges_within_10s()
 ///    identical within 10 s of the workload's end.
 #[test]
 fn notify_fallback_receiver_sigkilled_during_hazard_workload_converges_within_10s() {
-    preflight();
+    preflight(TOOLS);
     let seed = seed("notify-receiver-kill");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut rig = notify_rig("fault-nrecv", ScratchFs::tmpfs(1024));
@@ -877,8 +737,8 @@ fn notify_fallback_receiver_sigkilled_during_hazard_workload_converges_within_10
     let t0 = Instant::now();
     let mut recovered = Vec::new();
     for i in 0..2 {
-        let at = rig.fault_point(&w, &mut rng, 600..1500, t0);
-        recovered.push(rig.bounce_receiver(&mut rng, ("notify-receiver-kill", i + 1, at, &w)).1);
+        let at = fault_point(&rig, &w, &mut rng, 600..1500, t0);
+        recovered.push(bounce_receiver(&mut rig, &mut rng, ("notify-receiver-kill", i + 1, at, &w)).1);
     }
     let stats = finish_hazard_workload(&rig, w);
     let caught_up = rig

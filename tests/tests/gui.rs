@@ -14,14 +14,13 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lifeline_tests::desktop::{wait_window, Gui, Image, MenuLine, SessionBus, Xvfb};
 use lifeline_tests::{
-    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root, require_tool, wait_identical,
-    wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
+    differences, inotify_watches, preflight, require_tool, wait_until, Rig, RigOpts, ScratchFs, TestDir,
 };
 use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
@@ -237,13 +236,7 @@ impl Host {
     }
 }
 
-fn preflight() {
-    require_root();
-    require_tool("dbus-daemon");
-    bin_path("lifeline-receiver");
-    bin_path("lifeline-agent");
-    bin_path("lifeline-gui");
-}
+const TOOLS: &[&str] = &["dbus-daemon", "lifeline-receiver", "lifeline-agent", "lifeline-gui"];
 
 /// A tray under `dir` for the agent at `control`: a private session bus, a
 /// StatusNotifierWatcher host on it, and `lifeline-gui` registered there
@@ -262,64 +255,18 @@ fn tray(dir: &Path, control: &str) -> (SessionBus, Host, Gui, String) {
 }
 
 /// A receiver and an agent replicating a fresh tmpfs tree, in sync.
-struct World {
-    agent: Agent,
-    receiver: Receiver,
-    _fs: ScratchFs,
-    dir: TestDir,
-    machine: String,
-    src: PathBuf,
-    mirror: PathBuf,
+fn world(name: &str) -> Rig {
+    world_capturing_with(name, "ebpf")
 }
 
-impl World {
-    fn start(name: &str) -> World {
-        World::start_capturing_with(name, "ebpf")
-    }
-
-    /// The agent started with `--capture <capture>` and found capturing so.
-    fn start_capturing_with(name: &str, capture: &str) -> World {
-        let dir = TestDir::new(name);
-        let fs = ScratchFs::tmpfs(64);
-        let src = fs.subdir("src");
-        fs::write(src.join("before.txt"), b"there before the GUI").unwrap();
-        let receiver = Receiver::start_with_log(&dir.path().join("store"), &dir.path().join("receiver.log"));
-        let machine = format!("{name}-{}", std::process::id());
-        let mirror = receiver.mirror_of(&machine, &src);
-        let mut opts = AgentOpts::new(&receiver, &machine, &[&src], &dir.path().join("state"));
-        opts.log = Some(dir.path().join("agent.log"));
-        opts.extra_args = vec!["--capture".into(), capture.into()];
-        let agent = Agent::start(opts);
-        let w = World { agent, receiver, _fs: fs, dir, machine, src, mirror };
-        let s = w.agent.wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done && s.connected);
-        assert_eq!(s.capture, capture, "the agent must capture with {capture} here");
-        w.identical("at start");
-        w
-    }
-
-    fn identical(&self, when: &str) {
-        if let Err(d) = wait_identical(&self.src, &self.mirror, SYNC_TIMEOUT) {
-            self.fail(&format!("{when}: mirror differs: {d:?}"));
-        }
-    }
-
-    fn attached(&self) -> usize {
-        attached_tracepoint_programs(self.agent.pid())
-    }
-
-    fn control(&self) -> String {
-        self.agent.control_path().display().to_string()
-    }
-
-    fn fail(&self, msg: &str) -> ! {
-        panic!(
-            "[{}] {msg}\nagent status: {:?}\n{}\n{}",
-            self.machine,
-            self.agent.try_status_json(),
-            self.agent.log_tail(LOG_LINES),
-            self.receiver.log_tail(LOG_LINES)
-        );
-    }
+/// The agent started with `--capture <capture>` and found capturing so.
+fn world_capturing_with(name: &str, capture: &str) -> Rig {
+    let mut w = RigOpts::new(name, ScratchFs::tmpfs(64)).agent_args(&["--capture", capture]).build();
+    fs::write(w.src.join("before.txt"), b"there before the GUI").unwrap();
+    w.start_agent();
+    w.wait_ready();
+    w.assert_identical(SYNC_TIMEOUT, "at start");
+    w
 }
 
 /// The tray's switch, clicked over dbusmenu by a StatusNotifierHost, detaches
@@ -331,8 +278,8 @@ impl World {
 /// greyed out.
 #[test]
 fn tray_menu_over_dbus_switches_backup_and_pauses() {
-    preflight();
-    let mut w = World::start("gui-tray");
+    preflight(TOOLS);
+    let mut w = world("gui-tray");
     let (_bus, host, mut gui, item) = tray(w.dir.path(), &w.control());
 
     // The icon says "in sync" and the menu's switch is on.
@@ -362,7 +309,7 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     if !wait_until(Duration::from_secs(5), || w.attached() == 0) {
         w.fail(&format!("after the switch was clicked off, {} programs are still attached", w.attached()));
     }
-    w.agent.wait_status("capture off", Duration::from_secs(5), |s| s.capture == "off");
+    w.agent().wait_status("capture off", Duration::from_secs(5), |s| s.capture == "off");
     let icon_off = wait_until(Duration::from_secs(5), || {
         host.string_prop(&item, "IconName") == "media-playback-stop"
             && host.item_labelled(&item, "Automatic backup").checked == Some(false)
@@ -388,13 +335,13 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     if !wait_until(Duration::from_secs(5), || w.attached() > 0) {
         w.fail("after the switch was clicked on, no program is attached");
     }
-    w.agent.wait_status("capture on", Duration::from_secs(5), |s| s.capture == "ebpf");
-    w.identical("after on");
+    w.agent().wait_status("capture on", Duration::from_secs(5), |s| s.capture == "ebpf");
+    w.assert_identical(SYNC_TIMEOUT, "after on");
     assert!(wait_until(Duration::from_secs(5), || host.item_labelled(&item, "Automatic backup").checked == Some(true)));
 
     // Pause: captured and queued, not sent; resume: sent.
     host.click(&item, host.item_labelled(&item, "Pause sending").id);
-    w.agent.wait_status("paused", Duration::from_secs(5), |s| s.paused);
+    w.agent().wait_status("paused", Duration::from_secs(5), |s| s.paused);
     assert!(
         wait_until(Duration::from_secs(5), || host.string_prop(&item, "IconName") == "media-playback-pause"),
         "icon {:?} while paused",
@@ -414,17 +361,17 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
         save_doc(&all, "gui-tray-menu.png");
     }
     fs::write(w.src.join("while-paused.txt"), b"written while paused").unwrap();
-    let queued = w.agent.wait_status("change queued", Duration::from_secs(5), |s| s.queue_depth > 0);
+    let queued = w.agent().wait_status("change queued", Duration::from_secs(5), |s| s.queue_depth > 0);
     std::thread::sleep(Duration::from_secs(1));
     if w.mirror.join("while-paused.txt").exists() {
         w.fail("a change made while paused was sent");
     }
     assert_eq!(queued.capture, "ebpf", "pause must not stop capture");
     host.click(&item, host.item_labelled(&item, "Resume sending").id);
-    w.identical("after resume");
-    let s = w.agent.wait_status("resumed", Duration::from_secs(5), |s| !s.paused && s.queue_depth == 0);
+    w.assert_identical(SYNC_TIMEOUT, "after resume");
+    let s = w.agent().wait_status("resumed", Duration::from_secs(5), |s| !s.paused && s.queue_depth == 0);
     assert!(s.bytes_sent_today > 0, "bytes sent today: {s:?}");
-    let recent = w.agent.status_json()["recent_files"].clone();
+    let recent = w.agent().status_json()["recent_files"].clone();
     let listed = recent
         .as_array()
         .is_some_and(|files| files.iter().any(|f| f["path"].as_str().is_some_and(|p| p.ends_with("while-paused.txt"))));
@@ -441,7 +388,7 @@ fn tray_menu_over_dbus_switches_backup_and_pauses() {
     assert!(!host.item_labelled(&item, "Sync now").enabled);
 
     // The agent goes away: "not running", the switch greyed out.
-    w.agent.kill();
+    w.agent_mut().kill();
     assert!(icon("dialog-error"), "icon {:?} with the agent down", host.string_prop(&item, "IconName"));
     assert!(!host.item_labelled(&item, "Automatic backup").enabled);
     assert!(gui.is_running(), "lifeline-gui exited\n{}", gui.log_tail(LOG_LINES));
@@ -478,14 +425,12 @@ fn tray_without_agent_says_so_and_disables_actions() {
 /// (the agent's: root here): no root needed, the socket's mode decides.
 #[test]
 fn status_window_under_xvfb_shows_state_and_acts() {
-    preflight();
-    require_tool("Xvfb");
-    require_tool("xdotool");
-    let mut w = World::start("gui-win");
+    preflight(&[TOOLS, &["Xvfb", "xdotool"]].concat());
+    let mut w = world("gui-win");
     let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
     // The way to the socket (mode 0660, the agent's group) must be open to
     // the group; the scratch directory is 0700.
-    let socket = w.agent.control_path().to_path_buf();
+    let socket = w.agent().control_path().to_path_buf();
     for d in socket.ancestors().skip(1).take_while(|d| d.starts_with(w.dir.path())) {
         fs::set_permissions(d, fs::Permissions::from_mode(0o750)).unwrap();
     }
@@ -516,7 +461,7 @@ fn status_window_under_xvfb_shows_state_and_acts() {
     // The menu panel's "Pause sending" (second item: see gui/src/window.rs's
     // layout: panel at x = 680 - 206, items from y = 80, 24 px each).
     click_pause_item(win, x.display());
-    w.agent.wait_status("paused from the window", Duration::from_secs(5), |s| s.paused);
+    w.agent().wait_status("paused from the window", Duration::from_secs(5), |s| s.paused);
     let paused_title = format!("Lifeline - {} - paused", w.machine);
     assert!(
         wait_window(x.display(), &paused_title, Duration::from_secs(5)).is_some(),
@@ -526,10 +471,10 @@ fn status_window_under_xvfb_shows_state_and_acts() {
     wait_shot(&x, win, |img| img.count(0, 0, 400, 40, AMBER_PAUSED) > 10_000)
         .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
     click_pause_item(win, x.display());
-    w.agent.wait_status("resumed from the window", Duration::from_secs(5), |s| !s.paused);
+    w.agent().wait_status("resumed from the window", Duration::from_secs(5), |s| !s.paused);
 
     // The agent goes away: the window says so.
-    w.agent.kill();
+    w.agent_mut().kill();
     let shot = wait_shot(&x, win, |img| img.count(0, 0, 400, 40, GREY_AGENT_DOWN) > 10_000)
         .unwrap_or_else(|img| panic!("no 'agent not running' banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
     save_doc(&shot, "gui-status-window-agent-down.png");
@@ -544,9 +489,8 @@ fn status_window_under_xvfb_shows_state_and_acts() {
 /// status window under Xvfb shows the amber banner and the same title.
 #[test]
 fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
-    preflight();
-    require_tool("Xvfb");
-    let w = World::start_capturing_with("gui-notify", "notify");
+    preflight(&[TOOLS, &["Xvfb"]].concat());
+    let w = world_capturing_with("gui-notify", "notify");
     let (_bus, host, mut gui, item) = tray(w.dir.path(), &w.control());
     let degraded = wait_until(Duration::from_secs(5), || host.string_prop(&item, "IconName") == "dialog-warning");
     assert!(degraded, "icon is {:?}, not degraded\n{}", host.string_prop(&item, "IconName"), gui.log_tail(LOG_LINES));
@@ -570,13 +514,13 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
     // The switch: off drops the watches, on watches again and catches up.
     let switch = host.item_labelled(&item, "Automatic backup");
     assert_eq!((switch.checked, switch.enabled), (Some(true), true), "{switch:?}");
-    assert!(inotify_watches(w.agent.pid()) > 0, "no inotify watch before the click");
+    assert!(inotify_watches(w.agent().pid()) > 0, "no inotify watch before the click");
     host.click(&item, switch.id);
-    w.agent.wait_status("capture off", Duration::from_secs(5), |s| s.capture == "off");
-    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent.pid()) == 0) {
+    w.agent().wait_status("capture off", Duration::from_secs(5), |s| s.capture == "off");
+    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent().pid()) == 0) {
         w.fail(&format!(
             "after the switch was clicked off the agent holds {} inotify watches",
-            inotify_watches(w.agent.pid())
+            inotify_watches(w.agent().pid())
         ));
     }
     assert!(wait_until(Duration::from_secs(5), || { host.string_prop(&item, "IconName") == "media-playback-stop" }));
@@ -586,11 +530,11 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
         w.fail("a change made while off reached the mirror");
     }
     host.click(&item, host.item_labelled(&item, "Automatic backup").id);
-    w.agent.wait_status("capture on", Duration::from_secs(5), |s| s.capture == "notify");
-    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent.pid()) > 0) {
+    w.agent().wait_status("capture on", Duration::from_secs(5), |s| s.capture == "notify");
+    if !wait_until(Duration::from_secs(5), || inotify_watches(w.agent().pid()) > 0) {
         w.fail("after the switch was clicked on the agent watches nothing");
     }
-    w.identical("after on");
+    w.assert_identical(SYNC_TIMEOUT, "after on");
     assert!(wait_until(Duration::from_secs(5), || { host.string_prop(&item, "IconName") == "dialog-warning" }));
 
     // The status window: amber banner, the degraded title.

@@ -9,118 +9,22 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lifeline_tests::workload::{run_workload, run_workload_with, Pacing, WorkloadOptions};
-use lifeline_tests::{
-    attached_tracepoint_programs, bin_path, differences, inotify_watches, require_root, require_tool, summarize,
-    tracepoint_attachments, wait_identical, wait_until, Agent, AgentOpts, Receiver, ScratchFs, TestDir,
-};
+use lifeline_tests::{differences, inotify_watches, preflight, tracepoint_attachments, wait_until, Rig, ScratchFs};
 
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
-const LOG_LINES: usize = 80;
-
-/// One test's world. Fields drop in order: agent, receiver, filesystem,
-/// scratch directory.
-struct Rig {
-    agent: Option<Agent>,
-    receiver: Receiver,
-    fs: ScratchFs,
-    dir: TestDir,
-    machine: String,
-    /// The watched tree, on `fs`.
-    src: PathBuf,
-    /// Where the receiver keeps `src`.
-    mirror: PathBuf,
-}
-
-impl Rig {
-    /// Filesystem, receiver and source directory; no agent yet.
-    fn new(name: &str, fs: ScratchFs) -> Rig {
-        let dir = TestDir::new(name);
-        let src = fs.subdir("src");
-        let store = dir.path().join("store");
-        let receiver = Receiver::start_with_log(&store, &dir.path().join("receiver.log"));
-        let machine = format!("{name}-{}", std::process::id());
-        let mirror = receiver.mirror_of(&machine, &src);
-        Rig { agent: None, receiver, fs, dir, machine, src, mirror }
-    }
-
-    fn start_agent(&mut self) -> &Agent {
-        self.start_agent_with(&[])
-    }
-
-    fn start_agent_with(&mut self, extra_args: &[&str]) -> &Agent {
-        let mut opts = AgentOpts::new(&self.receiver, &self.machine, &[&self.src], &self.dir.path().join("state"));
-        opts.log = Some(self.dir.path().join("agent.log"));
-        opts.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
-        self.agent = Some(Agent::start(opts));
-        self.agent()
-    }
-
-    fn agent(&self) -> &Agent {
-        self.agent.as_ref().expect("agent started")
-    }
-
-    /// Waits until the agent reports its initial sync done and eBPF capture.
-    fn wait_ready(&self) {
-        self.wait_ready_capturing_with("ebpf");
-    }
-
-    /// Waits until the agent reports its initial sync done, capturing with
-    /// `capture` ("ebpf" or "notify").
-    fn wait_ready_capturing_with(&self, capture: &str) {
-        let s = self.agent().wait_status("initial sync done", SYNC_TIMEOUT, |s| s.initial_sync_done);
-        if s.capture != capture {
-            self.fail(&format!("agent captures with {:?}, not {capture:?}", s.capture));
-        }
-    }
-
-    /// Panics with `msg`, the agent's status and the tails of both logs.
-    fn fail(&self, msg: &str) -> ! {
-        let mut out = format!("[{} on {}] {msg}\n", self.machine, self.fs.kind());
-        if let Some(a) = &self.agent {
-            out.push_str(&format!("agent status: {:?}\n", a.try_status_json()));
-            out.push_str(&a.log_tail(LOG_LINES));
-            out.push('\n');
-        }
-        out.push_str(&self.receiver.log_tail(LOG_LINES));
-        panic!("{out}");
-    }
-
-    fn assert_identical(&self, within: Duration, what: &str) {
-        if let Err(d) = wait_identical(&self.src, &self.mirror, within) {
-            self.fail(&format!(
-                "{what}: mirror {} not identical to {} after {within:?}; {} differences:\n{}",
-                self.mirror.display(),
-                self.src.display(),
-                d.len(),
-                summarize(&d, 40)
-            ));
-        }
-    }
-
-    fn attached(&self) -> usize {
-        attached_tracepoint_programs(self.agent().pid())
-    }
-}
-
-fn preflight() {
-    require_root();
-    require_tool("bpftool");
-    bin_path("lifeline-receiver");
-    bin_path("lifeline-agent");
-}
+const TOOLS: &[&str] = &["bpftool", "lifeline-receiver", "lifeline-agent"];
 
 fn randomized(name: &str, fs: ScratchFs, opts: WorkloadOptions) {
     randomized_capturing_with("ebpf", name, fs, opts)
 }
 
 fn randomized_capturing_with(capture: &str, name: &str, fs: ScratchFs, opts: WorkloadOptions) {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new(name, fs);
     rig.start_agent_with(&["--capture", capture]);
     rig.wait_ready_capturing_with(capture);
@@ -156,7 +60,7 @@ fn randomized_workload_with_the_notify_fallback_reaches_identical_mirror() {
 /// attaches them again and catches up with what changed meanwhile.
 #[test]
 fn off_detaches_and_stops_replication_on_resumes() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("onoff", ScratchFs::tmpfs(256));
     let src = rig.src.clone();
     fs::create_dir(src.join("dir")).unwrap();
@@ -223,7 +127,7 @@ fn off_detaches_and_stops_replication_on_resumes() {
 /// sync, which also deletes what only the mirror has and fixes what differs.
 #[test]
 fn initial_sync_copies_existing_tree_and_removes_extraneous_mirror_files() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("startup", ScratchFs::ext4(512));
     let src = rig.src.clone();
     run_workload(&src, 0x5EED_0003, 800);
@@ -256,7 +160,7 @@ fn initial_sync_copies_existing_tree_and_removes_extraneous_mirror_files() {
 #[test]
 fn names_of_one_file_split_in_the_mirror_are_linked_again() {
     use std::os::unix::fs::MetadataExt;
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("relink", ScratchFs::ext4(256));
     let (src, m) = (rig.src.clone(), rig.mirror.clone());
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -315,7 +219,7 @@ fn align_to_second() {
 /// ends with the last one.
 #[test]
 fn same_size_overwrites_within_one_second_reach_mirror() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("overwrite", ScratchFs::tmpfs(256));
     let hot = rig.src.join("hot.bin");
     fs::write(&hot, [0u8; 4096]).unwrap();
@@ -346,7 +250,7 @@ fn same_size_overwrites_within_one_second_reach_mirror() {
 /// mirror shows the newest content within a second.
 #[test]
 fn file_kept_open_is_replicated_within_one_second() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("held-open", ScratchFs::ext4(256));
     rig.start_agent();
     rig.wait_ready();
@@ -430,7 +334,7 @@ fn header_round_trips() {
 /// reaches the mirror under the new name, though the file is never closed.
 #[test]
 fn write_run_renamed_while_open_reaches_mirror() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("runrename", ScratchFs::tmpfs(256));
     rig.start_agent();
     rig.wait_ready();
@@ -458,7 +362,7 @@ fn write_run_renamed_while_open_reaches_mirror() {
 /// moves (msync, writeback) and once more when the mapping goes away.
 #[test]
 fn writes_through_shared_mmap_reach_the_mirror_while_mapped_and_at_unmap() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("mmap", ScratchFs::ext4(256));
     let path = rig.src.join("mapped.bin");
     let len = 64 * 1024;
@@ -497,7 +401,7 @@ fn writes_through_shared_mmap_reach_the_mirror_while_mapped_and_at_unmap() {
 /// and replicates with the inotify watcher and periodic reconciliation.
 #[test]
 fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("noroot", ScratchFs::tmpfs(64));
     let nobody = (65534u32, 65534u32);
     let own = |p: &std::path::Path| std::os::unix::fs::chown(p, Some(nobody.0), Some(nobody.1)).unwrap();
@@ -521,12 +425,12 @@ fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
     fs::copy(&token, &my_token).unwrap();
     fs::copy(&ca, &my_ca).unwrap();
     own(&my_token);
-    let mut opts = AgentOpts::new(&rig.receiver, &rig.machine, &[&rig.src], &state);
+    let mut opts = rig.agent_opts();
+    opts.state_dir = state;
     opts.token_file = my_token;
     opts.ca = my_ca;
     opts.run_as = Some(nobody);
-    opts.log = Some(rig.dir.path().join("agent.log"));
-    rig.agent = Some(Agent::start(opts));
+    rig.start_agent_opts(opts);
     rig.wait_ready_capturing_with("notify");
     // `status` says why, in one line (the loader's or verifier's).
     let reason = rig.agent().status().fallback_reason.unwrap_or_default();
@@ -540,7 +444,7 @@ fn without_privileges_the_agent_falls_back_loudly_to_the_watcher() {
         text.contains(&format!("DEGRADED: inotify fallback, no byte ranges; {reason}")),
         "`status` does not say why the agent is degraded:\n{text}"
     );
-    let log = fs::read_to_string(rig.dir.path().join("agent.log")).unwrap();
+    let log = fs::read_to_string(rig.agent_log()).unwrap();
     assert!(log.contains("FALLING BACK to the inotify watcher"), "no loud fallback message:\n{log}");
     rig.assert_identical(SYNC_TIMEOUT, "initial sync without privileges");
     fs::write(rig.src.join("d/after.txt"), b"written while watched").unwrap();
@@ -564,7 +468,7 @@ fn real_dirs(root: &std::path::Path) -> usize {
 /// `status` says the capture is degraded and why.
 #[test]
 fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_to_root() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("notify-links", ScratchFs::tmpfs(64));
     let src = rig.src.clone();
     fs::create_dir_all(src.join("d/e")).unwrap();
@@ -610,7 +514,7 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
 
     // SIGKILLed and restarted with a symlink to / in the tree (it used to
     // try to watch /proc and exit).
-    rig.agent.as_mut().unwrap().restart();
+    rig.agent_mut().restart();
     rig.wait_ready_capturing_with("notify");
     fs::write(src.join("d/after-restart"), b"written after the restart").unwrap();
     rig.assert_identical(Duration::from_secs(10), "a change after the restart");
@@ -627,7 +531,7 @@ fn notify_fallback_replicates_symlinks_as_symlinks_and_restarts_with_a_symlink_t
 /// live changes flow again.
 #[test]
 fn notify_fallback_off_drops_the_watches_and_on_catches_up() {
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("notify-onoff", ScratchFs::tmpfs(128));
     let src = rig.src.clone();
     fs::create_dir(src.join("dir")).unwrap();
@@ -686,7 +590,7 @@ fn notify_fallback_off_drops_the_watches_and_on_catches_up() {
 #[test]
 fn reconciliation_racing_type_changes_renames_and_deletions_completes_and_converges() {
     use rand::{Rng, SeedableRng};
-    preflight();
+    preflight(TOOLS);
     let mut rig = Rig::new("recon-race", ScratchFs::tmpfs(256));
     let src = rig.src.clone();
     // Enough to list that a pass takes a while: 40 directories of 25 files.
@@ -748,7 +652,7 @@ fn reconciliation_racing_type_changes_renames_and_deletions_completes_and_conver
     stop.store(true, Ordering::Relaxed);
     racer.join().unwrap();
     let racing = rig.agent().status().reconciliations - before;
-    let log = rig.dir.path().join("agent.log");
+    let log = rig.agent_log();
     let failed: Vec<String> = fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()

@@ -11,7 +11,7 @@
 use std::process::Command;
 
 use lifeline_tests::verifier::{figures, INSN_BUDGET, STACK_BUDGET};
-use lifeline_tests::{bin_path, require_root, ScratchFs};
+use lifeline_tests::{bin_path, preflight, ScratchFs};
 
 /// Runs `lifeline-agent check-capture` in `dir`: (success, stdout + stderr).
 fn check_capture(dir: &std::path::Path) -> (bool, String) {
@@ -26,7 +26,7 @@ fn check_capture(dir: &std::path::Path) -> (bool, String) {
 
 #[test]
 fn the_program_fits_the_verifier_with_margin_and_reports_exact_ranges() {
-    require_root();
+    preflight(&["lifeline-agent"]);
     let fs = ScratchFs::tmpfs(16);
     let (ok, out) = check_capture(fs.path());
     assert!(ok, "check-capture failed on this kernel:\n{out}");
@@ -55,7 +55,7 @@ fn the_program_fits_the_verifier_with_margin_and_reports_exact_ranges() {
 
 #[test]
 fn check_capture_fails_loudly_on_a_directory_that_does_not_exist() {
-    require_root();
+    preflight(&["lifeline-agent"]);
     let (ok, out) = check_capture(std::path::Path::new("/nonexistent/lifeline-check"));
     assert!(!ok, "check-capture succeeded without a directory:\n{out}");
     assert!(out.contains("capture: ebpf FAILED"), "no plain failure line:\n{out}");
