@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use lifeline_capture::{Capture, CaptureMsg, CaptureOptions, Resolver};
+use lifeline_capture::{Capture, CaptureMsg, CaptureOptions, PathResolver};
 use tokio::sync::Notify;
 use tracing::{error, info};
 
@@ -34,7 +34,7 @@ fn spawn_reader(
     shared: Arc<Shared>,
     reconcile_now: Arc<Notify>,
 ) -> anyhow::Result<()> {
-    let resolver = Resolver::new(roots.to_vec())?;
+    let resolver = PathResolver::new(roots.to_vec())?;
     // Shared writable mappings are watched on a thread of their own.
     let (map_tx, map_rx) = crossbeam_channel::unbounded();
     {
@@ -119,10 +119,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         CaptureMode::Off,
     ));
     let queue_dir = state_dir.join("queue");
-    let wal = scheduler::wal::Wal::open(&queue_dir)
+    let queue_log = scheduler::queue_log::QueueLog::open(&queue_dir)
         .with_context(|| format!("cannot open the queue log in {}", queue_dir.display()))?;
-    let queue_id = wal.queue_id();
-    if let Some(t) = wal.previous_write() {
+    let queue_id = queue_log.queue_id();
+    if let Some(t) = queue_log.previous_write() {
         // The previous run's last changes may not have reached the log.
         shared.suspect(t);
     }
@@ -202,11 +202,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || scheduler::run(queue_rx, batch_tx, shared, roots, opts, wal))?;
+            .spawn(move || scheduler::run(queue_rx, batch_tx, shared, roots, opts, queue_log))?;
     }
 
-    let queue = sender::Queue { batches: batch_rx, scheduler: queue_tx.clone(), id: queue_id };
-    tokio::spawn(sender::run(remote.clone(), queue, shared.clone(), reconcile_now.clone()));
+    let channels = sender::SendChannels { batches: batch_rx, scheduler: queue_tx.clone(), queue_id };
+    tokio::spawn(sender::run(remote.clone(), channels, shared.clone(), reconcile_now.clone()));
     tokio::spawn(reconcile::run(remote, roots, queue_tx, shared.clone(), reconcile_now.clone()));
     let every = match shared.capture_mode() {
         // The watcher misses more: reconcile often unless told otherwise.

@@ -26,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::remote::Remote;
-use crate::scheduler::dispatch::OutBatch;
+use crate::scheduler::dispatcher::OutBatch;
 use crate::scheduler::SchedMsg;
 use crate::status::Shared;
 
@@ -39,20 +39,23 @@ struct InFlight {
     paths: Vec<String>,
 }
 
-/// Where the sender gets its batches and tells the scheduler to replay.
-pub struct Queue {
+/// The sender's two ends of its links with the scheduler: the batches it
+/// sends, and the scheduler's own input channel (the queue unit), on which it
+/// tells the scheduler to replay and what the receiver acknowledged.
+pub struct SendChannels {
     pub batches: mpsc::Receiver<OutBatch>,
     pub scheduler: crossbeam_channel::Sender<SchedMsg>,
-    /// The queue log's id (see `scheduler::wal`).
-    pub id: u64,
+    /// The queue log's id (see `scheduler::queue_log`), which names the
+    /// queue to the receiver.
+    pub queue_id: u64,
 }
 
 /// Runs forever: connect, stream, and on failure start over.
-pub async fn run(remote: Remote, mut queue: Queue, shared: Arc<Shared>, reconcile: Arc<Notify>) {
+pub async fn run(remote: Remote, mut channels: SendChannels, shared: Arc<Shared>, reconcile: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     let mut epoch = 0u64;
     loop {
-        match stream(&remote, &mut queue, &mut epoch, &shared, &reconcile).await {
+        match stream(&remote, &mut channels, &mut epoch, &shared, &reconcile).await {
             Ok(()) => return, // the scheduler is gone: shutting down
             Err(e) => {
                 let was = shared.connected.swap(false, Relaxed);
@@ -91,7 +94,7 @@ fn is_refusal(e: &anyhow::Error) -> bool {
 
 async fn stream(
     remote: &Remote,
-    queue: &mut Queue,
+    channels: &mut SendChannels,
     epoch: &mut u64,
     shared: &Shared,
     reconcile: &Notify,
@@ -100,7 +103,7 @@ async fn stream(
     let (tx, rx) = mpsc::channel(2);
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     remote.identify(&mut req);
-    req.metadata_mut().insert(QUEUE_HEADER, format!("{:016x}", queue.id).parse()?);
+    req.metadata_mut().insert(QUEUE_HEADER, format!("{:016x}", channels.queue_id).parse()?);
     let mut acks = client.replicate(req).await?.into_inner();
     // The receiver speaks first, once this stream has its turn.
     let hello = acks.message().await?.ok_or_else(|| anyhow::anyhow!("receiver closed the stream at once"))?;
@@ -113,7 +116,7 @@ async fn stream(
         remote.endpoint(),
         remote.machine()
     );
-    queue
+    channels
         .scheduler
         .send(SchedMsg::Resume { epoch: *epoch, applied })
         .map_err(|_| anyhow::anyhow!("the scheduler is gone"))?;
@@ -144,7 +147,7 @@ async fn stream(
                 info!("reconciling: the receiver could not apply some ops, or made directories it was not sent");
                 reconcile.notify_one();
             }
-            b = queue.batches.recv(), if batches_open => {
+            b = channels.batches.recv(), if batches_open => {
                 let Some(b) = b else {
                     batches_open = false;
                     if inflight.is_empty() { return Ok(()); }
@@ -190,7 +193,7 @@ async fn stream(
                         );
                         shared.delta_fallbacks.fetch_add(1, Relaxed);
                         let whole = SchedMsg::Reconcile(vec![crate::scheduler::Reconcile::Path(path)]);
-                        if queue.scheduler.send(whole).is_err() {
+                        if channels.scheduler.send(whole).is_err() {
                             anyhow::bail!("the scheduler is gone");
                         }
                         continue;

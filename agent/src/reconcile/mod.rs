@@ -31,12 +31,12 @@ use lifeline_proto::v1::{tree_entry, ListTreeRequest, TreeEntries, TreeEntry};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-mod links;
+mod link_groups;
 
 use crate::remote::Remote;
 use crate::scheduler::{Reconcile, SchedMsg};
 use crate::status::Shared;
-use links::{LinkGroups, Name};
+use link_groups::{LinkGroups, Name};
 
 /// Waits for requests and reconciles, one at a time (requests made while one
 /// runs coalesce into one more run).

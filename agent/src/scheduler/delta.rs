@@ -3,7 +3,7 @@
 //! receiver holds an older copy of a file, the dispatcher fetches the
 //! signature of that copy (`GetSignature`) and sends an rsync-style delta
 //! against it (`FileDelta` ops) instead of the whole file; see
-//! `dispatch::BatchBuilder` and `receiver/src/delta.rs`.
+//! `dispatcher::BatchBuilder` and `receiver/src/delta.rs`.
 //!
 //! The dispatcher runs on the scheduler's own thread, which is not a tokio
 //! worker: it fetches the signature with `Handle::block_on` on the agent's

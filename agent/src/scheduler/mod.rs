@@ -1,14 +1,21 @@
-//! The scheduler: the queue unit (a channel fed in capture order), the
-//! schedule managing unit ([`coalesce`]) and the schedule processing unit
-//! (this loop), which dispatches after the interval, or sooner when enough is
-//! pending, and hands sequence-numbered batches to the network backup unit.
+//! The scheduler, in the design's words (`DESIGN.md`, "Words"):
+//!
+//! - the queue unit: the channel this thread reads ([`SchedMsg`], fed in
+//!   capture order) and its write-ahead log, [`queue_log::QueueLog`];
+//! - the schedule managing unit: [`coalescer::Coalescer`];
+//! - the schedule processing unit: [`dispatcher`], which dispatches after the
+//!   interval, or sooner when enough is pending, and hands sequence-numbered
+//!   batches to the network backup unit (`crate::sender`).
+//!
+//! This module holds the loop that ties them together: it takes in
+//! messages, keeps the log's checkpoint, and decides when to dispatch.
 
-pub mod coalesce;
+pub mod coalescer;
 pub mod delta;
-pub mod dispatch;
-pub mod links;
+pub mod dispatcher;
+pub mod hardlinks;
+pub mod queue_log;
 pub mod ranges;
-pub mod wal;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -16,15 +23,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{self as channel, RecvTimeoutError};
 use lifeline_capture::FileChange;
 use tracing::{debug, error, info, warn};
 
 use crate::status::Shared;
-use coalesce::{Coalescer, Item};
+use coalescer::{Coalescer, Item};
 use delta::{DeltaOptions, DeltaSource};
-use dispatch::{BatchBuilder, OutBatch};
-use wal::Wal;
+use dispatcher::{BatchBuilder, OutBatch};
+use queue_log::QueueLog;
 
 /// What the queue unit carries.
 #[derive(Debug)]
@@ -94,7 +101,7 @@ impl Default for SchedulerOptions {
 /// The schedule processing unit's state between two turns of its loop.
 struct Scheduler {
     co: Coalescer,
-    wal: Wal,
+    queue_log: QueueLog,
     shared: Arc<Shared>,
     opts: SchedulerOptions,
     /// Last op seq handed out.
@@ -131,16 +138,16 @@ const LOG_SYNC_EVERY: Duration = Duration::from_millis(50);
 
 /// Runs until the queue's senders are gone or the network side hangs up.
 pub fn run(
-    rx: Receiver<SchedMsg>,
+    rx: channel::Receiver<SchedMsg>,
     out: tokio::sync::mpsc::Sender<OutBatch>,
     shared: Arc<Shared>,
     roots: Vec<PathBuf>,
     opts: SchedulerOptions,
-    wal: Wal,
+    queue_log: QueueLog,
 ) {
     let mut s = Scheduler {
         co: Coalescer::new(roots),
-        wal,
+        queue_log,
         shared,
         opts,
         seq: 0,
@@ -155,7 +162,7 @@ pub fn run(
     let mut deadline: Option<Instant> = None;
     loop {
         let mut wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
-        if !s.inflight.is_empty() || s.wal.is_dirty() {
+        if !s.inflight.is_empty() || s.queue_log.is_dirty() {
             wait = wait.min(LOG_SYNC_EVERY);
         }
         match rx.recv_timeout(wait) {
@@ -172,7 +179,7 @@ pub fn run(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = s.wal.commit();
+                let _ = s.queue_log.commit();
                 return;
             }
         }
@@ -211,13 +218,13 @@ impl Scheduler {
         match msg {
             SchedMsg::Change(ch, at) => {
                 debug!(path = %ch.path.display(), kind = ?ch.kind, ino = ch.ino, "change");
-                let origin = match self.wal.append(&ch) {
+                let origin = match self.queue_log.append(&ch) {
                     Ok(o) => o,
                     Err(e) => {
                         let msg = format!(
                             "cannot write the queue log in {}: {e}; changes are kept in memory only until \
                              this is fixed (free space on that filesystem)",
-                            self.wal.dir().display()
+                            self.queue_log.dir().display()
                         );
                         error!("{msg}");
                         self.shared.set_error(msg);
@@ -261,7 +268,7 @@ impl Scheduler {
                 let replayed_at = now.checked_sub(HOLD_FRESH * 5).unwrap_or(now);
                 let (mut n, mut already) = (0u64, 0u64);
                 let co = &mut self.co;
-                let replayed = self.wal.replay(|l| {
+                let replayed = self.queue_log.replay(|l| {
                     n += 1;
                     if l.origin <= applied && is_tree_change(&l.change.kind) {
                         // Applied by the receiver though not (yet) acknowledged:
@@ -309,13 +316,13 @@ impl Scheduler {
             .inflight
             .iter()
             .map(|&(_, o)| o)
-            .chain([self.co.min_origin(), self.wal.next_origin()])
+            .chain([self.co.min_origin(), self.queue_log.next_origin()])
             .min()
             .expect("not empty");
-        if let Err(e) = self.wal.set_checkpoint(low_water) {
-            error!("cannot update the queue log in {}: {e}", self.wal.dir().display());
+        if let Err(e) = self.queue_log.set_checkpoint(low_water) {
+            error!("cannot update the queue log in {}: {e}", self.queue_log.dir().display());
         }
-        let bytes = self.wal.disk_bytes();
+        let bytes = self.queue_log.disk_bytes();
         if bytes > self.opts.queue_max_bytes {
             let msg = format!(
                 "the queue log reached {} MiB while the receiver was unreachable (limit {} MiB, \
@@ -325,13 +332,13 @@ impl Scheduler {
             );
             warn!("{msg}");
             self.shared.set_error(msg);
-            if let Err(e) = self.wal.discard() {
-                error!("cannot drop the queue log in {}: {e}", self.wal.dir().display());
+            if let Err(e) = self.queue_log.discard() {
+                error!("cannot drop the queue log in {}: {e}", self.queue_log.dir().display());
             }
             self.log_dropped = true;
         }
-        self.shared.queue_log_bytes.store(self.wal.disk_bytes(), Relaxed);
-        self.shared.unacked_changes.store(self.wal.next_origin() - self.wal.checkpoint(), Relaxed);
+        self.shared.queue_log_bytes.store(self.queue_log.disk_bytes(), Relaxed);
+        self.shared.unacked_changes.store(self.queue_log.next_origin() - self.queue_log.checkpoint(), Relaxed);
     }
 
     /// Sends everything pending; false when the network side is gone.
@@ -340,8 +347,8 @@ impl Scheduler {
         // before the acknowledgement replays it. (Written now; made durable
         // on the log's own thread within milliseconds, so that fdatasync
         // latency never delays replication.)
-        if let Err(e) = self.wal.commit() {
-            error!("cannot sync the queue log in {}: {e}", self.wal.dir().display());
+        if let Err(e) = self.queue_log.commit() {
+            error!("cannot sync the queue log in {}: {e}", self.queue_log.dir().display());
         }
         self.last_commit = Instant::now();
         let mut items = self.co.take().into_iter();
@@ -361,7 +368,7 @@ impl Scheduler {
         unsent.redirected = false;
         while let Some(item) = items.next() {
             if let Item::Content(c) = &item {
-                if unacked && matches!(c.what, coalesce::What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
+                if unacked && matches!(c.what, coalescer::What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
                     debug!(local = %c.local.display(), "delta waits for the acknowledgement of batches in flight");
                     held.push(item);
                     held.extend(items.by_ref());
@@ -466,7 +473,7 @@ struct Unsent {
 }
 
 impl Unsent {
-    fn sent_past(&mut self, c: &coalesce::Content) {
+    fn sent_past(&mut self, c: &coalescer::Content) {
         if self.names.len() >= UNSENT_MAX {
             // Names nothing referred to again; a link from one of them
             // fails at the receiver and is repaired by reconciliation.
@@ -499,10 +506,10 @@ impl Unsent {
                 debug!(from = %from.display(), to = %to.display(), "link source never reached the receiver; sending the new name whole");
                 self.redirected = true;
                 self.names.remove(&to);
-                Item::Content(coalesce::Content {
+                Item::Content(coalescer::Content {
                     remote: to.clone(),
                     local: to,
-                    what: coalesce::What::Check,
+                    what: coalescer::What::Check,
                     ino: 0,
                     dev: 0,
                     since,
@@ -547,13 +554,13 @@ mod tests {
         let root = d.path().canonicalize().unwrap();
         let (tmp, a, link) = (root.join("a.tmp"), root.join("a"), root.join("a.link0"));
         std::fs::write(&a, b"a later file took the name").unwrap();
-        let wal = Wal::open(&d.path().join("queue")).unwrap();
+        let queue_log = QueueLog::open(&d.path().join("queue")).unwrap();
         let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
         shared.connected.store(true, Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
         let (s2, r2) = (shared.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, SchedulerOptions::default(), wal));
+        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, SchedulerOptions::default(), queue_log));
         tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
         // Captured long enough ago that nothing waits for the vanished file.
         let at = Instant::now() - HOLD_FRESH * 2;
@@ -604,13 +611,13 @@ mod tests {
         for f in &files {
             std::fs::write(f, b"x").unwrap();
         }
-        let wal = Wal::open(&root.join("queue")).unwrap();
+        let queue_log = QueueLog::open(&root.join("queue")).unwrap();
         let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
         let (tx, rx) = crossbeam_channel::unbounded();
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
         let opts = SchedulerOptions { queue_max_bytes: 4096, ..Default::default() };
         let (s2, r2) = (shared.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, opts, wal));
+        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, opts, queue_log));
         // The receiver is away: the log grows past 4 KiB and is dropped.
         for f in &files {
             tx.send(change(f)).unwrap();

@@ -14,7 +14,7 @@ use lifeline_proto::v1::{self as pb, op::Kind};
 use rustix::fs::OFlags;
 use tracing::{debug, warn};
 
-use super::coalesce::{Content, Item, What, NO_ORIGIN};
+use super::coalescer::{Content, Item, What, NO_ORIGIN};
 use super::delta::DeltaSource;
 
 /// A batch ready for the network, with what the sender needs to account for it.
