@@ -28,9 +28,9 @@ use lifeline_capture::FileChange;
 use tracing::{debug, error, info, warn};
 
 use crate::status::Shared;
-use coalescer::{Coalescer, Item};
+use coalescer::Coalescer;
 use delta::{DeltaOptions, DeltaSource};
-use dispatcher::{BatchBuilder, OutBatch};
+use dispatcher::{OutBatch, Unsent, HOLD_FRESH};
 use queue_log::QueueLog;
 
 /// What the queue unit carries.
@@ -118,19 +118,6 @@ struct Scheduler {
     /// refers to them may wait behind another vanished object).
     unsent: Unsent,
 }
-
-/// Dispatch rounds the queue waits behind an object that vanished at send
-/// time before sending past it (about 4 intervals each).
-const HOLD_ROUNDS: u32 = 5;
-/// ... and only for a change captured this recently.
-const HOLD_FRESH: Duration = Duration::from_secs(2);
-
-/// A reconciliation's delta waits (with everything after it) while batches
-/// are unacknowledged, for at most this long: its signature must describe the
-/// mirror after what is already on its way. Otherwise a file found different
-/// again before its first delta was applied gets a second delta against the
-/// old copy, which the receiver refuses (and the file is sent whole).
-const DELTA_WAIT: Duration = Duration::from_secs(3);
 
 /// How often the log is made durable while nothing is dispatched, and how
 /// often acknowledgements move its checkpoint.
@@ -339,186 +326,6 @@ impl Scheduler {
         }
         self.shared.queue_log_bytes.store(self.queue_log.disk_bytes(), Relaxed);
         self.shared.unacked_changes.store(self.queue_log.next_origin() - self.queue_log.checkpoint(), Relaxed);
-    }
-
-    /// Sends everything pending; false when the network side is gone.
-    fn dispatch(&mut self, out: &tokio::sync::mpsc::Sender<OutBatch>) -> bool {
-        // What is sent must be in the log first: a crash after sending and
-        // before the acknowledgement replays it. (Written now; made durable
-        // on the log's own thread within milliseconds, so that fdatasync
-        // latency never delays replication.)
-        if let Err(e) = self.queue_log.commit() {
-            error!("cannot sync the queue log in {}: {e}", self.queue_log.dir().display());
-        }
-        self.last_commit = Instant::now();
-        let mut items = self.co.take().into_iter();
-        let mut closed = false;
-        let unacked = !self.inflight.is_empty();
-        let inflight = &mut self.inflight;
-        let mut send = |b: OutBatch| {
-            inflight.push_back((b.last_seq, b.min_origin));
-            if out.blocking_send(b).is_err() {
-                closed = true;
-            }
-        };
-        let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.delta.as_mut());
-        let mut held = Vec::new();
-        let mut back = Vec::new();
-        let unsent = &mut self.unsent;
-        unsent.redirected = false;
-        while let Some(item) = items.next() {
-            if let Item::Content(c) = &item {
-                if unacked && matches!(c.what, coalescer::What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
-                    debug!(local = %c.local.display(), "delta waits for the acknowledgement of batches in flight");
-                    held.push(item);
-                    held.extend(items.by_ref());
-                    break;
-                }
-            }
-            let item = unsent.redirect(item);
-            // Content sent: the receiver has it under that name now.
-            let remote = match &item {
-                Item::Content(c) if !unsent.names.is_empty() => Some(c.remote.clone()),
-                _ => None,
-            };
-            let Some(mut c) = builder.item(item) else {
-                if let Some(r) = remote {
-                    unsent.names.remove(&r);
-                }
-                continue;
-            };
-            // A linked file whose entry lost track of its name: read it
-            // through the name it has now.
-            if self.co.relocate(&mut c) {
-                match builder.item(Item::Content(c)) {
-                    None => continue,
-                    Some(back) => c = back,
-                }
-            }
-            // The object vanished since its change: renamed or replaced, and
-            // that event is usually on its way. Later ops may refer to it by
-            // the name it had (a link, a rename), so everything after it
-            // waits, in order, for a few rounds.
-            // Only fresh changes, whose next event is on its way; a backlog
-            // (a replay, a long cut) would be held object after object.
-            if c.deferrals < HOLD_ROUNDS && c.since.elapsed() < HOLD_FRESH {
-                debug!(local = %c.local.display(), "vanished at send time; holding the rest of the queue");
-                c.deferrals += 1;
-                held.push(Item::Content(c));
-                held.extend(items.by_ref());
-                break;
-            }
-            unsent.sent_past(&c);
-            back.push(c);
-        }
-        builder.flush();
-        let stale_links = builder.stale_links;
-        drop(builder);
-        if closed {
-            return false;
-        }
-        self.co.restore(held);
-        // Still gone after that: sent past, and retried by its current name.
-        let mut given_up = 0;
-        let mut oldest_given_up = std::time::SystemTime::now();
-        for c in back {
-            debug!(local = %c.local.display(), "vanished at send time; deferred");
-            if c.since.elapsed() < self.opts.vanished_timeout {
-                self.co.requeue(c);
-            } else {
-                debug!("{} vanished and never came back", c.local.display());
-                given_up += 1;
-                oldest_given_up = oldest_given_up.min(std::time::SystemTime::now() - c.since.elapsed());
-            }
-        }
-        if self.unsent.redirected || stale_links > 0 {
-            // Names linked by a check instead of a link, or a reconciliation's
-            // link whose names were renamed since: split in the mirror until
-            // a reconciliation links them again.
-            if let Some(r) = &self.opts.reconcile {
-                r.notify_one();
-            }
-        }
-        if given_up > 0 {
-            // Their data may live on under names the queue does not know (or
-            // a reconciliation's finding merged into them went with them).
-            info!(entries = given_up, "gave up on objects that vanished; reconciling");
-            // What they carried may have reached the mirror in part, with
-            // the file's current size and mtime: compare by content.
-            self.shared.suspect(oldest_given_up);
-            if let Some(r) = &self.opts.reconcile {
-                r.notify_one();
-            }
-        }
-        true
-    }
-}
-
-/// Mirror names whose content was sent past because the object had
-/// vanished: the receiver has nothing (or an older object) there, until
-/// content for the name is sent or a rename or removal moves it on.
-///
-/// A link from such a name would fail at the receiver ("link source is
-/// missing"): that happens when a file is created, renamed, linked and
-/// unlinked again before the agent reads it (a busy machine). The link is
-/// sent as a check of its new name instead: whatever is there now goes whole,
-/// or is removed.
-const UNSENT_MAX: usize = 4096;
-
-#[derive(Default)]
-struct Unsent {
-    names: std::collections::HashSet<PathBuf>,
-    /// A link became a check.
-    redirected: bool,
-}
-
-impl Unsent {
-    fn sent_past(&mut self, c: &coalescer::Content) {
-        if self.names.len() >= UNSENT_MAX {
-            // Names nothing referred to again; a link from one of them
-            // fails at the receiver and is repaired by reconciliation.
-            self.names.clear();
-        }
-        self.names.insert(c.remote.clone());
-    }
-
-    /// `item`, or what to send instead; follows the names through renames.
-    fn redirect(&mut self, item: Item) -> Item {
-        if self.names.is_empty() {
-            return item;
-        }
-        match item {
-            Item::Rename { ref from, ref to, exchange, .. } => {
-                let (f, t) = (self.names.remove(from), self.names.remove(to));
-                if f {
-                    self.names.insert(to.clone());
-                }
-                if t && exchange {
-                    self.names.insert(from.clone());
-                }
-                item
-            }
-            Item::Remove { ref path, .. } => {
-                self.names.remove(path);
-                item
-            }
-            Item::Link { from, to, since, origin, verify: None } if self.names.contains(&from) => {
-                debug!(from = %from.display(), to = %to.display(), "link source never reached the receiver; sending the new name whole");
-                self.redirected = true;
-                self.names.remove(&to);
-                Item::Content(coalescer::Content {
-                    remote: to.clone(),
-                    local: to,
-                    what: coalescer::What::Check,
-                    ino: 0,
-                    dev: 0,
-                    since,
-                    deferrals: HOLD_ROUNDS,
-                    origin,
-                })
-            }
-            other => other,
-        }
     }
 }
 
