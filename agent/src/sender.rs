@@ -59,6 +59,9 @@ pub async fn run(remote: Remote, mut channels: SendChannels, shared: Arc<Shared>
             Ok(()) => return, // the scheduler is gone: shutting down
             Err(e) => {
                 let was = shared.connected.swap(false, Relaxed);
+                if channels.scheduler.send(SchedMsg::Disconnected).is_err() {
+                    return; // shutting down
+                }
                 shared.unacked_ops.store(0, Relaxed);
                 shared.oldest_unacked_ms.store(u64::MAX, Relaxed);
                 let msg = if is_refusal(&e) {
@@ -216,6 +219,11 @@ async fn stream(
                     repair.needed();
                 }
                 shared.acked_seq.fetch_max(ack.applied_seq, Relaxed);
+                // The scheduler drops what the receiver made durable from its
+                // queue log.
+                if channels.scheduler.send(SchedMsg::Acked { seq: ack.applied_seq }).is_err() {
+                    anyhow::bail!("the scheduler is gone");
+                }
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {
                     let f = inflight.pop_front().expect("checked");
                     shared.replicated(&f.paths);

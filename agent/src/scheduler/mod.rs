@@ -44,6 +44,15 @@ pub enum SchedMsg {
     /// up to origin `applied`: replay the log from its checkpoint, and build
     /// batches for stream `epoch` from now on.
     Resume { epoch: u64, applied: u64 },
+    /// The receiver made every op up to `seq` durable: the batches that
+    /// carried them leave the scheduler's in-flight list, and their changes
+    /// the queue log at the next checkpoint. (From the sender, in the order
+    /// it read the acknowledgements: the scheduler reacts to them instead of
+    /// polling a figure.)
+    Acked { seq: u64 },
+    /// The stream to the receiver broke: dispatch holds until the next
+    /// `Resume` (batches built meanwhile would be dropped by the sender).
+    Disconnected,
 }
 
 /// A reconciliation finding.
@@ -108,8 +117,12 @@ struct Scheduler {
     seq: u64,
     /// The sender's stream this scheduler builds batches for (0: none yet).
     epoch: u64,
+    /// Whether the sender has a stream (between `Resume` and `Disconnected`).
+    connected: bool,
     /// Batches sent and not yet acknowledged: (last op seq, oldest origin).
     inflight: VecDeque<(u64, u64)>,
+    /// An acknowledgement arrived since the log's checkpoint last moved.
+    acked_since_checkpoint: bool,
     last_commit: Instant,
     delta: Option<DeltaSource>,
     /// The log was dropped for its size: the coalescer holds more than it.
@@ -139,7 +152,9 @@ pub fn run(
         opts,
         seq: 0,
         epoch: 0,
+        connected: false,
         inflight: VecDeque::new(),
+        acked_since_checkpoint: false,
         last_commit: Instant::now(),
         delta: None,
         log_dropped: false,
@@ -149,7 +164,9 @@ pub fn run(
     let mut deadline: Option<Instant> = None;
     loop {
         let mut wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
-        if !s.inflight.is_empty() || s.queue_log.is_dirty() {
+        // The log waits to be made durable, or its checkpoint to move past
+        // what was acknowledged.
+        if s.acked_since_checkpoint || s.queue_log.is_dirty() {
             wait = wait.min(LOG_SYNC_EVERY);
         }
         match rx.recv_timeout(wait) {
@@ -181,7 +198,7 @@ pub fn run(
         }
         // Paused (the GUI's or CLI's `pause`): hold sending exactly as while
         // disconnected; changes are still captured, logged and coalesced.
-        if s.epoch == 0 || !s.shared.connected.load(Relaxed) || s.shared.paused.load(Relaxed) {
+        if s.epoch == 0 || !s.connected || s.shared.paused.load(Relaxed) {
             // Keep coalescing until the receiver is back (or resumed).
             deadline = Some(now + Duration::from_millis(50));
             continue;
@@ -232,11 +249,19 @@ impl Scheduler {
                     }
                 }
             }
+            SchedMsg::Acked { seq } => {
+                while self.inflight.front().is_some_and(|&(last, _)| last <= seq) {
+                    self.inflight.pop_front();
+                    self.acked_since_checkpoint = true;
+                }
+            }
+            SchedMsg::Disconnected => self.connected = false,
             SchedMsg::Resume { epoch, applied } if self.log_dropped => {
                 // The log lacks what it dropped; the coalescer still holds it
                 // all but the batches that were in flight, which the
                 // reconciliation after this connection finds.
                 self.epoch = epoch;
+                self.connected = true;
                 self.inflight.clear();
                 self.unsent = Unsent::default();
                 self.log_dropped = false;
@@ -248,6 +273,7 @@ impl Scheduler {
                 // it started.
                 let first = self.epoch == 0;
                 self.epoch = epoch;
+                self.connected = true;
                 self.inflight.clear();
                 self.unsent = Unsent::default();
                 self.co.resume(applied);
@@ -288,17 +314,14 @@ impl Scheduler {
         }
     }
 
-    /// Forgets acknowledged batches, moves the log's checkpoint, and makes
-    /// the log durable now and then while nothing is sent.
+    /// Moves the log's checkpoint past what was acknowledged, and makes the
+    /// log durable now and then while nothing is sent.
     fn housekeeping(&mut self) {
-        let acked = self.shared.acked_seq.load(Relaxed);
-        while self.inflight.front().is_some_and(|&(last, _)| last <= acked) {
-            self.inflight.pop_front();
-        }
         if self.last_commit.elapsed() < LOG_SYNC_EVERY {
             return;
         }
         self.last_commit = Instant::now();
+        self.acked_since_checkpoint = false;
         let low_water = self
             .inflight
             .iter()
