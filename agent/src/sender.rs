@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 use crate::remote::Remote;
 use crate::scheduler::dispatcher::OutBatch;
 use crate::scheduler::SchedMsg;
-use crate::status::Shared;
+use crate::status::Counters;
 
 struct InFlight {
     last_seq: u64,
@@ -51,19 +51,19 @@ pub struct SendChannels {
 }
 
 /// Runs forever: connect, stream, and on failure start over.
-pub async fn run(remote: Remote, mut channels: SendChannels, shared: Arc<Shared>, reconcile: Arc<Notify>) {
+pub async fn run(remote: Remote, mut channels: SendChannels, counters: Arc<Counters>, reconcile: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     let mut epoch = 0u64;
     loop {
-        match stream(&remote, &mut channels, &mut epoch, &shared, &reconcile).await {
+        match stream(&remote, &mut channels, &mut epoch, &counters, &reconcile).await {
             Ok(()) => return, // the scheduler is gone: shutting down
             Err(e) => {
-                let was = shared.connected.swap(false, Relaxed);
+                let was = counters.connected.swap(false, Relaxed);
                 if channels.scheduler.send(SchedMsg::Disconnected).is_err() {
                     return; // shutting down
                 }
-                shared.unacked_ops.store(0, Relaxed);
-                shared.oldest_unacked_ms.store(u64::MAX, Relaxed);
+                counters.unacked_ops.store(0, Relaxed);
+                counters.oldest_unacked_ms.store(u64::MAX, Relaxed);
                 let msg = if is_refusal(&e) {
                     format!("the receiver {} refused this agent: {e:#}; retrying", remote.endpoint())
                 } else {
@@ -78,7 +78,7 @@ pub async fn run(remote: Remote, mut channels: SendChannels, shared: Arc<Shared>
                     // A connection that worked: the next try comes quickly.
                     backoff = Duration::from_millis(100);
                 }
-                shared.set_error(msg);
+                counters.set_error(msg);
                 tokio::time::sleep(backoff).await;
                 // At most half a second apart: a receiver back after a long
                 // cut is found at once (attempts are cheap).
@@ -99,7 +99,7 @@ async fn stream(
     remote: &Remote,
     channels: &mut SendChannels,
     epoch: &mut u64,
-    shared: &Shared,
+    counters: &Counters,
     reconcile: &Notify,
 ) -> anyhow::Result<()> {
     let mut client = remote.connect().await?;
@@ -123,7 +123,7 @@ async fn stream(
         .scheduler
         .send(SchedMsg::Resume { epoch: *epoch, applied })
         .map_err(|_| anyhow::anyhow!("the scheduler is gone"))?;
-    shared.connected.store(true, Relaxed);
+    counters.connected.store(true, Relaxed);
     // What the log cannot know (changes while the agent was not running,
     // lost kernel events): reconcile.
     reconcile.notify_one();
@@ -140,7 +140,7 @@ async fn stream(
     loop {
         tokio::select! {
             _ = tick.tick(), if settle.waiting() => {
-                if settle.quiet(inflight.is_empty() && shared.pending.load(Relaxed) == 0) {
+                if settle.quiet(inflight.is_empty() && counters.pending.load(Relaxed) == 0) {
                     info!("reconciling: the queue is quiet after a replay");
                     reconcile.notify_one();
                 }
@@ -160,11 +160,11 @@ async fn stream(
                     continue; // built for an older stream; replayed
                 }
                 let ops = b.batch.ops.len() as u64;
-                shared.ops_sent.fetch_add(ops, Relaxed);
-                shared.count_sent(b.bytes);
-                shared.unacked_ops.fetch_add(ops, Relaxed);
+                counters.ops_sent.fetch_add(ops, Relaxed);
+                counters.count_sent(b.bytes);
+                counters.unacked_ops.fetch_add(ops, Relaxed);
                 if inflight.is_empty() {
-                    shared.oldest_unacked_ms.store(shared.ms(b.oldest), Relaxed);
+                    counters.oldest_unacked_ms.store(counters.ms(b.oldest), Relaxed);
                 }
                 let paths = recent_paths(&b.batch);
                 inflight.push_back(InFlight { last_seq: b.last_seq, oldest: b.oldest, ops, paths });
@@ -179,7 +179,7 @@ async fn stream(
                     .implied_dirs
                     .iter()
                     .map(|p| lifeline_core::wirepath::to_local(p))
-                    .find(|p| shared.watched.iter().any(|w| p.starts_with(w)));
+                    .find(|p| counters.watched.iter().any(|w| p.starts_with(w)));
                 if let Some(dir) = implied {
                     debug!(dir = %dir.display(), "the receiver made directories it was not sent");
                     repair.needed();
@@ -194,7 +194,7 @@ async fn stream(
                             path.display(),
                             e.message
                         );
-                        shared.delta_fallbacks.fetch_add(1, Relaxed);
+                        counters.delta_fallbacks.fetch_add(1, Relaxed);
                         let whole = SchedMsg::Reconcile(vec![crate::scheduler::Reconcile::Path(path)]);
                         if channels.scheduler.send(whole).is_err() {
                             anyhow::bail!("the scheduler is gone");
@@ -208,17 +208,17 @@ async fn stream(
                         e.message
                     );
                     warn!("{msg}");
-                    shared.set_error(msg);
+                    counters.set_error(msg);
                     // What the op carried is not in the mirror, and later
                     // changes may have built on it there (a write through a
                     // name whose link failed): until a reconciliation runs
                     // after things are quiet, files changed since the op's
                     // batch was captured are compared by content.
                     let captured = inflight.front().map_or(Instant::now(), |f| f.oldest);
-                    shared.suspect(std::time::SystemTime::now() - captured.elapsed());
+                    counters.suspect(std::time::SystemTime::now() - captured.elapsed());
                     repair.needed();
                 }
-                shared.acked_seq.fetch_max(ack.applied_seq, Relaxed);
+                counters.acked_seq.fetch_max(ack.applied_seq, Relaxed);
                 // The scheduler drops what the receiver made durable from its
                 // queue log.
                 if channels.scheduler.send(SchedMsg::Acked { seq: ack.applied_seq }).is_err() {
@@ -226,11 +226,11 @@ async fn stream(
                 }
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {
                     let f = inflight.pop_front().expect("checked");
-                    shared.replicated(&f.paths);
-                    shared.unacked_ops.fetch_sub(f.ops.min(shared.unacked_ops.load(Relaxed)), Relaxed);
+                    counters.replicated(&f.paths);
+                    counters.unacked_ops.fetch_sub(f.ops.min(counters.unacked_ops.load(Relaxed)), Relaxed);
                 }
                 let oldest = inflight.iter().map(|f| f.oldest).min();
-                shared.oldest_unacked_ms.store(oldest.map_or(u64::MAX, |t| shared.ms(t)), Relaxed);
+                counters.oldest_unacked_ms.store(oldest.map_or(u64::MAX, |t| counters.ms(t)), Relaxed);
                 if !batches_open && inflight.is_empty() {
                     return Ok(());
                 }
@@ -277,7 +277,7 @@ impl Settle {
 /// the receiver) does not keep the trees being compared. Each error also
 /// marks the files changed since its batch as suspect (compared by
 /// content), and reconciliation repeats until one runs after the errors
-/// stop (see `Shared::settle_suspect`).
+/// stop (see `Counters::settle_suspect`).
 struct Repair {
     /// When to reconcile (None: not asked for).
     at: Option<tokio::time::Instant>,

@@ -29,7 +29,7 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::remote::Remote;
-use crate::status::Shared;
+use crate::status::Counters;
 
 /// Files smaller than this are sent whole (see `bench/reconcile.py`).
 pub const DELTA_MIN_SIZE: u64 = 256 << 10;
@@ -70,21 +70,21 @@ pub struct BaseSignature {
 /// Fetches signatures, keeping one connection for all of them.
 pub struct DeltaSource {
     opts: DeltaOptions,
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
     client: Option<ReplicationClient<Channel>>,
 }
 
 impl DeltaSource {
-    pub fn new(opts: DeltaOptions, shared: Arc<Shared>) -> DeltaSource {
-        DeltaSource { opts, shared, client: None }
+    pub fn new(opts: DeltaOptions, counters: Arc<Counters>) -> DeltaSource {
+        DeltaSource { opts, counters, client: None }
     }
 
     pub fn min_size(&self) -> u64 {
         self.opts.min_size
     }
 
-    pub fn shared(&self) -> &Shared {
-        &self.shared
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The signature of the mirror's file at wire path `wire` (blocking).
@@ -115,7 +115,7 @@ impl DeltaSource {
                 .await
                 .context("the receiver stopped sending the signature")??;
             let Some(msg) = msg else { break };
-            self.shared.signature_bytes.fetch_add(msg.encoded_len() as u64, Relaxed);
+            self.counters.signature_bytes.fetch_add(msg.encoded_len() as u64, Relaxed);
             if sig.is_none() {
                 let h = msg.header.as_ref().context("the signature has no header")?;
                 if !(MIN_BLOCK_LEN..=MAX_BLOCK_LEN).contains(&h.block_len)

@@ -155,7 +155,7 @@ impl Scheduler {
             info!(entries = given_up, "gave up on objects that vanished; reconciling");
             // What they carried may have reached the mirror in part, with
             // the file's current size and mtime: compare by content.
-            self.shared.suspect(oldest_given_up);
+            self.counters.suspect(oldest_given_up);
             if let Some(r) = &self.opts.reconcile {
                 r.notify_one();
             }
@@ -633,7 +633,7 @@ impl BatchBuilder<'_> {
         let base = match source.fetch(&wire) {
             Ok(b) => b,
             Err(e) => {
-                source.shared().delta_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                source.counters().delta_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 debug!("no signature of {} from the receiver ({e:#}); sending it whole", c.remote.display());
                 return self.file(&whole, &[], true, None);
             }
@@ -695,7 +695,7 @@ impl BatchBuilder<'_> {
                 piece.attr = Some(attr);
                 self.push(&c.remote, Kind::Delta(piece), since);
                 if let Some(d) = self.delta.as_ref() {
-                    d.shared().deltas.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    d.counters().deltas.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 debug!(
                     "delta of {}: {} bytes copied, {} literal; signature of {} bytes in {:?}, diff in {:?}",

@@ -27,7 +27,7 @@ use crossbeam_channel::{self as channel, RecvTimeoutError};
 use lifeline_capture::FileChange;
 use tracing::{debug, error, info, warn};
 
-use crate::status::Shared;
+use crate::status::{Controls, Counters};
 use coalescer::Coalescer;
 use delta::{DeltaOptions, DeltaSource};
 use dispatcher::{OutBatch, Unsent, HOLD_FRESH};
@@ -91,6 +91,8 @@ pub struct SchedulerOptions {
     /// Where to ask for a reconciliation (for what the scheduler gives up
     /// on); `None` in tests.
     pub reconcile: Option<Arc<tokio::sync::Notify>>,
+    /// The control socket's switches (the scheduler obeys `pause`).
+    pub controls: Arc<Controls>,
 }
 
 impl Default for SchedulerOptions {
@@ -103,6 +105,7 @@ impl Default for SchedulerOptions {
             delta: None,
             queue_max_bytes: 1 << 30,
             reconcile: None,
+            controls: Arc::default(),
         }
     }
 }
@@ -111,7 +114,7 @@ impl Default for SchedulerOptions {
 struct Scheduler {
     co: Coalescer,
     queue_log: QueueLog,
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
     opts: SchedulerOptions,
     /// Last op seq handed out.
     seq: u64,
@@ -140,7 +143,7 @@ const LOG_SYNC_EVERY: Duration = Duration::from_millis(50);
 pub fn run(
     rx: channel::Receiver<SchedMsg>,
     out: tokio::sync::mpsc::Sender<OutBatch>,
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
     roots: Vec<PathBuf>,
     opts: SchedulerOptions,
     queue_log: QueueLog,
@@ -148,7 +151,7 @@ pub fn run(
     let mut s = Scheduler {
         co: Coalescer::new(roots),
         queue_log,
-        shared,
+        counters,
         opts,
         seq: 0,
         epoch: 0,
@@ -160,7 +163,7 @@ pub fn run(
         log_dropped: false,
         unsent: Unsent::default(),
     };
-    s.delta = s.opts.delta.clone().map(|o| DeltaSource::new(o, s.shared.clone()));
+    s.delta = s.opts.delta.clone().map(|o| DeltaSource::new(o, s.counters.clone()));
     let mut deadline: Option<Instant> = None;
     loop {
         let mut wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
@@ -188,7 +191,7 @@ pub fn run(
             }
         }
         s.housekeeping();
-        publish(&s.shared, &s.co);
+        publish(&s.counters, &s.co);
         let now = Instant::now();
         let due = deadline.is_some_and(|d| now >= d)
             || s.co.pending_bytes() >= s.opts.eager_bytes
@@ -198,7 +201,7 @@ pub fn run(
         }
         // Paused (the GUI's or CLI's `pause`): hold sending exactly as while
         // disconnected; changes are still captured, logged and coalesced.
-        if s.epoch == 0 || !s.connected || s.shared.paused.load(Relaxed) {
+        if s.epoch == 0 || !s.connected || s.opts.controls.paused() {
             // Keep coalescing until the receiver is back (or resumed).
             deadline = Some(now + Duration::from_millis(50));
             continue;
@@ -213,7 +216,7 @@ pub fn run(
         } else {
             Some(Instant::now() + s.opts.interval.max(Duration::from_millis(2)) * 4)
         };
-        publish(&s.shared, &s.co);
+        publish(&s.counters, &s.co);
     }
 }
 
@@ -231,7 +234,7 @@ impl Scheduler {
                             self.queue_log.dir().display()
                         );
                         error!("{msg}");
-                        self.shared.set_error(msg);
+                        self.counters.set_error(msg);
                         // Unguarded: applied again on a replay, which is safe.
                         0
                     }
@@ -301,7 +304,7 @@ impl Scheduler {
                     // stale bytes look current to reconciliation.
                     self.co.read_files_whole();
                 }
-                self.shared.replays.fetch_add(1, Relaxed);
+                self.counters.replays.fetch_add(1, Relaxed);
                 info!(
                     epoch,
                     receiver_applied = applied,
@@ -341,14 +344,14 @@ impl Scheduler {
                 self.opts.queue_max_bytes >> 20
             );
             warn!("{msg}");
-            self.shared.set_error(msg);
+            self.counters.set_error(msg);
             if let Err(e) = self.queue_log.discard() {
                 error!("cannot drop the queue log in {}: {e}", self.queue_log.dir().display());
             }
             self.log_dropped = true;
         }
-        self.shared.queue_log_bytes.store(self.queue_log.disk_bytes(), Relaxed);
-        self.shared.unacked_changes.store(self.queue_log.next_origin() - self.queue_log.checkpoint(), Relaxed);
+        self.counters.queue_log_bytes.store(self.queue_log.disk_bytes(), Relaxed);
+        self.counters.unacked_changes.store(self.queue_log.next_origin() - self.queue_log.checkpoint(), Relaxed);
     }
 }
 
@@ -358,9 +361,9 @@ fn is_tree_change(kind: &lifeline_capture::ChangeKind) -> bool {
     matches!(kind, Unlink | Rmdir | Rename { .. } | Link { .. })
 }
 
-fn publish(shared: &Shared, co: &Coalescer) {
-    shared.pending.store(co.len() as u64, Relaxed);
-    shared.oldest_pending_ms.store(co.oldest().map_or(u64::MAX, |t| shared.ms(t)), Relaxed);
+fn publish(counters: &Counters, co: &Coalescer) {
+    counters.pending.store(co.len() as u64, Relaxed);
+    counters.oldest_pending_ms.store(co.oldest().map_or(u64::MAX, |t| counters.ms(t)), Relaxed);
 }
 
 #[cfg(test)]
@@ -385,12 +388,12 @@ mod tests {
         let (tmp, a, link) = (root.join("a.tmp"), root.join("a"), root.join("a.link0"));
         std::fs::write(&a, b"a later file took the name").unwrap();
         let queue_log = QueueLog::open(&d.path().join("queue")).unwrap();
-        let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
-        shared.connected.store(true, Relaxed);
+        let counters = Arc::new(Counters::new("r".into(), "m".into(), vec![]));
+        counters.connected.store(true, Relaxed);
         let (tx, rx) = crossbeam_channel::unbounded();
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
-        let (s2, r2) = (shared.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, SchedulerOptions::default(), queue_log));
+        let (c2, r2) = (counters.clone(), vec![root.clone()]);
+        let t = std::thread::spawn(move || run(rx, out_tx, c2, r2, SchedulerOptions::default(), queue_log));
         tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
         // Captured long enough ago that nothing waits for the vanished file.
         let at = Instant::now() - HOLD_FRESH * 2;
@@ -442,24 +445,24 @@ mod tests {
             std::fs::write(f, b"x").unwrap();
         }
         let queue_log = QueueLog::open(&root.join("queue")).unwrap();
-        let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
+        let counters = Arc::new(Counters::new("r".into(), "m".into(), vec![]));
         let (tx, rx) = crossbeam_channel::unbounded();
         let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
         let opts = SchedulerOptions { queue_max_bytes: 4096, ..Default::default() };
-        let (s2, r2) = (shared.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, opts, queue_log));
+        let (c2, r2) = (counters.clone(), vec![root.clone()]);
+        let t = std::thread::spawn(move || run(rx, out_tx, c2, r2, opts, queue_log));
         // The receiver is away: the log grows past 4 KiB and is dropped.
         for f in &files {
             tx.send(change(f)).unwrap();
         }
         let dropped = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            shared.last_error.lock().unwrap().as_deref().is_some_and(|e| e.contains("dropped"))
+            counters.last_error.lock().unwrap().as_deref().is_some_and(|e| e.contains("dropped"))
         });
-        assert!(dropped, "no drop reported: {:?}", shared.last_error.lock().unwrap());
-        assert!(shared.queue_log_bytes.load(Relaxed) < 4096);
+        assert!(dropped, "no drop reported: {:?}", counters.last_error.lock().unwrap());
+        assert!(counters.queue_log_bytes.load(Relaxed) < 4096);
         // Back: everything still goes out, without a replay.
-        shared.connected.store(true, Relaxed);
+        counters.connected.store(true, Relaxed);
         tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
         let mut sent = std::collections::HashSet::new();
         while sent.len() < files.len() {
@@ -467,7 +470,7 @@ mod tests {
             assert_eq!(b.epoch, 1);
             sent.extend(b.batch.ops.iter().map(|o| o.path.clone()));
         }
-        assert_eq!(shared.replays.load(Relaxed), 0);
+        assert_eq!(counters.replays.load(Relaxed), 0);
         drop(tx);
         drop(out_rx);
         t.join().unwrap();
