@@ -183,20 +183,16 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     {
         let counters = counters.clone();
         let roots = roots.clone();
-        // Reconciliation's deltas fetch signatures from the scheduler's thread.
-        let delta = scheduler::delta::DeltaOptions {
-            remote: remote.clone(),
-            handle: tokio::runtime::Handle::current(),
-            // (The environment variable is for measuring the threshold:
-            // bench/reconcile.py's workload (c).)
-            min_size: std::env::var("LIFELINE_DELTA_MIN_SIZE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(scheduler::delta::DELTA_MIN_SIZE),
-        };
+        // Reconciliation's big files go to the sender as delta jobs (it
+        // fetches the signatures). (The environment variable is for
+        // measuring the threshold: bench/reconcile.py's workload (c).)
+        let delta_min_size = std::env::var("LIFELINE_DELTA_MIN_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(scheduler::dispatcher::DELTA_MIN_SIZE);
         let opts = SchedulerOptions {
             interval: cfg.interval(),
-            delta: Some(delta),
+            delta_min_size: Some(delta_min_size),
             queue_max_bytes: cfg.queue_max_bytes(),
             reconcile: Some(reconcile_now.clone()),
             controls: controls.clone(),

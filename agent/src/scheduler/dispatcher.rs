@@ -19,8 +19,51 @@ use rustix::fs::OFlags;
 use tracing::{debug, error, info, warn};
 
 use super::coalescer::{Content, Item, What, NO_ORIGIN};
-use super::delta::DeltaSource;
 use super::Scheduler;
+
+/// Files smaller than this are sent whole (see `bench/reconcile.py`): below
+/// it the round trip for the signature costs about what the file does.
+pub const DELTA_MIN_SIZE: u64 = 256 << 10;
+
+/// What the dispatcher hands the network backup unit, in order.
+pub enum Outgoing {
+    Batch(OutBatch),
+    /// A reconciliation's file to send as a delta: the sender fetches the
+    /// signature of the mirror's copy and builds the ops (see [`DeltaJob`]).
+    Delta(Box<DeltaJob>),
+}
+
+/// A regular file reconciliation found different from the mirror's older
+/// copy, big enough for a delta, opened at dispatch. Fetching the copy's
+/// signature is a network call, which the scheduler's thread does not make:
+/// the sender runs the job ([`DeltaJob::build`]), and the ops it builds keep
+/// their place in the order, numbered within the span of sequence numbers
+/// the dispatcher set aside for them.
+pub struct DeltaJob {
+    pub content: Content,
+    /// The mirror's name of the file, on the wire.
+    pub wire: Vec<u8>,
+    file: File,
+    md: Metadata,
+    /// The job's ops are numbered after `first_seq`, up to `last_seq`
+    /// (the next batch's numbers start after it).
+    first_seq: u64,
+    pub last_seq: u64,
+    /// The oldest queue origin the file's entry carries (see
+    /// `OutBatch::min_origin`).
+    pub min_origin: u64,
+    pub epoch: u64,
+}
+
+/// Sequence numbers set aside for a delta job of a `size`-byte file: more
+/// than it can have ops. Every op of a job but its last two describes at
+/// least 16 KiB of the file: a delta piece ends after a MiB of literals,
+/// [`DELTA_PIECE_INSTRS`] instructions of a byte or more, or
+/// [`DELTA_PIECE_SPAN`] of the file; sent whole, an op holds a MiB. (The
+/// receiver only needs the numbers to grow; the unused ones are a gap.)
+fn delta_seq_span(size: u64) -> u64 {
+    size / DELTA_PIECE_INSTRS as u64 + 4
+}
 
 /// A batch ready for the network, with what the sender needs to account for it.
 pub struct OutBatch {
@@ -52,7 +95,7 @@ const DELTA_WAIT: Duration = Duration::from_secs(3);
 
 impl Scheduler {
     /// Sends everything pending; false when the network side is gone.
-    pub(super) fn dispatch(&mut self, out: &tokio::sync::mpsc::Sender<OutBatch>) -> bool {
+    pub(super) fn dispatch(&mut self, out: &tokio::sync::mpsc::Sender<Outgoing>) -> bool {
         // What is sent must be in the log first: a crash after sending and
         // before the acknowledgement replays it. (Written now; made durable
         // on the log's own thread within milliseconds, so that fdatasync
@@ -65,13 +108,16 @@ impl Scheduler {
         let mut closed = false;
         let unacked = !self.inflight.is_empty();
         let inflight = &mut self.inflight;
-        let mut send = |b: OutBatch| {
-            inflight.push_back((b.last_seq, b.min_origin));
-            if out.blocking_send(b).is_err() {
+        let mut send = |o: Outgoing| {
+            inflight.push_back(match &o {
+                Outgoing::Batch(b) => (b.last_seq, b.min_origin),
+                Outgoing::Delta(j) => (j.last_seq, j.min_origin),
+            });
+            if out.blocking_send(o).is_err() {
                 closed = true;
             }
         };
-        let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.delta.as_mut());
+        let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.opts.delta_min_size);
         let mut held = Vec::new();
         let mut back = Vec::new();
         let unsent = &mut self.unsent;
@@ -256,16 +302,16 @@ pub struct BatchBuilder<'a> {
     /// Origin of the item being sent.
     item_origin: u64,
     epoch: u64,
-    out: &'a mut dyn FnMut(OutBatch),
-    /// Signatures for deltas (none: files are always sent whole).
-    delta: Option<&'a mut DeltaSource>,
+    out: &'a mut dyn FnMut(Outgoing),
+    /// Files from this size are sent as delta jobs (none: always whole).
+    delta_min_size: Option<u64>,
     /// Reconciliation's links not sent because a name no longer denotes
     /// the file: another reconciliation must look again.
     pub stale_links: usize,
 }
 
 impl<'a> BatchBuilder<'a> {
-    pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
+    pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(Outgoing)) -> BatchBuilder<'a> {
         BatchBuilder {
             seq,
             ops: Vec::new(),
@@ -275,15 +321,14 @@ impl<'a> BatchBuilder<'a> {
             item_origin: NO_ORIGIN,
             epoch,
             out,
-            delta: None,
+            delta_min_size: None,
             stale_links: 0,
         }
     }
 
-    /// Sends reconciliation's files as deltas where worthwhile, with
-    /// signatures from `source`.
-    pub fn with_delta(mut self, source: Option<&'a mut DeltaSource>) -> BatchBuilder<'a> {
-        self.delta = source;
+    /// Sends reconciliation's files from `min_size` bytes as delta jobs.
+    pub fn with_delta(mut self, min_size: Option<u64>) -> BatchBuilder<'a> {
+        self.delta_min_size = min_size;
         self
     }
 
@@ -322,14 +367,14 @@ impl<'a> BatchBuilder<'a> {
             return;
         }
         let ops = std::mem::take(&mut self.ops);
-        (self.out)(OutBatch {
+        (self.out)(Outgoing::Batch(OutBatch {
             last_seq: *self.seq,
             oldest: self.oldest.take().unwrap_or_else(Instant::now),
             bytes: std::mem::take(&mut self.bytes) as u64,
             batch: pb::OpBatch { ops },
             min_origin: std::mem::replace(&mut self.min_origin, NO_ORIGIN),
             epoch: self.epoch,
-        });
+        }));
     }
 
     fn wire(p: &Path) -> Vec<u8> {
@@ -528,8 +573,21 @@ impl<'a> BatchBuilder<'a> {
         if !md.is_file() || (c.ino != 0 && md.ino() != c.ino) {
             return Err(vanished());
         }
+        self.opened_file(c, &f, &md, ranges, all, truncate_to)
+    }
+
+    /// [`Self::file`] once `f` is open and `md` its metadata.
+    fn opened_file(
+        &mut self,
+        c: &Content,
+        f: &File,
+        md: &Metadata,
+        ranges: &[(u64, u64)],
+        all: bool,
+        truncate_to: Option<u64>,
+    ) -> io::Result<()> {
         let size = md.len();
-        let attr = attr_of(&md);
+        let attr = attr_of(md);
         let whole = [(0, size)];
         let regrown: Vec<(u64, u64)>;
         let ranges = match truncate_to {
@@ -542,7 +600,7 @@ impl<'a> BatchBuilder<'a> {
             // and extended to a large size is mostly hole).
             Some(t) if t < size => {
                 let mut set = super::ranges::RangeSet::new();
-                for &(start, end) in ranges.iter().chain(&data_extents(&f, t, size)) {
+                for &(start, end) in ranges.iter().chain(&data_extents(f, t, size)) {
                     set.insert(start, end - start);
                 }
                 regrown = set.iter().collect();
@@ -573,7 +631,7 @@ impl<'a> BatchBuilder<'a> {
             let mut off = start;
             while off < end {
                 let want = ((end - off) as usize).min(lifeline_proto::MAX_CHUNK - held);
-                let data = read_at(&f, off, want)?;
+                let data = read_at(f, off, want)?;
                 if data.is_empty() {
                     break; // shrank meanwhile; its truncation is on its way
                 }
@@ -601,8 +659,11 @@ impl BatchBuilder<'_> {
     /// sends. A file whose size is the same and mtime differs costs a
     /// signature and one copy op when its content is unchanged: this is the
     /// "content hash where needed" of reconciliation.
+    ///
+    /// Here the file is only opened: the ops before it go out, and the file
+    /// follows as a [`DeltaJob`] for the sender, which fetches the signature.
     fn delta_or_check(&mut self, c: &Content, base_len: u64) -> io::Result<()> {
-        let Some(min) = self.delta.as_ref().map(|d| d.min_size()) else {
+        let Some(min) = self.delta_min_size else {
             return self.check(&c.local, &c.remote, c.since);
         };
         let md = match nofollow::lstat(&c.local) {
@@ -624,23 +685,62 @@ impl BatchBuilder<'_> {
         unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
         let whole = Content { ino: md.ino(), dev: md.dev(), ..c.clone() };
         let Ok(wire) = wirepath::from_local(&c.remote) else {
-            return self.file(&whole, &[], true, None);
+            return self.opened_file(&whole, &f, &md, &[], true, None);
         };
         // What came before goes out while the receiver hashes its copy.
         self.flush();
-        let source = self.delta.as_mut().expect("checked above");
-        let started = Instant::now();
-        let base = match source.fetch(&wire) {
-            Ok(b) => b,
-            Err(e) => {
-                source.counters().delta_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                debug!("no signature of {} from the receiver ({e:#}); sending it whole", c.remote.display());
-                return self.file(&whole, &[], true, None);
-            }
+        let first_seq = *self.seq;
+        *self.seq += delta_seq_span(md.len());
+        let job = DeltaJob {
+            content: whole,
+            wire,
+            file: f,
+            md,
+            first_seq,
+            last_seq: *self.seq,
+            min_origin: self.item_origin,
+            epoch: self.epoch,
         };
+        (self.out)(Outgoing::Delta(Box::new(job)));
+        Ok(())
+    }
+}
+
+/// The signature of the mirror's copy and the token naming that version.
+pub struct BaseSignature {
+    pub sig: lifeline_delta::Signature,
+    pub token: Vec<u8>,
+}
+
+impl DeltaJob {
+    /// The job's ops, handed to `out` in batches: a delta against `base`,
+    /// or with no signature (the receiver could not sign its copy) the file
+    /// whole. Reads the file (blocking). Returns whether it was a delta.
+    pub fn build(
+        self,
+        base: Option<BaseSignature>,
+        started: Instant,
+        out: &mut dyn FnMut(Outgoing),
+    ) -> io::Result<bool> {
+        let mut seq = self.first_seq;
+        let mut builder = BatchBuilder::new(&mut seq, self.epoch, out);
+        let built = match base {
+            Some(base) => builder.delta(&self.content, &self.file, &self.md, base, started).map(|()| true),
+            None => builder.opened_file(&self.content, &self.file, &self.md, &[], true, None).map(|()| false),
+        };
+        builder.flush();
+        drop(builder);
+        debug_assert!(seq <= self.last_seq, "a delta job outgrew its sequence numbers");
+        built
+    }
+}
+
+impl BatchBuilder<'_> {
+    /// The delta of `f` (`md`, as `c`) against the mirror's copy `base`.
+    fn delta(&mut self, c: &Content, f: &File, md: &Metadata, base: BaseSignature, started: Instant) -> io::Result<()> {
         let signed = started.elapsed();
         let size = md.len();
-        let attr = attr_of(&md);
+        let attr = attr_of(md);
         let mut piece = pb::FileDelta {
             first: true,
             base_len: base.sig.base_len,
@@ -656,7 +756,7 @@ impl BatchBuilder<'_> {
             let this = &mut *self;
             let piece = &mut piece;
             let pushed = &mut pushed;
-            lifeline_delta::diff(&base.sig, io::Read::take(&f, size), lifeline_proto::MAX_CHUNK, |op| {
+            lifeline_delta::diff(&base.sig, io::Read::take(f, size), lifeline_proto::MAX_CHUNK, |op| {
                 piece.instrs.push(pb::DeltaInstr {
                     kind: Some(match op {
                         lifeline_delta::DeltaOp::Copy { offset, len } => {
@@ -694,9 +794,6 @@ impl BatchBuilder<'_> {
                 piece.new_hash = stats.new_hash.to_vec();
                 piece.attr = Some(attr);
                 self.push(&c.remote, Kind::Delta(piece), since);
-                if let Some(d) = self.delta.as_ref() {
-                    d.counters().deltas.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
                 debug!(
                     "delta of {}: {} bytes copied, {} literal; signature of {} bytes in {:?}, diff in {:?}",
                     c.remote.display(),
@@ -820,7 +917,10 @@ mod tests {
             origin: NO_ORIGIN,
         };
         let mut batches = Vec::new();
-        let mut out = |b: OutBatch| batches.push(b);
+        let mut out = |o: Outgoing| match o {
+            Outgoing::Batch(b) => batches.push(b),
+            Outgoing::Delta(_) => unreachable!("no delta jobs without a minimum size"),
+        };
         let mut seq = 0;
         let mut builder = BatchBuilder::new(&mut seq, 1, &mut out);
         assert!(builder.item(Item::Content(c)).is_none());

@@ -11,7 +11,6 @@
 //! messages, keeps the log's checkpoint, and decides when to dispatch.
 
 pub mod coalescer;
-pub mod delta;
 pub mod dispatcher;
 pub mod hardlinks;
 pub mod queue_log;
@@ -29,8 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::status::{Controls, Counters};
 use coalescer::Coalescer;
-use delta::{DeltaOptions, DeltaSource};
-use dispatcher::{OutBatch, Unsent, HOLD_FRESH};
+use dispatcher::{Outgoing, Unsent, HOLD_FRESH};
 use queue_log::QueueLog;
 
 /// What the queue unit carries.
@@ -83,9 +81,9 @@ pub struct SchedulerOptions {
     /// Give up on an object that vanished and never reappeared after this long
     /// (reconciliation covers it).
     pub vanished_timeout: Duration,
-    /// Where reconciliation's deltas get their signatures (none: files are
-    /// always sent whole).
-    pub delta: Option<DeltaOptions>,
+    /// Reconciliation's files from this size are sent as deltas (none:
+    /// always whole); see `dispatcher::DeltaJob`.
+    pub delta_min_size: Option<u64>,
     /// The queue log is dropped past this size (see `AgentConfig::queue_max_mib`).
     pub queue_max_bytes: u64,
     /// Where to ask for a reconciliation (for what the scheduler gives up
@@ -102,7 +100,7 @@ impl Default for SchedulerOptions {
             eager_bytes: 16 << 20,
             eager_items: 20_000,
             vanished_timeout: Duration::from_secs(10),
-            delta: None,
+            delta_min_size: None,
             queue_max_bytes: 1 << 30,
             reconcile: None,
             controls: Arc::default(),
@@ -127,7 +125,6 @@ struct Scheduler {
     /// An acknowledgement arrived since the log's checkpoint last moved.
     acked_since_checkpoint: bool,
     last_commit: Instant,
-    delta: Option<DeltaSource>,
     /// The log was dropped for its size: the coalescer holds more than it.
     log_dropped: bool,
     /// Names whose content was sent past (kept across dispatches: what
@@ -142,7 +139,7 @@ const LOG_SYNC_EVERY: Duration = Duration::from_millis(50);
 /// Runs until the queue's senders are gone or the network side hangs up.
 pub fn run(
     rx: channel::Receiver<SchedMsg>,
-    out: tokio::sync::mpsc::Sender<OutBatch>,
+    out: tokio::sync::mpsc::Sender<Outgoing>,
     counters: Arc<Counters>,
     roots: Vec<PathBuf>,
     opts: SchedulerOptions,
@@ -159,11 +156,9 @@ pub fn run(
         inflight: VecDeque::new(),
         acked_since_checkpoint: false,
         last_commit: Instant::now(),
-        delta: None,
         log_dropped: false,
         unsent: Unsent::default(),
     };
-    s.delta = s.opts.delta.clone().map(|o| DeltaSource::new(o, s.counters.clone()));
     let mut deadline: Option<Instant> = None;
     loop {
         let mut wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
@@ -413,7 +408,7 @@ mod tests {
         // Until the link or what replaces it.
         let done = |o: &pb::Op| o.path.ends_with(b"a.link0") || matches!(o.kind, Some(pb::op::Kind::Link(_)));
         while !ops.iter().any(done) {
-            let b = out_rx.blocking_recv().expect("batches");
+            let Outgoing::Batch(b) = out_rx.blocking_recv().expect("batches") else { panic!("a delta job") };
             ops.extend(b.batch.ops);
         }
         let kinds: Vec<(String, &str)> = ops
@@ -466,7 +461,7 @@ mod tests {
         tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
         let mut sent = std::collections::HashSet::new();
         while sent.len() < files.len() {
-            let b = out_rx.blocking_recv().expect("batches");
+            let Outgoing::Batch(b) = out_rx.blocking_recv().expect("batches") else { panic!("a delta job") };
             assert_eq!(b.epoch, 1);
             sent.extend(b.batch.ops.iter().map(|o| o.path.clone()));
         }

@@ -14,6 +14,18 @@
 //! reconciliation finding, which is always sent whole: no waiting for the
 //! next reconciliation, and no delta loop. Should the connection break first,
 //! the reconciliation that follows every connection finds the file again.
+//!
+//! Reconciliation's big files come as delta jobs: the sender fetches the
+//! mirror's signature ([`signatures`]) and the job builds its ops on a
+//! blocking thread, which are sent before anything the scheduler dispatched
+//! after it. The scheduler set a span of sequence numbers aside for the job
+//! and counts it acknowledged once the receiver acknowledged all of it (see
+//! `InFlight::acks_up_to`).
+//!
+//! Acknowledgements and a broken stream go to the scheduler as messages on
+//! its input channel (`SchedMsg::Acked`, `SchedMsg::Disconnected`).
+
+pub mod signatures;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,9 +38,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::remote::Remote;
-use crate::scheduler::dispatcher::OutBatch;
+use crate::scheduler::dispatcher::{DeltaJob, OutBatch, Outgoing};
 use crate::scheduler::SchedMsg;
 use crate::status::Counters;
+use signatures::Signatures;
 
 struct InFlight {
     last_seq: u64,
@@ -37,13 +50,95 @@ struct InFlight {
     /// The batch's last few paths, for the status's "last files replicated"
     /// once the receiver acknowledges it.
     paths: Vec<String>,
+    /// The scheduler's sequence number this batch's acknowledgement stands
+    /// for: its last op's, or past it the end of the numbers set aside for
+    /// a delta job that ended with (or sent nothing after) this batch.
+    acks_up_to: u64,
+}
+
+/// A delta job the sender is running: its batches come before anything
+/// else the scheduler dispatched.
+struct RunningJob {
+    batches: mpsc::Receiver<OutBatch>,
+    /// The end of the job's sequence numbers.
+    last_seq: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        // The stream broke: the signature is not needed any more (a job
+        // already reading its file stops at its next batch).
+        self.task.abort();
+    }
+}
+
+/// Fetches the job's signature, then builds its ops on a blocking thread.
+fn start_job(job: DeltaJob, signatures: Signatures) -> RunningJob {
+    let (tx, rx) = mpsc::channel(2);
+    let last_seq = job.last_seq;
+    let task = tokio::spawn(async move {
+        let counters = signatures.counters().clone();
+        let started = Instant::now();
+        let base = match signatures.fetch(&job.wire).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                counters.delta_fallbacks.fetch_add(1, Relaxed);
+                debug!("no signature of {} from the receiver ({e:#}); sending it whole", job.content.remote.display());
+                None
+            }
+        };
+        let local = job.content.local.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            job.build(base, started, &mut |o| {
+                if let Outgoing::Batch(b) = o {
+                    let _ = tx.blocking_send(b);
+                }
+            })
+        })
+        .await;
+        match built {
+            Ok(Ok(true)) => {
+                counters.deltas.fetch_add(1, Relaxed);
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                warn!("cannot read {}: {e}; it will be retried at the next reconciliation", local.display())
+            }
+            Err(e) => warn!("the delta of {} failed: {e}", local.display()),
+        }
+    });
+    RunningJob { batches: rx, last_seq, task }
+}
+
+async fn next_job_batch(job: &mut Option<RunningJob>) -> Option<OutBatch> {
+    job.as_mut().expect("only polled while a job runs").batches.recv().await
+}
+
+/// Sends one batch and accounts for it.
+async fn send_batch(
+    b: OutBatch,
+    inflight: &mut VecDeque<InFlight>,
+    tx: &mpsc::Sender<lifeline_proto::v1::OpBatch>,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    let ops = b.batch.ops.len() as u64;
+    counters.ops_sent.fetch_add(ops, Relaxed);
+    counters.count_sent(b.bytes);
+    counters.unacked_ops.fetch_add(ops, Relaxed);
+    if inflight.is_empty() {
+        counters.oldest_unacked_ms.store(counters.ms(b.oldest), Relaxed);
+    }
+    let paths = recent_paths(&b.batch);
+    inflight.push_back(InFlight { last_seq: b.last_seq, oldest: b.oldest, ops, paths, acks_up_to: b.last_seq });
+    tx.send(b.batch).await.map_err(|_| anyhow::anyhow!("request stream closed"))
 }
 
 /// The sender's two ends of its links with the scheduler: the batches it
 /// sends, and the scheduler's own input channel (the queue unit), on which it
 /// tells the scheduler to replay and what the receiver acknowledged.
 pub struct SendChannels {
-    pub batches: mpsc::Receiver<OutBatch>,
+    pub batches: mpsc::Receiver<Outgoing>,
     pub scheduler: crossbeam_channel::Sender<SchedMsg>,
     /// The queue log's id (see `scheduler::queue_log`), which names the
     /// queue to the receiver.
@@ -54,8 +149,9 @@ pub struct SendChannels {
 pub async fn run(remote: Remote, mut channels: SendChannels, counters: Arc<Counters>, reconcile: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     let mut epoch = 0u64;
+    let signatures = Signatures::new(remote.clone(), counters.clone());
     loop {
-        match stream(&remote, &mut channels, &mut epoch, &counters, &reconcile).await {
+        match stream(&remote, &mut channels, &mut epoch, &signatures, &reconcile).await {
             Ok(()) => return, // the scheduler is gone: shutting down
             Err(e) => {
                 let was = counters.connected.swap(false, Relaxed);
@@ -99,9 +195,10 @@ async fn stream(
     remote: &Remote,
     channels: &mut SendChannels,
     epoch: &mut u64,
-    counters: &Counters,
+    signatures: &Signatures,
     reconcile: &Notify,
 ) -> anyhow::Result<()> {
+    let counters: &Counters = signatures.counters();
     let mut client = remote.connect().await?;
     let (tx, rx) = mpsc::channel(2);
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
@@ -129,6 +226,7 @@ async fn stream(
     reconcile.notify_one();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut batches_open = true;
+    let mut job: Option<RunningJob> = None;
     let mut repair = Repair::new();
     // A replay (the receiver, the agent or the link went away) races the
     // live changes; whatever it left different in the mirror (names of one
@@ -150,25 +248,37 @@ async fn stream(
                 info!("reconciling: the receiver could not apply some ops, or made directories it was not sent");
                 reconcile.notify_one();
             }
-            b = channels.batches.recv(), if batches_open => {
+            b = channels.batches.recv(), if batches_open && job.is_none() => {
                 let Some(b) = b else {
                     batches_open = false;
                     if inflight.is_empty() { return Ok(()); }
                     continue;
                 };
-                if b.epoch != *epoch {
-                    continue; // built for an older stream; replayed
+                match b {
+                    // Built for an older stream; replayed.
+                    Outgoing::Batch(b) if b.epoch != *epoch => continue,
+                    Outgoing::Delta(j) if j.epoch != *epoch => continue,
+                    Outgoing::Batch(b) => send_batch(b, &mut inflight, &tx, counters).await?,
+                    Outgoing::Delta(j) => job = Some(start_job(*j, signatures.clone())),
                 }
-                let ops = b.batch.ops.len() as u64;
-                counters.ops_sent.fetch_add(ops, Relaxed);
-                counters.count_sent(b.bytes);
-                counters.unacked_ops.fetch_add(ops, Relaxed);
-                if inflight.is_empty() {
-                    counters.oldest_unacked_ms.store(counters.ms(b.oldest), Relaxed);
+            }
+            b = next_job_batch(&mut job), if job.is_some() => {
+                if let Some(b) = b {
+                    send_batch(b, &mut inflight, &tx, counters).await?;
+                    continue;
                 }
-                let paths = recent_paths(&b.batch);
-                inflight.push_back(InFlight { last_seq: b.last_seq, oldest: b.oldest, ops, paths });
-                tx.send(b.batch).await.map_err(|_| anyhow::anyhow!("request stream closed"))?;
+                // The job is done: once what it sent (or, if it sent
+                // nothing, what came before it) is acknowledged, so is the
+                // span of numbers it had.
+                let done = job.take().expect("checked").last_seq;
+                match inflight.back_mut() {
+                    Some(f) => f.acks_up_to = f.acks_up_to.max(done),
+                    None => {
+                        if channels.scheduler.send(SchedMsg::Acked { seq: done }).is_err() {
+                            anyhow::bail!("the scheduler is gone");
+                        }
+                    }
+                }
             }
             ack = acks.message() => {
                 let Some(ack) = ack? else { anyhow::bail!("receiver closed the stream") };
@@ -219,19 +329,21 @@ async fn stream(
                     repair.needed();
                 }
                 counters.acked_seq.fetch_max(ack.applied_seq, Relaxed);
-                // The scheduler drops what the receiver made durable from its
-                // queue log.
-                if channels.scheduler.send(SchedMsg::Acked { seq: ack.applied_seq }).is_err() {
-                    anyhow::bail!("the scheduler is gone");
-                }
+                let mut acked = ack.applied_seq;
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {
                     let f = inflight.pop_front().expect("checked");
+                    acked = acked.max(f.acks_up_to);
                     counters.replicated(&f.paths);
                     counters.unacked_ops.fetch_sub(f.ops.min(counters.unacked_ops.load(Relaxed)), Relaxed);
                 }
                 let oldest = inflight.iter().map(|f| f.oldest).min();
                 counters.oldest_unacked_ms.store(oldest.map_or(u64::MAX, |t| counters.ms(t)), Relaxed);
-                if !batches_open && inflight.is_empty() {
+                // The scheduler drops what the receiver made durable from its
+                // queue log.
+                if channels.scheduler.send(SchedMsg::Acked { seq: acked }).is_err() {
+                    anyhow::bail!("the scheduler is gone");
+                }
+                if !batches_open && inflight.is_empty() && job.is_none() {
                     return Ok(());
                 }
             }
