@@ -3,10 +3,10 @@
 //!
 //! ```text
 //!  capture reader thread ──(queue unit: channel)──► scheduler thread
-//!        │ gaps                                         │ batches
-//!        ▼                                              ▼
-//!  reconciliation task ──(paths to check)──► queue   sender task ──gRPC──► receiver
-//!  control socket (status / on / off / sync)
+//!        │ gaps                      ▲   ▲              │ batches, delta jobs
+//!        ▼                           │   │ acks         ▼
+//!  reconciliation task ──(findings)──┘   └──────── sender task ──gRPC──► receiver
+//!  control socket: status (Counters) / on, off, pause (Controls) / sync
 //! ```
 
 use std::path::PathBuf;

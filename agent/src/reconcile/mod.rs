@@ -9,9 +9,10 @@
 //! again by then is not removed.
 //!
 //! A regular file the mirror holds an older regular file of is named as a
-//! [`Reconcile::Delta`] with the mirror's size: the dispatcher then sends a
-//! big one as an rsync-style delta against the mirror's copy (see
-//! `scheduler::delta`). That is also where content hashes come in: a file
+//! [`Reconcile::Delta`] with the mirror's size: the dispatcher then hands a
+//! big one to the sender as a delta job, sent as an rsync-style delta
+//! against the mirror's copy (see `scheduler::dispatcher::DeltaJob` and
+//! `sender::signatures`). That is also where content hashes come in: a file
 //! whose size is the same and only the mtime differs costs a signature and
 //! one copy op when its content is unchanged.
 

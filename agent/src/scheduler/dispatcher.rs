@@ -1,6 +1,6 @@
 //! The schedule processing unit (the dispatcher): once the scheduler's loop
 //! says it is time, takes the coalescer's pending items in order
-//! ([`Scheduler::dispatch`]), holds the queue behind an object that vanished
+//! (`Scheduler::dispatch`), holds the queue behind an object that vanished
 //! at send time for a few rounds, and turns the items into
 //! sequence-numbered wire operations ([`BatchBuilder`]), reading each file's
 //! current bytes for the changed ranges at send time. Batches go to the
