@@ -1,9 +1,12 @@
 //! What the agent reports and what it is told, kept apart: [`Counters`] are
 //! the figures its threads publish for `status` (the CLI and the tray GUI
-//! read them and nothing in the agent steers by them), and [`Controls`] are
-//! the switches the control socket sets (`on`/`off`, `pause`) and the
-//! agent's threads obey. The control socket's `status` answer is both
-//! ([`Counters::snapshot`] with [`Controls::report`]).
+//! read them; a few also pace the agent's own background work, such as the
+//! sender's check for a quiet queue and the watcher's reconciliation gap),
+//! and [`Controls`] are the switches the control socket sets (`on`/`off`,
+//! `pause`) and the agent's threads obey. The control socket's `status`
+//! answer is both ([`Counters::snapshot`] with [`Controls::report`]).
+//! Acknowledgements are neither: they reach the scheduler as messages
+//! (`scheduler::SchedMsg::Acked`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
