@@ -108,7 +108,7 @@ impl Default for SchedulerOptions {
     }
 }
 
-/// The schedule processing unit's state between two turns of its loop.
+/// The scheduler's state between two turns of its loop.
 struct Scheduler {
     co: Coalescer,
     queue_log: QueueLog,
@@ -368,6 +368,24 @@ mod tests {
     use lifeline_proto::v1 as pb;
     use std::path::Path;
 
+    /// A scheduler on a thread of its own, replicating `root`.
+    struct Running {
+        tx: crossbeam_channel::Sender<SchedMsg>,
+        out_rx: tokio::sync::mpsc::Receiver<Outgoing>,
+        counters: Arc<Counters>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn start(root: &Path, log_dir: &Path, opts: SchedulerOptions) -> Running {
+        let queue_log = QueueLog::open(log_dir).unwrap();
+        let counters = Arc::new(Counters::new("r".into(), "m".into(), vec![]));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        let (c2, r2) = (counters.clone(), vec![root.to_path_buf()]);
+        let thread = std::thread::spawn(move || run(rx, out_tx, c2, r2, opts, queue_log));
+        Running { tx, out_rx, counters, thread }
+    }
+
     fn change(path: &Path) -> SchedMsg {
         let ch = FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind: ChangeKind::Attr, dev: 0, ino: 0 };
         SchedMsg::Change(ch, Instant::now())
@@ -382,13 +400,9 @@ mod tests {
         let root = d.path().canonicalize().unwrap();
         let (tmp, a, link) = (root.join("a.tmp"), root.join("a"), root.join("a.link0"));
         std::fs::write(&a, b"a later file took the name").unwrap();
-        let queue_log = QueueLog::open(&d.path().join("queue")).unwrap();
-        let counters = Arc::new(Counters::new("r".into(), "m".into(), vec![]));
+        let Running { tx, mut out_rx, counters, thread: t } =
+            start(&root, &d.path().join("queue"), SchedulerOptions::default());
         counters.connected.store(true, Relaxed);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
-        let (c2, r2) = (counters.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, c2, r2, SchedulerOptions::default(), queue_log));
         tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
         // Captured long enough ago that nothing waits for the vanished file.
         let at = Instant::now() - HOLD_FRESH * 2;
@@ -439,13 +453,8 @@ mod tests {
         for f in &files {
             std::fs::write(f, b"x").unwrap();
         }
-        let queue_log = QueueLog::open(&root.join("queue")).unwrap();
-        let counters = Arc::new(Counters::new("r".into(), "m".into(), vec![]));
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
         let opts = SchedulerOptions { queue_max_bytes: 4096, ..Default::default() };
-        let (c2, r2) = (counters.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, c2, r2, opts, queue_log));
+        let Running { tx, mut out_rx, counters, thread: t } = start(&root, &root.join("queue"), opts);
         // The receiver is away: the log grows past 4 KiB and is dropped.
         for f in &files {
             tx.send(change(f)).unwrap();
@@ -466,6 +475,37 @@ mod tests {
             sent.extend(b.batch.ops.iter().map(|o| o.path.clone()));
         }
         assert_eq!(counters.replays.load(Relaxed), 0);
+        drop(tx);
+        drop(out_rx);
+        t.join().unwrap();
+    }
+
+    /// Changes leave the queue log once an acknowledgement message covers
+    /// the batch that carried them, and not before.
+    #[test]
+    fn an_acknowledgement_message_moves_the_logs_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let file = root.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let Running { tx, mut out_rx, counters, thread: t } =
+            start(&root, &root.join("queue"), SchedulerOptions::default());
+        tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
+        tx.send(change(&file)).unwrap();
+        let Outgoing::Batch(b) = out_rx.blocking_recv().expect("a batch") else { panic!("a delta job") };
+        let unacked = |n: u64| {
+            (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                counters.unacked_changes.load(Relaxed) == n
+            })
+        };
+        assert!(unacked(1), "logged: {}", counters.unacked_changes.load(Relaxed));
+        tx.send(SchedMsg::Acked { seq: b.last_seq - 1 }).unwrap();
+        // Several checkpoint periods.
+        std::thread::sleep(LOG_SYNC_EVERY * 4);
+        assert_eq!(counters.unacked_changes.load(Relaxed), 1, "not covered yet");
+        tx.send(SchedMsg::Acked { seq: b.last_seq }).unwrap();
+        assert!(unacked(0), "acknowledged: {}", counters.unacked_changes.load(Relaxed));
         drop(tx);
         drop(out_rx);
         t.join().unwrap();
