@@ -238,7 +238,7 @@ async fn stream(
     loop {
         tokio::select! {
             _ = tick.tick(), if settle.waiting() => {
-                if settle.quiet(inflight.is_empty() && counters.pending.load(Relaxed) == 0) {
+                if settle.quiet(inflight.is_empty() && job.is_none() && counters.pending.load(Relaxed) == 0) {
                     info!("reconciling: the queue is quiet after a replay");
                     reconcile.notify_one();
                 }
