@@ -17,10 +17,13 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::status::{CaptureMode, Shared};
+use crate::status::{CaptureMode, Controls, Counters};
 
 pub struct ControlService {
-    pub shared: Arc<Shared>,
+    /// What `status` reports.
+    pub counters: Arc<Counters>,
+    /// What `on`, `off`, `pause` and `resume` switch.
+    pub controls: Arc<Controls>,
     /// The loaded eBPF programs (None when running on the fallback watcher).
     pub capture: Arc<Mutex<Option<Capture>>>,
     /// The fallback watcher (None with eBPF).
@@ -28,17 +31,26 @@ pub struct ControlService {
     pub reconcile: Arc<Notify>,
 }
 
+impl ControlService {
+    /// The counters and the switches' positions.
+    fn status(&self) -> AgentStatus {
+        let mut status = self.counters.snapshot();
+        self.controls.report(&mut status);
+        status
+    }
+}
+
 #[tonic::async_trait]
 impl AgentControl for ControlService {
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<AgentStatus>, Status> {
-        Ok(Response::new(self.shared.snapshot()))
+        Ok(Response::new(self.status()))
     }
 
     async fn set_capture(&self, req: Request<SetCaptureRequest>) -> Result<Response<AgentStatus>, Status> {
         let enabled = req.into_inner().enabled;
         {
             let mut cap = self.capture.lock().unwrap();
-            let was = *self.shared.capture.lock().unwrap();
+            let was = self.controls.capture_mode();
             let on = match (cap.as_mut(), &self.watcher) {
                 (Some(cap), _) => {
                     let result = if enabled { cap.attach() } else { cap.detach() };
@@ -54,10 +66,10 @@ impl AgentControl for ControlService {
                 }
                 (None, None) => return Err(Status::internal("the agent has no capture to switch")),
             };
-            *self.shared.capture.lock().unwrap() = if enabled { on } else { CaptureMode::Off };
+            self.controls.set_capture_mode(if enabled { on } else { CaptureMode::Off });
             if !enabled && was != CaptureMode::Off {
                 // What is written from now on is only found by comparing.
-                self.shared.suspect(std::time::SystemTime::now());
+                self.counters.suspect(std::time::SystemTime::now());
             }
         }
         if enabled {
@@ -65,12 +77,12 @@ impl AgentControl for ControlService {
             self.reconcile.notify_one();
         }
         info!("automatic backup switched {}", if enabled { "on" } else { "off" });
-        Ok(Response::new(self.shared.snapshot()))
+        Ok(Response::new(self.status()))
     }
 
     async fn sync(&self, _: Request<SyncRequest>) -> Result<Response<AgentStatus>, Status> {
         self.reconcile.notify_one();
-        Ok(Response::new(self.shared.snapshot()))
+        Ok(Response::new(self.status()))
     }
 
     async fn set_paused(&self, req: Request<SetPausedRequest>) -> Result<Response<AgentStatus>, Status> {
@@ -78,11 +90,11 @@ impl AgentControl for ControlService {
         // scheduler::run): nothing else to do here. Resuming needs no
         // reconciliation: every change went into the queue log meanwhile.
         let paused = req.into_inner().paused;
-        let was = self.shared.paused.swap(paused, std::sync::atomic::Ordering::Relaxed);
+        let was = self.controls.set_paused(paused);
         if was != paused {
             info!("sending {}", if paused { "paused" } else { "resumed" });
         }
-        Ok(Response::new(self.shared.snapshot()))
+        Ok(Response::new(self.status()))
     }
 }
 

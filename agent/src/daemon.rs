@@ -3,10 +3,10 @@
 //!
 //! ```text
 //!  capture reader thread ──(queue unit: channel)──► scheduler thread
-//!        │ gaps                                         │ batches
-//!        ▼                                              ▼
-//!  reconciliation task ──(paths to check)──► queue   sender task ──gRPC──► receiver
-//!  control socket (status / on / off / sync)
+//!        │ gaps                      ▲   ▲              │ batches, delta jobs
+//!        ▼                           │   │ acks         ▼
+//!  reconciliation task ──(findings)──┘   └──────── sender task ──gRPC──► receiver
+//!  control socket: status (Counters) / on, off, pause (Controls) / sync
 //! ```
 
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use lifeline_capture::{Capture, CaptureMsg, CaptureOptions, Resolver};
+use lifeline_capture::{Capture, CaptureMsg, CaptureOptions, PathResolver};
 use tokio::sync::Notify;
 use tracing::{error, info};
 
@@ -23,7 +23,7 @@ use crate::config::{AgentConfig, CaptureChoice};
 use crate::control::{self, ControlService};
 use crate::remote::Remote;
 use crate::scheduler::{self, SchedMsg, SchedulerOptions};
-use crate::status::{CaptureMode, Shared};
+use crate::status::{CaptureMode, Controls, Counters};
 use crate::{fallback, mapped, reconcile, sender};
 
 /// Drains the kernel's records on a thread of its own into the queue.
@@ -31,10 +31,10 @@ fn spawn_reader(
     reader: lifeline_capture::Reader,
     roots: &[PathBuf],
     tx: crossbeam_channel::Sender<SchedMsg>,
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
     reconcile_now: Arc<Notify>,
 ) -> anyhow::Result<()> {
-    let resolver = Resolver::new(roots.to_vec())?;
+    let resolver = PathResolver::new(roots.to_vec())?;
     // Shared writable mappings are watched on a thread of their own.
     let (map_tx, map_rx) = crossbeam_channel::unbounded();
     {
@@ -44,15 +44,15 @@ fn spawn_reader(
     std::thread::Builder::new().name("capture".into()).spawn(move || {
         reader.run(resolver, |msg| match msg {
             CaptureMsg::Change(ch) => {
-                shared.kernel_events.fetch_add(1, Relaxed);
+                counters.kernel_events.fetch_add(1, Relaxed);
                 if matches!(ch.kind, lifeline_capture::ChangeKind::MmapShared) {
                     let _ = map_tx.send(mapped::Mapping { tgid: ch.tgid, path: ch.path.clone() });
                 }
                 tx.send(SchedMsg::Change(ch, Instant::now())).is_ok()
             }
             CaptureMsg::Gap { lost, since, .. } => {
-                shared.kernel_lost.fetch_add(lost, Relaxed);
-                shared.suspect(since);
+                counters.kernel_lost.fetch_add(lost, Relaxed);
+                counters.suspect(since);
                 reconcile_now.notify_one();
                 true
             }
@@ -112,19 +112,19 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
     let remote = Remote::from_config(&cfg)?;
-    let shared = Arc::new(Shared::new(
+    let counters = Arc::new(Counters::new(
         remote.endpoint().to_owned(),
         remote.machine().to_owned(),
         roots.iter().map(|r| r.display().to_string()).collect(),
-        CaptureMode::Off,
     ));
+    let controls = Arc::new(Controls::new(CaptureMode::Off));
     let queue_dir = state_dir.join("queue");
-    let wal = scheduler::wal::Wal::open(&queue_dir)
+    let queue_log = scheduler::queue_log::QueueLog::open(&queue_dir)
         .with_context(|| format!("cannot open the queue log in {}", queue_dir.display()))?;
-    let queue_id = wal.queue_id();
-    if let Some(t) = wal.previous_write() {
+    let queue_id = queue_log.queue_id();
+    if let Some(t) = queue_log.previous_write() {
         // The previous run's last changes may not have reached the log.
-        shared.suspect(t);
+        counters.suspect(t);
     }
     let reconcile_now = Arc::new(Notify::new());
     let (queue_tx, queue_rx) = crossbeam_channel::unbounded::<SchedMsg>();
@@ -134,13 +134,13 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let ebpf = match cfg.capture() {
         CaptureChoice::Notify => {
-            shared.set_fallback_reason("chosen with --capture notify".to_string());
+            counters.set_fallback_reason("chosen with --capture notify".to_string());
             None
         }
         choice => match Capture::load(&CaptureOptions { ring_buffer_bytes: cfg.ring_buffer_bytes()? }) {
             Ok(c) => Some(c),
             Err(e) if choice == CaptureChoice::Auto => {
-                shared.set_fallback_reason(fallback_reason(&e));
+                counters.set_fallback_reason(fallback_reason(&e));
                 error!(
                     "eBPF capture is unavailable: {e:#}. FALLING BACK to the inotify watcher: no byte ranges \
                      (whole files are sent), a watch per directory, writes through shared mappings only seen \
@@ -157,21 +157,22 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         Some(mut capture) => {
             capture.set_watched(&roots)?;
             capture.attach()?;
-            *shared.capture.lock().unwrap() = CaptureMode::Ebpf;
+            controls.set_capture_mode(CaptureMode::Ebpf);
             let reader = capture.take_reader().expect("fresh capture has its reader");
-            spawn_reader(reader, &roots, queue_tx.clone(), shared.clone(), reconcile_now.clone())?;
+            spawn_reader(reader, &roots, queue_tx.clone(), counters.clone(), reconcile_now.clone())?;
             Some(capture)
         }
         None => {
-            watcher = Some(fallback::Watcher::start(&roots, queue_tx.clone(), reconcile_now.clone(), shared.clone())?);
-            *shared.capture.lock().unwrap() = CaptureMode::Notify;
+            watcher =
+                Some(fallback::Watcher::start(&roots, queue_tx.clone(), reconcile_now.clone(), counters.clone())?);
+            controls.set_capture_mode(CaptureMode::Notify);
             None
         }
     };
     info!(
         "capturing changes under {:?} with {} (ready in {:?})",
         roots,
-        shared.capture_mode().as_str(),
+        controls.capture_mode().as_str(),
         started.elapsed()
     );
     let capture = Arc::new(Mutex::new(capture));
@@ -180,55 +181,52 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     // must not be read into memory faster than the network takes it.
     let (batch_tx, batch_rx) = tokio::sync::mpsc::channel(2);
     {
-        let shared = shared.clone();
+        let counters = counters.clone();
         let roots = roots.clone();
-        // Reconciliation's deltas fetch signatures from the scheduler's thread.
-        let delta = scheduler::delta::DeltaOptions {
-            remote: remote.clone(),
-            handle: tokio::runtime::Handle::current(),
-            // (The environment variable is for measuring the threshold:
-            // bench/reconcile.py's workload (c).)
-            min_size: std::env::var("LIFELINE_DELTA_MIN_SIZE")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(scheduler::delta::DELTA_MIN_SIZE),
-        };
+        // Reconciliation's big files go to the sender as delta jobs (it
+        // fetches the signatures). (The environment variable is for
+        // measuring the threshold: bench/reconcile.py's workload (c).)
+        let delta_min_size = std::env::var("LIFELINE_DELTA_MIN_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(scheduler::dispatcher::DELTA_MIN_SIZE);
         let opts = SchedulerOptions {
             interval: cfg.interval(),
-            delta: Some(delta),
+            delta_min_size: Some(delta_min_size),
             queue_max_bytes: cfg.queue_max_bytes(),
             reconcile: Some(reconcile_now.clone()),
+            controls: controls.clone(),
             ..Default::default()
         };
         std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || scheduler::run(queue_rx, batch_tx, shared, roots, opts, wal))?;
+            .spawn(move || scheduler::run(queue_rx, batch_tx, counters, roots, opts, queue_log))?;
     }
 
-    let queue = sender::Queue { batches: batch_rx, scheduler: queue_tx.clone(), id: queue_id };
-    tokio::spawn(sender::run(remote.clone(), queue, shared.clone(), reconcile_now.clone()));
-    tokio::spawn(reconcile::run(remote, roots, queue_tx, shared.clone(), reconcile_now.clone()));
-    let every = match shared.capture_mode() {
+    let channels = sender::SendChannels { batches: batch_rx, scheduler: queue_tx.clone(), queue_id };
+    tokio::spawn(sender::run(remote.clone(), channels, counters.clone(), reconcile_now.clone()));
+    tokio::spawn(reconcile::run(remote, roots, queue_tx, counters.clone(), reconcile_now.clone()));
+    let every = match controls.capture_mode() {
         // The watcher misses more: reconcile often unless told otherwise.
         CaptureMode::Notify if cfg.reconcile_every_s.is_none() => Some(std::time::Duration::from_secs(10)),
         _ => cfg.reconcile_every(),
     };
     if let Some(every) = every {
         let trigger = reconcile_now.clone();
-        let shared = shared.clone();
+        let controls = controls.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tick.tick().await;
                 // Switched off: nothing goes out by itself (`on` catches up).
-                if shared.capture_mode() != CaptureMode::Off {
+                if controls.capture_mode() != CaptureMode::Off {
                     trigger.notify_one();
                 }
             }
         });
     }
     let control_path: PathBuf = cfg.control();
-    let service = ControlService { shared, capture: capture.clone(), watcher, reconcile: reconcile_now };
+    let service = ControlService { counters, controls, capture: capture.clone(), watcher, reconcile: reconcile_now };
     let control = tokio::spawn(control::serve(control_path.clone(), service));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -39,7 +39,7 @@ use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
 use crate::scheduler::{Reconcile, SchedMsg};
-use crate::status::Shared;
+use crate::status::Counters;
 
 /// A reconciliation follows a burst of changes once none came for this long:
 /// what events cannot say (a write through another name of a hard-linked
@@ -93,7 +93,7 @@ impl Watcher {
         roots: &[PathBuf],
         queue: Sender<SchedMsg>,
         reconcile: Arc<Notify>,
-        shared: Arc<Shared>,
+        counters: Arc<Counters>,
     ) -> anyhow::Result<Arc<Watcher>> {
         let inotify = Inotify::init().map_err(|e| {
             anyhow::anyhow!("cannot create an inotify instance: {e} (raise fs.inotify.max_user_instances?)")
@@ -114,10 +114,10 @@ impl Watcher {
         let dirty = Arc::new(AtomicBool::new(false));
         {
             let w = w.clone();
-            let (last_event, dirty, shared) = (last_event.clone(), dirty.clone(), shared.clone());
+            let (last_event, dirty, counters) = (last_event.clone(), dirty.clone(), counters.clone());
             std::thread::Builder::new()
                 .name("inotify".into())
-                .spawn(move || w.read(inotify, shared, &last_event, &dirty))?;
+                .spawn(move || w.read(inotify, counters, &last_event, &dirty))?;
         }
         // The settle trigger (see SETTLE).
         let reconcile = w.reconcile.clone();
@@ -127,7 +127,7 @@ impl Watcher {
             loop {
                 std::thread::sleep(Duration::from_millis(200));
                 let quiet = t0.elapsed().saturating_sub(Duration::from_millis(last_event.load(Relaxed)));
-                let gap = SETTLE_MIN_GAP.max(Duration::from_millis(10 * shared.last_reconcile_ms.load(Relaxed)));
+                let gap = SETTLE_MIN_GAP.max(Duration::from_millis(10 * counters.last_reconcile_ms.load(Relaxed)));
                 if dirty.load(Relaxed) && quiet >= SETTLE && last_run.is_none_or(|t| t.elapsed() >= gap) {
                     dirty.store(false, Relaxed);
                     last_run = Some(Instant::now());
@@ -175,7 +175,7 @@ impl Watcher {
     }
 
     /// Reads events until the process ends.
-    fn read(&self, mut inotify: Inotify, shared: Arc<Shared>, last_event: &AtomicU64, dirty: &AtomicBool) {
+    fn read(&self, mut inotify: Inotify, counters: Arc<Counters>, last_event: &AtomicU64, dirty: &AtomicBool) {
         let t0 = Instant::now();
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -192,7 +192,7 @@ impl Watcher {
             for ev in events {
                 if ev.mask.contains(EventMask::Q_OVERFLOW) {
                     warn!("the inotify event queue overflowed (events were lost); reconciling");
-                    shared.suspect(std::time::SystemTime::now());
+                    counters.suspect(std::time::SystemTime::now());
                     self.reconcile.notify_one();
                     continue;
                 }
@@ -350,7 +350,6 @@ fn unwatchable(st: &mut Watched, path: &Path, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::CaptureMode;
 
     /// Waits up to 5 s for findings until `want` is among them.
     fn expect(rx: &crossbeam_channel::Receiver<SchedMsg>, want: &Reconcile) -> Vec<Reconcile> {
@@ -387,8 +386,8 @@ mod tests {
         std::os::unix::fs::symlink("/", root.join("slash")).unwrap();
         std::os::unix::fs::symlink("..", root.join("a/up")).unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared::new(String::new(), String::new(), Vec::new(), CaptureMode::Notify));
-        let w = Watcher::start(std::slice::from_ref(&root), tx, Arc::new(Notify::new()), shared).unwrap();
+        let counters = Arc::new(Counters::new(String::new(), String::new(), Vec::new()));
+        let w = Watcher::start(std::slice::from_ref(&root), tx, Arc::new(Notify::new()), counters).unwrap();
         assert_eq!(w.watched(), 3, "the root, a and a/b; nothing through the symlinks");
 
         std::fs::create_dir(root.join("a/c")).unwrap();

@@ -18,7 +18,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel as channel;
 use tracing::debug;
 
 use crate::scheduler::{Reconcile, SchedMsg};
@@ -41,7 +41,7 @@ struct Watched {
 }
 
 /// Runs on a thread of its own until `mappings` closes.
-pub fn run(mappings: Receiver<Mapping>, queue: Sender<SchedMsg>) {
+pub fn run(mappings: channel::Receiver<Mapping>, queue: channel::Sender<SchedMsg>) {
     let mut watched: HashMap<(u32, PathBuf), Watched> = HashMap::new();
     loop {
         match mappings.recv_timeout(TICK) {

@@ -1,4 +1,12 @@
-//! State shared by the agent's threads and reported by `status`.
+//! What the agent reports and what it is told, kept apart: [`Counters`] are
+//! the figures its threads publish for `status` (the CLI and the tray GUI
+//! read them; a few also pace the agent's own background work, such as the
+//! sender's check for a quiet queue and the watcher's reconciliation gap),
+//! and [`Controls`] are the switches the control socket sets (`on`/`off`,
+//! `pause`) and the agent's threads obey. The control socket's `status`
+//! answer is both ([`Counters::snapshot`] with [`Controls::report`]).
+//! Acknowledgements are neither: they reach the scheduler as messages
+//! (`scheduler::SchedMsg::Acked`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -27,13 +35,59 @@ impl CaptureMode {
     }
 }
 
-pub struct Shared {
+/// The switches of the control socket. `sync` (a forced full sync) is the
+/// reconciliation trigger the daemon hands around (`reconcile_now`).
+#[derive(Debug)]
+pub struct Controls {
+    /// Capture on (and how) or off: the `on`/`off` switch.
+    capture: Mutex<CaptureMode>,
+    /// Sending held by the `pause` switch: the scheduler keeps capturing,
+    /// logging and coalescing but dispatches nothing until resumed.
+    paused: AtomicBool,
+}
+
+impl Controls {
+    pub fn new(capture: CaptureMode) -> Controls {
+        Controls { capture: Mutex::new(capture), paused: AtomicBool::new(false) }
+    }
+
+    pub fn capture_mode(&self) -> CaptureMode {
+        *self.capture.lock().unwrap()
+    }
+
+    pub fn set_capture_mode(&self, mode: CaptureMode) {
+        *self.capture.lock().unwrap() = mode;
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(Relaxed)
+    }
+
+    /// Returns what it was.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        self.paused.swap(paused, Relaxed)
+    }
+
+    /// The switches' positions into a status answer.
+    pub fn report(&self, status: &mut AgentStatus) {
+        status.capture = self.capture_mode().as_str().to_string();
+        status.paused = self.paused();
+    }
+}
+
+impl Default for Controls {
+    fn default() -> Controls {
+        Controls::new(CaptureMode::Off)
+    }
+}
+
+/// The figures the agent's threads publish for `status`.
+pub struct Counters {
     pub started: Instant,
     pub receiver: String,
     pub machine: String,
     pub watched: Vec<String>,
     pub connected: AtomicBool,
-    pub capture: Mutex<CaptureMode>,
     /// Items waiting in the scheduler.
     pub pending: AtomicU64,
     /// Capture time of the oldest item in the scheduler, as ms since `started`
@@ -68,30 +122,26 @@ pub struct Shared {
     pub last_error: Mutex<Option<String>>,
     /// Why the agent captures with the fallback watcher (empty with eBPF).
     fallback_reason: Mutex<String>,
-    /// Sending held by the `pause` switch: the scheduler keeps capturing,
-    /// logging and coalescing but dispatches nothing until resumed.
-    pub paused: AtomicBool,
     /// (local day, bytes sent that day): the GUI's "sent today".
     sent_today: Mutex<(i64, u64)>,
     /// The last files the receiver acknowledged, newest last.
     recent: Mutex<std::collections::VecDeque<RecentFile>>,
     /// Changes made at or after this time (ns since the epoch; i128::MAX:
     /// none) may have been lost; the next reconciliation compares such files
-    /// by content. See [`Shared::suspect`].
+    /// by content. See [`Counters::suspect`].
     suspect_since_ns: Mutex<i128>,
     /// When changes were last possibly lost.
     last_loss: Mutex<Option<Instant>>,
 }
 
-impl Shared {
-    pub fn new(receiver: String, machine: String, watched: Vec<String>, capture: CaptureMode) -> Shared {
-        Shared {
+impl Counters {
+    pub fn new(receiver: String, machine: String, watched: Vec<String>) -> Counters {
+        Counters {
             started: Instant::now(),
             receiver,
             machine,
             watched,
             connected: AtomicBool::new(false),
-            capture: Mutex::new(capture),
             pending: AtomicU64::new(0),
             oldest_pending_ms: AtomicU64::new(u64::MAX),
             unacked_ops: AtomicU64::new(0),
@@ -112,7 +162,6 @@ impl Shared {
             delta_fallbacks: AtomicU64::new(0),
             last_error: Mutex::new(None),
             fallback_reason: Mutex::new(String::new()),
-            paused: AtomicBool::new(false),
             sent_today: Mutex::new((local_day(), 0)),
             recent: Mutex::new(std::collections::VecDeque::new()),
             suspect_since_ns: Mutex::new(i128::MAX),
@@ -141,7 +190,7 @@ impl Shared {
     }
 
     /// The suspect window for a reconciliation starting now (kept until
-    /// [`Shared::settle_suspect`]).
+    /// [`Counters::settle_suspect`]).
     pub fn suspect_window(&self) -> i128 {
         *self.suspect_since_ns.lock().unwrap()
     }
@@ -199,16 +248,14 @@ impl Shared {
         }
     }
 
-    pub fn capture_mode(&self) -> CaptureMode {
-        *self.capture.lock().unwrap()
-    }
-
+    /// The figures, with the switches' fields left at their defaults (see
+    /// [`Controls::report`]).
     pub fn snapshot(&self) -> AgentStatus {
         let now = self.ms(Instant::now());
         let oldest = self.oldest_pending_ms.load(Relaxed).min(self.oldest_unacked_ms.load(Relaxed));
         AgentStatus {
             connected: self.connected.load(Relaxed),
-            capture: self.capture_mode().as_str().to_string(),
+            capture: String::new(),
             queue_depth: self.pending.load(Relaxed) + self.unacked_ops.load(Relaxed),
             lag_ms: if oldest == u64::MAX { 0 } else { now.saturating_sub(oldest) },
             bytes_sent: self.bytes_sent.load(Relaxed),
@@ -228,7 +275,7 @@ impl Shared {
             deltas: self.deltas.load(Relaxed),
             signature_bytes: self.signature_bytes.load(Relaxed),
             delta_fallbacks: self.delta_fallbacks.load(Relaxed),
-            paused: self.paused.load(Relaxed),
+            paused: false,
             bytes_sent_today: {
                 let t = self.sent_today.lock().unwrap();
                 if t.0 == local_day() {
@@ -264,7 +311,7 @@ mod tests {
 
     #[test]
     fn recent_files_are_newest_first_deduplicated_and_bounded() {
-        let s = Shared::new(String::new(), String::new(), Vec::new(), CaptureMode::Ebpf);
+        let s = Counters::new(String::new(), String::new(), Vec::new());
         s.replicated(&["/a".into(), "/b".into()]);
         s.replicated(&["/a".into()]);
         let names: Vec<String> = s.snapshot().recent_files.into_iter().map(|f| f.path).collect();
@@ -278,7 +325,7 @@ mod tests {
 
     #[test]
     fn bytes_sent_today_counts_with_the_total() {
-        let s = Shared::new(String::new(), String::new(), Vec::new(), CaptureMode::Ebpf);
+        let s = Counters::new(String::new(), String::new(), Vec::new());
         s.count_sent(100);
         s.count_sent(23);
         let snap = s.snapshot();

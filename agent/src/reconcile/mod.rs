@@ -9,9 +9,10 @@
 //! again by then is not removed.
 //!
 //! A regular file the mirror holds an older regular file of is named as a
-//! [`Reconcile::Delta`] with the mirror's size: the dispatcher then sends a
-//! big one as an rsync-style delta against the mirror's copy (see
-//! `scheduler::delta`). That is also where content hashes come in: a file
+//! [`Reconcile::Delta`] with the mirror's size: the dispatcher then hands a
+//! big one to the sender as a delta job, sent as an rsync-style delta
+//! against the mirror's copy (see `scheduler::dispatcher::DeltaJob` and
+//! `sender::signatures`). That is also where content hashes come in: a file
 //! whose size is the same and only the mtime differs costs a signature and
 //! one copy op when its content is unchanged.
 
@@ -31,12 +32,12 @@ use lifeline_proto::v1::{tree_entry, ListTreeRequest, TreeEntries, TreeEntry};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-mod links;
+mod link_groups;
 
 use crate::remote::Remote;
 use crate::scheduler::{Reconcile, SchedMsg};
-use crate::status::Shared;
-use links::{LinkGroups, Name};
+use crate::status::Counters;
+use link_groups::{LinkGroups, Name};
 
 /// Waits for requests and reconciles, one at a time (requests made while one
 /// runs coalesce into one more run).
@@ -44,15 +45,15 @@ pub async fn run(
     remote: Remote,
     roots: Vec<PathBuf>,
     queue: Sender<SchedMsg>,
-    shared: Arc<Shared>,
+    counters: Arc<Counters>,
     trigger: Arc<Notify>,
 ) {
     loop {
         trigger.notified().await;
-        if !shared.connected.load(Relaxed) {
+        if !counters.connected.load(Relaxed) {
             continue; // the next connection triggers it again
         }
-        let suspect = shared.suspect_window();
+        let suspect = counters.suspect_window();
         let started = std::time::Instant::now();
         match reconcile(&remote, &roots, &queue, suspect).await {
             Ok(Outcome { queued: n, raced }) => {
@@ -63,7 +64,7 @@ pub async fn run(
                     // has had a moment.
                     info!("{raced} paths changed while being compared; reconciling again in 1 s");
                 }
-                if !shared.settle_suspect(suspect, started) || raced > 0 {
+                if !counters.settle_suspect(suspect, started) || raced > 0 {
                     // Changes may still be getting lost (a burst that
                     // overflows the ring): compare again once it is over.
                     let again = trigger.clone();
@@ -72,15 +73,15 @@ pub async fn run(
                         again.notify_one();
                     });
                 }
-                shared.reconciliations.fetch_add(1, Relaxed);
-                shared.last_reconcile_ms.store(started.elapsed().as_millis() as u64, Relaxed);
-                shared.initial_sync_done.store(true, Relaxed);
+                counters.reconciliations.fetch_add(1, Relaxed);
+                counters.last_reconcile_ms.store(started.elapsed().as_millis() as u64, Relaxed);
+                counters.initial_sync_done.store(true, Relaxed);
                 info!("reconciliation queued {n} paths that differ from the mirror");
             }
             Err(e) => {
                 let msg = format!("reconciliation failed: {e:#}; it will be retried");
                 warn!("{msg}");
-                shared.set_error(msg);
+                counters.set_error(msg);
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 trigger.notify_one();
             }
@@ -147,7 +148,7 @@ pub struct Comparer {
     root_fds: HashMap<PathBuf, OwnedFd>,
     /// Files modified at or after this time (ns since the epoch) are
     /// compared by content even when size and mtime match: changes to them
-    /// may have been lost (see `Shared::suspect`).
+    /// may have been lost (see `Counters::suspect`).
     suspect_since_ns: i128,
     links: LinkGroups,
 }

@@ -1,14 +1,20 @@
-//! The scheduler: the queue unit (a channel fed in capture order), the
-//! schedule managing unit ([`coalesce`]) and the schedule processing unit
-//! (this loop), which dispatches after the interval, or sooner when enough is
-//! pending, and hands sequence-numbered batches to the network backup unit.
+//! The scheduler, in the design's words (`DESIGN.md`, "Words"):
+//!
+//! - the queue unit: the channel this thread reads ([`SchedMsg`], fed in
+//!   capture order) and its write-ahead log, [`queue_log::QueueLog`];
+//! - the schedule managing unit: [`coalescer::Coalescer`];
+//! - the schedule processing unit: [`dispatcher`], which dispatches after the
+//!   interval, or sooner when enough is pending, and hands sequence-numbered
+//!   batches to the network backup unit (`crate::sender`).
+//!
+//! This module holds the loop that ties them together: it takes in
+//! messages, keeps the log's checkpoint, and decides when to dispatch.
 
-pub mod coalesce;
-pub mod delta;
-pub mod dispatch;
-pub mod links;
+pub mod coalescer;
+pub mod dispatcher;
+pub mod hardlinks;
+pub mod queue_log;
 pub mod ranges;
-pub mod wal;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -16,15 +22,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{self as channel, RecvTimeoutError};
 use lifeline_capture::FileChange;
 use tracing::{debug, error, info, warn};
 
-use crate::status::Shared;
-use coalesce::{Coalescer, Item};
-use delta::{DeltaOptions, DeltaSource};
-use dispatch::{BatchBuilder, OutBatch};
-use wal::Wal;
+use crate::status::{Controls, Counters};
+use coalescer::Coalescer;
+use dispatcher::{Outgoing, Unsent, HOLD_FRESH};
+use queue_log::QueueLog;
 
 /// What the queue unit carries.
 #[derive(Debug)]
@@ -37,6 +42,15 @@ pub enum SchedMsg {
     /// up to origin `applied`: replay the log from its checkpoint, and build
     /// batches for stream `epoch` from now on.
     Resume { epoch: u64, applied: u64 },
+    /// The receiver made every op up to `seq` durable: the batches that
+    /// carried them leave the scheduler's in-flight list, and their changes
+    /// the queue log at the next checkpoint. (From the sender, in the order
+    /// it read the acknowledgements: the scheduler reacts to them instead of
+    /// polling a figure.)
+    Acked { seq: u64 },
+    /// The stream to the receiver broke: dispatch holds until the next
+    /// `Resume` (batches built meanwhile would be dropped by the sender).
+    Disconnected,
 }
 
 /// A reconciliation finding.
@@ -67,14 +81,16 @@ pub struct SchedulerOptions {
     /// Give up on an object that vanished and never reappeared after this long
     /// (reconciliation covers it).
     pub vanished_timeout: Duration,
-    /// Where reconciliation's deltas get their signatures (none: files are
-    /// always sent whole).
-    pub delta: Option<DeltaOptions>,
+    /// Reconciliation's files from this size are sent as deltas (none:
+    /// always whole); see `dispatcher::DeltaJob`.
+    pub delta_min_size: Option<u64>,
     /// The queue log is dropped past this size (see `AgentConfig::queue_max_mib`).
     pub queue_max_bytes: u64,
     /// Where to ask for a reconciliation (for what the scheduler gives up
     /// on); `None` in tests.
     pub reconcile: Option<Arc<tokio::sync::Notify>>,
+    /// The control socket's switches (the scheduler obeys `pause`).
+    pub controls: Arc<Controls>,
 }
 
 impl Default for SchedulerOptions {
@@ -84,27 +100,31 @@ impl Default for SchedulerOptions {
             eager_bytes: 16 << 20,
             eager_items: 20_000,
             vanished_timeout: Duration::from_secs(10),
-            delta: None,
+            delta_min_size: None,
             queue_max_bytes: 1 << 30,
             reconcile: None,
+            controls: Arc::default(),
         }
     }
 }
 
-/// The schedule processing unit's state between two turns of its loop.
+/// The scheduler's state between two turns of its loop.
 struct Scheduler {
     co: Coalescer,
-    wal: Wal,
-    shared: Arc<Shared>,
+    queue_log: QueueLog,
+    counters: Arc<Counters>,
     opts: SchedulerOptions,
     /// Last op seq handed out.
     seq: u64,
     /// The sender's stream this scheduler builds batches for (0: none yet).
     epoch: u64,
+    /// Whether the sender has a stream (between `Resume` and `Disconnected`).
+    connected: bool,
     /// Batches sent and not yet acknowledged: (last op seq, oldest origin).
     inflight: VecDeque<(u64, u64)>,
+    /// An acknowledgement arrived since the log's checkpoint last moved.
+    acked_since_checkpoint: bool,
     last_commit: Instant,
-    delta: Option<DeltaSource>,
     /// The log was dropped for its size: the coalescer holds more than it.
     log_dropped: bool,
     /// Names whose content was sent past (kept across dispatches: what
@@ -112,50 +132,39 @@ struct Scheduler {
     unsent: Unsent,
 }
 
-/// Dispatch rounds the queue waits behind an object that vanished at send
-/// time before sending past it (about 4 intervals each).
-const HOLD_ROUNDS: u32 = 5;
-/// ... and only for a change captured this recently.
-const HOLD_FRESH: Duration = Duration::from_secs(2);
-
-/// A reconciliation's delta waits (with everything after it) while batches
-/// are unacknowledged, for at most this long: its signature must describe the
-/// mirror after what is already on its way. Otherwise a file found different
-/// again before its first delta was applied gets a second delta against the
-/// old copy, which the receiver refuses (and the file is sent whole).
-const DELTA_WAIT: Duration = Duration::from_secs(3);
-
 /// How often the log is made durable while nothing is dispatched, and how
 /// often acknowledgements move its checkpoint.
 const LOG_SYNC_EVERY: Duration = Duration::from_millis(50);
 
 /// Runs until the queue's senders are gone or the network side hangs up.
 pub fn run(
-    rx: Receiver<SchedMsg>,
-    out: tokio::sync::mpsc::Sender<OutBatch>,
-    shared: Arc<Shared>,
+    rx: channel::Receiver<SchedMsg>,
+    out: tokio::sync::mpsc::Sender<Outgoing>,
+    counters: Arc<Counters>,
     roots: Vec<PathBuf>,
     opts: SchedulerOptions,
-    wal: Wal,
+    queue_log: QueueLog,
 ) {
     let mut s = Scheduler {
         co: Coalescer::new(roots),
-        wal,
-        shared,
+        queue_log,
+        counters,
         opts,
         seq: 0,
         epoch: 0,
+        connected: false,
         inflight: VecDeque::new(),
+        acked_since_checkpoint: false,
         last_commit: Instant::now(),
-        delta: None,
         log_dropped: false,
         unsent: Unsent::default(),
     };
-    s.delta = s.opts.delta.clone().map(|o| DeltaSource::new(o, s.shared.clone()));
     let mut deadline: Option<Instant> = None;
     loop {
         let mut wait = deadline.map_or(Duration::from_secs(1), |d| d.saturating_duration_since(Instant::now()));
-        if !s.inflight.is_empty() || s.wal.is_dirty() {
+        // The log waits to be made durable, or its checkpoint to move past
+        // what was acknowledged.
+        if s.acked_since_checkpoint || s.queue_log.is_dirty() {
             wait = wait.min(LOG_SYNC_EVERY);
         }
         match rx.recv_timeout(wait) {
@@ -172,12 +181,12 @@ pub fn run(
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = s.wal.commit();
+                let _ = s.queue_log.commit();
                 return;
             }
         }
         s.housekeeping();
-        publish(&s.shared, &s.co);
+        publish(&s.counters, &s.co);
         let now = Instant::now();
         let due = deadline.is_some_and(|d| now >= d)
             || s.co.pending_bytes() >= s.opts.eager_bytes
@@ -187,7 +196,7 @@ pub fn run(
         }
         // Paused (the GUI's or CLI's `pause`): hold sending exactly as while
         // disconnected; changes are still captured, logged and coalesced.
-        if s.epoch == 0 || !s.shared.connected.load(Relaxed) || s.shared.paused.load(Relaxed) {
+        if s.epoch == 0 || !s.connected || s.opts.controls.paused() {
             // Keep coalescing until the receiver is back (or resumed).
             deadline = Some(now + Duration::from_millis(50));
             continue;
@@ -202,7 +211,7 @@ pub fn run(
         } else {
             Some(Instant::now() + s.opts.interval.max(Duration::from_millis(2)) * 4)
         };
-        publish(&s.shared, &s.co);
+        publish(&s.counters, &s.co);
     }
 }
 
@@ -211,16 +220,16 @@ impl Scheduler {
         match msg {
             SchedMsg::Change(ch, at) => {
                 debug!(path = %ch.path.display(), kind = ?ch.kind, ino = ch.ino, "change");
-                let origin = match self.wal.append(&ch) {
+                let origin = match self.queue_log.append(&ch) {
                     Ok(o) => o,
                     Err(e) => {
                         let msg = format!(
                             "cannot write the queue log in {}: {e}; changes are kept in memory only until \
                              this is fixed (free space on that filesystem)",
-                            self.wal.dir().display()
+                            self.queue_log.dir().display()
                         );
                         error!("{msg}");
-                        self.shared.set_error(msg);
+                        self.counters.set_error(msg);
                         // Unguarded: applied again on a replay, which is safe.
                         0
                     }
@@ -238,11 +247,19 @@ impl Scheduler {
                     }
                 }
             }
+            SchedMsg::Acked { seq } => {
+                while self.inflight.front().is_some_and(|&(last, _)| last <= seq) {
+                    self.inflight.pop_front();
+                    self.acked_since_checkpoint = true;
+                }
+            }
+            SchedMsg::Disconnected => self.connected = false,
             SchedMsg::Resume { epoch, applied } if self.log_dropped => {
                 // The log lacks what it dropped; the coalescer still holds it
                 // all but the batches that were in flight, which the
                 // reconciliation after this connection finds.
                 self.epoch = epoch;
+                self.connected = true;
                 self.inflight.clear();
                 self.unsent = Unsent::default();
                 self.log_dropped = false;
@@ -254,6 +271,7 @@ impl Scheduler {
                 // it started.
                 let first = self.epoch == 0;
                 self.epoch = epoch;
+                self.connected = true;
                 self.inflight.clear();
                 self.unsent = Unsent::default();
                 self.co.resume(applied);
@@ -261,7 +279,7 @@ impl Scheduler {
                 let replayed_at = now.checked_sub(HOLD_FRESH * 5).unwrap_or(now);
                 let (mut n, mut already) = (0u64, 0u64);
                 let co = &mut self.co;
-                let replayed = self.wal.replay(|l| {
+                let replayed = self.queue_log.replay(|l| {
                     n += 1;
                     if l.origin <= applied && is_tree_change(&l.change.kind) {
                         // Applied by the receiver though not (yet) acknowledged:
@@ -281,7 +299,7 @@ impl Scheduler {
                     // stale bytes look current to reconciliation.
                     self.co.read_files_whole();
                 }
-                self.shared.replays.fetch_add(1, Relaxed);
+                self.counters.replays.fetch_add(1, Relaxed);
                 info!(
                     epoch,
                     receiver_applied = applied,
@@ -294,28 +312,25 @@ impl Scheduler {
         }
     }
 
-    /// Forgets acknowledged batches, moves the log's checkpoint, and makes
-    /// the log durable now and then while nothing is sent.
+    /// Moves the log's checkpoint past what was acknowledged, and makes the
+    /// log durable now and then while nothing is sent.
     fn housekeeping(&mut self) {
-        let acked = self.shared.acked_seq.load(Relaxed);
-        while self.inflight.front().is_some_and(|&(last, _)| last <= acked) {
-            self.inflight.pop_front();
-        }
         if self.last_commit.elapsed() < LOG_SYNC_EVERY {
             return;
         }
         self.last_commit = Instant::now();
+        self.acked_since_checkpoint = false;
         let low_water = self
             .inflight
             .iter()
             .map(|&(_, o)| o)
-            .chain([self.co.min_origin(), self.wal.next_origin()])
+            .chain([self.co.min_origin(), self.queue_log.next_origin()])
             .min()
             .expect("not empty");
-        if let Err(e) = self.wal.set_checkpoint(low_water) {
-            error!("cannot update the queue log in {}: {e}", self.wal.dir().display());
+        if let Err(e) = self.queue_log.set_checkpoint(low_water) {
+            error!("cannot update the queue log in {}: {e}", self.queue_log.dir().display());
         }
-        let bytes = self.wal.disk_bytes();
+        let bytes = self.queue_log.disk_bytes();
         if bytes > self.opts.queue_max_bytes {
             let msg = format!(
                 "the queue log reached {} MiB while the receiver was unreachable (limit {} MiB, \
@@ -324,194 +339,14 @@ impl Scheduler {
                 self.opts.queue_max_bytes >> 20
             );
             warn!("{msg}");
-            self.shared.set_error(msg);
-            if let Err(e) = self.wal.discard() {
-                error!("cannot drop the queue log in {}: {e}", self.wal.dir().display());
+            self.counters.set_error(msg);
+            if let Err(e) = self.queue_log.discard() {
+                error!("cannot drop the queue log in {}: {e}", self.queue_log.dir().display());
             }
             self.log_dropped = true;
         }
-        self.shared.queue_log_bytes.store(self.wal.disk_bytes(), Relaxed);
-        self.shared.unacked_changes.store(self.wal.next_origin() - self.wal.checkpoint(), Relaxed);
-    }
-
-    /// Sends everything pending; false when the network side is gone.
-    fn dispatch(&mut self, out: &tokio::sync::mpsc::Sender<OutBatch>) -> bool {
-        // What is sent must be in the log first: a crash after sending and
-        // before the acknowledgement replays it. (Written now; made durable
-        // on the log's own thread within milliseconds, so that fdatasync
-        // latency never delays replication.)
-        if let Err(e) = self.wal.commit() {
-            error!("cannot sync the queue log in {}: {e}", self.wal.dir().display());
-        }
-        self.last_commit = Instant::now();
-        let mut items = self.co.take().into_iter();
-        let mut closed = false;
-        let unacked = !self.inflight.is_empty();
-        let inflight = &mut self.inflight;
-        let mut send = |b: OutBatch| {
-            inflight.push_back((b.last_seq, b.min_origin));
-            if out.blocking_send(b).is_err() {
-                closed = true;
-            }
-        };
-        let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.delta.as_mut());
-        let mut held = Vec::new();
-        let mut back = Vec::new();
-        let unsent = &mut self.unsent;
-        unsent.redirected = false;
-        while let Some(item) = items.next() {
-            if let Item::Content(c) = &item {
-                if unacked && matches!(c.what, coalesce::What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
-                    debug!(local = %c.local.display(), "delta waits for the acknowledgement of batches in flight");
-                    held.push(item);
-                    held.extend(items.by_ref());
-                    break;
-                }
-            }
-            let item = unsent.redirect(item);
-            // Content sent: the receiver has it under that name now.
-            let remote = match &item {
-                Item::Content(c) if !unsent.names.is_empty() => Some(c.remote.clone()),
-                _ => None,
-            };
-            let Some(mut c) = builder.item(item) else {
-                if let Some(r) = remote {
-                    unsent.names.remove(&r);
-                }
-                continue;
-            };
-            // A linked file whose entry lost track of its name: read it
-            // through the name it has now.
-            if self.co.relocate(&mut c) {
-                match builder.item(Item::Content(c)) {
-                    None => continue,
-                    Some(back) => c = back,
-                }
-            }
-            // The object vanished since its change: renamed or replaced, and
-            // that event is usually on its way. Later ops may refer to it by
-            // the name it had (a link, a rename), so everything after it
-            // waits, in order, for a few rounds.
-            // Only fresh changes, whose next event is on its way; a backlog
-            // (a replay, a long cut) would be held object after object.
-            if c.deferrals < HOLD_ROUNDS && c.since.elapsed() < HOLD_FRESH {
-                debug!(local = %c.local.display(), "vanished at send time; holding the rest of the queue");
-                c.deferrals += 1;
-                held.push(Item::Content(c));
-                held.extend(items.by_ref());
-                break;
-            }
-            unsent.sent_past(&c);
-            back.push(c);
-        }
-        builder.flush();
-        let stale_links = builder.stale_links;
-        drop(builder);
-        if closed {
-            return false;
-        }
-        self.co.restore(held);
-        // Still gone after that: sent past, and retried by its current name.
-        let mut given_up = 0;
-        let mut oldest_given_up = std::time::SystemTime::now();
-        for c in back {
-            debug!(local = %c.local.display(), "vanished at send time; deferred");
-            if c.since.elapsed() < self.opts.vanished_timeout {
-                self.co.requeue(c);
-            } else {
-                debug!("{} vanished and never came back", c.local.display());
-                given_up += 1;
-                oldest_given_up = oldest_given_up.min(std::time::SystemTime::now() - c.since.elapsed());
-            }
-        }
-        if self.unsent.redirected || stale_links > 0 {
-            // Names linked by a check instead of a link, or a reconciliation's
-            // link whose names were renamed since: split in the mirror until
-            // a reconciliation links them again.
-            if let Some(r) = &self.opts.reconcile {
-                r.notify_one();
-            }
-        }
-        if given_up > 0 {
-            // Their data may live on under names the queue does not know (or
-            // a reconciliation's finding merged into them went with them).
-            info!(entries = given_up, "gave up on objects that vanished; reconciling");
-            // What they carried may have reached the mirror in part, with
-            // the file's current size and mtime: compare by content.
-            self.shared.suspect(oldest_given_up);
-            if let Some(r) = &self.opts.reconcile {
-                r.notify_one();
-            }
-        }
-        true
-    }
-}
-
-/// Mirror names whose content was sent past because the object had
-/// vanished: the receiver has nothing (or an older object) there, until
-/// content for the name is sent or a rename or removal moves it on.
-///
-/// A link from such a name would fail at the receiver ("link source is
-/// missing"): that happens when a file is created, renamed, linked and
-/// unlinked again before the agent reads it (a busy machine). The link is
-/// sent as a check of its new name instead: whatever is there now goes whole,
-/// or is removed.
-const UNSENT_MAX: usize = 4096;
-
-#[derive(Default)]
-struct Unsent {
-    names: std::collections::HashSet<PathBuf>,
-    /// A link became a check.
-    redirected: bool,
-}
-
-impl Unsent {
-    fn sent_past(&mut self, c: &coalesce::Content) {
-        if self.names.len() >= UNSENT_MAX {
-            // Names nothing referred to again; a link from one of them
-            // fails at the receiver and is repaired by reconciliation.
-            self.names.clear();
-        }
-        self.names.insert(c.remote.clone());
-    }
-
-    /// `item`, or what to send instead; follows the names through renames.
-    fn redirect(&mut self, item: Item) -> Item {
-        if self.names.is_empty() {
-            return item;
-        }
-        match item {
-            Item::Rename { ref from, ref to, exchange, .. } => {
-                let (f, t) = (self.names.remove(from), self.names.remove(to));
-                if f {
-                    self.names.insert(to.clone());
-                }
-                if t && exchange {
-                    self.names.insert(from.clone());
-                }
-                item
-            }
-            Item::Remove { ref path, .. } => {
-                self.names.remove(path);
-                item
-            }
-            Item::Link { from, to, since, origin, verify: None } if self.names.contains(&from) => {
-                debug!(from = %from.display(), to = %to.display(), "link source never reached the receiver; sending the new name whole");
-                self.redirected = true;
-                self.names.remove(&to);
-                Item::Content(coalesce::Content {
-                    remote: to.clone(),
-                    local: to,
-                    what: coalesce::What::Check,
-                    ino: 0,
-                    dev: 0,
-                    since,
-                    deferrals: HOLD_ROUNDS,
-                    origin,
-                })
-            }
-            other => other,
-        }
+        self.counters.queue_log_bytes.store(self.queue_log.disk_bytes(), Relaxed);
+        self.counters.unacked_changes.store(self.queue_log.next_origin() - self.queue_log.checkpoint(), Relaxed);
     }
 }
 
@@ -521,9 +356,9 @@ fn is_tree_change(kind: &lifeline_capture::ChangeKind) -> bool {
     matches!(kind, Unlink | Rmdir | Rename { .. } | Link { .. })
 }
 
-fn publish(shared: &Shared, co: &Coalescer) {
-    shared.pending.store(co.len() as u64, Relaxed);
-    shared.oldest_pending_ms.store(co.oldest().map_or(u64::MAX, |t| shared.ms(t)), Relaxed);
+fn publish(counters: &Counters, co: &Coalescer) {
+    counters.pending.store(co.len() as u64, Relaxed);
+    counters.oldest_pending_ms.store(co.oldest().map_or(u64::MAX, |t| counters.ms(t)), Relaxed);
 }
 
 #[cfg(test)]
@@ -532,6 +367,24 @@ mod tests {
     use lifeline_capture::ChangeKind;
     use lifeline_proto::v1 as pb;
     use std::path::Path;
+
+    /// A scheduler on a thread of its own, replicating `root`.
+    struct Running {
+        tx: crossbeam_channel::Sender<SchedMsg>,
+        out_rx: tokio::sync::mpsc::Receiver<Outgoing>,
+        counters: Arc<Counters>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn start(root: &Path, log_dir: &Path, opts: SchedulerOptions) -> Running {
+        let queue_log = QueueLog::open(log_dir).unwrap();
+        let counters = Arc::new(Counters::new("r".into(), "m".into(), vec![]));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(16);
+        let (c2, r2) = (counters.clone(), vec![root.to_path_buf()]);
+        let thread = std::thread::spawn(move || run(rx, out_tx, c2, r2, opts, queue_log));
+        Running { tx, out_rx, counters, thread }
+    }
 
     fn change(path: &Path) -> SchedMsg {
         let ch = FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind: ChangeKind::Attr, dev: 0, ino: 0 };
@@ -547,13 +400,9 @@ mod tests {
         let root = d.path().canonicalize().unwrap();
         let (tmp, a, link) = (root.join("a.tmp"), root.join("a"), root.join("a.link0"));
         std::fs::write(&a, b"a later file took the name").unwrap();
-        let wal = Wal::open(&d.path().join("queue")).unwrap();
-        let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
-        shared.connected.store(true, Relaxed);
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
-        let (s2, r2) = (shared.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, SchedulerOptions::default(), wal));
+        let Running { tx, mut out_rx, counters, thread: t } =
+            start(&root, &d.path().join("queue"), SchedulerOptions::default());
+        counters.connected.store(true, Relaxed);
         tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
         // Captured long enough ago that nothing waits for the vanished file.
         let at = Instant::now() - HOLD_FRESH * 2;
@@ -573,7 +422,7 @@ mod tests {
         // Until the link or what replaces it.
         let done = |o: &pb::Op| o.path.ends_with(b"a.link0") || matches!(o.kind, Some(pb::op::Kind::Link(_)));
         while !ops.iter().any(done) {
-            let b = out_rx.blocking_recv().expect("batches");
+            let Outgoing::Batch(b) = out_rx.blocking_recv().expect("batches") else { panic!("a delta job") };
             ops.extend(b.batch.ops);
         }
         let kinds: Vec<(String, &str)> = ops
@@ -604,33 +453,59 @@ mod tests {
         for f in &files {
             std::fs::write(f, b"x").unwrap();
         }
-        let wal = Wal::open(&root.join("queue")).unwrap();
-        let shared = Arc::new(Shared::new("r".into(), "m".into(), vec![], crate::status::CaptureMode::Off));
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(16);
         let opts = SchedulerOptions { queue_max_bytes: 4096, ..Default::default() };
-        let (s2, r2) = (shared.clone(), vec![root.clone()]);
-        let t = std::thread::spawn(move || run(rx, out_tx, s2, r2, opts, wal));
+        let Running { tx, mut out_rx, counters, thread: t } = start(&root, &root.join("queue"), opts);
         // The receiver is away: the log grows past 4 KiB and is dropped.
         for f in &files {
             tx.send(change(f)).unwrap();
         }
         let dropped = (0..100).any(|_| {
             std::thread::sleep(Duration::from_millis(20));
-            shared.last_error.lock().unwrap().as_deref().is_some_and(|e| e.contains("dropped"))
+            counters.last_error.lock().unwrap().as_deref().is_some_and(|e| e.contains("dropped"))
         });
-        assert!(dropped, "no drop reported: {:?}", shared.last_error.lock().unwrap());
-        assert!(shared.queue_log_bytes.load(Relaxed) < 4096);
+        assert!(dropped, "no drop reported: {:?}", counters.last_error.lock().unwrap());
+        assert!(counters.queue_log_bytes.load(Relaxed) < 4096);
         // Back: everything still goes out, without a replay.
-        shared.connected.store(true, Relaxed);
+        counters.connected.store(true, Relaxed);
         tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
         let mut sent = std::collections::HashSet::new();
         while sent.len() < files.len() {
-            let b = out_rx.blocking_recv().expect("batches");
+            let Outgoing::Batch(b) = out_rx.blocking_recv().expect("batches") else { panic!("a delta job") };
             assert_eq!(b.epoch, 1);
             sent.extend(b.batch.ops.iter().map(|o| o.path.clone()));
         }
-        assert_eq!(shared.replays.load(Relaxed), 0);
+        assert_eq!(counters.replays.load(Relaxed), 0);
+        drop(tx);
+        drop(out_rx);
+        t.join().unwrap();
+    }
+
+    /// Changes leave the queue log once an acknowledgement message covers
+    /// the batch that carried them, and not before.
+    #[test]
+    fn an_acknowledgement_message_moves_the_logs_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().canonicalize().unwrap();
+        let file = root.join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let Running { tx, mut out_rx, counters, thread: t } =
+            start(&root, &root.join("queue"), SchedulerOptions::default());
+        tx.send(SchedMsg::Resume { epoch: 1, applied: 0 }).unwrap();
+        tx.send(change(&file)).unwrap();
+        let Outgoing::Batch(b) = out_rx.blocking_recv().expect("a batch") else { panic!("a delta job") };
+        let unacked = |n: u64| {
+            (0..100).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                counters.unacked_changes.load(Relaxed) == n
+            })
+        };
+        assert!(unacked(1), "logged: {}", counters.unacked_changes.load(Relaxed));
+        tx.send(SchedMsg::Acked { seq: b.last_seq - 1 }).unwrap();
+        // Several checkpoint periods.
+        std::thread::sleep(LOG_SYNC_EVERY * 4);
+        assert_eq!(counters.unacked_changes.load(Relaxed), 1, "not covered yet");
+        tx.send(SchedMsg::Acked { seq: b.last_seq }).unwrap();
+        assert!(unacked(0), "acknowledged: {}", counters.unacked_changes.load(Relaxed));
         drop(tx);
         drop(out_rx);
         t.join().unwrap();

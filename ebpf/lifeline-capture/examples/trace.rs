@@ -2,7 +2,7 @@
 //! `cargo run -p lifeline-capture --example trace -- /some/dir`.
 use std::path::PathBuf;
 
-use lifeline_capture::{Capture, CaptureOptions, Resolver};
+use lifeline_capture::{Capture, CaptureOptions, PathResolver};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
     cap.set_watched(&roots)?;
     cap.attach()?;
     let reader = cap.take_reader().expect("reader");
-    reader.run(Resolver::new(roots)?, |m| {
+    reader.run(PathResolver::new(roots)?, |m| {
         println!("{m:?}");
         true
     });

@@ -68,7 +68,7 @@ pub struct FileChange {
 const RENAME_EXCHANGE: u64 = 2;
 
 /// Turns records into [`FileChange`]s for the watched roots.
-pub struct Resolver {
+pub struct PathResolver {
     mounts: MountTable,
     roots: Vec<PathBuf>,
     /// Kernel dev_t of the filesystems the roots are on.
@@ -87,15 +87,15 @@ pub enum Unresolved {
     Incomplete,
 }
 
-impl Resolver {
+impl PathResolver {
     /// `roots` must be canonical absolute paths.
-    pub fn new(roots: Vec<PathBuf>) -> std::io::Result<Resolver> {
+    pub fn new(roots: Vec<PathBuf>) -> std::io::Result<PathResolver> {
         use std::os::unix::fs::MetadataExt;
         let mut watched_devs = Vec::new();
         for r in &roots {
             watched_devs.push(crate::mounts::user_dev_to_kernel(std::fs::metadata(r)?.dev()));
         }
-        Ok(Resolver { mounts: MountTable::read()?, roots, watched_devs, reread_at: None })
+        Ok(PathResolver { mounts: MountTable::read()?, roots, watched_devs, reread_at: None })
     }
 
     pub fn roots(&self) -> &[PathBuf] {

@@ -28,7 +28,7 @@ use lifeline_ebpf_common::{flags, stat, Config, Run, RUN_ENDED, RUN_WINDOW_NS};
 use std::collections::HashMap;
 use tracing::{debug, info, warn};
 
-pub use change::{ChangeKind, FileChange, Resolver, Unresolved};
+pub use change::{ChangeKind, FileChange, PathResolver, Unresolved};
 
 /// The compiled kernel programs (built by build.rs).
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lifeline-ebpf.o"));
@@ -232,7 +232,7 @@ impl Reader {
     }
 
     /// Reads records until `sink` returns false. Blocks in poll(2) when idle.
-    pub fn run(mut self, mut resolver: Resolver, mut sink: impl FnMut(CaptureMsg) -> bool) {
+    pub fn run(mut self, mut resolver: PathResolver, mut sink: impl FnMut(CaptureMsg) -> bool) {
         let mut last_lost = self.kernel_stats().lost;
         let mut incomplete = 0u64;
         let mut last_check = Instant::now();
@@ -301,7 +301,7 @@ impl Reader {
     fn record(
         &mut self,
         raw: record::RawEvent,
-        resolver: &mut Resolver,
+        resolver: &mut PathResolver,
         incomplete: &mut u64,
         out: &mut Vec<CaptureMsg>,
     ) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::verifier::VerifierReport;
-use crate::{Capture, CaptureMsg, CaptureOptions, ChangeKind, Resolver};
+use crate::{Capture, CaptureMsg, CaptureOptions, ChangeKind, PathResolver};
 
 /// Where the check writes in its file: past the start, so a range that
 /// ignored the offset would show.
@@ -42,7 +42,7 @@ pub fn run(dir: &Path) -> anyhow::Result<SelfCheck> {
     capture.set_watched(std::slice::from_ref(&dir))?;
     capture.attach()?;
     let reader = capture.take_reader().expect("a fresh capture has its reader");
-    let resolver = Resolver::new(vec![dir.clone()])?;
+    let resolver = PathResolver::new(vec![dir.clone()])?;
 
     let path = dir.join(format!(".lifeline-capture-check-{}", std::process::id()));
     let started = Instant::now();

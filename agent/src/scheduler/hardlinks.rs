@@ -12,12 +12,12 @@ use std::path::{Path, PathBuf};
 pub type FileId = (u64, u64);
 
 #[derive(Default)]
-pub struct Links {
+pub struct HardLinks {
     names: HashMap<FileId, Vec<PathBuf>>,
     by_path: BTreeMap<PathBuf, FileId>,
 }
 
-impl Links {
+impl HardLinks {
     pub fn is_empty(&self) -> bool {
         self.by_path.is_empty()
     }
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn follows_renames_and_unlinks() {
-        let mut l = Links::default();
+        let mut l = HardLinks::default();
         l.add((1, 7), Path::new("/w/a"));
         l.add((1, 7), Path::new("/w/d/b"));
         l.rename(Path::new("/w/d"), Path::new("/w/e"));

@@ -1,24 +1,19 @@
-//! Deltas for reconciliation: where the ranges that changed are unknown (the
-//! agent was off, capture was switched off, kernel events were lost) and the
-//! receiver holds an older copy of a file, the dispatcher fetches the
-//! signature of that copy (`GetSignature`) and sends an rsync-style delta
-//! against it (`FileDelta` ops) instead of the whole file; see
-//! `dispatch::BatchBuilder` and `receiver/src/delta.rs`.
+//! Signatures for reconciliation's deltas: where the ranges that changed
+//! are unknown (the agent was off, capture was switched off, kernel events
+//! were lost) and the receiver holds an older copy of a file, the dispatcher
+//! hands the sender a delta job (`scheduler::dispatcher::DeltaJob`); the
+//! sender fetches the signature of the mirror's copy (`GetSignature`) here
+//! and the job sends an rsync-style delta against it (`FileDelta` ops)
+//! instead of the whole file; see `receiver/src/delta.rs`.
 //!
-//! The dispatcher runs on the scheduler's own thread, which is not a tokio
-//! worker: it fetches the signature with `Handle::block_on` on the agent's
-//! runtime. That blocks the scheduler for the fetch (the receiver hashes its
-//! copy: about a second per GiB), as sending a big file whole blocks it on
-//! the network already; changes captured meanwhile wait in the queue's
-//! channel, and ops dispatched before are on their way. Keeping the dispatch
-//! synchronous keeps its one invariant simple: ops leave in the order the
-//! coalescer produced them, each delta's pieces in a row.
-//!
-//! A delta is worth it from [`DELTA_MIN_SIZE`] bytes: below that the round
-//! trip for the signature costs about what the file does.
+//! The fetch runs on the agent's runtime, never on the scheduler's thread:
+//! the scheduler keeps taking in changes while the receiver hashes its copy
+//! (about a second per GiB). The sender sends nothing else meanwhile, so ops
+//! still leave in the order the coalescer produced them, each delta's pieces
+//! in a row.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,10 +24,8 @@ use prost::Message;
 use tonic::transport::Channel;
 
 use crate::remote::Remote;
-use crate::status::Shared;
-
-/// Files smaller than this are sent whole (see `bench/reconcile.py`).
-pub const DELTA_MIN_SIZE: u64 = 256 << 10;
+use crate::scheduler::dispatcher::BaseSignature;
+use crate::status::Counters;
 
 /// Longest wait for the next message of a signature (the receiver sends
 /// one at least every 64 MiB it hashes).
@@ -42,69 +35,46 @@ const MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// is 80 MiB. A receiver claiming more is not believed.
 const MAX_SIGNATURE: u64 = 512 << 20;
 
-/// How the dispatcher reaches the receiver for signatures.
+/// Fetches signatures, keeping one connection for all of them (cheap to
+/// clone: the clones share it).
 #[derive(Clone)]
-pub struct DeltaOptions {
-    pub remote: Remote,
-    /// The agent's runtime, to run the request from the scheduler's thread.
-    pub handle: tokio::runtime::Handle,
-    /// Files below this size are sent whole.
-    pub min_size: u64,
+pub struct Signatures {
+    remote: Remote,
+    counters: Arc<Counters>,
+    client: Arc<Mutex<Option<ReplicationClient<Channel>>>>,
 }
 
-impl std::fmt::Debug for DeltaOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeltaOptions")
-            .field("receiver", &self.remote.endpoint())
-            .field("min_size", &self.min_size)
-            .finish()
-    }
-}
-
-/// The signature of the mirror's copy and the token naming that version.
-pub struct BaseSignature {
-    pub sig: Signature,
-    pub token: Vec<u8>,
-}
-
-/// Fetches signatures, keeping one connection for all of them.
-pub struct DeltaSource {
-    opts: DeltaOptions,
-    shared: Arc<Shared>,
-    client: Option<ReplicationClient<Channel>>,
-}
-
-impl DeltaSource {
-    pub fn new(opts: DeltaOptions, shared: Arc<Shared>) -> DeltaSource {
-        DeltaSource { opts, shared, client: None }
+impl Signatures {
+    pub fn new(remote: Remote, counters: Arc<Counters>) -> Signatures {
+        Signatures { remote, counters, client: Arc::default() }
     }
 
-    pub fn min_size(&self) -> u64 {
-        self.opts.min_size
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
     }
 
-    pub fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
-    /// The signature of the mirror's file at wire path `wire` (blocking).
-    pub fn fetch(&mut self, wire: &[u8]) -> anyhow::Result<BaseSignature> {
-        let handle = self.opts.handle.clone();
-        let r = handle.block_on(self.fetch_async(wire));
+    /// The signature of the mirror's file at wire path `wire`.
+    pub async fn fetch(&self, wire: &[u8]) -> anyhow::Result<BaseSignature> {
+        let r = self.fetch_once(wire).await;
         if r.is_err() {
             // A broken connection is not reused; a refusal costs one reconnect.
-            self.client = None;
+            *self.client.lock().unwrap() = None;
         }
         r
     }
 
-    async fn fetch_async(&mut self, wire: &[u8]) -> anyhow::Result<BaseSignature> {
-        if self.client.is_none() {
-            self.client = Some(self.opts.remote.connect().await?);
-        }
-        let mut client = self.client.clone().expect("connected");
+    async fn fetch_once(&self, wire: &[u8]) -> anyhow::Result<BaseSignature> {
+        let client = self.client.lock().unwrap().clone();
+        let mut client = match client {
+            Some(c) => c,
+            None => {
+                let c = self.remote.connect().await?;
+                *self.client.lock().unwrap() = Some(c.clone());
+                c
+            }
+        };
         let mut req = tonic::Request::new(SignatureRequest { path: wire.to_vec(), block_len: 0, strong_len: 0 });
-        self.opts.remote.identify(&mut req);
+        self.remote.identify(&mut req);
         let mut stream = tokio::time::timeout(MESSAGE_TIMEOUT, client.get_signature(req))
             .await
             .context("the receiver did not answer")??
@@ -115,7 +85,7 @@ impl DeltaSource {
                 .await
                 .context("the receiver stopped sending the signature")??;
             let Some(msg) = msg else { break };
-            self.shared.signature_bytes.fetch_add(msg.encoded_len() as u64, Relaxed);
+            self.counters.signature_bytes.fetch_add(msg.encoded_len() as u64, Relaxed);
             if sig.is_none() {
                 let h = msg.header.as_ref().context("the signature has no header")?;
                 if !(MIN_BLOCK_LEN..=MAX_BLOCK_LEN).contains(&h.block_len)

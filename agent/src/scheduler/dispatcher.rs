@@ -1,21 +1,69 @@
-//! The schedule processing unit's output side: turns pending items into
-//! sequence-numbered wire operations, reading each file's current bytes for
-//! the changed ranges at send time.
+//! The schedule processing unit (the dispatcher): once the scheduler's loop
+//! says it is time, takes the coalescer's pending items in order
+//! (`Scheduler::dispatch`), holds the queue behind an object that vanished
+//! at send time for a few rounds, and turns the items into
+//! sequence-numbered wire operations ([`BatchBuilder`]), reading each file's
+//! current bytes for the changed ranges at send time. Batches go to the
+//! network backup unit (`crate::sender`) over a small channel.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use lifeline_core::{nofollow, wirepath};
 use lifeline_proto::v1::{self as pb, op::Kind};
 use rustix::fs::OFlags;
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
-use super::coalesce::{Content, Item, What, NO_ORIGIN};
-use super::delta::DeltaSource;
+use super::coalescer::{Content, Item, What, NO_ORIGIN};
+use super::Scheduler;
+
+/// Files smaller than this are sent whole (see `bench/reconcile.py`): below
+/// it the round trip for the signature costs about what the file does.
+pub const DELTA_MIN_SIZE: u64 = 256 << 10;
+
+/// What the dispatcher hands the network backup unit, in order.
+pub enum Outgoing {
+    Batch(OutBatch),
+    /// A reconciliation's file to send as a delta: the sender fetches the
+    /// signature of the mirror's copy and builds the ops (see [`DeltaJob`]).
+    Delta(Box<DeltaJob>),
+}
+
+/// A regular file reconciliation found different from the mirror's older
+/// copy, big enough for a delta, opened at dispatch. Fetching the copy's
+/// signature is a network call, which the scheduler's thread does not make:
+/// the sender runs the job ([`DeltaJob::build`]), and the ops it builds keep
+/// their place in the order, numbered within the span of sequence numbers
+/// the dispatcher set aside for them.
+pub struct DeltaJob {
+    pub content: Content,
+    /// The mirror's name of the file, on the wire.
+    pub wire: Vec<u8>,
+    file: File,
+    md: Metadata,
+    /// The job's ops are numbered after `first_seq`, up to `last_seq`
+    /// (the next batch's numbers start after it).
+    first_seq: u64,
+    pub last_seq: u64,
+    /// The oldest queue origin the file's entry carries (see
+    /// `OutBatch::min_origin`).
+    pub min_origin: u64,
+    pub epoch: u64,
+}
+
+/// Sequence numbers set aside for a delta job of a `size`-byte file: more
+/// than it can have ops. Every op of a job but its last two describes at
+/// least 16 KiB of the file: a delta piece ends after a MiB of literals,
+/// [`DELTA_PIECE_INSTRS`] instructions of a byte or more, or
+/// [`DELTA_PIECE_SPAN`] of the file; sent whole, an op holds a MiB. (The
+/// receiver only needs the numbers to grow; the unused ones are a gap.)
+fn delta_seq_span(size: u64) -> u64 {
+    size / DELTA_PIECE_INSTRS as u64 + 4
+}
 
 /// A batch ready for the network, with what the sender needs to account for it.
 pub struct OutBatch {
@@ -30,6 +78,204 @@ pub struct OutBatch {
     /// The scheduler's replay epoch it was built in; the sender drops batches
     /// of an older one (their changes are replayed).
     pub epoch: u64,
+}
+
+/// Dispatch rounds the queue waits behind an object that vanished at send
+/// time before sending past it (about 4 intervals each).
+const HOLD_ROUNDS: u32 = 5;
+/// ... and only for a change captured this recently.
+pub(super) const HOLD_FRESH: Duration = Duration::from_secs(2);
+
+/// A reconciliation's delta waits (with everything after it) while batches
+/// are unacknowledged, for at most this long: its signature must describe the
+/// mirror after what is already on its way. Otherwise a file found different
+/// again before its first delta was applied gets a second delta against the
+/// old copy, which the receiver refuses (and the file is sent whole).
+const DELTA_WAIT: Duration = Duration::from_secs(3);
+
+impl Scheduler {
+    /// Sends everything pending; false when the network side is gone.
+    pub(super) fn dispatch(&mut self, out: &tokio::sync::mpsc::Sender<Outgoing>) -> bool {
+        // What is sent must be in the log first: a crash after sending and
+        // before the acknowledgement replays it. (Written now; made durable
+        // on the log's own thread within milliseconds, so that fdatasync
+        // latency never delays replication.)
+        if let Err(e) = self.queue_log.commit() {
+            error!("cannot sync the queue log in {}: {e}", self.queue_log.dir().display());
+        }
+        self.last_commit = Instant::now();
+        let mut items = self.co.take().into_iter();
+        let mut closed = false;
+        let unacked = !self.inflight.is_empty();
+        let inflight = &mut self.inflight;
+        let mut send = |o: Outgoing| {
+            inflight.push_back(match &o {
+                Outgoing::Batch(b) => (b.last_seq, b.min_origin),
+                Outgoing::Delta(j) => (j.last_seq, j.min_origin),
+            });
+            if out.blocking_send(o).is_err() {
+                closed = true;
+            }
+        };
+        let mut builder = BatchBuilder::new(&mut self.seq, self.epoch, &mut send).with_delta(self.opts.delta_min_size);
+        let mut held = Vec::new();
+        let mut back = Vec::new();
+        let unsent = &mut self.unsent;
+        unsent.redirected = false;
+        while let Some(item) = items.next() {
+            if let Item::Content(c) = &item {
+                if unacked && matches!(c.what, What::Delta { .. }) && c.since.elapsed() < DELTA_WAIT {
+                    debug!(local = %c.local.display(), "delta waits for the acknowledgement of batches in flight");
+                    held.push(item);
+                    held.extend(items.by_ref());
+                    break;
+                }
+            }
+            let item = unsent.redirect(item);
+            // Content sent: the receiver has it under that name now.
+            let remote = match &item {
+                Item::Content(c) if !unsent.names.is_empty() => Some(c.remote.clone()),
+                _ => None,
+            };
+            let Some(mut c) = builder.item(item) else {
+                if let Some(r) = remote {
+                    unsent.names.remove(&r);
+                }
+                continue;
+            };
+            // A linked file whose entry lost track of its name: read it
+            // through the name it has now.
+            if self.co.relocate(&mut c) {
+                match builder.item(Item::Content(c)) {
+                    None => continue,
+                    Some(back) => c = back,
+                }
+            }
+            // The object vanished since its change: renamed or replaced, and
+            // that event is usually on its way. Later ops may refer to it by
+            // the name it had (a link, a rename), so everything after it
+            // waits, in order, for a few rounds.
+            // Only fresh changes, whose next event is on its way; a backlog
+            // (a replay, a long cut) would be held object after object.
+            if c.deferrals < HOLD_ROUNDS && c.since.elapsed() < HOLD_FRESH {
+                debug!(local = %c.local.display(), "vanished at send time; holding the rest of the queue");
+                c.deferrals += 1;
+                held.push(Item::Content(c));
+                held.extend(items.by_ref());
+                break;
+            }
+            unsent.sent_past(&c);
+            back.push(c);
+        }
+        builder.flush();
+        let stale_links = builder.stale_links;
+        drop(builder);
+        if closed {
+            return false;
+        }
+        self.co.restore(held);
+        // Still gone after that: sent past, and retried by its current name.
+        let mut given_up = 0;
+        let mut oldest_given_up = std::time::SystemTime::now();
+        for c in back {
+            debug!(local = %c.local.display(), "vanished at send time; deferred");
+            if c.since.elapsed() < self.opts.vanished_timeout {
+                self.co.requeue(c);
+            } else {
+                debug!("{} vanished and never came back", c.local.display());
+                given_up += 1;
+                oldest_given_up = oldest_given_up.min(std::time::SystemTime::now() - c.since.elapsed());
+            }
+        }
+        if self.unsent.redirected || stale_links > 0 {
+            // Names linked by a check instead of a link, or a reconciliation's
+            // link whose names were renamed since: split in the mirror until
+            // a reconciliation links them again.
+            if let Some(r) = &self.opts.reconcile {
+                r.notify_one();
+            }
+        }
+        if given_up > 0 {
+            // Their data may live on under names the queue does not know (or
+            // a reconciliation's finding merged into them went with them).
+            info!(entries = given_up, "gave up on objects that vanished; reconciling");
+            // What they carried may have reached the mirror in part, with
+            // the file's current size and mtime: compare by content.
+            self.counters.suspect(oldest_given_up);
+            if let Some(r) = &self.opts.reconcile {
+                r.notify_one();
+            }
+        }
+        true
+    }
+}
+
+/// Mirror names whose content was sent past because the object had
+/// vanished: the receiver has nothing (or an older object) there, until
+/// content for the name is sent or a rename or removal moves it on.
+///
+/// A link from such a name would fail at the receiver ("link source is
+/// missing"): that happens when a file is created, renamed, linked and
+/// unlinked again before the agent reads it (a busy machine). The link is
+/// sent as a check of its new name instead: whatever is there now goes whole,
+/// or is removed.
+const UNSENT_MAX: usize = 4096;
+
+#[derive(Default)]
+pub(super) struct Unsent {
+    names: std::collections::HashSet<PathBuf>,
+    /// A link became a check.
+    redirected: bool,
+}
+
+impl Unsent {
+    fn sent_past(&mut self, c: &Content) {
+        if self.names.len() >= UNSENT_MAX {
+            // Names nothing referred to again; a link from one of them
+            // fails at the receiver and is repaired by reconciliation.
+            self.names.clear();
+        }
+        self.names.insert(c.remote.clone());
+    }
+
+    /// `item`, or what to send instead; follows the names through renames.
+    fn redirect(&mut self, item: Item) -> Item {
+        if self.names.is_empty() {
+            return item;
+        }
+        match item {
+            Item::Rename { ref from, ref to, exchange, .. } => {
+                let (f, t) = (self.names.remove(from), self.names.remove(to));
+                if f {
+                    self.names.insert(to.clone());
+                }
+                if t && exchange {
+                    self.names.insert(from.clone());
+                }
+                item
+            }
+            Item::Remove { ref path, .. } => {
+                self.names.remove(path);
+                item
+            }
+            Item::Link { from, to, since, origin, verify: None } if self.names.contains(&from) => {
+                debug!(from = %from.display(), to = %to.display(), "link source never reached the receiver; sending the new name whole");
+                self.redirected = true;
+                self.names.remove(&to);
+                Item::Content(Content {
+                    remote: to.clone(),
+                    local: to,
+                    what: What::Check,
+                    ino: 0,
+                    dev: 0,
+                    since,
+                    deferrals: HOLD_ROUNDS,
+                    origin,
+                })
+            }
+            other => other,
+        }
+    }
 }
 
 /// Flush a batch once it holds this many data bytes or ops.
@@ -56,16 +302,16 @@ pub struct BatchBuilder<'a> {
     /// Origin of the item being sent.
     item_origin: u64,
     epoch: u64,
-    out: &'a mut dyn FnMut(OutBatch),
-    /// Signatures for deltas (none: files are always sent whole).
-    delta: Option<&'a mut DeltaSource>,
+    out: &'a mut dyn FnMut(Outgoing),
+    /// Files from this size are sent as delta jobs (none: always whole).
+    delta_min_size: Option<u64>,
     /// Reconciliation's links not sent because a name no longer denotes
     /// the file: another reconciliation must look again.
     pub stale_links: usize,
 }
 
 impl<'a> BatchBuilder<'a> {
-    pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(OutBatch)) -> BatchBuilder<'a> {
+    pub fn new(seq: &'a mut u64, epoch: u64, out: &'a mut dyn FnMut(Outgoing)) -> BatchBuilder<'a> {
         BatchBuilder {
             seq,
             ops: Vec::new(),
@@ -75,15 +321,14 @@ impl<'a> BatchBuilder<'a> {
             item_origin: NO_ORIGIN,
             epoch,
             out,
-            delta: None,
+            delta_min_size: None,
             stale_links: 0,
         }
     }
 
-    /// Sends reconciliation's files as deltas where worthwhile, with
-    /// signatures from `source`.
-    pub fn with_delta(mut self, source: Option<&'a mut DeltaSource>) -> BatchBuilder<'a> {
-        self.delta = source;
+    /// Sends reconciliation's files from `min_size` bytes as delta jobs.
+    pub fn with_delta(mut self, min_size: Option<u64>) -> BatchBuilder<'a> {
+        self.delta_min_size = min_size;
         self
     }
 
@@ -122,14 +367,14 @@ impl<'a> BatchBuilder<'a> {
             return;
         }
         let ops = std::mem::take(&mut self.ops);
-        (self.out)(OutBatch {
+        (self.out)(Outgoing::Batch(OutBatch {
             last_seq: *self.seq,
             oldest: self.oldest.take().unwrap_or_else(Instant::now),
             bytes: std::mem::take(&mut self.bytes) as u64,
             batch: pb::OpBatch { ops },
             min_origin: std::mem::replace(&mut self.min_origin, NO_ORIGIN),
             epoch: self.epoch,
-        });
+        }));
     }
 
     fn wire(p: &Path) -> Vec<u8> {
@@ -328,8 +573,21 @@ impl<'a> BatchBuilder<'a> {
         if !md.is_file() || (c.ino != 0 && md.ino() != c.ino) {
             return Err(vanished());
         }
+        self.opened_file(c, &f, &md, ranges, all, truncate_to)
+    }
+
+    /// [`Self::file`] once `f` is open and `md` its metadata.
+    fn opened_file(
+        &mut self,
+        c: &Content,
+        f: &File,
+        md: &Metadata,
+        ranges: &[(u64, u64)],
+        all: bool,
+        truncate_to: Option<u64>,
+    ) -> io::Result<()> {
         let size = md.len();
-        let attr = attr_of(&md);
+        let attr = attr_of(md);
         let whole = [(0, size)];
         let regrown: Vec<(u64, u64)>;
         let ranges = match truncate_to {
@@ -342,7 +600,7 @@ impl<'a> BatchBuilder<'a> {
             // and extended to a large size is mostly hole).
             Some(t) if t < size => {
                 let mut set = super::ranges::RangeSet::new();
-                for &(start, end) in ranges.iter().chain(&data_extents(&f, t, size)) {
+                for &(start, end) in ranges.iter().chain(&data_extents(f, t, size)) {
                     set.insert(start, end - start);
                 }
                 regrown = set.iter().collect();
@@ -373,7 +631,7 @@ impl<'a> BatchBuilder<'a> {
             let mut off = start;
             while off < end {
                 let want = ((end - off) as usize).min(lifeline_proto::MAX_CHUNK - held);
-                let data = read_at(&f, off, want)?;
+                let data = read_at(f, off, want)?;
                 if data.is_empty() {
                     break; // shrank meanwhile; its truncation is on its way
                 }
@@ -401,8 +659,11 @@ impl BatchBuilder<'_> {
     /// sends. A file whose size is the same and mtime differs costs a
     /// signature and one copy op when its content is unchanged: this is the
     /// "content hash where needed" of reconciliation.
+    ///
+    /// Here the file is only opened: the ops before it go out, and the file
+    /// follows as a [`DeltaJob`] for the sender, which fetches the signature.
     fn delta_or_check(&mut self, c: &Content, base_len: u64) -> io::Result<()> {
-        let Some(min) = self.delta.as_ref().map(|d| d.min_size()) else {
+        let Some(min) = self.delta_min_size else {
             return self.check(&c.local, &c.remote, c.since);
         };
         let md = match nofollow::lstat(&c.local) {
@@ -424,23 +685,62 @@ impl BatchBuilder<'_> {
         unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
         let whole = Content { ino: md.ino(), dev: md.dev(), ..c.clone() };
         let Ok(wire) = wirepath::from_local(&c.remote) else {
-            return self.file(&whole, &[], true, None);
+            return self.opened_file(&whole, &f, &md, &[], true, None);
         };
         // What came before goes out while the receiver hashes its copy.
         self.flush();
-        let source = self.delta.as_mut().expect("checked above");
-        let started = Instant::now();
-        let base = match source.fetch(&wire) {
-            Ok(b) => b,
-            Err(e) => {
-                source.shared().delta_fallbacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                debug!("no signature of {} from the receiver ({e:#}); sending it whole", c.remote.display());
-                return self.file(&whole, &[], true, None);
-            }
+        let first_seq = *self.seq;
+        *self.seq += delta_seq_span(md.len());
+        let job = DeltaJob {
+            content: whole,
+            wire,
+            file: f,
+            md,
+            first_seq,
+            last_seq: *self.seq,
+            min_origin: self.item_origin,
+            epoch: self.epoch,
         };
+        (self.out)(Outgoing::Delta(Box::new(job)));
+        Ok(())
+    }
+}
+
+/// The signature of the mirror's copy and the token naming that version.
+pub struct BaseSignature {
+    pub sig: lifeline_delta::Signature,
+    pub token: Vec<u8>,
+}
+
+impl DeltaJob {
+    /// The job's ops, handed to `out` in batches: a delta against `base`,
+    /// or with no signature (the receiver could not sign its copy) the file
+    /// whole. Reads the file (blocking). Returns whether it was a delta.
+    pub fn build(
+        self,
+        base: Option<BaseSignature>,
+        started: Instant,
+        out: &mut dyn FnMut(Outgoing),
+    ) -> io::Result<bool> {
+        let mut seq = self.first_seq;
+        let mut builder = BatchBuilder::new(&mut seq, self.epoch, out);
+        let built = match base {
+            Some(base) => builder.delta(&self.content, &self.file, &self.md, base, started).map(|()| true),
+            None => builder.opened_file(&self.content, &self.file, &self.md, &[], true, None).map(|()| false),
+        };
+        builder.flush();
+        drop(builder);
+        debug_assert!(seq <= self.last_seq, "a delta job outgrew its sequence numbers");
+        built
+    }
+}
+
+impl BatchBuilder<'_> {
+    /// The delta of `f` (`md`, as `c`) against the mirror's copy `base`.
+    fn delta(&mut self, c: &Content, f: &File, md: &Metadata, base: BaseSignature, started: Instant) -> io::Result<()> {
         let signed = started.elapsed();
         let size = md.len();
-        let attr = attr_of(&md);
+        let attr = attr_of(md);
         let mut piece = pb::FileDelta {
             first: true,
             base_len: base.sig.base_len,
@@ -456,7 +756,7 @@ impl BatchBuilder<'_> {
             let this = &mut *self;
             let piece = &mut piece;
             let pushed = &mut pushed;
-            lifeline_delta::diff(&base.sig, io::Read::take(&f, size), lifeline_proto::MAX_CHUNK, |op| {
+            lifeline_delta::diff(&base.sig, io::Read::take(f, size), lifeline_proto::MAX_CHUNK, |op| {
                 piece.instrs.push(pb::DeltaInstr {
                     kind: Some(match op {
                         lifeline_delta::DeltaOp::Copy { offset, len } => {
@@ -494,9 +794,6 @@ impl BatchBuilder<'_> {
                 piece.new_hash = stats.new_hash.to_vec();
                 piece.attr = Some(attr);
                 self.push(&c.remote, Kind::Delta(piece), since);
-                if let Some(d) = self.delta.as_ref() {
-                    d.shared().deltas.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
                 debug!(
                     "delta of {}: {} bytes copied, {} literal; signature of {} bytes in {:?}, diff in {:?}",
                     c.remote.display(),
@@ -620,7 +917,10 @@ mod tests {
             origin: NO_ORIGIN,
         };
         let mut batches = Vec::new();
-        let mut out = |b: OutBatch| batches.push(b);
+        let mut out = |o: Outgoing| match o {
+            Outgoing::Batch(b) => batches.push(b),
+            Outgoing::Delta(_) => unreachable!("no delta jobs without a minimum size"),
+        };
         let mut seq = 0;
         let mut builder = BatchBuilder::new(&mut seq, 1, &mut out);
         assert!(builder.item(Item::Content(c)).is_none());

@@ -23,10 +23,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::scheduler::hardlinks::FileId;
 use crate::scheduler::Reconcile;
-
-/// `(st_dev, st_ino)` of a source file.
-pub type FileId = (u64, u64);
 
 #[derive(Default)]
 pub struct LinkGroups {

@@ -14,6 +14,18 @@
 //! reconciliation finding, which is always sent whole: no waiting for the
 //! next reconciliation, and no delta loop. Should the connection break first,
 //! the reconciliation that follows every connection finds the file again.
+//!
+//! Reconciliation's big files come as delta jobs: the sender fetches the
+//! mirror's signature ([`signatures`]) and the job builds its ops on a
+//! blocking thread, which are sent before anything the scheduler dispatched
+//! after it. The scheduler set a span of sequence numbers aside for the job
+//! and counts it acknowledged once the receiver acknowledged all of it (see
+//! `InFlight::acks_up_to`).
+//!
+//! Acknowledgements and a broken stream go to the scheduler as messages on
+//! its input channel (`SchedMsg::Acked`, `SchedMsg::Disconnected`).
+
+pub mod signatures;
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,9 +38,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::remote::Remote;
-use crate::scheduler::dispatch::OutBatch;
+use crate::scheduler::dispatcher::{DeltaJob, OutBatch, Outgoing};
 use crate::scheduler::SchedMsg;
-use crate::status::Shared;
+use crate::status::Counters;
+use signatures::Signatures;
 
 struct InFlight {
     last_seq: u64,
@@ -37,27 +50,116 @@ struct InFlight {
     /// The batch's last few paths, for the status's "last files replicated"
     /// once the receiver acknowledges it.
     paths: Vec<String>,
+    /// The scheduler's sequence number this batch's acknowledgement stands
+    /// for: its last op's, or past it the end of the numbers set aside for
+    /// a delta job that ended with (or sent nothing after) this batch.
+    acks_up_to: u64,
 }
 
-/// Where the sender gets its batches and tells the scheduler to replay.
-pub struct Queue {
-    pub batches: mpsc::Receiver<OutBatch>,
+/// A delta job the sender is running: its batches come before anything
+/// else the scheduler dispatched.
+struct RunningJob {
+    batches: mpsc::Receiver<OutBatch>,
+    /// The end of the job's sequence numbers.
+    last_seq: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        // The stream broke: the signature is not needed any more (a job
+        // already reading its file stops at its next batch).
+        self.task.abort();
+    }
+}
+
+/// Fetches the job's signature, then builds its ops on a blocking thread.
+fn start_job(job: DeltaJob, signatures: Signatures) -> RunningJob {
+    let (tx, rx) = mpsc::channel(2);
+    let last_seq = job.last_seq;
+    let task = tokio::spawn(async move {
+        let counters = signatures.counters().clone();
+        let started = Instant::now();
+        let base = match signatures.fetch(&job.wire).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                counters.delta_fallbacks.fetch_add(1, Relaxed);
+                debug!("no signature of {} from the receiver ({e:#}); sending it whole", job.content.remote.display());
+                None
+            }
+        };
+        let local = job.content.local.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            job.build(base, started, &mut |o| {
+                if let Outgoing::Batch(b) = o {
+                    let _ = tx.blocking_send(b);
+                }
+            })
+        })
+        .await;
+        match built {
+            Ok(Ok(true)) => {
+                counters.deltas.fetch_add(1, Relaxed);
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                warn!("cannot read {}: {e}; it will be retried at the next reconciliation", local.display())
+            }
+            Err(e) => warn!("the delta of {} failed: {e}", local.display()),
+        }
+    });
+    RunningJob { batches: rx, last_seq, task }
+}
+
+async fn next_job_batch(job: &mut Option<RunningJob>) -> Option<OutBatch> {
+    job.as_mut().expect("only polled while a job runs").batches.recv().await
+}
+
+/// Sends one batch and accounts for it.
+async fn send_batch(
+    b: OutBatch,
+    inflight: &mut VecDeque<InFlight>,
+    tx: &mpsc::Sender<lifeline_proto::v1::OpBatch>,
+    counters: &Counters,
+) -> anyhow::Result<()> {
+    let ops = b.batch.ops.len() as u64;
+    counters.ops_sent.fetch_add(ops, Relaxed);
+    counters.count_sent(b.bytes);
+    counters.unacked_ops.fetch_add(ops, Relaxed);
+    if inflight.is_empty() {
+        counters.oldest_unacked_ms.store(counters.ms(b.oldest), Relaxed);
+    }
+    let paths = recent_paths(&b.batch);
+    inflight.push_back(InFlight { last_seq: b.last_seq, oldest: b.oldest, ops, paths, acks_up_to: b.last_seq });
+    tx.send(b.batch).await.map_err(|_| anyhow::anyhow!("request stream closed"))
+}
+
+/// The sender's two ends of its links with the scheduler: the batches it
+/// sends, and the scheduler's own input channel (the queue unit), on which it
+/// tells the scheduler to replay and what the receiver acknowledged.
+pub struct SendChannels {
+    pub batches: mpsc::Receiver<Outgoing>,
     pub scheduler: crossbeam_channel::Sender<SchedMsg>,
-    /// The queue log's id (see `scheduler::wal`).
-    pub id: u64,
+    /// The queue log's id (see `scheduler::queue_log`), which names the
+    /// queue to the receiver.
+    pub queue_id: u64,
 }
 
 /// Runs forever: connect, stream, and on failure start over.
-pub async fn run(remote: Remote, mut queue: Queue, shared: Arc<Shared>, reconcile: Arc<Notify>) {
+pub async fn run(remote: Remote, mut channels: SendChannels, counters: Arc<Counters>, reconcile: Arc<Notify>) {
     let mut backoff = Duration::from_millis(100);
     let mut epoch = 0u64;
+    let signatures = Signatures::new(remote.clone(), counters.clone());
     loop {
-        match stream(&remote, &mut queue, &mut epoch, &shared, &reconcile).await {
+        match stream(&remote, &mut channels, &mut epoch, &signatures, &reconcile).await {
             Ok(()) => return, // the scheduler is gone: shutting down
             Err(e) => {
-                let was = shared.connected.swap(false, Relaxed);
-                shared.unacked_ops.store(0, Relaxed);
-                shared.oldest_unacked_ms.store(u64::MAX, Relaxed);
+                let was = counters.connected.swap(false, Relaxed);
+                if channels.scheduler.send(SchedMsg::Disconnected).is_err() {
+                    return; // shutting down
+                }
+                counters.unacked_ops.store(0, Relaxed);
+                counters.oldest_unacked_ms.store(u64::MAX, Relaxed);
                 let msg = if is_refusal(&e) {
                     format!("the receiver {} refused this agent: {e:#}; retrying", remote.endpoint())
                 } else {
@@ -72,7 +174,7 @@ pub async fn run(remote: Remote, mut queue: Queue, shared: Arc<Shared>, reconcil
                     // A connection that worked: the next try comes quickly.
                     backoff = Duration::from_millis(100);
                 }
-                shared.set_error(msg);
+                counters.set_error(msg);
                 tokio::time::sleep(backoff).await;
                 // At most half a second apart: a receiver back after a long
                 // cut is found at once (attempts are cheap).
@@ -91,16 +193,17 @@ fn is_refusal(e: &anyhow::Error) -> bool {
 
 async fn stream(
     remote: &Remote,
-    queue: &mut Queue,
+    channels: &mut SendChannels,
     epoch: &mut u64,
-    shared: &Shared,
+    signatures: &Signatures,
     reconcile: &Notify,
 ) -> anyhow::Result<()> {
+    let counters: &Counters = signatures.counters();
     let mut client = remote.connect().await?;
     let (tx, rx) = mpsc::channel(2);
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     remote.identify(&mut req);
-    req.metadata_mut().insert(QUEUE_HEADER, format!("{:016x}", queue.id).parse()?);
+    req.metadata_mut().insert(QUEUE_HEADER, format!("{:016x}", channels.queue_id).parse()?);
     let mut acks = client.replicate(req).await?.into_inner();
     // The receiver speaks first, once this stream has its turn.
     let hello = acks.message().await?.ok_or_else(|| anyhow::anyhow!("receiver closed the stream at once"))?;
@@ -113,16 +216,17 @@ async fn stream(
         remote.endpoint(),
         remote.machine()
     );
-    queue
+    channels
         .scheduler
         .send(SchedMsg::Resume { epoch: *epoch, applied })
         .map_err(|_| anyhow::anyhow!("the scheduler is gone"))?;
-    shared.connected.store(true, Relaxed);
+    counters.connected.store(true, Relaxed);
     // What the log cannot know (changes while the agent was not running,
     // lost kernel events): reconcile.
     reconcile.notify_one();
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut batches_open = true;
+    let mut job: Option<RunningJob> = None;
     let mut repair = Repair::new();
     // A replay (the receiver, the agent or the link went away) races the
     // live changes; whatever it left different in the mirror (names of one
@@ -134,7 +238,7 @@ async fn stream(
     loop {
         tokio::select! {
             _ = tick.tick(), if settle.waiting() => {
-                if settle.quiet(inflight.is_empty() && shared.pending.load(Relaxed) == 0) {
+                if settle.quiet(inflight.is_empty() && job.is_none() && counters.pending.load(Relaxed) == 0) {
                     info!("reconciling: the queue is quiet after a replay");
                     reconcile.notify_one();
                 }
@@ -144,25 +248,37 @@ async fn stream(
                 info!("reconciling: the receiver could not apply some ops, or made directories it was not sent");
                 reconcile.notify_one();
             }
-            b = queue.batches.recv(), if batches_open => {
+            b = channels.batches.recv(), if batches_open && job.is_none() => {
                 let Some(b) = b else {
                     batches_open = false;
                     if inflight.is_empty() { return Ok(()); }
                     continue;
                 };
-                if b.epoch != *epoch {
-                    continue; // built for an older stream; replayed
+                match b {
+                    // Built for an older stream; replayed.
+                    Outgoing::Batch(b) if b.epoch != *epoch => continue,
+                    Outgoing::Delta(j) if j.epoch != *epoch => continue,
+                    Outgoing::Batch(b) => send_batch(b, &mut inflight, &tx, counters).await?,
+                    Outgoing::Delta(j) => job = Some(start_job(*j, signatures.clone())),
                 }
-                let ops = b.batch.ops.len() as u64;
-                shared.ops_sent.fetch_add(ops, Relaxed);
-                shared.count_sent(b.bytes);
-                shared.unacked_ops.fetch_add(ops, Relaxed);
-                if inflight.is_empty() {
-                    shared.oldest_unacked_ms.store(shared.ms(b.oldest), Relaxed);
+            }
+            b = next_job_batch(&mut job), if job.is_some() => {
+                if let Some(b) = b {
+                    send_batch(b, &mut inflight, &tx, counters).await?;
+                    continue;
                 }
-                let paths = recent_paths(&b.batch);
-                inflight.push_back(InFlight { last_seq: b.last_seq, oldest: b.oldest, ops, paths });
-                tx.send(b.batch).await.map_err(|_| anyhow::anyhow!("request stream closed"))?;
+                // The job is done: once what it sent (or, if it sent
+                // nothing, what came before it) is acknowledged, so is the
+                // span of numbers it had.
+                let done = job.take().expect("checked").last_seq;
+                match inflight.back_mut() {
+                    Some(f) => f.acks_up_to = f.acks_up_to.max(done),
+                    None => {
+                        if channels.scheduler.send(SchedMsg::Acked { seq: done }).is_err() {
+                            anyhow::bail!("the scheduler is gone");
+                        }
+                    }
+                }
             }
             ack = acks.message() => {
                 let Some(ack) = ack? else { anyhow::bail!("receiver closed the stream") };
@@ -173,7 +289,7 @@ async fn stream(
                     .implied_dirs
                     .iter()
                     .map(|p| lifeline_core::wirepath::to_local(p))
-                    .find(|p| shared.watched.iter().any(|w| p.starts_with(w)));
+                    .find(|p| counters.watched.iter().any(|w| p.starts_with(w)));
                 if let Some(dir) = implied {
                     debug!(dir = %dir.display(), "the receiver made directories it was not sent");
                     repair.needed();
@@ -188,9 +304,9 @@ async fn stream(
                             path.display(),
                             e.message
                         );
-                        shared.delta_fallbacks.fetch_add(1, Relaxed);
+                        counters.delta_fallbacks.fetch_add(1, Relaxed);
                         let whole = SchedMsg::Reconcile(vec![crate::scheduler::Reconcile::Path(path)]);
-                        if queue.scheduler.send(whole).is_err() {
+                        if channels.scheduler.send(whole).is_err() {
                             anyhow::bail!("the scheduler is gone");
                         }
                         continue;
@@ -202,25 +318,32 @@ async fn stream(
                         e.message
                     );
                     warn!("{msg}");
-                    shared.set_error(msg);
+                    counters.set_error(msg);
                     // What the op carried is not in the mirror, and later
                     // changes may have built on it there (a write through a
                     // name whose link failed): until a reconciliation runs
                     // after things are quiet, files changed since the op's
                     // batch was captured are compared by content.
                     let captured = inflight.front().map_or(Instant::now(), |f| f.oldest);
-                    shared.suspect(std::time::SystemTime::now() - captured.elapsed());
+                    counters.suspect(std::time::SystemTime::now() - captured.elapsed());
                     repair.needed();
                 }
-                shared.acked_seq.fetch_max(ack.applied_seq, Relaxed);
+                counters.acked_seq.fetch_max(ack.applied_seq, Relaxed);
+                let mut acked = ack.applied_seq;
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {
                     let f = inflight.pop_front().expect("checked");
-                    shared.replicated(&f.paths);
-                    shared.unacked_ops.fetch_sub(f.ops.min(shared.unacked_ops.load(Relaxed)), Relaxed);
+                    acked = acked.max(f.acks_up_to);
+                    counters.replicated(&f.paths);
+                    counters.unacked_ops.fetch_sub(f.ops.min(counters.unacked_ops.load(Relaxed)), Relaxed);
                 }
                 let oldest = inflight.iter().map(|f| f.oldest).min();
-                shared.oldest_unacked_ms.store(oldest.map_or(u64::MAX, |t| shared.ms(t)), Relaxed);
-                if !batches_open && inflight.is_empty() {
+                counters.oldest_unacked_ms.store(oldest.map_or(u64::MAX, |t| counters.ms(t)), Relaxed);
+                // The scheduler drops what the receiver made durable from its
+                // queue log.
+                if channels.scheduler.send(SchedMsg::Acked { seq: acked }).is_err() {
+                    anyhow::bail!("the scheduler is gone");
+                }
+                if !batches_open && inflight.is_empty() && job.is_none() {
                     return Ok(());
                 }
             }
@@ -266,7 +389,7 @@ impl Settle {
 /// the receiver) does not keep the trees being compared. Each error also
 /// marks the files changed since its batch as suspect (compared by
 /// content), and reconciliation repeats until one runs after the errors
-/// stop (see `Shared::settle_suspect`).
+/// stop (see `Counters::settle_suspect`).
 struct Repair {
     /// When to reconcile (None: not asked for).
     at: Option<tokio::time::Instant>,

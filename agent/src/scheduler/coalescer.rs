@@ -10,7 +10,7 @@
 //! at that point of the order, and an unlink cancels it.
 //!
 //! Every change comes with its *origin*, its position in the queue's log
-//! ([`super::wal`]). Items remember the oldest origin they carry, so the
+//! ([`super::queue_log`]). Items remember the oldest origin they carry, so the
 //! scheduler knows which part of the log is still needed; remove, rename and
 //! link ops carry their origin to the receiver, which remembers the highest
 //! it applied. When the log is replayed after a crash or reconnect, those
@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use lifeline_capture::{ChangeKind, FileChange};
 
-use super::links::{FileId, Links};
+use super::hardlinks::{FileId, HardLinks};
 use super::ranges::RangeSet;
 
 /// What to send for a path, read from the local file system at send time.
@@ -126,7 +126,7 @@ pub struct Coalescer {
     live: usize,
     oldest: Option<Instant>,
     roots: Vec<PathBuf>,
-    links: Links,
+    links: HardLinks,
     /// Tree changes up to this origin are applied at the receiver already.
     remote_done: u64,
 }
@@ -297,7 +297,7 @@ impl Coalescer {
     /// receiver's word) are applied there already.
     pub fn resume(&mut self, applied: u64) {
         self.take();
-        self.links = Links::default();
+        self.links = HardLinks::default();
         self.remote_done = applied;
     }
 

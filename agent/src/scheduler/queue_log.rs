@@ -46,7 +46,7 @@ pub struct Logged {
     pub change: FileChange,
 }
 
-pub struct Wal {
+pub struct QueueLog {
     dir: PathBuf,
     queue_id: u64,
     /// Segments by first origin; the last one is being appended to.
@@ -74,9 +74,9 @@ fn io_err(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-impl Wal {
+impl QueueLog {
     /// Opens the log in `dir` (created if missing), cutting off a torn tail.
-    pub fn open(dir: &Path) -> io::Result<Wal> {
+    pub fn open(dir: &Path) -> io::Result<QueueLog> {
         fs::create_dir_all(dir)?;
         let mut segments = Vec::new();
         for e in fs::read_dir(dir)? {
@@ -95,7 +95,7 @@ impl Wal {
             let out = create_segment(&path, queue_id)?;
             sync_dir(dir)?;
             info!(queue = %format!("{queue_id:016x}"), "new queue log in {}", dir.display());
-            return Ok(Wal {
+            return Ok(QueueLog {
                 dir: dir.to_path_buf(),
                 queue_id,
                 segments: vec![(1, path)],
@@ -157,7 +157,7 @@ impl Wal {
             unacknowledged = next_origin.saturating_sub(checkpoint),
             "queue log opened"
         );
-        Ok(Wal {
+        Ok(QueueLog {
             dir: dir.to_path_buf(),
             queue_id,
             segments,
@@ -218,7 +218,7 @@ impl Wal {
         Ok(())
     }
 
-    /// Whether appended changes still wait for [`Wal::commit`].
+    /// Whether appended changes still wait for [`QueueLog::commit`].
     pub fn is_dirty(&self) -> bool {
         self.dirty
     }
@@ -358,7 +358,7 @@ impl Syncer {
         let file = file.try_clone()?;
         let (tx, rx) = crossbeam_channel::bounded::<()>(1);
         std::thread::Builder::new().name("queue-sync".into()).spawn(move || {
-            // Ends when the Wal moves to another segment or goes away.
+            // Ends when the QueueLog moves to another segment or goes away.
             while rx.recv().is_ok() {
                 if let Err(e) = file.sync_data() {
                     tracing::error!("cannot make the queue log durable: {e}");
@@ -588,7 +588,7 @@ mod tests {
         ]
     }
 
-    fn replayed(w: &mut Wal) -> Vec<Logged> {
+    fn replayed(w: &mut QueueLog) -> Vec<Logged> {
         let mut v = Vec::new();
         w.replay(|l| v.push(l)).unwrap();
         v
@@ -597,21 +597,21 @@ mod tests {
     #[test]
     fn changes_survive_reopening_and_checkpoints_drop_them() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         let id = w.queue_id();
         for ch in all_kinds() {
             w.append(&ch).unwrap();
         }
         w.commit().unwrap();
         drop(w);
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         assert_eq!(w.queue_id(), id);
         let got = replayed(&mut w);
         assert_eq!(got.iter().map(|l| l.change.clone()).collect::<Vec<_>>(), all_kinds());
         assert_eq!(got.iter().map(|l| l.origin).collect::<Vec<_>>(), (1..=11).collect::<Vec<_>>());
         w.set_checkpoint(5).unwrap();
         drop(w);
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         assert_eq!(w.checkpoint(), 5);
         assert_eq!(w.next_origin(), 12);
         assert_eq!(replayed(&mut w).first().unwrap().origin, 5);
@@ -620,7 +620,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_cut_off_and_appending_goes_on() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         w.append(&change("/w/a", ChangeKind::Mkdir)).unwrap();
         w.append(&change("/w/b", ChangeKind::Mkdir)).unwrap();
         w.commit().unwrap();
@@ -629,14 +629,14 @@ mod tests {
         let len = fs::metadata(&seg).unwrap().len();
         // A crash in the middle of the second frame.
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 3).unwrap();
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         assert!(!w.damaged);
         assert_eq!(replayed(&mut w).len(), 1);
         assert_eq!(w.next_origin(), 2);
         w.append(&change("/w/c", ChangeKind::Mkdir)).unwrap();
         w.commit().unwrap();
         drop(w);
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         let paths: Vec<_> = replayed(&mut w).into_iter().map(|l| l.change.path).collect();
         assert_eq!(paths, [PathBuf::from("/w/a"), PathBuf::from("/w/c")]);
     }
@@ -644,7 +644,7 @@ mod tests {
     #[test]
     fn flipped_bits_are_detected() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         w.append(&change("/w/a", ChangeKind::Mkdir)).unwrap();
         w.commit().unwrap();
         drop(w);
@@ -653,14 +653,14 @@ mod tests {
         let n = bytes.len();
         bytes[n - 2] ^= 0x40;
         fs::write(&seg, bytes).unwrap();
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         assert!(replayed(&mut w).is_empty(), "a corrupt frame must not be replayed");
     }
 
     #[test]
     fn discarding_keeps_numbering_and_drops_the_rest() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         for _ in 0..10 {
             w.append(&change("/w/a", ChangeKind::Attr)).unwrap();
         }
@@ -670,7 +670,7 @@ mod tests {
         assert_eq!(o, 11);
         w.commit().unwrap();
         drop(w);
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         let got = replayed(&mut w);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].origin, 11);
@@ -680,7 +680,7 @@ mod tests {
     #[test]
     fn acknowledged_segments_are_deleted() {
         let d = tempfile::tempdir().unwrap();
-        let mut w = Wal::open(d.path()).unwrap();
+        let mut w = QueueLog::open(d.path()).unwrap();
         let long = "/w/".to_string() + &"x".repeat(4000);
         let mut last = 0;
         while w.segments.len() < 3 {
@@ -695,7 +695,7 @@ mod tests {
         assert_eq!(w.segments.len(), 1);
         assert!(replayed(&mut w).is_empty());
         drop(w);
-        let w = Wal::open(d.path()).unwrap();
+        let w = QueueLog::open(d.path()).unwrap();
         assert_eq!(w.next_origin(), last + 1);
         assert_eq!(w.checkpoint(), last + 1);
         let files = fs::read_dir(d.path()).unwrap().count();
