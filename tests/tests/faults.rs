@@ -34,7 +34,7 @@ const TOOLS: &[&str] = &["bpftool", "ip", "lifeline-receiver", "lifeline-agent"]
 /// Agent log lines (see agent/src/scheduler).
 const QUEUE_OPENED: &str = "queue log opened";
 const REPLAYING: &str = "replaying the unacknowledged queue";
-/// Receiver log lines (see receiver/src/service.rs).
+/// Receiver log lines (see receiver/mirror/src/service.rs).
 const STREAM_STARTED: &str = "replication stream started";
 const STREAM_STOPPED: &str = "replication stream stopped";
 const FAULT_ABORT: &str = "fault injection: aborting";

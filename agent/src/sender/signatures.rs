@@ -4,7 +4,7 @@
 //! hands the sender a delta job (`scheduler::dispatcher::DeltaJob`); the
 //! sender fetches the signature of the mirror's copy (`GetSignature`) here
 //! and the job sends an rsync-style delta against it (`FileDelta` ops)
-//! instead of the whole file; see `receiver/src/delta.rs`.
+//! instead of the whole file; see `receiver/mirror/src/delta.rs`.
 //!
 //! The fetch runs on the agent's runtime, never on the scheduler's thread:
 //! the scheduler keeps taking in changes while the receiver hashes its copy
