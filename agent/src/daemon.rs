@@ -109,8 +109,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         roots.push(root);
     }
     let state_dir = cfg.state_dir();
-    std::fs::create_dir_all(&state_dir)
-        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    create_private_dir(&state_dir)?;
     let remote = Remote::from_config(&cfg)?;
     let counters = Arc::new(Counters::new(
         remote.endpoint().to_owned(),
@@ -268,4 +267,21 @@ mod tests {
             "eBPF unavailable: loading the eBPF programs: Operation not permitted (os error 1)"
         );
     }
+}
+
+/// Creates the agent's state directory (its queue log names every changed
+/// file) readable by root only, and tightens one an older agent left open.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!("the state directory {} was mode {:o}: tightened to 0700", dir.display(), mode & 0o777);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }

@@ -36,9 +36,7 @@ impl TokenAuthenticator {
         let (cred, name) = bearer_credential(metadata)?;
         let stored = self.db().token_hash(name.as_str()).map_err(db_unavailable)?;
         let Some(stored) = stored else {
-            return Err(refuse(format!(
-                "machine {name} is not registered at this receiver (`lifeline-receiver machine add {name}` registers it)"
-            )));
+            return Err(refuse_credential(&name, "no such machine is registered"));
         };
         if cred.matches(&stored) {
             return Ok(ImageAccess::own(name));
@@ -54,12 +52,20 @@ impl TokenAuthenticator {
                 None => {}
             }
         }
-        Err(refuse(format!(
-            "wrong credential for machine {name} (was it reissued? use the token file `machine add`/`machine reissue` wrote; \
-             a boot OS's session lasts {} h)",
-            SESSION_SECS / 3600
-        )))
+        Err(refuse_credential(&name, "the secret is not the machine's, nor an open boot session's"))
     }
+}
+
+/// Refuses a credential with one message whatever the reason, so that
+/// nobody learns from it which machine names exist here; the reason goes to
+/// the receiver's log for the operator.
+fn refuse_credential(name: &MachineName, reason: &str) -> Status {
+    tracing::warn!(machine = %name, "credential refused: {reason}");
+    refuse(format!(
+        "credential refused for machine {name}: unknown here, or not its current secret (was it reissued? use the \
+         token file `lifeline-receiver machine add`/`machine reissue` wrote; a boot OS's session lasts {} h)",
+        SESSION_SECS / 3600
+    ))
 }
 
 impl Authenticator for TokenAuthenticator {
@@ -109,11 +115,14 @@ mod tests {
         assert!(refused(request(Some("m1"), None)).contains("malformed"));
         // m2's secret presented as m1's.
         let forged = format!("m1:{}", m2.token().split_once(':').unwrap().1);
-        assert!(refused(request(Some(&forged), None)).contains("wrong credential for machine m1"));
+        let wrong_secret = refused(request(Some(&forged), None));
+        assert!(wrong_secret.contains("credential refused for machine m1"), "{wrong_secret}");
         // m1's credential claiming to be m2.
         assert!(refused(request(Some(&m1.token()), Some("m2"))).contains("speaks for"));
         let stranger = Credential::generate("m3");
-        assert!(refused(request(Some(&stranger.token()), None)).contains("not registered"));
+        // An unknown machine gets the very same answer: no oracle for names.
+        let unknown = refused(request(Some(&stranger.token()), None));
+        assert_eq!(unknown, wrong_secret.replace("machine m1", "machine m3"));
         let evil = Credential::generate("../m1");
         assert!(refused(request(Some(&evil.token()), None)).contains("malformed"));
     }

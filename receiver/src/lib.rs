@@ -29,7 +29,6 @@ use std::time::Duration;
 use lifeline_boot_server::{BootSessionsService, MediaDownload};
 use lifeline_image_store::{ImageStoreService, JobsService};
 use lifeline_mirror::MirrorService;
-use lifeline_store::private::create_private_dir_all;
 use lifeline_store::{Authenticator, Db, StoreLayout};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -52,7 +51,7 @@ impl Receiver {
     /// request's credential against the machines in its database.
     pub fn new(store: impl AsRef<Path>) -> anyhow::Result<Receiver> {
         let store = store.as_ref();
-        create_private_dir_all(store)?;
+        StoreLayout::create(store)?;
         let db = Db::open(store)?;
         Receiver::with_authenticator(store, Arc::new(TokenAuthenticator::new(db)))
     }

@@ -226,7 +226,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
-    std::fs::create_dir_all(store).with_context(|| format!("cannot create the store {}", store.display()))?;
+    StoreLayout::create(store).with_context(|| format!("cannot create the store {}", store.display()))?;
     let mut db = Db::open(store)?;
     match cmd {
         MachineCmd::Add { name, out, notes, mac } => {
@@ -288,7 +288,7 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
 
 fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
     use bootmedia::{Mode, Style};
-    std::fs::create_dir_all(store).with_context(|| format!("cannot create the store {}", store.display()))?;
+    StoreLayout::create(store).with_context(|| format!("cannot create the store {}", store.display()))?;
     let layout = StoreLayout::new(store);
     let mut db = Db::open(store)?;
     match cmd {

@@ -375,7 +375,7 @@ async fn machine_identity_is_required_and_checked() {
     req.metadata_mut().insert("authorization", format!("Bearer m1:{m2_secret}").parse().unwrap());
     let err = env.client().await.list_tree(req).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("wrong credential for machine m1"), "{err}");
+    assert!(err.message().contains("credential refused for machine m1"), "{err}");
     let mut req = Request::new(ListTreeRequest { roots: vec![b"srv".to_vec()] });
     env.authorize(&mut req, Some("m1"));
     req.metadata_mut().insert(lifeline_proto::MACHINE_HEADER, "m2".parse().unwrap());

@@ -23,6 +23,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use lifeline_capture::{ChangeKind, FileChange};
@@ -77,7 +78,8 @@ fn io_err(msg: String) -> io::Error {
 impl QueueLog {
     /// Opens the log in `dir` (created if missing), cutting off a torn tail.
     pub fn open(dir: &Path) -> io::Result<QueueLog> {
-        fs::create_dir_all(dir)?;
+        // The log holds the names of changed files: for root's eyes only.
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let mut segments = Vec::new();
         for e in fs::read_dir(dir)? {
             let e = e?;
@@ -375,7 +377,7 @@ impl Syncer {
 }
 
 fn create_segment(path: &Path, queue_id: u64) -> io::Result<File> {
-    let mut f = OpenOptions::new().create_new(true).append(true).open(path)?;
+    let mut f = OpenOptions::new().create_new(true).append(true).mode(0o600).open(path)?;
     let mut header = [0u8; HEADER_LEN as usize];
     header[..8].copy_from_slice(MAGIC);
     header[8..].copy_from_slice(&queue_id.to_le_bytes());
@@ -567,6 +569,23 @@ fn decode(payload: &[u8]) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log names every changed file: readable by its owner only
+    /// (issue 14, finding 7: it was 0644).
+    #[test]
+    fn the_log_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("queue");
+        let _log = QueueLog::open(&dir).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let segments: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(!segments.is_empty());
+        for s in segments {
+            assert_eq!(mode(&s), 0o600, "{}", s.display());
+        }
+    }
 
     fn change(path: &str, kind: ChangeKind) -> FileChange {
         FileChange { seq: 0, ktime_ns: 0, tgid: 0, path: path.into(), kind, dev: 7, ino: 42 }

@@ -30,6 +30,16 @@ impl StoreLayout {
         StoreLayout { root: root.into() }
     }
 
+    /// The store at `root`, created (mode 0700) if missing; an existing one
+    /// left readable by others is tightened to 0700. Every command that
+    /// writes to a store opens it this way.
+    pub fn create(root: impl Into<PathBuf>) -> std::io::Result<StoreLayout> {
+        let layout = StoreLayout::new(root);
+        crate::private::create_private_dir_all(&layout.root)?;
+        crate::private::tighten(&layout.root, crate::private::PRIVATE_DIR_MODE)?;
+        Ok(layout)
+    }
+
     /// The store directory itself.
     pub fn root(&self) -> &Path {
         &self.root

@@ -20,6 +20,22 @@ pub fn create_private_dir_all(dir: &Path) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))
 }
 
+/// Makes `path` (a directory or file the store created) readable by its
+/// owner only if an older receiver, or a hand-made store, left it open to
+/// others: `mode` is 0700 for directories, 0600 for files.
+pub fn tighten(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let now = fs::metadata(path)?.permissions().mode() & 0o7777;
+    if now & 0o077 != 0 {
+        tracing::warn!(
+            "{} was mode {now:o}: tightened to {mode:o} (the store is for the receiver alone)",
+            path.display()
+        );
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
 /// Opens a per-machine record file of the store (a machine's queue
 /// progress, its partial delta) for reading and writing, creating it with
 /// mode 0600 (and its directory with 0700), never following a symlink.

@@ -55,6 +55,7 @@ impl Db {
     /// The database of the store at `store`, created and migrated as needed.
     pub fn open(store: &Path) -> anyhow::Result<Db> {
         let path = StoreLayout::new(store).database();
+        create_private_file(&path)?;
         let conn = Connection::open(&path).with_context(|| format!("cannot open the database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -163,6 +164,26 @@ impl Db {
 pub(crate) fn audit(conn: &Connection, machine: Option<&str>, event: &str, detail: &str) -> anyhow::Result<()> {
     conn.execute("INSERT INTO audit (machine, event, detail) VALUES (?1, ?2, ?3)", params![machine, event, detail])?;
     Ok(())
+}
+
+/// The database holds every machine's credential hash and the audit trail:
+/// mode 0600, set before SQLite first opens it (its `-wal` and `-shm` files
+/// take the database file's mode), and tightened on a store an older
+/// receiver made.
+fn create_private_file(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            for p in [path.to_path_buf(), path.with_extension("db-wal"), path.with_extension("db-shm")] {
+                if p.exists() {
+                    crate::private::tighten(&p, 0o600)?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create the database {}", path.display())),
+    }
 }
 
 #[cfg(test)]
