@@ -241,6 +241,23 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     std::process::exit(0);
 }
 
+/// Creates the agent's state directory (its queue log names every changed
+/// file) readable by root only, and tightens one an older agent left open.
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!("the state directory {} was mode {:o}: tightened to 0700", dir.display(), mode & 0o777);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::fallback_reason;
@@ -267,21 +284,4 @@ mod tests {
             "eBPF unavailable: loading the eBPF programs: Operation not permitted (os error 1)"
         );
     }
-}
-
-/// Creates the agent's state directory (its queue log names every changed
-/// file) readable by root only, and tightens one an older agent left open.
-fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create the state directory {}", dir.display()))?;
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!("the state directory {} was mode {:o}: tightened to 0700", dir.display(), mode & 0o777);
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    }
-    Ok(())
 }
