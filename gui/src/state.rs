@@ -179,6 +179,9 @@ pub fn look(status: Option<&AgentStatus>, socket: &str, error: &str) -> Look {
     let backup_on = s.capture != "off";
     let headline = format!("Lifeline: {}", state.words());
     let mut detail = match state {
+        State::Disconnected if s.last_error.contains("has no room for this machine") => {
+            format!("The receiver {} has no room for this machine; changes wait in the queue.", s.receiver)
+        }
         State::Disconnected => format!("Cannot reach the receiver {}; changes wait in the queue.", s.receiver),
         State::Off => "Changes are not captured; switching on catches up.".to_string(),
         State::Paused => format!("{} changes wait; resume to send them.", s.queue_depth),
@@ -240,6 +243,8 @@ fn state_of(s: &AgentStatus) -> State {
 pub fn advice(error: &str) -> &'static str {
     if error.contains("refused this agent") {
         "Re-issue this machine's credential on the receiver (lifeline-receiver machine reissue NAME) and install it."
+    } else if error.contains("has no room for this machine") {
+        "The receiver's operator raises this machine's quota or frees space; they are sent then."
     } else if error.contains("unreachable") {
         "Check that lifeline-receiver runs and the network path to it is up; the agent retries by itself."
     } else if error.contains("queue log reached") {
@@ -343,6 +348,12 @@ mod tests {
         assert_eq!(l.state, State::Disconnected);
         assert!(!entry(&l, "Sync now").enabled);
         assert!(l.detail.contains("Check that lifeline-receiver runs"), "{}", l.detail);
+        // A full receiver (quota or free-space reserve) says so, and who acts.
+        s.last_error = "the receiver https://x:7700 has no room for this machine: machine m is at its quota".into();
+        let l = look(Some(&s), "", "");
+        assert_eq!(l.state, State::Disconnected);
+        assert!(l.detail.contains("has no room for this machine; changes wait"), "{}", l.detail);
+        assert!(l.detail.contains("raises this machine's quota"), "{}", l.detail);
 
         let all = [
             State::AgentDown,

@@ -29,7 +29,7 @@ use std::time::Duration;
 use lifeline_boot_server::{BootSessionsService, MediaDownload};
 use lifeline_image_store::{ImageStoreService, JobsService};
 use lifeline_mirror::MirrorService;
-use lifeline_store::{Authenticator, Db, StoreLayout};
+use lifeline_store::{quota, Authenticator, Db, Quotas, StoreLayout};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
@@ -43,6 +43,7 @@ pub use auth::TokenAuthenticator;
 pub struct Receiver {
     store: StoreLayout,
     auth: Arc<dyn Authenticator>,
+    quotas: Arc<Quotas>,
     mirror: MirrorService,
 }
 
@@ -59,10 +60,20 @@ impl Receiver {
     /// Like [`Receiver::new`], with `auth` deciding which machine a request
     /// speaks for.
     pub fn with_authenticator(store: impl AsRef<Path>, auth: Arc<dyn Authenticator>) -> anyhow::Result<Receiver> {
-        let mirror = MirrorService::new(&StoreLayout::new(store.as_ref()), auth.clone())?;
-        // The mirror canonicalised the store's path: everything uses that one.
-        let store = mirror.store().clone();
-        Ok(Receiver { store, auth, mirror })
+        Receiver::with_options(store, auth, quota::DEFAULT_RESERVE)
+    }
+
+    /// Like [`Receiver::with_authenticator`], keeping `reserve` bytes free
+    /// on the store's filesystem (0: no reserve).
+    pub fn with_options(
+        store: impl AsRef<Path>,
+        auth: Arc<dyn Authenticator>,
+        reserve: u64,
+    ) -> anyhow::Result<Receiver> {
+        let store = StoreLayout::new(std::fs::canonicalize(StoreLayout::create(store.as_ref())?.root())?);
+        let quotas = Arc::new(Quotas::new(&store, reserve)?);
+        let mirror = MirrorService::new(&store, auth.clone(), quotas.clone())?;
+        Ok(Receiver { store, auth, quotas, mirror })
     }
 
     /// The (canonical) store.
@@ -82,7 +93,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let store = receiver.store.clone();
-    let images = ImageStoreService::new(&store, receiver.auth.clone())?;
+    let images = ImageStoreService::new(&store, receiver.auth.clone(), receiver.quotas.clone())?;
     let jobs = JobsService::new(&store, receiver.auth.clone())?;
     let media = MediaDownload::new(&store, receiver.auth.clone())?;
     let sessions = BootSessionsService::new(&store)?;

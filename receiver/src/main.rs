@@ -2,16 +2,18 @@
 //! management of the machines allowed to replicate to it (`machine ...`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lifeline_boot_server::bootmedia;
 use lifeline_core::credential::Credential;
 use lifeline_core::credential::MachineName;
-use lifeline_receiver::{serve_with, tls, Receiver};
+use lifeline_receiver::{serve_with, tls, Receiver, TokenAuthenticator};
 use lifeline_store::db::boot::{normalize_mac, BootMedia};
+use lifeline_store::db::quota::{describe, Limits};
 use lifeline_store::private::write_private;
-use lifeline_store::{Db, StoreLayout};
+use lifeline_store::{Db, Quotas, StoreLayout};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -57,6 +59,40 @@ struct ServeArgs {
     /// Where the files served over TFTP are (Debian's ipxe package).
     #[arg(long, default_value = "/usr/lib/ipxe")]
     tftp_root: PathBuf,
+    /// Free space the store's filesystem keeps whatever the quotas: writes
+    /// that would leave less are refused (RESOURCE_EXHAUSTED) and wait on
+    /// their machines. 0: no reserve.
+    #[arg(long, default_value = "1G", value_parser = lifeline_store::quota::parse_bytes)]
+    reserve_free: u64,
+}
+
+/// A machine's quota on the command line.
+#[derive(clap::Args, Debug, Clone)]
+struct QuotaArgs {
+    /// Bytes its mirror and image repository may allocate together (50G,
+    /// 500M, ...; "none": no limit).
+    #[arg(long = "quota-bytes", value_parser = limit_of(lifeline_store::quota::parse_bytes))]
+    bytes: Option<Limit>,
+    /// Entries (files, directories, links) its mirror may hold (2M, 500K,
+    /// ...; "none": no limit).
+    #[arg(long = "quota-files", value_parser = limit_of(lifeline_store::quota::parse_count))]
+    files: Option<Limit>,
+}
+
+/// A limit given on the command line; `None`: "none", no limit.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<u64>);
+
+/// "none" or what `parse` reads.
+fn limit_of(parse: fn(&str) -> Result<u64, String>) -> impl Fn(&str) -> Result<Limit, String> + Clone {
+    move |s| if s == "none" { Ok(Limit(None)) } else { parse(s).map(|n| Limit(Some(n))) }
+}
+
+impl QuotaArgs {
+    /// `current` with what was given on the command line changed.
+    fn apply(&self, current: Limits) -> Limits {
+        Limits { bytes: self.bytes.map_or(current.bytes, |l| l.0), files: self.files.map_or(current.files, |l| l.0) }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,6 +141,15 @@ enum MachineCmd {
         /// The MAC address it network-boots from.
         #[arg(long)]
         mac: Option<String>,
+        #[command(flatten)]
+        quota: QuotaArgs,
+    },
+    /// Set how much of the store a machine may fill (takes effect within
+    /// seconds, on a running receiver too).
+    SetQuota {
+        name: String,
+        #[command(flatten)]
+        quota: QuotaArgs,
     },
     /// Set (or with no MAC, forget) the MAC address a machine network-boots from.
     SetMac { name: String, mac: Option<String> },
@@ -229,7 +274,7 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
     StoreLayout::create(store).with_context(|| format!("cannot create the store {}", store.display()))?;
     let mut db = Db::open(store)?;
     match cmd {
-        MachineCmd::Add { name, out, notes, mac } => {
+        MachineCmd::Add { name, out, notes, mac, quota } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
             if let Some(m) = &mac {
                 normalize_mac(m).map_err(anyhow::Error::msg)?;
@@ -239,7 +284,21 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
             if mac.is_some() {
                 db.set_mac(&name, mac.as_deref())?;
             }
+            let limits = quota.apply(Limits::default());
+            if !limits.is_unlimited() {
+                db.set_quota(&name, limits)?;
+            }
             hand_out(store, &cred, &out, "registered")
+        }
+        MachineCmd::SetQuota { name, quota } => {
+            let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
+            let Some(current) = db.quota(name.as_str())? else {
+                anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
+            };
+            let limits = quota.apply(current);
+            db.set_quota(&name, limits)?;
+            println!("machine {name}: quota {}", describe(limits));
+            Ok(())
         }
         MachineCmd::SetMac { name, mac } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
@@ -258,6 +317,15 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
                 m.name, m.created_at, m.notes
             );
             println!("  MAC {}", db.mac_of(&m.name)?.unwrap_or_else(|| "none (machine set-mac NAME MAC)".into()));
+            let limits = db.quota(&m.name)?.unwrap_or_default();
+            let usage = Quotas::new(&StoreLayout::new(store), 0)?
+                .measure(&MachineName::new(&m.name).map_err(anyhow::Error::msg)?);
+            println!(
+                "  quota {}; uses {} and {} entries",
+                describe(limits),
+                lifeline_store::quota::human_bytes(usage.bytes),
+                usage.files
+            );
             print_media(&db.boot_media_of(Some(&m.name))?);
             Ok(())
         }
@@ -424,7 +492,10 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let receiver = Receiver::new(store).with_context(|| format!("store {}", store.display()))?;
+        StoreLayout::create(store).with_context(|| format!("cannot create the store {}", store.display()))?;
+        let auth = Arc::new(TokenAuthenticator::new(Db::open(store)?));
+        let receiver = Receiver::with_options(store, auth, args.reserve_free)
+            .with_context(|| format!("store {}", store.display()))?;
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => tls::load(c, k)?,
             _ => tls::load_or_create(receiver.store(), &args.tls_names)?,

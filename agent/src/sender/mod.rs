@@ -160,8 +160,16 @@ pub async fn run(remote: Remote, mut channels: SendChannels, counters: Arc<Count
                 }
                 counters.unacked_ops.store(0, Relaxed);
                 counters.oldest_unacked_ms.store(u64::MAX, Relaxed);
+                let full = is_full(&e);
                 let msg = if is_refusal(&e) {
                     format!("the receiver {} refused this agent: {e:#}; retrying", remote.endpoint())
+                } else if full {
+                    format!(
+                        "the receiver {} has no room for this machine: {}; retrying every {} s",
+                        remote.endpoint(),
+                        e.downcast_ref::<tonic::Status>().map_or_else(|| format!("{e:#}"), |s| s.message().to_string()),
+                        FULL_RETRY.as_secs()
+                    )
                 } else {
                     format!(
                         "receiver {} unreachable or the stream broke: {e:#}; retrying (check that \
@@ -174,8 +182,13 @@ pub async fn run(remote: Remote, mut channels: SendChannels, counters: Arc<Count
                     // A connection that worked: the next try comes quickly.
                     backoff = Duration::from_millis(100);
                 }
+                if full && !was {
+                    warn!("{msg}");
+                }
                 counters.set_error(msg);
-                tokio::time::sleep(backoff).await;
+                // A full receiver is not back in half a second: ask again
+                // now and then, not in a loop (the changes stay queued).
+                tokio::time::sleep(if full { FULL_RETRY } else { backoff }).await;
                 // At most half a second apart: a receiver back after a long
                 // cut is found at once (attempts are cheap).
                 backoff = (backoff * 2).min(Duration::from_millis(500));
@@ -186,6 +199,15 @@ pub async fn run(remote: Remote, mut channels: SendChannels, counters: Arc<Count
 
 /// A credential the receiver does not accept: retrying will not help until an
 /// operator acts, so it is worth saying differently.
+/// How often an agent asks a receiver that had no room for it again.
+const FULL_RETRY: Duration = Duration::from_secs(10);
+
+/// The receiver refused to store more (the machine's quota, or its store's
+/// free-space reserve).
+fn is_full(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::ResourceExhausted)
+}
+
 fn is_refusal(e: &anyhow::Error) -> bool {
     e.downcast_ref::<tonic::Status>()
         .is_some_and(|s| matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied))

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use lifeline_core::credential::MachineName;
 use lifeline_store::private::create_private_dir_all;
-use lifeline_store::{Authenticator, ImageAccess, StoreLayout};
+use lifeline_store::{Authenticator, ImageAccess, Quotas, StoreLayout};
 
 /// Index bytes per `PackList` message (about).
 const LIST_BYTES: usize = 1 << 20;
@@ -35,13 +35,27 @@ const MAX_READ: u32 = 16 << 20;
 pub struct ImageStoreService {
     store: StoreLayout,
     auth: Arc<dyn Authenticator>,
+    quotas: Arc<Quotas>,
 }
 
 impl ImageStoreService {
     /// Repositories under `<store>/images/`.
-    pub fn new(store: &StoreLayout, auth: Arc<dyn Authenticator>) -> anyhow::Result<ImageStoreService> {
+    pub fn new(
+        store: &StoreLayout,
+        auth: Arc<dyn Authenticator>,
+        quotas: Arc<Quotas>,
+    ) -> anyhow::Result<ImageStoreService> {
         create_private_dir_all(&store.image_stores())?;
-        Ok(ImageStoreService { store: store.clone(), auth })
+        Ok(ImageStoreService { store: store.clone(), auth, quotas })
+    }
+
+    /// Charges `bytes` the machine is about to store to its quota (see
+    /// [`lifeline_store::quota`]).
+    async fn charge(&self, machine: &MachineName, bytes: usize) -> Result<(), Status> {
+        let (quotas, machine) = (self.quotas.clone(), machine.clone());
+        tokio::task::spawn_blocking(move || quotas.charge(&machine, bytes as u64, 0))
+            .await
+            .map_err(|e| Status::internal(format!("quota task failed: {e}")))?
     }
 
     pub fn into_service(self) -> ImageStoreServer<ImageStoreService> {
@@ -119,6 +133,7 @@ impl ImageStore for ImageStoreService {
         if data.len() > 1 << 20 {
             return Err(Status::invalid_argument("config larger than 1 MiB"));
         }
+        self.charge(&m, data.len()).await?;
         blocking(move || store.create_config(&data)).await?;
         info!(machine = %m, "image repository created");
         Ok(Response::new(ImageEmpty {}))
@@ -163,6 +178,8 @@ impl ImageStore for ImageStoreService {
         let mut sink = blocking(move || store.create_pack_file(&id)).await?;
         let mut piece = data;
         loop {
+            // Refused mid-pack: the temporary file goes with the sink.
+            self.charge(&m, piece.len()).await?;
             sink = blocking(move || sink.write(&piece).map(|()| sink)).await?;
             match stream.next().await {
                 Some(p) => {
@@ -210,6 +227,7 @@ impl ImageStore for ImageStoreService {
         if data.len() > MAX_MANIFEST_BLOB_SIZE {
             return Err(Status::invalid_argument("manifest too large"));
         }
+        self.charge(&m, data.len()).await?;
         let n = name.clone();
         blocking(move || store.put_manifest(&n, &data)).await.inspect_err(|s| {
             if s.code() == tonic::Code::AlreadyExists {

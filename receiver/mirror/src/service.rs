@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use lifeline_core::credential::MachineName;
 use lifeline_store::private::create_private_dir_all;
-use lifeline_store::{Authenticator, StoreLayout};
+use lifeline_store::{Authenticator, Quotas, StoreLayout};
 
 use crate::apply::Applier;
 use crate::delta::{self, PartialRecord};
@@ -66,6 +66,7 @@ struct MachineState {
 struct Inner {
     store: StoreLayout,
     auth: Arc<dyn Authenticator>,
+    quotas: Arc<Quotas>,
     machines: Mutex<HashMap<MachineName, Arc<MachineState>>>,
     shutdown: Arc<Cancel>,
     fault: Arc<FaultHook>,
@@ -119,7 +120,11 @@ impl MirrorService {
     /// The mirrors under `<store>/mirror/`, with `auth` deciding which
     /// machine a request speaks for. Creates the directory if missing and
     /// checks the kernel can resolve paths safely (openat2).
-    pub fn new(store: &StoreLayout, auth: Arc<dyn Authenticator>) -> anyhow::Result<MirrorService> {
+    pub fn new(
+        store: &StoreLayout,
+        auth: Arc<dyn Authenticator>,
+        quotas: Arc<Quotas>,
+    ) -> anyhow::Result<MirrorService> {
         create_private_dir_all(&store.mirrors())?;
         let store = StoreLayout::new(std::fs::canonicalize(store.root())?);
         probe_openat2(&store.mirrors())?;
@@ -127,6 +132,7 @@ impl MirrorService {
             inner: Arc::new(Inner {
                 store,
                 auth,
+                quotas,
                 machines: Mutex::new(HashMap::new()),
                 shutdown: Arc::new(Cancel::default()),
                 fault: Arc::new(FaultHook::from_env()),
@@ -211,6 +217,7 @@ impl Replication for MirrorService {
             machine,
             queue_id,
             store: self.inner.store.clone(),
+            quotas: self.inner.quotas.clone(),
             state,
             cancel,
             shutdown: self.inner.shutdown.clone(),
@@ -305,6 +312,7 @@ struct Stream {
     machine: MachineName,
     queue_id: u64,
     store: StoreLayout,
+    quotas: Arc<Quotas>,
     state: Arc<MachineState>,
     cancel: Arc<Cancel>,
     shutdown: Arc<Cancel>,
@@ -424,8 +432,17 @@ impl Stream {
             let mut group_bytes = 0usize;
             let mut pending: Option<Ack> = None;
             let mut end_after: Option<Stop> = None;
+            // A quota refusal: the batch is not applied, what the group
+            // applied before it is synced and acknowledged, then the stream
+            // ends with the refusal (the agent keeps the rest queued).
+            let mut refused: Option<Status> = None;
             let mut batch = batch;
             loop {
+                if let Err(status) = self.charge(&batch).await {
+                    refused = Some(status);
+                    end_after = Some(Stop::Agent);
+                    break;
+                }
                 group_bytes += batch.ops.iter().map(|o| o.path.len() + data_len(o)).sum::<usize>();
                 let n = batch.ops.len() as u64;
                 let (ack, back) =
@@ -465,6 +482,11 @@ impl Stream {
                     }
                     Err(_) => break,
                 }
+            }
+            if pending.is_none() {
+                // Refused before anything of this group was applied.
+                let _ = self.tx.send(Err(refused.take().expect("only a refusal applies nothing"))).await;
+                break Stop::Agent;
             }
             let mut a = applier.take().expect("the applier is back");
             self.fault.group_applied(
@@ -507,6 +529,9 @@ impl Stream {
                 Ok(Err(_)) => break Stop::Agent,
                 Err(stop) => break stop,
             }
+            if let Some(refusal) = refused {
+                let _ = self.tx.send(Err(refusal)).await;
+            }
             if let Some(stop) = end_after {
                 break stop;
             }
@@ -519,6 +544,29 @@ impl Stream {
         let skipped = applier.as_ref().map_or(0, |a| a.skipped);
         info!(%machine, batches, ops, syncs, skipped, "replication stream stopped: {how}");
         stop
+    }
+
+    /// Charges what `batch` may add to the machine's quota (see
+    /// [`lifeline_store::quota`]): data bytes, the full length of a delta's
+    /// new file, one entry per op that may create one.
+    async fn charge(&self, batch: &OpBatch) -> Result<(), Status> {
+        use lifeline_proto::v1::op::Kind;
+        let (mut bytes, mut files) = (0u64, 0u64);
+        for op in &batch.ops {
+            bytes += data_len(op) as u64;
+            match &op.kind {
+                Some(Kind::Data(_) | Kind::Mkdir(_) | Kind::Symlink(_) | Kind::Link(_)) => files += 1,
+                Some(Kind::Delta(d)) if d.first => {
+                    files += 1;
+                    bytes += d.max_len;
+                }
+                _ => {}
+            }
+        }
+        let (quotas, machine) = (self.quotas.clone(), self.machine.clone());
+        tokio::task::spawn_blocking(move || quotas.charge(&machine, bytes, files))
+            .await
+            .map_err(|e| Status::internal(format!("quota task failed: {e}")))?
     }
 
     /// Applies `batch` on a blocking thread. Gives the applier back (None if

@@ -15,6 +15,8 @@
 //!   by the receiver alone.
 //! - [`db`]: the management database (machines, audit trail, boot media and
 //!   sessions, jobs and images).
+//! - [`quota`]: how much of the store each machine may fill, and the free
+//!   space the store keeps.
 //! - [`access`]: the [`Authenticator`] seam through which every service
 //!   learns which machine a request speaks for; the receiver implements it.
 
@@ -22,8 +24,10 @@ pub mod access;
 pub mod db;
 pub mod layout;
 pub mod private;
+pub mod quota;
 
 pub use access::{Authenticator, ImageAccess};
 pub use db::Db;
 pub use layout::StoreLayout;
 pub use lifeline_core::credential::MachineName;
+pub use quota::Quotas;

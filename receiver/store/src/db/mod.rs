@@ -1,6 +1,6 @@
 //! The receiver's management database (SQLite, `<store>/receiver.db`):
 //! machines and their credentials, and an audit trail (here); boot media and
-//! sessions ([`boot`]); jobs and images ([`jobs`]). The schema lives in
+//! sessions ([`boot`]); jobs and images ([`jobs`]); quotas ([`quota`]). The schema lives in
 //! `receiver/store/migrations/NNNN_*.sql`, applied in order; `PRAGMA
 //! user_version` records how many have run.
 //!
@@ -20,6 +20,7 @@ use crate::layout::StoreLayout;
 
 pub mod boot;
 pub mod jobs;
+pub mod quota;
 
 /// The migrations, in order. Append only: a released one never changes.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -27,6 +28,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_boot", include_str!("../../migrations/0002_boot.sql")),
     ("0003_jobs", include_str!("../../migrations/0003_jobs.sql")),
     ("0004_restore_from", include_str!("../../migrations/0004_restore_from.sql")),
+    ("0006_quotas", include_str!("../../migrations/0006_quotas.sql")),
 ];
 
 /// A registered machine, as `machine list` shows it.
