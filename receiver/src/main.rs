@@ -163,8 +163,9 @@ enum MachineCmd {
     },
     /// List the registered machines.
     List,
-    /// Unregister a machine: its credential stops working; its mirror stays
-    /// on disk.
+    /// Unregister a machine: its credential stops working; its mirror and
+    /// images are moved aside to STORE/removed/ (kept, served to nobody), so
+    /// that a new machine of the same name starts empty.
     Remove { name: String },
 }
 
@@ -238,14 +239,14 @@ fn main() -> anyhow::Result<()> {
                     "job {:<5} {:<12} {:<8} {:<8} {:>3}% of {:>12} B  {}  started {} {}  {}",
                     j.id,
                     j.machine,
-                    r.kind,
-                    r.state,
+                    shown(&r.kind),
+                    shown(&r.state),
                     pct,
                     r.total_bytes,
-                    r.image,
+                    shown(&r.image),
                     j.started_at,
                     j.finished_at.map(|f| format!("ended {f}")).unwrap_or_default(),
-                    r.message
+                    shown(&r.message)
                 );
             }
             Ok(())
@@ -255,7 +256,13 @@ fn main() -> anyhow::Result<()> {
             for i in db.images(machine.as_deref())? {
                 println!(
                     "{:<12} {:<32} disk {} ({} B)  read {} B, stored {} B new  {}",
-                    i.machine, i.name, i.disk, i.disk_size, i.image_bytes, i.stored_bytes, i.created_at
+                    i.machine,
+                    shown(&i.name),
+                    shown(&i.disk),
+                    i.disk_size,
+                    i.image_bytes,
+                    i.stored_bytes,
+                    i.created_at
                 );
             }
             Ok(())
@@ -263,7 +270,13 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Audit { last }) => {
             let db = Db::open(&cli.store)?;
             for a in db.audit_trail(last)? {
-                println!("{}  {:<20} {:<12} {}", a.at, a.event, a.machine.unwrap_or_default(), a.detail);
+                println!(
+                    "{}  {:<20} {:<12} {}",
+                    a.at,
+                    shown(&a.event),
+                    a.machine.unwrap_or_default(),
+                    shown(&a.detail)
+                );
             }
             Ok(())
         }
@@ -278,6 +291,13 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
             if let Some(m) = &mac {
                 normalize_mac(m).map_err(anyhow::Error::msg)?;
+            }
+            if StoreLayout::new(store).has_machine_data(&name) {
+                anyhow::bail!(
+                    "the store still holds data under the name {name} ({}), left by a machine removed by an older \
+                     receiver: move it away first, or a new machine of that name would inherit it",
+                    StoreLayout::new(store).mirror(&name).display()
+                );
             }
             let cred = Credential::generate(name.as_str());
             db.add_machine(&name, &cred.secret_hash(), &notes)?;
@@ -348,7 +368,18 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
         MachineCmd::Remove { name } => {
             let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
             db.remove_machine(&name)?;
-            println!("machine {name} removed; its mirror stays in {}", StoreLayout::new(store).mirror(&name).display());
+            match StoreLayout::new(store).retire_machine_data(&name) {
+                Ok(Some(to)) => println!(
+                    "machine {name} removed; its mirror and images are kept in {} (served to nobody; delete it to free the space)",
+                    to.display()
+                ),
+                Ok(None) => println!("machine {name} removed; it had no data here"),
+                Err(e) => anyhow::bail!(
+                    "machine {name} is removed (its credential no longer works), but its data could not be moved \
+                     aside ({e}): move {} away before registering a machine of that name",
+                    StoreLayout::new(store).mirror(&name).display()
+                ),
+            }
             Ok(())
         }
     }
@@ -452,6 +483,17 @@ fn print_media(media: &[BootMedia]) {
             "  #{:<4} {:<10} {:<12} {:<8} {:<8} made {}  {state}",
             m.id, m.machine, m.kind, m.mode, m.style, m.created_at
         );
+    }
+}
+
+/// Text a machine sent (a job's message, an image's name), safe to print on
+/// the operator's terminal: control characters (escape sequences among
+/// them) are shown escaped, never interpreted.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        std::borrow::Cow::Borrowed(s)
     }
 }
 

@@ -6,21 +6,23 @@ use std::sync::{Arc, Mutex};
 
 use lifeline_proto::v1::jobs_server::{Jobs, JobsServer};
 use lifeline_proto::v1::{JobReply, JobReport};
+use lifeline_repo::{DirStore, Store};
 use lifeline_store::db::jobs::Report;
-use lifeline_store::{Authenticator, Db, StoreLayout};
+use lifeline_store::{Authenticator, Db, ImageAccess, StoreLayout};
 use tonic::{Request, Response, Status};
 
 /// Longest text field kept from a report (characters).
 const MAX_TEXT: usize = 1000;
 
 pub struct JobsService {
+    store: StoreLayout,
     auth: Arc<dyn Authenticator>,
     db: Arc<Mutex<Db>>,
 }
 
 impl JobsService {
     pub fn new(store: &StoreLayout, auth: Arc<dyn Authenticator>) -> anyhow::Result<JobsService> {
-        Ok(JobsService { auth, db: Arc::new(Mutex::new(Db::open(store.root())?)) })
+        Ok(JobsService { store: store.clone(), auth, db: Arc::new(Mutex::new(Db::open(store.root())?)) })
     }
 
     pub fn into_service(self) -> JobsServer<JobsService> {
@@ -28,11 +30,42 @@ impl JobsService {
     }
 }
 
+impl JobsService {
+    /// A backup reported done names an image its machine really stored:
+    /// the images list never shows what a machine merely claims (issue 14,
+    /// finding 7).
+    async fn check_stored(&self, access: &ImageAccess, image: &str) -> Result<(), Status> {
+        if access.read_only {
+            return Err(Status::permission_denied(format!(
+                "this boot session of machine {} restores another machine's images: it backs nothing up",
+                access.machine
+            )));
+        }
+        lifeline_repo::validate_image_name(image).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let repo = DirStore::new(self.store.image_store(&access.store_of));
+        let names = tokio::task::spawn_blocking(move || repo.list_manifests())
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .unwrap_or_default();
+        if !names.iter().any(|n| n == image) {
+            return Err(Status::failed_precondition(format!(
+                "machine {} has no image {image:?} stored here: a backup is reported done only once its image is stored",
+                access.machine
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Jobs for JobsService {
     async fn report(&self, req: Request<JobReport>) -> Result<Response<JobReply>, Status> {
-        let m = self.auth.authenticate_images(req.metadata(), req.extensions())?.machine;
+        let access = self.auth.authenticate_images(req.metadata(), req.extensions())?;
+        let m = access.machine.clone();
         let r = req.into_inner();
+        if r.kind == "backup" && r.state == "ok" && !r.image.is_empty() {
+            self.check_stored(&access, &r.image).await?;
+        }
         let limit = |s: String| s.chars().take(MAX_TEXT).collect::<String>();
         let report = Report {
             kind: r.kind,

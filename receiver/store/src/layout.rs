@@ -10,6 +10,7 @@
 //! <store>/partial/<machine>   the delta being applied, if a stream broke off
 //! <store>/images/<machine>/   each machine's image repository (lifeline-image-store)
 //! <store>/boot/<id>/          the files of boot media <id> (lifeline-boot-server)
+//! <store>/removed/<machine>-<unix time>/   a removed machine's data, kept
 //! ```
 //!
 //! Everything under a machine's name is derived from a [`MachineName`], a
@@ -90,6 +91,40 @@ impl StoreLayout {
         self.image_stores().join(machine.as_str())
     }
 
+    /// Everything the store keeps under `machine`'s name.
+    fn machine_data(&self, machine: &MachineName) -> [(&'static str, PathBuf); 4] {
+        [
+            ("mirror", self.mirror(machine)),
+            ("images", self.image_store(machine)),
+            ("queues", self.queue_progress(machine)),
+            ("partial", self.partial_delta(machine)),
+        ]
+    }
+
+    /// The store holds data under `machine`'s name (a mirror, images...).
+    pub fn has_machine_data(&self, machine: &MachineName) -> bool {
+        self.machine_data(machine).iter().any(|(_, p)| p.symlink_metadata().is_ok())
+    }
+
+    /// Moves the data of the removed machine `machine` out of its name, to
+    /// `<store>/removed/<machine>-<unix time>/`, so that a machine
+    /// registered later under the same name starts empty instead of
+    /// inheriting it. Returns where it went, if there was any.
+    pub fn retire_machine_data(&self, machine: &MachineName) -> std::io::Result<Option<PathBuf>> {
+        if !self.has_machine_data(machine) {
+            return Ok(None);
+        }
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let to = self.root.join("removed").join(format!("{machine}-{secs}"));
+        crate::private::create_private_dir_all(&to)?;
+        for (what, from) in self.machine_data(machine) {
+            if from.symlink_metadata().is_ok() {
+                std::fs::rename(&from, to.join(what))?;
+            }
+        }
+        Ok(Some(to))
+    }
+
     /// The directory holding every boot medium's files.
     pub fn boot_media_dir(&self) -> PathBuf {
         self.root.join("boot")
@@ -116,5 +151,23 @@ mod tests {
         assert_eq!(l.partial_delta(&m), Path::new("/s/partial/web-1"));
         assert_eq!(l.boot_media(7), Path::new("/s/boot/7"));
         assert_eq!(l.ca_cert(), Path::new("/s/tls/ca.crt"));
+    }
+
+    /// A removed machine's data leaves its name: a new machine of that name
+    /// starts empty (issue 14, finding 6).
+    #[test]
+    fn retired_data_leaves_the_name() {
+        let d = tempfile::tempdir().unwrap();
+        let l = StoreLayout::new(d.path());
+        let m = MachineName::new("m1").unwrap();
+        assert_eq!(l.retire_machine_data(&m).unwrap(), None);
+        std::fs::create_dir_all(l.mirror(&m).join("srv")).unwrap();
+        std::fs::create_dir_all(l.image_store(&m)).unwrap();
+        std::fs::write(l.image_store(&m).join("config"), b"c").unwrap();
+        assert!(l.has_machine_data(&m));
+        let to = l.retire_machine_data(&m).unwrap().unwrap();
+        assert!(!l.has_machine_data(&m));
+        assert!(to.join("mirror/srv").is_dir());
+        assert_eq!(std::fs::read(to.join("images/config")).unwrap(), b"c");
     }
 }

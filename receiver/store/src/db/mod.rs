@@ -122,7 +122,8 @@ impl Db {
         Ok(())
     }
 
-    /// Unregisters `name`: its credential stops working. Its mirror stays.
+    /// Unregisters `name`: its credential stops working (its data is the
+    /// caller's to move aside: `StoreLayout::retire_machine_data`).
     pub fn remove_machine(&mut self, name: &MachineName) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         let n = tx.execute("DELETE FROM machines WHERE name = ?1", [name.as_str()])?;
