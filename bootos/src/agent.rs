@@ -22,17 +22,19 @@
 //!   off. In `lifeline.mode=menu` it runs `lifeline-image menu` on the
 //!   console (the attended text menu; the password is typed, never stored:
 //!   see [`attended_files`]), and a shell when the menu is left.
-//! * [`unattended_files`] lists what the initramfs needs for it: the agent
-//!   at [`AGENT_PATH`], the hook, the receiver's CA certificate at
-//!   [`CA_PATH`] and the repository password at [`PASSWORD_PATH`] (mode
-//!   0600).
+//! * [`unattended_files`] lists what the initramfs of unattended ISO and
+//!   USB media needs for it: the agent at [`AGENT_PATH`], the hook, the
+//!   receiver's CA certificate at [`CA_PATH`] and the repository password
+//!   at [`PASSWORD_PATH`] (mode 0600).
 //!
-//! **The password lives in the boot OS.** An unattended backup has nobody
-//! to type the repository password, so it is put into the initramfs when it
-//! is built: whoever can read the initramfs (the receiver's PXE directory,
-//! a USB stick made from it) can read the password. Keep such boot OS files
-//! as private as the password itself; the attended menu asks for the
-//! password instead and its boot OS holds none ([`attended_files`]).
+//! **Where the password lives.** An unattended backup has nobody to type
+//! the repository password. ISO and USB media, carried by hand, hold it in
+//! the initramfs: whoever can read the stick can read the password, so keep
+//! them as private as the password itself. Network-boot media are served
+//! over plain HTTP and hold none ([`attended_files`]): the hook's `claim`
+//! gets it with the boot session, over TLS (`--password-out`, to
+//! `/run/lifeline/password`), and uses it in place of [`PASSWORD_PATH`].
+//! The attended menu asks for the password and its boot OS holds none.
 
 use crate::error::{Error, Result};
 use crate::initramfs::{ExtraFile, DEFAULT_HOOK};
@@ -50,9 +52,7 @@ pub const PASSWORD_PATH: &str = "/etc/lifeline/password";
 /// receiver's CA certificate (PEM) and the repository password (stored
 /// mode 0600, see the module documentation).
 pub fn unattended_files(agent: &Path, ca_pem: &[u8], password: &str) -> Result<Vec<ExtraFile>> {
-    if password.is_empty() || password.contains('\n') {
-        return Err(Error::Invalid("the repository password must be one non-empty line".into()));
-    }
+    check_password(password)?;
     Ok(vec![
         ExtraFile::executable(AGENT_PATH, agent),
         ExtraFile::bytes(DEFAULT_HOOK, 0o755, backup_hook()),
@@ -61,9 +61,19 @@ pub fn unattended_files(agent: &Path, ca_pem: &[u8], password: &str) -> Result<V
     ])
 }
 
+/// A repository password a boot OS can hold: one non-empty line.
+pub fn check_password(password: &str) -> Result<()> {
+    if password.is_empty() || password.contains('\n') {
+        return Err(Error::Invalid("the repository password must be one non-empty line".into()));
+    }
+    Ok(())
+}
+
 /// The files an attended boot OS (the text menu, `lifeline.mode=menu`)
 /// needs: the agent, [`BACKUP_HOOK`] and the receiver's CA certificate.
-/// **No password**: the menu asks for it on the console.
+/// **No password**: the menu asks for it on the console. Unattended
+/// network-boot media hold the same (their password comes in the boot
+/// session's reply, over TLS: `lifeline-image claim --password-out`).
 pub fn attended_files(agent: &Path, ca_pem: &[u8]) -> Vec<ExtraFile> {
     vec![
         ExtraFile::executable(AGENT_PATH, agent),
@@ -132,7 +142,9 @@ esac
 [ -n "$LIFELINE_MACHINE" ] || fail "no lifeline.machine=NAME on the kernel command line"
 [ "$LIFELINE_MODE" = backup ] || [ -n "$LIFELINE_IMAGE" ] || fail "restore needs lifeline.image=NAME"
 [ -x "$AGENT" ] || fail "$AGENT is missing from the boot OS"
-[ -f "$PASSWORD" ] || fail "$PASSWORD is missing: an unattended job needs the repository password in the boot OS"
+need_password() {
+	[ -f "$PASSWORD" ] || fail "$PASSWORD is missing: an unattended job needs the repository password (in the boot OS for ISO and USB media, from the receiver with the boot session for network boot)"
+}
 
 destdisk=""
 if [ "$STYLE" = receiver ]; then
@@ -151,16 +163,21 @@ if [ "$STYLE" = receiver ]; then
 	# The one-time boot token becomes a boot session (this machine's images
 	# only); a used, revoked or foreign token is refused before any disk is
 	# touched.
-	if out=$("$AGENT" --quiet claim --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/boot-token --ca "$CA" --out /run/lifeline/token 2>&1); then
+	# Network-boot media hold no password: it comes with the session, over
+	# TLS, to this one claimant of the token.
+	if out=$("$AGENT" --quiet claim --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/boot-token --ca "$CA" --out /run/lifeline/token --password-out /run/lifeline/password 2>&1); then
 		echo "$tag: $out"
 	else
 		fail "$(echo "$out" | tail -n 2 | tr '\n' ' ')"
 	fi
 	rm -f /run/lifeline/boot-token
+	[ -f /run/lifeline/password ] && PASSWORD=/run/lifeline/password
+	need_password
 	set -- --repo "$LIFELINE_RECEIVER" --token-file /run/lifeline/token --ca "$CA" --password-file "$PASSWORD"
 	where=$LIFELINE_RECEIVER
 else
 	# Storage attached to this machine: the filesystem labelled LIFELINE.
+	need_password
 	dest=$(findfs LABEL=LIFELINE 2>/dev/null) || fail "no filesystem labelled LIFELINE is attached: give the backup disk's filesystem that label (e2label, fatlabel or exfatlabel DEVICE LIFELINE) and boot again"
 	mkdir -p /mnt/lifeline
 	mount "$dest" /mnt/lifeline || fail "cannot mount $dest (the LIFELINE filesystem)"

@@ -151,6 +151,8 @@ mod tests {
             used_from: String::new(),
             revoked: false,
             image_of: None,
+            url_secret: None,
+            armed_until: None,
         };
         db.add_boot_media(&media, &boot.secret_hash()).unwrap();
         // Restore media of m2 reading m1's images.

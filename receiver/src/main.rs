@@ -175,7 +175,8 @@ enum MachineCmd {
 enum BootosCmd {
     /// Build boot media for a machine into STORE/boot/ID/ (vmlinuz,
     /// initrd.img, cmdline) and record it; network boot serves it to the
-    /// machine's MAC address until its one-time token is used.
+    /// machine's MAC address only while armed (`bootos arm`, or --arm here),
+    /// until its one-time token is used.
     Make {
         name: String,
         /// The receiver's address as the booted machine reaches it (not for
@@ -211,8 +212,25 @@ enum BootosCmd {
         /// a raw USB disk image (MBR + FAT, BIOS and UEFI) to write with dd.
         #[arg(long, value_parser = ["netboot", "iso", "usb"], default_value = "netboot")]
         kind: String,
+        /// Arm the network-boot media at once (see `bootos arm`).
+        #[arg(long)]
+        arm: bool,
+        /// How long --arm serves it (90s, 30m, 1h, 2d).
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h", value_parser = parse_duration, requires = "arm")]
+        arm_for: u64,
     },
-    /// List boot media (of one machine).
+    /// Arm network-boot media: the network-boot server serves it (script
+    /// with the one-time token, kernel, initrd) to its machine's MAC for a
+    /// window, then nothing. Outside the window nothing is served.
+    Arm {
+        id: i64,
+        /// How long (90s, 30m, 1h, 2d; at most 7d).
+        #[arg(long = "for", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        arm_for: u64,
+    },
+    /// Close the armed window of network-boot media now.
+    Disarm { id: i64 },
+    /// List boot media (of one machine), with until when each is armed.
     List { name: Option<String> },
     /// Revoke boot media: its token stops working and its files are no longer served.
     Revoke { id: i64 },
@@ -391,7 +409,23 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
     let layout = StoreLayout::new(store);
     let mut db = Db::open(store)?;
     match cmd {
-        BootosCmd::Make { name, receiver_url, mode, style, image, image_of, agent, password_file, kernel, kind } => {
+        BootosCmd::Make {
+            name,
+            receiver_url,
+            mode,
+            style,
+            image,
+            image_of,
+            agent,
+            password_file,
+            kernel,
+            kind,
+            arm,
+            arm_for,
+        } => {
+            if arm && kind != "netboot" {
+                anyhow::bail!("--arm is for network-boot media (--kind netboot): ISO and USB media are never served");
+            }
             let password = match &password_file {
                 Some(f) => {
                     let s = std::fs::read_to_string(f)
@@ -442,6 +476,8 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
             }
             if made.media.mode == "menu" {
                 println!("  attended media: the menu asks for the repository password; the boot OS holds none");
+            } else if made.iso.is_none() {
+                println!("  unattended network-boot media: the boot OS holds no password; its claim gets it over TLS");
             } else {
                 println!("  unattended media: the boot OS holds the repository password; keep its files as private as the password");
             }
@@ -450,10 +486,31 @@ fn bootos(store: &Path, cmd: BootosCmd) -> anyhow::Result<()> {
                 Some(mac) => println!("  network boot: machine {mac} chains http://RECEIVER:HTTP-PORT/boot.ipxe (lifeline-receiver --http-listen)"),
                 None => println!("  network boot needs its MAC: lifeline-receiver machine set-mac {name} MAC"),
             }
+            if arm {
+                let m = db.arm_boot_media(made.media.id, arm_for)?;
+                println!("  armed: network boot serves it until {}", m.armed_until.unwrap_or_default());
+            } else if made.iso.is_none() {
+                println!("  not served until armed: lifeline-receiver bootos arm {} [--for 1h]", made.media.id);
+            }
             println!(
                 "  its one-time token works for one boot; the kernel command line is in {}/cmdline",
                 made.dir.display()
             );
+            Ok(())
+        }
+        BootosCmd::Arm { id, arm_for } => {
+            let m = db.arm_boot_media(id, arm_for)?;
+            let mac = db.mac_of(&m.machine)?.unwrap_or_else(|| "(no MAC: machine set-mac)".into());
+            println!(
+                "boot media #{id} of machine {} armed until {}: network boot serves it to {mac}",
+                m.machine,
+                m.armed_until.unwrap_or_default()
+            );
+            Ok(())
+        }
+        BootosCmd::Disarm { id } => {
+            let m = db.arm_boot_media(id, 0)?;
+            println!("boot media #{id} of machine {} disarmed: network boot serves it no more", m.machine);
             Ok(())
         }
         BootosCmd::List { name } => {
@@ -477,7 +534,11 @@ fn print_media(media: &[BootMedia]) {
         let state = match (&m.used_at, m.revoked) {
             (_, true) => "revoked".to_string(),
             (Some(at), _) => format!("used {at} from {}", m.used_from),
-            (None, _) => "waiting".to_string(),
+            (None, _) if m.kind != "netboot" => "waiting".to_string(),
+            (None, _) => match &m.armed_until {
+                Some(until) => format!("waiting, armed until {until}"),
+                None => "waiting, not armed".to_string(),
+            },
         };
         println!(
             "  #{:<4} {:<10} {:<12} {:<8} {:<8} made {}  {state}",
@@ -495,6 +556,26 @@ fn shown(s: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(s)
     }
+}
+
+/// Longest window network-boot media may be armed for.
+const MAX_ARM_SECS: u64 = 7 * 24 * 3600;
+
+/// A duration such as `90s`, `30m`, `1h`, `2d` (a bare number: seconds).
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let (n, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.trim().len()));
+    let n: u64 = n.parse().map_err(|_| format!("{s:?}: a duration is a number and a unit (90s, 30m, 1h, 2d)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86400),
+        _ => return Err(format!("{s:?}: the unit is s, m, h or d")),
+    };
+    if secs == 0 || secs > MAX_ARM_SECS {
+        return Err(format!("{s:?}: between 1s and 7d"));
+    }
+    Ok(secs)
 }
 
 /// The receiver's own CA certificate (made on first use), which boot media

@@ -48,6 +48,8 @@ async fn no_credential_of_the_machine_can_replace_a_stored_image() {
             used_from: String::new(),
             revoked: false,
             image_of: None,
+            url_secret: None,
+            armed_until: None,
         };
         db.add_boot_media(&media, &boot_token.secret_hash()).unwrap();
     }

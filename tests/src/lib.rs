@@ -134,6 +134,28 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
+/// A receiver with its store in `dir/store`, serving network boot
+/// (`--http-listen`) on a free loopback port, with machine `name` registered
+/// at MAC address `mac` (its credential and the CA in `dir/creds`): the
+/// receiver, the HTTP port and the credentials directory.
+pub fn netboot_receiver(dir: &Path, name: &str, mac: &str) -> (Receiver, u16, PathBuf) {
+    let store = dir.join("store");
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut opts = ReceiverOpts::new(&store);
+    opts.env = vec![("LIFELINE_HTTP_LISTEN".into(), format!("127.0.0.1:{http}"))];
+    let rx = Receiver::start_opts(opts);
+    let creds = dir.join("creds");
+    let out = Command::new(bin_path("lifeline-receiver"))
+        .arg("--store")
+        .arg(&store)
+        .args(["machine", "add", name, "--mac", mac, "--out"])
+        .arg(&creds)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "machine add {name}: {}", String::from_utf8_lossy(&out.stderr));
+    (rx, http, creds)
+}
+
 /// The last `n` lines of a (log) file, or a note why there are none.
 pub fn tail(path: &Path, n: usize) -> String {
     const WINDOW: u64 = 256 * 1024;

@@ -1,8 +1,10 @@
 //! The offline path end to end, in qemu (TCG, never KVM): a real receiver on
 //! the host's loopback makes boot media for machine pc1 (`bootos make`: the
 //! Debian kernel, an initramfs with the static `lifeline-image`, the
-//! receiver's CA, the repository password and a one-time boot token on the
-//! kernel command line) and serves it for network boot (`--http-listen`).
+//! receiver's CA and a one-time boot token on the kernel command line;
+//! network-boot media hold no password: the boot OS's
+//! claim brings it over TLS) and, armed, serves it for network boot
+//! (`--http-listen`).
 //! A VM with pc1's MAC address and a small GPT disk (FAT32 ESP, ext4, swap,
 //! unknown) boots through SeaBIOS and the NIC's iPXE ROM, which chains
 //! `boot.ipxe` from the receiver (10.0.2.2 is the host inside qemu's user
@@ -22,7 +24,7 @@
 //! LIFELINE_BOOTOS_AGENT names one.
 
 use lifeline_testdisk::{BuiltDisk, DiskSpec};
-use lifeline_tests::{bin_path, Receiver, ReceiverOpts};
+use lifeline_tests::{bin_path, netboot_receiver, Receiver, ReceiverOpts};
 use lifeline_testvm::qemu::{Boot, Vm, VmSpec};
 use lifeline_testvm::static_build;
 use std::io::{Read, Write};
@@ -99,10 +101,6 @@ fn image_of(line: &str) -> String {
 /// other (and skew the timings printed).
 static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// One test's world: the static agent, machine pc1's disk, a receiver
 /// serving network boot with pc1 registered at qemu's MAC address, and the
 /// repository password in a file.
@@ -128,15 +126,18 @@ impl Site {
         let dir = tempfile::tempdir().unwrap();
         let disk = DiskSpec::pc(96).build(dir.path(), "disk.img");
         let store = dir.path().join("store");
-        let http_port = free_port();
-        let mut opts = ReceiverOpts::new(&store);
-        opts.env = vec![("LIFELINE_HTTP_LISTEN".into(), format!("127.0.0.1:{http_port}"))];
-        let rx = Receiver::start_opts(opts);
-        let creds = dir.path().join("creds");
-        receiver_cli(&store, &["machine", "add", "pc1", "--mac", MAC, "--out", creds.to_str().unwrap()]);
+        let (rx, http_port, creds) = netboot_receiver(dir.path(), "pc1", MAC);
         let pw = dir.path().join("password");
         std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
         Site { agent, agent_time, disk, store, http_port, rx, creds, pw, dir }
+    }
+
+    /// `bootos make pc1` network-boot media, armed (network boot serves
+    /// nothing else), with `extra` arguments.
+    fn make_armed(&self, extra: &[&str]) -> String {
+        let made = self.make(&[extra, &["--arm", "--for", "30m"]].concat());
+        assert!(made.contains("armed: network boot serves it until"), "{made}");
+        made
     }
 
     /// The URL qemu's DHCP hands the firmware for network boot.
@@ -208,11 +209,18 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
     let site = Site::new();
     let (disk, store, rx, http_port) = (&site.disk, &site.store, &site.rx, site.http_port);
     let t = Instant::now();
-    let made = site.make(&["--mode", "backup"]);
+    let made = site.make_armed(&["--mode", "backup"]);
     let make_time = t.elapsed();
     assert!(made.contains("boot media #1 for machine pc1"), "{made}");
     let media = store.join("boot/1");
     let initrd_size = std::fs::metadata(media.join("initrd.img")).unwrap().len();
+    // Armed: pc1's script names the files under the media's URL secret.
+    let (_, script) = http_get(http_port, &format!("/ipxe/{MAC}"));
+    let files = script
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix("/initrd.img").filter(|u| u.contains("/boot/")))
+        .unwrap_or_else(|| panic!("no initrd URL in {script}"));
+    let initrd_path = format!("/boot/{}/initrd.img", files.rsplit('/').next().unwrap());
 
     let bootfile = site.bootfile();
     let mut vm = Vm::boot(&VmSpec {
@@ -263,7 +271,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
 
     // The media's files are no longer served, and pc1's MAC gets a script
     // that says no media waits.
-    let (status, _) = http_get(http_port, "/boot/1/initrd.img");
+    let (status, _) = http_get(http_port, &initrd_path);
     assert!(status.contains("404"), "a used media's initrd is still served: {status}");
     let (_, script) = http_get(http_port, &format!("/ipxe/{MAC}"));
     assert!(script.contains("no boot media waits for machine pc1"), "{script}");
@@ -300,7 +308,7 @@ fn network_boot_backs_up_restores_onto_a_blank_disk_and_refuses_a_used_token() {
 
     // Restore mode: new media, and the machine with a blank disk of the same
     // size network-boots again and gets its disk back.
-    let made = site.make(&["--mode", "restore", "--image", &image]);
+    let made = site.make_armed(&["--mode", "restore", "--image", &image]);
     assert!(made.contains("boot media #2 for machine pc1 (restore receiver)"), "{made}");
     let blank = site.dir.path().join("blank.img");
     std::fs::File::create(&blank).unwrap().set_len(std::fs::metadata(&disk.path).unwrap().len()).unwrap();
@@ -355,7 +363,8 @@ fn iso_under_bios_and_uefi_and_uefi_network_boot_back_up() {
     let bootfile = site.bootfile();
     let mut image = String::new();
     for (id, kind, uefi) in [(1, "usb", true), (2, "iso", true), (3, "netboot", true)] {
-        let made = site.make(&["--mode", "backup", "--kind", kind]);
+        let args = ["--mode", "backup", "--kind", kind];
+        let made = if kind == "netboot" { site.make_armed(&args) } else { site.make(&args) };
         assert!(made.contains(&format!("boot media #{id} for machine pc1")), "{made}");
         let iso = site.store.join(format!("boot/{id}/{}", if kind == "usb" { "usb.img" } else { "boot.iso" }));
         let boot = match kind {

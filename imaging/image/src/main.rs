@@ -157,6 +157,11 @@ enum Cmd {
         /// Where to write the session's credential (mode 0600).
         #[arg(long)]
         out: PathBuf,
+        /// Where to write the repository password the receiver sends with
+        /// the session (mode 0600): unattended network-boot media hold
+        /// none. Not written when the reply carries none.
+        #[arg(long)]
+        password_out: Option<PathBuf>,
     },
     /// Boot OS: the attended text menu on the console (back up or restore
     /// a disk with a typed password; see menu.rs).
@@ -436,32 +441,32 @@ fn run(cli: &Cli) -> Result<()> {
                 s
             });
         }
-        Cmd::Claim { repo, out } => {
+        Cmd::Claim { repo, out, password_out } => {
             let (Some(token), Some(ca)) = (&repo.token_file, &repo.ca) else {
                 bail!("claim needs --token-file (the boot token) and --ca (the receiver's CA certificate)");
             };
             let conn =
                 Connection::from_files(&repo.repo, token, ca, repo.tls_name.as_deref()).map_err(anyhow::Error::msg)?;
             let s = lifeline_image::remote::claim_boot(&conn).map_err(anyhow::Error::msg)?;
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::File::options()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(out)
-                    .with_context(|| format!("cannot write {}", out.display()))?;
-                writeln!(f, "{}", s.credential)?;
-            }
+            write_secret(out, &s.credential)?;
+            let password = match (&password_out, s.password.is_empty()) {
+                (Some(p), false) => {
+                    write_secret(p, &s.password)?;
+                    true
+                }
+                _ => false,
+            };
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::json!({"media": s.media, "mode": s.mode, "style": s.style, "image": s.image, "expires_unix": s.expires_unix})
+                    serde_json::json!({"media": s.media, "mode": s.mode, "style": s.style, "image": s.image, "expires_unix": s.expires_unix, "password": password})
                 );
             } else {
-                println!("boot session for media #{}: mode {} style {} image {:?}", s.media, s.mode, s.style, s.image);
+                let with = if password { ", with the repository password" } else { "" };
+                println!(
+                    "boot session for media #{}: mode {} style {} image {:?}{with}",
+                    s.media, s.mode, s.style, s.image
+                );
             }
         }
         Cmd::Menu(args) => menu::run(args)?,
@@ -587,6 +592,20 @@ fn store(a: &RepoArgs) -> Result<Arc<dyn Store>> {
     };
     let conn = Connection::from_files(&a.repo, token, ca, a.tls_name.as_deref()).map_err(anyhow::Error::msg)?;
     Ok(Arc::new(RemoteStore::connect(conn)?))
+}
+
+/// Writes one line readable by its owner only (a credential, a password).
+fn write_secret(path: &Path, line: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{line}")?;
+    Ok(())
 }
 
 /// The repository password: `--password-file`, `LIFELINE_PASSWORD`, or a

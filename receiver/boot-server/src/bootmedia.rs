@@ -1,15 +1,27 @@
 //! Making boot media for one machine (`lifeline-receiver bootos make`): the
-//! kernel, an initramfs with the static agent, the receiver's CA and the
-//! repository password (lifeline-bootos builds it), and the kernel command
-//! line naming the receiver, the machine and a fresh one-time boot token.
+//! kernel, an initramfs with the static agent and the receiver's CA
+//! (lifeline-bootos builds it), and the kernel command line naming the
+//! receiver, the machine and a fresh one-time boot token.
 //!
-//! Each media lives in `STORE/boot/<id>/`: `vmlinuz`, `initrd.img` and
-//! `cmdline` (mode 0600: it holds the token), and for kind `iso` a hybrid
-//! `boot.iso` (BIOS and UEFI; a CD, or a USB stick written with `dd`), for
-//! kind `usb` a raw disk image `usb.img` (MBR + FAT, BIOS and UEFI, with
-//! room to spare; see `lifeline_bootos::usb`). Attended media (mode menu)
-//! hold no password. The network-boot server
-//! ([`crate::netboot`]) serves them to the machine's MAC address until the
+//! Each media lives in `STORE/boot/<id>/` (mode 0700, every file 0600):
+//! `vmlinuz`, `initrd.img` and `cmdline` (it holds the token), and for kind
+//! `iso` a hybrid `boot.iso` (BIOS and UEFI; a CD, or a USB stick written
+//! with `dd`), for kind `usb` a raw disk image `usb.img` (MBR + FAT, BIOS
+//! and UEFI, with room to spare; see `lifeline_bootos::usb`).
+//!
+//! Where the repository password of unattended media goes:
+//! - ISO and USB media are carried by hand and never served: their
+//!   initramfs holds it.
+//! - Network-boot media go over plain HTTP: their initramfs holds **no**
+//!   password. It stays in `password` (0600) beside them, and the boot OS
+//!   gets it in the reply of its claim (`BootSessions.Claim`, over TLS, once,
+//!   see [`crate::sessions`]). Local-style unattended media never claim, so
+//!   they cannot be network-boot media.
+//! - Attended media (mode menu) hold none: the menu asks for it.
+//!
+//! The network-boot server ([`crate::netboot`]) serves network-boot media
+//! to the machine's MAC address only while armed (`bootos arm`, see
+//! [`lifeline_store::db::boot`]) and under a random URL secret, until the
 //! token is used.
 
 use std::path::{Path, PathBuf};
@@ -86,11 +98,22 @@ pub fn make(store: &StoreLayout, db: &mut Db, spec: &MediaSpec) -> anyhow::Resul
         }
     }
     let ca_pem = &spec.ca_pem;
+    let netboot = spec.kind == "netboot";
+    if netboot && spec.mode != Mode::Menu && spec.style == Style::Local {
+        anyhow::bail!(
+            "unattended local-style media would carry the repository password, and network boot serves nothing secret: make them --kind iso or usb, or --mode menu"
+        );
+    }
     let files = match (spec.mode, &spec.password) {
         (Mode::Menu, None) => agent::attended_files(&spec.agent, ca_pem),
         (Mode::Menu, Some(_)) => anyhow::bail!(
             "attended (menu) boot media never hold the repository password (whoever boots it types it): leave out --password-file"
         ),
+        // Its password comes with the boot session, over TLS.
+        (_, Some(pw)) if netboot => {
+            agent::check_password(pw)?;
+            agent::attended_files(&spec.agent, ca_pem)
+        }
         (_, Some(pw)) => agent::unattended_files(&spec.agent, ca_pem, pw)?,
         (_, None) => anyhow::bail!(
             "unattended {} media need the repository password (--password-file): it goes into the boot OS",
@@ -122,6 +145,9 @@ pub fn make(store: &StoreLayout, db: &mut Db, spec: &MediaSpec) -> anyhow::Resul
     std::fs::copy(&built.kernel, tmp.join("vmlinuz"))
         .with_context(|| format!("cannot copy the kernel {}", built.kernel.display()))?;
     write_private(&tmp.join("cmdline"), &format!("{cmdline}\n"))?;
+    if let (true, Mode::Backup | Mode::Restore, Some(pw)) = (netboot, spec.mode, &spec.password) {
+        write_private(&tmp.join(PASSWORD_FILE), &format!("{pw}\n"))?;
+    }
     let iso = match spec.kind.as_str() {
         "netboot" => None,
         "iso" => {
@@ -145,6 +171,11 @@ pub fn make(store: &StoreLayout, db: &mut Db, spec: &MediaSpec) -> anyhow::Resul
         }
         other => anyhow::bail!("unknown boot media kind {other:?} (netboot, iso or usb)"),
     };
+    // The kernel and initrd were made readable by all: the token, and for
+    // ISO and USB media the password, are nobody's business but root's.
+    for f in std::fs::read_dir(&tmp)? {
+        std::fs::set_permissions(f?.path(), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
 
     let mut media = BootMedia {
         id: 0,
@@ -159,6 +190,8 @@ pub fn make(store: &StoreLayout, db: &mut Db, spec: &MediaSpec) -> anyhow::Resul
         used_from: String::new(),
         revoked: false,
         image_of: spec.image_of.as_ref().map(|m| m.as_str().to_string()),
+        url_secret: netboot.then(|| format!("{:032x}", rand::random::<u128>())),
+        armed_until: None,
     };
     let id = match db.add_boot_media(&media, &token.secret_hash()) {
         Ok(id) => id,
@@ -182,6 +215,21 @@ pub fn make(store: &StoreLayout, db: &mut Db, spec: &MediaSpec) -> anyhow::Resul
     })
 }
 
+/// Where network-boot media keep the repository password their initrd
+/// does not hold.
+const PASSWORD_FILE: &str = "password";
+
+/// The repository password of network-boot media `id` for its claimant
+/// (`None`: the media has none to give: attended, ISO or USB).
+pub fn password_of(store: &StoreLayout, id: i64) -> anyhow::Result<Option<String>> {
+    let p = store.boot_media(id).join(PASSWORD_FILE);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(s.trim_end_matches('\n').to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", p.display())),
+    }
+}
+
 /// The whole kernel command line of media `id` (token included).
 pub fn cmdline_of(store: &StoreLayout, id: i64) -> anyhow::Result<String> {
     let p = store.boot_media(id).join("cmdline");
@@ -189,9 +237,11 @@ pub fn cmdline_of(store: &StoreLayout, id: i64) -> anyhow::Result<String> {
 }
 
 fn tempdir_in(dir: &Path) -> anyhow::Result<PathBuf> {
+    // Made private before the first file lands, as is the directory above.
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     for _ in 0..16 {
         let p = dir.join(format!(".new-{:016x}", rand::random::<u64>()));
-        match std::fs::create_dir(&p) {
+        match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&p) {
             Ok(()) => return Ok(p),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", p.display())),

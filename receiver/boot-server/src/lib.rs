@@ -5,12 +5,14 @@
 //!   with the static imaging agent, command line with a one-time token;
 //!   network boot, ISO, USB image), with `lifeline-bootos`.
 //! - [`netboot`]: the network-boot HTTP server (per-MAC iPXE scripts, the
-//!   kernel and initrd); [`tftp`]: the TFTP server for PXE firmware that
-//!   needs it.
+//!   kernel and initrd of armed network-boot media at secret URLs; no
+//!   password ever); [`tftp`]: the TFTP server for PXE firmware that needs
+//!   it.
 //! - [`MediaDownload`]: the `BootMediaStore` service, owners downloading
 //!   their media.
 //! - [`BootSessionsService`]: the `BootSessions` service, one-time boot
-//!   tokens traded for boot sessions.
+//!   tokens traded for boot sessions (and, for network-boot media, the
+//!   repository password, over TLS).
 //!
 //! Media records, tokens and sessions are in the management database
 //! ([`lifeline_store::db::boot`]); their files under

@@ -76,7 +76,7 @@ impl MediaDownload {
             size,
             used: m.used_at.is_some(),
             revoked: m.revoked,
-            holds_password: m.mode != "menu",
+            holds_password: m.mode != "menu" && m.kind != "netboot",
         }
     }
 }

@@ -2,20 +2,29 @@
 //!
 //! - `GET /boot.ipxe`: the script every machine chains first; it asks for
 //!   the machine's own script by MAC address.
-//! - `GET /ipxe/<mac>`: the machine's newest network-boot media whose token
-//!   is unused: its kernel, initrd and command line. A MAC no machine has,
-//!   or a machine with no media waiting, gets a script that says so on the
-//!   machine's screen (and what to run on the receiver) and exits to the
-//!   firmware's next boot device.
-//! - `GET /boot/<id>/vmlinuz`, `GET /boot/<id>/initrd.img`: the files, while
-//!   media `id` is unused and not revoked (once its token is claimed nobody
-//!   needs them, and the initrd holds the repository password).
+//! - `GET /ipxe/<mac>`: the machine's newest network-boot media that is
+//!   **armed** (`lifeline-receiver bootos arm ID`, for a window) and whose
+//!   token is unused: its kernel, initrd and command line. A MAC no machine
+//!   has, or a machine with no media armed, gets a script that says so on
+//!   the machine's screen (and what to run on the receiver), with no token,
+//!   and exits to the firmware's next boot device.
+//! - `GET /boot/<secret>/vmlinuz`, `GET /boot/<secret>/initrd.img`: the
+//!   files of the media whose random URL secret (32 hex digits, never its
+//!   sequential id) is `<secret>`, while it is armed, unused and not
+//!   revoked. ISO and USB media have no URL: they are never served.
 //!
-//! Plain HTTP: firmware speaks nothing else. The one-time token in the
-//! script is worth one boot session; the receiver's API stays TLS-only.
+//! Plain HTTP: firmware speaks nothing else, so nothing here is secret but
+//! the one-time token, and that only inside the armed window: the initrd
+//! holds no repository password (the boot session's reply brings it, over
+//! TLS, see [`crate::sessions`]). A token is worth one boot session; if the
+//! machine asks for its script again inside the window from another address
+//! than its token was claimed from, someone else booted it first: a
+//! `boot token alarm` in the audit trail and the log. The receiver's API
+//! stays TLS-only.
 //! A deliberately small HTTP/1.1 server: GET only, one request per
 //! connection, nothing parsed but the request line and `Host`.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -23,7 +32,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
-use lifeline_store::db::boot::normalize_mac;
+use lifeline_store::db::boot::{normalize_mac, BOOT_TOKEN_ALARM};
 use lifeline_store::{Db, StoreLayout};
 
 /// Longest request head read.
@@ -92,7 +101,7 @@ impl NetBoot {
         }
         let reply = {
             let db = self.db.lock().unwrap_or_else(|e| e.into_inner());
-            self.route(&db, &path, &host)
+            self.route(&db, &path, &host, peer.ip())
         };
         let stream = conn.get_mut();
         match reply {
@@ -118,7 +127,7 @@ impl NetBoot {
         }
     }
 
-    fn route(&self, db: &Db, path: &str, host: &str) -> Reply {
+    fn route(&self, db: &Db, path: &str, host: &str, peer: IpAddr) -> Reply {
         let base = format!("http://{host}");
         if path == "/boot.ipxe" {
             return Reply::Script(format!(
@@ -128,22 +137,28 @@ impl NetBoot {
         if let Some(mac) = path.strip_prefix("/ipxe/") {
             // iPXE escapes the colons of ${net0/mac}.
             let mac = mac.replace("%3A", ":").replace("%3a", ":");
-            return Reply::Script(self.machine_script(db, &mac, &base));
+            return Reply::Script(self.machine_script(db, &mac, &base, peer));
         }
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        if let ["boot", id, file @ ("vmlinuz" | "initrd.img")] = parts[..] {
-            let Ok(id) = id.parse::<i64>() else { return Reply::NotFound("no such boot media".into()) };
-            return match db.boot_media(id) {
-                Ok(Some(m)) if m.usable() => Reply::File(self.store.boot_media(id).join(file)),
-                Ok(Some(_)) => Reply::NotFound(format!("boot media #{id} was used or revoked")),
-                Ok(None) => Reply::NotFound("no such boot media".into()),
-                Err(e) => Reply::NotFound(format!("database: {e:#}")),
+        if let ["boot", secret, file @ ("vmlinuz" | "initrd.img")] = parts[..] {
+            // One answer for every miss: which media exist is nobody's business.
+            let none = || Reply::NotFound("no boot media is served here".into());
+            if secret.len() != 32 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return none();
+            }
+            return match db.served_media(secret) {
+                Ok(Some(m)) => Reply::File(self.store.boot_media(m.id).join(file)),
+                Ok(None) => none(),
+                Err(e) => {
+                    warn!("network boot: database: {e:#}");
+                    none()
+                }
             };
         }
         Reply::NotFound("not found".into())
     }
 
-    fn machine_script(&self, db: &Db, mac: &str, base: &str) -> String {
+    fn machine_script(&self, db: &Db, mac: &str, base: &str, peer: IpAddr) -> String {
         let refuse = |msg: String| format!("#!ipxe\necho lifeline: {msg}\nsleep 10\nexit 1\n");
         let Ok(mac) = normalize_mac(mac) else { return refuse(format!("{mac:?} is not a MAC address")) };
         let machine = match db.machine_by_mac(&mac) {
@@ -155,12 +170,19 @@ impl NetBoot {
             }
             Err(e) => return refuse(format!("the receiver cannot read its database: {e:#}")),
         };
-        let media = match db.pending_netboot(&machine) {
+        let media = match db.armed_netboot(&machine) {
             Ok(Some(m)) => m,
             Ok(None) => {
-                return refuse(format!(
-                "no boot media waits for machine {machine} (each boots once): lifeline-receiver bootos make {machine}"
-            ))
+                self.check_claimed(db, &machine, peer);
+                return match db.pending_netboot(&machine) {
+                    Ok(Some(m)) if m.url_secret.is_some() => refuse(format!(
+                        "no boot media is armed for machine {machine}: lifeline-receiver bootos arm {} (for an hour)",
+                        m.id
+                    )),
+                    _ => refuse(format!(
+                        "no boot media waits for machine {machine} (each boots once): lifeline-receiver bootos make {machine} --arm"
+                    )),
+                };
             }
             Err(e) => return refuse(format!("the receiver cannot read its database: {e:#}")),
         };
@@ -168,12 +190,32 @@ impl NetBoot {
             Ok(c) => c,
             Err(e) => return refuse(format!("boot media #{}: {e:#}", media.id)),
         };
-        let dir = format!("{base}/boot/{}", media.id);
+        let dir = format!("{base}/boot/{}", media.url_secret.as_deref().unwrap_or_default());
         // (No '#' in an echo: iPXE takes it for a comment.)
         format!(
             "#!ipxe\necho lifeline: machine {machine}, boot media {} ({} {})\nkernel {dir}/vmlinuz initrd=initrd.img {cmdline}\ninitrd {dir}/initrd.img\nboot\n",
             media.id, media.mode, media.style
         )
+    }
+
+    /// The machine asks for its script inside the armed window of media
+    /// whose token was claimed from another address: someone else booted
+    /// it (a token read off the wire): an alarm.
+    fn check_claimed(&self, db: &Db, machine: &str, peer: IpAddr) {
+        let Ok(Some(m)) = db.claimed_while_armed(machine) else { return };
+        if m.used_from == peer.to_string() {
+            return; // the machine itself, booting again
+        }
+        let detail = format!(
+            "#{} asked for by {peer}, but its token was claimed at {} from {}",
+            m.id,
+            m.used_at.as_deref().unwrap_or("?"),
+            m.used_from
+        );
+        warn!(machine, "{BOOT_TOKEN_ALARM}: {detail}");
+        if let Err(e) = db.boot_token_alarm(machine, &detail) {
+            warn!(machine, "cannot audit a {BOOT_TOKEN_ALARM}: {e:#}");
+        }
     }
 }
 

@@ -3,7 +3,13 @@
 //! reaches only its machine's image store and job reports, for
 //! [`lifeline_store::db::boot::SESSION_SECS`]. The token works once: a second boot with it, a revoked
 //! one, or one presented under another machine's name is refused and
-//! audited (see [`lifeline_store::db::boot`]).
+//! audited (see [`lifeline_store::db::boot`]); a token found used already
+//! is a `boot token alarm` there and in the log.
+//!
+//! Unattended network-boot media hold no repository password (their initrd
+//! goes over plain HTTP): the claim's reply carries it, over TLS, to the
+//! one claimant of the token; it is kept in the media's private directory
+//! (`password`, mode 0600; see [`crate::bootmedia`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +17,7 @@ use lifeline_core::credential::Credential;
 use lifeline_proto::v1::boot_sessions_server::{BootSessions, BootSessionsServer};
 use lifeline_proto::v1::{BootSession, ClaimRequest};
 use lifeline_store::access::{bearer_credential, db_unavailable};
-use lifeline_store::db::boot::BootMedia;
+use lifeline_store::db::boot::{BootMedia, Refusal, BOOT_TOKEN_ALARM};
 use lifeline_store::{Db, StoreLayout};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -40,6 +46,9 @@ pub fn claim(db: &Mutex<Db>, metadata: &MetadataMap, from: &str) -> Result<BootC
             Ok(BootClaim { credential: session, expires_unix: claimed.expires_unix, media: claimed.media })
         }
         Err(r) => {
+            if matches!(r, Refusal::Used { .. }) {
+                warn!(machine = %name, from, "{BOOT_TOKEN_ALARM}: {r}: someone else may have booted this media");
+            }
             warn!(machine = %name, from, "boot token refused: {r}");
             Err(Status::permission_denied(format!(
                 "boot token refused: {r}; make new boot media with `lifeline-receiver bootos make {name}`"
@@ -50,11 +59,12 @@ pub fn claim(db: &Mutex<Db>, metadata: &MetadataMap, from: &str) -> Result<BootC
 
 pub struct BootSessionsService {
     db: Arc<Mutex<Db>>,
+    store: StoreLayout,
 }
 
 impl BootSessionsService {
     pub fn new(store: &StoreLayout) -> anyhow::Result<BootSessionsService> {
-        Ok(BootSessionsService { db: Arc::new(Mutex::new(Db::open(store.root())?)) })
+        Ok(BootSessionsService { db: Arc::new(Mutex::new(Db::open(store.root())?)), store: store.clone() })
     }
 
     pub fn into_service(self) -> BootSessionsServer<BootSessionsService> {
@@ -71,7 +81,12 @@ impl BootSessions for BootSessionsService {
         let claim = tokio::task::spawn_blocking(move || claim(&db, &md, &from))
             .await
             .map_err(|e| Status::internal(format!("claim task failed: {e}")))??;
+        let password = crate::bootmedia::password_of(&self.store, claim.media.id).map_err(|e| {
+            warn!(media = claim.media.id, "boot session without its password: {e:#}");
+            Status::internal(format!("boot media #{}: the receiver cannot read its password", claim.media.id))
+        })?;
         Ok(Response::new(BootSession {
+            password: password.unwrap_or_default(),
             credential: claim.credential.token(),
             expires_unix: claim.expires_unix,
             media: claim.media.id as u64,

@@ -8,6 +8,15 @@
 //! a fresh credential good for the machine's image store only and for a
 //! limited time. A second boot with the same token is refused, so a boot OS
 //! left on a USB stick or a copied network-boot file is worth nothing.
+//!
+//! Network-boot media are served over plain HTTP, so only while an
+//! operator has armed them ([`Db::arm_boot_media`], for a window) and only
+//! at an unguessable URL (their `url_secret`, never the sequential id); ISO
+//! and USB media have no URL and are never served. A token found already
+//! claimed when the machine boots (a second claim of it, or the machine
+//! asking for its script from another address than the claim came from)
+//! is an alarm in the audit trail (event `boot token alarm`, see
+//! [`BOOT_TOKEN_ALARM`]).
 
 use anyhow::Context;
 use rusqlite::{params, OptionalExtension};
@@ -17,6 +26,12 @@ use lifeline_core::credential::MachineName;
 
 /// How long a boot session's credential works.
 pub const SESSION_SECS: i64 = 24 * 3600;
+
+/// The audit event of a boot token found claimed by someone else.
+pub const BOOT_TOKEN_ALARM: &str = "boot token alarm";
+
+/// UTC now as the database writes times.
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%SZ', 'now')";
 
 /// A boot OS made for a machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +49,11 @@ pub struct BootMedia {
     pub revoked: bool,
     /// Restore media reading another machine's images (`None`: its own).
     pub image_of: Option<String>,
+    /// The secret path component network boot serves the files under
+    /// (network-boot media only; `None`: never served).
+    pub url_secret: Option<String>,
+    /// Until when network boot serves it (UTC), if it was ever armed.
+    pub armed_until: Option<String>,
 }
 
 impl BootMedia {
@@ -75,7 +95,13 @@ pub fn normalize_mac(mac: &str) -> Result<String, String> {
 }
 
 const MEDIA_COLUMNS: &str =
-    "id, machine, kind, mode, style, image, cmdline, created_at, used_at, used_from, revoked, image_of";
+    "id, machine, kind, mode, style, image, cmdline, created_at, used_at, used_from, revoked, image_of, url_secret, \
+     armed_until";
+
+/// The filter of media network boot serves now: network-boot, unused, not
+/// revoked, with a URL, inside their armed window.
+const SERVED: &str = "kind = 'netboot' AND used_at IS NULL AND revoked = 0 AND url_secret IS NOT NULL \
+     AND armed_until > strftime('%Y-%m-%dT%H:%M:%SZ', 'now')";
 
 fn media_row(r: &rusqlite::Row) -> rusqlite::Result<BootMedia> {
     Ok(BootMedia {
@@ -91,6 +117,8 @@ fn media_row(r: &rusqlite::Row) -> rusqlite::Result<BootMedia> {
         used_from: r.get(9)?,
         revoked: r.get::<_, i64>(10)? != 0,
         image_of: r.get(11)?,
+        url_secret: r.get(12)?,
+        armed_until: r.get(13)?,
     })
 }
 
@@ -138,9 +166,9 @@ impl Db {
     pub fn add_boot_media(&mut self, m: &BootMedia, token_hash: &[u8; 32]) -> anyhow::Result<i64> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO boot_media (machine, kind, mode, style, image, cmdline, token_hash, image_of) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![m.machine, m.kind, m.mode, m.style, m.image, m.cmdline, &token_hash[..], m.image_of],
+            "INSERT INTO boot_media (machine, kind, mode, style, image, cmdline, token_hash, image_of, url_secret) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![m.machine, m.kind, m.mode, m.style, m.image, m.cmdline, &token_hash[..], m.image_of, m.url_secret],
         )
         .with_context(|| format!("recording boot media for machine {} (is it registered?)", m.machine))?;
         let id = tx.last_insert_rowid();
@@ -168,6 +196,70 @@ impl Db {
              AND used_at IS NULL AND revoked = 0 ORDER BY id DESC LIMIT 1"
         );
         Ok(self.conn.query_row(&sql, [machine], media_row).optional()?)
+    }
+
+    /// The newest media of `machine` network boot serves now (armed).
+    pub fn armed_netboot(&self, machine: &str) -> anyhow::Result<Option<BootMedia>> {
+        let sql =
+            format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE machine = ?1 AND {SERVED} ORDER BY id DESC LIMIT 1");
+        Ok(self.conn.query_row(&sql, [machine], media_row).optional()?)
+    }
+
+    /// The media network boot serves now at secret path component `secret`.
+    pub fn served_media(&self, secret: &str) -> anyhow::Result<Option<BootMedia>> {
+        let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE url_secret = ?1 AND {SERVED}");
+        Ok(self.conn.query_row(&sql, [secret], media_row).optional()?)
+    }
+
+    /// The newest network-boot media of `machine` claimed while its armed
+    /// window is still open: asked for again in that window, from another
+    /// address, someone else claimed it.
+    pub fn claimed_while_armed(&self, machine: &str) -> anyhow::Result<Option<BootMedia>> {
+        let sql = format!(
+            "SELECT {MEDIA_COLUMNS} FROM boot_media WHERE machine = ?1 AND kind = 'netboot' AND used_at IS NOT NULL \
+             AND armed_until > {NOW} ORDER BY id DESC LIMIT 1"
+        );
+        Ok(self.conn.query_row(&sql, [machine], media_row).optional()?)
+    }
+
+    /// Arms network-boot media `id` for `secs` seconds from now (0: disarms
+    /// it): network boot serves it to its machine until then. Only unused,
+    /// unrevoked network-boot media with a URL can be armed.
+    pub fn arm_boot_media(&mut self, id: i64, secs: u64) -> anyhow::Result<BootMedia> {
+        let tx = self.conn.transaction()?;
+        let Some(m) = media_by_id(&tx, id)? else {
+            anyhow::bail!("no boot media #{id} (see `lifeline-receiver bootos list`)");
+        };
+        if m.kind != "netboot" {
+            anyhow::bail!("boot media #{id} is {} media: it is carried by hand, never served over the network", m.kind);
+        }
+        if !m.usable() {
+            anyhow::bail!(
+                "boot media #{id} was used or revoked: make new media (`lifeline-receiver bootos make {} --arm`)",
+                m.machine
+            );
+        }
+        if m.url_secret.is_none() {
+            anyhow::bail!(
+                "boot media #{id} was made by an older receiver (its initrd may hold the password): revoke it and make new media (`lifeline-receiver bootos make {} --arm`)",
+                m.machine
+            );
+        }
+        tx.execute(
+            "UPDATE boot_media SET armed_until = strftime('%Y-%m-%dT%H:%M:%SZ', 'now', ?2) WHERE id = ?1",
+            params![id, format!("+{secs} seconds")],
+        )?;
+        let m = media_by_id(&tx, id)?.context("boot media vanished")?;
+        let until = m.armed_until.clone().unwrap_or_default();
+        let event = if secs == 0 { "boot media disarmed" } else { "boot media armed" };
+        audit(&tx, Some(&m.machine), event, &format!("#{id} until {until}"))?;
+        tx.commit()?;
+        Ok(m)
+    }
+
+    /// Records a boot token alarm (see [`BOOT_TOKEN_ALARM`]).
+    pub fn boot_token_alarm(&self, machine: &str, detail: &str) -> anyhow::Result<()> {
+        audit(&self.conn, Some(machine), BOOT_TOKEN_ALARM, detail)
     }
 
     /// Revokes boot media: its token stops working, its files are no longer
@@ -208,6 +300,14 @@ impl Db {
         };
         if let Some(r) = refusal {
             audit(&tx, Some(machine), "boot token refused", &format!("#{} from {from}: {r}", m.id))?;
+            if matches!(r, Refusal::Used { .. }) {
+                audit(
+                    &tx,
+                    Some(machine),
+                    BOOT_TOKEN_ALARM,
+                    &format!("#{} claimed before; now from {from}: {r}", m.id),
+                )?;
+            }
             tx.commit()?;
             return Ok(Err(r));
         }
@@ -271,6 +371,8 @@ mod tests {
             used_from: String::new(),
             revoked: false,
             image_of: None,
+            url_secret: None,
+            armed_until: None,
         }
     }
 
@@ -310,5 +412,37 @@ mod tests {
         // Removing the machine removes its media.
         db.remove_machine(&MachineName::new("pc1").unwrap()).unwrap();
         assert!(db.boot_media_of(Some("pc1")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn network_boot_serves_armed_netboot_media_only_at_their_secret() {
+        let d = tempfile::tempdir().unwrap();
+        let mut db = Db::open(d.path()).unwrap();
+        db.add_machine(&MachineName::new("pc1").unwrap(), &[0; 32], "").unwrap();
+        let secret = "0123456789abcdef0123456789abcdef";
+        let net = db.add_boot_media(&BootMedia { url_secret: Some(secret.into()), ..media("pc1") }, &[7; 32]).unwrap();
+        let iso = db.add_boot_media(&BootMedia { kind: "iso".into(), ..media("pc1") }, &[8; 32]).unwrap();
+        let old = db.add_boot_media(&media("pc1"), &[9; 32]).unwrap();
+        // Made, not armed: nothing served.
+        assert!(db.armed_netboot("pc1").unwrap().is_none());
+        assert!(db.served_media(secret).unwrap().is_none());
+        assert!(db.arm_boot_media(iso, 3600).is_err(), "ISO media armed");
+        assert!(db.arm_boot_media(old, 3600).is_err(), "media without a URL armed");
+        let m = db.arm_boot_media(net, 3600).unwrap();
+        assert!(m.armed_until.is_some());
+        assert_eq!(db.armed_netboot("pc1").unwrap().map(|m| m.id), Some(net));
+        assert_eq!(db.served_media(secret).unwrap().map(|m| m.id), Some(net));
+        assert!(db.served_media(&net.to_string()).unwrap().is_none());
+        // Disarmed: nothing.
+        db.arm_boot_media(net, 0).unwrap();
+        assert!(db.served_media(secret).unwrap().is_none());
+        db.arm_boot_media(net, 3600).unwrap();
+        // Claimed: no longer served; a second claim is an alarm.
+        db.claim_boot("pc1", &[7; 32], &[1; 32], "10.0.2.99").unwrap().unwrap();
+        assert!(db.served_media(secret).unwrap().is_none());
+        assert_eq!(db.claimed_while_armed("pc1").unwrap().map(|m| m.used_from), Some("10.0.2.99".to_string()));
+        assert!(db.claim_boot("pc1", &[7; 32], &[2; 32], "10.0.2.15").unwrap().is_err());
+        assert!(db.audit_trail(10).unwrap().iter().any(|a| a.event == BOOT_TOKEN_ALARM));
+        assert!(db.arm_boot_media(net, 3600).is_err(), "used media armed");
     }
 }

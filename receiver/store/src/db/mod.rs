@@ -28,6 +28,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0002_boot", include_str!("../../migrations/0002_boot.sql")),
     ("0003_jobs", include_str!("../../migrations/0003_jobs.sql")),
     ("0004_restore_from", include_str!("../../migrations/0004_restore_from.sql")),
+    ("0005_netboot_armed", include_str!("../../migrations/0005_netboot_armed.sql")),
     ("0006_quotas", include_str!("../../migrations/0006_quotas.sql")),
 ];
 
