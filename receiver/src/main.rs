@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use lifeline_boot_server::bootmedia;
 use lifeline_core::credential::Credential;
 use lifeline_core::credential::MachineName;
-use lifeline_receiver::{serve_with, tls, Receiver};
+use lifeline_receiver::{serve_with, tls, Limits, Receiver};
 use lifeline_store::db::boot::{normalize_mac, BootMedia};
 use lifeline_store::private::write_private;
 use lifeline_store::{Db, StoreLayout};
@@ -57,6 +57,34 @@ struct ServeArgs {
     /// Where the files served over TFTP are (Debian's ipxe package).
     #[arg(long, default_value = "/usr/lib/ipxe")]
     tftp_root: PathBuf,
+    /// Most gRPC connections open at once; more are closed on accept.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Most gRPC connections open at once from one IP address.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one gRPC connection.
+    #[arg(long, default_value_t = Limits::default().max_streams)]
+    max_streams: u32,
+    /// Seconds a new gRPC connection has to make its first authenticated
+    /// call (TLS handshake and headers included).
+    #[arg(long, default_value_t = Limits::default().handshake_timeout.as_secs())]
+    handshake_timeout_s: u64,
+    /// Seconds a gRPC connection may stay open with no call in flight.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout_s: u64,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_streams: self.max_streams,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_s),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -424,7 +452,8 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let receiver = Receiver::new(store).with_context(|| format!("store {}", store.display()))?;
+        let receiver =
+            Receiver::new(store).with_context(|| format!("store {}", store.display()))?.with_limits(args.limits());
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => tls::load(c, k)?,
             _ => tls::load_or_create(receiver.store(), &args.tls_names)?,
