@@ -192,3 +192,51 @@ async fn connections_are_capped_and_timed() {
     let mut stream = client.list_tree(req).await.unwrap().into_inner();
     while stream.message().await.unwrap().is_some() {}
 }
+
+/// An open Replicate stream of `cred`: its acks, after the first (hello).
+async fn replicating(running: &Running, cred: &Credential) -> tonic::Streaming<lifeline_proto::v1::Ack> {
+    let mut client = lifeline_proto::v1::replication_client::ReplicationClient::connect(running.url()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<lifeline_proto::v1::OpBatch>(1);
+    // Kept open: the agent has nothing to send yet.
+    std::mem::forget(tx);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", format!("Bearer {}", cred.token()).parse().unwrap());
+    let mut acks = client.replicate(req).await.unwrap().into_inner();
+    let hello = tokio::time::timeout(Duration::from_secs(10), acks.message()).await.unwrap().unwrap();
+    assert!(hello.is_some());
+    acks
+}
+
+/// How long until `acks` ends, and with what.
+async fn ends_in(acks: &mut tonic::Streaming<lifeline_proto::v1::Ack>) -> (Duration, tonic::Status) {
+    let started = Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), acks.message()).await.expect("still open after 5 s") {
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("ended without a status"),
+            Err(status) => return (started.elapsed(), status),
+        }
+    }
+}
+
+/// Finding 6: `machine remove` and `machine reissue` end the machine's open
+/// Replicate stream within about a second, with UNAUTHENTICATED. (Before:
+/// the stream kept being applied and acknowledged.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_credentials_end_open_streams() {
+    let store = tempfile::tempdir().unwrap();
+    let (m1, m2) = (register(store.path(), "m1"), register(store.path(), "m2"));
+    let running = start(store.path(), Limits::default()).await;
+    let (mut s1, mut s2) = (replicating(&running, &m1).await, replicating(&running, &m2).await);
+    let mut db = lifeline_store::Db::open(store.path()).unwrap();
+    db.remove_machine(&MachineName::new("m1").unwrap()).unwrap();
+    let (took, status) = ends_in(&mut s1).await;
+    println!("removed: stream ended in {took:?}: {status}");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+    db.reissue(&MachineName::new("m2").unwrap(), &Credential::generate("m2").secret_hash()).unwrap();
+    let (took, status) = ends_in(&mut s2).await;
+    println!("reissued: stream ended in {took:?}: {status}");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    assert!(took < Duration::from_millis(2500), "{took:?}");
+}
