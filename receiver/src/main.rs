@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lifeline_boot_server::bootmedia;
+use lifeline_boot_server::tftp::TftpLimits;
 use lifeline_core::credential::Credential;
 use lifeline_core::credential::MachineName;
 use lifeline_receiver::{serve_with, tls, Limits, Receiver};
@@ -73,6 +74,18 @@ struct ServeArgs {
     /// Seconds a gRPC connection may stay open with no call in flight.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout_s: u64,
+    /// Most TFTP transfers in flight.
+    #[arg(long, default_value_t = TftpLimits::default().max_transfers)]
+    tftp_max_transfers: usize,
+    /// Most TFTP transfers in flight to one IP address.
+    #[arg(long, default_value_t = TftpLimits::default().max_transfers_per_ip)]
+    tftp_max_transfers_per_ip: usize,
+    /// TFTP requests one IP address may make at once...
+    #[arg(long, default_value_t = TftpLimits::default().burst)]
+    tftp_burst: u32,
+    /// ... and per second after that.
+    #[arg(long, default_value_t = TftpLimits::default().per_second)]
+    tftp_requests_per_s: f64,
 }
 
 impl ServeArgs {
@@ -83,6 +96,15 @@ impl ServeArgs {
             max_streams: self.max_streams,
             handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_s),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+        }
+    }
+
+    fn tftp_limits(&self) -> TftpLimits {
+        TftpLimits {
+            max_transfers: self.tftp_max_transfers,
+            max_transfers_per_ip: self.tftp_max_transfers_per_ip,
+            burst: self.tftp_burst,
+            per_second: self.tftp_requests_per_s,
         }
     }
 }
@@ -478,7 +500,7 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (--tftp-listen)"))?;
             println!("TFTP on {} serving {}", udp.local_addr()?, args.tftp_root.display());
-            tokio::spawn(lifeline_boot_server::tftp::serve(udp, args.tftp_root.clone()));
+            tokio::spawn(lifeline_boot_server::tftp::serve(udp, args.tftp_root.clone(), args.tftp_limits()));
         }
         serve_with(listener, receiver, Some(identity.server_config()), shutdown_signal()).await
     })
