@@ -240,3 +240,39 @@ async fn revoked_credentials_end_open_streams() {
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
     assert!(took < Duration::from_millis(2500), "{took:?}");
 }
+
+/// Finding 5: a connection is closed once it has had no call in flight for
+/// the idle timeout after its last call; a quiet Replicate stream is a call
+/// in flight, and stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_after_their_last_call() {
+    let store = tempfile::tempdir().unwrap();
+    let cred = register(store.path(), "m1");
+    let limits =
+        Limits { handshake_timeout: Duration::from_secs(1), idle_timeout: Duration::from_secs(1), ..Limits::default() };
+    let running = start(store.path(), limits).await;
+    let mut acks = replicating(&running, &cred).await;
+    // A raw HTTP/2 connection making one small call.
+    let tcp = TcpStream::connect(running.addr()).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut req = 0u8.to_be_bytes().to_vec();
+    req.extend_from_slice(&0u32.to_be_bytes());
+    let call = http::Request::post("http://lifeline/lifeline.v1.Replication/ListTree")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", cred.token()))
+        .body(())
+        .unwrap();
+    let mut h2 = h2.ready().await.unwrap();
+    let (response, mut body) = h2.send_request(call, false).unwrap();
+    body.send_data(Bytes::from(req), true).unwrap();
+    let mut answer = response.await.unwrap().into_body();
+    while answer.data().await.is_some() {}
+    let done = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn).await.expect("the idle connection stays open").unwrap().ok();
+    println!("connection closed {:?} after its last call", done.elapsed());
+    assert!(done.elapsed() >= Duration::from_millis(900));
+    // Meanwhile the quiet Replicate stream, open longer than the idle timeout, was never cut.
+    assert!(tokio::time::timeout(Duration::from_millis(500), acks.message()).await.is_err(), "replication ended");
+}
