@@ -17,7 +17,7 @@
 //!   applied in `serve_with`.
 //!
 //! Each limit, when hit, is logged as a warning (at most one line per
-//! [`WARN_EVERY`] and limit, with how many were suppressed) saying which
+//! [`lifeline_store::throttle::WARN_EVERY`] and limit, with how many were suppressed) saying which
 //! `serve` flag raises it.
 
 use std::collections::HashMap;
@@ -25,12 +25,13 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use lifeline_store::throttle::Throttle;
 use lifeline_store::Authenticator;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -71,29 +72,6 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
         }
-    }
-}
-
-/// How often one limit may log a warning.
-pub const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// Logs a limit's warning at most once per [`WARN_EVERY`].
-#[derive(Default)]
-struct Throttle {
-    last: Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
-}
-
-impl Throttle {
-    /// Calls `log` with how many earlier hits it did not log, if it is time.
-    fn hit(&self, log: impl FnOnce(u64)) {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| t.elapsed() < WARN_EVERY) {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        *last = Some(Instant::now());
-        log(self.suppressed.swap(0, Ordering::Relaxed));
     }
 }
 

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use lifeline_store::throttle::Throttle;
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -65,7 +66,7 @@ struct Admission {
     limits: TftpLimits,
     slots: Arc<Semaphore>,
     peers: Mutex<HashMap<IpAddr, Peer>>,
-    last_warning: Mutex<Option<Instant>>,
+    dropped: Throttle,
 }
 
 struct Peer {
@@ -96,7 +97,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(limits.max_transfers)),
             limits,
             peers: Mutex::default(),
-            last_warning: Mutex::default(),
+            dropped: Throttle::new(),
         })
     }
 
@@ -132,11 +133,12 @@ impl Admission {
             }
         };
         drop(peers);
-        let mut last = self.last_warning.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-            *last = Some(now);
-            warn!("tftp: requests from {ip} dropped: {why} (raise it if these are your machines booting)");
-        }
+        self.dropped.hit(|more| {
+            warn!(
+                "tftp: a request from {ip} dropped: {why} (raise it if these are your machines booting; \
+                 {more} more dropped since the last warning)"
+            )
+        });
         None
     }
 }
