@@ -327,12 +327,19 @@ async fn recheck_credential(
     every.tick().await;
     loop {
         every.tick().await;
+        if revoked.strong_count() == 0 {
+            return;
+        }
+        // The database is read off the async threads.
+        let (a, md, ext) = (auth.clone(), metadata.clone(), extensions.clone());
+        let checked = tokio::task::spawn_blocking(move || a.authenticate(&md, &ext).map(drop)).await;
         let Some(revoked) = revoked.upgrade() else { return };
-        match auth.authenticate(&metadata, &extensions) {
-            Ok(_) => {}
-            // The database failed: the credential may still hold.
-            Err(status) if status.code() == tonic::Code::Unavailable => {}
-            Err(status) => {
+        match checked {
+            Ok(Ok(())) => {}
+            // The database failed (or the check did): the credential may still hold.
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
+            Err(_) => {}
+            Ok(Err(status)) => {
                 warn!(%machine, "credential no longer valid, ending its replication stream: {}", status.message());
                 *revoked.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(Status::unauthenticated(format!(
                     "{} (the stream was open when the credential was revoked)",
