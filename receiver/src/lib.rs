@@ -16,8 +16,11 @@
 //! - [`auth`]: [`TokenAuthenticator`], which machine a request speaks for,
 //!   checked against the management database.
 //! - [`tls`]: the receiver's TLS identity (its own CA unless given one).
+//! - [`limits`]: what one client may cost the listener: connections,
+//!   streams, time, and the calls refused from their headers alone.
 
 pub mod auth;
+pub mod limits;
 pub mod tls;
 
 use std::future::Future;
@@ -31,11 +34,10 @@ use lifeline_image_store::{ImageStoreService, JobsService};
 use lifeline_mirror::MirrorService;
 use lifeline_store::{quota, Authenticator, Db, Quotas, StoreLayout};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tracing::info;
 
 pub use auth::TokenAuthenticator;
+pub use limits::Limits;
 
 /// Every gRPC service of the receiver over one store, sharing one
 /// authenticator.
@@ -45,6 +47,7 @@ pub struct Receiver {
     auth: Arc<dyn Authenticator>,
     quotas: Arc<Quotas>,
     mirror: MirrorService,
+    limits: Limits,
 }
 
 impl Receiver {
@@ -73,7 +76,13 @@ impl Receiver {
         let store = StoreLayout::new(std::fs::canonicalize(StoreLayout::create(store.as_ref())?.root())?);
         let quotas = Arc::new(Quotas::new(&store, reserve)?);
         let mirror = MirrorService::new(&store, auth.clone(), quotas.clone())?;
-        Ok(Receiver { store, auth, quotas, mirror })
+        Ok(Receiver { store, auth, quotas, mirror, limits: Limits::default() })
+    }
+
+    /// The same receiver, within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Receiver {
+        self.limits = limits;
+        self
     }
 
     /// The (canonical) store.
@@ -103,13 +112,9 @@ pub async fn serve_with(
         info!("shutting down");
         stopper.shutdown_streams();
     };
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn {
-            // Acks are small: do not let Nagle hold them back.
-            let _ = c.set_nodelay(true);
-        }
-        conn
-    });
+    // Counted and timed; acks are small: Nagle is off on each.
+    let conns = limits::Conns::new(receiver.limits.clone());
+    let incoming = limits::incoming(listener, conns.clone());
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -121,6 +126,10 @@ pub async fn serve_with(
         .initial_connection_window_size(Some(lifeline_proto::CONNECTION_WINDOW))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(conns.limits().max_streams))
+        // Headers are a credential and a few names.
+        .http2_max_header_list_size(Some(64 << 10))
+        .layer(limits::GateLayer::new(receiver.auth.clone(), conns))
         .add_service(receiver.mirror.into_service())
         .add_service(images.into_service())
         .add_service(jobs.into_service())
@@ -162,7 +171,11 @@ impl Running {
 /// background of the current tokio runtime, without TLS (credentials are
 /// still checked).
 pub async fn spawn(addr: &str, store: impl AsRef<Path>) -> anyhow::Result<Running> {
-    let receiver = Receiver::new(store)?;
+    spawn_receiver(addr, Receiver::new(store)?).await
+}
+
+/// Like [`spawn`], for a receiver already made (e.g. with other limits).
+pub async fn spawn_receiver(addr: &str, receiver: Receiver) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lifeline_boot_server::bootmedia;
+use lifeline_boot_server::tftp::TftpLimits;
 use lifeline_core::credential::Credential;
 use lifeline_core::credential::MachineName;
-use lifeline_receiver::{serve_with, tls, Receiver, TokenAuthenticator};
+use lifeline_receiver::{serve_with, tls, Limits, Receiver, TokenAuthenticator};
 use lifeline_store::db::boot::{normalize_mac, BootMedia};
-use lifeline_store::db::quota::{describe, Limits};
+use lifeline_store::db::quota::{describe, Limits as QuotaLimits};
 use lifeline_store::private::write_private;
 use lifeline_store::{Db, Quotas, StoreLayout};
 use tokio::net::TcpListener;
@@ -64,6 +65,55 @@ struct ServeArgs {
     /// their machines. 0: no reserve.
     #[arg(long, default_value = "1G", value_parser = lifeline_store::quota::parse_bytes)]
     reserve_free: u64,
+    /// Most gRPC connections open at once; more are closed on accept.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// Most gRPC connections open at once from one IP address.
+    #[arg(long, default_value_t = Limits::default().max_connections_per_ip)]
+    max_connections_per_ip: usize,
+    /// Most concurrent calls (HTTP/2 streams) on one gRPC connection.
+    #[arg(long, default_value_t = Limits::default().max_streams)]
+    max_streams: u32,
+    /// Seconds a new gRPC connection has to make its first authenticated
+    /// call (TLS handshake and headers included).
+    #[arg(long, default_value_t = Limits::default().handshake_timeout.as_secs())]
+    handshake_timeout_s: u64,
+    /// Seconds a gRPC connection may stay open with no call in flight.
+    #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
+    idle_timeout_s: u64,
+    /// Most TFTP transfers in flight.
+    #[arg(long, default_value_t = TftpLimits::default().max_transfers)]
+    tftp_max_transfers: usize,
+    /// Most TFTP transfers in flight to one IP address.
+    #[arg(long, default_value_t = TftpLimits::default().max_transfers_per_ip)]
+    tftp_max_transfers_per_ip: usize,
+    /// TFTP requests one IP address may make at once...
+    #[arg(long, default_value_t = TftpLimits::default().burst)]
+    tftp_burst: u32,
+    /// ... and per second after that.
+    #[arg(long, default_value_t = TftpLimits::default().per_second)]
+    tftp_requests_per_s: f64,
+}
+
+impl ServeArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_streams: self.max_streams,
+            handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_s),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+        }
+    }
+
+    fn tftp_limits(&self) -> TftpLimits {
+        TftpLimits {
+            max_transfers: self.tftp_max_transfers,
+            max_transfers_per_ip: self.tftp_max_transfers_per_ip,
+            burst: self.tftp_burst,
+            per_second: self.tftp_requests_per_s,
+        }
+    }
 }
 
 /// A machine's quota on the command line.
@@ -90,8 +140,11 @@ fn limit_of(parse: fn(&str) -> Result<u64, String>) -> impl Fn(&str) -> Result<L
 
 impl QuotaArgs {
     /// `current` with what was given on the command line changed.
-    fn apply(&self, current: Limits) -> Limits {
-        Limits { bytes: self.bytes.map_or(current.bytes, |l| l.0), files: self.files.map_or(current.files, |l| l.0) }
+    fn apply(&self, current: QuotaLimits) -> QuotaLimits {
+        QuotaLimits {
+            bytes: self.bytes.map_or(current.bytes, |l| l.0),
+            files: self.files.map_or(current.files, |l| l.0),
+        }
     }
 }
 
@@ -322,7 +375,7 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
             if mac.is_some() {
                 db.set_mac(&name, mac.as_deref())?;
             }
-            let limits = quota.apply(Limits::default());
+            let limits = quota.apply(QuotaLimits::default());
             if !limits.is_unlimited() {
                 db.set_quota(&name, limits)?;
             }
@@ -618,7 +671,8 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
         StoreLayout::create(store).with_context(|| format!("cannot create the store {}", store.display()))?;
         let auth = Arc::new(TokenAuthenticator::new(Db::open(store)?));
         let receiver = Receiver::with_options(store, auth, args.reserve_free)
-            .with_context(|| format!("store {}", store.display()))?;
+            .with_context(|| format!("store {}", store.display()))?
+            .with_limits(args.limits());
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => tls::load(c, k)?,
             _ => tls::load_or_create(receiver.store(), &args.tls_names)?,
@@ -643,7 +697,7 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (--tftp-listen)"))?;
             println!("TFTP on {} serving {}", udp.local_addr()?, args.tftp_root.display());
-            tokio::spawn(lifeline_boot_server::tftp::serve(udp, args.tftp_root.clone()));
+            tokio::spawn(lifeline_boot_server::tftp::serve(udp, args.tftp_root.clone(), args.tftp_limits()));
         }
         serve_with(listener, receiver, Some(identity.server_config()), shutdown_signal()).await
     })

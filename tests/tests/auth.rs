@@ -113,6 +113,13 @@ fn forged_and_revoked_credentials_are_refused_and_change_nothing() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Its open stream ends within about a second.
+    let reissued = std::time::Instant::now();
+    let ended =
+        wait_until(Duration::from_secs(5), || m1.log_tail(20).contains("was open when the credential was revoked"));
+    let took = reissued.elapsed();
+    assert!(ended, "the revoked stream is still open after {took:?}\n{}", m1.log_tail(20));
+    println!("reissued: m1's open stream ended within {took:?}");
     drop(m1);
     let m1_again = agent(&dir, &rcv, "auth-m1", &src, |o| o.token_file = m1_token.clone());
     let e = refused(&m1_again, "refused");

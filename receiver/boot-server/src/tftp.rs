@@ -8,11 +8,25 @@
 //! RFC 1350 read requests in octet mode, with the blksize (RFC 2348) and
 //! tsize (RFC 2349) options that PXE ROMs ask for. A name is one plain file
 //! name in the directory: no paths, nothing written, nothing listed.
+//!
+//! UDP sources are not verified, so what one request can make the server
+//! send is bounded ([`TftpLimits`]): a source that has not acknowledged
+//! anything gets its first packet once (no retransmission), each address
+//! has a budget of requests (a burst, then a steady rate), transfers in
+//! flight are capped in all and per address (the requests past a limit get
+//! no answer, and a warning is logged at most every 10 s), and files are
+//! read block by block as they are sent.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use lifeline_store::throttle::Throttle;
+use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 const RRQ: u16 = 1;
@@ -25,8 +39,113 @@ const MAX_FILE: u64 = 64 << 20;
 const RETRIES: usize = 5;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves `root` on `socket` until the process ends.
-pub async fn serve(socket: UdpSocket, root: PathBuf) {
+/// What the TFTP server spends on requests (`lifeline-receiver serve`
+/// flags `--tftp-*`).
+#[derive(Debug, Clone)]
+pub struct TftpLimits {
+    /// Transfers in flight in all (`--tftp-max-transfers`).
+    pub max_transfers: usize,
+    /// Transfers in flight for one address (`--tftp-max-transfers-per-ip`).
+    pub max_transfers_per_ip: usize,
+    /// Requests one address may make at once (`--tftp-burst`)...
+    pub burst: u32,
+    /// ... and per second after that (`--tftp-requests-per-s`).
+    pub per_second: f64,
+}
+
+impl Default for TftpLimits {
+    fn default() -> TftpLimits {
+        // A PXE boot asks for a file's size and then the file, a few times
+        // over if it retries: a few requests per machine.
+        TftpLimits { max_transfers: 64, max_transfers_per_ip: 4, burst: 32, per_second: 2.0 }
+    }
+}
+
+/// Each address's request budget and transfers in flight.
+struct Admission {
+    limits: TftpLimits,
+    slots: Arc<Semaphore>,
+    peers: Mutex<HashMap<IpAddr, Peer>>,
+    dropped: Throttle,
+}
+
+struct Peer {
+    tokens: f64,
+    at: Instant,
+    in_flight: usize,
+}
+
+/// A transfer's place: freed when dropped.
+struct Admitted {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut peers = self.admission.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = peers.get_mut(&self.ip) {
+            p.in_flight -= 1;
+        }
+    }
+}
+
+impl Admission {
+    fn new(limits: TftpLimits) -> Arc<Admission> {
+        Arc::new(Admission {
+            slots: Arc::new(Semaphore::new(limits.max_transfers)),
+            limits,
+            peers: Mutex::default(),
+            dropped: Throttle::new(),
+        })
+    }
+
+    /// A place for a transfer to `ip`, or None (the request gets no answer).
+    fn admit(self: &Arc<Admission>, ip: IpAddr) -> Option<Admitted> {
+        let now = Instant::now();
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget the addresses whose budget is full again.
+        if peers.len() > 4096 {
+            let full = |p: &Peer| {
+                p.in_flight == 0
+                    && p.tokens + now.duration_since(p.at).as_secs_f64() * self.limits.per_second
+                        >= f64::from(self.limits.burst)
+            };
+            peers.retain(|_, p| !full(p));
+        }
+        let p = peers.entry(ip).or_insert(Peer { tokens: f64::from(self.limits.burst), at: now, in_flight: 0 });
+        p.tokens = (p.tokens + now.duration_since(p.at).as_secs_f64() * self.limits.per_second)
+            .min(f64::from(self.limits.burst));
+        p.at = now;
+        let why = if p.tokens < 1.0 {
+            "more requests than --tftp-burst/--tftp-requests-per-s allow"
+        } else if p.in_flight >= self.limits.max_transfers_per_ip {
+            "as many transfers in flight as --tftp-max-transfers-per-ip allows"
+        } else {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => {
+                    p.tokens -= 1.0;
+                    p.in_flight += 1;
+                    return Some(Admitted { admission: self.clone(), ip, _slot: slot });
+                }
+                Err(_) => "as many transfers in flight as --tftp-max-transfers allows",
+            }
+        };
+        drop(peers);
+        self.dropped.hit(|more| {
+            warn!(
+                "tftp: a request from {ip} dropped: {why} (raise it if these are your machines booting; \
+                 {more} more dropped since the last warning)"
+            )
+        });
+        None
+    }
+}
+
+/// Serves `root` on `socket` until the process ends, within `limits`.
+pub async fn serve(socket: UdpSocket, root: PathBuf, limits: TftpLimits) {
+    let admission = Admission::new(limits);
     let mut buf = vec![0u8; 1500];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
@@ -36,12 +155,14 @@ pub async fn serve(socket: UdpSocket, root: PathBuf) {
                 continue;
             }
         };
+        let Some(admitted) = admission.admit(peer.ip().to_canonical()) else { continue };
         let req = buf[..n].to_vec();
         let root = root.clone();
         tokio::spawn(async move {
             if let Err(e) = transfer(&root, &req, peer).await {
                 warn!(%peer, "tftp: {e}");
             }
+            drop(admitted);
         });
     }
 }
@@ -94,44 +215,60 @@ async fn transfer(root: &Path, req: &[u8], peer: std::net::SocketAddr) -> std::i
         Err(msg) => return send_error(&sock, 4, &msg).await,
     };
     let path = root.join(&req.name);
-    let data = match tokio::fs::metadata(&path).await {
-        Ok(md) if md.is_file() && md.len() <= MAX_FILE => tokio::fs::read(&path).await?,
+    let (mut file, size) = match tokio::fs::File::open(&path).await {
+        Ok(f) => match f.metadata().await {
+            Ok(md) if md.is_file() && md.len() <= MAX_FILE => (f, md.len()),
+            _ => return send_error(&sock, 1, &format!("no file {} here", req.name)).await,
+        },
         _ => return send_error(&sock, 1, &format!("no file {} here", req.name)).await,
     };
-    info!(%peer, file = req.name, bytes = data.len(), "tftp: sending");
+    info!(%peer, file = req.name, bytes = size, "tftp: sending");
     let block = req.blksize.unwrap_or(512);
     let mut buf = vec![0u8; 1500];
+    // Until the client has acknowledged a packet, its address may be
+    // forged: nothing is sent twice to it.
+    let mut verified = false;
     if req.blksize.is_some() || req.tsize {
         let mut oack = OACK.to_be_bytes().to_vec();
         if let Some(b) = req.blksize {
             oack.extend_from_slice(format!("blksize\0{b}\0").as_bytes());
         }
         if req.tsize {
-            oack.extend_from_slice(format!("tsize\0{}\0", data.len()).as_bytes());
+            oack.extend_from_slice(format!("tsize\0{size}\0").as_bytes());
         }
-        if !exchange(&sock, &oack, 0, &mut buf).await? {
+        if !exchange(&sock, &oack, 0, &mut buf, verified).await? {
             return Ok(()); // the client gave up (or only wanted tsize)
         }
+        verified = true;
     }
-    // The last block is shorter than `block` (empty when the size divides).
-    let blocks = data.len() / block + 1;
-    for i in 0..blocks {
-        let n = (i + 1) as u16; // wraps past 65535, as clients expect
-        let chunk = &data[i * block..((i + 1) * block).min(data.len())];
-        let mut pkt = DATA.to_be_bytes().to_vec();
+    // Read as sent, one block at a time; the last block is shorter than
+    // `block` (empty when the size divides).
+    let mut pkt = Vec::with_capacity(4 + block);
+    let mut n = 0u16;
+    loop {
+        n = n.wrapping_add(1); // wraps past 65535, as clients expect
+        pkt.clear();
+        pkt.extend_from_slice(&DATA.to_be_bytes());
         pkt.extend_from_slice(&n.to_be_bytes());
-        pkt.extend_from_slice(chunk);
-        if !exchange(&sock, &pkt, n, &mut buf).await? {
+        let mut limited = (&mut file).take(block as u64);
+        limited.read_to_end(&mut pkt).await?;
+        let last = pkt.len() < 4 + block;
+        if !exchange(&sock, &pkt, n, &mut buf, verified).await? {
             return Ok(());
+        }
+        verified = true;
+        if last {
+            break;
         }
     }
     Ok(())
 }
 
-/// Sends `pkt` until block `n` is acknowledged; false when the client stops
-/// answering or sends an error.
-async fn exchange(sock: &UdpSocket, pkt: &[u8], n: u16, buf: &mut [u8]) -> std::io::Result<bool> {
-    for _ in 0..RETRIES {
+/// Sends `pkt` until block `n` is acknowledged (once only to a client not
+/// `verified` yet); false when the client stops answering or sends an error.
+async fn exchange(sock: &UdpSocket, pkt: &[u8], n: u16, buf: &mut [u8], verified: bool) -> std::io::Result<bool> {
+    let tries = if verified { RETRIES } else { 1 };
+    for _ in 0..tries {
         sock.send(pkt).await?;
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         while let Ok(got) = tokio::time::timeout_at(deadline, sock.recv(buf)).await {

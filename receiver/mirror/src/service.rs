@@ -213,8 +213,16 @@ impl Replication for MirrorService {
             previous.cancel();
         }
         let (tx, rx) = mpsc::channel(16);
+        let revoked = Arc::new(Revoked::default());
+        tokio::spawn(recheck_credential(
+            self.inner.auth.clone(),
+            (req.metadata().clone(), req.extensions().clone()),
+            machine.clone(),
+            Arc::downgrade(&revoked),
+        ));
         let stream = Stream {
             machine,
+            revoked,
             queue_id,
             store: self.inner.store.clone(),
             quotas: self.inner.quotas.clone(),
@@ -301,6 +309,56 @@ fn queue_id(md: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("{} must be 16 hex digits", lifeline_proto::QUEUE_HEADER)))
 }
 
+/// How often an open Replicate stream checks its credential again: a
+/// machine removed or reissued stops replicating within this.
+pub const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Set once a stream's credential no longer holds: why.
+#[derive(Default)]
+struct Revoked {
+    cancel: Cancel,
+    why: Mutex<Option<Status>>,
+}
+
+/// Checks the credential of a Replicate stream every [`RECHECK_EVERY`]
+/// until the stream is gone, and marks it revoked
+/// when the credential is refused (removed, reissued).
+async fn recheck_credential(
+    auth: Arc<dyn Authenticator>,
+    (metadata, extensions): (tonic::metadata::MetadataMap, tonic::Extensions),
+    machine: MachineName,
+    revoked: std::sync::Weak<Revoked>,
+) {
+    let mut every = tokio::time::interval(RECHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        if revoked.strong_count() == 0 {
+            return;
+        }
+        // The database is read off the async threads.
+        let (a, md, ext) = (auth.clone(), metadata.clone(), extensions.clone());
+        let checked = tokio::task::spawn_blocking(move || a.authenticate(&md, &ext).map(drop)).await;
+        let Some(revoked) = revoked.upgrade() else { return };
+        match checked {
+            Ok(Ok(())) => {}
+            // The database failed (or the check did): the credential may still hold.
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {}
+            Err(_) => {}
+            Ok(Err(status)) => {
+                warn!(%machine, "credential no longer valid, ending its replication stream: {}", status.message());
+                *revoked.why.lock().unwrap_or_else(|e| e.into_inner()) = Some(Status::unauthenticated(format!(
+                    "{} (the stream was open when the credential was revoked)",
+                    status.message()
+                )));
+                revoked.cancel.cancel();
+                return;
+            }
+        }
+    }
+}
+
 /// Group commit: after a batch, the next one is applied before syncing if it
 /// has already arrived, up to these limits, so a burst costs one sync per
 /// group instead of one per batch.
@@ -310,6 +368,8 @@ const GROUP_TIME: std::time::Duration = std::time::Duration::from_millis(100);
 /// One Replicate stream.
 struct Stream {
     machine: MachineName,
+    /// Set when the stream's credential is revoked or reissued.
+    revoked: Arc<Revoked>,
     queue_id: u64,
     store: StoreLayout,
     quotas: Arc<Quotas>,
@@ -324,6 +384,8 @@ struct Stream {
 enum Stop {
     Replaced,
     Shutdown,
+    /// Its credential was removed or reissued.
+    Revoked,
     /// The agent ended the stream or went away.
     Agent,
 }
@@ -334,6 +396,7 @@ impl Stream {
         let status = match stop {
             Stop::Replaced => Some(Status::aborted("replaced by a newer Replicate stream from the same machine")),
             Stop::Shutdown => Some(Status::unavailable("the receiver is shutting down")),
+            Stop::Revoked => self.revoked.why.lock().unwrap_or_else(|e| e.into_inner()).take(),
             Stop::Agent => None,
         };
         if let Some(status) = status {
@@ -353,6 +416,7 @@ impl Stream {
             biased;
             _ = self.cancel.cancelled() => Err(Stop::Replaced),
             _ = self.shutdown.cancelled() => Err(Stop::Shutdown),
+            _ = self.revoked.cancel.cancelled() => Err(Stop::Revoked),
             _ = self.tx.closed() => Err(Stop::Agent),
             v = fut => Ok(v),
         }
@@ -539,6 +603,7 @@ impl Stream {
         let how = match stop {
             Stop::Replaced => "replaced",
             Stop::Shutdown => "shutdown",
+            Stop::Revoked => "credential revoked",
             Stop::Agent => "ended by the agent",
         };
         let skipped = applier.as_ref().map_or(0, |a| a.skipped);
@@ -573,11 +638,13 @@ impl Stream {
     /// that thread failed, which ends the stream) and the ack (None if a
     /// replacement or shutdown interrupted it).
     async fn apply_blocking(&self, mut a: Applier, batch: OpBatch) -> (Option<Ack>, Option<Applier>) {
-        let (cancel, shutdown) = (self.cancel.clone(), self.shutdown.clone());
+        let (cancel, shutdown, revoked) = (self.cancel.clone(), self.shutdown.clone(), self.revoked.clone());
         // The batch is applied even if the agent goes away meanwhile; a
         // replacement or shutdown stops it between two ops.
         let applied = tokio::task::spawn_blocking(move || {
-            let ack = a.apply_batch(&batch, &|| cancel.is_cancelled() || shutdown.is_cancelled());
+            let ack = a.apply_batch(&batch, &|| {
+                cancel.is_cancelled() || shutdown.is_cancelled() || revoked.cancel.is_cancelled()
+            });
             (a, ack)
         })
         .await;

@@ -71,9 +71,13 @@ pub fn bearer_credential(metadata: &MetadataMap) -> Result<(Credential, MachineN
     Ok((cred, name))
 }
 
-/// Refuses a request as unauthenticated, and logs why.
+/// Refuses a request as unauthenticated, and logs why (at most every
+/// [`crate::throttle::WARN_EVERY`]: anyone can make a refusal).
 pub fn refuse(msg: String) -> Status {
-    tracing::warn!("authentication refused: {}", msg.escape_debug());
+    static REFUSED: crate::throttle::Throttle = crate::throttle::Throttle::new();
+    REFUSED.hit(|more| {
+        tracing::warn!("authentication refused: {} ({more} more since the last warning)", msg.escape_debug())
+    });
     Status::unauthenticated(msg)
 }
 

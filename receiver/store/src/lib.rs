@@ -19,12 +19,14 @@
 //!   space the store keeps.
 //! - [`access`]: the [`Authenticator`] seam through which every service
 //!   learns which machine a request speaks for; the receiver implements it.
+//! - [`throttle`]: warnings a client can trigger, logged at most every 10 s.
 
 pub mod access;
 pub mod db;
 pub mod layout;
 pub mod private;
 pub mod quota;
+pub mod throttle;
 
 pub use access::{Authenticator, ImageAccess};
 pub use db::Db;
