@@ -21,22 +21,106 @@
 //! than its token was claimed from, someone else booted it first: a
 //! `boot token alarm` in the audit trail and the log. The receiver's API
 //! stays TLS-only.
-//! A deliberately small HTTP/1.1 server: GET only, one request per
-//! connection, nothing parsed but the request line and `Host`.
+//!
+//! The server is hyper's HTTP/1.1 (GET only, one request per connection),
+//! bounded for a port anyone on the boot network reaches ([`HttpLimits`]):
+//! a request head of at most 16 KiB, read within 10 s; connections capped in
+//! all and per address; every connection closed after 10 minutes at most.
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use lifeline_store::throttle::Throttle;
+use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use lifeline_store::db::boot::{normalize_mac, BOOT_TOKEN_ALARM};
 use lifeline_store::{Db, StoreLayout};
 
-/// Longest request head read.
-const MAX_HEAD: usize = 8 << 10;
+/// Longest request head read (hyper's smallest buffer is 8 KiB).
+const MAX_HEAD: usize = 16 << 10;
+
+/// Bounds on the network-boot listener: plain HTTP that anyone on the boot
+/// network reaches.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Open connections in all; more are closed on accept.
+    pub max_connections: usize,
+    /// Open connections from one address.
+    pub max_connections_per_ip: usize,
+    /// Time to send the request head (a slow head is cut off).
+    pub head_timeout: Duration,
+    /// Longest a connection stays open, a file download included (an
+    /// emulated machine fetches a 60 MB initrd in about 20 s).
+    pub max_time: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            max_connections: 256,
+            max_connections_per_ip: 8,
+            head_timeout: Duration::from_secs(10),
+            max_time: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Open connections: in all and per address.
+#[derive(Default)]
+struct Open {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// One admitted connection; its place is given back when dropped.
+struct Slot {
+    open: Arc<Mutex<Open>>,
+    ip: IpAddr,
+}
+
+impl Slot {
+    fn take(open: &Arc<Mutex<Open>>, ip: IpAddr, limits: &HttpLimits) -> Option<Slot> {
+        let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = o.per_ip.get(&ip).copied().unwrap_or(0);
+        if o.total >= limits.max_connections || mine >= limits.max_connections_per_ip {
+            return None;
+        }
+        o.total += 1;
+        *o.per_ip.entry(ip).or_insert(0) += 1;
+        Some(Slot { open: open.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        o.total -= 1;
+        if let Some(n) = o.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                o.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+static REFUSED: Throttle = Throttle::new();
+static CUT: Throttle = Throttle::new();
+
+type Body = BoxBody<Bytes, std::io::Error>;
 
 pub struct NetBoot {
     store: StoreLayout,
@@ -54,76 +138,86 @@ impl NetBoot {
         Ok(NetBoot { store: store.clone(), db: Mutex::new(Db::open(store.root())?) })
     }
 
-    /// Serves until the process ends.
+    /// Serves until the process ends, within [`HttpLimits::default`].
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        self.serve_within(listener, HttpLimits::default()).await
+    }
+
+    /// Serves until the process ends, within `limits`.
+    pub async fn serve_within(self: Arc<Self>, listener: TcpListener, limits: HttpLimits) {
+        let open = Arc::new(Mutex::new(Open::default()));
         loop {
             let (conn, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!("network boot: accept: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            let Some(slot) = Slot::take(&open, peer.ip(), &limits) else {
+                REFUSED.hit(|more| warn!(%peer, more, "network boot: connection refused: too many open (in all or from this address)"));
+                continue;
+            };
             let this = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = this.handle(conn).await {
-                    warn!(%peer, "network boot: {e}");
+                let _slot = slot;
+                let service = hyper::service::service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.respond(req, peer).await) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.head_timeout)
+                    .max_buf_size(MAX_HEAD)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(conn), service);
+                match tokio::time::timeout(limits.max_time, served).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => CUT.hit(|more| info!(%peer, more, "network boot: connection ended: {e}")),
+                    Err(_) => {
+                        CUT.hit(|more| warn!(%peer, more, "network boot: connection cut after {:?}", limits.max_time))
+                    }
                 }
             });
         }
     }
 
-    async fn handle(&self, conn: TcpStream) -> std::io::Result<()> {
-        let peer = conn.peer_addr()?;
-        let mut conn = BufReader::new(conn);
-        let mut head = Vec::new();
-        let (mut path, mut host) = (String::new(), String::new());
-        loop {
-            let mut line = String::new();
-            if conn.read_line(&mut line).await? == 0 || head.len() > MAX_HEAD {
-                return Ok(());
-            }
-            head.extend_from_slice(line.as_bytes());
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if path.is_empty() {
-                let mut parts = line.split(' ');
-                if parts.next() != Some("GET") {
-                    return respond(conn.get_mut(), "405 Method Not Allowed", "text/plain", b"GET only\n").await;
-                }
-                path = parts.next().unwrap_or("/").to_string();
-            } else if let Some(v) = line.strip_prefix("Host:").or_else(|| line.strip_prefix("host:")) {
-                host = v.trim().to_string();
-            }
+    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
+        let path = req.uri().path().to_string();
+        let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
         let reply = {
             let db = self.db.lock().unwrap_or_else(|e| e.into_inner());
             self.route(&db, &path, &host, peer.ip())
         };
-        let stream = conn.get_mut();
         match reply {
             Reply::Script(s) => {
                 info!(%peer, path, "network boot: script");
-                respond(stream, "200 OK", "text/plain", s.as_bytes()).await
+                text(StatusCode::OK, s)
             }
             Reply::NotFound(why) => {
                 info!(%peer, path, "network boot: {why}");
-                respond(stream, "404 Not Found", "text/plain", format!("{why}\n").as_bytes()).await
+                text(StatusCode::NOT_FOUND, format!("{why}\n"))
             }
-            Reply::File(p) => {
-                let mut f = tokio::fs::File::open(&p).await?;
-                let len = f.metadata().await?.len();
-                info!(%peer, path, bytes = len, "network boot: file");
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-                );
-                stream.write_all(head.as_bytes()).await?;
-                tokio::io::copy(&mut f, stream).await?;
-                stream.shutdown().await
-            }
+            Reply::File(p) => match tokio::fs::File::open(&p).await {
+                Ok(f) => {
+                    let len = f.metadata().await.map_or(0, |m| m.len());
+                    info!(%peer, path, bytes = len, "network boot: file");
+                    let body = StreamBody::new(tokio_util::io::ReaderStream::new(f).map_ok(Frame::data));
+                    Response::builder()
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, len)
+                        .body(BodyExt::boxed(body))
+                        .expect("a valid response")
+                }
+                Err(e) => {
+                    warn!(%peer, path, "network boot: cannot open {}: {e}", p.display());
+                    text(StatusCode::NOT_FOUND, "no boot media is served here\n".into())
+                }
+            },
         }
     }
 
@@ -219,12 +313,10 @@ impl NetBoot {
     }
 }
 
-async fn respond(s: &mut TcpStream, status: &str, ty: &str, body: &[u8]) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ty}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    s.shutdown().await
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain")
+        .body(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed())
+        .expect("a valid response")
 }
