@@ -7,11 +7,13 @@
 //! from that name alone (its mirror, its queue progress), so one machine can
 //! never read or write another's data.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use lifeline_core::credential::MachineName;
 use lifeline_store::access::{bearer_credential, db_unavailable, refuse};
 use lifeline_store::db::boot::SESSION_SECS;
+use lifeline_store::refusals::RefusalAudit;
+use lifeline_store::throttle::Throttle;
 use lifeline_store::{Authenticator, Db, ImageAccess};
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Status};
@@ -21,22 +23,31 @@ use tonic::{Extensions, Status};
 /// against the open boot sessions).
 pub struct TokenAuthenticator {
     db: Mutex<Db>,
+    /// Refused credentials, for the audit trail (aggregated).
+    refusals: Arc<RefusalAudit>,
 }
 
 impl TokenAuthenticator {
-    pub fn new(db: Db) -> TokenAuthenticator {
-        TokenAuthenticator { db: Mutex::new(db) }
+    /// Checks against `db`; refusals go to its store's audit trail.
+    pub fn new(db: Db) -> anyhow::Result<TokenAuthenticator> {
+        let store = db.path().parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+        Ok(TokenAuthenticator { db: Mutex::new(db), refusals: RefusalAudit::open(&store)? })
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Db> {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check(&self, metadata: &MetadataMap, boot_sessions: bool) -> Result<ImageAccess, Status> {
+    fn check(
+        &self,
+        metadata: &MetadataMap,
+        extensions: &Extensions,
+        boot_sessions: bool,
+    ) -> Result<ImageAccess, Status> {
         let (cred, name) = bearer_credential(metadata)?;
         let stored = self.db().token_hash(name.as_str()).map_err(db_unavailable)?;
         let Some(stored) = stored else {
-            return Err(refuse_credential(&name, "no such machine is registered"));
+            return Err(self.refuse_credential(&name, extensions, "no such machine is registered"));
         };
         if cred.matches(&stored) {
             return Ok(ImageAccess::own(name));
@@ -52,15 +63,32 @@ impl TokenAuthenticator {
                 None => {}
             }
         }
-        Err(refuse_credential(&name, "the secret is not the machine's, nor an open boot session's"))
+        Err(self.refuse_credential(&name, extensions, "the secret is not the machine's, nor an open boot session's"))
+    }
+
+    /// Refuses a credential with one message whatever the reason, so that
+    /// nobody learns from it which machine names exist here; the reason goes
+    /// to the receiver's log (throttled) and its audit trail (aggregated).
+    fn refuse_credential(&self, name: &MachineName, extensions: &Extensions, reason: &str) -> Status {
+        static REFUSED: Throttle = Throttle::new();
+        let from = remote_addr(extensions);
+        REFUSED.hit(|more| tracing::warn!(machine = %name, from, more, "credential refused: {reason}"));
+        self.refusals.note(Some(name.as_str()), "credential refused", &from, reason);
+        refuse_with_one_message(name)
     }
 }
 
-/// Refuses a credential with one message whatever the reason, so that
-/// nobody learns from it which machine names exist here; the reason goes to
-/// the receiver's log for the operator.
-fn refuse_credential(name: &MachineName, reason: &str) -> Status {
-    tracing::warn!(machine = %name, "credential refused: {reason}");
+/// The address a request came from, for the audit trail.
+fn remote_addr(extensions: &Extensions) -> String {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .or_else(|| extensions.get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
+        .and_then(TcpConnectInfo::remote_addr)
+        .map_or_else(|| "unknown".to_string(), |a| a.ip().to_string())
+}
+
+fn refuse_with_one_message(name: &MachineName) -> Status {
     refuse(format!(
         "credential refused for machine {name}: unknown here, or not its current secret (was it reissued? use the \
          token file `lifeline-receiver machine add`/`machine reissue` wrote; a boot OS's session lasts {} h)",
@@ -69,12 +97,12 @@ fn refuse_credential(name: &MachineName, reason: &str) -> Status {
 }
 
 impl Authenticator for TokenAuthenticator {
-    fn authenticate(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<MachineName, Status> {
-        self.check(metadata, false).map(|a| a.machine)
+    fn authenticate(&self, metadata: &MetadataMap, extensions: &Extensions) -> Result<MachineName, Status> {
+        self.check(metadata, extensions, false).map(|a| a.machine)
     }
 
-    fn authenticate_images(&self, metadata: &MetadataMap, _extensions: &Extensions) -> Result<ImageAccess, Status> {
-        self.check(metadata, true)
+    fn authenticate_images(&self, metadata: &MetadataMap, extensions: &Extensions) -> Result<ImageAccess, Status> {
+        self.check(metadata, extensions, true)
     }
 }
 
@@ -101,7 +129,7 @@ mod tests {
         let (m1, m2) = (Credential::generate("m1"), Credential::generate("m2"));
         db.add_machine(&MachineName::new("m1").unwrap(), &m1.secret_hash(), "").unwrap();
         db.add_machine(&MachineName::new("m2").unwrap(), &m2.secret_hash(), "").unwrap();
-        let auth = TokenAuthenticator::new(db);
+        let auth = TokenAuthenticator::new(db).unwrap();
         let ext = Extensions::new();
         let ok = |md: MetadataMap| auth.authenticate(&md, &ext).map(|m| m.as_str().to_string());
         let refused = |md: MetadataMap| {
@@ -164,10 +192,12 @@ mod tests {
             ..media.clone()
         };
         db.add_boot_media(&from_m1, &restore.secret_hash()).unwrap();
-        let auth = TokenAuthenticator::new(db);
+        let auth = TokenAuthenticator::new(db).unwrap();
         // Boot tokens are claimed by the boot server, over its own connection.
         let sessions = Mutex::new(Db::open(d.path()).unwrap());
-        let claim = |md: &MetadataMap, from: &str| lifeline_boot_server::sessions::claim(&sessions, md, from);
+        let refusals = RefusalAudit::open(d.path()).unwrap();
+        let claim =
+            |md: &MetadataMap, from: &str| lifeline_boot_server::sessions::claim(&sessions, &refusals, md, from);
         let ext = Extensions::new();
         // The boot token itself is no credential.
         assert!(auth.authenticate_images(&request(Some(&boot.token()), None), &ext).is_err());

@@ -57,7 +57,7 @@ impl Receiver {
         let store = store.as_ref();
         StoreLayout::create(store)?;
         let db = Db::open(store)?;
-        Receiver::with_authenticator(store, Arc::new(TokenAuthenticator::new(db)))
+        Receiver::with_authenticator(store, Arc::new(TokenAuthenticator::new(db)?))
     }
 
     /// Like [`Receiver::new`], with `auth` deciding which machine a request

@@ -669,7 +669,7 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         StoreLayout::create(store).with_context(|| format!("cannot create the store {}", store.display()))?;
-        let auth = Arc::new(TokenAuthenticator::new(Db::open(store)?));
+        let auth = Arc::new(TokenAuthenticator::new(Db::open(store)?)?);
         let receiver = Receiver::with_options(store, auth, args.reserve_free)
             .with_context(|| format!("store {}", store.display()))?
             .with_limits(args.limits());

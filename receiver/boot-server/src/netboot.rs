@@ -42,6 +42,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use lifeline_store::refusals::RefusalAudit;
 use lifeline_store::throttle::Throttle;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
@@ -125,6 +126,7 @@ type Body = BoxBody<Bytes, std::io::Error>;
 pub struct NetBoot {
     store: StoreLayout,
     db: Mutex<Db>,
+    alarms: Arc<RefusalAudit>,
 }
 
 enum Reply {
@@ -135,7 +137,11 @@ enum Reply {
 
 impl NetBoot {
     pub fn new(store: &StoreLayout) -> anyhow::Result<NetBoot> {
-        Ok(NetBoot { store: store.clone(), db: Mutex::new(Db::open(store.root())?) })
+        Ok(NetBoot {
+            store: store.clone(),
+            db: Mutex::new(Db::open(store.root())?),
+            alarms: RefusalAudit::open(store.root())?,
+        })
     }
 
     /// Serves until the process ends, within [`HttpLimits::default`].
@@ -307,9 +313,8 @@ impl NetBoot {
             m.used_from
         );
         warn!(machine, "{BOOT_TOKEN_ALARM}: {detail}");
-        if let Err(e) = db.boot_token_alarm(machine, &detail) {
-            warn!(machine, "cannot audit a {BOOT_TOKEN_ALARM}: {e:#}");
-        }
+        // Anyone may ask for the script again and again: aggregated.
+        self.alarms.note(Some(machine), BOOT_TOKEN_ALARM, &peer.to_string(), &detail);
     }
 }
 

@@ -18,6 +18,7 @@ use lifeline_proto::v1::boot_sessions_server::{BootSessions, BootSessionsServer}
 use lifeline_proto::v1::{BootSession, ClaimRequest};
 use lifeline_store::access::{bearer_credential, db_unavailable};
 use lifeline_store::db::boot::{BootMedia, Refusal, BOOT_TOKEN_ALARM};
+use lifeline_store::refusals::RefusalAudit;
 use lifeline_store::{Db, StoreLayout};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -32,7 +33,7 @@ pub struct BootClaim {
 
 /// Claims the boot token the request presents as its credential, from the
 /// address `from` (for the audit trail).
-pub fn claim(db: &Mutex<Db>, metadata: &MetadataMap, from: &str) -> Result<BootClaim, Status> {
+pub fn claim(db: &Mutex<Db>, refusals: &RefusalAudit, metadata: &MetadataMap, from: &str) -> Result<BootClaim, Status> {
     let (token, name) = bearer_credential(metadata)?;
     let session = Credential::generate(name.as_str());
     let claimed = db
@@ -46,10 +47,12 @@ pub fn claim(db: &Mutex<Db>, metadata: &MetadataMap, from: &str) -> Result<BootC
             Ok(BootClaim { credential: session, expires_unix: claimed.expires_unix, media: claimed.media })
         }
         Err(r) => {
-            if matches!(r, Refusal::Used { .. }) {
+            if let Refusal::Used { media, .. } = &r {
                 warn!(machine = %name, from, "{BOOT_TOKEN_ALARM}: {r}: someone else may have booted this media");
+                refusals.note(Some(name.as_str()), BOOT_TOKEN_ALARM, from, &format!("#{media} claimed before: {r}"));
             }
             warn!(machine = %name, from, "boot token refused: {r}");
+            refusals.note(Some(name.as_str()), "boot token refused", from, &r.to_string());
             Err(Status::permission_denied(format!(
                 "boot token refused: {r}; make new boot media with `lifeline-receiver bootos make {name}`"
             )))
@@ -59,12 +62,17 @@ pub fn claim(db: &Mutex<Db>, metadata: &MetadataMap, from: &str) -> Result<BootC
 
 pub struct BootSessionsService {
     db: Arc<Mutex<Db>>,
+    refusals: Arc<RefusalAudit>,
     store: StoreLayout,
 }
 
 impl BootSessionsService {
     pub fn new(store: &StoreLayout) -> anyhow::Result<BootSessionsService> {
-        Ok(BootSessionsService { db: Arc::new(Mutex::new(Db::open(store.root())?)), store: store.clone() })
+        Ok(BootSessionsService {
+            db: Arc::new(Mutex::new(Db::open(store.root())?)),
+            refusals: RefusalAudit::open(store.root())?,
+            store: store.clone(),
+        })
     }
 
     pub fn into_service(self) -> BootSessionsServer<BootSessionsService> {
@@ -78,7 +86,8 @@ impl BootSessions for BootSessionsService {
         let from = req.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.ip().to_string());
         let db = self.db.clone();
         let md = req.metadata().clone();
-        let claim = tokio::task::spawn_blocking(move || claim(&db, &md, &from))
+        let refusals = self.refusals.clone();
+        let claim = tokio::task::spawn_blocking(move || claim(&db, &refusals, &md, &from))
             .await
             .map_err(|e| Status::internal(format!("claim task failed: {e}")))??;
         let password = crate::bootmedia::password_of(&self.store, claim.media.id).map_err(|e| {

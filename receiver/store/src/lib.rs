@@ -17,6 +17,7 @@
 //!   sessions, jobs and images).
 //! - [`quota`]: how much of the store each machine may fill, and the free
 //!   space the store keeps.
+//! - [`refusals`]: refusals written to the audit trail, aggregated.
 //! - [`access`]: the [`Authenticator`] seam through which every service
 //!   learns which machine a request speaks for; the receiver implements it.
 //! - [`throttle`]: warnings a client can trigger, logged at most every 10 s.
@@ -26,6 +27,7 @@ pub mod db;
 pub mod layout;
 pub mod private;
 pub mod quota;
+pub mod refusals;
 pub mod throttle;
 
 pub use access::{Authenticator, ImageAccess};

@@ -257,11 +257,6 @@ impl Db {
         Ok(m)
     }
 
-    /// Records a boot token alarm (see [`BOOT_TOKEN_ALARM`]).
-    pub fn boot_token_alarm(&self, machine: &str, detail: &str) -> anyhow::Result<()> {
-        audit(&self.conn, Some(machine), BOOT_TOKEN_ALARM, detail)
-    }
-
     /// Revokes boot media: its token stops working, its files are no longer
     /// served.
     pub fn revoke_boot_media(&mut self, id: i64) -> anyhow::Result<BootMedia> {
@@ -286,29 +281,32 @@ impl Db {
         session_hash: &[u8; 32],
         from: &str,
     ) -> anyhow::Result<Result<Claimed, Refusal>> {
-        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let sql = format!("SELECT {MEDIA_COLUMNS} FROM boot_media WHERE machine = ?1 AND token_hash = ?2");
+        // Refusals are decided by a read, and written to the audit trail by
+        // the caller, aggregated (`crate::refusals`): a flood of bogus
+        // claims costs no write transaction each.
+        let refusal = |m: &BootMedia| {
+            if m.revoked {
+                Some(Refusal::Revoked { media: m.id })
+            } else {
+                m.used_at.clone().map(|at| Refusal::Used { media: m.id, at, from: m.used_from.clone() })
+            }
+        };
+        match self.conn.query_row(&sql, params![machine, &token_hash[..]], media_row).optional()? {
+            None => return Ok(Err(Refusal::Unknown)),
+            Some(m) => {
+                if let Some(r) = refusal(&m) {
+                    return Ok(Err(r));
+                }
+            }
+        }
+        // Claimed under the write lock, checked again: two claims of one
+        // token race, one wins.
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let Some(m) = tx.query_row(&sql, params![machine, &token_hash[..]], media_row).optional()? else {
-            audit(&tx, Some(machine), "boot token refused", "unknown token")?;
-            tx.commit()?;
             return Ok(Err(Refusal::Unknown));
         };
-        let refusal = if m.revoked {
-            Some(Refusal::Revoked { media: m.id })
-        } else {
-            m.used_at.clone().map(|at| Refusal::Used { media: m.id, at, from: m.used_from.clone() })
-        };
-        if let Some(r) = refusal {
-            audit(&tx, Some(machine), "boot token refused", &format!("#{} from {from}: {r}", m.id))?;
-            if matches!(r, Refusal::Used { .. }) {
-                audit(
-                    &tx,
-                    Some(machine),
-                    BOOT_TOKEN_ALARM,
-                    &format!("#{} claimed before; now from {from}: {r}", m.id),
-                )?;
-            }
-            tx.commit()?;
+        if let Some(r) = refusal(&m) {
             return Ok(Err(r));
         }
         tx.execute(
@@ -441,8 +439,7 @@ mod tests {
         db.claim_boot("pc1", &[7; 32], &[1; 32], "10.0.2.99").unwrap().unwrap();
         assert!(db.served_media(secret).unwrap().is_none());
         assert_eq!(db.claimed_while_armed("pc1").unwrap().map(|m| m.used_from), Some("10.0.2.99".to_string()));
-        assert!(db.claim_boot("pc1", &[7; 32], &[2; 32], "10.0.2.15").unwrap().is_err());
-        assert!(db.audit_trail(10).unwrap().iter().any(|a| a.event == BOOT_TOKEN_ALARM));
+        assert!(matches!(db.claim_boot("pc1", &[7; 32], &[2; 32], "10.0.2.15").unwrap(), Err(Refusal::Used { .. })));
         assert!(db.arm_boot_media(net, 3600).is_err(), "used media armed");
     }
 }
