@@ -90,22 +90,28 @@ fn start_job(job: DeltaJob, signatures: Signatures) -> RunningJob {
         };
         let local = job.content.local.clone();
         let built = tokio::task::spawn_blocking(move || {
-            job.build(base, started, &mut |o| {
+            let built = job.build(base, started, &mut |o| {
                 if let Outgoing::Batch(b) = o {
                     let _ = tx.blocking_send(b);
                 }
-            })
+            });
+            // Accounted for before `tx` goes: once it has, the sender sees
+            // the job's end and drops (aborts) this task, which would then
+            // never get to count it.
+            match built {
+                Ok(true) => {
+                    counters.deltas.fetch_add(1, Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    warn!("cannot read {}: {e}; it will be retried at the next reconciliation", local.display())
+                }
+            }
+            drop(tx);
         })
         .await;
-        match built {
-            Ok(Ok(true)) => {
-                counters.deltas.fetch_add(1, Relaxed);
-            }
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                warn!("cannot read {}: {e}; it will be retried at the next reconciliation", local.display())
-            }
-            Err(e) => warn!("the delta of {} failed: {e}", local.display()),
+        if let Err(e) = built {
+            warn!("the delta job failed: {e}");
         }
     });
     RunningJob { batches: rx, last_seq, task }
