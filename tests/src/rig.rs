@@ -104,6 +104,10 @@ impl RigOpts {
         ro.env = self.receiver_env;
         let receiver = Receiver::start_opts(ro);
         let machine = format!("{}-{}", self.name, std::process::id());
+        // Registered now: a test may plant files in its mirror before the
+        // agent starts, and the receiver refuses to register a name that
+        // already has data (it would inherit a removed machine's).
+        receiver.credentials(&machine);
         let mirror = receiver.mirror_of(&machine, &src);
         Rig {
             agent: None,
