@@ -180,7 +180,7 @@ def main():
         rcli("machine", "add", "pc1", "--mac", MAC, "--out", os.path.join(work, "creds"))
         pw = os.path.join(work, "pw")
         open(pw, "w").write(PASSWORD + "\n")
-        make = lambda: rcli("bootos", "make", "pc1", "--receiver-url", f"https://10.0.2.2:{tls}", "--mode", "backup",
+        make = lambda: rcli("bootos", "make", "pc1", "--arm", "--receiver-url", f"https://10.0.2.2:{tls}", "--mode", "backup",
                             "--agent", AGENT, "--password-file", pw)
         make()
         media1 = os.path.join(store, "boot", "1")
