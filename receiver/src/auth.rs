@@ -166,22 +166,7 @@ mod tests {
         db.add_machine(&MachineName::new("m1").unwrap(), &m1.secret_hash(), "").unwrap();
         db.add_machine(&MachineName::new("m2").unwrap(), &Credential::generate("m2").secret_hash(), "").unwrap();
         let boot = Credential::generate("m1");
-        let media = lifeline_store::db::boot::BootMedia {
-            id: 0,
-            machine: "m1".into(),
-            kind: "netboot".into(),
-            mode: "backup".into(),
-            style: "receiver".into(),
-            image: String::new(),
-            cmdline: String::new(),
-            created_at: String::new(),
-            used_at: None,
-            used_from: String::new(),
-            revoked: false,
-            image_of: None,
-            url_secret: None,
-            armed_until: None,
-        };
+        let media = lifeline_store::db::boot::BootMedia::new("m1", "netboot", "backup", "receiver");
         db.add_boot_media(&media, &boot.secret_hash()).unwrap();
         // Restore media of m2 reading m1's images.
         let restore = Credential::generate("m2");

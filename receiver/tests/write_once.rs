@@ -35,22 +35,7 @@ async fn no_credential_of_the_machine_can_replace_a_stored_image() {
     {
         let mut db = lifeline_store::Db::open(store.path()).unwrap();
         db.add_machine(&MachineName::new("pc1").unwrap(), &machine.secret_hash(), "").unwrap();
-        let media = BootMedia {
-            id: 0,
-            machine: "pc1".into(),
-            kind: "netboot".into(),
-            mode: "backup".into(),
-            style: "receiver".into(),
-            image: String::new(),
-            cmdline: String::new(),
-            created_at: String::new(),
-            used_at: None,
-            used_from: String::new(),
-            revoked: false,
-            image_of: None,
-            url_secret: None,
-            armed_until: None,
-        };
+        let media = BootMedia::new("pc1", "netboot", "backup", "receiver");
         db.add_boot_media(&media, &boot_token.secret_hash()).unwrap();
     }
     let mut images = ImageStoreClient::connect(running.url()).await.unwrap();

@@ -178,20 +178,11 @@ pub fn make(store: &StoreLayout, db: &mut Db, spec: &MediaSpec) -> anyhow::Resul
     }
 
     let mut media = BootMedia {
-        id: 0,
-        machine: spec.machine.as_str().to_string(),
-        kind: spec.kind.clone(),
-        mode: spec.mode.as_str().to_string(),
-        style: spec.style.as_str().to_string(),
         image: spec.image.clone().unwrap_or_default(),
         cmdline: public,
-        created_at: String::new(),
-        used_at: None,
-        used_from: String::new(),
-        revoked: false,
         image_of: spec.image_of.as_ref().map(|m| m.as_str().to_string()),
         url_secret: netboot.then(|| format!("{:032x}", rand::random::<u128>())),
-        armed_until: None,
+        ..BootMedia::new(spec.machine.as_str(), &spec.kind, spec.mode.as_str(), spec.style.as_str())
     };
     let id = match db.add_boot_media(&media, &token.secret_hash()) {
         Ok(id) => id,

@@ -57,6 +57,27 @@ pub struct BootMedia {
 }
 
 impl BootMedia {
+    /// Media of `machine` as made, before the database records it: no id,
+    /// unused, not armed, no image, command line or URL yet.
+    pub fn new(machine: &str, kind: &str, mode: &str, style: &str) -> BootMedia {
+        BootMedia {
+            id: 0,
+            machine: machine.to_owned(),
+            kind: kind.to_owned(),
+            mode: mode.to_owned(),
+            style: style.to_owned(),
+            image: String::new(),
+            cmdline: String::new(),
+            created_at: String::new(),
+            used_at: None,
+            used_from: String::new(),
+            revoked: false,
+            image_of: None,
+            url_secret: None,
+            armed_until: None,
+        }
+    }
+
     /// Its token may still be claimed.
     pub fn usable(&self) -> bool {
         self.used_at.is_none() && !self.revoked
@@ -356,22 +377,7 @@ mod tests {
     use super::*;
 
     fn media(machine: &str) -> BootMedia {
-        BootMedia {
-            id: 0,
-            machine: machine.into(),
-            kind: "netboot".into(),
-            mode: "backup".into(),
-            style: "receiver".into(),
-            image: String::new(),
-            cmdline: "lifeline.machine=pc1".into(),
-            created_at: String::new(),
-            used_at: None,
-            used_from: String::new(),
-            revoked: false,
-            image_of: None,
-            url_secret: None,
-            armed_until: None,
-        }
+        BootMedia { cmdline: "lifeline.machine=pc1".into(), ..BootMedia::new(machine, "netboot", "backup", "receiver") }
     }
 
     #[test]
