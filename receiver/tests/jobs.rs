@@ -3,19 +3,15 @@
 //! stored, and what a machine writes into a report never reaches the
 //! operator's terminal as control sequences.
 
+mod common;
+
+use common::{register, with_credential};
 use std::process::Command;
 
-use lifeline_core::credential::{Credential, MachineName};
 use lifeline_proto::v1::image_store_client::ImageStoreClient;
 use lifeline_proto::v1::jobs_client::JobsClient;
 use lifeline_proto::v1::{ImageBlob, JobReport, NamedBlob};
-use tonic::{Code, Request};
-
-fn with_credential<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
+use tonic::Code;
 
 fn cli(store: &std::path::Path, args: &[&str]) -> String {
     let out =
@@ -28,11 +24,7 @@ fn cli(store: &std::path::Path, args: &[&str]) -> String {
 async fn a_backup_reported_done_must_be_stored_and_reports_print_safely() {
     let store = tempfile::tempdir().unwrap();
     let running = lifeline_receiver::spawn("127.0.0.1:0", store.path()).await.unwrap();
-    let cred = Credential::generate("pc1");
-    lifeline_store::Db::open(store.path())
-        .unwrap()
-        .add_machine(&MachineName::new("pc1").unwrap(), &cred.secret_hash(), "")
-        .unwrap();
+    let cred = register(store.path(), "pc1");
     let token = cred.token();
     let mut jobs = JobsClient::connect(running.url()).await.unwrap();
     let report = |job: u64, state: &str, image: &str, message: &str| JobReport {

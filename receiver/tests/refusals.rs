@@ -5,19 +5,16 @@
 //! rows of each kind (the first at once, the rest counted in one), and the
 //! machine's own calls still work.
 
+mod common;
+
+use common::{register, with_credential};
 use std::time::Duration;
 
-use lifeline_core::credential::{Credential, MachineName};
+use lifeline_core::credential::Credential;
 use lifeline_proto::v1::boot_sessions_client::BootSessionsClient;
 use lifeline_proto::v1::replication_client::ReplicationClient;
 use lifeline_proto::v1::{ClaimRequest, ListTreeRequest};
-use tonic::{Code, Request};
-
-fn with_credential<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
+use tonic::Code;
 
 fn rows(store: &std::path::Path, event: &str) -> Vec<String> {
     let db = lifeline_store::Db::open(store).unwrap();
@@ -28,11 +25,7 @@ fn rows(store: &std::path::Path, event: &str) -> Vec<String> {
 async fn floods_of_bogus_claims_and_credentials_are_two_rows_each() {
     let store = tempfile::tempdir().unwrap();
     let running = lifeline_receiver::spawn("127.0.0.1:0", store.path()).await.unwrap();
-    let cred = Credential::generate("pc1");
-    lifeline_store::Db::open(store.path())
-        .unwrap()
-        .add_machine(&MachineName::new("pc1").unwrap(), &cred.secret_hash(), "")
-        .unwrap();
+    let cred = register(store.path(), "pc1");
     let mut sessions = BootSessionsClient::connect(running.url()).await.unwrap();
     let mut mirror = ReplicationClient::connect(running.url()).await.unwrap();
     let before = rows(store.path(), "").len();

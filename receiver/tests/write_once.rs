@@ -4,19 +4,16 @@
 //! loopback. Every call is refused with ALREADY_EXISTS and every image reads
 //! back as it was stored.
 
+mod common;
+
+use common::{register, with_credential};
 use lifeline_core::credential::{Credential, MachineName};
 use lifeline_proto::v1::boot_sessions_client::BootSessionsClient;
 use lifeline_proto::v1::image_store_client::ImageStoreClient;
 use lifeline_proto::v1::{ClaimRequest, ImageBlob, ManifestRequest, NamedBlob};
 use lifeline_store::db::boot::BootMedia;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
-
-fn with_credential<T>(msg: T, token: &str) -> Request<T> {
-    let mut req = Request::new(msg);
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req
-}
+use tonic::Code;
 
 async fn put(c: &mut ImageStoreClient<Channel>, token: &str, name: &str, data: &[u8]) -> Result<(), tonic::Status> {
     c.put_manifest(with_credential(NamedBlob { name: name.into(), data: data.to_vec() }, token)).await.map(|_| ())
@@ -30,14 +27,10 @@ async fn get(c: &mut ImageStoreClient<Channel>, token: &str, name: &str) -> Vec<
 async fn no_credential_of_the_machine_can_replace_a_stored_image() {
     let store = tempfile::tempdir().unwrap();
     let running = lifeline_receiver::spawn("127.0.0.1:0", store.path()).await.unwrap();
-    let machine = Credential::generate("pc1");
+    let machine = register(store.path(), "pc1");
     let boot_token = Credential::generate("pc1");
-    {
-        let mut db = lifeline_store::Db::open(store.path()).unwrap();
-        db.add_machine(&MachineName::new("pc1").unwrap(), &machine.secret_hash(), "").unwrap();
-        let media = BootMedia::new("pc1", "netboot", "backup", "receiver");
-        db.add_boot_media(&media, &boot_token.secret_hash()).unwrap();
-    }
+    let media = BootMedia::new("pc1", "netboot", "backup", "receiver");
+    lifeline_store::Db::open(store.path()).unwrap().add_boot_media(&media, &boot_token.secret_hash()).unwrap();
     let mut images = ImageStoreClient::connect(running.url()).await.unwrap();
     let token = machine.token();
     images.create_config(with_credential(ImageBlob { data: b"config".to_vec() }, &token)).await.unwrap();
