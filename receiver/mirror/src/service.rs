@@ -117,7 +117,8 @@ pub struct MirrorService {
 }
 
 impl MirrorService {
-    /// The mirrors under `<store>/mirror/`, with `auth` deciding which
+    /// The mirrors under `<store>/mirror/` (`store` as the receiver
+    /// canonicalised it), with `auth` deciding which
     /// machine a request speaks for. Creates the directory if missing and
     /// checks the kernel can resolve paths safely (openat2).
     pub fn new(
@@ -126,11 +127,10 @@ impl MirrorService {
         quotas: Arc<Quotas>,
     ) -> anyhow::Result<MirrorService> {
         create_private_dir_all(&store.mirrors())?;
-        let store = StoreLayout::new(std::fs::canonicalize(store.root())?);
         probe_openat2(&store.mirrors())?;
         Ok(MirrorService {
             inner: Arc::new(Inner {
-                store,
+                store: store.clone(),
                 auth,
                 quotas,
                 machines: Mutex::new(HashMap::new()),
@@ -138,11 +138,6 @@ impl MirrorService {
                 fault: Arc::new(FaultHook::from_env()),
             }),
         })
-    }
-
-    /// The (canonical) store.
-    pub fn store(&self) -> &StoreLayout {
-        &self.inner.store
     }
 
     /// The tonic service, with Lifeline's message size limits.
