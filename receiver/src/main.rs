@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lifeline_boot_server::bootmedia;
+use lifeline_boot_server::netboot::HttpLimits;
 use lifeline_boot_server::tftp::TftpLimits;
 use lifeline_core::credential::Credential;
 use lifeline_core::credential::MachineName;
@@ -81,6 +82,20 @@ struct ServeArgs {
     /// Seconds a gRPC connection may stay open with no call in flight.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout_s: u64,
+    /// Network boot: scripts by MAC address (/ipxe/MAC) one IP address (an
+    /// IPv6 /64) may ask for at once...
+    #[arg(long, default_value_t = HttpLimits::default().script_burst)]
+    http_script_burst: u32,
+    /// ... and per minute after that.
+    #[arg(long, default_value_t = HttpLimits::default().scripts_per_s * 60.0)]
+    http_scripts_per_min: f64,
+    /// Network boot: scripts by MAC address all addresses together may ask
+    /// for at once...
+    #[arg(long, default_value_t = HttpLimits::default().scripts_total_burst)]
+    http_scripts_total_burst: u32,
+    /// ... and per minute after that.
+    #[arg(long, default_value_t = HttpLimits::default().scripts_total_per_s * 60.0)]
+    http_scripts_total_per_min: f64,
     /// Most TFTP transfers in flight.
     #[arg(long, default_value_t = TftpLimits::default().max_transfers)]
     tftp_max_transfers: usize,
@@ -103,6 +118,16 @@ impl ServeArgs {
             max_streams: self.max_streams,
             handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_s),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+        }
+    }
+
+    fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            script_burst: self.http_script_burst,
+            scripts_per_s: self.http_scripts_per_min / 60.0,
+            scripts_total_burst: self.http_scripts_total_burst,
+            scripts_total_per_s: self.http_scripts_total_per_min / 60.0,
+            ..HttpLimits::default()
         }
     }
 
@@ -689,10 +714,13 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             let http =
                 TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--http-listen)"))?;
             println!("network boot on http://{}/boot.ipxe", http.local_addr()?);
+            let limits = args.http_limits();
+            limits.script_budgets().map_err(|e| anyhow::anyhow!("--http-script*: {e}"))?;
             let nb = std::sync::Arc::new(lifeline_boot_server::netboot::NetBoot::new(receiver.store())?);
-            tokio::spawn(nb.serve(http));
+            tokio::spawn(nb.serve_within(http, limits));
         }
         if let Some(addr) = &args.tftp_listen {
+            args.tftp_limits().quota().map_err(anyhow::Error::msg)?;
             let udp = tokio::net::UdpSocket::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (--tftp-listen)"))?;

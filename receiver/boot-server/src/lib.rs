@@ -19,6 +19,7 @@
 //! [`lifeline_store::StoreLayout::boot_media`].
 
 pub mod bootmedia;
+pub mod budget;
 pub mod mediadownload;
 pub mod netboot;
 pub mod sessions;

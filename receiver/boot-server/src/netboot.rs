@@ -50,6 +50,8 @@ use tracing::{info, warn};
 use lifeline_store::db::boot::{normalize_mac, BOOT_TOKEN_ALARM};
 use lifeline_store::{Db, StoreLayout};
 
+use crate::budget::{self, AddressBudget, TotalBudget};
+
 /// Longest request head read (hyper's smallest buffer is 8 KiB).
 const MAX_HEAD: usize = 16 << 10;
 
@@ -66,6 +68,18 @@ pub struct HttpLimits {
     /// Longest a connection stays open, a file download included (an
     /// emulated machine fetches a 60 MB initrd in about 20 s).
     pub max_time: Duration,
+    /// Scripts by MAC address (`/ipxe/<mac>`) one address (IPv6: one /64)
+    /// may ask for at once...
+    pub script_burst: u32,
+    /// ... and per second after that. A machine asks once per boot; an
+    /// attacker guessing the MAC of a machine whose media is armed asks
+    /// millions of times.
+    pub scripts_per_s: f64,
+    /// Scripts by MAC address all addresses together may ask for at once...
+    pub scripts_total_burst: u32,
+    /// ... and per second after that: what an attacker with many addresses
+    /// gets.
+    pub scripts_total_per_s: f64,
 }
 
 impl Default for HttpLimits {
@@ -75,7 +89,40 @@ impl Default for HttpLimits {
             max_connections_per_ip: 8,
             head_timeout: Duration::from_secs(10),
             max_time: Duration::from_secs(600),
+            // One boot a minute, after a burst of 10, for each address: a
+            // MAC sweep of one vendor prefix (2^24) takes a year. A fleet of
+            // 200 booting at once, in all; a sweep from many addresses
+            // gets 20 guesses a second: 0.4 % of a vendor prefix in an hour
+            // (the default armed window).
+            script_burst: 10,
+            scripts_per_s: 1.0 / 60.0,
+            scripts_total_burst: 200,
+            scripts_total_per_s: 20.0,
         }
+    }
+}
+
+impl HttpLimits {
+    /// The budgets of scripts by MAC address; `Err` says which is wrong.
+    pub fn script_budgets(&self) -> Result<ScriptBudgets, String> {
+        Ok(ScriptBudgets {
+            per_address: AddressBudget::new(budget::quota(self.script_burst, self.scripts_per_s)?),
+            total: TotalBudget::new(budget::quota(self.scripts_total_burst, self.scripts_total_per_s)?),
+        })
+    }
+}
+
+/// What scripts by MAC address one address, and all together, may still ask
+/// for: the MAC of a machine whose media is armed is what its token is
+/// hidden behind.
+pub struct ScriptBudgets {
+    per_address: AddressBudget,
+    total: TotalBudget,
+}
+
+impl ScriptBudgets {
+    fn take(&self, ip: IpAddr) -> bool {
+        self.per_address.take(ip) && self.total.take()
     }
 }
 
@@ -120,6 +167,7 @@ impl Drop for Slot {
 
 static REFUSED: Throttle = Throttle::new();
 static CUT: Throttle = Throttle::new();
+static BUSY: Throttle = Throttle::new();
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -151,6 +199,10 @@ impl NetBoot {
 
     /// Serves until the process ends, within `limits`.
     pub async fn serve_within(self: Arc<Self>, listener: TcpListener, limits: HttpLimits) {
+        let budgets = match limits.script_budgets() {
+            Ok(b) => Arc::new(b),
+            Err(e) => return tracing::error!("network boot: not serving: the script budget: {e}"),
+        };
         let open = Arc::new(Mutex::new(Open::default()));
         loop {
             let (conn, peer) = match listener.accept().await {
@@ -166,11 +218,13 @@ impl NetBoot {
                 continue;
             };
             let this = self.clone();
+            let budgets = budgets.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let service = hyper::service::service_fn(move |req| {
                     let this = this.clone();
-                    async move { Ok::<_, Infallible>(this.respond(req, peer).await) }
+                    let budgets = budgets.clone();
+                    async move { Ok::<_, Infallible>(this.respond(req, peer, &budgets).await) }
                 });
                 let served = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -189,12 +243,28 @@ impl NetBoot {
         }
     }
 
-    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn respond(&self, req: Request<Incoming>, peer: SocketAddr, budgets: &ScriptBudgets) -> Response<Body> {
         if req.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
         }
         let path = req.uri().path().to_string();
         let host = req.headers().get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+        if path.starts_with("/ipxe/") && !budgets.take(peer.ip()) {
+            BUSY.hit(|more| {
+                warn!(
+                    %peer, more,
+                    "network boot: a script by MAC address refused: more asked for than the budget allows \
+                     (in all, or from this address); if these are your machines booting, raise it"
+                )
+            });
+            // A machine behind a busy address asks again later by itself.
+            return text(
+                StatusCode::OK,
+                format!(
+                    "#!ipxe\necho lifeline: the receiver is busy, asking again in 30 seconds\nsleep 30\nchain http://{host}/ipxe/${{net0/mac}}\n"
+                ),
+            );
+        }
         let reply = {
             let db = self.db.lock().unwrap_or_else(|e| e.into_inner());
             self.route(&db, &path, &host, peer.ip())
@@ -259,36 +329,48 @@ impl NetBoot {
     }
 
     fn machine_script(&self, db: &Db, mac: &str, base: &str, peer: IpAddr) -> String {
-        let refuse = |msg: String| format!("#!ipxe\necho lifeline: {msg}\nsleep 10\nexit 1\n");
-        let Ok(mac) = normalize_mac(mac) else { return refuse(format!("{mac:?} is not a MAC address")) };
+        let refuse = |msg: &str| format!("#!ipxe\necho lifeline: {msg}\nsleep 10\nexit 1\n");
+        let Ok(mac) = normalize_mac(mac) else { return refuse(&format!("{mac:?} is not a MAC address")) };
+        // One answer to anyone for every MAC that gets no media, whether a
+        // machine has it or not, so that the port tells nobody which MACs
+        // this receiver knows or which machines have media: the reason is
+        // for the operator, in the log.
+        let nothing = |why: String| {
+            info!(%peer, mac, "network boot: no media served: {why}");
+            refuse(
+                "no boot media is armed for this machine here. On the receiver: \
+                 lifeline-receiver bootos list, then bootos arm ID (or bootos make MACHINE --arm)",
+            )
+        };
         let machine = match db.machine_by_mac(&mac) {
             Ok(Some(m)) => m,
             Ok(None) => {
-                return refuse(format!(
-                    "no machine has MAC {mac} at this receiver: lifeline-receiver machine add NAME --mac {mac}, then bootos make NAME"
-                ))
+                return nothing(format!("no machine has this MAC: lifeline-receiver machine add NAME --mac {mac}"))
             }
-            Err(e) => return refuse(format!("the receiver cannot read its database: {e:#}")),
+            Err(e) => return refuse(&format!("the receiver cannot read its database: {e:#}")),
         };
         let media = match db.armed_netboot(&machine) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 self.check_claimed(db, &machine, peer);
-                return match db.pending_netboot(&machine) {
-                    Ok(Some(m)) if m.url_secret.is_some() => refuse(format!(
-                        "no boot media is armed for machine {machine}: lifeline-receiver bootos arm {} (for an hour)",
-                        m.id
-                    )),
-                    _ => refuse(format!(
-                        "no boot media waits for machine {machine} (each boots once): lifeline-receiver bootos make {machine} --arm"
-                    )),
-                };
+                return nothing(match db.pending_netboot(&machine) {
+                    Ok(Some(m)) if m.url_secret.is_some() => {
+                        format!(
+                            "machine {machine}'s media #{} is not armed: lifeline-receiver bootos arm {}",
+                            m.id, m.id
+                        )
+                    }
+                    _ => format!(
+                        "machine {machine} has no unused network-boot media (each boots once): \
+                         lifeline-receiver bootos make {machine} --arm"
+                    ),
+                });
             }
-            Err(e) => return refuse(format!("the receiver cannot read its database: {e:#}")),
+            Err(e) => return refuse(&format!("the receiver cannot read its database: {e:#}")),
         };
         let cmdline = match crate::bootmedia::cmdline_of(&self.store, media.id) {
             Ok(c) => c,
-            Err(e) => return refuse(format!("boot media #{}: {e:#}", media.id)),
+            Err(e) => return refuse(&format!("boot media #{}: {e:#}", media.id)),
         };
         let dir = format!("{base}/boot/{}", media.url_secret.as_deref().unwrap_or_default());
         // (No '#' in an echo: iPXE takes it for a comment.)

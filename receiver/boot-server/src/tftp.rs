@@ -21,9 +21,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeline_store::throttle::Throttle;
+
+use crate::budget::{self, AddressBudget};
 use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
@@ -61,18 +63,22 @@ impl Default for TftpLimits {
     }
 }
 
+impl TftpLimits {
+    /// The request budget of each address; `Err` says which flag is wrong.
+    pub fn quota(&self) -> Result<governor::Quota, String> {
+        budget::quota(self.burst, self.per_second).map_err(|e| format!("--tftp-burst/--tftp-requests-per-s: {e}"))
+    }
+}
+
 /// Each address's request budget and transfers in flight.
 struct Admission {
     limits: TftpLimits,
+    budget: AddressBudget,
     slots: Arc<Semaphore>,
-    peers: Mutex<HashMap<IpAddr, Peer>>,
+    /// Transfers in flight per address; an address leaves the map with its
+    /// last transfer, so the map is no bigger than the transfers in flight.
+    in_flight: Mutex<HashMap<IpAddr, usize>>,
     dropped: Throttle,
-}
-
-struct Peer {
-    tokens: f64,
-    at: Instant,
-    in_flight: usize,
 }
 
 /// A transfer's place: freed when dropped.
@@ -84,55 +90,46 @@ struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut peers = self.admission.peers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = peers.get_mut(&self.ip) {
-            p.in_flight -= 1;
+        let mut in_flight = self.admission.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.ip);
+            }
         }
     }
 }
 
 impl Admission {
-    fn new(limits: TftpLimits) -> Arc<Admission> {
-        Arc::new(Admission {
+    fn new(limits: TftpLimits) -> Result<Arc<Admission>, String> {
+        Ok(Arc::new(Admission {
+            budget: AddressBudget::new(limits.quota()?),
             slots: Arc::new(Semaphore::new(limits.max_transfers)),
             limits,
-            peers: Mutex::default(),
+            in_flight: Mutex::default(),
             dropped: Throttle::new(),
-        })
+        }))
     }
 
     /// A place for a transfer to `ip`, or None (the request gets no answer).
     fn admit(self: &Arc<Admission>, ip: IpAddr) -> Option<Admitted> {
-        let now = Instant::now();
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        // Forget the addresses whose budget is full again.
-        if peers.len() > 4096 {
-            let full = |p: &Peer| {
-                p.in_flight == 0
-                    && p.tokens + now.duration_since(p.at).as_secs_f64() * self.limits.per_second
-                        >= f64::from(self.limits.burst)
-            };
-            peers.retain(|_, p| !full(p));
-        }
-        let p = peers.entry(ip).or_insert(Peer { tokens: f64::from(self.limits.burst), at: now, in_flight: 0 });
-        p.tokens = (p.tokens + now.duration_since(p.at).as_secs_f64() * self.limits.per_second)
-            .min(f64::from(self.limits.burst));
-        p.at = now;
-        let why = if p.tokens < 1.0 {
+        let why = if !self.budget.take(ip) {
             "more requests than --tftp-burst/--tftp-requests-per-s allow"
-        } else if p.in_flight >= self.limits.max_transfers_per_ip {
-            "as many transfers in flight as --tftp-max-transfers-per-ip allows"
         } else {
-            match self.slots.clone().try_acquire_owned() {
-                Ok(slot) => {
-                    p.tokens -= 1.0;
-                    p.in_flight += 1;
-                    return Some(Admitted { admission: self.clone(), ip, _slot: slot });
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let mine = in_flight.get(&ip).copied().unwrap_or(0);
+            if mine >= self.limits.max_transfers_per_ip {
+                "as many transfers in flight as --tftp-max-transfers-per-ip allows"
+            } else {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        *in_flight.entry(ip).or_insert(0) += 1;
+                        return Some(Admitted { admission: self.clone(), ip, _slot: slot });
+                    }
+                    Err(_) => "as many transfers in flight as --tftp-max-transfers allows",
                 }
-                Err(_) => "as many transfers in flight as --tftp-max-transfers allows",
             }
         };
-        drop(peers);
         self.dropped.hit(|more| {
             warn!(
                 "tftp: a request from {ip} dropped: {why} (raise it if these are your machines booting; \
@@ -145,7 +142,10 @@ impl Admission {
 
 /// Serves `root` on `socket` until the process ends, within `limits`.
 pub async fn serve(socket: UdpSocket, root: PathBuf, limits: TftpLimits) {
-    let admission = Admission::new(limits);
+    let admission = match Admission::new(limits) {
+        Ok(a) => a,
+        Err(e) => return tracing::error!("tftp: not serving: {e}"),
+    };
     let mut buf = vec![0u8; 1500];
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {

@@ -3,7 +3,9 @@
 //! idle connections stayed open for good). Attackers over real sockets on
 //! loopback: a slow head, a huge head, too many connections from one
 //! address; a legitimate request from another address still gets its
-//! script.
+//! script. And the MAC sweep of finding 1: scripts by MAC address tell a
+//! known MAC from an unknown one by nothing, and are rationed per address
+//! and in all.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -18,6 +20,10 @@ const LIMITS: HttpLimits = HttpLimits {
     max_connections_per_ip: 2,
     head_timeout: Duration::from_secs(1),
     max_time: Duration::from_secs(30),
+    script_burst: 3,
+    scripts_per_s: 0.01,
+    scripts_total_burst: 5,
+    scripts_total_per_s: 0.01,
 };
 
 async fn server() -> (tempfile::TempDir, SocketAddr) {
@@ -47,9 +53,47 @@ fn read_all(mut s: TcpStream) -> String {
 }
 
 fn get_script(from: [u8; 4], to: SocketAddr) -> String {
+    get(from, to, "/boot.ipxe")
+}
+
+fn get(from: [u8; 4], to: SocketAddr, path: &str) -> String {
     let mut s = connect(from, to);
-    s.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: boot\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: boot\r\n\r\n").unwrap();
     read_all(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_by_mac_tell_nothing_and_are_rationed() {
+    let (store, addr) = server().await;
+    {
+        let mut db = lifeline_store::Db::open(store.path()).unwrap();
+        let pc1 = lifeline_core::credential::MachineName::new("pc1").unwrap();
+        db.add_machine(&pc1, &[7; 32], "").unwrap();
+        db.set_mac(&pc1, Some("52:54:00:00:00:01")).unwrap();
+    }
+    tokio::task::spawn_blocking(move || {
+        let body = |answer: String| answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(answer);
+        // 127.0.0.3 (LIMITS: a burst of 3 each, 5 in all): a known MAC with
+        // no media and two unknown ones get the very same answer.
+        let known = body(get([127, 0, 0, 3], addr, "/ipxe/52%3A54%3A00%3A00%3A00%3A01"));
+        assert!(known.contains("no boot media is armed") && !known.contains("pc1"), "{known}");
+        for mac in ["52:54:00:00:00:02", "02:00:00:00:00:01"] {
+            assert_eq!(body(get([127, 0, 0, 3], addr, &format!("/ipxe/{mac}"))), known, "unknown MAC {mac}");
+        }
+        // Past its burst, the address is told to come back, with no lookup.
+        let busy = body(get([127, 0, 0, 3], addr, "/ipxe/52:54:00:00:00:01"));
+        assert!(busy.contains("busy") && busy.contains("chain http://boot/ipxe/${net0/mac}"), "{busy}");
+        // Another address has its own budget, until the total is spent.
+        for _ in 0..2 {
+            assert_eq!(body(get([127, 0, 0, 4], addr, "/ipxe/52:54:00:00:00:03")), known);
+        }
+        assert!(body(get([127, 0, 0, 4], addr, "/ipxe/52:54:00:00:00:03")).contains("busy"));
+        assert!(body(get([127, 0, 0, 5], addr, "/ipxe/52:54:00:00:00:03")).contains("busy"), "the total is spent");
+        // The chain script is not rationed.
+        assert!(get_script([127, 0, 0, 3], addr).contains("chain http://boot/ipxe/"));
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -159,19 +159,99 @@ pub fn send_signature(
     }
     let per_msg = ((SIG_MSG_BYTES / (4 + sl as usize)) as u64).min((SIG_MSG_SPAN / bl as u64).max(1)).max(1);
     let mut header = Some(SignatureHeader { block_len: bl, strong_len: sl, base_len, base_token: base_token(st) });
-    let mut reader: &File = file;
-    let mut left = base_len;
+    let zero = ZeroBlock::new(bl, sl as u8);
+    let mut at = 0;
     loop {
-        let span = left.min(per_msg * bl as u64);
-        let sig = Signature::compute((&mut reader).take(span), span, bl, sl as u8)?;
-        left -= span;
-        let msg = SignatureChunk { header: header.take(), weak: sig.weak, strong: sig.strong };
+        let span = (base_len - at).min(per_msg * bl as u64);
+        let (weak, strong) = span_signature(file, at, span, &zero)?;
+        at += span;
+        let left = base_len - at;
+        let msg = SignatureChunk { header: header.take(), weak, strong };
         if !send(msg) {
             return Ok(());
         }
         if left == 0 {
             return Ok(());
         }
+    }
+}
+
+/// The hashes of a block of zeros, computed once per signature.
+struct ZeroBlock {
+    block_len: u32,
+    strong_len: u8,
+    weak: u32,
+    strong: Vec<u8>,
+}
+
+impl ZeroBlock {
+    fn new(block_len: u32, strong_len: u8) -> ZeroBlock {
+        let sig = Signature::compute(io::repeat(0), block_len.into(), block_len, strong_len)
+            .expect("the parameters were checked");
+        ZeroBlock { block_len, strong_len, weak: sig.weak[0], strong: sig.strong }
+    }
+}
+
+/// The block hashes of `span` bytes of `file` from `start` (a multiple of
+/// the block length; `span` too, but at the end of the file).
+///
+/// The holes of a sparse file are not read: whole blocks in a hole
+/// (`SEEK_DATA`) get the hashes of a block of zeros, so that a signature
+/// costs what the file holds, not its apparent size (a 1 TiB sparse file
+/// with 4 KiB of data cost 13 h before). A filesystem without hole
+/// reporting says all is data, and everything is read, as before.
+fn span_signature(file: &File, start: u64, span: u64, zero: &ZeroBlock) -> io::Result<(Vec<u32>, Vec<u8>)> {
+    let bl = u64::from(zero.block_len);
+    let end = start + span;
+    let blocks = span.div_ceil(bl) as usize;
+    let mut weak = Vec::with_capacity(blocks);
+    let mut strong = Vec::with_capacity(blocks * zero.strong.len());
+    let mut at = start;
+    while at < end {
+        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+            Ok(d) => d.min(end),
+            Err(Errno::NXIO) => end, // nothing but a hole up to the end of the file
+            Err(e) => return Err(e.into()),
+        };
+        // The whole blocks before the data are zeros (a partial last block
+        // is hashed as read, below).
+        let zeros = (data - at) / bl;
+        for _ in 0..zeros {
+            weak.push(zero.weak);
+            strong.extend_from_slice(&zero.strong);
+        }
+        at += zeros * bl;
+        if at >= end {
+            break;
+        }
+        // Read from here to the block that holds the end of the data.
+        let hole = match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data.max(at))) {
+            Ok(h) => h.min(end),
+            Err(Errno::NXIO) => end,
+            Err(e) => return Err(e.into()),
+        };
+        let stop = (at + (hole - at).div_ceil(bl) * bl).clamp(at + 1, end);
+        let sig =
+            Signature::compute(Positioned { file, at }.take(stop - at), stop - at, zero.block_len, zero.strong_len)?;
+        weak.extend(sig.weak);
+        strong.extend(sig.strong);
+        at = stop;
+    }
+    Ok((weak, strong))
+}
+
+/// Reads `file` from `at` with `pread`: the signature seeks for holes, so
+/// the file's own offset is not to be relied on.
+struct Positioned<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Read for Positioned<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
     }
 }
 
