@@ -86,3 +86,68 @@ fn entry(path: Vec<u8>, kind: tree_entry::Kind, e: tree::Entry) -> TreeEntry {
         symlink_target: e.symlink_target.map(|t| t.into_encoded_bytes()).unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeline_core::credential::MachineName;
+    use lifeline_store::StoreLayout;
+    use std::time::Instant;
+
+    /// What a `ListTree` of 100,000 files costs (100 directories of 1,000
+    /// plain files, on the filesystem of the temporary directory), and what
+    /// one extended-attribute read per file would add to it. Run with
+    /// `cargo test --release -p lifeline-mirror list_cost -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn list_cost() {
+        let store =
+            tempfile::tempdir_in(std::env::var_os("LIST_COST_DIR").unwrap_or_else(|| "/var/tmp".into())).unwrap();
+        let mirror = Mirror::open(&StoreLayout::new(store.path()), &MachineName::new("m").unwrap()).unwrap();
+        let top = mirror.path().join("t");
+        for d in 0..100 {
+            let dir = top.join(format!("d{d:03}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..1000 {
+                std::fs::write(dir.join(format!("f{f:04}")), b"x").unwrap();
+            }
+        }
+        let mut best = std::time::Duration::MAX;
+        let mut n = 0;
+        for _ in 0..7 {
+            n = 0;
+            let t = Instant::now();
+            stream(&mirror, b"t", |m| {
+                n += m.entries.len();
+                true
+            })
+            .unwrap();
+            best = best.min(t.elapsed());
+        }
+        assert_eq!(n, 100_100);
+        eprintln!("ListTree of {n} entries: best of 7 {best:?}");
+        // One xattr read per file, by descriptor from its directory's (what
+        // a listing without a hint would do, getxattrat(2) being 6.13+).
+        let mut best = std::time::Duration::MAX;
+        for _ in 0..7 {
+            let t = Instant::now();
+            for d in 0..100 {
+                let dir = open_beneath(
+                    mirror.root(),
+                    format!("t/d{d:03}").as_str(),
+                    OFlags::RDONLY | OFlags::DIRECTORY,
+                    Mode::empty(),
+                )
+                .unwrap();
+                for f in 0..1000 {
+                    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+                    let fd = open_beneath(dir.as_fd(), format!("f{f:04}").as_str(), flags, Mode::empty()).unwrap();
+                    let r = rustix::fs::fgetxattr(&fd, "user.lifeline.mode", &mut [0u8; 16][..]);
+                    assert_eq!(r.err(), Some(Errno::NODATA));
+                }
+            }
+            best = best.min(t.elapsed());
+        }
+        eprintln!("open + fgetxattr per file, {n} files: best of 7 {best:?}");
+    }
+}
