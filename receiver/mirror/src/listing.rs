@@ -10,6 +10,7 @@ use rustix::io::Errno;
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 
+use crate::attrs::original_mode_at;
 use crate::safepath::{open_beneath, Mirror};
 
 /// Largest number of entries in one `TreeEntries` message.
@@ -46,7 +47,11 @@ pub fn stream(mirror: &Mirror, root: &[u8], mut send: impl FnMut(TreeEntries) ->
                 if e.kind == Kind::Dir {
                     queue.push_back(path.clone());
                 }
-                msg.entries.push(entry(path, kind, e));
+                // The mode the machine sent, not the one without setuid and
+                // setgid bits that the entry has: the agent compares modes.
+                // Costs an xattr read only for entries with the hint.
+                let mode = original_mode_at(fd.as_fd(), e.rel.as_os_str(), e.mode | kind_bits(e.kind))?;
+                msg.entries.push(entry(path, kind, mode, e));
                 if msg.entries.len() >= LIST_CHUNK && !send(std::mem::take(&mut msg)) {
                     return Ok(());
                 }
@@ -69,20 +74,25 @@ fn wire_kind(k: Kind) -> Option<tree_entry::Kind> {
     }
 }
 
-fn entry(path: Vec<u8>, kind: tree_entry::Kind, e: tree::Entry) -> TreeEntry {
+/// The file-type bits of `st_mode` for `k` (a listing's entries keep only
+/// `mode & 0o7777`).
+fn kind_bits(k: Kind) -> u32 {
+    match k {
+        Kind::File => libc::S_IFREG,
+        Kind::Dir => libc::S_IFDIR,
+        Kind::Symlink => libc::S_IFLNK,
+        Kind::Other => 0,
+    }
+}
+
+fn entry(path: Vec<u8>, kind: tree_entry::Kind, mode: u32, e: tree::Entry) -> TreeEntry {
     let linked = kind == tree_entry::Kind::File && e.nlink > 1;
     TreeEntry {
         link_id: if linked { e.ino } else { 0 },
         path,
         kind: kind as i32,
         size: e.size,
-        attr: Some(Attr {
-            mode: e.mode,
-            mtime_sec: e.mtime_sec,
-            mtime_nsec: e.mtime_nsec,
-            uid: Some(e.uid),
-            gid: Some(e.gid),
-        }),
+        attr: Some(Attr { mode, mtime_sec: e.mtime_sec, mtime_nsec: e.mtime_nsec, uid: Some(e.uid), gid: Some(e.gid) }),
         symlink_target: e.symlink_target.map(|t| t.into_encoded_bytes()).unwrap_or_default(),
     }
 }

@@ -120,7 +120,8 @@ impl MirrorService {
     /// The mirrors under `<store>/mirror/` (`store` as the receiver
     /// canonicalised it), with `auth` deciding which
     /// machine a request speaks for. Creates the directory if missing and
-    /// checks the kernel can resolve paths safely (openat2).
+    /// checks the kernel can resolve paths safely (openat2) and the
+    /// filesystem has user xattrs (where setuid/setgid modes are kept).
     pub fn new(
         store: &StoreLayout,
         auth: Arc<dyn Authenticator>,
@@ -128,6 +129,7 @@ impl MirrorService {
     ) -> anyhow::Result<MirrorService> {
         create_private_dir_all(&store.mirrors())?;
         probe_openat2(&store.mirrors())?;
+        crate::attrs::probe_user_xattrs(&store.mirrors())?;
         Ok(MirrorService {
             inner: Arc::new(Inner {
                 store: store.clone(),
