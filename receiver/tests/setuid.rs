@@ -131,3 +131,40 @@ async fn a_machine_cannot_plant_setuid_files_on_the_receiver() {
     assert_eq!(modes, want);
     running.stop().await.unwrap();
 }
+
+/// What a receiver from before the fix stored loses its bits when a fixed
+/// one starts, and is listed with them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bits_stored_before_the_fix_are_taken_off_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let store = tempfile::tempdir().unwrap();
+    let token = register(store.path(), "pc1").token();
+    let srv = store.path().join("mirror/pc1/srv");
+    std::fs::create_dir_all(srv.join("shared")).unwrap();
+    std::fs::write(srv.join("su"), b"old").unwrap();
+    std::fs::set_permissions(srv.join("su"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::set_permissions(srv.join("shared"), std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let removed = store.path().join("removed/old-1/mirror");
+    std::fs::create_dir_all(&removed).unwrap();
+    std::fs::write(removed.join("sg"), b"old").unwrap();
+    std::fs::set_permissions(removed.join("sg"), std::fs::Permissions::from_mode(0o2755)).unwrap();
+
+    let running = lifeline_receiver::spawn("127.0.0.1:0", store.path()).await.unwrap();
+    let found = privileged(store.path());
+    assert!(found.is_empty(), "setuid/setgid entries in the store: {found:?}");
+    let mut client = ReplicationClient::connect(running.url()).await.unwrap();
+    let mut stream = client
+        .list_tree(with_credential(ListTreeRequest { roots: vec![b"srv".to_vec()] }, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut modes = std::collections::BTreeMap::new();
+    while let Some(msg) = tokio::time::timeout(TIMEOUT, stream.message()).await.unwrap().unwrap() {
+        for e in msg.entries {
+            modes.insert(String::from_utf8(e.path).unwrap(), e.attr.unwrap().mode);
+        }
+    }
+    assert_eq!(modes.get("srv/su"), Some(&0o4755));
+    assert_eq!(modes.get("srv/shared"), Some(&0o2770));
+    running.stop().await.unwrap();
+}

@@ -554,10 +554,31 @@ fn a_kept_mode_the_entry_does_not_match_is_ignored() {
     let root = f.root();
     f.op(b"d/a", data(b"x", 0o644)).unwrap();
     f.op(b"d/b", data(b"x", 0o1755)).unwrap();
-    for (name, kept) in [("d/a", "4755"), ("d/b", "2700"), ("d/b", "garbage")] {
+    for (name, kept) in [("d/a", "4755"), ("d/b", "2700"), ("d/b", "garbage"), ("d/a", "4755")] {
         rustix::fs::setxattr(root.join(name), crate::MODE_XATTR, kept.as_bytes(), rustix::fs::XattrFlags::empty())
             .unwrap();
         let modes = listed_modes(f.applier.mirror(), b"d");
         assert_eq!((modes["d/a"], modes["d/b"]), (0o644, 0o1755), "{name}: {kept}");
     }
+    // The machine's own sticky bit later gives `d/a` the hint: its stale
+    // kept mode must not come back to life.
+    f.op(b"d/a", op::Kind::Setattr(SetAttr { attr: Some(attr(0o1755, 1)) })).unwrap();
+    assert_eq!(listed_modes(f.applier.mirror(), b"d")["d/a"], 0o1755);
+    assert_eq!(kept_mode(&root.join("d/a")), None);
+}
+
+#[test]
+fn bits_stored_before_the_fix_are_taken_off_and_kept() {
+    let f = Fixture::new();
+    let root = f.root();
+    fs::create_dir_all(root.join("old/dir")).unwrap();
+    fs::write(root.join("old/su"), b"x").unwrap();
+    fs::set_permissions(root.join("old/su"), fs::Permissions::from_mode(0o4750)).unwrap();
+    fs::set_permissions(root.join("old/dir"), fs::Permissions::from_mode(0o2775)).unwrap();
+    symlink("su", root.join("old/link")).unwrap();
+    assert_eq!(crate::attrs::strip_stored_bits(&root).unwrap(), 2);
+    assert_no_privileged_bits(&root);
+    let modes = listed_modes(f.applier.mirror(), b"old");
+    assert_eq!((modes["old/su"], modes["old/dir"]), (0o4750, 0o2775));
+    assert_eq!(crate::attrs::strip_stored_bits(&root).unwrap(), 0, "nothing left");
 }

@@ -156,8 +156,10 @@ pub(crate) fn set_mode(fd: BorrowedFd<'_>, mode: u32, now: u32) -> OpResult {
         let value = format!("{:o}", mode & 0o7777);
         with_owner_write(fd, now, || fsetxattr(fd, MODE_XATTR, value.as_bytes(), XattrFlags::empty()))
             .map_err(|e| xattr_error(e, "keep the setuid/setgid mode"))?;
-    } else if now & HINT != 0 {
-        // Whatever the xattr holds is no longer true.
+    } else if (now | want) & HINT != 0 {
+        // Whatever the xattr holds is no longer true; and one a crash left
+        // on an entry without the hint must not become true again when the
+        // machine's own sticky bit gives it the hint.
         match with_owner_write(fd, now, || fremovexattr(fd, MODE_XATTR)) {
             Ok(()) | Err(Errno::NODATA) => {}
             Err(e) => return Err(xattr_error(e, "remove the kept mode")),
@@ -268,4 +270,38 @@ fn set_symlink_attr(dir: BorrowedFd<'_>, name: &OsStr, attr: &Attr, with_mtime: 
         utimensat(dir, name, &mtime(attr)?, AtFlags::SYMLINK_NOFOLLOW).ctx("set mtime")?;
     }
     Ok(())
+}
+
+/// Gives every entry under `dir` that still has S_ISUID or S_ISGID (written
+/// by a receiver from before they were kept out of mirrors) what
+/// [`set_mode`] would have: the bits off, its mode in [`MODE_XATTR`].
+/// Returns how many. Meant to run once, before any stream is served (it
+/// walks the tree by path; each entry is opened beneath `dir`, never
+/// through a symlink).
+pub fn strip_stored_bits(dir: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let top = rustix::fs::open(dir, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .with_context(|| format!("open {}", dir.display()))?;
+    let mut stripped = 0;
+    for e in lifeline_core::tree::scan(dir).with_context(|| format!("walk {}", dir.display()))? {
+        if e.mode & PRIVILEGED == 0
+            || !matches!(e.kind, lifeline_core::tree::Kind::File | lifeline_core::tree::Kind::Dir)
+        {
+            continue;
+        }
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let path = dir.join(&e.rel);
+        let fd = match open_beneath(top.as_fd(), e.rel.as_path(), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => continue,
+            Err(err) => return Err(err).with_context(|| format!("open {}", path.display())),
+        };
+        let now = fstat(&fd).with_context(|| format!("stat {}", path.display()))?.st_mode & 0o7777;
+        set_mode(fd.as_fd(), now, now).map_err(|err| anyhow::anyhow!("{}: {err}", path.display()))?;
+        stripped += 1;
+    }
+    Ok(stripped)
 }
