@@ -168,3 +168,28 @@ async fn bits_stored_before_the_fix_are_taken_off_at_start() {
     assert_eq!(modes.get("srv/shared"), Some(&0o2770));
     running.stop().await.unwrap();
 }
+
+/// A store on a filesystem without user xattrs (ramfs here, in a mount
+/// namespace of its own) is refused at start, saying what to do: the
+/// receiver could neither keep setuid bits off its files nor remember them.
+#[test]
+fn a_store_without_user_xattrs_is_refused_at_start() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a ramfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "mount -t ramfs ramfs {dir} && exec timeout 20 {bin} --store {dir}/store --listen 127.0.0.1:0 serve",
+        dir = dir.path().display(),
+        bin = env!("CARGO_BIN_EXE_lifeline-receiver"),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("must support user extended attributes") && stderr.contains("user_xattr"), "{stderr}");
+}
