@@ -207,6 +207,76 @@ fn names_of_one_file_split_in_the_mirror_are_linked_again() {
     rig.assert_identical(SYNC_TIMEOUT, "a write through one name of a relinked file");
 }
 
+/// (d'') Setuid and setgid entries of the watched tree reach the mirror
+/// without those bits (issue 14, finding 7: the receiver host must never
+/// hold a setuid-root binary a machine sent), and the agent, whose
+/// reconciliation compares modes with `ListTree`'s, does not send them
+/// again and again: the listing reports the modes the machine has.
+#[test]
+fn setuid_files_reach_the_mirror_stripped_and_are_not_sent_again() {
+    use lifeline_core::tree::{compare, scan, CompareOptions};
+    preflight(TOOLS);
+    let mut rig = Rig::new("setuid", ScratchFs::ext4(128));
+    let (src, m) = (rig.src.clone(), rig.mirror.clone());
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::create_dir_all(src.join("shared/sub")).unwrap();
+    for (name, mode) in [("bin/su", 0o4755), ("bin/wall", 0o2755), ("bin/both", 0o6711), ("shared/sub/f", 0o644)] {
+        fs::write(src.join(name), format!("{name} contents")).unwrap();
+        fs::set_permissions(src.join(name), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::set_permissions(src.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+
+    rig.start_agent_with(&["--reconcile-every-s", "1"]);
+    rig.wait_ready();
+    // Contents and kinds identical; modes differ on disk by design.
+    let same = wait_until(SYNC_TIMEOUT, || {
+        m.is_dir() && compare(&src, &m, CompareOptions { mode: false, mtime: false }).is_ok_and(|d| d.is_empty())
+    });
+    if !same {
+        rig.fail("the mirror's contents never matched the source's");
+    }
+    // A setuid file written while the agent runs, by the real-time path.
+    fs::write(src.join("bin/later"), b"later").unwrap();
+    fs::set_permissions(src.join("bin/later"), fs::Permissions::from_mode(0o4750)).unwrap();
+    if !wait_until(SYNC_TIMEOUT, || m.join("bin/later").exists()) {
+        rig.fail("bin/later never reached the mirror");
+    }
+    // Settled: the agent acknowledged everything.
+    rig.wait_agent("everything acknowledged", SYNC_TIMEOUT, |s| s.queue_depth == 0 && s.unacked_changes == 0);
+
+    let store = rig.dir.path().join("store");
+    let privileged: Vec<String> = scan(&store)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.mode & 0o6000 != 0)
+        .map(|e| format!("{} {:o}", e.rel.display(), e.mode))
+        .collect();
+    if !privileged.is_empty() {
+        rig.fail(&format!("setuid/setgid entries in the receiver's store: {privileged:?}"));
+    }
+
+    // Reconciliations compare modes with the listing's: none sends a file
+    // again. (Each sends the watched root, whose own mode no listing holds:
+    // one op and one path per pass.)
+    let log = rig.agent_log();
+    let before = rig.agent().status();
+    let queued_before = lifeline_tests::log_lines(&log, "reconciliation queued").len();
+    rig.wait_agent("three more reconciliations", SYNC_TIMEOUT, |s| s.reconciliations >= before.reconciliations + 3);
+    let after = rig.agent().status();
+    let passes = after.reconciliations - before.reconciliations;
+    let queued: Vec<String> = lifeline_tests::log_lines(&log, "reconciliation queued")
+        .into_iter()
+        .skip(queued_before)
+        .filter(|l| !l.contains("queued 0 paths") && !l.contains("queued 1 paths"))
+        .collect();
+    if after.ops_sent - before.ops_sent > passes || !queued.is_empty() {
+        rig.fail(&format!(
+            "reconciliation sent setuid files again: {passes} passes sent {} ops; {queued:?}",
+            after.ops_sent - before.ops_sent
+        ));
+    }
+}
+
 /// Sleeps until just after the next wall-clock second begins, so a short
 /// burst fits within one second of mtime.
 fn align_to_second() {

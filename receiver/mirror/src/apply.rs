@@ -307,7 +307,7 @@ impl Applier {
             file.set_len(d.size).ctx("set length")?;
         }
         if let Some(attr) = &d.attr {
-            set_attr_known(file.as_fd(), attr, &st)?;
+            set_attr_known(file.as_fd(), attr, &st, true)?;
         }
         Ok(())
     }
@@ -495,4 +495,4 @@ impl Applier {
 
 #[cfg(test)]
 #[path = "apply_tests.rs"]
-mod tests;
+pub(crate) mod tests;

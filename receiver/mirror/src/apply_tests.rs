@@ -354,8 +354,10 @@ fn ownership_is_applied() {
     assert_eq!(md.len(), 3);
     if rustix::process::geteuid().is_root() {
         assert_eq!((md.uid(), md.gid()), (1234, 5678));
-        // chown came before chmod, so setuid survived.
-        assert_eq!(md.permissions().mode() & 0o7777, 0o4755);
+        // Setuid never reaches a file owned by someone else in the
+        // mirror, and is still what the listing reports.
+        assert_eq!(md.permissions().mode() & 0o7777, 0o1755);
+        assert_eq!(kept_mode(&f.root().join("f")).as_deref(), Some("4755"));
         f.op(b"l", symlink_op(b"f")).unwrap();
         f.op(b"l", op::Kind::Setattr(SetAttr { attr: Some(a) })).unwrap();
         let md = fs::symlink_metadata(f.root().join("l")).unwrap();
@@ -436,4 +438,147 @@ fn directories_made_for_ops_that_came_first_are_reported() {
     let batch = OpBatch { ops: vec![Op { seq: 10, path: b"k/l".to_vec(), kind: Some(data(b"4", 0o644)), origin: 0 }] };
     let ack = f.applier.apply_batch(&batch, &|| false).unwrap();
     assert_eq!(ack.implied_dirs, [b"k".to_vec()]);
+}
+
+/// The modes `ListTree` reports for everything under `root`, by wire path.
+pub(crate) fn listed_modes(mirror: &Mirror, root: &[u8]) -> std::collections::BTreeMap<String, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    crate::listing::stream(mirror, root, |m| {
+        for e in m.entries {
+            out.insert(String::from_utf8(e.path).unwrap(), e.attr.unwrap().mode);
+        }
+        true
+    })
+    .unwrap();
+    out
+}
+
+/// The mode kept in the xattr of `p`, if any.
+pub(crate) fn kept_mode(p: &Path) -> Option<String> {
+    let mut buf = [0u8; 16];
+    match rustix::fs::getxattr(p, crate::MODE_XATTR, &mut buf[..]) {
+        Ok(n) => Some(String::from_utf8(buf[..n].to_vec()).unwrap()),
+        Err(rustix::io::Errno::NODATA) => None,
+        Err(e) => panic!("getxattr {}: {e}", p.display()),
+    }
+}
+
+pub(crate) fn disk_mode_of(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// No entry of the tree at `root` has a setuid or setgid bit.
+pub(crate) fn assert_no_privileged_bits(root: &Path) {
+    for e in lifeline_core::tree::scan(root).unwrap() {
+        assert_eq!(e.mode & 0o6000, 0, "{} has mode {:o} in the mirror", e.rel.display(), e.mode);
+    }
+}
+
+#[test]
+fn setuid_files_are_stored_without_the_bit_and_listed_with_it() {
+    let mut f = Fixture::new();
+    let root = f.root();
+    f.op(b"bin/su", data(b"#!/bin/true\n", 0o4755)).unwrap();
+    f.op(b"bin/wall", data(b"wall", 0o2755)).unwrap();
+    assert_no_privileged_bits(&root);
+    assert_eq!(disk_mode_of(&root.join("bin/su")), 0o1755, "stripped, with the hint");
+    assert_eq!(kept_mode(&root.join("bin/su")).as_deref(), Some("4755"));
+    assert_eq!(kept_mode(&root.join("bin/wall")).as_deref(), Some("2755"));
+    let modes = listed_modes(f.applier.mirror(), b"bin");
+    assert_eq!(modes["bin/su"], 0o4755);
+    assert_eq!(modes["bin/wall"], 0o2755);
+
+    // Rewritten whole, with the same mode: still stripped, still listed.
+    f.op(b"bin/su", data(b"#!/bin/false\n", 0o4755)).unwrap();
+    assert_no_privileged_bits(&root);
+    assert_eq!(listed_modes(f.applier.mirror(), b"bin")["bin/su"], 0o4755);
+
+    // A chmod that clears the bits removes the kept mode.
+    f.op(b"bin/su", op::Kind::Setattr(SetAttr { attr: Some(attr(0o755, 1)) })).unwrap();
+    assert_eq!(disk_mode_of(&root.join("bin/su")), 0o755);
+    assert_eq!(kept_mode(&root.join("bin/su")), None);
+    assert_eq!(listed_modes(f.applier.mirror(), b"bin")["bin/su"], 0o755);
+    // And one that sets them again keeps it again.
+    f.op(b"bin/su", op::Kind::Setattr(SetAttr { attr: Some(attr(0o6711, 1)) })).unwrap();
+    assert_no_privileged_bits(&root);
+    assert_eq!(listed_modes(f.applier.mirror(), b"bin")["bin/su"], 0o6711);
+
+    // The kept mode follows the file through renames and links.
+    f.op(b"bin/su", rename(b"bin/su2", false)).unwrap();
+    f.op(b"bin/su2", link(b"bin/su3")).unwrap();
+    let modes = listed_modes(f.applier.mirror(), b"bin");
+    assert_eq!((modes["bin/su2"], modes["bin/su3"]), (0o6711, 0o6711));
+    assert_no_privileged_bits(&root);
+}
+
+#[test]
+fn setgid_directories_are_stored_without_the_bit_and_listed_with_it() {
+    let mut f = Fixture::new();
+    let root = f.root();
+    f.op(b"srv", mkdir(0o755)).unwrap();
+    f.op(b"srv/shared", mkdir(0o2775)).unwrap();
+    // A directory made inside would inherit a setgid bit from its parent.
+    f.op(b"srv/shared/sub", mkdir(0o775)).unwrap();
+    f.op(b"srv/shared/f", data(b"x", 0o664)).unwrap();
+    assert_no_privileged_bits(&root);
+    let modes = listed_modes(f.applier.mirror(), b"srv");
+    assert_eq!(modes["srv/shared"], 0o2775);
+    assert_eq!(modes["srv/shared/sub"], 0o775);
+    assert_eq!(modes["srv/shared/f"], 0o664);
+    f.op(b"srv/shared", mkdir(0o775)).unwrap();
+    assert_eq!(kept_mode(&root.join("srv/shared")), None);
+    assert_eq!(disk_mode_of(&root.join("srv/shared")), 0o775);
+    assert_eq!(listed_modes(f.applier.mirror(), b"srv")["srv/shared"], 0o775);
+}
+
+#[test]
+fn a_machines_own_sticky_modes_are_kept_as_they_are() {
+    let mut f = Fixture::new();
+    let root = f.root();
+    f.op(b"tmp", mkdir(0o1777)).unwrap();
+    f.op(b"tmp/f", data(b"x", 0o1644)).unwrap();
+    assert_eq!(disk_mode_of(&root.join("tmp")), 0o1777);
+    assert_eq!(kept_mode(&root.join("tmp")), None);
+    let modes = listed_modes(f.applier.mirror(), b"tmp");
+    assert_eq!(modes["tmp/f"], 0o1644);
+    // Setuid and sticky both: kept whole.
+    f.op(b"tmp/f", op::Kind::Setattr(SetAttr { attr: Some(attr(0o5755, 1)) })).unwrap();
+    assert_eq!(disk_mode_of(&root.join("tmp/f")), 0o1755);
+    assert_eq!(listed_modes(f.applier.mirror(), b"tmp")["tmp/f"], 0o5755);
+}
+
+#[test]
+fn a_kept_mode_the_entry_does_not_match_is_ignored() {
+    // What a crash between the xattr and the chmod of `set_mode` leaves.
+    let mut f = Fixture::new();
+    let root = f.root();
+    f.op(b"d/a", data(b"x", 0o644)).unwrap();
+    f.op(b"d/b", data(b"x", 0o1755)).unwrap();
+    for (name, kept) in [("d/a", "4755"), ("d/b", "2700"), ("d/b", "garbage"), ("d/a", "4755")] {
+        rustix::fs::setxattr(root.join(name), crate::MODE_XATTR, kept.as_bytes(), rustix::fs::XattrFlags::empty())
+            .unwrap();
+        let modes = listed_modes(f.applier.mirror(), b"d");
+        assert_eq!((modes["d/a"], modes["d/b"]), (0o644, 0o1755), "{name}: {kept}");
+    }
+    // The machine's own sticky bit later gives `d/a` the hint: its stale
+    // kept mode must not come back to life.
+    f.op(b"d/a", op::Kind::Setattr(SetAttr { attr: Some(attr(0o1755, 1)) })).unwrap();
+    assert_eq!(listed_modes(f.applier.mirror(), b"d")["d/a"], 0o1755);
+    assert_eq!(kept_mode(&root.join("d/a")), None);
+}
+
+#[test]
+fn bits_stored_before_the_fix_are_taken_off_and_kept() {
+    let f = Fixture::new();
+    let root = f.root();
+    fs::create_dir_all(root.join("old/dir")).unwrap();
+    fs::write(root.join("old/su"), b"x").unwrap();
+    fs::set_permissions(root.join("old/su"), fs::Permissions::from_mode(0o4750)).unwrap();
+    fs::set_permissions(root.join("old/dir"), fs::Permissions::from_mode(0o2775)).unwrap();
+    symlink("su", root.join("old/link")).unwrap();
+    assert_eq!(crate::attrs::strip_stored_bits(&root).unwrap(), 2);
+    assert_no_privileged_bits(&root);
+    let modes = listed_modes(f.applier.mirror(), b"old");
+    assert_eq!((modes["old/su"], modes["old/dir"]), (0o4750, 0o2775));
+    assert_eq!(crate::attrs::strip_stored_bits(&root).unwrap(), 0, "nothing left");
 }

@@ -57,7 +57,7 @@ use lifeline_core::credential::MachineName;
 use lifeline_store::private::open_record;
 use lifeline_store::StoreLayout;
 
-use crate::attrs::set_attr_known;
+use crate::attrs::{original_mode_fd, set_attr_known};
 use crate::op_error::Context;
 use crate::safepath::{open_beneath, split, Mirror};
 
@@ -363,6 +363,9 @@ struct OpenDelta {
     dir_wire: Vec<u8>,
     name: OsString,
     st: Stat,
+    /// The base's mode as the machine sent it (see `attrs::set_mode`), for a
+    /// delta that carries no attributes.
+    base_mode: u32,
     base_len: u64,
     max_len: u64,
     /// The base, until the output is started.
@@ -525,12 +528,14 @@ impl Deltas {
         if st.st_nlink > 1 {
             return Err("the base has several hard links: a delta would split them".into());
         }
+        let base_mode = original_mode_fd(fd.as_fd(), st.st_mode).ctx("read the base's mode")?;
         Ok(Box::new(OpenDelta {
             path: path.to_vec(),
             dir,
             dir_wire: dir_wire.to_vec(),
             name: name.to_os_string(),
             st,
+            base_mode,
             base_len: st.st_size as u64,
             max_len: d.max_len,
             base: Some(File::from(fd)),
@@ -600,7 +605,7 @@ impl Deltas {
         let hash: [u8; 32] = d.new_hash[..]
             .try_into()
             .map_err(|_| format!("the delta's hash has {} bytes, not 32", d.new_hash.len()))?;
-        let attr = d.attr.unwrap_or_else(|| attr_of(&o.st));
+        let attr = d.attr.unwrap_or_else(|| attr_of(&o.st, o.base_mode));
         if o.out.is_none() && o.same == d.new_len && o.same == o.base_len {
             // Unchanged content: check it, set the attributes in place.
             let base = o.base.as_ref().expect("not started");
@@ -611,7 +616,7 @@ impl Deltas {
                     .into());
             }
             let st = fstat(base).ctx("stat the base")?;
-            set_attr_known(base.as_fd(), &attr, &st)?;
+            set_attr_known(base.as_fd(), &attr, &st, true)?;
             debug!(
                 "delta of {}: content unchanged, checked in {:?}",
                 lossy(&o.path).escape_debug(),
@@ -626,7 +631,7 @@ impl Deltas {
         let result = (|| {
             let file = patcher.finish(d.new_len, &hash).map_err(|e| e.to_string())?;
             let st = fstat(&file).ctx("stat the new file")?;
-            set_attr_known(file.as_fd(), &attr, &st)?;
+            set_attr_known(file.as_fd(), &attr, &st, true)?;
             renameat(&o.dir, &temp, &o.dir, &o.name).ctx("rename over the target")
         })();
         if result.is_err() {
@@ -647,9 +652,9 @@ impl Drop for Deltas {
 }
 
 #[allow(clippy::unnecessary_cast)] // the field types differ between rustix's backends
-fn attr_of(st: &Stat) -> Attr {
+fn attr_of(st: &Stat, mode: u32) -> Attr {
     Attr {
-        mode: st.st_mode & 0o7777,
+        mode,
         mtime_sec: st.st_mtime as i64,
         mtime_nsec: st.st_mtime_nsec as u32,
         uid: Some(st.st_uid),

@@ -490,3 +490,52 @@ fn a_huge_sparse_file_is_signed_by_its_data() {
     assert_eq!(sig.weak[0], zero.weak[0]);
     assert_eq!(sig.weak[i + 1], zero.weak[0]);
 }
+
+#[test]
+fn a_delta_keeps_setuid_off_the_rebuilt_file_and_in_its_listing() {
+    use crate::apply::tests::{assert_no_privileged_bits, kept_mode, listed_modes};
+    let mut f = Fix::new();
+    let base = random(64 << 10, 3);
+    f.seq += 1;
+    let whole = lifeline_proto::v1::FileData {
+        replace: false,
+        truncate_to: Some(0),
+        chunks: vec![lifeline_proto::v1::Chunk { offset: 0, data: base.clone() }],
+        size: base.len() as u64,
+        attr: Some(attr(0o4755)),
+    };
+    f.applier
+        .apply(&Op { seq: f.seq, path: b"bin/su".to_vec(), origin: 0, kind: Some(op::Kind::Data(whole)) })
+        .unwrap();
+    assert_no_privileged_bits(&f.root());
+
+    // Rebuilt with the mode sent again.
+    let mut new = base.clone();
+    new[100..200].fill(1);
+    let (sig, token) = f.signature("bin/su", 1024);
+    let mut p = pieces(&sig, &token, &new, 100);
+    p.last_mut().unwrap().attr = Some(attr(0o4755));
+    assert!(f.apply_all("bin/su", p).is_empty());
+    assert_eq!(f.read("bin/su"), new);
+    assert_no_privileged_bits(&f.root());
+    assert_eq!(kept_mode(&f.root().join("bin/su")).as_deref(), Some("4755"));
+    assert_eq!(listed_modes(&f.mirror, b"bin")["bin/su"], 0o4755);
+
+    // Rebuilt with no attributes: the base's mode as sent, not as stored.
+    new[300..400].fill(2);
+    let (sig, token) = f.signature("bin/su", 1024);
+    let mut p = pieces(&sig, &token, &new, 100);
+    p.last_mut().unwrap().attr = None;
+    assert!(f.apply_all("bin/su", p).is_empty());
+    assert_eq!(f.read("bin/su"), new);
+    assert_no_privileged_bits(&f.root());
+    assert_eq!(listed_modes(&f.mirror, b"bin")["bin/su"], 0o4755);
+
+    // Unchanged content, setgid now: set in place.
+    let (sig, token) = f.signature("bin/su", 1024);
+    let mut p = pieces(&sig, &token, &new, 100);
+    p.last_mut().unwrap().attr = Some(attr(0o2755));
+    assert!(f.apply_all("bin/su", p).is_empty());
+    assert_no_privileged_bits(&f.root());
+    assert_eq!(listed_modes(&f.mirror, b"bin")["bin/su"], 0o2755);
+}

@@ -8,7 +8,9 @@
 //!   acknowledgements only once applied ops are durable.
 //! - [`apply`]: applying ops to a mirror ([`apply::Applier`]);
 //!   [`delta`]: rsync-style signatures and deltas against mirror files;
-//!   `attrs`: owner, mode and mtime as sent.
+//!   `attrs`: owner, mode and mtime as sent; setuid and setgid bits kept
+//!   in the xattr [`MODE_XATTR`], never on the entry ([`original_mode_fd`],
+//!   [`original_mode_at`] read back the mode sent).
 //! - [`safepath`]: resolving paths inside a mirror without ever leaving it
 //!   (openat2); [`listing`]: `ListTree`.
 //! - [`progress`]: how far each agent queue was applied
@@ -27,5 +29,6 @@ pub mod progress;
 pub mod safepath;
 mod service;
 
+pub use attrs::{original_mode_at, original_mode_fd, probe_user_xattrs, MODE_XATTR};
 pub use listing::LIST_CHUNK;
 pub use service::MirrorService;

@@ -120,7 +120,8 @@ impl MirrorService {
     /// The mirrors under `<store>/mirror/` (`store` as the receiver
     /// canonicalised it), with `auth` deciding which
     /// machine a request speaks for. Creates the directory if missing and
-    /// checks the kernel can resolve paths safely (openat2).
+    /// checks the kernel can resolve paths safely (openat2) and the
+    /// filesystem has user xattrs (where setuid/setgid modes are kept).
     pub fn new(
         store: &StoreLayout,
         auth: Arc<dyn Authenticator>,
@@ -128,6 +129,8 @@ impl MirrorService {
     ) -> anyhow::Result<MirrorService> {
         create_private_dir_all(&store.mirrors())?;
         probe_openat2(&store.mirrors())?;
+        crate::attrs::probe_user_xattrs(&store.mirrors())?;
+        strip_stored_bits_once(store)?;
         Ok(MirrorService {
             inner: Arc::new(Inner {
                 store: store.clone(),
@@ -172,6 +175,31 @@ impl MirrorService {
                 Status::internal(format!("cannot open the mirror of {machine}: {e}"))
             })
     }
+}
+
+/// Takes setuid/setgid bits off what receivers from before they were kept
+/// out of mirrors stored (mirrors, and removed machines' data), once per
+/// store: the mirrors' directory is marked when it is done. Runs before
+/// any stream is served.
+fn strip_stored_bits_once(store: &StoreLayout) -> anyhow::Result<()> {
+    const DONE: &str = "user.lifeline.setuid-stripped";
+    let mirrors = store.mirrors();
+    let fd = rustix::fs::open(
+        &mirrors,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    if rustix::fs::fgetxattr(&fd, DONE, &mut [0u8; 4][..]).is_ok() {
+        return Ok(());
+    }
+    for dir in [mirrors.clone(), store.root().join("removed")] {
+        let n = crate::attrs::strip_stored_bits(&dir)?;
+        if n > 0 {
+            tracing::warn!("{n} entries under {} had setuid/setgid bits (stored before they were kept out of mirrors): now kept in the xattr {}", dir.display(), crate::MODE_XATTR);
+        }
+    }
+    rustix::fs::fsetxattr(&fd, DONE, b"1", rustix::fs::XattrFlags::empty())?;
+    Ok(())
 }
 
 fn probe_openat2(dir: &Path) -> anyhow::Result<()> {
