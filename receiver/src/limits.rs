@@ -81,7 +81,19 @@ struct ConnState {
     active: AtomicUsize,
     last: Mutex<Instant>,
     authenticated: AtomicBool,
+    /// A call on it was refused for its credential: unless the connection
+    /// has had an authenticated call, it is closed [`REFUSED_GRACE`] later
+    /// (time for the refusal to reach an honest client), so that a forger
+    /// pays a new TLS handshake for each try instead of streaming calls,
+    /// and their bodies, at no cost of its own.
+    refused: AtomicBool,
+    /// [`ConnState::refused`] was seen: the deadline is the grace's.
+    refused_once: AtomicBool,
 }
+
+/// How long a connection that has only been refused stays open after the
+/// refusal.
+const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
 /// The open connections of one listener.
 pub struct Conns {
@@ -130,6 +142,8 @@ impl Conns {
             active: AtomicUsize::new(0),
             last: Mutex::new(Instant::now()),
             authenticated: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
+            refused_once: AtomicBool::new(false),
         });
         {
             let mut t = self.table();
@@ -211,6 +225,14 @@ pub struct Conn {
 impl Conn {
     /// Ok while the connection may stay open; keeps the timer armed.
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.state.refused.swap(false, Ordering::SeqCst) && !self.state.authenticated.load(Ordering::SeqCst) {
+            let soon = tokio::time::Instant::now() + REFUSED_GRACE;
+            if soon < self.timer.deadline() {
+                self.timer.as_mut().reset(soon);
+                *self.state.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                self.state.refused_once.store(true, Ordering::SeqCst);
+            }
+        }
         while self.timer.as_mut().poll(cx).is_ready() {
             let limits = &self.slot.conns.limits;
             let now = tokio::time::Instant::now();
@@ -218,16 +240,17 @@ impl Conn {
                 self.timer.as_mut().reset(now + limits.idle_timeout);
                 continue;
             }
-            let (limit, what) = if self.state.authenticated.load(Ordering::SeqCst) {
-                (limits.idle_timeout, "idle for")
+            let (limit, what, flag) = if self.state.authenticated.load(Ordering::SeqCst) {
+                (limits.idle_timeout, "idle for", "--idle-timeout-s")
+            } else if self.state.refused_once.load(Ordering::SeqCst) {
+                (REFUSED_GRACE, "refused a credential, and no authenticated call for", "fixed")
             } else {
-                (limits.handshake_timeout, "without an authenticated call for")
+                (limits.handshake_timeout, "without an authenticated call for", "--handshake-timeout-s")
             };
             let since = *self.state.last.lock().unwrap_or_else(|e| e.into_inner());
             let deadline = tokio::time::Instant::from_std(since) + limit;
             if now >= deadline {
-                let (peer, flag) =
-                    (self.slot.peer, if what == "idle for" { "--idle-timeout-s" } else { "--handshake-timeout-s" });
+                let peer = self.slot.peer;
                 self.slot.conns.timed_out.hit(|more| {
                     warn!(
                         "connection from {peer} closed: {what} {limit:?} ({flag}; {more} more since the last warning)"
@@ -385,6 +408,9 @@ where
             .or_else(|| req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
             .and_then(TcpConnectInfo::remote_addr);
         if let Err(status) = checked {
+            if let Some(state) = peer.and_then(|p| self.conns.state_of(p)) {
+                state.refused.store(true, Ordering::SeqCst);
+            }
             self.conns.refused.hit(|more| {
                 warn!(
                     "call {path} from {} refused before reading its body: {} ({more} more since the last warning)",

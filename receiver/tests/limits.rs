@@ -128,6 +128,30 @@ async fn bodies_are_not_read_before_the_credential() {
     assert!(grown < 200, "the receiver buffered bodies: RSS grew by {grown} MiB");
 }
 
+/// A forger's connection is closed a second after its credential is
+/// refused, not after the handshake timeout: each try costs it a new TLS
+/// handshake instead of a call, and it cannot stream bodies at the receiver
+/// for the whole timeout (the load test, tests/tests/under_attack.rs: 1,666
+/// refused calls a second on 333 connections before, one per connection
+/// after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgers_connection_is_closed_after_its_refusal() {
+    let store = tempfile::tempdir().unwrap();
+    register(store.path(), "m1");
+    let limits = Limits { handshake_timeout: Duration::from_secs(30), ..Limits::default() };
+    let running = start(store.path(), limits).await;
+    let tcp = TcpStream::connect(running.addr()).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let bogus = Credential::generate("m1").token();
+    let started = Instant::now();
+    let status = big_call(h2.clone(), "/lifeline.v1.Replication/Replicate", &bogus, 64 * MIB).await;
+    assert_eq!(status, "16", "UNAUTHENTICATED");
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(closed.is_ok(), "the forger's connection is still open after 5 s");
+    println!("a forger's connection closed {:?} after its call", started.elapsed());
+}
+
 /// A TCP connection to `running` from `ip`.
 async fn connect_from(running: &Running, ip: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
