@@ -5,7 +5,11 @@
 //! - kind 0: an `OpBatch` (protobuf), framed as gRPC frames it for the
 //!   current `Replicate` stream; kind 1: raw bytes for that stream's body
 //!   (tonic's framing fuzzed too). The stream is run (ops applied, synced,
-//!   acknowledged) when another kind or the end comes;
+//!   acknowledged) when another kind or the end comes. A delta's first
+//!   piece that names no base gets the one of the mirror's file at its
+//!   path as the stream starts, as an agent copies it from the signature
+//!   (a fuzzer cannot guess an inode and a ctime): deltas against files an
+//!   earlier stream of the input made are applied for real;
 //! - kind 2: a `GetSignature` request (protobuf); kind 3: a `ListTree`
 //!   request (protobuf); their answers are read to the end.
 //!
@@ -25,7 +29,10 @@ use libfuzzer_sys::fuzz_target;
 use lifeline_core::credential::MachineName;
 use lifeline_mirror::MirrorService;
 use lifeline_proto::v1::replication_server::Replication;
-use lifeline_proto::v1::{op, Chunk, FileData, ListTreeRequest, Mkdir, Op, OpBatch, SignatureRequest, Symlink};
+use lifeline_proto::v1::{
+    delta_instr, op, Chunk, CopyRange, DeltaInstr, FileData, FileDelta, ListTreeRequest, Mkdir, Op, OpBatch,
+    SignatureRequest, Symlink,
+};
 use lifeline_receiver_fuzz::{
     assert_same, grpc_frame, record, records, remove, runtime, scratch, snapshot, write_seeds, Machine,
 };
@@ -94,6 +101,24 @@ async fn replicate(s: &Setup, body: Vec<u8>) {
     }
 }
 
+/// `batch` with the base of the mirror's file at its path in each delta's
+/// first piece that names none (as the signature would give it); bytes
+/// that do not decode as they are.
+fn with_bases(s: &Setup, batch: &[u8]) -> Vec<u8> {
+    let Ok(mut b) = OpBatch::decode(batch) else { return batch.to_vec() };
+    for op in &mut b.ops {
+        if let Some(op::Kind::Delta(d)) = &mut op.kind {
+            if d.first && d.base_token.is_empty() {
+                if let Ok(st) = rustix::fs::lstat(&s.mirror.join(std::ffi::OsStr::from_bytes(&op.path))) {
+                    d.base_token = lifeline_mirror::delta::base_token(&st);
+                    d.base_len = st.st_size as u64;
+                }
+            }
+        }
+    }
+    b.encode_to_vec()
+}
+
 async fn signature(s: &Setup, req: SignatureRequest) {
     // Bounds each input's work: a data op may set a sparse length of
     // terabytes, and a signature reads the whole file.
@@ -136,12 +161,36 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         },
     ];
     let batch = OpBatch { ops }.encode_to_vec();
+    // In a second stream: a delta of etc/hosts (its base filled in, see
+    // with_bases) copying its first 10 bytes and adding a name.
+    let new = b"127.0.0.1 receiver\n";
+    let delta = OpBatch {
+        ops: vec![Op {
+            seq: 4,
+            path: b"etc/hosts".to_vec(),
+            origin: 0,
+            kind: Some(op::Kind::Delta(FileDelta {
+                first: true,
+                last: true,
+                max_len: new.len() as u64,
+                new_len: new.len() as u64,
+                new_hash: blake3::hash(new).as_bytes().to_vec(),
+                instrs: vec![
+                    DeltaInstr { kind: Some(delta_instr::Kind::Copy(CopyRange { offset: 0, len: 10 })) },
+                    DeltaInstr { kind: Some(delta_instr::Kind::Literal(b"receiver\n".to_vec())) },
+                ],
+                ..FileDelta::default()
+            })),
+        }],
+    }
+    .encode_to_vec();
     let sig = SignatureRequest { path: b"etc/hosts".to_vec(), block_len: 0, strong_len: 0 }.encode_to_vec();
     let list = ListTreeRequest { roots: vec![b"etc".to_vec()] }.encode_to_vec();
     vec![
         ("batch", record(0, &batch)),
         ("batch-signature-list", [record(0, &batch), record(2, &sig), record(3, &list)].concat()),
         ("raw-body", record(1, &grpc_frame(&batch))),
+        ("delta", [record(0, &batch), record(3, &[]), record(0, &delta)].concat()),
     ]
 }
 
@@ -156,7 +205,7 @@ fuzz_target!(
             let mut body: Option<Vec<u8>> = None;
             for (kind, payload) in records(data) {
                 match kind % 4 {
-                    0 => body.get_or_insert_with(Vec::new).extend(grpc_frame(payload)),
+                    0 => body.get_or_insert_with(Vec::new).extend(grpc_frame(&with_bases(s, payload))),
                     1 => body.get_or_insert_with(Vec::new).extend_from_slice(payload),
                     k => {
                         if let Some(b) = body.take() {
