@@ -2,7 +2,7 @@
 //! them, into the real `MirrorService` on a temporary store: an input is
 //! records (see `lifeline_receiver_fuzz::records`) —
 //!
-//! - kind 0: an `OpBatch` (protobuf), framed as gRPC frames it for the
+//! - kind 0: an `OpBatch` (protobuf), in a gRPC frame as a client sends it, for the
 //!   current `Replicate` stream; kind 1: raw bytes for that stream's body
 //!   (tonic's framing fuzzed too). The stream is run (ops applied, synced,
 //!   acknowledged) when another kind or the end comes. A delta's first
