@@ -109,7 +109,7 @@ fn with_bases(s: &Setup, batch: &[u8]) -> Vec<u8> {
     for op in &mut b.ops {
         if let Some(op::Kind::Delta(d)) = &mut op.kind {
             if d.first && d.base_token.is_empty() {
-                if let Ok(st) = rustix::fs::lstat(&s.mirror.join(std::ffi::OsStr::from_bytes(&op.path))) {
+                if let Ok(st) = rustix::fs::lstat(s.mirror.join(std::ffi::OsStr::from_bytes(&op.path))) {
                     d.base_token = lifeline_mirror::delta::base_token(&st);
                     d.base_len = st.st_size as u64;
                 }
