@@ -221,25 +221,40 @@ impl NetBoot {
             let budgets = budgets.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let service = hyper::service::service_fn(move |req| {
-                    let this = this.clone();
-                    let budgets = budgets.clone();
-                    async move { Ok::<_, Infallible>(this.respond(req, peer, &budgets).await) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.head_timeout)
-                    .max_buf_size(MAX_HEAD)
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(conn), service);
-                match tokio::time::timeout(limits.max_time, served).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => CUT.hit(|more| info!(%peer, more, "network boot: connection ended: {e}")),
-                    Err(_) => {
-                        CUT.hit(|more| warn!(%peer, more, "network boot: connection cut after {:?}", limits.max_time))
-                    }
-                }
+                this.serve_connection(conn, peer, limits, budgets).await
             });
+        }
+    }
+
+    /// Serves one connection from `peer` on `io` within `limits` (its head
+    /// timeout and longest time; the connection caps are the listener's):
+    /// one GET request, answered, then closed. The one path every
+    /// connection takes, also the seam the fuzz target
+    /// (`receiver/fuzz`, `netboot_http`) drives with raw bytes.
+    pub async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        limits: HttpLimits,
+        budgets: Arc<ScriptBudgets>,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let this = self.clone();
+            let budgets = budgets.clone();
+            async move { Ok::<_, Infallible>(this.respond(req, peer, &budgets).await) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.head_timeout)
+            .max_buf_size(MAX_HEAD)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(io), service);
+        match tokio::time::timeout(limits.max_time, served).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => CUT.hit(|more| info!(%peer, more, "network boot: connection ended: {e}")),
+            Err(_) => CUT.hit(|more| warn!(%peer, more, "network boot: connection cut after {:?}", limits.max_time)),
         }
     }
 

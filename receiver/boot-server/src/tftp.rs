@@ -272,19 +272,36 @@ async fn exchange(sock: &UdpSocket, pkt: &[u8], n: u16, buf: &mut [u8], verified
         sock.send(pkt).await?;
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         while let Ok(got) = tokio::time::timeout_at(deadline, sock.recv(buf)).await {
-            let got = got?;
-            if got >= 4 {
-                let op = u16::from_be_bytes([buf[0], buf[1]]);
-                if op == ERROR {
-                    return Ok(false);
-                }
-                if op == ACK && u16::from_be_bytes([buf[2], buf[3]]) == n {
-                    return Ok(true);
-                }
+            match answer(&buf[..got?], n) {
+                Answer::Acked => return Ok(true),
+                Answer::Error => return Ok(false),
+                Answer::Other => {}
             }
         }
     }
     Ok(false)
+}
+
+/// What a packet from the client says about the block sent last.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// It acknowledges that block.
+    Acked,
+    /// A TFTP error: the client gives up.
+    Error,
+    /// Anything else (a stale or duplicate ACK, garbage): ignored.
+    Other,
+}
+
+/// Reads a packet the client sent while block `n` (0: the OACK) waits for
+/// its ACK.
+pub fn answer(p: &[u8], n: u16) -> Answer {
+    let [a, b, c, d, ..] = *p else { return Answer::Other };
+    match u16::from_be_bytes([a, b]) {
+        ERROR => Answer::Error,
+        ACK if u16::from_be_bytes([c, d]) == n => Answer::Acked,
+        _ => Answer::Other,
+    }
 }
 
 async fn send_error(sock: &UdpSocket, code: u16, msg: &str) -> std::io::Result<()> {
@@ -320,5 +337,15 @@ mod tests {
         let mut wrq = rrq(&["x", "octet"]);
         wrq[1] = 2;
         assert!(parse_request(&wrq).is_err(), "writes are refused");
+    }
+
+    #[test]
+    fn only_the_ack_of_the_block_sent_counts() {
+        assert_eq!(answer(&[0, 4, 0, 7], 7), Answer::Acked);
+        assert_eq!(answer(&[0, 4, 0, 7, 9], 7), Answer::Acked, "trailing bytes are ignored");
+        assert_eq!(answer(&[0, 4, 0, 6], 7), Answer::Other, "a stale ACK");
+        assert_eq!(answer(&[0, 5, 0, 0, b'x', 0], 7), Answer::Error);
+        assert_eq!(answer(&[0, 4, 0], 0), Answer::Other, "too short");
+        assert_eq!(answer(&[], 0), Answer::Other);
     }
 }
