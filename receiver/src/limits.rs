@@ -31,6 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use lifeline_core::credential::MachineName;
 use lifeline_store::throttle::Throttle;
 use lifeline_store::Authenticator;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -61,6 +62,12 @@ pub struct Limits {
     /// Time a connection may stay open with no call in flight
     /// (`--idle-timeout-s`).
     pub idle_timeout: Duration,
+    /// Calls carrying data (replication streams, pack uploads, manifests)
+    /// one machine may have in flight at once, over all its connections
+    /// (`--max-data-calls-per-machine`): each may hold a message of up to
+    /// the per-message limit in memory, so this bounds what one
+    /// credential, stolen or not, can make the receiver hold.
+    pub max_data_calls_per_machine: usize,
 }
 
 impl Default for Limits {
@@ -71,6 +78,10 @@ impl Default for Limits {
             max_streams: 64,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
+            // An agent has one replication stream; an image backup a pack
+            // upload or two and a manifest; reconnections overlap the old
+            // stream until it ends.
+            max_data_calls_per_machine: 8,
         }
     }
 }
@@ -99,6 +110,9 @@ const REFUSED_GRACE: Duration = Duration::from_secs(1);
 pub struct Conns {
     limits: Limits,
     table: Mutex<Table>,
+    /// Calls carrying data in flight, per machine.
+    data_calls: Arc<Mutex<HashMap<MachineName, usize>>>,
+    too_many_data_calls: Throttle,
     over_total: Throttle,
     over_ip: Throttle,
     timed_out: Throttle,
@@ -117,6 +131,8 @@ impl Conns {
         Arc::new(Conns {
             limits,
             table: Mutex::default(),
+            data_calls: Arc::default(),
+            too_many_data_calls: Throttle::default(),
             over_total: Throttle::default(),
             over_ip: Throttle::default(),
             timed_out: Throttle::default(),
@@ -190,6 +206,37 @@ impl Conns {
 
     fn state_of(&self, peer: SocketAddr) -> Option<Arc<ConnState>> {
         self.table().live.get(&peer).cloned()
+    }
+
+    /// A place for one more call carrying data of `machine`, or None when
+    /// it has [`Limits::max_data_calls_per_machine`] in flight.
+    fn data_call(&self, machine: &MachineName) -> Option<DataCall> {
+        let mut calls = self.data_calls.lock().unwrap_or_else(|e| e.into_inner());
+        let n = calls.entry(machine.clone()).or_default();
+        if *n >= self.limits.max_data_calls_per_machine {
+            return None;
+        }
+        *n += 1;
+        Some(DataCall { calls: self.data_calls.clone(), machine: machine.clone() })
+    }
+}
+
+/// One call carrying data in flight; its place is given back when dropped
+/// (with the response's body).
+struct DataCall {
+    calls: Arc<Mutex<HashMap<MachineName, usize>>>,
+    machine: MachineName,
+}
+
+impl Drop for DataCall {
+    fn drop(&mut self) {
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = calls.get_mut(&self.machine) {
+            *n -= 1;
+            if *n == 0 {
+                calls.remove(&self.machine);
+            }
+        }
     }
 }
 
@@ -379,6 +426,26 @@ pub struct Gate<S> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+type GateFuture<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
+
+impl<S> Gate<S> {
+    /// Answers a call whose credential was refused, and marks its connection
+    /// (closed soon unless it has had an authenticated call).
+    fn refused<E: Send + 'static>(&self, status: Status, path: &str, peer: Option<SocketAddr>) -> GateFuture<E> {
+        if let Some(state) = peer.and_then(|p| self.conns.state_of(p)) {
+            state.refused.store(true, Ordering::SeqCst);
+        }
+        self.conns.refused.hit(|more| {
+            warn!(
+                "call {path} from {} refused before reading its body: {} ({more} more since the last warning)",
+                peer.map_or_else(|| "?".into(), |p| p.to_string()),
+                status.message()
+            )
+        });
+        Box::pin(std::future::ready(Ok(status.into_http())))
+    }
+}
+
 impl<S> tower::Service<http::Request<Body>> for Gate<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -387,7 +454,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Body>, S::Error>> + Send>>;
+    type Future = GateFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -398,28 +465,41 @@ where
         let (check, body_limit) = call_limits(&path);
         let metadata = MetadataMap::from_headers(req.headers().clone());
         let checked = match check {
-            Check::Machine => self.auth.authenticate(&metadata, req.extensions()).map(drop),
-            Check::Images => self.auth.authenticate_images(&metadata, req.extensions()).map(drop),
-            Check::None => Ok(()),
+            Check::Machine => self.auth.authenticate(&metadata, req.extensions()).map(Some),
+            Check::Images => self.auth.authenticate_images(&metadata, req.extensions()).map(|a| Some(a.machine)),
+            Check::None => Ok(None),
         };
         let peer = req
             .extensions()
             .get::<TcpConnectInfo>()
             .or_else(|| req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>().map(TlsConnectInfo::get_ref))
             .and_then(TcpConnectInfo::remote_addr);
-        if let Err(status) = checked {
-            if let Some(state) = peer.and_then(|p| self.conns.state_of(p)) {
-                state.refused.store(true, Ordering::SeqCst);
-            }
-            self.conns.refused.hit(|more| {
-                warn!(
-                    "call {path} from {} refused before reading its body: {} ({more} more since the last warning)",
-                    peer.map_or_else(|| "?".into(), |p| p.to_string()),
-                    status.message()
-                )
-            });
-            return Box::pin(std::future::ready(Ok(status.into_http())));
-        }
+        let machine = match checked {
+            Ok(machine) => machine,
+            Err(status) => return self.refused(status, &path, peer),
+        };
+        // A call carrying data holds up to a message in memory: each
+        // machine has a number of them.
+        let data_call = match (&machine, body_limit) {
+            (Some(machine), None) => match self.conns.data_call(machine) {
+                Some(slot) => Some(slot),
+                None => {
+                    let max = self.conns.limits.max_data_calls_per_machine;
+                    self.conns.too_many_data_calls.hit(|more| {
+                        warn!(
+                            %machine, "call {path} refused: the machine has {max} calls carrying data in flight \
+                             (--max-data-calls-per-machine; {more} more since the last warning)"
+                        )
+                    });
+                    let status = Status::resource_exhausted(format!(
+                        "machine {machine} has {max} calls carrying data in flight already, the most this receiver \
+                         allows (--max-data-calls-per-machine): wait for one to end"
+                    ));
+                    return Box::pin(std::future::ready(Ok(status.into_http())));
+                }
+            },
+            _ => None,
+        };
         let in_flight = peer.and_then(|p| self.conns.state_of(p)).map(InFlight::new);
         let req = match body_limit {
             Some(limit) => {
@@ -446,7 +526,7 @@ where
             let resp = inner.call(req).await?;
             Ok(resp.map(|body| {
                 Body::new(body.map_frame(move |f| {
-                    let _held = &in_flight;
+                    let _held = (&in_flight, &data_call);
                     f
                 }))
             }))

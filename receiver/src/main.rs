@@ -82,6 +82,11 @@ struct ServeArgs {
     /// Seconds a gRPC connection may stay open with no call in flight.
     #[arg(long, default_value_t = Limits::default().idle_timeout.as_secs())]
     idle_timeout_s: u64,
+    /// Calls carrying data (replication streams, pack uploads, manifests)
+    /// one machine may have in flight at once; more are refused
+    /// (RESOURCE_EXHAUSTED) until one ends.
+    #[arg(long, default_value_t = Limits::default().max_data_calls_per_machine)]
+    max_data_calls_per_machine: usize,
     /// Network boot: scripts by MAC address (/ipxe/MAC) one IP address (an
     /// IPv6 /64) may ask for at once...
     #[arg(long, default_value_t = HttpLimits::default().script_burst)]
@@ -118,6 +123,7 @@ impl ServeArgs {
             max_streams: self.max_streams,
             handshake_timeout: std::time::Duration::from_secs(self.handshake_timeout_s),
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+            max_data_calls_per_machine: self.max_data_calls_per_machine,
         }
     }
 

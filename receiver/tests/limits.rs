@@ -34,6 +34,17 @@ fn register(store: &std::path::Path, name: &str) -> Credential {
 /// message of `announced` bytes and sending up to that many (the same MiB
 /// over and over: it costs this process nothing). Answers the grpc-status.
 async fn big_call(h2: h2::client::SendRequest<Bytes>, path: &str, token: &str, announced: usize) -> String {
+    stalled_call(h2, path, token, announced, announced).await
+}
+
+/// Like [`big_call`], sending only `sent_at_most` bytes of the message.
+async fn stalled_call(
+    h2: h2::client::SendRequest<Bytes>,
+    path: &str,
+    token: &str,
+    announced: usize,
+    sent_at_most: usize,
+) -> String {
     let req = http::Request::post(format!("http://lifeline{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -48,11 +59,11 @@ async fn big_call(h2: h2::client::SendRequest<Bytes>, path: &str, token: &str, a
     let sender = async move {
         let _ = body.send_data(Bytes::from(frame), false);
         let mut sent = 0;
-        while sent < announced {
+        while sent < sent_at_most {
             body.reserve_capacity(MIB);
             match std::future::poll_fn(|cx| body.poll_capacity(cx)).await {
                 Some(Ok(n)) if n > 0 => {
-                    if body.send_data(mib.slice(..n.min(announced - sent)), false).is_err() {
+                    if body.send_data(mib.slice(..n.min(sent_at_most - sent)), false).is_err() {
                         break;
                     }
                     sent += n;
@@ -150,6 +161,46 @@ async fn a_forgers_connection_is_closed_after_its_refusal() {
     let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
     assert!(closed.is_ok(), "the forger's connection is still open after 5 s");
     println!("a forger's connection closed {:?} after its call", started.elapsed());
+}
+
+/// One machine's credential holds at most `max_data_calls_per_machine`
+/// calls carrying data at once (each may hold a message of up to 64 MiB):
+/// past them, RESOURCE_EXHAUSTED at once, whatever the connection; another
+/// machine is not affected; a place is free again when a call ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_has_a_few_data_calls_in_flight() {
+    let store = tempfile::tempdir().unwrap();
+    let (m1, m2) = (register(store.path(), "m1"), register(store.path(), "m2"));
+    let running = start(store.path(), Limits { max_data_calls_per_machine: 2, ..Limits::default() }).await;
+    let addr = running.addr();
+    let upload = move |cred: &Credential| {
+        let token = cred.token();
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            // A manifest of 64 MiB announced, 1 MiB sent: the call waits.
+            stalled_call(h2, "/lifeline.v1.ImageStore/PutManifest", &token, 64 * MIB, MIB).await
+        }
+    };
+    // Two uploads that never end, on two connections.
+    let mut held: Vec<_> = [upload(&m1), upload(&m1)].into_iter().map(tokio::spawn).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let third = tokio::time::timeout(Duration::from_secs(5), upload(&m1)).await.expect("answered at once");
+    assert_eq!(third, "8", "RESOURCE_EXHAUSTED");
+    let other = tokio::spawn(upload(&m2));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!other.is_finished(), "another machine's upload was refused: {:?}", other.await);
+    // One ends (its connection dropped): a place again.
+    let first = held.remove(0);
+    first.abort();
+    let _ = first.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = tokio::spawn(upload(&m1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!again.is_finished(), "refused after a place was freed: {:?}", again.await);
 }
 
 /// A TCP connection to `running` from `ip`.
