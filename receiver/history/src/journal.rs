@@ -1,0 +1,370 @@
+//! A machine's journal: append-only segment files of [`Record`]s.
+//!
+//! A segment is `<first record's time, 16 hex digits>.seg`: an 8-byte
+//! header, then frames `[len u32][crc32 u32][flags u8][body]` (little
+//! endian; the CRC covers flags and body; flag 1: the body is
+//! zstd-compressed). A segment is closed at [`SEGMENT_BYTES`] and never
+//! written again; only the newest is appended to.
+//!
+//! **Durability.** Each record reaches the kernel (one `write(2)`) before
+//! the applier changes the mirror, so a receiver killed at any point has
+//! the record of every change the mirror shows; [`JournalWriter::sync`]
+//! (with the batch, before its acknowledgement) makes them durable. A
+//! frame cut short by a crash (a torn tail) can only be the last one: on
+//! opening, the writer cuts the newest segment back to its last whole
+//! frame, and readers stop there.
+//!
+//! **Append-only.** Nothing here rewrites or removes a record; retention,
+//! the operator's alone, drops whole segments.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use prost::Message;
+
+use crate::clock::Clock;
+use crate::record::{Change, Record};
+
+const HEADER: &[u8; 8] = b"LLHIST1\n";
+const FRAME_HEAD: usize = 9;
+/// A segment is closed past this size.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// Bodies above this size are compressed if that makes them smaller.
+const COMPRESS_ABOVE: usize = 256;
+/// Largest frame body read back (a record keeps at most one batch's bytes).
+const MAX_BODY: usize = 256 << 20;
+const ZSTD: u8 = 1;
+
+/// A segment file: its path and the time of its first record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub path: PathBuf,
+    pub first_ns: i64,
+}
+
+/// The segments in `dir`, oldest first.
+fn segments(dir: &Path) -> io::Result<Vec<Segment>> {
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else { continue };
+        let Ok(first) = u64::from_str_radix(stem, 16) else { continue };
+        out.push(Segment { path: entry.path(), first_ns: first as i64 });
+    }
+    out.sort_by_key(|s| s.first_ns);
+    Ok(out)
+}
+
+fn segment_name(first_ns: i64) -> String {
+    format!("{:016x}.seg", first_ns.max(0) as u64)
+}
+
+/// Reads the frames of one segment: the records, and where the last whole
+/// frame ends. A frame cut short or failing its CRC ends the reading
+/// (`torn` says so); the caller decides whether that may only be a tail.
+fn read_segment(path: &Path) -> io::Result<(Vec<Record>, u64, bool)> {
+    let mut bytes = Vec::new();
+    File::open(path)?.read_to_end(&mut bytes)?;
+    if bytes.len() < HEADER.len() || &bytes[..HEADER.len()] != HEADER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a history segment (bad header)", path.display()),
+        ));
+    }
+    let mut at = HEADER.len();
+    let mut records = Vec::new();
+    loop {
+        let rest = &bytes[at..];
+        if rest.is_empty() {
+            return Ok((records, at as u64, false));
+        }
+        if rest.len() < FRAME_HEAD {
+            return Ok((records, at as u64, true));
+        }
+        let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4 bytes"));
+        if len > MAX_BODY || rest.len() < FRAME_HEAD + len || crc32fast::hash(&rest[8..FRAME_HEAD + len]) != crc {
+            return Ok((records, at as u64, true));
+        }
+        let flags = rest[8];
+        let body = &rest[FRAME_HEAD..FRAME_HEAD + len];
+        let body = if flags & ZSTD != 0 {
+            zstd::bulk::decompress(body, MAX_BODY).map_err(|e| bad(path, at, &e.to_string()))?
+        } else {
+            body.to_vec()
+        };
+        records.push(Record::decode(body.as_slice()).map_err(|e| bad(path, at, &e.to_string()))?);
+        at += FRAME_HEAD + len;
+    }
+}
+
+fn bad(path: &Path, at: usize, why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{} at byte {at}: a damaged record: {why}", path.display()))
+}
+
+/// A machine's journal, for reading.
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    pub fn open(dir: &Path) -> Journal {
+        Journal { dir: dir.to_path_buf() }
+    }
+
+    pub fn segments(&self) -> io::Result<Vec<Segment>> {
+        segments(&self.dir)
+    }
+
+    /// Every record stamped after `after_ns`, oldest first. Segments wholly
+    /// older are not read. A damaged frame is an error, except at the end
+    /// of the newest segment (a write a crash cut short).
+    pub fn records_after(&self, after_ns: i64) -> io::Result<Vec<Record>> {
+        let segs = self.segments()?;
+        let mut out = Vec::new();
+        for (i, seg) in segs.iter().enumerate() {
+            // The next segment starts no later than this one's last record.
+            if segs.get(i + 1).is_some_and(|next| next.first_ns <= after_ns) {
+                continue;
+            }
+            let (records, end, torn) = read_segment(&seg.path)?;
+            if torn && i + 1 < segs.len() {
+                return Err(bad(&seg.path, end as usize, "a closed segment ends in a damaged frame"));
+            }
+            out.extend(records.into_iter().filter(|r| r.time_ns > after_ns));
+        }
+        Ok(out)
+    }
+}
+
+/// A machine's journal, for appending (one writer per machine: the
+/// machine's applier).
+pub struct JournalWriter {
+    dir: PathBuf,
+    clock: Arc<dyn Clock>,
+    file: File,
+    size: u64,
+    last_ns: i64,
+    /// A segment was created since the last sync: the directory needs one.
+    dir_dirty: bool,
+    file_dirty: bool,
+}
+
+impl JournalWriter {
+    /// Opens the journal in `dir` (made, 0700, if missing), cutting a torn
+    /// tail off its newest segment.
+    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> io::Result<JournalWriter> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let segs = segments(dir)?;
+        if let Some(last) = segs.last() {
+            let (records, end, torn) = read_segment(&last.path)?;
+            let file = OpenOptions::new().append(true).open(&last.path)?;
+            if torn {
+                // Only the frame being written when the receiver died: its
+                // change never reached the mirror (the record goes first),
+                // or its batch was never acknowledged and comes again.
+                file.set_len(end)?;
+                file.sync_data()?;
+            }
+            let last_ns = records.last().map_or(last.first_ns, |r| r.time_ns);
+            return Ok(JournalWriter {
+                dir: dir.to_path_buf(),
+                clock,
+                file,
+                size: end,
+                last_ns,
+                dir_dirty: false,
+                file_dirty: false,
+            });
+        }
+        let now = clock.now_ns();
+        let file = new_segment(dir, now)?;
+        Ok(JournalWriter {
+            dir: dir.to_path_buf(),
+            clock,
+            file,
+            size: HEADER.len() as u64,
+            last_ns: now,
+            dir_dirty: true,
+            file_dirty: true,
+        })
+    }
+
+    /// Appends what a change at `path` (op `seq`) replaces, stamped now (never
+    /// before the previous record), and hands it to the kernel; answers the
+    /// stamp. Call before changing the mirror.
+    pub fn append(&mut self, seq: u64, path: &[u8], change: Change) -> io::Result<i64> {
+        let time_ns = self.clock.now_ns().max(self.last_ns);
+        let record = Record { time_ns, seq, path: path.to_vec(), change: Some(change) };
+        let body = record.encode_to_vec();
+        let (flags, body) = match body.len() > COMPRESS_ABOVE {
+            true => match zstd::bulk::compress(&body, 1) {
+                Ok(z) if z.len() < body.len() => (ZSTD, z),
+                _ => (0, body),
+            },
+            false => (0, body),
+        };
+        if self.size >= SEGMENT_BYTES {
+            self.file.sync_data()?;
+            self.file = new_segment(&self.dir, time_ns)?;
+            self.size = HEADER.len() as u64;
+            self.dir_dirty = true;
+        }
+        let mut frame = Vec::with_capacity(FRAME_HEAD + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&[flags]);
+        crc.update(&body);
+        frame.extend_from_slice(&crc.finalize().to_le_bytes());
+        frame.push(flags);
+        frame.extend_from_slice(&body);
+        // One write: O_APPEND, so a frame is never interleaved or split by
+        // another writer, only cut short by a crash.
+        self.file.write_all(&frame)?;
+        self.size += frame.len() as u64;
+        self.last_ns = time_ns;
+        self.file_dirty = true;
+        Ok(time_ns)
+    }
+
+    /// Makes every appended record durable (with the batch, before its
+    /// acknowledgement).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.file_dirty {
+            self.file.sync_data()?;
+            self.file_dirty = false;
+        }
+        if self.dir_dirty {
+            File::open(&self.dir)?.sync_all()?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+}
+
+fn new_segment(dir: &Path, first_ns: i64) -> io::Result<File> {
+    let mut file =
+        OpenOptions::new().append(true).create_new(true).mode(0o600).open(dir.join(segment_name(first_ns)))?;
+    file.write_all(HEADER)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::record::{Created, OldRange, Overwritten, Renamed};
+
+    fn clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::at(1_000_000_000))
+    }
+
+    #[test]
+    fn records_come_back_in_order_after_an_instant() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = clock();
+        let mut w = JournalWriter::open(dir.path(), c.clone()).unwrap();
+        let big = vec![7u8; 100_000];
+        for i in 0..10u64 {
+            let change = match i % 3 {
+                0 => Change::Created(Created {}),
+                1 => Change::Renamed(Renamed { to: format!("/b{i}").into_bytes() }),
+                _ => Change::Overwritten(Overwritten {
+                    old_size: 5,
+                    ranges: vec![OldRange { offset: 0, data: big.clone() }],
+                }),
+            };
+            w.append(i + 1, format!("/a{i}").as_bytes(), change).unwrap();
+            c.advance(10);
+        }
+        w.sync().unwrap();
+        let j = Journal::open(dir.path());
+        let all = j.records_after(i64::MIN).unwrap();
+        assert_eq!(all.len(), 10);
+        assert!(all.windows(2).all(|p| p[0].time_ns < p[1].time_ns));
+        assert_eq!(all[2].kept_bytes(), 100_000, "a compressed record reads back whole");
+        let seg_len = fs::metadata(&j.segments().unwrap()[0].path).unwrap().len();
+        assert!(seg_len < 10_000, "old bytes are compressed: {seg_len} bytes");
+        let later = j.records_after(all[4].time_ns).unwrap();
+        assert_eq!(later, all[5..].to_vec());
+    }
+
+    #[test]
+    fn a_clock_going_back_does_not_reorder_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = clock();
+        let mut w = JournalWriter::open(dir.path(), c.clone()).unwrap();
+        let t1 = w.append(1, b"/a", Change::Created(Created {})).unwrap();
+        c.set(5);
+        let t2 = w.append(2, b"/b", Change::Created(Created {})).unwrap();
+        assert!(t2 >= t1);
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_nothing_before_it_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = clock();
+        let mut w = JournalWriter::open(dir.path(), c.clone()).unwrap();
+        for i in 0..3u64 {
+            w.append(i, b"/f", Change::Created(Created {})).unwrap();
+        }
+        w.sync().unwrap();
+        drop(w);
+        let seg = Journal::open(dir.path()).segments().unwrap()[0].path.clone();
+        let whole = fs::metadata(&seg).unwrap().len();
+        // A crash in the middle of the fourth frame.
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
+        drop(f);
+        assert_eq!(Journal::open(dir.path()).records_after(i64::MIN).unwrap().len(), 3, "readers stop at the tear");
+        let mut w = JournalWriter::open(dir.path(), c.clone()).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), whole, "the writer cut the tear off");
+        w.append(9, b"/g", Change::Created(Created {})).unwrap();
+        let all = Journal::open(dir.path()).records_after(i64::MIN).unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [0, 1, 2, 9]);
+    }
+
+    #[test]
+    fn damage_inside_a_closed_segment_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = clock();
+        let mut w = JournalWriter::open(dir.path(), c.clone()).unwrap();
+        w.append(1, b"/a", Change::Created(Created {})).unwrap();
+        // Force a second segment.
+        w.size = SEGMENT_BYTES;
+        c.advance(1_000);
+        w.append(2, b"/b", Change::Created(Created {})).unwrap();
+        drop(w);
+        let segs = Journal::open(dir.path()).segments().unwrap();
+        assert_eq!(segs.len(), 2);
+        let mut bytes = fs::read(&segs[0].path).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0xff;
+        fs::write(&segs[0].path, bytes).unwrap();
+        let e = Journal::open(dir.path()).records_after(i64::MIN).unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+        // Reading only after the first segment does not touch it.
+        assert_eq!(Journal::open(dir.path()).records_after(segs[1].first_ns).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_journal_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("history/m");
+        let mut w = JournalWriter::open(&j, clock()).unwrap();
+        w.append(1, b"/a", Change::Created(Created {})).unwrap();
+        assert_eq!(fs::metadata(&j).unwrap().permissions().mode() & 0o777, 0o700);
+        let seg = &Journal::open(&j).segments().unwrap()[0].path;
+        assert_eq!(fs::metadata(seg).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
