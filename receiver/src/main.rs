@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use lifeline_boot_server::bootmedia;
 use lifeline_boot_server::netboot::HttpLimits;
 use lifeline_boot_server::tftp::TftpLimits;
+use std::os::unix::ffi::OsStrExt;
+
 use lifeline_core::credential::Credential;
 use lifeline_core::credential::MachineName;
 use lifeline_receiver::{serve_with, tls, Limits, Receiver, TokenAuthenticator};
@@ -202,6 +204,10 @@ enum Command {
         #[arg(long)]
         machine: Option<String>,
     },
+    /// A machine's files as they were at any instant: every change the
+    /// receiver applied is kept (docs/history.md).
+    #[command(subcommand)]
+    History(HistoryCmd),
     /// Show the audit trail (registrations, credential changes, removals).
     Audit {
         /// How many of the latest entries.
@@ -251,6 +257,33 @@ enum MachineCmd {
     /// images are moved aside to STORE/removed/ (kept, served to nobody), so
     /// that a new machine of the same name starts empty.
     Remove { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum HistoryCmd {
+    /// The changes kept for a path (as on the machine: /srv/data/f), oldest
+    /// first, with the receiver's time of each.
+    List {
+        #[arg(long)]
+        machine: String,
+        path: PathBuf,
+    },
+    /// Write a file or tree as it was at an instant under DIR, with its
+    /// path kept (DIR/srv/data/...); never over anything that exists.
+    Restore {
+        #[arg(long)]
+        machine: String,
+        /// ISO 8601 (2026-12-07T10:15:30.25Z; no offset: UTC), "now", or a
+        /// time ago (-10m, -1h30m, -2d).
+        #[arg(long = "as-of")]
+        as_of: String,
+        /// The file or directory, as on the machine (/srv/data).
+        #[arg(long)]
+        path: PathBuf,
+        /// Where to write it.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 // `Make` carries every option of a boot medium; the enum is parsed once.
@@ -369,6 +402,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::History(cmd)) => history(&cli.store, cmd),
         Some(Command::Audit { last }) => {
             let db = Db::open(&cli.store)?;
             for a in db.audit_trail(last)? {
@@ -628,6 +662,60 @@ fn print_media(media: &[BootMedia]) {
             "  #{:<4} {:<10} {:<12} {:<8} {:<8} made {}  {state}",
             m.id, m.machine, m.kind, m.mode, m.style, m.created_at
         );
+    }
+}
+
+/// `lifeline-receiver history ...`.
+fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
+    use lifeline_history::{instant, Clock, SystemClock};
+    let layout = StoreLayout::new(store);
+    let (machine, path) = match &cmd {
+        HistoryCmd::List { machine, path } | HistoryCmd::Restore { machine, path, .. } => {
+            (machine.clone(), path.clone())
+        }
+    };
+    let machine = MachineName::new(&machine).map_err(anyhow::Error::msg)?;
+    let wire = lifeline_core::wirepath::from_local(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e} (give the path as on the machine, e.g. /srv/data)", path.display()))?;
+    if !layout.mirror(&machine).is_dir() {
+        anyhow::bail!("no mirror of machine {machine} in {} (lifeline-receiver machine list)", store.display());
+    }
+    match cmd {
+        HistoryCmd::List { .. } => {
+            let versions = lifeline_mirror::restore::versions(&layout, &machine, &wire)?;
+            for v in &versions {
+                println!("{}  op {:<8} {}", instant::format(v.time_ns), v.seq, shown(&v.what));
+            }
+            let now = layout.mirror(&machine).join(std::ffi::OsStr::from_bytes(&wire));
+            match now.symlink_metadata() {
+                Ok(md) if md.is_dir() => println!("now: a directory"),
+                Ok(md) if md.file_type().is_symlink() => println!("now: a symbolic link"),
+                Ok(md) => println!("now: {} bytes", md.len()),
+                Err(_) => println!("now: absent"),
+            }
+            if versions.is_empty() {
+                println!("(no change kept for {})", path.display());
+            }
+            Ok(())
+        }
+        HistoryCmd::Restore { as_of, to, .. } => {
+            let at = instant::parse(&as_of, SystemClock.now_ns()).map_err(anyhow::Error::msg)?;
+            let started = std::time::Instant::now();
+            let r = lifeline_mirror::restore::restore_as_of(&layout, &machine, at, &wire, &to)?;
+            println!(
+                "restored {} as of {} to {}: {} files ({} bytes), {} directories, {} symlinks; {} changes undone in {:.2?}",
+                path.display(),
+                instant::format(at),
+                to.join(std::ffi::OsStr::from_bytes(&wire)).display(),
+                r.files,
+                r.bytes,
+                r.dirs,
+                r.symlinks,
+                r.undone,
+                started.elapsed()
+            );
+            Ok(())
+        }
     }
 }
 

@@ -281,6 +281,8 @@ mod tests {
                 _ => Change::Overwritten(Overwritten {
                     old_size: 5,
                     ranges: vec![OldRange { offset: 0, data: big.clone() }],
+                    attr: None,
+                    shared: None,
                 }),
             };
             w.append(i + 1, format!("/a{i}").as_bytes(), change).unwrap();

@@ -58,6 +58,21 @@ pub struct Displaced {
     /// `S_IFMT` bits of what was displaced (file, directory, symlink).
     #[prost(uint32, tag = "2")]
     pub kind: u32,
+    /// A regular file with other names in the mirror: its identity there
+    /// (see [`Shared`]).
+    #[prost(message, optional, tag = "3")]
+    pub shared: Option<Shared>,
+}
+
+/// The identity (device, inode) of a mirror file that had several names
+/// when a record was made: a write through one name changed them all, so
+/// its undo applies to every name the file had.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, prost::Message)]
+pub struct Shared {
+    #[prost(uint64, tag = "1")]
+    pub dev: u64,
+    #[prost(uint64, tag = "2")]
+    pub ino: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -74,6 +89,12 @@ pub struct Overwritten {
     /// The bytes the change overwrote or cut off, where the file had any.
     #[prost(message, repeated, tag = "2")]
     pub ranges: Vec<OldRange>,
+    /// Its attributes before the change (a write sets the mtime).
+    #[prost(message, optional, tag = "3")]
+    pub attr: Option<AttrChanged>,
+    /// The file had other names (see [`Shared`]).
+    #[prost(message, optional, tag = "4")]
+    pub shared: Option<Shared>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -96,6 +117,9 @@ pub struct AttrChanged {
     pub mtime_sec: i64,
     #[prost(uint32, tag = "5")]
     pub mtime_nsec: u32,
+    /// The file had other names (see [`Shared`]).
+    #[prost(message, optional, tag = "6")]
+    pub shared: Option<Shared>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

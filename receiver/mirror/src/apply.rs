@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 
 use crate::attrs::{set_attr_existing, set_attr_known};
 use crate::delta::{Deltas, PartialRecord};
+use crate::history::History;
 use crate::op_error::{Context, OpResult};
 use crate::progress::QueueProgress;
 use crate::safepath::{kind_at, open_beneath, remove_at, split, Mirror, MirrorResolver, NEW_DIR_MODE};
@@ -64,6 +65,8 @@ pub struct Applier {
     pub skipped: u64,
     /// The delta being applied, if any (see [`crate::delta`]).
     deltas: Deltas,
+    /// Where what each change replaces is kept (none: nothing is).
+    history: Option<History>,
 }
 
 impl Applier {
@@ -77,7 +80,14 @@ impl Applier {
             sync_fd: None,
             skipped: 0,
             deltas: Deltas::default(),
+            history: None,
         }
+    }
+
+    /// Keeps what every change replaces in `history`.
+    pub fn with_history(mut self, history: History) -> Applier {
+        self.history = Some(history);
+        self
     }
 
     /// Keeps `record` naming the temporary file of the delta being built, and
@@ -152,6 +162,12 @@ impl Applier {
             )?;
             self.sync_fd = Some(fd);
         }
+        // The journal first: a change the mirror shows durably has its
+        // record durable too (they are on one filesystem, so syncfs would
+        // cover both; the journal may not be, in a test's store).
+        if let Some(h) = &mut self.history {
+            h.sync()?;
+        }
         rustix::fs::syncfs(self.sync_fd.as_ref().expect("opened"))?;
         if let Some(p) = &mut self.progress {
             p.sync()?;
@@ -183,6 +199,9 @@ impl Applier {
                 }
             }
         }
+        if let Some(h) = &mut self.history {
+            h.set_seq(op.seq);
+        }
         let is_delta = matches!(op.kind, Some(op::Kind::Delta(_)));
         let result = self.apply_kind(op).map_err(|e| OpError {
             delta_failed: is_delta,
@@ -211,7 +230,8 @@ impl Applier {
             op::Kind::Delta(d) => {
                 let (dir, _) = split(path);
                 let resolver = &mut self.resolver;
-                self.deltas.apply(path, d, || resolver.dir(dir, false).ctx("open parent directory"))
+                let history = self.history.as_mut();
+                self.deltas.apply(path, d, history, || resolver.dir(dir, false).ctx("open parent directory"))
             }
             op::Kind::Data(d) => self.file_data(path, d),
             op::Kind::Mkdir(m) => self.mkdir(path, m.attr.as_ref()),
@@ -239,8 +259,33 @@ impl Applier {
     /// The parent directory of `path`, created if missing.
     fn parent_create(&mut self, path: &[u8]) -> Result<Arc<OwnedFd>, String> {
         let (dir, _) = split(path);
+        if self.history.is_some() && !dir.is_empty() && self.resolver.dir(dir, false).ctx("open parent")?.is_none() {
+            self.keep_before_making(dir)?;
+        }
         let fd = self.resolver.dir(dir, true).ctx("create parent directories")?;
         Ok(fd.expect("created when missing"))
+    }
+
+    /// With history, before the resolver makes the directories of `dir`:
+    /// the first one missing is recorded as created, and a non-directory
+    /// in the way (which the resolver would remove) goes to the attic.
+    fn keep_before_making(&mut self, dir: &[u8]) -> OpResult {
+        let mut end = 0;
+        while end < dir.len() {
+            end = dir[end..].iter().position(|b| *b == b'/').map_or(dir.len(), |i| end + i);
+            let prefix = &dir[..end];
+            let (up, name) = split(prefix);
+            let Some(parent) = self.resolver.dir(up, false).ctx("open parent")? else {
+                return Ok(()); // cannot happen: each step leaves a directory
+            };
+            match kind_at(parent.as_fd(), name).ctx("stat")? {
+                Some(FileType::Directory) => {}
+                Some(kind) => return self.remove_existing(prefix, parent.as_fd(), name, kind),
+                None => return self.history.as_mut().expect("kept").created(prefix),
+            }
+            end += 1;
+        }
+        Ok(())
     }
 
     /// The parent directory of `path` if it exists (as a real directory).
@@ -249,13 +294,30 @@ impl Applier {
         self.resolver.dir(dir, false).ctx("open parent directory")
     }
 
-    /// Removes whatever is at `name` in `dir`; forgets cached directories if it
-    /// was one.
-    fn remove_existing(&mut self, dir: BorrowedFd<'_>, name: &OsStr, kind: FileType) -> OpResult {
+    /// Removes whatever is at `name` in `dir` (the wire path `path`): moves
+    /// it to the history's attic, if history is kept; forgets cached
+    /// directories if it was one.
+    fn remove_existing(&mut self, path: &[u8], dir: BorrowedFd<'_>, name: &OsStr, kind: FileType) -> OpResult {
         if kind == FileType::Directory {
             self.resolver.forget_dirs();
         }
-        remove_at(dir, name, kind).ctx("remove what is there")
+        match &mut self.history {
+            Some(h) => h.displace(path, dir, name, kind),
+            None => remove_at(dir, name, kind).ctx("remove what is there"),
+        }
+    }
+
+    /// With history: records that `name` in `dir` (the wire path `path`) is
+    /// about to be created, or moves what is there to the attic. Answers
+    /// whether something was there.
+    fn make_room(&mut self, path: &[u8], dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool, String> {
+        if self.history.is_none() {
+            return Ok(false);
+        }
+        match kind_at(dir, name).ctx("stat")? {
+            Some(kind) => self.remove_existing(path, dir, name, kind).map(|()| true),
+            None => self.history.as_mut().expect("checked").created(path).map(|()| false),
+        }
     }
 
     /// Every syscall here costs (file creation on a journaled filesystem is
@@ -265,16 +327,29 @@ impl Applier {
     fn file_data(&mut self, path: &[u8], d: &FileData) -> OpResult {
         let dir = self.parent_create(path)?;
         let (_, name) = split(path);
+        // With history, what is there decides what is kept: nothing (a new
+        // file), its old bytes (a file), or the whole of it (anything else,
+        // moved to the attic below).
+        let mut fresh = false;
+        if let Some(h) = &mut self.history {
+            if kind_at(dir.as_fd(), name).ctx("stat")?.is_none() {
+                h.created(path)?;
+                fresh = true;
+            }
+        }
         // Created with its final permissions (as far as the umask allows);
         // the mirror's root is private, so nobody sees it half-written.
         let create_mode = Mode::from_raw_mode(d.attr.as_ref().map_or(0o600, |a| a.mode & 0o777));
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+        // Read too, with history: the bytes a write replaces are kept.
+        let access = if self.history.is_some() { OFlags::RDWR } else { OFlags::WRONLY };
+        let flags = access | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
         let mut opened = open_beneath(dir.as_fd(), name, flags, create_mode);
         if let Err(Errno::LOOP | Errno::ISDIR | Errno::NXIO | Errno::NOTDIR) = opened {
             // Not a regular file there (a symlink, a directory, a FIFO...):
             // the source says it is one now.
             if let Some(kind) = kind_at(dir.as_fd(), name).ctx("stat")? {
-                self.remove_existing(dir.as_fd(), name, kind)?;
+                self.remove_existing(path, dir.as_fd(), name, kind)?;
+                fresh = true;
             }
             opened = open_beneath(dir.as_fd(), name, flags, create_mode);
         }
@@ -287,11 +362,26 @@ impl Applier {
             // Other names share this file here; the source's file at this
             // name is sent whole and may not be theirs any more.
             drop(fd);
-            rustix::fs::unlinkat(&dir, name, AtFlags::empty()).ctx("unlink the shared file")?;
+            match &mut self.history {
+                Some(h) => h.displace(path, dir.as_fd(), name, FileType::RegularFile)?,
+                None => rustix::fs::unlinkat(&dir, name, AtFlags::empty()).ctx("unlink the shared file")?,
+            }
+            fresh = true;
             fd = open_beneath(dir.as_fd(), name, flags | OFlags::EXCL, create_mode).ctx("open")?;
             st = fstat(&fd).ctx("stat")?;
         }
         let file = File::from(fd);
+        if let (false, Some(h)) = (fresh, &mut self.history) {
+            // What this op overwrites or cuts off (`overwriting` keeps only
+            // what lies within the old length).
+            let mut ranges = Vec::with_capacity(d.chunks.len() + 2);
+            if let Some(t) = d.truncate_to {
+                ranges.push((t, u64::MAX - t));
+            }
+            ranges.extend(d.chunks.iter().map(|c| (c.offset, c.data.len() as u64)));
+            ranges.push((d.size, u64::MAX - d.size));
+            h.overwriting(path, &file, &st, &ranges)?;
+        }
         let mut len = st.st_size as u64;
         if let Some(t) = d.truncate_to {
             if t < len {
@@ -316,10 +406,19 @@ impl Applier {
         let dir = self.parent_create(path)?;
         let (_, name) = split(path);
         match kind_at(dir.as_fd(), name).ctx("stat")? {
-            Some(FileType::Directory) => {}
+            Some(FileType::Directory) => {
+                if let (Some(h), Some(_)) = (&mut self.history, attr) {
+                    h.attr_changing(path, dir.as_fd(), name)?;
+                }
+            }
             existing => {
-                if let Some(kind) = existing {
-                    self.remove_existing(dir.as_fd(), name, kind)?;
+                match existing {
+                    Some(kind) => self.remove_existing(path, dir.as_fd(), name, kind)?,
+                    None => {
+                        if let Some(h) = &mut self.history {
+                            h.created(path)?;
+                        }
+                    }
                 }
                 match mkdirat(&dir, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
                     Ok(()) | Err(Errno::EXIST) => {}
@@ -340,7 +439,7 @@ impl Applier {
         let (_, name) = split(path);
         match kind_at(dir.as_fd(), name).ctx("stat")? {
             None => Ok(()),
-            Some(kind) => self.remove_existing(dir.as_fd(), name, kind),
+            Some(kind) => self.remove_existing(path, dir.as_fd(), name, kind),
         }
     }
 
@@ -359,6 +458,14 @@ impl Applier {
         if kind == FileType::Directory {
             self.resolver.forget_dirs();
         }
+        if self.history.is_some() {
+            // What the rename would replace is kept first, so the rename
+            // itself replaces nothing.
+            if let Some(k) = kind_at(to_dir.as_fd(), to_name).ctx("stat target")? {
+                self.remove_existing(to, to_dir.as_fd(), to_name, k).map_err(|e| format!("{}: {e}", lossy(to)))?;
+            }
+            self.history.as_mut().expect("checked").renamed(from, to)?;
+        }
         let mut replaced = false;
         loop {
             match renameat_with(from_dir, from_name, &to_dir, to_name, RenameFlags::empty()) {
@@ -369,7 +476,8 @@ impl Applier {
                 Err(Errno::ISDIR | Errno::NOTDIR | Errno::NOTEMPTY | Errno::EXIST) if !replaced => {
                     replaced = true;
                     if let Some(k) = kind_at(to_dir.as_fd(), to_name).ctx("stat target")? {
-                        self.remove_existing(to_dir.as_fd(), to_name, k).map_err(|e| format!("{}: {e}", lossy(to)))?;
+                        self.remove_existing(to, to_dir.as_fd(), to_name, k)
+                            .map_err(|e| format!("{}: {e}", lossy(to)))?;
                     }
                 }
                 Err(e) => return Err(e).ctx(&format!("rename to {}", lossy(to))),
@@ -413,6 +521,9 @@ impl Applier {
                 }
                 let (_, na) = split(a);
                 let (_, nb) = split(b);
+                if let Some(h) = &mut self.history {
+                    h.exchanged(a, b)?;
+                }
                 renameat_with(&da, na, &db, nb, RenameFlags::EXCHANGE).ctx(&format!("exchange with {}", lossy(b)))
             }
             (Some((da, ka)), None) => self.move_to(&da, a, ka, b),
@@ -430,6 +541,7 @@ impl Applier {
         }
         let dir = self.parent_create(path)?;
         let (_, name) = split(path);
+        self.make_room(path, dir.as_fd(), name)?;
         let mut replaced = false;
         loop {
             match symlinkat(target, &dir, name) {
@@ -437,7 +549,7 @@ impl Applier {
                 Err(Errno::EXIST) if !replaced => {
                     replaced = true;
                     if let Some(k) = kind_at(dir.as_fd(), name).ctx("stat")? {
-                        self.remove_existing(dir.as_fd(), name, k)?;
+                        self.remove_existing(path, dir.as_fd(), name, k)?;
                     }
                 }
                 Err(e) => return Err(e).ctx("symlink"),
@@ -461,6 +573,15 @@ impl Applier {
         let to_dir = self.parent_create(to).map_err(|e| format!("{} {e}", lossy(to)))?;
         let (_, name) = split(path);
         let (_, to_name) = split(to);
+        if self.history.is_some() {
+            let src = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).ctx("stat")?;
+            match rustix::fs::statat(&to_dir, to_name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => return Ok(()),
+                _ => {
+                    self.make_room(to, to_dir.as_fd(), to_name).map_err(|e| format!("{}: {e}", lossy(to)))?;
+                }
+            }
+        }
         let mut replaced = false;
         loop {
             match linkat(&dir, name, &to_dir, to_name, AtFlags::empty()) {
@@ -472,7 +593,7 @@ impl Applier {
                         Ok(dst) if (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino) => return Ok(()),
                         Ok(dst) => {
                             let k = FileType::from_raw_mode(dst.st_mode);
-                            self.remove_existing(to_dir.as_fd(), to_name, k)
+                            self.remove_existing(to, to_dir.as_fd(), to_name, k)
                                 .map_err(|e| format!("{}: {e}", lossy(to)))?;
                         }
                         Err(Errno::NOENT) => {}
@@ -489,6 +610,9 @@ impl Applier {
             return Err("no such file or directory".into());
         };
         let (_, name) = split(path);
+        if let Some(h) = &mut self.history {
+            h.attr_changing(path, dir.as_fd(), name)?;
+        }
         set_attr_existing(dir.as_fd(), name, kind, attr, true)
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::history::History;
 use lifeline_core::credential::MachineName;
 use lifeline_core::tree::{compare, CompareOptions};
 use lifeline_proto::v1::{Chunk, Link, Mkdir, Remove, Rename, SetAttr, Symlink};
@@ -8,6 +9,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub(crate) struct Fixture {
+    pub clock: std::sync::Arc<lifeline_history::ManualClock>,
     pub _store: tempfile::TempDir,
     pub outside: tempfile::TempDir,
     pub applier: Applier,
@@ -21,8 +23,28 @@ impl Fixture {
         fs::write(outside.path().join("x"), b"outside x").unwrap();
         fs::write(outside.path().join("y"), b"outside y").unwrap();
         fs::set_permissions(outside.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let mirror = Mirror::open(&StoreLayout::new(store.path()), &MachineName::new("m").unwrap()).unwrap();
-        Fixture { _store: store, outside, applier: Applier::new(mirror, "m"), seq: 0 }
+        let layout = StoreLayout::new(store.path());
+        let machine = MachineName::new("m").unwrap();
+        let mirror = Mirror::open(&layout, &machine).unwrap();
+        // With history, as the service runs it: every test here also
+        // checks that keeping history changes nothing in the mirror.
+        let clock = std::sync::Arc::new(lifeline_history::ManualClock::at(1_000_000_000_000));
+        let history = History::open(&layout, &machine, clock.clone()).unwrap();
+        Fixture { clock, _store: store, outside, applier: Applier::new(mirror, "m").with_history(history), seq: 0 }
+    }
+
+    /// The journal's records so far.
+    pub fn records(&mut self) -> Vec<lifeline_history::Record> {
+        self.applier.sync().unwrap();
+        let layout = StoreLayout::new(self._store.path());
+        lifeline_history::Journal::open(&layout.history_journal(&MachineName::new("m").unwrap()))
+            .records_after(i64::MIN)
+            .unwrap()
+    }
+
+    /// An object of the attic.
+    pub fn attic(&self, object: &str) -> PathBuf {
+        StoreLayout::new(self._store.path()).history_attic(&MachineName::new("m").unwrap()).join(object)
     }
 
     pub fn root(&self) -> PathBuf {
@@ -581,4 +603,215 @@ fn bits_stored_before_the_fix_are_taken_off_and_kept() {
     let modes = listed_modes(f.applier.mirror(), b"old");
     assert_eq!((modes["old/su"], modes["old/dir"]), (0o4750, 0o2775));
     assert_eq!(crate::attrs::strip_stored_bits(&root).unwrap(), 0, "nothing left");
+}
+
+/// What each kind of change keeps (docs/history.md): the records and the
+/// attic after each op, and the mirror unchanged by keeping them.
+mod kept {
+    use super::*;
+    use lifeline_history::record::Change;
+    use lifeline_history::Clock;
+
+    fn last(f: &mut Fixture) -> lifeline_history::Record {
+        f.records().pop().expect("a record")
+    }
+
+    #[test]
+    fn a_new_file_is_created_and_an_overwrite_keeps_the_old_bytes() {
+        let mut f = Fixture::new();
+        f.op(b"d/f", data(b"0123456789", 0o644)).unwrap();
+        let recs = f.records();
+        assert!(matches!(recs[0].change, Some(Change::Created(_))), "{recs:?}");
+        assert!(recs.iter().any(|r| r.path == b"d/f" && matches!(r.change, Some(Change::Created(_)))));
+        // Overwrite 3 bytes in the middle and append 2.
+        f.op(
+            b"d/f",
+            op::Kind::Data(FileData {
+                chunks: vec![Chunk { offset: 4, data: b"abc".to_vec() }, Chunk { offset: 10, data: b"XY".to_vec() }],
+                size: 12,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
+        let r = last(&mut f);
+        let Some(Change::Overwritten(o)) = r.change else { panic!("{r:?}") };
+        assert_eq!(o.old_size, 10);
+        assert_eq!(o.ranges.len(), 1, "the append keeps nothing: {o:?}");
+        assert_eq!((o.ranges[0].offset, &o.ranges[0].data[..]), (4, &b"456"[..]));
+        assert_eq!(o.attr.unwrap().mode, 0o644);
+        assert_eq!(fs::read(f.root().join("d/f")).unwrap(), b"0123abc789XY");
+        // Truncation keeps the tail.
+        f.op(b"d/f", op::Kind::Data(FileData { truncate_to: Some(5), size: 5, ..Default::default() })).unwrap();
+        let Some(Change::Overwritten(o)) = last(&mut f).change else { panic!() };
+        assert_eq!((o.old_size, o.ranges[0].offset, &o.ranges[0].data[..]), (12, 5, &b"bc789XY"[..]));
+    }
+
+    #[test]
+    fn what_is_removed_or_replaced_goes_to_the_attic_whole() {
+        let mut f = Fixture::new();
+        f.op(b"t", mkdir(0o755)).unwrap();
+        f.op(b"t/a", data(b"a", 0o600)).unwrap();
+        f.op(b"t/sub", mkdir(0o700)).unwrap();
+        f.op(b"t/sub/b", data(b"b", 0o600)).unwrap();
+        f.op(b"t", op::Kind::Remove(Remove {})).unwrap();
+        assert!(!f.root().join("t").exists());
+        let r = last(&mut f);
+        let Some(Change::Displaced(d)) = r.change else { panic!("{r:?}") };
+        assert_eq!(r.path, b"t");
+        assert_eq!(fs::read(f.attic(&d.object).join("sub/b")).unwrap(), b"b", "the whole tree is kept");
+        // A rename over a file keeps the file it replaces.
+        f.op(b"x", data(b"old x", 0o600)).unwrap();
+        f.op(b"y", data(b"new", 0o600)).unwrap();
+        f.op(b"y", rename(b"x", false)).unwrap();
+        let recs = f.records();
+        let n = recs.len();
+        let Some(Change::Displaced(d)) = &recs[n - 2].change else { panic!("{recs:?}") };
+        assert_eq!(recs[n - 2].path, b"x");
+        assert_eq!(fs::read(f.attic(&d.object)).unwrap(), b"old x");
+        let Some(Change::Renamed(r)) = &recs[n - 1].change else { panic!("{recs:?}") };
+        assert_eq!((&recs[n - 1].path[..], &r.to[..]), (&b"y"[..], &b"x"[..]));
+        assert_eq!(fs::read(f.root().join("x")).unwrap(), b"new");
+        // A symlink over a file, a setattr.
+        f.op(b"x", symlink_op(b"target")).unwrap();
+        let Some(Change::Displaced(d)) = last(&mut f).change else { panic!() };
+        assert_eq!(fs::read(f.attic(&d.object)).unwrap(), b"new");
+        f.op(b"z", data(b"z", 0o640)).unwrap();
+        f.op(b"z", op::Kind::Setattr(SetAttr { attr: Some(attr(0o600, 5)) })).unwrap();
+        let Some(Change::AttrChanged(a)) = last(&mut f).change else { panic!() };
+        assert_eq!((a.mode, a.mtime_sec), (0o640, 1_600_000_000));
+    }
+
+    #[test]
+    fn a_file_kept_in_the_attic_no_longer_changes_with_its_other_names() {
+        let mut f = Fixture::new();
+        f.op(b"a", data(b"shared", 0o644)).unwrap();
+        f.op(b"a", link(b"b")).unwrap();
+        f.op(b"a", op::Kind::Remove(Remove {})).unwrap();
+        let Some(Change::Displaced(d)) = last(&mut f).change else { panic!() };
+        let mut through = data(b"later", 0o644);
+        if let op::Kind::Data(d) = &mut through {
+            d.truncate_to = None;
+        }
+        f.op(b"b", through).unwrap();
+        assert_eq!(fs::read(f.root().join("b")).unwrap(), b"later");
+        assert_eq!(fs::read(f.attic(&d.object)).unwrap(), b"shared", "the attic's copy changed with b");
+        assert_eq!(fs::metadata(f.attic(&d.object)).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+
+    /// What a tree holds, for comparing: kind, bytes or target, mode.
+    fn snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
+        let mut out = std::collections::BTreeMap::new();
+        if root.symlink_metadata().is_err() {
+            return out;
+        }
+        for e in walkdir::WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let md = e.path().symlink_metadata().unwrap();
+            let what = if md.file_type().is_symlink() {
+                format!("link {}", fs::read_link(e.path()).unwrap().display())
+            } else if md.is_dir() {
+                format!("dir {:o}", md.mode() & 0o777)
+            } else {
+                format!("file {:o} {:?}", md.mode() & 0o777, String::from_utf8_lossy(&fs::read(e.path()).unwrap()))
+            };
+            out.insert(rel, what);
+        }
+        out
+    }
+
+    /// The test at the applier: a seeded workload of every kind of
+    /// op over a small tree, its state recorded after each op; then the
+    /// tree restored as of 40 of those instants equals what was recorded.
+    #[test]
+    fn the_tree_as_of_any_instant_comes_back() {
+        for seed in (1..9u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            timeline_restores(seed);
+        }
+    }
+
+    fn timeline_restores(mut seed: u64) {
+        let seed0 = seed;
+        let mut f = Fixture::new();
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["w/a", "w/b", "w/d/c", "w/d/e", "w/f/g", "w/d", "w/f", "w/h"];
+        f.op(b"w", mkdir(0o755)).unwrap();
+        let mut timeline = Vec::new();
+        for step in 0..300u64 {
+            let p = names[rnd(names.len() as u64) as usize].as_bytes();
+            let q = names[rnd(names.len() as u64) as usize].as_bytes();
+            let content = format!("step {step} {}", "x".repeat(rnd(40) as usize)).into_bytes();
+            let kind = match rnd(10) {
+                0 | 1 => data(&content, 0o600 + (rnd(2) as u32) * 0o44),
+                2 => op::Kind::Data(FileData {
+                    chunks: vec![Chunk { offset: rnd(30), data: content[..5].to_vec() }],
+                    size: rnd(30) + 5,
+                    ..Default::default()
+                }),
+                3 => op::Kind::Data(FileData { truncate_to: Some(rnd(8)), size: rnd(8), ..Default::default() }),
+                4 => op::Kind::Remove(Remove {}),
+                5 => mkdir(0o700 + (rnd(2) as u32) * 0o55),
+                6 => rename(q, false),
+                7 => symlink_op(format!("t{step}").as_bytes()),
+                8 => op::Kind::Setattr(SetAttr { attr: Some(attr(0o600 + (rnd(3) as u32) * 0o11, step as i64)) }),
+                _ => link(q),
+            };
+            // Errors (a rename of a missing name, a link of a directory)
+            // change nothing, and are part of the workload too.
+            let _ = f.op(p, kind);
+            timeline.push((f.clock.now_ns(), snapshot(&f.root().join("w"))));
+            f.clock.advance(1_000_000);
+        }
+        f.applier.sync().unwrap();
+        let store = StoreLayout::new(f._store.path());
+        let machine = MachineName::new("m").unwrap();
+        for i in 0..40 {
+            let (at, want) = &timeline[rnd(timeline.len() as u64) as usize];
+            let to = tempfile::tempdir().unwrap();
+            crate::restore::restore_as_of(&store, &machine, *at, b"w", to.path())
+                .unwrap_or_else(|e| panic!("restore {i} as of {at}: {e:#}"));
+            let got = snapshot(&to.path().join("w"));
+            if &got != want && std::env::var("LIFELINE_DEBUG_HISTORY").is_ok() {
+                let recs =
+                    lifeline_history::Journal::open(&store.history_journal(&machine)).records_after(*at).unwrap();
+                for r in recs
+                    .iter()
+                    .filter(|r| {
+                        format!("{:?}{:?}", String::from_utf8_lossy(&r.path), r.change)
+                            .contains(&std::env::var("LIFELINE_DEBUG_HISTORY").unwrap())
+                    })
+                    .take(40)
+                {
+                    eprintln!(
+                        "{} {} {:?} {:?}",
+                        r.time_ns,
+                        r.seq,
+                        String::from_utf8_lossy(&r.path),
+                        r.change.as_ref().map(|c| format!("{c:?}").chars().take(80).collect::<String>())
+                    );
+                }
+            }
+            assert_eq!(&got, want, "seed {seed0}: restore {i} as of {at}");
+        }
+        // The present, too; the mirror was not touched by the restores.
+        let (at, want) = timeline.last().unwrap();
+        assert_eq!(&snapshot(&f.root().join("w")), want);
+        let to = tempfile::tempdir().unwrap();
+        crate::restore::restore_as_of(&store, &machine, *at, b"w", to.path()).unwrap();
+        assert_eq!(&snapshot(&to.path().join("w")), want);
+    }
+
+    #[test]
+    fn records_carry_their_op_and_are_durable_with_the_batch() {
+        let mut f = Fixture::new();
+        f.op(b"a", data(b"a", 0o600)).unwrap();
+        f.op(b"a", data(b"b", 0o600)).unwrap();
+        let recs = f.records();
+        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
+    }
 }

@@ -58,6 +58,7 @@ use lifeline_store::private::open_record;
 use lifeline_store::StoreLayout;
 
 use crate::attrs::{original_mode_fd, set_attr_known};
+use crate::history::History;
 use crate::op_error::Context;
 use crate::safepath::{open_beneath, split, Mirror};
 
@@ -436,6 +437,7 @@ impl Deltas {
         &mut self,
         path: &[u8],
         d: &FileDelta,
+        history: Option<&mut History>,
         parent: impl FnOnce() -> Result<Option<Arc<OwnedFd>>, String>,
     ) -> Result<(), String> {
         let mut open = match std::mem::take(&mut self.state) {
@@ -476,7 +478,7 @@ impl Deltas {
             return Ok(());
         }
         let r = self.pieces(&mut open, d);
-        let r = r.and_then(|()| if d.last { self.finish(&mut open, d) } else { Ok(()) });
+        let r = r.and_then(|()| if d.last { self.finish(&mut open, d, history) } else { Ok(()) });
         match r {
             Ok(()) if !d.last => {
                 self.state = State::Open(open);
@@ -601,7 +603,7 @@ impl Deltas {
     }
 
     /// The last piece: checks what was built and puts it in place.
-    fn finish(&mut self, o: &mut OpenDelta, d: &FileDelta) -> Result<(), String> {
+    fn finish(&mut self, o: &mut OpenDelta, d: &FileDelta, history: Option<&mut History>) -> Result<(), String> {
         let hash: [u8; 32] = d.new_hash[..]
             .try_into()
             .map_err(|_| format!("the delta's hash has {} bytes, not 32", d.new_hash.len()))?;
@@ -616,6 +618,9 @@ impl Deltas {
                     .into());
             }
             let st = fstat(base).ctx("stat the base")?;
+            if let Some(h) = history {
+                h.attr_changing(&o.path, o.dir.as_fd(), &o.name)?;
+            }
             set_attr_known(base.as_fd(), &attr, &st, true)?;
             debug!(
                 "delta of {}: content unchanged, checked in {:?}",
@@ -632,6 +637,11 @@ impl Deltas {
             let file = patcher.finish(d.new_len, &hash).map_err(|e| e.to_string())?;
             let st = fstat(&file).ctx("stat the new file")?;
             set_attr_known(file.as_fd(), &attr, &st, true)?;
+            // The file replaced is kept whole (a second name in the attic:
+            // the mirror never lacks the name).
+            if let Some(h) = history {
+                h.keep_replaced_file(&o.path, o.dir.as_fd(), &o.name)?;
+            }
             renameat(&o.dir, &temp, &o.dir, &o.name).ctx("rename over the target")
         })();
         if result.is_err() {

@@ -13,6 +13,9 @@
 //!   [`original_mode_at`] read back the mode sent).
 //! - [`safepath`]: resolving paths inside a mirror without ever leaving it
 //!   (openat2); [`listing`]: `ListTree`.
+//! - [`history`]: what the applier keeps of what it replaces (a journal
+//!   record before each change; what is removed moved to the attic).
+//! - [`restore`]: a tree as of an instant, from the mirror and its history.
 //! - [`progress`]: how far each agent queue was applied
 //!   ([`progress::QueueProgress`]), so that replays apply nothing twice.
 //!
@@ -23,9 +26,11 @@
 pub mod apply;
 mod attrs;
 pub mod delta;
+pub mod history;
 pub mod listing;
 mod op_error;
 pub mod progress;
+pub mod restore;
 pub mod safepath;
 mod service;
 

@@ -20,9 +20,11 @@ use lifeline_store::{Authenticator, Quotas, StoreLayout};
 
 use crate::apply::Applier;
 use crate::delta::{self, PartialRecord};
+use crate::history::History;
 use crate::listing;
 use crate::progress::QueueProgress;
 use crate::safepath::{self, Mirror};
+use lifeline_history::{Clock, SystemClock};
 
 /// A one-way "stop" signal, readable from async code and from the applier's
 /// blocking thread.
@@ -67,6 +69,8 @@ struct Inner {
     store: StoreLayout,
     auth: Arc<dyn Authenticator>,
     quotas: Arc<Quotas>,
+    /// The receiver's clock, which history is stamped with.
+    clock: Arc<dyn Clock>,
     machines: Mutex<HashMap<MachineName, Arc<MachineState>>>,
     shutdown: Arc<Cancel>,
     fault: Arc<FaultHook>,
@@ -136,11 +140,18 @@ impl MirrorService {
                 store: store.clone(),
                 auth,
                 quotas,
+                clock: Arc::new(SystemClock),
                 machines: Mutex::new(HashMap::new()),
                 shutdown: Arc::new(Cancel::default()),
                 fault: Arc::new(FaultHook::from_env()),
             }),
         })
+    }
+
+    /// Stamps history with `clock` instead of the system's (tests).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> MirrorService {
+        Arc::get_mut(&mut self.inner).expect("not shared yet").clock = clock;
+        self
     }
 
     /// The tonic service, with Lifeline's message size limits.
@@ -249,6 +260,7 @@ impl Replication for MirrorService {
             queue_id,
             store: self.inner.store.clone(),
             quotas: self.inner.quotas.clone(),
+            clock: self.inner.clock.clone(),
             state,
             cancel,
             shutdown: self.inner.shutdown.clone(),
@@ -396,6 +408,7 @@ struct Stream {
     queue_id: u64,
     store: StoreLayout,
     quotas: Arc<Quotas>,
+    clock: Arc<dyn Clock>,
     state: Arc<MachineState>,
     cancel: Arc<Cancel>,
     shutdown: Arc<Cancel>,
@@ -457,23 +470,35 @@ impl Stream {
             tokio::task::spawn_blocking(move || (q != 0).then(|| QueueProgress::open(&store, &m, q)).transpose()).await
         };
         let partial = {
-            let (store, m, mirror) = (self.store.clone(), machine.clone(), mirror.clone());
+            let (store, m, mirror, clock) = (self.store.clone(), machine.clone(), mirror.clone(), self.clock.clone());
             tokio::task::spawn_blocking(move || {
-                let a = Applier::new(mirror, m.as_str());
-                match PartialRecord::open(&store, &m) {
+                // History is kept or nothing is applied: a change whose
+                // past could not be kept would be lost for good.
+                let history = History::open(&store, &m, clock)
+                    .map_err(|e| format!("cannot open the history of machine {m} in {}: {e}", store.root().display()))?;
+                let a = Applier::new(mirror, m.as_str()).with_history(history);
+                Ok::<_, String>(match PartialRecord::open(&store, &m) {
                     // Removes what a delta of a killed receiver left behind.
                     Ok(r) => a.with_partial(r),
                     Err(e) => {
                         warn!(machine = %m, "cannot open the delta record: {e}; a receiver killed mid-delta may leave a temporary file");
                         a
                     }
-                }
+                })
             })
             .await
         };
         let mut a = match partial {
-            Ok(a) => a,
-            Err(_) => Applier::new(mirror, machine.as_str()),
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                error!(%machine, "{e}");
+                let _ = self.tx.send(Err(Status::internal(e))).await;
+                return Stop::Agent;
+            }
+            Err(e) => {
+                let _ = self.tx.send(Err(Status::internal(format!("opening the mirror: {e}")))).await;
+                return Stop::Agent;
+            }
         };
         match opened {
             Ok(Ok(Some(p))) => a = a.with_progress(p),

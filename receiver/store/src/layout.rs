@@ -91,10 +91,28 @@ impl StoreLayout {
         self.image_stores().join(machine.as_str())
     }
 
+    /// `machine`'s history (docs/history.md): what each change to its
+    /// mirror replaced.
+    pub fn history(&self, machine: &MachineName) -> PathBuf {
+        self.root.join("history").join(machine.as_str())
+    }
+
+    /// The journal of `machine`'s history.
+    pub fn history_journal(&self, machine: &MachineName) -> PathBuf {
+        self.history(machine).join("journal")
+    }
+
+    /// Where what was removed or replaced whole in `machine`'s mirror is
+    /// kept.
+    pub fn history_attic(&self, machine: &MachineName) -> PathBuf {
+        self.history(machine).join("attic")
+    }
+
     /// Everything the store keeps under `machine`'s name.
-    fn machine_data(&self, machine: &MachineName) -> [(&'static str, PathBuf); 4] {
+    fn machine_data(&self, machine: &MachineName) -> [(&'static str, PathBuf); 5] {
         [
             ("mirror", self.mirror(machine)),
+            ("history", self.history(machine)),
             ("images", self.image_store(machine)),
             ("queues", self.queue_progress(machine)),
             ("partial", self.partial_delta(machine)),

@@ -1,0 +1,501 @@
+//! A tree as it was at an instant, from the mirror (the present) and the
+//! history's records newer than the instant, undone newest first
+//! (docs/history.md). The mirror and the history are only read.
+//!
+//! The undo runs in a scratch tree laid out like the mirror, next to the
+//! destination: the present copies of the paths that matter, then each
+//! record undone there as a plain filesystem operation (a rename back, a
+//! removal, an attic object copied in, old bytes written back). What
+//! matters is the asked path and everything whose content a rename since
+//! the instant carried into it (found before copying, to a fixpoint).
+//! Finally the asked path moves from the scratch to `DIR/<path>`.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use lifeline_core::credential::MachineName;
+use lifeline_history::record::{AttrChanged, Change, Shared};
+use lifeline_history::{Journal, Record};
+use lifeline_store::StoreLayout;
+
+/// What a restore brought back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Records undone.
+    pub undone: usize,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Files whose setuid/setgid bits were not restored (never set by a
+    /// restore: the receiver is not the machine).
+    pub privileged_stripped: u64,
+}
+
+/// Writes `path` (a wire path: `srv/data`, as the mirror keeps it) of
+/// `machine` as it was at `as_of_ns` (the receiver's clock) under `to`,
+/// as `to/<path>`, which must not exist. Answers what was restored; `Err`
+/// when nothing was there at that instant, or on an I/O error (the
+/// scratch tree is removed either way).
+pub fn restore_as_of(
+    store: &StoreLayout,
+    machine: &MachineName,
+    as_of_ns: i64,
+    path: &[u8],
+    to: &Path,
+) -> anyhow::Result<Restored> {
+    lifeline_core::wirepath::validate(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dest = to.join(std::ffi::OsStr::from_bytes(path));
+    if dest.symlink_metadata().is_ok() {
+        bail!("{} exists: a restore never writes over anything; give another --to", dest.display());
+    }
+    let records = Journal::open(&store.history_journal(machine))
+        .records_after(as_of_ns)
+        .with_context(|| format!("reading the history of {machine}"))?;
+    let roots = relevant_roots(path, &records);
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let scratch = to.join(format!(".lifeline-restore.{}", std::process::id()));
+    fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let result = (|| {
+        let mut links = Links::default();
+        for rec in &records {
+            let shared = match &rec.change {
+                Some(Change::Overwritten(o)) => o.shared,
+                Some(Change::AttrChanged(a)) => a.shared,
+                Some(Change::Displaced(d)) => d.shared,
+                _ => None,
+            };
+            if let Some(id) = shared {
+                links.wanted.insert((id.dev, id.ino));
+            }
+        }
+        let mirror = store.mirror(machine);
+        let attic = store.history_attic(machine);
+        for root in &roots {
+            let src = mirror.join(std::ffi::OsStr::from_bytes(root));
+            if src.symlink_metadata().is_ok() {
+                copy_tree(&src, &under(&scratch, root), &mut links)?;
+            }
+        }
+        let mut undone = 0;
+        for rec in records.iter().rev() {
+            if undo(rec, &roots, &scratch, &attic, &mut links)? {
+                undone += 1;
+            }
+        }
+        let got = under(&scratch, path);
+        if got.symlink_metadata().is_err() {
+            bail!(
+                "{} did not exist at that instant (nothing in the mirror or its history)",
+                String::from_utf8_lossy(path)
+            );
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(&got, &dest).with_context(|| format!("moving the restored tree to {}", dest.display()))?;
+        let mut restored = count(&dest)?;
+        restored.undone = undone;
+        Ok(restored)
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+/// One change kept for a path, as `history list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    pub time_ns: i64,
+    pub seq: u64,
+    /// What the change did, and what was kept of what it replaced.
+    pub what: String,
+}
+
+/// The changes kept for `path` (a wire path) of `machine`, oldest first:
+/// changes at the path, renames to it, and removals or replacements of a
+/// directory above it.
+pub fn versions(store: &StoreLayout, machine: &MachineName, path: &[u8]) -> anyhow::Result<Vec<Version>> {
+    lifeline_core::wirepath::validate(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let records = Journal::open(&store.history_journal(machine))
+        .records_after(i64::MIN)
+        .with_context(|| format!("reading the history of {machine}"))?;
+    let mut out = Vec::new();
+    for r in records {
+        let at = r.path == path;
+        let above = within(path, &r.path) && !at;
+        let what = match &r.change {
+            Some(Change::Created(_)) if at => "created".to_string(),
+            Some(Change::Created(_)) if above => format!("created with {}", String::from_utf8_lossy(&r.path)),
+            Some(Change::Displaced(_)) if at => "removed or replaced (kept whole)".to_string(),
+            Some(Change::Displaced(_)) if above => {
+                format!("removed or replaced with {} (kept whole)", String::from_utf8_lossy(&r.path))
+            }
+            Some(Change::Renamed(x)) if at => format!("renamed to {}", String::from_utf8_lossy(&x.to)),
+            Some(Change::Renamed(x)) if x.to == path => {
+                format!("renamed here from {}", String::from_utf8_lossy(&r.path))
+            }
+            Some(Change::Exchanged(x)) if at || x.with == path => "exchanged".to_string(),
+            Some(Change::Overwritten(o)) if at => format!(
+                "written: was {} bytes, {} bytes of it kept",
+                o.old_size,
+                o.ranges.iter().map(|r| r.data.len()).sum::<usize>()
+            ),
+            Some(Change::AttrChanged(a)) if at => format!("attributes changed: were mode {:o}", a.mode),
+            _ => continue,
+        };
+        out.push(Version { time_ns: r.time_ns, seq: r.seq, what });
+    }
+    Ok(out)
+}
+
+/// `root/<wire path>`.
+fn under(root: &Path, wire: &[u8]) -> PathBuf {
+    root.join(std::ffi::OsStr::from_bytes(wire))
+}
+
+/// `a` is `b` or below it.
+fn within(a: &[u8], b: &[u8]) -> bool {
+    a == b || (a.starts_with(b) && a.get(b.len()) == Some(&b'/'))
+}
+
+/// `path` and every path whose content the records' renames (undone,
+/// newest first) carry into it, to a fixpoint; none below another.
+fn relevant_roots(path: &[u8], records: &[Record]) -> Vec<Vec<u8>> {
+    let mut roots = vec![path.to_vec()];
+    loop {
+        let before = roots.len();
+        for rec in records.iter().rev() {
+            let moves: Vec<(&[u8], &[u8])> = match &rec.change {
+                // Undone: what is at `to` goes back to `path`.
+                Some(Change::Renamed(r)) => vec![(&r.to, &rec.path)],
+                Some(Change::Exchanged(x)) => vec![(&x.with, &rec.path), (&rec.path, &x.with)],
+                _ => continue,
+            };
+            for (from, into) in moves {
+                let mut add = Vec::new();
+                for r in &roots {
+                    if within(into, r) {
+                        // Lands in a root: all of `from` matters.
+                        add.push(from.to_vec());
+                    } else if within(r, into) {
+                        // A root lies inside where it lands: its part of `from`.
+                        let mut p = from.to_vec();
+                        p.extend_from_slice(&r[into.len()..]);
+                        add.push(p);
+                    }
+                }
+                for p in add {
+                    if !roots.iter().any(|r| within(&p, r)) {
+                        roots.retain(|r| !within(r, &p));
+                        roots.push(p);
+                    }
+                }
+            }
+        }
+        if roots.len() == before {
+            return roots;
+        }
+    }
+}
+
+/// Undoes `rec` in `scratch`, where it touches the roots; answers whether
+/// it did anything.
+fn undo(rec: &Record, roots: &[Vec<u8>], scratch: &Path, attic: &Path, links: &mut Links) -> anyhow::Result<bool> {
+    let q = &rec.path[..];
+    let touches = |p: &[u8]| roots.iter().any(|r| within(p, r) || within(r, p));
+    let here = under(scratch, q);
+    match &rec.change {
+        Some(Change::Created(_)) if touches(q) => remove(&here)?,
+        Some(Change::Displaced(d)) if touches(q) => {
+            let obj = attic.join(&d.object);
+            if obj.symlink_metadata().is_err() {
+                // Recorded, then the move failed (or the receiver died
+                // between the two): nothing was displaced.
+                return Ok(false);
+            }
+            remove(&here)?;
+            if roots.iter().any(|r| within(q, r)) {
+                copy_tree(&obj, &here, links)?;
+                if let Some(id) = &d.shared {
+                    links.register((id.dev, id.ino), &here)?;
+                }
+            } else {
+                // Only the roots' parts of a bigger tree.
+                for r in roots.iter().filter(|r| within(r, q)) {
+                    let part = obj.join(std::ffi::OsStr::from_bytes(&r[q.len() + 1..]));
+                    if part.symlink_metadata().is_ok() {
+                        copy_tree(&part, &under(scratch, r), links)?;
+                    }
+                }
+            }
+        }
+        Some(Change::Renamed(r)) if touches(q) || touches(&r.to) => move_entry(&under(scratch, &r.to), &here)?,
+        Some(Change::Exchanged(x)) if touches(q) || touches(&x.with) => {
+            let other = under(scratch, &x.with);
+            let tmp = scratch.join(".lifeline-exchange");
+            move_entry(&here, &tmp)?;
+            move_entry(&other, &here)?;
+            move_entry(&tmp, &other)?;
+        }
+        Some(Change::Overwritten(o)) if touches(q) => {
+            let mut files = links
+                .others(o.shared.as_ref(), &here)
+                .into_iter()
+                .map(|f| f.try_clone())
+                .collect::<Result<Vec<_>, _>>()?;
+            if here.symlink_metadata().is_ok_and(|md| md.file_type().is_file()) {
+                files.push(fs::OpenOptions::new().write(true).open(&here)?);
+            }
+            if files.is_empty() {
+                return Ok(false);
+            }
+            for f in &files {
+                f.set_len(o.old_size)?;
+                for r in &o.ranges {
+                    f.write_all_at(&r.data, r.offset)?;
+                }
+                if let Some(a) = &o.attr {
+                    set_attrs_fd(f, a)?;
+                }
+            }
+        }
+        Some(Change::AttrChanged(a)) if touches(q) => {
+            for f in links.others(a.shared.as_ref(), &here) {
+                set_attrs_fd(f, a)?;
+            }
+            if here.symlink_metadata().is_err() {
+                return Ok(false);
+            }
+            set_attrs(&here, a)?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn remove(p: &Path) -> io::Result<()> {
+    match p.symlink_metadata() {
+        Ok(md) if md.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves `from` to `to` (replacing it), if `from` exists.
+fn move_entry(from: &Path, to: &Path) -> io::Result<()> {
+    if from.symlink_metadata().is_err() {
+        return Ok(());
+    }
+    remove(to)?;
+    if let Some(parent) = to.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::rename(from, to)
+}
+
+/// The files of the scratch tree that were one file with several names in
+/// the mirror.
+#[derive(Default)]
+struct Links {
+    /// The first copy of each mirror file with several names: its (device,
+    /// inode) in the mirror to where it was copied (the other names are
+    /// hard links to it).
+    first: std::collections::HashMap<(u64, u64), PathBuf>,
+    /// Every scratch file standing for a mirror file (device, inode) that
+    /// records name as `Shared`, open: they follow their file through the
+    /// renames the undo makes.
+    shared: std::collections::HashMap<(u64, u64), Vec<File>>,
+    /// The identities records name as `Shared`: the mirror files copied
+    /// that have one are registered, whatever their names now.
+    wanted: std::collections::HashSet<(u64, u64)>,
+}
+
+impl Links {
+    fn register(&mut self, id: (u64, u64), scratch: &Path) -> io::Result<()> {
+        let f = fs::OpenOptions::new().read(true).write(true).open(scratch)?;
+        self.shared.entry(id).or_default().push(f);
+        Ok(())
+    }
+
+    /// The scratch files standing for `shared`, but the one at `here`.
+    fn others(&self, shared: Option<&Shared>, here: &Path) -> Vec<&File> {
+        let Some(id) = shared else { return Vec::new() };
+        let mine = here.symlink_metadata().ok().map(|m| (m.dev(), m.ino()));
+        let mut seen = std::collections::HashSet::new();
+        self.shared
+            .get(&(id.dev, id.ino))
+            .into_iter()
+            .flatten()
+            .filter(|f| {
+                let id = f.metadata().map(|m| (m.dev(), m.ino())).ok();
+                id != mine && seen.insert(id)
+            })
+            .collect()
+    }
+}
+
+/// Copies the mirror or attic entry `src` (never following a symlink) to
+/// `dst`, with the mode the machine sent (setuid/setgid left off), owner
+/// and mtime.
+fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> anyhow::Result<()> {
+    if let Some(parent) = dst.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut dirs = Vec::new();
+    for entry in walkdir::WalkDir::new(src).follow_links(false).follow_root_links(false) {
+        let entry = entry?;
+        let rel = entry.path().strip_prefix(src).expect("below the walk's root");
+        let to = if rel.as_os_str().is_empty() { dst.to_path_buf() } else { dst.join(rel) };
+        let md = entry.path().symlink_metadata()?;
+        let ft = md.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&to)?;
+            dirs.push((to, entry.path().to_path_buf(), md));
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
+            let _ = rustix::fs::chownat(
+                rustix::fs::CWD,
+                &to,
+                Some(rustix::fs::Uid::from_raw(md.uid())),
+                Some(rustix::fs::Gid::from_raw(md.gid())),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            );
+        } else if ft.is_file() {
+            // Names of one file stay one file: a write through one of them
+            // changed them all, and its undo must too.
+            if md.nlink() > 1 {
+                if let Some(first) = links.first.get(&(md.dev(), md.ino())) {
+                    if fs::hard_link(first, &to).is_ok() {
+                        continue;
+                    }
+                }
+                links.first.insert((md.dev(), md.ino()), to.clone());
+            }
+            fs::copy(entry.path(), &to)?;
+            // A mirror file with other names is registered under its
+            // identity; an attic copy of one, under the identity it keeps.
+            let id = shared_id_of(entry.path()).unwrap_or((md.dev(), md.ino()));
+            if links.wanted.contains(&id) {
+                links.register(id, &to)?;
+            }
+            let mode = mode_sent(entry.path(), &md)?;
+            set_attrs(&to, &attrs(&md, mode))?;
+        }
+    }
+    // Directories last (and deepest first), so that their mtimes stay.
+    for (to, from, md) in dirs.into_iter().rev() {
+        let mode = mode_sent(&from, &md)?;
+        set_attrs(&to, &attrs(&md, mode))?;
+    }
+    Ok(())
+}
+
+/// The identity an attic copy keeps of the mirror file it was a name of.
+fn shared_id_of(p: &Path) -> Option<(u64, u64)> {
+    let mut buf = [0u8; 48];
+    let n = rustix::fs::lgetxattr(p, crate::history::SHARED_XATTR, &mut buf[..]).ok()?;
+    let (dev, ino) = std::str::from_utf8(&buf[..n]).ok()?.split_once(':')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}
+
+/// The mode the machine sent for the mirror entry at `p` (kept in an xattr
+/// where it had setuid/setgid).
+fn mode_sent(p: &Path, md: &fs::Metadata) -> io::Result<u32> {
+    if md.file_type().is_symlink() {
+        return Ok(md.mode() & 0o7777);
+    }
+    let f = File::open(p)?;
+    crate::attrs::original_mode_fd(std::os::fd::AsFd::as_fd(&f), md.mode())
+}
+
+fn attrs(md: &fs::Metadata, mode: u32) -> AttrChanged {
+    AttrChanged {
+        mode,
+        uid: md.uid(),
+        gid: md.gid(),
+        mtime_sec: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+        shared: None,
+    }
+}
+
+/// Sets owner, mode (without setuid/setgid) and mtime on `p` (no symlink).
+fn set_attrs(p: &Path, a: &AttrChanged) -> io::Result<()> {
+    let md = p.symlink_metadata()?;
+    if md.file_type().is_symlink() {
+        return Ok(());
+    }
+    // chown fails for an unprivileged receiver: the files are its own then.
+    let _ = std::os::unix::fs::chown(p, Some(a.uid), Some(a.gid));
+    fs::set_permissions(p, fs::Permissions::from_mode(a.mode & 0o1777))?;
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: rustix::fs::Timespec { tv_sec: a.mtime_sec, tv_nsec: a.mtime_nsec.into() },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, p, &times, rustix::fs::AtFlags::empty())?;
+    Ok(())
+}
+
+/// [`set_attrs`] on an open regular file.
+fn set_attrs_fd(f: &File, a: &AttrChanged) -> io::Result<()> {
+    let _ = std::os::unix::fs::fchown(f, Some(a.uid), Some(a.gid));
+    f.set_permissions(fs::Permissions::from_mode(a.mode & 0o1777))?;
+    let times = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+        last_modification: rustix::fs::Timespec { tv_sec: a.mtime_sec, tv_nsec: a.mtime_nsec.into() },
+    };
+    rustix::fs::futimens(f, &times)?;
+    Ok(())
+}
+
+/// What is under `p`.
+fn count(p: &Path) -> io::Result<Restored> {
+    let mut r = Restored::default();
+    for entry in walkdir::WalkDir::new(p).follow_links(false).follow_root_links(false) {
+        let entry = entry.map_err(io::Error::other)?;
+        let md = entry.path().symlink_metadata()?;
+        if md.is_dir() {
+            r.dirs += 1;
+        } else if md.file_type().is_symlink() {
+            r.symlinks += 1;
+        } else {
+            r.files += 1;
+            r.bytes += md.len();
+        }
+    }
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn renamed(from: &str, to: &str) -> Record {
+        Record {
+            time_ns: 1,
+            seq: 1,
+            path: from.as_bytes().to_vec(),
+            change: Some(Change::Renamed(lifeline_history::record::Renamed { to: to.as_bytes().to_vec() })),
+        }
+    }
+
+    #[test]
+    fn renames_since_the_instant_make_their_targets_matter() {
+        // Since the instant: x/f was renamed to d/f, then d to e.
+        let recs = [renamed("x/f", "d/f"), renamed("d", "e")];
+        let sorted = |mut v: Vec<Vec<u8>>| {
+            v.sort();
+            v
+        };
+        // d was e's content; f was not in it then.
+        assert_eq!(sorted(relevant_roots(b"d", &recs)), [b"d".to_vec(), b"e".to_vec()]);
+        // x's f is now e/f (d/f, then renamed with d).
+        assert_eq!(sorted(relevant_roots(b"x", &recs)), [b"d/f".to_vec(), b"e/f".to_vec(), b"x".to_vec()]);
+        assert_eq!(relevant_roots(b"y", &recs), [b"y".to_vec()]);
+    }
+}
