@@ -14,7 +14,7 @@
 //!   request (protobuf); their answers are read to the end.
 //!
 //! Checks: no panic, and nothing changes outside the machine's own places
-//! (its mirror, its queue progress and delta record): not another
+//! (its mirror, its history, its queue progress and delta record): not another
 //! machine's mirror, not a directory beside the store. Each input starts
 //! from an empty mirror. The machine has a quota (1 MiB, 10,000 entries)
 //! so that no input makes the receiver write more than that (a delta's
@@ -70,7 +70,7 @@ fn setup() -> &'static Setup {
         std::fs::write(store.mirror(&pc2).join("etc/passwd"), "root:x:0:0").expect("pc2's file");
         let quotas = Arc::new(Quotas::new(&store, 0).expect("quotas"));
         let service = MirrorService::new(&store, Arc::new(Machine(pc1.clone())), quotas).expect("the service");
-        let own = vec![store.mirror(&pc1), store.queue_progress(&pc1), store.partial_delta(&pc1)];
+        let own = vec![store.mirror(&pc1), store.history(&pc1), store.queue_progress(&pc1), store.partial_delta(&pc1)];
         // Their parents, made as the first stream of any machine makes them.
         for p in &own {
             create_private_dir_all(p.parent().expect("a parent")).expect("the store's directories");
