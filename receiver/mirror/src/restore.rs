@@ -87,6 +87,7 @@ pub fn restore_as_of(
                 undone += 1;
             }
         }
+        beneath(&scratch, path)?;
         let got = under(&scratch, path);
         if got.symlink_metadata().is_err() {
             bail!(
@@ -202,10 +203,45 @@ fn relevant_roots(path: &[u8], records: &[Record]) -> Vec<Vec<u8>> {
     }
 }
 
+/// Refuses a wire path that would lead out of `scratch`: every component
+/// above the last must be a real directory or missing, never a symlink (the
+/// undo replays the mirror's past in order, so a record's path never runs
+/// through a symlink at its moment; a journal that says otherwise is
+/// damaged or forged, and the restore must not write where it points).
+/// `false`: a non-directory is in the way (a record of a change that
+/// failed), nothing to undo there.
+fn beneath(scratch: &Path, wire: &[u8]) -> anyhow::Result<bool> {
+    lifeline_core::wirepath::validate(wire).map_err(|e| anyhow::anyhow!("a history record's path: {e}"))?;
+    let mut at = scratch.to_path_buf();
+    let comps: Vec<&[u8]> = wire.split(|b| *b == b'/').collect();
+    for comp in &comps[..comps.len() - 1] {
+        at.push(std::ffi::OsStr::from_bytes(comp));
+        match at.symlink_metadata() {
+            Ok(md) if md.is_dir() => {}
+            Ok(md) if md.file_type().is_symlink() => bail!(
+                "a history record's path {} runs through a symlink: the journal is damaged; nothing written there",
+                String::from_utf8_lossy(wire)
+            ),
+            Ok(_) => return Ok(false),
+            Err(_) => break,
+        }
+    }
+    Ok(true)
+}
+
 /// Undoes `rec` in `scratch`, where it touches the roots; answers whether
 /// it did anything.
 fn undo(rec: &Record, roots: &[Vec<u8>], scratch: &Path, attic: &Path, links: &mut Links) -> anyhow::Result<bool> {
     let q = &rec.path[..];
+    // Checked before anything is written below the paths.
+    let other = match &rec.change {
+        Some(Change::Renamed(r)) => Some(&r.to[..]),
+        Some(Change::Exchanged(x)) => Some(&x.with[..]),
+        _ => None,
+    };
+    if !beneath(scratch, q)? || !other.map_or(Ok(true), |o| beneath(scratch, o))? {
+        return Ok(false);
+    }
     let touches = |p: &[u8]| roots.iter().any(|r| within(p, r) || within(r, p));
     let here = under(scratch, q);
     match &rec.change {
@@ -482,6 +518,42 @@ mod tests {
             path: from.as_bytes().to_vec(),
             change: Some(Change::Renamed(lifeline_history::record::Renamed { to: to.as_bytes().to_vec() })),
         }
+    }
+
+    /// A damaged or forged journal cannot make a restore write outside its
+    /// destination: a record whose path runs through a symlink (which the
+    /// applier never lets happen) stops the restore, and the file the
+    /// symlink points at is untouched.
+    #[test]
+    fn a_forged_journal_cannot_lead_a_restore_outside() {
+        use lifeline_history::record::{Displaced, OldRange, Overwritten};
+        use lifeline_history::{JournalWriter, ManualClock};
+        let store_dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("passwd"), b"root:x:0:0").unwrap();
+        let store = StoreLayout::new(store_dir.path());
+        let m = MachineName::new("m").unwrap();
+        fs::create_dir_all(store.mirror(&m).join("srv")).unwrap();
+        fs::create_dir_all(store.history_attic(&m)).unwrap();
+        std::os::unix::fs::symlink(outside.path(), store.history_attic(&m).join("evil")).unwrap();
+        let clock = std::sync::Arc::new(ManualClock::at(1_000));
+        let mut j = JournalWriter::open(&store.history_journal(&m), clock.clone()).unwrap();
+        clock.set(2_000);
+        let write = Overwritten {
+            old_size: 4,
+            ranges: vec![OldRange { offset: 0, data: b"pwnd".to_vec() }],
+            attr: None,
+            shared: None,
+        };
+        j.append(1, b"srv/x/passwd", Change::Overwritten(write)).unwrap();
+        clock.set(3_000);
+        let evil = Displaced { object: "evil".into(), kind: 0o120000, shared: None };
+        j.append(2, b"srv/x", Change::Displaced(evil)).unwrap();
+        j.sync().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        let e = restore_as_of(&store, &m, 1_500, b"srv", to.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("symlink"), "{e:#}");
+        assert_eq!(fs::read(outside.path().join("passwd")).unwrap(), b"root:x:0:0");
     }
 
     #[test]
