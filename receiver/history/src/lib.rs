@@ -9,6 +9,7 @@
 //! the receiver's [`clock`]. The mirror and the records newer than an
 //! instant give the tree as of that instant: undo them, newest first.
 //!
+//! - [`alarm`]: the alarm standing for a machine, which holds retention.
 //! - [`clock`]: the receiver's clock, injectable for tests.
 //! - [`instant`]: instants as people write them (ISO 8601, `-10m`) and
 //!   as listings print them.
@@ -17,6 +18,7 @@
 //!   before the mirror changes, synced with the batch, read back in order
 //!   up to a torn tail.
 
+pub mod alarm;
 pub mod clock;
 pub mod instant;
 pub mod journal;
