@@ -3,8 +3,12 @@
 //! A segment is `<first record's time, 16 hex digits>.seg`: an 8-byte
 //! header, then frames `[len u32][crc32 u32][flags u8][body]` (little
 //! endian; the CRC covers flags and body; flag 1: the body is
-//! zstd-compressed). A segment is closed at [`SEGMENT_BYTES`] and never
-//! written again; only the newest is appended to.
+//! zstd-compressed). A segment is closed at [`SEGMENT_BYTES`] or when the
+//! receiver's clock enters a new hour ([`SEGMENT_SPAN_NS`]: retention
+//! works on closed segments, so even a quiet machine's get closed), and
+//! is never appended to again; only the newest is appended to. Retention
+//! rewrites a closed segment whole, as `<time>.t<tier>.seg` (the tier it
+//! was thinned to), under the name it had.
 //!
 //! **Durability.** Each record reaches the kernel (one `write(2)`) before
 //! the applier changes the mirror, so a receiver killed at any point has
@@ -14,8 +18,10 @@
 //! opening, the writer cuts the newest segment back to its last whole
 //! frame, and readers stop there.
 //!
-//! **Append-only.** Nothing here rewrites or removes a record; retention,
-//! the operator's alone, drops whole segments.
+//! **Append-only for machines.** Nothing a machine sends rewrites or
+//! removes a record; only retention (the receiver's own task and the
+//! operator's `history prune`, see [`crate::retention`]) rewrites closed
+//! segments, under the history's lock.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -32,22 +38,32 @@ const HEADER: &[u8; 8] = b"LLHIST1\n";
 const FRAME_HEAD: usize = 9;
 /// A segment is closed past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// A segment is closed when the clock enters a new span of this length.
+/// An hour: retention's tiers (one point a minute, an hour) divide it, so
+/// no bucket of theirs spans two segments.
+pub const SEGMENT_SPAN_NS: i64 = 3600 * 1_000_000_000;
 /// Bodies above this size are compressed if that makes them smaller.
 const COMPRESS_ABOVE: usize = 256;
 /// Largest frame body read back (a record keeps at most one batch's bytes).
 const MAX_BODY: usize = 256 << 20;
 const ZSTD: u8 = 1;
 
-/// A segment file: its path and the time of its first record.
+/// A segment file: its path, the time it was opened at (no record in it is
+/// older, none in the segments before it newer) and the retention tier it
+/// was thinned to (0: as written).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
     pub path: PathBuf,
     pub first_ns: i64,
+    pub tier: u32,
 }
 
-/// The segments in `dir`, oldest first.
+/// The segments in `dir`, oldest first. Of two files for one segment (a
+/// retention pass that died between writing the thinned one and removing
+/// the other), the thinned one counts: it was complete before it got its
+/// name.
 fn segments(dir: &Path) -> io::Result<Vec<Segment>> {
-    let mut out = Vec::new();
+    let mut out: Vec<Segment> = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
@@ -57,21 +73,32 @@ fn segments(dir: &Path) -> io::Result<Vec<Segment>> {
         let entry = entry?;
         let name = entry.file_name();
         let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else { continue };
-        let Ok(first) = u64::from_str_radix(stem, 16) else { continue };
-        out.push(Segment { path: entry.path(), first_ns: first as i64 });
+        let (time, tier) = match stem.split_once(".t") {
+            Some((time, tier)) => match tier.parse() {
+                Ok(tier) => (time, tier),
+                Err(_) => continue,
+            },
+            None => (stem, 0),
+        };
+        let Ok(first) = u64::from_str_radix(time, 16) else { continue };
+        out.push(Segment { path: entry.path(), first_ns: first as i64, tier });
     }
-    out.sort_by_key(|s| s.first_ns);
+    out.sort_by_key(|s| (s.first_ns, std::cmp::Reverse(s.tier)));
+    out.dedup_by_key(|s| s.first_ns);
     Ok(out)
 }
 
-fn segment_name(first_ns: i64) -> String {
-    format!("{:016x}.seg", first_ns.max(0) as u64)
+fn segment_name(first_ns: i64, tier: u32) -> String {
+    match tier {
+        0 => format!("{:016x}.seg", first_ns.max(0) as u64),
+        t => format!("{:016x}.t{t}.seg", first_ns.max(0) as u64),
+    }
 }
 
 /// Reads the frames of one segment: the records, and where the last whole
 /// frame ends. A frame cut short or failing its CRC ends the reading
 /// (`torn` says so); the caller decides whether that may only be a tail.
-fn read_segment(path: &Path) -> io::Result<(Vec<Record>, u64, bool)> {
+pub(crate) fn read_segment(path: &Path) -> io::Result<(Vec<Record>, u64, bool)> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     if bytes.len() < HEADER.len() || &bytes[..HEADER.len()] != HEADER {
@@ -125,6 +152,36 @@ impl Journal {
         segments(&self.dir)
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The instant before which retention dropped records: the tree as of
+    /// an earlier instant cannot be told any more. `None`: nothing dropped.
+    pub fn horizon(&self) -> io::Result<Option<i64>> {
+        match fs::read_to_string(horizon_file(&self.dir)) {
+            Ok(s) => s.trim().parse().map(Some).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("{} is damaged", horizon_file(&self.dir).display()))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the horizon to `ns` (never back), durably, before the records
+    /// older than it are dropped.
+    pub(crate) fn set_horizon(&self, ns: i64) -> io::Result<()> {
+        if self.horizon()?.is_some_and(|h| h >= ns) {
+            return Ok(());
+        }
+        let tmp = self.dir.join(".horizon.tmp");
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        writeln!(f, "{ns}")?;
+        f.sync_all()?;
+        fs::rename(&tmp, horizon_file(&self.dir))?;
+        File::open(&self.dir)?.sync_all()
+    }
+
     /// Every record stamped after `after_ns`, oldest first. Segments wholly
     /// older are not read. A damaged frame is an error, except at the end
     /// of the newest segment (a write a crash cut short).
@@ -152,6 +209,8 @@ pub struct JournalWriter {
     dir: PathBuf,
     clock: Arc<dyn Clock>,
     file: File,
+    /// When the current segment was opened.
+    opened_ns: i64,
     size: u64,
     last_ns: i64,
     /// A segment was created since the last sync: the directory needs one.
@@ -180,6 +239,7 @@ impl JournalWriter {
                 dir: dir.to_path_buf(),
                 clock,
                 file,
+                opened_ns: last.first_ns,
                 size: end,
                 last_ns,
                 dir_dirty: false,
@@ -192,6 +252,7 @@ impl JournalWriter {
             dir: dir.to_path_buf(),
             clock,
             file,
+            opened_ns: now,
             size: HEADER.len() as u64,
             last_ns: now,
             dir_dirty: true,
@@ -205,28 +266,16 @@ impl JournalWriter {
     pub fn append(&mut self, seq: u64, path: &[u8], change: Change) -> io::Result<i64> {
         let time_ns = self.clock.now_ns().max(self.last_ns);
         let record = Record { time_ns, seq, path: path.to_vec(), change: Some(change) };
-        let body = record.encode_to_vec();
-        let (flags, body) = match body.len() > COMPRESS_ABOVE {
-            true => match zstd::bulk::compress(&body, 1) {
-                Ok(z) if z.len() < body.len() => (ZSTD, z),
-                _ => (0, body),
-            },
-            false => (0, body),
-        };
-        if self.size >= SEGMENT_BYTES {
+        let frame = frame(&record);
+        if self.size >= SEGMENT_BYTES
+            || time_ns.div_euclid(SEGMENT_SPAN_NS) != self.opened_ns.div_euclid(SEGMENT_SPAN_NS)
+        {
             self.file.sync_data()?;
             self.file = new_segment(&self.dir, time_ns)?;
+            self.opened_ns = time_ns;
             self.size = HEADER.len() as u64;
             self.dir_dirty = true;
         }
-        let mut frame = Vec::with_capacity(FRAME_HEAD + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&[flags]);
-        crc.update(&body);
-        frame.extend_from_slice(&crc.finalize().to_le_bytes());
-        frame.push(flags);
-        frame.extend_from_slice(&body);
         // One write: O_APPEND, so a frame is never interleaved or split by
         // another writer, only cut short by a crash.
         self.file.write_all(&frame)?;
@@ -251,9 +300,60 @@ impl JournalWriter {
     }
 }
 
+/// `record` as a frame.
+fn frame(record: &Record) -> Vec<u8> {
+    let body = record.encode_to_vec();
+    let (flags, body) = match body.len() > COMPRESS_ABOVE {
+        true => match zstd::bulk::compress(&body, 1) {
+            Ok(z) if z.len() < body.len() => (ZSTD, z),
+            _ => (0, body),
+        },
+        false => (0, body),
+    };
+    let mut frame = Vec::with_capacity(FRAME_HEAD + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[flags]);
+    crc.update(&body);
+    frame.extend_from_slice(&crc.finalize().to_le_bytes());
+    frame.push(flags);
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Replaces the closed segment `seg` of the journal in `dir` by `records`,
+/// thinned to `tier`: written whole and synced under its new name, then
+/// the old file removed (a crash between the two leaves both, and readers
+/// take the thinned one). No records: the segment is removed.
+pub(crate) fn rewrite_segment(dir: &Path, seg: &Segment, records: &[Record], tier: u32) -> io::Result<()> {
+    if !records.is_empty() {
+        let name = segment_name(seg.first_ns, tier);
+        let tmp = dir.join(format!(".{name}.tmp"));
+        let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let mut bytes = HEADER.to_vec();
+        for r in records {
+            bytes.extend_from_slice(&frame(r));
+        }
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, dir.join(&name))?;
+        File::open(dir)?.sync_all()?;
+        if dir.join(&name) == seg.path {
+            return Ok(());
+        }
+    }
+    fs::remove_file(&seg.path)?;
+    File::open(dir)?.sync_all()
+}
+
+/// The file keeping the journal's horizon.
+fn horizon_file(dir: &Path) -> PathBuf {
+    dir.join("horizon")
+}
+
 fn new_segment(dir: &Path, first_ns: i64) -> io::Result<File> {
     let mut file =
-        OpenOptions::new().append(true).create_new(true).mode(0o600).open(dir.join(segment_name(first_ns)))?;
+        OpenOptions::new().append(true).create_new(true).mode(0o600).open(dir.join(segment_name(first_ns, 0)))?;
     file.write_all(HEADER)?;
     Ok(file)
 }

@@ -17,12 +17,17 @@
 //! - [`journal`]: append-only segment files of records, written through
 //!   before the mirror changes, synced with the batch, read back in order
 //!   up to a torn tail.
+//! - [`retention`]: thinning and dropping on the receiver's clock, bounded
+//!   by size, held by a standing alarm; [`fold`]: how a bucket's records
+//!   become fewer with the same effect.
 
 pub mod alarm;
 pub mod clock;
+pub mod fold;
 pub mod instant;
 pub mod journal;
 pub mod record;
+pub mod retention;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use journal::{Journal, JournalWriter};

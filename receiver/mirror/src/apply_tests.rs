@@ -806,6 +806,144 @@ mod kept {
         assert_eq!(&snapshot(&to.path().join("w")), want);
     }
 
+    /// Retention over simulated hours: a seeded workload (one op every
+    /// 37 s for 3 hours), thinned as configured; the tree as of every
+    /// kept point (each instant of the last 30 min, each 5-minute bucket's
+    /// end for 2 h, each hour's end beyond) equals what was recorded, an
+    /// instant inside a bucket gives its start or itself, and what is
+    /// dropped past the last tier moves the horizon, before which restores
+    /// are refused.
+    #[test]
+    fn retention_thins_exactly_as_configured() {
+        let seeds: u64 = std::env::var("LIFELINE_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
+        for seed in (1..seeds).map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d)) {
+            retention_timeline(seed);
+        }
+    }
+
+    fn retention_timeline(mut seed: u64) {
+        use lifeline_history::retention::{self, Policy};
+        const S: i64 = 1_000_000_000;
+        let seed0 = seed;
+        let mut f = Fixture::new();
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["w/a", "w/b", "w/d/c", "w/d/e", "w/d", "w/f", "w/.a.swp"];
+        f.op(b"w", mkdir(0o755)).unwrap();
+        let start = f.clock.now_ns();
+        let mut timeline = vec![(start, snapshot(&f.root().join("w")))];
+        for step in 0..300u64 {
+            f.clock.advance(37 * S);
+            let p = names[rnd(names.len() as u64) as usize].as_bytes();
+            let q = names[rnd(names.len() as u64) as usize].as_bytes();
+            let content = format!("step {step} {}", "x".repeat(rnd(40) as usize)).into_bytes();
+            let kind = match rnd(13) {
+                0..=2 => data(&content, 0o644),
+                9 => rename(q, false),
+                10 => rename(q, true),
+                11 => link(q),
+                12 => symlink_op(format!("t{step}").as_bytes()),
+                3 => op::Kind::Data(FileData {
+                    chunks: vec![Chunk { offset: rnd(30), data: content[..5].to_vec() }],
+                    size: rnd(30) + 5,
+                    ..Default::default()
+                }),
+                4 => op::Kind::Remove(Remove {}),
+                5 => mkdir(0o755),
+                // An editor's save: a new file renamed over the old.
+                6 | 7 => {
+                    let _ = f.op(b"w/.a.swp", data(&content, 0o644));
+                    let _ = f.op(b"w/.a.swp", rename(b"w/a", false));
+                    timeline.push((f.clock.now_ns(), snapshot(&f.root().join("w"))));
+                    continue;
+                }
+                _ => op::Kind::Setattr(SetAttr { attr: Some(attr(0o600, step as i64)) }),
+            };
+            let _ = f.op(p, kind);
+            timeline.push((f.clock.now_ns(), snapshot(&f.root().join("w"))));
+        }
+        f.applier.sync().unwrap();
+        let store = StoreLayout::new(f._store.path());
+        let machine = MachineName::new("m").unwrap();
+        let end = f.clock.now_ns();
+        let policy = Policy::parse("30m", "5m:2h,1h:10h", None).unwrap();
+        let before = f.records().len();
+        let report = retention::apply(&store.history(&machine), &policy, end).unwrap();
+        let after = f.records().len();
+        assert!(report.records_folded > 0 && after < before * 9 / 10, "seed {seed0}: {before} → {after}: {report}");
+        assert_eq!(report.records_dropped, 0);
+        assert!(report.objects_freed > 0, "{report}");
+        // Idempotent: a second pass at the same instant changes nothing.
+        let again = retention::apply(&store.history(&machine), &policy, end).unwrap();
+        assert!(!again.changed(), "{again}");
+
+        let state_at = |t: i64| &timeline.iter().rev().find(|(at, _)| *at <= t).unwrap().1;
+        let restore = |t: i64| {
+            let to = tempfile::tempdir().unwrap();
+            crate::restore::restore_as_of(&store, &machine, t, b"w", to.path()).map(|_| snapshot(&to.path().join("w")))
+        };
+        // The kept points: each bucket's end (the instant before the next
+        // one starts), and every instant of the last 30 minutes.
+        let mut points: Vec<i64> = Vec::new();
+        for (at, _) in &timeline {
+            let every = match end - at {
+                a if a < 30 * 60 * S => {
+                    points.push(*at);
+                    continue;
+                }
+                a if a < 2 * 3600 * S => 300 * S,
+                _ => 3600 * S,
+            };
+            points.push((at.div_euclid(every) + 1) * every - 1);
+        }
+        points.dedup();
+        for (i, t) in points.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+            let t = (*t).min(end);
+            let got = restore(t).unwrap_or_else(|e| panic!("seed {seed0}: restore as of {t}: {e:#}"));
+            assert_eq!(&got, state_at(t), "seed {seed0}: kept point {i} at {t}");
+        }
+        // Inside a bucket: its start, or the instant itself.
+        for (at, _) in timeline.iter().filter(|(at, _)| end - at > 40 * 60 * S).step_by(7) {
+            let every = if end - at < 2 * 3600 * S { 300 * S } else { 3600 * S };
+            let bucket_start = at.div_euclid(every) * every - 1;
+            if bucket_start < start {
+                continue; // w itself was made in that bucket
+            }
+            let got = restore(*at).unwrap();
+            assert!(&got == state_at(bucket_start) || &got == state_at(*at), "seed {seed0}: inside a bucket, at {at}");
+        }
+
+        // Eight hours later, the first hour is past the last tier (10 h).
+        let later = end + 8 * 3600 * S;
+        let report = retention::apply(&store.history(&machine), &policy, later).unwrap();
+        assert!(report.records_dropped > 0, "{report}");
+        let horizon = report.horizon_ns.expect("a horizon");
+        assert!(horizon <= later - 10 * 3600 * S && horizon > start, "{report}");
+        let e = restore(horizon - 1).unwrap_err();
+        assert!(format!("{e:#}").contains("kept since"), "{e:#}");
+        let first_kept = points.iter().copied().find(|p| *p >= horizon).unwrap();
+        assert_eq!(&restore(first_kept).unwrap(), state_at(first_kept), "seed {seed0}: after the horizon");
+        assert_eq!(&restore(end).unwrap(), state_at(end));
+        // No attic object is left that no record names, none named is gone.
+        let named: std::collections::HashSet<String> = f
+            .records()
+            .iter()
+            .filter_map(|r| match &r.change {
+                Some(Change::Displaced(d)) => Some(d.object.clone()),
+                _ => None,
+            })
+            .collect();
+        let attic: std::collections::HashSet<String> = fs::read_dir(store.history_attic(&machine))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(attic.is_subset(&named), "orphans: {:?}", attic.difference(&named).collect::<Vec<_>>());
+    }
+
     #[test]
     fn records_carry_their_op_and_are_durable_with_the_batch() {
         let mut f = Fixture::new();

@@ -53,9 +53,19 @@ pub fn restore_as_of(
     if dest.symlink_metadata().is_ok() {
         bail!("{} exists: a restore never writes over anything; give another --to", dest.display());
     }
-    let records = Journal::open(&store.history_journal(machine))
-        .records_after(as_of_ns)
-        .with_context(|| format!("reading the history of {machine}"))?;
+    // Retention changes nothing while this is held.
+    let _lock = lifeline_history::retention::Lock::shared(&store.history(machine))
+        .with_context(|| format!("locking the history of {machine}"))?;
+    let journal = Journal::open(&store.history_journal(machine));
+    if let Some(horizon) = journal.horizon().with_context(|| format!("reading the history of {machine}"))? {
+        if as_of_ns < horizon {
+            bail!(
+                "the history of {machine} is kept since {} (retention dropped what is older): ask for an instant after it",
+                lifeline_history::instant::format(horizon)
+            );
+        }
+    }
+    let records = journal.records_after(as_of_ns).with_context(|| format!("reading the history of {machine}"))?;
     let roots = relevant_roots(path, &records);
     fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     let scratch = to.join(format!(".lifeline-restore.{}", std::process::id()));

@@ -19,6 +19,7 @@ use lifeline_core::credential::MachineName;
 use crate::layout::StoreLayout;
 
 pub mod boot;
+pub mod history;
 pub mod jobs;
 pub mod quota;
 
@@ -30,6 +31,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0004_restore_from", include_str!("../../migrations/0004_restore_from.sql")),
     ("0005_netboot_armed", include_str!("../../migrations/0005_netboot_armed.sql")),
     ("0006_quotas", include_str!("../../migrations/0006_quotas.sql")),
+    ("0007_history_retention", include_str!("../../migrations/0007_history_retention.sql")),
 ];
 
 /// A registered machine, as `machine list` shows it.
