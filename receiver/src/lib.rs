@@ -18,9 +18,12 @@
 //! - [`tls`]: the receiver's TLS identity (its own CA unless given one).
 //! - [`limits`]: what one client may cost the listener: connections,
 //!   streams, time, and the calls refused from their headers alone.
+//! - [`retention`]: each machine's history thinned on the receiver's
+//!   clock, as its policy in the database says.
 
 pub mod auth;
 pub mod limits;
+pub mod retention;
 pub mod tls;
 
 use std::future::Future;
@@ -48,7 +51,12 @@ pub struct Receiver {
     quotas: Arc<Quotas>,
     mirror: MirrorService,
     limits: Limits,
+    /// How often every machine's history is thinned (`None`: never).
+    retention_every: Option<Duration>,
 }
+
+/// How often the receiver thins every machine's history, by default.
+pub const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
 impl Receiver {
     /// The receiver over `store` (created if missing), checking each
@@ -76,12 +84,18 @@ impl Receiver {
         let store = StoreLayout::new(std::fs::canonicalize(StoreLayout::create(store.as_ref())?.root())?);
         let quotas = Arc::new(Quotas::new(&store, reserve)?);
         let mirror = MirrorService::new(&store, auth.clone(), quotas.clone())?;
-        Ok(Receiver { store, auth, quotas, mirror, limits: Limits::default() })
+        Ok(Receiver { store, auth, quotas, mirror, limits: Limits::default(), retention_every: Some(RETENTION_EVERY) })
     }
 
     /// The same receiver, within `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: Limits) -> Receiver {
         self.limits = limits;
+        self
+    }
+
+    /// The same receiver, thinning history every `every` (`None`: never).
+    pub fn with_retention_every(mut self, every: Option<Duration>) -> Receiver {
+        self.retention_every = every;
         self
     }
 
@@ -106,6 +120,7 @@ pub async fn serve_with(
     let jobs = JobsService::new(&store, receiver.auth.clone())?;
     let media = MediaDownload::new(&store, receiver.auth.clone())?;
     let sessions = BootSessionsService::new(&store)?;
+    let retention = receiver.retention_every.map(|every| tokio::spawn(retention::run(store.clone(), every)));
     let stopper = receiver.mirror.clone();
     let signal = async move {
         shutdown.await;
@@ -137,6 +152,9 @@ pub async fn serve_with(
         .add_service(sessions.into_service())
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
+    if let Some(r) = retention {
+        r.abort();
+    }
     Ok(())
 }
 

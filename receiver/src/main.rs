@@ -68,6 +68,10 @@ struct ServeArgs {
     /// their machines. 0: no reserve.
     #[arg(long, default_value = "1G", value_parser = lifeline_store::quota::parse_bytes)]
     reserve_free: u64,
+    /// How often every machine's history is thinned as its retention says
+    /// (`machine set-history`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    history_retention_every: u64,
     /// Most gRPC connections open at once; more are closed on accept.
     #[arg(long, default_value_t = Limits::default().max_connections)]
     max_connections: usize,
@@ -241,6 +245,25 @@ enum MachineCmd {
         #[command(flatten)]
         quota: QuotaArgs,
     },
+    /// Set how long a machine's history is kept (docs/history.md,
+    /// "Retention"); what is not given stays as it is.
+    SetHistory {
+        name: String,
+        /// Every change is kept this long (default 24h).
+        #[arg(long)]
+        keep_all: Option<String>,
+        /// Then one point per EVERY until UNTIL old, per tier; older is
+        /// dropped (default 1m:7d,1h:30d,1d:365d; "" drops after --keep-all).
+        #[arg(long)]
+        thin: Option<String>,
+        /// History bigger than this drops its oldest records (a warning past
+        /// 90 %), e.g. 50G.
+        #[arg(long, conflicts_with = "no_max_size")]
+        max_size: Option<String>,
+        /// No size bound.
+        #[arg(long)]
+        no_max_size: bool,
+    },
     /// Set (or with no MAC, forget) the MAC address a machine network-boots from.
     SetMac { name: String, mac: Option<String> },
     /// Show a machine: its MAC address and boot media.
@@ -275,7 +298,7 @@ enum HistoryCmd {
         machine: String,
         /// ISO 8601 (2026-12-07T10:15:30.25Z; no offset: UTC), "now", or a
         /// time ago (-10m, -1h30m, -2d).
-        #[arg(long = "as-of")]
+        #[arg(long = "as-of", allow_hyphen_values = true)]
         as_of: String,
         /// The file or directory, as on the machine (/srv/data).
         #[arg(long)]
@@ -283,6 +306,18 @@ enum HistoryCmd {
         /// Where to write it.
         #[arg(long)]
         to: PathBuf,
+    },
+    /// What a machine's history keeps: its retention, size, the oldest
+    /// instant it can restore, and a standing alarm.
+    Show {
+        #[arg(long)]
+        machine: String,
+    },
+    /// Thin a machine's history now, as its retention says (audited); the
+    /// receiver also does it on its own (--history-retention-every).
+    Prune {
+        #[arg(long)]
+        machine: String,
     },
 }
 
@@ -454,6 +489,19 @@ fn machine(store: &Path, cmd: MachineCmd) -> anyhow::Result<()> {
             let limits = quota.apply(current);
             db.set_quota(&name, limits)?;
             println!("machine {name}: quota {}", describe(limits));
+            Ok(())
+        }
+        MachineCmd::SetHistory { name, keep_all, thin, max_size, no_max_size } => {
+            let name = MachineName::new(&name).map_err(anyhow::Error::msg)?;
+            let Some(mut settings) = db.history_retention(name.as_str())? else {
+                anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
+            };
+            settings.keep_all = keep_all.or(settings.keep_all);
+            settings.thin = thin.or(settings.thin);
+            settings.max_size = if no_max_size { None } else { max_size.or(settings.max_size) };
+            let policy = lifeline_receiver::retention::policy_of(&settings)?;
+            db.set_history_retention(&name, &settings, &policy.to_string())?;
+            println!("machine {name}: history kept: {policy}");
             Ok(())
         }
         MachineCmd::SetMac { name, mac } => {
@@ -669,19 +717,26 @@ fn print_media(media: &[BootMedia]) {
 fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
     use lifeline_history::{instant, Clock, SystemClock};
     let layout = StoreLayout::new(store);
-    let (machine, path) = match &cmd {
-        HistoryCmd::List { machine, path } | HistoryCmd::Restore { machine, path, .. } => {
-            (machine.clone(), path.clone())
+    // The machine, and the path as the mirror keeps it.
+    let mirrored = |machine: &str, path: &Path| -> anyhow::Result<(MachineName, Vec<u8>)> {
+        let machine = MachineName::new(machine).map_err(anyhow::Error::msg)?;
+        let wire = lifeline_core::wirepath::from_local(path).map_err(|e| {
+            anyhow::anyhow!("{}: {e} (give the path as on the machine, e.g. /srv/data)", path.display())
+        })?;
+        if !layout.mirror(&machine).is_dir() {
+            anyhow::bail!("no mirror of machine {machine} in {} (lifeline-receiver machine list)", store.display());
         }
+        Ok((machine, wire))
     };
-    let machine = MachineName::new(&machine).map_err(anyhow::Error::msg)?;
-    let wire = lifeline_core::wirepath::from_local(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e} (give the path as on the machine, e.g. /srv/data)", path.display()))?;
-    if !layout.mirror(&machine).is_dir() {
-        anyhow::bail!("no mirror of machine {machine} in {} (lifeline-receiver machine list)", store.display());
-    }
     match cmd {
-        HistoryCmd::List { .. } => {
+        HistoryCmd::Show { machine } => {
+            history_retention(&layout, &MachineName::new(&machine).map_err(anyhow::Error::msg)?, false)
+        }
+        HistoryCmd::Prune { machine } => {
+            history_retention(&layout, &MachineName::new(&machine).map_err(anyhow::Error::msg)?, true)
+        }
+        HistoryCmd::List { machine, path } => {
+            let (machine, wire) = mirrored(&machine, &path)?;
             let versions = lifeline_mirror::restore::versions(&layout, &machine, &wire)?;
             for v in &versions {
                 println!("{}  op {:<8} {}", instant::format(v.time_ns), v.seq, shown(&v.what));
@@ -698,7 +753,8 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        HistoryCmd::Restore { as_of, to, .. } => {
+        HistoryCmd::Restore { machine, as_of, path, to } => {
+            let (machine, wire) = mirrored(&machine, &path)?;
             let at = instant::parse(&as_of, SystemClock.now_ns()).map_err(anyhow::Error::msg)?;
             let started = std::time::Instant::now();
             let r = lifeline_mirror::restore::restore_as_of(&layout, &machine, at, &wire, &to)?;
@@ -717,6 +773,45 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `history show` (`prune`: `history prune`, a pass first).
+fn history_retention(layout: &StoreLayout, machine: &MachineName, prune: bool) -> anyhow::Result<()> {
+    use lifeline_history::{instant, Journal};
+    let db = Db::open(layout.root())?;
+    let policy = lifeline_receiver::retention::policy(&db, machine)?;
+    if prune {
+        let r = lifeline_receiver::retention::pass(layout, &db, machine, "the operator's history prune")?;
+        println!("history of {machine}: {r}");
+        return Ok(());
+    }
+    let journal = Journal::open(&layout.history_journal(machine));
+    let segments = journal.segments()?;
+    let bytes = lifeline_history::retention::size(&layout.history(machine))?;
+    println!("history of {machine}");
+    println!("  kept: {policy}");
+    println!(
+        "  size: {} in {} journal segments and the attic",
+        lifeline_store::quota::human_bytes(bytes),
+        segments.len()
+    );
+    match journal.horizon()? {
+        Some(h) => println!("  restorable since: {} (retention dropped what is older)", instant::format(h)),
+        None => match segments.first() {
+            Some(s) => println!("  restorable since: {} (nothing dropped yet)", instant::format(s.first_ns)),
+            None => println!("  restorable since: (nothing kept yet)"),
+        },
+    }
+    match lifeline_history::alarm::standing(&layout.history(machine))? {
+        Some(a) => println!(
+            "  ALARM raised {}: {}; restore as of {}",
+            instant::format(a.raised_ns),
+            shown(&a.reason),
+            instant::format(a.last_good_ns)
+        ),
+        None => println!("  alarm: none"),
+    }
+    Ok(())
 }
 
 /// Text a machine sent (a job's message, an image's name), safe to print on
@@ -791,7 +886,8 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
         let auth = Arc::new(TokenAuthenticator::new(Db::open(store)?)?);
         let receiver = Receiver::with_options(store, auth, args.reserve_free)
             .with_context(|| format!("store {}", store.display()))?
-            .with_limits(args.limits());
+            .with_limits(args.limits())
+            .with_retention_every(Some(std::time::Duration::from_secs(args.history_retention_every)));
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => tls::load(c, k)?,
             _ => tls::load_or_create(receiver.store(), &args.tls_names)?,

@@ -417,8 +417,8 @@ fn sweep(journal: &Journal, attic: &Path) -> io::Result<u64> {
     free(attic, &orphans)
 }
 
-/// Bytes the files under `dir` take.
-fn size(dir: &Path) -> io::Result<u64> {
+/// Bytes the files under `dir` (a history) take.
+pub fn size(dir: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     for e in walkdir::WalkDir::new(dir).follow_links(false) {
