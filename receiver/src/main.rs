@@ -300,12 +300,28 @@ enum HistoryCmd {
         /// time ago (-10m, -1h30m, -2d).
         #[arg(long = "as-of", allow_hyphen_values = true)]
         as_of: String,
-        /// The file or directory, as on the machine (/srv/data).
+        /// The file or directory, as on the machine (/srv/data); `/`: the
+        /// machine's whole tree.
         #[arg(long)]
         path: PathBuf,
         /// Where to write it.
         #[arg(long)]
         to: PathBuf,
+    },
+    /// What changed between two instants: each path added (+), removed
+    /// (-) or changed (~), below --path if given.
+    Diff {
+        #[arg(long)]
+        machine: String,
+        /// The first instant (as for restore --as-of).
+        #[arg(allow_hyphen_values = true)]
+        from: String,
+        /// The second instant (default: now).
+        #[arg(allow_hyphen_values = true, default_value = "now")]
+        until: String,
+        /// Only below this path (as on the machine).
+        #[arg(long)]
+        path: Option<PathBuf>,
     },
     /// What a machine's history keeps: its retention, size, the oldest
     /// instant it can restore, and a standing alarm.
@@ -717,16 +733,18 @@ fn print_media(media: &[BootMedia]) {
 fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
     use lifeline_history::{instant, Clock, SystemClock};
     let layout = StoreLayout::new(store);
-    // The machine, and the path as the mirror keeps it.
-    let mirrored = |machine: &str, path: &Path| -> anyhow::Result<(MachineName, Vec<u8>)> {
+    // A machine with a mirror here.
+    let mirrored = |machine: &str| -> anyhow::Result<MachineName> {
         let machine = MachineName::new(machine).map_err(anyhow::Error::msg)?;
-        let wire = lifeline_core::wirepath::from_local(path).map_err(|e| {
-            anyhow::anyhow!("{}: {e} (give the path as on the machine, e.g. /srv/data)", path.display())
-        })?;
         if !layout.mirror(&machine).is_dir() {
             anyhow::bail!("no mirror of machine {machine} in {} (lifeline-receiver machine list)", store.display());
         }
-        Ok((machine, wire))
+        Ok(machine)
+    };
+    // A path as the mirror keeps it.
+    let wire = |path: &Path| {
+        lifeline_core::wirepath::from_local(path)
+            .map_err(|e| anyhow::anyhow!("{}: {e} (give the path as on the machine, e.g. /srv/data)", path.display()))
     };
     match cmd {
         HistoryCmd::Show { machine } => {
@@ -735,8 +753,21 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
         HistoryCmd::Prune { machine } => {
             history_retention(&layout, &MachineName::new(&machine).map_err(anyhow::Error::msg)?, true)
         }
+        HistoryCmd::Diff { machine, from, until, path } => {
+            let now = SystemClock.now_ns();
+            let from = instant::parse(&from, now).map_err(anyhow::Error::msg)?;
+            let until = instant::parse(&until, now).map_err(anyhow::Error::msg)?;
+            let machine = mirrored(&machine)?;
+            let only = path.as_deref().map(wire).transpose()?;
+            let diffs = lifeline_mirror::diff::diff(&layout, &machine, from, until, only.as_deref())?;
+            for d in &diffs {
+                println!("/{}  {}", shown(&String::from_utf8_lossy(&d.path)), d.describe());
+            }
+            println!("{} paths differ between {} and {}", diffs.len(), instant::format(from), instant::format(until));
+            Ok(())
+        }
         HistoryCmd::List { machine, path } => {
-            let (machine, wire) = mirrored(&machine, &path)?;
+            let (machine, wire) = (mirrored(&machine)?, wire(&path)?);
             let versions = lifeline_mirror::restore::versions(&layout, &machine, &wire)?;
             for v in &versions {
                 println!("{}  op {:<8} {}", instant::format(v.time_ns), v.seq, shown(&v.what));
@@ -754,10 +785,18 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
             Ok(())
         }
         HistoryCmd::Restore { machine, as_of, path, to } => {
-            let (machine, wire) = mirrored(&machine, &path)?;
             let at = instant::parse(&as_of, SystemClock.now_ns()).map_err(anyhow::Error::msg)?;
             let started = std::time::Instant::now();
-            let r = lifeline_mirror::restore::restore_as_of(&layout, &machine, at, &wire, &to)?;
+            let machine = mirrored(&machine)?;
+            // `/`: the whole tree.
+            let wire = match path == Path::new("/") {
+                true => Vec::new(),
+                false => wire(&path)?,
+            };
+            let r = match wire.is_empty() {
+                true => lifeline_mirror::restore::restore_tree_as_of(&layout, &machine, at, &to)?,
+                false => lifeline_mirror::restore::restore_as_of(&layout, &machine, at, &wire, &to)?,
+            };
             println!(
                 "restored {} as of {} to {}: {} files ({} bytes), {} directories, {} symlinks; {} changes undone in {:.2?}",
                 path.display(),

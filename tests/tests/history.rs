@@ -133,4 +133,34 @@ fn a_tree_comes_back_as_of_any_instant() {
         .output()
         .unwrap();
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("never writes over"));
+
+    // What changed from step 1 to step 2, and from 2 to 3, as diffs.
+    let d = history(&rig, &["diff", "--machine", &rig.machine, &one.0, &two.0]);
+    let at = |p: &str| format!("{}  ", src.join(p).display());
+    for (p, what) in [
+        ("proj/a.txt", "~ content (12 → 20 bytes), mode 644 → 600"),
+        ("proj/run.sh", "- file 755"),
+        ("proj/docs", "- directory"),
+        ("proj/documents/b.md", "+ file 644, 100000 bytes"),
+        ("proj/a-link.txt", "+ file 600, 20 bytes"),
+    ] {
+        assert!(d.lines().any(|l| l.starts_with(&at(p)) && l.contains(what)), "{p}: {what}\n{d}");
+    }
+    assert!(!d.contains("latest"), "an unchanged symlink is no difference: {d}");
+    let d = history(
+        &rig,
+        &["diff", "--machine", &rig.machine, &two.0, &three.0, "--path", src.join("proj/documents").to_str().unwrap()],
+    );
+    assert!(d.contains("- file 644, 100000 bytes") && !d.contains("a.txt"), "{d}");
+
+    // The machine's whole tree as of step 2.
+    let whole = rig.dir.path().join("whole");
+    history(
+        &rig,
+        &["restore", "--machine", &rig.machine, "--as-of", &two.0, "--path", "/", "--to", whole.to_str().unwrap()],
+    );
+    let got: BTreeMap<_, _> = snapshot(&whole.join(wire)).into_iter().filter(|(k, _)| k.starts_with("proj")).collect();
+    let want: BTreeMap<_, _> =
+        two.1.iter().filter(|(k, _)| k.starts_with("proj")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(got, want, "the whole tree as of step 2");
 }

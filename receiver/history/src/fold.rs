@@ -81,11 +81,7 @@ fn related(a: &[u8], b: &[u8]) -> bool {
 
 /// The paths a record's undo acts on.
 fn paths(r: &Record) -> Vec<&[u8]> {
-    match &r.change {
-        Some(Change::Renamed(x)) => vec![&r.path, &x.to],
-        Some(Change::Exchanged(x)) => vec![&r.path, &x.with],
-        _ => vec![&r.path],
-    }
+    r.paths()
 }
 
 fn is_move(r: &Record) -> bool {

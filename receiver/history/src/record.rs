@@ -136,4 +136,14 @@ impl Record {
             _ => 0,
         }
     }
+
+    /// The paths the change named: its path, and a rename's new name or
+    /// an exchange's other name.
+    pub fn paths(&self) -> Vec<&[u8]> {
+        match &self.change {
+            Some(Change::Renamed(x)) => vec![&self.path, &x.to],
+            Some(Change::Exchanged(x)) => vec![&self.path, &x.with],
+            _ => vec![&self.path],
+        }
+    }
 }

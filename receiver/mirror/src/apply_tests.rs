@@ -730,8 +730,51 @@ mod kept {
         }
     }
 
-    fn timeline_restores(mut seed: u64) {
-        let seed0 = seed;
+    /// Diffs of two instants and the whole tree as of one, against the
+    /// same recorded timelines.
+    #[test]
+    fn diffs_and_whole_trees_match_the_timeline() {
+        for seed in (1..4u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+            let (f, timeline, mut seed) = workload(seed);
+            let mut rnd = |n: u64| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed % n
+            };
+            let store = StoreLayout::new(f._store.path());
+            let machine = MachineName::new("m").unwrap();
+            for _ in 0..15 {
+                let i = rnd(timeline.len() as u64) as usize;
+                let j = i + rnd((timeline.len() - i) as u64) as usize;
+                let ((t1, s1), (t2, s2)) = (&timeline[i], &timeline[j]);
+                let got = crate::diff::diff(&store, &machine, *t1, *t2, Some(b"w")).unwrap();
+                let want: Vec<Vec<u8>> = s1
+                    .keys()
+                    .chain(s2.keys())
+                    .filter(|k| s1.get(*k) != s2.get(*k))
+                    .map(|k| if k.is_empty() { b"w".to_vec() } else { format!("w/{k}").into_bytes() })
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let shown: Vec<Vec<u8>> =
+                    got.iter().filter(|d| d.describe() != "~ mtime").map(|d| d.path.clone()).collect();
+                assert_eq!(
+                    shown.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>(),
+                    want.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>(),
+                    "diff {i}..{j}"
+                );
+                let to = tempfile::tempdir().unwrap();
+                crate::restore::restore_tree_as_of(&store, &machine, *t1, to.path()).unwrap();
+                assert_eq!(&snapshot(&to.path().join("w")), s1, "the whole tree as of {i}");
+            }
+        }
+    }
+
+    /// A seeded workload of every kind of op over a small tree, and the
+    /// tree after each op with its instant.
+    #[allow(clippy::type_complexity)]
+    fn workload(mut seed: u64) -> (Fixture, Vec<(i64, std::collections::BTreeMap<String, String>)>, u64) {
         let mut f = Fixture::new();
         let mut rnd = |n: u64| {
             seed ^= seed << 13;
@@ -768,6 +811,18 @@ mod kept {
             f.clock.advance(1_000_000);
         }
         f.applier.sync().unwrap();
+        (f, timeline, seed)
+    }
+
+    fn timeline_restores(seed: u64) {
+        let seed0 = seed;
+        let (f, timeline, mut seed) = workload(seed);
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
         let store = StoreLayout::new(f._store.path());
         let machine = MachineName::new("m").unwrap();
         for i in 0..40 {

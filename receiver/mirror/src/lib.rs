@@ -15,7 +15,8 @@
 //!   (openat2); [`listing`]: `ListTree`.
 //! - [`history`]: what the applier keeps of what it replaces (a journal
 //!   record before each change; what is removed moved to the attic).
-//! - [`restore`]: a tree as of an instant, from the mirror and its history.
+//! - [`restore`]: a tree as of an instant, from the mirror and its history;
+//!   [`diff`]: what changed between two instants.
 //! - [`progress`]: how far each agent queue was applied
 //!   ([`progress::QueueProgress`]), so that replays apply nothing twice.
 //!
@@ -26,6 +27,7 @@
 pub mod apply;
 mod attrs;
 pub mod delta;
+pub mod diff;
 pub mod history;
 pub mod listing;
 mod op_error;

@@ -53,6 +53,97 @@ pub fn restore_as_of(
     if dest.symlink_metadata().is_ok() {
         bail!("{} exists: a restore never writes over anything; give another --to", dest.display());
     }
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    let scratch = Scratch::new(to)?;
+    let undone = rebuild(store, machine, as_of_ns, |_| vec![path.to_vec()], &scratch.0)?;
+    beneath(&scratch.0, path)?;
+    let got = under(&scratch.0, path);
+    if got.symlink_metadata().is_err() {
+        bail!("{} did not exist at that instant (nothing in the mirror or its history)", String::from_utf8_lossy(path));
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::rename(&got, &dest).with_context(|| format!("moving the restored tree to {}", dest.display()))?;
+    Ok(Restored { undone, ..count(&dest)? })
+}
+
+/// The machine's whole tree as it was at `as_of_ns`, written under `to`
+/// (missing or empty) as `to/<each top-level name>`.
+pub fn restore_tree_as_of(
+    store: &StoreLayout,
+    machine: &MachineName,
+    as_of_ns: i64,
+    to: &Path,
+) -> anyhow::Result<Restored> {
+    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    if fs::read_dir(to)?.next().is_some() {
+        bail!("{} is not empty: a restore never writes over anything; give an empty --to", to.display());
+    }
+    let mirror = store.mirror(machine);
+    let scratch = Scratch::new(to)?;
+    // Every top-level name the mirror has now or a record since names.
+    let undone = rebuild(
+        store,
+        machine,
+        as_of_ns,
+        |records| {
+            let mut names = std::collections::BTreeSet::new();
+            if let Ok(entries) = fs::read_dir(&mirror) {
+                names.extend(entries.flatten().map(|e| e.file_name().as_bytes().to_vec()));
+            }
+            for r in records {
+                for p in r.paths() {
+                    names.insert(p.split(|b| *b == b'/').next().unwrap_or_default().to_vec());
+                }
+            }
+            names.into_iter().filter(|n| !n.is_empty()).collect()
+        },
+        &scratch.0,
+    )?;
+    let mut restored = Restored { undone, ..Restored::default() };
+    for entry in fs::read_dir(&scratch.0)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        fs::rename(entry.path(), &dest).with_context(|| format!("moving the restored tree to {}", dest.display()))?;
+        let c = count(&dest)?;
+        restored.files += c.files;
+        restored.dirs += c.dirs;
+        restored.symlinks += c.symlinks;
+        restored.bytes += c.bytes;
+    }
+    Ok(restored)
+}
+
+/// A scratch directory in `to`, removed when dropped.
+pub(crate) struct Scratch(pub(crate) PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(to: &Path) -> anyhow::Result<Scratch> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = to.join(format!(".lifeline-restore.{}.{n}", std::process::id()));
+        fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Scratch(p))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Rebuilds in `scratch` (laid out like the mirror) the paths `paths`
+/// picks from the records after `as_of_ns`, as they were then; answers how
+/// many records were undone. The mirror and the history are only read.
+pub(crate) fn rebuild(
+    store: &StoreLayout,
+    machine: &MachineName,
+    as_of_ns: i64,
+    paths: impl FnOnce(&[Record]) -> Vec<Vec<u8>>,
+    scratch: &Path,
+) -> anyhow::Result<usize> {
     // Retention changes nothing while this is held.
     let _lock = lifeline_history::retention::Lock::shared(&store.history(machine))
         .with_context(|| format!("locking the history of {machine}"))?;
@@ -66,55 +157,34 @@ pub fn restore_as_of(
         }
     }
     let records = journal.records_after(as_of_ns).with_context(|| format!("reading the history of {machine}"))?;
-    let roots = relevant_roots(path, &records);
-    fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
-    let scratch = to.join(format!(".lifeline-restore.{}", std::process::id()));
-    fs::create_dir(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let result = (|| {
-        let mut links = Links::default();
-        for rec in &records {
-            let shared = match &rec.change {
-                Some(Change::Overwritten(o)) => o.shared,
-                Some(Change::AttrChanged(a)) => a.shared,
-                Some(Change::Displaced(d)) => d.shared,
-                _ => None,
-            };
-            if let Some(id) = shared {
-                links.wanted.insert((id.dev, id.ino));
-            }
+    let roots = relevant_roots(&paths(&records), &records);
+    let mut links = Links::default();
+    for rec in &records {
+        let shared = match &rec.change {
+            Some(Change::Overwritten(o)) => o.shared,
+            Some(Change::AttrChanged(a)) => a.shared,
+            Some(Change::Displaced(d)) => d.shared,
+            _ => None,
+        };
+        if let Some(id) = shared {
+            links.wanted.insert((id.dev, id.ino));
         }
-        let mirror = store.mirror(machine);
-        let attic = store.history_attic(machine);
-        for root in &roots {
-            let src = mirror.join(std::ffi::OsStr::from_bytes(root));
-            if src.symlink_metadata().is_ok() {
-                copy_tree(&src, &under(&scratch, root), &mut links)?;
-            }
+    }
+    let mirror = store.mirror(machine);
+    let attic = store.history_attic(machine);
+    for root in &roots {
+        let src = mirror.join(std::ffi::OsStr::from_bytes(root));
+        if src.symlink_metadata().is_ok() {
+            copy_tree(&src, &under(scratch, root), &mut links)?;
         }
-        let mut undone = 0;
-        for rec in records.iter().rev() {
-            if undo(rec, &roots, &scratch, &attic, &mut links)? {
-                undone += 1;
-            }
+    }
+    let mut undone = 0;
+    for rec in records.iter().rev() {
+        if undo(rec, &roots, scratch, &attic, &mut links)? {
+            undone += 1;
         }
-        beneath(&scratch, path)?;
-        let got = under(&scratch, path);
-        if got.symlink_metadata().is_err() {
-            bail!(
-                "{} did not exist at that instant (nothing in the mirror or its history)",
-                String::from_utf8_lossy(path)
-            );
-        }
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        fs::rename(&got, &dest).with_context(|| format!("moving the restored tree to {}", dest.display()))?;
-        let mut restored = count(&dest)?;
-        restored.undone = undone;
-        Ok(restored)
-    })();
-    let _ = fs::remove_dir_all(&scratch);
-    result
+    }
+    Ok(undone)
 }
 
 /// One change kept for a path, as `history list` shows it.
@@ -169,14 +239,20 @@ fn under(root: &Path, wire: &[u8]) -> PathBuf {
 }
 
 /// `a` is `b` or below it.
-fn within(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn within(a: &[u8], b: &[u8]) -> bool {
     a == b || (a.starts_with(b) && a.get(b.len()) == Some(&b'/'))
 }
 
-/// `path` and every path whose content the records' renames (undone,
-/// newest first) carry into it, to a fixpoint; none below another.
-fn relevant_roots(path: &[u8], records: &[Record]) -> Vec<Vec<u8>> {
-    let mut roots = vec![path.to_vec()];
+/// `paths` and every path whose content the records' renames (undone,
+/// newest first) carry into them, to a fixpoint; none below another.
+fn relevant_roots(paths: &[Vec<u8>], records: &[Record]) -> Vec<Vec<u8>> {
+    let mut roots: Vec<Vec<u8>> = Vec::new();
+    for p in paths {
+        if !roots.iter().any(|r| within(p, r)) {
+            roots.retain(|r| !within(r, p));
+            roots.push(p.clone());
+        }
+    }
     loop {
         let before = roots.len();
         for rec in records.iter().rev() {
@@ -575,9 +651,9 @@ mod tests {
             v
         };
         // d was e's content; f was not in it then.
-        assert_eq!(sorted(relevant_roots(b"d", &recs)), [b"d".to_vec(), b"e".to_vec()]);
+        assert_eq!(sorted(relevant_roots(&[b"d".to_vec()], &recs)), [b"d".to_vec(), b"e".to_vec()]);
         // x's f is now e/f (d/f, then renamed with d).
-        assert_eq!(sorted(relevant_roots(b"x", &recs)), [b"d/f".to_vec(), b"e/f".to_vec(), b"x".to_vec()]);
-        assert_eq!(relevant_roots(b"y", &recs), [b"y".to_vec()]);
+        assert_eq!(sorted(relevant_roots(&[b"x".to_vec()], &recs)), [b"d/f".to_vec(), b"e/f".to_vec(), b"x".to_vec()]);
+        assert_eq!(relevant_roots(&[b"y".to_vec()], &recs), [b"y".to_vec()]);
     }
 }
