@@ -93,6 +93,12 @@ impl Receiver {
         self
     }
 
+    /// The same receiver, keeping no history (to measure its cost only).
+    pub fn without_history(mut self) -> Receiver {
+        self.mirror = self.mirror.without_history();
+        self
+    }
+
     /// The same receiver, thinning history every `every` (`None`: never).
     pub fn with_retention_every(mut self, every: Option<Duration>) -> Receiver {
         self.retention_every = every;

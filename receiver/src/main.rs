@@ -68,6 +68,10 @@ struct ServeArgs {
     /// their machines. 0: no reserve.
     #[arg(long, default_value = "1G", value_parser = lifeline_store::quota::parse_bytes)]
     reserve_free: u64,
+    /// Keep no history (what a machine's changes replace is lost): only
+    /// to measure what keeping it costs.
+    #[arg(long)]
+    without_history: bool,
     /// How often every machine's history is thinned as its retention says
     /// (`machine set-history`).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -927,6 +931,13 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("store {}", store.display()))?
             .with_limits(args.limits())
             .with_retention_every(Some(std::time::Duration::from_secs(args.history_retention_every)));
+        let receiver = match args.without_history {
+            true => {
+                tracing::warn!("DEGRADED: --without-history: no machine's past is kept (an rm -rf or ransomware on a machine reaches its mirror for good)");
+                receiver.without_history()
+            }
+            false => receiver,
+        };
         let identity = match (&args.tls_cert, &args.tls_key) {
             (Some(c), Some(k)) => tls::load(c, k)?,
             _ => tls::load_or_create(receiver.store(), &args.tls_names)?,

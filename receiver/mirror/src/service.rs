@@ -71,6 +71,8 @@ struct Inner {
     quotas: Arc<Quotas>,
     /// The receiver's clock, which history is stamped with.
     clock: Arc<dyn Clock>,
+    /// Whether history is kept (always, but to measure its cost).
+    history: bool,
     machines: Mutex<HashMap<MachineName, Arc<MachineState>>>,
     shutdown: Arc<Cancel>,
     fault: Arc<FaultHook>,
@@ -141,6 +143,7 @@ impl MirrorService {
                 auth,
                 quotas,
                 clock: Arc::new(SystemClock),
+                history: true,
                 machines: Mutex::new(HashMap::new()),
                 shutdown: Arc::new(Cancel::default()),
                 fault: Arc::new(FaultHook::from_env()),
@@ -151,6 +154,13 @@ impl MirrorService {
     /// Stamps history with `clock` instead of the system's (tests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> MirrorService {
         Arc::get_mut(&mut self.inner).expect("not shared yet").clock = clock;
+        self
+    }
+
+    /// Keeps no history: machines' pasts are lost. Only to measure what
+    /// keeping it costs (`lifeline-receiver --without-history`).
+    pub fn without_history(mut self) -> MirrorService {
+        Arc::get_mut(&mut self.inner).expect("not shared yet").history = false;
         self
     }
 
@@ -261,6 +271,7 @@ impl Replication for MirrorService {
             store: self.inner.store.clone(),
             quotas: self.inner.quotas.clone(),
             clock: self.inner.clock.clone(),
+            history: self.inner.history,
             state,
             cancel,
             shutdown: self.inner.shutdown.clone(),
@@ -409,6 +420,7 @@ struct Stream {
     store: StoreLayout,
     quotas: Arc<Quotas>,
     clock: Arc<dyn Clock>,
+    history: bool,
     state: Arc<MachineState>,
     cancel: Arc<Cancel>,
     shutdown: Arc<Cancel>,
@@ -471,12 +483,17 @@ impl Stream {
         };
         let partial = {
             let (store, m, mirror, clock) = (self.store.clone(), machine.clone(), mirror.clone(), self.clock.clone());
+            let keep = self.history;
             tokio::task::spawn_blocking(move || {
-                // History is kept or nothing is applied: a change whose
-                // past could not be kept would be lost for good.
-                let history = History::open(&store, &m, clock)
-                    .map_err(|e| format!("cannot open the history of machine {m} in {}: {e}", store.root().display()))?;
-                let a = Applier::new(mirror, m.as_str()).with_history(history);
+                let mut a = Applier::new(mirror, m.as_str());
+                if keep {
+                    // History is kept or nothing is applied: a change whose
+                    // past could not be kept would be lost for good.
+                    let history = History::open(&store, &m, clock).map_err(|e| {
+                        format!("cannot open the history of machine {m} in {}: {e}", store.root().display())
+                    })?;
+                    a = a.with_history(history);
+                }
                 Ok::<_, String>(match PartialRecord::open(&store, &m) {
                     // Removes what a delta of a killed receiver left behind.
                     Ok(r) => a.with_partial(r),
