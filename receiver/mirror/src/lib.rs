@@ -16,6 +16,8 @@
 //! - [`history`]: what the applier keeps of what it replaces (a journal
 //!   record before each change; what is removed moved to the attic).
 //! - [`restore`]: a tree as of an instant, from the mirror and its history.
+//! - [`HistoryService`]: the read-only `History` service, a machine's own
+//!   history over gRPC.
 //! - [`progress`]: how far each agent queue was applied
 //!   ([`progress::QueueProgress`]), so that replays apply nothing twice.
 //!
@@ -27,6 +29,7 @@ pub mod apply;
 mod attrs;
 pub mod delta;
 pub mod history;
+pub mod history_api;
 pub mod listing;
 mod op_error;
 pub mod progress;
@@ -35,5 +38,6 @@ pub mod safepath;
 mod service;
 
 pub use attrs::{original_mode_at, original_mode_fd, probe_user_xattrs, MODE_XATTR};
+pub use history_api::HistoryService;
 pub use listing::LIST_CHUNK;
 pub use service::MirrorService;

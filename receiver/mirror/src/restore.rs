@@ -40,6 +40,18 @@ pub struct Restored {
     pub privileged_stripped: u64,
 }
 
+/// The error of a restore of a path that did not exist at the instant.
+#[derive(Debug)]
+pub struct Absent(pub String);
+
+impl std::fmt::Display for Absent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} did not exist at that instant (nothing in the mirror or its history)", self.0)
+    }
+}
+
+impl std::error::Error for Absent {}
+
 /// Writes `path` (a wire path: `srv/data`, as the mirror keeps it) of
 /// `machine` as it was at `as_of_ns` (the receiver's clock) under `to`,
 /// as `to/<path>`, which must not exist. Answers what was restored; `Err`
@@ -77,8 +89,13 @@ pub fn restore_as_of(
                 links.wanted.insert((id.dev, id.ino));
             }
         }
-        let mirror =
-            Source::open(&store.mirror(machine)).with_context(|| format!("opening the mirror of {machine}"))?;
+        let mirror = match Source::open(&store.mirror(machine)) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Absent(String::from_utf8_lossy(path).into_owned()).into())
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening the mirror of {machine}")),
+        };
         let attic = store.history_attic(machine);
         let attic = match Source::open(&attic) {
             Ok(a) => Some(a),
@@ -101,10 +118,7 @@ pub fn restore_as_of(
         beneath(&scratch, path)?;
         let got = under(&scratch, path);
         if got.symlink_metadata().is_err() {
-            bail!(
-                "{} did not exist at that instant (nothing in the mirror or its history)",
-                String::from_utf8_lossy(path)
-            );
+            return Err(Absent(String::from_utf8_lossy(path).into_owned()).into());
         }
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent)?;
@@ -162,6 +176,69 @@ pub fn versions(store: &StoreLayout, machine: &MachineName, path: &[u8]) -> anyh
         out.push(Version { time_ns: r.time_ns, seq: r.seq, what });
     }
     Ok(out)
+}
+
+/// What is at `path` (a wire path) in `machine`'s mirror now, reached
+/// through directories only (a path through a symlink is absent); `None`
+/// when nothing is.
+pub fn present(store: &StoreLayout, machine: &MachineName, path: &[u8]) -> anyhow::Result<Option<fs::Metadata>> {
+    lifeline_core::wirepath::validate(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mirror = match Source::open(&store.mirror(machine)) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening the mirror of {machine}")),
+    };
+    Ok(mirror.open_at(&under(&mirror.path, path), OFlags::PATH).and_then(|f| f.metadata()).ok())
+}
+
+/// What [`present`] found, in words: `a directory`, `a symbolic link`,
+/// `N bytes` or `absent`.
+pub fn describe(now: Option<&fs::Metadata>) -> String {
+    match now {
+        Some(md) if md.is_dir() => "a directory".into(),
+        Some(md) if md.file_type().is_symlink() => "a symbolic link".into(),
+        Some(md) => format!("{} bytes", md.len()),
+        None => "absent".into(),
+    }
+}
+
+/// A path removed from the mirror and not there since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub path: Vec<u8>,
+    /// When it was removed (the record's time): it is back as of a
+    /// nanosecond earlier.
+    pub time_ns: i64,
+    pub seq: u64,
+}
+
+/// The paths of `machine` removed or replaced whole (kept in the attic)
+/// after `since_ns` that its mirror no longer has, newest first, each once;
+/// at most `limit`, and whether there were more.
+pub fn recent_deletions(
+    store: &StoreLayout,
+    machine: &MachineName,
+    since_ns: i64,
+    limit: usize,
+) -> anyhow::Result<(Vec<Deletion>, bool)> {
+    let records = Journal::open(&store.history_journal(machine))
+        .records_after(since_ns)
+        .with_context(|| format!("reading the history of {machine}"))?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for r in records.iter().rev() {
+        if !matches!(r.change, Some(Change::Displaced(_))) || !seen.insert(&r.path[..]) {
+            continue;
+        }
+        if present(store, machine, &r.path)?.is_some() {
+            continue;
+        }
+        if out.len() == limit {
+            return Ok((out, true));
+        }
+        out.push(Deletion { path: r.path.clone(), time_ns: r.time_ns, seq: r.seq });
+    }
+    Ok((out, false))
 }
 
 /// `root/<wire path>`.
