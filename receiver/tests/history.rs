@@ -210,3 +210,200 @@ async fn a_machine_reads_its_own_history_and_nothing_else() {
     assert_eq!(std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0), 0);
     running.stop().await.unwrap();
 }
+
+/// Every file, symlink and directory under `dir`: its kind, mode and bytes.
+fn files(dir: &std::path::Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir).follow_links(false).follow_root_links(false) {
+        let e = e.unwrap();
+        let md = e.path().symlink_metadata().unwrap();
+        let bytes = if md.is_file() {
+            std::fs::read(e.path()).unwrap()
+        } else if md.file_type().is_symlink() {
+            std::fs::read_link(e.path()).unwrap().into_os_string().into_encoded_bytes()
+        } else {
+            Vec::new()
+        };
+        out.insert(e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned(), (md.mode(), bytes));
+    }
+    out
+}
+
+/// Paths that try to reach the history (or another machine) from a
+/// mirror, or from a history request.
+const HOSTILE: &[&str] = &[
+    "../../history/pc-a/journal",
+    "../../history/pc-a/attic",
+    "../history",
+    "srv/../../../history/pc-a",
+    "/srv",
+    "..",
+    ".",
+    "history/pc-a/journal",
+    "../pc-b/srv",
+    "srv//docs",
+];
+
+/// Calls every RPC of every service `token` can reach, with hostile paths
+/// and names, and with real deletions and renames of the mirror's own
+/// files; answers nothing (every call may be refused).
+async fn attack(url: &str, token: &str, one: i64) {
+    use lifeline_proto::v1::image_store_client::ImageStoreClient;
+    use lifeline_proto::v1::jobs_client::JobsClient;
+    use lifeline_proto::v1::{
+        BootMediaRequest, ImageBlob, ImageEmpty, JobReport, ListBootMediaRequest, ListTreeRequest, ManifestRequest,
+        NamedBlob, PackPiece, PackRange, SignatureRequest,
+    };
+    // Replication: ops at hostile paths, then real removals and renames.
+    for p in HOSTILE {
+        let _ = replicate(url, token, vec![(p, remove())]).await;
+        let _ = replicate(url, token, vec![(p, file(b"overwritten", 0o777))]).await;
+        let _ = replicate(url, token, vec![("srv/docs", rename(p))]).await;
+        let _ = replicate(url, token, vec![(p, rename("srv/x"))]).await;
+        let _ = replicate(
+            url,
+            token,
+            vec![("srv/link", op::Kind::Symlink(lifeline_proto::v1::Symlink { target: p.as_bytes().to_vec() }))],
+        )
+        .await;
+        let _ = replicate(url, token, vec![("srv/link/journal", remove())]).await;
+    }
+    let _ = replicate(url, token, vec![("srv/docs/report.txt", file(b"ransom", 0o600)), ("srv/docs", remove())]).await;
+    let _ = replicate(url, token, vec![("srv", rename("srv-gone")), ("srv-gone", remove())]).await;
+    let mut repl = ReplicationClient::connect(url.to_string()).await.unwrap();
+    for p in HOSTILE {
+        let _ = repl.list_tree(with_credential(ListTreeRequest { roots: vec![p.as_bytes().to_vec()] }, token)).await;
+        let sig = SignatureRequest { path: p.as_bytes().to_vec(), block_len: 0, strong_len: 0 };
+        let _ = repl.get_signature(with_credential(sig, token)).await;
+    }
+    // Images, jobs, boot media: names that try to lead out of the image store.
+    let mut images = ImageStoreClient::connect(url.to_string()).await.unwrap();
+    let _ = images.create_config(with_credential(ImageBlob { data: b"config".to_vec() }, token)).await;
+    let _ = images.get_config(with_credential(ImageEmpty {}, token)).await;
+    let _ = images.list_packs(with_credential(ImageEmpty {}, token)).await;
+    let _ = images.list_manifests(with_credential(ImageEmpty {}, token)).await;
+    for p in HOSTILE {
+        let blob = NamedBlob { name: p.to_string(), data: b"garbage".to_vec() };
+        let _ = images.put_manifest(with_credential(blob, token)).await;
+        let _ = images.get_manifest(with_credential(ManifestRequest { name: p.to_string() }, token)).await;
+    }
+    let pieces = vec![PackPiece { id: vec![0xff; 16], data: b"pack".to_vec() }];
+    let _ = images.put_pack(with_credential(tokio_stream::iter(pieces), token)).await;
+    let _ = images.read_pack(with_credential(PackRange { id: vec![0xff; 16], offset: 0, len: 4 }, token)).await;
+    let report = JobReport { job: 1, kind: "../../history".into(), state: "done".into(), ..Default::default() };
+    let _ = JobsClient::connect(url.to_string()).await.unwrap().report(with_credential(report, token)).await;
+    let mut media =
+        lifeline_proto::v1::boot_media_store_client::BootMediaStoreClient::connect(url.to_string()).await.unwrap();
+    let _ = media.list_boot_media(with_credential(ListBootMediaRequest {}, token)).await;
+    let _ = media.download_boot_media(with_credential(BootMediaRequest { id: 1 }, token)).await;
+    // History itself: read-only, whatever the path.
+    for p in HOSTILE.iter().chain(&["srv", "srv/docs", "srv/docs/report.txt"]) {
+        let path = p.as_bytes().to_vec();
+        let mut h = history(url).await;
+        let _ = h.list_versions(with_credential(ListVersionsRequest { path: path.clone() }, token)).await;
+        let _ = restore(url, token, p, one).await;
+        let _ = restore(url, token, p, i64::MIN).await;
+        let _ = restore(url, token, p, i64::MAX).await;
+    }
+    let mut h = history(url).await;
+    let _ = h
+        .recent_deletions(with_credential(RecentDeletionsRequest { since_ns: i64::MIN, limit: u32::MAX }, token))
+        .await;
+}
+
+/// Issue 15: "every RPC a machine credential or boot session can call is
+/// tried against history: nothing deleted or altered". Machine A's history
+/// is built, then A's own credential (as ransomware on A holds it),
+/// machine B's and a boot session of A call every RPC of every service with
+/// hostile paths, and A's credential really deletes and renames its files.
+/// A's history only grew: every journal segment's old bytes are a prefix of
+/// its new ones, every attic object is as it was, and A's tree as of the
+/// earlier instant restores exactly as before. History answers a boot
+/// session nothing, and A nothing of B's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_a_machine_can_call_leaves_history_intact() {
+    use lifeline_proto::v1::boot_sessions_client::BootSessionsClient;
+    use lifeline_proto::v1::ClaimRequest;
+    let store = tempfile::tempdir().unwrap();
+    let running = lifeline_receiver::spawn("127.0.0.1:0", store.path()).await.unwrap();
+    let url = running.url();
+    let a = register(store.path(), "pc-a").token();
+    let b = register(store.path(), "pc-b").token();
+    let boot = lifeline_core::credential::Credential::generate("pc-a");
+    let media = lifeline_store::db::boot::BootMedia::new("pc-a", "netboot", "backup", "receiver");
+    lifeline_store::Db::open(store.path()).unwrap().add_boot_media(&media, &boot.secret_hash()).unwrap();
+    let session = BootSessionsClient::connect(url.clone())
+        .await
+        .unwrap()
+        .claim(with_credential(ClaimRequest {}, &boot.token()))
+        .await
+        .unwrap()
+        .into_inner()
+        .credential;
+    let [one, _] = build_history(&url, &a).await;
+    replicate(&url, &b, vec![("srv", mkdir(0o755)), ("srv/b-secret.txt", file(b"b's", 0o600))]).await.unwrap();
+    replicate(&url, &b, vec![("srv/b-secret.txt", remove())]).await.unwrap();
+    let hist = store.path().join("history/pc-a");
+    let before = files(&hist);
+    assert!(before.keys().any(|k| k.starts_with("attic/")), "the history has attic objects: {before:?}");
+    let srv_at_one = restore(&url, &a, "srv", one).await.unwrap();
+    assert_eq!(restore(&url, &a, "srv/docs", one).await.unwrap(), docs_at_one());
+
+    // A boot session gets nothing from History.
+    for e in [
+        restore(&url, &session, "srv", one).await.unwrap_err(),
+        history(&url)
+            .await
+            .list_versions(with_credential(ListVersionsRequest { path: b"srv".to_vec() }, &session))
+            .await
+            .unwrap_err(),
+        history(&url)
+            .await
+            .recent_deletions(with_credential(RecentDeletionsRequest { since_ns: 0, limit: 0 }, &session))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    }
+    // Hostile paths are refused by History, whoever asks.
+    for p in HOSTILE.iter().filter(|p| !p.starts_with("history/")) {
+        let e = restore(&url, &a, p, one).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{p}: {e:?}");
+    }
+
+    for token in [&a, &b, &session] {
+        attack(&url, token, one).await;
+    }
+
+    // A saw none of B's history.
+    let req = RecentDeletionsRequest { since_ns: 0, limit: 1000 };
+    let d = history(&url).await.recent_deletions(with_credential(req, &a)).await.unwrap().into_inner();
+    assert!(d.deletions.iter().all(|d| !d.path.ends_with(b"b-secret.txt")), "{:?}", d.deletions);
+    let req = ListVersionsRequest { path: b"srv/b-secret.txt".to_vec() };
+    let v = history(&url).await.list_versions(with_credential(req, &a)).await.unwrap().into_inner();
+    // Only A's own changes of the directory above.
+    assert!(v.versions.iter().all(|v| v.what.contains(" with srv")), "{:?}", v.versions);
+    let e = restore(&url, &a, "srv/b-secret.txt", i64::MIN + 1).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // The history only grew.
+    let after = files(&hist);
+    for (name, (mode, bytes)) in &before {
+        let (now_mode, now) = after.get(name).unwrap_or_else(|| panic!("{name} was removed from the history"));
+        assert_eq!(mode, now_mode, "{name}'s mode changed");
+        if name.starts_with("journal/") {
+            assert!(now.starts_with(bytes), "{name} was rewritten, not appended to");
+        } else {
+            assert_eq!(bytes, now, "{name} was changed");
+        }
+    }
+    // A's attack removed A's files for real: recorded, restorable.
+    assert!(after.len() > before.len(), "the removals were recorded");
+    assert_eq!(restore(&url, &a, "srv", one).await.unwrap(), srv_at_one, "srv as of the earlier instant");
+    assert_eq!(restore(&url, &a, "srv/docs", one).await.unwrap(), docs_at_one());
+    // Nothing was left in the restores' scratch.
+    let scratch = store.path().join("tmp/history-restores");
+    assert_eq!(std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0), 0);
+    running.stop().await.unwrap();
+}
