@@ -407,3 +407,47 @@ async fn every_rpc_a_machine_can_call_leaves_history_intact() {
     assert_eq!(std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0), 0);
     running.stop().await.unwrap();
 }
+
+/// A restore counts as one of the machine's calls carrying data, and its
+/// scratch on the receiver is gone once the client leaves mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_is_a_data_call_and_leaves_nothing_behind() {
+    let store = tempfile::tempdir().unwrap();
+    let limits = lifeline_receiver::Limits { max_data_calls_per_machine: 1, ..Default::default() };
+    let receiver = lifeline_receiver::Receiver::new(store.path()).unwrap().with_limits(limits);
+    let running = lifeline_receiver::spawn_receiver("127.0.0.1:0", receiver).await.unwrap();
+    let url = running.url();
+    let a = register(store.path(), "pc-a").token();
+    let mib = lifeline_proto::MAX_CHUNK;
+    let big = op::Kind::Data(FileData {
+        replace: false,
+        truncate_to: Some(0),
+        chunks: (0..32).map(|i| Chunk { offset: (i * mib) as u64, data: vec![i as u8; mib] }).collect(),
+        size: (32 * mib) as u64,
+        attr: Some(attr(0o600)),
+    });
+    replicate(&url, &a, vec![("srv", mkdir(0o755)), ("srv/big", big)]).await.unwrap();
+    let now = instant().await;
+
+    // A client that reads the first piece of a 32 MiB restore, then stalls.
+    let req = RestoreRequest { path: b"srv/big".to_vec(), as_of_ns: now };
+    let mut first = history(&url).await.restore(with_credential(req, &a)).await.unwrap().into_inner();
+    assert!(matches!(first.message().await.unwrap().unwrap().kind, Some(Piece::Entry(_))));
+    let scratch = store.path().join("tmp/history-restores");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 1, "the restore streams from its scratch");
+    let e = restore(&url, &a, "srv", now).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("--max-data-calls-per-machine"), "{}", e.message());
+
+    // It leaves: the scratch goes, and the machine may restore again.
+    drop(first);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while std::fs::read_dir(&scratch).unwrap().count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the scratch of an abandoned restore stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tree = restore(&url, &a, "srv", now).await.unwrap();
+    assert_eq!(tree.len(), 2);
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+    running.stop().await.unwrap();
+}
