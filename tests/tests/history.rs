@@ -40,6 +40,23 @@ fn now_rfc3339() -> String {
     lifeline_history::instant::format(d.as_nanos() as i64)
 }
 
+/// A rig on a tmpfs of `mib` MiB with its agent started and ready.
+fn started(name: &str, mib: u64) -> Rig {
+    let mut rig = Rig::new(name, ScratchFs::tmpfs(mib));
+    rig.start_agent();
+    rig.wait_ready();
+    rig
+}
+
+/// Waits until the receiver holds the source's state; then the instant.
+fn settle(rig: &Rig, what: &str) -> String {
+    rig.assert_identical(Duration::from_secs(30), what);
+    std::thread::sleep(Duration::from_millis(20));
+    let at = now_rfc3339();
+    std::thread::sleep(Duration::from_millis(20));
+    at
+}
+
 fn history(rig: &Rig, args: &[&str]) -> String {
     let out = Command::new(bin_path("lifeline-receiver"))
         .arg("--store")
@@ -56,18 +73,9 @@ fn history(rig: &Rig, args: &[&str]) -> String {
 #[test]
 fn a_tree_comes_back_as_of_any_instant() {
     preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
-    let mut rig = Rig::new("history", ScratchFs::tmpfs(256));
+    let rig = started("history", 256);
     let src = rig.src.clone();
-    rig.start_agent();
-    rig.wait_ready();
-    let settle = |rig: &Rig, what: &str| {
-        rig.assert_identical(Duration::from_secs(30), what);
-        // The instant is taken once the receiver holds the state.
-        std::thread::sleep(Duration::from_millis(20));
-        let at = now_rfc3339();
-        std::thread::sleep(Duration::from_millis(20));
-        (at, snapshot(&src))
-    };
+    let settle = |rig: &Rig, what: &str| (settle(rig, what), snapshot(&src));
 
     // 1: a small project.
     fs::create_dir_all(src.join("proj/docs")).unwrap();
@@ -172,17 +180,8 @@ fn named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn the_agent_restores_a_version_next_to_the_live_file() {
     preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
-    let mut rig = Rig::new("history-agent", ScratchFs::tmpfs(64));
+    let rig = started("history-agent", 64);
     let src = rig.src.clone();
-    rig.start_agent();
-    rig.wait_ready();
-    let settle = |rig: &Rig, what: &str| {
-        rig.assert_identical(Duration::from_secs(30), what);
-        std::thread::sleep(Duration::from_millis(20));
-        let at = now_rfc3339();
-        std::thread::sleep(Duration::from_millis(20));
-        at
-    };
     let doc = src.join("doc.txt");
     let first: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     fs::write(&doc, &first).unwrap();

@@ -14,17 +14,15 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use lifeline_core::credential::MachineName;
-use lifeline_core::wirepath;
+use lifeline_core::{tree, wirepath};
 use lifeline_proto::v1::history_server::{History, HistoryServer};
 use lifeline_proto::v1::restore_piece::Kind as Piece;
-use lifeline_proto::v1::tree_entry::Kind;
 use lifeline_proto::v1::{
     Attr, Deletion, Deletions, ListVersionsRequest, RecentDeletionsRequest, RestorePiece, RestoreRequest,
     RestoredEntry, Version, Versions,
@@ -36,7 +34,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{error, info, warn};
 
-use crate::restore;
+use crate::{listing, restore};
 
 /// The most versions one `ListVersions` answers (the newest).
 pub const MAX_VERSIONS: usize = 10_000;
@@ -221,35 +219,27 @@ fn stream_tree(top: &Path, tx: &mpsc::Sender<Result<RestorePiece, Status>>) -> a
         let entry = entry?;
         let md = entry.path().symlink_metadata()?;
         let rel = entry.path().strip_prefix(top).expect("below the walk's root");
-        let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            Kind::Symlink
-        } else if ft.is_file() {
-            Kind::File
-        } else {
-            continue;
-        };
-        let symlink_target =
-            if ft.is_symlink() { std::fs::read_link(entry.path())?.into_os_string().into_vec() } else { Vec::new() };
+        let target = if md.file_type().is_symlink() { Some(std::fs::read_link(entry.path())?.into()) } else { None };
+        let e = tree::Entry::from_metadata(rel.to_path_buf(), &md, target);
+        let Some(kind) = listing::wire_kind(e.kind) else { continue };
+        let is_file = e.kind == tree::Kind::File;
         let header = RestoredEntry {
             path: rel.as_os_str().as_bytes().to_vec(),
             kind: kind as i32,
-            size: if ft.is_file() { md.len() } else { 0 },
+            size: e.size,
             attr: Some(Attr {
-                mode: md.mode() & 0o7777,
-                mtime_sec: md.mtime(),
-                mtime_nsec: md.mtime_nsec() as u32,
-                uid: Some(md.uid()),
-                gid: Some(md.gid()),
+                mode: e.mode,
+                mtime_sec: e.mtime_sec,
+                mtime_nsec: e.mtime_nsec,
+                uid: Some(e.uid),
+                gid: Some(e.gid),
             }),
-            symlink_target,
+            symlink_target: e.symlink_target.map(|t| t.into_vec()).unwrap_or_default(),
         };
         if !send(Piece::Entry(header)) {
             return Ok(());
         }
-        if ft.is_file() {
+        if is_file {
             // The scratch is the receiver's own: nothing else writes there.
             let mut f = File::open(entry.path())?;
             let mut left = md.len();
