@@ -498,16 +498,7 @@ fn status_window_restores_a_recent_deletion_under_a_new_name() {
     w.assert_identical(SYNC_TIMEOUT, "letter written");
     fs::remove_file(&letter).unwrap();
     w.assert_identical(SYNC_TIMEOUT, "letter removed");
-    let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
-    let mut gui = Gui::start(
-        &["--window", "--control", &w.control(), "--poll-ms", "200"],
-        &[("DISPLAY", x.display())],
-        &w.dir.path().join("gui-window.log"),
-    );
-    let title = format!("Lifeline - {} - in sync", w.machine);
-    let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
-        panic!("no window titled {title:?}\n{}", gui.log_tail(LOG_LINES));
-    };
+    let (x, mut gui, win) = status_window(&w, "in sync");
     // The first deletion's Restore button (gui/src/window.rs's layout:
     // x = 680 - 206, y = 252 + 20 + 18, 84 x 22).
     let shot = wait_shot(&x, win, |img| img.count(474, 290, 84, 22, RESTORE_BUTTON) > 1_000).unwrap_or_else(|img| {
@@ -589,21 +580,28 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
     assert!(wait_until(Duration::from_secs(5), || { host.string_prop(&item, "IconName") == "dialog-warning" }));
 
     // The status window: amber banner, the degraded title.
-    let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
-    let mut win_gui = Gui::start(
-        &["--window", "--control", &w.control(), "--poll-ms", "200"],
-        &[("DISPLAY", x.display())],
-        &w.dir.path().join("gui-window.log"),
-    );
-    let title = format!("Lifeline - {} - inotify fallback: no byte ranges", w.machine);
-    let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
-        panic!("no window titled {title:?}\n{}", win_gui.log_tail(LOG_LINES));
-    };
+    let (x, mut win_gui, win) = status_window(&w, "inotify fallback: no byte ranges");
     let shot = wait_shot(&x, win, |img| img.count(0, 0, 400, 40, AMBER_DEGRADED) > 10_000)
         .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
     assert_eq!(shot.count(0, 0, 400, 40, GREEN_IN_SYNC), 0, "green in the degraded banner");
     save_doc(&shot, "gui-status-window-degraded.png");
     assert!(gui.is_running() && win_gui.is_running(), "lifeline-gui exited");
+}
+
+/// An X server and the status window on it for `w`'s agent (polling every
+/// 200 ms), found once its title says `state`.
+fn status_window(w: &Rig, state: &str) -> (Xvfb, Gui, u32) {
+    let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
+    let gui = Gui::start(
+        &["--window", "--control", &w.control(), "--poll-ms", "200"],
+        &[("DISPLAY", x.display())],
+        &w.dir.path().join("gui-window.log"),
+    );
+    let title = format!("Lifeline - {} - {state}", w.machine);
+    let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
+        panic!("no window titled {title:?}\n{}", gui.log_tail(LOG_LINES));
+    };
+    (x, gui, win)
 }
 
 /// Screenshots `win` until `ok` holds (Ok) or 10 s pass (Err: the last one).
