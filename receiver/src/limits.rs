@@ -375,11 +375,12 @@ impl Drop for InFlight {
 /// Which credential a call needs before its body is read, how big its
 /// body may be (None: the per-message limit of a call carrying data), and
 /// whether it counts as a call carrying data of its machine (those with a
-/// big body, and a history restore, which streams files back).
+/// big body, and every History call: a restore streams files back, a
+/// listing reads the machine's whole journal).
 fn call_limits(path: &str) -> (Check, Option<usize>, bool) {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
     let (check, body) = body_limits(service, method);
-    let data = body.is_none() || (service, method) == ("lifeline.v1.History", "Restore");
+    let data = body.is_none() || service == "lifeline.v1.History";
     (check, body, data)
 }
 
@@ -570,9 +571,8 @@ mod tests {
         assert_eq!(call_limits("/lifeline.v1.ImageStore/GetManifest"), (Check::Images, small, false));
         assert_eq!(call_limits("/lifeline.v1.BootSessions/Claim"), (Check::None, small, false));
         assert_eq!(call_limits("/x.Y/Z"), (Check::Machine, small, false));
-        // History: the machine's own credential only; a restore streams
-        // files back, and counts.
-        assert_eq!(call_limits("/lifeline.v1.History/ListVersions"), (Check::Machine, small, false));
+        // History: the machine's own credential only; each call counts.
+        assert_eq!(call_limits("/lifeline.v1.History/ListVersions"), (Check::Machine, small, true));
         assert_eq!(call_limits("/lifeline.v1.History/Restore"), (Check::Machine, small, true));
     }
 }

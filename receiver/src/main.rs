@@ -682,7 +682,7 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
     }
     match cmd {
         HistoryCmd::List { .. } => {
-            let versions = lifeline_mirror::restore::versions(&layout, &machine, &wire)?;
+            let (versions, _) = lifeline_mirror::restore::versions(&layout, &machine, &wire, usize::MAX)?;
             for v in &versions {
                 println!("{}  op {:<8} {}", instant::format(v.time_ns), v.seq, shown(&v.what));
             }

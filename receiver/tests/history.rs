@@ -430,8 +430,18 @@ async fn a_restore_is_a_data_call_and_leaves_nothing_behind() {
     let now = instant().await;
 
     // A client that reads the first piece of a 32 MiB restore, then stalls.
-    let req = RestoreRequest { path: b"srv/big".to_vec(), as_of_ns: now };
-    let mut first = history(&url).await.restore(with_credential(req, &a)).await.unwrap().into_inner();
+    // (Once the replication stream's place is given back.)
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let mut first = loop {
+        let req = RestoreRequest { path: b"srv/big".to_vec(), as_of_ns: now };
+        match history(&url).await.restore(with_credential(req, &a)).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) if e.code() == Code::ResourceExhausted && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
     assert!(matches!(first.message().await.unwrap().unwrap().kind, Some(Piece::Entry(_))));
     let scratch = store.path().join("tmp/history-restores");
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 1, "the restore streams from its scratch");

@@ -133,13 +133,10 @@ impl History for HistoryService {
         let path = req.into_inner().path;
         check_path(&path)?;
         self.blocking(move |store| {
-            let mut all =
-                restore::versions(&store, &machine, &path).map_err(|e| internal(&machine, "reading the history", e))?;
-            let truncated = all.len() > MAX_VERSIONS;
-            let versions = all
-                .drain(all.len().saturating_sub(MAX_VERSIONS)..)
-                .map(|v| Version { time_ns: v.time_ns, seq: v.seq, what: v.what })
-                .collect();
+            let (found, truncated) = restore::versions(&store, &machine, &path, MAX_VERSIONS)
+                .map_err(|e| internal(&machine, "reading the history", e))?;
+            let versions =
+                found.into_iter().map(|v| Version { time_ns: v.time_ns, seq: v.seq, what: v.what }).collect();
             let now =
                 restore::present(&store, &machine, &path).map_err(|e| internal(&machine, "reading the mirror", e))?;
             Ok(Response::new(Versions { versions, truncated, now: restore::describe(now.as_ref()) }))

@@ -143,39 +143,52 @@ pub struct Version {
 
 /// The changes kept for `path` (a wire path) of `machine`, oldest first:
 /// changes at the path, renames to it, and removals or replacements of a
-/// directory above it.
-pub fn versions(store: &StoreLayout, machine: &MachineName, path: &[u8]) -> anyhow::Result<Vec<Version>> {
+/// directory above it; the newest `most` of them, and whether there were
+/// more. The journal is read a segment at a time.
+pub fn versions(
+    store: &StoreLayout,
+    machine: &MachineName,
+    path: &[u8],
+    most: usize,
+) -> anyhow::Result<(Vec<Version>, bool)> {
     lifeline_core::wirepath::validate(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let records = Journal::open(&store.history_journal(machine))
-        .records_after(i64::MIN)
+    let mut out = std::collections::VecDeque::new();
+    let mut truncated = false;
+    Journal::open(&store.history_journal(machine))
+        .for_each_after(i64::MIN, |r| {
+            let Some(what) = version_of(&r, path) else { return };
+            if out.len() == most {
+                out.pop_front();
+                truncated = true;
+            }
+            out.push_back(Version { time_ns: r.time_ns, seq: r.seq, what });
+        })
         .with_context(|| format!("reading the history of {machine}"))?;
-    let mut out = Vec::new();
-    for r in records {
-        let at = r.path == path;
-        let above = within(path, &r.path) && !at;
-        let what = match &r.change {
-            Some(Change::Created(_)) if at => "created".to_string(),
-            Some(Change::Created(_)) if above => format!("created with {}", String::from_utf8_lossy(&r.path)),
-            Some(Change::Displaced(_)) if at => "removed or replaced (kept whole)".to_string(),
-            Some(Change::Displaced(_)) if above => {
-                format!("removed or replaced with {} (kept whole)", String::from_utf8_lossy(&r.path))
-            }
-            Some(Change::Renamed(x)) if at => format!("renamed to {}", String::from_utf8_lossy(&x.to)),
-            Some(Change::Renamed(x)) if x.to == path => {
-                format!("renamed here from {}", String::from_utf8_lossy(&r.path))
-            }
-            Some(Change::Exchanged(x)) if at || x.with == path => "exchanged".to_string(),
-            Some(Change::Overwritten(o)) if at => format!(
-                "written: was {} bytes, {} bytes of it kept",
-                o.old_size,
-                o.ranges.iter().map(|r| r.data.len()).sum::<usize>()
-            ),
-            Some(Change::AttrChanged(a)) if at => format!("attributes changed: were mode {:o}", a.mode),
-            _ => continue,
-        };
-        out.push(Version { time_ns: r.time_ns, seq: r.seq, what });
-    }
-    Ok(out)
+    Ok((out.into(), truncated))
+}
+
+/// What `r` did to `path`, in words; None when it did nothing to it.
+fn version_of(r: &Record, path: &[u8]) -> Option<String> {
+    let at = r.path == path;
+    let above = within(path, &r.path) && !at;
+    Some(match &r.change {
+        Some(Change::Created(_)) if at => "created".to_string(),
+        Some(Change::Created(_)) if above => format!("created with {}", String::from_utf8_lossy(&r.path)),
+        Some(Change::Displaced(_)) if at => "removed or replaced (kept whole)".to_string(),
+        Some(Change::Displaced(_)) if above => {
+            format!("removed or replaced with {} (kept whole)", String::from_utf8_lossy(&r.path))
+        }
+        Some(Change::Renamed(x)) if at => format!("renamed to {}", String::from_utf8_lossy(&x.to)),
+        Some(Change::Renamed(x)) if x.to == path => format!("renamed here from {}", String::from_utf8_lossy(&r.path)),
+        Some(Change::Exchanged(x)) if at || x.with == path => "exchanged".to_string(),
+        Some(Change::Overwritten(o)) if at => format!(
+            "written: was {} bytes, {} bytes of it kept",
+            o.old_size,
+            o.ranges.iter().map(|r| r.data.len()).sum::<usize>()
+        ),
+        Some(Change::AttrChanged(a)) if at => format!("attributes changed: were mode {:o}", a.mode),
+        _ => return None,
+    })
 }
 
 /// What is at `path` (a wire path) in `machine`'s mirror now, reached
@@ -221,22 +234,26 @@ pub fn recent_deletions(
     since_ns: i64,
     limit: usize,
 ) -> anyhow::Result<(Vec<Deletion>, bool)> {
-    let records = Journal::open(&store.history_journal(machine))
-        .records_after(since_ns)
+    // The newest removal of each path, read a segment at a time.
+    let mut newest = std::collections::HashMap::new();
+    Journal::open(&store.history_journal(machine))
+        .for_each_after(since_ns, |r| {
+            if matches!(r.change, Some(Change::Displaced(_))) {
+                newest.insert(r.path, (r.time_ns, r.seq));
+            }
+        })
         .with_context(|| format!("reading the history of {machine}"))?;
-    let mut seen = std::collections::HashSet::new();
+    let mut found: Vec<_> = newest.into_iter().collect();
+    found.sort_by(|a, b| b.1.cmp(&a.1));
     let mut out = Vec::new();
-    for r in records.iter().rev() {
-        if !matches!(r.change, Some(Change::Displaced(_))) || !seen.insert(&r.path[..]) {
-            continue;
-        }
-        if present(store, machine, &r.path)?.is_some() {
+    for (path, (time_ns, seq)) in found {
+        if present(store, machine, &path)?.is_some() {
             continue;
         }
         if out.len() == limit {
             return Ok((out, true));
         }
-        out.push(Deletion { path: r.path.clone(), time_ns: r.time_ns, seq: r.seq });
+        out.push(Deletion { path, time_ns, seq });
     }
     Ok((out, false))
 }
@@ -698,6 +715,30 @@ mod tests {
         assert!(to.path().join("srv/etc").symlink_metadata().unwrap().file_type().is_symlink());
         let found: Vec<_> = walkdir::WalkDir::new(to.path()).into_iter().filter_map(|e| e.ok()).collect();
         assert!(found.iter().all(|e| e.file_name() != "shadow"), "{found:?}");
+    }
+
+    /// A listing keeps the newest versions, and says it left some out.
+    #[test]
+    fn versions_are_bounded_to_the_newest() {
+        use lifeline_history::record::Overwritten;
+        use lifeline_history::{JournalWriter, ManualClock};
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(store_dir.path());
+        let m = MachineName::new("m").unwrap();
+        let clock = std::sync::Arc::new(ManualClock::at(1_000));
+        let mut j = JournalWriter::open(&store.history_journal(&m), clock.clone()).unwrap();
+        for i in 1..=5u64 {
+            clock.set(1_000 + i as i64);
+            let write = Overwritten { old_size: i, ranges: vec![], attr: None, shared: None };
+            j.append(i, b"srv/f", Change::Overwritten(write)).unwrap();
+        }
+        j.append(6, b"srv/other", Change::Created(lifeline_history::record::Created {})).unwrap();
+        j.sync().unwrap();
+        let (v, truncated) = versions(&store, &m, b"srv/f", 3).unwrap();
+        assert!(truncated);
+        assert_eq!(v.iter().map(|v| v.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        let (v, truncated) = versions(&store, &m, b"srv/f", usize::MAX).unwrap();
+        assert!(!truncated && v.len() == 5 && v[0].what.starts_with("written: was 1 bytes"));
     }
 
     #[test]
