@@ -244,7 +244,7 @@ pub fn recent_deletions(
         })
         .with_context(|| format!("reading the history of {machine}"))?;
     let mut found: Vec<_> = newest.into_iter().collect();
-    found.sort_by(|a, b| b.1.cmp(&a.1));
+    found.sort_by_key(|d| std::cmp::Reverse(d.1));
     let mut out = Vec::new();
     for (path, (time_ns, seq)) in found {
         if present(store, machine, &path)?.is_some() {
