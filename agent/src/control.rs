@@ -1,15 +1,20 @@
 //! The agent's control socket: gRPC over a Unix socket (`status`, `on`, `off`,
-//! `sync`, `pause`, `resume`). Who may switch backup off is decided by the
-//! socket's permissions. Its clients connect with
+//! `sync`, `pause`, `resume`, and the tray's recent deletions and their
+//! restore). Who may switch backup off is decided by the socket's
+//! permissions. Its clients connect with
 //! `lifeline_proto::control_client::client`.
 
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use lifeline_capture::Capture;
 use lifeline_proto::control::v1::agent_control_server::{AgentControl, AgentControlServer};
-use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, SetPausedRequest, StatusRequest, SyncRequest};
+use lifeline_proto::control::v1::{
+    AgentStatus, DeletedFile, DeletedFiles, RecentDeletionsRequest, RestoreDeletedRequest, RestoredDeleted,
+    SetCaptureRequest, SetPausedRequest, StatusRequest, SyncRequest,
+};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -29,6 +34,8 @@ pub struct ControlService {
     /// The fallback watcher (None with eBPF).
     pub watcher: Option<Arc<crate::fallback::Watcher>>,
     pub reconcile: Arc<Notify>,
+    /// The receiver, whose History service answers for recent deletions.
+    pub remote: Option<crate::remote::Remote>,
 }
 
 impl ControlService {
@@ -85,6 +92,62 @@ impl AgentControl for ControlService {
         Ok(Response::new(self.status()))
     }
 
+    async fn recent_deletions(&self, req: Request<RecentDeletionsRequest>) -> Result<Response<DeletedFiles>, Status> {
+        let remote = self.remote()?;
+        let limit = match req.into_inner().limit {
+            0 => 10,
+            n => n.min(100),
+        };
+        let week_ago = lifeline_history::instant::parse("-7d", now_ns()).unwrap_or(0);
+        let (found, _) = crate::history::deletions(remote, week_ago, limit).await.map_err(unavailable)?;
+        let files = found
+            .into_iter()
+            .map(|d| {
+                let local = lifeline_core::wirepath::to_local(&d.path);
+                DeletedFile {
+                    path: local.to_string_lossy().into_owned(),
+                    raw_path: local.into_os_string().into_encoded_bytes(),
+                    removed_ns: d.time_ns,
+                }
+            })
+            .collect();
+        Ok(Response::new(DeletedFiles { files }))
+    }
+
+    async fn restore_deleted(&self, req: Request<RestoreDeletedRequest>) -> Result<Response<RestoredDeleted>, Status> {
+        let remote = self.remote()?;
+        let RestoreDeletedRequest { raw_path, removed_ns } = req.into_inner();
+        let path = PathBuf::from(std::ffi::OsString::from_vec(raw_path));
+        if !path.is_absolute() || lifeline_core::wirepath::normalize(&path) != path {
+            return Err(Status::invalid_argument(format!("{} is not an absolute, normal path", path.display())));
+        }
+        // The agent writes as root: never through a directory that a
+        // symlink stands for (one planted where the file was).
+        let parent = path.parent().unwrap_or(Path::new("/"));
+        match std::fs::canonicalize(parent) {
+            Ok(real) if real == parent => {}
+            Ok(_) => {
+                return Err(Status::failed_precondition(format!(
+                    "{} leads through a symlink now: restore it with `lifeline-agent history {} --as-of ... --to DIR`",
+                    parent.display(),
+                    path.display()
+                )))
+            }
+            Err(e) => {
+                return Err(Status::failed_precondition(format!(
+                    "{}: {e}; restore the directory it was in first",
+                    parent.display()
+                )))
+            }
+        }
+        let stamp = crate::history::local_time(now_ns(), true);
+        let target = crate::history::Target::beside(&path, &format!("restored-{stamp}")).map_err(unavailable)?;
+        // As it was just before the removal.
+        crate::history::restore(remote, &path, removed_ns - 1, &target).await.map_err(unavailable)?;
+        info!("restored {} as {}", path.display(), target.dest.display());
+        Ok(Response::new(RestoredDeleted { restored_to: target.dest.to_string_lossy().into_owned() }))
+    }
+
     async fn set_paused(&self, req: Request<SetPausedRequest>) -> Result<Response<AgentStatus>, Status> {
         // The scheduler reads the flag before each dispatch (see
         // scheduler::run): nothing else to do here. Resuming needs no
@@ -96,6 +159,22 @@ impl AgentControl for ControlService {
         }
         Ok(Response::new(self.status()))
     }
+}
+
+impl ControlService {
+    fn remote(&self) -> Result<&crate::remote::Remote, Status> {
+        self.remote.as_ref().ok_or_else(|| Status::failed_precondition("this agent has no receiver to ask"))
+    }
+}
+
+fn now_ns() -> i64 {
+    use lifeline_history::Clock;
+    lifeline_history::SystemClock.now_ns()
+}
+
+/// A history call that failed, said for the tray.
+fn unavailable(e: anyhow::Error) -> Status {
+    Status::unavailable(format!("{e:#}"))
 }
 
 /// Inode of the socket this process created, so shutdown never removes a

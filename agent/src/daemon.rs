@@ -203,6 +203,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
 
     let channels = sender::SendChannels { batches: batch_rx, scheduler: queue_tx.clone(), queue_id };
+    let history_remote = remote.clone();
     tokio::spawn(sender::run(remote.clone(), channels, counters.clone(), reconcile_now.clone()));
     tokio::spawn(reconcile::run(remote, roots, queue_tx, counters.clone(), reconcile_now.clone()));
     let every = match controls.capture_mode() {
@@ -225,7 +226,14 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         });
     }
     let control_path: PathBuf = cfg.control();
-    let service = ControlService { counters, controls, capture: capture.clone(), watcher, reconcile: reconcile_now };
+    let service = ControlService {
+        counters,
+        controls,
+        capture: capture.clone(),
+        watcher,
+        reconcile: reconcile_now,
+        remote: Some(history_remote),
+    };
     let control = tokio::spawn(control::serve(control_path.clone(), service));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

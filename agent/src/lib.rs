@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fallback;
+pub mod history;
 pub mod mapped;
 pub mod reconcile;
 pub mod remote;

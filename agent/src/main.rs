@@ -69,6 +69,41 @@ enum Command {
         #[command(flatten)]
         ctl: ControlArgs,
     },
+    /// This machine's history on the receiver: the versions of PATH; with
+    /// --as-of, PATH (a file or a tree) as it was then, written next to the
+    /// live one as PATH.lifeline-<local time> (never over anything; --to DIR
+    /// writes DIR/<name>, --overwrite replaces the live PATH); with
+    /// --deleted, what was removed recently.
+    History {
+        /// TOML config file, the daemon's (flags override it): the receiver
+        /// and the machine's credential.
+        #[arg(long, env = "LIFELINE_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: AgentConfig,
+        /// The file or directory (as on this machine).
+        #[arg(required_unless_present = "deleted")]
+        path: Option<PathBuf>,
+        /// Restore PATH as of this instant: ISO 8601 (2026-12-07T10:15:30Z,
+        /// or with an offset; without one, UTC) or a time ago (-10m, -2h, -1d).
+        #[arg(long, allow_hyphen_values = true)]
+        as_of: Option<String>,
+        /// Write the restore into this directory (as DIR/<name>) instead of
+        /// next to PATH.
+        #[arg(long, requires = "as_of")]
+        to: Option<PathBuf>,
+        /// Replace what is at the destination (the live PATH without
+        /// --to): the restore is built beside it and exchanged in one
+        /// rename.
+        #[arg(long, requires = "as_of")]
+        overwrite: bool,
+        /// List the paths removed recently that the receiver no longer has.
+        #[arg(long, conflicts_with_all = ["path", "as_of"])]
+        deleted: bool,
+        /// With --deleted: since when (default: a week ago).
+        #[arg(long, allow_hyphen_values = true, default_value = "-7d", requires = "deleted")]
+        since: String,
+    },
     /// Check in about a second that eBPF capture works on this machine: the
     /// kernel's verifier figures for the programs, then a write by another
     /// process under DIR must come back with its exact byte range. Exits
@@ -238,6 +273,18 @@ async fn async_main(cli: Cli, cfg: Option<AgentConfig>) {
         Command::Pause { ctl } => pause(&ctl, true).await,
         Command::Resume { ctl } => pause(&ctl, false).await,
         Command::CheckCapture { .. } => unreachable!("handled before the runtime starts"),
+        Command::History { config, flags, path, as_of, to, overwrite, deleted, since } => {
+            // Progress of big restores goes to stderr.
+            tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+            let cfg = match config {
+                Some(c) => AgentConfig::load(&c).map(|c| c.merge(flags)),
+                None => Ok(flags),
+            };
+            match cfg {
+                Ok(cfg) => history(&cfg, HistoryArgs { path, as_of, to, overwrite, deleted, since }).await,
+                Err(e) => Err(e),
+            }
+        }
         Command::Sync { ctl } => {
             async {
                 let s = control::client(&ctl.control).await?.sync(SyncRequest {}).await?.into_inner();
@@ -272,5 +319,72 @@ async fn pause(ctl: &ControlArgs, paused: bool) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{}", e.message()))?
         .into_inner();
     println!("sending is {}", if s.paused { "paused (changes are still captured and queued)" } else { "on" });
+    Ok(())
+}
+
+/// `history`'s arguments.
+struct HistoryArgs {
+    path: Option<PathBuf>,
+    as_of: Option<String>,
+    to: Option<PathBuf>,
+    overwrite: bool,
+    deleted: bool,
+    since: String,
+}
+
+/// `lifeline-agent history ...`.
+async fn history(cfg: &AgentConfig, args: HistoryArgs) -> anyhow::Result<()> {
+    use lifeline_agent::history::{self, local_time, Target};
+    use lifeline_history::{instant, Clock, SystemClock};
+    let remote = lifeline_agent::remote::Remote::from_config(cfg)?;
+    let now = SystemClock.now_ns();
+    if args.deleted {
+        let since = instant::parse(&args.since, now).map_err(anyhow::Error::msg)?;
+        let (found, more) = history::deletions(&remote, since, 0).await?;
+        for d in &found {
+            println!("{}  {}", local_time(d.time_ns, false), lifeline_core::wirepath::to_local(&d.path).display());
+        }
+        if found.is_empty() {
+            println!("nothing removed since {}", local_time(since, false));
+        } else if more {
+            println!("(more: give a later --since)");
+        }
+        return Ok(());
+    }
+    let path = args.path.expect("clap requires PATH without --deleted");
+    let Some(as_of) = args.as_of else {
+        let (versions, truncated, now) = history::versions(&remote, &path).await?;
+        if truncated {
+            println!("(older versions left out)");
+        }
+        for v in &versions {
+            println!("{}  op {:<8} {}", local_time(v.time_ns, false), v.seq, v.what);
+        }
+        if versions.is_empty() {
+            println!("(no change kept for {})", path.display());
+        }
+        println!("now: {now}");
+        return Ok(());
+    };
+    let at = instant::parse(&as_of, now).map_err(anyhow::Error::msg)?;
+    let target = match (&args.to, args.overwrite) {
+        (Some(dir), overwrite) => {
+            let name = path.file_name().ok_or_else(|| anyhow::anyhow!("{} names no file", path.display()))?;
+            Target { dest: dir.join(name), overwrite }
+        }
+        (None, true) => Target { dest: path.clone(), overwrite: true },
+        (None, false) => Target::beside(&path, &local_time(at, true))?,
+    };
+    let started = std::time::Instant::now();
+    let w = history::restore(&remote, &path, at, &target).await?;
+    println!(
+        "restored {} as of {} to {}: {} entries, {} bytes in {:.1?}",
+        path.display(),
+        local_time(at, false),
+        target.dest.display(),
+        w.entries,
+        w.bytes,
+        started.elapsed()
+    );
     Ok(())
 }

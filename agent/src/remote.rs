@@ -3,6 +3,7 @@
 //! goes with every request.
 
 use lifeline_proto::client::Connection;
+use lifeline_proto::v1::history_client::HistoryClient;
 use lifeline_proto::v1::replication_client::ReplicationClient;
 use lifeline_proto::MAX_MESSAGE;
 use tonic::transport::Channel;
@@ -58,6 +59,17 @@ impl Remote {
         Ok(ReplicationClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// A connection to the machine's history (read-only).
+    pub async fn history(&self) -> anyhow::Result<HistoryClient<Channel>> {
+        let channel = self.conn.channel().await.map_err(anyhow::Error::msg)?;
+        Ok(HistoryClient::new(channel).max_decoding_message_size(MAX_MESSAGE))
+    }
+
+    /// `msg` with the machine's credential.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        self.conn.request(msg)
     }
 
     /// Attaches the machine's credential to a request.

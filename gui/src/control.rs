@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifeline_proto::control::v1::agent_control_client::AgentControlClient;
-use lifeline_proto::control::v1::{AgentStatus, SetCaptureRequest, SetPausedRequest, StatusRequest, SyncRequest};
+use lifeline_proto::control::v1::{
+    AgentStatus, DeletedFile, RecentDeletionsRequest, RestoreDeletedRequest, SetCaptureRequest, SetPausedRequest,
+    StatusRequest, SyncRequest,
+};
 use tonic::transport::Channel;
 
 use crate::state::Action;
@@ -13,6 +16,8 @@ use crate::state::Action;
 /// A call that takes longer than this means a stuck agent; the GUI must not
 /// freeze waiting for it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A restore streams a file back from the receiver: longer.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A connection to the control socket, made on first use and dropped on any
 /// error, so an agent restarted meanwhile is found again on the next poll.
@@ -46,10 +51,33 @@ impl Agent {
         }
     }
 
-    async fn call<F, Fut>(&mut self, f: F) -> Result<AgentStatus, String>
+    /// Files removed lately that the receiver keeps, newest first (the
+    /// agent asks the receiver).
+    pub async fn recent_deletions(&mut self, limit: u32) -> Result<Vec<DeletedFile>, String> {
+        let found = self.call(move |mut c| async move { c.recent_deletions(RecentDeletionsRequest { limit }).await });
+        found.await.map(|d| d.files)
+    }
+
+    /// Brings `file` back under a new name next to where it was; answers
+    /// where.
+    pub async fn restore_deleted(&mut self, file: &DeletedFile) -> Result<String, String> {
+        let req = RestoreDeletedRequest { raw_path: file.raw_path.clone(), removed_ns: file.removed_ns };
+        let restored = self.call_for(RESTORE_TIMEOUT, move |mut c| async move { c.restore_deleted(req).await });
+        restored.await.map(|r| r.restored_to)
+    }
+
+    async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, String>
     where
         F: FnOnce(AgentControlClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<AgentStatus>, tonic::Status>>,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.call_for(CALL_TIMEOUT, f).await
+    }
+
+    async fn call_for<T, F, Fut>(&mut self, timeout: Duration, f: F) -> Result<T, String>
+    where
+        F: FnOnce(AgentControlClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let client = match &self.client {
             Some(c) => c.clone(),
@@ -62,7 +90,7 @@ impl Agent {
                 c
             }
         };
-        let result = tokio::time::timeout(CALL_TIMEOUT, f(client)).await;
+        let result = tokio::time::timeout(timeout, f(client)).await;
         match result {
             Ok(Ok(r)) => Ok(r.into_inner()),
             Ok(Err(status)) => {
@@ -75,7 +103,7 @@ impl Agent {
             }
             Err(_) => {
                 self.client = None;
-                Err(format!("the agent did not answer within {CALL_TIMEOUT:?}"))
+                Err(format!("the agent did not answer within {timeout:?}"))
             }
         }
     }

@@ -5,7 +5,9 @@
 //!
 //! Left: a banner in the state's colour, then the agent's figures; right:
 //! the tray's menu, drawn as a panel whose items work when clicked (the same
-//! [`Look::menu`] the tray serves over dbusmenu).
+//! [`Look::menu`] the tray serves over dbusmenu), and below it the files
+//! removed lately that the receiver keeps, each with a Restore button that
+//! brings it back under a new name next to where it was.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -13,7 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use lifeline_proto::control::v1::AgentStatus;
+use lifeline_proto::control::v1::{AgentStatus, DeletedFile};
 use x11rb::connection::Connection;
 use x11rb::protocol::xproto::{
     AtomEnum, ChangeGCAux, ConnectionExt as _, CreateGCAux, CreateWindowAux, EventMask, Font, Gcontext, PropMode,
@@ -27,7 +29,7 @@ use crate::control::Agent;
 use crate::state::{self, Action, Look, State};
 
 const WIDTH: u16 = 680;
-const HEIGHT: u16 = 420;
+const HEIGHT: u16 = 520;
 const BANNER: i16 = 44;
 const MENU_X: i16 = WIDTH as i16 - 206;
 const MENU_W: u16 = 190;
@@ -39,6 +41,19 @@ const TEXT: u32 = 0x241f31;
 const DIM: u32 = 0x77767b;
 const PANEL: u32 = 0xf6f5f4;
 const BORDER: u32 = 0xc0bfbc;
+/// The Restore buttons.
+pub const BUTTON: u32 = 0x3584e4;
+
+/// The recent deletions' panel (right, below the menu): its header, then a
+/// row each (the name, then a Restore button), at most [`DELETIONS_SHOWN`].
+const DELETIONS_TOP: i16 = 252;
+const DELETION_ROW: i16 = 46;
+const DELETIONS_SHOWN: usize = 4;
+const BUTTON_W: u16 = 84;
+const BUTTON_H: u16 = 22;
+/// Recent deletions are asked of the receiver (through the agent) this
+/// often, not at every poll.
+const DELETIONS_EVERY: Duration = Duration::from_secs(5);
 
 /// What the window last knew.
 struct Model {
@@ -47,6 +62,11 @@ struct Model {
     socket: String,
     /// Why the last click's action failed.
     action_error: Option<String>,
+    /// Files removed lately, newest first; None: not known (the agent or
+    /// the receiver did not answer).
+    deletions: Option<Vec<DeletedFile>>,
+    /// What the last Restore click did.
+    notice: Option<String>,
 }
 
 struct Fonts {
@@ -79,8 +99,10 @@ pub fn run(socket: &Path, poll: Duration) -> anyhow::Result<()> {
     let mut ui = Ui::open()?;
     let shown = socket.display().to_string();
     let mut model = refresh(&rt, &mut agent, &shown, None);
+    model.deletions = rt.block_on(agent.recent_deletions(DELETIONS_SHOWN as u32)).ok();
     let mut dirty = true;
     let mut next_poll = Instant::now() + poll;
+    let mut next_deletions = Instant::now() + DELETIONS_EVERY;
     loop {
         if dirty {
             ui.draw(&model)?;
@@ -101,13 +123,21 @@ pub fn run(socket: &Path, poll: Duration) -> anyhow::Result<()> {
                 Event::Expose(e) if e.count == 0 => dirty = true,
                 Event::ClientMessage(m) if m.data.as_data32()[0] == ui.wm_delete => return Ok(()),
                 Event::ButtonPress(b) => {
-                    if let Some(action) = hit(&model.look, b.event_x, b.event_y) {
+                    let shown_deletions = model.deletions.as_deref().unwrap_or_default();
+                    if let Some(file) = hit_restore(shown_deletions, b.event_x, b.event_y).cloned() {
+                        model.notice = Some(match rt.block_on(agent.restore_deleted(&file)) {
+                            Ok(to) => format!("restored as {to}"),
+                            Err(e) => format!("not restored: {e}"),
+                        });
+                        model.deletions = rt.block_on(agent.recent_deletions(DELETIONS_SHOWN as u32)).ok();
+                        dirty = true;
+                    } else if let Some(action) = hit(&model.look, b.event_x, b.event_y) {
                         match action {
                             Action::Quit => return Ok(()),
                             Action::OpenWindow => {}
                             a => {
                                 let error = rt.block_on(agent.act(a)).err();
-                                model = refresh(&rt, &mut agent, &shown, error);
+                                model = refresh(&rt, &mut agent, &shown, error).keeping(model);
                                 dirty = true;
                             }
                         }
@@ -118,9 +148,15 @@ pub fn run(socket: &Path, poll: Duration) -> anyhow::Result<()> {
             event = ui.conn.poll_for_event()?;
         }
         if Instant::now() >= next_poll {
-            let new = refresh(&rt, &mut agent, &shown, model.action_error.take());
+            let mut new = refresh(&rt, &mut agent, &shown, model.action_error.take());
             dirty |= new.look != model.look || new.status != model.status;
-            model = new;
+            if Instant::now() >= next_deletions {
+                new.deletions = rt.block_on(agent.recent_deletions(DELETIONS_SHOWN as u32)).ok();
+                dirty |= new.deletions != model.deletions;
+                next_deletions = Instant::now() + DELETIONS_EVERY;
+                model.deletions = None;
+            }
+            model = new.keeping(model);
             next_poll = Instant::now() + poll;
         }
     }
@@ -132,7 +168,31 @@ fn refresh(rt: &tokio::runtime::Runtime, agent: &mut Agent, socket: &str, action
         Ok(s) => state::look(Some(s), socket, ""),
         Err(e) => state::look(None, socket, e),
     };
-    Model { look, status: status.ok(), socket: socket.to_string(), action_error }
+    Model { look, status: status.ok(), socket: socket.to_string(), action_error, deletions: None, notice: None }
+}
+
+impl Model {
+    /// This model with what `old` knew of the deletions, where this one
+    /// does not know.
+    fn keeping(mut self, old: Model) -> Model {
+        self.deletions = self.deletions.or(old.deletions);
+        self.notice = self.notice.or(old.notice);
+        self
+    }
+}
+
+/// The Restore button of the `i`th recent deletion: x, y, width, height.
+fn restore_button(i: usize) -> (i16, i16, u16, u16) {
+    let top = DELETIONS_TOP + 20 + i as i16 * DELETION_ROW;
+    (MENU_X, top + 18, BUTTON_W, BUTTON_H)
+}
+
+/// The deletion whose Restore button is under (x, y).
+fn hit_restore(deletions: &[DeletedFile], x: i16, y: i16) -> Option<&DeletedFile> {
+    deletions.iter().take(DELETIONS_SHOWN).enumerate().find_map(|(i, d)| {
+        let (bx, by, w, h) = restore_button(i);
+        (x >= bx && x < bx + w as i16 && y >= by && y < by + h as i16).then_some(d)
+    })
 }
 
 /// The menu item under (x, y), if enabled.
@@ -346,6 +406,45 @@ impl Ui {
             }
         }
         self.draw_menu(look)?;
+        self.draw_deletions(m)?;
+        Ok(())
+    }
+
+    /// The recent deletions, each with its Restore button, and what the
+    /// last click did.
+    fn draw_deletions(&mut self, m: &Model) -> anyhow::Result<()> {
+        let cw = self.fonts.char_w;
+        let width = (MENU_W as i16 / cw) as usize;
+        self.text("Recently deleted", MENU_X, DELETIONS_TOP, DIM, WHITE, false)?;
+        let mut y = DELETIONS_TOP + 20;
+        match m.deletions.as_deref() {
+            None => {
+                self.text("(the receiver does not say)", MENU_X, y, DIM, WHITE, false)?;
+                y += DELETION_ROW;
+            }
+            Some([]) => {
+                self.text("nothing this week", MENU_X, y, TEXT, WHITE, false)?;
+                y += DELETION_ROW;
+            }
+            Some(files) => {
+                for (i, f) in files.iter().take(DELETIONS_SHOWN).enumerate() {
+                    self.text(&left_cut(&f.path, width), MENU_X, y, TEXT, WHITE, false)?;
+                    let (bx, by, w, h) = restore_button(i);
+                    self.fill(BUTTON, bx, by, w, h)?;
+                    let label_x = bx + (w as i16 - 7 * cw) / 2;
+                    self.text("Restore", label_x, by + (h as i16 - self.fonts.line) / 2, WHITE, BUTTON, false)?;
+                    let removed = clock((f.removed_ns / 1_000_000).max(0) as u64);
+                    self.text(&removed, bx + w as i16 + cw, by + 4, DIM, WHITE, false)?;
+                    y += DELETION_ROW;
+                }
+            }
+        }
+        if let Some(n) = &m.notice {
+            for l in wrap(n, width).into_iter().take(((HEIGHT as i16 - y) / self.fonts.line).max(0) as usize) {
+                self.text(&l, MENU_X, y, TEXT, WHITE, false)?;
+                y += self.fonts.line;
+            }
+        }
         Ok(())
     }
 
@@ -516,5 +615,22 @@ mod tests {
         assert_eq!(hit(&up, MENU_X - 5, top + 2), None);
         let down = state::look(None, "/s", "refused");
         assert_eq!(hit(&down, MENU_X + 5, top + 2), None);
+    }
+
+    #[test]
+    fn restore_buttons_hit_their_own_file() {
+        let file = |p: &str| DeletedFile { path: p.into(), raw_path: p.as_bytes().to_vec(), removed_ns: 1 };
+        let files = [file("/a"), file("/b")];
+        let (x, y, w, h) = restore_button(1);
+        assert_eq!(hit_restore(&files, x + 1, y + 1).map(|f| f.path.as_str()), Some("/b"));
+        assert_eq!(hit_restore(&files, x + w as i16 - 1, y + h as i16 - 1).map(|f| f.path.as_str()), Some("/b"));
+        assert_eq!(hit_restore(&files, x - 1, y + 1), None);
+        // The row of a file not there has no button.
+        let (x, y, _, _) = restore_button(2);
+        assert_eq!(hit_restore(&files, x + 1, y + 1), None);
+        // Below the menu, inside the window.
+        let (_, top, _, _) = restore_button(0);
+        let (_, bottom, _, h) = restore_button(DELETIONS_SHOWN - 1);
+        assert!(top > 230 && bottom + h as i16 <= HEIGHT as i16);
     }
 }

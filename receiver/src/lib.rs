@@ -4,7 +4,7 @@
 //!
 //! | crate | what |
 //! |---|---|
-//! | `lifeline-mirror` | each machine's mirror: the `Replication` service |
+//! | `lifeline-mirror` | each machine's mirror and its history: the `Replication` and `History` services |
 //! | `lifeline-image-store` | each machine's image repository and job reports: `ImageStore`, `Jobs` |
 //! | `lifeline-boot-server` | boot media: making, network boot (HTTP, TFTP), download, boot sessions |
 //! | `lifeline-store` | the store's layout, the management database, the `Authenticator` seam |
@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use lifeline_boot_server::{BootSessionsService, MediaDownload};
 use lifeline_image_store::{ImageStoreService, JobsService};
-use lifeline_mirror::MirrorService;
+use lifeline_mirror::{HistoryService, MirrorService};
 use lifeline_store::{quota, Authenticator, Db, Quotas, StoreLayout};
 use tokio::net::TcpListener;
 use tracing::info;
@@ -127,6 +127,7 @@ pub async fn serve_with(
     let media = MediaDownload::new(&store, receiver.auth.clone())?;
     let sessions = BootSessionsService::new(&store)?;
     let retention = receiver.retention_every.map(|every| tokio::spawn(retention::run(store.clone(), every)));
+    let history = HistoryService::new(&store, receiver.auth.clone())?;
     let stopper = receiver.mirror.clone();
     let signal = async move {
         shutdown.await;
@@ -156,6 +157,7 @@ pub async fn serve_with(
         .add_service(jobs.into_service())
         .add_service(media.into_service())
         .add_service(sessions.into_service())
+        .add_service(history.into_service())
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     if let Some(r) = retention {

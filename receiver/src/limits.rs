@@ -62,7 +62,8 @@ pub struct Limits {
     /// Time a connection may stay open with no call in flight
     /// (`--idle-timeout-s`).
     pub idle_timeout: Duration,
-    /// Calls carrying data (replication streams, pack uploads, manifests)
+    /// Calls carrying data (replication streams, pack uploads, manifests,
+    /// history restores)
     /// one machine may have in flight at once, over all its connections
     /// (`--max-data-calls-per-machine`): each may hold a message of up to
     /// the per-message limit in memory, so this bounds what one
@@ -371,13 +372,24 @@ impl Drop for InFlight {
     }
 }
 
-/// Which credential a call needs before its body is read, and how big its
-/// body may be (None: the per-message limit of a call carrying data).
-fn call_limits(path: &str) -> (Check, Option<usize>) {
+/// Which credential a call needs before its body is read, how big its
+/// body may be (None: the per-message limit of a call carrying data), and
+/// whether it counts as a call carrying data of its machine (those with a
+/// big body, and every History call: a restore streams files back, a
+/// listing reads the machine's whole journal).
+fn call_limits(path: &str) -> (Check, Option<usize>, bool) {
     let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+    let (check, body) = body_limits(service, method);
+    let data = body.is_none() || service == "lifeline.v1.History";
+    (check, body, data)
+}
+
+fn body_limits(service: &str, method: &str) -> (Check, Option<usize>) {
     match (service, method) {
         ("lifeline.v1.Replication", "Replicate") => (Check::Machine, None),
-        ("lifeline.v1.Replication", _) | ("lifeline.v1.BootMediaStore", _) => (Check::Machine, Some(SMALL_REQUEST)),
+        ("lifeline.v1.Replication" | "lifeline.v1.BootMediaStore" | "lifeline.v1.History", _) => {
+            (Check::Machine, Some(SMALL_REQUEST))
+        }
         ("lifeline.v1.ImageStore", "PutPack" | "PutManifest" | "CreateConfig") => (Check::Images, None),
         ("lifeline.v1.ImageStore" | "lifeline.v1.Jobs", _) => (Check::Images, Some(SMALL_REQUEST)),
         // A boot token is claimed by the call itself.
@@ -462,7 +474,7 @@ where
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let path = req.uri().path().to_string();
-        let (check, body_limit) = call_limits(&path);
+        let (check, body_limit, counts_as_data) = call_limits(&path);
         let metadata = MetadataMap::from_headers(req.headers().clone());
         let checked = match check {
             Check::Machine => self.auth.authenticate(&metadata, req.extensions()).map(Some),
@@ -480,8 +492,8 @@ where
         };
         // A call carrying data holds up to a message in memory: each
         // machine has a number of them.
-        let data_call = match (&machine, body_limit) {
-            (Some(machine), None) => match self.conns.data_call(machine) {
+        let data_call = match (&machine, counts_as_data) {
+            (Some(machine), true) => match self.conns.data_call(machine) {
                 Some(slot) => Some(slot),
                 None => {
                     let max = self.conns.limits.max_data_calls_per_machine;
@@ -552,11 +564,15 @@ mod tests {
 
     #[test]
     fn small_calls_get_small_bodies() {
-        assert_eq!(call_limits("/lifeline.v1.Replication/Replicate"), (Check::Machine, None));
-        assert_eq!(call_limits("/lifeline.v1.Replication/ListTree"), (Check::Machine, Some(SMALL_REQUEST)));
-        assert_eq!(call_limits("/lifeline.v1.ImageStore/PutPack"), (Check::Images, None));
-        assert_eq!(call_limits("/lifeline.v1.ImageStore/GetManifest"), (Check::Images, Some(SMALL_REQUEST)));
-        assert_eq!(call_limits("/lifeline.v1.BootSessions/Claim"), (Check::None, Some(SMALL_REQUEST)));
-        assert_eq!(call_limits("/x.Y/Z"), (Check::Machine, Some(SMALL_REQUEST)));
+        let small = Some(SMALL_REQUEST);
+        assert_eq!(call_limits("/lifeline.v1.Replication/Replicate"), (Check::Machine, None, true));
+        assert_eq!(call_limits("/lifeline.v1.Replication/ListTree"), (Check::Machine, small, false));
+        assert_eq!(call_limits("/lifeline.v1.ImageStore/PutPack"), (Check::Images, None, true));
+        assert_eq!(call_limits("/lifeline.v1.ImageStore/GetManifest"), (Check::Images, small, false));
+        assert_eq!(call_limits("/lifeline.v1.BootSessions/Claim"), (Check::None, small, false));
+        assert_eq!(call_limits("/x.Y/Z"), (Check::Machine, small, false));
+        // History: the machine's own credential only; each call counts.
+        assert_eq!(call_limits("/lifeline.v1.History/ListVersions"), (Check::Machine, small, true));
+        assert_eq!(call_limits("/lifeline.v1.History/Restore"), (Check::Machine, small, true));
     }
 }

@@ -772,17 +772,12 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
         }
         HistoryCmd::List { machine, path } => {
             let (machine, wire) = (mirrored(&machine)?, wire(&path)?);
-            let versions = lifeline_mirror::restore::versions(&layout, &machine, &wire)?;
+            let (versions, _) = lifeline_mirror::restore::versions(&layout, &machine, &wire, usize::MAX)?;
             for v in &versions {
                 println!("{}  op {:<8} {}", instant::format(v.time_ns), v.seq, shown(&v.what));
             }
-            let now = layout.mirror(&machine).join(std::ffi::OsStr::from_bytes(&wire));
-            match now.symlink_metadata() {
-                Ok(md) if md.is_dir() => println!("now: a directory"),
-                Ok(md) if md.file_type().is_symlink() => println!("now: a symbolic link"),
-                Ok(md) => println!("now: {} bytes", md.len()),
-                Err(_) => println!("now: absent"),
-            }
+            let now = lifeline_mirror::restore::present(&layout, &machine, &wire)?;
+            println!("now: {}", lifeline_mirror::restore::describe(now.as_ref()));
             if versions.is_empty() {
                 println!("(no change kept for {})", path.display());
             }

@@ -33,6 +33,8 @@ const GREEN_IN_SYNC: u32 = 0x26a269;
 const AMBER_PAUSED: u32 = 0xe5a50a;
 const GREY_AGENT_DOWN: u32 = 0x5e5c64;
 const AMBER_DEGRADED: u32 = 0xffbf00;
+// The status window's Restore buttons (gui/src/window.rs).
+const RESTORE_BUTTON: u32 = 0x3584e4;
 
 /// The unprivileged user the status window runs as.
 const NOBODY: u32 = 65534;
@@ -481,6 +483,46 @@ fn status_window_under_xvfb_shows_state_and_acts() {
     assert!(gui.is_running(), "lifeline-gui exited\n{}", gui.log_tail(LOG_LINES));
 }
 
+/// The status window lists a file removed on the machine (from the
+/// receiver's history, asked through the agent) with a Restore button; a
+/// click brings it back next to where it was, under a new name
+/// (`letter.txt.lifeline-restored-<time>`), byte for byte with its mode;
+/// nothing is written at its old name.
+#[test]
+fn status_window_restores_a_recent_deletion_under_a_new_name() {
+    preflight(&[TOOLS, &["Xvfb", "xdotool"]].concat());
+    let w = world("gui-deleted");
+    let letter = w.src.join("letter.txt");
+    fs::write(&letter, b"dear receiver, keep this").unwrap();
+    fs::set_permissions(&letter, fs::Permissions::from_mode(0o640)).unwrap();
+    w.assert_identical(SYNC_TIMEOUT, "letter written");
+    fs::remove_file(&letter).unwrap();
+    w.assert_identical(SYNC_TIMEOUT, "letter removed");
+    let (x, mut gui, win) = status_window(&w, "in sync");
+    // The first deletion's Restore button (gui/src/window.rs's layout:
+    // x = 680 - 206, y = 252 + 20 + 18, 84 x 22).
+    let shot = wait_shot(&x, win, |img| img.count(474, 290, 84, 22, RESTORE_BUTTON) > 1_000).unwrap_or_else(|img| {
+        panic!("no Restore button: pixel (480,295) is {:06x}\n{}", img.pixel(480, 295), gui.log_tail(LOG_LINES))
+    });
+    save_doc(&shot, "gui-status-window-deleted.png");
+    run(&["xdotool", "mousemove", "--window", &win.to_string(), "516", "301", "click", "1"], x.display());
+    let restored = || -> Vec<std::path::PathBuf> {
+        fs::read_dir(&w.src)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("letter.txt.lifeline-restored-"))
+            .collect()
+    };
+    if !wait_until(Duration::from_secs(10), || restored().len() == 1) {
+        panic!("nothing restored next to {}\n{}", letter.display(), gui.log_tail(LOG_LINES));
+    }
+    let back = &restored()[0];
+    assert_eq!(fs::read(back).unwrap(), b"dear receiver, keep this");
+    assert_eq!(fs::metadata(back).unwrap().permissions().mode() & 0o7777, 0o640);
+    assert!(!letter.exists(), "written at its old name");
+    assert!(gui.is_running(), "lifeline-gui exited\n{}", gui.log_tail(LOG_LINES));
+}
+
 /// An agent on the inotify fallback (`--capture notify`): the tray shows
 /// the degraded state (amber, dialog-warning, "inotify fallback: no byte
 /// ranges", the reason in the tooltip), never the green "in sync", even with
@@ -538,21 +580,28 @@ fn tray_and_window_show_the_notify_fallback_as_degraded_and_its_switch_works() {
     assert!(wait_until(Duration::from_secs(5), || { host.string_prop(&item, "IconName") == "dialog-warning" }));
 
     // The status window: amber banner, the degraded title.
-    let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
-    let mut win_gui = Gui::start(
-        &["--window", "--control", &w.control(), "--poll-ms", "200"],
-        &[("DISPLAY", x.display())],
-        &w.dir.path().join("gui-window.log"),
-    );
-    let title = format!("Lifeline - {} - inotify fallback: no byte ranges", w.machine);
-    let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
-        panic!("no window titled {title:?}\n{}", win_gui.log_tail(LOG_LINES));
-    };
+    let (x, mut win_gui, win) = status_window(&w, "inotify fallback: no byte ranges");
     let shot = wait_shot(&x, win, |img| img.count(0, 0, 400, 40, AMBER_DEGRADED) > 10_000)
         .unwrap_or_else(|img| panic!("no amber banner: pixel (5,5) is {:06x}", img.pixel(5, 5)));
     assert_eq!(shot.count(0, 0, 400, 40, GREEN_IN_SYNC), 0, "green in the degraded banner");
     save_doc(&shot, "gui-status-window-degraded.png");
     assert!(gui.is_running() && win_gui.is_running(), "lifeline-gui exited");
+}
+
+/// An X server and the status window on it for `w`'s agent (polling every
+/// 200 ms), found once its title says `state`.
+fn status_window(w: &Rig, state: &str) -> (Xvfb, Gui, u32) {
+    let x = Xvfb::start(&w.dir.path().join("xvfb.log"), 1024, 768);
+    let gui = Gui::start(
+        &["--window", "--control", &w.control(), "--poll-ms", "200"],
+        &[("DISPLAY", x.display())],
+        &w.dir.path().join("gui-window.log"),
+    );
+    let title = format!("Lifeline - {} - {state}", w.machine);
+    let Some(win) = wait_window(x.display(), &title, Duration::from_secs(15)) else {
+        panic!("no window titled {title:?}\n{}", gui.log_tail(LOG_LINES));
+    };
+    (x, gui, win)
 }
 
 /// Screenshots `win` until `ok` holds (Ok) or 10 s pass (Err: the last one).

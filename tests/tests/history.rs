@@ -40,6 +40,23 @@ fn now_rfc3339() -> String {
     lifeline_history::instant::format(d.as_nanos() as i64)
 }
 
+/// A rig on a tmpfs of `mib` MiB with its agent started and ready.
+fn started(name: &str, mib: u64) -> Rig {
+    let mut rig = Rig::new(name, ScratchFs::tmpfs(mib));
+    rig.start_agent();
+    rig.wait_ready();
+    rig
+}
+
+/// Waits until the receiver holds the source's state; then the instant.
+fn settle(rig: &Rig, what: &str) -> String {
+    rig.assert_identical(Duration::from_secs(30), what);
+    std::thread::sleep(Duration::from_millis(20));
+    let at = now_rfc3339();
+    std::thread::sleep(Duration::from_millis(20));
+    at
+}
+
 fn history(rig: &Rig, args: &[&str]) -> String {
     let out = Command::new(bin_path("lifeline-receiver"))
         .arg("--store")
@@ -56,18 +73,9 @@ fn history(rig: &Rig, args: &[&str]) -> String {
 #[test]
 fn a_tree_comes_back_as_of_any_instant() {
     preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
-    let mut rig = Rig::new("history", ScratchFs::tmpfs(256));
+    let rig = started("history", 256);
     let src = rig.src.clone();
-    rig.start_agent();
-    rig.wait_ready();
-    let settle = |rig: &Rig, what: &str| {
-        rig.assert_identical(Duration::from_secs(30), what);
-        // The instant is taken once the receiver holds the state.
-        std::thread::sleep(Duration::from_millis(20));
-        let at = now_rfc3339();
-        std::thread::sleep(Duration::from_millis(20));
-        (at, snapshot(&src))
-    };
+    let settle = |rig: &Rig, what: &str| (settle(rig, what), snapshot(&src));
 
     // 1: a small project.
     fs::create_dir_all(src.join("proj/docs")).unwrap();
@@ -163,4 +171,90 @@ fn a_tree_comes_back_as_of_any_instant() {
     let want: BTreeMap<_, _> =
         two.1.iter().filter(|(k, _)| k.starts_with("proj")).map(|(k, v)| (k.clone(), v.clone())).collect();
     assert_eq!(got, want, "the whole tree as of step 2");
+}
+
+/// `lifeline-agent history ARGS` with the rig's agent's receiver and
+/// credential: whether it succeeded, and what it printed.
+fn agent_history(rig: &Rig, args: &[&str]) -> (bool, String) {
+    let opts = rig.agent().opts();
+    let out = Command::new(bin_path("lifeline-agent"))
+        .arg("history")
+        .args(["--receiver", &opts.receiver, "--machine", &opts.machine])
+        .arg("--token-file")
+        .arg(&opts.token_file)
+        .arg("--ca")
+        .arg(&opts.ca)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The entries of `dir` named `prefix...`.
+fn named(dir: &Path, prefix: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .collect();
+    v.sort();
+    v
+}
+
+/// On the protected machine (issue 15): `lifeline-agent history PATH
+/// --as-of T` puts the version of T next to the live file, byte for byte
+/// with its mode, the live file untouched and nothing overwritten; a
+/// removed file shows in `--deleted` and comes back under a new name;
+/// `--overwrite` puts a version back over the live file.
+#[test]
+fn the_agent_restores_a_version_next_to_the_live_file() {
+    preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
+    let rig = started("history-agent", 64);
+    let src = rig.src.clone();
+    let doc = src.join("doc.txt");
+    let first: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(&doc, &first).unwrap();
+    fs::set_permissions(&doc, fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(src.join("gone.txt"), b"soon removed\n").unwrap();
+    let one = settle(&rig, "first version");
+    fs::write(&doc, b"second version\n").unwrap();
+    fs::set_permissions(&doc, fs::Permissions::from_mode(0o600)).unwrap();
+    settle(&rig, "second version");
+
+    let (ok, list) = agent_history(&rig, &[doc.to_str().unwrap()]);
+    assert!(ok && list.contains("created") && list.contains("written") && list.contains("now: 15 bytes"), "{list}");
+
+    let (ok, out) = agent_history(&rig, &[doc.to_str().unwrap(), "--as-of", &one]);
+    assert!(ok, "{out}");
+    let restored = named(&src, "doc.txt.lifeline-");
+    assert_eq!(restored.len(), 1, "{out}");
+    assert_eq!(fs::read(&restored[0]).unwrap(), first, "the earlier version, byte for byte");
+    assert_eq!(fs::metadata(&restored[0]).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(fs::read(&doc).unwrap(), b"second version\n", "the live file untouched");
+    // Asked again: the same name is taken, and nothing is written over it.
+    let (ok, out) = agent_history(&rig, &[doc.to_str().unwrap(), "--as-of", &one]);
+    assert!(!ok && out.contains("never writes over anything"), "{out}");
+    assert_eq!(fs::read(&restored[0]).unwrap(), first);
+
+    // A removed file: listed, and back under a new name.
+    fs::remove_file(src.join("gone.txt")).unwrap();
+    settle(&rig, "gone.txt removed");
+    let (ok, out) = agent_history(&rig, &["--deleted", "--since", "-10m"]);
+    assert!(ok && out.contains(src.join("gone.txt").to_str().unwrap()), "{out}");
+    assert!(!out.contains("doc.txt"), "doc.txt was never removed: {out}");
+    let (ok, out) = agent_history(&rig, &[src.join("gone.txt").to_str().unwrap(), "--as-of", &one]);
+    assert!(ok, "{out}");
+    let back = named(&src, "gone.txt.lifeline-");
+    assert_eq!(back.len(), 1, "{out}");
+    assert_eq!(fs::read(&back[0]).unwrap(), b"soon removed\n");
+    assert!(!src.join("gone.txt").exists());
+
+    // Asked for: over the live file.
+    let (ok, out) = agent_history(&rig, &[doc.to_str().unwrap(), "--as-of", &one, "--overwrite"]);
+    assert!(ok, "{out}");
+    assert_eq!(fs::read(&doc).unwrap(), first);
+    assert_eq!(fs::metadata(&doc).unwrap().mode() & 0o7777, 0o640);
+    let leftovers = named(&src, ".doc.txt");
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -186,8 +186,16 @@ impl Journal {
     /// older are not read. A damaged frame is an error, except at the end
     /// of the newest segment (a write a crash cut short).
     pub fn records_after(&self, after_ns: i64) -> io::Result<Vec<Record>> {
-        let segs = self.segments()?;
         let mut out = Vec::new();
+        self.for_each_after(after_ns, |r| out.push(r))?;
+        Ok(out)
+    }
+
+    /// [`Journal::records_after`], handing each record to `f` instead of
+    /// keeping them: a reader that keeps little of each (a listing) holds
+    /// one segment's records at a time, never the whole journal.
+    pub fn for_each_after(&self, after_ns: i64, mut f: impl FnMut(Record)) -> io::Result<()> {
+        let segs = self.segments()?;
         for (i, seg) in segs.iter().enumerate() {
             // The next segment starts no later than this one's last record.
             if segs.get(i + 1).is_some_and(|next| next.first_ns <= after_ns) {
@@ -197,9 +205,9 @@ impl Journal {
             if torn && i + 1 < segs.len() {
                 return Err(bad(&seg.path, end as usize, "a closed segment ends in a damaged frame"));
             }
-            out.extend(records.into_iter().filter(|r| r.time_ns > after_ns));
+            records.into_iter().filter(|r| r.time_ns > after_ns).for_each(&mut f);
         }
-        Ok(out)
+        Ok(())
     }
 }
 

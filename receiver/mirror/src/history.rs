@@ -19,10 +19,28 @@ use lifeline_core::credential::MachineName;
 use lifeline_history::record::{AttrChanged, Created, Displaced, Exchanged, OldRange, Overwritten, Renamed, Shared};
 use lifeline_history::{Change, Clock, JournalWriter};
 use lifeline_store::StoreLayout;
-use rustix::fs::{linkat, renameat, statat, AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid};
+use rustix::fs::{
+    linkat, renameat_with, statat, AtFlags, FileType, Gid, Mode, OFlags, RenameFlags, Stat, Timespec, Timestamps, Uid,
+};
 
 use crate::attrs::{original_mode_at, original_mode_fd};
 use crate::op_error::{Context, OpResult};
+
+/// A name for an attic object no other displacement in this store has
+/// had: the op's seq (for reading), this process and its start, and a
+/// count. Not per stream nor from the op alone: seqs start again with each
+/// stream and are the machine's to choose, and an object's name taken
+/// again would replace it in the attic, and the record naming it would undo
+/// to the wrong thing.
+fn object_name(seq: u64) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let started = *STARTED
+        .get_or_init(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{seq:x}-{}-{started:x}-{n}", std::process::id())
+}
 
 /// A machine's history, as the applier writes it.
 pub struct History {
@@ -31,13 +49,11 @@ pub struct History {
     attic_path: std::path::PathBuf,
     /// The seq of the op being applied (what its records carry).
     seq: u64,
-    /// Objects moved to the attic by this writer, for unique names.
-    objects: u64,
 }
 
 impl std::fmt::Debug for History {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("History").field("seq", &self.seq).field("objects", &self.objects).finish_non_exhaustive()
+        f.debug_struct("History").field("seq", &self.seq).finish_non_exhaustive()
     }
 }
 
@@ -48,7 +64,7 @@ impl History {
         let attic_path = store.history_attic(machine);
         lifeline_store::private::create_private_dir_all(&attic_path)?;
         let attic = rustix::fs::open(&attic_path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(History { journal, attic, attic_path, seq: 0, objects: 0 })
+        Ok(History { journal, attic, attic_path, seq: 0 })
     }
 
     /// The op the following records belong to.
@@ -72,8 +88,7 @@ impl History {
 
     /// A name for the next attic object, recorded as what was at `path`.
     fn displaced(&mut self, path: &[u8], kind: FileType, shared: Option<Shared>) -> Result<String, String> {
-        self.objects += 1;
-        let object = format!("{:x}-{}-{}", self.seq, std::process::id(), self.objects);
+        let object = object_name(self.seq);
         let d = Displaced { object: object.clone(), kind: kind.as_raw_mode(), shared };
         self.record(path, Change::Displaced(d))?;
         Ok(object)
@@ -87,7 +102,9 @@ impl History {
             _ => None,
         };
         let object = self.displaced(path, kind, shared)?;
-        match renameat(dir, name, &self.attic, object.as_str()) {
+        // Never over an object (a name taken would be a bug: the record
+        // just written names it).
+        match renameat_with(dir, name, &self.attic, object.as_str(), RenameFlags::NOREPLACE) {
             Ok(()) => {}
             Err(rustix::io::Errno::XDEV) => {
                 return Err("keep its history: the store's history/ and mirror/ must be on one filesystem".into())
@@ -224,7 +241,7 @@ fn attrs_of(st: &Stat, mode: u32) -> AttrChanged {
 
 #[cfg(test)]
 mod tests {
-    use super::merged;
+    use super::{merged, object_name};
 
     #[test]
     fn ranges_are_cut_to_the_old_length_and_merged() {
@@ -232,5 +249,13 @@ mod tests {
         assert_eq!(merged(&[(40, 20)], 50), [(40, 10)], "what lies past the old end keeps nothing");
         assert!(merged(&[(50, 10)], 50).is_empty(), "an append keeps nothing");
         assert_eq!(merged(&[(4, 4), (0, 4)], 8), [(0, 8)], "touching ranges are one");
+    }
+
+    /// Each stream starts its seqs again: the same op seq in two streams
+    /// (or twice in one, as a machine may send) never names one object.
+    #[test]
+    fn attic_names_never_repeat() {
+        let names: std::collections::HashSet<_> = (0..1000).map(|i| object_name(i % 2)).collect();
+        assert_eq!(names.len(), 1000);
     }
 }

@@ -17,6 +17,8 @@
 //!   record before each change; what is removed moved to the attic).
 //! - [`restore`]: a tree as of an instant, from the mirror and its history;
 //!   [`diff`]: what changed between two instants.
+//! - [`HistoryService`]: the read-only `History` service, a machine's own
+//!   history over gRPC.
 //! - [`progress`]: how far each agent queue was applied
 //!   ([`progress::QueueProgress`]), so that replays apply nothing twice.
 //!
@@ -29,6 +31,7 @@ mod attrs;
 pub mod delta;
 pub mod diff;
 pub mod history;
+pub mod history_api;
 pub mod listing;
 mod op_error;
 pub mod progress;
@@ -37,5 +40,6 @@ pub mod safepath;
 mod service;
 
 pub use attrs::{original_mode_at, original_mode_fd, probe_user_xattrs, MODE_XATTR};
+pub use history_api::HistoryService;
 pub use listing::LIST_CHUNK;
 pub use service::MirrorService;

@@ -65,7 +65,8 @@ pub fn stream(mirror: &Mirror, root: &[u8], mut send: impl FnMut(TreeEntries) ->
     Ok(())
 }
 
-fn wire_kind(k: Kind) -> Option<tree_entry::Kind> {
+/// The kind a listing (or a restore) sends; `None`: never sent.
+pub(crate) fn wire_kind(k: Kind) -> Option<tree_entry::Kind> {
     match k {
         Kind::File => Some(tree_entry::Kind::File),
         Kind::Dir => Some(tree_entry::Kind::Dir),

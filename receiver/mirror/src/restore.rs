@@ -12,6 +12,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,9 @@ use lifeline_core::credential::MachineName;
 use lifeline_history::record::{AttrChanged, Change, Shared};
 use lifeline_history::{Journal, Record};
 use lifeline_store::StoreLayout;
+use rustix::fs::{Mode, OFlags};
+
+use crate::safepath;
 
 /// What a restore brought back.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -35,6 +39,18 @@ pub struct Restored {
     /// restore: the receiver is not the machine).
     pub privileged_stripped: u64,
 }
+
+/// The error of a restore of a path that did not exist at the instant.
+#[derive(Debug)]
+pub struct Absent(pub String);
+
+impl std::fmt::Display for Absent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} did not exist at that instant (nothing in the mirror or its history)", self.0)
+    }
+}
+
+impl std::error::Error for Absent {}
 
 /// Writes `path` (a wire path: `srv/data`, as the mirror keeps it) of
 /// `machine` as it was at `as_of_ns` (the receiver's clock) under `to`,
@@ -59,7 +75,7 @@ pub fn restore_as_of(
     beneath(&scratch.0, path)?;
     let got = under(&scratch.0, path);
     if got.symlink_metadata().is_err() {
-        bail!("{} did not exist at that instant (nothing in the mirror or its history)", String::from_utf8_lossy(path));
+        return Err(Absent(String::from_utf8_lossy(path).into_owned()).into());
     }
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
@@ -170,17 +186,27 @@ pub(crate) fn rebuild(
             links.wanted.insert((id.dev, id.ino));
         }
     }
-    let mirror = store.mirror(machine);
+    let mirror = match Source::open(&store.mirror(machine)) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("machine {machine} has no mirror here"),
+        Err(e) => return Err(e).with_context(|| format!("opening the mirror of {machine}")),
+    };
     let attic = store.history_attic(machine);
+    let attic = match Source::open(&attic) {
+        Ok(a) => Some(a),
+        // Nothing was ever removed or replaced whole.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("opening {}", attic.display())),
+    };
     for root in &roots {
-        let src = mirror.join(std::ffi::OsStr::from_bytes(root));
-        if src.symlink_metadata().is_ok() {
-            copy_tree(&src, &under(scratch, root), &mut links)?;
+        let src = under(&mirror.path, root);
+        if mirror.has(&src) {
+            copy_tree(&mirror, &src, &under(scratch, root), &mut links)?;
         }
     }
     let mut undone = 0;
     for rec in records.iter().rev() {
-        if undo(rec, &roots, scratch, &attic, &mut links)? {
+        if undo(rec, &roots, scratch, attic.as_ref(), &mut links)? {
             undone += 1;
         }
     }
@@ -198,39 +224,119 @@ pub struct Version {
 
 /// The changes kept for `path` (a wire path) of `machine`, oldest first:
 /// changes at the path, renames to it, and removals or replacements of a
-/// directory above it.
-pub fn versions(store: &StoreLayout, machine: &MachineName, path: &[u8]) -> anyhow::Result<Vec<Version>> {
+/// directory above it; the newest `most` of them, and whether there were
+/// more. The journal is read a segment at a time.
+pub fn versions(
+    store: &StoreLayout,
+    machine: &MachineName,
+    path: &[u8],
+    most: usize,
+) -> anyhow::Result<(Vec<Version>, bool)> {
     lifeline_core::wirepath::validate(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let records = Journal::open(&store.history_journal(machine))
-        .records_after(i64::MIN)
+    let mut out = std::collections::VecDeque::new();
+    let mut truncated = false;
+    Journal::open(&store.history_journal(machine))
+        .for_each_after(i64::MIN, |r| {
+            let Some(what) = version_of(&r, path) else { return };
+            if out.len() == most {
+                out.pop_front();
+                truncated = true;
+            }
+            out.push_back(Version { time_ns: r.time_ns, seq: r.seq, what });
+        })
         .with_context(|| format!("reading the history of {machine}"))?;
-    let mut out = Vec::new();
-    for r in records {
-        let at = r.path == path;
-        let above = within(path, &r.path) && !at;
-        let what = match &r.change {
-            Some(Change::Created(_)) if at => "created".to_string(),
-            Some(Change::Created(_)) if above => format!("created with {}", String::from_utf8_lossy(&r.path)),
-            Some(Change::Displaced(_)) if at => "removed or replaced (kept whole)".to_string(),
-            Some(Change::Displaced(_)) if above => {
-                format!("removed or replaced with {} (kept whole)", String::from_utf8_lossy(&r.path))
-            }
-            Some(Change::Renamed(x)) if at => format!("renamed to {}", String::from_utf8_lossy(&x.to)),
-            Some(Change::Renamed(x)) if x.to == path => {
-                format!("renamed here from {}", String::from_utf8_lossy(&r.path))
-            }
-            Some(Change::Exchanged(x)) if at || x.with == path => "exchanged".to_string(),
-            Some(Change::Overwritten(o)) if at => format!(
-                "written: was {} bytes, {} bytes of it kept",
-                o.old_size,
-                o.ranges.iter().map(|r| r.data.len()).sum::<usize>()
-            ),
-            Some(Change::AttrChanged(a)) if at => format!("attributes changed: were mode {:o}", a.mode),
-            _ => continue,
-        };
-        out.push(Version { time_ns: r.time_ns, seq: r.seq, what });
+    Ok((out.into(), truncated))
+}
+
+/// What `r` did to `path`, in words; None when it did nothing to it.
+fn version_of(r: &Record, path: &[u8]) -> Option<String> {
+    let at = r.path == path;
+    let above = within(path, &r.path) && !at;
+    Some(match &r.change {
+        Some(Change::Created(_)) if at => "created".to_string(),
+        Some(Change::Created(_)) if above => format!("created with {}", String::from_utf8_lossy(&r.path)),
+        Some(Change::Displaced(_)) if at => "removed or replaced (kept whole)".to_string(),
+        Some(Change::Displaced(_)) if above => {
+            format!("removed or replaced with {} (kept whole)", String::from_utf8_lossy(&r.path))
+        }
+        Some(Change::Renamed(x)) if at => format!("renamed to {}", String::from_utf8_lossy(&x.to)),
+        Some(Change::Renamed(x)) if x.to == path => format!("renamed here from {}", String::from_utf8_lossy(&r.path)),
+        Some(Change::Exchanged(x)) if at || x.with == path => "exchanged".to_string(),
+        Some(Change::Overwritten(o)) if at => format!(
+            "written: was {} bytes, {} bytes of it kept",
+            o.old_size,
+            o.ranges.iter().map(|r| r.data.len()).sum::<usize>()
+        ),
+        Some(Change::AttrChanged(a)) if at => format!("attributes changed: were mode {:o}", a.mode),
+        _ => return None,
+    })
+}
+
+/// What is at `path` (a wire path) in `machine`'s mirror now, reached
+/// through directories only (a path through a symlink is absent); `None`
+/// when nothing is.
+pub fn present(store: &StoreLayout, machine: &MachineName, path: &[u8]) -> anyhow::Result<Option<fs::Metadata>> {
+    lifeline_core::wirepath::validate(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mirror = match Source::open(&store.mirror(machine)) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening the mirror of {machine}")),
+    };
+    Ok(mirror.open_at(&under(&mirror.path, path), OFlags::PATH).and_then(|f| f.metadata()).ok())
+}
+
+/// What [`present`] found, in words: `a directory`, `a symbolic link`,
+/// `N bytes` or `absent`.
+pub fn describe(now: Option<&fs::Metadata>) -> String {
+    match now {
+        Some(md) if md.is_dir() => "a directory".into(),
+        Some(md) if md.file_type().is_symlink() => "a symbolic link".into(),
+        Some(md) => format!("{} bytes", md.len()),
+        None => "absent".into(),
     }
-    Ok(out)
+}
+
+/// A path removed from the mirror and not there since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub path: Vec<u8>,
+    /// When it was removed (the record's time): it is back as of a
+    /// nanosecond earlier.
+    pub time_ns: i64,
+    pub seq: u64,
+}
+
+/// The paths of `machine` removed or replaced whole (kept in the attic)
+/// after `since_ns` that its mirror no longer has, newest first, each once;
+/// at most `limit`, and whether there were more.
+pub fn recent_deletions(
+    store: &StoreLayout,
+    machine: &MachineName,
+    since_ns: i64,
+    limit: usize,
+) -> anyhow::Result<(Vec<Deletion>, bool)> {
+    // The newest removal of each path, read a segment at a time.
+    let mut newest = std::collections::HashMap::new();
+    Journal::open(&store.history_journal(machine))
+        .for_each_after(since_ns, |r| {
+            if matches!(r.change, Some(Change::Displaced(_))) {
+                newest.insert(r.path, (r.time_ns, r.seq));
+            }
+        })
+        .with_context(|| format!("reading the history of {machine}"))?;
+    let mut found: Vec<_> = newest.into_iter().collect();
+    found.sort_by_key(|d| std::cmp::Reverse(d.1));
+    let mut out = Vec::new();
+    for (path, (time_ns, seq)) in found {
+        if present(store, machine, &path)?.is_some() {
+            continue;
+        }
+        if out.len() == limit {
+            return Ok((out, true));
+        }
+        out.push(Deletion { path, time_ns, seq });
+    }
+    Ok((out, false))
 }
 
 /// `root/<wire path>`.
@@ -317,7 +423,13 @@ fn beneath(scratch: &Path, wire: &[u8]) -> anyhow::Result<bool> {
 
 /// Undoes `rec` in `scratch`, where it touches the roots; answers whether
 /// it did anything.
-fn undo(rec: &Record, roots: &[Vec<u8>], scratch: &Path, attic: &Path, links: &mut Links) -> anyhow::Result<bool> {
+fn undo(
+    rec: &Record,
+    roots: &[Vec<u8>],
+    scratch: &Path,
+    attic: Option<&Source>,
+    links: &mut Links,
+) -> anyhow::Result<bool> {
     let q = &rec.path[..];
     // Checked before anything is written below the paths.
     let other = match &rec.change {
@@ -333,15 +445,15 @@ fn undo(rec: &Record, roots: &[Vec<u8>], scratch: &Path, attic: &Path, links: &m
     match &rec.change {
         Some(Change::Created(_)) if touches(q) => remove(&here)?,
         Some(Change::Displaced(d)) if touches(q) => {
-            let obj = attic.join(&d.object);
-            if obj.symlink_metadata().is_err() {
+            let obj = attic.map(|a| a.path.join(&d.object));
+            let Some((attic, obj)) = attic.zip(obj).filter(|(a, o)| a.has(o)) else {
                 // Recorded, then the move failed (or the receiver died
                 // between the two): nothing was displaced.
                 return Ok(false);
-            }
+            };
             remove(&here)?;
             if roots.iter().any(|r| within(q, r)) {
-                copy_tree(&obj, &here, links)?;
+                copy_tree(attic, &obj, &here, links)?;
                 if let Some(id) = &d.shared {
                     links.register((id.dev, id.ino), &here)?;
                 }
@@ -349,8 +461,8 @@ fn undo(rec: &Record, roots: &[Vec<u8>], scratch: &Path, attic: &Path, links: &m
                 // Only the roots' parts of a bigger tree.
                 for r in roots.iter().filter(|r| within(r, q)) {
                     let part = obj.join(std::ffi::OsStr::from_bytes(&r[q.len() + 1..]));
-                    if part.symlink_metadata().is_ok() {
-                        copy_tree(&part, &under(scratch, r), links)?;
+                    if attic.has(&part) {
+                        copy_tree(attic, &part, &under(scratch, r), links)?;
                     }
                 }
             }
@@ -461,10 +573,43 @@ impl Links {
     }
 }
 
-/// Copies the mirror or attic entry `src` (never following a symlink) to
-/// `dst`, with the mode the machine sent (setuid/setgid left off), owner
-/// and mtime.
-fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> anyhow::Result<()> {
+/// A trusted directory a restore reads from (the mirror or the attic),
+/// held open: every read below it resolves beneath it and refuses a
+/// symlink on the way ([`safepath::RESOLVE`]). The mirror holds the
+/// machine's symlinks, pointing anywhere, and a replication running during
+/// a restore may swap a directory for one; since a machine can ask for a
+/// restore over gRPC, a path string is never followed there.
+struct Source {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+impl Source {
+    fn open(path: &Path) -> io::Result<Source> {
+        let root = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Source { root, path: path.to_path_buf() })
+    }
+
+    /// Opens `p` (a path below the source) without following any symlink,
+    /// the last component's included.
+    fn open_at(&self, p: &Path, flags: OFlags) -> io::Result<File> {
+        let rel = p.strip_prefix(&self.path).map_err(|_| io::Error::other(format!("{} is outside", p.display())))?;
+        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let fd =
+            safepath::open_beneath(self.root.as_fd(), rel, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(File::from(fd))
+    }
+
+    /// `p` is there, reached through directories only.
+    fn has(&self, p: &Path) -> bool {
+        self.open_at(p, OFlags::PATH).is_ok()
+    }
+}
+
+/// Copies the mirror or attic entry `src` (below `from`, never following a
+/// symlink) to `dst`, with the mode the machine sent (setuid/setgid left
+/// off), owner and mtime.
+fn copy_tree(from: &Source, src: &Path, dst: &Path, links: &mut Links) -> anyhow::Result<()> {
     if let Some(parent) = dst.parent() {
         fs::create_dir_all(parent)?;
     }
@@ -473,13 +618,15 @@ fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> anyhow::Result<()> {
         let entry = entry?;
         let rel = entry.path().strip_prefix(src).expect("below the walk's root");
         let to = if rel.as_os_str().is_empty() { dst.to_path_buf() } else { dst.join(rel) };
-        let md = entry.path().symlink_metadata()?;
+        let md = from.open_at(entry.path(), OFlags::PATH)?.metadata()?;
         let ft = md.file_type();
         if ft.is_dir() {
             fs::create_dir(&to)?;
             dirs.push((to, entry.path().to_path_buf(), md));
         } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
+            let link = from.open_at(entry.path(), OFlags::PATH)?;
+            let target = rustix::fs::readlinkat(&link, "", Vec::new())?;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target.as_bytes()), &to)?;
             let _ = rustix::fs::chownat(
                 rustix::fs::CWD,
                 &to,
@@ -498,41 +645,34 @@ fn copy_tree(src: &Path, dst: &Path, links: &mut Links) -> anyhow::Result<()> {
                 }
                 links.first.insert((md.dev(), md.ino()), to.clone());
             }
-            fs::copy(entry.path(), &to)?;
+            let mut file = from.open_at(entry.path(), OFlags::RDONLY)?;
+            let md = file.metadata()?;
+            io::copy(&mut file, &mut File::create_new(&to)?)?;
             // A mirror file with other names is registered under its
             // identity; an attic copy of one, under the identity it keeps.
-            let id = shared_id_of(entry.path()).unwrap_or((md.dev(), md.ino()));
+            let id = shared_id_of(&file).unwrap_or((md.dev(), md.ino()));
             if links.wanted.contains(&id) {
                 links.register(id, &to)?;
             }
-            let mode = mode_sent(entry.path(), &md)?;
+            let mode = crate::attrs::original_mode_fd(file.as_fd(), md.mode())?;
             set_attrs(&to, &attrs(&md, mode))?;
         }
     }
     // Directories last (and deepest first), so that their mtimes stay.
-    for (to, from, md) in dirs.into_iter().rev() {
-        let mode = mode_sent(&from, &md)?;
+    for (to, path, md) in dirs.into_iter().rev() {
+        let dir = from.open_at(&path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mode = crate::attrs::original_mode_fd(dir.as_fd(), md.mode())?;
         set_attrs(&to, &attrs(&md, mode))?;
     }
     Ok(())
 }
 
 /// The identity an attic copy keeps of the mirror file it was a name of.
-fn shared_id_of(p: &Path) -> Option<(u64, u64)> {
+fn shared_id_of(f: &File) -> Option<(u64, u64)> {
     let mut buf = [0u8; 48];
-    let n = rustix::fs::lgetxattr(p, crate::history::SHARED_XATTR, &mut buf[..]).ok()?;
+    let n = rustix::fs::fgetxattr(f, crate::history::SHARED_XATTR, &mut buf[..]).ok()?;
     let (dev, ino) = std::str::from_utf8(&buf[..n]).ok()?.split_once(':')?;
     Some((dev.parse().ok()?, ino.parse().ok()?))
-}
-
-/// The mode the machine sent for the mirror entry at `p` (kept in an xattr
-/// where it had setuid/setgid).
-fn mode_sent(p: &Path, md: &fs::Metadata) -> io::Result<u32> {
-    if md.file_type().is_symlink() {
-        return Ok(md.mode() & 0o7777);
-    }
-    let f = File::open(p)?;
-    crate::attrs::original_mode_fd(std::os::fd::AsFd::as_fd(&f), md.mode())
 }
 
 fn attrs(md: &fs::Metadata, mode: u32) -> AttrChanged {
@@ -640,6 +780,52 @@ mod tests {
         let e = restore_as_of(&store, &m, 1_500, b"srv", to.path()).unwrap_err();
         assert!(format!("{e:#}").contains("symlink"), "{e:#}");
         assert_eq!(fs::read(outside.path().join("passwd")).unwrap(), b"root:x:0:0");
+    }
+
+    /// A machine's symlink in its mirror leads a restore nowhere: asked
+    /// for a path through it (as a machine may over gRPC), the restore
+    /// finds nothing there instead of the receiver's file it points at.
+    #[test]
+    fn a_restore_never_follows_the_mirrors_symlinks() {
+        let store_dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("shadow"), b"root:secret").unwrap();
+        let store = StoreLayout::new(store_dir.path());
+        let m = MachineName::new("m").unwrap();
+        fs::create_dir_all(store.mirror(&m).join("srv")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), store.mirror(&m).join("srv/etc")).unwrap();
+        let to = tempfile::tempdir().unwrap();
+        let e = restore_as_of(&store, &m, i64::MAX - 1, b"srv/etc/shadow", to.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("did not exist"), "{e:#}");
+        // The symlink itself comes back as a symlink, never what it points at.
+        restore_as_of(&store, &m, i64::MAX - 1, b"srv", to.path()).unwrap();
+        assert!(to.path().join("srv/etc").symlink_metadata().unwrap().file_type().is_symlink());
+        let found: Vec<_> = walkdir::WalkDir::new(to.path()).into_iter().filter_map(|e| e.ok()).collect();
+        assert!(found.iter().all(|e| e.file_name() != "shadow"), "{found:?}");
+    }
+
+    /// A listing keeps the newest versions, and says it left some out.
+    #[test]
+    fn versions_are_bounded_to_the_newest() {
+        use lifeline_history::record::Overwritten;
+        use lifeline_history::{JournalWriter, ManualClock};
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = StoreLayout::new(store_dir.path());
+        let m = MachineName::new("m").unwrap();
+        let clock = std::sync::Arc::new(ManualClock::at(1_000));
+        let mut j = JournalWriter::open(&store.history_journal(&m), clock.clone()).unwrap();
+        for i in 1..=5u64 {
+            clock.set(1_000 + i as i64);
+            let write = Overwritten { old_size: i, ranges: vec![], attr: None, shared: None };
+            j.append(i, b"srv/f", Change::Overwritten(write)).unwrap();
+        }
+        j.append(6, b"srv/other", Change::Created(lifeline_history::record::Created {})).unwrap();
+        j.sync().unwrap();
+        let (v, truncated) = versions(&store, &m, b"srv/f", 3).unwrap();
+        assert!(truncated);
+        assert_eq!(v.iter().map(|v| v.seq).collect::<Vec<_>>(), [3, 4, 5]);
+        let (v, truncated) = versions(&store, &m, b"srv/f", usize::MAX).unwrap();
+        assert!(!truncated && v.len() == 5 && v[0].what.starts_with("written: was 1 bytes"));
     }
 
     #[test]

@@ -108,6 +108,12 @@ impl StoreLayout {
         self.history(machine).join("attic")
     }
 
+    /// The receiver's own scratch space (restores being streamed to a
+    /// machine): private, emptied when the receiver starts.
+    pub fn scratch(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
     /// Everything the store keeps under `machine`'s name.
     fn machine_data(&self, machine: &MachineName) -> [(&'static str, PathBuf); 5] {
         [
