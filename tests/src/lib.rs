@@ -28,6 +28,7 @@
 
 mod bpf;
 pub mod desktop;
+pub mod history;
 mod netns;
 mod procs;
 mod rig;

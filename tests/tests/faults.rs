@@ -12,6 +12,7 @@
 //! Needs root, bpftool, ip, losetup, mkfs.ext4, and the workspace's binaries
 //! (`cargo build --workspace --bins`).
 
+use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
 use std::ops::Range;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
+use lifeline_tests::history::{now_instant, snapshot};
 use lifeline_tests::workload::{Background, BackgroundStats, OpKind, Pacing, WorkloadOptions};
 use lifeline_tests::{
     inotify_watches, log_field, log_lines, preflight, wait_until, AgentStatus, Rig, RigOpts, ScratchFs,
@@ -162,6 +164,39 @@ struct Injected {
     replayed: u64,
 }
 
+/// The source before a workload: a tree the workload will change, and the
+/// instant the receiver held it.
+fn history_before(rig: &Rig) -> (String, BTreeMap<String, String>) {
+    let pre = rig.src.join("before");
+    for i in 0..20 {
+        fs::create_dir_all(pre.join(format!("d{}", i % 4))).unwrap();
+        fs::write(pre.join(format!("d{}/f{i}", i % 4)), format!("before the faults {i}\n").repeat(i + 1)).unwrap();
+    }
+    let at = rig.settle("before the workload");
+    (at, snapshot(&rig.src))
+}
+
+/// History lost nothing across the faults: every change the receiver
+/// applied has its record, so undoing all of them from the present gives
+/// back the tree as it was before the workload, exactly; and the tree as
+/// of now is the source. Every file, write, rename and removal of the
+/// workload since must be undone for that: a record missing (a change
+/// kept nowhere) or wrong (a replayed op recorded against another state)
+/// leaves a difference.
+fn history_kept(rig: &Rig, (at, before): &(String, BTreeMap<String, String>)) {
+    let to = rig.dir.path().join("history-before");
+    let got = rig.restored_source(at, &to);
+    if &got != before {
+        let diff: Vec<_> = before.keys().chain(got.keys()).filter(|k| before.get(*k) != got.get(*k)).take(10).collect();
+        rig.fail(&format!("the tree as of before the faults differs from what it was, at {diff:?}"));
+    }
+    let now = rig.restored_source(&now_instant(), &rig.dir.path().join("history-now"));
+    if now != snapshot(&rig.src) {
+        rig.fail("the tree as of now, from the history, differs from the source");
+    }
+    eprintln!("history: the tree as of before the faults ({} entries) and as of now come back exactly", before.len());
+}
+
 /// 1. The agent SIGKILLed and restarted (same state directory) at three
 ///    random points of a randomized workload: the restarted agent replays
 ///    its queue log and reconciles; nothing is lost.
@@ -174,6 +209,7 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
     rig.start_agent();
     rig.wait_ready();
     let log = rig.agent_log();
+    let before = history_before(&rig);
     let w = Background::start(&rig.src, rounds(seed));
     let t0 = Instant::now();
     let mut faults = Vec::new();
@@ -208,6 +244,7 @@ fn agent_sigkilled_three_times_during_workload_loses_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let stats = w.stop();
     let caught_up = rig.assert_identical(CATCH_UP, "after the workload (agent killed 3 times)");
+    history_kept(&rig, &before);
     if !faults.iter().any(|f| f.replayed > 0) {
         rig.fail(&format!(
             "no restart replayed anything from the queue log (unacknowledged on disk: {unacked_on_disk:?}): \
@@ -242,6 +279,7 @@ fn receiver_sigkilled_three_times_during_workload_loses_nothing() {
     rig.wait_ready();
     let log = rig.agent_log();
     let port = rig.receiver.port();
+    let before = history_before(&rig);
     let w = Background::start(&rig.src, rounds(seed));
     let t0 = Instant::now();
     let mut faults = Vec::new();
@@ -264,6 +302,7 @@ fn receiver_sigkilled_three_times_during_workload_loses_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let stats = w.stop();
     let caught_up = rig.assert_identical(CATCH_UP, "after the workload (receiver killed 3 times)");
+    history_kept(&rig, &before);
     if !faults.iter().any(|f| f.replayed > 0) {
         rig.fail("no reconnection replayed anything: the kills never caught a batch in flight");
     }

@@ -10,35 +10,9 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, SystemTime};
 
+use lifeline_tests::history::snapshot;
 use lifeline_tests::{bin_path, preflight, Rig, ScratchFs};
-
-/// What a tree holds, for comparing: kind, bytes or target, mode.
-fn snapshot(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for e in walkdir::WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name() {
-        let e = e.unwrap();
-        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let md = e.path().symlink_metadata().unwrap();
-        let what = if md.file_type().is_symlink() {
-            format!("link {}", fs::read_link(e.path()).unwrap().display())
-        } else if md.is_dir() {
-            format!("dir {:o}", md.mode() & 0o7777)
-        } else {
-            format!("file {:o} {}", md.mode() & 0o7777, blake3::hash(&fs::read(e.path()).unwrap()))
-        };
-        out.insert(rel, what);
-    }
-    out
-}
-
-/// The receiver's clock now (the same host's), as `history` prints and
-/// takes it.
-fn now_rfc3339() -> String {
-    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
-    lifeline_history::instant::format(d.as_nanos() as i64)
-}
 
 /// A rig on a tmpfs of `mib` MiB with its agent started and ready.
 fn started(name: &str, mib: u64) -> Rig {
@@ -48,34 +22,12 @@ fn started(name: &str, mib: u64) -> Rig {
     rig
 }
 
-/// Waits until the receiver holds the source's state; then the instant.
-fn settle(rig: &Rig, what: &str) -> String {
-    rig.assert_identical(Duration::from_secs(30), what);
-    std::thread::sleep(Duration::from_millis(20));
-    let at = now_rfc3339();
-    std::thread::sleep(Duration::from_millis(20));
-    at
-}
-
-fn history(rig: &Rig, args: &[&str]) -> String {
-    let out = Command::new(bin_path("lifeline-receiver"))
-        .arg("--store")
-        .arg(rig.receiver.store())
-        .arg("history")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "history {args:?}: {text}");
-    text
-}
-
 #[test]
 fn a_tree_comes_back_as_of_any_instant() {
     preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
     let rig = started("history", 256);
     let src = rig.src.clone();
-    let settle = |rig: &Rig, what: &str| (settle(rig, what), snapshot(&src));
+    let settle = |rig: &Rig, what: &str| (rig.settle(what), snapshot(&src));
 
     // 1: a small project.
     fs::create_dir_all(src.join("proj/docs")).unwrap();
@@ -105,20 +57,17 @@ fn a_tree_comes_back_as_of_any_instant() {
     let wire = src.strip_prefix("/").unwrap();
     for (i, (at, want)) in [&one, &two].into_iter().enumerate() {
         let to = rig.dir.path().join(format!("restored-{i}"));
-        let printed = history(
-            &rig,
-            &[
-                "restore",
-                "--machine",
-                &rig.machine,
-                "--as-of",
-                at,
-                "--path",
-                src.join("proj").to_str().unwrap(),
-                "--to",
-                to.to_str().unwrap(),
-            ],
-        );
+        let printed = rig.history(&[
+            "restore",
+            "--machine",
+            &rig.machine,
+            "--as-of",
+            at,
+            "--path",
+            src.join("proj").to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
         assert!(printed.contains("restored"), "{printed}");
         let proj = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
             m.iter().filter(|(k, _)| k.starts_with("proj")).map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -129,7 +78,7 @@ fn a_tree_comes_back_as_of_any_instant() {
         assert_eq!(got, want, "as of {at} (step {})", i + 1);
     }
     // The versions of a file, and a restore never writes over anything.
-    let list = history(&rig, &["list", "--machine", &rig.machine, src.join("proj/a.txt").to_str().unwrap()]);
+    let list = rig.history(&["list", "--machine", &rig.machine, src.join("proj/a.txt").to_str().unwrap()]);
     assert!(list.matches("written").count() >= 1 && list.contains("now: absent"), "{list}");
     let again = Command::new(bin_path("lifeline-receiver"))
         .arg("--store")
@@ -143,7 +92,7 @@ fn a_tree_comes_back_as_of_any_instant() {
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("never writes over"));
 
     // What changed from step 1 to step 2, and from 2 to 3, as diffs.
-    let d = history(&rig, &["diff", "--machine", &rig.machine, &one.0, &two.0]);
+    let d = rig.history(&["diff", "--machine", &rig.machine, &one.0, &two.0]);
     let at = |p: &str| format!("{}  ", src.join(p).display());
     for (p, what) in [
         ("proj/a.txt", "~ content (12 → 20 bytes), mode 644 → 600"),
@@ -155,18 +104,30 @@ fn a_tree_comes_back_as_of_any_instant() {
         assert!(d.lines().any(|l| l.starts_with(&at(p)) && l.contains(what)), "{p}: {what}\n{d}");
     }
     assert!(!d.contains("latest"), "an unchanged symlink is no difference: {d}");
-    let d = history(
-        &rig,
-        &["diff", "--machine", &rig.machine, &two.0, &three.0, "--path", src.join("proj/documents").to_str().unwrap()],
-    );
+    let d = rig.history(&[
+        "diff",
+        "--machine",
+        &rig.machine,
+        &two.0,
+        &three.0,
+        "--path",
+        src.join("proj/documents").to_str().unwrap(),
+    ]);
     assert!(d.contains("- file 644, 100000 bytes") && !d.contains("a.txt"), "{d}");
 
     // The machine's whole tree as of step 2.
     let whole = rig.dir.path().join("whole");
-    history(
-        &rig,
-        &["restore", "--machine", &rig.machine, "--as-of", &two.0, "--path", "/", "--to", whole.to_str().unwrap()],
-    );
+    rig.history(&[
+        "restore",
+        "--machine",
+        &rig.machine,
+        "--as-of",
+        &two.0,
+        "--path",
+        "/",
+        "--to",
+        whole.to_str().unwrap(),
+    ]);
     let got: BTreeMap<_, _> = snapshot(&whole.join(wire)).into_iter().filter(|(k, _)| k.starts_with("proj")).collect();
     let want: BTreeMap<_, _> =
         two.1.iter().filter(|(k, _)| k.starts_with("proj")).map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -217,10 +178,10 @@ fn the_agent_restores_a_version_next_to_the_live_file() {
     fs::write(&doc, &first).unwrap();
     fs::set_permissions(&doc, fs::Permissions::from_mode(0o640)).unwrap();
     fs::write(src.join("gone.txt"), b"soon removed\n").unwrap();
-    let one = settle(&rig, "first version");
+    let one = rig.settle("first version");
     fs::write(&doc, b"second version\n").unwrap();
     fs::set_permissions(&doc, fs::Permissions::from_mode(0o600)).unwrap();
-    settle(&rig, "second version");
+    rig.settle("second version");
 
     let (ok, list) = agent_history(&rig, &[doc.to_str().unwrap()]);
     assert!(ok && list.contains("created") && list.contains("written") && list.contains("now: 15 bytes"), "{list}");
@@ -239,7 +200,7 @@ fn the_agent_restores_a_version_next_to_the_live_file() {
 
     // A removed file: listed, and back under a new name.
     fs::remove_file(src.join("gone.txt")).unwrap();
-    settle(&rig, "gone.txt removed");
+    rig.settle("gone.txt removed");
     let (ok, out) = agent_history(&rig, &["--deleted", "--since", "-10m"]);
     assert!(ok && out.contains(src.join("gone.txt").to_str().unwrap()), "{out}");
     assert!(!out.contains("doc.txt"), "doc.txt was never removed: {out}");
