@@ -698,6 +698,14 @@ mod kept {
         assert_eq!(fs::metadata(f.attic(&d.object)).unwrap().permissions().mode() & 0o777, 0o644);
     }
 
+    /// The next of a seeded sequence (xorshift64).
+    fn xorshift(seed: &mut u64) -> u64 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    }
+
     /// What a tree holds, for comparing: kind, bytes or target, mode.
     fn snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
         let mut out = std::collections::BTreeMap::new();
@@ -736,12 +744,7 @@ mod kept {
     fn diffs_and_whole_trees_match_the_timeline() {
         for seed in (1..4u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
             let (f, timeline, mut seed) = workload(seed);
-            let mut rnd = |n: u64| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed % n
-            };
+            let mut rnd = |n: u64| xorshift(&mut seed) % n;
             let store = StoreLayout::new(f._store.path());
             let machine = MachineName::new("m").unwrap();
             for _ in 0..15 {
@@ -776,12 +779,7 @@ mod kept {
     #[allow(clippy::type_complexity)]
     fn workload(mut seed: u64) -> (Fixture, Vec<(i64, std::collections::BTreeMap<String, String>)>, u64) {
         let mut f = Fixture::new();
-        let mut rnd = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rnd = |n: u64| xorshift(&mut seed) % n;
         let names = ["w/a", "w/b", "w/d/c", "w/d/e", "w/f/g", "w/d", "w/f", "w/h"];
         f.op(b"w", mkdir(0o755)).unwrap();
         let mut timeline = Vec::new();
@@ -817,12 +815,7 @@ mod kept {
     fn timeline_restores(seed: u64) {
         let seed0 = seed;
         let (f, timeline, mut seed) = workload(seed);
-        let mut rnd = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rnd = |n: u64| xorshift(&mut seed) % n;
         let store = StoreLayout::new(f._store.path());
         let machine = MachineName::new("m").unwrap();
         for i in 0..40 {
@@ -881,12 +874,7 @@ mod kept {
         const S: i64 = 1_000_000_000;
         let seed0 = seed;
         let mut f = Fixture::new();
-        let mut rnd = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut rnd = |n: u64| xorshift(&mut seed) % n;
         let names = ["w/a", "w/b", "w/d/c", "w/d/e", "w/d", "w/f", "w/.a.swp"];
         f.op(b"w", mkdir(0o755)).unwrap();
         let start = f.clock.now_ns();
