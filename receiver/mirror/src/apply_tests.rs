@@ -996,3 +996,33 @@ mod kept {
         assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2]);
     }
 }
+
+/// What history costs the applier on a burst of new small files (the
+/// shape of realtime.py's workload c): `cargo test --release -p
+/// lifeline-mirror history_cost -- --ignored --nocapture` (the store in
+/// TMPDIR; point it at ext4 for the receiver's case).
+#[test]
+#[ignore]
+fn history_cost() {
+    for with in [false, true, false, true] {
+        let store = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::new(store.path());
+        let machine = MachineName::new("m").unwrap();
+        let mirror = Mirror::open(&layout, &machine).unwrap();
+        let mut applier = Applier::new(mirror, "m");
+        if with {
+            let clock = std::sync::Arc::new(lifeline_history::SystemClock);
+            applier = applier.with_history(History::open(&layout, &machine, clock).unwrap());
+        }
+        let t = std::time::Instant::now();
+        for i in 0..20_000u64 {
+            let path = format!("burst/d{}/f{i}", i % 100).into_bytes();
+            applier.apply(&Op { seq: i + 1, path, kind: Some(data(&[b'x'; 700], 0o644)), origin: 0 }).unwrap();
+            if i % 1000 == 999 {
+                applier.sync().unwrap();
+            }
+        }
+        applier.sync().unwrap();
+        eprintln!("history {with}: 20,000 new files in {:?}", t.elapsed());
+    }
+}
