@@ -115,6 +115,7 @@ class Workload:
         self.root, self.quick = root, quick
         self.rng = random.Random(15)
         self.round = 0
+        self.writes: dict[str, int] = {}  # write(2) calls per file (pages, appends): the versions to expect
 
     def files(self) -> dict[str, int]:
         out = {}
@@ -178,6 +179,7 @@ class Workload:
                 try:
                     for _ in range(n):
                         os.pwrite(fd, rng.randbytes(4096), rng.randrange(blocks) * 4096)
+                        self.writes[rel] = self.writes.get(rel, 0) + 1
                         c.written["binary"] += 4096
                     os.fsync(fd)
                 finally:
@@ -190,7 +192,8 @@ class Workload:
                     for _ in range(rng.randint(10, 40)):
                         data = text_bytes(rng, rng.randint(100, 3000), True)
                         f.write(data)
-                        f.flush()
+                        f.flush()  # one write(2) per append
+                        self.writes[rel] = self.writes.get(rel, 0) + 1
                         c.written["text"] += len(data)
                 c.touched.add(rel)
                 c.file_changes += 1
@@ -211,7 +214,9 @@ class Workload:
                 c.touched.add(rel)
                 c.file_changes += 1
         elif kind == "rewrite":  # open(O_TRUNC) and write new content of about the same size
-            for rel in self.pick(int(16 * s), lambda r, z: z <= 4 * MIB and "data/" not in r):
+            half = int(8 * s)
+            for rel in self.pick(half, lambda r, z: z <= 4 * MIB and "data/" not in r and kind_of(r) == "text") + \
+                    self.pick(half, lambda r, z: z <= 4 * MIB and "data/" not in r and kind_of(r) == "binary"):
                 p = root / rel
                 old = p.stat().st_size
                 new = self.content(rel, max(1024, int(old * rng.uniform(0.8, 1.2))))
@@ -314,7 +319,7 @@ class Tool:
 
 class Lifeline(Tool):
     name, key = "Lifeline", "lifeline"
-    granularity = "every write (receiver clock, µs)"
+    granularity = "every op the agent sends (receiver clock, µs); writes it merges into one op are one version"
 
     def __init__(self, bin_dir: Path, src: Path, work: Path, procs: list[Proc], receiver_args: list[str]) -> None:
         self.bin, self.src, self.work, self.procs = bin_dir, src, work, procs
@@ -606,6 +611,16 @@ def part_storage(cfg, base: Path, src_fs: Scratch, dst_fs: Scratch, procs: list[
         rounds.append(r)
         log(f"storage: round {i + 1}/{len(kinds)} {kind}: {c.total() / KIB:,.0f} KiB changed; history added "
             + ", ".join(f"{k} {v['added'] / KIB:,.0f} KiB ({v['sync_s']:.1f} s)" for k, v in r["tools"].items()))
+    # Granularity: the versions `history list` shows of the files written
+    # many times, against the write(2) calls made.
+    versions = {}
+    if ll in tools:
+        for rel, n in sorted(wl.writes.items(), key=lambda kv: -kv[1])[:4]:
+            p = sh(ll.bin / "lifeline-receiver", "--store", ll.store, "history", "list", "--machine", MACHINE,
+                   src / rel, check=False)
+            listed = [l for l in p.stdout.splitlines() if " op " in l]
+            versions[rel] = {"writes": n, "versions_listed": len(listed)}
+        log(f"storage: versions listed against write(2)s: {versions}")
     # Final full check of every byte.
     final = {}
     for tool in tools:
@@ -620,7 +635,7 @@ def part_storage(cfg, base: Path, src_fs: Scratch, dst_fs: Scratch, procs: list[
                  not same_bytes(src / k, tool.dst / k)][:3]
     out = {"tree": tree, "rounds": rounds, "baseline": {k: {"history": v[0], "history_alloc": v[1]}
                                                          for k, v in base_hist.items()},
-           "failed": failed, "final_differences": final,
+           "failed": failed, "final_differences": final, "lifeline_versions": versions,
            "extra": {t.key: t.extra() for t in tools}, "granularity": {t.key: t.granularity for t in tools},
            "tools": [t.key for t in tools],
            "problems": {t.key: t.problems() for t in tools if hasattr(t, "problems")}}
@@ -666,8 +681,9 @@ def part_restore(cfg, base: Path, src_fs: Scratch, dst_fs: Scratch, procs: list[
         p.unlink()
     moved = sorted(d for d in tree.iterdir() if d.is_dir())[0]
     os.rename(moved, tree / "renamed-dir")
+    (tree / "new").mkdir()
     for i in range(200):
-        (tree / "d000" / f"new-{i}").write_bytes(rng.randbytes(2 * KIB))
+        (tree / "new" / f"new-{i}").write_bytes(rng.randbytes(2 * KIB))
     ll.sync(set(), 300)
     wait_identical(src, ll.mirror, 300, 0.2)
     log(f"restore: changed {len(rewritten)} rewritten, {len(deleted)} deleted, {moved.name} renamed, 200 new; "
@@ -774,10 +790,14 @@ def report(res: dict) -> str:
             lines += ["", f"Lifeline's history: journal {fb(ll['journal_bytes'])}, attic {fb(ll['attic_bytes'])} "
                           f"({ll['attic_objects']} objects); after the initial copy (not counted above): "
                           f"{fb(st['baseline']['lifeline']['history'])}."]
+        for rel, v in st.get("lifeline_versions", {}).items():
+            lines.append(f"Granularity: `history list` shows {v['versions_listed']} versions of {rel}, written by "
+                         f"{v['writes']} write(2) calls (plus its initial creation).")
         rs = st["extra"].get("rsnapshot")
         if rs:
             lines.append(f"rsnapshot runs: {', '.join(f'{x:.1f}' for x in rs['run_s'])} s.")
         bad = {k: v for k, v in st["final_differences"].items() if v}
+        lines.append(f"Load average before/after: {st.get('load_avg')}; {st.get('seconds')} s.")
         lines.append("Every tool's copy identical to the source at the end: " + ("yes" if not bad else f"**NO**: {bad}"))
     rt = res.get("restore")
     if rt:
@@ -790,6 +810,7 @@ def report(res: dict) -> str:
             r = rt[label]
             lines.append(f"| {what} | {r['best_s']:.3f} s | {', '.join(f'{x:.3f}' for x in r['times_s'])} s | "
                          f"{'yes' if r['identical'] else '**NO**'} |")
+        lines.append(f"\nLoad average before/after: {rt.get('load_avg')}.")
     rp = res.get("replication")
     if rp:
         lines += ["", "### Cost on replication (bench/realtime.py, Lifeline alone)", "",
@@ -883,8 +904,11 @@ def main() -> int:
             for part, fn in (("storage", part_storage), ("restore", part_restore)):
                 if part in cfg.only:
                     t = now()
+                    load0 = os.getloadavg()[0]
                     try:
                         res[part] = fn(cfg, base, src_fs, dst_fs, procs)
+                        res[part]["load_avg"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+                        res[part]["seconds"] = round(now() - t, 1)
                     except KeyboardInterrupt:
                         raise
                     except Exception as e:
