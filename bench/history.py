@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -715,15 +716,17 @@ def part_restore(cfg, base: Path, src_fs: Scratch, dst_fs: Scratch, procs: list[
 
 
 def part_replication(cfg, base: Path) -> dict:
-    """bench/realtime.py --only a,c --tools lifeline, with and without history."""
-    out = {}
-    for label, extra in (("with", []), ("without", ["--receiver-arg=--without-history"])):
-        j = base / f"realtime-{label}.json"
-        cmd = [sys.executable, str(REPO / "bench" / "realtime.py"), "--only", "a,c", "--tools", "lifeline",
-               "--skip-build", "--bin", str(cfg.bin), "--json", str(j), *extra] + (["--quick"] if cfg.quick else [])
-        log(f"replication: {' '.join(cmd)}")
-        subprocess.run(cmd, check=False)
-        out[label] = json.loads(j.read_text())["results"] if j.exists() else {}
+    """bench/realtime.py --only a,c --tools lifeline, with and without
+    history, `cfg.replication_runs` times each, alternating (without first)."""
+    out: dict = {"with": [], "without": []}
+    for i in range(cfg.replication_runs):
+        for label, extra in (("without", ["--receiver-arg=--without-history"]), ("with", [])):
+            j = base / f"realtime-{label}-{i}.json"
+            cmd = [sys.executable, str(REPO / "bench" / "realtime.py"), "--only", "a,c", "--tools", "lifeline",
+                   "--skip-build", "--bin", str(cfg.bin), "--json", str(j), *extra] + (["--quick"] if cfg.quick else [])
+            log(f"replication: {' '.join(cmd)}")
+            subprocess.run(cmd, check=False)
+            out[label].append(json.loads(j.read_text())["results"] if j.exists() else {})
     return out
 
 
@@ -764,7 +767,7 @@ def report(res: dict) -> str:
             h = sum(r["tools"].get(key, {}).get("added", 0) for r in rounds)
             ha = sum(r["tools"].get(key, {}).get("added_alloc", 0) for r in rounds)
             ex = st["extra"].get(key, {})
-            kept = {"lifeline": f"every write ({fc} file changes)",
+            kept = {"lifeline": f"every op the agent sent ({fc} file changes; see the versions listed below)",
                     "rsnapshot": f"{len(rounds)} snapshots",
                     "syncthing": f"{ex.get('versions_kept', '?')} versions of {fc} file changes"}.get(key, "")
             lines.append(f"| {NAMES[key]} | {fb(h)} | {fb(ha)} | {fb(changed)} | {ratio(h, changed)} | "
@@ -813,18 +816,31 @@ def report(res: dict) -> str:
         lines.append(f"\nLoad average before/after: {rt.get('load_avg')}.")
     rp = res.get("replication")
     if rp:
-        lines += ["", "### Cost on replication (bench/realtime.py, Lifeline alone)", "",
-                  "| workload | metric | with history | --without-history | with ÷ without |", "|---|---|---|---|---|"]
+        n = len(rp.get("with", []))
+        lines += ["", f"### Cost on replication (bench/realtime.py, Lifeline alone, median of {n} runs each)", "",
+                  "| workload | metric | with history | --without-history | with ÷ without | runs with | runs without |",
+                  "|---|---|---|---|---|---|---|"]
         for wl, key, label, unit in (("a", "lag_p50_ms", "lag p50", "ms"), ("a", "lag_p99_ms", "lag p99", "ms"),
                                      ("a", "lag_max_ms", "lag max", "ms"),
                                      ("c", "complete_after_last_write_s", "last write → target complete", "s"),
                                      ("c", "complete_after_first_write_s", "first write → target complete", "s"),
+                                     ("c", "writer_s", "writer time for the burst", "s"),
                                      ("c", "cpu_s", "CPU time, sender + receiver", "s")):
-            a = rp.get("with", {}).get(wl, {}).get("lifeline", {}).get(key)
-            b = rp.get("without", {}).get(wl, {}).get("lifeline", {}).get(key)
+            xs = {m: [r.get(wl, {}).get("lifeline", {}).get(key) for r in rp.get(m, [])] for m in ("with", "without")}
+            xs = {m: [x for x in v if isinstance(x, (int, float))] for m, v in xs.items()}
+            a, b = (statistics.median(xs[m]) if xs[m] else None for m in ("with", "without"))
             f = (lambda v: "—" if v is None else f"{v:.1f} ms") if unit == "ms" else \
                 (lambda v: "—" if v is None else f"{v:.3f} s")
-            lines.append(f"| ({wl}) | {label} | {f(a)} | {f(b)} | {ratio(a, b)} |")
+            lines.append(f"| ({wl}) | {label} | {f(a)} | {f(b)} | {ratio(a, b)} | "
+                         f"{', '.join(f(x) for x in xs['with'])} | {', '.join(f(x) for x in xs['without'])} |")
+        noisy = [f"{m} #{i + 1} ({wl}): CPU {r[wl]['lifeline']['noise']['cpu_busy_before']:.0%} busy"
+                 + (f", other agents {r[wl]['lifeline']['noise']['foreign_agents']}"
+                    if r[wl]["lifeline"]["noise"]["foreign_agents"] else "")
+                 for m in ("with", "without") for i, r in enumerate(rp.get(m, [])) for wl in ("a", "c")
+                 if wl in r and "noise" in r[wl].get("lifeline", {})
+                 and (r[wl]["lifeline"]["noise"]["cpu_busy_before"] >= 0.15 or r[wl]["lifeline"]["noise"]["foreign_agents"])]
+        if noisy:
+            lines.append("\nNot quiet before: " + "; ".join(noisy) + ".")
     return "\n".join(lines)
 
 
@@ -842,6 +858,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--only", default="storage,restore", help="parts: storage,restore,replication "
                     "(default storage,restore; replication runs bench/realtime.py twice, about 3 minutes more)")
     ap.add_argument("--replication", action="store_true", help="also run the replication part")
+    ap.add_argument("--replication-runs", type=int, default=3,
+                    help="realtime.py runs with and without history, alternating (default 3 each; medians)")
     ap.add_argument("--peers", default="rsnapshot,syncthing", help="peers in the storage part (default both)")
     ap.add_argument("--bin", type=Path, default=None, metavar="DIR",
                     help="lifeline-agent and lifeline-receiver from DIR (default target/release or $LIFELINE_BIN)")
