@@ -326,6 +326,7 @@ class Lifeline(Tool):
         self.bin, self.src, self.work, self.procs = bin_dir, src, work, procs
         self.store = work / "store"
         self.store.mkdir(parents=True)
+        self.store.chmod(0o700)  # as the receiver wants its store (else it warns and tightens it)
         self.port = free_port()
         self.receiver = start_receiver(bin_dir, self.store, self.port, work / "receiver.log", procs,
                                        extra=receiver_args)
