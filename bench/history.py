@@ -635,7 +635,34 @@ def part_storage(cfg, base: Path, src_fs: Scratch, dst_fs: Scratch, procs: list[
             final[tool.key] = ([] if s == d else ["names or sizes differ"]) or \
                 [f"content differs: {k}" for k, v in s.items() if v[0] == "file" and
                  not same_bytes(src / k, tool.dst / k)][:3]
-    out = {"tree": tree, "rounds": rounds, "baseline": {k: {"history": v[0], "history_alloc": v[1]}
+    # Granularity against the writer's pace: 20 pwrite(2)s of 4 KiB into a
+    # new file (after everything above was measured), spaced 20 ms, 5 ms,
+    # 1 ms apart: how many versions does `history list` show of each?
+    paced = {}
+    if ll in tools:
+        for gap_ms in (20, 5, 1):
+            rel = f"paced/every-{gap_ms}ms.bin"
+            (src / "paced").mkdir(exist_ok=True)
+            (src / rel).write_bytes(wl.rng.randbytes(MIB))
+            ll.sync({rel}, cfg.timeout)
+            time.sleep(0.5)  # what the creation still sends (see the README) lands before the paced writes
+            fd = os.open(src / rel, os.O_WRONLY)
+            try:
+                t0, t_first = now(), time.time()
+                for k in range(20):
+                    time.sleep(max(0.0, t0 + k * gap_ms / 1000 - now()))
+                    os.pwrite(fd, wl.rng.randbytes(4096), wl.rng.randrange(256) * 4096)
+            finally:
+                os.close(fd)
+            ll.sync({rel}, cfg.timeout)
+            p = sh(ll.bin / "lifeline-receiver", "--store", ll.store, "history", "list", "--machine", MACHINE,
+                   src / rel, check=False)
+            listed = [l for l in p.stdout.splitlines() if " op " in l and "created with" not in l]
+            # less its creation (and what follows it before the first paced write)
+            after = [l for l in listed if l.split()[0] > utc_instant(t_first)]
+            paced[gap_ms] = {"writes": 20, "versions_listed": len(after), "listing": listed}
+        log(f"storage: versions of 20 paced writes: {paced}")
+    out = {"tree": tree, "rounds": rounds, "lifeline_paced": paced, "baseline": {k: {"history": v[0], "history_alloc": v[1]}
                                                          for k, v in base_hist.items()},
            "failed": failed, "final_differences": final, "lifeline_versions": versions,
            "extra": {t.key: t.extra() for t in tools}, "granularity": {t.key: t.granularity for t in tools},
@@ -797,6 +824,10 @@ def report(res: dict) -> str:
         for rel, v in st.get("lifeline_versions", {}).items():
             lines.append(f"Granularity: `history list` shows {v['versions_listed']} versions of {rel}, written by "
                          f"{v['writes']} write(2) calls (plus its initial creation).")
+        if st.get("lifeline_paced"):
+            lines.append("Versions `history list` shows of 20 `pwrite(2)`s of 4 KiB into a 1 MiB file, by the time "
+                         "between writes: " + ", ".join(f"{g} ms apart: {v['versions_listed']}"
+                                                          for g, v in st["lifeline_paced"].items()) + ".")
         rs = st["extra"].get("rsnapshot")
         if rs:
             lines.append(f"rsnapshot runs: {', '.join(f'{x:.1f}' for x in rs['run_s'])} s.")
