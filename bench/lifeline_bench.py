@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = REPO / "target" / "release"
+# The Lifeline binaries: target/release, or LIFELINE_BIN (a directory holding
+# lifeline-agent and lifeline-receiver, e.g. another worktree's build).
+BIN = Path(os.environ["LIFELINE_BIN"]) if os.environ.get("LIFELINE_BIN") else REPO / "target" / "release"
 MACHINE = "bench"  # Lifeline's machine name at the receiver
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
 MB = 1_000_000
@@ -237,10 +239,12 @@ def machine_add(bin_dir: Path, store: Path, creds: Path, machine: str = MACHINE)
 
 
 def start_receiver(bin_dir: Path, store: Path, port: int, logfile: Path, procs: list[Proc],
-                   prefix: list[str] | None = None, timeout: float = 20) -> Proc:
+                   prefix: list[str] | None = None, timeout: float = 20, extra: list[str] | None = None) -> Proc:
     """`lifeline-receiver` on 127.0.0.1:port (behind `prefix`, e.g. a
-    namespace's), once it listens."""
-    cmd = (prefix or []) + [str(bin_dir / "lifeline-receiver"), "--listen", f"127.0.0.1:{port}", "--store", str(store)]
+    namespace's) with `extra` arguments (e.g. `--without-history`), once it
+    listens."""
+    cmd = (prefix or []) + [str(bin_dir / "lifeline-receiver"), "--listen", f"127.0.0.1:{port}", "--store", str(store),
+                            *(extra or [])]
     p = Proc("lifeline-receiver", cmd, logfile, procs)
     wait_listening(p, port, timeout)
     return p

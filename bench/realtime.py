@@ -193,6 +193,7 @@ class Tool:
 class Lifeline(Tool):
     name, key, port = "Lifeline", "lifeline", 7700
     bin = BIN  # replaced by a private copy (others may rebuild target/ meanwhile)
+    receiver_args: list[str] = []  # --receiver-arg
 
     def target_root(self) -> Path:
         return self.wdir / "store" / "mirror" / MACHINE / str(self.src).lstrip("/")
@@ -201,7 +202,7 @@ class Lifeline(Tool):
         store = self.wdir / "store"
         store.mkdir(exist_ok=True)
         self.receiver = start_receiver(self.bin, store, self.port, self.wdir / "receiver.log", self.procs,
-                                       self.netns.prefix())
+                                       self.netns.prefix(), extra=self.receiver_args)
 
     def start_sender(self) -> None:
         self.starts += 1
@@ -843,12 +844,19 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--only", default="", help="comma-separated workloads to run (a,b,c,d,e,f); default all")
     ap.add_argument("--json", type=Path, help="write all results as JSON here")
     ap.add_argument("--logs", type=Path, help="keep every tool's logs and configs here, per workload")
-    ap.add_argument("--tools", default="lifeline,lsyncd", help=argparse.SUPPRESS)
+    ap.add_argument("--tools", default="lifeline,lsyncd",
+                    help="tools to run (default lifeline,lsyncd); one alone prints a one-column table")
     ap.add_argument("--skip-build", action="store_true",
                     help="don't run scripts/setup.sh and cargo build (binaries must already be built)")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="S",
                     help="before each measurement wait up to S seconds for the CPU to be <15%% busy with no "
                          "other lifeline-agent/lsyncd running (default 0: just record how busy it was)")
+    ap.add_argument("--receiver-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for lifeline-receiver (repeatable), e.g. "
+                         "--receiver-arg=--without-history to measure what history costs")
+    ap.add_argument("--bin", type=Path, default=None, metavar="DIR",
+                    help="take lifeline-agent and lifeline-receiver from DIR (default: target/release, or "
+                         "$LIFELINE_BIN); copied to a private directory at the start")
     ap.add_argument("--image-gib", type=int, default=8, help="size of each sparse scratch image (default 8)")
     cfg = ap.parse_args()
     cfg.only = [w for w in cfg.only.split(",") if w] or list(WORKLOADS)
@@ -861,6 +869,9 @@ def parse_args() -> argparse.Namespace:
     cfg.d_dirs = 10_000 if cfg.quick else 100_000
     cfg.e_writes, cfg.e_rounds = 200_000, (3 if cfg.quick else 5)
     cfg.g_cut = 10 if cfg.quick else 30
+    if cfg.bin:
+        global BIN
+        BIN = cfg.bin.resolve()
     return cfg
 
 
@@ -895,7 +906,7 @@ def versions() -> dict:
     built = {exe: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((BIN / exe).stat().st_mtime))
              for exe in ("lifeline-agent", "lifeline-receiver")}
     return {"kernel": platform.release(), "cpus": os.cpu_count(), "lifeline_commit": git.stdout.strip(),
-            "lifeline_binaries_built": built,
+            "lifeline_binaries": str(BIN), "lifeline_binaries_built": built,
             "lsyncd": first(["lsyncd", "--version"]), "rsync": first(["rsync", "--version"]),
             "python": platform.python_version()}
 
@@ -925,6 +936,9 @@ def main() -> int:
         for exe in ("lifeline-agent", "lifeline-receiver"):
             shutil.copy2(BIN / exe, base / "bin" / exe)
         Lifeline.bin = base / "bin"
+        Lifeline.receiver_args = list(cfg.receiver_arg)
+        if cfg.receiver_arg:
+            log(f"lifeline-receiver with {' '.join(cfg.receiver_arg)}")
         run_versions = versions()
         log(f"Lifeline {run_versions['lifeline_commit']} (binaries built {run_versions['lifeline_binaries_built']})")
         # inotify: lsyncd watches every directory (100,000 in (d)).
@@ -1000,9 +1014,20 @@ def main() -> int:
               "ratio > 1: Lifeline better)")
         print()
         print(md, flush=True)
-    else:
+    else:  # --tools lifeline (or lsyncd) alone: one column
+        t = tools[0]
         rows = []
-        print(json.dumps(results, indent=1, default=str))
+        print(f"\n{t.name} alone ({'quick' if cfg.quick else 'full'} run"
+              + (f", lifeline-receiver {' '.join(cfg.receiver_arg)}" if cfg.receiver_arg and t.key == "lifeline"
+                 else "") + ")\n")
+        print(f"| workload | metric | {t.name} |\n|---|---|---|")
+        for wl, key, label, unit in ROWS + [(w, "identical", "mirror identical at the end", "bool") for w in WORKLOADS]:
+            v = results.get(wl, {}).get(t.key, {}).get(key)
+            if v is None:
+                continue
+            print(f"| ({wl}) | {label} | {('yes' if v else '**NO**') if unit == 'bool' else fmt(v, unit)} |")
+            rows.append({"workload": wl, "metric": key, "label": label, "unit": unit, t.key: v})
+        sys.stdout.flush()
     problems = {wl: {t: r.get("problems", []) + ([r["error"]] if "error" in r else [])
                      for t, r in res.items()} for wl, res in results.items()}
     noisy = [f"({wl}) {t}: CPU {r['noise']['cpu_busy_before']:.0%} busy before"

@@ -14,7 +14,7 @@ log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev
   protobuf-compiler iproute2 procps psmisc util-linux e2fsprogs dosfstools
-  mtools fdisk gdisk rsync lsyncd bpftool rdiff
+  mtools fdisk gdisk rsync lsyncd rsnapshot syncthing bpftool rdiff
   ntfs-3g exfatprogs exfat-fuse xfsprogs btrfs-progs
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
   musl-tools curl ipxe ipxe-qemu grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools ovmf
