@@ -380,7 +380,8 @@ impl Applier {
             }
             ranges.extend(d.chunks.iter().map(|c| (c.offset, c.data.len() as u64)));
             ranges.push((d.size, u64::MAX - d.size));
-            h.overwriting(path, &file, &st, &ranges)?;
+            let new: Vec<(u64, &[u8])> = d.chunks.iter().map(|c| (c.offset, &c.data[..])).collect();
+            h.overwriting(path, &file, &st, &ranges, &new)?;
         }
         let mut len = st.st_size as u64;
         if let Some(t) = d.truncate_to {

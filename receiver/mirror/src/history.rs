@@ -151,13 +151,24 @@ impl History {
     /// be changed in place: `ranges` (offset, length) overwritten or cut
     /// off, and its attributes set. Keeps the old bytes of the ranges where
     /// the file had any, its length and its attributes.
-    pub(crate) fn overwriting(&mut self, path: &[u8], file: &File, st: &Stat, ranges: &[(u64, u64)]) -> OpResult {
+    ///
+    /// `new` are the bytes about to be written (offset, data; a later one
+    /// wins where they overlap): old bytes equal to them are not kept (an
+    /// agent sending a file again, a rewrite that changes a few bytes).
+    pub(crate) fn overwriting(
+        &mut self,
+        path: &[u8],
+        file: &File,
+        st: &Stat,
+        ranges: &[(u64, u64)],
+        new: &[(u64, &[u8])],
+    ) -> OpResult {
         let old_size = st.st_size as u64;
         let mut kept = Vec::new();
         for (offset, len) in merged(ranges, old_size) {
             let mut data = vec![0u8; len as usize];
             file.read_exact_at(&mut data, offset).ctx("read what it overwrites")?;
-            kept.push(OldRange { offset, data });
+            kept.extend(changed(offset, data, new));
         }
         let mode = original_mode_fd(file.as_fd(), st.st_mode).ctx("read its mode")?;
         let change = Overwritten { old_size, ranges: kept, attr: Some(attrs_of(st, mode)), shared: shared(st) };
@@ -201,6 +212,52 @@ fn unshare(at: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs of differing bytes shorter than this apart are kept as one (a
+/// record per few bytes would cost more than the bytes).
+const SAME_GAP: usize = 64;
+
+/// The parts of the old bytes `data` (at `offset`) that the writes `new`
+/// change: what they leave as it was, or rewrite with the same bytes, is
+/// not kept.
+fn changed(offset: u64, data: Vec<u8>, new: &[(u64, &[u8])]) -> Vec<OldRange> {
+    let end = offset + data.len() as u64;
+    // Which old bytes stay: none, until a write says otherwise (the range
+    // is what the op overwrites or cuts off).
+    let mut same = vec![false; data.len()];
+    let mut touched = false;
+    for (at, bytes) in new {
+        let (from, to) = ((*at).max(offset), (at + bytes.len() as u64).min(end));
+        for p in from..to {
+            let i = (p - offset) as usize;
+            same[i] = data[i] == bytes[(p - at) as usize];
+            touched = true;
+        }
+    }
+    if !touched {
+        return vec![OldRange { offset, data }];
+    }
+    let mut out: Vec<OldRange> = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        if same[i] {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        // A run of changed bytes, with gaps of fewer than SAME_GAP same ones.
+        let mut last = i;
+        while i < data.len() && i - last <= SAME_GAP {
+            if !same[i] {
+                last = i;
+            }
+            i += 1;
+        }
+        out.push(OldRange { offset: offset + start as u64, data: data[start..=last].to_vec() });
+        i = last + 1;
+    }
+    out
+}
+
 /// `ranges` cut to `[0, size)`, sorted and merged.
 fn merged(ranges: &[(u64, u64)], size: u64) -> Vec<(u64, u64)> {
     let mut spans: Vec<(u64, u64)> = ranges
@@ -241,7 +298,30 @@ fn attrs_of(st: &Stat, mode: u32) -> AttrChanged {
 
 #[cfg(test)]
 mod tests {
-    use super::{merged, object_name};
+    use super::{changed, merged, object_name};
+
+    #[test]
+    fn bytes_written_again_as_they_were_are_not_kept() {
+        let old = b"0123456789abcdefghij".to_vec();
+        // The same bytes again: nothing kept.
+        assert!(changed(0, old.clone(), &[(0, &old[..])]).is_empty());
+        // Two bytes changed far apart, the rest the same: two small runs.
+        let mut new = old.clone();
+        new[1] = b'X';
+        new[18] = b'Y';
+        let far: Vec<u8> = (0..200u8).collect();
+        let mut far_new = far.clone();
+        far_new[5] = 0xff;
+        far_new[150] = 0xff;
+        let kept = changed(0, far.clone(), &[(0, &far_new[..])]);
+        assert_eq!(kept.iter().map(|r| (r.offset, r.data.len())).collect::<Vec<_>>(), [(5, 1), (150, 1)]);
+        // Close together: one run.
+        let kept = changed(0, old.clone(), &[(0, &new[..])]);
+        assert_eq!(kept.iter().map(|r| (r.offset, r.data.clone())).collect::<Vec<_>>(), [(1, old[1..=18].to_vec())]);
+        // A cut tail no write covers is kept whole; a later write wins.
+        let kept = changed(10, old[10..].to_vec(), &[(0, b"zz"), (12, b"cd"), (12, b"CD")]);
+        assert_eq!(kept.iter().map(|r| (r.offset, r.data.clone())).collect::<Vec<_>>(), [(10, old[10..].to_vec())]);
+    }
 
     #[test]
     fn ranges_are_cut_to_the_old_length_and_merged() {
