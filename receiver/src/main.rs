@@ -284,6 +284,26 @@ enum HistoryCmd {
         #[arg(long)]
         to: PathBuf,
     },
+    /// The ransomware and mass-deletion alarm of a machine (docs/history.md,
+    /// "Alarms"): while it stands nothing older is thinned.
+    #[command(subcommand)]
+    Alarm(AlarmCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AlarmCmd {
+    /// Whether an alarm stands, what tripped it and the instant to restore
+    /// as of.
+    Show {
+        #[arg(long)]
+        machine: String,
+    },
+    /// Clear the standing alarm, once the machine is clean again (audited);
+    /// the receiver watches for the next one.
+    Clear {
+        #[arg(long)]
+        machine: String,
+    },
 }
 
 // `Make` carries every option of a boot medium; the enum is parsed once.
@@ -671,16 +691,17 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
     let layout = StoreLayout::new(store);
     let (machine, path) = match &cmd {
         HistoryCmd::List { machine, path } | HistoryCmd::Restore { machine, path, .. } => {
-            (machine.clone(), path.clone())
+            (mirrored(&layout, machine)?, path.clone())
+        }
+        HistoryCmd::Alarm(cmd) => {
+            let (AlarmCmd::Show { machine } | AlarmCmd::Clear { machine }) = cmd;
+            return history_alarm(&layout, &mirrored(&layout, machine)?, cmd);
         }
     };
-    let machine = MachineName::new(&machine).map_err(anyhow::Error::msg)?;
     let wire = lifeline_core::wirepath::from_local(&path)
         .map_err(|e| anyhow::anyhow!("{}: {e} (give the path as on the machine, e.g. /srv/data)", path.display()))?;
-    if !layout.mirror(&machine).is_dir() {
-        anyhow::bail!("no mirror of machine {machine} in {} (lifeline-receiver machine list)", store.display());
-    }
     match cmd {
+        HistoryCmd::Alarm(_) => unreachable!("answered above"),
         HistoryCmd::List { .. } => {
             let versions = lifeline_mirror::restore::versions(&layout, &machine, &wire)?;
             for v in &versions {
@@ -717,6 +738,37 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The machine named `name`, which must have a mirror in the store.
+fn mirrored(layout: &StoreLayout, name: &str) -> anyhow::Result<MachineName> {
+    let machine = MachineName::new(name).map_err(anyhow::Error::msg)?;
+    if !layout.mirror(&machine).is_dir() {
+        anyhow::bail!("no mirror of machine {machine} in {} (lifeline-receiver machine list)", layout.root().display());
+    }
+    Ok(machine)
+}
+
+/// `lifeline-receiver history alarm ...`.
+fn history_alarm(layout: &StoreLayout, machine: &MachineName, cmd: &AlarmCmd) -> anyhow::Result<()> {
+    use lifeline_history::alarm;
+    let dir = layout.history(machine);
+    let standing = alarm::standing(&dir).map_err(|e| anyhow::anyhow!("{e}; remove it to clear the alarm"))?;
+    match (cmd, standing) {
+        (_, None) => println!("no alarm stands for machine {machine}"),
+        (AlarmCmd::Show { .. }, Some(a)) => println!("{}", shown(&a.describe(machine.as_str()))),
+        (AlarmCmd::Clear { .. }, Some(a)) => {
+            // Audited first: a clear the trail does not show never happens.
+            let db = Db::open(layout.root())?;
+            db.audit(Some(machine.as_str()), "alarm cleared", &a.describe(machine.as_str()))?;
+            alarm::clear(&dir)?;
+            println!(
+                "alarm of machine {machine} cleared (it was: {}); the receiver watches for the next one",
+                shown(&a.reason)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Text a machine sent (a job's message, an image's name), safe to print on

@@ -19,6 +19,7 @@ use rustix::fs::{fstat, linkat, mkdirat, renameat_with, symlinkat, AtFlags, File
 use rustix::io::Errno;
 use tracing::{debug, warn};
 
+use crate::alarm::{Overwrite, Watch, SAMPLE};
 use crate::attrs::{set_attr_existing, set_attr_known};
 use crate::delta::{Deltas, PartialRecord};
 use crate::history::History;
@@ -67,6 +68,8 @@ pub struct Applier {
     deltas: Deltas,
     /// Where what each change replaces is kept (none: nothing is).
     history: Option<History>,
+    /// The ransomware and mass-deletion detector (none: not watched).
+    watch: Option<Watch>,
 }
 
 impl Applier {
@@ -81,7 +84,19 @@ impl Applier {
             skipped: 0,
             deltas: Deltas::default(),
             history: None,
+            watch: None,
         }
+    }
+
+    /// Feeds what each op changes to `watch`, which raises alarms.
+    pub fn with_watch(mut self, watch: Watch) -> Applier {
+        self.watch = Some(watch);
+        self
+    }
+
+    /// The alarm standing for the machine, for its acknowledgements.
+    pub fn alarm(&self) -> Option<lifeline_proto::v1::StandingAlarm> {
+        self.watch.as_ref().and_then(Watch::standing)
     }
 
     /// Keeps what every change replaces in `history`.
@@ -145,6 +160,7 @@ impl Applier {
             errors,
             resume_origin: None,
             implied_dirs: self.resolver.take_implied(),
+            alarm: self.alarm(),
         })
     }
 
@@ -171,6 +187,10 @@ impl Applier {
         rustix::fs::syncfs(self.sync_fd.as_ref().expect("opened"))?;
         if let Some(p) = &mut self.progress {
             p.sync()?;
+        }
+        // The operator may have cleared the alarm meanwhile.
+        if let Some(w) = &mut self.watch {
+            w.refresh();
         }
         Ok(())
     }
@@ -202,11 +222,17 @@ impl Applier {
         if let Some(h) = &mut self.history {
             h.set_seq(op.seq);
         }
+        if let Some(w) = &mut self.watch {
+            w.detector().begin_op();
+        }
         let is_delta = matches!(op.kind, Some(op::Kind::Delta(_)));
         let result = self.apply_kind(op).map_err(|e| OpError {
             delta_failed: is_delta,
             ..fail(format!("{} {}: {e}", op_name(op.kind.as_ref()), lossy(&op.path)))
         });
+        if let Some(w) = &mut self.watch {
+            w.after_op();
+        }
         if op.origin != 0 {
             if let Some(p) = &mut self.progress {
                 if let Err(e) = p.record(op.origin) {
@@ -371,6 +397,9 @@ impl Applier {
             st = fstat(&fd).ctx("stat")?;
         }
         let file = File::from(fd);
+        // The new bytes at offset 0, which the detector judges.
+        let new_head = d.chunks.iter().find(|c| c.offset == 0).map(|c| &c.data[..c.data.len().min(SAMPLE)]);
+        let mut old_head = None;
         if let (false, Some(h)) = (fresh, &mut self.history) {
             // What this op overwrites or cuts off (`overwriting` keeps only
             // what lies within the old length).
@@ -380,7 +409,23 @@ impl Applier {
             }
             ranges.extend(d.chunks.iter().map(|c| (c.offset, c.data.len() as u64)));
             ranges.push((d.size, u64::MAX - d.size));
-            h.overwriting(path, &file, &st, &ranges)?;
+            let head = if new_head.is_some() { SAMPLE } else { 0 };
+            old_head = h.overwriting(path, &file, &st, &ranges, head)?;
+        }
+        if let Some(w) = &mut self.watch {
+            if fresh || st.st_size == 0 {
+                w.detector().created(path);
+            } else {
+                w.detector().overwrote(
+                    path,
+                    &Overwrite {
+                        old_head: old_head.as_deref().filter(|_| new_head.is_some()),
+                        new_head,
+                        old_mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
+                        new_mtime: d.attr.as_ref().map(|a| (a.mtime_sec, a.mtime_nsec)),
+                    },
+                );
+            }
         }
         let mut len = st.st_size as u64;
         if let Some(t) = d.truncate_to {
@@ -439,7 +484,12 @@ impl Applier {
         let (_, name) = split(path);
         match kind_at(dir.as_fd(), name).ctx("stat")? {
             None => Ok(()),
-            Some(kind) => self.remove_existing(path, dir.as_fd(), name, kind),
+            Some(kind) => {
+                if let Some(w) = &mut self.watch {
+                    w.detector().removed(path);
+                }
+                self.remove_existing(path, dir.as_fd(), name, kind)
+            }
         }
     }
 
@@ -465,6 +515,9 @@ impl Applier {
                 self.remove_existing(to, to_dir.as_fd(), to_name, k).map_err(|e| format!("{}: {e}", lossy(to)))?;
             }
             self.history.as_mut().expect("checked").renamed(from, to)?;
+        }
+        if let Some(w) = &mut self.watch {
+            w.detector().renamed(from, to);
         }
         let mut replaced = false;
         loop {
@@ -612,6 +665,9 @@ impl Applier {
         let (_, name) = split(path);
         if let Some(h) = &mut self.history {
             h.attr_changing(path, dir.as_fd(), name)?;
+        }
+        if let Some(w) = &mut self.watch {
+            w.detector().mtime_set(path, (attr.mtime_sec, attr.mtime_nsec));
         }
         set_attr_existing(dir.as_fd(), name, kind, attr, true)
     }

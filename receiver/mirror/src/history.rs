@@ -133,8 +133,17 @@ impl History {
     /// The regular file `file` (whose `fstat` is `st`) at `path` is about to
     /// be changed in place: `ranges` (offset, length) overwritten or cut
     /// off, and its attributes set. Keeps the old bytes of the ranges where
-    /// the file had any, its length and its attributes.
-    pub(crate) fn overwriting(&mut self, path: &[u8], file: &File, st: &Stat, ranges: &[(u64, u64)]) -> OpResult {
+    /// the file had any, its length and its attributes. Answers the first
+    /// old bytes at offset 0 it read (at most `head` of them), for the
+    /// alarm's detector.
+    pub(crate) fn overwriting(
+        &mut self,
+        path: &[u8],
+        file: &File,
+        st: &Stat,
+        ranges: &[(u64, u64)],
+        head: usize,
+    ) -> Result<Option<Vec<u8>>, String> {
         let old_size = st.st_size as u64;
         let mut kept = Vec::new();
         for (offset, len) in merged(ranges, old_size) {
@@ -143,8 +152,9 @@ impl History {
             kept.push(OldRange { offset, data });
         }
         let mode = original_mode_fd(file.as_fd(), st.st_mode).ctx("read its mode")?;
+        let old_head = kept.first().filter(|r| r.offset == 0).map(|r| r.data[..r.data.len().min(head)].to_vec());
         let change = Overwritten { old_size, ranges: kept, attr: Some(attrs_of(st, mode)), shared: shared(st) };
-        self.record(path, Change::Overwritten(change)).map(drop)
+        self.record(path, Change::Overwritten(change)).map(|_| old_head)
     }
 }
 

@@ -18,6 +18,7 @@ use lifeline_core::credential::MachineName;
 use lifeline_store::private::create_private_dir_all;
 use lifeline_store::{Authenticator, Quotas, StoreLayout};
 
+use crate::alarm::{Limits, Watch};
 use crate::apply::Applier;
 use crate::delta::{self, PartialRecord};
 use crate::history::History;
@@ -474,9 +475,10 @@ impl Stream {
             tokio::task::spawn_blocking(move || {
                 // History is kept or nothing is applied: a change whose
                 // past could not be kept would be lost for good.
-                let history = History::open(&store, &m, clock)
+                let history = History::open(&store, &m, clock.clone())
                     .map_err(|e| format!("cannot open the history of machine {m} in {}: {e}", store.root().display()))?;
-                let a = Applier::new(mirror, m.as_str()).with_history(history);
+                let watch = Watch::new(&store, &m, clock, Limits::default());
+                let a = Applier::new(mirror, m.as_str()).with_history(history).with_watch(watch);
                 Ok::<_, String>(match PartialRecord::open(&store, &m) {
                     // Removes what a delta of a killed receiver left behind.
                     Ok(r) => a.with_partial(r),
@@ -516,7 +518,13 @@ impl Stream {
         }
         let resume = a.resume_origin();
         info!(%machine, mirror = %a.mirror().path().display(), queue = %format!("{:016x}", self.queue_id), resume, "replication stream started");
-        let hello = Ack { applied_seq: 0, errors: Vec::new(), resume_origin: Some(resume), implied_dirs: Vec::new() };
+        let hello = Ack {
+            applied_seq: 0,
+            errors: Vec::new(),
+            resume_origin: Some(resume),
+            implied_dirs: Vec::new(),
+            alarm: a.alarm(),
+        };
         match self.or_stop(self.tx.send(Ok(hello))).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Stop::Agent,
@@ -574,6 +582,7 @@ impl Stream {
                         p.errors.extend(ack.errors);
                         let room = crate::safepath::IMPLIED_MAX.saturating_sub(p.implied_dirs.len());
                         p.implied_dirs.extend(ack.implied_dirs.into_iter().take(room));
+                        p.alarm = ack.alarm;
                         p
                     }
                 });

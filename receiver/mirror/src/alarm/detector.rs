@@ -267,8 +267,21 @@ impl Detector {
     }
 
     /// Whether an alarm stands (set from the alarm file; set when raised).
+    /// Once the operator clears one, what led to it is forgotten: the next
+    /// alarm is about what comes after.
     pub fn set_standing(&mut self, standing: bool) {
+        if self.standing && !standing {
+            self.forget();
+        }
         self.standing = standing;
+    }
+
+    fn forget(&mut self) {
+        self.rewrites = Times::default();
+        self.renames.clear();
+        self.removals = Times::default();
+        self.mtime_back = Times::default();
+        self.changed.clear();
     }
 
     pub fn standing(&self) -> bool {
@@ -402,5 +415,5 @@ impl Detector {
 }
 
 #[cfg(test)]
-#[path = "alarm_tests.rs"]
+#[path = "detector_tests.rs"]
 mod tests;
