@@ -94,6 +94,11 @@ impl Applier {
         self
     }
 
+    /// How close the stream came to an alarm, for the log.
+    pub fn alarm_peaks(&self) -> String {
+        self.watch.as_ref().map_or_else(|| "not watched".into(), Watch::peaks)
+    }
+
     /// The alarm standing for the machine, for its acknowledgements.
     pub fn alarm(&self) -> Option<lifeline_proto::v1::StandingAlarm> {
         self.watch.as_ref().and_then(Watch::standing)

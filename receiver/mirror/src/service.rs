@@ -664,7 +664,9 @@ impl Stream {
             Stop::Agent => "ended by the agent",
         };
         let skipped = applier.as_ref().map_or(0, |a| a.skipped);
-        info!(%machine, batches, ops, syncs, skipped, "replication stream stopped: {how}");
+        // How close ordinary work came to an alarm (false-alarm margins).
+        let alarm_peaks = applier.as_ref().map_or_else(String::new, Applier::alarm_peaks);
+        info!(%machine, batches, ops, syncs, skipped, %alarm_peaks, "replication stream stopped: {how}");
         stop
     }
 

@@ -242,6 +242,10 @@ pub struct Detector {
     changed: HashMap<u64, (i64, (i64, u32))>,
     /// An alarm stands: no second one is raised.
     standing: bool,
+    /// The most each signal reached in a window, for measuring how far
+    /// ordinary work stays from the limits: rewrites, renames, removals,
+    /// mtimes put back.
+    peaks: [usize; 4],
 }
 
 impl std::fmt::Debug for Detector {
@@ -263,6 +267,7 @@ impl Detector {
             created: Recent::default(),
             changed: HashMap::new(),
             standing: false,
+            peaks: [0; 4],
         }
     }
 
@@ -360,13 +365,16 @@ impl Detector {
     pub fn check(&mut self) -> Option<Trip> {
         let before = self.clock.now_ns().saturating_sub(self.limits.window_ns);
         self.expire(before);
-        if self.standing {
-            return None;
-        }
         let l = &self.limits;
         let (ext, renames) =
             self.renames.iter().max_by_key(|(_, v)| v.len()).map_or((&b""[..], 0), |(k, v)| (k.as_slice(), v.len()));
         let (a, c, d) = (self.rewrites.len(), self.removals.len(), self.mtime_back.len());
+        for (peak, now) in self.peaks.iter_mut().zip([a, renames, c, d]) {
+            *peak = (*peak).max(now);
+        }
+        if self.standing {
+            return None;
+        }
         let tripped = a >= l.rewrites
             || renames >= l.renames
             || c >= l.removals
@@ -397,6 +405,16 @@ impl Detector {
             .unwrap_or(self.op_start);
         self.standing = true;
         Some(Trip { last_good_ns: first - 1, reason: format!("{} within {secs} s", parts.join(", ")) })
+    }
+
+    /// The most each signal reached in a window, against its limit.
+    pub fn peaks(&self) -> String {
+        let [a, b, c, d] = self.peaks;
+        let l = &self.limits;
+        format!(
+            "rewrites {a}/{}, renames {b}/{}, removals {c}/{}, mtimes put back {d}/{}",
+            l.rewrites, l.renames, l.removals, l.mtime_back
+        )
     }
 
     fn expire(&mut self, before: i64) {

@@ -153,6 +153,7 @@ fn gzip_of_logs_is_quiet() {
         d.removed(&path(i, "log"));
     });
     assert!(trip.is_none(), "{trip:?}");
+    assert!(d.peaks().contains("removals 0/2000"), "{}", d.peaks());
 }
 
 #[test]

@@ -80,6 +80,11 @@ impl Watch {
         self.standing = Some(a);
     }
 
+    /// How close the stream came to an alarm (see [`Detector::peaks`]).
+    pub fn peaks(&self) -> String {
+        self.detector.peaks()
+    }
+
     /// The alarm for the machine's acknowledgements.
     pub fn standing(&self) -> Option<StandingAlarm> {
         self.standing.as_ref().map(|a| StandingAlarm {
