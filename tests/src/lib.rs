@@ -251,6 +251,27 @@ pub fn wait_identical(src: &Path, mirror: &Path, timeout: Duration) -> Result<()
     }
 }
 
+/// What a tree holds, for comparing a restore with what was there: each
+/// entry's kind, and its bytes' hash or its target, and its mode.
+pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let md = e.path().symlink_metadata().unwrap();
+        let what = if md.file_type().is_symlink() {
+            format!("link {}", fs::read_link(e.path()).unwrap().display())
+        } else if md.is_dir() {
+            format!("dir {:o}", md.mode() & 0o7777)
+        } else {
+            format!("file {:o} {}", md.mode() & 0o7777, blake3::hash(&fs::read(e.path()).unwrap()))
+        };
+        out.insert(rel, what);
+    }
+    out
+}
+
 /// Polls `f` every 20 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

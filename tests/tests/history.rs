@@ -7,50 +7,17 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use lifeline_tests::{bin_path, preflight, Rig, ScratchFs};
-
-/// What a tree holds, for comparing: kind, bytes or target, mode.
-fn snapshot(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for e in walkdir::WalkDir::new(root).follow_links(false).follow_root_links(false).sort_by_file_name() {
-        let e = e.unwrap();
-        let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let md = e.path().symlink_metadata().unwrap();
-        let what = if md.file_type().is_symlink() {
-            format!("link {}", fs::read_link(e.path()).unwrap().display())
-        } else if md.is_dir() {
-            format!("dir {:o}", md.mode() & 0o7777)
-        } else {
-            format!("file {:o} {}", md.mode() & 0o7777, blake3::hash(&fs::read(e.path()).unwrap()))
-        };
-        out.insert(rel, what);
-    }
-    out
-}
+use lifeline_tests::{bin_path, preflight, snapshot, Rig, ScratchFs};
 
 /// The receiver's clock now (the same host's), as `history` prints and
 /// takes it.
 fn now_rfc3339() -> String {
     let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
     lifeline_history::instant::format(d.as_nanos() as i64)
-}
-
-fn history(rig: &Rig, args: &[&str]) -> String {
-    let out = Command::new(bin_path("lifeline-receiver"))
-        .arg("--store")
-        .arg(rig.receiver.store())
-        .arg("history")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "history {args:?}: {text}");
-    text
 }
 
 #[test]
@@ -97,20 +64,18 @@ fn a_tree_comes_back_as_of_any_instant() {
     let wire = src.strip_prefix("/").unwrap();
     for (i, (at, want)) in [&one, &two].into_iter().enumerate() {
         let to = rig.dir.path().join(format!("restored-{i}"));
-        let printed = history(
-            &rig,
-            &[
-                "restore",
-                "--machine",
-                &rig.machine,
-                "--as-of",
-                at,
-                "--path",
-                src.join("proj").to_str().unwrap(),
-                "--to",
-                to.to_str().unwrap(),
-            ],
-        );
+        let printed = rig.receiver_cli(&[
+            "history",
+            "restore",
+            "--machine",
+            &rig.machine,
+            "--as-of",
+            at,
+            "--path",
+            src.join("proj").to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ]);
         assert!(printed.contains("restored"), "{printed}");
         let proj = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
             m.iter().filter(|(k, _)| k.starts_with("proj")).map(|(k, v)| (k.clone(), v.clone())).collect()
@@ -121,7 +86,8 @@ fn a_tree_comes_back_as_of_any_instant() {
         assert_eq!(got, want, "as of {at} (step {})", i + 1);
     }
     // The versions of a file, and a restore never writes over anything.
-    let list = history(&rig, &["list", "--machine", &rig.machine, src.join("proj/a.txt").to_str().unwrap()]);
+    let list =
+        rig.receiver_cli(&["history", "list", "--machine", &rig.machine, src.join("proj/a.txt").to_str().unwrap()]);
     assert!(list.matches("written").count() >= 1 && list.contains("now: absent"), "{list}");
     let again = Command::new(bin_path("lifeline-receiver"))
         .arg("--store")

@@ -149,6 +149,11 @@ impl Applier {
     /// `cancelled()` turns true between two ops (the stream is going away and
     /// its ack would not be sent).
     pub fn apply_batch(&mut self, batch: &OpBatch, cancelled: &dyn Fn() -> bool) -> Option<Ack> {
+        // The operator may have cleared the alarm since the last batch (one
+        // small file read per batch).
+        if let Some(w) = &mut self.watch {
+            w.refresh();
+        }
         let mut errors = Vec::new();
         for op in &batch.ops {
             if cancelled() {
@@ -192,10 +197,6 @@ impl Applier {
         rustix::fs::syncfs(self.sync_fd.as_ref().expect("opened"))?;
         if let Some(p) = &mut self.progress {
             p.sync()?;
-        }
-        // The operator may have cleared the alarm meanwhile.
-        if let Some(w) = &mut self.watch {
-            w.refresh();
         }
         Ok(())
     }

@@ -87,7 +87,6 @@ fn a_ransomware_run_raises_once_and_the_tree_before_it_comes_back() {
 
     // Cleared by the operator: the next ack has none, and the detector is armed again.
     assert!(alarm::clear(&layout.history(&machine)).unwrap());
-    f.applier.sync().unwrap();
     f.seq = seq;
     f.clock.advance(1_000_000);
     let ack = f.applier.apply_batch(&batch(vec![]), &|| false).unwrap();
