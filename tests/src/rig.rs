@@ -301,6 +301,16 @@ impl Rig {
         text
     }
 
+    /// `lifeline-receiver history restore` of the machine's `path` as of
+    /// `at` into `to` (which gets `to/<path>`); its output.
+    pub fn history_restore(&self, at: &str, path: &Path, to: &Path) -> String {
+        let (path, to) = (path.to_str().unwrap(), to.to_str().unwrap());
+        let args = ["history", "restore", "--machine", &self.machine, "--as-of", at, "--path", path, "--to", to];
+        let printed = self.receiver_cli(&args);
+        assert!(printed.contains("restored"), "{printed}");
+        printed
+    }
+
     /// The eBPF programs the agent holds attached to tracepoints.
     pub fn attached(&self) -> usize {
         attached_tracepoint_programs(self.agent().pid())

@@ -64,19 +64,7 @@ fn a_tree_comes_back_as_of_any_instant() {
     let wire = src.strip_prefix("/").unwrap();
     for (i, (at, want)) in [&one, &two].into_iter().enumerate() {
         let to = rig.dir.path().join(format!("restored-{i}"));
-        let printed = rig.receiver_cli(&[
-            "history",
-            "restore",
-            "--machine",
-            &rig.machine,
-            "--as-of",
-            at,
-            "--path",
-            src.join("proj").to_str().unwrap(),
-            "--to",
-            to.to_str().unwrap(),
-        ]);
-        assert!(printed.contains("restored"), "{printed}");
+        rig.history_restore(at, &src.join("proj"), &to);
         let proj = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
             m.iter().filter(|(k, _)| k.starts_with("proj")).map(|(k, v)| (k.clone(), v.clone())).collect()
         };

@@ -434,4 +434,4 @@ impl Detector {
 
 #[cfg(test)]
 #[path = "detector_tests.rs"]
-mod tests;
+pub(in crate::alarm) mod tests;

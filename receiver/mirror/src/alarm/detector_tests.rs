@@ -8,7 +8,7 @@ const SEC: i64 = 1_000_000_000;
 const T0: i64 = 1_800_000_000 * SEC;
 
 /// Bytes no compressor shrinks (xorshift; the tests need no rand).
-fn random(seed: u64, n: usize) -> Vec<u8> {
+pub(in crate::alarm) fn random(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {

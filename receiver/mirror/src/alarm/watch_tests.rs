@@ -9,23 +9,12 @@ use lifeline_core::credential::MachineName;
 use lifeline_proto::v1::{Chunk, FileData, Op, OpBatch, Rename};
 use lifeline_store::{Db, StoreLayout};
 
+use super::detector::tests::random;
 use crate::apply::tests::{data, Fixture};
 use lifeline_history::{alarm, Clock};
 
 fn text(i: usize) -> Vec<u8> {
     format!("{i}: a line of a document nobody wants to lose\n").bytes().cycle().take(2000 + i * 7).collect()
-}
-
-fn random(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn batch(ops: Vec<Op>) -> OpBatch {
