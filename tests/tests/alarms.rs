@@ -3,7 +3,8 @@
 //! rewritten with random bytes and renamed to `.locked`) raises the alarm
 //! within 5 s of its start, the tree as of the alarm's last good instant
 //! comes back byte for byte, the agent's status says what to do, and the
-//! operator clears it (audited); ordinary work (gzip of logs, a cargo
+//! operator clears it (audited); an `rm -rf` of 2,500 files raises it
+//! too, and the tree before it comes back; ordinary work (gzip of logs, a cargo
 //! build, a build's outputs rewritten, binaries replaced as a package
 //! upgrade does, sqlite transactions) raises none.
 //!
@@ -319,4 +320,40 @@ fn ordinary_work_raises_no_alarm() {
     }
     println!("false-alarm margins (scale {}):\n  {}", scale(), report.join("\n  "));
     assert!(log_lines(rig.receiver.log_path(), "ALARM since").is_empty());
+}
+
+#[test]
+fn a_mass_deletion_raises_the_alarm() {
+    preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
+    let mut rig = Rig::new("alarms-rm", ScratchFs::tmpfs(512));
+    let data = rig.src.join("data");
+    rig.start_agent();
+    rig.wait_ready();
+    for i in 0..2500 {
+        let p = data.join(format!("d{}/f{i}.txt", i % 25));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, document(i, 100)).unwrap();
+    }
+    rig.assert_identical(Duration::from_secs(120), "2,500 files");
+    let before = snapshot(&data);
+    // Files removed within 10 s of their creation are taken for temporary.
+    std::thread::sleep(Duration::from_secs(11));
+    fs::remove_dir_all(&data).unwrap();
+    if !wait_until(Duration::from_secs(10), || standing(&rig).is_some()) {
+        rig.fail("no alarm within 10 s of rm -rf of 2,500 files");
+    }
+    let a = standing(&rig).unwrap();
+    assert!(a.reason.contains("removals"), "{a:?}");
+    rig.assert_identical(Duration::from_secs(60), "the removal");
+    let to = rig.dir.path().join("restored");
+    rig.history_restore(&instant::format(a.last_good_ns), &data, &to);
+    let restored = snapshot(&to.join(data.strip_prefix("/").unwrap()));
+    let missing: Vec<_> = before.keys().filter(|k| !restored.contains_key(*k)).take(5).collect();
+    let differing: Vec<_> = before.iter().filter(|(k, v)| restored.get(*k).is_some_and(|r| r != *v)).take(5).collect();
+    assert!(
+        restored == before,
+        "the tree before the rm -rf: {} of {} entries; missing {missing:?}, differing {differing:?}",
+        restored.len(),
+        before.len()
+    );
 }

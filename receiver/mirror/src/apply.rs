@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -492,7 +493,17 @@ impl Applier {
             None => Ok(()),
             Some(kind) => {
                 if let Some(w) = &mut self.watch {
-                    w.detector().removed(path);
+                    // A tree removed whole (`rm -rf` arrives as one op) counts
+                    // what it held: a walk that stops at the limit.
+                    let entries = match kind {
+                        FileType::Directory => {
+                            let at = self.resolver.mirror().path().join(std::ffi::OsStr::from_bytes(path));
+                            let walk = walkdir::WalkDir::new(at).follow_links(false).follow_root_links(false);
+                            walk.into_iter().take(w.detector().removal_cap()).count()
+                        }
+                        _ => 1,
+                    };
+                    w.detector().removed(path, entries);
                 }
                 self.remove_existing(path, dir.as_fd(), name, kind)
             }

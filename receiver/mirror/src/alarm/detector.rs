@@ -44,6 +44,10 @@ const LOW_BITS: f64 = 6.0;
 pub struct Limits {
     /// The sliding window.
     pub window_ns: i64,
+    /// A file removed within this of its creation was a temporary one (a
+    /// journal, gzip's original beside its `.gz`): its removal loses
+    /// nothing old.
+    pub temporary_ns: i64,
     /// (a) low-to-high rewrites in the window.
     pub rewrites: usize,
     /// (b) renames adding one same extension in the window.
@@ -60,7 +64,15 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { window_ns: 60_000_000_000, rewrites: 100, renames: 100, removals: 2000, mtime_back: 20, combined: 100 }
+        Limits {
+            window_ns: 60_000_000_000,
+            temporary_ns: 10_000_000_000,
+            rewrites: 100,
+            renames: 100,
+            removals: 2000,
+            mtime_back: 20,
+            combined: 100,
+        }
     }
 }
 
@@ -232,10 +244,10 @@ pub struct Detector {
     renames: HashMap<Vec<u8>, Times>,
     removals: Times,
     mtime_back: Times,
-    /// Files created in the window, by their path and by their stem: a
-    /// removal of a file made in the window (a temporary file, a
-    /// database's journal) loses nothing old, and one of `x` after `x.gz`
-    /// was made is gzip's, not a loss.
+    /// Files created in the last [`Limits::temporary_ns`], by their path
+    /// and by their stem: a removal of a file made just before (a temporary
+    /// file, a database's journal) loses nothing old, and one of `x` just
+    /// after `x.gz` was made is gzip's, not a loss.
     created: Recent,
     /// Files whose content changed in the window, with their old mtime: a
     /// setattr putting it back is (d).
@@ -297,6 +309,9 @@ impl Detector {
     /// instant before it is one the history can restore.
     pub fn begin_op(&mut self) {
         self.op_start = self.clock.now_ns();
+        // Before the op is judged: after a quiet spell, what was made long
+        // ago is no temporary file any more.
+        self.created.expire(self.op_start.saturating_sub(self.limits.temporary_ns));
     }
 
     /// A regular file was created at `path`.
@@ -354,17 +369,25 @@ impl Detector {
         self.renames.entry(ext.to_vec()).or_default().push(t, self.limits.renames * 2);
     }
 
-    /// Something at `path` was removed.
-    pub fn removed(&mut self, path: &[u8]) {
+    /// How many entries of a removed directory are worth counting (see
+    /// [`Detector::removed`]): past the limit, more changes nothing.
+    pub fn removal_cap(&self) -> usize {
+        self.limits.removals
+    }
+
+    /// Something at `path` was removed: `entries` of them (a directory
+    /// removed whole counts what it held, up to [`Detector::removal_cap`]).
+    pub fn removed(&mut self, path: &[u8], entries: usize) {
         if !self.created.contains(key(path)) {
-            self.removals.push(self.op_start, self.limits.removals * 2);
+            for _ in 0..entries.clamp(1, self.limits.removals) {
+                self.removals.push(self.op_start, self.limits.removals * 2);
+            }
         }
     }
 
     /// After an op: the alarm to raise, once (None while one stands).
     pub fn check(&mut self) -> Option<Trip> {
-        let before = self.clock.now_ns().saturating_sub(self.limits.window_ns);
-        self.expire(before);
+        self.expire(self.clock.now_ns().saturating_sub(self.limits.window_ns));
         let l = &self.limits;
         let (ext, renames) =
             self.renames.iter().max_by_key(|(_, v)| v.len()).map_or((&b""[..], 0), |(k, v)| (k.as_slice(), v.len()));
@@ -425,7 +448,6 @@ impl Detector {
             v.expire(before);
             v.len() > 0
         });
-        self.created.expire(before);
         if self.changed.len() > SET_CAP / 2 {
             self.changed.retain(|_, (t, _)| *t >= before);
         }

@@ -92,7 +92,26 @@ fn bulk_renames_to_one_new_extension_trip_alone() {
 #[test]
 fn mass_removals_trip_alone() {
     let (clock, mut d) = detector();
-    assert!(run(&clock, &mut d, 2100, |d, i| d.removed(&path(i, "txt"))).is_some());
+    assert!(run(&clock, &mut d, 2100, |d, i| d.removed(&path(i, "txt"), 1)).is_some());
+    let (clock, mut d) = detector();
+    assert!(
+        run(&clock, &mut d, 2, |d, i| d.removed(&path(i, "dir"), 1500)).is_some(),
+        "directories count what they held"
+    );
+}
+
+#[test]
+fn files_removed_soon_after_they_were_made_are_temporary_later_not() {
+    let (clock, mut d) = detector();
+    assert!(run(&clock, &mut d, 3000, |d, i| {
+        d.created(&path(i, "tmp"));
+        d.removed(&path(i, "tmp"), 1);
+    })
+    .is_none());
+    run(&clock, &mut d, 2100, |d, i| d.created(&path(i, "txt")));
+    clock.advance(11 * SEC);
+    let trip = run(&clock, &mut d, 2100, |d, i| d.removed(&path(i, "txt"), 1)).expect("raised");
+    assert_eq!(trip.last_good_ns, T0 + 5100 * 10_000_000 + 11 * SEC + 10_000_000 - 1, "from the first removal");
 }
 
 #[test]
@@ -150,7 +169,7 @@ fn gzip_of_logs_is_quiet() {
     let (clock, mut d) = detector();
     let trip = run(&clock, &mut d, 3000, |d, i| {
         d.created(&path(i, "log.gz"));
-        d.removed(&path(i, "log"));
+        d.removed(&path(i, "log"), 1);
     });
     assert!(trip.is_none(), "{trip:?}");
     assert!(d.peaks().contains("removals 0/2000"), "{}", d.peaks());
@@ -184,7 +203,7 @@ fn database_page_writes_are_quiet() {
         rewrite(d, b"var/lib/app/prealloc", &vec![0; 4096], &random(i as u64, 4096), (M0, M1));
         // The journal created and removed each transaction.
         d.created(b"var/lib/app/data.sqlite-journal");
-        d.removed(b"var/lib/app/data.sqlite-journal");
+        d.removed(b"var/lib/app/data.sqlite-journal", 1);
     });
     assert!(trip.is_none(), "{trip:?}");
 }
@@ -196,7 +215,7 @@ fn memory_stays_bounded() {
     run(&clock, &mut d, 200_000, |d, i| {
         d.created(&path(i, "a.b"));
         d.renamed(&path(i, "x"), &[path(i, "x"), format!(".e{}", i % 500).into_bytes()].concat());
-        d.removed(&path(i, "x"));
+        d.removed(&path(i, "x"), 1);
     });
     assert!(d.created.order.len() <= SET_CAP && d.created.seen.len() <= SET_CAP);
     assert!(d.renames.len() <= EXT_CAP);
