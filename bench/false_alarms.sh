@@ -23,6 +23,6 @@ LIFELINE_ALARM_SCALE=$scale cargo test -q -p lifeline-tests --test alarms -- --n
     exit 1
 }
 grep -A6 'false-alarm margins' "$out" | sed 's/^\.//'
-grep 'alarm raised' "$out"
+grep 'alarm raised' "$out" | sed 's/^\.//'
 # Replication left behind (not the detector's subject, but worth a look).
 grep 'still .* differences after a sync' "$out" || true

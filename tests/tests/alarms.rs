@@ -13,7 +13,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,22 +47,28 @@ fn document(i: usize, n: usize) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn a_ransomware_run_raises_the_alarm_and_the_tree_before_it_comes_back() {
+/// A rig whose agent replicates `n` documents under `src/<dir>` (in 20
+/// directories, of `size(i)` bytes), once the mirror holds them; and their
+/// paths.
+fn rig_with_documents(name: &str, dir: &str, n: usize, mut size: impl FnMut(usize) -> usize) -> (Rig, Vec<PathBuf>) {
     preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
-    let mut rig = Rig::new("alarms", ScratchFs::tmpfs(512));
-    let docs = rig.src.join("docs");
+    let mut rig = Rig::new(name, ScratchFs::tmpfs(512));
     rig.start_agent();
     rig.wait_ready();
-    let mut rng = StdRng::seed_from_u64(15);
-    let mut paths = Vec::new();
-    for i in 0..FILES {
-        let p = docs.join(format!("d{}/f{i}.txt", i % 20));
+    let paths: Vec<PathBuf> = (0..n).map(|i| rig.src.join(format!("{dir}/d{}/f{i}.txt", i % 20))).collect();
+    for (i, p) in paths.iter().enumerate() {
         fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, document(i, rng.random_range(1000..6000))).unwrap();
-        paths.push(p);
+        fs::write(p, document(i, size(i))).unwrap();
     }
-    rig.assert_identical(Duration::from_secs(120), "2,000 documents");
+    rig.assert_identical(Duration::from_secs(120), &format!("{n} documents"));
+    (rig, paths)
+}
+
+#[test]
+fn a_ransomware_run_raises_the_alarm_and_the_tree_before_it_comes_back() {
+    let mut rng = StdRng::seed_from_u64(15);
+    let (rig, paths) = rig_with_documents("alarms", "docs", FILES, |_| rng.random_range(1000..6000));
+    let docs = rig.src.join("docs");
     let before = snapshot(&docs);
     assert!(standing(&rig).is_none(), "ordinary writes raised {:?}", standing(&rig));
     let shown = rig.receiver_cli(&["history", "alarm", "show", "--machine", &rig.machine]);
@@ -324,17 +330,8 @@ fn ordinary_work_raises_no_alarm() {
 
 #[test]
 fn a_mass_deletion_raises_the_alarm() {
-    preflight(&["bpftool", "lifeline-receiver", "lifeline-agent"]);
-    let mut rig = Rig::new("alarms-rm", ScratchFs::tmpfs(512));
+    let (rig, _) = rig_with_documents("alarms-rm", "data", 2500, |_| 100);
     let data = rig.src.join("data");
-    rig.start_agent();
-    rig.wait_ready();
-    for i in 0..2500 {
-        let p = data.join(format!("d{}/f{i}.txt", i % 25));
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, document(i, 100)).unwrap();
-    }
-    rig.assert_identical(Duration::from_secs(120), "2,500 files");
     let before = snapshot(&data);
     // Files removed within 10 s of their creation are taken for temporary.
     std::thread::sleep(Duration::from_secs(11));
