@@ -170,6 +170,7 @@ fn print_status(s: &AgentStatus, json: bool) {
             "paused": s.paused,
             "bytes_sent_today": s.bytes_sent_today,
             "fallback_reason": if s.fallback_reason.is_empty() { None } else { Some(&s.fallback_reason) },
+            "alarm": if s.alarm.is_empty() { None } else { Some(&s.alarm) },
             "recent_files": s
                 .recent_files
                 .iter()
@@ -178,6 +179,9 @@ fn print_status(s: &AgentStatus, json: bool) {
         });
         println!("{v}");
         return;
+    }
+    if !s.alarm.is_empty() {
+        println!("{}", s.alarm);
     }
     println!("machine:      {}", s.machine);
     println!("receiver:     {} ({})", s.receiver, if s.connected { "connected" } else { "NOT connected" });

@@ -132,6 +132,9 @@ pub struct Counters {
     suspect_since_ns: Mutex<i128>,
     /// When changes were last possibly lost.
     last_loss: Mutex<Option<Instant>>,
+    /// The receiver's standing alarm on this machine, as it words it
+    /// (empty: none).
+    alarm: Mutex<String>,
 }
 
 impl Counters {
@@ -166,6 +169,7 @@ impl Counters {
             recent: Mutex::new(std::collections::VecDeque::new()),
             suspect_since_ns: Mutex::new(i128::MAX),
             last_loss: Mutex::new(None),
+            alarm: Mutex::new(String::new()),
         }
     }
 
@@ -211,6 +215,19 @@ impl Counters {
             return true;
         }
         false
+    }
+
+    /// What the receiver's last acknowledgement said of an alarm (every
+    /// one carries it while it stands; none once the operator cleared it).
+    pub fn set_alarm(&self, alarm: Option<&lifeline_proto::v1::StandingAlarm>) {
+        let text = alarm.map(|a| a.text.clone()).unwrap_or_default();
+        let mut current = self.alarm.lock().unwrap();
+        if *current != text {
+            if !text.is_empty() {
+                tracing::error!("the receiver raised an alarm on this machine: {text}");
+            }
+            *current = text;
+        }
     }
 
     pub fn set_fallback_reason(&self, why: String) {
@@ -286,6 +303,7 @@ impl Counters {
             },
             recent_files: self.recent.lock().unwrap().iter().rev().cloned().collect(),
             fallback_reason: self.fallback_reason.lock().unwrap().clone(),
+            alarm: self.alarm.lock().unwrap().clone(),
         }
     }
 }
@@ -321,6 +339,17 @@ mod tests {
         let snap = s.snapshot().recent_files;
         assert_eq!(snap.len(), RECENT_FILES);
         assert_eq!(snap[0].path, "/f24");
+    }
+
+    #[test]
+    fn the_receivers_alarm_shows_until_an_ack_comes_without_it() {
+        let s = Counters::new(String::new(), String::new(), Vec::new());
+        let a =
+            lifeline_proto::v1::StandingAlarm { text: "ALARM since ...: restore as of T".into(), ..Default::default() };
+        s.set_alarm(Some(&a));
+        assert_eq!(s.snapshot().alarm, a.text);
+        s.set_alarm(None);
+        assert_eq!(s.snapshot().alarm, "", "cleared by the operator");
     }
 
     #[test]

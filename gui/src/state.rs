@@ -11,6 +11,10 @@ pub enum State {
     /// The control socket does not answer: the agent is not running (or
     /// this user may not use its socket).
     AgentDown,
+    /// The receiver raised a ransomware or mass-deletion alarm on this
+    /// machine: it keeps the tree from before it until its operator clears
+    /// it. Above everything else the agent reports: it needs people.
+    Alarm,
     /// The agent runs but cannot reach its receiver.
     Disconnected,
     /// Automatic backup switched off: the eBPF programs are detached.
@@ -33,6 +37,7 @@ impl State {
     pub fn words(self) -> &'static str {
         match self {
             State::AgentDown => "agent not running",
+            State::Alarm => "ALARM: possible ransomware or mass deletion",
             State::Disconnected => "receiver unreachable",
             State::Off => "automatic backup off",
             State::Paused => "paused",
@@ -47,6 +52,7 @@ impl State {
     pub fn icon_name(self) -> &'static str {
         match self {
             State::AgentDown => "dialog-error",
+            State::Alarm => "security-low",
             State::Disconnected => "network-offline",
             State::Off => "media-playback-stop",
             State::Paused => "media-playback-pause",
@@ -61,6 +67,7 @@ impl State {
     pub fn colour(self) -> u32 {
         match self {
             State::AgentDown => 0x5e5c64,    // dark grey: nothing runs
+            State::Alarm => 0xe01b24,        // bright red: act now
             State::Disconnected => 0xc01c28, // red: backups are not leaving
             State::Off => 0x9a9996,          // light grey: switched off
             State::Paused => 0xe5a50a,       // amber: held on purpose
@@ -74,7 +81,7 @@ impl State {
     /// overflow, so only states that need a look are `Active`/`NeedsAttention`.
     pub fn urgency(self) -> Urgency {
         match self {
-            State::AgentDown | State::Disconnected => Urgency::NeedsAttention,
+            State::AgentDown | State::Alarm | State::Disconnected => Urgency::NeedsAttention,
             State::Off | State::Paused | State::Degraded | State::Replicating => Urgency::Active,
             State::InSync => Urgency::Passive,
         }
@@ -179,6 +186,9 @@ pub fn look(status: Option<&AgentStatus>, socket: &str, error: &str) -> Look {
     let backup_on = s.capture != "off";
     let headline = format!("Lifeline: {}", state.words());
     let mut detail = match state {
+        // The receiver's own words: what tripped it, the instant to restore
+        // as of, who clears it.
+        State::Alarm => s.alarm.clone(),
         State::Disconnected if s.last_error.contains("has no room for this machine") => {
             format!("The receiver {} has no room for this machine; changes wait in the queue.", s.receiver)
         }
@@ -223,7 +233,9 @@ pub fn look(status: Option<&AgentStatus>, socket: &str, error: &str) -> Look {
 }
 
 fn state_of(s: &AgentStatus) -> State {
-    if !s.connected {
+    if !s.alarm.is_empty() {
+        State::Alarm
+    } else if !s.connected {
         State::Disconnected
     } else if s.capture == "off" {
         State::Off
@@ -355,8 +367,22 @@ mod tests {
         assert!(l.detail.contains("has no room for this machine; changes wait"), "{}", l.detail);
         assert!(l.detail.contains("raises this machine's quota"), "{}", l.detail);
 
+        // An alarm outranks the rest, and says what to do.
+        s.alarm = "ALARM since ...: 2000 files renamed to .locked; restore as of 2026-12-07T15:00:00.000000Z \
+                   (...); the operator clears it with `lifeline-receiver history alarm clear --machine web1`"
+            .into();
+        let l = look(Some(&s), "", "");
+        assert_eq!((l.state, l.state.urgency()), (State::Alarm, Urgency::NeedsAttention));
+        assert!(
+            l.detail.contains("restore as of 2026-12-07T15:00:00") && l.detail.contains("alarm clear"),
+            "{}",
+            l.detail
+        );
+        assert!(l.title.contains("ALARM"), "{}", l.title);
+
         let all = [
             State::AgentDown,
+            State::Alarm,
             State::Disconnected,
             State::Off,
             State::Paused,

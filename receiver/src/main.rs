@@ -339,6 +339,26 @@ enum HistoryCmd {
         #[arg(long)]
         machine: String,
     },
+    /// The ransomware and mass-deletion alarm of a machine (docs/history.md,
+    /// "Alarms"): while it stands nothing older is thinned.
+    #[command(subcommand)]
+    Alarm(AlarmCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum AlarmCmd {
+    /// Whether an alarm stands, what tripped it and the instant to restore
+    /// as of.
+    Show {
+        #[arg(long)]
+        machine: String,
+    },
+    /// Clear the standing alarm, once the machine is clean again (audited);
+    /// the receiver watches for the next one.
+    Clear {
+        #[arg(long)]
+        machine: String,
+    },
 }
 
 // `Make` carries every option of a boot medium; the enum is parsed once.
@@ -757,6 +777,10 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
         HistoryCmd::Prune { machine } => {
             history_retention(&layout, &MachineName::new(&machine).map_err(anyhow::Error::msg)?, true)
         }
+        HistoryCmd::Alarm(cmd) => {
+            let (AlarmCmd::Show { machine } | AlarmCmd::Clear { machine }) = &cmd;
+            history_alarm(&layout, &mirrored(machine)?, &cmd)
+        }
         HistoryCmd::Diff { machine, from, until, path } => {
             let now = SystemClock.now_ns();
             let from = instant::parse(&from, now).map_err(anyhow::Error::msg)?;
@@ -811,6 +835,28 @@ fn history(store: &std::path::Path, cmd: HistoryCmd) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `lifeline-receiver history alarm ...`.
+fn history_alarm(layout: &StoreLayout, machine: &MachineName, cmd: &AlarmCmd) -> anyhow::Result<()> {
+    use lifeline_history::alarm;
+    let dir = layout.history(machine);
+    let standing = alarm::standing(&dir).map_err(|e| anyhow::anyhow!("{e}; remove it to clear the alarm"))?;
+    match (cmd, standing) {
+        (_, None) => println!("no alarm stands for machine {machine}"),
+        (AlarmCmd::Show { .. }, Some(a)) => println!("{}", shown(&a.describe(machine.as_str()))),
+        (AlarmCmd::Clear { .. }, Some(a)) => {
+            // Audited first: a clear the trail does not show never happens.
+            let db = Db::open(layout.root())?;
+            db.audit(Some(machine.as_str()), "alarm cleared", &a.describe(machine.as_str()))?;
+            alarm::clear(&dir)?;
+            println!(
+                "alarm of machine {machine} cleared (it was: {}); the receiver watches for the next one",
+                shown(&a.reason)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `history show` (`prune`: `history prune`, a pass first).

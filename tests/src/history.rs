@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
-use crate::{bin_path, Rig};
+use crate::Rig;
 
 /// What a tree holds, for comparing: kind, mode, bytes (hashed) or target.
 pub fn snapshot(root: &Path) -> BTreeMap<String, String> {
@@ -51,18 +50,8 @@ impl Rig {
     /// `lifeline-receiver --store STORE history ARGS`, which must succeed;
     /// what it printed.
     pub fn history(&self, args: &[&str]) -> String {
-        let out = Command::new(bin_path("lifeline-receiver"))
-            .arg("--store")
-            .arg(self.receiver.store())
-            .arg("history")
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        if !out.status.success() {
-            self.fail(&format!("history {args:?}: {text}"));
-        }
-        text
+        let args: Vec<&str> = std::iter::once("history").chain(args.iter().copied()).collect();
+        self.receiver_cli(&args)
     }
 
     /// The source tree as it was at `at`, restored from the receiver's

@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use lifeline_core::tree::{self, CompareOptions};
 
 pub use bpf::{attached_tracepoint_programs, inotify_watches, tracepoint_attachments, TracepointAttachment};
+pub use history::snapshot;
 pub use netns::NetNs;
 pub use procs::{Agent, AgentOpts, AgentStatus, Receiver, ReceiverOpts};
 pub use rig::{Rig, RigOpts};

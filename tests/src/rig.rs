@@ -285,6 +285,32 @@ impl Rig {
         })
     }
 
+    /// Runs `lifeline-receiver --store STORE ARGS...` on the rig's store;
+    /// fails the test unless it succeeds. Its output, stdout then stderr.
+    pub fn receiver_cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(crate::bin_path("lifeline-receiver"))
+            .arg("--store")
+            .arg(self.receiver.store())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            self.fail(&format!("lifeline-receiver {args:?}: {text}"));
+        }
+        text
+    }
+
+    /// `lifeline-receiver history restore` of the machine's `path` as of
+    /// `at` into `to` (which gets `to/<path>`); its output.
+    pub fn history_restore(&self, at: &str, path: &Path, to: &Path) -> String {
+        let (path, to) = (path.to_str().unwrap(), to.to_str().unwrap());
+        let args = ["history", "restore", "--machine", &self.machine, "--as-of", at, "--path", path, "--to", to];
+        let printed = self.receiver_cli(&args);
+        assert!(printed.contains("restored"), "{printed}");
+        printed
+    }
+
     /// The eBPF programs the agent holds attached to tracepoints.
     pub fn attached(&self) -> usize {
         attached_tracepoint_programs(self.agent().pid())

@@ -11,8 +11,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use lifeline_tests::history::snapshot;
-use lifeline_tests::{bin_path, preflight, Rig, ScratchFs};
+use lifeline_tests::{bin_path, preflight, snapshot, Rig, ScratchFs};
 
 /// A rig on a tmpfs of `mib` MiB with its agent started and ready.
 fn started(name: &str, mib: u64) -> Rig {
@@ -57,18 +56,7 @@ fn a_tree_comes_back_as_of_any_instant() {
     let wire = src.strip_prefix("/").unwrap();
     for (i, (at, want)) in [&one, &two].into_iter().enumerate() {
         let to = rig.dir.path().join(format!("restored-{i}"));
-        let printed = rig.history(&[
-            "restore",
-            "--machine",
-            &rig.machine,
-            "--as-of",
-            at,
-            "--path",
-            src.join("proj").to_str().unwrap(),
-            "--to",
-            to.to_str().unwrap(),
-        ]);
-        assert!(printed.contains("restored"), "{printed}");
+        rig.history_restore(at, &src.join("proj"), &to);
         let proj = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
             m.iter().filter(|(k, _)| k.starts_with("proj")).map(|(k, v)| (k.clone(), v.clone())).collect()
         };

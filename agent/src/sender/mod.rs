@@ -238,6 +238,7 @@ async fn stream(
     let Some(applied) = hello.resume_origin else {
         anyhow::bail!("the receiver did not say where to resume (is it older than this agent? upgrade it)");
     };
+    counters.set_alarm(hello.alarm.as_ref());
     *epoch += 1;
     info!(
         "connected to receiver {} as machine {}; it applied the queue up to {applied}",
@@ -356,6 +357,7 @@ async fn stream(
                     counters.suspect(std::time::SystemTime::now() - captured.elapsed());
                     repair.needed();
                 }
+                counters.set_alarm(ack.alarm.as_ref());
                 counters.acked_seq.fetch_max(ack.applied_seq, Relaxed);
                 let mut acked = ack.applied_seq;
                 while inflight.front().is_some_and(|f| f.last_seq <= ack.applied_seq) {

@@ -23,6 +23,21 @@ pub struct Alarm {
     pub reason: String,
 }
 
+impl Alarm {
+    /// The alarm in one line for people (the agent's status, the tray, the
+    /// receiver's `history alarm show`): what tripped it, the instant to
+    /// restore as of, how it is cleared.
+    pub fn describe(&self, machine: &str) -> String {
+        let good = crate::instant::format(self.last_good_ns);
+        format!(
+            "ALARM since {}: {}; restore as of {good} (lifeline-receiver history restore --machine {machine} --as-of {good} ...); \
+             the operator clears it with `lifeline-receiver history alarm clear --machine {machine}`",
+            crate::instant::format(self.raised_ns),
+            self.reason,
+        )
+    }
+}
+
 fn file(history_dir: &Path) -> PathBuf {
     history_dir.join("alarm")
 }
@@ -79,6 +94,9 @@ mod tests {
         raise(d.path(), &a).unwrap();
         let got = standing(d.path()).unwrap().unwrap();
         assert_eq!((got.raised_ns, got.last_good_ns, got.reason.as_str()), (5, 3, "2000 files rewritten"));
+        let text = got.describe("m1");
+        assert!(text.starts_with("ALARM since 1970-01-01T00:00:00"), "{text}");
+        assert!(text.contains("history alarm clear --machine m1"), "{text}");
         assert!(clear(d.path()).unwrap());
         assert!(!clear(d.path()).unwrap());
         assert_eq!(standing(d.path()).unwrap(), None);

@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use rustix::fs::{fstat, linkat, mkdirat, renameat_with, symlinkat, AtFlags, File
 use rustix::io::Errno;
 use tracing::{debug, warn};
 
+use crate::alarm::{Overwrite, Watch, SAMPLE};
 use crate::attrs::{set_attr_existing, set_attr_known};
 use crate::delta::{Deltas, PartialRecord};
 use crate::history::History;
@@ -67,6 +69,8 @@ pub struct Applier {
     deltas: Deltas,
     /// Where what each change replaces is kept (none: nothing is).
     history: Option<History>,
+    /// The ransomware and mass-deletion detector (none: not watched).
+    watch: Option<Watch>,
 }
 
 impl Applier {
@@ -81,7 +85,24 @@ impl Applier {
             skipped: 0,
             deltas: Deltas::default(),
             history: None,
+            watch: None,
         }
+    }
+
+    /// Feeds what each op changes to `watch`, which raises alarms.
+    pub fn with_watch(mut self, watch: Watch) -> Applier {
+        self.watch = Some(watch);
+        self
+    }
+
+    /// How close the stream came to an alarm, for the log.
+    pub fn alarm_peaks(&self) -> String {
+        self.watch.as_ref().map_or_else(|| "not watched".into(), Watch::peaks)
+    }
+
+    /// The alarm standing for the machine, for its acknowledgements.
+    pub fn alarm(&self) -> Option<lifeline_proto::v1::StandingAlarm> {
+        self.watch.as_ref().and_then(Watch::standing)
     }
 
     /// Keeps what every change replaces in `history`.
@@ -129,6 +150,11 @@ impl Applier {
     /// `cancelled()` turns true between two ops (the stream is going away and
     /// its ack would not be sent).
     pub fn apply_batch(&mut self, batch: &OpBatch, cancelled: &dyn Fn() -> bool) -> Option<Ack> {
+        // The operator may have cleared the alarm since the last batch (one
+        // small file read per batch).
+        if let Some(w) = &mut self.watch {
+            w.refresh();
+        }
         let mut errors = Vec::new();
         for op in &batch.ops {
             if cancelled() {
@@ -145,6 +171,7 @@ impl Applier {
             errors,
             resume_origin: None,
             implied_dirs: self.resolver.take_implied(),
+            alarm: self.alarm(),
         })
     }
 
@@ -202,11 +229,17 @@ impl Applier {
         if let Some(h) = &mut self.history {
             h.set_seq(op.seq);
         }
+        if let Some(w) = &mut self.watch {
+            w.detector().begin_op();
+        }
         let is_delta = matches!(op.kind, Some(op::Kind::Delta(_)));
         let result = self.apply_kind(op).map_err(|e| OpError {
             delta_failed: is_delta,
             ..fail(format!("{} {}: {e}", op_name(op.kind.as_ref()), lossy(&op.path)))
         });
+        if let Some(w) = &mut self.watch {
+            w.after_op();
+        }
         if op.origin != 0 {
             if let Some(p) = &mut self.progress {
                 if let Err(e) = p.record(op.origin) {
@@ -371,6 +404,9 @@ impl Applier {
             st = fstat(&fd).ctx("stat")?;
         }
         let file = File::from(fd);
+        // The new bytes at offset 0, which the detector judges.
+        let new_head = d.chunks.iter().find(|c| c.offset == 0).map(|c| &c.data[..c.data.len().min(SAMPLE)]);
+        let mut old_head = None;
         if let (false, Some(h)) = (fresh, &mut self.history) {
             // What this op overwrites or cuts off (`overwriting` keeps only
             // what lies within the old length).
@@ -381,7 +417,23 @@ impl Applier {
             ranges.extend(d.chunks.iter().map(|c| (c.offset, c.data.len() as u64)));
             ranges.push((d.size, u64::MAX - d.size));
             let new: Vec<(u64, &[u8])> = d.chunks.iter().map(|c| (c.offset, &c.data[..])).collect();
-            h.overwriting(path, &file, &st, &ranges, &new)?;
+            let head = if new_head.is_some() { SAMPLE } else { 0 };
+            old_head = h.overwriting(path, &file, &st, &ranges, &new, head)?;
+        }
+        if let Some(w) = &mut self.watch {
+            if fresh || st.st_size == 0 {
+                w.detector().created(path);
+            } else {
+                w.detector().overwrote(
+                    path,
+                    &Overwrite {
+                        old_head: old_head.as_deref().filter(|_| new_head.is_some()),
+                        new_head,
+                        old_mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
+                        new_mtime: d.attr.as_ref().map(|a| (a.mtime_sec, a.mtime_nsec)),
+                    },
+                );
+            }
         }
         let mut len = st.st_size as u64;
         if let Some(t) = d.truncate_to {
@@ -440,7 +492,22 @@ impl Applier {
         let (_, name) = split(path);
         match kind_at(dir.as_fd(), name).ctx("stat")? {
             None => Ok(()),
-            Some(kind) => self.remove_existing(path, dir.as_fd(), name, kind),
+            Some(kind) => {
+                if let Some(w) = &mut self.watch {
+                    // A tree removed whole (`rm -rf` arrives as one op) counts
+                    // what it held: a walk that stops at the limit.
+                    let entries = match kind {
+                        FileType::Directory => {
+                            let at = self.resolver.mirror().path().join(std::ffi::OsStr::from_bytes(path));
+                            let walk = walkdir::WalkDir::new(at).follow_links(false).follow_root_links(false);
+                            walk.into_iter().take(w.detector().removal_cap()).count()
+                        }
+                        _ => 1,
+                    };
+                    w.detector().removed(path, entries);
+                }
+                self.remove_existing(path, dir.as_fd(), name, kind)
+            }
         }
     }
 
@@ -466,6 +533,9 @@ impl Applier {
                 self.remove_existing(to, to_dir.as_fd(), to_name, k).map_err(|e| format!("{}: {e}", lossy(to)))?;
             }
             self.history.as_mut().expect("checked").renamed(from, to)?;
+        }
+        if let Some(w) = &mut self.watch {
+            w.detector().renamed(from, to);
         }
         let mut replaced = false;
         loop {
@@ -613,6 +683,9 @@ impl Applier {
         let (_, name) = split(path);
         if let Some(h) = &mut self.history {
             h.attr_changing(path, dir.as_fd(), name)?;
+        }
+        if let Some(w) = &mut self.watch {
+            w.detector().mtime_set(path, (attr.mtime_sec, attr.mtime_nsec));
         }
         set_attr_existing(dir.as_fd(), name, kind, attr, true)
     }

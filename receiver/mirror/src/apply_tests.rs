@@ -33,6 +33,15 @@ impl Fixture {
         Fixture { clock, _store: store, outside, applier: Applier::new(mirror, "m").with_history(history), seq: 0 }
     }
 
+    /// Watched by the alarm detector, as the service runs it.
+    pub fn watched(mut self) -> Fixture {
+        let layout = StoreLayout::new(self._store.path());
+        let machine = MachineName::new("m").unwrap();
+        let limits = crate::alarm::Limits::default();
+        self.applier.watch = Some(crate::alarm::Watch::new(&layout, &machine, self.clock.clone(), limits));
+        self
+    }
+
     /// The journal's records so far.
     pub fn records(&mut self) -> Vec<lifeline_history::Record> {
         self.applier.sync().unwrap();

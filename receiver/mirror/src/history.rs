@@ -150,7 +150,9 @@ impl History {
     /// The regular file `file` (whose `fstat` is `st`) at `path` is about to
     /// be changed in place: `ranges` (offset, length) overwritten or cut
     /// off, and its attributes set. Keeps the old bytes of the ranges where
-    /// the file had any, its length and its attributes.
+    /// the file had any, its length and its attributes. Answers the first
+    /// old bytes at offset 0 it read (at most `head` of them), for the
+    /// alarm's detector.
     ///
     /// `new` are the bytes about to be written (offset, data; a later one
     /// wins where they overlap): old bytes equal to them are not kept (an
@@ -162,17 +164,22 @@ impl History {
         st: &Stat,
         ranges: &[(u64, u64)],
         new: &[(u64, &[u8])],
-    ) -> OpResult {
+        head: usize,
+    ) -> Result<Option<Vec<u8>>, String> {
         let old_size = st.st_size as u64;
         let mut kept = Vec::new();
+        let mut old_head = None;
         for (offset, len) in merged(ranges, old_size) {
             let mut data = vec![0u8; len as usize];
             file.read_exact_at(&mut data, offset).ctx("read what it overwrites")?;
+            if offset == 0 {
+                old_head = Some(data[..data.len().min(head)].to_vec());
+            }
             kept.extend(changed(offset, data, new));
         }
         let mode = original_mode_fd(file.as_fd(), st.st_mode).ctx("read its mode")?;
         let change = Overwritten { old_size, ranges: kept, attr: Some(attrs_of(st, mode)), shared: shared(st) };
-        self.record(path, Change::Overwritten(change)).map(drop)
+        self.record(path, Change::Overwritten(change)).map(|_| old_head)
     }
 }
 

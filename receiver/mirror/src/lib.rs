@@ -26,6 +26,7 @@
 //! [`lifeline_store::Authenticator`] it is built with; where things live
 //! from [`lifeline_store::StoreLayout`].
 
+pub mod alarm;
 pub mod apply;
 mod attrs;
 pub mod delta;

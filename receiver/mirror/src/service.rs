@@ -18,6 +18,7 @@ use lifeline_core::credential::MachineName;
 use lifeline_store::private::create_private_dir_all;
 use lifeline_store::{Authenticator, Quotas, StoreLayout};
 
+use crate::alarm::{Limits, Watch};
 use crate::apply::Applier;
 use crate::delta::{self, PartialRecord};
 use crate::history::History;
@@ -489,10 +490,10 @@ impl Stream {
                 if keep {
                     // History is kept or nothing is applied: a change whose
                     // past could not be kept would be lost for good.
-                    let history = History::open(&store, &m, clock).map_err(|e| {
+                    let history = History::open(&store, &m, clock.clone()).map_err(|e| {
                         format!("cannot open the history of machine {m} in {}: {e}", store.root().display())
                     })?;
-                    a = a.with_history(history);
+                    a = a.with_history(history).with_watch(Watch::new(&store, &m, clock, Limits::default()));
                 }
                 Ok::<_, String>(match PartialRecord::open(&store, &m) {
                     // Removes what a delta of a killed receiver left behind.
@@ -533,7 +534,13 @@ impl Stream {
         }
         let resume = a.resume_origin();
         info!(%machine, mirror = %a.mirror().path().display(), queue = %format!("{:016x}", self.queue_id), resume, "replication stream started");
-        let hello = Ack { applied_seq: 0, errors: Vec::new(), resume_origin: Some(resume), implied_dirs: Vec::new() };
+        let hello = Ack {
+            applied_seq: 0,
+            errors: Vec::new(),
+            resume_origin: Some(resume),
+            implied_dirs: Vec::new(),
+            alarm: a.alarm(),
+        };
         match self.or_stop(self.tx.send(Ok(hello))).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Stop::Agent,
@@ -591,6 +598,7 @@ impl Stream {
                         p.errors.extend(ack.errors);
                         let room = crate::safepath::IMPLIED_MAX.saturating_sub(p.implied_dirs.len());
                         p.implied_dirs.extend(ack.implied_dirs.into_iter().take(room));
+                        p.alarm = ack.alarm;
                         p
                     }
                 });
@@ -672,7 +680,9 @@ impl Stream {
             Stop::Agent => "ended by the agent",
         };
         let skipped = applier.as_ref().map_or(0, |a| a.skipped);
-        info!(%machine, batches, ops, syncs, skipped, "replication stream stopped: {how}");
+        // How close ordinary work came to an alarm (false-alarm margins).
+        let alarm_peaks = applier.as_ref().map_or_else(String::new, Applier::alarm_peaks);
+        info!(%machine, batches, ops, syncs, skipped, %alarm_peaks, "replication stream stopped: {how}");
         stop
     }
 
