@@ -996,6 +996,48 @@ mod kept {
         assert!(attic.is_subset(&named), "orphans: {:?}", attic.difference(&named).collect::<Vec<_>>());
     }
 
+    /// A restore while the machine goes on replicating into what it
+    /// restores (the agent's `history` and the tray restore from a live
+    /// machine): the tree as of the instant comes back exactly, never an
+    /// error for an entry that moved while it was copied.
+    #[test]
+    fn a_restore_during_replication_is_exact() {
+        let mut f = Fixture::new();
+        for i in 0..400 {
+            f.op(format!("w/d{}/f{i}", i % 8).as_bytes(), data(format!("file {i}").as_bytes(), 0o644)).unwrap();
+        }
+        f.applier.sync().unwrap();
+        let before = snapshot(&f.root().join("w"));
+        let at = f.clock.now_ns();
+        let store = StoreLayout::new(f._store.path());
+        f.clock.advance(1_000);
+        // Removes, renames and rewrites in what is restored, one every
+        // 2 ms for 300 ms, synced as batches are.
+        let busy = std::thread::spawn(move || {
+            for i in 0..150 {
+                let p = format!("w/d{}/f{i}", i % 8).into_bytes();
+                let kind = match i % 3 {
+                    0 => op::Kind::Remove(Remove {}),
+                    1 => rename(format!("w/moved{i}").as_bytes(), false),
+                    _ => data(b"rewritten", 0o600),
+                };
+                f.op(&p, kind).unwrap();
+                f.applier.sync().unwrap();
+                f.clock.advance(1_000);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            f
+        });
+        let machine = MachineName::new("m").unwrap();
+        for _ in 0..3 {
+            let to = tempfile::tempdir().unwrap();
+            crate::restore::restore_as_of(&store, &machine, at, b"w", to.path())
+                .unwrap_or_else(|e| panic!("a restore during replication: {e:#}"));
+            assert_eq!(snapshot(&to.path().join("w")), before);
+        }
+        drop(busy.join().unwrap());
+    }
+
     #[test]
     fn records_carry_their_op_and_are_durable_with_the_batch() {
         let mut f = Fixture::new();

@@ -172,20 +172,6 @@ pub(crate) fn rebuild(
             );
         }
     }
-    let records = journal.records_after(as_of_ns).with_context(|| format!("reading the history of {machine}"))?;
-    let roots = relevant_roots(&paths(&records), &records);
-    let mut links = Links::default();
-    for rec in &records {
-        let shared = match &rec.change {
-            Some(Change::Overwritten(o)) => o.shared,
-            Some(Change::AttrChanged(a)) => a.shared,
-            Some(Change::Displaced(d)) => d.shared,
-            _ => None,
-        };
-        if let Some(id) = shared {
-            links.wanted.insert((id.dev, id.ino));
-        }
-    }
     let mirror = match Source::open(&store.mirror(machine)) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => bail!("machine {machine} has no mirror here"),
@@ -198,12 +184,57 @@ pub(crate) fn rebuild(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("opening {}", attic.display())),
     };
-    for root in &roots {
-        let src = under(&mirror.path, root);
-        if mirror.has(&src) {
-            copy_tree(&mirror, &src, &under(scratch, root), &mut links)?;
+    let read = || journal.records_after(as_of_ns).with_context(|| format!("reading the history of {machine}"));
+    let mut records = read()?;
+    let roots = relevant_roots(&paths(&records), &records);
+    // The machine may be replicating meanwhile: each change is recorded
+    // before it is made, so a copy of the present is consistent with the
+    // records read before it unless a record naming the copied paths came
+    // after. Then the copy starts again (a few times, then gives up).
+    let mut attempt = 0;
+    let (mut links, roots) = loop {
+        attempt += 1;
+        let roots = relevant_roots(&roots, &records);
+        let mut links = Links::default();
+        for rec in &records {
+            let shared = match &rec.change {
+                Some(Change::Overwritten(o)) => o.shared,
+                Some(Change::AttrChanged(a)) => a.shared,
+                Some(Change::Displaced(d)) => d.shared,
+                _ => None,
+            };
+            if let Some(id) = shared {
+                links.wanted.insert((id.dev, id.ino));
+            }
         }
-    }
+        let copied = roots.iter().try_for_each(|root| {
+            let src = under(&mirror.path, root);
+            match mirror.has(&src) {
+                true => copy_tree(&mirror, &src, &under(scratch, root), &mut links),
+                false => Ok(()),
+            }
+        });
+        let again = read()?;
+        let changed = again.len() > records.len()
+            && again[records.len()..].iter().any(|r| {
+                r.paths().iter().any(|p| roots.iter().any(|root| within(p, root) || within(root, p)))
+                    || matches!(&r.change, Some(Change::Overwritten(o)) if o.shared.is_some())
+            });
+        records = again;
+        match (changed, copied) {
+            (false, Ok(())) => break (links, roots),
+            (true, _) if attempt < COPY_ATTEMPTS => {
+                fs::remove_dir_all(scratch)?;
+                fs::create_dir(scratch)?;
+                // Changes come in bursts (an agent's batch): let one pass.
+                std::thread::sleep(std::time::Duration::from_millis(50 * attempt as u64));
+            }
+            (false, Err(e)) => return Err(e),
+            (true, _) => bail!(
+                "the machine kept changing what is restored while it was copied ({COPY_ATTEMPTS} tries): try again, or pause its agent"
+            ),
+        }
+    };
     let mut undone = 0;
     for rec in records.iter().rev() {
         if undo(rec, &roots, scratch, attic.as_ref(), &mut links)? {
@@ -212,6 +243,10 @@ pub(crate) fn rebuild(
     }
     Ok(undone)
 }
+
+/// Copies of the present a restore makes before it gives up on a machine
+/// that keeps changing what it restores.
+const COPY_ATTEMPTS: usize = 10;
 
 /// One change kept for a path, as `history list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
