@@ -215,23 +215,23 @@ pub(crate) fn rebuild(
             }
         });
         let again = read()?;
-        let changed = again.len() > records.len()
-            && again[records.len()..].iter().any(|r| {
-                r.paths().iter().any(|p| roots.iter().any(|root| within(p, root) || within(root, p)))
-                    || matches!(&r.change, Some(Change::Overwritten(o)) if o.shared.is_some())
-            });
+        let changed = again.get(records.len()..).unwrap_or_default().iter().find(|r| {
+            r.paths().iter().any(|p| roots.iter().any(|root| within(p, root) || within(root, p)))
+                || matches!(&r.change, Some(Change::Overwritten(o)) if o.shared.is_some())
+        });
+        let changed = changed.map(|r| String::from_utf8_lossy(&r.path).into_owned());
         records = again;
         match (changed, copied) {
-            (false, Ok(())) => break (links, roots),
-            (true, _) if attempt < COPY_ATTEMPTS => {
+            (None, Ok(())) => break (links, roots),
+            (Some(_), _) if attempt < COPY_ATTEMPTS => {
                 fs::remove_dir_all(scratch)?;
                 fs::create_dir(scratch)?;
                 // Changes come in bursts (an agent's batch): let one pass.
                 std::thread::sleep(std::time::Duration::from_millis(50 * attempt as u64));
             }
-            (false, Err(e)) => return Err(e),
-            (true, _) => bail!(
-                "the machine kept changing what is restored while it was copied ({COPY_ATTEMPTS} tries): try again, or pause its agent"
+            (None, Err(e)) => return Err(e),
+            (Some(path), _) => bail!(
+                "the machine kept changing what is restored while it was copied ({COPY_ATTEMPTS} tries; the last: {path}): try again, or pause its agent"
             ),
         }
     };
