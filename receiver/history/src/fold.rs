@@ -86,22 +86,12 @@ fn related(a: &[u8], b: &[u8]) -> bool {
     within(a, b) || within(b, a)
 }
 
-/// The paths a record's undo acts on.
-fn paths(r: &Record) -> Vec<&[u8]> {
-    r.paths()
-}
-
 fn is_move(r: &Record) -> bool {
     matches!(r.change, Some(Change::Renamed(_) | Change::Exchanged(_)))
 }
 
 fn is_shared(r: &Record) -> bool {
-    match &r.change {
-        Some(Change::Overwritten(o)) => o.shared.is_some(),
-        Some(Change::AttrChanged(a)) => a.shared.is_some(),
-        Some(Change::Displaced(d)) => d.shared.is_some(),
-        _ => false,
-    }
+    r.shared().is_some()
 }
 
 /// The path a record's undo removes whole (and may put something else
@@ -126,12 +116,12 @@ fn superseded(recs: &[Option<Record>], j: usize, object_exists: &dyn Fn(&str) ->
     if is_shared(r) {
         return None;
     }
-    let mine = paths(r);
+    let mine = r.paths();
     for i in (j.saturating_sub(LOOKBACK)..j).rev() {
         let Some(k) = &recs[i] else { continue };
         if let Some(p) = clears(k, object_exists) {
             let blocked =
-                || between(recs, i, j).any(|x| is_shared(x) || (is_move(x) && paths(x).iter().any(|q| related(q, p))));
+                || between(recs, i, j).any(|x| is_shared(x) || (is_move(x) && x.paths().iter().any(|q| related(q, p))));
             if mine.iter().all(|m| within(m, p)) && !blocked() {
                 return Some(match &r.change {
                     Some(Change::Displaced(d)) => Some(d.object.clone()),
@@ -141,7 +131,7 @@ fn superseded(recs: &[Option<Record>], j: usize, object_exists: &dyn Fn(&str) ->
         }
         // Past a record that moves or shares what `r` acts on, no older
         // record can supersede it.
-        if is_shared(k) || (is_move(k) && paths(k).iter().any(|q| mine.iter().any(|m| related(q, m)))) {
+        if is_shared(k) || (is_move(k) && k.paths().iter().any(|q| mine.iter().any(|m| related(q, m)))) {
             return None;
         }
     }
@@ -160,8 +150,8 @@ fn renamed_from_new(recs: &[Option<Record>], j: usize, object_exists: &dyn Fn(&s
             if within(a, p) {
                 let blocked = between(recs, i, j).any(|x| {
                     is_shared(x)
-                        || (is_move(x) && paths(x).iter().any(|q| related(q, p)))
-                        || paths(x).iter().any(|q| within(q, p))
+                        || (is_move(x) && x.paths().iter().any(|q| related(q, p)))
+                        || x.paths().iter().any(|q| within(q, p))
                 });
                 if blocked {
                     return None;
@@ -173,7 +163,7 @@ fn renamed_from_new(recs: &[Option<Record>], j: usize, object_exists: &dyn Fn(&s
                 });
             }
         }
-        if is_shared(k) || paths(k).iter().any(|q| related(q, a)) {
+        if is_shared(k) || k.paths().iter().any(|q| related(q, a)) {
             return None;
         }
     }
@@ -196,7 +186,7 @@ fn written_twice(recs: &[Option<Record>], j: usize) -> Option<(usize, Record)> {
             let change = compose(r.change.as_ref()?, k.change.as_ref()?)?;
             return Some((i, Record { change: Some(change), ..r.clone() }));
         }
-        if paths(k).iter().any(|q| related(q, &r.path)) {
+        if k.paths().iter().any(|q| related(q, &r.path)) {
             return None;
         }
     }

@@ -137,6 +137,17 @@ impl Record {
         }
     }
 
+    /// The identity of the file with several names the change was made
+    /// through, if it had: its undo reaches those other names too.
+    pub fn shared(&self) -> Option<Shared> {
+        match &self.change {
+            Some(Change::Overwritten(o)) => o.shared,
+            Some(Change::AttrChanged(a)) => a.shared,
+            Some(Change::Displaced(d)) => d.shared,
+            _ => None,
+        }
+    }
+
     /// The paths the change named: its path, and a rename's new name or
     /// an exchange's other name.
     pub fn paths(&self) -> Vec<&[u8]> {

@@ -196,17 +196,7 @@ pub(crate) fn rebuild(
         attempt += 1;
         let roots = relevant_roots(&roots, &records);
         let mut links = Links::default();
-        for rec in &records {
-            let shared = match &rec.change {
-                Some(Change::Overwritten(o)) => o.shared,
-                Some(Change::AttrChanged(a)) => a.shared,
-                Some(Change::Displaced(d)) => d.shared,
-                _ => None,
-            };
-            if let Some(id) = shared {
-                links.wanted.insert((id.dev, id.ino));
-            }
-        }
+        links.wanted.extend(records.iter().filter_map(Record::shared).map(|id| (id.dev, id.ino)));
         let copied = roots.iter().try_for_each(|root| {
             let src = under(&mirror.path, root);
             match mirror.has(&src) {
