@@ -63,7 +63,7 @@ impl Db {
         create_private_file(&path)?;
         let conn = Connection::open(&path).with_context(|| format!("cannot open the database {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        set_wal(&conn).with_context(|| format!("cannot switch the database {} to WAL", path.display()))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let mut db = Db { conn, path };
         db.migrate()?;
@@ -74,23 +74,29 @@ impl Db {
         &self.path
     }
 
+    /// Applies the migrations this database lacks, one IMMEDIATE transaction
+    /// each. The version is read again inside the write lock: two processes
+    /// opening a new store at once (a receiver starting while an operator
+    /// adds a machine) must not both apply the same migration.
     fn migrate(&mut self) -> anyhow::Result<()> {
-        let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if version > MIGRATIONS.len() {
-            anyhow::bail!(
-                "the database {} has schema version {version}, newer than this receiver knows ({}); run a newer lifeline-receiver",
-                self.path.display(),
-                MIGRATIONS.len()
-            );
-        }
-        for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version) {
-            let tx = self.conn.transaction()?;
+        loop {
+            let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if version > MIGRATIONS.len() {
+                anyhow::bail!(
+                    "the database {} has schema version {version}, newer than this receiver knows ({}); run a newer lifeline-receiver",
+                    self.path.display(),
+                    MIGRATIONS.len()
+                );
+            }
+            let Some((name, sql)) = MIGRATIONS.get(version) else {
+                return Ok(());
+            };
             tx.execute_batch(sql).with_context(|| format!("migration {name}"))?;
-            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.pragma_update(None, "user_version", version + 1)?;
             tx.commit()?;
             tracing::info!("database {}: applied migration {name}", self.path.display());
         }
-        Ok(())
     }
 
     /// Registers `name` with the credential secret whose hash is given.
@@ -192,9 +198,56 @@ fn create_private_file(path: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Switches to WAL once for good (the mode is stored in the file). SQLite
+/// answers BUSY at once, without its busy handler, when another connection
+/// holds the file while the mode changes: that happens when two processes
+/// open a new store together, so the switch is retried for the busy timeout.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receiver starting while an operator's command opens the same new
+    /// store: every opener must see one fully migrated schema (this failed
+    /// with "duplicate column name" when the version was read outside the
+    /// migration's write lock).
+    #[test]
+    fn openers_racing_on_a_new_store_migrate_it_once() {
+        for _ in 0..20 {
+            let d = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(4);
+            std::thread::scope(|s| {
+                let openers: Vec<_> = (0..4)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            Db::open(d.path()).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for o in openers {
+                    o.join().unwrap().unwrap();
+                }
+            });
+            let db = Db::open(d.path()).unwrap();
+            let v: usize = db.conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+            assert_eq!(v, MIGRATIONS.len());
+        }
+    }
 
     #[test]
     fn machines_are_registered_once_and_audited() {
