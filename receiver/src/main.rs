@@ -56,6 +56,17 @@ struct ServeArgs {
     /// chain http://ADDR/boot.ipxe.
     #[arg(long, env = "LIFELINE_HTTP_LISTEN")]
     http_listen: Option<String>,
+    /// Also serve the web console (HTTPS, with the receiver's certificate)
+    /// on this address, e.g. 0.0.0.0:7443. On a store with no console user
+    /// yet, the first provider admin is made and its password printed.
+    #[arg(long, env = "LIFELINE_CONSOLE_LISTEN")]
+    console_listen: Option<String>,
+    /// Most console connections open at once...
+    #[arg(long, default_value_t = lifeline_console::Limits::default().max_connections)]
+    console_max_connections: usize,
+    /// ... and from one IP address.
+    #[arg(long, default_value_t = lifeline_console::Limits::default().max_connections_per_ip)]
+    console_max_connections_per_ip: usize,
     /// Also serve the iPXE binaries over TFTP on this address (0.0.0.0:69),
     /// for PXE firmware that must chain-load iPXE first.
     #[arg(long, env = "LIFELINE_TFTP_LISTEN")]
@@ -999,6 +1010,36 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             limits.script_budgets().map_err(|e| anyhow::anyhow!("--http-script*: {e}"))?;
             let nb = std::sync::Arc::new(lifeline_boot_server::netboot::NetBoot::new(receiver.store())?);
             tokio::spawn(nb.serve_within(http, limits));
+        }
+        if let Some(addr) = &args.console_listen {
+            let listener =
+                TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--console-listen)"))?;
+            let acceptor = lifeline_console::setup::tls_acceptor(&identity.cert_pem, &identity.key_pem)?;
+            let console = lifeline_console::Console::new(receiver.store(), true)?;
+            println!("console on https://{}/", listener.local_addr()?);
+            match lifeline_console::setup::first_admin(receiver.store())? {
+                Some((login, password)) => println!(
+                    "console first login: {login} / {password}  (kept in {} until changed under Account)",
+                    lifeline_console::setup::first_login_file(receiver.store()).display()
+                ),
+                None if lifeline_console::setup::first_login_file(receiver.store()).exists() => println!(
+                    "console first login: see {}",
+                    lifeline_console::setup::first_login_file(receiver.store()).display()
+                ),
+                None => {}
+            }
+            let limits = lifeline_console::Limits {
+                max_connections: args.console_max_connections,
+                max_connections_per_ip: args.console_max_connections_per_ip,
+                ..Default::default()
+            };
+            tokio::spawn(lifeline_console::serve(
+                listener,
+                Some(acceptor),
+                console.router(),
+                limits,
+                std::future::pending(),
+            ));
         }
         if let Some(addr) = &args.tftp_listen {
             args.tftp_limits().quota().map_err(anyhow::Error::msg)?;

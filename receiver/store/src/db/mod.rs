@@ -19,6 +19,7 @@ use lifeline_core::credential::MachineName;
 use crate::layout::StoreLayout;
 
 pub mod boot;
+pub mod console;
 pub mod history;
 pub mod jobs;
 pub mod quota;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0005_netboot_armed", include_str!("../../migrations/0005_netboot_armed.sql")),
     ("0006_quotas", include_str!("../../migrations/0006_quotas.sql")),
     ("0007_history_retention", include_str!("../../migrations/0007_history_retention.sql")),
+    ("0008_console", include_str!("../../migrations/0008_console.sql")),
 ];
 
 /// A registered machine, as `machine list` shows it.
@@ -110,8 +112,8 @@ impl Db {
             );
         }
         tx.execute(
-            "INSERT INTO machines (name, token_hash, notes) VALUES (?1, ?2, ?3)",
-            params![name.as_str(), &token_hash[..], notes],
+            "INSERT INTO machines (name, token_hash, notes, public_id) VALUES (?1, ?2, ?3, ?4)",
+            params![name.as_str(), &token_hash[..], notes, console::public_id()],
         )?;
         audit(&tx, Some(name.as_str()), "machine added", notes)?;
         tx.commit()?;
@@ -135,11 +137,12 @@ impl Db {
     /// caller's to move aside: `StoreLayout::retire_machine_data`).
     pub fn remove_machine(&mut self, name: &MachineName) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
+        // Audited first: the entry takes its customer from the machine's row.
+        audit(&tx, Some(name.as_str()), "machine removed", "")?;
         let n = tx.execute("DELETE FROM machines WHERE name = ?1", [name.as_str()])?;
         if n == 0 {
             anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");
         }
-        audit(&tx, Some(name.as_str()), "machine removed", "")?;
         tx.commit()?;
         Ok(())
     }
@@ -173,8 +176,14 @@ impl Db {
     }
 }
 
+/// Appends to the audit trail; the entry concerns the machine's customer
+/// (so that the customer's users see it in the console).
 pub(crate) fn audit(conn: &Connection, machine: Option<&str>, event: &str, detail: &str) -> anyhow::Result<()> {
-    conn.execute("INSERT INTO audit (machine, event, detail) VALUES (?1, ?2, ?3)", params![machine, event, detail])?;
+    conn.execute(
+        "INSERT INTO audit (machine, event, detail, customer_id)
+         VALUES (?1, ?2, ?3, (SELECT customer_id FROM machines WHERE name = ?1))",
+        params![machine, event, detail],
+    )?;
     Ok(())
 }
 

@@ -1,0 +1,207 @@
+//! The console's one typed API. Each operation is a function of the caller
+//! and a typed request, answering a typed value; the JSON routes here and
+//! the pages ([`crate::pages`]) both call them, so a page can show nothing
+//! the API would refuse. Scoping to the caller's customer happens in the
+//! database queries ([`lifeline_store::db::console::Scope`]).
+//!
+//! `/api/v1/openapi.json` describes the routes (`openapi.json` beside this
+//! file; a test checks that it names every route).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use lifeline_store::db::console::{AuditRow, Customer, MachineRow, Page, Role, Scope};
+use serde::{Deserialize, Serialize};
+
+use crate::session::{caller, Caller};
+use crate::{Console, Error};
+
+/// Most items one list answer holds.
+pub const MAX_PAGE: i64 = 200;
+/// Items per page unless asked otherwise.
+pub const DEFAULT_PAGE: i64 = 50;
+
+/// A list's filter and window.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub q: String,
+    #[serde(default)]
+    pub offset: i64,
+    pub limit: Option<i64>,
+}
+
+impl ListQuery {
+    fn window(&self) -> Result<(i64, i64), Error> {
+        if self.q.len() > 200 {
+            return Err(Error::BadRequest("a search is at most 200 characters".into()));
+        }
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) || self.offset < 0 {
+            return Err(Error::BadRequest(format!("limit is 1 to {MAX_PAGE}, offset at least 0")));
+        }
+        Ok((self.offset, limit))
+    }
+}
+
+/// The audit trail's filter and window: newest first, entries older than
+/// `before`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub q: String,
+    pub before: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    pub items: Vec<AuditRow>,
+    /// `before` for the next (older) page; `None`: this was the last.
+    pub next_before: Option<i64>,
+}
+
+/// Who the caller is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Me {
+    pub id: String,
+    pub login: String,
+    pub role: &'static str,
+    pub customer: Option<Customer>,
+    pub second_factor: bool,
+}
+
+/// A new customer and its first administrator.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NewCustomer {
+    pub name: String,
+    #[serde(default)]
+    pub email: String,
+    pub admin_login: String,
+    pub admin_password: String,
+}
+
+pub async fn me(console: &Arc<Console>, caller: &Caller) -> Result<Me, Error> {
+    let customer = match caller.user.customer_id {
+        Some(id) => console.db(move |db| db.customer_by_id(id)).await?,
+        None => None,
+    };
+    Ok(Me {
+        id: caller.user.public_id.clone(),
+        login: caller.user.login.clone(),
+        role: caller.user.role.as_str(),
+        customer,
+        second_factor: caller.user.has_totp,
+    })
+}
+
+pub async fn machines(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<MachineRow>, Error> {
+    let (offset, limit) = q.window()?;
+    let scope = caller.scope();
+    console.db(move |db| db.machines_page(scope, &q.q, offset, limit)).await
+}
+
+pub async fn machine(console: &Arc<Console>, caller: &Caller, id: String) -> Result<MachineRow, Error> {
+    let scope = caller.scope();
+    console.db(move |db| db.machine(scope, &id)).await?.ok_or(Error::NotFound)
+}
+
+pub async fn customers(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<Customer>, Error> {
+    let (offset, limit) = q.window()?;
+    let scope = caller.scope();
+    console.db(move |db| db.customers_page(scope, &q.q, offset, limit)).await
+}
+
+pub async fn add_customer(console: &Arc<Console>, caller: &Caller, new: NewCustomer) -> Result<Customer, Error> {
+    caller.require(Role::ProviderAdmin)?;
+    let actor = caller.user.login.clone();
+    console
+        .db(move |db| db.add_customer_with_admin(&new.name, &new.email, &new.admin_login, &new.admin_password, &actor))
+        .await
+        .map_err(|e| match e {
+            // What was wrong with the request (a name taken, a short
+            // password) is the caller's to fix.
+            Error::Internal(e) => Error::BadRequest(format!("{e:#}")),
+            e => e,
+        })
+}
+
+pub async fn audit(console: &Arc<Console>, caller: &Caller, q: AuditQuery) -> Result<AuditPage, Error> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) || q.q.len() > 200 {
+        return Err(Error::BadRequest(format!("limit is 1 to {MAX_PAGE}, a search at most 200 characters")));
+    }
+    let scope: Scope = caller.scope();
+    let items = console.db(move |db| db.audit_page(scope, &q.q, q.before, limit)).await?;
+    let next_before = (items.len() as i64 == limit).then(|| items.last().map(|e| e.id)).flatten();
+    Ok(AuditPage { items, next_before })
+}
+
+/// The JSON routes, under `/api/v1`.
+pub fn routes() -> Router<Arc<Console>> {
+    Router::new()
+        .route("/openapi.json", get(openapi))
+        .route("/me", get(|State(c): State<Arc<Console>>, h: HeaderMap| async move { json(me(&c, &api_caller(&c, &h).await?).await) }))
+        .route(
+            "/machines",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Query(q): Query<ListQuery>| async move {
+                json(machines(&c, &api_caller(&c, &h).await?, q).await)
+            }),
+        )
+        .route(
+            "/machines/{id}",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>| async move {
+                json(machine(&c, &api_caller(&c, &h).await?, id).await)
+            }),
+        )
+        .route(
+            "/customers",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Query(q): Query<ListQuery>| async move {
+                json(customers(&c, &api_caller(&c, &h).await?, q).await)
+            })
+            .post(|State(c): State<Arc<Console>>, h: HeaderMap, Json(new): Json<NewCustomer>| async move {
+                let caller = api_caller(&c, &h).await?;
+                caller.may_change(&h, None).map_err(ApiError)?;
+                let made = add_customer(&c, &caller, new).await.map_err(ApiError)?;
+                Ok::<_, ApiError>((StatusCode::CREATED, Json(made)))
+            }),
+        )
+        .route(
+            "/audit",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Query(q): Query<AuditQuery>| async move {
+                json(audit(&c, &api_caller(&c, &h).await?, q).await)
+            }),
+        )
+        .fallback(|| async { ApiError(Error::NotFound) })
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// The API's description.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn api_caller(console: &Arc<Console>, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    caller(console, headers).await.map_err(ApiError)
+}
+
+fn json<T: Serialize>(r: Result<T, Error>) -> Result<Json<T>, ApiError> {
+    r.map(Json).map_err(ApiError)
+}
+
+/// An [`Error`] answered as JSON: `{"error": "..."}`, and 401 rather than a
+/// redirect to the sign-in form.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.0.status();
+        (status, Json(serde_json::json!({ "error": self.0.message() }))).into_response()
+    }
+}

@@ -1,0 +1,180 @@
+//! Lifeline's web console, served by the receiver (`lifeline-receiver serve
+//! --console-listen ADDR`) over HTTPS, in the receiver's process and on its
+//! management database: the provider's staff and its customers' users sign
+//! in and see, each, only what their customer owns.
+//!
+//! - [`serve`]: the listener and its bounds.
+//! - [`session`]: who is calling (a session cookie or an API token), CSRF.
+//! - [`api`]: the one typed API: each operation is a function taking the
+//!   caller, used by the JSON routes (`/api/v1/...`, described by
+//!   `/api/v1/openapi.json`) and by the pages alike.
+//! - [`pages`]: server-rendered pages (minijinja templates compiled into
+//!   the binary, htmx vendored: no JavaScript build step).
+
+pub mod api;
+pub mod pages;
+pub mod serve;
+pub mod session;
+pub mod setup;
+pub mod totp;
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use lifeline_store::{Db, StoreLayout};
+
+pub use serve::{serve, Limits, Peer};
+
+/// The largest request body: a form or a JSON request, never a file.
+pub const BODY_LIMIT: usize = 64 << 10;
+
+/// What every handler shares.
+pub struct Console {
+    store: StoreLayout,
+    db: Mutex<Db>,
+    templates: minijinja::Environment<'static>,
+    /// Cookies carry `Secure` (the console is served over TLS).
+    secure: bool,
+}
+
+impl Console {
+    /// The console over `store`'s database. `secure`: served over TLS (the
+    /// receiver always is; in-process tests may go without).
+    pub fn new(store: &StoreLayout, secure: bool) -> anyhow::Result<Arc<Console>> {
+        Ok(Arc::new(Console {
+            store: store.clone(),
+            db: Mutex::new(Db::open(store.root())?),
+            templates: pages::templates()?,
+            secure,
+        }))
+    }
+
+    /// Runs `f` on the database off the async threads (password hashing
+    /// takes tens of milliseconds of CPU; queries may wait on a lock).
+    pub async fn db<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Db) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, Error> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut db = me.db.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut db)
+        })
+        .await
+        .map_err(|e| Error::Internal(anyhow::anyhow!("a database task failed: {e}")))?
+        .map_err(Error::from)
+    }
+
+    /// The routes, pages and API, with the headers every answer carries.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/", get(pages::home))
+            .route("/login", get(pages::login_form).post(pages::login))
+            .route("/login/second-factor", get(pages::second_factor_form).post(pages::second_factor))
+            .route("/logout", post(pages::logout))
+            .route("/machines", get(pages::machines))
+            .route("/machines/{id}", get(pages::machine))
+            .route("/customers", get(pages::customers).post(pages::add_customer))
+            .route("/audit", get(pages::audit))
+            .route("/account", get(pages::account))
+            .route("/account/tokens", post(pages::add_token))
+            .route("/account/password", post(pages::change_password))
+            .route("/account/second-factor/start", post(pages::second_factor_start))
+            .route("/account/second-factor", post(pages::second_factor_confirm))
+            .route("/static/htmx.min.js", get(pages::htmx))
+            .route("/static/console.css", get(pages::css))
+            .nest("/api/v1", api::routes())
+            .fallback(|| async { Error::NotFound })
+            .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+            .layer(axum::middleware::map_response(security_headers))
+            .with_state(self.clone())
+    }
+}
+
+/// What no answer goes without: no framing, no sniffing, no referrer
+/// leaking ids, scripts and styles from the console itself only, and pages
+/// not kept in caches (they hold a customer's data).
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+/// Why a request was not answered with what it asked.
+#[derive(Debug)]
+pub enum Error {
+    /// Not signed in (pages: to the sign-in form).
+    SignIn,
+    /// Signed in, but this is not the user's to do.
+    Forbidden(String),
+    /// No such object, or another customer's: the same answer.
+    NotFound,
+    BadRequest(String),
+    Internal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Error {
+        Error::Internal(e)
+    }
+}
+
+impl Error {
+    fn status(&self) -> StatusCode {
+        match self {
+            Error::SignIn => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Error::SignIn => "sign in first".into(),
+            Error::Forbidden(why) => why.clone(),
+            Error::NotFound => "not found".into(),
+            Error::BadRequest(why) => why.clone(),
+            // The details are for the log, not for whoever asked.
+            Error::Internal(e) => {
+                tracing::error!("console: {e:#}");
+                "the console failed to answer; the receiver's log says why".into()
+            }
+        }
+    }
+}
+
+/// Pages answer errors as a short HTML page (the sign-in form for
+/// [`Error::SignIn`]).
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::SignIn = self {
+            return axum::response::Redirect::to("/login").into_response();
+        }
+        let status = self.status();
+        let body = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{status}</title>\
+             <link rel=\"stylesheet\" href=\"/static/console.css\"></head><body><main><h1>{}</h1><p>{}</p>\
+             <p><a href=\"/\">Back to the console</a></p></main></body></html>",
+            status.canonical_reason().unwrap_or("Error"),
+            minijinja::HtmlEscape(&self.message())
+        );
+        (status, Html(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests;

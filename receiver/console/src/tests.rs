@@ -1,0 +1,120 @@
+//! The console's routes answered in-process (the router, no socket): the
+//! isolation and refusal rules. The browser drives the real listener in
+//! `tests/tests/console.rs`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use lifeline_store::db::console::Role;
+use lifeline_store::{Db, MachineName, StoreLayout};
+use tower::ServiceExt;
+
+use crate::Console;
+
+struct World {
+    _dir: tempfile::TempDir,
+    console: Arc<Console>,
+    /// Session cookies of a user of customer A and one of customer B.
+    a: String,
+    b: String,
+    /// The URL id of A's machine.
+    a_machine: String,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreLayout::create(dir.path()).unwrap();
+    let mut db = Db::open(store.root()).unwrap();
+    let ca = db.add_customer("A", "", "t").unwrap();
+    let cb = db.add_customer("B", "", "t").unwrap();
+    let ua = db.add_user("a@a.test", "password of a user", Some(ca.id), Role::CustomerAdmin, "t").unwrap();
+    let ub = db.add_user("b@b.test", "password of b user", Some(cb.id), Role::CustomerAdmin, "t").unwrap();
+    db.add_machine(&MachineName::new("alpha").unwrap(), &[1; 32], "").unwrap();
+    db.set_machine_customer("alpha", Some(ca.id), "t").unwrap();
+    let now = crate::session::now();
+    let (a, _) = db.open_session(&ua, true, now).unwrap();
+    let (b, _) = db.open_session(&ub, true, now).unwrap();
+    let a_machine = db.machines_page(ua.scope(), "", 0, 10).unwrap().items[0].public_id.clone();
+    World { console: Console::new(&store, false).unwrap(), _dir: dir, a, b, a_machine }
+}
+
+async fn get(c: &Arc<Console>, path: &str, session: Option<&str>) -> (StatusCode, String) {
+    let mut req = Request::get(path);
+    if let Some(s) = session {
+        req = req.header(header::COOKIE, format!("ll_session={s}"));
+    }
+    send(c, req.body(Body::empty()).unwrap()).await
+}
+
+async fn send(c: &Arc<Console>, req: Request<Body>) -> (StatusCode, String) {
+    let r = c.router().oneshot(req).await.unwrap();
+    let status = r.status();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn another_customers_machine_answers_404_like_one_that_does_not_exist() {
+    let w = world();
+    let own = format!("/machines/{}", w.a_machine);
+    assert_eq!(get(&w.console, &own, Some(&w.a)).await.0, StatusCode::OK);
+    let (status, body) = get(&w.console, &own, Some(&w.b)).await;
+    let (none_status, none_body) = get(&w.console, "/machines/000000000000000000000000", Some(&w.b)).await;
+    assert_eq!((status, &body), (none_status, &none_body));
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let api = format!("/api/v1/machines/{}", w.a_machine);
+    assert_eq!(get(&w.console, &api, Some(&w.b)).await.0, StatusCode::NOT_FOUND);
+    let (_, list) = get(&w.console, "/api/v1/machines", Some(&w.b)).await;
+    assert!(!list.contains("alpha"), "{list}");
+    let (_, list) = get(&w.console, "/api/v1/machines", Some(&w.a)).await;
+    assert!(list.contains("alpha"), "{list}");
+    // Nobody signed in: pages go to the sign-in form, the API says 401.
+    assert_eq!(get(&w.console, "/machines", None).await.0, StatusCode::SEE_OTHER);
+    assert_eq!(get(&w.console, "/api/v1/machines", None).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_change_without_the_csrf_token_or_from_another_site_is_refused() {
+    let w = world();
+    let post = |csrf: &str, site: &str| {
+        Request::post("/account/tokens")
+            .header(header::COOKIE, format!("ll_session={}", w.a))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("sec-fetch-site", site)
+            .body(Body::from(format!("csrf={csrf}&name=ci")))
+            .unwrap()
+    };
+    let (status, body) = send(&w.console, post("0123", "same-origin")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("CSRF"), "{body}");
+    let csrf = {
+        let (_, page) = get(&w.console, "/account", Some(&w.a)).await;
+        let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+        page[at..at + 64].to_string()
+    };
+    assert_eq!(send(&w.console, post(&csrf, "cross-site")).await.0, StatusCode::FORBIDDEN);
+    let (status, body) = send(&w.console, post(&csrf, "same-origin")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("llt_"), "the new token is shown once: {body}");
+}
+
+#[tokio::test]
+async fn the_openapi_description_names_every_api_route() {
+    let doc: serde_json::Value = serde_json::from_str(crate::api::OPENAPI).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let source = include_str!("api.rs");
+    let routes: Vec<&str> = source
+        .match_indices(".route(")
+        .map(|(i, _)| source[i + 7..].trim_start().trim_start_matches('"').split('"').next().unwrap())
+        .collect();
+    assert!(routes.len() >= 6, "{routes:?}");
+    for r in routes {
+        assert!(paths.contains_key(r), "the API route {r} is not in openapi.json");
+    }
+    let w = world();
+    let (status, body) = get(&w.console, "/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"openapi\""));
+}
