@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+mod customers;
 use lifeline_boot_server::bootmedia;
 use lifeline_boot_server::netboot::HttpLimits;
 use lifeline_boot_server::tftp::TftpLimits;
@@ -61,6 +63,15 @@ struct ServeArgs {
     /// yet, the first provider admin is made and its password printed.
     #[arg(long, env = "LIFELINE_CONSOLE_LISTEN")]
     console_listen: Option<String>,
+    /// The static lifeline-image the console puts into the boot media its
+    /// users ask for (scripts/test.sh builds it in
+    /// target/lifeline-bootos-agent/); without it the console makes none.
+    #[arg(long, env = "LIFELINE_BOOTOS_AGENT")]
+    bootos_agent: Option<PathBuf>,
+    /// How booted machines reach this receiver, for the boot media the
+    /// console makes (https://backup.example.net:7700).
+    #[arg(long)]
+    public_url: Option<String>,
     /// Most console connections open at once...
     #[arg(long, default_value_t = lifeline_console::Limits::default().max_connections)]
     console_max_connections: usize,
@@ -207,6 +218,10 @@ enum Command {
     /// Register, list, re-key and remove machines.
     #[command(subcommand)]
     Machine(MachineCmd),
+    /// The provider's customers: each signs in to the console and sees
+    /// only its own machines.
+    #[command(subcommand)]
+    Customer(customers::CustomerCmd),
     /// Boot media: a boot OS made for one machine (kernel, initramfs with
     /// the agent, kernel command line with a one-time token).
     #[command(subcommand)]
@@ -450,6 +465,7 @@ fn main() -> anyhow::Result<()> {
         None => serve(&cli.store, cli.serve),
         Some(Command::Serve(args)) => serve(&cli.store, args),
         Some(Command::Machine(cmd)) => machine(&cli.store, cmd),
+        Some(Command::Customer(cmd)) => customers::run(&cli.store, cmd),
         Some(Command::Bootos(cmd)) => bootos(&cli.store, cmd),
         Some(Command::Jobs { machine, last }) => {
             let db = Db::open(&cli.store)?;
@@ -1015,7 +1031,15 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (--console-listen)"))?;
             let acceptor = lifeline_console::setup::tls_acceptor(&identity.cert_pem, &identity.key_pem)?;
-            let console = lifeline_console::Console::new(receiver.store(), true)?;
+            let media = lifeline_console::service::MediaConfig {
+                agent: args.bootos_agent.clone(),
+                receiver_url: args.public_url.clone(),
+                kernel: None,
+            };
+            if media.agent.is_none() {
+                tracing::warn!("DEGRADED: the console makes no boot media: give --bootos-agent (a static lifeline-image)");
+            }
+            let console = lifeline_console::Console::with_media(receiver.store(), true, media)?;
             println!("console on https://{}/", listener.local_addr()?);
             match lifeline_console::setup::first_admin(receiver.store())? {
                 Some((login, password)) => println!(

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifeline_store::db::console::{AuditRow, Customer, MachineRow, Page, Role, Scope};
 use serde::{Deserialize, Serialize};
 
+use crate::service::{self, AskMedia, RegisterPc};
 use crate::session::{caller, Caller};
 use crate::{Console, Error};
 
@@ -141,6 +142,13 @@ pub async fn audit(console: &Arc<Console>, caller: &Caller, q: AuditQuery) -> Re
     Ok(AuditPage { items, next_before })
 }
 
+/// How long to arm network boot.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Arm {
+    /// 0 disarms.
+    pub minutes: u64,
+}
+
 /// The JSON routes, under `/api/v1`.
 pub fn routes() -> Router<Arc<Console>> {
     Router::new()
@@ -150,12 +158,63 @@ pub fn routes() -> Router<Arc<Console>> {
             "/machines",
             get(|State(c): State<Arc<Console>>, h: HeaderMap, Query(q): Query<ListQuery>| async move {
                 json(machines(&c, &api_caller(&c, &h).await?, q).await)
+            })
+            .post(|State(c): State<Arc<Console>>, h: HeaderMap, Json(pc): Json<RegisterPc>| async move {
+                let caller = api_caller(&c, &h).await?;
+                caller.may_change(&h, None).map_err(ApiError)?;
+                let r = service::register_pc(&c, &caller, pc).await.map_err(ApiError)?;
+                Ok::<_, ApiError>((StatusCode::CREATED, Json(r)))
             }),
         )
         .route(
             "/machines/{id}",
             get(|State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>| async move {
                 json(machine(&c, &api_caller(&c, &h).await?, id).await)
+            }),
+        )
+        .route(
+            "/machines/{id}/media",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>| async move {
+                let caller = api_caller(&c, &h).await?;
+                let m = machine(&c, &caller, id).await.map_err(ApiError)?;
+                json(c.db(move |db| db.media_requests_of(&m.name)).await)
+            })
+            .post(
+                |State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>, Json(ask): Json<AskMedia>| async move {
+                    let caller = api_caller(&c, &h).await?;
+                    caller.may_change(&h, None).map_err(ApiError)?;
+                    let r = service::ask_media(&c, &caller, id, ask).await.map_err(ApiError)?;
+                    Ok::<_, ApiError>((StatusCode::ACCEPTED, Json(r)))
+                },
+            ),
+        )
+        .route(
+            "/media/{id}",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>| async move {
+                json(service::media_request(&c, &api_caller(&c, &h).await?, id).await)
+            }),
+        )
+        .route(
+            "/media/{id}/arm",
+            post(|State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>, Json(a): Json<Arm>| async move {
+                let caller = api_caller(&c, &h).await?;
+                caller.may_change(&h, None).map_err(ApiError)?;
+                json(service::arm(&c, &caller, id, a.minutes).await)
+            }),
+        )
+        .route(
+            "/media/{id}/revoke",
+            post(|State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>| async move {
+                let caller = api_caller(&c, &h).await?;
+                caller.may_change(&h, None).map_err(ApiError)?;
+                json(service::revoke(&c, &caller, id).await)
+            }),
+        )
+        .route(
+            "/media/{id}/download",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, p: Path<String>| async move {
+                // The page's handler, answering as the API does.
+                crate::pages::download(State(c), h, p).await.map_err(ApiError)
             }),
         )
         .route(

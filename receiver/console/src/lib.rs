@@ -14,6 +14,7 @@
 pub mod api;
 pub mod pages;
 pub mod serve;
+pub mod service;
 pub mod session;
 pub mod setup;
 pub mod totp;
@@ -38,17 +39,29 @@ pub struct Console {
     templates: minijinja::Environment<'static>,
     /// Cookies carry `Secure` (the console is served over TLS).
     secure: bool,
+    media: service::MediaConfig,
 }
 
 impl Console {
     /// The console over `store`'s database. `secure`: served over TLS (the
     /// receiver always is; in-process tests may go without).
     pub fn new(store: &StoreLayout, secure: bool) -> anyhow::Result<Arc<Console>> {
+        Console::with_media(store, secure, service::MediaConfig::default())
+    }
+
+    /// The console, making boot media as `media` says.
+    pub fn with_media(store: &StoreLayout, secure: bool, media: service::MediaConfig) -> anyhow::Result<Arc<Console>> {
+        let mut db = Db::open(store.root())?;
+        let stale = db.fail_unfinished_media_requests()?;
+        if stale > 0 {
+            tracing::warn!("console: {stale} boot media left unmade by a stopped receiver are marked failed");
+        }
         Ok(Arc::new(Console {
             store: store.clone(),
-            db: Mutex::new(Db::open(store.root())?),
+            db: Mutex::new(db),
             templates: pages::templates()?,
             secure,
+            media,
         }))
     }
 
@@ -76,7 +89,13 @@ impl Console {
             .route("/login/second-factor", get(pages::second_factor_form).post(pages::second_factor))
             .route("/logout", post(pages::logout))
             .route("/machines", get(pages::machines))
+            .route("/machines/new", get(pages::register_form).post(pages::register))
             .route("/machines/{id}", get(pages::machine))
+            .route("/machines/{id}/media", post(pages::ask_media))
+            .route("/media/{id}/arm", post(pages::arm))
+            .route("/media/{id}/revoke", post(pages::revoke))
+            .route("/media/{id}/download", get(pages::download))
+            .route("/ca.crt", get(pages::ca))
             .route("/customers", get(pages::customers).post(pages::add_customer))
             .route("/audit", get(pages::audit))
             .route("/account", get(pages::account))

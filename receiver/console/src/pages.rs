@@ -13,6 +13,7 @@ use minijinja::{context, Environment, Value};
 use serde::Deserialize;
 
 use crate::api::{self, AuditQuery, ListQuery, NewCustomer};
+use crate::service::{self, AskMedia, RegisterPc};
 use crate::session::{self, caller, cookie, cross_site, now, set_cookie, Caller, COOKIE};
 use crate::{totp, Console, Error, Peer};
 
@@ -31,6 +32,9 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("customers.html", include_str!("../templates/customers.html")),
     ("audit.html", include_str!("../templates/audit.html")),
     ("account.html", include_str!("../templates/account.html")),
+    ("register.html", include_str!("../templates/register.html")),
+    ("registered.html", include_str!("../templates/registered.html")),
+    ("media_list.html", include_str!("../templates/media_list.html")),
 ];
 
 /// The templates, parsed once (autoescaping HTML: they end in `.html`).
@@ -230,8 +234,12 @@ pub async fn machines(
     let caller = caller(&c, &h).await?;
     let page = api::machines(&c, &caller, q.clone()).await?;
     // htmx's search asks for the list alone.
-    let name = if h.contains_key("hx-request") { "machines_list.html" } else { "machines.html" };
-    c.page(name, "machines", &caller, context! { page, q => q.q }).await
+    if h.contains_key("hx-request") {
+        return c.page("machines_list.html", "machines", &caller, context! { page, q => q.q }).await;
+    }
+    let scope = caller.scope();
+    let notifications = c.db(move |db| db.notifications(scope, 5)).await?;
+    c.page("machines.html", "machines", &caller, context! { page, q => q.q, notifications }).await
 }
 
 pub async fn machine(
@@ -241,7 +249,153 @@ pub async fn machine(
 ) -> Result<Html<String>, Error> {
     let caller = caller(&c, &h).await?;
     let m = api::machine(&c, &caller, id).await?;
-    c.page("machine.html", "machines", &caller, context! { m }).await
+    let name = m.name.clone();
+    let media = c.db(move |db| db.media_requests_of(&name)).await?;
+    let making = media.iter().any(|r| r.state == "making");
+    let can_make = c.media.agent.is_some();
+    // htmx polls the media list while some are being made.
+    let list = if h.contains_key("hx-request") { "media_list.html" } else { "machine.html" };
+    c.page(list, "machines", &caller, context! { m, media, making, can_make }).await
+}
+
+pub async fn register_form(State(c): State<Arc<Console>>, h: HeaderMap) -> Result<Html<String>, Error> {
+    let caller = caller(&c, &h).await?;
+    c.page("register.html", "machines", &caller, context! { pc => context! { style => "receiver" } }).await
+}
+
+#[derive(Deserialize)]
+pub struct RegisterForm {
+    csrf: String,
+    #[serde(flatten)]
+    pc: RegisterPc,
+}
+
+pub async fn register(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Form(f): Form<RegisterForm>,
+) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    caller.may_change(&h, Some(&f.csrf))?;
+    let pc = f.pc.clone();
+    match service::register_pc(&c, &caller, f.pc).await {
+        Ok(r) => Ok(c.page("registered.html", "machines", &caller, context! { r }).await?.into_response()),
+        Err(Error::BadRequest(why)) => Ok((
+            StatusCode::BAD_REQUEST,
+            c.page(
+                "register.html",
+                "machines",
+                &caller,
+                context! { problem => why, pc => context! {
+                name => pc.name, mac => pc.mac, ip => pc.ip, style => pc.style, notes => pc.notes } },
+            )
+            .await?,
+        )
+            .into_response()),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct MediaForm {
+    csrf: String,
+    #[serde(flatten)]
+    ask: AskMedia,
+}
+
+pub async fn ask_media(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<MediaForm>,
+) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    caller.may_change(&h, Some(&f.csrf))?;
+    match service::ask_media(&c, &caller, id.clone(), f.ask).await {
+        Ok(r) => Ok(Redirect::to(&format!("/machines/{id}#media-{}", r.public_id)).into_response()),
+        Err(Error::BadRequest(why) | Error::Forbidden(why)) => {
+            let m = api::machine(&c, &caller, id).await?;
+            let name = m.name.clone();
+            let media = c.db(move |db| db.media_requests_of(&name)).await?;
+            let can_make = c.media.agent.is_some();
+            Ok((
+                StatusCode::BAD_REQUEST,
+                c.page("machine.html", "machines", &caller, context! { m, media, can_make, problem => why }).await?,
+            )
+                .into_response())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ArmForm {
+    csrf: String,
+    minutes: u64,
+}
+
+pub async fn arm(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<ArmForm>,
+) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    caller.may_change(&h, Some(&f.csrf))?;
+    let r = service::arm(&c, &caller, id, f.minutes).await?;
+    back_to_machine(&c, &caller, &r.machine, &r.public_id).await
+}
+
+pub async fn revoke(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    caller.may_change(&h, Some(&f.csrf))?;
+    let r = service::revoke(&c, &caller, id).await?;
+    back_to_machine(&c, &caller, &r.machine, &r.public_id).await
+}
+
+/// To the machine page of `machine` (a name), at media `media`.
+async fn back_to_machine(c: &Arc<Console>, caller: &Caller, machine: &str, media: &str) -> Result<Response, Error> {
+    let (scope, name) = (caller.scope(), machine.to_string());
+    let page = c.db(move |db| db.machines_page(scope, &name, 0, 200)).await?;
+    let m = page.items.into_iter().find(|m| m.name == machine).ok_or(Error::NotFound)?;
+    Ok(Redirect::to(&format!("/machines/{}#media-{media}", m.public_id)).into_response())
+}
+
+/// The file of ISO or USB media, streamed.
+pub async fn download(State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    let (path, name) = service::media_file(&c, &caller, id).await?;
+    let file =
+        tokio::fs::File::open(&path).await.map_err(|e| Error::Internal(anyhow::anyhow!("{}: {e}", path.display())))?;
+    let len = file.metadata().await.map_err(|e| Error::Internal(e.into()))?.len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 << 10));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// The receiver's CA, which agents trust (`--ca`): public.
+pub async fn ca(State(c): State<Arc<Console>>) -> Result<Response, Error> {
+    let pem = std::fs::read(c.store.ca_cert()).map_err(|_| Error::NotFound)?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-pem-file"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"lifeline-ca.crt\""),
+        ],
+        pem,
+    )
+        .into_response())
 }
 
 pub async fn customers(

@@ -55,7 +55,7 @@ pub fn first_admin(store: &StoreLayout) -> anyhow::Result<Option<(String, String
 }
 
 /// 20 characters from an alphabet without look-alikes: about 110 bits.
-fn readable_password() -> String {
+pub fn readable_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyzABCDEFGHJKMNPQRSTUVWXYZ23456789";
     let mut raw = [0u8; 20];
     getrandom::fill(&mut raw).expect("the kernel's random source failed");

@@ -66,6 +66,11 @@ CREATE TABLE api_tokens (
 -- registered before the console was).
 ALTER TABLE machines ADD COLUMN customer_id INTEGER REFERENCES customers (id);
 ALTER TABLE machines ADD COLUMN public_id TEXT;
+-- What its customer said when registering it: where it is on its network,
+-- and whether its images go to the service or to storage attached to it.
+ALTER TABLE machines ADD COLUMN ip TEXT;
+ALTER TABLE machines ADD COLUMN backup_style TEXT NOT NULL DEFAULT 'receiver'
+    CHECK (backup_style IN ('receiver', 'local'));
 UPDATE machines SET public_id = lower(hex(randomblob(12)));
 CREATE UNIQUE INDEX machines_public_id ON machines (public_id);
 CREATE INDEX machines_customer ON machines (customer_id, name);
@@ -75,3 +80,33 @@ ALTER TABLE audit ADD COLUMN customer_id INTEGER;
 ALTER TABLE audit ADD COLUMN actor TEXT NOT NULL DEFAULT '';
 UPDATE audit SET customer_id = (SELECT customer_id FROM machines WHERE machines.name = audit.machine);
 CREATE INDEX audit_customer ON audit (customer_id, id);
+
+-- Boot media asked for in the console: made in the background, then
+-- downloaded (ISO, USB image) or armed (network boot). `media` is the
+-- boot_media row once made.
+CREATE TABLE media_requests (
+    id              INTEGER PRIMARY KEY,
+    public_id       TEXT NOT NULL UNIQUE,
+    customer_id     INTEGER REFERENCES customers (id) ON DELETE CASCADE,
+    machine         TEXT NOT NULL REFERENCES machines (name) ON DELETE CASCADE,
+    kind            TEXT NOT NULL CHECK (kind IN ('netboot', 'iso', 'usb')),
+    mode            TEXT NOT NULL CHECK (mode IN ('backup', 'restore', 'menu')),
+    state           TEXT NOT NULL DEFAULT 'making' CHECK (state IN ('making', 'ready', 'failed')),
+    media           INTEGER REFERENCES boot_media (id) ON DELETE SET NULL,
+    error           TEXT NOT NULL DEFAULT '',
+    asked_by        TEXT NOT NULL,
+    created_at      TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    done_at         TEXT
+);
+CREATE INDEX media_requests_machine ON media_requests (machine, id);
+
+-- What the console tells a customer's users (and provider staff, with
+-- customer_id NULL) when something they asked for is done.
+CREATE TABLE notifications (
+    id              INTEGER PRIMARY KEY,
+    customer_id     INTEGER REFERENCES customers (id) ON DELETE CASCADE,
+    at              TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    text            TEXT NOT NULL,
+    link            TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX notifications_customer ON notifications (customer_id, id);

@@ -62,7 +62,7 @@ pub enum Scope {
 
 impl Scope {
     /// The customer id to filter on; `None`: every customer.
-    fn customer(self) -> Option<i64> {
+    pub fn customer(self) -> Option<i64> {
         match self {
             Scope::Provider => None,
             Scope::Customer(id) => Some(id),
@@ -133,9 +133,29 @@ pub struct MachineRow {
     pub name: String,
     pub customer: Option<String>,
     pub mac: Option<String>,
+    pub ip: Option<String>,
+    /// receiver or local.
+    pub backup_style: String,
     pub notes: String,
     pub quota_bytes: Option<i64>,
     pub created_at: String,
+}
+
+const MACHINE_COLUMNS: &str =
+    "m.public_id, m.name, c.name, m.mac, m.ip, m.backup_style, m.notes, m.quota_bytes, m.created_at";
+
+fn machine_of(r: &Row<'_>) -> rusqlite::Result<MachineRow> {
+    Ok(MachineRow {
+        public_id: r.get(0)?,
+        name: r.get(1)?,
+        customer: r.get(2)?,
+        mac: r.get(3)?,
+        ip: r.get(4)?,
+        backup_style: r.get(5)?,
+        notes: r.get(6)?,
+        quota_bytes: r.get(7)?,
+        created_at: r.get(8)?,
+    })
 }
 
 /// An audit entry as the console lists it.
@@ -279,6 +299,21 @@ impl Db {
                 customer_of,
             )
             .optional()?)
+    }
+
+    pub fn customer_by_name(&self, name: &str) -> anyhow::Result<Option<Customer>> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {CUSTOMER_COLUMNS} FROM customers WHERE name = ?1"), [name], customer_of)
+            .optional()?)
+    }
+
+    /// Sets how many machines a customer may register (`None`: no limit).
+    pub fn set_customer_machine_quota(&mut self, id: i64, machines: Option<i64>, actor: &str) -> anyhow::Result<()> {
+        self.conn.execute("UPDATE customers SET quota_machines = ?2 WHERE id = ?1", params![id, machines])?;
+        let what = machines.map_or("no limit".to_string(), |n| format!("{n} machines"));
+        audit_by(&self.conn, Some(id), None, actor, "customer quota set", &what)?;
+        Ok(())
     }
 
     pub fn customer_by_id(&self, id: i64) -> anyhow::Result<Option<Customer>> {
@@ -552,6 +587,18 @@ impl Db {
         Ok(found)
     }
 
+    /// Appends to the audit trail an entry made by console user `actor`.
+    pub fn audit_by(
+        &self,
+        customer: Option<i64>,
+        machine: Option<&str>,
+        actor: &str,
+        event: &str,
+        detail: &str,
+    ) -> anyhow::Result<()> {
+        audit_by(&self.conn, customer, machine, actor, event, detail)
+    }
+
     /// Gives machine `name` to `customer` (audited).
     pub fn set_machine_customer(&mut self, name: &str, customer: Option<i64>, actor: &str) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
@@ -584,23 +631,11 @@ impl Db {
             |r| r.get(0),
         )?;
         let mut st = self.conn.prepare(&format!(
-            "SELECT m.public_id, m.name, c.name, m.mac, m.notes, m.quota_bytes, m.created_at
-             FROM machines m LEFT JOIN customers c ON c.id = m.customer_id
+            "SELECT {MACHINE_COLUMNS} FROM machines m LEFT JOIN customers c ON c.id = m.customer_id
              WHERE {filter} ORDER BY m.name LIMIT ?3 OFFSET ?4"
         ))?;
-        let items = st
-            .query_map(params![scope.customer(), pattern, limit, offset], |r| {
-                Ok(MachineRow {
-                    public_id: r.get(0)?,
-                    name: r.get(1)?,
-                    customer: r.get(2)?,
-                    mac: r.get(3)?,
-                    notes: r.get(4)?,
-                    quota_bytes: r.get(5)?,
-                    created_at: r.get(6)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
+        let items =
+            st.query_map(params![scope.customer(), pattern, limit, offset], machine_of)?.collect::<Result<_, _>>()?;
         Ok(Page { items, total, offset, limit })
     }
 
@@ -609,21 +644,12 @@ impl Db {
         Ok(self
             .conn
             .query_row(
-                "SELECT m.public_id, m.name, c.name, m.mac, m.notes, m.quota_bytes, m.created_at
-                 FROM machines m LEFT JOIN customers c ON c.id = m.customer_id
-                 WHERE m.public_id = ?1 AND (?2 IS NULL OR m.customer_id = ?2)",
+                &format!(
+                    "SELECT {MACHINE_COLUMNS} FROM machines m LEFT JOIN customers c ON c.id = m.customer_id
+                     WHERE m.public_id = ?1 AND (?2 IS NULL OR m.customer_id = ?2)"
+                ),
                 params![public_id, scope.customer()],
-                |r| {
-                    Ok(MachineRow {
-                        public_id: r.get(0)?,
-                        name: r.get(1)?,
-                        customer: r.get(2)?,
-                        mac: r.get(3)?,
-                        notes: r.get(4)?,
-                        quota_bytes: r.get(5)?,
-                        created_at: r.get(6)?,
-                    })
-                },
+                machine_of,
             )
             .optional()?)
     }

@@ -23,6 +23,7 @@ pub mod console;
 pub mod history;
 pub mod jobs;
 pub mod quota;
+pub mod service;
 
 /// The migrations, in order. Append only: a released one never changes.
 const MIGRATIONS: &[(&str, &str)] = &[
