@@ -72,6 +72,23 @@ struct ServeArgs {
     /// console makes (https://backup.example.net:7700).
     #[arg(long)]
     public_url: Option<String>,
+    /// Mail the console's notices (boot media made) to customers through
+    /// this SMTP server: smtp://HOST:PORT (plain), smtp://HOST:587?tls=required
+    /// or smtps://HOST:465, with USER:PASSWORD@ before HOST if it asks.
+    #[arg(long, env = "LIFELINE_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// The sender of the console's mail.
+    #[arg(long, default_value = "lifeline@localhost")]
+    smtp_from: String,
+    /// The console's address as customers reach it, for links in mail
+    /// (https://backup.example.net:7443).
+    #[arg(long)]
+    console_url: Option<String>,
+    /// Anyone reaching the console may sign up as a new customer (its
+    /// first administrator chooses a password); otherwise customers are
+    /// added by the provider (`customer add`, or the console).
+    #[arg(long)]
+    console_signup: bool,
     /// Most console connections open at once...
     #[arg(long, default_value_t = lifeline_console::Limits::default().max_connections)]
     console_max_connections: usize,
@@ -1039,7 +1056,20 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
             if media.agent.is_none() {
                 tracing::warn!("DEGRADED: the console makes no boot media: give --bootos-agent (a static lifeline-image)");
             }
-            let console = lifeline_console::Console::with_media(receiver.store(), true, media)?;
+            let mailer = match &args.smtp_url {
+                Some(url) => Some(lifeline_console::mail::Mailer::new(url, &args.smtp_from)?),
+                None => None,
+            };
+            let console = lifeline_console::Console::with(
+                receiver.store(),
+                lifeline_console::Options {
+                    secure: true,
+                    media,
+                    mailer,
+                    public_url: args.console_url.clone(),
+                    signup: args.console_signup,
+                },
+            )?;
             println!("console on https://{}/", listener.local_addr()?);
             match lifeline_console::setup::first_admin(receiver.store())? {
                 Some((login, password)) => println!(

@@ -12,7 +12,9 @@
 //!   the binary, htmx vendored: no JavaScript build step).
 
 pub mod api;
+pub mod mail;
 pub mod pages;
+pub mod ratelimit;
 pub mod serve;
 pub mod service;
 pub mod session;
@@ -32,6 +34,28 @@ pub use serve::{serve, Limits, Peer};
 /// The largest request body: a form or a JSON request, never a file.
 pub const BODY_LIMIT: usize = 64 << 10;
 
+/// How the receiver runs its console.
+#[derive(Default)]
+pub struct Options {
+    /// Served over TLS: cookies carry `Secure`.
+    pub secure: bool,
+    /// How boot media are made (none without an agent binary).
+    pub media: service::MediaConfig,
+    /// Notices also go by mail.
+    pub mailer: Option<mail::Mailer>,
+    /// The console's address, for links in mail
+    /// (`https://console.example.net:7443`).
+    pub public_url: Option<String>,
+    /// Anyone may sign up as a new customer (`/signup`).
+    pub signup: bool,
+}
+
+/// Sign-in attempts one address may make per [`SIGN_IN_WINDOW`].
+pub const SIGN_INS_PER_WINDOW: u32 = 30;
+pub const SIGN_IN_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+/// Sign-ups one address may make per hour.
+pub const SIGN_UPS_PER_HOUR: u32 = 3;
+
 /// What every handler shares.
 pub struct Console {
     store: StoreLayout,
@@ -40,17 +64,22 @@ pub struct Console {
     /// Cookies carry `Secure` (the console is served over TLS).
     secure: bool,
     media: service::MediaConfig,
+    mailer: Option<mail::Mailer>,
+    /// The console's own address, for links in mail.
+    public_url: Option<String>,
+    signup: bool,
+    sign_ins: ratelimit::RateLimit,
+    sign_ups: ratelimit::RateLimit,
 }
 
 impl Console {
     /// The console over `store`'s database. `secure`: served over TLS (the
     /// receiver always is; in-process tests may go without).
     pub fn new(store: &StoreLayout, secure: bool) -> anyhow::Result<Arc<Console>> {
-        Console::with_media(store, secure, service::MediaConfig::default())
+        Console::with(store, Options { secure, ..Options::default() })
     }
 
-    /// The console, making boot media as `media` says.
-    pub fn with_media(store: &StoreLayout, secure: bool, media: service::MediaConfig) -> anyhow::Result<Arc<Console>> {
+    pub fn with(store: &StoreLayout, o: Options) -> anyhow::Result<Arc<Console>> {
         let mut db = Db::open(store.root())?;
         let stale = db.fail_unfinished_media_requests()?;
         if stale > 0 {
@@ -60,8 +89,13 @@ impl Console {
             store: store.clone(),
             db: Mutex::new(db),
             templates: pages::templates()?,
-            secure,
-            media,
+            secure: o.secure,
+            media: o.media,
+            mailer: o.mailer,
+            public_url: o.public_url,
+            signup: o.signup,
+            sign_ins: ratelimit::RateLimit::new(SIGN_INS_PER_WINDOW, SIGN_IN_WINDOW),
+            sign_ups: ratelimit::RateLimit::new(SIGN_UPS_PER_HOUR, std::time::Duration::from_secs(3600)),
         }))
     }
 
@@ -88,6 +122,7 @@ impl Console {
             .route("/login", get(pages::login_form).post(pages::login))
             .route("/login/second-factor", get(pages::second_factor_form).post(pages::second_factor))
             .route("/logout", post(pages::logout))
+            .route("/signup", get(pages::signup_form).post(pages::signup))
             .route("/machines", get(pages::machines))
             .route("/machines/new", get(pages::register_form).post(pages::register))
             .route("/machines/{id}", get(pages::machine))

@@ -33,6 +33,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("audit.html", include_str!("../templates/audit.html")),
     ("account.html", include_str!("../templates/account.html")),
     ("register.html", include_str!("../templates/register.html")),
+    ("signup.html", include_str!("../templates/signup.html")),
     ("registered.html", include_str!("../templates/registered.html")),
     ("media_list.html", include_str!("../templates/media_list.html")),
 ];
@@ -88,7 +89,7 @@ pub async fn css() -> impl IntoResponse {
 /// The sign-in form, with a fresh CSRF token in a cookie and the form.
 fn login_page(c: &Console, login: &str, problem: Option<String>, status: StatusCode) -> Result<Response, Error> {
     let token = lifeline_store::db::console::new_secret();
-    let html = c.render("login.html", context! { login_csrf => token, login, problem })?;
+    let html = c.render("login.html", context! { login_csrf => token, login, problem, signup => c.signup })?;
     Ok((status, [(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, Some(&token), c.secure))], html).into_response())
 }
 
@@ -117,6 +118,16 @@ pub async fn login(
 ) -> Result<Response, Error> {
     if !login_csrf_ok(&h, &f.csrf) {
         return login_page(&c, &f.login, Some("The form was stale: sign in again.".into()), StatusCode::FORBIDDEN);
+    }
+    if let Some(p) = &peer {
+        if !c.sign_ins.allow(p.0 .0.ip()) {
+            return login_page(
+                &c,
+                &f.login,
+                Some("Too many sign-ins from your address: wait ten minutes.".into()),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+        }
     }
     if f.login.len() > 254 || f.password.len() > 1024 {
         return login_page(&c, "", Some("Wrong login or password.".into()), StatusCode::UNAUTHORIZED);
@@ -581,4 +592,89 @@ pub async fn add_token(
     let user = caller.user.clone();
     let (_, secret) = c.db(move |db| db.add_api_token(&user, &name, write)).await?;
     Ok(c.page("account.html", "account", &caller, context! { new_token => secret }).await?.into_response())
+}
+
+/// The sign-up form: a new customer and its administrator. Only when the
+/// provider lets anyone sign up (`serve --console-signup`).
+pub async fn signup_form(State(c): State<Arc<Console>>) -> Result<Response, Error> {
+    if !c.signup {
+        return Err(Error::NotFound);
+    }
+    signup_page(&c, None, context! {}, StatusCode::OK)
+}
+
+fn signup_page(c: &Console, problem: Option<String>, form: Value, status: StatusCode) -> Result<Response, Error> {
+    let token = lifeline_store::db::console::new_secret();
+    let html = c.render("signup.html", context! { login_csrf => token, problem, f => form })?;
+    Ok((status, [(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, Some(&token), c.secure))], html).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct SignupForm {
+    csrf: String,
+    name: String,
+    email: String,
+    login: String,
+    password: String,
+    again: String,
+}
+
+pub async fn signup(
+    State(c): State<Arc<Console>>,
+    peer: Option<axum::Extension<Peer>>,
+    h: HeaderMap,
+    Form(f): Form<SignupForm>,
+) -> Result<Response, Error> {
+    if !c.signup {
+        return Err(Error::NotFound);
+    }
+    let kept = context! { name => f.name.clone(), email => f.email.clone(), login => f.login.clone() };
+    if !login_csrf_ok(&h, &f.csrf) {
+        return signup_page(&c, Some("The form was stale: fill it in again.".into()), kept, StatusCode::FORBIDDEN);
+    }
+    let from = peer.map_or("?".to_string(), |p| p.0 .0.ip().to_string());
+    if let Ok(ip) = from.parse() {
+        if !c.sign_ups.allow(ip) {
+            return signup_page(
+                &c,
+                Some("Too many sign-ups from your address: try again in an hour.".into()),
+                kept,
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+        }
+    }
+    if f.password != f.again {
+        return signup_page(&c, Some("The two passwords differ.".into()), kept, StatusCode::BAD_REQUEST);
+    }
+    if !f.email.contains('@') {
+        return signup_page(
+            &c,
+            Some("Give the address your notices should go to.".into()),
+            kept,
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    let actor = format!("sign-up from {from}");
+    let (name, email, login, password) = (f.name, f.email, f.login.clone(), f.password);
+    let made = c.db(move |db| db.add_customer_with_admin(&name, &email, &login, &password, &actor)).await;
+    if let Err(Error::Internal(e)) = made {
+        return signup_page(&c, Some(format!("{e:#}")), kept, StatusCode::BAD_REQUEST);
+    }
+    made?;
+    let now = now();
+    let login = f.login;
+    let session = c
+        .db(move |db| {
+            let user = db.user_by_login(&login)?.ok_or_else(|| anyhow::anyhow!("the new user vanished"))?;
+            db.open_session(&user, true, now)
+        })
+        .await?;
+    Ok((
+        axum::response::AppendHeaders([
+            (header::SET_COOKIE, set_cookie(COOKIE, Some(&session.0), c.secure)),
+            (header::SET_COOKIE, set_cookie(LOGIN_COOKIE, None, c.secure)),
+        ]),
+        Redirect::to("/machines/new"),
+    )
+        .into_response())
 }

@@ -143,14 +143,21 @@ pub async fn ask_media(
     let link = format!("/machines/{}#media-{}", machine.public_id, request.public_id);
     let me = console.clone();
     let id = request.id;
-    tokio::task::spawn_blocking(move || me.make_media(id, spec, &link));
+    tokio::spawn(async move {
+        let maker = me.clone();
+        let link2 = link.clone();
+        let outcome = tokio::task::spawn_blocking(move || maker.make_media(id, spec, &link2)).await;
+        if let (Ok(Some(text)), Some(customer)) = (outcome, customer) {
+            me.mail_customer(customer, &text, &link).await;
+        }
+    });
     Ok(request)
 }
 
 impl Console {
     /// Makes the media of request `id` (a blocking task), records the
-    /// outcome, tells the customer.
-    fn make_media(&self, id: i64, spec: MediaSpec, link: &str) {
+    /// outcome, tells the customer in the console: what it said.
+    fn make_media(&self, id: i64, spec: MediaSpec, link: &str) -> Option<String> {
         let started = std::time::Instant::now();
         let made = Db::open(self.store.root()).and_then(|mut db| bootmedia::make(&self.store, &mut db, &spec));
         let outcome = match made {
@@ -170,8 +177,26 @@ impl Console {
             }
         };
         let mut db = self.db.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = db.finish_media_request(id, outcome, link) {
-            warn!("console: cannot record the outcome of boot media request {id}: {e:#}");
+        match db.finish_media_request(id, outcome, link) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                warn!("console: cannot record the outcome of boot media request {id}: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Mails `text` to the customer's contact address, if there are both a
+    /// mailer and an address. A failure is logged: the notice is in the
+    /// console anyway.
+    async fn mail_customer(self: &Arc<Self>, customer: i64, text: &str, link: &str) {
+        let Some(mailer) = &self.mailer else { return };
+        let Ok(Some(to)) = self.db(move |db| db.customer_email(customer)).await else { return };
+        let url = self.public_url.as_deref().map(|u| format!("{}{link}", u.trim_end_matches('/'))).unwrap_or_default();
+        let body = format!("{text}\n\n{url}\n\n-- \nLifeline backup service\n");
+        match mailer.send(&to, text, body).await {
+            Ok(()) => info!("console: mailed {to}: {text}"),
+            Err(e) => warn!("console: {e:#}"),
         }
     }
 

@@ -362,6 +362,13 @@ impl Db {
         Ok(user)
     }
 
+    pub fn user_by_login(&self, login: &str) -> anyhow::Result<Option<User>> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE login = ?1"), [login.trim()], user_of)
+            .optional()?)
+    }
+
     pub fn user_count(&self) -> anyhow::Result<i64> {
         Ok(self.conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
     }

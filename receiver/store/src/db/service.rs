@@ -166,8 +166,13 @@ impl Db {
     }
 
     /// Marks a request made (`Ok(media id)`) or failed, and tells its
-    /// customer.
-    pub fn finish_media_request(&mut self, id: i64, outcome: Result<i64, String>, link: &str) -> anyhow::Result<()> {
+    /// customer: what it told.
+    pub fn finish_media_request(
+        &mut self,
+        id: i64,
+        outcome: Result<i64, String>,
+        link: &str,
+    ) -> anyhow::Result<String> {
         let (customer, machine, kind): (Option<i64>, String, String) =
             self.conn.query_row("SELECT customer_id, machine, kind FROM media_requests WHERE id = ?1", [id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -203,7 +208,7 @@ impl Db {
             if outcome.is_ok() { "boot media made" } else { "boot media failed" },
             &text,
         )?;
-        Ok(())
+        Ok(text)
     }
 
     /// Requests left `making` by a receiver that stopped: failed, so that
