@@ -15,9 +15,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 bash scripts/setup.sh
 cargo build --release --bins
+# The boot OS the console makes for a customer's PC carries a static
+# lifeline-image (as scripts/test.sh builds it).
+CARGO_TARGET_DIR=target/lifeline-bootos-agent CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true \
+  cargo build --release --target x86_64-unknown-linux-musl -p lifeline-image
+BOOTOS_AGENT=$ROOT/target/lifeline-bootos-agent/x86_64-unknown-linux-musl/release/lifeline-image
 BIN=$ROOT/target/release
 DEMO=$ROOT/demo
 PORT=${LIFELINE_DEMO_PORT:-7700}
+CONSOLE_PORT=${LIFELINE_DEMO_CONSOLE_PORT:-7443}
 mkdir -p "$DEMO/source" "$DEMO/store" "$DEMO/agent-state"
 [ -e "$DEMO/source/README.txt" ] || echo "Files here are replicated by Lifeline." > "$DEMO/source/README.txt"
 
@@ -30,7 +36,9 @@ CREDS=$DEMO/credentials
 # a write seen with its byte range). If not, the agent falls back to inotify
 # and the last lines below say so and why.
 CHECK_OUT=$("$BIN/lifeline-agent" check-capture --dir "$DEMO/source" 2>&1) && CAPTURE_OK=1 || CAPTURE_OK=0
-"$BIN/lifeline-receiver" --listen "127.0.0.1:$PORT" --store "$DEMO/store" &
+"$BIN/lifeline-receiver" --listen "127.0.0.1:$PORT" --store "$DEMO/store" \
+  --console-listen "127.0.0.1:$CONSOLE_PORT" --console-signup --bootos-agent "$BOOTOS_AGENT" \
+  --public-url "https://127.0.0.1:$PORT" --console-url "https://127.0.0.1:$CONSOLE_PORT" &
 RECEIVER=$!
 "$BIN/lifeline-agent" run --receiver "https://127.0.0.1:$PORT" --token-file "$CREDS/demo.token" \
   --ca "$CREDS/ca.crt" --watch "$DEMO/source" --state-dir "$DEMO/agent-state" &
@@ -41,6 +49,13 @@ for _ in $(seq 50); do "$BIN/lifeline-agent" status $CTL >/dev/null 2>&1 && brea
 MIRROR="$DEMO/store/mirror/demo$DEMO/source"
 echo
 echo "Lifeline is replicating $DEMO/source -> $MIRROR"
+echo "  console: https://127.0.0.1:$CONSOLE_PORT/  (certificate from the receiver's own CA: $CREDS/ca.crt)"
+for _ in $(seq 50); do [ -e "$DEMO/store/console-first-login" ] && break; sleep 0.1; done
+if [ -e "$DEMO/store/console-first-login" ]; then
+  echo "  first login: $(sed -n 's/^login: //p' "$DEMO/store/console-first-login") / $(sed -n 's/^password: //p' "$DEMO/store/console-first-login")  (change it under Account)"
+else
+  echo "  console login: the provider admin you set up (the first password was changed)"
+fi
 echo "  status:  $BIN/lifeline-agent status $CTL"
 echo "  off/on:  $BIN/lifeline-agent off $CTL ; $BIN/lifeline-agent on $CTL"
 
@@ -71,6 +86,11 @@ if [ "${1:-}" = "--check" ]; then
     if diff -r --no-dereference "$SRC" "$MIRROR" >/dev/null 2>&1; then
       "$BIN/lifeline-agent" status $CTL
       echo "demo check: the mirror is identical to the source"
+      if ! curl -sf --cacert "$CREDS/ca.crt" "https://127.0.0.1:$CONSOLE_PORT/login" | grep -q 'action="/login"'; then
+        echo "demo check FAILED: the console does not answer on https://127.0.0.1:$CONSOLE_PORT/login" >&2
+        exit 1
+      fi
+      echo "demo check: the console answers"
       if report_capture; then
         echo "demo check passed"
         exit 0

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lifeline_store::db::console::{AuditRow, Customer, MachineRow, Page, Role, Scope};
+use lifeline_store::db::console::{AuditRow, Customer, ImageRow, JobRow, MachineRow, Page, Role, Scope};
 use serde::{Deserialize, Serialize};
 
 use crate::service::{self, AskMedia, RegisterPc};
@@ -109,6 +109,18 @@ pub async fn machines(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> 
 pub async fn machine(console: &Arc<Console>, caller: &Caller, id: String) -> Result<MachineRow, Error> {
     let scope = caller.scope();
     console.db(move |db| db.machine(scope, &id)).await?.ok_or(Error::NotFound)
+}
+
+pub async fn images(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<ImageRow>, Error> {
+    let (offset, limit) = q.window()?;
+    let scope = caller.scope();
+    console.db(move |db| db.images_page(scope, &q.q, offset, limit)).await
+}
+
+pub async fn jobs(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<JobRow>, Error> {
+    let (offset, limit) = q.window()?;
+    let scope = caller.scope();
+    console.db(move |db| db.jobs_page(scope, &q.q, offset, limit)).await
 }
 
 pub async fn customers(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<Customer>, Error> {
@@ -227,6 +239,18 @@ pub fn routes() -> Router<Arc<Console>> {
                 caller.may_change(&h, None).map_err(ApiError)?;
                 let made = add_customer(&c, &caller, new).await.map_err(ApiError)?;
                 Ok::<_, ApiError>((StatusCode::CREATED, Json(made)))
+            }),
+        )
+        .route(
+            "/images",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Query(q): Query<ListQuery>| async move {
+                json(images(&c, &api_caller(&c, &h).await?, q).await)
+            }),
+        )
+        .route(
+            "/jobs",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap, Query(q): Query<ListQuery>| async move {
+                json(jobs(&c, &api_caller(&c, &h).await?, q).await)
             }),
         )
         .route(

@@ -33,6 +33,9 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("audit.html", include_str!("../templates/audit.html")),
     ("account.html", include_str!("../templates/account.html")),
     ("register.html", include_str!("../templates/register.html")),
+    ("images.html", include_str!("../templates/images.html")),
+    ("jobs.html", include_str!("../templates/jobs.html")),
+    ("jobs_list.html", include_str!("../templates/jobs_list.html")),
     ("signup.html", include_str!("../templates/signup.html")),
     ("registered.html", include_str!("../templates/registered.html")),
     ("media_list.html", include_str!("../templates/media_list.html")),
@@ -41,10 +44,27 @@ const TEMPLATES: &[(&str, &str)] = &[
 /// The templates, parsed once (autoescaping HTML: they end in `.html`).
 pub fn templates() -> anyhow::Result<Environment<'static>> {
     let mut env = Environment::new();
+    env.add_filter("bytes", human_bytes);
     for (name, source) in TEMPLATES {
         env.add_template(name, source).map_err(|e| anyhow::anyhow!("template {name}: {e}"))?;
     }
     Ok(env)
+}
+
+/// `1536` as "1.5 KiB": sizes as people read them.
+fn human_bytes(n: i64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v.abs() >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 impl Console {
@@ -407,6 +427,29 @@ pub async fn ca(State(c): State<Arc<Console>>) -> Result<Response, Error> {
         pem,
     )
         .into_response())
+}
+
+pub async fn images(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Html<String>, Error> {
+    let caller = caller(&c, &h).await?;
+    let page = api::images(&c, &caller, q.clone()).await?;
+    c.page("images.html", "images", &caller, context! { page, q => q.q }).await
+}
+
+pub async fn jobs(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Html<String>, Error> {
+    let caller = caller(&c, &h).await?;
+    let page = api::jobs(&c, &caller, q.clone()).await?;
+    let running = page.items.iter().any(|j| j.state == "running");
+    // htmx refreshes the list while a job runs: live progress.
+    let name = if h.contains_key("hx-request") { "jobs_list.html" } else { "jobs.html" };
+    c.page(name, "jobs", &caller, context! { page, q => q.q, running }).await
 }
 
 pub async fn customers(

@@ -176,8 +176,8 @@ impl Console {
                 Err(format!("{e:#}"))
             }
         };
-        let mut db = self.db.lock().unwrap_or_else(|e| e.into_inner());
-        match db.finish_media_request(id, outcome, link) {
+        let finished = Db::open(self.store.root()).and_then(|mut db| db.finish_media_request(id, outcome, link));
+        match finished {
             Ok(text) => Some(text),
             Err(e) => {
                 warn!("console: cannot record the outcome of boot media request {id}: {e:#}");

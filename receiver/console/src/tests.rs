@@ -118,3 +118,47 @@ async fn the_openapi_description_names_every_api_route() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"openapi\""));
 }
+
+/// Every page renders with rows in its lists (an empty list hides a broken
+/// row template), for a customer and for the provider.
+#[tokio::test]
+async fn every_page_renders_with_rows() {
+    let w = world();
+    let conn = rusqlite::Connection::open(w.console.store.database()).unwrap();
+    conn.execute_batch(
+        "INSERT INTO jobs (machine, kind, image, state, done_bytes, total_bytes) VALUES ('alpha', 'backup', 'img-1', 'running', 5, 10);
+         INSERT INTO images (machine, name, disk, disk_size, image_bytes, stored_bytes, job) VALUES ('alpha', 'img-0', 'sda', 100, 50, 20, 1);",
+    )
+    .unwrap();
+    let admin = {
+        let mut db = Db::open(w.console.store.root()).unwrap();
+        let u = db.add_user("root@provider.test", "a long enough password", None, Role::ProviderAdmin, "t").unwrap();
+        db.open_session(&u, true, crate::session::now()).unwrap().0
+    };
+    let machine = format!("/machines/{}", w.a_machine);
+    for session in [&w.a, &admin] {
+        for (path, expect) in [
+            ("/machines", "alpha"),
+            ("/machines?q=alp", "alpha"),
+            (machine.as_str(), "Boot media"),
+            ("/machines/new", "Register a PC"),
+            ("/images", "img-0"),
+            ("/jobs", "50 %"),
+            ("/audit", "machine given"),
+            ("/audit?q=given", "machine given"),
+            ("/customers", "Customer"),
+            ("/account", "API tokens"),
+        ] {
+            let (status, body) = get(&w.console, path, Some(session)).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            assert!(body.contains(expect), "{path} lacks {expect:?}: {body}");
+        }
+        let req = Request::get("/machines?q=alp").header(header::COOKIE, format!("ll_session={session}"));
+        let (status, body) = send(&w.console, req.header("hx-request", "true").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("alpha") && !body.contains("<html"), "htmx gets the list alone: {body}");
+    }
+    for path in ["/login", "/static/htmx.min.js", "/static/console.css"] {
+        assert_eq!(get(&w.console, path, None).await.0, StatusCode::OK, "{path}");
+    }
+}

@@ -110,3 +110,6 @@ CREATE TABLE notifications (
     link            TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX notifications_customer ON notifications (customer_id, id);
+
+-- The console lists a customer's jobs through its machines.
+CREATE INDEX jobs_machine ON jobs (machine, id);

@@ -61,6 +61,17 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The SQL condition keeping `column`'s rows of this scope, with the
+    /// customer id bound to `param` (NULL for the provider). Written per
+    /// scope rather than as `(param IS NULL OR column = param)`, which
+    /// SQLite cannot answer from an index on `column`.
+    pub fn clause(self, column: &str, param: &str) -> String {
+        match self {
+            Scope::Provider => format!("{param} IS NULL"),
+            Scope::Customer(_) => format!("{column} = {param}"),
+        }
+    }
+
     /// The customer id to filter on; `None`: every customer.
     pub fn customer(self) -> Option<i64> {
         match self {
@@ -167,6 +178,37 @@ pub struct AuditRow {
     pub event: String,
     pub detail: String,
     pub actor: String,
+}
+
+/// A disk image as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ImageRow {
+    pub machine: String,
+    /// The machine's URL id.
+    pub machine_id: String,
+    pub name: String,
+    pub disk: String,
+    pub disk_size: i64,
+    pub image_bytes: i64,
+    pub stored_bytes: i64,
+    pub created_at: String,
+}
+
+/// An imaging job as the console lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JobRow {
+    pub id: i64,
+    pub machine: String,
+    pub machine_id: String,
+    pub kind: String,
+    pub image: String,
+    pub state: String,
+    pub done_bytes: i64,
+    pub total_bytes: i64,
+    pub message: String,
+    pub started_at: String,
+    pub updated_at: String,
+    pub finished_at: Option<String>,
 }
 
 /// One page of a list, and how many match in all.
@@ -523,7 +565,12 @@ impl Db {
             )
             .optional()?;
         if found.is_some() {
-            self.conn.execute("UPDATE sessions SET last_seen = ?2 WHERE token_hash = ?1", params![&hash[..], now])?;
+            // At most once a minute: a write on every page view would
+            // serialize every reader behind SQLite's write lock.
+            self.conn.execute(
+                "UPDATE sessions SET last_seen = ?2 WHERE token_hash = ?1 AND last_seen < ?2 - 60",
+                params![&hash[..], now],
+            )?;
         }
         Ok(found)
     }
@@ -586,8 +633,10 @@ impl Db {
             )
             .optional()?;
         if found.is_some() {
+            // To the minute, for the same reason as sessions.
             self.conn.execute(
-                "UPDATE api_tokens SET last_used = strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE token_hash = ?1",
+                "UPDATE api_tokens SET last_used = strftime('%Y-%m-%dT%H:%M:00Z', 'now')
+                 WHERE token_hash = ?1 AND last_used IS NOT strftime('%Y-%m-%dT%H:%M:00Z', 'now')",
                 [&hash[..]],
             )?;
         }
@@ -631,7 +680,7 @@ impl Db {
         limit: i64,
     ) -> anyhow::Result<Page<MachineRow>> {
         let pattern = like_pattern(search);
-        let filter = "(?1 IS NULL OR m.customer_id = ?1) AND m.name LIKE ?2 ESCAPE '\\'";
+        let filter = format!("{} AND m.name LIKE ?2 ESCAPE '\\'", scope.clause("m.customer_id", "?1"));
         let total = self.conn.query_row(
             &format!("SELECT count(*) FROM machines m WHERE {filter}"),
             params![scope.customer(), pattern],
@@ -661,6 +710,86 @@ impl Db {
             .optional()?)
     }
 
+    /// Disk images of machines whose name holds `search` (or whose image
+    /// name does), newest first.
+    pub fn images_page(&self, scope: Scope, search: &str, offset: i64, limit: i64) -> anyhow::Result<Page<ImageRow>> {
+        let pattern = like_pattern(search);
+        let filter = format!(
+            "{} AND (?2 = '' OR i.machine LIKE ?3 ESCAPE '\\' OR i.name LIKE ?3 ESCAPE '\\')",
+            scope.clause("m.customer_id", "?1")
+        );
+        let total = if scope == Scope::Provider && search.is_empty() {
+            self.conn.query_row("SELECT count(*) FROM images", [], |r| r.get(0))?
+        } else {
+            self.conn.query_row(
+                &format!("SELECT count(*) FROM images i JOIN machines m ON m.name = i.machine WHERE {filter}"),
+                params![scope.customer(), search, pattern],
+                |r| r.get(0),
+            )?
+        };
+        let mut st = self.conn.prepare(&format!(
+            "SELECT i.machine, m.public_id, i.name, i.disk, i.disk_size, i.image_bytes, i.stored_bytes, i.created_at
+             FROM images i JOIN machines m ON m.name = i.machine WHERE {filter}
+             ORDER BY i.id DESC LIMIT ?4 OFFSET ?5"
+        ))?;
+        let items = st
+            .query_map(params![scope.customer(), search, pattern, limit, offset], |r| {
+                Ok(ImageRow {
+                    machine: r.get(0)?,
+                    machine_id: r.get(1)?,
+                    name: r.get(2)?,
+                    disk: r.get(3)?,
+                    disk_size: r.get(4)?,
+                    image_bytes: r.get(5)?,
+                    stored_bytes: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, total, offset, limit })
+    }
+
+    /// Imaging jobs, newest first.
+    pub fn jobs_page(&self, scope: Scope, search: &str, offset: i64, limit: i64) -> anyhow::Result<Page<JobRow>> {
+        let pattern = like_pattern(search);
+        let filter = format!("{} AND (?2 = '' OR j.machine LIKE ?3 ESCAPE '\\')", scope.clause("m.customer_id", "?1"));
+        let total = if scope == Scope::Provider && search.is_empty() {
+            // Every job: no join to count through.
+            self.conn.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?
+        } else {
+            self.conn.query_row(
+                &format!("SELECT count(*) FROM jobs j JOIN machines m ON m.name = j.machine WHERE {filter}"),
+                params![scope.customer(), search, pattern],
+                |r| r.get(0),
+            )?
+        };
+        let mut st = self.conn.prepare(&format!(
+            "SELECT j.id, j.machine, m.public_id, j.kind, j.image, j.state, j.done_bytes, j.total_bytes, j.message,
+                    j.started_at, j.updated_at, j.finished_at
+             FROM jobs j JOIN machines m ON m.name = j.machine WHERE {filter}
+             ORDER BY j.id DESC LIMIT ?4 OFFSET ?5"
+        ))?;
+        let items = st
+            .query_map(params![scope.customer(), search, pattern, limit, offset], |r| {
+                Ok(JobRow {
+                    id: r.get(0)?,
+                    machine: r.get(1)?,
+                    machine_id: r.get(2)?,
+                    kind: r.get(3)?,
+                    image: r.get(4)?,
+                    state: r.get(5)?,
+                    done_bytes: r.get(6)?,
+                    total_bytes: r.get(7)?,
+                    message: r.get(8)?,
+                    started_at: r.get(9)?,
+                    updated_at: r.get(10)?,
+                    finished_at: r.get(11)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(Page { items, total, offset, limit })
+    }
+
     /// Audit entries, newest first, older than `before` (an entry id; `None`:
     /// the newest), whose event, machine or detail holds `search`. Paged by
     /// id rather than by offset so that the millionth entry costs what the
@@ -672,12 +801,14 @@ impl Db {
         before: Option<i64>,
         limit: i64,
     ) -> anyhow::Result<Vec<AuditRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare(&format!(
             "SELECT id, at, machine, event, detail, actor FROM audit
-             WHERE (?1 IS NULL OR customer_id = ?1) AND id < ?2
-               AND (?3 = '' OR event LIKE ?4 ESCAPE '\\' OR machine LIKE ?4 ESCAPE '\\' OR detail LIKE ?4 ESCAPE '\\')
+             WHERE {} AND id < ?2
+               AND (?3 = '' OR event LIKE ?4 ESCAPE '\\' OR machine LIKE ?4 ESCAPE '\\' OR detail LIKE ?4 ESCAPE '\\'
+                    OR actor LIKE ?4 ESCAPE '\\')
              ORDER BY id DESC LIMIT ?5",
-        )?;
+            scope.clause("customer_id", "?1")
+        ))?;
         let rows = st
             .query_map(
                 params![scope.customer(), before.unwrap_or(i64::MAX), search, like_pattern(search), limit],
