@@ -67,6 +67,13 @@ CUSTOMER_A = {"name": "Acme Ltd", "email": "it@acme.example", "login": "acme-adm
 CUSTOMER_B = {"name": "Beta GmbH", "email": "ops@beta.example", "login": "beta-admin", "password": "beta-first-password"}
 # A customer whose admin the lockout step locks out (the others go on).
 CUSTOMER_L = {"name": "Locked Co", "email": "", "login": "locked-admin", "password": "locked-first-password"}
+# A customer whose name is markup: pages must show it as text.
+CUSTOMER_X = {
+    "name": '<img src=x onerror="document.title=1">Evil & Co',
+    "email": "",
+    "login": "evil-admin",
+    "password": "evil-first-password",
+}
 
 LOCKOUT_AFTER = 5  # lifeline_store::db::console::LOCKOUT_AFTER
 
@@ -177,6 +184,9 @@ class Flow:
             env={**os.environ, "HOME": str(browser_home)},
         )
         self.contexts = []
+        # What the console's pages said in the browser's console (script
+        # errors, CSP violations), and dialogs they opened.
+        self.browser_errors = []
         self.admin_password = None
         self.totp_a = None
         self.machine_a_id = None
@@ -190,11 +200,28 @@ class Flow:
         """A new browser context: its own cookies, as another browser."""
         ctx = self.browser.new_context(viewport=viewport)
         ctx.set_default_timeout(TIMEOUT_MS)
+        ctx.on("page", self.watch)
         self.contexts.append(ctx)
         return ctx
 
     def page(self, viewport=WIDE):
         return self.context(viewport).new_page()
+
+    def watch(self, page):
+        def console(msg):
+            # An answer's status (the 401s, 403s and 404s the flow asks
+            # for) is logged as "Failed to load resource": not the page's.
+            if msg.type == "error" and "Failed to load resource" not in msg.text and page.url.startswith(self.url):
+                self.browser_errors.append(f"{page.url}: console: {msg.text}")
+
+        page.on("console", console)
+        page.on("pageerror", lambda e: self.browser_errors.append(f"{page.url}: script error: {e}"))
+
+        def dialog(d):
+            self.browser_errors.append(f"{page.url}: a {d.type} dialog opened: {d.message}")
+            d.dismiss()
+
+        page.on("dialog", dialog)
 
     def goto(self, page, path, status=200):
         r = page.goto(self.url + path)
@@ -309,6 +336,9 @@ def first_admin_signs_in_and_changes_password(f):
     check(lines.get("login") == "admin", f"{first} names login {lines.get('login')!r}, not admin")
     page = f.page()
     f.sign_in_ok(page, "admin", lines["password"])
+    # The same admin in another browser: its session ends with the change.
+    other = f.page()
+    f.sign_in_ok(other, "admin", lines["password"])
     f.goto(page, "/account")
     page.fill("#current", lines["password"])
     page.fill("#new", ADMIN_PASSWORD)
@@ -318,7 +348,21 @@ def first_admin_signs_in_and_changes_password(f):
     expect(page.locator(".flash")).to_contain_text("Password changed")
     check(not first.exists(), f"{first} still holds the first password after it was changed")
     f.admin_password = ADMIN_PASSWORD
+    other.goto(f.url + "/machines")
+    check(other.url.endswith("/login"), f"another session of admin lived on after the password change: {other.url}")
+    # Signing out ends the session on the server: its cookie, put back,
+    # opens nothing.
+    cookies = page.context.cookies()
+    session = [c for c in cookies if c["name"] == "ll_session"]
+    check(session, f"no session cookie: {cookies}")
+    # Scripts cannot read it, it goes over TLS only, and no other site's
+    # request carries it.
+    c = session[0]
+    check(c["httpOnly"] and c["secure"] and c["sameSite"] == "Strict", f"the session cookie is not HttpOnly, Secure, SameSite=Strict: {c}")
     f.sign_out(page)
+    page.context.add_cookies([c for c in cookies if c["name"] == "ll_session"])
+    page.goto(f.url + "/machines")
+    check(page.url.endswith("/login"), f"the session cookie still opened {page.url} after signing out")
     # The old password is refused, the new one works.
     r = f.sign_in(page, "admin", lines["password"])
     check(r.status == 401, f"the first admin's old password: status {r.status}, expected 401")
@@ -331,13 +375,7 @@ def admin_adds_customers(f):
     page = f.admin
     f.goto(page, "/customers")
     for c in (CUSTOMER_A, CUSTOMER_B, CUSTOMER_L):
-        page.fill("#name", c["name"])
-        page.fill("#email", c["email"])
-        page.fill("#admin_login", c["login"])
-        page.fill("#admin_password", c["password"])
-        r = f.submit(page, "form[action='/customers'] button[type=submit]", "/customers")
-        check(r.status == 200, f"adding customer {c['name']}: status {r.status}; page says: {text_of(page)}")
-        expect(page.locator(".flash")).to_contain_text(f"Customer {c['name']} added")
+        add_customer(f, page, c)
     rows = page.locator("main table tbody tr").all_inner_texts()
     for c in (CUSTOMER_A, CUSTOMER_B, CUSTOMER_L):
         check(any(c["name"] in r for r in rows), f"/customers does not list {c['name']}: {rows}")
@@ -350,6 +388,16 @@ def admin_adds_customers(f):
     expect(page.locator(".problem")).to_be_visible()
     rows = page.locator("main table tbody tr").all_inner_texts()
     check(sum(CUSTOMER_A["name"] in r for r in rows) == 1, f"{CUSTOMER_A['name']} is listed twice: {rows}")
+
+
+def add_customer(f, page, c):
+    page.fill("#name", c["name"])
+    page.fill("#email", c["email"])
+    page.fill("#admin_login", c["login"])
+    page.fill("#admin_password", c["password"])
+    r = f.submit(page, "form[action='/customers'] button[type=submit]", "/customers")
+    check(r.status == 200, f"adding customer {c['name']}: status {r.status}; page says: {text_of(page)}")
+    expect(page.locator(".flash")).to_contain_text(f"Customer {c['name']} added")
 
 
 def machines_go_to_customers(f):
@@ -368,6 +416,16 @@ def machines_go_to_customers(f):
     check("q=" in page.url, f"the search did not go into the address bar: {page.url}")
     page.fill("#q", "")
     expect(page.locator("#list")).to_contain_text(f.machine_a)
+    # Pages of the list: the "Next" link goes on where the first page ended.
+    f.goto(page, "/machines?limit=2")
+    first = page.locator("#list tbody tr td:first-child").all_inner_texts()
+    check(len(first) == 2, f"/machines?limit=2 shows {first}")
+    expect(page.locator(".pager")).to_contain_text("1–2 of 3")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Next").click()
+    rest = page.locator("#list tbody tr td:first-child").all_inner_texts()
+    check(len(rest) == 1 and rest[0] not in first, f"the next page after {first} shows {rest}")
+    f.goto(page, "/machines")
     with page.expect_navigation():
         page.get_by_role("link", name=f.machine_a, exact=True).click()
     check("/machines/" in page.url, f"the machine's link led to {page.url}")
@@ -402,6 +460,8 @@ def customer_a_sets_up_a_second_factor(f):
     page.wait_for_url("**/login/second-factor")
     f.goto(page, "/machines")
     check(page.url.endswith("/login"), f"a password alone reached {page.url}")
+    r = page.request.get(f.url + "/api/v1/me", max_redirects=0)
+    check(r.status == 401, f"/api/v1/me with a password-only session: status {r.status}, expected 401")
     f.sign_in_ok(page, CUSTOMER_A["login"], CUSTOMER_A["password"], totp=f.totp_a)
     f.sign_out(page)
 
@@ -458,6 +518,17 @@ def customer_b_cannot_reach_customer_a(f):
     for secret in (CUSTOMER_A["login"], CUSTOMER_A["name"], f.machine_a):
         check(secret not in text_of(page), f"B's audit trail shows {secret!r}: {text_of(page)}")
 
+    # B's own session and CSRF token, on a provider admin's form: refused.
+    csrf = page.locator("form.signout input[name=csrf]").get_attribute("value")
+    r = page.request.post(
+        f.url + "/customers",
+        form={"csrf": csrf, "name": "Made by B", "admin_login": "b-made", "admin_password": "b-made-password-1"},
+        max_redirects=0,
+    )
+    check(r.status == 403, f"B adding a customer: status {r.status}, expected 403")
+    f.goto(f.admin, "/customers")
+    check("Made by B" not in text_of(f.admin), "B, a customer's admin, added a customer")
+
     f.token_b = f.make_token(page, "flow B read")
     names = [m["name"] for m in f.api_json(f.token_b, "/api/v1/machines")["items"]]
     check(f.machine_a not in names and f.machine_b in names, f"/api/v1/machines with B's token lists {names}")
@@ -472,6 +543,28 @@ def customer_b_cannot_reach_customer_a(f):
     theirs = [e for e in events if CUSTOMER_A["login"] in str(e) or f.machine_a in str(e)]
     check(not theirs, f"B's audit trail (API) holds A's events: {theirs}")
     f.customer_b = page
+
+
+def audit_trail_pages_back(f):
+    # The API's window: each page older than the one before, none skipped.
+    first = f.api_json(f.token_a, "/api/v1/audit?limit=3")
+    check(len(first["items"]) == 3 and first["next_before"], f"A's audit trail has fewer than 4 entries: {first}")
+    second = f.api_json(f.token_a, f"/api/v1/audit?limit=3&before={first['next_before']}")
+    ids = [e["id"] for e in first["items"] + second["items"]]
+    check(ids == sorted(ids, reverse=True) and len(set(ids)) == len(ids), f"audit pages overlap or go forward: {ids}")
+    everything = [e["id"] for e in f.api_json(f.token_a, "/api/v1/audit?limit=200")["items"]]
+    check(everything[: len(ids)] == ids, f"audit pages skip entries: {ids} vs {everything[: len(ids)]}")
+    # The page's "Older" link goes on from the last entry shown.
+    page = f.customer_a
+    f.goto(page, "/audit?limit=3")
+    rows = page.locator("main table tbody tr").all_inner_texts()
+    check(len(rows) == 3, f"/audit?limit=3 shows {len(rows)} entries")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Older").click()
+    older = page.locator("main table tbody tr").first.inner_text()
+    want = f.api_json(f.token_a, "/api/v1/audit?limit=200")["items"][3]
+    check(want["at"] in older and want["event"] in older, f"the 'Older' page starts with {older!r}, expected {want}")
+    expect(page.get_by_role("link", name="Newest")).to_be_visible()
 
 
 def wrong_passwords_lock_the_account(f):
@@ -545,6 +638,18 @@ def sign_in_with_the_keyboard_only(f):
     check(answer.value.status == 303, f"Enter in the password field: status {answer.value.status}")
     page.wait_for_url("**/machines")
     expect(page.locator("header .who")).to_contain_text(CUSTOMER_B["login"])
+    # The first Tab on a page reaches the skip link, which shows itself and
+    # takes the keyboard past the header.
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.keyboard.press("Tab")
+    check(
+        page.evaluate("document.activeElement.className") == "skip",
+        f"the first Tab went to {page.evaluate('document.activeElement.outerHTML')[:80]}, not the skip link",
+    )
+    box = page.locator("a.skip").bounding_box()
+    check(box is not None and box["x"] >= 0, f"the focused skip link is off screen: {box}")
+    page.keyboard.press("Enter")
+    check(page.url.endswith("#main"), f"the skip link led to {page.url}")
 
 
 def screenshots_of_every_page(f):
@@ -577,6 +682,23 @@ def screenshots_of_every_page(f):
     f.screenshot(narrow, "machines-phone")
 
 
+def names_are_shown_as_text(f):
+    # Done after the screenshots, which show ordinary names.
+    page = f.admin
+    f.goto(page, "/customers")
+    add_customer(f, page, CUSTOMER_X)
+    rows = page.locator("main table tbody tr").all_inner_texts()
+    check(any(CUSTOMER_X["name"] in r for r in rows), f"/customers does not show {CUSTOMER_X['name']!r} as text: {rows}")
+    for path in ("/customers", "/audit"):
+        f.goto(page, path)
+        check(page.locator("main img").count() == 0, f"a customer's name became an <img> on {path}")
+    check(page.title() != "1", "markup in a customer's name ran")
+
+
+def no_errors_in_the_browser(f):
+    check(not f.browser_errors, "the browser saw errors on the console's pages:\n  " + "\n  ".join(f.browser_errors))
+
+
 STEPS = [
     first_admin_signs_in_and_changes_password,
     admin_adds_customers,
@@ -584,10 +706,13 @@ STEPS = [
     customer_a_sets_up_a_second_factor,
     customer_a_makes_an_api_token,
     customer_b_cannot_reach_customer_a,
+    audit_trail_pages_back,
     wrong_passwords_lock_the_account,
     changes_from_another_site_are_refused,
     sign_in_with_the_keyboard_only,
     screenshots_of_every_page,
+    names_are_shown_as_text,
+    no_errors_in_the_browser,
 ]
 
 
