@@ -30,6 +30,7 @@ import hmac
 import http.server
 import os
 import shutil
+import ssl
 import struct
 import subprocess
 import sys
@@ -123,12 +124,19 @@ class Totp:
 
 
 class AttackerSite:
-    """A page on another origin (http://localhost:PORT, where the console is
-    https://127.0.0.1:...) that posts a form to the console as soon as it
-    loads: what a malicious site a signed-in user visits would do."""
+    """A page on another origin that posts a form to the console as soon as
+    it loads: what a malicious site a signed-in user visits would do.
 
-    def __init__(self):
+    Plain: http://localhost:PORT, another site (host and scheme differ), to
+    which the browser sends no SameSite=Strict cookie. With `tls` (a
+    certificate and key the browser trusts for 127.0.0.1):
+    https://127.0.0.1:PORT, another origin of the *same site* (only the port
+    differs), with which the browser does send the session cookie: only the
+    console's own check of where a change comes from stops that one."""
+
+    def __init__(self, tls=None):
         self.page_html = b""
+        self.tls = tls
         site = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -143,12 +151,17 @@ class AttackerSite:
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self):
-        return f"http://localhost:{self.server.server_address[1]}/"
+        port = self.server.server_address[1]
+        return f"https://127.0.0.1:{port}/" if self.tls else f"http://localhost:{port}/"
 
     def auto_post(self, action, fields):
         inputs = "".join(f'<input type="hidden" name="{k}" value="{v}">' for k, v in fields.items())
@@ -597,20 +610,27 @@ def changes_from_another_site_are_refused(f):
 
     # Another site's page posts the form while A is signed in, even with
     # the right CSRF token (as if it had leaked): no token is made.
-    site = AttackerSite()
-    try:
-        site.auto_post(f.url + "/account/tokens", {"csrf": csrf, "name": "made-by-another-site"})
-        with page.expect_response(lambda r: r.url == f.url + "/account/tokens") as answer:
-            page.goto(site.url)
-        page.wait_for_load_state()
-        status = answer.value.status
-        check(status in (303, 401, 403), f"the cross-site POST was answered {status}: {text_of(page)}")
-        # 303 to the sign-in form: the SameSite=Strict cookie stayed home;
-        # 403: it came, and the console refused the other site's form.
-        print(f"  the other site's POST was answered {status} ({page.url})")
-    finally:
-        site.close()
-    check(not f.audit_events(f.token_a, "made-by-another-site"), "another site's form made an API token")
+    tls = (f.store / "tls" / "receiver.crt", f.store / "tls" / "receiver.key")
+    for name, site, refused in (
+        # The cookie stays home: the console sees no session.
+        ("another-site", AttackerSite(), (303,)),
+        # The cookie comes along: the console must refuse the change.
+        ("same-site-other-origin", AttackerSite(tls=tls), (403,)),
+    ):
+        try:
+            site.auto_post(f.url + "/account/tokens", {"csrf": csrf, "name": f"made-by-{name}"})
+            with page.expect_response(lambda r: r.url == f.url + "/account/tokens") as answer:
+                page.goto(site.url)
+            page.wait_for_load_state()
+            status = answer.value.status
+            check(status in refused, f"the POST from {site.url} was answered {status}, expected {refused}: {text_of(page)}")
+            if status == 403:
+                # Refused for where it came from: the CSRF token was right.
+                expect(page.locator("main")).to_contain_text("must come from the console's own pages")
+            print(f"  the POST from {site.url} ({name}) was answered {status}")
+        finally:
+            site.close()
+        check(not f.audit_events(f.token_a, f"made-by-{name}"), f"a form on {site.url} made an API token")
 
     # The console's own form with a wrong csrf field: 403, nothing made.
     f.goto(page, "/account")
