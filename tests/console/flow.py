@@ -715,6 +715,27 @@ def names_are_shown_as_text(f):
     check(page.title() != "1", "markup in a customer's name ran")
 
 
+def wrong_codes_lock_the_account(f):
+    # Last: it locks A (whose verified session lives on).
+    page = f.page()
+    f.sign_in(page, CUSTOMER_A["login"], CUSTOMER_A["password"])
+    page.wait_for_url("**/login/second-factor")
+    good = {totp_code(f.totp_a.key, f.totp_a.last + d) for d in range(-2, 4)}
+    wrong = [c for c in ("000000", "111111", "222222", "333333", "444444", "555555", "666666") if c not in good]
+    for i in range(1, LOCKOUT_AFTER + 1):
+        page.fill("#code", wrong[i - 1])
+        r = f.submit(page, "button[type=submit]", "/login/second-factor")
+        want = 401 if i < LOCKOUT_AFTER else 429
+        check(r.status == want, f"wrong code {i}: status {r.status}, expected {want}: {text_of(page)}")
+    expect(page.locator(".problem")).to_contain_text("locked")
+    # The sign-in form that the lock shows works: the right password is
+    # answered with the lock, not with a stale form.
+    page.fill("#login", CUSTOMER_A["login"])
+    page.fill("#password", CUSTOMER_A["password"])
+    r = f.submit(page, "form[action='/login'] button[type=submit]", "/login")
+    check(r.status == 429, f"signing in from the form shown at the lock: status {r.status}, expected 429: {text_of(page)}")
+
+
 def no_errors_in_the_browser(f):
     check(not f.browser_errors, "the browser saw errors on the console's pages:\n  " + "\n  ".join(f.browser_errors))
 
@@ -732,6 +753,7 @@ STEPS = [
     sign_in_with_the_keyboard_only,
     screenshots_of_every_page,
     names_are_shown_as_text,
+    wrong_codes_lock_the_account,
     no_errors_in_the_browser,
 ]
 
