@@ -715,6 +715,36 @@ def names_are_shown_as_text(f):
     check(page.title() != "1", "markup in a customer's name ran")
 
 
+def api_changes_need_a_write_token_or_csrf(f):
+    page = f.admin
+    new = lambda n: {"name": f"Via API {n}", "admin_login": f"api-admin-{n}", "admin_password": "api-admin-password"}  # noqa: E731
+    # A write token (the "May make changes" box) adds a customer; the page
+    # lists it: one API behind both.
+    f.goto(page, "/account")
+    page.fill("#token-name", "flow admin write")
+    page.get_by_label("May make changes").check()
+    r = f.submit(page, "form[action='/account/tokens'] button[type=submit]", "/account/tokens")
+    check(r.status == 200, f"making a write token: status {r.status}")
+    write = page.locator("#new-token").inner_text().strip()
+    ctx = f.api(write)
+    try:
+        r = ctx.post("/api/v1/customers", data=new(1))
+        check(r.status == 201, f"POST /api/v1/customers with a write token: status {r.status}: {r.text()[:300]}")
+    finally:
+        ctx.dispose()
+    f.goto(page, "/customers")
+    check("Via API 1" in text_of(page), "a customer added through the API is not on /customers")
+    # The browser's session on the API: a change needs the page's CSRF
+    # token in X-CSRF-Token.
+    r = page.request.post(f.url + "/api/v1/customers", data=new(2), max_redirects=0)
+    check(r.status == 403, f"POST /api/v1/customers with the session and no CSRF header: status {r.status}")
+    csrf = page.locator("form.signout input[name=csrf]").get_attribute("value")
+    r = page.request.post(f.url + "/api/v1/customers", data=new(3), headers={"X-CSRF-Token": csrf}, max_redirects=0)
+    check(r.status == 201, f"POST /api/v1/customers with the session and its CSRF header: status {r.status}: {r.text()[:300]}")
+    names = [c["name"] for c in f.api_json(write, "/api/v1/customers?q=Via+API")["items"]]
+    check(names == ["Via API 1", "Via API 3"], f"customers made through the API: {names}")
+
+
 def wrong_codes_lock_the_account(f):
     # Last: it locks A (whose verified session lives on).
     page = f.page()
@@ -753,6 +783,7 @@ STEPS = [
     sign_in_with_the_keyboard_only,
     screenshots_of_every_page,
     names_are_shown_as_text,
+    api_changes_need_a_write_token_or_csrf,
     wrong_codes_lock_the_account,
     no_errors_in_the_browser,
 ]
