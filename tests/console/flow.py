@@ -109,9 +109,10 @@ class Totp:
         self.last = None
 
     def next_code(self):
-        # A code typed just before a step ends may reach the server after:
-        # wait out the last two seconds of a step (a condition on the clock).
-        while 30 - time.time() % 30 < 2:
+        # A code typed just before a step ends may reach the server after
+        # (the first is for the step before, the oldest accepted): wait out
+        # the last seconds of a step (a condition on the clock).
+        while 30 - time.time() % 30 < 4:
             time.sleep(0.2)
         now = int(time.time()) // 30
         step = now - 1 if self.last is None else max(self.last + 1, now - 1)
@@ -434,10 +435,11 @@ def machines_go_to_customers(f):
     first = page.locator("#list tbody tr td:first-child").all_inner_texts()
     check(len(first) == 2, f"/machines?limit=2 shows {first}")
     expect(page.locator(".pager")).to_contain_text("1–2 of 3")
-    with page.expect_navigation():
+    with page.expect_navigation() as nav:
         page.get_by_role("link", name="Next").click()
+    check(nav.value.status == 200, f"the Next link ({page.url}): status {nav.value.status}: {text_of(page)}")
     rest = page.locator("#list tbody tr td:first-child").all_inner_texts()
-    check(len(rest) == 1 and rest[0] not in first, f"the next page after {first} shows {rest}")
+    check(len(rest) == 1 and rest[0] not in first, f"the next page ({page.url}) after {first} shows {rest}: {text_of(page)}")
     f.goto(page, "/machines")
     with page.expect_navigation():
         page.get_by_role("link", name=f.machine_a, exact=True).click()
@@ -813,6 +815,7 @@ def main():
     ap.add_argument("--only", help="run the steps up to and including this one")
     args = ap.parse_args()
 
+    expect.set_options(timeout=TIMEOUT_MS)
     check(Path(CHROMIUM).exists(), f"{CHROMIUM} not found: install Debian's chromium (scripts/setup.sh does)")
     ca = Path(args.store) / "tls" / "ca.crt"
     check(ca.exists(), f"{ca} not found: is {args.store} a receiver's store?")
