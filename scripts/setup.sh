@@ -10,7 +10,10 @@ log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 # tools the tests use to build and check real filesystems, what boot media are
 # made of (GRUB and xorriso for the ISO, OVMF to boot it under UEFI), and a desktop for the
 # tray GUI's tests (a D-Bus session bus, a virtual X server with its fonts,
-# xdotool/xprop to find and click windows).
+# xdotool/xprop to find and click windows), and for the web console's browser
+# test Debian's Chromium (driven by Playwright, below; its chromedriver for
+# WebDriver clients) and certutil, which makes that browser trust the
+# receiver's own CA.
 APT_PACKAGES=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev
   protobuf-compiler iproute2 procps psmisc util-linux e2fsprogs dosfstools
@@ -19,6 +22,7 @@ APT_PACKAGES=(
   qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils zstd
   musl-tools curl ipxe ipxe-qemu grub-common grub-pc-bin grub-efi-amd64-bin xorriso mtools ovmf
   dbus-daemon xvfb xfonts-base xdotool x11-utils
+  chromium chromium-driver libnss3-tools python3-pip
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -91,6 +95,21 @@ fi
 if [ "$(cargo +"$NIGHTLY" fuzz --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
   log "installing cargo-fuzz $CARGO_FUZZ_VERSION (about a minute)"
   cargo +"$NIGHTLY" install --locked --force cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+fi
+
+# Playwright for Python drives Debian's Chromium in the console's browser
+# test (tests/console/flow.py). Pinned: its wheel carries the Node driver
+# speaking this version's protocol, tested with Chromium 156 from Debian 12.
+# Never `playwright install`: that downloads a browser of its own; the test
+# launches /usr/bin/chromium.
+PLAYWRIGHT_VERSION=1.65.3
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("playwright"))' 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
+  log "installing Playwright $PLAYWRIGHT_VERSION for Python (no browser download)"
+  export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+  # Debian's own python3 refuses pip outside a virtual environment (PEP
+  # 668) unless told; a python3 of pyenv or the like does not need it.
+  python3 -m pip install -q "playwright==$PLAYWRIGHT_VERSION" 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages "playwright==$PLAYWRIGHT_VERSION"
 fi
 
 # tracefs: aya attaches tracepoints by name through it.

@@ -223,15 +223,20 @@ pub async fn second_factor(
     }
     let user = s.user.clone();
     match c.db(move |db| db.login_failed(&user, now, "wrong second-factor code")).await? {
-        Login::Locked { .. } => Ok((
-            StatusCode::TOO_MANY_REQUESTS,
-            [(header::SET_COOKIE, set_cookie(COOKIE, None, c.secure))],
-            c.render(
-                "login.html",
-                context! { problem => "Too many wrong codes: this account is locked for 15 minutes." },
-            )?,
-        )
-            .into_response()),
+        Login::Locked { .. } => {
+            // The sign-in form shown must work when the lock ends: with its
+            // CSRF token and cookie, as every sign-in form has.
+            let mut r = login_page(
+                &c,
+                &s.user.login,
+                Some("Too many wrong codes: this account is locked for 15 minutes.".into()),
+                StatusCode::TOO_MANY_REQUESTS,
+            )?;
+            let gone = header::HeaderValue::from_str(&set_cookie(COOKIE, None, c.secure))
+                .map_err(|e| Error::Internal(anyhow::anyhow!("a cookie header: {e}")))?;
+            r.headers_mut().append(header::SET_COOKIE, gone);
+            Ok(r)
+        }
         _ => Ok((
             StatusCode::UNAUTHORIZED,
             c.render(
