@@ -9,13 +9,12 @@ this browser reads (no certificate error is ignored).
 
     python3 tests/console/flow.py --url https://127.0.0.1:7443 --store STORE \
         --machine-a acme-web1 --machine-b beta-db1 \
-        --give-machine "console-give-machine" --screenshots docs/console
+        --receiver-bin target/debug/lifeline-receiver --screenshots docs/console
 
 The store must be fresh: its first admin's password is read from
 STORE/console-first-login. The two machines must be registered
-(`lifeline-receiver machine add`); `--give-machine PROGRAM` is run as
-`PROGRAM STORE MACHINE CUSTOMER-NAME` to give a machine to a customer (there is
-no console page or receiver command for that yet; tests/src/bin/ has one).
+(`lifeline-receiver machine add`); the flow gives them to its customers with
+`lifeline-receiver customer give` (--receiver-bin).
 
 The flow is a list of named steps (STEPS at the end), run in order on one
 shared `Flow`; each asserts what it expects and raises `Failed` saying what
@@ -188,7 +187,7 @@ class Flow:
         self.artifacts = Path(args.artifacts) if args.artifacts else None
         self.machine_a = args.machine_a
         self.machine_b = args.machine_b
-        self.give_machine = args.give_machine
+        self.receiver_bin = args.receiver_bin
         self.browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
@@ -416,7 +415,8 @@ def add_customer(f, page, c):
 
 def machines_go_to_customers(f):
     for machine, c in ((f.machine_a, CUSTOMER_A), (f.machine_b, CUSTOMER_B)):
-        out = subprocess.run([*f.give_machine.split(), str(f.store), machine, c["name"]], capture_output=True, text=True)
+        give = [f.receiver_bin, "--store", str(f.store), "customer", "give", machine, "--customer", c["name"]]
+        out = subprocess.run(give, capture_output=True, text=True)
         check(out.returncode == 0, f"giving {machine} to {c['name']} failed: {out.stdout}{out.stderr}")
     page = f.admin
     f.goto(page, "/machines")
@@ -810,7 +810,7 @@ def main():
     ap.add_argument("--screenshots", required=True, help="directory for the pages' screenshots")
     ap.add_argument("--machine-a", required=True, help="a registered machine the flow gives to customer A")
     ap.add_argument("--machine-b", required=True, help="a registered machine the flow gives to customer B")
-    ap.add_argument("--give-machine", required=True, help="PROGRAM run as PROGRAM STORE MACHINE CUSTOMER")
+    ap.add_argument("--receiver-bin", required=True, help="the lifeline-receiver binary (customer give)")
     ap.add_argument("--artifacts", help="where a failure's screenshots go")
     ap.add_argument("--only", help="run the steps up to and including this one")
     args = ap.parse_args()
