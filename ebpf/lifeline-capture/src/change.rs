@@ -169,7 +169,13 @@ impl PathResolver {
             return Err(Unresolved::Incomplete);
         }
         let first = ev.paths.first().ok_or(Unresolved::Incomplete)?;
-        let follow = h.op == op::ATTR && first.tail.is_some();
+        // Follow a final symlink only where the call did (the kernel says
+        // so): a symlink's own owner or times changed, or a hard link made
+        // to a symlink, names the symlink, never the file it points to — a
+        // restore copying a machine's symlinks (absolute targets into the
+        // watched tree) would otherwise be taken for changes of the tree.
+        // An empty path (AT_EMPTY_PATH) names the walked object itself.
+        let follow = h.flags & flags::FOLLOW != 0 && first.tail.as_ref().is_some_and(|t| !t.is_empty());
         let path = self.path(first, follow).ok_or_else(|| self.why(first))?;
         let second = match ev.paths.get(1) {
             Some(p) => Some(self.path(p, false).ok_or_else(|| self.why(p))?),
@@ -207,5 +213,54 @@ impl PathResolver {
             dev: if h.ino != 0 { kernel_dev_to_user(h.dev) } else { 0 },
             ino: h.ino,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeline_ebpf_common::EventHeader;
+
+    /// A path-based record naming `path` (absolute) as its first path and,
+    /// for a link, `to` as its second.
+    fn record(op: u8, flags: u8, path: &Path, to: Option<&Path>) -> RawEvent {
+        let part = |p: &Path| RawPath {
+            tail: Some(p.as_os_str().as_bytes().to_vec()),
+            rooted: true,
+            absolute: true,
+            ..RawPath::default()
+        };
+        let header = EventHeader { op, flags, ..EventHeader::default() };
+        RawEvent { header, paths: std::iter::once(path).chain(to).map(part).collect(), aux_str: None }
+    }
+
+    /// A symlink outside the watched tree pointing into it: the symlink's
+    /// own attributes changing (no FOLLOW) is nothing of the tree; the
+    /// target's changing through it (FOLLOW) is the target's change.
+    #[test]
+    fn a_final_symlink_is_followed_only_when_the_call_followed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let (watched, outside) = (base.join("watched"), base.join("outside"));
+        std::fs::create_dir_all(&watched).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(watched.join("x"), b"x").unwrap();
+        std::os::unix::fs::symlink(watched.join("x"), outside.join("l")).unwrap();
+        let mut r = PathResolver::new(vec![watched.clone()]).unwrap();
+
+        let nofollow = record(op::ATTR, 0, &outside.join("l"), None);
+        assert_eq!(r.resolve(&nofollow), Err(Unresolved::Outside));
+        let follow = record(op::ATTR, flags::FOLLOW, &outside.join("l"), None);
+        assert_eq!(r.resolve(&follow).unwrap().path, watched.join("x"));
+
+        // linkat(AT_SYMLINK_FOLLOW) of a symlink inside the tree: the new
+        // name is a link to the target file, not to the symlink.
+        std::os::unix::fs::symlink("x", watched.join("s")).unwrap();
+        let link = record(op::LINK, flags::FOLLOW, &watched.join("s"), Some(&watched.join("n")));
+        let ch = r.resolve(&link).unwrap();
+        assert_eq!(ch.path, watched.join("x"));
+        assert_eq!(ch.kind, ChangeKind::Link { to: watched.join("n") });
+        let link = record(op::LINK, 0, &watched.join("s"), Some(&watched.join("n")));
+        assert_eq!(r.resolve(&link).unwrap().path, watched.join("s"));
     }
 }

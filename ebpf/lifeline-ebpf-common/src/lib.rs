@@ -53,6 +53,14 @@ pub mod flags {
     /// WRITE without a path: the run (`aux`, `ktime_ns` as for RUN_OPEN) ended;
     /// `[offset, offset + len)` is what its suppressed writes covered.
     pub const RUN_END: u8 = 32;
+    /// Path-based records: the call resolved the final component of path 0
+    /// through a symlink (chmod, chown, setxattr, utimes, fchmodat; fchownat,
+    /// utimensat and fchmodat2 without AT_SYMLINK_NOFOLLOW; linkat with
+    /// AT_SYMLINK_FOLLOW), so the object changed is the link's target. Absent,
+    /// a symlink named there is the object itself (lchown, lsetxattr,
+    /// AT_SYMLINK_NOFOLLOW, link): following it would name another file,
+    /// perhaps one in a watched tree that nothing changed.
+    pub const FOLLOW: u8 = 64;
 }
 
 /// A task's current run of contiguous writes to one file (map `RUNS`, by

@@ -101,6 +101,8 @@ const NAME_MAX: u32 = 256;
 const PATH_MAX: u32 = 4096;
 const AT_FDCWD: i64 = -100;
 const AT_REMOVEDIR: u64 = 0x200;
+const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+const AT_SYMLINK_FOLLOW: u64 = 0x400;
 const O_CREAT: u64 = 0o100;
 const PROT_WRITE: u64 = 2;
 const MAP_SHARED: u64 = 1;
@@ -594,7 +596,12 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             r.aux = a(4);
         }
         nr::LINK => r.set_two(op::LINK, AT_FDCWD, a(0), AT_FDCWD, a(1)),
-        nr::LINKAT => r.set_two(op::LINK, dfd(a(0)), a(1), dfd(a(2)), a(3)),
+        nr::LINKAT => {
+            r.set_two(op::LINK, dfd(a(0)), a(1), dfd(a(2)), a(3));
+            if a(4) & AT_SYMLINK_FOLLOW != 0 {
+                r.flags = flags::FOLLOW;
+            }
+        }
         nr::SYMLINK => {
             r.set_path(op::SYMLINK, AT_FDCWD, a(1));
             r.aux_str = a(0);
@@ -603,17 +610,25 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             r.set_path(op::SYMLINK, dfd(a(1)), a(2));
             r.aux_str = a(0);
         }
-        nr::CHMOD
-        | nr::CHOWN
-        | nr::LCHOWN
-        | nr::SETXATTR
-        | nr::LSETXATTR
-        | nr::REMOVEXATTR
-        | nr::LREMOVEXATTR
-        | nr::UTIMES
-        | nr::UTIME => r.set_path(op::ATTR, AT_FDCWD, a(0)),
-        nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
-            r.set_path(op::ATTR, dfd(a(0)), a(1))
+        // Whether the call follows a final symlink decides which object
+        // changed: the agent must not follow one the call did not.
+        nr::CHMOD | nr::CHOWN | nr::SETXATTR | nr::REMOVEXATTR | nr::UTIMES | nr::UTIME => {
+            r.set_path(op::ATTR, AT_FDCWD, a(0));
+            r.flags = flags::FOLLOW;
+        }
+        nr::LCHOWN | nr::LSETXATTR | nr::LREMOVEXATTR => r.set_path(op::ATTR, AT_FDCWD, a(0)),
+        nr::FCHMODAT | nr::FUTIMESAT => {
+            r.set_path(op::ATTR, dfd(a(0)), a(1));
+            r.flags = flags::FOLLOW;
+        }
+        nr::FCHMODAT2 | nr::FCHOWNAT | nr::UTIMENSAT => {
+            // The flags argument: fchownat(dfd, path, uid, gid, flags),
+            // utimensat(dfd, path, times, flags), fchmodat2(dfd, path, mode, flags).
+            let at_flags = if nr == nr::FCHOWNAT { a(4) } else { a(3) };
+            r.set_path(op::ATTR, dfd(a(0)), a(1));
+            if at_flags & AT_SYMLINK_NOFOLLOW == 0 {
+                r.flags = flags::FOLLOW;
+            }
         }
         // Not reported: `emit` releases the slot and sends nothing.
         _ => r.op = 0,
