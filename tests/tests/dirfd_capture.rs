@@ -267,13 +267,14 @@ fn shaped_outside(dir: &Path, src: &Path) {
 
 /// A process that works in a directory shaped like the watched tree,
 /// through dirfds and relative paths, changes nothing of the watched tree:
-/// the agent sends nothing and the mirror stays as it was.
-#[test]
-fn writes_through_dirfds_outside_the_watched_tree_send_nothing() {
+/// the agent sends nothing and the mirror stays as it was. `same_fs`: the
+/// directory is on the watched filesystem (outside the watched tree), so
+/// the kernel's filesystem filter lets every call through and only the
+/// path it reports keeps them apart.
+fn outside_writes_send_nothing(name: &str, same_fs: bool) {
     preflight(TOOLS);
-    let mut rig = Rig::new("dirfd-outside", ScratchFs::tmpfs(64));
-    let outside = rig.dir.path().join("restore-like");
-    let cwd = outside.clone();
+    let mut rig = Rig::new(name, ScratchFs::tmpfs(64));
+    let outside = if same_fs { rig.fs.path().join("restore-like") } else { rig.dir.path().join("restore-like") };
     plant(&rig, &outside);
     rig.start_agent();
     rig.wait_ready();
@@ -281,12 +282,22 @@ fn writes_through_dirfds_outside_the_watched_tree_send_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let ops_before = rig.agent().status().ops_sent;
     let mirror_before = snapshot(&rig.mirror);
-    run_child("shaped-outside", &cwd, &outside, &rig.src);
+    run_child("shaped-outside", &outside, &outside, &rig.src);
     // The child really did its work where it was told to.
     let shaped_root = outside.join(shaped(&rig.src));
     assert_eq!(fs::read(shaped_root.join("x")).unwrap(), b"changed again, through the inner dirfd");
     assert!(shaped_root.join("cwd-dir/moved").is_file());
     assert_nothing_sent(&rig, ops_before, &mirror_before);
+}
+
+#[test]
+fn writes_through_dirfds_outside_the_watched_tree_send_nothing() {
+    outside_writes_send_nothing("dirfd-outside", false);
+}
+
+#[test]
+fn writes_through_dirfds_outside_the_watched_tree_on_its_filesystem_send_nothing() {
+    outside_writes_send_nothing("dirfd-outside-samefs", true);
 }
 
 /// The child's calls for [`symlink_attr_changes_outside_do_not_follow_into_the_watched_tree`]:
@@ -430,4 +441,40 @@ fn changes_inside_the_watched_tree_through_dirfds_reach_the_mirror() {
     // Reached by capture, not repaired by a reconciliation (which the agent
     // runs when it cannot name a changed path).
     assert_eq!(rig.agent().status().reconciliations, reconciled, "the agent had to reconcile: a change went unnamed");
+}
+
+/// What was observed: `history restore` run on the agent's host writes the
+/// tree into `DIR/<the source's path>`, copying the machine's symlinks
+/// (absolute targets into the source) and setting their owner without
+/// following them. The agent took those for changes of the source, the
+/// receiver recorded them, and the restore, seeing the tree change under
+/// it, started over until it gave up. With the agent running (not paused),
+/// the restore succeeds, comes back exact, and the agent sends nothing.
+#[test]
+fn a_restore_on_the_agents_host_is_not_taken_for_changes_of_the_source() {
+    preflight(TOOLS);
+    let mut rig = Rig::new("dirfd-restore", ScratchFs::tmpfs(64));
+    fs::create_dir_all(rig.src.join("proj/docs")).unwrap();
+    fs::write(rig.src.join("proj/a.txt"), b"a").unwrap();
+    fs::write(rig.src.join("proj/docs/b.md"), b"b").unwrap();
+    symlink(rig.src.join("proj/a.txt"), rig.src.join("proj/abs-file")).unwrap();
+    symlink(rig.src.join("proj/docs"), rig.src.join("proj/abs-dir")).unwrap();
+    symlink("a.txt", rig.src.join("proj/rel-file")).unwrap();
+    rig.start_agent();
+    rig.wait_ready();
+    let at = rig.settle("before the restore");
+    let before = snapshot(&rig.src);
+    std::thread::sleep(Duration::from_millis(500));
+    let ops_before = rig.agent().status().ops_sent;
+    let to = rig.dir.path().join("restored");
+    let got = rig.restored_source(&at, &to);
+    assert_eq!(got, before, "the restore is not the tree as it was");
+    std::thread::sleep(Duration::from_secs(1));
+    let sent = rig.agent().status().ops_sent - ops_before;
+    assert_eq!(
+        sent,
+        0,
+        "the restore's writes were sent as {sent} changes of the source; log {}",
+        rig.agent_log().display()
+    );
 }
