@@ -70,6 +70,7 @@ fn child_entry_point() {
         "shaped-outside" => shaped_outside(&dir, &src),
         "symlinks-outside" => symlinks_outside(&dir, &src),
         "inside" => inside(&src),
+        "tmpfile" => tmpfile(&src),
         other => panic!("unknown scenario {other}"),
     }
     println!("child {scenario} done");
@@ -477,4 +478,37 @@ fn a_restore_on_the_agents_host_is_not_taken_for_changes_of_the_source() {
         "the restore's writes were sent as {sent} changes of the source; log {}",
         rig.agent_log().display()
     );
+}
+
+/// The child's calls for [`a_file_made_with_o_tmpfile_and_named_through_a_dirfd_reaches_the_mirror`]:
+/// an O_TMPFILE written while it has no name, then named with linkat
+/// (AT_EMPTY_PATH), as editors and package managers save files.
+fn tmpfile(src: &Path) {
+    let a = open_dir(&src.join("a"), libc::O_RDONLY);
+    let fd = openat(a, ".", libc::O_TMPFILE | libc::O_WRONLY);
+    write_all(fd, &vec![b't'; 20_000]);
+    pwrite(fd, b"NAMED LATER", 5_000);
+    unsafe { libc::fchmod(fd, 0o640) };
+    linkat(fd, "", a, "from-tmpfile", libc::AT_EMPTY_PATH);
+    close(fd);
+    close(a);
+}
+
+/// A file written before it has a name (O_TMPFILE) and then named through
+/// a dirfd reaches the mirror under its name. While nameless its writes
+/// carry a name the kernel made up (`#<inode>`), which the agent cannot
+/// read from; it sends the named file whole (and reconciles) instead.
+#[test]
+fn a_file_made_with_o_tmpfile_and_named_through_a_dirfd_reaches_the_mirror() {
+    preflight(TOOLS);
+    let mut rig = Rig::new("dirfd-tmpfile", ScratchFs::tmpfs(64));
+    let elsewhere = rig.dir.path().join("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::create_dir(rig.src.join("a")).unwrap();
+    rig.start_agent_with(&["--reconcile-every-s", "0"]);
+    rig.wait_ready();
+    rig.assert_identical(SYNC_TIMEOUT, "before the O_TMPFILE");
+    run_child("tmpfile", &elsewhere, &elsewhere, &rig.src);
+    assert_eq!(fs::metadata(rig.src.join("a/from-tmpfile")).unwrap().len(), 20_000);
+    rig.assert_identical(Duration::from_secs(10), "after an O_TMPFILE was named");
 }
