@@ -71,6 +71,7 @@ fn child_entry_point() {
         "symlinks-outside" => symlinks_outside(&dir, &src),
         "inside" => inside(&src),
         "tmpfile" => tmpfile(&src),
+        "chrooted" => chrooted(&dir, &src),
         other => panic!("unknown scenario {other}"),
     }
     println!("child {scenario} done");
@@ -511,4 +512,51 @@ fn a_file_made_with_o_tmpfile_and_named_through_a_dirfd_reaches_the_mirror() {
     run_child("tmpfile", &elsewhere, &elsewhere, &rig.src);
     assert_eq!(fs::metadata(rig.src.join("a/from-tmpfile")).unwrap().len(), 20_000);
     rig.assert_identical(Duration::from_secs(10), "after an O_TMPFILE was named");
+}
+
+/// The child's calls for [`absolute_paths_of_a_chrooted_process_are_its_own`]:
+/// chrooted into `dir`, it changes `<src>` by absolute paths, which there
+/// name `dir/<shaped src>`, nothing of the watched tree.
+fn chrooted(dir: &Path, src: &Path) {
+    let d = c(dir);
+    check(unsafe { libc::chroot(d.as_ptr()) }, "chroot");
+    check(unsafe { libc::chdir(c("/").as_ptr()) }, "chdir /");
+    let at = |n: &str| src.join(n).to_str().unwrap().to_string();
+    create_at(libc::AT_FDCWD, &at("x"), b"changed inside the chroot");
+    mkdirat(libc::AT_FDCWD, &at("newdir"));
+    renameat2(libc::AT_FDCWD, &at("y"), libc::AT_FDCWD, &at("newdir/y"), 0);
+    unlinkat(libc::AT_FDCWD, &at("sub/z"), 0);
+    unlinkat(libc::AT_FDCWD, &at("sub"), libc::AT_REMOVEDIR);
+    fchmodat(libc::AT_FDCWD, &at("x"), 0o600);
+    symlinkat("x", libc::AT_FDCWD, &at("s"));
+    linkat(libc::AT_FDCWD, &at("x"), libc::AT_FDCWD, &at("x-link"), 0);
+    // Through a dirfd opened by absolute path inside the chroot.
+    let dfd = open_dir(src, libc::O_PATH);
+    create_at(dfd, "by-dirfd", b"d");
+    unlinkat(dfd, "x-link", 0);
+    close(dfd);
+}
+
+/// A chrooted process's absolute paths are relative to its own root: a
+/// build or restore chrooted into a directory shaped like the host (the
+/// watched tree's path repeated inside it) changes nothing of the watched
+/// tree, so nothing is sent and the mirror keeps everything.
+#[test]
+fn absolute_paths_of_a_chrooted_process_are_its_own() {
+    preflight(TOOLS);
+    let mut rig = Rig::new("dirfd-chroot", ScratchFs::tmpfs(64));
+    let outside = rig.dir.path().join("chroot");
+    let shaped_root = plant(&rig, &outside);
+    rig.start_agent();
+    rig.wait_ready();
+    rig.assert_identical(SYNC_TIMEOUT, "before the chrooted changes");
+    std::thread::sleep(Duration::from_millis(300));
+    let ops_before = rig.agent().status().ops_sent;
+    let mirror_before = snapshot(&rig.mirror);
+    run_child("chrooted", &outside, &outside, &rig.src);
+    assert!(
+        shaped_root.join("newdir/y").is_file() && !shaped_root.join("sub").exists(),
+        "the child did not run chrooted"
+    );
+    assert_nothing_sent(&rig, ops_before, &mirror_before);
 }

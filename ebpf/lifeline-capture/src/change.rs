@@ -134,7 +134,12 @@ impl PathResolver {
     /// the caller's path is not mistaken for the link itself.
     fn path(&mut self, raw: &RawPath, follow_final: bool) -> Option<PathBuf> {
         let lexical = match (&raw.tail, raw.absolute) {
-            (Some(t), true) => normalize(Path::new(OsStr::from_bytes(t))),
+            // Absolute in the caller's root, which the kernel walked: a
+            // chrooted process's `/x` is `<its root>/x` here.
+            (Some(t), true) => {
+                let rel = &t[t.iter().position(|b| *b != b'/').unwrap_or(t.len())..];
+                normalize(&self.base(raw)?.join(OsStr::from_bytes(rel)))
+            }
             (Some(t), false) => normalize(&self.base(raw)?.join(OsStr::from_bytes(t))),
             (None, _) => return self.base(raw),
         };
@@ -156,7 +161,17 @@ impl PathResolver {
     /// may not even see, in another mount namespace) is simply outside; only
     /// a path on a watched filesystem we failed to name is a gap.
     fn why(&self, raw: &RawPath) -> Unresolved {
-        if raw.absolute || self.watched_devs.contains(&raw.dev) {
+        if self.watched_devs.contains(&raw.dev) {
+            return Unresolved::Incomplete;
+        }
+        // An absolute path from a root we cannot see (another mount
+        // namespace's: a container's) may reach a watched tree through that
+        // namespace's own mounts (a bind mount of it at the same path, say).
+        // Where it would read as a watched path here, say so rather than
+        // guess either way: the tree is reconciled.
+        let lexically_watched =
+            || raw.tail.as_ref().is_some_and(|t| self.is_watched(&normalize(Path::new(OsStr::from_bytes(t)))));
+        if raw.absolute && lexically_watched() {
             Unresolved::Incomplete
         } else {
             Unresolved::Outside
@@ -221,10 +236,18 @@ mod tests {
     use super::*;
     use lifeline_ebpf_common::EventHeader;
 
-    /// A path-based record naming `path` (absolute) as its first path and,
-    /// for a link, `to` as its second.
+    /// The kernel dev_t of the filesystem of `/`, as the kernel reports
+    /// it for a task whose root is ours.
+    fn root_dev() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        crate::mounts::user_dev_to_kernel(std::fs::metadata("/").unwrap().dev())
+    }
+
+    /// A path-based record naming `path` (absolute, from our root) as its
+    /// first path and, for a link, `to` as its second.
     fn record(op: u8, flags: u8, path: &Path, to: Option<&Path>) -> RawEvent {
         let part = |p: &Path| RawPath {
+            dev: root_dev(),
             tail: Some(p.as_os_str().as_bytes().to_vec()),
             rooted: true,
             absolute: true,
@@ -262,5 +285,37 @@ mod tests {
         assert_eq!(ch.kind, ChangeKind::Link { to: watched.join("n") });
         let link = record(op::LINK, 0, &watched.join("s"), Some(&watched.join("n")));
         assert_eq!(r.resolve(&link).unwrap().path, watched.join("s"));
+    }
+
+    /// An absolute path is relative to the caller's root: from a process
+    /// chrooted into `dir` (the kernel walked `dir` as its root), `/<path>`
+    /// is `dir/<path>`, not the watched tree of the same name; from a root
+    /// this process cannot see, a path that reads as watched is a gap.
+    #[test]
+    fn absolute_paths_start_at_the_callers_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let watched = base.join("watched");
+        std::fs::create_dir_all(&watched).unwrap();
+        let chroot = base.join("chroot");
+        std::fs::create_dir_all(chroot.join(watched.strip_prefix("/").unwrap())).unwrap();
+        let mut r = PathResolver::new(vec![watched.clone()]).unwrap();
+
+        let x = watched.join("x");
+        let ours = record(op::UNLINK, 0, &x, None);
+        assert_eq!(r.resolve(&ours).unwrap().path, x);
+
+        // The walk of the chroot's directory (from /, names reversed as the
+        // decoder leaves them: root first).
+        let mut chrooted = record(op::UNLINK, 0, &x, None);
+        chrooted.paths[0].walk = chroot.iter().skip(1).map(|c| c.as_bytes().to_vec()).collect();
+        assert_eq!(r.resolve(&chrooted), Err(Unresolved::Outside));
+
+        let mut unseen = record(op::UNLINK, 0, &x, None);
+        unseen.paths[0].dev = u32::MAX;
+        assert_eq!(r.resolve(&unseen), Err(Unresolved::Incomplete));
+        let mut unseen = record(op::UNLINK, 0, &base.join("elsewhere"), None);
+        unseen.paths[0].dev = u32::MAX;
+        assert_eq!(r.resolve(&unseen), Err(Unresolved::Outside));
     }
 }

@@ -807,17 +807,18 @@ fn user_str(body: *mut u8, cur: &mut u32, ptr: u64) -> u32 {
     r as u32
 }
 
-/// The dentry a path-based call's relative path starts from: the directory
-/// `dirfd` names, or the current working directory.
+/// The dentry a path-based call's path starts from: the task's root
+/// directory for an absolute path (a chrooted task's `/` is its own), else
+/// the directory `dirfd` names, or the current working directory.
 #[inline(always)]
-fn base_dentry(c: &Config, dirfd: i64) -> u64 {
-    if dirfd == AT_FDCWD {
+fn base_dentry(c: &Config, dirfd: i64, absolute: bool) -> u64 {
+    if absolute || dirfd == AT_FDCWD {
         let task = unsafe { h::bpf_get_current_task() };
         let fs: u64 = kread(task, c.offsets.task_fs);
         if fs == 0 {
             return 0;
         }
-        kread(fs, c.offsets.fs_pwd_dentry)
+        kread(fs, if absolute { c.offsets.fs_root_dentry } else { c.offsets.fs_pwd_dentry })
     } else {
         let f = fd_file(c, dirfd as u64);
         if f == 0 {
@@ -935,26 +936,32 @@ fn emit_in(ctx: &BtfTracePointContext, c: &Config, s: &mut Scratch, walks: u32) 
                 break;
             }
             let (dirfd, ptr) = r.paths[i];
-            // An absolute path needs no base: peek at its first byte.
+            // An absolute path starts at the task's root: peek at its
+            // first byte.
             let mut first = 0u8;
             unsafe { h::bpf_probe_read_user(&mut first as *mut u8 as *mut c_void, 1, ptr as *const c_void) };
+            let absolute = first == b'/';
+            let base = base_dentry(c, dirfd, absolute);
             let p = &mut hdr.parts[i];
-            p.flags = part::PRESENT;
-            if first == b'/' {
-                p.flags |= part::ABSOLUTE | part::ROOTED;
-            } else {
-                let base = base_dentry(c, dirfd);
-                p.dev = dentry_dev(c, base);
-                let (len, rooted) = walk(c, body, &mut cur, base);
-                p.walk_len = len as u16;
-                if rooted {
-                    p.flags |= part::ROOTED;
-                }
+            p.flags = part::PRESENT | if absolute { part::ABSOLUTE } else { 0 };
+            p.dev = dentry_dev(c, base);
+            let (len, rooted) = walk(c, body, &mut cur, base);
+            p.walk_len = len as u16;
+            if rooted {
+                p.flags |= part::ROOTED;
             }
             p.tail_len = user_str(body, &mut cur, ptr) as u16;
+            if p.tail_len == 0 {
+                // Unreadable (the kernel has read it, so rare): without it
+                // the record would name the base directory itself.
+                hdr.flags |= flags::PATH_INCOMPLETE;
+            }
         }
         if r.aux_str != 0 {
             hdr.aux_len = user_str(body, &mut cur, r.aux_str) as u16;
+            if hdr.aux_len == 0 {
+                hdr.flags |= flags::PATH_INCOMPLETE;
+            }
         }
     }
     let mut size = HEADER_SIZE as u32 + cur;
