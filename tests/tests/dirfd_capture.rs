@@ -535,6 +535,12 @@ fn chrooted(dir: &Path, src: &Path) {
     create_at(dfd, "by-dirfd", b"d");
     unlinkat(dfd, "x-link", 0);
     close(dfd);
+    // Through `/jump`, a symlink to `<src>`: inside the chroot that is the
+    // chroot's copy, in the agent's root the watched tree.
+    mkdirat(libc::AT_FDCWD, "/jump/via-jump");
+    fchmodat(libc::AT_FDCWD, "/jump/x", 0o640);
+    renameat2(libc::AT_FDCWD, "/jump/newdir/y", libc::AT_FDCWD, "/jump/y-again", 0);
+    unlinkat(libc::AT_FDCWD, "/jump/s", 0);
 }
 
 /// A chrooted process's absolute paths are relative to its own root: a
@@ -547,6 +553,7 @@ fn absolute_paths_of_a_chrooted_process_are_its_own() {
     let mut rig = Rig::new("dirfd-chroot", ScratchFs::tmpfs(64));
     let outside = rig.dir.path().join("chroot");
     let shaped_root = plant(&rig, &outside);
+    symlink(&rig.src, outside.join("jump")).unwrap();
     rig.start_agent();
     rig.wait_ready();
     rig.assert_identical(SYNC_TIMEOUT, "before the chrooted changes");
@@ -555,7 +562,9 @@ fn absolute_paths_of_a_chrooted_process_are_its_own() {
     let mirror_before = snapshot(&rig.mirror);
     run_child("chrooted", &outside, &outside, &rig.src);
     assert!(
-        shaped_root.join("newdir/y").is_file() && !shaped_root.join("sub").exists(),
+        shaped_root.join("y-again").is_file()
+            && shaped_root.join("via-jump").is_dir()
+            && !shaped_root.join("sub").exists(),
         "the child did not run chrooted"
     );
     assert_nothing_sent(&rig, ops_before, &mirror_before);

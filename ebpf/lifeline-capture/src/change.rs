@@ -67,6 +67,30 @@ pub struct FileChange {
 
 const RENAME_EXCHANGE: u64 = 2;
 
+/// `p` (at or below `root`) resolved as a process whose root directory is
+/// `root` resolves it: every symlink on the way, absolute targets included,
+/// stays inside `root` (openat2's RESOLVE_IN_ROOT), where resolving it here
+/// would follow an absolute target into this process's tree (a chroot's
+/// `/srv -> /data` is not the host's `/data`).
+fn canonicalize_in_root(root: &Path, p: &Path) -> std::io::Result<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let rel = p.strip_prefix(root).map_err(|_| std::io::Error::other("outside the caller's root"))?;
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let root_fd = std::fs::File::open(root)?;
+    let rel = std::ffi::CString::new(rel.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // struct open_how: flags, mode, resolve.
+    let how: [u64; 3] = [(libc::O_PATH | libc::O_CLOEXEC) as u64, 0, RESOLVE_IN_ROOT];
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root_fd.as_raw_fd(), rel.as_ptr(), how.as_ptr(), std::mem::size_of_val(&how))
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// Turns records into [`FileChange`]s for the watched roots.
 pub struct PathResolver {
     mounts: MountTable,
@@ -133,23 +157,30 @@ impl PathResolver {
     /// through the filesystem when it still exists, so a symlinked directory in
     /// the caller's path is not mistaken for the link itself.
     fn path(&mut self, raw: &RawPath, follow_final: bool) -> Option<PathBuf> {
-        let lexical = match (&raw.tail, raw.absolute) {
+        let (root, lexical) = match (&raw.tail, raw.absolute) {
             // Absolute in the caller's root, which the kernel walked: a
             // chrooted process's `/x` is `<its root>/x` here.
             (Some(t), true) => {
                 let rel = &t[t.iter().position(|b| *b != b'/').unwrap_or(t.len())..];
-                normalize(&self.base(raw)?.join(OsStr::from_bytes(rel)))
+                let root = self.base(raw)?;
+                let lexical = normalize(&root.join(OsStr::from_bytes(rel)));
+                (Some(root), lexical)
             }
-            (Some(t), false) => normalize(&self.base(raw)?.join(OsStr::from_bytes(t))),
+            (Some(t), false) => (None, normalize(&self.base(raw)?.join(OsStr::from_bytes(t)))),
             (None, _) => return self.base(raw),
         };
+        // Symlinks on the way resolve as the caller's did: inside its root.
+        let canonicalize = |p: &Path| match &root {
+            Some(r) if r != Path::new("/") => canonicalize_in_root(r, p),
+            _ => std::fs::canonicalize(p),
+        };
         if follow_final {
-            if let Ok(p) = std::fs::canonicalize(&lexical) {
+            if let Ok(p) = canonicalize(&lexical) {
                 return Some(p);
             }
         }
         match (lexical.parent(), lexical.file_name()) {
-            (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
+            (Some(parent), Some(name)) => match canonicalize(parent) {
                 Ok(p) => Some(p.join(name)),
                 Err(_) => Some(lexical),
             },
@@ -310,6 +341,15 @@ mod tests {
         let mut chrooted = record(op::UNLINK, 0, &x, None);
         chrooted.paths[0].walk = chroot.iter().skip(1).map(|c| c.as_bytes().to_vec()).collect();
         assert_eq!(r.resolve(&chrooted), Err(Unresolved::Outside));
+
+        // Through a symlink in the chroot whose absolute target is, in our
+        // root, the watched tree: the chroot's own copy is meant.
+        std::os::unix::fs::symlink(&watched, chroot.join("jump")).unwrap();
+        let mut jump = record(op::UNLINK, 0, Path::new("/jump/x"), None);
+        jump.paths[0].walk = chrooted.paths[0].walk.clone();
+        let in_chroot = chroot.join(watched.strip_prefix("/").unwrap());
+        assert_eq!(r.resolve(&jump), Err(Unresolved::Outside));
+        assert_eq!(canonicalize_in_root(&chroot, &chroot.join("jump")).unwrap(), in_chroot);
 
         let mut unseen = record(op::UNLINK, 0, &x, None);
         unseen.paths[0].dev = u32::MAX;
