@@ -1,5 +1,24 @@
 //! File modification messages: kernel records resolved to absolute paths and
 //! filtered to the watched trees.
+//!
+//! How a record names its file, and why each rule is exact:
+//! - fd-based calls (the write family, ftruncate, fchmod, opens that create
+//!   or truncate): the kernel walks the open file's own dentries up to its
+//!   filesystem's root; mountinfo turns (filesystem, path) into an absolute
+//!   path. How the caller named the file does not matter.
+//! - path-based calls (mkdir, unlink, rename, link, symlink, chmod, ...,
+//!   and their `*at` forms): the kernel walks the directory the path starts
+//!   from at the moment of the call — the dirfd's, the working directory, or
+//!   for a path starting with `/` the caller's root (a chrooted process's
+//!   `/` is its own) — and sends the path string as given. Joined here, with
+//!   symlinks on the way resolved as the caller resolved them (inside its
+//!   root); a final symlink is followed only when the call followed it
+//!   ([`flags::FOLLOW`]): changing a symlink's own owner or times, or
+//!   hard-linking a symlink, names the symlink, never its target.
+//! - a base this process cannot see (another mount namespace's root or
+//!   directory) is outside the watched trees, unless the record's absolute
+//!   path would read as a watched one here: then it is a gap, and the trees
+//!   are reconciled rather than a guess sent either way.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
