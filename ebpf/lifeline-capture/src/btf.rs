@@ -217,6 +217,7 @@ impl Btf {
             dentry_inode: o("dentry", "d_inode")?,
             dentry_sb: o("dentry", "d_sb")?,
             fs_pwd_dentry: o("fs_struct", "pwd.dentry")?,
+            fs_root_dentry: o("fs_struct", "root.dentry")?,
             regs_orig_ax: o("pt_regs", "orig_ax")?,
             regs_args: [
                 o("pt_regs", "di")?,

@@ -1,5 +1,24 @@
 //! File modification messages: kernel records resolved to absolute paths and
 //! filtered to the watched trees.
+//!
+//! How a record names its file, and why each rule is exact:
+//! - fd-based calls (the write family, ftruncate, fchmod, opens that create
+//!   or truncate): the kernel walks the open file's own dentries up to its
+//!   filesystem's root; mountinfo turns (filesystem, path) into an absolute
+//!   path. How the caller named the file does not matter.
+//! - path-based calls (mkdir, unlink, rename, link, symlink, chmod, ...,
+//!   and their `*at` forms): the kernel walks the directory the path starts
+//!   from at the moment of the call — the dirfd's, the working directory, or
+//!   for a path starting with `/` the caller's root (a chrooted process's
+//!   `/` is its own) — and sends the path string as given. Joined here, with
+//!   symlinks on the way resolved as the caller resolved them (inside its
+//!   root); a final symlink is followed only when the call followed it
+//!   ([`flags::FOLLOW`]): changing a symlink's own owner or times, or
+//!   hard-linking a symlink, names the symlink, never its target.
+//! - a base this process cannot see (another mount namespace's root or
+//!   directory) is outside the watched trees, unless the record's absolute
+//!   path would read as a watched one here: then it is a gap, and the trees
+//!   are reconciled rather than a guess sent either way.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -67,6 +86,30 @@ pub struct FileChange {
 
 const RENAME_EXCHANGE: u64 = 2;
 
+/// `p` (at or below `root`) resolved as a process whose root directory is
+/// `root` resolves it: every symlink on the way, absolute targets included,
+/// stays inside `root` (openat2's RESOLVE_IN_ROOT), where resolving it here
+/// would follow an absolute target into this process's tree (a chroot's
+/// `/srv -> /data` is not the host's `/data`).
+fn canonicalize_in_root(root: &Path, p: &Path) -> std::io::Result<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    let rel = p.strip_prefix(root).map_err(|_| std::io::Error::other("outside the caller's root"))?;
+    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+    let root_fd = std::fs::File::open(root)?;
+    let rel = std::ffi::CString::new(rel.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // struct open_how: flags, mode, resolve.
+    let how: [u64; 3] = [(libc::O_PATH | libc::O_CLOEXEC) as u64, 0, RESOLVE_IN_ROOT];
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, root_fd.as_raw_fd(), rel.as_ptr(), how.as_ptr(), std::mem::size_of_val(&how))
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// Turns records into [`FileChange`]s for the watched roots.
 pub struct PathResolver {
     mounts: MountTable,
@@ -133,18 +176,30 @@ impl PathResolver {
     /// through the filesystem when it still exists, so a symlinked directory in
     /// the caller's path is not mistaken for the link itself.
     fn path(&mut self, raw: &RawPath, follow_final: bool) -> Option<PathBuf> {
-        let lexical = match (&raw.tail, raw.absolute) {
-            (Some(t), true) => normalize(Path::new(OsStr::from_bytes(t))),
-            (Some(t), false) => normalize(&self.base(raw)?.join(OsStr::from_bytes(t))),
+        let (root, lexical) = match (&raw.tail, raw.absolute) {
+            // Absolute in the caller's root, which the kernel walked: a
+            // chrooted process's `/x` is `<its root>/x` here.
+            (Some(t), true) => {
+                let rel = &t[t.iter().position(|b| *b != b'/').unwrap_or(t.len())..];
+                let root = self.base(raw)?;
+                let lexical = normalize(&root.join(OsStr::from_bytes(rel)));
+                (Some(root), lexical)
+            }
+            (Some(t), false) => (None, normalize(&self.base(raw)?.join(OsStr::from_bytes(t)))),
             (None, _) => return self.base(raw),
         };
+        // Symlinks on the way resolve as the caller's did: inside its root.
+        let canonicalize = |p: &Path| match &root {
+            Some(r) if r != Path::new("/") => canonicalize_in_root(r, p),
+            _ => std::fs::canonicalize(p),
+        };
         if follow_final {
-            if let Ok(p) = std::fs::canonicalize(&lexical) {
+            if let Ok(p) = canonicalize(&lexical) {
                 return Some(p);
             }
         }
         match (lexical.parent(), lexical.file_name()) {
-            (Some(parent), Some(name)) => match std::fs::canonicalize(parent) {
+            (Some(parent), Some(name)) => match canonicalize(parent) {
                 Ok(p) => Some(p.join(name)),
                 Err(_) => Some(lexical),
             },
@@ -156,7 +211,17 @@ impl PathResolver {
     /// may not even see, in another mount namespace) is simply outside; only
     /// a path on a watched filesystem we failed to name is a gap.
     fn why(&self, raw: &RawPath) -> Unresolved {
-        if raw.absolute || self.watched_devs.contains(&raw.dev) {
+        if self.watched_devs.contains(&raw.dev) {
+            return Unresolved::Incomplete;
+        }
+        // An absolute path from a root we cannot see (another mount
+        // namespace's: a container's) may reach a watched tree through that
+        // namespace's own mounts (a bind mount of it at the same path, say).
+        // Where it would read as a watched path here, say so rather than
+        // guess either way: the tree is reconciled.
+        let lexically_watched =
+            || raw.tail.as_ref().is_some_and(|t| self.is_watched(&normalize(Path::new(OsStr::from_bytes(t)))));
+        if raw.absolute && lexically_watched() {
             Unresolved::Incomplete
         } else {
             Unresolved::Outside
@@ -169,7 +234,13 @@ impl PathResolver {
             return Err(Unresolved::Incomplete);
         }
         let first = ev.paths.first().ok_or(Unresolved::Incomplete)?;
-        let follow = h.op == op::ATTR && first.tail.is_some();
+        // Follow a final symlink only where the call did (the kernel says
+        // so): a symlink's own owner or times changed, or a hard link made
+        // to a symlink, names the symlink, never the file it points to — a
+        // restore copying a machine's symlinks (absolute targets into the
+        // watched tree) would otherwise be taken for changes of the tree.
+        // An empty path (AT_EMPTY_PATH) names the walked object itself.
+        let follow = h.flags & flags::FOLLOW != 0 && first.tail.as_ref().is_some_and(|t| !t.is_empty());
         let path = self.path(first, follow).ok_or_else(|| self.why(first))?;
         let second = match ev.paths.get(1) {
             Some(p) => Some(self.path(p, false).ok_or_else(|| self.why(p))?),
@@ -207,5 +278,103 @@ impl PathResolver {
             dev: if h.ino != 0 { kernel_dev_to_user(h.dev) } else { 0 },
             ino: h.ino,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeline_ebpf_common::EventHeader;
+
+    /// The kernel dev_t of the filesystem of `/`, as the kernel reports
+    /// it for a task whose root is ours.
+    fn root_dev() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        crate::mounts::user_dev_to_kernel(std::fs::metadata("/").unwrap().dev())
+    }
+
+    /// A path-based record naming `path` (absolute, from our root) as its
+    /// first path and, for a link, `to` as its second.
+    fn record(op: u8, flags: u8, path: &Path, to: Option<&Path>) -> RawEvent {
+        let part = |p: &Path| RawPath {
+            dev: root_dev(),
+            tail: Some(p.as_os_str().as_bytes().to_vec()),
+            rooted: true,
+            absolute: true,
+            ..RawPath::default()
+        };
+        let header = EventHeader { op, flags, ..EventHeader::default() };
+        RawEvent { header, paths: std::iter::once(path).chain(to).map(part).collect(), aux_str: None }
+    }
+
+    /// A symlink outside the watched tree pointing into it: the symlink's
+    /// own attributes changing (no FOLLOW) is nothing of the tree; the
+    /// target's changing through it (FOLLOW) is the target's change.
+    #[test]
+    fn a_final_symlink_is_followed_only_when_the_call_followed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let (watched, outside) = (base.join("watched"), base.join("outside"));
+        std::fs::create_dir_all(&watched).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(watched.join("x"), b"x").unwrap();
+        std::os::unix::fs::symlink(watched.join("x"), outside.join("l")).unwrap();
+        let mut r = PathResolver::new(vec![watched.clone()]).unwrap();
+
+        let nofollow = record(op::ATTR, 0, &outside.join("l"), None);
+        assert_eq!(r.resolve(&nofollow), Err(Unresolved::Outside));
+        let follow = record(op::ATTR, flags::FOLLOW, &outside.join("l"), None);
+        assert_eq!(r.resolve(&follow).unwrap().path, watched.join("x"));
+
+        // linkat(AT_SYMLINK_FOLLOW) of a symlink inside the tree: the new
+        // name is a link to the target file, not to the symlink.
+        std::os::unix::fs::symlink("x", watched.join("s")).unwrap();
+        let link = record(op::LINK, flags::FOLLOW, &watched.join("s"), Some(&watched.join("n")));
+        let ch = r.resolve(&link).unwrap();
+        assert_eq!(ch.path, watched.join("x"));
+        assert_eq!(ch.kind, ChangeKind::Link { to: watched.join("n") });
+        let link = record(op::LINK, 0, &watched.join("s"), Some(&watched.join("n")));
+        assert_eq!(r.resolve(&link).unwrap().path, watched.join("s"));
+    }
+
+    /// An absolute path is relative to the caller's root: from a process
+    /// chrooted into `dir` (the kernel walked `dir` as its root), `/<path>`
+    /// is `dir/<path>`, not the watched tree of the same name; from a root
+    /// this process cannot see, a path that reads as watched is a gap.
+    #[test]
+    fn absolute_paths_start_at_the_callers_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let watched = base.join("watched");
+        std::fs::create_dir_all(&watched).unwrap();
+        let chroot = base.join("chroot");
+        std::fs::create_dir_all(chroot.join(watched.strip_prefix("/").unwrap())).unwrap();
+        let mut r = PathResolver::new(vec![watched.clone()]).unwrap();
+
+        let x = watched.join("x");
+        let ours = record(op::UNLINK, 0, &x, None);
+        assert_eq!(r.resolve(&ours).unwrap().path, x);
+
+        // The walk of the chroot's directory (from /, names reversed as the
+        // decoder leaves them: root first).
+        let mut chrooted = record(op::UNLINK, 0, &x, None);
+        chrooted.paths[0].walk = chroot.iter().skip(1).map(|c| c.as_bytes().to_vec()).collect();
+        assert_eq!(r.resolve(&chrooted), Err(Unresolved::Outside));
+
+        // Through a symlink in the chroot whose absolute target is, in our
+        // root, the watched tree: the chroot's own copy is meant.
+        std::os::unix::fs::symlink(&watched, chroot.join("jump")).unwrap();
+        let mut jump = record(op::UNLINK, 0, Path::new("/jump/x"), None);
+        jump.paths[0].walk = chrooted.paths[0].walk.clone();
+        let in_chroot = chroot.join(watched.strip_prefix("/").unwrap());
+        assert_eq!(r.resolve(&jump), Err(Unresolved::Outside));
+        assert_eq!(canonicalize_in_root(&chroot, &chroot.join("jump")).unwrap(), in_chroot);
+
+        let mut unseen = record(op::UNLINK, 0, &x, None);
+        unseen.paths[0].dev = u32::MAX;
+        assert_eq!(r.resolve(&unseen), Err(Unresolved::Incomplete));
+        let mut unseen = record(op::UNLINK, 0, &base.join("elsewhere"), None);
+        unseen.paths[0].dev = u32::MAX;
+        assert_eq!(r.resolve(&unseen), Err(Unresolved::Outside));
     }
 }

@@ -13,7 +13,8 @@ pub struct RawPath {
     pub tail: Option<Vec<u8>>,
     /// The walk reached the filesystem root (the path is complete).
     pub rooted: bool,
-    /// The tail is absolute; the walk is empty.
+    /// The tail is absolute: relative to the caller's root directory, which
+    /// the walk names.
     pub absolute: bool,
 }
 

@@ -8,8 +8,10 @@
 //! for each of the header's two [`PathPart`]s, `walk_len` bytes of dentry
 //! names (leaf first, each NUL-terminated: the walk from the object up to its
 //! filesystem's root) then `tail_len` bytes of a user-supplied path string
-//! (NUL-terminated, relative to the walked directory unless it starts with
-//! `/`); then `aux_len` bytes of an auxiliary string (a symlink's target).
+//! (NUL-terminated, relative to the walked directory: the dirfd's, the
+//! working directory, or for a tail starting with `/` the caller's root
+//! directory); then `aux_len` bytes of an auxiliary string (a symlink's
+//! target).
 #![no_std]
 
 /// Operation codes (`EventHeader::op`).
@@ -42,7 +44,8 @@ pub mod flags {
     pub const CREATED: u8 = 1;
     /// OPEN: the open truncated the file (O_TRUNC).
     pub const TRUNCATED: u8 = 2;
-    /// A path did not fit the record or its walk exceeded the depth limit.
+    /// A path did not fit the record or its walk exceeded the depth limit,
+    /// or a string the call named could not be read.
     pub const PATH_INCOMPLETE: u8 = 4;
     /// WRITE: the range came from fallocate (may be a hole punched).
     pub const FALLOCATE: u8 = 8;
@@ -53,6 +56,14 @@ pub mod flags {
     /// WRITE without a path: the run (`aux`, `ktime_ns` as for RUN_OPEN) ended;
     /// `[offset, offset + len)` is what its suppressed writes covered.
     pub const RUN_END: u8 = 32;
+    /// Path-based records: the call resolved the final component of path 0
+    /// through a symlink (chmod, chown, setxattr, utimes, fchmodat; fchownat,
+    /// utimensat and fchmodat2 without AT_SYMLINK_NOFOLLOW; linkat with
+    /// AT_SYMLINK_FOLLOW), so the object changed is the link's target. Absent,
+    /// a symlink named there is the object itself (lchown, lsetxattr,
+    /// AT_SYMLINK_NOFOLLOW, link): following it would name another file,
+    /// perhaps one in a watched tree that nothing changed.
+    pub const FOLLOW: u8 = 64;
 }
 
 /// A task's current run of contiguous writes to one file (map `RUNS`, by
@@ -93,7 +104,8 @@ pub const RUN_WINDOW_NS: u64 = 2_000_000;
 pub mod part {
     /// The walk reached the filesystem's root (the path is complete).
     pub const ROOTED: u16 = 1;
-    /// The tail is absolute: ignore the walk.
+    /// The tail is absolute: relative to the caller's root directory, which
+    /// the walk names (a chrooted process's `/` is not the agent's).
     pub const ABSOLUTE: u16 = 2;
     /// The part is present.
     pub const PRESENT: u16 = 4;
@@ -167,6 +179,8 @@ pub struct Offsets {
     pub dentry_inode: u32,
     pub dentry_sb: u32,
     pub fs_pwd_dentry: u32,
+    /// The task's root directory (`chroot`): where its absolute paths start.
+    pub fs_root_dentry: u32,
     /// `struct pt_regs` fields holding the syscall number and arguments
     /// (x86_64 syscall ABI: di, si, dx, r10, r8, r9).
     pub regs_orig_ax: u32,

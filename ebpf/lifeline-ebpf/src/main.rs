@@ -101,6 +101,8 @@ const NAME_MAX: u32 = 256;
 const PATH_MAX: u32 = 4096;
 const AT_FDCWD: i64 = -100;
 const AT_REMOVEDIR: u64 = 0x200;
+const AT_SYMLINK_NOFOLLOW: u64 = 0x100;
+const AT_SYMLINK_FOLLOW: u64 = 0x400;
 const O_CREAT: u64 = 0o100;
 const PROT_WRITE: u64 = 2;
 const MAP_SHARED: u64 = 1;
@@ -594,7 +596,12 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             r.aux = a(4);
         }
         nr::LINK => r.set_two(op::LINK, AT_FDCWD, a(0), AT_FDCWD, a(1)),
-        nr::LINKAT => r.set_two(op::LINK, dfd(a(0)), a(1), dfd(a(2)), a(3)),
+        nr::LINKAT => {
+            r.set_two(op::LINK, dfd(a(0)), a(1), dfd(a(2)), a(3));
+            if a(4) & AT_SYMLINK_FOLLOW != 0 {
+                r.flags = flags::FOLLOW;
+            }
+        }
         nr::SYMLINK => {
             r.set_path(op::SYMLINK, AT_FDCWD, a(1));
             r.aux_str = a(0);
@@ -603,17 +610,25 @@ fn try_exit(ctx: &BtfTracePointContext, c: &Config, regs: u64, nr: u32) -> Optio
             r.set_path(op::SYMLINK, dfd(a(1)), a(2));
             r.aux_str = a(0);
         }
-        nr::CHMOD
-        | nr::CHOWN
-        | nr::LCHOWN
-        | nr::SETXATTR
-        | nr::LSETXATTR
-        | nr::REMOVEXATTR
-        | nr::LREMOVEXATTR
-        | nr::UTIMES
-        | nr::UTIME => r.set_path(op::ATTR, AT_FDCWD, a(0)),
-        nr::FCHMODAT | nr::FCHMODAT2 | nr::FCHOWNAT | nr::FUTIMESAT | nr::UTIMENSAT => {
-            r.set_path(op::ATTR, dfd(a(0)), a(1))
+        // Whether the call follows a final symlink decides which object
+        // changed: the agent must not follow one the call did not.
+        nr::CHMOD | nr::CHOWN | nr::SETXATTR | nr::REMOVEXATTR | nr::UTIMES | nr::UTIME => {
+            r.set_path(op::ATTR, AT_FDCWD, a(0));
+            r.flags = flags::FOLLOW;
+        }
+        nr::LCHOWN | nr::LSETXATTR | nr::LREMOVEXATTR => r.set_path(op::ATTR, AT_FDCWD, a(0)),
+        nr::FCHMODAT | nr::FUTIMESAT => {
+            r.set_path(op::ATTR, dfd(a(0)), a(1));
+            r.flags = flags::FOLLOW;
+        }
+        nr::FCHMODAT2 | nr::FCHOWNAT | nr::UTIMENSAT => {
+            // The flags argument: fchownat(dfd, path, uid, gid, flags),
+            // utimensat(dfd, path, times, flags), fchmodat2(dfd, path, mode, flags).
+            let at_flags = if nr == nr::FCHOWNAT { a(4) } else { a(3) };
+            r.set_path(op::ATTR, dfd(a(0)), a(1));
+            if at_flags & AT_SYMLINK_NOFOLLOW == 0 {
+                r.flags = flags::FOLLOW;
+            }
         }
         // Not reported: `emit` releases the slot and sends nothing.
         _ => r.op = 0,
@@ -792,17 +807,18 @@ fn user_str(body: *mut u8, cur: &mut u32, ptr: u64) -> u32 {
     r as u32
 }
 
-/// The dentry a path-based call's relative path starts from: the directory
-/// `dirfd` names, or the current working directory.
+/// The dentry a path-based call's path starts from: the task's root
+/// directory for an absolute path (a chrooted task's `/` is its own), else
+/// the directory `dirfd` names, or the current working directory.
 #[inline(always)]
-fn base_dentry(c: &Config, dirfd: i64) -> u64 {
-    if dirfd == AT_FDCWD {
+fn base_dentry(c: &Config, dirfd: i64, absolute: bool) -> u64 {
+    if absolute || dirfd == AT_FDCWD {
         let task = unsafe { h::bpf_get_current_task() };
         let fs: u64 = kread(task, c.offsets.task_fs);
         if fs == 0 {
             return 0;
         }
-        kread(fs, c.offsets.fs_pwd_dentry)
+        kread(fs, if absolute { c.offsets.fs_root_dentry } else { c.offsets.fs_pwd_dentry })
     } else {
         let f = fd_file(c, dirfd as u64);
         if f == 0 {
@@ -920,26 +936,32 @@ fn emit_in(ctx: &BtfTracePointContext, c: &Config, s: &mut Scratch, walks: u32) 
                 break;
             }
             let (dirfd, ptr) = r.paths[i];
-            // An absolute path needs no base: peek at its first byte.
+            // An absolute path starts at the task's root: peek at its
+            // first byte.
             let mut first = 0u8;
             unsafe { h::bpf_probe_read_user(&mut first as *mut u8 as *mut c_void, 1, ptr as *const c_void) };
+            let absolute = first == b'/';
+            let base = base_dentry(c, dirfd, absolute);
             let p = &mut hdr.parts[i];
-            p.flags = part::PRESENT;
-            if first == b'/' {
-                p.flags |= part::ABSOLUTE | part::ROOTED;
-            } else {
-                let base = base_dentry(c, dirfd);
-                p.dev = dentry_dev(c, base);
-                let (len, rooted) = walk(c, body, &mut cur, base);
-                p.walk_len = len as u16;
-                if rooted {
-                    p.flags |= part::ROOTED;
-                }
+            p.flags = part::PRESENT | if absolute { part::ABSOLUTE } else { 0 };
+            p.dev = dentry_dev(c, base);
+            let (len, rooted) = walk(c, body, &mut cur, base);
+            p.walk_len = len as u16;
+            if rooted {
+                p.flags |= part::ROOTED;
             }
             p.tail_len = user_str(body, &mut cur, ptr) as u16;
+            if p.tail_len == 0 {
+                // Unreadable (the kernel has read it, so rare): without it
+                // the record would name the base directory itself.
+                hdr.flags |= flags::PATH_INCOMPLETE;
+            }
         }
         if r.aux_str != 0 {
             hdr.aux_len = user_str(body, &mut cur, r.aux_str) as u16;
+            if hdr.aux_len == 0 {
+                hdr.flags |= flags::PATH_INCOMPLETE;
+            }
         }
     }
     let mut size = HEADER_SIZE as u32 + cur;
