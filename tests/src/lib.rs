@@ -27,6 +27,7 @@
 //! a missing privilege, tool or binary is a loud panic.
 
 mod bpf;
+pub mod console;
 pub mod desktop;
 pub mod history;
 mod netns;

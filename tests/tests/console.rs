@@ -10,25 +10,19 @@
 //! The screenshots go to the test's scratch directory;
 //! `LIFELINE_WRITE_DOCS=1` writes them to `docs/console/` instead.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use lifeline_tests::{preflight, wait_until, Receiver, ReceiverOpts, TestDir};
+use lifeline_tests::console::{run_for, workspace_root, Console};
+use lifeline_tests::{preflight, TestDir};
 
 /// The browser the flow drives (Debian's package `chromium`).
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// The flow takes about 20 s; past this it is stuck.
+/// The flow takes about 35 s; past this it is stuck.
 const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
 /// The machines the flow gives to its customers A and B.
 const MACHINE_A: &str = "acme-web1";
 const MACHINE_B: &str = "beta-db1";
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
-}
 
 /// Panics unless Python can import Playwright's sync API (a missing one
 /// fails the test, as every missing tool does).
@@ -44,27 +38,13 @@ fn require_playwright() {
     );
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port()
-}
-
 #[test]
 fn console_in_chromium() {
     preflight(&["lifeline-receiver", "python3", "certutil", CHROMIUM]);
     require_playwright();
     let dir = TestDir::new("console");
     let store = dir.path().join("store");
-    let console = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut opts = ReceiverOpts::new(&store);
-    opts.env = vec![("LIFELINE_CONSOLE_LISTEN".into(), console.to_string())];
-    let mut rx = Receiver::start_opts(opts);
-    // The console listens once the receiver has made the first admin (and
-    // written its password for the flow to read).
-    let first_login = store.join("console-first-login");
-    let ready = wait_until(Duration::from_secs(30), || {
-        first_login.exists() && TcpStream::connect_timeout(&console, Duration::from_millis(200)).is_ok()
-    });
-    assert!(ready, "the console did not answer on {console} within 30 s\n{}", rx.log_tail(40));
+    let Console { receiver: mut rx, addr: console, .. } = Console::start(&store);
     for m in [MACHINE_A, MACHINE_B, "spare-1"] {
         rx.credentials(m); // `lifeline-receiver machine add`
     }
@@ -75,51 +55,24 @@ fn console_in_chromium() {
         dir.subdir("screenshots")
     };
     let artifacts = dir.subdir("artifacts");
-    let mut child = Command::new("python3")
-        .arg(workspace_root().join("tests/console/flow.py"))
-        .arg("--url")
-        .arg(format!("https://{console}"))
-        .arg("--store")
-        .arg(&store)
-        .arg("--screenshots")
-        .arg(&shots)
-        .args(["--machine-a", MACHINE_A, "--machine-b", MACHINE_B])
-        .arg("--receiver-bin")
-        .arg(lifeline_tests::bin_path("lifeline-receiver"))
-        .arg("--artifacts")
-        .arg(&artifacts)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run python3 tests/console/flow.py");
-    // Read both pipes while waiting, so that a chatty flow cannot block.
-    let mut stdout = child.stdout.take().expect("stdout");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for flow.py") {
-            break Some(status);
-        }
-        if start.elapsed() > FLOW_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (out, err) = (out_reader.join().unwrap(), err_reader.join().unwrap());
+    let ran = run_for(
+        Command::new("python3")
+            .arg(workspace_root().join("tests/console/flow.py"))
+            .arg("--url")
+            .arg(format!("https://{console}"))
+            .arg("--store")
+            .arg(&store)
+            .arg("--screenshots")
+            .arg(&shots)
+            .args(["--machine-a", MACHINE_A, "--machine-b", MACHINE_B])
+            .arg("--receiver-bin")
+            .arg(lifeline_tests::bin_path("lifeline-receiver"))
+            .arg("--artifacts")
+            .arg(&artifacts)
+            .env("PYTHONUNBUFFERED", "1"),
+        FLOW_TIMEOUT,
+    );
+    let (status, out, err) = (ran.status, ran.stdout, ran.stderr);
     println!("{out}");
     let report = || {
         format!(
@@ -132,7 +85,7 @@ fn console_in_chromium() {
         None => panic!("flow.py did not finish within {FLOW_TIMEOUT:?}\n{}", report()),
         Some(s) => assert!(s.success(), "flow.py failed ({s})\n{}", report()),
     }
-    println!("console flow took {:.1} s", start.elapsed().as_secs_f64());
+    println!("console flow took {:.1} s", ran.took.as_secs_f64());
 
     // Every page's screenshot is a PNG of the asked width.
     for name in ["login", "second-factor", "machines", "machine", "customers", "audit", "account", "machines-phone"] {
