@@ -70,7 +70,7 @@ struct ServeArgs {
     bootos_agent: Option<PathBuf>,
     /// How booted machines reach this receiver, for the boot media the
     /// console makes (https://backup.example.net:7700).
-    #[arg(long)]
+    #[arg(long, env = "LIFELINE_PUBLIC_URL")]
     public_url: Option<String>,
     /// Mail the console's notices (boot media made) to customers through
     /// this SMTP server: smtp://HOST:PORT (plain), smtp://HOST:587?tls=required
@@ -87,7 +87,7 @@ struct ServeArgs {
     /// Anyone reaching the console may sign up as a new customer (its
     /// first administrator chooses a password); otherwise customers are
     /// added by the provider (`customer add`, or the console).
-    #[arg(long)]
+    #[arg(long, env = "LIFELINE_CONSOLE_SIGNUP")]
     console_signup: bool,
     /// Most console connections open at once...
     #[arg(long, default_value_t = lifeline_console::Limits::default().max_connections)]

@@ -29,6 +29,8 @@ import hmac
 import http.server
 import os
 import shutil
+import socketserver
+import sqlite3
 import ssl
 import struct
 import subprocess
@@ -75,7 +77,70 @@ CUSTOMER_X = {
     "password": "evil-first-password",
 }
 
+# A customer who signs up on its own (the receiver runs with
+# --console-signup), registers a PC and gets its boot media.
+CUSTOMER_C = {"name": "Gamma Home", "email": "me@gamma.example", "login": "gamma", "password": "gamma-first-password"}
+PC = {"name": "gamma-pc1", "ip": "192.0.2.10", "mac": "52:54:00:12:34:56"}
+# Making a boot OS and its ISO takes seconds to tens of seconds.
+MEDIA_TIMEOUT_MS = 180_000
+
 LOCKOUT_AFTER = 5  # lifeline_store::db::console::LOCKOUT_AFTER
+
+
+class SmtpSink:
+    """A mail server on loopback that keeps what it is sent (the receiver
+    mails its notices to it, --smtp-url smtp://127.0.0.1:PORT): just the
+    SMTP a client needs to hand over a message, nothing relayed."""
+
+    def __init__(self, port):
+        self.messages = []
+        sink = self
+
+        class Session(socketserver.StreamRequestHandler):
+            def handle(self):
+                def say(line):
+                    self.wfile.write(line.encode() + b"\r\n")
+
+                say("220 sink ESMTP")
+                rcpt = []
+                while line := self.rfile.readline():
+                    verb = line.decode("latin-1").strip().split(" ", 1)[0].upper()
+                    if verb in ("EHLO", "HELO"):
+                        say("250 sink")
+                    elif verb == "RCPT":
+                        rcpt.append(line.decode("latin-1").split(":", 1)[1].strip().strip("<>"))
+                        say("250 ok")
+                    elif verb == "DATA":
+                        say("354 go on")
+                        body = []
+                        while (l := self.rfile.readline()) not in (b".\r\n", b""):
+                            body.append(l.decode("utf-8", "replace"))
+                        sink.messages.append({"to": rcpt, "text": "".join(body)})
+                        rcpt = []
+                        say("250 kept")
+                    elif verb == "QUIT":
+                        say("221 bye")
+                        return
+                    else:
+                        say("250 ok")
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Session)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, to, text, seconds=30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for m in self.messages:
+                if to in m["to"] and text in m["text"]:
+                    return m
+            time.sleep(0.1)
+        raise Failed(f"no mail to {to} saying {text!r} within {seconds} s; the sink has {self.messages}")
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 class Failed(Exception):
@@ -188,6 +253,7 @@ class Flow:
         self.machine_a = args.machine_a
         self.machine_b = args.machine_b
         self.receiver_bin = args.receiver_bin
+        self.smtp = SmtpSink(args.smtp_port)
         self.browser = pw.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
@@ -330,6 +396,7 @@ class Flow:
         for ctx in self.contexts:
             ctx.close()
         self.browser.close()
+        self.smtp.close()
 
 
 def text_of(page):
@@ -772,6 +839,123 @@ def no_errors_in_the_browser(f):
     check(not f.browser_errors, "the browser saw errors on the console's pages:\n  " + "\n  ".join(f.browser_errors))
 
 
+def a_visitor_signs_up(f):
+    page = f.page()
+    f.goto(page, "/login")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Sign up").click()
+    page.fill("#name", CUSTOMER_C["name"])
+    page.fill("#email", CUSTOMER_C["email"])
+    page.fill("#login", CUSTOMER_C["login"])
+    page.fill("#password", CUSTOMER_C["password"])
+    page.fill("#again", CUSTOMER_C["password"])
+    r = f.submit(page, "form[action='/signup'] button[type=submit]", "/signup")
+    check(r.status == 303, f"sign-up answered {r.status}: {text_of(page)}")
+    check(page.url.endswith("/machines/new"), f"after sign-up the browser is at {page.url}")
+    # Signed in as the new customer's admin, who sees no other customer's machine.
+    f.goto(page, "/machines")
+    check(f.machine_a not in text_of(page) and f.machine_b not in text_of(page), f"a new customer sees others' machines: {text_of(page)}")
+    f.gamma = page
+
+
+def the_new_customer_registers_a_pc(f):
+    page = f.gamma
+    f.goto(page, "/machines")
+    with page.expect_navigation():
+        page.get_by_role("link", name="Register a PC").click()
+    page.fill("#name", PC["name"])
+    page.fill("#ip", PC["ip"])
+    page.fill("#mac", PC["mac"])
+    r = f.submit(page, "form[action='/machines/new'] button[type=submit]", "/machines/new")
+    check(r.status == 200, f"registering {PC['name']}: {r.status}: {text_of(page)}")
+    token = page.locator("#machine-token").inner_text().strip()
+    check(len(token) > 40, f"the credential shown is {token!r}")
+    # Shown once: the machine's page never shows it again.
+    with page.expect_navigation():
+        page.get_by_role("link", name=f"Make boot media for {PC['name']}").click()
+    check(token not in page.content(), "the machine's page shows its credential again")
+    expect(page.locator(".facts")).to_contain_text(PC["ip"])
+    expect(page.locator(".facts")).to_contain_text(PC["mac"])
+    f.pc_path = page.url[len(f.url):]
+    # A registered name or MAC address is refused the second time.
+    f.goto(page, "/machines/new")
+    page.fill("#name", "gamma-pc2")
+    page.fill("#mac", PC["mac"].upper())
+    r = f.submit(page, "form[action='/machines/new'] button[type=submit]", "/machines/new")
+    check(r.status == 400 and "registered already" in text_of(page), f"a second PC with the same MAC: {r.status}: {text_of(page)}")
+
+
+def media_file_of(f, kind):
+    """The file the receiver made for the newest `kind` media of the PC."""
+    db = sqlite3.connect(f.store / "receiver.db", timeout=10)
+    (media,) = db.execute(
+        "SELECT media FROM media_requests WHERE machine = ? AND kind = ? ORDER BY id DESC LIMIT 1", (PC["name"], kind)
+    ).fetchone()
+    db.close()
+    return f.store / "boot" / str(media) / ("boot.iso" if kind == "iso" else "usb.img")
+
+
+def the_new_customer_downloads_an_iso_made_for_its_pc(f):
+    page = f.gamma
+    f.goto(page, f.pc_path)
+    page.check("input[name=kind][value=iso]")
+    page.check("input[name=mode][value=menu]")
+    r = f.submit(page, "form[action$='/media'] button[type=submit]", f.pc_path + "/media")
+    check(r.status == 303, f"asking for an ISO: {r.status}: {text_of(page)}")
+    expect(page.locator("#media")).to_contain_text("making")
+    # The list refreshes itself (htmx) until the ISO is made.
+    download = page.locator("#media a.download")
+    expect(download).to_be_visible(timeout=MEDIA_TIMEOUT_MS)
+    with page.expect_download() as d:
+        download.click()
+    got = Path(d.value.path()).read_bytes()
+    made = media_file_of(f, "iso").read_bytes()
+    check(len(got) > 1 << 20 and got == made, f"the download ({len(got)} B) differs from the ISO the receiver made ({len(made)} B)")
+    check(d.value.suggested_filename == f"lifeline-{PC['name']}-menu.iso", f"saved as {d.value.suggested_filename}")
+    f.media_iso = download.get_attribute("href")
+    # Notified in the console and by mail.
+    f.goto(page, "/machines")
+    expect(page.locator(".notices")).to_contain_text(f"boot ISO for {PC['name']} is ready")
+    f.smtp.wait_for(CUSTOMER_C["email"], f"The boot ISO for {PC['name']} is ready")
+    f.goto(page, f.pc_path)
+    page.screenshot(path=str(f.shots / "boot-media.png"), full_page=True)
+
+
+def the_new_customer_arms_network_boot(f):
+    page = f.gamma
+    f.goto(page, f.pc_path)
+    page.check("input[name=kind][value=netboot]")
+    r = f.submit(page, "form[action$='/media'] button[type=submit]", f.pc_path + "/media")
+    check(r.status == 303, f"asking for network boot: {r.status}: {text_of(page)}")
+    arm = page.get_by_role("button", name="Arm network boot")
+    expect(arm).to_be_visible(timeout=MEDIA_TIMEOUT_MS)
+    page.locator("#media input[name=minutes]").first.fill("30")
+    with page.expect_navigation():
+        arm.click()
+    expect(page.locator("#media")).to_contain_text("armed until")
+    db = sqlite3.connect(f.store / "receiver.db", timeout=10)
+    (until,) = db.execute(
+        "SELECT b.armed_until FROM media_requests r JOIN boot_media b ON b.id = r.media WHERE r.machine = ? AND r.kind = 'netboot'",
+        (PC["name"],),
+    ).fetchone()
+    db.close()
+    check(until and until > time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), f"network boot is armed until {until}")
+
+
+def others_cannot_have_the_new_customers_media(f):
+    # Customer B, signed in, asks for the ISO's address: as if none.
+    f.goto(f.customer_b, f.media_iso, status=404)
+    f.goto(f.customer_b, f.pc_path, status=404)
+    r = f.customer_b.request.get(f.url + "/api/v1" + f.media_iso, max_redirects=0)
+    check(r.status == 404, f"B's session on the API download: {r.status}")
+    r = f.customer_b.request.get(f.url + "/api/v1" + f.media_iso, headers={"Authorization": f"Bearer {f.token_b}"})
+    check(r.status == 404, f"B's token on the API download: {r.status}")
+    # Nobody signed in: to the sign-in form.
+    anon = f.page()
+    f.goto(anon, f.media_iso)
+    check(anon.url.endswith("/login"), f"the ISO's address without a session led to {anon.url}")
+
+
 STEPS = [
     first_admin_signs_in_and_changes_password,
     admin_adds_customers,
@@ -787,6 +971,11 @@ STEPS = [
     names_are_shown_as_text,
     api_changes_need_a_write_token_or_csrf,
     wrong_codes_lock_the_account,
+    a_visitor_signs_up,
+    the_new_customer_registers_a_pc,
+    the_new_customer_downloads_an_iso_made_for_its_pc,
+    the_new_customer_arms_network_boot,
+    others_cannot_have_the_new_customers_media,
     no_errors_in_the_browser,
 ]
 
@@ -810,6 +999,7 @@ def main():
     ap.add_argument("--screenshots", required=True, help="directory for the pages' screenshots")
     ap.add_argument("--machine-a", required=True, help="a registered machine the flow gives to customer A")
     ap.add_argument("--machine-b", required=True, help="a registered machine the flow gives to customer B")
+    ap.add_argument("--smtp-port", type=int, required=True, help="the port of --smtp-url: the flow's mail sink listens there")
     ap.add_argument("--receiver-bin", required=True, help="the lifeline-receiver binary (customer give)")
     ap.add_argument("--artifacts", help="where a failure's screenshots go")
     ap.add_argument("--only", help="run the steps up to and including this one")

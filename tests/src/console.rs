@@ -27,10 +27,17 @@ impl Console {
     /// loopback port, and waits until the console answers and the first
     /// admin's password is written.
     pub fn start(store: &Path) -> Console {
+        Console::start_with(store, Vec::new())
+    }
+
+    /// Like [`Console::start`], with more environment for the receiver
+    /// (`LIFELINE_SMTP_URL`, `LIFELINE_BOOTOS_AGENT`, ...).
+    pub fn start_with(store: &Path, env: Vec<(String, String)>) -> Console {
         let port = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut opts = ReceiverOpts::new(store);
         opts.env = vec![("LIFELINE_CONSOLE_LISTEN".into(), addr.to_string())];
+        opts.env.extend(env);
         let receiver = Receiver::start_opts(opts);
         let first_login = store.join("console-first-login");
         let ready = wait_until(Duration::from_secs(30), || {
