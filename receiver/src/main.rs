@@ -472,7 +472,9 @@ enum BootosCmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    refuse_serve_flags_before_a_command(&cli, &matches)?;
     // The daemon logs what it does; the management commands only what goes wrong.
     let level = if matches!(cli.command, None | Some(Command::Serve(_))) { "info" } else { "warn" };
     tracing_subscriber::fmt()
@@ -1105,6 +1107,30 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
         }
         serve_with(listener, receiver, Some(identity.server_config()), shutdown_signal()).await
     })
+}
+
+/// `lifeline-receiver --listen X serve` (or any command) would drop the
+/// daemon's flags given before the command without a word: refused, saying
+/// where they go.
+fn refuse_serve_flags_before_a_command(cli: &Cli, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let Some(command) = &cli.command else { return Ok(()) };
+    let serve_flags = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+    let given: Vec<String> = serve_flags
+        .get_arguments()
+        .filter(|a| matches.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|a| format!("--{}", a.get_long().unwrap_or(a.get_id().as_str())))
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    match command {
+        Command::Serve(_) => anyhow::bail!(
+            "{} before `serve` would be ignored: put them after it (lifeline-receiver --store S serve {} ...)",
+            given.join(", "),
+            given[0]
+        ),
+        _ => anyhow::bail!("{} are `serve` flags: this command does not take them", given.join(", ")),
+    }
 }
 
 /// Every stream keeps a few directories open: allow as many fds as we may.

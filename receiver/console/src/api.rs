@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use lifeline_store::db::console::{AuditRow, Customer, ImageRow, JobRow, MachineRow, Page, Role, Scope};
+use lifeline_store::db::console::{AuditRow, Customer, ImageRow, JobRow, MachineRow, Page, Role, Scope, UserRow};
 use serde::{Deserialize, Serialize};
 
 use crate::service::{self, AskMedia, RegisterPc};
@@ -143,6 +143,59 @@ pub async fn add_customer(console: &Arc<Console>, caller: &Caller, new: NewCusto
         })
 }
 
+/// A user to add to the caller's customer (or, for a provider admin, to the
+/// provider's staff).
+#[derive(Debug, Clone, Deserialize)]
+pub struct NewUser {
+    pub login: String,
+    pub role: String,
+    pub password: String,
+}
+
+pub async fn users(console: &Arc<Console>, caller: &Caller) -> Result<Vec<UserRow>, Error> {
+    caller.require(Role::CustomerAdmin)?;
+    let scope = caller.scope();
+    let now = crate::session::now();
+    console.db(move |db| db.users_of(scope, now)).await
+}
+
+pub async fn add_user(console: &Arc<Console>, caller: &Caller, new: NewUser) -> Result<UserRow, Error> {
+    caller.require(Role::CustomerAdmin)?;
+    let role = Role::parse(&new.role).map_err(|e| Error::BadRequest(format!("{e:#}")))?;
+    // A customer's admin makes its customer's users; provider admins make
+    // provider admins (a customer's first admin comes with the customer).
+    let fits = match caller.user.customer_id {
+        Some(_) => role != Role::ProviderAdmin,
+        None => role == Role::ProviderAdmin,
+    };
+    if !fits {
+        return Err(Error::BadRequest(format!("you cannot make a user with the role {}", role.as_str())));
+    }
+    let (customer, actor) = (caller.user.customer_id, caller.user.login.clone());
+    let login = new.login.clone();
+    console.db(move |db| db.add_user(&new.login, &new.password, customer, role, &actor).map(|_| ())).await.map_err(
+        |e| match e {
+            Error::Internal(e) => Error::BadRequest(format!("{e:#}")),
+            e => e,
+        },
+    )?;
+    users(console, caller)
+        .await?
+        .into_iter()
+        .find(|u| u.login.eq_ignore_ascii_case(login.trim()))
+        .ok_or(Error::NotFound)
+}
+
+pub async fn remove_user(console: &Arc<Console>, caller: &Caller, id: String) -> Result<String, Error> {
+    caller.require(Role::CustomerAdmin)?;
+    let (scope, me) = (caller.scope(), caller.user.clone());
+    console.db(move |db| db.remove_user(scope, &id, &me)).await.map_err(|e| match e {
+        Error::Internal(e) if e.to_string() == "no such user" => Error::NotFound,
+        Error::Internal(e) => Error::BadRequest(format!("{e:#}")),
+        e => e,
+    })
+}
+
 pub async fn audit(console: &Arc<Console>, caller: &Caller, q: AuditQuery) -> Result<AuditPage, Error> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) || q.q.len() > 200 {
@@ -239,6 +292,24 @@ pub fn routes() -> Router<Arc<Console>> {
                 caller.may_change(&h, None).map_err(ApiError)?;
                 let made = add_customer(&c, &caller, new).await.map_err(ApiError)?;
                 Ok::<_, ApiError>((StatusCode::CREATED, Json(made)))
+            }),
+        )
+        .route(
+            "/users",
+            get(|State(c): State<Arc<Console>>, h: HeaderMap| async move { json(users(&c, &api_caller(&c, &h).await?).await) })
+                .post(|State(c): State<Arc<Console>>, h: HeaderMap, Json(new): Json<NewUser>| async move {
+                    let caller = api_caller(&c, &h).await?;
+                    caller.may_change(&h, None).map_err(ApiError)?;
+                    let made = add_user(&c, &caller, new).await.map_err(ApiError)?;
+                    Ok::<_, ApiError>((StatusCode::CREATED, Json(made)))
+                }),
+        )
+        .route(
+            "/users/{id}/remove",
+            post(|State(c): State<Arc<Console>>, h: HeaderMap, Path(id): Path<String>| async move {
+                let caller = api_caller(&c, &h).await?;
+                caller.may_change(&h, None).map_err(ApiError)?;
+                json(remove_user(&c, &caller, id).await.map(|login| serde_json::json!({ "removed": login })))
             }),
         )
         .route(

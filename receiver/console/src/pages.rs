@@ -34,6 +34,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("account.html", include_str!("../templates/account.html")),
     ("register.html", include_str!("../templates/register.html")),
     ("images.html", include_str!("../templates/images.html")),
+    ("users.html", include_str!("../templates/users.html")),
     ("jobs.html", include_str!("../templates/jobs.html")),
     ("jobs_list.html", include_str!("../templates/jobs_list.html")),
     ("signup.html", include_str!("../templates/signup.html")),
@@ -511,7 +512,67 @@ pub async fn audit(
 
 pub async fn account(State(c): State<Arc<Console>>, h: HeaderMap) -> Result<Html<String>, Error> {
     let caller = caller(&c, &h).await?;
-    c.page("account.html", "account", &caller, context! {}).await
+    let user = caller.user.clone();
+    let tokens = c.db(move |db| db.api_tokens_of(&user)).await?;
+    c.page("account.html", "account", &caller, context! { tokens }).await
+}
+
+pub async fn users(State(c): State<Arc<Console>>, h: HeaderMap) -> Result<Html<String>, Error> {
+    let caller = caller(&c, &h).await?;
+    let users = api::users(&c, &caller).await?;
+    c.page("users.html", "users", &caller, context! { users }).await
+}
+
+#[derive(Deserialize)]
+pub struct UserForm {
+    csrf: String,
+    #[serde(flatten)]
+    new: api::NewUser,
+}
+
+pub async fn add_user(State(c): State<Arc<Console>>, h: HeaderMap, Form(f): Form<UserForm>) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    caller.may_change(&h, Some(&f.csrf))?;
+    let (flash, problem) = match api::add_user(&c, &caller, f.new).await {
+        Ok(u) => (Some(format!("User {} added as {}.", u.login, u.role)), None),
+        Err(Error::BadRequest(why)) => (None, Some(why)),
+        Err(e) => return Err(e),
+    };
+    let users = api::users(&c, &caller).await?;
+    let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    Ok((status, c.page("users.html", "users", &caller, context! { users, flash, problem }).await?).into_response())
+}
+
+pub async fn remove_user(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    caller.may_change(&h, Some(&f.csrf))?;
+    let (flash, problem) = match api::remove_user(&c, &caller, id).await {
+        Ok(login) => (Some(format!("User {login} removed.")), None),
+        Err(Error::BadRequest(why)) => (None, Some(why)),
+        Err(e) => return Err(e),
+    };
+    let users = api::users(&c, &caller).await?;
+    Ok(c.page("users.html", "users", &caller, context! { users, flash, problem }).await?.into_response())
+}
+
+pub async fn revoke_token(
+    State(c): State<Arc<Console>>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, Error> {
+    let caller = caller(&c, &h).await?;
+    caller.may_change(&h, Some(&f.csrf))?;
+    let user = caller.user.clone();
+    if !c.db(move |db| db.revoke_api_token(&user, &id)).await? {
+        return Err(Error::NotFound);
+    }
+    account_after(&c, &caller, Some("Token revoked: it no longer works.".into()), None, context! {}).await
 }
 
 /// The account page after a change: `flash` said, or `problem` (400).
@@ -523,7 +584,10 @@ async fn account_after(
     ctx: Value,
 ) -> Result<Response, Error> {
     let status = if problem.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    Ok((status, c.page("account.html", "account", caller, context! { flash, problem, ..ctx }).await?).into_response())
+    let user = caller.user.clone();
+    let tokens = c.db(move |db| db.api_tokens_of(&user)).await?;
+    Ok((status, c.page("account.html", "account", caller, context! { flash, problem, tokens, ..ctx }).await?)
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -639,7 +703,7 @@ pub async fn add_token(
     let write = f.write.is_some() && caller.user.role >= Role::Operator;
     let user = caller.user.clone();
     let (_, secret) = c.db(move |db| db.add_api_token(&user, &name, write)).await?;
-    Ok(c.page("account.html", "account", &caller, context! { new_token => secret }).await?.into_response())
+    account_after(&c, &caller, None, None, context! { new_token => secret }).await
 }
 
 /// The sign-up form: a new customer and its administrator. Only when the

@@ -162,3 +162,68 @@ async fn every_page_renders_with_rows() {
         assert_eq!(get(&w.console, path, None).await.0, StatusCode::OK, "{path}");
     }
 }
+
+/// A customer's admin adds a viewer; the viewer reads but may change
+/// nothing (no users, no PCs, no tokens that write); a revoked token stops
+/// working at once.
+#[tokio::test]
+async fn roles_bound_what_a_user_may_do_and_tokens_can_be_revoked() {
+    let w = world();
+    let form = |session: &str, path: &str, csrf: &str, body: &str| {
+        Request::post(path.to_string())
+            .header(header::COOKIE, format!("ll_session={session}"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!("csrf={csrf}&{body}")))
+            .unwrap()
+    };
+    let csrf_of = |page: &str| {
+        let at = page.find("name=\"csrf\" value=\"").unwrap() + 19;
+        page[at..at + 64].to_string()
+    };
+    let (_, page) = get(&w.console, "/users", Some(&w.a)).await;
+    let csrf = csrf_of(&page);
+    let (status, body) =
+        send(&w.console, form(&w.a, "/users", &csrf, "login=viewer%40a.test&role=viewer&password=viewer+password+1"))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("viewer@a.test"), "{body}");
+    let (status, _) = send(
+        &w.console,
+        form(&w.a, "/users", &csrf, "login=p%40a.test&role=provider-admin&password=viewer+password+1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a customer's admin made a provider admin");
+
+    let viewer = {
+        let mut db = Db::open(w.console.store.root()).unwrap();
+        let u = db.user_by_login("viewer@a.test").unwrap().unwrap();
+        db.open_session(&u, true, crate::session::now()).unwrap().0
+    };
+    assert_eq!(get(&w.console, "/machines", Some(&viewer)).await.0, StatusCode::OK);
+    assert_eq!(get(&w.console, "/users", Some(&viewer)).await.0, StatusCode::FORBIDDEN);
+    let (_, page) = get(&w.console, "/account", Some(&viewer)).await;
+    let vcsrf = csrf_of(&page);
+    let (status, _) = send(&w.console, form(&viewer, "/machines/new", &vcsrf, "name=sneaky&style=receiver")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a viewer registered a PC");
+    // A viewer's token reads only, whatever the form asked.
+    let (_, body) = send(&w.console, form(&viewer, "/account/tokens", &vcsrf, "name=ci&write=1")).await;
+    assert!(body.contains(">read<"), "{body}");
+    let token = {
+        let at = body.find("id=\"new-token\">").unwrap() + 15;
+        body[at..].split('<').next().unwrap().to_string()
+    };
+    let api = |token: &str| Request::get("/api/v1/machines").header(header::AUTHORIZATION, format!("Bearer {token}"));
+    assert_eq!(send(&w.console, api(&token).body(Body::empty()).unwrap()).await.0, StatusCode::OK);
+    let id = {
+        let at = body.find("/account/tokens/").unwrap() + 16;
+        body[at..].split('/').next().unwrap().to_string()
+    };
+    let (status, body) = send(&w.console, form(&viewer, &format!("/account/tokens/{id}/revoke"), &vcsrf, "")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(send(&w.console, api(&token).body(Body::empty()).unwrap()).await.0, StatusCode::UNAUTHORIZED);
+    // Another user's token id is not the viewer's to revoke.
+    assert_eq!(
+        send(&w.console, form(&viewer, &format!("/account/tokens/{id}/revoke"), &vcsrf, "")).await.0,
+        StatusCode::NOT_FOUND
+    );
+}

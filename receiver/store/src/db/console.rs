@@ -123,6 +123,30 @@ pub struct Session {
     pub verified: bool,
 }
 
+/// A user as the Users page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserRow {
+    #[serde(rename = "id")]
+    pub public_id: String,
+    pub login: String,
+    pub role: &'static str,
+    pub second_factor: bool,
+    /// Locked by failed sign-ins until then (unix seconds), if now.
+    pub locked_until: Option<i64>,
+    pub created_at: String,
+}
+
+/// An API token as its owner's Account page lists it (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenRow {
+    #[serde(rename = "id")]
+    pub public_id: String,
+    pub name: String,
+    pub scope: String,
+    pub created_at: String,
+    pub last_used: Option<String>,
+}
+
 /// What a sign-in attempt came to. Unknown logins and wrong passwords are
 /// one answer, so that a login form does not tell which accounts exist.
 #[derive(Debug)]
@@ -411,6 +435,96 @@ impl Db {
             .optional()?)
     }
 
+    /// The users of `scope` (a customer's, or the provider's staff).
+    pub fn users_of(&self, scope: Scope, now: i64) -> anyhow::Result<Vec<UserRow>> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT public_id, login, role, totp_secret IS NOT NULL, locked_until, created_at FROM users
+             WHERE {} ORDER BY login LIMIT 1000",
+            match scope {
+                Scope::Provider => "customer_id IS NULL AND ?1 IS NULL",
+                Scope::Customer(_) => "customer_id = ?1",
+            }
+        ))?;
+        let rows = st
+            .query_map(params![scope.customer()], |r| {
+                let role: String = r.get(2)?;
+                let locked: i64 = r.get(4)?;
+                Ok(UserRow {
+                    public_id: r.get(0)?,
+                    login: r.get(1)?,
+                    role: Role::parse(&role).map(Role::as_str).unwrap_or("viewer"),
+                    second_factor: r.get(3)?,
+                    locked_until: (locked > now).then_some(locked),
+                    created_at: r.get(5)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Removes user `public_id` of `scope` (audited by `actor`); its
+    /// sessions and tokens end with it.
+    pub fn remove_user(&mut self, scope: Scope, public_id: &str, actor: &User) -> anyhow::Result<String> {
+        let tx = self.conn.transaction()?;
+        let found: Option<(i64, String, Option<i64>)> = tx
+            .query_row(
+                &format!(
+                    "SELECT id, login, customer_id FROM users WHERE public_id = ?2 AND {}",
+                    match scope {
+                        Scope::Provider => "customer_id IS NULL AND ?1 IS NULL",
+                        Scope::Customer(_) => "customer_id = ?1",
+                    }
+                ),
+                params![scope.customer(), public_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((id, login, customer)) = found else { anyhow::bail!("no such user") };
+        if id == actor.id {
+            anyhow::bail!("you cannot remove yourself: another administrator can");
+        }
+        tx.execute("DELETE FROM users WHERE id = ?1", [id])?;
+        audit_by(&tx, customer, None, &actor.login, "user removed", &login)?;
+        tx.commit()?;
+        Ok(login)
+    }
+
+    /// `user`'s API tokens, newest first.
+    pub fn api_tokens_of(&self, user: &User) -> anyhow::Result<Vec<TokenRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT public_id, name, scope, created_at, last_used FROM api_tokens WHERE user_id = ?1 ORDER BY id DESC",
+        )?;
+        let rows = st
+            .query_map([user.id], |r| {
+                Ok(TokenRow {
+                    public_id: r.get(0)?,
+                    name: r.get(1)?,
+                    scope: r.get(2)?,
+                    created_at: r.get(3)?,
+                    last_used: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Revokes one of `user`'s API tokens (audited); false if it has none
+    /// by that id.
+    pub fn revoke_api_token(&mut self, user: &User, public_id: &str) -> anyhow::Result<bool> {
+        let name: Option<String> = self
+            .conn
+            .query_row(
+                "DELETE FROM api_tokens WHERE user_id = ?1 AND public_id = ?2 RETURNING name",
+                params![user.id, public_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(name) = &name {
+            audit_by(&self.conn, user.customer_id, None, &user.login, "API token revoked", name)?;
+        }
+        Ok(name.is_some())
+    }
+
     pub fn user_count(&self) -> anyhow::Result<i64> {
         Ok(self.conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?)
     }
@@ -581,8 +695,20 @@ impl Db {
         Ok(())
     }
 
+    /// Ends a session (audited as a sign-out of its user).
     pub fn end_session(&mut self, secret: &str) -> anyhow::Result<()> {
-        self.conn.execute("DELETE FROM sessions WHERE token_hash = ?1", [&secret_hash(secret)[..]])?;
+        let user: Option<(Option<i64>, String)> = self
+            .conn
+            .query_row(
+                "DELETE FROM sessions WHERE token_hash = ?1
+                 RETURNING (SELECT customer_id FROM users WHERE id = user_id), (SELECT login FROM users WHERE id = user_id)",
+                [&secret_hash(secret)[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((customer, login)) = user {
+            audit_by(&self.conn, customer, None, &login, "signed out", "")?;
+        }
         Ok(())
     }
 
