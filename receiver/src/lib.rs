@@ -109,6 +109,36 @@ impl Receiver {
     pub fn store(&self) -> &StoreLayout {
         &self.store
     }
+
+    /// What the console shows of each machine now: its replication (from
+    /// this receiver's mirror service) and its history's standing alarm.
+    pub fn live_states(&self) -> Arc<dyn lifeline_console::LiveStates> {
+        Arc::new(LiveFromServices { mirror: self.mirror.clone(), store: self.store.clone() })
+    }
+}
+
+struct LiveFromServices {
+    mirror: MirrorService,
+    store: StoreLayout,
+}
+
+impl lifeline_console::LiveStates for LiveFromServices {
+    fn of(&self, machine: &str) -> lifeline_console::LiveState {
+        let Ok(name) = lifeline_core::credential::MachineName::new(machine) else { return Default::default() };
+        let live = self.mirror.live(&name);
+        let alarm =
+            lifeline_history::alarm::standing(&self.store.history(&name)).ok().flatten().map(|a| a.describe(machine));
+        lifeline_console::LiveState {
+            connected: live.connected,
+            last_change: live.last_change.map(|t| {
+                let ns = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+                // To the second: a list, not a timeline.
+                lifeline_history::instant::format(ns - ns % 1_000_000_000)
+            }),
+            changes: live.ops,
+            alarm,
+        }
+    }
 }
 
 /// Serves `receiver` on `listener` until `shutdown` resolves; then ends the

@@ -1070,6 +1070,7 @@ fn serve(store: &Path, args: ServeArgs) -> anyhow::Result<()> {
                     mailer,
                     public_url: args.console_url.clone(),
                     signup: args.console_signup,
+                    live: Some(receiver.live_states()),
                 },
             )?;
             println!("console on https://{}/", listener.local_addr()?);

@@ -100,15 +100,38 @@ pub async fn me(console: &Arc<Console>, caller: &Caller) -> Result<Me, Error> {
     })
 }
 
-pub async fn machines(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<MachineRow>, Error> {
-    let (offset, limit) = q.window()?;
-    let scope = caller.scope();
-    console.db(move |db| db.machines_page(scope, &q.q, offset, limit)).await
+/// A machine with what the receiver knows of it now.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineView {
+    #[serde(flatten)]
+    pub machine: MachineRow,
+    pub state: crate::LiveState,
 }
 
-pub async fn machine(console: &Arc<Console>, caller: &Caller, id: String) -> Result<MachineRow, Error> {
+impl std::ops::Deref for MachineView {
+    type Target = MachineRow;
+    fn deref(&self) -> &MachineRow {
+        &self.machine
+    }
+}
+
+fn with_state(console: &Console, machine: MachineRow) -> MachineView {
+    let state = console.live.as_ref().map(|l| l.of(&machine.name)).unwrap_or_default();
+    MachineView { machine, state }
+}
+
+pub async fn machines(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<MachineView>, Error> {
+    let (offset, limit) = q.window()?;
     let scope = caller.scope();
-    console.db(move |db| db.machine(scope, &id)).await?.ok_or(Error::NotFound)
+    let page = console.db(move |db| db.machines_page(scope, &q.q, offset, limit)).await?;
+    let items = page.items.into_iter().map(|m| with_state(console, m)).collect();
+    Ok(Page { items, total: page.total, offset: page.offset, limit: page.limit })
+}
+
+pub async fn machine(console: &Arc<Console>, caller: &Caller, id: String) -> Result<MachineView, Error> {
+    let scope = caller.scope();
+    let m = console.db(move |db| db.machine(scope, &id)).await?.ok_or(Error::NotFound)?;
+    Ok(with_state(console, m))
 }
 
 pub async fn images(console: &Arc<Console>, caller: &Caller, q: ListQuery) -> Result<Page<ImageRow>, Error> {

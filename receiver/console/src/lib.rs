@@ -53,6 +53,25 @@ impl Drop for Lent<'_> {
     }
 }
 
+/// What the receiver knows of a machine now and the database does not hold
+/// (the receiver's replication, its history's alarm).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LiveState {
+    /// Its agent is connected and replicating.
+    pub connected: bool,
+    /// When the receiver last applied a change of it (UTC), since it started.
+    pub last_change: Option<String>,
+    /// Changes applied since the receiver started.
+    pub changes: u64,
+    /// A standing ransomware or mass-deletion alarm, in words.
+    pub alarm: Option<String>,
+}
+
+/// Where the console learns [`LiveState`]s: the receiver's services.
+pub trait LiveStates: Send + Sync {
+    fn of(&self, machine: &str) -> LiveState;
+}
+
 /// How the receiver runs its console.
 #[derive(Default)]
 pub struct Options {
@@ -67,6 +86,9 @@ pub struct Options {
     pub public_url: Option<String>,
     /// Anyone may sign up as a new customer (`/signup`).
     pub signup: bool,
+    /// The machines' live states (none: the lists show the database's
+    /// facts only).
+    pub live: Option<Arc<dyn LiveStates>>,
 }
 
 /// Sign-in attempts one address may make per [`SIGN_IN_WINDOW`].
@@ -89,6 +111,7 @@ pub struct Console {
     /// The console's own address, for links in mail.
     public_url: Option<String>,
     signup: bool,
+    live: Option<Arc<dyn LiveStates>>,
     sign_ins: ratelimit::RateLimit,
     sign_ups: ratelimit::RateLimit,
 }
@@ -122,6 +145,7 @@ impl Console {
             mailer: o.mailer,
             public_url: o.public_url,
             signup: o.signup,
+            live: o.live,
             sign_ins: ratelimit::RateLimit::new(SIGN_INS_PER_WINDOW, SIGN_IN_WINDOW),
             sign_ups: ratelimit::RateLimit::new(SIGN_UPS_PER_HOUR, std::time::Duration::from_secs(3600)),
         }))

@@ -28,6 +28,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("second_factor.html", include_str!("../templates/second_factor.html")),
     ("machines.html", include_str!("../templates/machines.html")),
     ("machines_list.html", include_str!("../templates/machines_list.html")),
+    ("state.html", include_str!("../templates/state.html")),
     ("machine.html", include_str!("../templates/machine.html")),
     ("customers.html", include_str!("../templates/customers.html")),
     ("audit.html", include_str!("../templates/audit.html")),

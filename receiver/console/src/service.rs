@@ -97,7 +97,7 @@ pub async fn register_pc(console: &Arc<Console>, caller: &Caller, pc: RegisterPc
     let (customer, actor, hash) = (caller.user.customer_id, caller.user.login.clone(), cred.secret_hash());
     let id = console.db(move |db| db.register_pc(customer, &new, &hash, &actor)).await.map_err(as_bad_request)?;
     let machine = api::machine(console, caller, id).await?;
-    Ok(Registered { machine, token: cred.token() })
+    Ok(Registered { machine: machine.machine, token: cred.token() })
 }
 
 pub async fn ask_media(

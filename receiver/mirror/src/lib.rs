@@ -43,4 +43,4 @@ mod service;
 pub use attrs::{original_mode_at, original_mode_fd, probe_user_xattrs, MODE_XATTR};
 pub use history_api::HistoryService;
 pub use listing::LIST_CHUNK;
-pub use service::MirrorService;
+pub use service::{Live, MirrorService};

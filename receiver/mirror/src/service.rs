@@ -64,6 +64,36 @@ struct MachineState {
     stream_lock: Arc<tokio::sync::Mutex<()>>,
     /// Cancels the newest Replicate stream.
     active: Mutex<Option<Arc<Cancel>>>,
+    /// What the console shows of the machine.
+    live: Mutex<Live>,
+}
+
+/// What the receiver knows of a machine's replication now (the console's
+/// machine list): since the receiver started, nothing is on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Live {
+    /// A Replicate stream of the machine is applying its changes.
+    pub connected: bool,
+    /// When the receiver last made a group of its changes durable.
+    pub last_change: Option<std::time::SystemTime>,
+    /// Changes (ops) applied since the receiver started.
+    pub ops: u64,
+}
+
+/// Marks a machine connected while a stream applies its changes.
+struct Connected(Arc<MachineState>);
+
+impl Connected {
+    fn new(state: Arc<MachineState>) -> Connected {
+        state.live.lock().unwrap_or_else(|e| e.into_inner()).connected = true;
+        Connected(state)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.live.lock().unwrap_or_else(|e| e.into_inner()).connected = false;
+    }
 }
 
 struct Inner {
@@ -175,6 +205,12 @@ impl MirrorService {
     /// Ends every stream (Replicate with `Status::unavailable`), for shutdown.
     pub fn shutdown_streams(&self) {
         self.inner.shutdown.cancel();
+    }
+
+    /// What the receiver knows of `machine`'s replication now.
+    pub fn live(&self, machine: &MachineName) -> Live {
+        let m = self.inner.machines.lock().unwrap_or_else(|e| e.into_inner()).get(machine).cloned();
+        m.map(|s| *s.live.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default()
     }
 
     fn machine(&self, name: &MachineName) -> Arc<MachineState> {
@@ -478,6 +514,7 @@ impl Stream {
             Ok(guard) => guard,
             Err(stop) => return stop,
         };
+        let _connected = Connected::new(self.state.clone());
         let opened = {
             let (store, m, q) = (self.store.clone(), machine.clone(), self.queue_id);
             tokio::task::spawn_blocking(move || (q != 0).then(|| QueueProgress::open(&store, &m, q)).transpose()).await
@@ -548,6 +585,8 @@ impl Stream {
         }
         let mut applier = Some(a);
         let (mut batches, mut ops, mut syncs) = (0u64, 0u64, 0u64);
+        // Ops of this stream already counted in the machine's live state.
+        let mut counted = 0u64;
         let mut next: Option<OpBatch> = None;
         let stop = 'stream: loop {
             let batch = match next.take() {
@@ -656,6 +695,12 @@ impl Stream {
             }
             syncs += 1;
             let ack = pending.expect("at least one batch applied");
+            {
+                let mut live = self.state.live.lock().unwrap_or_else(|e| e.into_inner());
+                live.last_change = Some(std::time::SystemTime::now());
+                live.ops += ops - counted;
+                counted = ops;
+            }
             if !ack.errors.is_empty() {
                 warn!(%machine, applied_seq = ack.applied_seq, errors = ack.errors.len(), "batch applied with errors");
             } else {
