@@ -333,6 +333,20 @@ impl JournalWriter {
         Ok(())
     }
 
+    /// The device of the filesystem the journal is on.
+    pub fn device(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.file)?.st_dev)
+    }
+
+    /// Tells the writer that the caller's `syncfs` of the journal's
+    /// filesystem ([`JournalWriter::device`]), begun after the last append,
+    /// succeeded: every record is durable, [`JournalWriter::sync`] has
+    /// nothing left to do.
+    pub fn synced_with_filesystem(&mut self) {
+        self.file_dirty = false;
+        self.dir_dirty = false;
+    }
+
     /// Makes every appended record durable (with the batch, before its
     /// acknowledgement).
     pub fn sync(&mut self) -> io::Result<()> {

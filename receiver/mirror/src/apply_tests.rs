@@ -1038,6 +1038,21 @@ mod kept {
         drop(busy.join().unwrap());
     }
 
+    /// The store's layout puts the journal on the mirror's filesystem: one
+    /// syncfs makes both durable, and the journal has nothing left to sync.
+    #[test]
+    fn one_syncfs_makes_the_journal_durable_with_the_mirror() {
+        let mut f = Fixture::new();
+        assert!(f.applier.history_on_mirror_fs, "the journal and the mirror are on one filesystem here");
+        f.op(b"a", data(b"a", 0o600)).unwrap();
+        f.applier.sync().unwrap();
+        let seg = StoreLayout::new(f._store.path()).history_journal(&MachineName::new("m").unwrap());
+        let seg = lifeline_history::Journal::open(&seg).segments().unwrap().remove(0).path;
+        let st = rustix::fs::stat(&seg).unwrap();
+        assert_eq!(st.st_dev, rustix::fs::fstat(f.applier.mirror().root()).unwrap().st_dev);
+        assert_eq!(f.records().len(), 1);
+    }
+
     #[test]
     fn records_carry_their_op_and_are_durable_with_the_batch() {
         let mut f = Fixture::new();
@@ -1056,11 +1071,13 @@ mod kept {
 /// written there). Rounds alternate without and with history. Applying is
 /// measured in CPU time (the thread's, from schedstat: wall time on a
 /// machine shared with builds measures them), syncing (every 1,000 ops, a
-/// group commit, mostly waiting for the disk) in wall time.
+/// group commit, mostly waiting for the disk; `HISTORY_COST_EVERY=100` for
+/// the smaller groups of a steady trickle) in wall time.
 #[test]
 #[ignore]
 fn history_cost() {
     const ROUNDS: usize = 5;
+    let every: u64 = std::env::var("HISTORY_COST_EVERY").map_or(1000, |v| v.parse().expect("a number of ops"));
     /// The CPU time this thread has run, in seconds.
     fn cpu() -> f64 {
         let s = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
@@ -1085,7 +1102,7 @@ fn history_cost() {
         for i in 0..20_000u64 {
             let path = format!("burst/d{}/f{i}", i % 100).into_bytes();
             applier.apply(&Op { seq: i + 1, path, kind: Some(data(&[b'x'; 700], 0o644)), origin: 0 }).unwrap();
-            if i % 1000 == 999 {
+            if i % every == every - 1 {
                 applying += cpu() - c;
                 let t = std::time::Instant::now();
                 applier.sync().unwrap();
