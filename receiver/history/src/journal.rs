@@ -10,13 +10,16 @@
 //! rewrites a closed segment whole, as `<time>.t<tier>.seg` (the tier it
 //! was thinned to), under the name it had.
 //!
-//! **Durability.** Each record reaches the kernel (one `write(2)`) before
-//! the applier changes the mirror, so a receiver killed at any point has
-//! the record of every change the mirror shows; [`JournalWriter::sync`]
-//! (with the batch, before its acknowledgement) makes them durable. A
-//! frame cut short by a crash (a torn tail) can only be the last one: on
-//! opening, the writer cuts the newest segment back to its last whole
-//! frame, and readers stop there.
+//! **Durability.** Each record reaches the page cache before the applier
+//! changes the mirror (copied into a shared mapping of the segment, see
+//! `tail.rs`, or one `write(2)` for a large one), so a receiver
+//! killed at any point has the record of every change the mirror shows;
+//! [`JournalWriter::sync`] (with the batch, before its acknowledgement)
+//! makes them durable. A frame cut short by a crash (a torn tail), and the
+//! zeros the mapping is laid over, can only end the newest segment: on
+//! opening, the writer cuts it back to its last whole frame, and readers
+//! stop there. A segment is cut to its last frame before the next one is
+//! made, so a closed segment never has such a tail.
 //!
 //! **Append-only for machines.** Nothing a machine sends rewrites or
 //! removes a record; only retention (the receiver's own task and the
@@ -25,7 +28,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -33,6 +36,7 @@ use prost::Message;
 
 use crate::clock::Clock;
 use crate::record::{Change, Record};
+use crate::tail::{Tail, WINDOW};
 
 const HEADER: &[u8; 8] = b"LLHIST1\n";
 const FRAME_HEAD: usize = 9;
@@ -219,7 +223,13 @@ pub struct JournalWriter {
     file: File,
     /// When the current segment was opened.
     opened_ns: i64,
+    /// Where the last frame ends.
     size: u64,
+    /// The segment file's length: zeros from `size` on.
+    len: u64,
+    /// The mapped window the next frames are copied to (none: not mapped
+    /// yet, or a large frame was written past it).
+    tail: Option<Tail>,
     last_ns: i64,
     /// A segment was created since the last sync: the directory needs one.
     dir_dirty: bool,
@@ -234,11 +244,12 @@ impl JournalWriter {
         let segs = segments(dir)?;
         if let Some(last) = segs.last() {
             let (records, end, torn) = read_segment(&last.path)?;
-            let file = OpenOptions::new().append(true).open(&last.path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&last.path)?;
             if torn {
-                // Only the frame being written when the receiver died: its
-                // change never reached the mirror (the record goes first),
-                // or its batch was never acknowledged and comes again.
+                // Only the frame being written when the receiver died (its
+                // change never reached the mirror: the record goes first,
+                // or its batch was never acknowledged and comes again),
+                // and the zeros the mapped window lay over.
                 file.set_len(end)?;
                 file.sync_data()?;
             }
@@ -249,6 +260,8 @@ impl JournalWriter {
                 file,
                 opened_ns: last.first_ns,
                 size: end,
+                len: end,
+                tail: None,
                 last_ns,
                 dir_dirty: false,
                 file_dirty: false,
@@ -262,6 +275,8 @@ impl JournalWriter {
             file,
             opened_ns: now,
             size: HEADER.len() as u64,
+            len: HEADER.len() as u64,
+            tail: None,
             last_ns: now,
             dir_dirty: true,
             file_dirty: true,
@@ -278,19 +293,58 @@ impl JournalWriter {
         if self.size >= SEGMENT_BYTES
             || time_ns.div_euclid(SEGMENT_SPAN_NS) != self.opened_ns.div_euclid(SEGMENT_SPAN_NS)
         {
+            // Cut to its last frame and durable before the next segment
+            // exists: only the newest may end in zeros or a torn frame.
+            self.tail = None;
+            self.file.set_len(self.size)?;
             self.file.sync_data()?;
             self.file = new_segment(&self.dir, time_ns)?;
             self.opened_ns = time_ns;
             self.size = HEADER.len() as u64;
+            self.len = self.size;
             self.dir_dirty = true;
         }
-        // One write: O_APPEND, so a frame is never interleaved or split by
-        // another writer, only cut short by a crash.
-        self.file.write_all(&frame)?;
-        self.size += frame.len() as u64;
+        self.put(&frame)?;
         self.last_ns = time_ns;
         self.file_dirty = true;
         Ok(time_ns)
+    }
+
+    /// Puts `frame` after the last one, in the page cache when it returns.
+    fn put(&mut self, frame: &[u8]) -> io::Result<()> {
+        let n = frame.len();
+        if !self.tail.as_ref().is_some_and(|t| t.holds(self.size, n)) {
+            self.tail = None;
+            if n > WINDOW / 2 {
+                // A large record (the old bytes of a large overwrite): one
+                // write(2) costs little beside it, and a window of its own
+                // would be mostly zeros.
+                self.file.write_all_at(frame, self.size)?;
+                self.size += n as u64;
+                self.len = self.len.max(self.size);
+                return Ok(());
+            }
+            let (tail, len) = Tail::map(&self.file, self.size, self.len)?;
+            self.tail = Some(tail);
+            self.len = len;
+        }
+        self.tail.as_mut().expect("mapped above").put(self.size, frame);
+        self.size += n as u64;
+        Ok(())
+    }
+
+    /// The device of the filesystem the journal is on.
+    pub fn device(&self) -> io::Result<u64> {
+        Ok(rustix::fs::fstat(&self.file)?.st_dev)
+    }
+
+    /// Tells the writer that the caller's `syncfs` of the journal's
+    /// filesystem ([`JournalWriter::device`]), begun after the last append,
+    /// succeeded: every record is durable, [`JournalWriter::sync`] has
+    /// nothing left to do.
+    pub fn synced_with_filesystem(&mut self) {
+        self.file_dirty = false;
+        self.dir_dirty = false;
     }
 
     /// Makes every appended record durable (with the batch, before its
@@ -305,6 +359,17 @@ impl JournalWriter {
             self.dir_dirty = false;
         }
         Ok(())
+    }
+}
+
+impl Drop for JournalWriter {
+    /// Leaves the segment without the zeros past its last frame (readers
+    /// would stop at them anyway; a killed writer's are cut on opening).
+    fn drop(&mut self) {
+        self.tail = None;
+        if self.len > self.size {
+            let _ = self.file.set_len(self.size);
+        }
     }
 }
 
@@ -360,8 +425,13 @@ fn horizon_file(dir: &Path) -> PathBuf {
 }
 
 fn new_segment(dir: &Path, first_ns: i64) -> io::Result<File> {
-    let mut file =
-        OpenOptions::new().append(true).create_new(true).mode(0o600).open(dir.join(segment_name(first_ns, 0)))?;
+    // Read too: a shared writable mapping needs it.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(segment_name(first_ns, 0)))?;
     file.write_all(HEADER)?;
     Ok(file)
 }
@@ -397,6 +467,8 @@ mod tests {
             c.advance(10);
         }
         w.sync().unwrap();
+        // Stopped, so the file ends at its last frame (no mapped zeros).
+        drop(w);
         let j = Journal::open(dir.path());
         let all = j.records_after(i64::MIN).unwrap();
         assert_eq!(all.len(), 10);
@@ -449,9 +521,8 @@ mod tests {
         let c = clock();
         let mut w = JournalWriter::open(dir.path(), c.clone()).unwrap();
         w.append(1, b"/a", Change::Created(Created {})).unwrap();
-        // Force a second segment.
-        w.size = SEGMENT_BYTES;
-        c.advance(1_000);
+        // Force a second segment: the clock enters a new hour.
+        c.advance(SEGMENT_SPAN_NS);
         w.append(2, b"/b", Change::Created(Created {})).unwrap();
         drop(w);
         let segs = Journal::open(dir.path()).segments().unwrap();
@@ -466,6 +537,91 @@ mod tests {
         assert_eq!(Journal::open(dir.path()).records_after(segs[1].first_ns).unwrap().len(), 0);
     }
 
+    /// What `records_outlive_a_sigkill`'s child writes: small records over
+    /// several mapped windows, with large ones (written, not mapped) among
+    /// them.
+    fn sigkill_record(i: u64) -> Change {
+        let len = if i % 500 == 7 { 200_000 } else { (i % 90) as usize };
+        Change::Overwritten(Overwritten {
+            old_size: i,
+            ranges: vec![OldRange { offset: i, data: (0..len).map(|b| (b as u64 * 7 + i) as u8).collect() }],
+            attr: None,
+            shared: None,
+        })
+    }
+    const SIGKILL_RECORDS: u64 = 3_000;
+
+    /// Run by `records_outlive_a_sigkill` in a child process: appends the
+    /// records, then the process kills itself with SIGKILL (no sync, no
+    /// drop, nothing of Rust's runs after it).
+    #[test]
+    #[ignore]
+    fn sigkill_child() {
+        let Some(dir) = std::env::var_os("LIFELINE_SIGKILL_JOURNAL") else { return };
+        let mut w = JournalWriter::open(Path::new(&dir), clock()).unwrap();
+        for i in 0..SIGKILL_RECORDS {
+            w.append(i, format!("/f{i}").as_bytes(), sigkill_record(i)).unwrap();
+        }
+        rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL).unwrap();
+        unreachable!("killed");
+    }
+
+    /// The invariant the mapped tail must keep: a record appended is in the
+    /// page cache when `append` returns, so a writer killed by SIGKILL right
+    /// after loses none; the zeros past the last frame are cut on opening
+    /// and appending goes on after the last record.
+    #[test]
+    fn records_outlive_a_sigkill() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "journal::tests::sigkill_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("LIFELINE_SIGKILL_JOURNAL", dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.signal(), Some(9), "the child was to die of SIGKILL: {status:?}");
+        let seg = Journal::open(dir.path()).segments().unwrap()[0].path.clone();
+        let all = Journal::open(dir.path()).records_after(i64::MIN).unwrap();
+        assert_eq!(all.len() as u64, SIGKILL_RECORDS, "every record appended before the kill is there");
+        for (i, r) in all.iter().enumerate() {
+            assert_eq!((r.seq, r.change.clone()), (i as u64, Some(sigkill_record(i as u64))), "record {i}");
+        }
+        let (_, end, torn) = read_segment(&seg).unwrap();
+        assert!(torn && fs::metadata(&seg).unwrap().len() > end, "the killed writer left the mapped window's zeros");
+        let mut w = JournalWriter::open(dir.path(), clock()).unwrap();
+        assert_eq!(fs::metadata(&seg).unwrap().len(), end, "opening cut them");
+        w.append(SIGKILL_RECORDS, b"/after", Change::Created(Created {})).unwrap();
+        let all = Journal::open(dir.path()).records_after(i64::MIN).unwrap();
+        assert_eq!(all.len() as u64, SIGKILL_RECORDS + 1);
+        assert_eq!(all.last().unwrap().path, b"/after");
+    }
+
+    /// Only the newest segment may end in zeros: one that is closed ends
+    /// at its last frame, durably, before the next is made; a writer that
+    /// stops leaves none either.
+    #[test]
+    fn a_closed_segment_ends_at_its_last_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = clock();
+        let mut w = JournalWriter::open(dir.path(), c.clone()).unwrap();
+        for i in 0..100u64 {
+            w.append(i, b"/a", Change::Created(Created {})).unwrap();
+        }
+        c.advance(SEGMENT_SPAN_NS);
+        w.append(100, b"/b", Change::Created(Created {})).unwrap();
+        let segs = Journal::open(dir.path()).segments().unwrap();
+        assert_eq!(segs.len(), 2);
+        let (records, end, torn) = read_segment(&segs[0].path).unwrap();
+        assert_eq!((records.len(), torn), (100, false));
+        assert_eq!(fs::metadata(&segs[0].path).unwrap().len(), end);
+        assert!(fs::metadata(&segs[1].path).unwrap().len() > read_segment(&segs[1].path).unwrap().1, "mapped ahead");
+        drop(w);
+        let (records, end, torn) = read_segment(&segs[1].path).unwrap();
+        assert_eq!((records.len(), torn), (1, false));
+        assert_eq!(fs::metadata(&segs[1].path).unwrap().len(), end);
+    }
+
     #[test]
     fn the_journal_is_private() {
         use std::os::unix::fs::PermissionsExt;
@@ -476,5 +632,30 @@ mod tests {
         assert_eq!(fs::metadata(&j).unwrap().permissions().mode() & 0o777, 0o700);
         let seg = &Journal::open(&j).segments().unwrap()[0].path;
         assert_eq!(fs::metadata(seg).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}
+
+/// What one small record costs to append (a new file's `Created`), in
+/// CPU time: `cargo test --release -p lifeline-history append_cost --
+/// --ignored --nocapture` (TMPDIR on the filesystem to measure).
+#[cfg(test)]
+#[test]
+#[ignore]
+fn append_cost() {
+    use crate::record::Created;
+    fn cpu() -> f64 {
+        let s = fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse::<u64>().unwrap() as f64 / 1e9
+    }
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = JournalWriter::open(dir.path(), Arc::new(crate::SystemClock)).unwrap();
+        let c = cpu();
+        for i in 0..20_000u64 {
+            w.append(i, format!("burst/d{}/f{i}", i % 100).as_bytes(), Change::Created(Created {})).unwrap();
+        }
+        let took = cpu() - c;
+        w.sync().unwrap();
+        eprintln!("20,000 appends: {took:.4} s CPU, {:.2} µs each", took / 20_000.0 * 1e6);
     }
 }

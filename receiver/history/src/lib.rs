@@ -16,7 +16,7 @@
 //! - [`record`]: one journal record: what a change replaced.
 //! - [`journal`]: append-only segment files of records, written through
 //!   before the mirror changes, synced with the batch, read back in order
-//!   up to a torn tail.
+//!   up to a torn tail; `tail`: its appending end, mapped.
 //! - [`retention`]: thinning and dropping on the receiver's clock, bounded
 //!   by size, held by a standing alarm; [`fold`]: how a bucket's records
 //!   become fewer with the same effect.
@@ -28,6 +28,7 @@ pub mod instant;
 pub mod journal;
 pub mod record;
 pub mod retention;
+mod tail;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use journal::{Journal, JournalWriter};

@@ -69,6 +69,9 @@ pub struct Applier {
     deltas: Deltas,
     /// Where what each change replaces is kept (none: nothing is).
     history: Option<History>,
+    /// The history's journal is on the mirror's filesystem (as in the
+    /// store's layout), so the mirror's `syncfs` makes it durable too.
+    history_on_mirror_fs: bool,
     /// The ransomware and mass-deletion detector (none: not watched).
     watch: Option<Watch>,
 }
@@ -85,6 +88,7 @@ impl Applier {
             skipped: 0,
             deltas: Deltas::default(),
             history: None,
+            history_on_mirror_fs: false,
             watch: None,
         }
     }
@@ -107,6 +111,9 @@ impl Applier {
 
     /// Keeps what every change replaces in `history`.
     pub fn with_history(mut self, history: History) -> Applier {
+        // Not known (an error): synced on its own, as on another filesystem.
+        let mirror_dev = fstat(self.resolver.mirror().root()).map(|st| st.st_dev).ok();
+        self.history_on_mirror_fs = mirror_dev.is_some() && history.device().ok() == mirror_dev;
         self.history = Some(history);
         self
     }
@@ -189,13 +196,27 @@ impl Applier {
             )?;
             self.sync_fd = Some(fd);
         }
-        // The journal first: a change the mirror shows durably has its
-        // record durable too (they are on one filesystem, so syncfs would
-        // cover both; the journal may not be, in a test's store).
+        // On one filesystem (the store's layout), the mirror's syncfs makes
+        // the journal durable with it: one journal commit and one cache
+        // flush per group instead of two (`history_cost` measured the
+        // journal's own fdatasync at a fifth of the sync time of groups
+        // of 100 new files). What it does not keep is the journal's
+        // records reaching the disk before the mirror's changes within
+        // this call, which promised nothing a power cut keeps anyway:
+        // between two syncs the kernel commits the mirror's metadata (ext4
+        // every 5 s) before the record's pages are written back. What
+        // holds: each record is in the page cache before its change (a
+        // SIGKILL loses none), and no batch is acknowledged before both
+        // are durable. Elsewhere (a test's store), the journal first.
         if let Some(h) = &mut self.history {
-            h.sync()?;
+            if !self.history_on_mirror_fs {
+                h.sync()?;
+            }
         }
         rustix::fs::syncfs(self.sync_fd.as_ref().expect("opened"))?;
+        if let Some(h) = &mut self.history {
+            h.synced_with_filesystem();
+        }
         if let Some(p) = &mut self.progress {
             p.sync()?;
         }

@@ -81,6 +81,16 @@ impl History {
         self.journal.sync()
     }
 
+    /// The device of the journal's filesystem.
+    pub(crate) fn device(&self) -> io::Result<u64> {
+        self.journal.device()
+    }
+
+    /// A `syncfs` of the journal's filesystem made the records durable.
+    pub(crate) fn synced_with_filesystem(&mut self) {
+        self.journal.synced_with_filesystem()
+    }
+
     /// `path` is about to be created where nothing is.
     pub(crate) fn created(&mut self, path: &[u8]) -> OpResult {
         self.record(path, Change::Created(Created {})).map(drop)
