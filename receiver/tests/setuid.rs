@@ -180,7 +180,7 @@ fn a_store_without_user_xattrs_is_refused_at_start() {
     }
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
-        "mount -t ramfs ramfs {dir} && exec timeout 20 {bin} --store {dir}/store --listen 127.0.0.1:0 serve",
+        "mount -t ramfs ramfs {dir} && exec timeout 20 {bin} --store {dir}/store serve --listen 127.0.0.1:0",
         dir = dir.path().display(),
         bin = env!("CARGO_BIN_EXE_lifeline-receiver"),
     );

@@ -151,7 +151,7 @@ impl Db {
     /// Records the MAC address `name` network-boots from (`None`: forget it).
     pub fn set_mac(&mut self, name: &MachineName, mac: Option<&str>) -> anyhow::Result<()> {
         let mac = mac.map(normalize_mac).transpose().map_err(anyhow::Error::msg)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         if let Some(m) = &mac {
             let other: Option<String> = tx
                 .query_row("SELECT name FROM machines WHERE mac = ?1 AND name != ?2", params![m, name.as_str()], |r| {
@@ -185,7 +185,7 @@ impl Db {
     /// Records boot media made for `m.machine` (its `id` is assigned) with
     /// the hash of its one-time token; returns the id.
     pub fn add_boot_media(&mut self, m: &BootMedia, token_hash: &[u8; 32]) -> anyhow::Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.execute(
             "INSERT INTO boot_media (machine, kind, mode, style, image, cmdline, token_hash, image_of, url_secret) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -247,7 +247,7 @@ impl Db {
     /// it): network boot serves it to its machine until then. Only unused,
     /// unrevoked network-boot media with a URL can be armed.
     pub fn arm_boot_media(&mut self, id: i64, secs: u64) -> anyhow::Result<BootMedia> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let Some(m) = media_by_id(&tx, id)? else {
             anyhow::bail!("no boot media #{id} (see `lifeline-receiver bootos list`)");
         };
@@ -281,7 +281,7 @@ impl Db {
     /// Revokes boot media: its token stops working, its files are no longer
     /// served.
     pub fn revoke_boot_media(&mut self, id: i64) -> anyhow::Result<BootMedia> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let Some(m) = media_by_id(&tx, id)? else {
             anyhow::bail!("no boot media #{id} (see `lifeline-receiver bootos list`)");
         };

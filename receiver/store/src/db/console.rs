@@ -332,7 +332,7 @@ fn like_pattern(text: &str) -> String {
 impl Db {
     /// Registers a customer (audited, as done by `actor`).
     pub fn add_customer(&mut self, name: &str, email: &str, actor: &str) -> anyhow::Result<Customer> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let c = insert_customer(&tx, name, email, actor)?;
         tx.commit()?;
         Ok(c)
@@ -348,7 +348,7 @@ impl Db {
         actor: &str,
     ) -> anyhow::Result<Customer> {
         let hash = hash_password(admin_password)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let c = insert_customer(&tx, name, email, actor)?;
         insert_user(&tx, admin_login, &hash, Some(c.id), Role::CustomerAdmin, actor)?;
         tx.commit()?;
@@ -422,7 +422,7 @@ impl Db {
         actor: &str,
     ) -> anyhow::Result<User> {
         let hash = hash_password(password)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let user = insert_user(&tx, login, &hash, customer, role, actor)?;
         tx.commit()?;
         Ok(user)
@@ -465,7 +465,7 @@ impl Db {
     /// Removes user `public_id` of `scope` (audited by `actor`); its
     /// sessions and tokens end with it.
     pub fn remove_user(&mut self, scope: Scope, public_id: &str, actor: &User) -> anyhow::Result<String> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let found: Option<(i64, String, Option<i64>)> = tx
             .query_row(
                 &format!(
@@ -603,7 +603,7 @@ impl Db {
             anyhow::bail!("the current password is wrong");
         }
         let hash = hash_password(new)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         tx.execute("UPDATE users SET password_hash = ?2 WHERE id = ?1", params![user.id, hash])?;
         tx.execute(
             "DELETE FROM sessions WHERE user_id = ?1 AND token_hash != ?2",
@@ -783,7 +783,7 @@ impl Db {
 
     /// Gives machine `name` to `customer` (audited).
     pub fn set_machine_customer(&mut self, name: &str, customer: Option<i64>, actor: &str) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let n = tx.execute("UPDATE machines SET customer_id = ?2 WHERE name = ?1", params![name, customer])?;
         if n == 0 {
             anyhow::bail!("no machine {name} is registered (see `lifeline-receiver machine list`)");

@@ -36,7 +36,7 @@ impl Db {
         s: &RetentionSettings,
         described: &str,
     ) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let n = tx.execute(
             "UPDATE machines SET history_keep_all = ?2, history_thin = ?3, history_max_size = ?4 WHERE name = ?1",
             params![machine.as_str(), s.keep_all, s.thin, s.max_size],

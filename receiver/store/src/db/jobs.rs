@@ -52,7 +52,7 @@ impl Db {
         if !matches!(r.kind.as_str(), "backup" | "restore") || !STATES.contains(&r.state.as_str()) {
             anyhow::bail!("a job is a backup or a restore, running, ok or failed (got {} {})", r.kind, r.state);
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let id = if job == 0 {
             tx.execute(
                 "INSERT INTO jobs (machine, kind, image, disk, disk_size, state, done_bytes, total_bytes, message) \

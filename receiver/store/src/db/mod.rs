@@ -82,6 +82,12 @@ impl Db {
     /// opening a new store at once (a receiver starting while an operator
     /// adds a machine) must not both apply the same migration.
     fn migrate(&mut self) -> anyhow::Result<()> {
+        // Up to date (every open but the first): no write lock taken, which
+        // would make other connections' transactions wait or fail.
+        let version: usize = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == MIGRATIONS.len() {
+            return Ok(());
+        }
         loop {
             let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -102,9 +108,17 @@ impl Db {
         }
     }
 
+    /// A write transaction, holding SQLite's write lock from its start. A
+    /// deferred one that reads first cannot take the lock later while
+    /// another connection writes: SQLite answers "database is locked" at
+    /// once rather than waiting (the busy timeout does not apply).
+    pub(crate) fn write(&mut self) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+        self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    }
+
     /// Registers `name` with the credential secret whose hash is given.
     pub fn add_machine(&mut self, name: &MachineName, token_hash: &[u8; 32], notes: &str) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let exists: Option<i64> =
             tx.query_row("SELECT id FROM machines WHERE name = ?1", [name.as_str()], |r| r.get(0)).optional()?;
         if exists.is_some() {
@@ -123,7 +137,7 @@ impl Db {
 
     /// Replaces the credential of `name`; the old one stops working.
     pub fn reissue(&mut self, name: &MachineName, token_hash: &[u8; 32]) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let n =
             tx.execute("UPDATE machines SET token_hash = ?2 WHERE name = ?1", params![name.as_str(), &token_hash[..]])?;
         if n == 0 {
@@ -137,7 +151,7 @@ impl Db {
     /// Unregisters `name`: its credential stops working (its data is the
     /// caller's to move aside: `StoreLayout::retire_machine_data`).
     pub fn remove_machine(&mut self, name: &MachineName) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         // Audited first: the entry takes its customer from the machine's row.
         audit(&tx, Some(name.as_str()), "machine removed", "")?;
         let n = tx.execute("DELETE FROM machines WHERE name = ?1", [name.as_str()])?;

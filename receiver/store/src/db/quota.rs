@@ -36,7 +36,7 @@ impl Db {
 
     /// Sets the limits of `machine` (audited).
     pub fn set_quota(&mut self, machine: &MachineName, limits: Limits) -> anyhow::Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         let n = tx.execute(
             "UPDATE machines SET quota_bytes = ?2, quota_files = ?3 WHERE name = ?1",
             params![machine.as_str(), limits.bytes.map(|b| b as i64), limits.files.map(|f| f as i64)],

@@ -105,7 +105,7 @@ impl Db {
             ),
             None => None,
         };
-        let tx = self.conn.transaction()?;
+        let tx = self.write()?;
         if let Some(c) = customer {
             let (count, quota): (i64, Option<i64>) = tx.query_row(
                 "SELECT (SELECT count(*) FROM machines WHERE customer_id = ?1), quota_machines FROM customers WHERE id = ?1",
