@@ -1008,7 +1008,7 @@ fn insert_user(
 }
 
 /// An audit entry made by a console user (`actor`), for `customer`.
-fn audit_by(
+pub(crate) fn audit_by(
     conn: &rusqlite::Connection,
     customer: Option<i64>,
     machine: Option<&str>,

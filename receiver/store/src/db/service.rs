@@ -5,7 +5,7 @@
 
 use rusqlite::{params, OptionalExtension, Row};
 
-use super::console::{public_id, Scope};
+use super::console::{audit_by, public_id, Scope};
 use super::{audit, boot::normalize_mac, Db};
 use lifeline_core::credential::MachineName;
 
@@ -136,9 +136,13 @@ impl Db {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![pc.name.as_str(), &token_hash[..], pc.notes.trim(), id, customer, mac, ip, pc.style],
         )?;
-        tx.execute(
-            "INSERT INTO audit (machine, event, detail, customer_id, actor) VALUES (?1, 'machine added', ?2, ?3, ?4)",
-            params![pc.name.as_str(), format!("registered in the console ({} backups)", pc.style), customer, actor],
+        audit_by(
+            &tx,
+            customer,
+            Some(pc.name.as_str()),
+            actor,
+            "machine added",
+            &format!("registered in the console ({} backups)", pc.style),
         )?;
         tx.commit()?;
         Ok(id)
@@ -158,10 +162,7 @@ impl Db {
             "INSERT INTO media_requests (public_id, customer_id, machine, kind, mode, asked_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![id, customer, machine, kind, mode, actor],
         )?;
-        self.conn.execute(
-            "INSERT INTO audit (machine, event, detail, customer_id, actor) VALUES (?1, 'boot media asked for', ?2, ?3, ?4)",
-            params![machine, format!("{kind} ({mode})"), customer, actor],
-        )?;
+        audit_by(&self.conn, customer, Some(machine), actor, "boot media asked for", &format!("{kind} ({mode})"))?;
         Ok(self.media_request(Scope::Provider, &id)?.expect("just inserted"))
     }
 
